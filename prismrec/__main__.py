@@ -1,0 +1,3 @@
+from prismrec.cli import main
+
+main()

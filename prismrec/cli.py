@@ -1,0 +1,150 @@
+"""The ``prismrec`` command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prismrec.data import DatasetError, list_datasets, load_dataset, resolve_data_dir
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+
+TABLE_KS = (10, 20)
+TABLE_METRICS = ("recall", "ndcg", "precision", "map", "hit")
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _metrics_table(title: str, rows: dict[str, dict], std: dict[str, dict] | None = None) -> Table:
+    table = Table(title=title)
+    table.add_column("split")
+    for m in TABLE_METRICS:
+        for k in TABLE_KS:
+            table.add_column(f"{m}@{k}", justify="right")
+    for split, values in rows.items():
+        cells = []
+        for m in TABLE_METRICS:
+            for k in TABLE_KS:
+                v = values.get(f"{m}@{k}", float("nan"))
+                s = (std or {}).get(split, {}).get(f"{m}@{k}")
+                cells.append(f"{v:.4f}" + (f" ± {s:.4f}" if s is not None else ""))
+        table.add_row(split, *cells)
+    return table
+
+
+@app.command()
+def train(
+    model: str = typer.Option(..., help="Registered model name, e.g. lightgcn."),
+    dataset: str = typer.Option(..., help="Dataset name in the data directory, or a folder path."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default $PRISMREC_DATA, then ../shared/data)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
+    config: Optional[Path] = typer.Option(None, help="YAML file of settings (applied before --set)."),
+    seeds: str = typer.Option("999", help="Comma-separated seeds, e.g. 999,1,2."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<model>-<dataset>-<time>)."),
+    quiet: bool = typer.Option(False, help="No progress display."),
+) -> None:
+    """Train MODEL on DATASET, select on validation, evaluate test once, write the run dir."""
+    from prismrec.experiment.config import load_yaml_overrides, parse_assignments, resolve_config
+    from prismrec.experiment.runs import run_experiment
+    from prismrec.train import TrainingDiverged
+
+    try:
+        overrides = load_yaml_overrides(config) if config else {}
+        overrides.update(parse_assignments(set_))
+        cfg = resolve_config(model, dataset, overrides)
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        data = load_dataset(dataset, data_dir)
+    except (ValueError, KeyError, DatasetError, OSError) as exc:
+        _fail(str(exc).strip("'\""))
+    out = out or Path("runs") / f"{cfg.model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not quiet:
+        console.print(f"[bold]{cfg.model}[/] on {data!r} -> {out}", highlight=False)
+    try:
+        metrics = run_experiment(cfg, seed_list, out, dataset=data, progress=not quiet)
+    except TrainingDiverged as exc:
+        _fail(str(exc))
+    if not quiet:
+        title = (
+            f"{cfg.model} on {data.name}: best epoch {metrics['best_epoch']} of {metrics['epochs']}, "
+            f"{metrics['seconds']:.0f}s"
+        )
+        std = metrics.get("std")
+        console.print(_metrics_table(title, {"valid": metrics["valid"], "test": metrics["test"]}, std))
+        console.print(f"run directory: {out}")
+
+
+@app.command()
+def datasets(
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default $PRISMREC_DATA, then ../shared/data)."),
+) -> None:
+    """List the datasets of the data directory with their counts and modalities."""
+    try:
+        root = resolve_data_dir(data_dir)
+        folders = list_datasets(root)
+    except DatasetError as exc:
+        _fail(str(exc))
+    table = Table(title=f"datasets in {root}")
+    for col in ("name", "users", "items", "train", "valid", "test", "modalities"):
+        table.add_column(col, justify="left" if col in ("name", "modalities") else "right")
+    for folder in folders:
+        try:
+            s = load_dataset(folder).summary()
+        except DatasetError as exc:
+            table.add_row(folder.name, "", "", "", "", "", f"[red]invalid: {exc}[/]")
+            continue
+        mods = ", ".join(f"{m} ({d})" for m, d in s["modalities"].items()) or "-"
+        table.add_row(s["name"], *(f"{s[c]:,}" for c in ("users", "items", "train", "valid", "test")), mods)
+    console.print(table)
+
+
+@app.command()
+def compare(
+    models: str = typer.Option(..., help="Comma-separated model names."),
+    datasets: str = typer.Option(..., help="Comma-separated dataset names."),
+    seeds: str = typer.Option("3", help="A count (first N of 999, 1000, ...) or a comma list."),
+    out: Path = typer.Option(..., help="Output directory (resumable: finished cells are kept)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value for all models, or MODEL.key=value."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+) -> None:
+    """Train every model x dataset x seed and write results.json and results.md."""
+    from prismrec.experiment.compare import parse_seeds, run_compare
+    from prismrec.experiment.config import parse_assignments
+
+    try:
+        seed_list = parse_seeds(seeds)
+        overrides = parse_assignments(set_)
+        results = run_compare(
+            [m.strip() for m in models.split(",") if m.strip()],
+            [d.strip() for d in datasets.split(",") if d.strip()],
+            seed_list,
+            out,
+            overrides,
+            str(data_dir) if data_dir else None,
+            log=lambda msg: console.print(msg, highlight=False),
+        )
+    except (ValueError, KeyError, DatasetError) as exc:
+        _fail(str(exc).strip("'\""))
+    console.print((out / "results.md").read_text())
+    if results["failures"]:
+        err.print(f"[red]{len(results['failures'])} cell(s) failed[/]: {results['failures']}")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point for ``python -m prismrec``."""
+    app(prog_name="prismrec")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""MMRec-format datasets: loading, validation and the :class:`Dataset` contract (DESIGN.md §3).
+
+A dataset folder holds ``<name>.inter`` (TAB-separated; columns ``userID``, ``itemID``,
+``x_label``; optional ``rating``/``timestamp`` are ignored) and zero or more
+``<modality>_feat.npy`` files (row i = item i). Semantics follow MMRec exactly: ids are 0-based,
+``n = max id + 1`` over all splits, ``x_label`` 0/1/2 = train/valid/test, and valid/test rows of
+users absent from the training split are dropped. Anything malformed raises
+:class:`DatasetError` naming the file, the row or column, and what to do; nothing is fixed
+silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
+SPLITS = ("train", "valid", "test")
+FEATURE_SUFFIX = "_feat.npy"
+
+LAYOUT_HELP = (
+    "A dataset is a folder <data-dir>/<name>/ holding <name>.inter (TAB-separated with a header "
+    "line 'userID<TAB>itemID<TAB>x_label'; 0-based integer ids; x_label 0/1/2 = train/valid/test) "
+    "and optional <modality>_feat.npy files (2-D float arrays, row i = item i), as distributed "
+    "by MMRec (github.com/enoche/MMRec, data/README.md)."
+)
+
+
+class DatasetError(ValueError):
+    """Malformed or missing dataset input. The message names the file, the place and the fix."""
+
+
+@dataclass
+class Dataset:
+    """Interactions split into train/valid/test CSR matrices plus named item feature matrices."""
+
+    name: str
+    n_users: int
+    n_items: int
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def split(self, name: str) -> sp.csr_matrix:
+        """Return the CSR matrix of split ``name`` (``train``, ``valid`` or ``test``)."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return getattr(self, name)
+
+    def fingerprint(self, split: str = "train") -> str:
+        """A content hash of one split (its CSR ``indptr`` and ``indices``)."""
+        return csr_fingerprint(self.split(split))
+
+    def summary(self) -> dict:
+        """Counts and modalities, as shown by ``prismrec datasets``."""
+        return {
+            "name": self.name,
+            "users": self.n_users,
+            "items": self.n_items,
+            **{split: int(self.split(split).nnz) for split in SPLITS},
+            "modalities": {m: int(f.shape[1]) for m, f in self.features.items()},
+        }
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        mods = ", ".join(f"{m}:{d}" for m, d in s["modalities"].items()) or "none"
+        return (
+            f"Dataset({self.name!r}, users={self.n_users}, items={self.n_items}, "
+            f"train/valid/test={s['train']}/{s['valid']}/{s['test']}, modalities={mods})"
+        )
+
+
+def csr_fingerprint(matrix: sp.csr_matrix) -> str:
+    """SHA-256 (first 16 hex digits) of a CSR matrix's shape, ``indptr`` and ``indices``."""
+    h = hashlib.sha256()
+    h.update(np.asarray(matrix.shape, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(matrix.indptr, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(matrix.indices, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- data directory
+
+
+def default_data_dirs() -> list[Path]:
+    """Candidate locations of ``shared/data`` tried when nothing is configured."""
+    repo_root = Path(__file__).resolve().parents[2]
+    return [Path.cwd().parent / "shared" / "data", repo_root.parent / "shared" / "data"]
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """``data_dir`` if given, else ``$PRISMREC_DATA``, else ``../shared/data`` if it exists."""
+    if data_dir is not None:
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            raise DatasetError(f"data directory {path} does not exist. {LAYOUT_HELP}")
+        return path
+    env = os.environ.get("PRISMREC_DATA")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise DatasetError(f"$PRISMREC_DATA={env} is not a directory. {LAYOUT_HELP}")
+        return path
+    for candidate in default_data_dirs():
+        if candidate.is_dir():
+            return candidate
+    raise DatasetError(
+        "no data directory: pass --data-dir DIR, or set PRISMREC_DATA=DIR, or place the data in "
+        f"../shared/data. {LAYOUT_HELP}"
+    )
+
+
+def find_dataset(name_or_path: str | Path, data_dir: str | Path | None = None) -> Path:
+    """Resolve a dataset name (looked up in the data directory) or a folder path."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix == ".inter" and path.is_file():
+        return path.parent
+    if os.sep in str(name_or_path) or str(name_or_path).startswith("."):
+        raise DatasetError(f"dataset folder {path} not found. {LAYOUT_HELP}")
+    root = resolve_data_dir(data_dir)
+    folder = root / str(name_or_path)
+    if not folder.is_dir():
+        available = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DatasetError(
+            f"dataset {name_or_path!r} not found in {root} (available: "
+            f"{', '.join(available) or 'none'}). {LAYOUT_HELP}"
+        )
+    return folder
+
+
+def list_datasets(data_dir: str | Path | None = None) -> list[Path]:
+    """Folders of the data directory that contain a ``<name>.inter`` file."""
+    root = resolve_data_dir(data_dir)
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / f"{p.name}.inter").is_file())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_dataset(
+    name_or_path: str | Path,
+    data_dir: str | Path | None = None,
+    modalities: list[str] | None = None,
+) -> Dataset:
+    """Load and validate an MMRec dataset folder.
+
+    ``name_or_path`` is a folder, or a name looked up in :func:`resolve_data_dir`.
+    ``modalities`` restricts which ``<modality>_feat.npy`` files are read (default: all present;
+    a requested one that is missing is an error).
+    """
+    folder = find_dataset(name_or_path, data_dir)
+    name = folder.name
+    inter_path = folder / f"{name}.inter"
+    if not inter_path.is_file():
+        found = sorted(p.name for p in folder.glob("*.inter"))
+        hint = f" (found {', '.join(found)}; rename it to {name}.inter)" if found else ""
+        raise DatasetError(f"{inter_path} is missing{hint}. {LAYOUT_HELP}")
+
+    users, items, labels = _read_inter(inter_path)
+    n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
+    _check_duplicates(inter_path, users, items)
+
+    in_train = labels == 0
+    if not in_train.any():
+        raise DatasetError(
+            f"{inter_path}: the train split is empty (no row has x_label 0). "
+            "Label training interactions with 0."
+        )
+    has_train = np.zeros(n_users, dtype=bool)
+    has_train[users[in_train]] = True
+    dropped = {}
+    matrices = {}
+    for code, split in enumerate(SPLITS):
+        rows = labels == code
+        if code > 0:  # MMRec: valid/test rows of users without training rows are dropped
+            keep = rows & has_train[users]
+            dropped[split] = int(rows.sum() - keep.sum())
+            rows = keep
+        matrices[split] = _csr(users[rows], items[rows], n_users, n_items)
+
+    features = _load_features(folder, n_items, modalities)
+    manifest = _read_manifest(folder)
+    manifest.update(
+        {
+            "name": name,
+            "inter_file": inter_path.name,
+            "dropped_cold_start_rows": dropped,
+            "fingerprints": {s: csr_fingerprint(m) for s, m in matrices.items()},
+        }
+    )
+    return Dataset(
+        name=name,
+        n_users=n_users,
+        n_items=n_items,
+        features=features,
+        manifest=manifest,
+        path=folder,
+        **matrices,
+    )
+
+
+def _csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
+    m = sp.csr_matrix(
+        (np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items)
+    )
+    m.sort_indices()
+    return m
+
+
+def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path} is not a readable TAB-separated file: {exc}") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DatasetError(f"{path} is empty. {LAYOUT_HELP}") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing column(s) {', '.join(missing)}; the header has "
+            f"{list(df.columns)}. The header line must name the TAB-separated columns "
+            "userID, itemID and x_label."
+        )
+    if len(df) == 0:
+        raise DatasetError(f"{path} has a header but no rows.")
+    users = _int_column(path, df, "userID")
+    items = _int_column(path, df, "itemID")
+    labels = _int_column(path, df, "x_label")
+    bad = ~np.isin(labels, (0, 1, 2))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DatasetError(
+            f"{path}, line {row + 2}, column x_label: value {labels[row]} is not 0, 1 or 2 "
+            f"({int(bad.sum())} such rows). Use 0 = train, 1 = valid, 2 = test."
+        )
+    return users, items, labels
+
+
+def _int_column(path: Path, df: pd.DataFrame, column: str) -> np.ndarray:
+    text = df[column].str.strip()
+    values = pd.to_numeric(text, errors="coerce")
+    as_float = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(as_float) | (as_float != np.round(as_float))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DatasetError(
+            f"{path}, line {row + 2}, column {column}: {df[column].iloc[row]!r} is not an "
+            f"integer ({int(bad.sum())} such rows). Ids and labels must be integers."
+        )
+    ints = as_float.astype(np.int64)
+    if column != "x_label" and (ints < 0).any():
+        row = int(np.flatnonzero(ints < 0)[0])
+        raise DatasetError(
+            f"{path}, line {row + 2}, column {column}: negative id {ints[row]}. Ids must be "
+            "0-based non-negative integers; re-index the data."
+        )
+    return ints
+
+
+def _check_duplicates(path: Path, users: np.ndarray, items: np.ndarray) -> None:
+    keys = users * (int(items.max()) + 1) + items
+    order = np.argsort(keys, kind="stable")
+    same = keys[order][1:] == keys[order][:-1]
+    if same.any():
+        n_dup = int(same.sum())
+        first = int(np.flatnonzero(same)[0])
+        a, b = sorted((int(order[first]), int(order[first + 1])))
+        raise DatasetError(
+            f"{path}: duplicate (userID, itemID) pair ({users[a]}, {items[a]}) at lines {a + 2} "
+            f"and {b + 2} ({n_dup} duplicate rows in all). Each pair may appear once: remove "
+            "repeats (keep the one in the split you intend)."
+        )
+
+
+def _load_features(
+    folder: Path, n_items: int, modalities: list[str] | None
+) -> dict[str, torch.Tensor]:
+    available = {p.name[: -len(FEATURE_SUFFIX)]: p for p in sorted(folder.glob(f"*{FEATURE_SUFFIX}"))}
+    if modalities is None:
+        wanted = list(available)
+    else:
+        missing = [m for m in modalities if m not in available]
+        if missing:
+            raise DatasetError(
+                f"{folder}: modality feature file(s) "
+                f"{', '.join(m + FEATURE_SUFFIX for m in missing)} not found (present: "
+                f"{', '.join(available) or 'none'}). Add the file(s) or choose other modalities."
+            )
+        wanted = list(modalities)
+    return {m: _load_feature(available[m], n_items) for m in wanted}
+
+
+def _load_feature(path: Path, n_items: int) -> torch.Tensor:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetError(
+            f"{path} is not a readable .npy array ({exc}). Save features with numpy.save."
+        ) from exc
+    if not isinstance(array, np.ndarray) or array.ndim != 2:
+        raise DatasetError(
+            f"{path}: expected a 2-D array (items x dims), got shape {np.shape(array)}. "
+            "Save one row per item."
+        )
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise DatasetError(f"{path}: dtype {array.dtype} is not numeric. Save a float array.")
+    if array.shape[0] != n_items:
+        raise DatasetError(
+            f"{path}: {array.shape[0]} rows but the .inter file implies {n_items} items "
+            "(max itemID + 1). Row i must be item i: add or remove rows to match."
+        )
+    array = array.astype(np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():
+        row, col = (int(x) for x in np.argwhere(~finite)[0])
+        n_rows = int((~finite.all(axis=1)).sum())
+        raise DatasetError(
+            f"{path}: non-finite value {array[row, col]} at row {row} (item {row}), column {col} "
+            f"({n_rows} rows affected). Fill or re-extract these items' features."
+        )
+    return torch.from_numpy(array)
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path} is not valid JSON: {exc}") from exc

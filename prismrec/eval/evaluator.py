@@ -1,0 +1,65 @@
+"""Evaluate a Recommender on a split (ALGORITHMS.md 1.4)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import scipy.sparse as sp
+import torch
+
+from prismrec.eval.metrics import evaluate_ranking
+from prismrec.recommender import Output, Recommender
+
+
+class Evaluator:
+    """Full-ranking evaluation of a model on ``valid`` or ``test``.
+
+    Validation masks the training items; test masks the training items only
+    (``mask_valid_at_test=False``, MMRec, so validation positives count as misses) or also the
+    validation items (``True``, Cornac/RecBole practice).
+    """
+
+    def __init__(
+        self,
+        dataset,
+        ks: Sequence[int] = (5, 10, 20, 50),
+        batch_size: int = 4096,
+        mask_valid_at_test: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.ks = tuple(ks)
+        self.batch_size = int(batch_size)
+        self.mask_valid_at_test = bool(mask_valid_at_test)
+        self._exclude = {
+            "valid": dataset.train,
+            "test": (dataset.train + dataset.valid).tocsr() if mask_valid_at_test else dataset.train,
+        }
+
+    def exclude(self, split: str) -> sp.csr_matrix:
+        """The items masked when ranking for ``split``."""
+        if split not in self._exclude:
+            raise ValueError(f"can evaluate 'valid' or 'test', not {split!r}")
+        return self._exclude[split]
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: Recommender, split: str, out: Output | None = None, per_user: bool = False
+    ) -> dict:
+        """Metrics of ``model`` on ``split``; one eval-mode forward reused for all user batches."""
+        exclude = self.exclude(split)
+        was_training = model.training
+        model.eval()
+        try:
+            if out is None:
+                out = model()
+            return evaluate_ranking(
+                lambda users: model.score(users, out),
+                self.dataset.split(split),
+                exclude,
+                ks=self.ks,
+                batch_size=self.batch_size,
+                per_user=per_user,
+                device=model.device,
+            )
+        finally:
+            model.train(was_training)

@@ -1,0 +1,167 @@
+"""Full-ranking top-K metrics, exact and vectorised (ALGORITHMS.md 1.4).
+
+Definitions are MMRec's (``src/utils/metrics.py``): per-user values averaged over the users with
+at least one held-out positive; NDCG's ideal DCG and MAP's normaliser use ``min(|T_u|, K)``.
+Masked items score ``-inf``; ties are broken by the lower item id. The hot path is batched: one
+score block per user batch, masking by one scatter, ``torch.topk``, hit marking by one gather.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+METRICS = ("recall", "ndcg", "precision", "map", "hit")
+
+
+def ranked_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of each row's top-``k`` scores, ordered by (score desc, item id asc).
+
+    ``torch.topk`` is exact except for ties, whose order it leaves open. Rows whose top ``k + 1``
+    values contain a tie (rare with float scores, common with masked ``-inf`` rows) are re-ranked
+    with a stable full sort, which puts the lower id first.
+    """
+    n = scores.shape[1]
+    k = min(k, n)
+    values, idx = torch.topk(scores, min(k + 1, n), dim=1)
+    tied = (values[:, 1:] == values[:, :-1]).any(dim=1)
+    idx = idx[:, :k]
+    if tied.any():
+        rows = tied.nonzero().squeeze(1)
+        order = torch.sort(scores[rows], dim=1, descending=True, stable=True).indices
+        idx[rows] = order[:, :k]
+    return idx
+
+
+def _rows_coo(matrix: sp.csr_matrix, rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(local row, column) index pairs of the given CSR rows."""
+    block = matrix[rows]
+    local = np.repeat(np.arange(len(rows)), np.diff(block.indptr))
+    return (
+        torch.from_numpy(local).to(device),
+        torch.from_numpy(block.indices.astype(np.int64)).to(device),
+    )
+
+
+def batch_hits(
+    scores: torch.Tensor,
+    truth: sp.csr_matrix,
+    exclude: sp.csr_matrix | None,
+    rows: np.ndarray,
+    k: int,
+) -> torch.Tensor:
+    """Boolean ``B x k`` hit matrix of the top-``k`` ranking of ``scores`` (modified in place).
+
+    ``scores[b]`` belongs to user ``rows[b]`` of ``truth`` / ``exclude``.
+    """
+    if torch.isnan(scores).any():
+        raise FloatingPointError(
+            "NaN in model scores: the model diverged (lower the learning rate or check inputs)"
+        )
+    if exclude is not None and exclude.nnz:
+        r, c = _rows_coo(exclude, rows, scores.device)
+        scores[r, c] = -torch.inf
+    top = ranked_topk(scores, k)
+    relevant = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    r, c = _rows_coo(truth, rows, scores.device)
+    relevant[r, c] = True
+    return relevant.gather(1, top)
+
+
+def metrics_from_hits(
+    hits: torch.Tensor, n_truth: torch.Tensor, ks: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """Per-user metric values (float64) at every ``K`` from a ``B x max(ks)`` hit matrix."""
+    h = hits.to(torch.float64)
+    n = n_truth.to(torch.float64)
+    ranks = torch.arange(1, h.shape[1] + 1, dtype=torch.float64, device=h.device)
+    discount = 1.0 / torch.log2(ranks + 1.0)
+    ideal = torch.cumsum(discount, 0)
+    precision_at_rank = torch.cumsum(h, 1) / ranks
+    out = {}
+    for k in ks:
+        hk = h[:, :k]
+        found = hk.sum(1)
+        cap = torch.clamp(n, max=k)  # min(|T_u|, K)
+        out[f"recall@{k}"] = found / n
+        out[f"precision@{k}"] = found / k
+        out[f"hit@{k}"] = (found > 0).to(torch.float64)
+        out[f"ndcg@{k}"] = (hk * discount[:k]).sum(1) / ideal[cap.long() - 1]
+        out[f"map@{k}"] = (hk * precision_at_rank[:, :k]).sum(1) / cap
+    return out
+
+
+def evaluate_ranking(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    truth: sp.csr_matrix,
+    exclude: sp.csr_matrix | None,
+    ks: Sequence[int] = (10, 20),
+    batch_size: int = 4096,
+    per_user: bool = False,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Metrics of the ranking ``score_fn(users)`` over all items, for users with truth.
+
+    ``score_fn`` maps a LongTensor of user ids to a fresh ``B x n_items`` score tensor (it is
+    modified in place). Returns ``{"recall@K": mean, ...}`` with ``"users"`` (the count of
+    evaluated users); with ``per_user=True`` also ``"per_user"``: user ids and their values.
+    """
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    truth = sp.csr_matrix(truth)
+    if exclude is not None:
+        exclude = sp.csr_matrix(exclude)
+        if exclude.shape != truth.shape:
+            raise ValueError(f"exclude shape {exclude.shape} != truth shape {truth.shape}")
+    n_truth_all = np.diff(truth.indptr)
+    users = np.flatnonzero(n_truth_all > 0)
+    values: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(users), batch_size):
+        rows = users[start : start + batch_size]
+        scores = score_fn(torch.from_numpy(rows).to(device))
+        if scores.shape != (len(rows), truth.shape[1]):
+            raise ValueError(
+                f"score_fn returned shape {tuple(scores.shape)}, expected {(len(rows), truth.shape[1])}"
+            )
+        hits = batch_hits(scores, truth, exclude, rows, ks[-1])
+        n_truth = torch.from_numpy(n_truth_all[rows]).to(hits.device)
+        for name, v in metrics_from_hits(hits, n_truth, ks).items():
+            values.setdefault(name, []).append(v.cpu())
+    result: dict = {"users": int(len(users))}
+    per = {name: torch.cat(v).numpy() for name, v in values.items()}
+    for k in ks:
+        for metric in METRICS:
+            name = f"{metric}@{k}"
+            result[name] = float(per[name].mean()) if len(users) else 0.0
+    if per_user:
+        result["per_user"] = {"user": users, **per}
+    return result
+
+
+def rank_metrics(
+    scores: torch.Tensor,
+    truth: sp.csr_matrix,
+    exclude: sp.csr_matrix | None,
+    ks: Sequence[int] = (10, 20),
+    per_user: bool = False,
+) -> dict:
+    """Top-K metrics of a full ``users x items`` score matrix (public entry point).
+
+    ``truth`` holds each user's held-out positives, ``exclude`` the items to mask (typically the
+    training items), both CSR of the same shape as ``scores``. Keys ``recall@K``, ``ndcg@K``,
+    ``precision@K``, ``map@K``, ``hit@K`` and ``users``.
+    """
+    if tuple(scores.shape) != tuple(truth.shape):
+        raise ValueError(f"scores shape {tuple(scores.shape)} != truth shape {truth.shape}")
+    return evaluate_ranking(
+        lambda u: scores[u],  # advanced indexing copies: masking cannot touch `scores`
+        truth,
+        exclude,
+        ks=ks,
+        per_user=per_user,
+        device=scores.device,
+    )

@@ -1,0 +1,49 @@
+"""Loss functions shared by every model (ALGORITHMS.md 2.9-2.11)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """``mean_b softplus(-(z_u·z_i - z_u·z_j))`` = ``-mean log σ(ŷ_ui - ŷ_uj)``."""
+    diff = (user * pos).sum(dim=1) - (user * neg).sum(dim=1)
+    return F.softplus(-diff).mean()
+
+
+def emb_norm(*rows: torch.Tensor) -> torch.Tensor:
+    """MMRec ``EmbLoss``: ``Σ ‖X‖_F / B`` — Frobenius norms, **not** squared."""
+    return sum(torch.linalg.norm(x) for x in rows) / rows[0].shape[0]
+
+
+def half_sq(*rows: torch.Tensor) -> torch.Tensor:
+    """``Σ ½‖X‖²_F / B`` (MGCN, GUME, LATTICE)."""
+    return sum(0.5 * x.pow(2).sum() for x in rows) / rows[0].shape[0]
+
+
+REG_FORMS = {"emb_norm": emb_norm, "half_sq": half_sq}
+
+
+def l2_reg(form: str, *rows: torch.Tensor) -> torch.Tensor:
+    """Batch L2 regulariser in one of the two reference forms (``emb_norm`` or ``half_sq``)."""
+    try:
+        return REG_FORMS[form](*rows)
+    except KeyError:
+        raise ValueError(f"reg_form must be one of {sorted(REG_FORMS)}, got {form!r}") from None
+
+
+def infonce_rows(p: torch.Tensor, q: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-row InfoNCE ``ℓ_b``: ``-log softmax_b'(cos(p_b, q_b') / τ)`` at ``b' = b``."""
+    logits = F.normalize(p, dim=1) @ F.normalize(q, dim=1).T / tau
+    return -torch.diagonal(torch.log_softmax(logits, dim=1))
+
+
+def infonce(
+    p: torch.Tensor, q: torch.Tensor, tau: float, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``mean_b ℓ_b``, or ``mean_b w_b ℓ_b`` with given weights (no gradient through ``w``)."""
+    rows = infonce_rows(p, q, tau)
+    if weights is None:
+        return rows.mean()
+    return (weights.detach() * rows).mean()

@@ -1,0 +1,53 @@
+"""BPR-MF — Rendle et al., UAI'09 (ALGORITHMS.md 3.1).
+
+``ŷ_ui = e_u · e_i`` with free ID tables; loss ``L_BPR + λ·emb_norm(e_u, e_i, e_j)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from prismrec.losses import bpr_loss, l2_reg
+from prismrec.models import register
+from prismrec.recommender import Output, Recommender
+
+
+@dataclass
+class BPRConfig:
+    embedding_size: int = 64
+    """``d``, the embedding dimension."""
+    reg_weight: float = 1e-4
+    """``λ``; reference grid {2.0, 1.0, 1e-1, ..., 1e-5}."""
+    reg_form: Literal["emb_norm", "half_sq"] = "emb_norm"
+    """L2 form (2.10); MMRec's ``EmbLoss`` is ``emb_norm``."""
+
+
+@register
+class BPRMF(Recommender):
+    name = "bpr"
+    Config = BPRConfig
+
+    def __init__(self, dataset, config: BPRConfig) -> None:
+        super().__init__(dataset, config)
+        self.user_emb = nn.Parameter(torch.empty(self.n_users, config.embedding_size))
+        self.item_emb = nn.Parameter(torch.empty(self.n_items, config.embedding_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_normal_(self.user_emb)
+        nn.init.xavier_normal_(self.item_emb)
+
+    def forward(self) -> Output:
+        return Output(self.user_emb, self.item_emb)
+
+    def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        u, i, j = batch
+        zu, zi, zj = out.user[u], out.item[i], out.item[j]
+        return {
+            "bpr": bpr_loss(zu, zi, zj),
+            "reg": self.config.reg_weight * l2_reg(self.config.reg_form, zu, zi, zj),
+        }

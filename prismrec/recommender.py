@@ -1,0 +1,79 @@
+"""The Recommender contract that training and evaluation rely on (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from prismrec.graph.sparse import SparseOperator
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""``(u, i, j)``: user ids, positive item ids, negative item ids (LongTensors of length B)."""
+
+
+@dataclass
+class Output:
+    """What ``forward()`` returns: final user/item representations plus named auxiliaries.
+
+    ``aux`` holds intermediate views a model's loss needs (``behavior``, ``modality``, ...);
+    the evaluator ignores it.
+    """
+
+    user: torch.Tensor
+    item: torch.Tensor
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Recommender(nn.Module):
+    """Base class of every model.
+
+    Subclasses set ``Config`` (a dataclass whose defaults are the paper's values) and may set
+    ``train_defaults`` (training settings the reference uses for this model, e.g. an LR decay),
+    then implement ``forward`` and ``loss``. ``score`` defaults to the dot product.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type]
+    train_defaults: ClassVar[dict] = {}
+
+    def __init__(self, dataset, config) -> None:
+        super().__init__()
+        self.config = config
+        self.n_users = dataset.n_users
+        self.n_items = dataset.n_items
+
+    def forward(self) -> Output:  # pragma: no cover - abstract
+        """Full propagation: final user and item representations."""
+        raise NotImplementedError
+
+    def loss(self, batch: Batch, out: Output) -> dict[str, torch.Tensor]:  # pragma: no cover
+        """Named loss terms for one batch; the trainer sums and logs each."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook called before each training epoch (0-based): schedules, edge dropout."""
+
+    def score(self, users: torch.Tensor, out: Output) -> torch.Tensor:
+        """Scores of ``users`` against every item, ``len(users) x n_items``."""
+        return out.user[users] @ out.item.T
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters (CPU when it has none)."""
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def _apply(self, fn, recurse=True):
+        # Graphs are not parameters or buffers (they would bloat the state dict); move them
+        # along with the parameters so `model.to(device)` is all a caller needs.
+        out = super()._apply(fn, recurse)
+        for value in vars(self).values():
+            if isinstance(value, SparseOperator):
+                value.to(self.device)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"users={self.n_users}, items={self.n_items}, config={self.config}"

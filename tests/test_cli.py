@@ -1,0 +1,63 @@
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from prismrec.cli import app
+
+runner = CliRunner()
+
+
+def test_train_writes_the_run_directory(planted_dir, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["train", "--model", "lightgcn", "--dataset", str(planted_dir), "--set", "epochs=2",
+         "--set", "n_layers=2", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "history.csv", "model.pt"}
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["params"]["n_layers"] == 2 and config["train"]["epochs"] == 2
+    assert config["protocol"]["split_fingerprints"]["train"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"valid", "test", "best_epoch", "epochs", "seconds"} <= set(metrics)
+    assert "recall@20" in metrics["test"]
+
+
+def test_unknown_set_key_is_an_error(planted_dir, tmp_path):
+    result = runner.invoke(
+        app, ["train", "--model", "lightgcn", "--dataset", str(planted_dir), "--set", "layers=2"]
+    )
+    assert result.exit_code == 2
+    assert "unknown setting(s) layers" in result.output and "n_layers" in result.output
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["train", "--model", "bpr", "--dataset", "nope", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_datasets_lists_counts(planted_dir):
+    result = runner.invoke(app, ["datasets", "--data-dir", str(planted_dir.parent)])
+    assert result.exit_code == 0, result.output
+    assert "planted" in result.output and "image (16)" in result.output
+
+
+def test_compare_is_resumable(planted_dir, tmp_path):
+    args = ["compare", "--models", "bpr,lightgcn", "--datasets", "planted", "--seeds", "2",
+            "--out", str(tmp_path), "--data-dir", str(planted_dir.parent), "--set", "epochs=2",
+            "--set", "lightgcn.n_layers=1"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    cell = results["cells"]["planted"]["lightgcn"]
+    assert set(cell["per_seed"]) == {"999", "1000"} and cell["epochs"] == [2, 2]
+    assert "± " in (tmp_path / "results.md").read_text()
+    stamp = (tmp_path / "planted/bpr/seed-999/metrics.json").stat().st_mtime
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and second.output.count("skipped") == 4
+    assert (tmp_path / "planted/bpr/seed-999/metrics.json").stat().st_mtime == stamp
+    # a changed setting is a different configuration: the cells are retrained, not reused
+    third = runner.invoke(app, args[:-1] + ["lightgcn.n_layers=2"])
+    assert third.exit_code == 0 and third.output.count("skipped") == 2

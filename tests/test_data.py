@@ -1,0 +1,172 @@
+import numpy as np
+import pytest
+
+from prismrec.data import DatasetError, list_datasets, load_dataset, resolve_data_dir
+
+GOOD = "userID\titemID\tx_label\n0\t0\t0\n0\t1\t0\n0\t2\t1\n1\t1\t0\n1\t2\t2\n2\t0\t1\n"
+
+
+def make(tmp_path, inter=GOOD, name="toy", feats=None):
+    folder = tmp_path / name
+    folder.mkdir()
+    if inter is not None:
+        (folder / f"{name}.inter").write_text(inter)
+    for modality, array in (feats or {}).items():
+        np.save(folder / f"{modality}_feat.npy", array)
+    return folder
+
+
+def test_good_folder_semantics(tmp_path):
+    folder = make(tmp_path, feats={"image": np.ones((3, 4), dtype=np.float16), "text": np.zeros((3, 2))})
+    d = load_dataset(folder)
+    assert (d.n_users, d.n_items) == (3, 3)
+    assert d.train.toarray().tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
+    assert d.valid.toarray().tolist() == [[0, 0, 1], [0, 0, 0], [0, 0, 0]]  # user 2 has no train row
+    assert d.test.toarray().tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 0]]
+    assert d.manifest["dropped_cold_start_rows"] == {"valid": 1, "test": 0}
+    assert set(d.features) == {"image", "text"}
+    assert all(f.dtype == np.float32 or str(f.dtype) == "torch.float32" for f in d.features.values())
+    assert load_dataset(folder, modalities=["text"]).features.keys() == {"text"}
+
+
+def test_optional_columns_are_ignored(tmp_path):
+    inter = "userID\titemID\trating\ttimestamp\tx_label\n0\t0\t5\t1\t0\n0\t1\t4\t2\t2\n"
+    d = load_dataset(make(tmp_path, inter))
+    assert d.train.nnz == 1 and d.test.nnz == 1
+
+
+def test_lookup_by_name_and_env(tmp_path, monkeypatch):
+    make(tmp_path)
+    monkeypatch.setenv("PRISMREC_DATA", str(tmp_path))
+    assert resolve_data_dir() == tmp_path
+    assert load_dataset("toy").n_users == 3
+    assert [p.name for p in list_datasets()] == ["toy"]
+    assert load_dataset("toy", data_dir=tmp_path).n_items == 3
+
+
+# ---- the bad-input catalogue: one test per case, each error names file, place and fix
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DatasetError, match="not found.*userID"):
+        load_dataset("nope", data_dir=tmp_path)
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        resolve_data_dir(tmp_path / "absent")
+
+
+def test_missing_inter(tmp_path):
+    folder = make(tmp_path, inter=None)
+    (folder / "other.inter").write_text(GOOD)
+    with pytest.raises(DatasetError, match=r"toy\.inter is missing.*other\.inter.*rename"):
+        load_dataset(folder)
+
+
+def test_missing_column(tmp_path):
+    with pytest.raises(DatasetError, match="missing column.*x_label"):
+        load_dataset(make(tmp_path, "userID\titemID\n0\t0\n"))
+
+
+def test_non_integer_id(tmp_path):
+    with pytest.raises(DatasetError, match=r"line 3, column itemID: 'b' is not an integer"):
+        load_dataset(make(tmp_path, "userID\titemID\tx_label\n0\t0\t0\n0\tb\t0\n"))
+
+
+def test_fractional_id(tmp_path):
+    with pytest.raises(DatasetError, match=r"line 2, column userID: '0.5' is not an integer"):
+        load_dataset(make(tmp_path, "userID\titemID\tx_label\n0.5\t0\t0\n"))
+
+
+def test_empty_id(tmp_path):
+    with pytest.raises(DatasetError, match=r"line 3, column userID"):
+        load_dataset(make(tmp_path, "userID\titemID\tx_label\n0\t0\t0\n\t1\t0\n"))
+
+
+def test_negative_id(tmp_path):
+    with pytest.raises(DatasetError, match=r"line 3, column userID: negative id -1"):
+        load_dataset(make(tmp_path, "userID\titemID\tx_label\n0\t0\t0\n-1\t1\t0\n"))
+
+
+def test_bad_label(tmp_path):
+    with pytest.raises(DatasetError, match=r"line 3, column x_label: value 3 is not 0, 1 or 2"):
+        load_dataset(make(tmp_path, "userID\titemID\tx_label\n0\t0\t0\n0\t1\t3\n"))
+
+
+def test_empty_train_split(tmp_path):
+    with pytest.raises(DatasetError, match="train split is empty"):
+        load_dataset(make(tmp_path, "userID\titemID\tx_label\n0\t0\t1\n0\t1\t2\n"))
+
+
+def test_no_rows(tmp_path):
+    with pytest.raises(DatasetError, match="no rows"):
+        load_dataset(make(tmp_path, "userID\titemID\tx_label\n"))
+
+
+def test_duplicate_pairs(tmp_path):
+    inter = "userID\titemID\tx_label\n0\t0\t0\n1\t1\t0\n0\t0\t2\n"
+    with pytest.raises(DatasetError, match=r"duplicate .* \(0, 0\) at lines 2 and 4 \(1 duplicate"):
+        load_dataset(make(tmp_path, inter))
+
+
+def test_feature_rows_mismatch(tmp_path):
+    folder = make(tmp_path, feats={"image": np.ones((2, 4), dtype=np.float32)})
+    with pytest.raises(DatasetError, match=r"image_feat\.npy: 2 rows .* implies 3 items"):
+        load_dataset(folder)
+
+
+def test_feature_nan(tmp_path):
+    array = np.ones((3, 4), dtype=np.float32)
+    array[2, 1] = np.nan
+    with pytest.raises(DatasetError, match=r"non-finite value nan at row 2 \(item 2\), column 1"):
+        load_dataset(make(tmp_path, feats={"text": array}))
+
+
+def test_feature_inf(tmp_path):
+    array = np.ones((3, 4))
+    array[1, 3] = np.inf
+    with pytest.raises(DatasetError, match=r"non-finite value inf at row 1"):
+        load_dataset(make(tmp_path, feats={"text": array}))
+
+
+def test_feature_not_2d(tmp_path):
+    with pytest.raises(DatasetError, match=r"expected a 2-D array .* shape \(3,\)"):
+        load_dataset(make(tmp_path, feats={"audio": np.ones(3)}))
+
+
+def test_feature_not_numeric(tmp_path):
+    with pytest.raises(DatasetError, match="not numeric"):
+        load_dataset(make(tmp_path, feats={"audio": np.array([["a"], ["b"], ["c"]])}))
+
+
+def test_feature_not_npy(tmp_path):
+    folder = make(tmp_path)
+    (folder / "image_feat.npy").write_bytes(b"not an array")
+    with pytest.raises(DatasetError, match="not a readable .npy"):
+        load_dataset(folder)
+
+
+def test_requested_modality_missing(tmp_path):
+    folder = make(tmp_path, feats={"image": np.ones((3, 2))})
+    with pytest.raises(DatasetError, match=r"text_feat\.npy not found \(present: image\)"):
+        load_dataset(folder, modalities=["image", "text"])
+
+
+# ---- the real data
+
+
+@pytest.mark.parametrize(
+    "name, users, items, splits",
+    [
+        ("baby", 19445, 7050, (118551, 20559, 21682)),
+        ("tiktok", 9308, 6710, (59541, 3046, 6125)),  # 10 cold-start users' rows dropped
+        ("lfm2k", 1858, 1425, (44327, 4799, 7219)),
+    ],
+)
+def test_real_datasets(real_data_dir, name, users, items, splits):
+    d = load_dataset(name, real_data_dir)
+    assert (d.n_users, d.n_items) == (users, items)
+    assert (d.train.nnz, d.valid.nnz, d.test.nnz) == splits
+    for f in d.features.values():
+        assert f.shape[0] == items and str(f.dtype) == "torch.float32"

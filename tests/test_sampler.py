@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from prismrec.data import BPRSampler
+
+
+def dense_toy(seed=0, n_users=12, n_items=9, density=0.6):
+    rng = np.random.default_rng(seed)
+    m = rng.random((n_users, n_items)) < density
+    m[:, 0] = False  # item 0 is never a training item
+    m[m.sum(1) == n_items - 1, 1] = False  # every user keeps a negative in the train pool
+    m[np.flatnonzero(m.sum(1) == 0), 2] = True
+    return sp.csr_matrix(m.astype(np.float32))
+
+
+@pytest.mark.parametrize("pool", ["train_items", "all_items"])
+def test_negatives_never_positive_and_cover_the_pool(pool):
+    train = dense_toy()
+    dense = train.toarray() > 0
+    sampler = BPRSampler(train, batch_size=7, negative_pool=pool, seed=3)
+    seen = np.zeros_like(dense)
+    pairs = set()
+    for _ in range(200):
+        batches = list(sampler.epoch())
+        u = np.concatenate([b[0].numpy() for b in batches])
+        i = np.concatenate([b[1].numpy() for b in batches])
+        j = np.concatenate([b[2].numpy() for b in batches])
+        assert len(u) == train.nnz and all(len(b[0]) <= 7 for b in batches)
+        assert dense[u, i].all()  # positives are training pairs
+        assert not dense[u, j].any()  # negatives never are
+        pairs |= set(zip(u.tolist(), i.tolist()))
+        seen[u, j] = True
+    assert len(pairs) == train.nnz  # every training pair, once per epoch
+    pool_items = np.flatnonzero(dense.any(0)) if pool == "train_items" else np.arange(dense.shape[1])
+    # exhaustively: every (user, pool item) non-positive was drawn at least once, nothing else
+    allowed = ~dense
+    allowed[:, np.setdiff1d(np.arange(dense.shape[1]), pool_items)] = False
+    assert (seen == allowed).all()
+
+
+def test_is_positive_matches_dense():
+    train = dense_toy(1)
+    s = BPRSampler(train)
+    u, i = np.meshgrid(np.arange(train.shape[0]), np.arange(train.shape[1]), indexing="ij")
+    assert (s.is_positive(u.ravel(), i.ravel()).reshape(u.shape) == (train.toarray() > 0)).all()
+
+
+def test_same_seed_same_batches():
+    train = dense_toy(2)
+    a = [tuple(t.tolist() for t in b) for b in BPRSampler(train, 5, seed=9).epoch()]
+    b = [tuple(t.tolist() for t in b) for b in BPRSampler(train, 5, seed=9).epoch()]
+    c = [tuple(t.tolist() for t in b) for b in BPRSampler(train, 5, seed=10).epoch()]
+    assert a == b and a != c
+
+
+def test_user_with_every_item_is_an_error():
+    train = sp.csr_matrix(np.array([[1, 1, 1], [1, 0, 0]], dtype=np.float32))
+    with pytest.raises(ValueError, match="user 0 interacted with every item"):
+        BPRSampler(train)
+    with pytest.raises(ValueError, match="negative_pool"):
+        BPRSampler(sp.csr_matrix(np.array([[1, 0]], dtype=np.float32)), negative_pool="popular")

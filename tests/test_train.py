@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from prismrec.experiment.config import resolve_config
+from prismrec.experiment.runs import run_experiment
+from prismrec.models import get_model
+from prismrec.train import TrainingDiverged, fit, seed_everything
+
+
+def random_recall_at_20(dataset):
+    """Expected Recall@20 of a uniformly random ranking of the non-training items."""
+    candidates = dataset.n_items - np.diff(dataset.train.indptr)
+    users = np.diff(dataset.test.indptr) > 0
+    return float(np.mean(np.minimum(20 / candidates[users], 1.0)))
+
+
+@pytest.mark.parametrize("model", ["bpr", "lightgcn"])
+def test_smoke_planted(planted, model):
+    cfg = resolve_config(model, "planted", {"epochs": 8, "lr": 0.01, "patience": 100})
+    seed_everything(0)
+    net = get_model(model)(planted, cfg.params)
+    result = fit(net, planted, cfg.train, progress=False)
+    losses = [row["loss"] for row in result.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert result.best_valid["recall@20"] > 2.5 * random_recall_at_20(planted)
+
+
+def test_same_seed_same_metrics_and_different_seed_differs(planted):
+    cfg = resolve_config("lightgcn", "planted", {"epochs": 3})
+    a = run_experiment(cfg, [5], None, dataset=planted, progress=False)
+    b = run_experiment(cfg, [5], None, dataset=planted, progress=False)
+    c = run_experiment(cfg, [6], None, dataset=planted, progress=False)
+    assert a["valid"] == b["valid"] and a["test"] == b["test"]
+    assert a["test"] != c["test"]
+
+
+def test_early_stopping_restores_the_best_state(planted):
+    cfg = resolve_config("bpr", "planted", {"epochs": 60, "patience": 2, "lr": 0.05})
+    seed_everything(0)
+    net = get_model("bpr")(planted, cfg.params)
+    result = fit(net, planted, cfg.train, progress=False)
+    scores = [row["valid_recall@20"] for row in result.history]
+    assert result.epochs == result.best_epoch + cfg.train.patience + 2 or result.epochs == 60
+    assert result.best_epoch == int(np.argmax(scores))  # first maximum: strict improvement
+    from prismrec.eval import Evaluator
+
+    again = Evaluator(planted, ks=cfg.train.topk).evaluate(net, "valid")
+    assert again["recall@20"] == pytest.approx(max(scores))
+
+
+def test_nan_loss_stops_with_a_clear_message(planted):
+    cfg = resolve_config("bpr", "planted", {"epochs": 3})
+    net = get_model("bpr")(planted, cfg.params)
+    with torch.no_grad():
+        net.user_emb[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="loss term.*non-finite at epoch 0"):
+        fit(net, planted, cfg.train, progress=False)
+
+
+def test_run_directory_contents(planted, tmp_path):
+    cfg = resolve_config("lightgcn", "planted", {"epochs": 2})
+    metrics = run_experiment(cfg, [1, 2], tmp_path, dataset=planted, progress=False)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["seeds"] == [1, 2] and set(saved["per_seed"]) == {"1", "2"}
+    per = [saved["per_seed"][s]["test"]["recall@20"] for s in ("1", "2")]
+    assert saved["mean"]["test"]["recall@20"] == pytest.approx(np.mean(per))
+    assert saved["std"]["test"]["recall@20"] == pytest.approx(np.std(per, ddof=1))
+    for seed in (1, 2):
+        sub = tmp_path / f"seed-{seed}"
+        assert {p.name for p in sub.iterdir()} == {"config.yaml", "metrics.json", "history.csv", "model.pt"}
+        state = torch.load(sub / "model.pt")
+        assert set(state) == {"user_emb", "item_emb"}
+    assert metrics["test"] == saved["test"]
