@@ -10,6 +10,10 @@ from torch import nn
 
 from prismrec.graph.sparse import SparseOperator
 
+CANONICAL_MODALITIES = ("image", "text", "audio")
+"""Default modality order: models that give modalities roles (MGCN's v/t, FREEDOM's weights)
+take the first present modality as the "visual" one and the second as the "textual" one."""
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """``(u, i, j)``: user ids, positive item ids, negative item ids (LongTensors of length B)."""
 
@@ -44,6 +48,30 @@ class Recommender(nn.Module):
         self.config = config
         self.n_users = dataset.n_users
         self.n_items = dataset.n_items
+
+    @staticmethod
+    def select_modalities(dataset, wanted: list[str] | None, minimum: int = 1, model: str = "") -> list[str]:
+        """The modality names a model uses: ``wanted`` (checked) or all present, canonical order.
+
+        Raises ``ValueError`` naming what is missing and what the dataset has.
+        """
+        present = list(dataset.features)
+        if wanted is None:
+            rank = {m: i for i, m in enumerate(CANONICAL_MODALITIES)}
+            wanted = sorted(present, key=lambda m: (rank.get(m, len(rank)), m))
+        missing = [m for m in wanted if m not in present]
+        if missing:
+            raise ValueError(
+                f"{model or 'model'} needs modality feature(s) {', '.join(missing)} but dataset "
+                f"{dataset.name!r} has {', '.join(present) or 'none'}: add <modality>_feat.npy "
+                "files or choose others with --set modalities=[...]"
+            )
+        if len(wanted) < minimum:
+            raise ValueError(
+                f"{model or 'model'} needs at least {minimum} modalities; dataset {dataset.name!r} "
+                f"offers {', '.join(present) or 'none'} and {wanted} were selected"
+            )
+        return list(wanted)
 
     def forward(self) -> Output:  # pragma: no cover - abstract
         """Full propagation: final user and item representations."""

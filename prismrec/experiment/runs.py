@@ -71,8 +71,17 @@ def train_one_seed(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_config(config, dataset, out_dir / "config.yaml", [cfg.seed])
+    history_path = out_dir / "history.csv" if out_dir is not None else None
+
+    def save_history(row: dict) -> None:  # written every epoch, so a killed run keeps its log
+        first = row["epoch"] == 0
+        pd.DataFrame([row]).to_csv(history_path, mode="w" if first else "a", header=first, index=False)
+
     try:
-        result = fit(model, dataset, cfg, evaluator=evaluator, progress=progress)
+        result = fit(
+            model, dataset, cfg, evaluator=evaluator, progress=progress,
+            on_epoch_end=save_history if history_path is not None else None,
+        )
     except TrainingDiverged as exc:
         if out_dir is not None:
             failed = {"status": "failed", "error": str(exc), "seed": cfg.seed}
@@ -95,7 +104,7 @@ def train_one_seed(
         "users_evaluated": {"valid": result.best_valid.get("users"), "test": test.get("users")},
     }
     if out_dir is not None:
-        history.to_csv(out_dir / "history.csv", index=False)
+        history.to_csv(history_path, index=False)
         torch.save(model.state_dict(), out_dir / "model.pt")
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -146,7 +146,9 @@ class GraphCache:
             try:
                 return sp.load_npz(path).tocsr()
             except Exception as err:  # noqa: BLE001 - any unreadable file is rebuilt, not fatal
-                warnings.warn(f"unreadable graph cache file {path} ({err}); rebuilding", stacklevel=2)
+                warnings.warn(
+                    f"unreadable graph cache file {path} ({err}); rebuilding", stacklevel=2
+                )
         graph = self._checked(builder(), kind)
         self._write(path, graph)
         return graph
@@ -155,7 +157,8 @@ class GraphCache:
     def _checked(graph: Any, kind: str) -> sp.csr_matrix:
         if not sp.issparse(graph):
             raise TypeError(
-                f"the builder for {kind!r} returned {type(graph).__name__}, expected a SciPy sparse matrix"
+                f"the builder for {kind!r} returned {type(graph).__name__}, "
+                "expected a SciPy sparse matrix"
             )
         return sp.csr_matrix(graph)
 

@@ -19,7 +19,7 @@ _BLOCK_WORK = 4 * 2**20
 
 
 def _binary_interactions(train: sp.spmatrix | np.ndarray) -> sp.csr_matrix:
-    """The users x items interaction pattern as an int32 0/1 CSR (any non-zero is an interaction)."""
+    """The users x items interaction pattern as int32 0/1 CSR (any non-zero is an interaction)."""
     if sp.issparse(train):
         r = sp.csr_matrix(train, copy=True)
     elif isinstance(train, np.ndarray):
@@ -96,7 +96,9 @@ def cooccurrence_graph(
     if n_items < 1 or k < 1 or k > n_items:
         raise ValueError(f"k must be between 1 and n_items={n_items}, got k={k}")
     if block_size is not None and (
-        isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1
+        isinstance(block_size, bool)
+        or not isinstance(block_size, (int, np.integer))
+        or block_size < 1
     ):
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
 

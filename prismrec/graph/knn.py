@@ -122,7 +122,8 @@ def knn_graph(
         block_size: rows of ``S`` computed at once; default keeps one block near 64 MB.
         self_loops: ``"force"`` sets ``S_ii = +inf`` so self is always kept (2.2, weight 1);
             ``"exclude"`` sets ``S_ii = -inf`` so self is never kept (2.5).
-        weight: ``"cosine"`` stores ``w_ij = cos(x_i, x_j)`` (2.2); ``"binary"`` stores 1 (2.3, 2.5).
+        weight: ``"cosine"`` stores ``w_ij = cos(x_i, x_j)`` (2.2); ``"binary"`` stores 1
+            (2.3, 2.5).
         normalize: apply :func:`~prismrec.graph.ops.sym_normalize` with row degrees
             (``δ_i^-1/2 w_ij δ_j^-1/2``, warns on non-positive degrees of non-empty rows);
             ``False`` returns the raw weights (2.5).
@@ -149,7 +150,11 @@ def knn_graph(
         )
     if block_size is None:
         block_size = default_block_size(n)
-    elif isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+    elif (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, (int, np.integer))
+        or block_size < 1
+    ):
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     block_size = int(min(block_size, n))
 
@@ -282,7 +287,8 @@ def intersection_links(graph_a: sp.spmatrix, graph_b: sp.spmatrix) -> sp.csr_mat
     a, b = _pattern(graph_a), _pattern(graph_b)
     if a.shape != b.shape or a.shape[0] != a.shape[1]:
         raise ValueError(
-            f"intersection_links needs two square graphs of the same shape, got {a.shape} and {b.shape}"
+            "intersection_links needs two square graphs of the same shape, "
+            f"got {a.shape} and {b.shape}"
         )
     both = a.multiply(b).tocoo()
     off_diag = both.row != both.col

@@ -68,7 +68,9 @@ def mix(
     shape = graphs[0].shape
     for pos, g in enumerate(graphs):
         if not sp.issparse(g):
-            raise TypeError(f"mix: graph {pos} is {type(g).__name__}, expected a SciPy sparse matrix")
+            raise TypeError(
+                f"mix: graph {pos} is {type(g).__name__}, expected a SciPy sparse matrix"
+            )
         if g.shape != shape:
             raise ValueError(f"mix: graph {pos} has shape {g.shape}, graph 0 has {shape}")
     out = sp.csr_matrix(shape, dtype=np.float32)
@@ -118,7 +120,9 @@ def degree_sensitive_edge_sample(
         raise TypeError(f"train_csr must be a SciPy sparse matrix, got {type(train_csr).__name__}")
     drop = float(drop_ratio)
     if not 0.0 <= drop <= 1.0:
-        raise ValueError(f"drop_ratio is the fraction of edges dropped and must be in [0, 1], got {drop_ratio}")
+        raise ValueError(
+            f"drop_ratio is the fraction of edges dropped and must be in [0, 1], got {drop_ratio}"
+        )
     r = sp.csr_matrix(train_csr, dtype=np.float32, copy=True)
     r.sum_duplicates()
     r.eliminate_zeros()

@@ -25,6 +25,15 @@ def get_model(name: str) -> type[Recommender]:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}") from None
 
 
-from prismrec.models import bpr, lightgcn  # noqa: E402,F401  (registration side effects)
+def _import_all() -> None:
+    """Import every module of this package so each model registers itself."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_all()
 
 __all__ = ["MODELS", "get_model", "register"]

@@ -74,7 +74,7 @@ def fit(
             model.train()
             model.on_epoch_start(epoch)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            row.update(_train_epoch(model, sampler, optimizer, epoch, device))
+            row.update(train_epoch(model, sampler, optimizer, epoch, device))
             t0 = time.perf_counter()
             valid = evaluator.evaluate(model, "valid")
             row["eval_s"] = time.perf_counter() - t0
@@ -102,7 +102,7 @@ def fit(
     return result
 
 
-def _train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device) -> dict:
+def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device) -> dict:
     """One pass over the training pairs; returns mean loss terms and where the time went."""
     sums: dict[str, float] = {}
     timing = {"sample_s": 0.0, "forward_s": 0.0, "backward_s": 0.0, "optim_s": 0.0}
