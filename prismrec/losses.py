@@ -34,9 +34,15 @@ def l2_reg(form: str, *rows: torch.Tensor) -> torch.Tensor:
 
 
 def infonce_rows(p: torch.Tensor, q: torch.Tensor, tau: float) -> torch.Tensor:
-    """Per-row InfoNCE ``ℓ_b``: ``-log softmax_b'(cos(p_b, q_b') / τ)`` at ``b' = b``."""
-    logits = F.normalize(p, dim=1) @ F.normalize(q, dim=1).T / tau
-    return -torch.diagonal(torch.log_softmax(logits, dim=1))
+    """Per-row InfoNCE ``ℓ_b = -log softmax_b'(cos(p_b, q_b') / τ)`` evaluated at ``b' = b``.
+
+    Computed as ``logsumexp_b'(s_bb') - s_bb`` with the positive ``s_bb`` taken row-wise rather
+    than from the logits' diagonal: the B x B matrix then costs one GEMM and one log-sum-exp,
+    and no dense zero matrix is built for the diagonal's gradient.
+    """
+    pn = F.normalize(p, dim=1) / tau
+    qn = F.normalize(q, dim=1)
+    return torch.logsumexp(pn @ qn.T, dim=1) - (pn * qn).sum(dim=1)
 
 
 def infonce(

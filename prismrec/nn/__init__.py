@@ -1,5 +1,16 @@
 """Reusable layers: propagation, encoders, fusion, perturbation."""
 
+from prismrec.nn.encoders import ModalityPurifier, Projector, Purifier
+from prismrec.nn.fusion import BehaviorAwareFuser
+from prismrec.nn.perturb import PERTURB_MODES, perturb
 from prismrec.nn.propagation import lightgcn
 
-__all__ = ["lightgcn"]
+__all__ = [
+    "BehaviorAwareFuser",
+    "ModalityPurifier",
+    "PERTURB_MODES",
+    "Projector",
+    "Purifier",
+    "lightgcn",
+    "perturb",
+]

@@ -1,0 +1,127 @@
+"""RLMultimodalRec — "Gated Multimodal Graph Learning for Personalized Recommendation"
+(arXiv 2506.00107; ALGORITHMS.md §4). Everything past the abstract is **proposed**.
+
+1. Projection: ``x̃_i^m = W_m f_i^m + b_m`` (``d_m -> d``) per modality, features frozen.
+2. Gate, two modalities (``v``, ``t`` = first and second selected modality):
+   ``g_i = σ(W_g [ṽ_i ; t̃_i] + b_g)`` — element-wise (``W_g ∈ R^{d×2d}``) or scalar
+   (``R^{1×2d}``); more than two modalities: ``g_i = softmax_m(W_g [x̃_i^1; ...; x̃_i^M])`` per
+   dimension (or per item).
+3. Fusion: ``m_i = g_i ⊙ ṽ_i + (1 − g_i) ⊙ t̃_i`` (generally ``Σ_m g_i^m ⊙ x̃_i^m``).
+4. Inputs: ``e_i⁰ = e_i^{id} + m_i`` (``item_input = "sum"``), ``e_u⁰ = e_u^{id}``.
+5. Encoder: ``[Z_U; Z_I] = LGN(Â, [E_U; E⁰_I], L = 2)`` — two LightGCN layers, no nonlinearity.
+6. Score ``z_u · z_i``; aux ``gate`` (per-item modality weights, for the gate analysis).
+
+Loss: ``L_BPR(Z) + λ·[half_sq(e_u⁰, e_i⁰, e_j⁰) + ½(Σ_m ‖W_m‖²_F + ‖W_g‖²_F)]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from prismrec.graph import SparseOperator, bipartite_adjacency
+from prismrec.losses import bpr_loss, half_sq
+from prismrec.models import register
+from prismrec.nn import Projector, lightgcn
+from prismrec.nn.gates import GatedFusion
+from prismrec.recommender import Output, Recommender
+
+
+@dataclass
+class RLMultimodalRecConfig:
+    modalities: list[str] | None = None
+    """Modalities to fuse (default: all present; the first two play ``v`` and ``t``)."""
+    embedding_size: int = 64
+    """``d``."""
+    n_layers: int = 2
+    """LightGCN depth ``L`` (paper: two layers); ablation {1, 2, 3}."""
+    reg_weight: float = 1e-4
+    """``λ``; grid {1e-5, 1e-4, 1e-3}."""
+    gate: Literal["vector", "scalar"] = "vector"
+    """Element-wise gate (``W_g ∈ R^{d×2d}``) or one weight per item (``R^{1×2d}``)."""
+    fusion: Literal["gate", "concat", "mean", "visual_only", "text_only"] = "gate"
+    """How modalities are combined: learned gate, ``W_o[ṽ; t̃]``, plain mean, or one modality
+    (``visual_only`` = the first selected modality, ``text_only`` = the second)."""
+    item_input: Literal["sum", "content_only", "concat_linear"] = "sum"
+    """``e_i⁰ = e_i^{id} + m_i``, ``= m_i`` (no item ID embedding), or ``W_o[e_i^{id}; m_i]``."""
+    train_features: bool = False
+    """Fine-tune the raw feature matrices."""
+
+
+@register
+class RLMultimodalRec(Recommender):
+    name = "rlmmrec"
+    Config = RLMultimodalRecConfig
+
+    def __init__(self, dataset, config: RLMultimodalRecConfig) -> None:
+        super().__init__(dataset, config)
+        # One selected modality (or a *_only fusion) is the single-modality variant: m = x̃.
+        names = self.select_modalities(
+            dataset, config.modalities, 2 if config.fusion == "text_only" else 1, self.name
+        )
+        if config.fusion in ("visual_only", "text_only"):
+            names = names[:1] if config.fusion == "visual_only" else names[1:2]
+        self.modalities = names
+        d = config.embedding_size
+        self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
+        self.user_emb = nn.Parameter(torch.empty(self.n_users, d))
+        self.item_emb = nn.Parameter(torch.empty(self.n_items, d))
+        self.projectors = nn.ModuleDict(
+            {m: Projector(dataset.features[m], d, config.train_features) for m in names}
+        )
+        self.fuser = None
+        if len(names) > 1 and config.fusion == "gate":
+            self.fuser = GatedFusion(len(names), d, scalar=config.gate == "scalar")
+        elif len(names) > 1 and config.fusion == "concat":
+            self.fuser = nn.Linear(len(names) * d, d)
+        self.item_mixer = nn.Linear(2 * d, d) if config.item_input == "concat_linear" else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.user_emb)
+        nn.init.xavier_uniform_(self.item_emb)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def content(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Steps 1-3: fused content ``m`` (``n_I x d``) and the gate weights (or None)."""
+        projected = [self.projectors[m]() for m in self.modalities]
+        if len(projected) == 1:
+            return projected[0], None
+        if self.config.fusion == "gate":
+            return self.fuser(projected)
+        if self.config.fusion == "concat":
+            return self.fuser(torch.cat(projected, dim=1)), None
+        return torch.stack(projected).mean(0), None
+
+    def forward(self) -> Output:
+        m, gate = self.content()
+        if self.config.item_input == "sum":
+            items0 = self.item_emb + m
+        elif self.config.item_input == "content_only":
+            items0 = m
+        else:
+            items0 = self.item_mixer(torch.cat([self.item_emb, m], dim=1))
+        z = lightgcn(self.adjacency, torch.cat([self.user_emb, items0]), self.config.n_layers)
+        aux = {"items0": items0}
+        if gate is not None:
+            aux["gate"] = gate
+        return Output(z[: self.n_users], z[self.n_users :], aux)
+
+    def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        u, i, j = batch
+        items0 = out.aux["items0"]
+        weights = [p.linear.weight for p in self.projectors.values()]
+        weights += [mod.weight for mod in (self.fuser, self.item_mixer) if isinstance(mod, nn.Linear)]
+        if isinstance(self.fuser, GatedFusion):
+            weights.append(self.fuser.linear.weight)
+        reg = half_sq(self.user_emb[u], items0[i], items0[j]) + sum(0.5 * w.pow(2).sum() for w in weights)
+        return {
+            "bpr": bpr_loss(out.user[u], out.item[i], out.item[j]),
+            "reg": self.config.reg_weight * reg,
+        }

@@ -1,0 +1,161 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from prismrec.experiment.config import resolve_config
+from prismrec.graph import bipartite_adjacency, intersection_links, knn_graph
+from prismrec.models import get_model
+from prismrec.train import fit, seed_everything
+from tests.test_train import random_recall_at_20
+
+MODELS = ["mgcn", "gume"]
+TERMS = {"mgcn": {"bpr", "reg", "cl"}, "gume": {"bpr", "reg", "vt", "bm", "um", "reg2"}}
+
+
+def _build(name, dataset, seed=0, **overrides):
+    cfg = resolve_config(name, dataset.name, overrides)
+    seed_everything(seed)
+    return get_model(name)(dataset, cfg.params)
+
+
+def _batch(dataset, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randint(0, dataset.n_users, (size,), generator=g)
+    i = torch.randint(0, dataset.n_items, (size,), generator=g)
+    j = torch.randint(0, dataset.n_items, (size,), generator=g)
+    return u, i, j
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_smoke_planted(planted, model):
+    cfg = resolve_config(model, "planted", {"epochs": 6, "lr": 0.01, "patience": 100})
+    seed_everything(0)
+    net = get_model(model)(planted, cfg.params)
+    result = fit(net, planted, cfg.train, progress=False)
+    losses = [row["loss"] for row in result.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert {f"loss_{t}" for t in TERMS[model]} <= set(result.history[0])
+    assert result.best_valid["recall@20"] > 2.5 * random_recall_at_20(planted)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_loss_term_present_finite_and_differentiable(planted, model):
+    net = _build(model, planted)
+    net.train()
+    terms = net.loss(_batch(planted), net())
+    assert set(terms) == TERMS[model]
+    assert all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
+    sum(terms.values()).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_eval_forward_is_deterministic_and_aux_shapes(planted, model):
+    net = _build(model, planted).eval()
+    with torch.no_grad():
+        a, b = net(), net()
+    assert torch.equal(a.user, b.user) and torch.equal(a.item, b.item)
+    n, d = planted.n_users + planted.n_items, 64
+    assert a.user.shape == (planted.n_users, d) and a.item.shape == (planted.n_items, d)
+    assert a.aux["behavior"].shape == a.aux["modality"].shape == (n, d)
+    z = a.aux["behavior"] + a.aux["modality"]  # Z = C + M, users first
+    torch.testing.assert_close(torch.cat([a.user, a.item]), z)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_same_seed_same_training_step(planted, model):
+    def one_step():
+        net = _build(model, planted, seed=7)
+        net.train()
+        terms = net.loss(_batch(planted), net())
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    assert one_step() == one_step()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_missing_modalities_are_a_clear_error(planted, model):
+    bare = dataclasses.replace(planted, features={})
+    with pytest.raises(ValueError, match=f"{model} needs"):
+        _build(model, bare)
+    with pytest.raises(ValueError, match="needs modality feature\\(s\\) audio"):
+        _build(model, planted, modalities=["image", "audio"])
+
+
+def test_gume_needs_two_modalities_and_mgcn_one(planted):
+    one = dataclasses.replace(planted, features={"text": planted.features["text"]})
+    with pytest.raises(ValueError, match="gume needs at least 2 modalities"):
+        _build("gume", one)
+    net = _build("mgcn", one)
+    assert net.modalities == ["text"] and net().item.shape == (planted.n_items, 64)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_config_rejects_unknown_keys_and_accepts_modalities(model):
+    with pytest.raises(ValueError, match="unknown setting"):
+        resolve_config(model, "planted", {"cl_wieght": 0.1})
+    cfg = resolve_config(model, "planted", {"modalities": "text,image"})
+    assert cfg.params.modalities == ["text", "image"]
+    assert cfg.train.lr_decay == 0.96 and cfg.train.lr_decay_epochs == 50
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_three_modalities(planted, model):
+    feats = dict(planted.features)
+    feats["audio"] = torch.randn(planted.n_items, 8, generator=torch.Generator().manual_seed(0))
+    net = _build(model, dataclasses.replace(planted, features=feats))
+    assert net.modalities == ["image", "text", "audio"]
+    net.train()
+    terms = net.loss(_batch(planted), net())
+    assert all(torch.isfinite(t) for t in terms.values())
+
+
+def test_gume_enhanced_graph_uses_the_intersection_of_knn_sets(planted):
+    net = _build("gume", planted)
+    knn = [knn_graph(planted.features[m], 10) for m in ("image", "text")]
+    links = intersection_links(*knn)
+    assert links.nnz > 0 and net.n_item_links == links.nnz
+    expected = bipartite_adjacency(planted.train, links, gamma=1.0)
+    n_u = planted.n_users
+    x = torch.randn(expected.shape[0], 3)
+    torch.testing.assert_close(net.adjacency @ x, torch.from_numpy(expected @ x.numpy()), rtol=1e-5, atol=1e-6)
+    r_hat = sp.csr_matrix(expected)[:n_u, n_u:]
+    y = torch.randn(planted.n_items, 3)
+    torch.testing.assert_close(net.user_item @ y, torch.from_numpy(r_hat @ y.numpy()), rtol=1e-5, atol=1e-6)
+
+
+def test_mgcn_forward_matches_spec(planted):
+    """C = LGN(Â), H_m = [R̂ Ŝ_m H_m⁰; Ŝ_m H_m⁰], Z = C + fuse(H | C), recomputed densely."""
+    net = _build("mgcn", planted).eval()
+    n_u = planted.n_users
+    adj = torch.from_numpy(bipartite_adjacency(planted.train).toarray())
+    x0 = torch.cat([net.user_emb, net.item_emb]).detach()
+    c = (x0 + adj @ x0 + adj @ adj @ x0) / 3
+    views = []
+    for m, pur in zip(net.modalities, net.purifiers):
+        s = torch.from_numpy(knn_graph(planted.features[m], 10).toarray())
+        h_items = s @ pur(net.item_emb).detach()
+        views.append(torch.cat([adj[:n_u, n_u:] @ h_items, h_items]))
+    with torch.no_grad():
+        expected = c + net.fuser(views, c)
+        out = net()
+    torch.testing.assert_close(torch.cat([out.user, out.item]), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_gume_vt_gap_is_mean_over_pairs():
+    h = torch.randn(3, 10, 4)
+    var, mean = [x.var() for x in h], [x.mean() for x in h]
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    expected = sum(abs(var[a] - var[b]) + abs(mean[a] - mean[b]) for a, b in pairs) / 3
+    torch.testing.assert_close(get_model("gume").vt_gap(h), expected)
+
+
+def test_frozen_features_are_not_trained(planted):
+    net = _build("mgcn", planted, train_features=False)
+    names = {n for n, _ in net.named_parameters()}
+    assert not any(n.endswith("features") for n in names)
+    assert not any(k.endswith("features") for k in net.state_dict())

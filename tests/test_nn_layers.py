@@ -1,0 +1,154 @@
+import pytest
+import torch
+
+from prismrec.nn import PERTURB_MODES, BehaviorAwareFuser, Projector, Purifier, perturb
+
+
+def _features(n=7, dim=5, seed=0):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------------- encoders
+def test_projector_is_a_linear_map_of_the_features():
+    feats = _features()
+    proj = Projector(feats, dim=4, trainable_features=False)
+    expected = feats @ proj.linear.weight.T + proj.linear.bias
+    torch.testing.assert_close(proj(), expected)
+    assert proj().shape == (7, 4) and proj.in_dim == 5 and proj.out_dim == 4
+
+
+def test_projector_feature_storage():
+    feats = _features()
+    frozen = Projector(feats, 4, trainable_features=False)
+    trainable = Projector(feats, 4, trainable_features=True)
+    assert "features" not in dict(frozen.named_parameters())
+    assert "features" not in frozen.state_dict()  # frozen copy is rebuilt, never saved
+    assert isinstance(trainable.features, torch.nn.Parameter) and "features" in trainable.state_dict()
+    trainable().sum().backward()
+    assert trainable.features.grad is not None
+    feats.add_(1.0)  # the layers hold copies
+    assert not torch.equal(frozen.features, feats) and not torch.equal(trainable.features.data, feats)
+
+
+def test_projector_rejects_bad_features():
+    with pytest.raises(ValueError, match="2-D"):
+        Projector(torch.randn(5), 4)
+    bad = _features()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        Projector(bad, 4)
+
+
+def test_purifier_equals_hand_computation():
+    torch.manual_seed(0)
+    feats, item_emb = _features(), torch.randn(7, 4)
+    pur = Purifier(feats, dim=4, trainable_features=True)
+    lin, gate = pur.projector.linear, pur.gate
+    x = feats @ lin.weight.T + lin.bias                     # X_m = F_m W_m + b_m
+    expected = item_emb * torch.sigmoid(x @ gate.weight.T + gate.bias)
+    torch.testing.assert_close(pur(item_emb), expected)
+    with pytest.raises(ValueError, match="item_emb must be 7 x 4"):
+        pur(torch.randn(6, 4))
+
+
+# ------------------------------------------------------------------------------------ fuser
+def _fuser_reference(fuser: BehaviorAwareFuser, views, behavior):
+    """Node by node, modality by modality, straight from ALGORITHMS.md 2.8."""
+    w1, b1 = fuser.query[0].weight, fuser.query[0].bias
+    wq = fuser.query[2].weight[0]
+    k, d = len(views), fuser.dim
+    pw, pb = fuser.preference.weight, fuser.preference.bias
+    rows = []
+    for node in range(behavior.shape[0]):
+        scores = torch.stack([wq @ torch.tanh(w1 @ h[node] + b1) for h in views])
+        alpha = torch.exp(scores) / torch.exp(scores).sum()
+        common = sum(alpha[m] * views[m][node] for m in range(k))
+        total = common.clone()
+        for m in range(k):
+            p_m = torch.sigmoid(pw[m * d : (m + 1) * d] @ behavior[node] + pb[m * d : (m + 1) * d])
+            total = total + p_m * (views[m][node] - common)
+        rows.append(total / (k + 1))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_fuser_matches_per_node_reference(k):
+    torch.manual_seed(k)
+    n, d = 6, 5
+    fuser = BehaviorAwareFuser(d, k)
+    views = [torch.randn(n, d) for _ in range(k)]
+    behavior = torch.randn(n, d)
+    out = fuser(views, behavior)
+    torch.testing.assert_close(out, _fuser_reference(fuser, views, behavior), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fuser(torch.stack(views), behavior), out)  # stacked input too
+
+
+def test_fuser_two_modalities_is_mgcn_formula():
+    torch.manual_seed(0)
+    fuser = BehaviorAwareFuser(4, 2)
+    hv, ht, c = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    att = torch.softmax(torch.cat([fuser.query(hv), fuser.query(ht)], dim=-1), dim=-1)
+    common = att[:, :1] * hv + att[:, 1:] * ht
+    gates = torch.sigmoid(fuser.preference(c))
+    expected = (gates[:, :4] * (hv - common) + gates[:, 4:] * (ht - common) + common) / 3
+    torch.testing.assert_close(fuser([hv, ht], c), expected)
+
+
+def test_fuser_rejects_wrong_shapes():
+    fuser = BehaviorAwareFuser(4, 2)
+    with pytest.raises(ValueError, match="expected 2 views"):
+        fuser([torch.randn(3, 4)], torch.randn(3, 4))
+    with pytest.raises(ValueError, match="behavior must be"):
+        fuser([torch.randn(3, 4), torch.randn(3, 4)], torch.randn(2, 4))
+    with pytest.raises(ValueError, match="n_modalities"):
+        BehaviorAwareFuser(4, 0)
+
+
+# ---------------------------------------------------------------------------------- perturb
+def _rows_without_zeros(n=50, d=8, seed=0):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) * torch.linspace(0.1, 5, n)[:, None]
+    x[x == 0] = 1e-3
+    return x
+
+
+@pytest.mark.parametrize("mode", PERTURB_MODES)
+def test_perturb_noise_norm_is_rho(mode):
+    x, eps = _rows_without_zeros(), 0.1
+    norms = x.norm(dim=1)
+    rho = {
+        "fixed": torch.full_like(norms, eps),
+        "modulus": eps * norms,
+        "relative": eps * norms / norms.mean(),
+        "inverse": eps * norms.mean() / norms,
+    }[mode]
+    view = perturb(x, eps, mode, generator=torch.Generator().manual_seed(1))
+    delta = view - x
+    torch.testing.assert_close(delta.norm(dim=1), rho, rtol=1e-4, atol=1e-6)
+    assert torch.equal(torch.sign(delta), torch.sign(x))  # the noise keeps each coordinate's sign
+
+
+def test_perturb_views_differ_and_generator_reproduces():
+    x = _rows_without_zeros()
+    gen = torch.Generator().manual_seed(3)
+    a, b = perturb(x, 0.1, generator=gen), perturb(x, 0.1, generator=gen)
+    assert not torch.allclose(a, b)
+    again = torch.Generator().manual_seed(3)
+    torch.testing.assert_close(perturb(x, 0.1, generator=again), a, rtol=0, atol=0)
+    torch.testing.assert_close(perturb(x, 0.1, generator=again), b, rtol=0, atol=0)
+
+
+def test_perturb_gradient_flows_to_x_only_and_zero_rows_stay_finite():
+    x = _rows_without_zeros(5, 4).requires_grad_()
+    for mode in PERTURB_MODES:
+        (g,) = torch.autograd.grad(perturb(x, 0.1, mode).sum(), x)
+        torch.testing.assert_close(g, torch.ones_like(x))  # ρ and δ are constants
+    zero = torch.zeros(3, 4)
+    for mode in PERTURB_MODES:
+        assert torch.equal(perturb(zero, 0.1, mode), zero)
+
+
+def test_perturb_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        perturb(torch.ones(2, 2), 0.1, "gaussian")
+    with pytest.raises(ValueError, match="eps"):
+        perturb(torch.ones(2, 2), -0.1)

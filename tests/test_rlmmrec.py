@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+
+from prismrec.experiment.config import resolve_config
+from prismrec.models import get_model
+from prismrec.nn.gates import GatedFusion
+from prismrec.train import fit, seed_everything
+from tests.test_train import random_recall_at_20
+
+
+def build(dataset, **settings):
+    seed_everything(0)
+    cfg = resolve_config("rlmmrec", dataset.name, settings)
+    return get_model("rlmmrec")(dataset, cfg.params), cfg
+
+
+@pytest.mark.parametrize("m, scalar", [(2, False), (2, True), (3, False), (3, True)])
+def test_gate_weights_are_convex(m, scalar):
+    torch.manual_seed(0)
+    gate = GatedFusion(m, 8, scalar=scalar)
+    xs = [torch.randn(50, 8) * 3 for _ in range(m)]
+    fused, w = gate(xs)
+    assert w.shape == (50, m, 1 if scalar else 8)
+    assert (w >= 0).all() and (w <= 1).all()
+    torch.testing.assert_close(w.sum(1), torch.ones(50, w.shape[2]))
+    want = sum(w[:, k] * xs[k] for k in range(m))
+    torch.testing.assert_close(fused, want)
+
+
+def test_two_modality_gate_is_sigmoid_of_a_linear_map():
+    torch.manual_seed(1)
+    gate = GatedFusion(2, 4)
+    v, t = torch.randn(5, 4), torch.randn(5, 4)
+    g = torch.sigmoid(torch.cat([v, t], 1) @ gate.linear.weight.T + gate.linear.bias)
+    fused, w = gate([v, t])
+    torch.testing.assert_close(fused, g * v + (1 - g) * t)
+    torch.testing.assert_close(w[:, 0], g)
+
+
+@pytest.mark.parametrize("forced, single", [(1.0, "visual_only"), (0.0, "text_only")])
+def test_forced_gate_equals_single_modality_variant(planted, forced, single):
+    gated, _ = build(planted)
+    alone, _ = build(planted, fusion=single)
+    alone.load_state_dict(gated.state_dict(), strict=False)  # same ID tables and projectors
+    with torch.no_grad():
+        gated.fuser.linear.weight.zero_()
+        gated.fuser.linear.bias.fill_(60.0 if forced else -60.0)  # σ = exactly 1 or 0 in float32
+    gated.eval(), alone.eval()
+    a, b = gated(), alone()
+    assert alone.modalities == [gated.modalities[0 if forced else 1]]
+    torch.testing.assert_close(a.user, b.user)
+    torch.testing.assert_close(a.item, b.item)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"gate": "scalar"}, {"fusion": "concat"}, {"fusion": "mean"}, {"item_input": "content_only"},
+     {"item_input": "concat_linear"}, {"n_layers": 1}, {"modalities": ["text"]}],
+)
+def test_smoke_and_switches(planted, settings):
+    model, cfg = build(planted, epochs=6, lr=0.01, **settings)
+    result = fit(model, planted, cfg.train, progress=False)
+    losses = [row["loss"] for row in result.history]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert result.best_valid["recall@20"] > 2.5 * random_recall_at_20(planted)
+
+
+def test_content_only_has_no_item_id_table_in_the_graph_input(planted):
+    model, _ = build(planted, item_input="content_only")
+    out = model()
+    m, _ = model.content()
+    torch.testing.assert_close(out.aux["items0"], m)
+
+
+def test_missing_modalities_are_clear_errors(planted):
+    with pytest.raises(ValueError, match="needs modality feature"):
+        build(planted, modalities=["audio"])
+    single = type(planted)(**{**planted.__dict__, "features": {"image": planted.features["image"]}})
+    with pytest.raises(ValueError, match="at least 2 modalities"):
+        build(single, fusion="text_only")
