@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +22,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import RESULTS, machine, median_time, write
-from prismrec.data import BPRSampler, load_dataset
+from benchmarks.epoch_speed import breakdown
+from prismrec.data import load_dataset
 from prismrec.eval import Evaluator
 from prismrec.experiment.config import resolve_config
 from prismrec.models import get_model
-from prismrec.train.trainer import train_epoch
 
 RUNS = Path("runs/bench-foundation-baby")
 MMREC = {"train_s": 5.4, "valid_s": 3.9, "test_s": 3.9}  # MMRec LightGCN on baby, 2 threads
@@ -76,27 +75,13 @@ def evaluation_vs_floor(model, data, cfg) -> dict:
     }
 
 
-def epoch_breakdown(model, data, cfg, epochs: int = 7) -> dict:
-    model.train()
-    sampler = BPRSampler(data.train, cfg.train.batch_size, seed=cfg.train.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    evaluator = Evaluator(data, ks=cfg.train.topk, batch_size=cfg.train.eval_batch_size)
-    rows = []
-    for epoch in range(epochs):
-        row = train_epoch(model, sampler, optimizer, epoch, model.device)
-        row["eval_s"] = median_time(lambda: evaluator.evaluate(model, "valid"), repeats=1, warmup=0)["median"]
-        rows.append(row)
-    keys = ("sample_s", "forward_s", "backward_s", "optim_s", "train_s", "eval_s")
-    return {k: statistics.median(r[k] for r in rows) for k in keys} | {"epochs": epochs}
-
-
 def main() -> None:
     torch.set_num_threads(2)
     results = run_compare()
     data = load_dataset("baby")
     model, cfg = trained_lightgcn(data)
     ev = evaluation_vs_floor(model, data, cfg)
-    br = epoch_breakdown(model, data, cfg)
+    br = breakdown("lightgcn", data, epochs=7, model=model)
     ours = br["train_s"] + br["eval_s"]
     mmrec_tv = MMREC["train_s"] + MMREC["valid_s"]
     mmrec_all = mmrec_tv + MMREC["test_s"]

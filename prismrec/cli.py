@@ -141,6 +141,22 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command()
+def export(
+    run: Path = typer.Option(..., help="Run directory written by `prismrec train` (single- or multi-seed)."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default <run>/export)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default $PRISMREC_DATA, then ../shared/data)."),
+) -> None:
+    """Write a run's eval-mode user/item representations (.npy) and representations.json."""
+    from prismrec.experiment.export import export_representations
+
+    try:
+        path = export_representations(run, out, data_dir)
+    except (ValueError, KeyError, DatasetError, OSError) as exc:
+        _fail(str(exc).strip("'\""))
+    console.print(f"representations written to {path}", highlight=False)
+
+
 def main() -> None:
     """Entry point for ``python -m prismrec``."""
     app(prog_name="prismrec")

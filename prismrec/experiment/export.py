@@ -1,0 +1,229 @@
+"""Export a trained run's representations as ``.npy`` arrays plus a JSON description.
+
+A finished run directory (``prismrec train``) holds the resolved config, the recorded protocol
+(split fingerprints) and the best-validation ``model.pt``. :func:`export_representations`
+rebuilds the model from the dataset and the recorded settings, loads the weights, runs **one
+eval-mode forward** and writes, into ``<run>/export`` by default::
+
+    user.npy, item.npy                  final representations z_u, z_i (float32, row = id)
+    user.<name>.npy, item.<name>.npy    every auxiliary of the forward that is an N x d node
+                                        matrix (users first), e.g. FREEDOM's behavior/modality
+    representations.json                what each array is, and where it came from: model, run
+                                        dir, config digest, seed, best epoch, valid recall@20,
+                                        dataset and train-split fingerprint
+
+The train split the model was trained on must be the one loaded now: the run's recorded train
+fingerprint is compared with the dataset's and a mismatch is an error (a downstream model, e.g.
+EGRA's graph built from pretrained item vectors, would otherwise leak or misalign). This is the
+artifact of ALGORITHMS.md §6.1 items 2–4 (EGRA's ``P`` is ``item.npy`` or an ``item.<name>.npy``).
+
+A multi-seed run directory (``seed-<s>/`` subdirectories) is exported seed by seed into
+``<out>/seed-<s>/``, with an index ``<out>/representations.json`` listing them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from prismrec.data import Dataset, load_dataset
+from prismrec.experiment.config import ExperimentConfig, resolve_config
+from prismrec.models import get_model
+from prismrec.recommender import Output, Recommender
+
+FORMAT = "prismrec.representations/1"
+"""Version tag written into every ``representations.json``."""
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+class ExportError(ValueError):
+    """A run directory cannot be exported; the message says what is wrong and what to do."""
+
+
+def export_representations(
+    run_dir: str | Path, out_dir: str | Path | None = None, data_dir: str | Path | None = None
+) -> Path:
+    """Write a run's eval-mode representations and their description; return the output folder.
+
+    Args:
+        run_dir: a finished single-seed run directory (``config.yaml``, ``metrics.json``,
+            ``model.pt``), or a multi-seed one whose ``seed-<s>/`` subdirectories are such runs
+            (each is exported into ``<out_dir>/seed-<s>/``).
+        out_dir: destination; default ``<run_dir>/export``.
+        data_dir: data directory used to find the run's dataset by name (default as
+            :func:`prismrec.data.load_dataset`: ``$PRISMREC_DATA``, then ``../shared/data``).
+
+    Raises:
+        ExportError: missing or failed run, settings that no longer resolve, weights that do not
+            fit the rebuilt model, or a train split whose fingerprint differs from the recorded one.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ExportError(f"run directory {run_dir} does not exist")
+    out = Path(out_dir) if out_dir is not None else run_dir / "export"
+    if (run_dir / "model.pt").is_file():
+        _export_run(run_dir, out, data_dir, {})
+        return out
+    seed_dirs = sorted(
+        (p for p in run_dir.glob("seed-*") if (p / "model.pt").is_file()),
+        key=lambda p: int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else p.name,
+    )
+    if not seed_dirs:
+        raise ExportError(
+            f"{run_dir} holds no model.pt and no seed-<s>/model.pt: it is not a finished run "
+            "directory of `prismrec train`"
+        )
+    datasets: dict = {}
+    index = {"format": FORMAT, "kind": "multi-seed index", "run_dir": str(run_dir.resolve()), "seeds": {}}
+    for sub in seed_dirs:
+        meta = _export_run(sub, out / sub.name, data_dir, datasets)
+        index["source_model"] = meta["source_model"]
+        index["dataset"] = meta["dataset"]
+        index["seeds"][str(meta["seed"])] = f"{sub.name}/representations.json"
+    (out / "representations.json").write_text(json.dumps(index, indent=2))
+    return out
+
+
+def _export_run(run_dir: Path, out: Path, data_dir, datasets: dict) -> dict:
+    """Export one single-seed run into ``out``; return the metadata written."""
+    config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
+    for path in (config_path, metrics_path):
+        if not path.is_file():
+            raise ExportError(f"{path} is missing: {run_dir} is not a finished run directory")
+    recorded = yaml.safe_load(config_path.read_text()) or {}
+    metrics = json.loads(metrics_path.read_text())
+    if metrics.get("status") != "ok":
+        raise ExportError(
+            f"run {run_dir} did not finish (metrics.json status {metrics.get('status')!r}: "
+            f"{metrics.get('error', 'no error recorded')}); there is nothing to export"
+        )
+    config = _rebuild_config(recorded, config_path)
+    protocol = recorded.get("protocol") or {}
+
+    key = (config.dataset, str(data_dir))
+    if key not in datasets:
+        datasets[key] = load_dataset(config.dataset, data_dir)
+    dataset: Dataset = datasets[key]
+    expected = (protocol.get("split_fingerprints") or {}).get("train")
+    actual = dataset.fingerprint("train")
+    if not expected:
+        raise ExportError(
+            f"{config_path} records no train-split fingerprint (protocol.split_fingerprints.train), "
+            "so the data cannot be checked against the run; re-run training with this version"
+        )
+    if expected != actual:
+        raise ExportError(
+            f"train split mismatch: run {run_dir} was trained on a train split with fingerprint "
+            f"{expected}, but dataset {config.dataset!r} loaded from "
+            f"{dataset.path or 'the data directory'} has {actual}. Point --data-dir at the data "
+            "the run was trained on (a different split would leak test items or misalign ids)."
+        )
+    recorded_digest = protocol.get("config_digest")
+    digest = config.digest()
+    if recorded_digest and recorded_digest != digest:
+        warnings.warn(
+            f"{config_path}: the rebuilt config digest {digest} differs from the recorded "
+            f"{recorded_digest} (the model's settings or defaults changed since the run)",
+            stacklevel=3,
+        )
+
+    model = _load_model(config, dataset, run_dir / "model.pt")
+    model.eval()
+    with torch.no_grad():
+        output = model()
+    arrays, skipped = _write_arrays(output, model, out)
+    valid = metrics.get("valid") or {}
+    meta = {
+        "format": FORMAT,
+        "source_model": config.model,
+        "run_id": run_dir.name,
+        "run_dir": str(run_dir.resolve()),
+        "config_digest": digest,
+        "recorded_config_digest": recorded_digest,
+        "seed": config.train.seed,
+        "best_epoch": metrics.get("best_epoch"),
+        "valid_recall@20": valid.get("recall@20"),
+        "valid_metric": {config.train.valid_metric: valid.get(config.train.valid_metric)},
+        "dataset": dataset.name,
+        "n_users": dataset.n_users,
+        "n_items": dataset.n_items,
+        "train_fingerprint": actual,
+        "score": "dot product z_u · z_i"
+        if type(model).score is Recommender.score
+        else f"model-specific ({type(model).__name__}.score); the arrays alone may not reproduce it",
+        "arrays": arrays,
+        "skipped_aux": skipped,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / "representations.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def _rebuild_config(recorded: dict, path: Path) -> ExperimentConfig:
+    """The run's :class:`ExperimentConfig` from its ``config.yaml`` (train + params sections)."""
+    try:
+        model, dataset = recorded["model"], recorded["dataset"]
+    except KeyError as exc:
+        raise ExportError(f"{path} has no {exc.args[0]!r} entry: not a run config") from None
+    settings = {**(recorded.get("train") or {}), **(recorded.get("params") or {})}
+    try:
+        return resolve_config(model, str(dataset), settings)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ExportError(
+            f"{path}: the recorded settings no longer resolve for model {model!r} ({exc}); "
+            "export with the prismrec version that trained the run"
+        ) from None
+
+
+def _load_model(config: ExperimentConfig, dataset: Dataset, weights: Path) -> Recommender:
+    """Rebuild the model (seeded, on CPU, without touching the caller's RNG) and load ``weights``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        model = get_model(config.model)(dataset, config.params)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ExportError(
+            f"{weights} does not fit the rebuilt {config.model} model ({exc}); was it written by "
+            "another model or another prismrec version?"
+        ) from None
+    return model
+
+
+def _write_arrays(output: Output, model: Recommender, out: Path) -> tuple[dict, dict]:
+    """Save the final and auxiliary node matrices; return their descriptions and what was skipped."""
+    out.mkdir(parents=True, exist_ok=True)
+    n_users, n_items = model.n_users, model.n_items
+    arrays: dict[str, dict] = {}
+
+    def save(file: str, tensor: torch.Tensor, rows: str, what: str) -> None:
+        values = np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32)
+        if not np.isfinite(values).all():
+            warnings.warn(f"{file} holds non-finite values", stacklevel=3)
+        np.save(out / file, values)
+        arrays[file] = {"shape": list(values.shape), "dtype": "float32", "rows": rows, "description": what}
+
+    save("user.npy", output.user, "users", "final user representations z_u (eval-mode forward); row u = user u")
+    save("item.npy", output.item, "items", "final item representations z_i (eval-mode forward); row i = item i")
+    skipped: dict[str, str] = {}
+    for name, value in output.aux.items():
+        if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[0] != n_users + n_items:
+            shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            skipped[name] = f"not an N x d node matrix (N = {n_users + n_items}); got {shape}"
+            continue
+        if not _SAFE_NAME.match(name):
+            skipped[name] = "name is not usable in a file name"
+            continue
+        what = f"auxiliary {name!r} of the eval-mode forward ({type(model).__name__})"
+        save(f"user.{name}.npy", value[:n_users], "users", f"{what}, user rows")
+        save(f"item.{name}.npy", value[n_users:], "items", f"{what}, item rows")
+    return arrays, skipped

@@ -1,0 +1,191 @@
+"""FREEDOM — Zhou & Shen, MM'23 (arXiv 2211.06924); ALGORITHMS.md 3.4.
+
+"A tale of two graphs": a **frozen** item–item graph built once from raw modality features, and
+a **denoised** user–item graph whose edges are pruned afresh every epoch.
+
+1. Item–item graph (2.3), built once, never updated: per modality ``m`` the binary kNN graph of
+   the raw features ``F_m`` (self included, ``k`` neighbours, ``Ŝ_m^bin = D^-1/2 B_m D^-1/2``,
+   every kept entry ``1/k``), mixed with convex weights::
+
+       S = Σ_m α_m Ŝ_m^bin          α = (0.1, 0.9) for (image, text) — ``mm_weights``
+
+2. Degree-sensitive edge pruning (2.6), redrawn in ``on_epoch_start``: keep
+   ``⌊|E|·(1−ρ)⌋`` training edges drawn without replacement ``∝ 1/sqrt(d_u d_i)`` and rebuild the
+   normalised adjacency ``Â_ρ`` from them. Training forwards use ``Â_ρ``; evaluation uses the
+   full ``Â``.
+
+3. Forward::
+
+       h            = S^{L_ii} E_I                          item ID embeddings over S
+       [Y_U; Y_I]   = LGN(Â_ρ or Â, [E_U; E_I], L_ui)         LightGCN layer mean (2.7)
+       Z_U = Y_U,   Z_I = Y_I + h
+
+   Auxiliaries of the eval-mode forward (``N x d``, users first; the loss needs none, so training
+   forwards skip them): ``behavior = [Y_U; Y_I]`` and ``modality = [0; h]`` (the item–item view
+   has no user rows), so ``Z = behavior + modality``.
+
+4. Loss, with ``P_m = F_m W_m + b_m`` (``d_m -> d``, features fine-tuned in the reference)::
+
+       L = L_BPR(z_u, z_i, z_j) + λ·Σ_m BPR(z_u, P_m[i], P_m[j])
+
+   No L2 term. The modality terms are logged one per modality as ``mm_bpr_<modality>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from prismrec.graph import (
+    SparseOperator,
+    bipartite_adjacency,
+    degree_sensitive_edge_sample,
+    knn_graph,
+    mix,
+)
+from prismrec.losses import bpr_loss
+from prismrec.models import register
+from prismrec.nn import lightgcn
+from prismrec.nn.encoders import Projector
+from prismrec.recommender import Output, Recommender
+
+TWO_MODALITY_WEIGHTS = (0.1, 0.9)
+"""Reference ``(mm_image_weight, 1 − mm_image_weight)`` for (image/visual, text/second) modality."""
+
+
+@dataclass
+class FREEDOMConfig:
+    modalities: list[str] | None = None
+    """Modalities used (graphs and modality BPR terms); ``None`` = all present, canonical order.
+    With two, the first plays the reference's image role and the second its text role."""
+    embedding_size: int = 64
+    """``d``: ID embeddings and projected features (the reference's ``feat_embed_dim``) alike."""
+    knn_k: int = 10
+    """``k`` neighbours per item in each modality's binary kNN graph (self included)."""
+    mm_weights: list[float] | None = None
+    """``α_m`` mixing the modality graphs, in ``modalities`` order; must be non-negative and sum
+    to 1. ``None`` = (0.1, 0.9) for two modalities (reference ``mm_image_weight = 0.1``),
+    uniform otherwise."""
+    n_ui_layers: int = 2
+    """``L_ui``: LightGCN layers on the user–item graph."""
+    n_ii_layers: int = 1
+    """``L_ii``: propagation steps of the item ID embeddings over ``S``."""
+    drop_ratio: float = 0.8
+    """``ρ``: fraction of training edges **dropped** each epoch; grid {0.8, 0.9}; 0 = no pruning."""
+    reg_weight: float = 1e-4
+    """``λ`` of the modality BPR terms; grid {0, 1e-5, 1e-4, 1e-3}."""
+    train_features: bool = True
+    """Fine-tune the raw feature matrices inside ``P_m`` (reference code) or keep them frozen.
+    The item–item graph is built from the raw features either way and never changes."""
+
+
+def resolve_mm_weights(weights: list[float] | None, modalities: list[str]) -> tuple[float, ...]:
+    """``α`` for ``modalities``: the given weights (checked) or the reference default."""
+    n = len(modalities)
+    if weights is None:
+        return TWO_MODALITY_WEIGHTS if n == 2 else tuple([1.0 / n] * n)
+    alphas = tuple(float(w) for w in weights)
+    if len(alphas) != n:
+        raise ValueError(
+            f"mm_weights has {len(alphas)} weight(s) {list(alphas)} but {n} modalities are used "
+            f"({', '.join(modalities)}); give one weight per modality, in that order"
+        )
+    if any(not np.isfinite(a) or a < 0 for a in alphas) or abs(sum(alphas) - 1.0) > 1e-6:
+        raise ValueError(
+            f"mm_weights must be non-negative and sum to 1, got {list(alphas)} (sum "
+            f"{sum(alphas):.6g}) for modalities {', '.join(modalities)}"
+        )
+    return alphas
+
+
+@register
+class FREEDOM(Recommender):
+    name = "freedom"
+    Config = FREEDOMConfig
+
+    def __init__(self, dataset, config: FREEDOMConfig) -> None:
+        super().__init__(dataset, config)
+        for key in ("embedding_size", "knn_k"):
+            if getattr(config, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(config, key)}")
+        for key in ("n_ui_layers", "n_ii_layers"):
+            if getattr(config, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(config, key)}")
+        if not 0.0 <= config.drop_ratio < 1.0:
+            raise ValueError(
+                f"drop_ratio is the fraction of training edges dropped and must be in [0, 1), "
+                f"got {config.drop_ratio}"
+            )
+        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
+        self.mm_weights = resolve_mm_weights(config.mm_weights, self.modalities)
+        if config.knn_k > self.n_items:
+            raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({self.n_items})")
+        d = config.embedding_size
+
+        # S = Σ_m α_m Ŝ_m^bin from the raw features, frozen (2.3).
+        graphs = [knn_graph(dataset.features[m], config.knn_k, weight="binary") for m in self.modalities]
+        self.item_graph = SparseOperator(mix(graphs, self.mm_weights))
+        # Â (evaluation) and the training edges Â_ρ is drawn from (2.1, 2.6).
+        self.train_matrix = dataset.train.tocsr()
+        self.adjacency = SparseOperator(bipartite_adjacency(self.train_matrix), symmetric=True)
+        self.train_adjacency: SparseOperator | None = None  # Â_ρ, set by on_epoch_start
+        # Edge pruning draws from the run's seed (seed_everything -> torch.manual_seed), one
+        # stream per epoch, so a run is reproducible and an epoch's graph does not depend on
+        # how many epochs came before it in this process.
+        self.pruning_seed = int(torch.initial_seed())
+
+        self.user_emb = nn.Parameter(torch.empty(self.n_users, d))  # E_U
+        self.item_emb = nn.Parameter(torch.empty(self.n_items, d))  # E_I
+        # P_m = F_m W_m + b_m (PyTorch's default Linear init, as the reference).
+        self.projectors = nn.ModuleDict(
+            {m: Projector(dataset.features[m], d, config.train_features) for m in self.modalities}
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.user_emb)
+        nn.init.xavier_uniform_(self.item_emb)
+        for projector in self.projectors.values():
+            projector.reset_parameters()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Redraw the pruned training graph ``Â_ρ`` (degree-sensitive, 2.6) for this epoch."""
+        if self.config.drop_ratio <= 0.0:
+            self.train_adjacency = self.adjacency
+            return
+        rng = np.random.default_rng([self.pruning_seed, int(epoch)])
+        kept = degree_sensitive_edge_sample(self.train_matrix, self.config.drop_ratio, rng)
+        self.train_adjacency = SparseOperator(bipartite_adjacency(kept), self.device, symmetric=True)
+
+    def forward(self) -> Output:
+        if self.training:
+            if self.train_adjacency is None:  # a training forward before any on_epoch_start
+                self.on_epoch_start(0)
+            adjacency = self.train_adjacency
+        else:
+            adjacency = self.adjacency
+        h = self.item_emb  # h = S^{L_ii} E_I
+        for _ in range(self.config.n_ii_layers):
+            h = self.item_graph @ h
+        y = lightgcn(adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_ui_layers)
+        out = Output(y[: self.n_users], y[self.n_users :] + h)
+        if not self.training:  # the loss reads no auxiliary: build them for eval/export only
+            out.aux["behavior"] = y
+            out.aux["modality"] = torch.cat([h.new_zeros(self.n_users, h.shape[1]), h])
+        return out
+
+    def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        u, i, j = batch
+        zu = out.user[u]
+        terms = {"bpr": bpr_loss(zu, out.item[i], out.item[j])}
+        items = torch.cat([i, j])
+        for m, projector in self.projectors.items():
+            # P_m[i], P_m[j]: project only the batch rows (same values and gradients as
+            # indexing the full n_I x d projection, at a fraction of the cost).
+            p = projector.linear(projector.features[items])
+            p_i, p_j = p[: len(i)], p[len(i) :]
+            terms[f"mm_bpr_{m}"] = self.config.reg_weight * bpr_loss(zu, p_i, p_j)
+        return terms
