@@ -6,7 +6,7 @@ are reported. MMRec's figures were measured with its own code on this machine ki
 default settings; see the issues) — MMRec also evaluates the test split every epoch, prismrec
 never does during training. Writes ``results/epoch_speed.{json,md}``. Run on a quiet machine.
 
-    python benchmarks/epoch_speed.py [--cases tiktok:lightgcn,baby:lightgcn] [--epochs 5]
+    python -m benchmarks.epoch_speed [--cases tiktok:lightgcn,baby:lightgcn] [--epochs 5]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
    validation — medians over 7 epochs continued from the trained state — and the ratio to
    MMRec's epoch on the same machine kind (5.4 s train + 3.9 s valid + 3.9 s test).
 
-    python benchmarks/foundation_baby.py
+    python -m benchmarks.foundation_baby
 """
 
 from __future__ import annotations

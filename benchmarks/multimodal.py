@@ -1,10 +1,10 @@
 """Multimodal baselines on the real two-modality datasets (issue: multimodal substrate).
 
-``prismrec compare`` of LightGCN, VBPR, FREEDOM, MGCN and GUME on tiktok (image + audio) and
+``prismrec compare`` of LightGCN, VBPR, FREEDOM, MGCN, GUME and RLMultimodalRec on tiktok (image + audio) and
 lfm2k (text + audio), 3 seeds, default settings. Trained cells live in ``runs/bench-multimodal``
 (resumable); the summary goes to ``results/multimodal.{json,md}``.
 
-    python benchmarks/multimodal.py [--models lightgcn,vbpr,...] [--datasets tiktok,lfm2k]
+    python -m benchmarks.multimodal [--models lightgcn,vbpr,...] [--datasets tiktok,lfm2k]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS
 
-MODELS = ["lightgcn", "vbpr", "freedom", "mgcn", "gume"]
+MODELS = ["lightgcn", "vbpr", "freedom", "mgcn", "gume", "rlmmrec"]
 MULTIMODAL = ["vbpr", "freedom", "mgcn", "gume", "rlmmrec"]
 # lfm2k also ships audio_whisper; the benchmark uses the text + audio pair the issue names.
 MODALITIES = {"tiktok": "[image,audio]", "lfm2k": "[text,audio]"}

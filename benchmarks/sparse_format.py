@@ -4,7 +4,7 @@ Measures one ``Â @ X`` (X: N x 64) and one 3-layer forward + backward for COO, 
 int32 indices, SciPy CSR, and prismrec's :class:`SparseOperator` (CSR int32 with a stored
 transpose for the backward). Writes ``results/sparse_format.{json,md}``.
 
-    python benchmarks/sparse_format.py
+    python -m benchmarks.sparse_format
 """
 
 from __future__ import annotations

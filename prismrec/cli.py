@@ -157,6 +157,24 @@ def export(
     console.print(f"representations written to {path}", highlight=False)
 
 
+@app.command()
+def gates(
+    run: Path = typer.Option(..., help="A finished single-seed run directory of a gated model (rlmmrec)."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default <run>/gates)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+    buckets: int = typer.Option(4, help="Item-popularity buckets."),
+) -> None:
+    """Gate analysis: per-item modality weights (.npy), summary (.json) and histograms (.png)."""
+    from prismrec.experiment.export import ExportError
+    from prismrec.experiment.gates import gate_analysis
+
+    try:
+        summary = gate_analysis(run, out, data_dir, buckets)
+    except (ExportError, DatasetError) as exc:
+        _fail(str(exc))
+    console.print_json(data=summary)
+
+
 def main() -> None:
     """Entry point for ``python -m prismrec``."""
     app(prog_name="prismrec")

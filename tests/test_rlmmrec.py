@@ -79,3 +79,40 @@ def test_missing_modalities_are_clear_errors(planted):
     single = type(planted)(**{**planted.__dict__, "features": {"image": planted.features["image"]}})
     with pytest.raises(ValueError, match="at least 2 modalities"):
         build(single, fusion="text_only")
+
+
+def test_gate_analysis_writes_weights_summary_and_plot(planted, planted_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from prismrec.cli import app
+    from prismrec.experiment.config import resolve_config
+    from prismrec.experiment.gates import popularity_buckets
+    from prismrec.experiment.runs import run_experiment
+
+    run = tmp_path / "run"
+    run_experiment(resolve_config("rlmmrec", "planted", {"epochs": 2}), [3], run, dataset=planted, progress=False)
+    result = CliRunner().invoke(app, ["gates", "--run", str(run), "--data-dir", str(planted_dir.parent)])
+    assert result.exit_code == 0, result.output
+    weights = np.load(run / "gates" / "gates.npy")
+    assert weights.shape == (planted.n_items, 2, 64)
+    np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-6)
+    summary = json.loads((run / "gates" / "gates.json").read_text())
+    shares = [summary["overall"][m]["mean"] for m in ("image", "text")]
+    assert sum(shares) == pytest.approx(1.0) and shares[0] == pytest.approx(weights[:, 0].mean(), abs=1e-6)
+    assert (run / "gates" / "gates.png").stat().st_size > 10_000
+    bucket, labels = popularity_buckets(np.array([5, 1, 3, 1, 9, 0]), 3)
+    assert bucket.tolist() == [2, 0, 1, 1, 2, 0] and labels[0] == "0-1 interactions"
+
+
+def test_gate_analysis_rejects_a_model_without_gate(planted, planted_dir, tmp_path):
+    from prismrec.experiment.config import resolve_config
+    from prismrec.experiment.export import ExportError
+    from prismrec.experiment.gates import gate_analysis
+    from prismrec.experiment.runs import run_experiment
+
+    run = tmp_path / "run"
+    run_experiment(resolve_config("rlmmrec", "planted", {"epochs": 1, "fusion": "mean"}), [3], run, dataset=planted, progress=False)
+    with pytest.raises(ExportError, match="no learned gate"):
+        gate_analysis(run, data_dir=planted_dir.parent)

@@ -27,6 +27,7 @@ import json
 import re
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,19 @@ FORMAT = "prismrec.representations/1"
 """Version tag written into every ``representations.json``."""
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class LoadedRun:
+    """A finished run rebuilt in memory (see :func:`load_run`)."""
+
+    run_dir: Path
+    config: ExperimentConfig
+    dataset: Dataset
+    model: Recommender
+    metrics: dict
+    recorded_digest: str | None
+    train_fingerprint: str
 
 
 class ExportError(ValueError):
@@ -92,8 +106,15 @@ def export_representations(
     return out
 
 
-def _export_run(run_dir: Path, out: Path, data_dir, datasets: dict) -> dict:
-    """Export one single-seed run into ``out``; return the metadata written."""
+def load_run(run_dir: str | Path, data_dir=None, datasets: dict | None = None) -> LoadedRun:
+    """Rebuild a finished single-seed run: its config, dataset (train split checked against the
+    recorded fingerprint) and model with the best-validation weights, in eval mode.
+
+    Raises :class:`ExportError` for a missing or failed run, settings that no longer resolve,
+    weights that do not fit, or a different train split.
+    """
+    run_dir = Path(run_dir)
+    datasets = {} if datasets is None else datasets
     config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
     for path in (config_path, metrics_path):
         if not path.is_file():
@@ -137,6 +158,14 @@ def _export_run(run_dir: Path, out: Path, data_dir, datasets: dict) -> dict:
 
     model = _load_model(config, dataset, run_dir / "model.pt")
     model.eval()
+    return LoadedRun(run_dir, config, dataset, model, metrics, recorded_digest, actual)
+
+
+def _export_run(run_dir: Path, out: Path, data_dir, datasets: dict) -> dict:
+    """Export one single-seed run into ``out``; return the metadata written."""
+    run = load_run(run_dir, data_dir, datasets)
+    config, dataset, model, metrics = run.config, run.dataset, run.model, run.metrics
+    recorded_digest, actual, digest = run.recorded_digest, run.train_fingerprint, config.digest()
     with torch.no_grad():
         output = model()
     arrays, skipped = _write_arrays(output, model, out)
