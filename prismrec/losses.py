@@ -53,3 +53,22 @@ def infonce(
     if weights is None:
         return rows.mean()
     return (weights.detach() * rows).mean()
+
+
+def joint_infonce_rows(queries: torch.Tensor, keys: torch.Tensor, tau: float) -> torch.Tensor:
+    """Multi-positive (joint) InfoNCE of ``K`` query views against one key per row.
+
+    For ``queries`` ``K x B x d`` (view ``m`` of row ``b`` is ``q^m_b``) and ``keys`` ``B x d``:
+    ``ℓ_b = -log [exp(Σ_m cos(q^m_b, k_b)/τ) / Σ_b' exp(Σ_m cos(q^m_b, k_b')/τ)]`` — the ``K``
+    views of a row are scored jointly against the same positive key (SIGER's anchor form A2,
+    ALGORITHMS.md 5.2). Since ``Σ_m cos(q^m_b, k) = (Σ_m nrm(q^m_b))·nrm(k)`` it costs one GEMM;
+    with ``K = 1`` it equals :func:`infonce_rows`.
+    """
+    pn = F.normalize(queries, dim=-1).sum(dim=0) / tau
+    kn = F.normalize(keys, dim=1)
+    return torch.logsumexp(pn @ kn.T, dim=1) - (pn * kn).sum(dim=1)
+
+
+def joint_infonce(queries: torch.Tensor, keys: torch.Tensor, tau: float) -> torch.Tensor:
+    """``mean_b`` of :func:`joint_infonce_rows`."""
+    return joint_infonce_rows(queries, keys, tau).mean()
