@@ -42,12 +42,14 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--datasets", default="tiktok,lfm2k")
     parser.add_argument("--runs", default="runs/bench-multimodal")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = default)")
     args = parser.parse_args()
+    extra = [f"threads={args.threads}"] if args.threads else []
     md = ["# Multimodal baselines", ""]
     merged = {}
     for dataset in args.datasets.split(","):
         out = Path(args.runs) / dataset
-        merged[dataset] = compare(args.models.split(","), dataset, out)
+        merged[dataset] = compare(args.models.split(","), dataset, out, extra)
         md.append((out / "results.md").read_text().split("\n", 4)[-1])  # drop the per-file title
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "multimodal.json").write_text(json.dumps(merged, indent=2))

@@ -10,6 +10,7 @@ Writes ``results/rlmmrec.{json,md}``.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -36,18 +37,21 @@ def row(label: str, cell: dict) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = default)")
+    extra = [f"threads={t}" for t in [parser.parse_args().threads] if t]
     header = ["| variant | R@10 | R@20 | N@10 | N@20 |", "|---|---|---|---|---|"]
     md, data = ["# RLMultimodalRec", "", "Test metrics, mean ± sample std over seeds 999, 1000, 1001; "
                 "selection on valid Recall@20.", ""], {"main": {}, "ablation": {}}
     for dataset in ("tiktok", "lfm2k"):
-        res = compare(["lightgcn", "vbpr", "rlmmrec"], dataset, Path("runs/bench-multimodal") / dataset)
+        res = compare(["lightgcn", "vbpr", "rlmmrec"], dataset, Path("runs/bench-multimodal") / dataset, extra)
         cells = res["cells"][dataset]
         data["main"][dataset] = cells
         md += [f"## {dataset}", "", *header, *(row(m, cells[m]) for m in ("lightgcn", "vbpr", "rlmmrec")), ""]
     md += ["## Ablations on tiktok", "", *header]
     for label, settings in ABLATIONS.items():
         out = Path("runs/bench-multimodal/tiktok") if not settings else Path("runs/bench-rlmmrec-ablation") / settings[0]
-        res = compare(["rlmmrec"], "tiktok", out, [f"rlmmrec.{s}" for s in settings])
+        res = compare(["rlmmrec"], "tiktok", out, extra + [f"rlmmrec.{s}" for s in settings])
         cell = res["cells"]["tiktok"]["rlmmrec"]
         data["ablation"][label] = cell
         md.append(row(label, cell))

@@ -72,7 +72,7 @@ def train(
         console.print(f"[bold]{cfg.model}[/] on {data!r} -> {out}", highlight=False)
     try:
         metrics = run_experiment(cfg, seed_list, out, dataset=data, progress=not quiet)
-    except TrainingDiverged as exc:
+    except (TrainingDiverged, ValueError, DatasetError) as exc:  # incl. a model's config checks
         _fail(str(exc))
     if not quiet:
         title = (

@@ -84,6 +84,14 @@ class Recommender(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Hook called before each training epoch (0-based): schedules, edge dropout."""
 
+    def epoch_log(self) -> dict:
+        """Extra values for the current epoch's history row, e.g. a schedule's weight.
+
+        The trainer merges them into each epoch's row after training (before validation); keys
+        must not clash with the trainer's own columns (``epoch``, ``lr``, ``loss_*``, ``valid_*``).
+        """
+        return {}
+
     def score(self, users: torch.Tensor, out: Output) -> torch.Tensor:
         """Scores of ``users`` against every item, ``len(users) x n_items``."""
         return out.user[users] @ out.item.T

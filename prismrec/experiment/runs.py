@@ -57,9 +57,17 @@ def write_config(config: ExperimentConfig, dataset: Dataset, path: Path, seeds: 
 
 
 def train_one_seed(
-    config: ExperimentConfig, dataset: Dataset, out_dir: Path | None, progress: bool = True
+    config: ExperimentConfig,
+    dataset: Dataset,
+    out_dir: Path | None,
+    progress: bool = True,
+    evaluate_test: bool = True,
 ) -> dict:
-    """Train with ``config.train.seed``, evaluate test once, write the run files; return metrics."""
+    """Train with ``config.train.seed``, evaluate test once, write the run files; return metrics.
+
+    ``evaluate_test=False`` never reads the test split (e.g. a nested pretraining run whose
+    output feeds another model): ``metrics["test"]`` is then ``None``.
+    """
     cfg = config.train
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -87,13 +95,14 @@ def train_one_seed(
             failed = {"status": "failed", "error": str(exc), "seed": cfg.seed}
             (out_dir / "metrics.json").write_text(json.dumps(failed, indent=2))
         raise
-    test = evaluator.evaluate(model, "test")  # the only time the test split is read
+    # The only time the test split is read (and never when evaluate_test is False).
+    test = evaluator.evaluate(model, "test") if evaluate_test else None
     history = pd.DataFrame(result.history)
     metrics = {
         "status": "ok",
         "seed": cfg.seed,
         "valid": _strip(result.best_valid),
-        "test": _strip(test),
+        "test": _strip(test) if test is not None else None,
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
         "seconds": round(result.seconds, 3),
@@ -101,7 +110,7 @@ def train_one_seed(
         "median_train_s": float(history["train_s"].median()),
         "median_eval_s": float(history["eval_s"].median()),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "users_evaluated": {"valid": result.best_valid.get("users"), "test": test.get("users")},
+        "users_evaluated": {"valid": result.best_valid.get("users"), "test": test.get("users") if test is not None else None},
     }
     if out_dir is not None:
         history.to_csv(history_path, index=False)
@@ -118,6 +127,9 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
     """Mean and sample standard deviation (ddof 1; 0 for one seed) of every metric."""
     out: dict = {"mean": {}, "std": {}}
     for part in ("valid", "test"):
+        if any(m[part] is None for m in per_seed.values()):  # test not evaluated
+            out["mean"][part] = out["std"][part] = None
+            continue
         names = next(iter(per_seed.values()))[part].keys()
         values = {k: [m[part][k] for m in per_seed.values()] for k in names}
         out["mean"][part] = {k: statistics.fmean(v) for k, v in values.items()}
@@ -132,19 +144,23 @@ def run_experiment(
     data_dir: str | Path | None = None,
     dataset: Dataset | None = None,
     progress: bool = True,
+    evaluate_test: bool = True,
 ) -> dict:
-    """Train ``config`` once per seed; return (and write) the metrics, aggregated over seeds."""
+    """Train ``config`` once per seed; return (and write) the metrics, aggregated over seeds.
+
+    ``evaluate_test=False``: the test split is never read and every ``"test"`` entry is ``None``.
+    """
     if not seeds:
         raise ValueError("at least one seed is needed")
     dataset = dataset or load_dataset(config.dataset, data_dir)
     if len(seeds) == 1:
         config.train.seed = seeds[0]
-        return train_one_seed(config, dataset, out_dir, progress)
+        return train_one_seed(config, dataset, out_dir, progress, evaluate_test)
     per_seed = {}
     for seed in seeds:
         config.train.seed = seed
         sub = out_dir / f"seed-{seed}" if out_dir is not None else None
-        per_seed[seed] = train_one_seed(config, dataset, sub, progress)
+        per_seed[seed] = train_one_seed(config, dataset, sub, progress, evaluate_test)
     summary = aggregate(per_seed)
     metrics = {
         "status": "ok",

@@ -78,6 +78,7 @@ def fit(
             model.on_epoch_start(epoch)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             row.update(train_epoch(model, sampler, optimizer, epoch, device))
+            row.update(model.epoch_log())  # model-specific values, e.g. a schedule's weight
             t0 = time.perf_counter()
             valid = evaluator.evaluate(model, "valid")
             row["eval_s"] = time.perf_counter() - t0
