@@ -292,7 +292,7 @@ def test_cli_train_with_a_pretrained_run(mgcn_run, planted_dir, tmp_path):
 
     bad = runner.invoke(app, ["train", "--model", "egra", "--dataset", str(planted_dir), "--quiet",
                               "--set", f"pretrained={tmp_path / 'nope'}", "--out", str(tmp_path / "x")])
-    assert bad.exit_code != 0 and "is not a directory" in str(bad.exception)
+    assert bad.exit_code == 2 and "is not a directory" in bad.output
 
 
 def test_bad_pretrained_inputs_are_clear_errors(planted, mgcn_run, mgcn_export, tmp_path):
