@@ -24,10 +24,10 @@ MULTIMODAL = ["vbpr", "freedom", "mgcn", "gume", "rlmmrec"]
 MODALITIES = {"tiktok": "[image,audio]", "lfm2k": "[text,audio]"}
 
 
-def compare(models: list[str], dataset: str, out: Path, extra: list[str] = ()) -> dict:
+def compare(models: list[str], dataset: str, out: Path, extra: list[str] = (), seeds: int = 3) -> dict:
     """Run ``prismrec compare`` for one dataset; returns its results.json."""
     cmd = [sys.executable, "-m", "prismrec", "compare", "--models", ",".join(models),
-           "--datasets", dataset, "--seeds", "3", "--out", str(out)]
+           "--datasets", dataset, "--seeds", str(seeds), "--out", str(out)]
     for model in models:
         if model in MULTIMODAL:
             cmd += ["--set", f"{model}.modalities={MODALITIES[dataset]}"]

@@ -33,13 +33,16 @@ METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 def row(label: str, cell: dict) -> str:
     mean, std = cell["mean"]["test"], cell["std"]["test"]
-    return f"| {label} | " + " | ".join(f"{mean[m]:.4f} ± {std[m]:.4f}" for m in METRICS) + " |"
+    n = len(cell["per_seed"])
+    return f"| {label} | " + " | ".join(f"{mean[m]:.4f}" + (f" ± {std[m]:.4f}" if n > 1 else "") for m in METRICS) + " |"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = default)")
-    extra = [f"threads={t}" for t in [parser.parse_args().threads] if t]
+    parser.add_argument("--ablation-seeds", type=int, default=3, help="seeds per ablation variant")
+    args = parser.parse_args()
+    extra = [f"threads={args.threads}"] if args.threads else []
     header = ["| variant | R@10 | R@20 | N@10 | N@20 |", "|---|---|---|---|---|"]
     md, data = ["# RLMultimodalRec", "", "Test metrics, mean ± sample std over seeds 999, 1000, 1001; "
                 "selection on valid Recall@20.", ""], {"main": {}, "ablation": {}}
@@ -48,10 +51,11 @@ def main() -> None:
         cells = res["cells"][dataset]
         data["main"][dataset] = cells
         md += [f"## {dataset}", "", *header, *(row(m, cells[m]) for m in ("lightgcn", "vbpr", "rlmmrec")), ""]
-    md += ["## Ablations on tiktok", "", *header]
+    md += ["## Ablations on tiktok", "", f"Seeds per variant: {args.ablation_seeds} (the full model: 3).", "", *header]
     for label, settings in ABLATIONS.items():
         out = Path("runs/bench-multimodal/tiktok") if not settings else Path("runs/bench-rlmmrec-ablation") / settings[0]
-        res = compare(["rlmmrec"], "tiktok", out, extra + [f"rlmmrec.{s}" for s in settings])
+        seeds = args.ablation_seeds if settings else 3
+        res = compare(["rlmmrec"], "tiktok", out, extra + [f"rlmmrec.{s}" for s in settings], seeds)
         cell = res["cells"]["tiktok"]["rlmmrec"]
         data["ablation"][label] = cell
         md.append(row(label, cell))
