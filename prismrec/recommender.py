@@ -50,6 +50,13 @@ class Recommender(nn.Module):
         self.n_items = dataset.n_items
 
     @staticmethod
+    def require_at_least(config, **minimums: float) -> None:
+        """Raise ``ValueError`` naming every config field below its minimum (``n_layers=0``)."""
+        low = [f"{k} must be >= {v}, got {getattr(config, k)}" for k, v in minimums.items() if getattr(config, k) < v]
+        if low:
+            raise ValueError("; ".join(low))
+
+    @staticmethod
     def select_modalities(dataset, wanted: list[str] | None, minimum: int = 1, model: str = "") -> list[str]:
         """The modality names a model uses: ``wanted`` (checked) or all present, canonical order.
 

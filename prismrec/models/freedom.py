@@ -108,12 +108,7 @@ class FREEDOM(Recommender):
 
     def __init__(self, dataset, config: FREEDOMConfig) -> None:
         super().__init__(dataset, config)
-        for key in ("embedding_size", "knn_k"):
-            if getattr(config, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(config, key)}")
-        for key in ("n_ui_layers", "n_ii_layers"):
-            if getattr(config, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(config, key)}")
+        self.require_at_least(config, embedding_size=1, knn_k=1, n_ui_layers=0, n_ii_layers=0)
         if not 0.0 <= config.drop_ratio < 1.0:
             raise ValueError(
                 f"drop_ratio is the fraction of training edges dropped and must be in [0, 1), "

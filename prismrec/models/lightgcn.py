@@ -39,8 +39,7 @@ class LightGCN(Recommender):
 
     def __init__(self, dataset, config: LightGCNConfig) -> None:
         super().__init__(dataset, config)
-        if config.n_layers < 0:
-            raise ValueError(f"n_layers must be >= 0, got {config.n_layers}")
+        self.require_at_least(config, embedding_size=1, n_layers=0)
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
         self.user_emb = nn.Parameter(torch.empty(self.n_users, config.embedding_size))
         self.item_emb = nn.Parameter(torch.empty(self.n_items, config.embedding_size))

@@ -95,12 +95,7 @@ class MGCN(Recommender):
 
     @staticmethod
     def _check_config(config) -> None:
-        for key in ("embedding_size", "knn_k"):
-            if getattr(config, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(config, key)}")
-        for key in ("n_ui_layers", "n_ii_layers"):
-            if getattr(config, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(config, key)}")
+        Recommender.require_at_least(config, embedding_size=1, knn_k=1, n_ui_layers=0, n_ii_layers=0)
         for key in ("cl_tau", "bm_tau", "um_tau"):
             if getattr(config, key, 1.0) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(config, key)}")

@@ -48,8 +48,7 @@ class VBPR(Recommender):
 
     def __init__(self, dataset, config: VBPRConfig) -> None:
         super().__init__(dataset, config)
-        if config.embedding_size < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {config.embedding_size}")
+        self.require_at_least(config, embedding_size=1)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         d = config.embedding_size
         # f_i: the selected raw features side by side, a frozen buffer (not saved in model.pt).
