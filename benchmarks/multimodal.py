@@ -24,10 +24,15 @@ MULTIMODAL = ["vbpr", "freedom", "mgcn", "gume", "rlmmrec"]
 MODALITIES = {"tiktok": "[image,audio]", "lfm2k": "[text,audio]"}
 
 
+REPORT_ONLY = "--report-only" in sys.argv  # summarise finished cells, train nothing
+
+
 def compare(models: list[str], dataset: str, out: Path, extra: list[str] = (), seeds: int = 3) -> dict:
     """Run ``prismrec compare`` for one dataset; returns its results.json."""
     cmd = [sys.executable, "-m", "prismrec", "compare", "--models", ",".join(models),
            "--datasets", dataset, "--seeds", str(seeds), "--out", str(out)]
+    if REPORT_ONLY:
+        cmd.append("--report-only")
     for model in models:
         if model in MULTIMODAL:
             cmd += ["--set", f"{model}.modalities={MODALITIES[dataset]}"]
@@ -42,6 +47,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--datasets", default="tiktok,lfm2k")
     parser.add_argument("--runs", default="runs/bench-multimodal")
+    parser.add_argument("--report-only", action="store_true", help="train nothing")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = default)")
     args = parser.parse_args()
     extra = [f"threads={args.threads}"] if args.threads else []

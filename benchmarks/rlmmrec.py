@@ -39,6 +39,7 @@ def row(label: str, cell: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--report-only", action="store_true", help="train nothing")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = default)")
     parser.add_argument("--ablation-seeds", type=int, default=3, help="seeds per ablation variant")
     args = parser.parse_args()

@@ -116,6 +116,7 @@ def compare(
     out: Path = typer.Option(..., help="Output directory (resumable: finished cells are kept)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value for all models, or MODEL.key=value."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+    report_only: bool = typer.Option(False, help="Summarise finished cells only; train nothing."),
 ) -> None:
     """Train every model x dataset x seed and write results.json and results.md."""
     from prismrec.experiment.compare import parse_seeds, run_compare
@@ -132,11 +133,12 @@ def compare(
             overrides,
             str(data_dir) if data_dir else None,
             log=lambda msg: console.print(msg, highlight=False),
+            train=not report_only,
         )
     except (ValueError, KeyError, DatasetError) as exc:
         _fail(str(exc).strip("'\""))
     console.print((out / "results.md").read_text())
-    if results["failures"]:
+    if results["failures"] and not report_only:
         err.print(f"[red]{len(results['failures'])} cell(s) failed[/]: {results['failures']}")
         raise typer.Exit(1)
 

@@ -61,3 +61,8 @@ def test_compare_is_resumable(planted_dir, tmp_path):
     # a changed setting is a different configuration: the cells are retrained, not reused
     third = runner.invoke(app, args[:-1] + ["lightgcn.n_layers=2"])
     assert third.exit_code == 0 and third.output.count("skipped") == 2
+    # report-only summarises what is finished and trains nothing
+    fourth = runner.invoke(app, args[:-1] + ["lightgcn.n_layers=3", "--report-only"])
+    assert fourth.exit_code == 0 and fourth.output.count(": not run") == 2
+    assert fourth.output.count("training") == 0
+    assert "not run or failed" in (tmp_path / "results.md").read_text()

@@ -70,8 +70,12 @@ def run_compare(
     overrides: dict[str, Any] | None = None,
     data_dir: str | None = None,
     log=print,
+    train: bool = True,
 ) -> dict:
-    """Train every cell that is not already done, then write ``results.json`` / ``results.md``."""
+    """Train every cell that is not already done, then write ``results.json`` / ``results.md``.
+
+    ``train=False`` only summarises the finished cells (missing ones are listed as not run).
+    """
     overrides = overrides or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"models": models, "datasets": datasets, "seeds": seeds, "overrides": overrides, "cells": {}}
@@ -84,6 +88,10 @@ def run_compare(
             for seed in seeds:
                 cell = out_dir / dataset / model / f"seed-{seed}"
                 done = _cell_done(cell, digest)
+                if done is None and not train:
+                    failed[str(seed)] = "not run"
+                    log(f"[compare] {dataset} / {model} / seed {seed}: not run")
+                    continue
                 if done is None:
                     log(f"[compare] {dataset} / {model} / seed {seed}: training")
                     cmd = [sys.executable, "-m", "prismrec", "train", "--model", model,
@@ -142,18 +150,17 @@ def render_markdown(results: dict) -> str:
     ]
     if results.get("overrides"):
         lines += [f"Overrides: `{json.dumps(results['overrides'])}`", ""]
-    header = ["model", "R@10", "R@20", "N@10", "N@20", "epochs", "s/epoch (train)", "s/eval", "peak RSS MiB"]
+    header = ["model", "seeds", "R@10", "R@20", "N@10", "N@20", "epochs", "s/epoch (train)", "s/eval", "peak RSS MiB"]
     for dataset, cells in results["cells"].items():
         lines += [f"## {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for model, cell in cells.items():
             if "mean" not in cell:
-                lines.append(f"| {model} | failed | | | | | | | |")
+                lines.append(f"| {model} | 0 | not run or failed | | | | | | | |")
                 continue
             mean, std = cell["mean"]["test"], cell["std"]["test"]
             metrics = [f"{mean[m]:.4f} ± {std[m]:.4f}" for m in TABLE_METRICS]
-            note = f" ({len(cell['failed'])} seed(s) failed)" if cell["failed"] else ""
             lines.append(
-                f"| {model}{note} | " + " | ".join(metrics)
+                f"| {model} | {len(cell['per_seed'])} | " + " | ".join(metrics)
                 + f" | {statistics.fmean(cell['epochs']):.0f} | {cell['median_train_s']:.3f} | "
                 f"{cell['median_eval_s']:.3f} | {cell['peak_rss_mb']:.0f} |"
             )
