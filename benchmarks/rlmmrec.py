@@ -60,6 +60,15 @@ def main() -> None:
         cell = res["cells"]["tiktok"]["rlmmrec"]
         data["ablation"][label] = cell
         md.append(row(label, cell))
+    md += ["", "## Feature scaling on lfm2k (raw VGGish audio has row norms ~1500, text 1)", "",
+           f"Seeds per variant: {args.ablation_seeds} (raw: 3).", "", *header,
+           row("raw features (default)", data["main"]["lfm2k"]["rlmmrec"])]
+    for norm in ("l2", "standardize"):
+        out = Path("runs/bench-rlmmrec-featnorm") / norm
+        res = compare(["rlmmrec"], "lfm2k", out, extra + [f"rlmmrec.feature_norm={norm}"], args.ablation_seeds)
+        cell = res["cells"]["lfm2k"]["rlmmrec"]
+        data.setdefault("feature_norm", {})[norm] = cell
+        md.append(row(f"feature_norm={norm}", cell))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "rlmmrec.json").write_text(json.dumps(data, indent=2))
     (RESULTS / "rlmmrec.md").write_text("\n".join(md) + "\n")

@@ -152,3 +152,20 @@ def test_perturb_rejects_bad_arguments():
         perturb(torch.ones(2, 2), 0.1, "gaussian")
     with pytest.raises(ValueError, match="eps"):
         perturb(torch.ones(2, 2), -0.1)
+
+
+def test_feature_normalisation_modes():
+    import pytest
+    import torch
+
+    from prismrec.nn.encoders import Projector, normalize_features
+
+    x = torch.tensor([[3.0, 4.0], [0.0, 2.0], [6.0, 0.0]])
+    torch.testing.assert_close(normalize_features(x, "l2"), torch.tensor([[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]]))
+    z = normalize_features(x, "standardize")
+    torch.testing.assert_close(z.mean(0), torch.zeros(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(2))
+    assert normalize_features(x, "none") is x
+    torch.testing.assert_close(Projector(x, 4, normalize="l2").features, normalize_features(x, "l2"))
+    with pytest.raises(ValueError, match="feature normalisation"):
+        normalize_features(x, "minmax")

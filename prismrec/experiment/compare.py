@@ -52,14 +52,24 @@ def model_overrides(overrides: dict[str, Any], model: str, models: list[str]) ->
 
 
 def _cell_done(cell: Path, digest: str) -> dict | None:
+    """The cell's metrics if it finished with the same configuration, else None.
+
+    The recorded settings are resolved again with today's code, so a setting added since (which
+    takes its default, i.e. the old behaviour) does not invalidate finished cells.
+    """
     metrics_path, config_path = cell / "metrics.json", cell / "config.yaml"
     if not (metrics_path.is_file() and config_path.is_file()):
         return None
     metrics = json.loads(metrics_path.read_text())
-    recorded = (yaml.safe_load(config_path.read_text()) or {}).get("protocol", {})
-    if metrics.get("status") == "ok" and recorded.get("config_digest") == digest:
-        return metrics
-    return None
+    recorded = yaml.safe_load(config_path.read_text()) or {}
+    if metrics.get("status") != "ok":
+        return None
+    try:
+        settings = {**(recorded.get("train") or {}), **(recorded.get("params") or {})}
+        same = resolve_config(recorded["model"], recorded["dataset"], settings).digest() == digest
+    except (KeyError, ValueError, TypeError):
+        return None
+    return metrics if same else None
 
 
 def run_compare(

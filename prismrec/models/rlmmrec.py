@@ -49,6 +49,8 @@ class RLMultimodalRecConfig:
     """``e_i⁰ = e_i^{id} + m_i``, ``= m_i`` (no item ID embedding), or ``W_o[e_i^{id}; m_i]``."""
     train_features: bool = False
     """Fine-tune the raw feature matrices."""
+    feature_norm: Literal["none", "l2", "standardize"] = "none"
+    """Rescale each raw feature matrix before projection (``none`` = MMRec's raw features)."""
 
 
 @register
@@ -70,7 +72,7 @@ class RLMultimodalRec(Recommender):
         self.user_emb = nn.Parameter(torch.empty(self.n_users, d))
         self.item_emb = nn.Parameter(torch.empty(self.n_items, d))
         self.projectors = nn.ModuleDict(
-            {m: Projector(dataset.features[m], d, config.train_features) for m in names}
+            {m: Projector(dataset.features[m], d, config.train_features, config.feature_norm) for m in names}
         )
         self.fuser = None
         if len(names) > 1 and config.fusion == "gate":

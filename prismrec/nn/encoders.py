@@ -20,6 +20,22 @@ import torch
 from torch import nn
 
 
+FEATURE_NORMS = ("none", "l2", "standardize")
+
+
+def normalize_features(features: torch.Tensor, mode: str = "none") -> torch.Tensor:
+    """Rescale a raw feature matrix: ``none`` (MMRec: raw values), ``l2`` (unit rows) or
+    ``standardize`` (zero mean, unit variance per column). Raw scales differ by 1000x between
+    feature files (lfm2k: VGGish audio bytes, row norm ~1500, vs MiniLM text, norm 1)."""
+    if mode == "none":
+        return features
+    if mode == "l2":
+        return torch.nn.functional.normalize(features, dim=1, eps=1e-12)
+    if mode == "standardize":
+        return (features - features.mean(0)) / features.std(0).clamp_min(1e-12)
+    raise ValueError(f"feature normalisation must be one of {FEATURE_NORMS}, got {mode!r}")
+
+
 def _as_feature_matrix(features: torch.Tensor) -> torch.Tensor:
     """Validate ``features`` (``n x d_m``, finite) and return a float32 detached copy."""
     if not isinstance(features, torch.Tensor):
@@ -46,11 +62,13 @@ class Projector(nn.Module):
     reference uses another, e.g. ``nn.init.xavier_normal_(proj.linear.weight)``).
     """
 
-    def __init__(self, features: torch.Tensor, dim: int, trainable_features: bool = False) -> None:
+    def __init__(
+        self, features: torch.Tensor, dim: int, trainable_features: bool = False, normalize: str = "none"
+    ) -> None:
         super().__init__()
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
-        feats = _as_feature_matrix(features)
+        feats = normalize_features(_as_feature_matrix(features), normalize)
         self.trainable_features = bool(trainable_features)
         if self.trainable_features:
             self.features = nn.Parameter(feats)
