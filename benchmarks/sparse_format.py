@@ -9,6 +9,7 @@ transpose for the backward). Writes ``results/sparse_format.{json,md}``.
 
 from __future__ import annotations
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 
@@ -21,7 +22,7 @@ def main() -> None:
     data = load_dataset("baby")
     adj = bipartite_adjacency(data.train)
     coo = adj.tocoo()
-    index = torch.tensor([coo.row, coo.col], dtype=torch.int64)
+    index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     formats = {
         "torch COO": torch.sparse_coo_tensor(index, torch.from_numpy(coo.data), adj.shape).coalesce(),
         "torch CSR int64": torch.sparse_coo_tensor(index, torch.from_numpy(coo.data), adj.shape).coalesce().to_sparse_csr(),
