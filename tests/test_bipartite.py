@@ -49,3 +49,18 @@ def test_lightgcn_layer_mean():
     a = torch.tensor(m.toarray())
     want = (x + a @ x + a @ a @ x) / 3
     torch.testing.assert_close(lightgcn(SparseOperator(m), x, 2), want)
+
+
+def test_lightgcn_gradient_matches_dense_autograd():
+    rng = np.random.default_rng(3)
+    m = sp.random(20, 20, density=0.3, random_state=2, dtype=np.float32)  # not symmetric
+    op, dense = SparseOperator(m), torch.tensor(m.toarray())
+    x = torch.tensor(rng.normal(size=(20, 4)), dtype=torch.float32, requires_grad=True)
+    w = torch.tensor(rng.normal(size=(20, 4)), dtype=torch.float32)
+    out = lightgcn(op, x, 3)
+    (out * w).sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    want = (x2 + dense @ x2 + dense @ dense @ x2 + dense @ dense @ dense @ x2) / 4
+    (want * w).sum().backward()
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)

@@ -52,12 +52,17 @@ class LightGCN(Recommender):
     def forward(self) -> Output:
         x0 = torch.cat([self.user_emb, self.item_emb])
         z = lightgcn(self.adjacency, x0, self.config.n_layers)
-        return Output(z[: self.n_users], z[self.n_users :])
+        aux = {"nodes": z, "nodes0": x0} if self.training else {}  # the loss's views only
+        return Output(z[: self.n_users], z[self.n_users :], aux)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         u, i, j = batch
+        # One gather of the (u, i, j) rows from the N x d node matrices: its backward is a
+        # single scatter, instead of one full-size zero-fill per gathered table and slice.
+        rows = torch.cat([u, i + self.n_users, j + self.n_users])
+        zu, zi, zj = out.aux["nodes"][rows].chunk(3)
+        eu, ei, ej = out.aux["nodes0"][rows].chunk(3)  # layer-0 rows (E_U[u], E_I[i], E_I[j])
         return {
-            "bpr": bpr_loss(out.user[u], out.item[i], out.item[j]),
-            "reg": self.config.reg_weight
-            * l2_reg(self.config.reg_form, self.user_emb[u], self.item_emb[i], self.item_emb[j]),
+            "bpr": bpr_loss(zu, zi, zj),
+            "reg": self.config.reg_weight * l2_reg(self.config.reg_form, eu, ei, ej),
         }
