@@ -6,25 +6,30 @@ import torch
 
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
-from prismrec.models import get_model
+from prismrec.models import MODELS, get_model
 from prismrec.train import TrainingDiverged, fit, seed_everything
 
 
 def random_recall_at_20(dataset):
-    """Expected Recall@20 of a uniformly random ranking of the non-training items."""
+    """Expected valid Recall@20 of a uniformly random ranking of the non-training items."""
     candidates = dataset.n_items - np.diff(dataset.train.indptr)
-    users = np.diff(dataset.test.indptr) > 0
+    users = np.diff(dataset.valid.indptr) > 0
     return float(np.mean(np.minimum(20 / candidates[users], 1.0)))
 
 
-@pytest.mark.parametrize("model", ["bpr", "lightgcn"])
+# EGRA needs a pretraining stage: its two-stage smoke test lives in test_egra.py.
+@pytest.mark.parametrize("model", sorted(set(MODELS) - {"egra"}))
 def test_smoke_planted(planted, model):
-    cfg = resolve_config(model, "planted", {"epochs": 8, "lr": 0.01, "patience": 100})
+    """Every registered model learns the planted structure: finite, decreasing loss (every term
+    logged and finite) and validation Recall@20 well above a random ranking."""
+    cfg = resolve_config(model, "planted", {"epochs": 6, "lr": 0.01, "patience": 100})
     seed_everything(0)
     net = get_model(model)(planted, cfg.params)
     result = fit(net, planted, cfg.train, progress=False)
     losses = [row["loss"] for row in result.history]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    terms = [k for k in result.history[0] if k.startswith("loss_")]
+    assert terms and all(np.isfinite(row[k]) for row in result.history for k in terms)
     assert result.best_valid["recall@20"] > 2.5 * random_recall_at_20(planted)
 
 
