@@ -125,6 +125,10 @@ def test_perturb_noise_norm_is_rho(mode):
     delta = view - x
     torch.testing.assert_close(delta.norm(dim=1), rho, rtol=1e-4, atol=1e-6)
     assert torch.equal(torch.sign(delta), torch.sign(x))  # the noise keeps each coordinate's sign
+    # Only some rows: their view, with rho's row mean still taken over the whole matrix.
+    rows = torch.tensor([3, 0, 3, 41])
+    part = perturb(x, eps, mode, generator=torch.Generator().manual_seed(1), rows=rows) - x[rows]
+    torch.testing.assert_close(part.norm(dim=1), rho[rows], rtol=1e-4, atol=1e-6)
 
 
 def test_perturb_views_differ_and_generator_reproduces():

@@ -170,9 +170,8 @@ class GUME(MGCN):
         """``InfoNCE(X'[rows], X''[rows]; τ_um)`` for two noise views ``X', X''`` of ``x``."""
         cfg = self.config
         gen = self._generator(x.device)
-        first = perturb(x, cfg.noise_eps, cfg.noise_mode, generator=gen)
-        second = perturb(x, cfg.noise_eps, cfg.noise_mode, generator=gen)
-        return infonce(first[rows], second[rows], cfg.um_tau)
+        first, second = (perturb(x, cfg.noise_eps, cfg.noise_mode, generator=gen, rows=rows) for _ in range(2))
+        return infonce(first, second, cfg.um_tau)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -221,11 +221,11 @@ class SIGER(MGCN):
             aux["extended"] = self.extended_view(h)
         return Output(z[: self.n_users], z[self.n_users :], aux)
 
-    def noise(self, x: torch.Tensor) -> torch.Tensor:
-        """One noise view of ``x`` (2.12): ``x + ρ·δ``, ``ρ`` by ``perturb_mode`` with ``ε = eps``."""
+    def noise(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """One noise view of ``x`` (or of ``x[rows]``, 2.12): ``x + ρ·δ``, ``ρ`` by ``perturb_mode``, ``ε = eps``."""
         if self._noise_generator is None or self._noise_generator.device != x.device:
             self._noise_generator = torch.Generator(device=x.device).manual_seed(self._noise_seed)
-        return perturb(x, self.config.eps, self.config.perturb_mode, generator=self._noise_generator)
+        return perturb(x, self.config.eps, self.config.perturb_mode, generator=self._noise_generator, rows=rows)
 
     def noisy_semantic_views(self) -> torch.Tensor:
         """``H_m`` with noise after every ``G_m`` product (``perturb_at = "layers"``), ``K x N x d``."""
@@ -270,7 +270,7 @@ class SIGER(MGCN):
         """GUME's ``um`` and ``reg2`` terms on ``Ĥ`` (``extended_branch``)."""
         cfg, ext = self.config, out.aux["extended"]
         users_ext, users_s = ext[: self.n_users], out.aux["fused"][: self.n_users]
-        noise_nce = [infonce(self.noise(x)[u], self.noise(x)[u], cfg.um_tau) for x in (users_s, users_ext)]
+        noise_nce = [infonce(self.noise(x, u), self.noise(x, u), cfg.um_tau) for x in (users_s, users_ext)]
         um = infonce(users_ext[u], users_s[u], cfg.um_tau) + sum(noise_nce)
         return {"um": cfg.um_weight * um, "reg2": cfg.reg2_weight * half_sq(ext[i_rows])}
 

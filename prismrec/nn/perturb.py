@@ -11,8 +11,8 @@ unit norm wherever ``x`` has no zero entry. The magnitude ``ρ`` per row depends
 | ``relative`` | ``ε‖x‖₂ / mean_rows ‖x‖₂``    | proposed |
 | ``inverse``  | ``ε·mean_rows ‖x‖₂ / ‖x‖₂``   | proposed |
 
-``mean_rows`` is over the rows of the matrix passed in, so perturb the whole node matrix and then
-select batch rows when the mean matters. ``ρ`` carries no gradient: the noise is a constant for
+``mean_rows`` is over all rows of the matrix passed in, also when only some ``rows`` are
+perturbed (a batch's: the view of ``x[rows]``, without drawing noise for the other rows). ``ρ`` carries no gradient: the noise is a constant for
 the optimiser (as GUME's, whose magnitude is a constant), and only the clean ``x`` is trained.
 Two calls draw two independent views.
 """
@@ -31,6 +31,7 @@ def perturb(
     eps: float,
     mode: str = "fixed",
     generator: torch.Generator | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return the noise view ``x + ρ ⊙ sign(x) ⊙ nrm(r)``, ``r ~ U(0,1)^d`` per row.
 
@@ -39,6 +40,7 @@ def perturb(
         eps: ``ε >= 0``, the noise scale.
         mode: ``"fixed"``, ``"modulus"``, ``"relative"`` or ``"inverse"`` (table above).
         generator: source of ``r`` (must live on ``x``'s device); ``None`` uses torch's global RNG.
+        rows: if given, return only the view of ``x[rows]`` (``ρ``'s row mean still over all of ``x``).
     """
     if mode not in PERTURB_MODES:
         raise ValueError(f"perturb mode must be one of {list(PERTURB_MODES)}, got {mode!r}")
@@ -46,15 +48,18 @@ def perturb(
         raise ValueError(f"eps must be >= 0, got {eps}")
     if x.dim() != 2:
         raise ValueError(f"perturb expects an n x d matrix, got shape {tuple(x.shape)}")
-    r = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    delta = torch.sign(x.detach()) * F.normalize(r, dim=1, eps=_EPS)
+    target = x if rows is None else x[rows]
+    r = torch.rand(target.shape, generator=generator, device=x.device, dtype=x.dtype)
+    delta = torch.sign(target.detach()) * F.normalize(r, dim=1, eps=_EPS)
     if mode == "fixed":
-        return x + eps * delta
-    norms = torch.linalg.vector_norm(x.detach(), dim=1, keepdim=True)
+        return target + eps * delta
+    norms = torch.linalg.vector_norm(target.detach(), dim=1, keepdim=True)
     if mode == "modulus":
         rho = eps * norms
-    elif mode == "relative":
-        rho = eps * norms / norms.mean().clamp_min(_EPS)
-    else:  # inverse: small rows get more noise; a zero row has δ = 0, so its ρ never shows
-        rho = eps * norms.mean() / norms.clamp_min(_EPS)
-    return x + rho * delta
+    else:
+        mean = torch.linalg.vector_norm(x.detach(), dim=1).mean() if rows is not None else norms.mean()
+        if mode == "relative":
+            rho = eps * norms / mean.clamp_min(_EPS)
+        else:  # inverse: small rows get more noise; a zero row has δ = 0, so its ρ never shows
+            rho = eps * mean / norms.clamp_min(_EPS)
+    return target + rho * delta
