@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS
 
 MODELS = ["lightgcn", "vbpr", "freedom", "mgcn", "gume", "rlmmrec"]
-MULTIMODAL = ["vbpr", "freedom", "mgcn", "gume", "rlmmrec"]
+MULTIMODAL = ["vbpr", "freedom", "mgcn", "gume", "rlmmrec", "siger", "egra"]
 # lfm2k also ships audio_whisper; the benchmark uses the text + audio pair the issue names.
 MODALITIES = {"tiktok": "[image,audio]", "lfm2k": "[text,audio]"}
 

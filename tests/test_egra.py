@@ -128,6 +128,14 @@ def test_filter_raw_keeps_only_raw_intersection_links(planted, mgcn_export):
     assert full.n_item_links == planted.n_items * 10 and net.n_item_links < full.n_item_links
 
 
+def test_raw_item_links_are_gumes_and_need_no_pretrained_run(planted):
+    net = _build(planted, item_links="raw", pretrained="/nonexistent")  # never read
+    raw = intersection_links(*(knn_graph(planted.features[m], 10) for m in ("image", "text")))
+    assert (net.item_links != raw).nnz == 0 and net.pretrained_run is None
+    gume = get_model("gume")(planted, resolve_config("gume", planted.name, {}).params)
+    torch.testing.assert_close(net.adjacency.matrix.to_dense(), gume.adjacency.matrix.to_dense())
+
+
 # ------------------------------------------------------------------ stage 4: bi-level weighting
 @pytest.mark.parametrize("mode", ["softmax", "linear"])
 def test_entity_weights_have_mean_one_and_follow_the_sign(mode):
@@ -190,6 +198,27 @@ def test_loss_terms_weighting_and_gradients(planted, mgcn_export):
     with torch.no_grad():
         a, b = net(), net()
     assert torch.equal(a.item, b.item) and a.aux["behavior"].shape == (planted.n_users + planted.n_items, 64)
+
+
+def test_gume_backbone_is_gume_on_the_enhanced_graph_with_align_for_bm(planted, mgcn_export):
+    from prismrec.models.gume import GUME
+
+    net = _build(planted, pretrained=str(mgcn_export), backbone="gume", n_ui_layers=3)
+    assert isinstance(net, GUME) and type(net).name == "egra"
+    base = _build(planted, pretrained=str(mgcn_export))
+    torch.testing.assert_close(net.adjacency.matrix.to_dense(), base.adjacency.matrix.to_dense())  # Â⁺ from P
+    g = torch.Generator().manual_seed(0)
+    batch = tuple(torch.randint(0, n, (64,), generator=g) for n in (planted.n_users, planted.n_items, planted.n_items))
+    net.train()
+    out = net()
+    terms = net.loss(batch, out)
+    assert set(terms) == {"bpr", "reg", "align", "vt", "um", "reg2"} and "extended" in out.aux
+    u, i_rows = batch[0], batch[1] + planted.n_users
+    torch.testing.assert_close(terms["vt"], 0.1 * GUME.vt_gap(out.aux["explicit"]))
+    torch.testing.assert_close(terms["align"], net.lambda_t * (net.weighted_alignment(out.aux["modality"][u], out.aux["behavior"][u])
+                               + net.weighted_alignment(out.aux["modality"][i_rows], out.aux["behavior"][i_rows])))
+    sum(terms.values()).backward()
+    assert not [n for n, p in net.named_parameters() if p.grad is None]
 
 
 # ------------------------------------------------------------------ stages 0-4 end to end
@@ -330,8 +359,6 @@ def test_bad_pretrained_inputs_are_clear_errors(planted, mgcn_run, mgcn_export, 
     with pytest.raises(PretrainedError, match="train split mismatch"):  # the export refuses it
         unexported = shutil.copytree(mgcn_run, tmp_path / "run", ignore=shutil.ignore_patterns("export"))
         _build(other, pretrained=str(unexported))
-    with pytest.raises(NotImplementedError, match="backbone='gume'"):
-        _build(planted, pretrained=str(mgcn_export), backbone="gume")
     with pytest.raises(ValueError, match="k_pre >= 1"):
         _build(planted, pretrained=str(mgcn_export), k_pre=0)
     with pytest.raises(PretrainedError, match="unknown setting"):

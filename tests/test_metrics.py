@@ -3,7 +3,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from prismrec.eval import Evaluator, rank_metrics, ranked_topk
+from prismrec.eval import Evaluator, popularity_groups, rank_metrics, ranked_topk
 from prismrec.recommender import Output
 from tests.reference.metrics_ref import reference_metrics
 
@@ -123,3 +123,29 @@ def test_evaluator_masks_train_and_optionally_valid(planted):
             assert abs(got[name] - value) < 1e-6, (split, mask_valid, name)
     with pytest.raises(ValueError, match="valid"):
         Evaluator(planted).evaluate(model, "train")
+
+
+def test_popularity_groups_split_by_training_degree():
+    train = sp.csr_matrix(np.array([[1, 1, 1, 0, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=np.float32))
+    groups = popularity_groups(train, tail_share=0.6)  # degrees 3, 2, 1, 0, 2 -> tail = 3 least popular
+    assert groups["tail"].tolist() == [1, 2, 3] and groups["head"].tolist() == [0, 4]  # tie 1 vs 4: lower id
+    with pytest.raises(ValueError, match="tail_share"):
+        popularity_groups(train, 1.0)
+
+
+def test_evaluator_restricted_to_an_item_group_matches_reference(planted):
+    rng = np.random.default_rng(1)
+    user = torch.from_numpy(rng.normal(size=(planted.n_users, 8)).astype(np.float32))
+    item = torch.from_numpy(rng.normal(size=(planted.n_items, 8)).astype(np.float32))
+    groups = popularity_groups(planted.train)
+    ev = Evaluator(planted, ks=(10, 20), batch_size=50)
+    for name, items in groups.items():
+        got = ev.evaluate(_FixedModel(user, item), "test", items=items)
+        truth = planted.test.toarray().astype(bool)
+        outside = np.ones(planted.n_items, dtype=bool)
+        outside[items] = False
+        truth[:, outside] = False  # only the group's positives count; every item is still ranked
+        want = reference_metrics((user @ item.T).numpy(), truth, planted.train.toarray().astype(bool), (10, 20))
+        assert got["users"] == want["users"] > 0
+        for key, value in want.items():
+            assert abs(got[key] - value) < 1e-6, (name, key)

@@ -7,6 +7,7 @@ from typing import Sequence
 import scipy.sparse as sp
 import torch
 
+from prismrec.eval.groups import restrict_items
 from prismrec.eval.metrics import evaluate_ranking
 from prismrec.recommender import Output, Recommender
 
@@ -43,10 +44,22 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate(
-        self, model: Recommender, split: str, out: Output | None = None, per_user: bool = False
+        self,
+        model: Recommender,
+        split: str,
+        out: Output | None = None,
+        per_user: bool = False,
+        items=None,
     ) -> dict:
-        """Metrics of ``model`` on ``split``; one eval-mode forward reused for all user batches."""
+        """Metrics of ``model`` on ``split``; one eval-mode forward reused for all user batches.
+
+        ``items`` (ids) restricts the truth to those items: every item is still ranked, and only
+        users with at least one such positive count (e.g. the long-tail group's metrics).
+        """
         exclude = self.exclude(split)
+        truth = self.dataset.split(split)
+        if items is not None:
+            truth = restrict_items(truth, items)
         was_training = model.training
         model.eval()
         try:
@@ -54,7 +67,7 @@ class Evaluator:
                 out = model()
             return evaluate_ranking(
                 lambda users: model.score(users, out),
-                self.dataset.split(split),
+                truth,
                 exclude,
                 ks=self.ks,
                 batch_size=self.batch_size,

@@ -5,13 +5,16 @@ behaviour graph enhanced with item links from a pretrained model, plus bi-level 
 0. ``P ∈ R^{n_I×d}`` (6.1): item rows (``pre_rep``) of a finished ``pre_model`` run, or of one
    trained here (``pretrained="auto"``) on the train split, selected on validation, test never
    read; its recorded train fingerprint must equal the current train split's.
-1. ``B_pre = topk(P; k_pre, self excluded)`` (2.5); ``A⁺ = [[0, R], [Rᵀ, γ·B_pre]]`` → ``Â⁺``.
+1. ``B_pre = topk(P; k_pre, self excluded)`` (2.5); ``A⁺ = [[0, R], [Rᵀ, γ·B_pre]]`` → ``Â⁺``
+   (``item_links="raw"``: GUME's raw-feature intersection links in place of ``B_pre``).
 2. MGCN on ``Â⁺``: ``C = LGN(Â⁺, [E_U; E_I], L_ui)``, ``H_m^I = Ŝ_m^{L_ii} H_m⁰`` (raw ``Ŝ_m``),
    ``H_m^U = R̂⁺ H_m^I``, ``M = fuse(H | C)``; ``Z = C + M``, score ``z_u·z_i``.
 3. Alignment (6.3), batch users ``u`` and positive items ``i`` apart; ``ℓ_e`` per-row InfoNCE(M, C;
    τ) (2.11), ``a_e = sg(cos(m_e, c_e))``: ``w_e = |B|·softmax_e(s·a_e/τ_w)`` (mean 1), ``λ_t =
    λ_min + (λ_max − λ_min)·min(1, t/T)``, ``L_align = λ_t·[mean_u w_u ℓ_u + mean_i w_i ℓ_i]``.
 4. ``L = L_BPR(Z) + λ_reg·half_sq(z_u, z_i, z_j) + L_align``; ``λ_t`` is logged every epoch.
+   ``backbone="gume"`` (:class:`EGRAOnGUME`): GUME (``models/gume.py``) on ``Â⁺`` instead of MGCN,
+   with its ``vt``, ``um`` and ``reg2`` terms added and ``L_align`` in place of its ``bm``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from prismrec.graph import SparseOperator, bipartite_adjacency, intersection_lin
 from prismrec.graph import sym_normalize, symmetrize
 from prismrec.losses import bpr_loss, half_sq, infonce
 from prismrec.models import register
+from prismrec.models.gume import GUME
 from prismrec.models.mgcn import MGCN
 from prismrec.recommender import Output
 
@@ -85,10 +89,26 @@ class EGRAConfig:
     """``B_pre`` as is (directed), ``max(B, Bᵀ)`` or ``min(B, Bᵀ)`` (2.5)."""
     pre_filter_raw: bool = False
     """Keep only ``B_pre`` links that are also GUME's raw-feature intersection links (3.6)."""
+    item_links: Literal["pretrained", "raw"] = "pretrained"
+    """``B_pre`` from ``P`` (EGRA), or GUME's raw-feature intersection links in its place
+    (the EBG-raw ablation; nothing is pretrained or loaded)."""
     graph_fusion: Literal["joint", "separate"] = "joint"
     """``joint``: ``B_pre`` in ``A⁺``; ``separate``: plain ``Â``, ``C_I += γ·Ŝ_pre^{L_ii} E_I``."""
     backbone: Literal["mgcn", "gume"] = "mgcn"
-    """Backbone; ``gume`` (extended branch, um/vt/reg2 losses) is not implemented yet."""
+    """``mgcn``, or ``gume``: GUME's extended branch and ``vt``/``um``/``reg2`` terms on ``Â⁺``
+    (``L_align`` replaces GUME's ``bm``; GUME's own depth is ``n_ui_layers = 3``)."""
+    vt_weight: float = 0.1
+    """``backbone="gume"``: GUME's ``vt`` weight (needs two or more modalities)."""
+    um_weight: float = 0.01
+    """``backbone="gume"``: GUME's ``um`` weight."""
+    um_tau: float = 0.1
+    """``backbone="gume"``: GUME's ``τ_um``."""
+    reg2_weight: float = 0.1
+    """``backbone="gume"``: GUME's ``reg2`` weight."""
+    noise_eps: float = 0.1
+    """``backbone="gume"``: ``ε`` of GUME's noise views."""
+    noise_mode: Literal["fixed", "modulus", "relative", "inverse"] = "fixed"
+    """``backbone="gume"``: noise magnitude rule of GUME's noise views (2.12)."""
     tau: float = 0.2
     """``τ`` of the per-row InfoNCE between ``M`` and ``C``; grid {0.1, 0.2, 0.4}."""
     lambda_max: float = 1e-2
@@ -141,14 +161,18 @@ class EGRA(MGCN):
     Config = EGRAConfig
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
 
+    def __new__(cls, dataset=None, config: EGRAConfig | None = None):
+        # backbone="gume" builds the GUME-based variant below; everything else is shared.
+        if cls is EGRA and getattr(config, "backbone", "mgcn") == "gume":
+            cls = EGRAOnGUME
+        return super().__new__(cls)
+
     def __init__(self, dataset, config: EGRAConfig) -> None:
         super().__init__(dataset, config)  # checks the config; behavior_graph() builds Â⁺ from P
         self.lambda_t = alignment_strength(0, config)
 
     @staticmethod
     def _check_config(config) -> None:
-        if config.backbone == "gume":
-            raise NotImplementedError("EGRA backbone='gume' is not implemented; use backbone=mgcn")
         MGCN._check_config(config)
         rules = {"k_pre >= 1": config.k_pre >= 1, "ramp_epochs >= 1": config.ramp_epochs >= 1,
                  "gamma >= 0": config.gamma >= 0, "lambda_max >= 0": config.lambda_max >= 0,
@@ -222,14 +246,17 @@ class EGRA(MGCN):
     def behavior_graph(self, dataset, knn: list[sp.csr_matrix]) -> sp.csr_matrix:
         """1. ``Â⁺`` with item block ``γ·B_pre``, ``B_pre = topk(P; k_pre)`` (2.5, 2.1)."""
         cfg = self.config
-        links = knn_graph(self.load_pretrained(dataset), cfg.k_pre, self_loops="exclude",
-                          weight=cfg.pre_edge_weight, normalize=False)
-        links = symmetrize(links, cfg.pre_symmetrize)
-        if cfg.pre_filter_raw:  # keep links that lie in every raw modality's neighbour set too
-            raw = knn[0]
-            for other in knn:
-                raw = intersection_links(raw, other)
-            links = sp.csr_matrix(links.multiply(raw), dtype=np.float32)
+        raw = knn[0]  # GUME's links: j in every raw modality's neighbour set of i, j != i
+        for other in knn:
+            raw = intersection_links(raw, other)
+        if cfg.item_links == "raw":
+            links, self.pretrained_run, self.pretrained_file = raw, None, None
+        else:
+            links = knn_graph(self.load_pretrained(dataset), cfg.k_pre, self_loops="exclude",
+                              weight=cfg.pre_edge_weight, normalize=False)
+            links = symmetrize(links, cfg.pre_symmetrize)
+            if cfg.pre_filter_raw:
+                links = sp.csr_matrix(links.multiply(raw), dtype=np.float32)
         self.item_links, self.n_item_links = links, int(links.nnz)
         if cfg.graph_fusion == "separate":
             self.pre_graph = SparseOperator(sym_normalize(links), symmetric=False)
@@ -272,6 +299,15 @@ class EGRA(MGCN):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, links={self.n_item_links}, P from {self.pretrained_run}"
+
+
+class EGRAOnGUME(EGRA, GUME):
+    """EGRA with ``backbone="gume"`` (built by ``EGRA(...)``): GUME's forward on ``Â⁺`` (its
+    extended branch ``Ĥ`` included) and its ``vt``/``um``/``reg2`` terms; ``L_align`` in place of ``bm``."""
+
+    def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        u, i, _ = batch
+        return {**super().loss(batch, out), **self.extension_terms(out, u, i + self.n_users)}
 
 
 def _export_dir(source: Path, dataset, seed: int, per_seed: bool) -> Path:

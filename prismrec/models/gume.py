@@ -177,15 +177,23 @@ class GUME(MGCN):
         cfg = self.config
         u, i, j = batch
         zu, zi, zj = out.user[u], out.item[i], out.item[j]
-        c, m, ext = out.aux["behavior"], out.aux["modality"], out.aux["extended"]
+        c, m = out.aux["behavior"], out.aux["modality"]
         i_rows = i + self.n_users  # item rows of the N x d views
-        users_m, users_ext = m[: self.n_users], ext[: self.n_users]
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
-            "vt": cfg.vt_weight * self.vt_gap(out.aux["explicit"]),
             "bm": cfg.bm_weight
             * (infonce(m[u], c[u], cfg.bm_tau) + infonce(m[i_rows], c[i_rows], cfg.bm_tau)),
+            **self.extension_terms(out, u, i_rows),
+        }
+
+    def extension_terms(self, out: Output, u: torch.Tensor, i_rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """GUME's ``vt``, ``um`` and ``reg2`` terms (what it adds to MGCN's losses)."""
+        cfg = self.config
+        m, ext = out.aux["modality"], out.aux["extended"]
+        users_m, users_ext = m[: self.n_users], ext[: self.n_users]
+        return {
+            "vt": cfg.vt_weight * self.vt_gap(out.aux["explicit"]),
             "um": cfg.um_weight
             * (
                 infonce(ext[u], m[u], cfg.um_tau)
