@@ -86,22 +86,14 @@ def long_tail(models: list[str], dataset: str, runs: Path = Path("runs/bench-mul
     degree) and head items, per finished seed of each model's main cells (ALGORITHMS.md 6.6)."""
     import statistics
 
-    from prismrec.eval import Evaluator, popularity_groups
-    from prismrec.experiment.export import load_run
+    from prismrec.experiment.evaluate import evaluate_run
 
     data, cache = {}, {}
     lines = [f"## Long tail on {dataset} (tail = least popular {tail_share:.0%} of items by training degree)", "",
              "| model | seeds | tail R@20 | tail N@20 | head R@20 | head N@20 |", "|---|---|---|---|---|---|"]
     for model in models:
         seeds = sorted((runs / dataset / dataset / model).glob("seed-*/metrics.json"))
-        per_seed = []
-        for path in seeds:
-            run = load_run(path.parent, datasets=cache)
-            groups = popularity_groups(run.dataset.train, tail_share)
-            evaluator = Evaluator(run.dataset, ks=(20,))
-            out = run.model()
-            per_seed.append({g: {k: v for k, v in evaluator.evaluate(run.model, "test", out, items=ids).items()
-                                 if k in ("recall@20", "ndcg@20", "users")} for g, ids in groups.items()})
+        per_seed = [evaluate_run(path.parent, "test", tail_share=tail_share, ks=(20,), datasets=cache) for path in seeds]
         if not per_seed:
             continue
         data[model] = per_seed

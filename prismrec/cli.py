@@ -26,16 +26,17 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _metrics_table(title: str, rows: dict[str, dict], std: dict[str, dict] | None = None) -> Table:
+def _metrics_table(title: str, rows: dict[str, dict], std: dict[str, dict] | None = None,
+                   label: str = "split", ks=TABLE_KS) -> Table:
     table = Table(title=title)
-    table.add_column("split")
+    table.add_column(label)
     for m in TABLE_METRICS:
-        for k in TABLE_KS:
+        for k in ks:
             table.add_column(f"{m}@{k}", justify="right")
     for split, values in rows.items():
         cells = []
         for m in TABLE_METRICS:
-            for k in TABLE_KS:
+            for k in ks:
                 v = values.get(f"{m}@{k}", float("nan"))
                 s = (std or {}).get(split, {}).get(f"{m}@{k}")
                 cells.append(f"{v:.4f}" + (f" ± {s:.4f}" if s is not None else ""))
@@ -112,7 +113,7 @@ def datasets(
 def compare(
     models: str = typer.Option(..., help="Comma-separated model names."),
     datasets: str = typer.Option(..., help="Comma-separated dataset names."),
-    seeds: str = typer.Option("3", help="A count (first N of 999, 1000, ...) or a comma list."),
+    seeds: str = typer.Option("3", help="A count (first N of 999, 1000, ...) or a comma list (one seed: 1001,)."),
     out: Path = typer.Option(..., help="Output directory (resumable: finished cells are kept)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value for all models, or MODEL.key=value."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
@@ -157,6 +158,30 @@ def export(
     except (ValueError, KeyError, DatasetError, OSError) as exc:
         _fail(str(exc).strip("'\""))
     console.print(f"representations written to {path}", highlight=False)
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Option(..., help="A finished single-seed run directory."),
+    split: str = typer.Option("test", help="valid or test."),
+    groups: str = typer.Option("popularity", help="Item groups: popularity (tail/head) or none."),
+    tail_share: float = typer.Option(0.8, help="Share of items (least popular first) in the tail."),
+    ks: str = typer.Option("10,20", help="Comma-separated cut-offs."),
+    mask_valid: bool = typer.Option(False, help="At test, also mask the validation items."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+) -> None:
+    """Re-evaluate a finished run, overall and per item group; writes <run>/evaluation-<split>.json."""
+    from prismrec.experiment.evaluate import evaluate_run
+    from prismrec.experiment.export import ExportError
+
+    try:
+        cutoffs = [int(k) for k in ks.split(",")]
+        result = evaluate_run(run, split, groups, tail_share, cutoffs, mask_valid, data_dir)
+    except (ExportError, DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    rows = {f"{name} ({m['users']} users)": m for name, m in result.items() if name != "meta"}
+    title = f"{result['meta']['model']} on {result['meta']['dataset']} / {split}"
+    console.print(_metrics_table(title, rows, label="items", ks=sorted(set(cutoffs))))
 
 
 @app.command()

@@ -66,3 +66,13 @@ def test_run_config_round_trips(tmp_path):
     again = resolve_config("bpr", "baby", load_yaml_overrides(path))
     assert again == cfg and again.digest() == cfg.digest()
     assert "reg_weight" in valid_keys("bpr")
+
+
+def test_compare_seed_counts_and_lists():
+    from prismrec.experiment.compare import parse_seeds
+
+    assert parse_seeds("3") == [999, 1000, 1001]
+    assert parse_seeds("999,1,2") == [999, 1, 2] and parse_seeds("1001,") == [1001]
+    for bad in ("0", "999"):  # "999" would silently mean 999 seeds
+        with pytest.raises(ValueError, match="count of seeds"):
+            parse_seeds(bad)

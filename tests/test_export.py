@@ -127,3 +127,29 @@ def test_cli_export(freedom_run, planted_dir, tmp_path):
     other = write_planted_dataset(tmp_path / "other" / "planted", seed=1)
     result = runner.invoke(app, ["export", "--run", str(run), "--data-dir", str(other.parent)])
     assert result.exit_code == 2 and "train split mismatch" in result.output
+
+
+def test_evaluate_run_overall_and_long_tail(freedom_run, planted, planted_dir):
+    from prismrec.experiment.evaluate import evaluate_run
+
+    run, _ = freedom_run
+    result = evaluate_run(run, "test", data_dir=planted_dir.parent)
+    recorded = json.loads((run / "metrics.json").read_text())["test"]
+    assert result["all"]["recall@20"] == pytest.approx(recorded["recall@20"], abs=1e-7)
+    assert result["tail"]["items"] == int(planted.n_items * 0.8)
+    assert result["tail"]["items"] + result["head"]["items"] == planted.n_items
+    assert 0 < result["tail"]["users"] <= result["all"]["users"]
+    assert json.loads((run / "evaluation-test.json").read_text())["meta"]["grouping"] == "popularity"
+    only = evaluate_run(run, "valid", grouping="none", data_dir=planted_dir.parent)
+    assert set(only) == {"all", "meta"}
+    with pytest.raises(ValueError, match="grouping must be one of"):
+        evaluate_run(run, grouping="genre", data_dir=planted_dir.parent)
+
+
+def test_cli_evaluate(freedom_run, planted_dir):
+    run, _ = freedom_run
+    result = runner.invoke(app, ["evaluate", "--run", str(run), "--data-dir", str(planted_dir.parent)])
+    assert result.exit_code == 0, result.output
+    assert "tail" in result.output and "head" in result.output
+    result = runner.invoke(app, ["evaluate", "--run", str(run), "--tail-share", "1.5", "--data-dir", str(planted_dir.parent)])
+    assert result.exit_code == 2 and "tail_share" in result.output

@@ -63,6 +63,14 @@ def test_vbpr_representation_by_hand(planted):
     assert torch.count_nonzero(b) == 0
 
 
+def test_vbpr_feature_norm_rescales_each_modality_before_concatenation(planted):
+    net = build("vbpr", planted, feature_norm="l2")
+    f = torch.cat([torch.nn.functional.normalize(planted.features[m], dim=1) for m in ("image", "text")], dim=1)
+    torch.testing.assert_close(net.content.features, f)
+    std = build("vbpr", planted, feature_norm="standardize").content.features
+    torch.testing.assert_close(std.mean(0), torch.zeros(std.shape[1]), atol=1e-5, rtol=0)
+
+
 def test_vbpr_loss_is_bpr_plus_emb_norm(planted):
     net = build("vbpr", planted, reg_weight=0.5)
     out = net()

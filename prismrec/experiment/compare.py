@@ -26,13 +26,17 @@ DEFAULT_SEEDS = (999, 1000, 1001, 1002, 1003)
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 
+MAX_SEED_COUNT = 100
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"3"`` -> the first 3 protocol seeds (999, 1000, 1001); ``"999,1,2"`` -> that list."""
+    """``"3"`` -> the first 3 protocol seeds (999, 1000, 1001); ``"999,1,2"`` or ``"1001,"`` -> that list."""
     text = str(text).strip()
     if "," not in text:
         n = int(text)
-        if n < 1:
-            raise ValueError(f"--seeds needs at least one seed, got {text!r}")
+        if not 1 <= n <= MAX_SEED_COUNT:
+            raise ValueError(f"--seeds {text} is a count of seeds (1 to {MAX_SEED_COUNT}); "
+                             f"for the single seed {text} write '{text},'")
         return [DEFAULT_SEEDS[0] + i for i in range(n)]
     return [int(s) for s in text.split(",") if s.strip()]
 

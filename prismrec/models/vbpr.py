@@ -25,7 +25,7 @@ from torch import nn
 
 from prismrec.losses import bpr_loss, l2_reg
 from prismrec.models import register
-from prismrec.nn.encoders import Projector
+from prismrec.nn.encoders import Projector, normalize_features
 from prismrec.recommender import Output, Recommender
 
 
@@ -39,6 +39,9 @@ class VBPRConfig:
     """``λ``; reference grid {2.0, 1.0, 1e-1, ..., 1e-5}."""
     reg_form: Literal["emb_norm", "half_sq"] = "emb_norm"
     """L2 form (2.10); MMRec's ``EmbLoss`` is ``emb_norm``."""
+    feature_norm: Literal["none", "l2", "standardize"] = "none"
+    """Rescale each modality's raw features before concatenation (``none`` = MMRec's raw values;
+    matters when the files' scales differ, e.g. lfm2k's VGGish audio, row norms ~1500)."""
 
 
 @register
@@ -52,7 +55,9 @@ class VBPR(Recommender):
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         d = config.embedding_size
         # f_i: the selected raw features side by side, a frozen buffer (not saved in model.pt).
-        features = torch.cat([dataset.features[m].float() for m in self.modalities], dim=1)
+        features = torch.cat(
+            [normalize_features(dataset.features[m].float(), config.feature_norm) for m in self.modalities], dim=1
+        )
         self.content = Projector(features, d, trainable_features=False)  # W f_i + b
         self.user_emb = nn.Parameter(torch.empty(self.n_users, 2 * d))  # z_u = u_u
         self.item_emb = nn.Parameter(torch.empty(self.n_items, d))  # e_i
