@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from prismrec.train.allocator import keep_freed_memory
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -31,6 +33,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "freed_memory_kept": keep_freed_memory(),  # PRISMREC_SYSTEM_MALLOC=1 to compare
     }
 
 

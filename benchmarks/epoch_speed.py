@@ -22,6 +22,7 @@ from prismrec.data import BPRSampler, load_dataset
 from prismrec.eval import Evaluator
 from prismrec.experiment.config import resolve_config
 from prismrec.models import get_model
+from prismrec.train.allocator import keep_freed_memory
 from prismrec.train.trainer import seed_everything, train_epoch
 
 # MMRec per-epoch seconds on this machine kind: (training, validation); test costs validation again.
@@ -59,6 +60,7 @@ def breakdown(model_name: str, dataset, epochs: int = 5, model=None, settings=No
 
 
 def main() -> None:
+    keep_freed_memory()  # as `prismrec train` does
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES))
     parser.add_argument("--epochs", type=int, default=5)

@@ -27,6 +27,7 @@ from prismrec.data import load_dataset
 from prismrec.eval import Evaluator
 from prismrec.experiment.config import resolve_config
 from prismrec.models import get_model
+from prismrec.train.allocator import keep_freed_memory
 
 RUNS = Path("runs/bench-foundation-baby")
 MMREC = {"train_s": 5.4, "valid_s": 3.9, "test_s": 3.9}  # MMRec LightGCN on baby, 2 threads
@@ -76,6 +77,7 @@ def evaluation_vs_floor(model, data, cfg) -> dict:
 
 
 def main() -> None:
+    keep_freed_memory()  # as `prismrec train` does
     torch.set_num_threads(2)
     results = run_compare()
     data = load_dataset("baby")

@@ -27,6 +27,7 @@ from prismrec.data import Dataset, load_dataset
 from prismrec.eval import Evaluator
 from prismrec.experiment.config import ExperimentConfig
 from prismrec.models import get_model
+from prismrec.train.allocator import keep_freed_memory
 from prismrec.train.trainer import TrainingDiverged, fit, seed_everything
 
 
@@ -152,6 +153,7 @@ def run_experiment(
     """
     if not seeds:
         raise ValueError("at least one seed is needed")
+    keep_freed_memory()
     dataset = dataset or load_dataset(config.dataset, data_dir)
     if len(seeds) == 1:
         config.train.seed = seeds[0]
