@@ -32,15 +32,25 @@ def to_torch_csr(matrix: sp.spmatrix, device: torch.device | str = "cpu") -> tor
         )
 
 
+def spmm(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``matrix @ dense`` for a CSR ``matrix``. On CPU the product is written straight into a
+    fresh output: ``torch.sparse.mm`` zero-fills a temporary and copies it over (two more passes
+    over the ``n x d`` result)."""
+    if dense.device.type != "cpu":
+        return torch.sparse.mm(matrix, dense)
+    out = dense.new_empty((matrix.shape[0], dense.shape[1]))
+    return torch.addmm(out, matrix, dense, beta=0, out=out)  # beta=0: out's contents are ignored
+
+
 class _SpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, op: "SparseOperator", dense: torch.Tensor) -> torch.Tensor:  # noqa: D401
         ctx.op = op
-        return torch.sparse.mm(op.matrix, dense)
+        return spmm(op.matrix, dense)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return None, torch.sparse.mm(ctx.op.transpose, grad.contiguous())
+        return None, spmm(ctx.op.transpose, grad.contiguous())
 
 
 class SparseOperator:
@@ -68,7 +78,7 @@ class SparseOperator:
     def __matmul__(self, dense: torch.Tensor) -> torch.Tensor:
         if dense.requires_grad:
             return _SpMM.apply(self, dense)
-        return torch.sparse.mm(self.matrix, dense)
+        return spmm(self.matrix, dense)
 
     def to(self, device: torch.device | str) -> "SparseOperator":
         """Move both stored matrices to ``device`` (in place) and return self."""
