@@ -21,6 +21,8 @@ HEADER = ["| variant | seeds | R@10 | R@20 | N@10 | N@20 | epochs |", "|---|---|
 
 def row(label: str, cell: dict) -> str:
     """One table row: test metrics mean ± sample std (std only with more than one seed)."""
+    if not cell.get("per_seed"):
+        return f"| {label} | 0 | not run yet | | | | |"
     mean, std, n = cell["mean"]["test"], cell["std"]["test"], len(cell["per_seed"])
     values = [f"{mean[m]:.4f}" + (f" ± {std[m]:.4f}" if n > 1 else "") for m in METRICS]
     return f"| {label} | {n} | " + " | ".join(values) + f" | {', '.join(map(str, cell['epochs']))} |"

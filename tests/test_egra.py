@@ -21,7 +21,8 @@ from prismrec.experiment.export import export_representations
 from prismrec.experiment.runs import run_experiment
 from prismrec.graph import intersection_links, knn_graph
 from prismrec.models import get_model
-from prismrec.models.egra import PretrainedError, alignment_strength, entity_weights
+from prismrec.experiment.pretrained import PretrainedError
+from prismrec.models.egra import alignment_strength, entity_weights
 from prismrec.train import fit, seed_everything
 from tests.test_train import random_recall_at_20
 
@@ -240,7 +241,7 @@ def test_auto_pretraining_then_egra(planted, tmp_path, monkeypatch):
 
     # Training stage 1 or hitting its cache leaves this run's initialisation unchanged.
     trained = _build(planted, seed=11, pretrain_epochs=2, pretrain_cache=str(tmp_path / "other"))
-    monkeypatch.setattr("prismrec.experiment.runs.run_experiment", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr("prismrec.experiment.pretrained.run_experiment", lambda *a, **k: pytest.fail("retrained"))
     net = _build(planted, seed=11, pretrain_epochs=2, pretrain_cache=str(cache))
     from_path = _build(planted, seed=11, pretrained=str(pre_dir))
     for other in (trained, from_path):
