@@ -4,7 +4,7 @@ import torch
 
 from prismrec.experiment.config import resolve_config
 from prismrec.models import get_model
-from prismrec.nn.gates import GatedFusion
+from prismrec.nn.fusion import GatedFusion
 from prismrec.train import fit, seed_everything
 from tests.test_train import random_recall_at_20
 

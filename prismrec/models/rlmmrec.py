@@ -26,7 +26,7 @@ from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import bpr_loss, half_sq
 from prismrec.models import register
 from prismrec.nn import Projector, lightgcn
-from prismrec.nn.gates import GatedFusion
+from prismrec.nn.fusion import GatedFusion
 from prismrec.recommender import Output, Recommender
 
 

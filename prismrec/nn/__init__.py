@@ -1,12 +1,13 @@
 """Reusable layers: propagation, encoders, fusion, perturbation."""
 
 from prismrec.nn.encoders import ModalityPurifier, Projector, Purifier
-from prismrec.nn.fusion import BehaviorAwareFuser
+from prismrec.nn.fusion import BehaviorAwareFuser, GatedFusion
 from prismrec.nn.perturb import PERTURB_MODES, perturb
 from prismrec.nn.propagation import lightgcn
 
 __all__ = [
     "BehaviorAwareFuser",
+    "GatedFusion",
     "ModalityPurifier",
     "PERTURB_MODES",
     "Projector",
