@@ -3,7 +3,7 @@
 Definitions are MMRec's (``src/utils/metrics.py``): per-user values averaged over the users with
 at least one held-out positive; NDCG's ideal DCG and MAP's normaliser use ``min(|T_u|, K)``.
 Masked items score ``-inf``; ties are broken by the lower item id. The hot path is batched: one
-score block per user batch, masking by one scatter, ``torch.topk``, hit marking by one gather.
+score block per user batch, masking by one scatter, ``torch.topk``, hits by one key lookup.
 """
 
 from __future__ import annotations
@@ -57,18 +57,25 @@ def batch_hits(
 
     ``scores[b]`` belongs to user ``rows[b]`` of ``truth`` / ``exclude``.
     """
-    if torch.isnan(scores).any():
-        raise FloatingPointError(
-            "NaN in model scores: the model diverged (lower the learning rate or check inputs)"
-        )
     if exclude is not None and exclude.nnz:
         r, c = _rows_coo(exclude, rows, scores.device)
         scores[r, c] = -torch.inf
     top = ranked_topk(scores, k)
-    relevant = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    # torch.topk ranks NaN above every number, so a NaN left after masking is in its row's top.
+    if torch.isnan(scores.gather(1, top[:, :1])).any():
+        raise FloatingPointError(
+            "NaN in model scores: the model diverged (lower the learning rate or check inputs)"
+        )
+    # Hits: is (row, item) of each top-k entry a truth pair? Keys row * n_items + item, binary-
+    # searched among the batch's sorted truth keys: no B x n_items indicator matrix is built.
+    n_items = scores.shape[1]
     r, c = _rows_coo(truth, rows, scores.device)
-    relevant[r, c] = True
-    return relevant.gather(1, top)
+    keys = torch.sort(r * n_items + c).values
+    if not len(keys):
+        return torch.zeros(top.shape, dtype=torch.bool, device=scores.device)
+    queries = torch.arange(len(rows), device=scores.device).unsqueeze(1) * n_items + top
+    found = keys[torch.searchsorted(keys, queries).clamp_max(len(keys) - 1)]
+    return found == queries
 
 
 def metrics_from_hits(
