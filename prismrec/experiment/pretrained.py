@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from prismrec.experiment.config import resolve_config
+from prismrec.experiment.export import export_representations
 from prismrec.experiment.runs import run_experiment
 
 PRE_REP_FILES = dict(final="item.npy", behavior="item.behavior.npy", modality="item.modality.npy")
@@ -53,6 +54,7 @@ def pretrained_items(cfg, dataset, seed: int) -> tuple[np.ndarray, str, str]:
             f"{dataset.name!r} has {actual}: pretrain on this exact split (another split "
             "would leak held-out items or misalign ids), or use pretrained=auto")
     return p.astype(np.float32), meta.get("run_dir", str(source)), str(path)
+
 
 def pretrain(cfg, dataset, seed: int) -> Path:
     """``"auto"``: train ``pre_model`` on ``dataset`` with ``seed`` (selected on validation,
@@ -89,8 +91,6 @@ def _export_dir(source: Path, dataset, seed: int, per_seed: bool) -> Path:
                               " `prismrec train`, its `prismrec export` folder, or pretrained=auto")
     if not (source / "representations.json").is_file():
         if not (source / "export" / "representations.json").is_file():
-            from prismrec.experiment.export import export_representations
-
             try:  # the run's dataset is looked up by name next to the current one
                 export_representations(source, None, dataset.path.parent if dataset.path else None)
             except (ValueError, OSError) as exc:
