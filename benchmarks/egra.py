@@ -12,7 +12,8 @@ Writes ``results/egra.{json,md}``; trained cells: ``runs/bench-multimodal``, ``r
 
 from __future__ import annotations
 
-from benchmarks.study import arguments, finish, long_tail, study
+from benchmarks.common import write
+from benchmarks.study import arguments, long_tail, study
 
 BASELINES = ["lightgcn", "freedom", "mgcn", "gume"]
 PRETRAINED = "runs/bench-multimodal/{dataset}/{dataset}/{model}"
@@ -37,7 +38,7 @@ def main() -> None:
         for dataset in args.datasets.split(","):
             data["long_tail"][dataset], lines = long_tail([*BASELINES, "egra"], dataset)
             md += lines
-    finish("egra", data, md)
+    write("egra", data, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Writes ``results/rlmmrec.{json,md}``; trained cells: ``runs/bench-multimodal``,
 
 from __future__ import annotations
 
-from benchmarks.study import arguments, finish, study
+from benchmarks.common import write
+from benchmarks.study import arguments, study
 
 ABLATIONS = {
     "gate (full model)": [],
@@ -36,7 +37,7 @@ def main() -> None:
     scaling, lines = study("rlmmrec", [], FEATURE_SCALING, args, title="",
                            ablation_title="Feature scaling on lfm2k (raw VGGish audio: row norms ~1500; text: 1)")
     data["feature_scaling"] = scaling["ablation"]
-    finish("rlmmrec", data, md + lines[4:])
+    write("rlmmrec", data, "\n".join(md + lines[4:]) + "\n")
 
 
 if __name__ == "__main__":

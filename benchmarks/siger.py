@@ -7,7 +7,8 @@ Writes ``results/siger.{json,md}``; trained cells: ``runs/bench-multimodal``, ``
 
 from __future__ import annotations
 
-from benchmarks.study import arguments, finish, study
+from benchmarks.common import write
+from benchmarks.study import arguments, study
 
 ABLATIONS = {
     "SIGER (full model)": [],
@@ -24,7 +25,7 @@ ABLATIONS = {
 def main() -> None:
     args = arguments(__doc__)
     data, md = study("siger", ["lightgcn", "freedom", "mgcn", "gume"], ABLATIONS, args, title="SIGER")
-    finish("siger", data, md)
+    write("siger", data, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import argparse
 import re
 from pathlib import Path
 
-from benchmarks.common import write
 from benchmarks.multimodal import compare
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
@@ -43,7 +42,7 @@ def slug(settings: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "+".join(settings)) or "default"
 
 
-def study(model: str, baselines: list[str], ablations: dict, args, *, title: str, notes: list[str] = (),
+def study(model: str, baselines: list[str], ablations: dict, args, *, title: str,
           settings=lambda dataset: [], ablation_title: str = "Ablations on {dataset}") -> tuple[dict, list[str]]:
     """Train (or collect) the main comparison and the ablations; returns (data, markdown lines).
 
@@ -55,7 +54,7 @@ def study(model: str, baselines: list[str], ablations: dict, args, *, title: str
     extra = [f"threads={args.threads}"] if args.threads else []
     skip = set(args.skip.split(","))
     md = [f"# {title}", "", "Test metrics, mean ± sample std over seeds (999, 1000, 1001, ...); "
-          "selection on valid Recall@20; `epochs` = epochs run per seed (best + patience 20).", *notes, ""]
+          "selection on valid Recall@20; `epochs` = epochs run per seed (best + patience 20).", ""]
     data: dict = {"main": {}, "ablation": {}}
     models = [*baselines, model]
     for dataset in args.datasets.split(",") if "main" not in skip else []:
@@ -76,10 +75,6 @@ def study(model: str, baselines: list[str], ablations: dict, args, *, title: str
             md.append(row(label, cell))
         md.append("")
     return data, md
-
-
-def finish(name: str, data: dict, md: list[str]) -> None:
-    write(name, data, "\n".join(md) + "\n")
 
 
 def long_tail(models: list[str], dataset: str, runs: Path = Path("runs/bench-multimodal"),
