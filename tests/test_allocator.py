@@ -32,7 +32,7 @@ def test_keep_freed_memory_removes_repeated_page_faults():
     _, default = _faults("default")
     assert applied == "True"
     assert default > 5 * 16_000 * 0.9  # each 64 MB block is mapped and faulted in again (4 KB pages)
-    assert tuned < default / 20
+    assert tuned < default / 3  # at most one of the five blocks is faulted in again
     env = {**os.environ, "PRISMREC_SYSTEM_MALLOC": "1"}
     applied, faults = _faults("tune", env)
     assert applied == "False" and faults > default / 2
