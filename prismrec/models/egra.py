@@ -32,13 +32,15 @@ from prismrec.graph import SparseOperator, bipartite_adjacency, intersection_lin
 from prismrec.graph import sym_normalize, symmetrize
 from prismrec.losses import bpr_loss, half_sq, infonce
 from prismrec.models import register
-from prismrec.models.gume import GUME
+from prismrec.models.gume import GUME, GUMETerms
 from prismrec.models.mgcn import MGCN
 from prismrec.recommender import Output
 
 
 @dataclass
-class EGRAConfig:
+class EGRAConfig(GUMETerms):
+    """EGRA's settings; the inherited :class:`GUMETerms` act only with ``backbone="gume"``."""
+
     modalities: list[str] | None = None
     """Feature names used, in order; ``None`` = every modality of the dataset (canonical order)."""
     embedding_size: int = 64
@@ -85,18 +87,6 @@ class EGRAConfig:
     backbone: Literal["mgcn", "gume"] = "mgcn"
     """``mgcn``, or ``gume``: GUME's extended branch and ``vt``/``um``/``reg2`` terms on ``Â⁺``
     (``L_align`` replaces GUME's ``bm``; GUME's own depth is ``n_ui_layers = 3``)."""
-    vt_weight: float = 0.1
-    """``backbone="gume"``: GUME's ``vt`` weight (needs two or more modalities)."""
-    um_weight: float = 0.01
-    """``backbone="gume"``: GUME's ``um`` weight."""
-    um_tau: float = 0.1
-    """``backbone="gume"``: GUME's ``τ_um``."""
-    reg2_weight: float = 0.1
-    """``backbone="gume"``: GUME's ``reg2`` weight."""
-    noise_eps: float = 0.1
-    """``backbone="gume"``: ``ε`` of GUME's noise views."""
-    noise_mode: Literal["fixed", "modulus", "relative", "inverse"] = "fixed"
-    """``backbone="gume"``: noise magnitude rule of GUME's noise views (2.12)."""
     tau: float = 0.2
     """``τ`` of the per-row InfoNCE between ``M`` and ``C``; grid {0.1, 0.2, 0.4}."""
     lambda_max: float = 1e-2

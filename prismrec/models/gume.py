@@ -57,7 +57,26 @@ from prismrec.recommender import Output
 
 
 @dataclass
-class GUMEConfig:
+class GUMETerms:
+    """GUME's loss terms beyond MGCN's (``vt``, ``um``, ``reg2``) and its noise views; shared by
+    ``GUMEConfig`` and EGRA's ``backbone="gume"``."""
+
+    reg2_weight: float = 0.1
+    """``reg2``, weight of ``½‖Ĥ_I[i]‖² / B`` on the extended item rows."""
+    vt_weight: float = 0.1
+    """``vt``, weight of the modality mean/variance gap (Baby 0.1; Sports 0.01; Clothing 0.001)."""
+    um_weight: float = 0.01
+    """``um``, weight of the user-modality terms (Baby, Sports 0.01; Clothing, Electronics 0.1)."""
+    um_tau: float = 0.1
+    """``τ_um`` (Baby, Sports 0.1; Clothing, Electronics 0.2)."""
+    noise_eps: float = 0.1
+    """``ε`` of the noise views (2.12)."""
+    noise_mode: Literal["fixed", "modulus", "relative", "inverse"] = "fixed"
+    """Noise magnitude rule (2.12); GUME's is ``fixed``."""
+
+
+@dataclass
+class GUMEConfig(GUMETerms):
     modalities: list[str] | None = None
     """Feature names used (at least two), in order; ``None`` = every modality of the dataset."""
     embedding_size: int = 64
@@ -74,22 +93,10 @@ class GUMEConfig:
     """``reg1``, weight of the batch L2 term on ``z_u, z_i, z_j``."""
     reg_form: Literal["half_sq", "emb_norm"] = "half_sq"
     """L2 form of ``reg`` (2.10); the reference uses ``half_sq``."""
-    reg2_weight: float = 0.1
-    """``reg2``, weight of ``½‖Ĥ_I[i]‖² / B`` on the extended item rows."""
-    vt_weight: float = 0.1
-    """``vt``, weight of the modality mean/variance gap (Baby 0.1; Sports 0.01; Clothing 0.001)."""
     bm_weight: float = 0.01
     """``bm``, weight of the behaviour-modality InfoNCE."""
     bm_tau: float = 0.4
     """``τ_bm`` (Baby 0.4; others 0.2)."""
-    um_weight: float = 0.01
-    """``um``, weight of the user-modality terms (Baby, Sports 0.01; Clothing, Electronics 0.1)."""
-    um_tau: float = 0.1
-    """``τ_um`` (Baby, Sports 0.1; Clothing, Electronics 0.2)."""
-    noise_eps: float = 0.1
-    """``ε`` of the noise views (2.12)."""
-    noise_mode: Literal["fixed", "modulus", "relative", "inverse"] = "fixed"
-    """Noise magnitude rule (2.12); GUME's is ``fixed``."""
     train_features: bool = True
     """Fine-tune the raw feature matrices (reference: True); False keeps them frozen."""
 
