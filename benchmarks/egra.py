@@ -23,9 +23,9 @@ ABLATIONS = {
     "EBG-raw (GUME's raw-feature links)": ["item_links=raw"],
     "w/o entity level": ["entity_weighting=none"],
     "w/o epoch level": ["schedule=constant"],
+    "FREEDOM as pretrained model": ["pretrained=" + PRETRAINED.replace("{model}", "freedom")],
     "w/o both levels": ["entity_weighting=none", "schedule=constant"],
     "entity sign +1": ["entity_sign=1"],
-    "FREEDOM as pretrained model": ["pretrained=" + PRETRAINED.replace("{model}", "freedom")],
 }
 
 

@@ -64,3 +64,28 @@ def test_lightgcn_gradient_matches_dense_autograd():
     (want * w).sum().backward()
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_lightgcn_zero_layers_and_input_untouched():
+    m = sp.csr_matrix(np.array([[0, 1], [1, 0]], dtype=np.float32))
+    x = torch.tensor([[1.0], [2.0]], requires_grad=True)
+    assert torch.equal(lightgcn(SparseOperator(m), x, 0), x)
+    before = x.detach().clone()
+    lightgcn(SparseOperator(m), x, 2).sum().backward()
+    assert torch.equal(x.detach(), before)
+    torch.testing.assert_close(x.grad, torch.tensor([[1.0], [1.0]]))  # Â = swap: every layer passes 1 back
+
+
+def test_spmm_writes_rows_without_entries(monkeypatch):
+    """``spmm`` writes into uninitialised memory: rows with no entries must come out as zeros.
+    Torch's debug fill makes every new tensor NaN, so a row left unwritten would show."""
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        m = sp.csr_matrix(np.array([[0, 2, 0], [0, 0, 0], [1, 0, 0]], dtype=np.float32))  # row 1 empty
+        x = torch.arange(6, dtype=torch.float32).reshape(3, 2)
+        out = lightgcn(SparseOperator(m), x, 1)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    torch.testing.assert_close(out, (x + torch.tensor(m.toarray()) @ x) / 2)
