@@ -13,12 +13,12 @@ from benchmarks.study import arguments, study
 ABLATIONS = {
     "SIGER (full model)": [],
     "w/o CI (beta = 0)": ["beta=0"],
-    "CI only (beta = 1)": ["beta=1"],
     "w/o MPP (lambda_p = 0)": ["lambda_p=0"],
     "fixed-eps perturbation (GUME)": ["perturb_mode=fixed"],
     "w/o A-InfoNCE (lambda_a = 0)": ["lambda_a=0"],
     "w/o standard InfoNCE (lambda_b = 0)": ["lambda_b=0"],
     "A-InfoNCE -> cross-modal InfoNCE": ["anchor_form=A3", "anchor_gate=false"],
+    "CI only (beta = 1)": ["beta=1"],
 }
 
 
