@@ -34,7 +34,8 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--ablation-seeds", type=int, default=3, help="seeds per ablation variant")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: main, ablation")
     parser.add_argument("--variants", default="", help="comma-separated ablation variants to run, by the "
-                        "folder name of their cells (e.g. gamma=0,schedule=constant); default all")
+                        "folder name of their cells (e.g. gamma=0,schedule=constant; the full model is "
+                        "'default'); default all")
     parser.add_argument("--report-only", action="store_true", help="train nothing")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = default)")
     return parser.parse_args()
@@ -67,7 +68,7 @@ def study(model: str, baselines: list[str], ablations: dict, args, *, title: str
     for dataset in args.ablation_datasets.split(",") if "ablation" not in skip else []:
         md += [f"## {ablation_title.replace('{dataset}', dataset)}", "", *HEADER]
         for label, changed in ablations.items():
-            if changed and args.variants and slug(changed) not in args.variants.split(","):
+            if args.variants and slug(changed) not in args.variants.split(","):
                 continue
             if changed:
                 out, seeds = Path(f"runs/bench-{model}-ablation") / dataset / slug(changed), args.ablation_seeds

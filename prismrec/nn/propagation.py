@@ -18,11 +18,12 @@ def lightgcn(adjacency: SparseOperator, x0: torch.Tensor, n_layers: int) -> torc
 
 def _layer_mean(matrix: torch.Tensor, x0: torch.Tensor, n_layers: int) -> torch.Tensor:
     """``1/(L+1) Σ_l M^l X``: one CSR product per layer, summed in place into one buffer."""
-    total, x = x0.clone(), x0
+    scale = 1.0 / (n_layers + 1)
+    total, x = x0 * scale, x0
     for _ in range(n_layers):
         x = spmm(matrix, x)
-        total.add_(x)
-    return total.mul_(1.0 / (n_layers + 1))
+        total.add_(x, alpha=scale)
+    return total
 
 
 class _LayerMean(torch.autograd.Function):
