@@ -40,6 +40,14 @@ def test_ill_typed_values_are_errors(key, value, message):
         resolve_config("lightgcn", "baby", {key: value})
 
 
+def test_list_values_from_strings():
+    for text in ("0.9,0.1", "[0.9, 0.1]", "[0.9,0.1]"):
+        assert resolve_config("freedom", "baby", {"mm_weights": text}).params.mm_weights == [0.9, 0.1]
+    assert resolve_config("freedom", "baby", {"modalities": "text"}).params.modalities == ["text"]
+    with pytest.raises(ValueError, match=r"mm_weights must be a list written a,b or \[a, b\], got '\[0.9'"):
+        resolve_config("freedom", "baby", {"mm_weights": "[0.9"})
+
+
 def test_set_syntax_errors():
     with pytest.raises(ValueError, match="key=value"):
         parse_assignments(["lr"])

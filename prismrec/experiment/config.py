@@ -90,8 +90,14 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ValueError(f"{key} must be one of {list(args)}, got {value!r}")
         return value
     if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # "a,b" or a YAML list "[a, b]"
+            try:
+                parsed = yaml.safe_load(value)
+                if not isinstance(parsed, list):
+                    parsed = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+                value = parsed
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{key} must be a list written a,b or [a, b], got {value!r}") from exc
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
