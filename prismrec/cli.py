@@ -185,6 +185,72 @@ def evaluate(
 
 
 @app.command()
+def recommend(
+    run: Path = typer.Option(..., help="A finished single-seed run directory."),
+    users: str = typer.Option(..., help="Comma-separated user ids, or 'all'."),
+    k: int = typer.Option(10, help="Items per user."),
+    exclude: str = typer.Option("seen", help="Items never recommended: seen (train+valid+test), train, none."),
+    out: Optional[Path] = typer.Option(None, help="Write a CSV (user,rank,item,score) instead of printing."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+) -> None:
+    """Top-k items per user from a run's best model (known items masked; -1 pads short lists)."""
+    import numpy as np
+    import pandas as pd
+
+    from prismrec.experiment.export import ExportError
+    from prismrec.serve import RunRecommender
+
+    try:
+        every = users.strip() == "all"
+        try:
+            ids = [] if every else [int(u) for u in users.split(",") if u.strip()]
+        except ValueError:
+            raise ValueError(f"--users must be comma-separated integer ids or 'all', got {users!r}") from None
+        recommender = RunRecommender(run, data_dir, exclude)
+        ids = list(range(recommender.n_users)) if every else ids
+        items, scores = recommender.recommend(ids, k)
+    except (ExportError, DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    if out is not None:
+        rank = np.tile(np.arange(1, items.shape[1] + 1), len(ids))
+        frame = pd.DataFrame({"user": np.repeat(ids, items.shape[1]), "rank": rank,
+                              "item": items.ravel(), "score": scores.ravel()})
+        frame.to_csv(out, index=False)
+        console.print(f"{len(frame)} recommendations for {len(ids)} users written to {out}", highlight=False)
+        return
+    table = Table(title=f"{recommender.run.config.model}: top {k}, {exclude} items excluded")
+    table.add_column("user")
+    table.add_column("items (best first)")
+    for user, row in zip(ids, items):
+        table.add_row(str(user), " ".join(str(i) for i in row))
+    console.print(table)
+
+
+@app.command()
+def serve(
+    run: Path = typer.Option(..., help="A finished single-seed run directory."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port."),
+    exclude: str = typer.Option("seen", help="Items never recommended: seen (train+valid+test), train, none."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+) -> None:
+    """Serve a run's recommendations over HTTP (GET /recommend/{user}?k=, POST /recommend, GET /health)."""
+    from prismrec.experiment.export import ExportError
+    from prismrec.serve import RunRecommender
+
+    try:
+        from prismrec.serve.app import create_app
+        import uvicorn
+    except ImportError:
+        _fail("serving needs FastAPI and uvicorn: pip install 'prismrec[serve]'")
+    try:
+        recommender = RunRecommender(run, data_dir, exclude)
+    except (ExportError, DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    uvicorn.run(create_app(recommender), host=host, port=port)
+
+
+@app.command()
 def gates(
     run: Path = typer.Option(..., help="A finished single-seed run directory of a gated model (rlmmrec)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default <run>/gates)."),

@@ -46,6 +46,14 @@ def _rows_coo(matrix: sp.csr_matrix, rows: np.ndarray, device) -> tuple[torch.Te
     )
 
 
+def mask_items(scores: torch.Tensor, exclude: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
+    """Set ``scores[b, i] = -inf`` for every item ``i`` of row ``rows[b]`` of ``exclude`` (in place)."""
+    if exclude.nnz:
+        r, c = _rows_coo(exclude, rows, scores.device)
+        scores[r, c] = -torch.inf
+    return scores
+
+
 def batch_hits(
     scores: torch.Tensor,
     truth: sp.csr_matrix,
@@ -57,9 +65,8 @@ def batch_hits(
 
     ``scores[b]`` belongs to user ``rows[b]`` of ``truth`` / ``exclude``.
     """
-    if exclude is not None and exclude.nnz:
-        r, c = _rows_coo(exclude, rows, scores.device)
-        scores[r, c] = -torch.inf
+    if exclude is not None:
+        mask_items(scores, exclude, rows)
     top = ranked_topk(scores, k)
     # torch.topk ranks NaN above every number, so a NaN left after masking is in its row's top.
     if torch.isnan(scores.gather(1, top[:, :1])).any():

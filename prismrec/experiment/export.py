@@ -116,6 +116,12 @@ def load_run(run_dir: str | Path, data_dir=None, datasets: dict | None = None) -
     run_dir = Path(run_dir)
     datasets = {} if datasets is None else datasets
     config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
+    seed_dirs = sorted(p.name for p in run_dir.glob("seed-*") if p.is_dir())
+    if seed_dirs and not (run_dir / "model.pt").exists():
+        raise ExportError(
+            f"{run_dir} is a multi-seed run: pass one of its seed directories "
+            f"({', '.join(seed_dirs)})"
+        )
     for path in (config_path, metrics_path):
         if not path.is_file():
             raise ExportError(f"{path} is missing: {run_dir} is not a finished run directory")

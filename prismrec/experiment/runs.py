@@ -141,7 +141,7 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
 def run_experiment(
     config: ExperimentConfig,
     seeds: list[int],
-    out_dir: Path | None,
+    out_dir: str | Path | None,
     data_dir: str | Path | None = None,
     dataset: Dataset | None = None,
     progress: bool = True,
@@ -154,6 +154,7 @@ def run_experiment(
     if not seeds:
         raise ValueError("at least one seed is needed")
     keep_freed_memory()
+    out_dir = Path(out_dir) if out_dir is not None else None
     dataset = dataset or load_dataset(config.dataset, data_dir)
     if len(seeds) == 1:
         config.train.seed = seeds[0]
