@@ -145,6 +145,33 @@ def compare(
 
 
 @app.command()
+def tune(
+    model: str = typer.Option(..., help="Registered model name."),
+    dataset: str = typer.Option(..., help="Dataset name or folder."),
+    space: list[str] = typer.Option(..., help="key=LOW..HIGH[:log] or key=A|B|C; repeat per setting."),
+    trials: int = typer.Option(20, help="Finished trials wanted (a rerun with the same --out resumes)."),
+    out: Path = typer.Option(..., help="Output directory (study.db, trial-<n>/, best/, tuning.md)."),
+    seeds: str = typer.Option("3", help="Final seeds for the selected point: a count or a comma list."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Fixed key=value settings."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+) -> None:
+    """Search settings on validation (Optuna TPE, test never read), then train the best with seeds."""
+    from prismrec.experiment.compare import parse_seeds
+    from prismrec.experiment.config import parse_assignments
+    from prismrec.experiment.search import tune as run_tune
+
+    try:
+        summary = run_tune(
+            model, dataset, space, trials, out, parse_assignments(set_), data_dir,
+            final_seeds=parse_seeds(seeds), log=lambda msg: console.print(msg, highlight=False),
+        )
+    except (ValueError, KeyError, DatasetError) as exc:
+        _fail(str(exc).strip("'\""))
+    console.print((out / "tuning.md").read_text())
+    console.print(f"selected: {summary['selected']['params']}", highlight=False)
+
+
+@app.command()
 def export(
     run: Path = typer.Option(..., help="Run directory written by `prismrec train` (single- or multi-seed)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default <run>/export)."),

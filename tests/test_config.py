@@ -51,6 +51,9 @@ def test_list_values_from_strings():
 def test_set_syntax_errors():
     with pytest.raises(ValueError, match="key=value"):
         parse_assignments(["lr"])
+    with pytest.raises(ValueError, match=r"--set mm_weights: '\[0.9' is not a valid value"):
+        parse_assignments(["mm_weights=[0.9"])
+    assert parse_assignments(["mm_weights=[0.5, 0.5]", "lr=0.001", "name=x"]) == {"mm_weights": [0.5, 0.5], "lr": 0.001, "name": "x"}
 
 
 def test_model_configs_never_reuse_training_keys():

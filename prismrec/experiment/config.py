@@ -140,7 +140,11 @@ def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ValueError(f"--set {key.strip()}: {raw!r} is not a valid value (YAML scalar or list, "
+                             "e.g. 0.01, true, [0.5, 0.5])") from None
     return out
 
 

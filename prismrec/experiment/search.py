@@ -1,0 +1,213 @@
+"""Hyper-parameter search on validation (Optuna), then the selected point with several seeds.
+
+Every trial trains one seed on a copy of the dataset **without a test split** (and with
+``evaluate_test=False``): selection cannot see test, by construction. The selected point is then
+trained with the final seeds on the full dataset, and test is evaluated once per seed.
+
+A search space is a list of ``key=SPEC`` strings (CLI ``--space``, one per setting):
+
+- ``key=LOW..HIGH``: uniform; integers when both bounds are integers (``n_layers=1..4``);
+- ``key=LOW..HIGH:log``: log-uniform (``lr=1e-4..1e-2:log``);
+- ``key=A|B|C``: one of the values, as ``--set`` would take them (``mm_weights=[0.5,0.5]|[0.1,0.9]``).
+
+The study lives in ``<out>/study.db`` (SQLite): rerunning with the same ``--out`` resumes it up to
+``trials`` finished trials; a different model, dataset, space or settings there is an error.
+Trial runs are in ``<out>/trial-<n>/``, the final runs in ``<out>/best/``; ``tuning.json`` and
+``tuning.md`` summarise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from prismrec.data import Dataset, load_dataset
+from prismrec.experiment.config import parse_assignments, resolve_config, valid_keys
+from prismrec.experiment.runs import run_experiment
+from prismrec.train.trainer import TrainingDiverged
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_RANGE = re.compile(rf"^({_NUMBER})\.\.({_NUMBER})(:log)?$")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched setting: a numeric range or a list of choices."""
+
+    key: str
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    log: bool = False
+    choices: tuple[str, ...] = ()
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.choices:  # kept as text in the study (Optuna's choices are scalars)
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+    def setting(self, value: Any) -> Any:
+        """The value as a setting: a choice is read as ``--set`` reads it (YAML)."""
+        return parse_assignments([f"{self.key}={value}"])[self.key] if self.choices else value
+
+
+def _settings(dims: list[Dimension], params: dict[str, Any]) -> dict[str, Any]:
+    return {d.key: d.setting(params[d.key]) for d in dims}
+
+
+def parse_space(specs: list[str], model: str) -> list[Dimension]:
+    """Parse ``key=SPEC`` strings (module docstring); unknown keys and bad ranges are ValueErrors."""
+    if not specs:
+        raise ValueError("the search space is empty: give at least one --space key=SPEC")
+    known = set(valid_keys(model))
+    dims: list[Dimension] = []
+    for spec in specs:
+        key, sep, value = (part.strip() for part in spec.partition("="))
+        if not sep or not key or not value:
+            raise ValueError(f"search space entry {spec!r} is not key=SPEC (e.g. lr=1e-4..1e-2:log)")
+        if key not in known:
+            raise ValueError(f"unknown setting {key!r} for {model}; valid keys: {', '.join(sorted(known))}")
+        if key in (d.key for d in dims):
+            raise ValueError(f"setting {key!r} appears twice in the search space")
+        match = _RANGE.match(value)
+        if match:
+            low_text, high_text, log = match.groups()
+            low, high = float(low_text), float(high_text)
+            if not low < high:
+                raise ValueError(f"{spec!r}: the range needs LOW < HIGH")
+            if log and low <= 0:
+                raise ValueError(f"{spec!r}: a log range needs LOW > 0")
+            integer = all(re.fullmatch(r"[-+]?\d+", t) for t in (low_text, high_text))
+            dims.append(Dimension(key, low, high, integer, bool(log)))
+        elif ".." in value:
+            raise ValueError(f"{spec!r}: a range is LOW..HIGH or LOW..HIGH:log with numeric bounds")
+        else:
+            choices = tuple(c.strip() for c in value.split("|"))
+            if any(not c for c in choices):
+                raise ValueError(f"{spec!r}: empty choice in A|B|C")
+            dims.append(Dimension(key, choices=choices))
+    return dims
+
+
+def tune(
+    model: str,
+    dataset_name: str,
+    space: list[str],
+    trials: int,
+    out_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    data_dir: str | Path | None = None,
+    dataset: Dataset | None = None,
+    search_seed: int = 999,
+    final_seeds: list[int] | tuple[int, ...] = (999, 1000, 1001),
+    sampler_seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Search ``space`` for ``trials`` trials on validation, train the best point with
+    ``final_seeds``; return (and write to ``out_dir``) the summary."""
+    if trials < 1:
+        raise ValueError(f"trials must be at least 1, got {trials}")
+    if not final_seeds:
+        raise ValueError("at least one final seed is needed")
+    overrides = dict(overrides or {})
+    dims = parse_space(space, model)
+    clash = sorted(set(overrides) & {d.key for d in dims})
+    if clash:
+        raise ValueError(f"{', '.join(clash)} both searched and fixed with --set: choose one")
+    # Bad fixed settings, and values of the space that do not fit their setting, fail before any work.
+    metric = resolve_config(model, dataset_name, overrides).train.valid_metric
+    for d in dims:
+        for value in d.choices or (d.low, d.high):
+            resolve_config(model, dataset_name, {**overrides, d.key: d.setting(value)})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"model": model, "dataset": dataset_name, "space": list(space), "overrides": overrides,
+            "metric": metric, "search_seed": search_seed}
+    _check_resume(out / "search.json", spec)
+
+    dataset = dataset or load_dataset(dataset_name, data_dir)
+    blind = dataclasses.replace(dataset, test=None)  # what every trial sees
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {d.key: d.suggest(trial) for d in dims}
+        cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, params)})
+        metrics = run_experiment(cfg, [search_seed], out / f"trial-{trial.number}", dataset=blind,
+                                 progress=False, evaluate_test=False)
+        return metrics["valid"][metric]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name="prismrec", storage=f"sqlite:///{(out / 'study.db').resolve()}", load_if_exists=True,
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+    )
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    remaining = trials - sum(t.state in ended for t in study.trials)
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = f"valid {metric} {trial.value:.4f}" if trial.value is not None else f"failed ({trial.state.name})"
+        log(f"trial {trial.number}: {trial.params} -> {value}")
+
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, catch=(TrainingDiverged,), callbacks=[report])
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not finished:
+        raise RuntimeError(f"no trial of {out} finished (all diverged?): see its trial-<n>/metrics.json")
+    best = max(finished, key=lambda t: (t.value, -t.number))
+    log(f"selected trial {best.number} ({best.params}); training seeds {list(final_seeds)}")
+    cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, best.params)})
+    final = run_experiment(cfg, list(final_seeds), out / "best", dataset=dataset, progress=False)
+    summary = {
+        **spec,
+        "trials": [{"number": t.number, "state": t.state.name, "params": t.params, "valid": t.value}
+                   for t in study.trials],
+        "selected": {"number": best.number, "params": best.params, "valid": best.value},
+        "final": {"seeds": list(final_seeds),
+                  "mean": final.get("mean") or {"valid": final["valid"], "test": final["test"]},
+                  "std": final.get("std")},
+    }
+    (out / "tuning.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "tuning.md").write_text(render_markdown(summary))
+    return summary
+
+
+def _check_resume(path: Path, spec: dict) -> None:
+    """Record the search's identity; a different one in the same folder is an error."""
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded != json.loads(json.dumps(spec, default=str)):
+            raise ValueError(
+                f"{path.parent} holds another search ({recorded}); resume it with the same "
+                "model, dataset, space and settings, or choose a new --out"
+            )
+    else:
+        path.write_text(json.dumps(spec, indent=2, default=str))
+
+
+def render_markdown(summary: dict) -> str:
+    metric = summary["metric"]
+    lines = [f"# {summary['model']} on {summary['dataset']}: search on valid {metric}", "",
+             f"Space: {', '.join(summary['space'])}; fixed: {summary['overrides'] or 'none'}; "
+             f"every trial seed {summary['search_seed']}, test never read.", "",
+             f"| trial | valid {metric} | settings |", "|---|---|---|"]
+    ranked = sorted(summary["trials"], key=lambda t: (t["valid"] is None, -(t["valid"] or 0), t["number"]))
+    for t in ranked:
+        value = f"{t['valid']:.4f}" if t["valid"] is not None else t["state"].lower()
+        mark = " **(selected)**" if t["number"] == summary["selected"]["number"] else ""
+        lines.append(f"| {t['number']}{mark} | {value} | {t['params']} |")
+    final = summary["final"]
+    mean, std = final["mean"], final["std"] or {"test": {}, "valid": {}}
+    lines += ["", f"Selected point, seeds {final['seeds']} (mean ± sample std):", "",
+              "| split | R@10 | R@20 | N@10 | N@20 |", "|---|---|---|---|---|"]
+    for split in ("valid", "test"):
+        cells = [f"{mean[split][k]:.4f} ± {std[split].get(k, 0.0):.4f}" if k in mean[split] else "-"
+                 for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")]
+        lines.append(f"| {split} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"

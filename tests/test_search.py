@@ -1,0 +1,122 @@
+"""Hyper-parameter search on validation (prismrec.experiment.search, `prismrec tune`)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from typer.testing import CliRunner
+
+from prismrec.cli import app
+from prismrec.eval import Evaluator
+from prismrec.experiment.search import Dimension, parse_space, tune
+
+runner = CliRunner()
+FAST = {"epochs": 2}
+SPACE = ["lr=1e-3..1e-1:log", "n_layers=1|2"]
+
+
+def test_parse_space():
+    dims = parse_space(["lr=1e-4..1e-2:log", "n_layers=1..4", "reg_weight=0..0.5", "reg_form=emb_norm|half_sq"], "lightgcn")
+    assert dims == [
+        Dimension("lr", 1e-4, 1e-2, integer=False, log=True),
+        Dimension("n_layers", 1, 4, integer=True, log=False),
+        Dimension("reg_weight", 0.0, 0.5, integer=False, log=False),
+        Dimension("reg_form", choices=("emb_norm", "half_sq")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ([], "search space is empty"),
+        (["lr"], "is not key=SPEC"),
+        (["lr="], "is not key=SPEC"),
+        (["learning_rate=1..2"], "unknown setting 'learning_rate' for lightgcn; valid keys: .*lr"),
+        (["lr=1e-2..1e-4"], "needs LOW < HIGH"),
+        (["lr=0..1e-2:log"], "log range needs LOW > 0"),
+        (["lr=a..b"], "numeric bounds"),
+        (["n_layers=1||2"], "empty choice"),
+        (["lr=1e-3..1e-2", "lr=1|2"], "appears twice"),
+    ],
+)
+def test_bad_space_is_a_clear_error(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_space(spec, "lightgcn")
+
+
+@pytest.fixture(scope="module")
+def searched(planted, tmp_path_factory):
+    """3 trials on the planted data, and the same search with a scrambled test split."""
+    calls = []
+    evaluate = Evaluator.evaluate
+    patch = pytest.MonkeyPatch()
+    patch.setattr(Evaluator, "evaluate", lambda self, model, split, *a, **k: (calls.append(split), evaluate(self, model, split, *a, **k))[1])
+    rng = np.random.default_rng(0)
+    scrambled = dataclasses.replace(planted, test=sp.random(planted.n_users, planted.n_items, density=0.05, format="csr", random_state=rng))
+    out = {}
+    for label, data in (("real", planted), ("scrambled", scrambled)):
+        calls.clear()
+        folder = tmp_path_factory.mktemp(label)
+        summary = tune("lightgcn", "planted", SPACE, 3, folder, FAST, dataset=data, final_seeds=[1, 2], log=lambda m: None)
+        out[label] = (folder, summary, list(calls))
+    patch.undo()
+    return out
+
+
+def test_search_selects_the_best_validation_trial_and_trains_it_with_the_final_seeds(searched):
+    folder, summary, _ = searched["real"]
+    assert [t["number"] for t in summary["trials"]] == [0, 1, 2]
+    for t in summary["trials"]:
+        recorded = json.loads((folder / f"trial-{t['number']}" / "metrics.json").read_text())
+        assert recorded["valid"]["recall@20"] == t["valid"] and recorded["test"] is None
+        assert set(t["params"]) == {"lr", "n_layers"} and 1e-3 <= t["params"]["lr"] <= 1e-1
+    best = max(summary["trials"], key=lambda t: t["valid"])
+    assert summary["selected"] == {"number": best["number"], "params": best["params"], "valid": best["valid"]}
+    final = json.loads((folder / "best" / "metrics.json").read_text())
+    assert final["seeds"] == [1, 2] and summary["final"]["mean"]["test"] == final["mean"]["test"]
+    for seed in (1, 2):
+        config = (folder / "best" / f"seed-{seed}" / "config.yaml").read_text()
+        assert f"n_layers: {best['params']['n_layers']}" in config
+    md = (folder / "tuning.md").read_text()
+    assert f"| {best['number']} **(selected)** | {best['valid']:.4f} |" in md and "| test |" in md
+
+
+def test_test_split_is_read_only_by_the_final_runs(searched):
+    (_, real, calls), (_, scrambled, scrambled_calls) = searched["real"], searched["scrambled"]
+    # Each 2-epoch trial validates twice; test is evaluated once per final seed, after the search.
+    assert calls == ["valid"] * 6 + ["valid", "valid", "test"] * 2 == scrambled_calls
+    assert real["trials"] == scrambled["trials"] and real["selected"] == scrambled["selected"]
+    assert real["final"]["mean"]["valid"] == scrambled["final"]["mean"]["valid"]
+    assert real["final"]["mean"]["test"] != scrambled["final"]["mean"]["test"]
+
+
+def test_rerun_resumes_and_a_different_search_is_refused(planted, tmp_path):
+    first = tune("lightgcn", "planted", SPACE, 2, tmp_path, FAST, dataset=planted, final_seeds=[1], log=lambda m: None)
+    again = tune("lightgcn", "planted", SPACE, 3, tmp_path, FAST, dataset=planted, final_seeds=[1], log=lambda m: None)
+    assert again["trials"][:2] == first["trials"] and len(again["trials"]) == 3
+    assert sorted(p.name for p in tmp_path.glob("trial-*")) == ["trial-0", "trial-1", "trial-2"]
+    assert again["final"]["std"] is None and again["final"]["mean"]["test"] is not None
+    with pytest.raises(ValueError, match="holds another search"):
+        tune("lightgcn", "planted", ["lr=1e-3..1e-2"], 3, tmp_path, FAST, dataset=planted, log=lambda m: None)
+
+
+def test_bad_settings_fail_before_any_training(planted, tmp_path):
+    with pytest.raises(ValueError, match="lr both searched and fixed"):
+        tune("lightgcn", "planted", SPACE, 2, tmp_path, {"lr": 0.01}, dataset=planted)
+    with pytest.raises(ValueError, match="n_layers"):
+        tune("lightgcn", "planted", ["n_layers=one|two"], 2, tmp_path, FAST, dataset=planted)
+    with pytest.raises(ValueError, match="trials must be at least 1"):
+        tune("lightgcn", "planted", SPACE, 0, tmp_path, FAST, dataset=planted)
+    assert not list(tmp_path.glob("trial-*"))
+
+
+def test_cli_tune(planted_dir, tmp_path):
+    args = ["tune", "--model", "bpr", "--dataset", "planted", "--data-dir", str(planted_dir.parent),
+            "--out", str(tmp_path / "t"), "--trials", "2", "--seeds", "5,", "--set", "epochs=2"]
+    result = runner.invoke(app, [*args, "--space", "lr=1e-3..1e-1:log", "--space", "reg_weight=1e-5|1e-3"])
+    assert result.exit_code == 0, result.output
+    assert "selected:" in result.output and (tmp_path / "t" / "best" / "model.pt").is_file()
+    bad = runner.invoke(app, [*args, "--space", "lr=fast"])
+    assert bad.exit_code == 2 and "lr" in bad.output
