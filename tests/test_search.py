@@ -98,6 +98,10 @@ def test_rerun_resumes_and_a_different_search_is_refused(planted, tmp_path):
     assert again["trials"][:2] == first["trials"] and len(again["trials"]) == 3
     assert sorted(p.name for p in tmp_path.glob("trial-*")) == ["trial-0", "trial-1", "trial-2"]
     assert again["final"]["std"] is None and again["final"]["mean"]["test"] is not None
+    # Nothing left to do: no trial, and the final run is reused, not retrained.
+    stamp = (tmp_path / "best" / "model.pt").stat().st_mtime_ns
+    assert tune("lightgcn", "planted", SPACE, 3, tmp_path, FAST, dataset=planted, final_seeds=[1], log=lambda m: None) == again
+    assert (tmp_path / "best" / "model.pt").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="holds another search"):
         tune("lightgcn", "planted", ["lr=1e-3..1e-2"], 3, tmp_path, FAST, dataset=planted, log=lambda m: None)
 
@@ -120,3 +124,20 @@ def test_cli_tune(planted_dir, tmp_path):
     assert "selected:" in result.output and (tmp_path / "t" / "best" / "model.pt").is_file()
     bad = runner.invoke(app, [*args, "--space", "lr=fast"])
     assert bad.exit_code == 2 and "lr" in bad.output
+
+
+def test_diverged_trials_are_recorded_and_skipped(planted, tmp_path, monkeypatch):
+    import prismrec.experiment.search as search
+    from prismrec.train.trainer import TrainingDiverged
+
+    real = search.run_experiment
+
+    def flaky(cfg, seeds, out, **kw):
+        if out.name == "trial-1":
+            raise TrainingDiverged("loss term(s) bpr became non-finite")
+        return real(cfg, seeds, out, **kw)
+
+    monkeypatch.setattr(search, "run_experiment", flaky)
+    summary = tune("lightgcn", "planted", SPACE, 3, tmp_path, FAST, dataset=planted, final_seeds=[1], log=lambda m: None)
+    assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert summary["selected"]["number"] in (0, 2) and "| 1 | fail |" in (tmp_path / "tuning.md").read_text()

@@ -161,9 +161,11 @@ def tune(
     if not finished:
         raise RuntimeError(f"no trial of {out} finished (all diverged?): see its trial-<n>/metrics.json")
     best = max(finished, key=lambda t: (t.value, -t.number))
-    log(f"selected trial {best.number} ({best.params}); training seeds {list(final_seeds)}")
-    cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, best.params)})
-    final = run_experiment(cfg, list(final_seeds), out / "best", dataset=dataset, progress=False)
+    final = _finished_final(out, best.number, list(final_seeds))
+    if final is None:
+        log(f"selected trial {best.number} ({best.params}); training seeds {list(final_seeds)}")
+        cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, best.params)})
+        final = run_experiment(cfg, list(final_seeds), out / "best", dataset=dataset, progress=False)
     summary = {
         **spec,
         "trials": [{"number": t.number, "state": t.state.name, "params": t.params, "valid": t.value}
@@ -176,6 +178,17 @@ def tune(
     (out / "tuning.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "tuning.md").write_text(render_markdown(summary))
     return summary
+
+
+def _finished_final(out: Path, selected: int, seeds: list[int]) -> dict | None:
+    """The final runs' metrics when an earlier call trained the same selection with the same seeds."""
+    try:
+        previous = json.loads((out / "tuning.json").read_text())
+        metrics = json.loads((out / "best" / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = previous["selected"]["number"] == selected and previous["final"]["seeds"] == seeds
+    return metrics if same and metrics.get("status") == "ok" else None
 
 
 def _check_resume(path: Path, spec: dict) -> None:
