@@ -145,6 +145,34 @@ def compare(
 
 
 @app.command()
+def build(
+    interactions: Path = typer.Option(..., help="Raw interactions, CSV or TSV with a header row."),
+    out: Path = typer.Option(..., help="Dataset folder to write; its name is the dataset's name."),
+    user_col: str = typer.Option("user", help="User column."),
+    item_col: str = typer.Option("item", help="Item column."),
+    time_col: Optional[str] = typer.Option(None, help="Time column (needed by --split temporal)."),
+    min_count: int = typer.Option(5, help="k of the k-core filter on users and items."),
+    split: str = typer.Option("random", help="random (MMRec's rule, seeded) or temporal (latest rows held out)."),
+    seed: int = typer.Option(999, help="Shuffle seed of the random split."),
+    dedupe: bool = typer.Option(False, help="Keep the first row of a repeated (user, item) pair instead of failing."),
+    item_text: Optional[Path] = typer.Option(None, help="Item text table -> text_feat.npy (all-MiniLM-L6-v2)."),
+    text_cols: str = typer.Option("text", help="Comma-separated text columns, joined with spaces."),
+) -> None:
+    """Build an MMRec-layout dataset folder from raw interactions (k-core, split, id maps, text features)."""
+    from prismrec.data.build import build_dataset
+
+    try:
+        folder = build_dataset(
+            interactions, out, user_col, item_col, time_col, min_count, split, seed, dedupe,
+            item_text, [c.strip() for c in text_cols.split(",") if c.strip()],
+        )
+    except (DatasetError, ValueError, ImportError) as exc:
+        _fail(str(exc))
+    data = load_dataset(folder)
+    console.print(f"{folder}: {data.summary()}", highlight=False)
+
+
+@app.command()
 def tune(
     model: str = typer.Option(..., help="Registered model name."),
     dataset: str = typer.Option(..., help="Dataset name or folder."),

