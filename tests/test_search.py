@@ -139,5 +139,19 @@ def test_diverged_trials_are_recorded_and_skipped(planted, tmp_path, monkeypatch
 
     monkeypatch.setattr(search, "run_experiment", flaky)
     summary = tune("lightgcn", "planted", SPACE, 3, tmp_path, FAST, dataset=planted, final_seeds=[1], log=lambda m: None)
-    assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "FAIL", "COMPLETE"]
-    assert summary["selected"]["number"] in (0, 2) and "| 1 | fail |" in (tmp_path / "tuning.md").read_text()
+    assert [t["state"] for t in summary["trials"]] == ["complete", "diverged", "complete"]
+    assert summary["selected"]["number"] in (0, 2) and "| 1 | diverged |" in (tmp_path / "tuning.md").read_text()
+
+
+def test_interrupted_trials_are_marked_and_not_counted(planted, tmp_path):
+    import optuna
+
+    first = tune("lightgcn", "planted", SPACE, 1, tmp_path, FAST, dataset=planted, final_seeds=[1], log=lambda m: None)
+    study = optuna.load_study(study_name="prismrec", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study.ask()  # as a killed process leaves it: trial 1 "running" forever
+    logged = []
+    again = tune("lightgcn", "planted", SPACE, 2, tmp_path, FAST, dataset=planted, final_seeds=[1], log=logged.append)
+    assert [t["state"] for t in again["trials"]] == ["complete", "interrupted", "complete"]
+    assert "trial 1 was interrupted" in logged[0]
+    # The resumed sampler does not replay the first run's start point.
+    assert again["trials"][2]["params"] != first["trials"][0]["params"]

@@ -11,7 +11,9 @@ A search space is a list of ``key=SPEC`` strings (CLI ``--space``, one per setti
 - ``key=A|B|C``: one of the values, as ``--set`` would take them (``mm_weights=[0.5,0.5]|[0.1,0.9]``).
 
 The study lives in ``<out>/study.db`` (SQLite): rerunning with the same ``--out`` resumes it up to
-``trials`` finished trials; a different model, dataset, space or settings there is an error.
+``trials`` finished (or diverged) trials; a trial left running by a killed process is recorded as
+interrupted and not counted (so one process per study); a different model, dataset, space or
+settings there is an error.
 Trial runs are in ``<out>/trial-<n>/``, the final runs in ``<out>/best/``; ``tuning.json`` and
 ``tuning.md`` summarise.
 """
@@ -139,20 +141,31 @@ def tune(
     def objective(trial: optuna.Trial) -> float:
         params = {d.key: d.suggest(trial) for d in dims}
         cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, params)})
-        metrics = run_experiment(cfg, [search_seed], out / f"trial-{trial.number}", dataset=blind,
-                                 progress=False, evaluate_test=False)
+        try:
+            metrics = run_experiment(cfg, [search_seed], out / f"trial-{trial.number}", dataset=blind,
+                                     progress=False, evaluate_test=False)
+        except TrainingDiverged as exc:
+            trial.set_user_attr("diverged", str(exc))
+            raise
         return metrics["valid"][metric]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name="prismrec", storage=f"sqlite:///{(out / 'study.db').resolve()}", load_if_exists=True,
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=sampler_seed),
-    )
-    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-    remaining = trials - sum(t.state in ended for t in study.trials)
+    storage = f"sqlite:///{(out / 'study.db').resolve()}"
+    study = optuna.load_study(study_name="prismrec", storage=storage) if (out / "study.db").exists() else None
+    done = len(study.trials) if study else 0
+    # A resumed study gets a fresh sampler seed, or it would replay the first run's start points.
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed + done)
+    study = optuna.create_study(study_name="prismrec", storage=storage, load_if_exists=True,
+                                direction="maximize", sampler=sampler)
+    for t in study.trials:  # one process per study: a trial still "running" was interrupted
+        if t.state == optuna.trial.TrialState.RUNNING:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            log(f"trial {t.number} was interrupted (killed process); recorded as failed, not counted")
+    counted = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE or "diverged" in t.user_attrs]
+    remaining = trials - len(counted)
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        value = f"valid {metric} {trial.value:.4f}" if trial.value is not None else f"failed ({trial.state.name})"
+        value = f"valid {metric} {trial.value:.4f}" if trial.value is not None else "diverged"
         log(f"trial {trial.number}: {trial.params} -> {value}")
 
     if remaining > 0:
@@ -168,7 +181,7 @@ def tune(
         final = run_experiment(cfg, list(final_seeds), out / "best", dataset=dataset, progress=False)
     summary = {
         **spec,
-        "trials": [{"number": t.number, "state": t.state.name, "params": t.params, "valid": t.value}
+        "trials": [{"number": t.number, "state": _state(t), "params": t.params, "valid": t.value}
                    for t in study.trials],
         "selected": {"number": best.number, "params": best.params, "valid": best.value},
         "final": {"seeds": list(final_seeds),
@@ -178,6 +191,12 @@ def tune(
     (out / "tuning.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "tuning.md").write_text(render_markdown(summary))
     return summary
+
+
+def _state(trial: optuna.trial.FrozenTrial) -> str:
+    if trial.state == optuna.trial.TrialState.FAIL:
+        return "diverged" if "diverged" in trial.user_attrs else "interrupted"
+    return trial.state.name.lower()
 
 
 def _finished_final(out: Path, selected: int, seeds: list[int]) -> dict | None:
@@ -212,7 +231,7 @@ def render_markdown(summary: dict) -> str:
              f"| trial | valid {metric} | settings |", "|---|---|---|"]
     ranked = sorted(summary["trials"], key=lambda t: (t["valid"] is None, -(t["valid"] or 0), t["number"]))
     for t in ranked:
-        value = f"{t['valid']:.4f}" if t["valid"] is not None else t["state"].lower()
+        value = f"{t['valid']:.4f}" if t["valid"] is not None else t["state"]
         mark = " **(selected)**" if t["number"] == summary["selected"]["number"] else ""
         lines.append(f"| {t['number']}{mark} | {value} | {t['params']} |")
     final = summary["final"]
