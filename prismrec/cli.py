@@ -193,7 +193,7 @@ def tune(
             model, dataset, space, trials, out, parse_assignments(set_), data_dir,
             final_seeds=parse_seeds(seeds), log=lambda msg: console.print(msg, highlight=False),
         )
-    except (ValueError, KeyError, DatasetError) as exc:
+    except (ValueError, KeyError, DatasetError, RuntimeError) as exc:
         _fail(str(exc).strip("'\""))
     console.print((out / "tuning.md").read_text())
     console.print(f"selected: {summary['selected']['params']}", highlight=False)

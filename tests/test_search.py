@@ -73,6 +73,7 @@ def test_search_selects_the_best_validation_trial_and_trains_it_with_the_final_s
         assert recorded["valid"]["recall@20"] == t["valid"] and recorded["test"] is None
         assert set(t["params"]) == {"lr", "n_layers"} and 1e-3 <= t["params"]["lr"] <= 1e-1
     best = max(summary["trials"], key=lambda t: t["valid"])
+    assert sorted(t["valid"] for t in summary["trials"])[-2] < best["valid"]  # no tie to break here
     assert summary["selected"] == {"number": best["number"], "params": best["params"], "valid": best["valid"]}
     final = json.loads((folder / "best" / "metrics.json").read_text())
     assert final["seeds"] == [1, 2] and summary["final"]["mean"]["test"] == final["mean"]["test"]
@@ -155,3 +156,30 @@ def test_interrupted_trials_are_marked_and_not_counted(planted, tmp_path):
     assert "trial 1 was interrupted" in logged[0]
     # The resumed sampler does not replay the first run's start point.
     assert again["trials"][2]["params"] != first["trials"][0]["params"]
+
+
+def test_ties_go_to_valid_ndcg_then_the_earlier_trial(planted, tmp_path, monkeypatch):
+    import prismrec.experiment.search as search
+
+    ndcg = iter([0.1, 0.3, 0.3])  # trials 0, 1, 2 all reach valid recall@20 0.5
+
+    def fixed(cfg, seeds, out, **kw):
+        return {"valid": {"recall@20": 0.5, "ndcg@20": next(ndcg)}, "test": None}
+
+    monkeypatch.setattr(search, "run_experiment", fixed)
+    monkeypatch.setattr(search, "_finished_final", lambda *a: {"valid": {}, "test": {}})
+    summary = tune("lightgcn", "planted", SPACE, 3, tmp_path, FAST, dataset=planted, final_seeds=[1], log=lambda m: None)
+    assert summary["selected"]["number"] == 1
+
+
+def test_no_finished_trial_is_a_clear_cli_error(planted_dir, tmp_path, monkeypatch):
+    import prismrec.experiment.search as search
+    from prismrec.train.trainer import TrainingDiverged
+
+    def diverge(*a, **k):
+        raise TrainingDiverged("loss term(s) bpr became non-finite")
+
+    monkeypatch.setattr(search, "run_experiment", diverge)
+    result = runner.invoke(app, ["tune", "--model", "bpr", "--dataset", "planted", "--data-dir", str(planted_dir.parent),
+                                 "--out", str(tmp_path), "--trials", "2", "--space", "lr=1e-3..1e-1"])
+    assert result.exit_code == 2 and "no trial" in result.output and "diverged" in result.output

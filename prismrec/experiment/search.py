@@ -147,6 +147,7 @@ def tune(
         except TrainingDiverged as exc:
             trial.set_user_attr("diverged", str(exc))
             raise
+        trial.set_user_attr("valid", metrics["valid"])
         return metrics["valid"][metric]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -173,7 +174,8 @@ def tune(
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not finished:
         raise RuntimeError(f"no trial of {out} finished (all diverged?): see its trial-<n>/metrics.json")
-    best = max(finished, key=lambda t: (t.value, -t.number))
+    # Ties on the metric go to valid NDCG@20, then to the earlier trial (ALGORITHMS.md 1.5).
+    best = max(finished, key=lambda t: (t.value, t.user_attrs.get("valid", {}).get("ndcg@20", 0.0), -t.number))
     final = _finished_final(out, best.number, list(final_seeds))
     if final is None:
         log(f"selected trial {best.number} ({best.params}); training seeds {list(final_seeds)}")
