@@ -240,6 +240,33 @@ def evaluate(
 
 
 @app.command()
+def significance(
+    a: Path = typer.Option(..., help="Run directory of model A (single- or multi-seed)."),
+    b: Path = typer.Option(..., help="Run directory of model B, same dataset."),
+    metric: str = typer.Option("recall@20", help="Per-user metric, e.g. recall@20, ndcg@10."),
+    split: str = typer.Option("test", help="valid or test."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+) -> None:
+    """Paired per-user test of A - B (t-test, Wilcoxon, bootstrap 95 % CI); seeds averaged per user."""
+    from prismrec.experiment.export import ExportError
+    from prismrec.experiment.significance import paired_test
+
+    try:
+        r = paired_test(a, b, metric, split, data_dir)
+    except (ExportError, DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    low, high = r["bootstrap_95"]
+    console.print(
+        f"{split} {metric} over {r['users']} users: A {r['a']['model']} ({r['a']['seeds']} seeds) "
+        f"{r['a']['mean']:.4f}, B {r['b']['model']} ({r['b']['seeds']} seeds) {r['b']['mean']:.4f}\n"
+        f"A - B = {r['mean_difference']:+.4f}, 95 % bootstrap CI [{low:+.4f}, {high:+.4f}]; "
+        f"p = {r['p_paired_t']:.3g} (paired t), {r['p_wilcoxon']:.3g} (Wilcoxon); "
+        f"{r['users_differing']} users differ",
+        highlight=False,
+    )
+
+
+@app.command()
 def recommend(
     run: Path = typer.Option(..., help="A finished single-seed run directory."),
     users: str = typer.Option(..., help="Comma-separated user ids, or 'all'."),

@@ -1,0 +1,80 @@
+"""Is model A better than model B on the same data? A paired per-user test of two finished runs.
+
+Seed-level mean ± std (the comparison tables) says how much a number moves with the seed; it does
+not say whether two models' difference could be chance on this user sample. Here both runs are
+evaluated per user on the same split (the analysis of finished runs, never selection), each user's
+metric is averaged over the run's seeds (multi-seed run folders), and the per-user differences
+``A - B`` are tested: paired t-test, Wilcoxon signed-rank test, and a seeded bootstrap 95 %
+interval of the mean difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from prismrec.eval import Evaluator
+
+
+def per_user_metric(run_dir: str | Path, metric: str, split: str, data_dir=None, datasets=None):
+    """``(users, values, description)``: each evaluated user's ``metric`` averaged over the
+    run's seeds (a single-seed run folder, or a multi-seed one with ``seed-<s>/`` folders)."""
+    from prismrec.experiment.export import ExportError, load_run
+
+    run_dir = Path(run_dir)
+    seeds = sorted(p for p in run_dir.glob("seed-*") if (p / "model.pt").is_file())
+    if (run_dir / "model.pt").is_file():
+        seeds = [run_dir]
+    if not seeds:
+        raise ExportError(f"{run_dir} holds no model.pt and no seed-<s>/model.pt: not a finished run directory")
+    datasets = {} if datasets is None else datasets
+    k = int(metric.rpartition("@")[2]) if "@" in metric else 0
+    columns, users, description = [], None, None
+    for folder in seeds:
+        run = load_run(folder, data_dir, datasets)
+        result = Evaluator(run.dataset, ks=(k,) if k else (20,),
+                           mask_valid_at_test=run.config.train.mask_valid_at_test).evaluate(
+            run.model, split, per_user=True)
+        if metric not in result["per_user"]:
+            raise ValueError(f"unknown metric {metric!r}; use recall@K, ndcg@K, precision@K, map@K or hit@K")
+        here = (run.config.model, run.config.dataset, run.train_fingerprint)
+        if description is not None and here != description:
+            raise ValueError(f"{folder} is not a seed of the same model and data as {seeds[0]}")
+        description, users = here, result["per_user"]["user"]
+        columns.append(result["per_user"][metric])
+    return users, np.mean(columns, axis=0), {"model": description[0], "dataset": description[1],
+                                              "train_fingerprint": description[2], "seeds": len(seeds)}
+
+
+def paired_test(run_a, run_b, metric: str = "recall@20", split: str = "test", data_dir=None,
+                n_bootstrap: int = 10_000, seed: int = 0) -> dict:
+    """Compare two finished runs on the same dataset and split; see the module docstring."""
+    datasets: dict = {}
+    users_a, a, info_a = per_user_metric(run_a, metric, split, data_dir, datasets)
+    users_b, b, info_b = per_user_metric(run_b, metric, split, data_dir, datasets)
+    if (info_a["dataset"], info_a["train_fingerprint"]) != (info_b["dataset"], info_b["train_fingerprint"]):
+        raise ValueError(
+            f"the runs were trained on different data ({info_a['dataset']} vs {info_b['dataset']}, train "
+            "fingerprints differ): a paired test needs the same users and split"
+        )
+    if not np.array_equal(users_a, users_b):
+        raise ValueError("the runs evaluate different users (a different mask_valid_at_test?)")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_bootstrap)
+    for start in range(0, n_bootstrap, 500):  # 500 resamples at a time: memory n_users x 500
+        idx = rng.integers(0, len(diff), size=(min(500, n_bootstrap - start), len(diff)))
+        boot[start : start + len(idx)] = diff[idx].mean(axis=1)
+    nonzero = np.count_nonzero(diff)
+    return {
+        "metric": metric, "split": split, "users": int(len(diff)),
+        "a": {**info_a, "run": str(run_a), "mean": float(a.mean())},
+        "b": {**info_b, "run": str(run_b), "mean": float(b.mean())},
+        "mean_difference": float(diff.mean()),
+        "bootstrap_95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+        "users_differing": int(nonzero),
+        "p_paired_t": float(stats.ttest_rel(a, b).pvalue) if nonzero else 1.0,
+        "p_wilcoxon": float(stats.wilcoxon(a, b, zero_method="wilcox").pvalue) if nonzero else 1.0,
+    }

@@ -1,0 +1,88 @@
+"""Paired per-user comparison of two runs (prismrec.experiment.significance, `prismrec significance`)."""
+
+import shutil
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from typer.testing import CliRunner
+
+from prismrec.cli import app
+from prismrec.data import load_dataset
+from prismrec.data.synthetic import write_planted_dataset
+from prismrec.experiment.config import resolve_config
+from prismrec.experiment.export import ExportError
+from prismrec.experiment.runs import run_experiment
+from prismrec.experiment.significance import paired_test
+from prismrec.models import get_model
+from tests.reference.metrics_ref import reference_metrics
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def runs(planted, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    run_experiment(resolve_config("lightgcn", "planted", {"epochs": 3, "lr": 0.01}), [4], root / "lgn", dataset=planted, progress=False)
+    run_experiment(resolve_config("bpr", "planted", {"epochs": 3, "lr": 0.01}), [1, 2], root / "bpr", dataset=planted, progress=False)
+    return root
+
+
+def reference_per_user(planted, folder, model, metric):
+    """One user at a time with the brute-force metric reference (test split, training items masked)."""
+    net = get_model(model)(planted, resolve_config(model, "planted", {}).params)
+    net.load_state_dict(torch.load(folder / "model.pt"))
+    net.eval()
+    with torch.no_grad():
+        out = net()
+        scores = (out.user @ out.item.T).numpy()
+    truth, exclude = planted.test.toarray() > 0, planted.train.toarray() > 0
+    users = [u for u in range(planted.n_users) if truth[u].any()]
+    k = int(metric.split("@")[1])
+    return np.array([reference_metrics(scores[u : u + 1], truth[u : u + 1], exclude[u : u + 1], [k])[metric] for u in users])
+
+
+@pytest.mark.parametrize("metric", ["recall@20", "ndcg@10"])
+def test_matches_scipy_on_brute_force_per_user_metrics(runs, planted, planted_dir, metric):
+    a = reference_per_user(planted, runs / "lgn", "lightgcn", metric)
+    b = np.mean([reference_per_user(planted, runs / "bpr" / f"seed-{s}", "bpr", metric) for s in (1, 2)], axis=0)
+    r = paired_test(runs / "lgn", runs / "bpr", metric, data_dir=planted_dir.parent, n_bootstrap=2000)
+    assert r["users"] == len(a) and r["a"]["seeds"] == 1 and r["b"]["seeds"] == 2
+    assert r["a"]["mean"] == pytest.approx(a.mean(), abs=1e-9) and r["b"]["mean"] == pytest.approx(b.mean(), abs=1e-9)
+    assert r["mean_difference"] == pytest.approx((a - b).mean(), abs=1e-9)
+    assert r["p_paired_t"] == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-6)
+    assert r["p_wilcoxon"] == pytest.approx(stats.wilcoxon(a, b).pvalue, rel=1e-6)
+    low, high = r["bootstrap_95"]
+    sem = (a - b).std(ddof=1) / np.sqrt(len(a))
+    assert low < r["mean_difference"] < high and high - low == pytest.approx(2 * 1.96 * sem, rel=0.15)
+
+    swapped = paired_test(runs / "bpr", runs / "lgn", metric, data_dir=planted_dir.parent, n_bootstrap=2000)
+    assert swapped["mean_difference"] == pytest.approx(-r["mean_difference"])
+    assert swapped["p_paired_t"] == pytest.approx(r["p_paired_t"]) and swapped["p_wilcoxon"] == pytest.approx(r["p_wilcoxon"])
+
+
+def test_a_run_against_itself_differs_nowhere(runs, planted_dir):
+    r = paired_test(runs / "lgn", runs / "lgn", data_dir=planted_dir.parent, n_bootstrap=100)
+    assert r["mean_difference"] == 0 and r["users_differing"] == 0 and r["p_paired_t"] == r["p_wilcoxon"] == 1.0
+
+
+def test_bad_inputs(runs, planted_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        paired_test(runs / "lgn", runs / "bpr", "auc", data_dir=planted_dir.parent)
+    with pytest.raises(ExportError, match="not a finished run directory"):
+        paired_test(runs / "lgn", tmp_path, data_dir=planted_dir.parent)
+    shutil.copytree(planted_dir, tmp_path / "data" / "planted")  # one data dir holding both datasets
+    other = load_dataset(write_planted_dataset(tmp_path / "data" / "planted2", seed=3))
+    run_experiment(resolve_config("bpr", "planted2", {"epochs": 1}), [1], tmp_path / "o", dataset=other, progress=False)
+    with pytest.raises(ValueError, match="different data"):
+        paired_test(runs / "lgn", tmp_path / "o", data_dir=tmp_path / "data")
+
+
+def test_cli(runs, planted_dir):
+    result = runner.invoke(app, ["significance", "--a", str(runs / "lgn"), "--b", str(runs / "bpr"),
+                                 "--data-dir", str(planted_dir.parent)])
+    assert result.exit_code == 0, result.output
+    assert "A lightgcn (1 seeds)" in result.output and "Wilcoxon" in result.output
+    bad = runner.invoke(app, ["significance", "--a", str(runs / "lgn"), "--b", str(runs / "bpr"), "--metric", "auc",
+                              "--data-dir", str(planted_dir.parent)])
+    assert bad.exit_code == 2 and "unknown metric" in bad.output
