@@ -181,6 +181,7 @@ def tune(
     out: Path = typer.Option(..., help="Output directory (study.db, trial-<n>/, best/, tuning.md)."),
     seeds: str = typer.Option("3", help="Final seeds for the selected point: a count or a comma list."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Fixed key=value settings."),
+    prune: bool = typer.Option(False, help="Stop trials below the median of earlier ones (after 5 trials, epoch 20)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
 ) -> None:
     """Search settings on validation (Optuna TPE, test never read), then train the best with seeds."""
@@ -191,7 +192,7 @@ def tune(
     try:
         summary = run_tune(
             model, dataset, space, trials, out, parse_assignments(set_), data_dir,
-            final_seeds=parse_seeds(seeds), log=lambda msg: console.print(msg, highlight=False),
+            final_seeds=parse_seeds(seeds), prune=prune, log=lambda msg: console.print(msg, highlight=False),
         )
     except (ValueError, KeyError, DatasetError, RuntimeError) as exc:
         _fail(str(exc).strip("'\""))

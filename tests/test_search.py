@@ -183,3 +183,25 @@ def test_no_finished_trial_is_a_clear_cli_error(planted_dir, tmp_path, monkeypat
     result = runner.invoke(app, ["tune", "--model", "bpr", "--dataset", "planted", "--data-dir", str(planted_dir.parent),
                                  "--out", str(tmp_path), "--trials", "2", "--space", "lr=1e-3..1e-1"])
     assert result.exit_code == 2 and "no trial" in result.output and "diverged" in result.output
+
+
+def test_pruning_stops_trials_below_the_median_of_earlier_ones(planted, tmp_path, monkeypatch):
+    import prismrec.experiment.search as search
+
+    curves = iter([[0.5, 0.6, 0.6], [0.1, 0.9, 0.9], [0.7, 0.7, 0.8]])  # best-so-far is reported
+    epochs_run = []
+
+    def fake(cfg, seeds, out, on_epoch_end=None, **kw):
+        curve = next(curves)
+        for epoch, value in enumerate(curve):
+            epochs_run.append((out.name, epoch))
+            on_epoch_end({"epoch": epoch, "valid_recall@20": value})
+        return {"valid": {"recall@20": max(curve), "ndcg@20": 0.0}, "test": None}
+
+    monkeypatch.setattr(search, "run_experiment", fake)
+    monkeypatch.setattr(search, "_finished_final", lambda *a: {"valid": {}, "test": {}})
+    summary = tune("lightgcn", "planted", SPACE, 3, tmp_path, FAST, dataset=planted, final_seeds=[1],
+                   prune=True, prune_after=(1, 0), log=lambda m: None)
+    assert [t["state"] for t in summary["trials"]] == ["complete", "pruned", "complete"]
+    assert ("trial-1", 1) not in epochs_run and summary["selected"]["number"] == 2
+    assert "| 1 | pruned |" in (tmp_path / "tuning.md").read_text()

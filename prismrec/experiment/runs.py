@@ -18,6 +18,7 @@ import resource
 import statistics
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -63,11 +64,13 @@ def train_one_seed(
     out_dir: Path | None,
     progress: bool = True,
     evaluate_test: bool = True,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train with ``config.train.seed``, evaluate test once, write the run files; return metrics.
 
     ``evaluate_test=False`` never reads the test split (e.g. a nested pretraining run whose
-    output feeds another model): ``metrics["test"]`` is then ``None``.
+    output feeds another model): ``metrics["test"]`` is then ``None``. ``on_epoch_end`` sees
+    every epoch's history row (e.g. to prune a search trial by raising).
     """
     cfg = config.train
     if cfg.threads > 0:
@@ -82,15 +85,15 @@ def train_one_seed(
         write_config(config, dataset, out_dir / "config.yaml", [cfg.seed])
     history_path = out_dir / "history.csv" if out_dir is not None else None
 
-    def save_history(row: dict) -> None:  # written every epoch, so a killed run keeps its log
-        first = row["epoch"] == 0
-        pd.DataFrame([row]).to_csv(history_path, mode="w" if first else "a", header=first, index=False)
+    def epoch_end(row: dict) -> None:  # history written every epoch, so a killed run keeps its log
+        if history_path is not None:
+            first = row["epoch"] == 0
+            pd.DataFrame([row]).to_csv(history_path, mode="w" if first else "a", header=first, index=False)
+        if on_epoch_end is not None:
+            on_epoch_end(row)
 
     try:
-        result = fit(
-            model, dataset, cfg, evaluator=evaluator, progress=progress,
-            on_epoch_end=save_history if history_path is not None else None,
-        )
+        result = fit(model, dataset, cfg, evaluator=evaluator, progress=progress, on_epoch_end=epoch_end)
     except TrainingDiverged as exc:
         if out_dir is not None:
             failed = {"status": "failed", "error": str(exc), "seed": cfg.seed}
@@ -146,10 +149,12 @@ def run_experiment(
     dataset: Dataset | None = None,
     progress: bool = True,
     evaluate_test: bool = True,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train ``config`` once per seed; return (and write) the metrics, aggregated over seeds.
 
     ``evaluate_test=False``: the test split is never read and every ``"test"`` entry is ``None``.
+    ``on_epoch_end``: called with every epoch's history row (of every seed).
     """
     if not seeds:
         raise ValueError("at least one seed is needed")
@@ -158,12 +163,12 @@ def run_experiment(
     dataset = dataset or load_dataset(config.dataset, data_dir)
     if len(seeds) == 1:
         config.train.seed = seeds[0]
-        return train_one_seed(config, dataset, out_dir, progress, evaluate_test)
+        return train_one_seed(config, dataset, out_dir, progress, evaluate_test, on_epoch_end)
     per_seed = {}
     for seed in seeds:
         config.train.seed = seed
         sub = out_dir / f"seed-{seed}" if out_dir is not None else None
-        per_seed[seed] = train_one_seed(config, dataset, sub, progress, evaluate_test)
+        per_seed[seed] = train_one_seed(config, dataset, sub, progress, evaluate_test, on_epoch_end)
     summary = aggregate(per_seed)
     metrics = {
         "status": "ok",

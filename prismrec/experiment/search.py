@@ -11,7 +11,7 @@ A search space is a list of ``key=SPEC`` strings (CLI ``--space``, one per setti
 - ``key=A|B|C``: one of the values, as ``--set`` would take them (``mm_weights=[0.5,0.5]|[0.1,0.9]``).
 
 The study lives in ``<out>/study.db`` (SQLite): rerunning with the same ``--out`` resumes it up to
-``trials`` finished (or diverged) trials; a trial left running by a killed process is recorded as
+``trials`` finished (or diverged, or pruned) trials; a trial left running by a killed process is recorded as
 interrupted and not counted (so one process per study); a different model, dataset, space or
 settings there is an error.
 Trial runs are in ``<out>/trial-<n>/``, the final runs in ``<out>/best/``; ``tuning.json`` and
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,10 +112,16 @@ def tune(
     search_seed: int = 999,
     final_seeds: list[int] | tuple[int, ...] = (999, 1000, 1001),
     sampler_seed: int = 0,
+    prune: bool = False,
+    prune_after: tuple[int, int] = (5, 20),
     log: Callable[[str], None] = print,
 ) -> dict:
     """Search ``space`` for ``trials`` trials on validation, train the best point with
-    ``final_seeds``; return (and write to ``out_dir``) the summary."""
+    ``final_seeds``; return (and write to ``out_dir``) the summary.
+
+    ``prune``: stop a trial whose best validation score so far is below the median of earlier
+    trials at the same epoch (Optuna's MedianPruner), once ``prune_after`` = (trials, epochs) have
+    passed."""
     if trials < 1:
         raise ValueError(f"trials must be at least 1, got {trials}")
     if not final_seeds:
@@ -141,9 +148,18 @@ def tune(
     def objective(trial: optuna.Trial) -> float:
         params = {d.key: d.suggest(trial) for d in dims}
         cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, params)})
+        best_so_far = -math.inf
+
+        def report(row: dict) -> None:  # the best-so-far curve: what early stopping selects from
+            nonlocal best_so_far
+            best_so_far = max(best_so_far, row[f"valid_{metric}"])
+            trial.report(best_so_far, row["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"below the median of earlier trials at epoch {row['epoch']}")
+
         try:
             metrics = run_experiment(cfg, [search_seed], out / f"trial-{trial.number}", dataset=blind,
-                                     progress=False, evaluate_test=False)
+                                     progress=False, evaluate_test=False, on_epoch_end=report)
         except TrainingDiverged as exc:
             trial.set_user_attr("diverged", str(exc))
             raise
@@ -156,21 +172,23 @@ def tune(
     done = len(study.trials) if study else 0
     # A resumed study gets a fresh sampler seed, or it would replay the first run's start points.
     sampler = optuna.samplers.TPESampler(seed=sampler_seed + done)
+    pruner = optuna.pruners.MedianPruner(*prune_after) if prune else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name="prismrec", storage=storage, load_if_exists=True,
-                                direction="maximize", sampler=sampler)
+                                direction="maximize", sampler=sampler, pruner=pruner)
     for t in study.trials:  # one process per study: a trial still "running" was interrupted
         if t.state == optuna.trial.TrialState.RUNNING:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             log(f"trial {t.number} was interrupted (killed process); recorded as failed, not counted")
-    counted = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE or "diverged" in t.user_attrs]
+    counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+               or "diverged" in t.user_attrs]
     remaining = trials - len(counted)
 
-    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        value = f"valid {metric} {trial.value:.4f}" if trial.value is not None else "diverged"
+    def done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = f"valid {metric} {trial.value:.4f}" if _state(trial) == "complete" else _state(trial)
         log(f"trial {trial.number}: {trial.params} -> {value}")
 
     if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=(TrainingDiverged,), callbacks=[report])
+        study.optimize(objective, n_trials=remaining, catch=(TrainingDiverged,), callbacks=[done])
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not finished:
         raise RuntimeError(f"no trial of {out} finished (all diverged?): see its trial-<n>/metrics.json")
@@ -183,7 +201,8 @@ def tune(
         final = run_experiment(cfg, list(final_seeds), out / "best", dataset=dataset, progress=False)
     summary = {
         **spec,
-        "trials": [{"number": t.number, "state": _state(t), "params": t.params, "valid": t.value}
+        "trials": [{"number": t.number, "state": _state(t), "params": t.params,
+                    "valid": t.value if t.state == optuna.trial.TrialState.COMPLETE else None}
                    for t in study.trials],
         "selected": {"number": best.number, "params": best.params, "valid": best.value},
         "final": {"seeds": list(final_seeds),
