@@ -186,7 +186,9 @@ def test_dedupe_keeps_first_rows_and_duplicate_text_rows_fail(tmp_path):
     rows = [(u, i) for u in "abc" for i in "xyz"] + [("a", "x"), ("b", "y")]
     pd.DataFrame(rows, columns=["user", "item"]).to_csv(tmp_path / "raw.csv", index=False)
     folder = build_dataset(tmp_path / "raw.csv", tmp_path / "d", min_count=3, dedupe=True)
-    assert json.loads((folder / "manifest.json").read_text())["duplicates_dropped"] == 2
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["duplicates_dropped"] == 2 and manifest["source"]["rows"] == 11
+    assert manifest["filter"] == {"k_core": 3, "rows_kept": 9, "rows_removed": 0}
     assert len(pd.read_csv(folder / "d.inter", sep="\t")) == 9
     pd.DataFrame({"item": ["x", "y", "x"], "text": ["1", "2", "3"]}).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(DatasetError, match="item 'x' has a second text row at line 4"):

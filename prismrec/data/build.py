@@ -75,6 +75,7 @@ def build_dataset(
     source = Path(interactions)
     columns = [user_col, item_col] + ([time_col] if time_col else [])
     frame = _read_table(source, columns)
+    n_read = len(frame)
     frame = _check_ids(frame, source, user_col, item_col)
     frame, n_duplicates = _duplicates(frame, source, user_col, item_col, dedupe)
     kept = k_core(frame[user_col].to_numpy(), frame[item_col].to_numpy(), min_count)
@@ -102,7 +103,7 @@ def build_dataset(
     manifest = {
         "name": name,
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": {"file": str(source.resolve()), "sha256": _sha256(source), "rows": int(len(kept)),
+        "source": {"file": str(source.resolve()), "sha256": _sha256(source), "rows": n_read,
                    "columns": columns},
         "duplicates_dropped": n_duplicates,
         "filter": {"k_core": min_count, "rows_kept": int(kept.sum()), "rows_removed": int((~kept).sum())},
