@@ -153,3 +153,15 @@ def test_cli_evaluate(freedom_run, planted_dir):
     assert "tail" in result.output and "head" in result.output
     result = runner.invoke(app, ["evaluate", "--run", str(run), "--tail-share", "1.5", "--data-dir", str(planted_dir.parent)])
     assert result.exit_code == 2 and "tail_share" in result.output
+
+
+def test_finished_runs_orders_seed_folders_numerically(tmp_path):
+    from prismrec.experiment.export import finished_runs
+
+    for name in ("seed-1000", "seed-999", "seed-2", "seed-x", "seed-5"):
+        (tmp_path / name).mkdir()
+        if name != "seed-5":  # no model: not finished
+            (tmp_path / name / "model.pt").write_bytes(b"")
+    assert [p.name for p in finished_runs(tmp_path)] == ["seed-2", "seed-999", "seed-1000", "seed-x"]
+    (tmp_path / "model.pt").write_bytes(b"")
+    assert finished_runs(tmp_path) == [tmp_path]

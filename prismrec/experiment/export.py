@@ -83,18 +83,10 @@ def export_representations(
     if not run_dir.is_dir():
         raise ExportError(f"run directory {run_dir} does not exist")
     out = Path(out_dir) if out_dir is not None else run_dir / "export"
-    if (run_dir / "model.pt").is_file():
+    seed_dirs = finished_runs(run_dir)
+    if seed_dirs == [run_dir]:
         _export_run(run_dir, out, data_dir, {})
         return out
-    seed_dirs = sorted(
-        (p for p in run_dir.glob("seed-*") if (p / "model.pt").is_file()),
-        key=lambda p: int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else p.name,
-    )
-    if not seed_dirs:
-        raise ExportError(
-            f"{run_dir} holds no model.pt and no seed-<s>/model.pt: it is not a finished run "
-            "directory of `prismrec train`"
-        )
     datasets: dict = {}
     index = {"format": FORMAT, "kind": "multi-seed index", "run_dir": str(run_dir.resolve()), "seeds": {}}
     for sub in seed_dirs:
@@ -104,6 +96,22 @@ def export_representations(
         index["seeds"][str(meta["seed"])] = f"{sub.name}/representations.json"
     (out / "representations.json").write_text(json.dumps(index, indent=2))
     return out
+
+
+def finished_runs(run_dir: Path) -> list[Path]:
+    """``[run_dir]`` for a single-seed run, else its ``seed-<s>/`` runs that hold a model, by seed."""
+    if (run_dir / "model.pt").is_file():
+        return [run_dir]
+    seed_dirs = sorted(
+        (p for p in run_dir.glob("seed-*") if (p / "model.pt").is_file()),
+        key=lambda p: (not p.name[5:].isdigit(), int(p.name[5:]) if p.name[5:].isdigit() else 0, p.name),
+    )
+    if not seed_dirs:
+        raise ExportError(
+            f"{run_dir} holds no model.pt and no seed-<s>/model.pt: it is not a finished run "
+            "directory of `prismrec train`"
+        )
+    return seed_dirs
 
 
 def load_run(run_dir: str | Path, data_dir=None, datasets: dict | None = None) -> LoadedRun:

@@ -21,14 +21,9 @@ from prismrec.eval import Evaluator
 def per_user_metric(run_dir: str | Path, metric: str, split: str, data_dir=None, datasets=None):
     """``(users, values, description)``: each evaluated user's ``metric`` averaged over the
     run's seeds (a single-seed run folder, or a multi-seed one with ``seed-<s>/`` folders)."""
-    from prismrec.experiment.export import ExportError, load_run
+    from prismrec.experiment.export import finished_runs, load_run
 
-    run_dir = Path(run_dir)
-    seeds = sorted(p for p in run_dir.glob("seed-*") if (p / "model.pt").is_file())
-    if (run_dir / "model.pt").is_file():
-        seeds = [run_dir]
-    if not seeds:
-        raise ExportError(f"{run_dir} holds no model.pt and no seed-<s>/model.pt: not a finished run directory")
+    seeds = finished_runs(Path(run_dir))
     datasets = {} if datasets is None else datasets
     k = int(metric.rpartition("@")[2]) if "@" in metric else 0
     columns, users, description = [], None, None

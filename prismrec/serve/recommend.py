@@ -41,11 +41,11 @@ class RunRecommender:
         ds = self.run.dataset
         self.n_users, self.n_items = ds.n_users, ds.n_items
         self.exclude_mode = exclude
-        self.exclude: sp.csr_matrix | None = {
-            "seen": lambda: (ds.train + ds.valid + ds.test).tocsr(),
-            "train": lambda: ds.train,
-            "none": lambda: None,
-        }[exclude]()
+        self.exclude: sp.csr_matrix | None = None
+        if exclude == "seen":
+            self.exclude = (ds.train + ds.valid + ds.test).tocsr()
+        elif exclude == "train":
+            self.exclude = ds.train
         self.batch_size = int(batch_size)
         with torch.no_grad():
             self.out = self.run.model()
