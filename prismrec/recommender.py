@@ -30,6 +30,14 @@ class Output:
     item: torch.Tensor
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def bpr_rows(self, batch: "Batch") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(user[u], item[i], item[j])`` of a batch ``(u, i, j)``.
+
+        ``index_select`` rather than ``x[u]``: on CPU it is ~4x faster, and so is its backward
+        (a scatter-add instead of an accumulating index_put)."""
+        u, i, j = batch
+        return self.user.index_select(0, u), self.item.index_select(0, i), self.item.index_select(0, j)
+
 
 class Recommender(nn.Module):
     """Base class of every model.
@@ -87,6 +95,14 @@ class Recommender(nn.Module):
     def loss(self, batch: Batch, out: Output) -> dict[str, torch.Tensor]:  # pragma: no cover
         """Named loss terms for one batch; the trainer sums and logs each."""
         raise NotImplementedError
+
+    def batch_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """What the trainer calls for each batch: ``loss(batch, forward())``.
+
+        A model whose loss reads only the batch's rows may override it to propagate less (see
+        LightGCN); the override must give the same terms and gradients as this default.
+        """
+        return self.loss(batch, self())
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook called before each training epoch (0-based): schedules, edge dropout."""

@@ -74,6 +74,20 @@ class SparseOperator:
         self.symmetric = bool(symmetric)
         self.matrix = to_torch_csr(m, device)
         self.transpose = self.matrix if self.symmetric else to_torch_csr(m.T, device)
+        self._host: sp.csr_matrix | None = None  # SciPy view of the matrix, made by row_block
+
+    def row_block(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A[rows]`` and ``A[rows]ᵀ`` as CSR tensors on the operator's device.
+
+        For products restricted to a batch's rows: the cost follows those rows' entries, not
+        ``nnz``. SciPy slices and transposes (C loops)."""
+        if self._host is None:
+            m = self.matrix.cpu()
+            self._host = sp.csr_matrix(
+                (m.values().numpy(), m.col_indices().numpy(), m.crow_indices().numpy()), shape=self.shape
+            )
+        block = self._host[rows]
+        return to_torch_csr(block, self.matrix.device), to_torch_csr(block.T, self.matrix.device)
 
     def __matmul__(self, dense: torch.Tensor) -> torch.Tensor:
         if dense.requires_grad:

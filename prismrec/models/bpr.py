@@ -45,8 +45,7 @@ class BPRMF(Recommender):
         return Output(self.user_emb, self.item_emb)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
-        u, i, j = batch
-        zu, zi, zj = out.user[u], out.item[i], out.item[j]
+        zu, zi, zj = out.bpr_rows(batch)
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": self.config.reg_weight * l2_reg(self.config.reg_form, zu, zi, zj),

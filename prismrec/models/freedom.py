@@ -174,8 +174,8 @@ class FREEDOM(Recommender):
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         u, i, j = batch
-        zu = out.user[u]
-        terms = {"bpr": bpr_loss(zu, out.item[i], out.item[j])}
+        zu, zi, zj = out.bpr_rows(batch)
+        terms = {"bpr": bpr_loss(zu, zi, zj)}
         items = torch.cat([i, j])
         for m, projector in self.projectors.items():
             # P_m[i], P_m[j]: project only the batch rows (same values and gradients as

@@ -182,8 +182,8 @@ class GUME(MGCN):
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg = self.config
-        u, i, j = batch
-        zu, zi, zj = out.user[u], out.item[i], out.item[j]
+        u, i, _ = batch
+        zu, zi, zj = out.bpr_rows(batch)
         c, m = out.aux["behavior"], out.aux["modality"]
         i_rows = i + self.n_users  # item rows of the N x d views
         return {

@@ -16,7 +16,7 @@ from torch import nn
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import bpr_loss, l2_reg
 from prismrec.models import register
-from prismrec.nn import lightgcn
+from prismrec.nn import lightgcn, lightgcn_rows
 from prismrec.recommender import Output, Recommender
 
 
@@ -56,12 +56,24 @@ class LightGCN(Recommender):
         return Output(z[: self.n_users], z[self.n_users :], aux)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        rows = self._rows(batch)
+        return self._terms(out.aux["nodes"].index_select(0, rows), out.aux["nodes0"].index_select(0, rows))
+
+    def batch_loss(self, batch) -> dict[str, torch.Tensor]:
+        # The loss reads the (u, i, j) rows only: propagate the last layer for those alone.
+        rows = self._rows(batch)
+        x0 = torch.cat([self.user_emb, self.item_emb])
+        return self._terms(lightgcn_rows(self.adjacency, x0, self.config.n_layers, rows), x0.index_select(0, rows))
+
+    def _rows(self, batch) -> torch.Tensor:
         u, i, j = batch
+        return torch.cat([u, i + self.n_users, j + self.n_users])
+
+    def _terms(self, z: torch.Tensor, z0: torch.Tensor) -> dict[str, torch.Tensor]:
         # One gather of the (u, i, j) rows from the N x d node matrices: its backward is a
         # single scatter, instead of one full-size zero-fill per gathered table and slice.
-        rows = torch.cat([u, i + self.n_users, j + self.n_users])
-        zu, zi, zj = out.aux["nodes"][rows].chunk(3)
-        eu, ei, ej = out.aux["nodes0"][rows].chunk(3)  # layer-0 rows (E_U[u], E_I[i], E_I[j])
+        zu, zi, zj = z.chunk(3)
+        eu, ei, ej = z0.chunk(3)  # layer-0 rows (E_U[u], E_I[i], E_I[j])
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": self.config.reg_weight * l2_reg(self.config.reg_form, eu, ei, ej),

@@ -124,6 +124,6 @@ class RLMultimodalRec(Recommender):
             weights.append(self.fuser.linear.weight)
         reg = half_sq(self.user_emb[u], items0[i], items0[j]) + sum(0.5 * w.pow(2).sum() for w in weights)
         return {
-            "bpr": bpr_loss(out.user[u], out.item[i], out.item[j]),
+            "bpr": bpr_loss(*out.bpr_rows(batch)),
             "reg": self.config.reg_weight * reg,
         }

@@ -275,8 +275,8 @@ class SIGER(MGCN):
         return {"um": cfg.um_weight * um, "reg2": cfg.reg2_weight * half_sq(ext[i_rows])}
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
-        cfg, (u, i, j) = self.config, batch
-        zu, zi, zj = out.user[u], out.item[i], out.item[j]
+        cfg, (u, i, _) = self.config, batch
+        zu, zi, zj = out.bpr_rows(batch)
         c, s, h = out.aux["behavior"], out.aux["fused"], out.aux["semantic"]
         rows = (u, i + self.n_users)  # user rows, item rows of the N x d views
 

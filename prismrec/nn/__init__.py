@@ -3,7 +3,7 @@
 from prismrec.nn.encoders import ModalityPurifier, Projector, Purifier
 from prismrec.nn.fusion import BehaviorAwareFuser, GatedFusion
 from prismrec.nn.perturb import PERTURB_MODES, perturb
-from prismrec.nn.propagation import lightgcn
+from prismrec.nn.propagation import lightgcn, lightgcn_rows
 
 __all__ = [
     "BehaviorAwareFuser",
@@ -13,5 +13,6 @@ __all__ = [
     "Projector",
     "Purifier",
     "lightgcn",
+    "lightgcn_rows",
     "perturb",
 ]

@@ -48,7 +48,7 @@ def perturb(
         raise ValueError(f"eps must be >= 0, got {eps}")
     if x.dim() != 2:
         raise ValueError(f"perturb expects an n x d matrix, got shape {tuple(x.shape)}")
-    target = x if rows is None else x[rows]
+    target = x if rows is None else x.index_select(0, rows)
     r = torch.rand(target.shape, generator=generator, device=x.device, dtype=x.dtype)
     delta = torch.sign(target.detach()) * F.normalize(r, dim=1, eps=_EPS)
     if mode == "fixed":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from prismrec.graph.sparse import SparseOperator, spmm
@@ -14,6 +15,26 @@ def lightgcn(adjacency: SparseOperator, x0: torch.Tensor, n_layers: int) -> torc
     if x0.requires_grad:
         return _LayerMean.apply(adjacency, x0, n_layers)
     return _layer_mean(adjacency.matrix, x0, n_layers)
+
+
+def lightgcn_rows(adjacency: SparseOperator, x0: torch.Tensor, n_layers: int, rows: torch.Tensor) -> torch.Tensor:
+    """``lightgcn(adjacency, x0, n_layers)[rows]``, as a training batch needs it.
+
+    Exact, but the last layer is computed for the batch's distinct rows ``R`` only, one product
+    with the block ``Â[R]`` instead of all of ``Â``, and its backward starts from ``Â[R]ᵀ``: two
+    of the ``2L`` full products per batch become products over ``R``'s entries, and no full-size
+    layer sum is kept (the rows are gathered layer by layer).
+    """
+    if n_layers == 0:
+        return x0.index_select(0, rows)
+    marks = np.zeros(x0.shape[0], dtype=bool)
+    index = rows.cpu().numpy()
+    marks[index] = True
+    distinct = np.flatnonzero(marks)
+    inverse = torch.from_numpy((np.cumsum(marks) - 1)[index]).to(x0.device)
+    block = adjacency.row_block(distinct)
+    distinct = torch.from_numpy(distinct).to(x0.device)
+    return _LayerMeanRows.apply(adjacency, x0, n_layers, distinct, block).index_select(0, inverse)
 
 
 def _layer_mean(matrix: torch.Tensor, x0: torch.Tensor, n_layers: int) -> torch.Tensor:
@@ -39,3 +60,27 @@ class _LayerMean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return None, _layer_mean(ctx.adjacency.transpose, grad.contiguous(), ctx.n_layers), None
+
+
+class _LayerMeanRows(torch.autograd.Function):
+    """Rows ``R`` of the layer mean (see :func:`lightgcn_rows`). With ``P`` selecting ``R`` and
+    ``g`` the incoming gradient scaled by ``1/(L+1)``, the backward is Horner's form of
+    ``Σ_l (Âᵀ)^l Pᵀ g``: ``h = Â[R]ᵀ g``, then ``L-1`` times ``h = Âᵀ (h + Pᵀ g)``, then ``h + Pᵀ g``."""
+
+    @staticmethod
+    def forward(ctx, adjacency, x0, n_layers, distinct, block):  # noqa: D401
+        ctx.adjacency, ctx.n_layers, ctx.distinct, ctx.block_t = adjacency, n_layers, distinct, block[1]
+        total, x = x0.index_select(0, distinct), x0
+        for _ in range(n_layers - 1):
+            x = spmm(adjacency.matrix, x)
+            total += x.index_select(0, distinct)
+        total += spmm(block[0], x)
+        return total.mul_(1.0 / (n_layers + 1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        g = grad * (1.0 / (ctx.n_layers + 1))
+        h = spmm(ctx.block_t, g)
+        for _ in range(ctx.n_layers - 1):
+            h = spmm(ctx.adjacency.transpose, h.index_add_(0, ctx.distinct, g))
+        return None, h.index_add_(0, ctx.distinct, g), None, None, None

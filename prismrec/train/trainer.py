@@ -126,7 +126,7 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device) -> di
         batch = tuple(t.to(device, non_blocking=True) for t in batch)
         now = time.perf_counter()
         timing["sample_s"] += now - tick
-        terms = model.loss(batch, model())
+        terms = model.batch_loss(batch)
         total = sum(terms.values())
         tick = time.perf_counter()
         timing["forward_s"] += tick - now
