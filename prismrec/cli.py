@@ -157,14 +157,25 @@ def build(
     dedupe: bool = typer.Option(False, help="Keep the first row of a repeated (user, item) pair instead of failing."),
     item_text: Optional[Path] = typer.Option(None, help="Item text table -> text_feat.npy (all-MiniLM-L6-v2)."),
     text_cols: str = typer.Option("text", help="Comma-separated text columns, joined with spaces."),
+    item_features: Optional[list[str]] = typer.Option(
+        None, help="NAME=PATH: item vectors (.npz ids+vectors, or CSV/TSV: item column + one per dim) "
+        "-> NAME_feat.npy; repeat per modality."),
+    missing_features: str = typer.Option("error", help="A kept item without a vector: error, or mean (filled)."),
 ) -> None:
-    """Build an MMRec-layout dataset folder from raw interactions (k-core, split, id maps, text features)."""
+    """Build an MMRec-layout dataset folder from raw interactions (k-core, split, id maps, features)."""
     from prismrec.data.build import build_dataset
 
+    features = {}
+    for spec in item_features or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            _fail(f"--item-features {spec!r}: expected NAME=PATH, e.g. image=clip_vectors.npz")
+        features[name.strip()] = Path(path.strip())
     try:
         folder = build_dataset(
             interactions, out, user_col, item_col, time_col, min_count, split, seed, dedupe,
             item_text, [c.strip() for c in text_cols.split(",") if c.strip()],
+            item_features=features, missing_features=missing_features,
         )
     except (DatasetError, ValueError, ImportError) as exc:
         _fail(str(exc))

@@ -30,7 +30,7 @@ class Output:
     item: torch.Tensor
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def bpr_rows(self, batch: "Batch") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def bpr_rows(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(user[u], item[i], item[j])`` of a batch ``(u, i, j)``.
 
         ``index_select`` rather than ``x[u]``: on CPU it is ~4x faster, and so is its backward
@@ -44,7 +44,8 @@ class Recommender(nn.Module):
 
     Subclasses set ``Config`` (a dataclass whose defaults are the paper's values) and may set
     ``train_defaults`` (training settings the reference uses for this model, e.g. an LR decay),
-    then implement ``forward`` and ``loss``. ``score`` defaults to the dot product.
+    then implement ``forward`` and ``loss``. ``score`` defaults to the dot product; the trainer
+    calls ``batch_loss``, which a model may specialise (see there).
     """
 
     name: ClassVar[str] = ""

@@ -205,3 +205,72 @@ def test_cli_build(tmp_path):
     bad = runner.invoke(app, ["build", "--interactions", str(tmp_path / "raw.csv"), "--out", str(tmp_path / "x"),
                               "--item-col", "asin"])
     assert bad.exit_code == 2 and "no column 'asin'" in bad.output
+
+
+def _three_items(tmp_path):
+    rows = [(u, i) for u in "abcd" for i in ("p", "q", "r")]
+    pd.DataFrame(rows, columns=["user", "item"]).to_csv(tmp_path / "raw.csv", index=False)
+    return tmp_path / "raw.csv"
+
+
+def test_item_vectors_from_npz_and_csv_land_in_item_id_order(tmp_path):
+    raw = _three_items(tmp_path)
+    vectors = {"r": [1.0, 2.0, 3.0], "zz": [9.0, 9.0, 9.0], "p": [4.0, 5.0, 6.0], "q": [7.0, 8.0, 0.5]}
+    np.savez(tmp_path / "img.npz", ids=np.array(list(vectors)), vectors=np.array(list(vectors.values())))
+    pd.DataFrame([[k, *v[:2]] for k, v in vectors.items()], columns=["item", "d0", "d1"]).to_csv(
+        tmp_path / "aud.tsv", sep="\t", index=False)
+    folder = build_dataset(raw, tmp_path / "v", min_count=3,
+                           item_features={"image": tmp_path / "img.npz", "audio": tmp_path / "aud.tsv"})
+    data = load_dataset(folder)
+    order = pd.read_csv(folder / "i_id_mapping.csv", sep="\t").item.tolist()
+    assert order == ["p", "q", "r"]
+    np.testing.assert_array_equal(data.features["image"].numpy(), [vectors[i] for i in order])
+    np.testing.assert_array_equal(data.features["audio"].numpy(), [vectors[i][:2] for i in order])
+    image = json.loads((folder / "manifest.json").read_text())["features"]["image"]
+    assert image["dim"] == 3 and image["unused_rows"] == 1 and image["items_without_vector"] == 0
+
+
+def test_items_without_vectors_fail_or_get_the_mean(tmp_path):
+    raw = _three_items(tmp_path)
+    np.savez(tmp_path / "img.npz", ids=np.array(["p", "r"]), vectors=np.array([[1.0, 0.0], [3.0, 4.0]]))
+    with pytest.raises(DatasetError, match=r"1 of 3 kept items have no vector \(first: 'q'\).*--missing-features mean"):
+        build_dataset(raw, tmp_path / "e", min_count=3, item_features={"image": tmp_path / "img.npz"})
+    folder = build_dataset(raw, tmp_path / "m", min_count=3, item_features={"image": tmp_path / "img.npz"},
+                           missing_features="mean")
+    np.testing.assert_array_equal(load_dataset(folder).features["image"].numpy(), [[1, 0], [2, 2], [3, 4]])
+    image = json.loads((folder / "manifest.json").read_text())["features"]["image"]
+    assert image["items_without_vector"] == 1 and image["filled_with"] == "mean"
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("v.csv", "item,d0\np,1\nq,\nr,2\n", r"vector of item 'q' at line 3 is not finite"),
+        ("v.csv", "item,d0\np,1\nq,x\nr,2\n", r"column 'd0' is not numeric"),
+        ("v.csv", "item,d0\np,1\nq,2\np,3\nr,4\n", r"item 'p' has a second vector at line 4"),
+        ("v.csv", "asin,d0\np,1\n", r"no column 'item'"),
+        ("v.csv", "item\np\nq\nr\n", r"expected one vector per id"),
+        ("v.npz", None, r"no array vectors"),
+        ("none.npz", "missing", "does not exist"),
+    ],
+)
+def test_bad_item_vectors_are_clear_errors(tmp_path, name, content, message):
+    raw = _three_items(tmp_path)
+    path = tmp_path / name
+    if content is None:
+        np.savez(path, ids=np.array(["p", "q", "r"]))
+    elif content != "missing":
+        path.write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": path})
+
+
+def test_bad_feature_settings(tmp_path):
+    raw = _three_items(tmp_path)
+    with pytest.raises(ValueError, match="missing_features must be one of"):
+        build_dataset(raw, tmp_path / "d", min_count=3, missing_features="zero")
+    with pytest.raises(ValueError, match="feature name 'my image'"):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_features={"my image": tmp_path / "x.npz"})
+    bad = runner.invoke(app, ["build", "--interactions", str(raw), "--out", str(tmp_path / "x"),
+                              "--item-features", "image"])
+    assert bad.exit_code == 2 and "expected NAME=PATH" in bad.output

@@ -8,6 +8,7 @@ both to contiguous ids in sorted raw-id order, splits every user's interactions 
     u_id_mapping.csv      raw user id -> userID (TAB; the raw column keeps its name, or
     i_id_mapping.csv      raw item id -> itemID  ``raw_<name>`` when that is userID / itemID)
     text_feat.npy         optional: one sentence embedding per item (see ``item_text``)
+    <name>_feat.npy       optional: given vectors per item, e.g. image_feat.npy (``item_features``)
     manifest.json         source file hash, filter, split rule and seed, counts, feature provenance
 
 Split rule ``random`` (MMRec's): all interactions shuffled with ``seed``; per user in that order,
@@ -16,8 +17,9 @@ valid, the rest of ``h`` test, the others train. ``temporal``: the same counts, 
 order (ties by input row), so valid and test hold each user's latest interactions.
 
 Nothing is silently fixed: missing ids, duplicate (user, item) pairs (unless ``dedupe``, which
-keeps each pair's first row and records how many were dropped) and items without text are
-errors or recorded counts, never quiet changes.
+keeps each pair's first row and records how many were dropped), items without text and items
+without vectors (unless ``missing_features="mean"``) are errors or recorded counts, never quiet
+changes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,6 +38,7 @@ from prismrec.data.dataset import DatasetError
 from prismrec.data.features import TEXT_ENCODER, encode_texts
 
 SPLIT_RULES = ("random", "temporal")
+MISSING_FEATURES = ("error", "mean")
 
 
 def build_dataset(
@@ -52,6 +55,8 @@ def build_dataset(
     text_cols: Sequence[str] = ("text",),
     text_item_col: str | None = None,
     encoder: Callable[[list[str]], np.ndarray] | None = None,
+    item_features: Mapping[str, str | Path] | None = None,
+    missing_features: str = "error",
 ) -> Path:
     """Build ``out_dir`` (its name is the dataset's name) from raw files; return the folder.
 
@@ -65,11 +70,25 @@ def build_dataset(
             value is a space, as MMRec's Amazon recipe) into one sentence per item, encoded with
             ``all-MiniLM-L6-v2`` into ``text_feat.npy``. ``text_item_col`` defaults to ``item_col``.
         encoder: sentences -> float array, replacing the default encoder (tests, other models).
+        item_features: modality name -> precomputed vectors keyed by raw item id (image CNN or
+            CLIP embeddings, audio, ...), written as ``<name>_feat.npy`` in item-id order. A file
+            is ``.npz`` with arrays ``ids`` and ``vectors``, or a CSV/TSV whose ``item_col``
+            column holds the id and every other column one dimension. Rows of items the filter
+            removed are ignored (and counted).
+        missing_features: a kept item without a vector is an error (``"error"``), or gets the
+            mean of the given vectors (``"mean"``, counted in the manifest).
     """
     if split not in SPLIT_RULES:
         raise ValueError(f"split must be one of {list(SPLIT_RULES)}, got {split!r}")
     if min_count < 3:
         raise ValueError(f"min_count must be at least 3 (a train, a valid and a test row per user), got {min_count}")
+    if missing_features not in MISSING_FEATURES:
+        raise ValueError(f"missing_features must be one of {list(MISSING_FEATURES)}, got {missing_features!r}")
+    item_features = dict(item_features or {})
+    for modality in item_features:
+        if not modality.isidentifier() or (modality == "text" and item_text is not None):
+            raise ValueError(f"feature name {modality!r}: use a plain name such as image or audio "
+                             "(it becomes <name>_feat.npy), other than text when item_text is given")
     if split == "temporal" and not time_col:
         raise ValueError("split='temporal' needs time_col, the column with each interaction's time")
     source = Path(interactions)
@@ -116,6 +135,9 @@ def build_dataset(
     if item_text is not None:
         manifest["features"]["text"] = _text_features(
             Path(item_text), raw_items, text_item_col or item_col, list(text_cols), encoder, out)
+    for modality, path in item_features.items():
+        manifest["features"][modality] = _vector_features(
+            modality, Path(path), raw_items, item_col, missing_features, out)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return out
 
@@ -226,7 +248,7 @@ def _text_features(path: Path, raw_items: np.ndarray, item_col: str, text_cols: 
     missing = [i for i in raw_items if str(i) not in lookup]
     if missing:
         warnings.warn(f"{path}: {len(missing)} of {len(raw_items)} items have no text row (first: "
-                      f"{missing[0]!r}); they are encoded from an empty sentence (recorded in the manifest)",
+                      f"{str(missing[0])!r}); they are encoded from an empty sentence (recorded in the manifest)",
                       stacklevel=3)
     vectors = (encoder or encode_texts)([lookup.get(str(i), " ") for i in raw_items])
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -236,6 +258,60 @@ def _text_features(path: Path, raw_items: np.ndarray, item_col: str, text_cols: 
     return {"file": "text_feat.npy", "encoder": TEXT_ENCODER if encoder is None else getattr(encoder, "__name__", "custom"),
             "source": str(path.resolve()), "sha256": _sha256(path), "columns": text_cols,
             "missing_value": "space", "items_without_text": len(missing), "dim": int(vectors.shape[1])}
+
+
+def _vector_features(modality: str, path: Path, raw_items: np.ndarray, item_col: str, missing: str,
+                     out: Path) -> dict:
+    ids, vectors, where = _read_vectors(path, item_col)
+    if vectors.ndim != 2 or len(ids) != len(vectors) or not vectors.shape[1]:
+        raise DatasetError(f"{path}: expected one vector per id (ids {len(ids)}, vectors of shape "
+                           f"{vectors.shape}): give an n x d array and n ids")
+    ids = [str(i) for i in ids]
+    repeated = pd.Series(ids).duplicated().to_numpy()
+    if repeated.any():
+        row = int(np.flatnonzero(repeated)[0])
+        raise DatasetError(f"{path}: item {ids[row]!r} has a second vector at {where(row)}; give one per item")
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if bad.size:
+        raise DatasetError(f"{path}: the vector of item {ids[bad[0]]!r} at {where(bad[0])} is not finite (NaN or "
+                           f"inf; {bad.size} such rows): fix or remove them")
+    position = pd.Index(ids).get_indexer([str(i) for i in raw_items])
+    absent = np.flatnonzero(position < 0)
+    if absent.size and missing == "error":
+        raise DatasetError(
+            f"{path}: {absent.size} of {len(raw_items)} kept items have no vector "
+            f"(first: {str(raw_items[absent[0]])!r}); add them, remove their interactions, or pass "
+            "--missing-features mean to give them the mean vector")
+    table = np.vstack([vectors, vectors.mean(axis=0, keepdims=True)]).astype(np.float32)
+    np.save(out / f"{modality}_feat.npy", table[position])  # -1: the mean row
+    return {"file": f"{modality}_feat.npy", "source": str(path.resolve()), "sha256": _sha256(path),
+            "dim": int(vectors.shape[1]), "items_without_vector": int(absent.size),
+            "filled_with": "mean" if absent.size else None,
+            "unused_rows": int(len(ids) - (len(raw_items) - absent.size))}
+
+
+def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]]:
+    """(ids, vectors, row -> location text) from an ``.npz`` (ids, vectors) or a CSV/TSV table."""
+    if not path.is_file():
+        raise DatasetError(f"{path} does not exist: give the item vectors (.npz with ids and vectors, or CSV/TSV)")
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("ids", "vectors") if k not in archive]
+            if missing:
+                raise DatasetError(f"{path}: no array {', '.join(missing)} (arrays: {list(archive)}); "
+                                   "save it with np.savez(path, ids=..., vectors=...)")
+            return archive["ids"], np.asarray(archive["vectors"], dtype=np.float64), lambda r: f"index {r}"
+    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    frame = pd.read_csv(path, sep=sep, dtype={item_col: str}, keep_default_na=False, na_values=[""])
+    if item_col not in frame.columns:
+        raise DatasetError(f"{path}: no column {item_col!r} (columns: {list(frame.columns)[:8]}...); "
+                           "the item id column must be named as in the interactions")
+    values = frame.drop(columns=item_col)
+    text = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
+    if text:
+        raise DatasetError(f"{path}: column {text[0]!r} is not numeric; every column but {item_col!r} "
+                           "is one dimension of the vector")
+    return frame[item_col].to_numpy(), values.to_numpy(dtype=np.float64), lambda r: f"line {r + 2}"
 
 
 def _sha256(path: Path) -> str:

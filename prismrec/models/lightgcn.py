@@ -60,18 +60,19 @@ class LightGCN(Recommender):
         return self._terms(out.aux["nodes"].index_select(0, rows), out.aux["nodes0"].index_select(0, rows))
 
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
-        # The loss reads the (u, i, j) rows only: propagate the last layer for those alone.
+        # The loss reads the batch's rows only: the last layer is propagated for those alone.
         rows = self._rows(batch)
         x0 = torch.cat([self.user_emb, self.item_emb])
-        return self._terms(lightgcn_rows(self.adjacency, x0, self.config.n_layers, rows), x0.index_select(0, rows))
+        z = lightgcn_rows(self.adjacency, x0, self.config.n_layers, rows)
+        return self._terms(z, x0.index_select(0, rows))
 
     def _rows(self, batch) -> torch.Tensor:
+        # The (u, i, j) rows of the N x d node matrices, gathered at once: the backward is a
+        # single scatter, instead of one full-size zero-fill per gathered table and slice.
         u, i, j = batch
         return torch.cat([u, i + self.n_users, j + self.n_users])
 
     def _terms(self, z: torch.Tensor, z0: torch.Tensor) -> dict[str, torch.Tensor]:
-        # One gather of the (u, i, j) rows from the N x d node matrices: its backward is a
-        # single scatter, instead of one full-size zero-fill per gathered table and slice.
         zu, zi, zj = z.chunk(3)
         eu, ei, ej = z0.chunk(3)  # layer-0 rows (E_U[u], E_I[i], E_I[j])
         return {
