@@ -1,4 +1,5 @@
-"""Paired per-user tests behind the papers' claims, on the 3-seed cells of ``benchmarks.multimodal``.
+"""Paired per-user tests behind the papers' claims, on the 3-seed cells of ``benchmarks.multimodal``
+(and of the ablation variants in ``VARIANTS`` that have three seeds).
 
 For each pair (A, B) and dataset: test Recall@20 and NDCG@20 per user, averaged over the three
 seeds of each model, then A - B with a bootstrap 95 % interval and paired t / Wilcoxon p-values
@@ -19,14 +20,21 @@ import torch
 from benchmarks.common import write
 from prismrec.experiment.significance import paired_test
 
-PAIRS = [  # (A, B): the claim is "A beats B"
+PAIRS = [  # (A, B), reported as A - B: the claim (or the ablation's question) is "A beats B"
     ("mgcn", "lightgcn"),
     ("siger", "mgcn"),
     ("siger", "gume"),
     ("egra", "gume"),
     ("egra", "mgcn"),
     ("gume", "mgcn"),
+    ("egra w/o epoch level", "egra"),
+    ("egra w/o epoch level", "mgcn"),
+    ("egra w/o EBG", "egra"),
 ]
+VARIANTS = {  # ablation cells of benchmarks.egra, by label
+    "egra w/o epoch level": "runs/bench-egra-ablation/{dataset}/schedule=constant/{dataset}/egra",
+    "egra w/o EBG": "runs/bench-egra-ablation/{dataset}/gamma=0/{dataset}/egra",
+}
 METRICS = ("recall@20", "ndcg@20")
 
 
@@ -45,13 +53,14 @@ def main() -> None:
     for dataset in args.datasets.split(","):
         md += [f"## {dataset}", "", "| A vs B | metric | A | B | A - B [95 % CI] | p (t) | p (Wilcoxon) |",
                "|---|---|---|---|---|---|---|"]
-        cells = Path("runs/bench-multimodal") / dataset / dataset
         for a, b in PAIRS:
-            if not all(any((cells / m).glob("seed-*/model.pt")) for m in (a, b)):
-                md.append(f"| {a} vs {b} | | missing cells | | | | |")
+            folders = [Path(VARIANTS[m].format(dataset=dataset)) if m in VARIANTS else
+                       Path("runs/bench-multimodal") / dataset / dataset / m for m in (a, b)]
+            if not all(len(list(f.glob("seed-*/model.pt"))) >= 3 for f in folders):
+                md.append(f"| {a} vs {b} | | cells missing or fewer than 3 seeds | | | | |")
                 continue
             for metric in METRICS:
-                r = paired_test(cells / a, cells / b, metric)
+                r = paired_test(*folders, metric)
                 results.setdefault(dataset, {})[f"{a} vs {b} {metric}"] = r
                 low, high = r["bootstrap_95"]
                 md.append(f"| {a} vs {b} | {metric} | {r['a']['mean']:.4f} | {r['b']['mean']:.4f} | "
