@@ -4,9 +4,10 @@ For each model, a fresh model with default settings runs 1 warm-up + N measured 
 (sampling, forward = propagation + loss, backward, optimiser, then a full validation); medians
 are reported. With ``--repeats R`` every case is measured R times (fresh model each time, the
 cases interleaved so that a noisy spell of this shared machine hits all of them alike) and the
-median of the R runs is reported with the range of their epoch times. MMRec's figures were measured with its own code on this machine kind (2 threads,
-default settings; see the issues) — MMRec also evaluates the test split every epoch, prismrec
-never does during training. Writes ``results/epoch_speed.{json,md}``. Run on a quiet machine.
+median of the R runs is reported with the range of their epoch times. MMRec's figures were
+measured with its own code on this machine kind (2 threads, default settings; see the issues) —
+MMRec also evaluates the test split every epoch, prismrec never does during training. Writes
+``results/epoch_speed.{json,md}``. Run on a quiet machine.
 
     python -m benchmarks.epoch_speed [--cases tiktok:lightgcn,baby:lightgcn] [--epochs 5] [--repeats 3]
 """
@@ -102,7 +103,8 @@ def main() -> None:
         md.append(f"| {name} | {model} | " + " | ".join(cells) + " |")
     md += ["", f"Medians over {args.epochs} epochs after one warm-up epoch, then the median of "
            f"{args.repeats} such runs per case (fresh models with default settings; 'range' = the runs' "
-           "epoch times). 'forward' is the propagation plus the loss (LightGCN: its last layer for the batch's rows only); 'valid' is one "
+           "epoch times). 'forward' is the propagation plus the loss (LightGCN: its last layer for the "
+           "batch's rows only); 'valid' is one "
            "full-ranking validation (all metrics at K = 5, 10, 20, 50)."]
     write("epoch_speed", {"machine": machine(), "results": results}, "\n".join(md) + "\n")
 

@@ -304,7 +304,8 @@ def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Ca
     sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     frame = pd.read_csv(path, sep=sep, dtype={item_col: str}, keep_default_na=False, na_values=[""])
     if item_col not in frame.columns:
-        raise DatasetError(f"{path}: no column {item_col!r} (columns: {list(frame.columns)[:8]}...); "
+        shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
+        raise DatasetError(f"{path}: no column {item_col!r} (columns: {shown}); "
                            "the item id column must be named as in the interactions")
     values = frame.drop(columns=item_col)
     text = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
