@@ -239,12 +239,12 @@ def evaluate(
 ) -> None:
     """Re-evaluate a finished run, overall and per item group; writes <run>/evaluation-<split>.json."""
     from prismrec.experiment.evaluate import evaluate_run
-    from prismrec.experiment.export import ExportError
+    from prismrec.errors import RunError
 
     try:
         cutoffs = [int(k) for k in ks.split(",")]
         result = evaluate_run(run, split, groups, tail_share, cutoffs, mask_valid, data_dir)
-    except (ExportError, DatasetError, ValueError) as exc:
+    except (RunError, DatasetError, ValueError) as exc:
         _fail(str(exc))
     rows = {f"{name} ({m['users']} users)": m for name, m in result.items() if name != "meta"}
     title = f"{result['meta']['model']} on {result['meta']['dataset']} / {split}"
@@ -260,12 +260,12 @@ def significance(
     data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
 ) -> None:
     """Paired per-user test of A - B (t-test, Wilcoxon, bootstrap 95 % CI); seeds averaged per user."""
-    from prismrec.experiment.export import ExportError
+    from prismrec.errors import RunError
     from prismrec.experiment.significance import paired_test
 
     try:
         r = paired_test(a, b, metric, split, data_dir)
-    except (ExportError, DatasetError, ValueError) as exc:
+    except (RunError, DatasetError, ValueError) as exc:
         _fail(str(exc))
     low, high = r["bootstrap_95"]
     console.print(
@@ -291,7 +291,7 @@ def recommend(
     import numpy as np
     import pandas as pd
 
-    from prismrec.experiment.export import ExportError
+    from prismrec.errors import RunError
     from prismrec.serve import RunRecommender
 
     try:
@@ -303,7 +303,7 @@ def recommend(
         recommender = RunRecommender(run, data_dir, exclude)
         ids = list(range(recommender.n_users)) if every else ids
         items, scores = recommender.recommend(ids, k)
-    except (ExportError, DatasetError, ValueError) as exc:
+    except (RunError, DatasetError, ValueError) as exc:
         _fail(str(exc))
     if out is not None:
         rank = np.tile(np.arange(1, items.shape[1] + 1), len(ids))
@@ -329,7 +329,7 @@ def serve(
     data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
 ) -> None:
     """Serve a run's recommendations over HTTP (GET /recommend/{user}?k=, POST /recommend, GET /health)."""
-    from prismrec.experiment.export import ExportError
+    from prismrec.errors import RunError
     from prismrec.serve import RunRecommender
 
     try:
@@ -339,7 +339,7 @@ def serve(
         _fail("serving needs FastAPI and uvicorn: pip install 'prismrec[serve]'")
     try:
         recommender = RunRecommender(run, data_dir, exclude)
-    except (ExportError, DatasetError, ValueError) as exc:
+    except (RunError, DatasetError, ValueError) as exc:
         _fail(str(exc))
     uvicorn.run(create_app(recommender), host=host, port=port)
 
@@ -352,12 +352,12 @@ def gates(
     buckets: int = typer.Option(4, help="Item-popularity buckets."),
 ) -> None:
     """Gate analysis: per-item modality weights (.npy), summary (.json) and histograms (.png)."""
-    from prismrec.experiment.export import ExportError
+    from prismrec.errors import RunError
     from prismrec.experiment.gates import gate_analysis
 
     try:
         summary = gate_analysis(run, out, data_dir, buckets)
-    except (ExportError, DatasetError) as exc:
+    except (RunError, DatasetError) as exc:
         _fail(str(exc))
     console.print_json(data=summary)
 

@@ -13,7 +13,8 @@ from prismrec.cli import app
 from prismrec.data.synthetic import write_planted_dataset
 from prismrec.eval.metrics import evaluate_ranking
 from prismrec.experiment.config import resolve_config
-from prismrec.experiment.export import ExportError, export_representations
+from prismrec.errors import RunError
+from prismrec.experiment.export import export_representations
 from prismrec.experiment.runs import run_experiment
 from prismrec.models import get_model
 
@@ -77,7 +78,7 @@ def test_export_arrays_and_description(freedom_run, planted, planted_dir):
 def test_mismatched_train_split_is_an_error(freedom_run, tmp_path):
     run, _ = freedom_run
     other = write_planted_dataset(tmp_path / "other" / "planted", seed=1)  # same name, other split
-    with pytest.raises(ExportError, match="train split mismatch.*--data-dir"):
+    with pytest.raises(RunError, match="train split mismatch.*--data-dir"):
         export_representations(run, tmp_path / "out", data_dir=other.parent)
     assert not (tmp_path / "out").exists()
 
@@ -89,12 +90,12 @@ def test_tampered_fingerprint_and_failed_run(freedom_run, planted_dir, tmp_path)
     config = yaml.safe_load((copy / "config.yaml").read_text())
     config["protocol"]["split_fingerprints"]["train"] = "0123456789abcdef"
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(ExportError, match="fingerprint 0123456789abcdef"):
+    with pytest.raises(RunError, match="fingerprint 0123456789abcdef"):
         export_representations(copy, data_dir=planted_dir.parent)
     (copy / "metrics.json").write_text(json.dumps({"status": "failed", "error": "NaN"}))
-    with pytest.raises(ExportError, match="did not finish"):
+    with pytest.raises(RunError, match="did not finish"):
         export_representations(copy, data_dir=planted_dir.parent)
-    with pytest.raises(ExportError, match="not a finished run directory"):
+    with pytest.raises(RunError, match="not a finished run directory"):
         export_representations(tmp_path, data_dir=planted_dir.parent)
 
 

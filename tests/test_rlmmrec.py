@@ -108,11 +108,11 @@ def test_gate_analysis_writes_weights_summary_and_plot(planted, planted_dir, tmp
 
 def test_gate_analysis_rejects_a_model_without_gate(planted, planted_dir, tmp_path):
     from prismrec.experiment.config import resolve_config
-    from prismrec.experiment.export import ExportError
+    from prismrec.errors import RunError
     from prismrec.experiment.gates import gate_analysis
     from prismrec.experiment.runs import run_experiment
 
     run = tmp_path / "run"
     run_experiment(resolve_config("rlmmrec", "planted", {"epochs": 1, "fusion": "mean"}), [3], run, dataset=planted, progress=False)
-    with pytest.raises(ExportError, match="no learned gate"):
+    with pytest.raises(RunError, match="no learned gate"):
         gate_analysis(run, data_dir=planted_dir.parent)

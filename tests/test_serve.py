@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from prismrec.cli import app
 from prismrec.experiment.config import resolve_config
-from prismrec.experiment.export import ExportError
+from prismrec.errors import RunError
 from prismrec.experiment.runs import run_experiment
 from prismrec.models import get_model
 from prismrec.serve import RunRecommender
@@ -110,7 +110,7 @@ def test_bad_exclude_and_multi_seed_run_are_clear_errors(lightgcn_run, planted, 
         RunRecommender(run, planted_dir.parent, exclude="test")
     multi = tmp_path / "multi"
     run_experiment(resolve_config("bpr", "planted", {"epochs": 1}), [1, 2], multi, dataset=planted, progress=False)
-    with pytest.raises(ExportError, match="multi-seed run: pass one of its seed directories \\(seed-1, seed-2\\)"):
+    with pytest.raises(RunError, match="multi-seed run: pass one of its seed directories \\(seed-1, seed-2\\)"):
         RunRecommender(multi, planted_dir.parent)
     assert RunRecommender(multi / "seed-2", planted_dir.parent).recommend([0], 3)[0].shape == (1, 3)
 

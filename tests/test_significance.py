@@ -11,7 +11,7 @@ from prismrec.cli import app
 from prismrec.data import load_dataset
 from prismrec.data.synthetic import write_planted_dataset
 from prismrec.experiment.config import resolve_config
-from prismrec.experiment.export import ExportError
+from prismrec.errors import RunError
 from prismrec.experiment.runs import run_experiment
 from prismrec.experiment.significance import paired_test
 from prismrec.models import get_model
@@ -69,7 +69,7 @@ def test_a_run_against_itself_differs_nowhere(runs, planted_dir):
 def test_bad_inputs(runs, planted_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown metric 'auc'"):
         paired_test(runs / "lgn", runs / "bpr", "auc", data_dir=planted_dir.parent)
-    with pytest.raises(ExportError, match="not a finished run directory"):
+    with pytest.raises(RunError, match="not a finished run directory"):
         paired_test(runs / "lgn", tmp_path, data_dir=planted_dir.parent)
     shutil.copytree(planted_dir, tmp_path / "data" / "planted")  # one data dir holding both datasets
     other = load_dataset(write_planted_dataset(tmp_path / "data" / "planted2", seed=3))

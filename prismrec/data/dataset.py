@@ -22,6 +22,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from prismrec.errors import DatasetError
+
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 SPLITS = ("train", "valid", "test")
 FEATURE_SUFFIX = "_feat.npy"
@@ -32,10 +34,6 @@ LAYOUT_HELP = (
     "and optional <modality>_feat.npy files (2-D float arrays, row i = item i), as distributed "
     "by MMRec (github.com/enoche/MMRec, data/README.md)."
 )
-
-
-class DatasetError(ValueError):
-    """Malformed or missing dataset input. The message names the file, the place and the fix."""
 
 
 @dataclass

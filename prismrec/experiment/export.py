@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from prismrec.data import Dataset, load_dataset
+from prismrec.errors import RunError
 from prismrec.experiment.config import ExperimentConfig, resolve_config
 from prismrec.models import get_model
 from prismrec.recommender import Output, Recommender
@@ -58,10 +59,6 @@ class LoadedRun:
     train_fingerprint: str
 
 
-class ExportError(ValueError):
-    """A run directory cannot be exported; the message says what is wrong and what to do."""
-
-
 def export_representations(
     run_dir: str | Path, out_dir: str | Path | None = None, data_dir: str | Path | None = None
 ) -> Path:
@@ -76,12 +73,12 @@ def export_representations(
             :func:`prismrec.data.load_dataset`: ``$PRISMREC_DATA``, then ``../shared/data``).
 
     Raises:
-        ExportError: missing or failed run, settings that no longer resolve, weights that do not
+        RunError: missing or failed run, settings that no longer resolve, weights that do not
             fit the rebuilt model, or a train split whose fingerprint differs from the recorded one.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ExportError(f"run directory {run_dir} does not exist")
+        raise RunError(f"run directory {run_dir} does not exist")
     out = Path(out_dir) if out_dir is not None else run_dir / "export"
     seed_dirs = finished_runs(run_dir)
     if seed_dirs == [run_dir]:
@@ -107,7 +104,7 @@ def finished_runs(run_dir: Path) -> list[Path]:
         key=lambda p: (not p.name[5:].isdigit(), int(p.name[5:]) if p.name[5:].isdigit() else 0, p.name),
     )
     if not seed_dirs:
-        raise ExportError(
+        raise RunError(
             f"{run_dir} holds no model.pt and no seed-<s>/model.pt: it is not a finished run "
             "directory of `prismrec train`"
         )
@@ -118,7 +115,7 @@ def load_run(run_dir: str | Path, data_dir=None, datasets: dict | None = None) -
     """Rebuild a finished single-seed run: its config, dataset (train split checked against the
     recorded fingerprint) and model with the best-validation weights, in eval mode.
 
-    Raises :class:`ExportError` for a missing or failed run, settings that no longer resolve,
+    Raises :class:`RunError` for a missing or failed run, settings that no longer resolve,
     weights that do not fit, or a different train split.
     """
     run_dir = Path(run_dir)
@@ -126,17 +123,17 @@ def load_run(run_dir: str | Path, data_dir=None, datasets: dict | None = None) -
     config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
     seed_dirs = sorted(p.name for p in run_dir.glob("seed-*") if p.is_dir())
     if seed_dirs and not (run_dir / "model.pt").exists():
-        raise ExportError(
+        raise RunError(
             f"{run_dir} is a multi-seed run: pass one of its seed directories "
             f"({', '.join(seed_dirs)})"
         )
     for path in (config_path, metrics_path):
         if not path.is_file():
-            raise ExportError(f"{path} is missing: {run_dir} is not a finished run directory")
+            raise RunError(f"{path} is missing: {run_dir} is not a finished run directory")
     recorded = yaml.safe_load(config_path.read_text()) or {}
     metrics = json.loads(metrics_path.read_text())
     if metrics.get("status") != "ok":
-        raise ExportError(
+        raise RunError(
             f"run {run_dir} did not finish (metrics.json status {metrics.get('status')!r}: "
             f"{metrics.get('error', 'no error recorded')}); there is nothing to export"
         )
@@ -150,12 +147,12 @@ def load_run(run_dir: str | Path, data_dir=None, datasets: dict | None = None) -
     expected = (protocol.get("split_fingerprints") or {}).get("train")
     actual = dataset.fingerprint("train")
     if not expected:
-        raise ExportError(
+        raise RunError(
             f"{config_path} records no train-split fingerprint (protocol.split_fingerprints.train), "
             "so the data cannot be checked against the run; re-run training with this version"
         )
     if expected != actual:
-        raise ExportError(
+        raise RunError(
             f"train split mismatch: run {run_dir} was trained on a train split with fingerprint "
             f"{expected}, but dataset {config.dataset!r} loaded from "
             f"{dataset.path or 'the data directory'} has {actual}. Point --data-dir at the data "
@@ -215,12 +212,12 @@ def _rebuild_config(recorded: dict, path: Path) -> ExperimentConfig:
     try:
         model, dataset = recorded["model"], recorded["dataset"]
     except KeyError as exc:
-        raise ExportError(f"{path} has no {exc.args[0]!r} entry: not a run config") from None
+        raise RunError(f"{path} has no {exc.args[0]!r} entry: not a run config") from None
     settings = {**(recorded.get("train") or {}), **(recorded.get("params") or {})}
     try:
         return resolve_config(model, str(dataset), settings)
     except (KeyError, ValueError, TypeError) as exc:
-        raise ExportError(
+        raise RunError(
             f"{path}: the recorded settings no longer resolve for model {model!r} ({exc}); "
             "export with the prismrec version that trained the run"
         ) from None
@@ -235,7 +232,7 @@ def _load_model(config: ExperimentConfig, dataset: Dataset, weights: Path) -> Re
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ExportError(
+        raise RunError(
             f"{weights} does not fit the rebuilt {config.model} model ({exc}); was it written by "
             "another model or another prismrec version?"
         ) from None

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prismrec.experiment.export import ExportError, load_run
+from prismrec.errors import RunError
+from prismrec.experiment.export import load_run
 
 
 def popularity_buckets(train_degree: np.ndarray, n_buckets: int) -> tuple[np.ndarray, list[str]]:
@@ -36,7 +37,7 @@ def gate_analysis(run_dir: str | Path, out_dir: str | Path | None = None, data_d
     with torch.no_grad():
         gate = run.model().aux.get("gate")
     if gate is None:
-        raise ExportError(
+        raise RunError(
             f"run {run_dir} ({run.config.model}) has no learned gate: gate analysis needs "
             "rlmmrec with fusion=gate and at least two modalities"
         )

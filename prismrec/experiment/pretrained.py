@@ -19,15 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prismrec.errors import PretrainedError
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.export import export_representations
 from prismrec.experiment.runs import run_experiment
 
 PRE_REP_FILES = dict(final="item.npy", behavior="item.behavior.npy", modality="item.modality.npy")
-
-
-class PretrainedError(ValueError):
-    """The pretrained representations cannot be used; the message says why and what to do."""
 
 
 def pretrained_items(cfg, dataset, seed: int) -> tuple[np.ndarray, str, str]:

@@ -17,12 +17,9 @@ import numpy as np
 import torch
 
 from prismrec.data.sampler import BPRSampler
+from prismrec.errors import TrainingDiverged
 from prismrec.eval.evaluator import Evaluator
 from prismrec.recommender import Recommender
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss term became NaN or infinite; the run is marked failed."""
 
 
 @dataclass
