@@ -120,6 +120,30 @@ class Recommender(nn.Module):
         """Scores of ``users`` against every item, ``len(users) x n_items``."""
         return out.user[users] @ out.item.T
 
+    def generator_states(self) -> dict[str, torch.Tensor]:
+        """The state of every ``torch.Generator`` held by a module of this model (noise views,
+        dropout masks), keyed ``"<module path>:<attribute>"``. Training checkpoints save it, so
+        a resumed run draws the same noise as an uninterrupted one."""
+        return {
+            f"{path}:{attr}": value.get_state()
+            for path, module in self.named_modules()
+            for attr, value in vars(module).items()
+            if isinstance(value, torch.Generator)
+        }
+
+    def load_generator_states(self, states: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`generator_states` (a generator not created yet is created on the model's
+        device)."""
+        modules = dict(self.named_modules())
+        for key, state in states.items():
+            path, _, attr = key.rpartition(":")
+            module = modules[path]
+            generator = getattr(module, attr, None)
+            if not isinstance(generator, torch.Generator):
+                generator = torch.Generator(device=self.device)
+                setattr(module, attr, generator)
+            generator.set_state(state)
+
     @property
     def device(self) -> torch.device:
         """Device of the model's parameters (CPU when it has none)."""

@@ -27,7 +27,7 @@ import yaml
 from prismrec.data import Dataset, load_dataset
 from prismrec.eval import Evaluator
 from prismrec.experiment.config import ExperimentConfig
-from prismrec.models import get_model
+from prismrec.experiment.stages import build_model
 from prismrec.train.allocator import keep_freed_memory
 from prismrec.train.trainer import TrainingDiverged, fit, seed_everything
 
@@ -76,7 +76,7 @@ def train_one_seed(
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    model = get_model(config.model)(dataset, config.params).to(cfg.device)
+    model = build_model(config, dataset).to(cfg.device)
     evaluator = Evaluator(
         dataset, ks=cfg.topk, batch_size=cfg.eval_batch_size, mask_valid_at_test=cfg.mask_valid_at_test
     )
