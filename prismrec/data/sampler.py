@@ -50,6 +50,14 @@ class BPRSampler:
             )
         self.rng = np.random.default_rng(seed)
 
+    def get_state(self) -> dict:
+        """The random generator's state (plain ints and strings), for training checkpoints."""
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        """Restore :meth:`get_state`: the following epochs draw exactly what they would have."""
+        self.rng.bit_generator.state = state
+
     def __len__(self) -> int:
         return -(-len(self.users) // self.batch_size)
 

@@ -40,3 +40,7 @@ class TrainConfig:
     """Torch device, e.g. ``cpu`` or ``cuda``."""
     threads: int = 0
     """CPU threads for torch (0 = leave torch's default)."""
+    checkpoint_every_s: float = 0.0
+    """Write a resumable training checkpoint into the run directory at the end of an epoch once
+    this many seconds have passed since the last one; 0 = after every epoch. It changes only how
+    much work a killed run repeats, never the result (not part of the run's identity)."""
