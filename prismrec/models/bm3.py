@@ -1,0 +1,146 @@
+"""BM3 — Zhou et al., "Bootstrap Latent Representations for Multi-modal Recommendation", WWW'23
+(arXiv 2207.05969); official code enoche/BM3 (also MMRec ``bm3.py``).
+
+Self-supervised: **no negative items**. One online encoder, one shared predictor; the "target"
+views are the online outputs themselves, stop-gradient and corrupted by dropout (no momentum
+encoder, no augmented graphs).
+
+1. Encoder — LightGCN over the normalised user–item graph ``Â`` (2.1, 2.7), plus a residual of
+   the item ID embeddings::
+
+       [Y_U; Y_I] = LGN(Â, [E_U; E_I], L)
+       h_U = Y_U,   h_I = Y_I + E_I
+       h_m = F_m W_m + b_m                      projected item features of modality m
+
+2. Predictor ``g(x) = x W_p + b_p`` (``d -> d``), shared by users, items and every modality;
+   targets are dropout-corrupted, stop-gradient copies (``ρ`` = ``dropout``)::
+
+       ĥ = Dropout_ρ(sg(h))       for h ∈ {h_U, h_I, h_m}   (whole matrices, then the batch rows)
+
+3. Loss for a batch of observed pairs ``(u, i)`` — ``j`` is ignored; ``cos`` per row, mean over
+   the batch::
+
+       L_rec   = (1 − cos(g(h_U)[u], ĥ_I[i])) + (1 − cos(g(h_I)[i], ĥ_U[u]))    graph reconstruction
+       L_align = Σ_m 1 − cos(g(h_m)[i], ĥ_I[i])                                   inter-modality alignment
+       L_mask  = Σ_m 1 − cos(g(h_m)[i], ĥ_m[i])                                   intra-modality masking
+       L_reg   = (‖h_U‖_F + ‖h_I‖_F) / n_I                                        whole matrices (MMRec EmbLoss)
+       L = L_rec + λ_reg·L_reg + λ_cl·(L_align + L_mask)
+
+   Logged as ``rec``, ``reg``, ``align_<m>`` and ``mask_<m>`` (each already weighted).
+
+4. Scores: ``ŷ_ui = g(h_U)_u · g(h_I)_i`` — the predictor is applied at inference too, so the
+   output rows are ``g(h)``; the encoder output ``h = [h_U; h_I]`` is the auxiliary ``encoder``.
+
+The reference treats its two modalities (image, text) identically, so any number works here
+(zero = the ID-only bootstrap). Dropout draws from torch's global generator in the order
+users, items, then ``modalities`` (the reference draws text before image: give
+``modalities=[text, image]`` to reproduce its draws). Features are fine-tuned as in the
+reference (``train_features``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prismrec.graph import SparseOperator, bipartite_adjacency
+from prismrec.models import register
+from prismrec.nn import lightgcn
+from prismrec.nn.encoders import Projector
+from prismrec.recommender import Output, Recommender
+
+
+@dataclass
+class BM3Config:
+    """BM3 settings; defaults are the official best values for Baby (enoche/BM3 README)."""
+
+    modalities: list[str] | None = None
+    """Modalities with a projector and alignment/masking terms; ``None`` = all present
+    (canonical order), ``[]`` = the ID-only bootstrap."""
+    embedding_size: int = 64
+    """``d``: ID embeddings, projected features (the reference's ``feat_embed_dim``) and predictor."""
+    n_layers: int = field(default=1, metadata={"grid": [1, 2]})
+    """``L``, LightGCN layers of the encoder; paper grid {1, 2} (Baby: 1)."""
+    dropout: float = field(default=0.5, metadata={"grid": [0.3, 0.5]})
+    """``ρ``, dropout rate that corrupts the target views; paper grid {0.3, 0.5} (Baby: 0.5)."""
+    reg_weight: float = field(default=0.1, metadata={"grid": [0.1, 0.01]})
+    """``λ_reg`` of ``(‖h_U‖_F + ‖h_I‖_F) / n_I``; paper grid {0.1, 0.01} (Baby: 0.1)."""
+    cl_weight: float = 2.0
+    """``λ_cl`` of the alignment and masking terms (fixed at 2.0 in the reference)."""
+    train_features: bool = True
+    """Fine-tune the raw feature matrices inside the projectors (reference) or keep them frozen."""
+
+
+@register
+class BM3(Recommender):
+    """BM3; needs no negatives (``uses_negatives = False``): the ``j`` of a batch is ignored."""
+
+    name = "bm3"
+    Config = BM3Config
+    uses_negatives: ClassVar[bool] = False
+    """The loss reads only observed pairs ``(u, i)``; a trainer may skip negative sampling."""
+
+    def __init__(self, dataset, config: BM3Config) -> None:
+        super().__init__(dataset, config)
+        self.require_at_least(config, embedding_size=1, n_layers=0)
+        if not 0.0 <= config.dropout < 1.0:
+            raise ValueError(f"dropout is the fraction of target entries zeroed and must be in [0, 1), got {config.dropout}")
+        self.modalities = self.select_modalities(dataset, config.modalities, minimum=0, model=self.name)
+        d = config.embedding_size
+        self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)  # Â
+        self.user_emb = nn.Parameter(torch.empty(self.n_users, d))  # E_U
+        self.item_emb = nn.Parameter(torch.empty(self.n_items, d))  # E_I
+        self.predictor = nn.Linear(d, d)  # g
+        # h_m = F_m W_m + b_m, features fine-tuned as in the reference.
+        self.projectors = nn.ModuleDict(
+            {m: Projector(dataset.features[m], d, config.train_features) for m in self.modalities}
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Reference init: Xavier-uniform ID tables, Xavier-normal weights, default biases."""
+        nn.init.xavier_uniform_(self.user_emb)
+        nn.init.xavier_uniform_(self.item_emb)
+        self.predictor.reset_parameters()
+        nn.init.xavier_normal_(self.predictor.weight)
+        for projector in self.projectors.values():
+            projector.reset_parameters()
+            nn.init.xavier_normal_(projector.linear.weight)
+
+    def encode(self) -> torch.Tensor:
+        """``h = [h_U; h_I] = LGN(Â, [E_U; E_I], L) + [0; E_I]`` (``N x d``)."""
+        h = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_layers)
+        return torch.cat([h[: self.n_users], h[self.n_users :] + self.item_emb])
+
+    def forward(self) -> Output:
+        h = self.encode()
+        z = self.predictor(h)  # g(h): the representations that are scored
+        return Output(z[: self.n_users], z[self.n_users :], {"encoder": h})
+
+    def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        u, i = batch[0], batch[1]  # batch[2] (negatives) is not used
+        cfg = self.config
+        h = out.aux["encoder"]
+        h_u, h_i = h[: self.n_users], h[self.n_users :]
+        # Targets ĥ = Dropout_ρ(sg(h)) over whole matrices, as the reference draws them.
+        t_u = F.dropout(h_u.detach(), cfg.dropout)
+        t_i = F.dropout(h_i.detach(), cfg.dropout)
+        online_u, online_i = out.user.index_select(0, u), out.item.index_select(0, i)  # g(h)[u], g(h)[i]
+        target_u, target_i = t_u.index_select(0, u), t_i.index_select(0, i)
+        terms = {
+            "rec": (1 - F.cosine_similarity(online_u, target_i, dim=-1).mean())
+            + (1 - F.cosine_similarity(online_i, target_u, dim=-1).mean()),
+            # MMRec EmbLoss over the whole encoder output, divided by the last table's rows (n_I).
+            "reg": cfg.reg_weight * (torch.linalg.norm(h_u) + torch.linalg.norm(h_i)) / self.n_items,
+        }
+        for m, projector in self.projectors.items():
+            h_m = projector()  # whole matrix: its dropout mask is drawn like the reference's
+            target_m = F.dropout(h_m.detach(), cfg.dropout).index_select(0, i)
+            online_m = self.predictor(h_m.index_select(0, i))  # g(h_m)[i]
+            terms[f"align_{m}"] = cfg.cl_weight * (1 - F.cosine_similarity(online_m, target_i, dim=-1).mean())
+            terms[f"mask_{m}"] = cfg.cl_weight * (1 - F.cosine_similarity(online_m, target_m, dim=-1).mean())
+        return terms

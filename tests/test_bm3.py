@@ -1,0 +1,126 @@
+"""BM3 (WWW'23): dense reference, stop-gradient targets, no negatives, switches, smoke run."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from prismrec.data import load_dataset
+from prismrec.data.synthetic import write_planted_dataset
+from prismrec.experiment.config import resolve_config
+from prismrec.experiment.runs import run_experiment
+from prismrec.models import get_model
+from prismrec.train import seed_everything
+from tests.reference.bm3_ref import bm3_reference
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bm3") / "tiny"
+    return load_dataset(write_planted_dataset(folder, n_users=40, n_items=30, per_user=6, modalities={"image": 5, "text": 7}))
+
+
+def build(dataset, seed=0, **overrides):
+    cfg = resolve_config("bm3", dataset.name, overrides)
+    seed_everything(seed)
+    return get_model("bm3")(dataset, cfg.params)
+
+
+def reference_params(net) -> dict:
+    """Leaf copies of the model's parameters in the reference's layout."""
+    params = {
+        "user_emb": net.user_emb,
+        "item_emb": net.item_emb,
+        "pred_w": net.predictor.weight,
+        "pred_b": net.predictor.bias,
+    }
+    for m, projector in net.projectors.items():
+        params.update({f"feat_{m}": projector.features, f"w_{m}": projector.linear.weight, f"b_{m}": projector.linear.bias})
+    return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+
+
+BATCH = (torch.tensor([0, 3, 3, 7, 12, 39]), torch.tensor([1, 1, 4, 9, 29, 0]), torch.tensor([2, 5, 6, 8, 10, 11]))
+
+
+@pytest.mark.parametrize("n_layers, dropout, modalities", [(1, 0.5, ["text", "image"]), (2, 0.3, ["image"]), (2, 0.0, [])])
+def test_forward_loss_and_gradients_match_dense_reference(tiny, n_layers, dropout, modalities):
+    net = build(tiny, n_layers=n_layers, dropout=dropout, reg_weight=0.1, cl_weight=2.0, modalities=modalities)
+    net.train()
+    params = reference_params(net)
+    train = torch.tensor(tiny.train.toarray(), dtype=torch.float32)
+    u, i, _ = BATCH
+
+    torch.manual_seed(11)  # both draw their dropout masks from the same seeded stream
+    out = net()
+    terms = net.loss(BATCH, out)
+    torch.manual_seed(11)
+    ref = bm3_reference(train, params, modalities, u, i, n_layers, dropout, 0.1, 2.0)
+
+    close = dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.user, ref["user"], **close)  # scored rows: g(h_U), g(h_I)
+    torch.testing.assert_close(out.item, ref["item"], **close)
+    assert set(terms) == {"rec", "reg"} | {f"{k}_{m}" for m in modalities for k in ("align", "mask")}
+    torch.testing.assert_close(terms["rec"], ref["ui"] + ref["iu"], **close)
+    torch.testing.assert_close(terms["reg"], ref["reg"].reshape(()), **close)
+    for m in modalities:
+        torch.testing.assert_close(terms[f"align_{m}"], 2.0 * ref[f"align_{m}"], **close)
+        torch.testing.assert_close(terms[f"mask_{m}"], 2.0 * ref[f"mask_{m}"], **close)
+    total = sum(terms.values())
+    torch.testing.assert_close(total, ref["total"].reshape(()), **close)
+
+    # Same gradients, so the stop-gradient on every target matches the reference's no_grad.
+    total.backward()
+    ref["total"].sum().backward()
+    ours = {"user_emb": net.user_emb, "item_emb": net.item_emb, "pred_w": net.predictor.weight}
+    for m, projector in net.projectors.items():
+        ours.update({f"feat_{m}": projector.features, f"w_{m}": projector.linear.weight})
+    for name, p in ours.items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p.grad, params[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_negatives_are_ignored_and_flagged(tiny):
+    net = build(tiny)
+    assert get_model("bm3").uses_negatives is False
+    out = net()
+    torch.manual_seed(3)
+    a = net.loss(BATCH, out)
+    torch.manual_seed(3)
+    b = net.loss((BATCH[0], BATCH[1], torch.zeros(6, dtype=torch.long)), out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dropout_corrupts_targets_only_in_the_loss(tiny):
+    net = build(tiny, dropout=0.5)
+    out = net()
+    torch.manual_seed(0)
+    first = net.loss(BATCH, out)["rec"]
+    second = net.loss(BATCH, out)["rec"]
+    assert not torch.equal(first, second)  # fresh masks each call
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net().item, net().item)  # scoring is deterministic
+
+
+def test_switches_and_validation(tiny):
+    frozen = build(tiny, train_features=False)
+    assert not frozen.projectors["image"].features.requires_grad
+    assert "projectors.image.features" not in frozen.state_dict()
+    assert build(tiny).modalities == ["image", "text"]
+    plain = build(tiny, n_layers=0, modalities=[])
+    with torch.no_grad():  # L = 0: h_I = 2 E_I, h_U = E_U
+        h = plain().aux["encoder"]
+        torch.testing.assert_close(h[tiny.n_users :], 2 * plain.item_emb)
+    with pytest.raises(ValueError, match="dropout .* must be in \\[0, 1\\)"):
+        build(tiny, dropout=1.0)
+    with pytest.raises(ValueError, match="needs modality feature\\(s\\) audio"):
+        build(tiny, modalities=["audio"])
+    grids = {f.name: f.metadata.get("grid") for f in dataclasses.fields(get_model("bm3").Config)}
+    assert grids["n_layers"] == [1, 2] and grids["dropout"] == [0.3, 0.5] and grids["reg_weight"] == [0.1, 0.01]
+
+
+def test_smoke_run_trains_and_learns(tiny):
+    cfg = resolve_config("bm3", tiny.name, {"epochs": 2, "threads": 1})
+    result = run_experiment(cfg, [1], None, dataset=tiny, progress=False)
+    assert result["status"] == "ok"
+    assert 0.0 <= result["test"]["recall@20"] <= 1.0
