@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,21 @@ from tests.reference.bm3_ref import bm3_reference
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bm3") / "tiny"
-    return load_dataset(write_planted_dataset(folder, n_users=40, n_items=30, per_user=6, modalities={"image": 5, "text": 7}))
+    data = load_dataset(write_planted_dataset(folder, n_users=40, n_items=30, per_user=6, modalities={"image": 5, "text": 7}))
+    return uneven_degrees(data)
+
+
+def uneven_degrees(data):
+    """The planted users all have the same training degree; drop ``u mod 3`` of user ``u``'s
+    training items so that degree normalisations are visible in the outputs."""
+    train = data.train.tolil()
+    for u in range(data.n_users):
+        for i in train.rows[u][: u % 3]:
+            train[u, i] = 0
+    train = train.tocsr()
+    train.eliminate_zeros()
+    assert len(set(np.diff(train.indptr).tolist())) == 3
+    return dataclasses.replace(data, train=train)
 
 
 def build(dataset, seed=0, **overrides):
