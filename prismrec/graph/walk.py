@@ -18,15 +18,16 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def random_walk_adjacency(train: sp.spmatrix, self_loops: bool = False) -> sp.csr_matrix:
+def random_walk_adjacency(train: sp.spmatrix, self_loops: bool = False, normalize: bool = True) -> sp.csr_matrix:
     """``D^-1 (A + s·I)`` for ``A = [[0, R], [Rᵀ, 0]]`` and ``s = 1`` iff ``self_loops``.
 
     Args:
         train: the binary users x items training matrix ``R``.
         self_loops: add ``I`` before normalising (LATTICE) or not (MMGCN's mean aggregation).
+        normalize: ``False`` returns ``A + s·I`` itself (sum aggregation, MMGCN ``aggr = "add"``).
 
     Returns:
-        ``N x N`` float32 CSR (``N = n_U + n_I``) whose non-empty rows sum to 1.
+        ``N x N`` float32 CSR (``N = n_U + n_I``) whose non-empty rows sum to 1 when normalised.
     """
     r = sp.csr_matrix(train, dtype=np.float32)
     n_users, n_items = r.shape
@@ -35,6 +36,9 @@ def random_walk_adjacency(train: sp.spmatrix, self_loops: bool = False) -> sp.cs
     adj = sp.csr_matrix(adj, shape=(n, n))
     if self_loops:
         adj = (adj + sp.eye(n, dtype=np.float32, format="csr")).tocsr()
+    if not normalize:
+        adj.sort_indices()
+        return adj
     degree = np.asarray(adj.sum(axis=1), dtype=np.float64).ravel()
     inverse = np.zeros_like(degree)
     np.divide(1.0, degree, out=inverse, where=degree > 0)

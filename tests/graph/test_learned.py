@@ -83,3 +83,5 @@ def test_random_walk_adjacency():
     a1 = a + np.eye(5, dtype=np.float32)
     np.testing.assert_allclose(loops, a1 / a1.sum(1, keepdims=True), rtol=1e-6)
     np.testing.assert_allclose(loops.sum(1), np.ones(5), rtol=1e-6)
+    raw = random_walk_adjacency(r, normalize=False).toarray()
+    np.testing.assert_array_equal(raw, a)  # sum aggregation: A itself

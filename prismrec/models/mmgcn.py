@@ -1,0 +1,198 @@
+"""MMGCN — Wei et al., MM'19; reference code weiyinwei/MMGCN, MMRec ``mmgcn.py``; ALGORITHMS.md 3.7.
+
+Multi-modal graph convolution: **one GCN per modality** over the user–item graph, each with its
+own user preference table, so every modality learns its own view of the users; the modality
+outputs are averaged.
+
+Per modality ``m`` (``P_m ∈ R^{n_U × d'_m}`` user preferences, ``E ∈ R^{N × d}`` ID embeddings
+shared by the modalities, ``ρ`` = leaky ReLU with slope 0.01)::
+
+    X⁰     = nrm([P_m; F̃_m])              F̃_m = F_m W⁰ + b⁰ (``d_m -> d'_m``, the reference's
+                                            256-d MLP for the first modality) or F_m itself
+    Hˡ     = ρ( Agg(X^{l-1} Wˡ) )          Agg = D^-1 A (mean over neighbours) or A (sum)  — eq. 1
+    X̂ˡ     = ρ( X^{l-1} Uˡ + uˡ ) + E      the ID embedding joins every layer          — eq. 5
+    Xˡ     = ρ( Gˡ [Hˡ ; X̂ˡ] + gˡ )        (``concat = False``: ρ(Gˡ Hˡ + gˡ + X̂ˡ))
+    Z_m    = X^L                            L = 3 layers
+
+    Z = mean_m Z_m   (``combine = "sum"``: Σ_m Z_m),   ŷ_ui = z_u · z_i
+
+Loss::
+
+    L = L_BPR(Z) + λ·[ mean(E[u]², E[i]², E[j]²) + mean(P_1²) ]
+
+with the user row counted once per (positive, negative) pair, as the reference does, and ``P_1``
+the first modality's preference table (``reg_preferences = "all"`` takes every modality's).
+
+Reference-code facts kept as defaults (each a switch): the ID table ``E`` and the preference
+tables ``P_m`` are plain tensors in the reference, never handed to the optimiser, so they stay
+at their random Xavier-normal initialisation (``train_embeddings = False``); the reference's
+``concate = 'False'`` is a non-empty string, i.e. true, so layers concatenate; the layer count
+argument is ignored and three layers always run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prismrec.graph import SparseOperator
+from prismrec.graph.walk import random_walk_adjacency
+from prismrec.losses import bpr_loss
+from prismrec.models import register
+from prismrec.recommender import Output, Recommender
+
+LATENT_DIM = 256
+"""Width of the reference's feature MLP (its first, visual, modality only)."""
+
+
+@dataclass
+class MMGCNConfig:
+    modalities: list[str] | None = None
+    """Modalities, one GCN each; ``None`` = all present, canonical order."""
+    embedding_size: int = 64
+    """``d``: ID embeddings and every layer's output (reference ``dim_x``)."""
+    latent_dims: list[int] | None = None
+    """``d'_m`` per modality (in ``modalities`` order): width of the MLP ``F_m -> F̃_m``, or 0 to
+    feed the raw features. ``None`` = the reference: 256 for the first modality, raw for the
+    others."""
+    n_layers: int = 3
+    """``L``: graph convolution layers per modality (the reference always runs 3)."""
+    aggr: Literal["mean", "add"] = "mean"
+    """Neighbour aggregation of eq. 1: mean (reference ``aggr_mode``) or sum."""
+    concat: bool = True
+    """Combine ``Hˡ`` and ``X̂ˡ`` by concatenation (reference, see module docstring) or sum."""
+    has_id: bool = True
+    """Add the ID embedding ``E`` in every layer (eq. 5)."""
+    combine: Literal["mean", "sum"] = "mean"
+    """Combine the modality outputs by their mean (reference code) or sum (the paper's text)."""
+    reg_weight: float = field(default=1e-5, metadata={"grid": [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1]})
+    """``λ``; reference default 1e-5 (``weight_decay``), MMRec grid {0, 1e-5, ..., 0.1}."""
+    reg_preferences: Literal["first", "all"] = "first"
+    """Preference tables in the L2 term: the first modality's (reference) or all."""
+    train_embeddings: bool = False
+    """Train ``E`` and ``P_m`` (``True``) or keep them at their random initialisation, as the
+    reference code does (they are never given to its optimiser)."""
+
+
+class ModalityGCN(nn.Module):
+    """One modality's GCN: ``P_m``, the optional feature MLP and the ``L`` layers (eqs. 1, 5)."""
+
+    def __init__(self, features: torch.Tensor, n_users: int, d: int, latent: int, config: MMGCNConfig) -> None:
+        super().__init__()
+        self.register_buffer("features", features.detach().to(torch.float32).clone(), persistent=False)
+        width = latent or features.shape[1]                                 # d'_m
+        self.mlp = nn.Linear(features.shape[1], latent) if latent else None  # F̃_m = F_m W⁰ + b⁰
+        preference = torch.empty(n_users, width)
+        if config.train_embeddings:
+            self.preference = nn.Parameter(preference)
+        else:
+            self.register_buffer("preference", preference)
+        self.concat = config.concat
+        dims = [width] + [d] * config.n_layers
+        self.conv = nn.ParameterList(nn.Parameter(torch.empty(a, a if i == 0 else d))
+                                     for i, a in enumerate(dims[:-1]))  # Wˡ (no bias)
+        self.linear = nn.ModuleList(nn.Linear(a, d) for a in dims[:-1])    # Uˡ, uˡ
+        conv_out = [width] + [d] * (config.n_layers - 1)
+        self.gate = nn.ModuleList(                                          # Gˡ, gˡ
+            nn.Linear(c + d if self.concat else c, d) for c in conv_out
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Reference init: Xavier-normal P_m, Wˡ, Uˡ and G¹; PyTorch's default for the rest.
+        nn.init.xavier_normal_(self.preference)
+        if self.mlp is not None:
+            self.mlp.reset_parameters()
+        for layer, (w, lin, gate) in enumerate(zip(self.conv, self.linear, self.gate)):
+            nn.init.xavier_normal_(w)
+            lin.reset_parameters()
+            nn.init.xavier_normal_(lin.weight)
+            gate.reset_parameters()
+            if layer == 0:
+                nn.init.xavier_normal_(gate.weight)
+
+    def forward(self, graph: SparseOperator, ids: torch.Tensor | None) -> torch.Tensor:
+        """``Z_m = X^L`` (``N x d``, users first) for the aggregation ``graph``."""
+        items = self.mlp(self.features) if self.mlp is not None else self.features
+        x = F.normalize(torch.cat([self.preference, items]), dim=1)        # X⁰
+        for w, lin, gate in zip(self.conv, self.linear, self.gate):
+            h = F.leaky_relu(graph @ (x @ w))                               # Hˡ  (eq. 1)
+            x_hat = F.leaky_relu(lin(x))                                    # X̂ˡ  (eq. 5)
+            if ids is not None:
+                x_hat = x_hat + ids
+            if self.concat:
+                x = F.leaky_relu(gate(torch.cat([h, x_hat], dim=1)))        # Xˡ
+            else:
+                x = F.leaky_relu(gate(h) + x_hat)
+        return x
+
+
+@register
+class MMGCN(Recommender):
+    """MMGCN; ``out.aux["modality_<m>"]`` holds each modality's ``Z_m`` in evaluation."""
+
+    name = "mmgcn"
+    Config = MMGCNConfig
+
+    def __init__(self, dataset, config: MMGCNConfig) -> None:
+        super().__init__(dataset, config)
+        self.require_at_least(config, embedding_size=1, n_layers=1)
+        for key, allowed in (("aggr", ("mean", "add")), ("combine", ("mean", "sum")),
+                             ("reg_preferences", ("first", "all"))):
+            if getattr(config, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(config, key)!r}")
+        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
+        n = len(self.modalities)
+        latent = config.latent_dims if config.latent_dims is not None else [LATENT_DIM] + [0] * (n - 1)
+        if len(latent) != n or any(int(x) < 0 for x in latent):
+            raise ValueError(
+                f"latent_dims needs one non-negative width per modality ({', '.join(self.modalities)}), "
+                f"0 for raw features; got {latent}"
+            )
+        d = config.embedding_size
+        graph = random_walk_adjacency(dataset.train, normalize=config.aggr == "mean")
+        self.adjacency = SparseOperator(graph, symmetric=config.aggr == "add")
+        ids = torch.empty(self.n_users + self.n_items, d)                    # E (users first)
+        if config.train_embeddings:
+            self.id_emb = nn.Parameter(ids)
+        else:
+            self.register_buffer("id_emb", ids)
+        self.gcns = nn.ModuleDict({
+            m: ModalityGCN(dataset.features[m], self.n_users, d, int(width), config)
+            for m, width in zip(self.modalities, latent)
+        })
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_normal_(self.id_emb)
+        for gcn in self.gcns.values():
+            gcn.reset_parameters()
+
+    def forward(self) -> Output:
+        ids = self.id_emb if self.config.has_id else None
+        views = {m: gcn(self.adjacency, ids) for m, gcn in self.gcns.items()}
+        z = torch.stack(list(views.values())).sum(0)
+        if self.config.combine == "mean":
+            z = z / len(views)
+        out = Output(z[: self.n_users], z[self.n_users :])
+        if not self.training:
+            out.aux.update({f"modality_{m}": v for m, v in views.items()})
+        return out
+
+    def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        u, i, j = batch
+        zu, zi, zj = out.bpr_rows(batch)
+        e_u = self.id_emb.index_select(0, u)
+        e_ij = self.id_emb.index_select(0, torch.cat([i, j]) + self.n_users)
+        # mean over the 2B (user, item) rows of E[user]² + E[item]²: each user row counts twice
+        reg = e_u.square().mean() + e_ij.square().mean()
+        tables = list(self.gcns.values())
+        if self.config.reg_preferences == "first":
+            tables = tables[:1]
+        for gcn in tables:
+            reg = reg + gcn.preference.square().mean()
+        return {"bpr": bpr_loss(zu, zi, zj), "reg": self.config.reg_weight * reg}
