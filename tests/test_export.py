@@ -83,6 +83,15 @@ def test_mismatched_train_split_is_an_error(freedom_run, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _rehash(run):
+    """Record the current files in the FINISHED marker (a consistent directory, edited on purpose)."""
+    import hashlib
+
+    marker = json.loads((run / "FINISHED").read_text())
+    marker["files"] = {name: hashlib.sha256((run / name).read_bytes()).hexdigest() for name in marker["files"]}
+    (run / "FINISHED").write_text(json.dumps(marker))
+
+
 def test_tampered_fingerprint_and_failed_run(freedom_run, planted_dir, tmp_path):
     run, _ = freedom_run
     copy = tmp_path / "copy"
@@ -90,9 +99,15 @@ def test_tampered_fingerprint_and_failed_run(freedom_run, planted_dir, tmp_path)
     config = yaml.safe_load((copy / "config.yaml").read_text())
     config["protocol"]["split_fingerprints"]["train"] = "0123456789abcdef"
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    # An edited config.yaml beside the old model is a mixed run ...
+    with pytest.raises(RunError, match="config.yaml changed after the run finished.*--overwrite"):
+        export_representations(copy, data_dir=planted_dir.parent)
+    # ... and a consistent directory whose recorded train split differs is refused too.
+    _rehash(copy)
     with pytest.raises(RunError, match="fingerprint 0123456789abcdef"):
         export_representations(copy, data_dir=planted_dir.parent)
     (copy / "metrics.json").write_text(json.dumps({"status": "failed", "error": "NaN"}))
+    _rehash(copy)
     with pytest.raises(RunError, match="did not finish"):
         export_representations(copy, data_dir=planted_dir.parent)
     with pytest.raises(RunError, match="not a finished run directory"):
@@ -157,12 +172,8 @@ def test_cli_evaluate(freedom_run, planted_dir):
 
 
 def test_finished_runs_orders_seed_folders_numerically(tmp_path):
-    from prismrec.experiment.export import finished_runs
+    from prismrec.experiment.rundir import RunDir
 
     for name in ("seed-1000", "seed-999", "seed-2", "seed-x", "seed-5"):
         (tmp_path / name).mkdir()
-        if name != "seed-5":  # no model: not finished
-            (tmp_path / name / "model.pt").write_bytes(b"")
-    assert [p.name for p in finished_runs(tmp_path)] == ["seed-2", "seed-999", "seed-1000", "seed-x"]
-    (tmp_path / "model.pt").write_bytes(b"")
-    assert finished_runs(tmp_path) == [tmp_path]
+    assert [d.path.name for d in RunDir(tmp_path).seed_dirs()] == ["seed-2", "seed-5", "seed-999", "seed-1000", "seed-x"]

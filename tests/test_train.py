@@ -103,7 +103,8 @@ def test_run_directory_contents(planted, tmp_path):
     assert saved["std"]["test"]["recall@20"] == pytest.approx(np.std(per, ddof=1))
     for seed in (1, 2):
         sub = tmp_path / f"seed-{seed}"
-        assert {p.name for p in sub.iterdir()} == {"config.yaml", "metrics.json", "history.csv", "model.pt"}
+        assert {p.name for p in sub.iterdir()} == {"config.yaml", "metrics.json", "history.csv", "model.pt",
+                                                   "timing.json", "FINISHED"}
         state = torch.load(sub / "model.pt")
         assert set(state) == {"user_emb", "item_emb"}
     assert metrics["test"] == saved["test"]

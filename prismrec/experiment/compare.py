@@ -1,11 +1,14 @@
 """The comparison runner: every model x dataset x seed, resumable, summarised honestly.
 
-Each cell (dataset, model, seed) is trained in its own subprocess (``prismrec train``), so a crash
-cannot take the sweep down and each cell's peak memory is its own. A cell whose ``metrics.json``
-says ``ok`` for the same resolved configuration is skipped, so an interrupted sweep resumes where
-it stopped. Results: ``results.json`` (per-seed metrics, mean, sample std, epochs, median seconds
-per training epoch and per evaluation, peak RSS) and ``results.md`` (test R@10/20, N@10/20 as
-mean ± std).
+Every model name, dataset and setting is checked before anything is trained. Each cell (dataset,
+model, seed) is then trained in its own subprocess (``prismrec train``), so a crash cannot take
+the sweep down and each cell's peak memory is its own. Each cell is a run directory
+(:mod:`prismrec.experiment.rundir`): a finished cell with the same resolved configuration is
+skipped, and a killed cell resumes from its last training checkpoint, so an interrupted sweep
+resumes where it stopped, mid-training. A cell holding another configuration is retrained.
+Results: ``results.json`` (per-seed metrics, mean, sample std, epochs, and from each cell's
+``timing.json`` median seconds per training epoch and per evaluation, peak RSS) and
+``results.md`` (test R@10/20, N@10/20 as mean ± std).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from prismrec.data.dataset import find_dataset
+from prismrec.errors import ConfigError, RunError
 from prismrec.experiment.config import resolve_config
+from prismrec.experiment.rundir import RunDir, run_digest
 from prismrec.experiment.runs import aggregate
 
 DEFAULT_SEEDS = (999, 1000, 1001, 1002, 1003)
@@ -49,31 +53,62 @@ def model_overrides(overrides: dict[str, Any], model: str, models: list[str]) ->
         if not dot:
             out[key] = value
         elif scope not in models:
-            raise ValueError(f"--set {key}: {scope!r} is not one of the compared models {models}")
+            raise ConfigError(f"--set {key}: {scope!r} is not one of the compared models {models}")
         elif scope == model:
             out[name] = value
     return out
 
 
 def _cell_done(cell: Path, digest: str) -> dict | None:
-    """The cell's metrics if it finished with the same configuration, else None.
+    """The cell's metrics if it finished (a verified run directory) with the same configuration,
+    else None.
 
     The recorded settings are resolved again with today's code, so a setting added since (which
     takes its default, i.e. the old behaviour) does not invalidate finished cells.
     """
-    metrics_path, config_path = cell / "metrics.json", cell / "config.yaml"
-    if not (metrics_path.is_file() and config_path.is_file()):
-        return None
-    metrics = json.loads(metrics_path.read_text())
-    recorded = yaml.safe_load(config_path.read_text()) or {}
-    if metrics.get("status") != "ok":
+    run = RunDir(cell)
+    if not run.is_finished():
         return None
     try:
+        metrics, recorded = run.read_metrics(), run.read_config()
         settings = {**(recorded.get("train") or {}), **(recorded.get("params") or {})}
         same = resolve_config(recorded["model"], recorded["dataset"], settings).digest() == digest
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, RunError):
         return None
-    return metrics if same else None
+    if metrics.get("status") != "ok" or not same:
+        return None
+    return {**metrics, "timing": run.read_timing()}
+
+
+def _clear_other_run(cell: Path, identity_digest: str, seed: int, log) -> None:
+    """Remove a cell's run files unless they are this cell's run (finished or resumable)."""
+    run = RunDir(cell)
+    state = run.state()
+    if state.kind in ("absent", "empty"):
+        return
+    ident = state.identity or {}
+    if state.kind in ("running", "failed") and ident.get("config_digest") == identity_digest \
+            and ident.get("seed") == seed:
+        return  # the same run: training resumes it (or retries it, if it failed)
+    log(f"[compare] {cell} holds another configuration ({state.kind}): retraining it")
+    run.clear()
+
+
+def check_inputs(models: list[str], datasets: list[str], seeds: list[int],
+                 overrides: dict[str, Any], data_dir: str | None) -> dict[tuple[str, str], Any]:
+    """Resolve every (dataset, model) configuration and find every dataset before any training;
+    return the configurations. Raises a :class:`~prismrec.errors.PrismrecError` naming the first
+    bad model, dataset or setting."""
+    if not models or not datasets or not seeds:
+        raise ConfigError("compare needs at least one model, one dataset and one seed")
+    for name, values in (("model", models), ("dataset", datasets), ("seed", seeds)):
+        twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if twice:
+            raise ConfigError(f"{name} {', '.join(map(str, twice))} given twice: list each once")
+    for dataset in datasets:
+        find_dataset(dataset, data_dir)
+    return {(dataset, model): resolve_config(model, dataset, model_overrides(overrides, model, models))
+            for dataset in datasets for model in models}
 
 
 def run_compare(
@@ -88,16 +123,22 @@ def run_compare(
 ) -> dict:
     """Train every cell that is not already done, then write ``results.json`` / ``results.md``.
 
-    ``train=False`` only summarises the finished cells (missing ones are listed as not run).
+    Every model, dataset and setting is validated first (:func:`check_inputs`). ``train=False``
+    only summarises the finished cells (missing ones are listed as not run).
     """
     overrides = overrides or {}
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"--out {out_dir} is a file: give a folder for the comparison")
+    configs = check_inputs(models, datasets, seeds, overrides, data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"models": models, "datasets": datasets, "seeds": seeds, "overrides": overrides, "cells": {}}
     failures = []
     for dataset in datasets:
         for model in models:
             settings = model_overrides(overrides, model, models)
-            digest = resolve_config(model, dataset, settings).digest()
+            config = configs[(dataset, model)]
+            digest, identity_digest = config.digest(), run_digest(config)
             per_seed, failed = {}, {}
             for seed in seeds:
                 cell = out_dir / dataset / model / f"seed-{seed}"
@@ -107,7 +148,10 @@ def run_compare(
                     log(f"[compare] {dataset} / {model} / seed {seed}: not run")
                     continue
                 if done is None:
-                    log(f"[compare] {dataset} / {model} / seed {seed}: training")
+                    _clear_other_run(cell, identity_digest, seed, log)
+                    resuming = RunDir(cell).state().kind == "running"
+                    log(f"[compare] {dataset} / {model} / seed {seed}: "
+                        + ("resuming" if resuming else "training"))
                     cmd = [sys.executable, "-m", "prismrec", "train", "--model", model,
                            "--dataset", dataset, "--seeds", str(seed), "--out", str(cell),
                            "--quiet"]
@@ -137,14 +181,17 @@ def _summarise(per_seed: dict[int, dict], failed: dict, digest: str) -> dict:
     cell: dict = {"config_digest": digest, "failed": failed, "per_seed": {}}
     if not per_seed:
         return cell
-    keep = ("valid", "test", "best_epoch", "epochs", "seconds", "median_train_s", "median_eval_s", "peak_rss_mb")
-    cell["per_seed"] = {str(s): {k: m[k] for k in keep} for s, m in per_seed.items()}
+    keep = ("valid", "test", "best_epoch", "epochs")
+    timed = ("seconds", "median_train_s", "median_eval_s", "peak_rss_mb")  # from timing.json
+    cell["per_seed"] = {str(s): {k: m[k] for k in keep} | {k: m["timing"].get(k) for k in timed}
+                        for s, m in per_seed.items()}
     cell.update(aggregate(per_seed))
     runs = list(per_seed.values())
     cell["epochs"] = [m["epochs"] for m in runs]
-    cell["median_train_s"] = statistics.median(m["median_train_s"] for m in runs)
-    cell["median_eval_s"] = statistics.median(m["median_eval_s"] for m in runs)
-    cell["peak_rss_mb"] = max(m["peak_rss_mb"] for m in runs)
+    for key, combine in (("median_train_s", statistics.median), ("median_eval_s", statistics.median),
+                         ("peak_rss_mb", max)):
+        values = [m["timing"][key] for m in runs if m["timing"].get(key) is not None]
+        cell[key] = combine(values) if values else None
     return cell
 
 
@@ -175,8 +222,12 @@ def render_markdown(results: dict) -> str:
             metrics = [f"{mean[m]:.4f} ± {std[m]:.4f}" for m in TABLE_METRICS]
             lines.append(
                 f"| {model} | {len(cell['per_seed'])} | " + " | ".join(metrics)
-                + f" | {statistics.fmean(cell['epochs']):.0f} | {cell['median_train_s']:.3f} | "
-                f"{cell['median_eval_s']:.3f} | {cell['peak_rss_mb']:.0f} |"
+                + f" | {statistics.fmean(cell['epochs']):.0f} | {_num(cell['median_train_s'], '.3f')} | "
+                f"{_num(cell['median_eval_s'], '.3f')} | {_num(cell['peak_rss_mb'], '.0f')} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _num(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

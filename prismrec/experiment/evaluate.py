@@ -7,10 +7,11 @@ This is analysis of a finished run, never model selection.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from prismrec.errors import ConfigError
 from prismrec.eval import Evaluator, popularity_groups
+from prismrec.experiment.rundir import write_json
 
 GROUPINGS = ("none", "popularity")
 
@@ -30,11 +31,12 @@ def evaluate_run(
     ``grouping="popularity"``: ``tail`` = the least popular ``tail_share`` of items by training
     degree, ``head`` the rest; each group's metrics count only its items' positives (all items
     are ranked) over the users with at least one of them. ``"none"``: only ``all``.
+    Only a finished, self-consistent run is evaluated (else :class:`~prismrec.errors.RunError`).
     """
     from prismrec.experiment.export import load_run
 
     if grouping not in GROUPINGS:
-        raise ValueError(f"grouping must be one of {list(GROUPINGS)}, got {grouping!r}")
+        raise ConfigError(f"grouping must be one of {list(GROUPINGS)}, got {grouping!r}")
     run = load_run(run_dir, data_dir, datasets)
     evaluator = Evaluator(run.dataset, ks=ks, mask_valid_at_test=mask_valid_at_test)
     out = run.model()
@@ -45,5 +47,5 @@ def evaluate_run(
     result["meta"] = {"run": str(run_dir), "model": run.config.model, "dataset": run.config.dataset,
                       "split": split, "grouping": grouping, "tail_share": tail_share,
                       "mask_valid_at_test": mask_valid_at_test}
-    Path(run_dir, f"evaluation-{split}.json").write_text(json.dumps(result, indent=2))
+    write_json(Path(run_dir, f"evaluation-{split}.json"), result)
     return result

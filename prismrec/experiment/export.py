@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from prismrec.data import Dataset, load_dataset
 from prismrec.errors import RunError
 from prismrec.experiment.config import ExperimentConfig, resolve_config
-from prismrec.models import get_model
+from prismrec.experiment.rundir import CONFIG, MODEL, RunDir, load_weights
+from prismrec.experiment.stages import build_model
 from prismrec.recommender import Output, Recommender
 
 FORMAT = "prismrec.representations/1"
@@ -66,19 +66,22 @@ def export_representations(
 
     Args:
         run_dir: a finished single-seed run directory (``config.yaml``, ``metrics.json``,
-            ``model.pt``), or a multi-seed one whose ``seed-<s>/`` subdirectories are such runs
+            ``model.pt``, ``FINISHED``), or a finished multi-seed one whose ``seed-<s>/`` subdirectories are such runs
             (each is exported into ``<out_dir>/seed-<s>/``).
         out_dir: destination; default ``<run_dir>/export``.
         data_dir: data directory used to find the run's dataset by name (default as
             :func:`prismrec.data.load_dataset`: ``$PRISMREC_DATA``, then ``../shared/data``).
 
     Raises:
-        RunError: missing or failed run, settings that no longer resolve, weights that do not
+        RunError: missing, unfinished (a multi-seed run lists its unfinished seeds), failed or
+            mixed run, settings that no longer resolve, weights that do not
             fit the rebuilt model, or a train split whose fingerprint differs from the recorded one.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise RunError(f"--out {out_dir} is a file: give a folder for the exported arrays")
     out = Path(out_dir) if out_dir is not None else run_dir / "export"
     seed_dirs = finished_runs(run_dir)
     if seed_dirs == [run_dir]:
@@ -96,42 +99,35 @@ def export_representations(
 
 
 def finished_runs(run_dir: Path) -> list[Path]:
-    """``[run_dir]`` for a single-seed run, else its ``seed-<s>/`` runs that hold a model, by seed."""
-    if (run_dir / "model.pt").is_file():
-        return [run_dir]
-    seed_dirs = sorted(
-        (p for p in run_dir.glob("seed-*") if (p / "model.pt").is_file()),
-        key=lambda p: (not p.name[5:].isdigit(), int(p.name[5:]) if p.name[5:].isdigit() else 0, p.name),
-    )
-    if not seed_dirs:
-        raise RunError(
-            f"{run_dir} holds no model.pt and no seed-<s>/model.pt: it is not a finished run "
-            "directory of `prismrec train`"
-        )
-    return seed_dirs
+    """``[run_dir]`` for a finished single-seed run, else the ``seed-<s>/`` runs of a finished
+    multi-seed run, by seed. Anything unfinished is a :class:`RunError` that says what is wrong
+    (for a multi-seed run: which seeds are unfinished), so no caller uses a subset of the seeds."""
+    return [r.path for r in RunDir(run_dir).finished_runs()]
 
 
 def load_run(run_dir: str | Path, data_dir=None, datasets: dict | None = None) -> LoadedRun:
     """Rebuild a finished single-seed run: its config, dataset (train split checked against the
     recorded fingerprint) and model with the best-validation weights, in eval mode.
 
-    Raises :class:`RunError` for a missing or failed run, settings that no longer resolve,
-    weights that do not fit, or a different train split.
+    Only a finished, self-consistent run directory is accepted (see
+    :meth:`prismrec.experiment.rundir.RunDir.verify`). Raises :class:`RunError` for a missing,
+    unfinished (killed), failed or mixed run, a broken ``config.yaml``, a missing or unloadable
+    ``model.pt``, settings that no longer resolve, weights that do not fit, or a different train
+    split.
     """
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     datasets = {} if datasets is None else datasets
-    config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
-    seed_dirs = sorted(p.name for p in run_dir.glob("seed-*") if p.is_dir())
-    if seed_dirs and not (run_dir / "model.pt").exists():
+    seed_dirs = [d.path.name for d in run.seed_dirs()]
+    if run_dir.is_dir() and seed_dirs and not (run_dir / MODEL).exists():
         raise RunError(
             f"{run_dir} is a multi-seed run: pass one of its seed directories "
             f"({', '.join(seed_dirs)})"
         )
-    for path in (config_path, metrics_path):
-        if not path.is_file():
-            raise RunError(f"{path} is missing: {run_dir} is not a finished run directory")
-    recorded = yaml.safe_load(config_path.read_text()) or {}
-    metrics = json.loads(metrics_path.read_text())
+    run.verify()
+    config_path = run_dir / CONFIG
+    recorded = run.read_config()
+    metrics = run.read_metrics()
     if metrics.get("status") != "ok":
         raise RunError(
             f"run {run_dir} did not finish (metrics.json status {metrics.get('status')!r}: "
@@ -167,7 +163,7 @@ def load_run(run_dir: str | Path, data_dir=None, datasets: dict | None = None) -
             stacklevel=3,
         )
 
-    model = _load_model(config, dataset, run_dir / "model.pt")
+    model = _load_model(config, dataset, run_dir / MODEL)
     model.eval()
     return LoadedRun(run_dir, config, dataset, model, metrics, recorded_digest, actual)
 
@@ -213,9 +209,12 @@ def _rebuild_config(recorded: dict, path: Path) -> ExperimentConfig:
         model, dataset = recorded["model"], recorded["dataset"]
     except KeyError as exc:
         raise RunError(f"{path} has no {exc.args[0]!r} entry: not a run config") from None
-    settings = {**(recorded.get("train") or {}), **(recorded.get("params") or {})}
+    sections = [recorded.get(name) or {} for name in ("train", "params")]
+    if not all(isinstance(section, dict) for section in sections):
+        raise RunError(f"{path}: 'train' and 'params' must be mappings of settings; the file is damaged")
+    settings = {**sections[0], **sections[1]}
     try:
-        return resolve_config(model, str(dataset), settings)
+        return resolve_config(str(model), str(dataset), settings)
     except (KeyError, ValueError, TypeError) as exc:
         raise RunError(
             f"{path}: the recorded settings no longer resolve for model {model!r} ({exc}); "
@@ -225,10 +224,12 @@ def _rebuild_config(recorded: dict, path: Path) -> ExperimentConfig:
 
 def _load_model(config: ExperimentConfig, dataset: Dataset, weights: Path) -> Recommender:
     """Rebuild the model (seeded, on CPU, without touching the caller's RNG) and load ``weights``."""
+    state = load_weights(weights)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RunError(f"{weights} is not a state dict of tensors: it was not written by prismrec")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
-        model = get_model(config.model)(dataset, config.params)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+        model = build_model(config, dataset)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -1,35 +1,38 @@
-"""Run directories: train a configured model over one or more seeds and record everything.
+"""Train a configured model over one or more seeds, crash-safe and resumable, and record it.
 
-A single-seed run writes into its directory::
-
-    config.yaml    fully resolved settings + protocol (split fingerprints, masking, seed)
-    metrics.json   {"valid": {...}, "test": {...}, "best_epoch", "epochs", "seconds", ...}
-    history.csv    one row per epoch: each loss term, valid metrics, timings
-    model.pt       the best-validation state dict
-
-With several seeds each seed gets ``seed-<s>/`` with those files, and the top level holds the
-config and an aggregated ``metrics.json`` (per-seed entries, ``mean``, sample ``std``).
+The run directory's layout and protocol belong to :mod:`prismrec.experiment.rundir`: a run
+writes ``RUNNING`` first, checkpoints every epoch (or every ``checkpoint_every_s`` seconds),
+writes ``model.pt`` / ``metrics.json`` atomically and the ``FINISHED`` marker last. Rerunning
+the same command into the directory resumes a killed run from its last checkpoint (with a
+bit-identical result on CPU), says "nothing to do" for a finished one, and refuses another
+configuration unless told to overwrite. With several seeds each seed gets ``seed-<s>/``, and the
+top level holds the config and the aggregated ``metrics.json`` (per-seed entries, ``mean``,
+sample ``std``).
 """
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import sys
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
 import torch
-import yaml
 
 from prismrec.data import Dataset, load_dataset
 from prismrec.eval import Evaluator
 from prismrec.experiment.config import ExperimentConfig
+from prismrec.experiment.rundir import RunDir, run_digest
 from prismrec.experiment.stages import build_model
 from prismrec.train.allocator import keep_freed_memory
 from prismrec.train.trainer import TrainingDiverged, fit, seed_everything
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def peak_rss_mb() -> float:
@@ -51,11 +54,32 @@ def protocol(config: ExperimentConfig, dataset: Dataset) -> dict:
     }
 
 
-def write_config(config: ExperimentConfig, dataset: Dataset, path: Path, seeds: list[int]) -> None:
+def config_record(config: ExperimentConfig, dataset: Dataset, seeds: list[int]) -> dict:
+    """What ``config.yaml`` holds: the resolved settings, the seeds and the protocol."""
     data = config.to_dict()
     data["seeds"] = seeds
     data["protocol"] = protocol(config, dataset)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return data
+
+
+def identity(config: ExperimentConfig, dataset: Dataset, seeds: list[int], evaluate_test: bool) -> dict:
+    """A run directory's identity: settings (seed-free digest), seed(s), train split, test or not.
+
+    A rerun into the directory continues it only when all of these are the same."""
+    out: dict = {"config_digest": run_digest(config)}
+    if len(seeds) > 1:
+        out["seeds"] = [int(s) for s in seeds]
+    else:
+        out["seed"] = int(seeds[0])
+    out["train_fingerprint"] = dataset.fingerprint("train")
+    out["evaluate_test"] = bool(evaluate_test)
+    return out
+
+
+def _returned(metrics: dict, timing: dict) -> dict:
+    """What :func:`run_experiment` returns: ``metrics.json`` plus ``timing`` (``timing.json``) and
+    its total ``seconds`` (kept for callers; neither is in ``metrics.json``)."""
+    return {**metrics, "timing": timing, "seconds": timing.get("seconds")}
 
 
 def train_one_seed(
@@ -65,14 +89,36 @@ def train_one_seed(
     progress: bool = True,
     evaluate_test: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
-) -> dict:
-    """Train with ``config.train.seed``, evaluate test once, write the run files; return metrics.
+    overwrite: bool = False,
+    keep_checkpoints: bool = False,
+    log: Log = _stderr,
+) -> tuple[dict, dict]:
+    """Train with ``config.train.seed``, evaluate test once, write the run files; return
+    ``(metrics, timing)``.
 
-    ``evaluate_test=False`` never reads the test split (e.g. a nested pretraining run whose
-    output feeds another model): ``metrics["test"]`` is then ``None``. ``on_epoch_end`` sees
-    every epoch's history row (e.g. to prune a search trial by raising).
+    With ``out_dir``: a finished run of the same identity is read back (nothing trained); an
+    unfinished one resumes from its checkpoint; another run there is a :class:`RunError` unless
+    ``overwrite``. ``evaluate_test=False`` never reads the test split (``metrics["test"]`` is
+    None). ``on_epoch_end`` sees every epoch's history row trained in this call.
     """
     cfg = config.train
+    run = RunDir(out_dir) if out_dir is not None else None
+    ident = identity(config, dataset, [cfg.seed], evaluate_test)
+    resume = None
+    if run is not None:
+        action = run.prepare(ident, overwrite)
+        if action == "finished":
+            log(f"{run.path}: finished with the same configuration and seed, nothing to do "
+                "(--overwrite retrains it)")
+            return run.read_metrics(), run.read_timing()
+        if action == "resume":
+            resume = run.load_checkpoint()
+            if resume is not None and resume.get("identity") != ident:
+                log(f"{run.path}: the checkpoint belongs to another run; starting from epoch 0")
+                resume = None
+            log(f"{run.path}: resuming from the checkpoint after epoch {resume['epoch'] - 1}"
+                if resume is not None else f"{run.path}: unfinished run without a checkpoint; "
+                "starting from epoch 0")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -80,28 +126,30 @@ def train_one_seed(
     evaluator = Evaluator(
         dataset, ks=cfg.topk, batch_size=cfg.eval_batch_size, mask_valid_at_test=cfg.mask_valid_at_test
     )
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_config(config, dataset, out_dir / "config.yaml", [cfg.seed])
-    history_path = out_dir / "history.csv" if out_dir is not None else None
+    history = list(resume["history"]) if resume is not None else []
+    if run is not None:
+        run.write_config(config_record(config, dataset, [cfg.seed]))
+        run.write_history(history)  # drops rows of epochs after the checkpoint (they are redone)
 
     def epoch_end(row: dict) -> None:  # history written every epoch, so a killed run keeps its log
-        if history_path is not None:
-            first = row["epoch"] == 0
-            pd.DataFrame([row]).to_csv(history_path, mode="w" if first else "a", header=first, index=False)
+        history.append(row)
+        if run is not None:
+            run.write_history(history)
         if on_epoch_end is not None:
             on_epoch_end(row)
 
+    def checkpoint(state: dict) -> None:
+        run.save_checkpoint({**state, "identity": ident})
+
     try:
-        result = fit(model, dataset, cfg, evaluator=evaluator, progress=progress, on_epoch_end=epoch_end)
+        result = fit(model, dataset, cfg, evaluator=evaluator, progress=progress, on_epoch_end=epoch_end,
+                     resume=resume, checkpoint=checkpoint if run is not None else None)
     except TrainingDiverged as exc:
-        if out_dir is not None:
-            failed = {"status": "failed", "error": str(exc), "seed": cfg.seed}
-            (out_dir / "metrics.json").write_text(json.dumps(failed, indent=2))
+        if run is not None:
+            run.fail(str(exc))
         raise
     # The only time the test split is read (and never when evaluate_test is False).
     test = evaluator.evaluate(model, "test") if evaluate_test else None
-    history = pd.DataFrame(result.history)
     metrics = {
         "status": "ok",
         "seed": cfg.seed,
@@ -109,18 +157,19 @@ def train_one_seed(
         "test": _strip(test) if test is not None else None,
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
-        "seconds": round(result.seconds, 3),
         "stop_reason": result.stop_reason,
-        "median_train_s": float(history["train_s"].median()),
-        "median_eval_s": float(history["eval_s"].median()),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
         "users_evaluated": {"valid": result.best_valid.get("users"), "test": test.get("users") if test is not None else None},
     }
-    if out_dir is not None:
-        history.to_csv(history_path, index=False)
-        torch.save(model.state_dict(), out_dir / "model.pt")
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    timing = {
+        "seconds": round(result.seconds, 3),
+        "median_train_s": float(statistics.median(r["train_s"] for r in result.history)),
+        "median_eval_s": float(statistics.median(r["eval_s"] for r in result.history)),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "resumed_at_epoch": resume["epoch"] if resume is not None else None,
+    }
+    if run is not None:
+        run.finish(metrics, timing, model.state_dict(), keep_checkpoint=keep_checkpoints)
+    return metrics, timing
 
 
 def _strip(metrics: dict) -> dict:
@@ -150,25 +199,63 @@ def run_experiment(
     progress: bool = True,
     evaluate_test: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
+    overwrite: bool = False,
+    keep_checkpoints: bool = False,
+    log: Log | None = None,
 ) -> dict:
     """Train ``config`` once per seed; return (and write) the metrics, aggregated over seeds.
 
-    ``evaluate_test=False``: the test split is never read and every ``"test"`` entry is ``None``.
-    ``on_epoch_end``: called with every epoch's history row (of every seed).
+    Args:
+        out_dir: the run directory (None: nothing is written). Rerunning into it resumes a
+            killed run from its last checkpoint, returns the recorded metrics of a finished run
+            with the same settings, seeds and data ("nothing to do"), and raises
+            :class:`~prismrec.errors.RunError` naming ``--overwrite`` when it holds another run
+            (or is a file).
+        overwrite: replace whatever run ``out_dir`` holds (only the run's own files are removed).
+        keep_checkpoints: keep ``checkpoint.pt`` of each finished run (default: removed).
+        evaluate_test: ``False``: the test split is never read and every ``"test"`` is ``None``.
+        on_epoch_end: called with every epoch's history row (of every seed).
+        log: where progress notes go (resume, nothing to do); default stderr.
+
+    Returns the ``metrics.json`` content, plus ``timing`` (``timing.json``: machine-dependent
+    seconds and memory) and its total ``seconds``.
     """
     if not seeds:
         raise ValueError("at least one seed is needed")
+    log = log or _stderr
     keep_freed_memory()
     out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None:
+        RunDir(out_dir).state()  # an --out that is a file fails before the data is loaded
     dataset = dataset or load_dataset(config.dataset, data_dir)
+    kw = dict(progress=progress, evaluate_test=evaluate_test, on_epoch_end=on_epoch_end,
+              keep_checkpoints=keep_checkpoints, log=log)
     if len(seeds) == 1:
         config.train.seed = seeds[0]
-        return train_one_seed(config, dataset, out_dir, progress, evaluate_test, on_epoch_end)
-    per_seed = {}
+        return _returned(*train_one_seed(config, dataset, out_dir, overwrite=overwrite, **kw))
+    parent = RunDir(out_dir) if out_dir is not None else None
+    if parent is not None:
+        action = parent.prepare(identity(config, dataset, seeds, evaluate_test), overwrite)
+        if action == "finished":
+            log(f"{parent.path}: finished with the same configuration and seeds, nothing to do "
+                "(--overwrite retrains it)")
+            return _returned(parent.read_metrics(), parent.read_timing())
+        config.train.seed = seeds[0]
+        parent.write_config(config_record(config, dataset, seeds))
+    per_seed, timings, states = {}, {}, {str(s): "pending" for s in seeds}
     for seed in seeds:
         config.train.seed = seed
-        sub = out_dir / f"seed-{seed}" if out_dir is not None else None
-        per_seed[seed] = train_one_seed(config, dataset, sub, progress, evaluate_test, on_epoch_end)
+        sub = parent.seed(seed).path if parent is not None else None
+        if parent is not None:
+            parent.update_running(seeds=states | {str(seed): "training"})
+        try:
+            per_seed[seed], timings[seed] = train_one_seed(config, dataset, sub, **kw)
+        except TrainingDiverged:
+            if parent is not None:
+                parent.update_running(seeds=states | {str(seed): "failed"})
+            raise
+        states[str(seed)] = "finished"
+    config.train.seed = seeds[0]
     summary = aggregate(per_seed)
     metrics = {
         "status": "ok",
@@ -179,11 +266,12 @@ def run_experiment(
         "std": summary["std"],
         "best_epoch": [m["best_epoch"] for m in per_seed.values()],
         "epochs": [m["epochs"] for m in per_seed.values()],
-        "seconds": round(sum(m["seconds"] for m in per_seed.values()), 3),
         "per_seed": {str(s): m for s, m in per_seed.items()},
     }
-    if out_dir is not None:
-        config.train.seed = seeds[0]
-        write_config(config, dataset, out_dir / "config.yaml", seeds)
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    timing = {
+        "seconds": round(sum(t.get("seconds") or 0.0 for t in timings.values()), 3),
+        "per_seed": {str(s): t for s, t in timings.items()},
+    }
+    if parent is not None:
+        parent.finish(metrics, timing)
+    return _returned(metrics, timing)

@@ -15,12 +15,16 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from prismrec.errors import ConfigError, RunError
 from prismrec.eval import Evaluator
 
 
 def per_user_metric(run_dir: str | Path, metric: str, split: str, data_dir=None, datasets=None):
     """``(users, values, description)``: each evaluated user's ``metric`` averaged over the
-    run's seeds (a single-seed run folder, or a multi-seed one with ``seed-<s>/`` folders)."""
+    run's seeds (a single-seed run folder, or a multi-seed one with ``seed-<s>/`` folders).
+
+    A multi-seed run must be finished: one with unfinished seeds is a :class:`RunError` listing
+    them (a mean over the finished seeds only would be another experiment)."""
     from prismrec.experiment.export import finished_runs, load_run
 
     seeds = finished_runs(Path(run_dir))
@@ -33,10 +37,10 @@ def per_user_metric(run_dir: str | Path, metric: str, split: str, data_dir=None,
                            mask_valid_at_test=run.config.train.mask_valid_at_test).evaluate(
             run.model, split, per_user=True)
         if metric not in result["per_user"]:
-            raise ValueError(f"unknown metric {metric!r}; use recall@K, ndcg@K, precision@K, map@K or hit@K")
+            raise ConfigError(f"unknown metric {metric!r}; use recall@K, ndcg@K, precision@K, map@K or hit@K")
         here = (run.config.model, run.config.dataset, run.train_fingerprint)
         if description is not None and here != description:
-            raise ValueError(f"{folder} is not a seed of the same model and data as {seeds[0]}")
+            raise RunError(f"{folder} is not a seed of the same model and data as {seeds[0]}")
         description, users = here, result["per_user"]["user"]
         columns.append(result["per_user"][metric])
     return users, np.mean(columns, axis=0), {"model": description[0], "dataset": description[1],
@@ -50,12 +54,12 @@ def paired_test(run_a, run_b, metric: str = "recall@20", split: str = "test", da
     users_a, a, info_a = per_user_metric(run_a, metric, split, data_dir, datasets)
     users_b, b, info_b = per_user_metric(run_b, metric, split, data_dir, datasets)
     if (info_a["dataset"], info_a["train_fingerprint"]) != (info_b["dataset"], info_b["train_fingerprint"]):
-        raise ValueError(
+        raise RunError(
             f"the runs were trained on different data ({info_a['dataset']} vs {info_b['dataset']}, train "
             "fingerprints differ): a paired test needs the same users and split"
         )
     if not np.array_equal(users_a, users_b):
-        raise ValueError("the runs evaluate different users (a different mask_valid_at_test?)")
+        raise RunError("the runs evaluate different users (a different mask_valid_at_test?)")
     diff = a - b
     rng = np.random.default_rng(seed)
     boot = np.empty(n_bootstrap)

@@ -17,14 +17,27 @@ import numpy as np
 import torch
 
 from prismrec.data.sampler import BPRSampler
-from prismrec.errors import TrainingDiverged
+from prismrec.errors import RunError, TrainingDiverged
 from prismrec.eval.evaluator import Evaluator
 from prismrec.recommender import Recommender
 
 
+DIVERGENCE_FACTOR = 1e6
+"""A training loss whose magnitude exceeds ``DIVERGENCE_FACTOR`` times that of the run's first
+batch (taken as at least 1) has diverged: :class:`TrainingDiverged` stops the run, as for a
+non-finite loss. Losses start near their initial value (BPR at ``ln 2``) and fall; a million-fold
+rise only happens when the optimisation blows up (e.g. ``lr=1e9``, whose loss reached 1.5e18)."""
+
+CHECKPOINT_FORMAT = "prismrec.checkpoint/1"
+"""Version tag of the state :func:`fit` hands to its ``checkpoint`` callback."""
+
+
 @dataclass
 class FitResult:
-    """What training produced: per-epoch history and the selected (best-validation) epoch."""
+    """What training produced: per-epoch history and the selected (best-validation) epoch.
+
+    ``seconds`` is wall time, summed over a resumed run's processes.
+    """
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
@@ -51,6 +64,32 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.manual_seed(seed)
 
 
+def rng_states() -> dict:
+    """Every global random state (Python, NumPy, torch CPU and CUDA), as plain values and tensors
+    (loadable with ``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore :func:`rng_states`."""
+    random.setstate(_as_tuples(states["python"]))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _as_tuples(value):
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def fit(
     model: Recommender,
     dataset,
@@ -58,11 +97,22 @@ def fit(
     evaluator: Evaluator | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``dataset.train`` with settings ``cfg`` (a :class:`TrainConfig`).
 
     Returns the history and best epoch; the model holds the best-validation state on return.
-    Raises :class:`TrainingDiverged` if any loss term becomes non-finite.
+
+    ``checkpoint``, when given, receives the complete training state at the end of an epoch
+    (every epoch, or once ``cfg.checkpoint_every_s`` seconds have passed since the last one): the
+    model, the fused-Adam state, every RNG (Python, NumPy, torch, the BPR sampler's and the
+    model's own generators), the early-stopping state and the history. Passing such a state as
+    ``resume`` (to a freshly built model with the same settings) continues the run exactly: the
+    result is bit-identical to an uninterrupted run on the same device.
+
+    Raises :class:`TrainingDiverged` when a loss term becomes non-finite or the loss exceeds
+    :data:`DIVERGENCE_FACTOR` times the first batch's.
     """
     evaluator = evaluator or Evaluator(
         dataset, ks=cfg.topk, batch_size=cfg.eval_batch_size, mask_valid_at_test=cfg.mask_valid_at_test
@@ -73,18 +123,36 @@ def fit(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
     )
     result = FitResult()
-    best_score, best_state, bad_epochs = -math.inf, None, 0
-    started = time.perf_counter()
-    display = _Progress(cfg.epochs, cfg.valid_metric, enabled=progress)
+    best_score, best_state, bad_epochs, first_epoch = -math.inf, None, 0, 0
+    guard = _DivergenceGuard()
+    seconds_before = 0.0
+    if resume is not None:
+        if resume.get("format") != CHECKPOINT_FORMAT:
+            raise RunError(f"cannot resume from a checkpoint of format {resume.get('format')!r} "
+                           f"(this prismrec writes {CHECKPOINT_FORMAT!r}): start the run afresh")
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        sampler.set_state(resume["sampler"])
+        model.load_generator_states(resume["generators"])
+        best = resume["best"]
+        best_score, best_state, bad_epochs = best["score"], best["state"], best["bad_epochs"]
+        result.best_epoch, result.best_valid = best["epoch"], best["valid"]
+        result.history = list(resume["history"])
+        guard.reference = resume["loss_reference"]
+        first_epoch, seconds_before = resume["epoch"], resume["seconds"]
+        set_rng_states(resume["rng"])
+    started = last_saved = time.perf_counter()
+    every_s = float(getattr(cfg, "checkpoint_every_s", 0.0) or 0.0)
+    display = _Progress(cfg.epochs, cfg.valid_metric, enabled=progress, done=first_epoch)
     device = model.device
     with display:
-        for epoch in range(cfg.epochs):
+        for epoch in range(first_epoch, cfg.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * cfg.lr_decay ** (epoch / cfg.lr_decay_epochs)
             model.train()
             model.on_epoch_start(epoch)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            row.update(train_epoch(model, sampler, optimizer, epoch, device))
+            row.update(train_epoch(model, sampler, optimizer, epoch, device, guard))
             row.update(model.epoch_log())  # model-specific values, e.g. a schedule's weight
             t0 = time.perf_counter()
             valid = evaluator.evaluate(model, "valid")
@@ -104,17 +172,62 @@ def fit(
             if bad_epochs > cfg.patience:
                 result.stop_reason = f"early stopping: no improvement for {bad_epochs} epochs"
                 break
+            now = time.perf_counter()
+            if checkpoint is not None and epoch + 1 < cfg.epochs and now - last_saved >= every_s:
+                checkpoint({
+                    "format": CHECKPOINT_FORMAT,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "sampler": sampler.get_state(),
+                    "generators": model.generator_states(),
+                    "rng": rng_states(),
+                    "best": {"score": best_score, "epoch": result.best_epoch, "valid": result.best_valid,
+                             "state": best_state, "bad_epochs": bad_epochs},
+                    "history": result.history,
+                    "loss_reference": guard.reference,
+                    "seconds": seconds_before + now - started,
+                })
+                last_saved = time.perf_counter()
         else:
             result.stop_reason = f"reached epochs={cfg.epochs}"
     result.epochs = len(result.history)
-    result.seconds = time.perf_counter() - started
+    result.seconds = seconds_before + time.perf_counter() - started
     if best_state is not None:
         model.load_state_dict(best_state)
     return result
 
 
-def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device) -> dict:
-    """One pass over the training pairs; returns mean loss terms and where the time went."""
+class _DivergenceGuard:
+    """Stops a run whose loss is non-finite or has grown :data:`DIVERGENCE_FACTOR`-fold."""
+
+    def __init__(self) -> None:
+        self.reference: float | None = None  # |loss| of the run's first batch, at least 1
+
+    def check(self, total: float, terms: dict[str, torch.Tensor], epoch: int, batch: int) -> None:
+        where = f"at epoch {epoch}, batch {batch}: the run is stopped"
+        advice = ("Lower the learning rate or the loss weights, and check the input features for "
+                  "extreme values.")
+        if not math.isfinite(total):
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+            raise TrainingDiverged(f"loss term(s) {', '.join(bad)} became non-finite {where}. {advice}")
+        if self.reference is None:
+            self.reference = max(abs(total), 1.0)
+        elif abs(total) > DIVERGENCE_FACTOR * self.reference:
+            values = ", ".join(f"{k}={float(v.detach()):.3g}" for k, v in terms.items())
+            raise TrainingDiverged(
+                f"the loss diverged {where}: {total:.3g} is more than {DIVERGENCE_FACTOR:.0e} times "
+                f"the first batch's ({self.reference:.3g}; terms {values}). {advice}"
+            )
+
+
+def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
+                guard: _DivergenceGuard | None = None) -> dict:
+    """One pass over the training pairs; returns mean loss terms and where the time went.
+
+    ``guard`` checks every batch's loss (non-finite or diverged raises :class:`TrainingDiverged`).
+    """
+    guard = guard or _DivergenceGuard()
     sums: dict[str, float] = {}
     timing = {"sample_s": 0.0, "forward_s": 0.0, "backward_s": 0.0, "optim_s": 0.0}
     n_batches = 0
@@ -127,13 +240,7 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device) -> di
         total = sum(terms.values())
         tick = time.perf_counter()
         timing["forward_s"] += tick - now
-        if not torch.isfinite(total):
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-            raise TrainingDiverged(
-                f"loss term(s) {', '.join(bad)} became non-finite at epoch {epoch}, batch "
-                f"{n_batches}: the run is stopped. Lower the learning rate or the loss weights, "
-                "and check the input features for extreme values."
-            )
+        guard.check(float(total.detach()), terms, epoch, n_batches)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         now = time.perf_counter()
@@ -154,7 +261,7 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device) -> di
 class _Progress:
     """A one-line live display of the epoch, loss and validation metric (rich)."""
 
-    def __init__(self, total: int, metric: str, enabled: bool) -> None:
+    def __init__(self, total: int, metric: str, enabled: bool, done: int = 0) -> None:
         self.metric, self.enabled = metric, enabled
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -166,7 +273,7 @@ class _Progress:
                 TimeElapsedColumn(),
                 transient=False,
             )
-            self.task = self.bar.add_task("", total=total)
+            self.task = self.bar.add_task("", total=total, completed=done)
 
     def __enter__(self):
         if self.enabled:
