@@ -54,6 +54,22 @@ def reference_params(net) -> dict:
     return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
 
 
+def replay_masks(data, modalities, users, items, p, d) -> dict:
+    """Whole-matrix dropout masks holding the model's draws: ``torch.rand(rows, d) >= p`` for the
+    distinct (sorted) users, the distinct items, then each modality's distinct items; the rows
+    no batch entry reads are left at 1 (they never reach the loss)."""
+    masks = {}
+    for key, rows, n in [("user", users, data.n_users), ("item", items, data.n_items)] + [
+        (m, items, data.n_items) for m in modalities
+    ]:
+        distinct = torch.unique(rows)
+        full = torch.ones(n, d)
+        if p > 0:
+            full[distinct] = (torch.rand(len(distinct), d) >= p).float()
+        masks[key] = full
+    return masks
+
+
 BATCH = (torch.tensor([0, 3, 3, 7, 12, 39]), torch.tensor([1, 1, 4, 9, 29, 0]), torch.tensor([2, 5, 6, 8, 10, 11]))
 
 
@@ -65,11 +81,12 @@ def test_forward_loss_and_gradients_match_dense_reference(tiny, n_layers, dropou
     train = torch.tensor(tiny.train.toarray(), dtype=torch.float32)
     u, i, _ = BATCH
 
-    torch.manual_seed(11)  # both draw their dropout masks from the same seeded stream
+    torch.manual_seed(11)
     out = net()
     terms = net.loss(BATCH, out)
-    torch.manual_seed(11)
-    ref = bm3_reference(train, params, modalities, u, i, n_layers, dropout, 0.1, 2.0)
+    torch.manual_seed(11)  # replay the model's draws into whole-matrix masks
+    masks = replay_masks(tiny, modalities, u, i, dropout, net.config.embedding_size)
+    ref = bm3_reference(train, params, modalities, u, i, n_layers, dropout, 0.1, 2.0, masks)
 
     close = dict(rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.user, ref["user"], **close)  # scored rows: g(h_U), g(h_I)
@@ -92,6 +109,17 @@ def test_forward_loss_and_gradients_match_dense_reference(tiny, n_layers, dropou
     for name, p in ours.items():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
         torch.testing.assert_close(p.grad, params[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_target_is_inverted_dropout_without_gradient(tiny):
+    net = build(tiny, dropout=0.3)
+    x = torch.rand(500, 64, requires_grad=True) + 0.5
+    torch.manual_seed(0)
+    t = net.target(x)
+    kept = t != 0
+    assert not t.requires_grad
+    assert abs(kept.float().mean().item() - 0.7) < 0.01  # keep probability 1 - ρ
+    torch.testing.assert_close(t[kept], x.detach()[kept] / 0.7)  # inverted-dropout scaling
 
 
 def test_negatives_are_ignored_and_flagged(tiny):

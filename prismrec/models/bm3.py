@@ -15,7 +15,7 @@ encoder, no augmented graphs).
 2. Predictor ``g(x) = x W_p + b_p`` (``d -> d``), shared by users, items and every modality;
    targets are dropout-corrupted, stop-gradient copies (``ρ`` = ``dropout``)::
 
-       ĥ = Dropout_ρ(sg(h))       for h ∈ {h_U, h_I, h_m}   (whole matrices, then the batch rows)
+       ĥ = Dropout_ρ(sg(h))       for h ∈ {h_U, h_I, h_m}   (one mask per distinct batch row)
 
 3. Loss for a batch of observed pairs ``(u, i)`` — ``j`` is ignored; ``cos`` per row, mean over
    the batch::
@@ -32,10 +32,12 @@ encoder, no augmented graphs).
    output rows are ``g(h)``; the encoder output ``h = [h_U; h_I]`` is the auxiliary ``encoder``.
 
 The reference treats its two modalities (image, text) identically, so any number works here
-(zero = the ID-only bootstrap). Dropout draws from torch's global generator in the order
-users, items, then ``modalities`` (the reference draws text before image: give
-``modalities=[text, image]`` to reproduce its draws). Features are fine-tuned as in the
-reference (``train_features``).
+(zero = the ID-only bootstrap). The reference drops out whole matrices and then gathers the
+batch rows; here only the batch's distinct rows are corrupted (and projected), which gives the
+same distribution (duplicates share a mask) at a fraction of the cost. Masks are drawn from
+torch's global generator, for the distinct users, the distinct items, then each modality's
+distinct items (see :meth:`BM3.target`). Features are fine-tuned as in the reference
+(``train_features``).
 """
 
 from __future__ import annotations
@@ -122,15 +124,17 @@ class BM3(Recommender):
         return Output(z[: self.n_users], z[self.n_users :], {"encoder": h})
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
-        u, i = batch[0], batch[1]  # batch[2] (negatives) is not used
         cfg = self.config
+        # batch[2] (negatives) is not used. Targets and modality views are computed for the
+        # batch's distinct rows only; duplicates share one dropout mask, as they do when the
+        # reference drops out whole matrices and then gathers.
+        users, u_at = torch.unique(batch[0], return_inverse=True)
+        items, i_at = torch.unique(batch[1], return_inverse=True)
         h = out.aux["encoder"]
         h_u, h_i = h[: self.n_users], h[self.n_users :]
-        # Targets ĥ = Dropout_ρ(sg(h)) over whole matrices, as the reference draws them.
-        t_u = F.dropout(h_u.detach(), cfg.dropout)
-        t_i = F.dropout(h_i.detach(), cfg.dropout)
-        online_u, online_i = out.user.index_select(0, u), out.item.index_select(0, i)  # g(h)[u], g(h)[i]
-        target_u, target_i = t_u.index_select(0, u), t_i.index_select(0, i)
+        target_u = self.target(h_u.index_select(0, users)).index_select(0, u_at)  # ĥ_U[u]
+        target_i = self.target(h_i.index_select(0, items)).index_select(0, i_at)  # ĥ_I[i]
+        online_u, online_i = out.user.index_select(0, batch[0]), out.item.index_select(0, batch[1])  # g(h)[u], g(h)[i]
         terms = {
             "rec": (1 - F.cosine_similarity(online_u, target_i, dim=-1).mean())
             + (1 - F.cosine_similarity(online_i, target_u, dim=-1).mean()),
@@ -138,9 +142,20 @@ class BM3(Recommender):
             "reg": cfg.reg_weight * (torch.linalg.norm(h_u) + torch.linalg.norm(h_i)) / self.n_items,
         }
         for m, projector in self.projectors.items():
-            h_m = projector()  # whole matrix: its dropout mask is drawn like the reference's
-            target_m = F.dropout(h_m.detach(), cfg.dropout).index_select(0, i)
-            online_m = self.predictor(h_m.index_select(0, i))  # g(h_m)[i]
+            h_m = projector.linear(projector.features.index_select(0, items))  # h_m of the distinct items
+            target_m = self.target(h_m).index_select(0, i_at)  # ĥ_m[i]
+            online_m = self.predictor(h_m).index_select(0, i_at)  # g(h_m)[i]
             terms[f"align_{m}"] = cfg.cl_weight * (1 - F.cosine_similarity(online_m, target_i, dim=-1).mean())
             terms[f"mask_{m}"] = cfg.cl_weight * (1 - F.cosine_similarity(online_m, target_m, dim=-1).mean())
         return terms
+
+    def target(self, rows: torch.Tensor) -> torch.Tensor:
+        """``Dropout_ρ(sg(rows))``: each entry kept with probability ``1 − ρ`` and scaled by
+        ``1/(1 − ρ)``; the mask is ``torch.rand(rows.shape) >= ρ`` from torch's global generator
+        (about 3x faster on CPU than the ``bernoulli_`` behind ``F.dropout``)."""
+        rows = rows.detach()
+        p = self.config.dropout
+        if p == 0.0:
+            return rows
+        keep = torch.rand(rows.shape, device=rows.device) >= p
+        return rows * keep / (1.0 - p)

@@ -39,22 +39,29 @@ def bm3_forward(train, user_emb, item_emb, n_layers):
     return mean[:n_users], mean[n_users:] + item_emb
 
 
-def bm3_reference(train, params: dict, modalities: list, users, items, n_layers, dropout, reg_weight, cl_weight):
+def bm3_reference(train, params: dict, modalities: list, users, items, n_layers, dropout, reg_weight, cl_weight,
+                  masks: dict | None = None):
     """Scores and loss terms of one batch.
 
     ``params``: ``user_emb``, ``item_emb``, ``pred_w``, ``pred_b`` (``nn.Linear`` layout) and per
-    modality ``feat_<m>``, ``w_<m>``, ``b_<m>``. Returns a dict with ``user``/``item`` (the scored
-    rows, predictor applied), every loss piece, and ``total``.
+    modality ``feat_<m>``, ``w_<m>``, ``b_<m>``. ``masks``: whole-matrix 0/1 dropout masks
+    (``user``, ``item`` and each modality), applied as ``F.dropout`` applies its own draw,
+    ``x · M / (1 − p)``; ``None`` draws them with ``F.dropout`` as the reference does. Returns a
+    dict with ``user``/``item`` (the scored rows, predictor applied), every loss piece, and
+    ``total``.
     """
+    def drop(x, key):
+        return F.dropout(x, dropout) if masks is None else x * masks[key] / (1 - dropout)
+
     def predictor(x):
         return x @ params["pred_w"].T + params["pred_b"]
 
     u_ori, i_ori = bm3_forward(train, params["user_emb"], params["item_emb"], n_layers)
     feats_online = {m: params[f"feat_{m}"] @ params[f"w_{m}"].T + params[f"b_{m}"] for m in modalities}
     with torch.no_grad():
-        u_target = F.dropout(u_ori.clone(), dropout)
-        i_target = F.dropout(i_ori.clone(), dropout)
-        feats_target = {m: F.dropout(feats_online[m].clone(), dropout) for m in modalities}
+        u_target = drop(u_ori.clone(), "user")
+        i_target = drop(i_ori.clone(), "item")
+        feats_target = {m: drop(feats_online[m].clone(), m) for m in modalities}
     u_online, i_online = predictor(u_ori)[users], predictor(i_ori)[items]
     u_target, i_target = u_target[users], i_target[items]
     out = {"user": predictor(u_ori), "item": predictor(i_ori)}
