@@ -11,8 +11,9 @@ A search space is a list of ``key=SPEC`` strings (CLI ``--space``, one per setti
 - ``key=A|B|C``: one of the values, as ``--set`` would take them (``mm_weights=[0.5,0.5]|[0.1,0.9]``).
 
 The study lives in ``<out>/study.db`` (SQLite): rerunning with the same ``--out`` resumes it up to
-``trials`` finished (or diverged, or pruned) trials; a trial left running by a killed process is recorded as
-interrupted and not counted (so one process per study); a different model, dataset, space or
+``trials`` finished (or diverged, or pruned) trials. A trial left running by a killed process is
+resumed first, with its parameters, from its run directory's last training checkpoint (one
+process per study); the final runs resume the same way. A different model, dataset, space or
 settings there is an error.
 Trial runs are in ``<out>/trial-<n>/``, the final runs in ``<out>/best/``; ``tuning.json`` and
 ``tuning.md`` summarise.
@@ -32,6 +33,7 @@ import optuna
 
 from prismrec.data import Dataset, load_dataset
 from prismrec.experiment.config import parse_assignments, resolve_config, valid_keys
+from prismrec.experiment.rundir import RunDir, run_digest
 from prismrec.experiment.runs import run_experiment
 from prismrec.train.trainer import TrainingDiverged
 
@@ -145,10 +147,12 @@ def tune(
     dataset = dataset or load_dataset(dataset_name, data_dir)
     blind = dataclasses.replace(dataset, test=None)  # what every trial sees
 
+    resumed_best: dict[int, float] = {}  # an interrupted trial's best-so-far curve continues
+
     def objective(trial: optuna.Trial) -> float:
         params = {d.key: d.suggest(trial) for d in dims}
         cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, params)})
-        best_so_far = -math.inf
+        best_so_far = resumed_best.get(trial.number, -math.inf)
 
         def report(row: dict) -> None:  # the best-so-far curve: what early stopping selects from
             nonlocal best_so_far
@@ -157,11 +161,16 @@ def tune(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"below the median of earlier trials at epoch {row['epoch']}")
 
+        folder = out / f"trial-{trial.number}"
         try:
-            metrics = run_experiment(cfg, [search_seed], out / f"trial-{trial.number}", dataset=blind,
-                                     progress=False, evaluate_test=False, on_epoch_end=report)
+            metrics = run_experiment(cfg, [search_seed], folder, dataset=blind, progress=False,
+                                     evaluate_test=False, on_epoch_end=report, log=log)
         except TrainingDiverged as exc:
             trial.set_user_attr("diverged", str(exc))
+            raise
+        except optuna.TrialPruned as exc:
+            if (folder / "RUNNING").is_file():  # a pruned trial is over: no checkpoint to keep
+                RunDir(folder).fail(f"pruned: {exc}", status="pruned")
             raise
         trial.set_user_attr("valid", metrics["valid"])
         return metrics["valid"][metric]
@@ -175,17 +184,20 @@ def tune(
     pruner = optuna.pruners.MedianPruner(*prune_after) if prune else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name="prismrec", storage=storage, load_if_exists=True,
                                 direction="maximize", sampler=sampler, pruner=pruner)
-    for t in study.trials:  # one process per study: a trial still "running" was interrupted
-        if t.state == optuna.trial.TrialState.RUNNING:
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            log(f"trial {t.number} was interrupted (killed process); recorded as failed, not counted")
-    counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-               or "diverged" in t.user_attrs]
-    remaining = trials - len(counted)
+    interrupted = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
     def done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         value = f"valid {metric} {trial.value:.4f}" if _state(trial) == "complete" else _state(trial)
         log(f"trial {trial.number}: {trial.params} -> {value}")
+
+    for t in interrupted:  # one process per study: a trial still "running" was interrupted
+        log(f"trial {t.number} was interrupted (killed process); resuming it from its last checkpoint")
+        if t.intermediate_values:
+            resumed_best[t.number] = max(t.intermediate_values.values())
+        done(study, _resume_trial(study, optuna.trial.Trial(study, t._trial_id), objective))
+    counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+               or "diverged" in t.user_attrs]
+    remaining = trials - len(counted)
 
     if remaining > 0:
         study.optimize(objective, n_trials=remaining, catch=(TrainingDiverged,), callbacks=[done])
@@ -198,7 +210,13 @@ def tune(
     if final is None:
         log(f"selected trial {best.number} ({best.params}); training seeds {list(final_seeds)}")
         cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, best.params)})
-        final = run_experiment(cfg, list(final_seeds), out / "best", dataset=dataset, progress=False)
+        state = RunDir(out / "best").state()  # an earlier selection there is replaced
+        recorded = state.identity or {}
+        other = state.kind == "legacy" or (bool(recorded) and (
+            recorded.get("config_digest") != run_digest(cfg)
+            or recorded.get("seeds", [recorded.get("seed")]) != list(final_seeds)))
+        final = run_experiment(cfg, list(final_seeds), out / "best", dataset=dataset, progress=False,
+                               overwrite=other, log=log)
     summary = {
         **spec,
         "trials": [{"number": t.number, "state": _state(t), "params": t.params,
@@ -220,13 +238,28 @@ def _state(trial: optuna.trial.FrozenTrial) -> str:
     return trial.state.name.lower()
 
 
+def _resume_trial(study: optuna.Study, trial: optuna.Trial, objective) -> optuna.trial.FrozenTrial:
+    """Run ``objective`` for an interrupted trial (its parameters are the recorded ones, its run
+    resumes from its checkpoint) and record the outcome as ``study.optimize`` would."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        return study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    except TrainingDiverged:
+        return study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return study.tell(trial, value)
+
+
 def _finished_final(out: Path, selected: int, seeds: list[int]) -> dict | None:
     """The final runs' metrics when an earlier call trained the same selection with the same seeds."""
     try:
         previous = json.loads((out / "tuning.json").read_text())
-        metrics = json.loads((out / "best" / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
+    best = RunDir(out / "best")
+    if not best.is_finished():
+        return None
+    metrics = best.read_metrics()
     same = previous["selected"]["number"] == selected and previous["final"]["seeds"] == seeds
     return metrics if same and metrics.get("status") == "ok" else None
 
