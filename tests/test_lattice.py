@@ -220,3 +220,25 @@ def test_latent_graph_memory_is_blocked_for_60k_items():
     assert 600_000 <= result["nnz"] <= 1_200_000  # frozen ∪ learned edges, n·k each
     assert result["grad"] > 0
     assert result["delta_mb"] < MEMORY_BOUND_MB, result
+
+
+def test_eval_and_next_epoch_share_one_topk(planted, monkeypatch):
+    import prismrec.models.lattice as lattice_module
+
+    calls = []
+    real = lattice_module.knn_edges
+    monkeypatch.setattr(lattice_module, "knn_edges", lambda p, k: calls.append(1) or real(p, k))
+    net = build(planted)
+    net.eval()
+    evaluated = net.latent_graph().to_dense()
+    assert len(calls) == 2  # one top-k per modality
+    net.train()
+    net.on_epoch_start(1)
+    net()  # same parameters as the evaluation: the patterns are reused, the values recomputed
+    assert len(calls) == 2
+    torch.testing.assert_close(net.item_graph.to_dense(), evaluated)
+    with torch.no_grad():
+        net.projectors["image"].linear.weight.add_(0.1)
+    net.on_epoch_start(2)
+    net()
+    assert len(calls) == 3  # only the changed modality is searched again

@@ -128,6 +128,7 @@ class LATTICE(Recommender):
         self.modal_logits = nn.Parameter(torch.empty(len(self.modalities)))  # a; α = softmax(a)
         self.item_graph: EdgeGraph | None = None  # S of the current epoch
         self._rebuild = True
+        self._patterns: dict[int, tuple] = {}  # modality index -> (nrm(P_m), rows, cols)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -142,7 +143,7 @@ class LATTICE(Recommender):
         out = super()._apply(fn, recurse)
         device = self.device
         self.original_edges = [tuple(t.to(device) for t in edges) for edges in self.original_edges]
-        self.item_graph, self._rebuild = None, True
+        self.item_graph, self._rebuild, self._patterns = None, True, {}
         return out
 
     # ------------------------------------------------------------------------------ graphs
@@ -157,7 +158,7 @@ class LATTICE(Recommender):
         rows, cols, values = [], [], []
         for index, projector in enumerate(self.projectors.values()):
             p = F.normalize(projector(), dim=1)                         # nrm(P_m)
-            r, c = knn_edges(p, k)                                      # top-k pattern of S̃_m
+            r, c = self._knn_pattern(index, p)                          # top-k pattern of S̃_m
             rows.append(r)
             cols.append(c)
             values.append(alpha[index] * sampled_dot(p, p, r, c))       # α_m · cos(p_i, p_j)
@@ -170,6 +171,17 @@ class LATTICE(Recommender):
             torch.cat([rows_l, rows_o]), torch.cat([cols_l, cols_o]),
             torch.cat([(1.0 - lam) * learned, lam * original]), n,
         )
+
+    def _knn_pattern(self, index: int, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` edges of ``p``; reused while ``p`` is unchanged (the evaluation after an
+        epoch and the next epoch's first batch see the same parameters: one blocked top-k, not
+        two)."""
+        cached = self._patterns.get(index)
+        if cached is not None and cached[0].shape == p.shape and torch.equal(cached[0], p.detach()):
+            return cached[1], cached[2]
+        rows, cols = knn_edges(p, self.config.knn_k)
+        self._patterns[index] = (p.detach().clone(), rows, cols)
+        return rows, cols
 
     def on_epoch_start(self, epoch: int) -> None:
         """The learned graph is rebuilt from the current projections on the next training forward."""
