@@ -1,29 +1,164 @@
-"""The ``prismrec`` command line."""
+"""prismrec trains, evaluates, compares and serves graph-based multimodal recommenders on MMRec-format datasets.
+
+Start with `prismrec datasets` to see the data, then e.g.
+`prismrec train --model lightgcn --dataset ml100k`. Every error caused by input or settings is
+one line (what, where, how to fix) and exit code 2; `prismrec --debug ...` shows its traceback.
+"""
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-from prismrec.data import DatasetError, list_datasets, load_dataset, resolve_data_dir
+try:  # typer vendors click (typer._click) since 0.26: its usage errors are the ones raised
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer on plain click
+    from click import UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+from prismrec.data import list_datasets, load_dataset, resolve_data_dir
+from prismrec.errors import ConfigError, PrismrecError
+
 console = Console()
-err = Console(stderr=True)
 
 TABLE_KS = (10, 20)
-TABLE_METRICS = ("recall", "ndcg", "precision", "map", "hit")
+TABLE_METRICS = ("recall", "ndcg", "precision", "map", "hit")  # becomes prismrec.eval.metrics.METRIC_NAMES
+
+# OS errors a user causes (a path that is missing, unwritable, a folder for a file, a full disk):
+# one line like any other input error. Other OS errors keep their traceback.
+USER_OS_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
+                  errno.ENOSPC, errno.EROFS, errno.ENAMETOOLONG, errno.EADDRINUSE, errno.EADDRNOTAVAIL}
 
 
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _print_error(message: str) -> None:
+    typer.echo(f"{typer.style('error:', fg='red', bold=True)} {_one_line(message)}", err=True)
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the CLI: one line, no source excerpt."""
+    typer.echo(f"{typer.style('warning:', fg='yellow', bold=True)} {_one_line(message)}", err=True)
+
+
+class PrismrecGroup(TyperGroup):
+    """The ``prismrec`` command group: the one place where errors become what the user sees.
+
+    A :class:`~prismrec.errors.PrismrecError` (and an OS error about a path the user gave) is
+    printed as one line and exits with code 2; so is a usage error (a missing or ill-typed option).
+    Anything else is a bug in prismrec and keeps its traceback. ``--debug`` re-raises everything.
+    """
+
+    def invoke(self, ctx: typer.Context):
+        debug = bool(ctx.params.get("debug"))
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _print_warning
+            try:
+                return super().invoke(ctx)
+            except UsageError as exc:
+                if debug:
+                    raise
+                where = exc.ctx.command_path if exc.ctx is not None else "prismrec"
+                _print_error(f"{exc.format_message()} (see '{where} --help')")
+            except PrismrecError as exc:
+                if debug:
+                    raise
+                _print_error(str(exc))
+            except OSError as exc:
+                if debug or exc.errno not in USER_OS_ERRNOS:
+                    raise
+                where = f"{exc.filename}: " if exc.filename else ""
+                _print_error(f"{where}{exc.strerror or exc}")
+        raise typer.Exit(2)
+
+
+app = typer.Typer(cls=PrismrecGroup, add_completion=False, no_args_is_help=True, help=__doc__,
+                  pretty_exceptions_show_locals=False)
+
+DataDir = Annotated[Optional[Path], typer.Option(
+    "--data-dir", help="Data directory (default $PRISMREC_DATA, then ../shared/data).")]
+"""The ``--data-dir`` option, declared once for every command that reads a dataset."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        from prismrec import __version__
+
+        typer.echo(f"prismrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print prismrec's version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an input error (for bug reports)."),
+) -> None:
+    pass
+
+
+def _cut_offs(text: str, option: str) -> list[int]:
+    """``"10,20"`` -> ``[10, 20]`` for an option of cut-offs; anything else is a ConfigError."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise ConfigError(f"{option} {text!r}: {part!r} is not a cut-off; give whole numbers >= 1 "
+                              "separated by commas, e.g. 10,20")
+        values.append(int(part))
+    if not values:
+        raise ConfigError(f"{option} {text!r} holds no cut-off; give e.g. 10,20")
+    return values
+
+
+def _names(text: str, option: str) -> list[str]:
+    """A comma list of names (models, datasets); empty entries dropped, an empty list an error."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"{option} {text!r} names nothing; give a comma-separated list, e.g. bpr,lightgcn")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{option} {text!r} repeats {', '.join(repeated)}; name each once")
+    return names
+
+
+def _output_file(path: Path, option: str) -> None:
+    """Refuse an output file whose folder is missing, or that is a folder, before any work."""
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; give a file path, e.g. {path / 'out.csv'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: the folder {path.parent} does not exist; create it first "
+                          "or write somewhere else")
+
+
+def _raised_building_model(exc: BaseException) -> bool:
+    """True when ``exc`` came from constructing a model (its own config checks), not from training."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "build_model":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _check_device_override(overrides: dict) -> None:
+    """A ``--set device=...`` that is malformed or absent on this machine, refused before training."""
+    if "device" in overrides:
+        from prismrec.train.config import TrainConfig
+
+        TrainConfig(device=str(overrides["device"])).check_device()
 
 
 def _metrics_table(title: str, rows: dict[str, dict], std: dict[str, dict] | None = None,
@@ -48,60 +183,63 @@ def _metrics_table(title: str, rows: dict[str, dict], std: dict[str, dict] | Non
 def train(
     model: str = typer.Option(..., help="Registered model name, e.g. lightgcn."),
     dataset: str = typer.Option(..., help="Dataset name in the data directory, or a folder path."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default $PRISMREC_DATA, then ../shared/data)."),
+    data_dir: DataDir = None,
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
     config: Optional[Path] = typer.Option(None, help="YAML file of settings (applied before --set)."),
-    seeds: str = typer.Option("999", help="Comma-separated seeds, e.g. 999,1,2."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds, e.g. 999 or 999,1000,7 (default 999)."),
+    n_seeds: Optional[int] = typer.Option(None, help="Train the first N protocol seeds 999, 1000, ... instead."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<model>-<dataset>-<time>)."),
-    quiet: bool = typer.Option(False, help="No progress display."),
+    quiet: bool = typer.Option(False, help="No progress display; print only the run directory."),
 ) -> None:
     """Train MODEL on DATASET, select on validation, evaluate test once, write the run dir."""
     from prismrec.experiment.config import load_yaml_overrides, parse_assignments, resolve_config
     from prismrec.experiment.runs import run_experiment
-    from prismrec.train import TrainingDiverged
+    from prismrec.experiment.seeds import resolve_seeds
 
-    try:
-        overrides = load_yaml_overrides(config) if config else {}
-        overrides.update(parse_assignments(set_))
-        cfg = resolve_config(model, dataset, overrides)
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-        data = load_dataset(dataset, data_dir)
-    except (ValueError, KeyError, DatasetError, OSError) as exc:
-        _fail(str(exc).strip("'\""))
+    # Everything the user gave is checked before any data is read or any training starts.
+    seed_list = resolve_seeds(seeds, n_seeds, default_n=1)
+    overrides = load_yaml_overrides(config) if config else {}
+    overrides.update(parse_assignments(set_))
+    cfg = resolve_config(model, dataset, overrides)
+    cfg.train.check_device()
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file, not a run directory; give a folder path")
+    data = load_dataset(dataset, data_dir)
     out = out or Path("runs") / f"{cfg.model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not quiet:
         console.print(f"[bold]{cfg.model}[/] on {data!r} -> {out}", highlight=False)
     try:
         metrics = run_experiment(cfg, seed_list, out, dataset=data, progress=not quiet)
-    except (TrainingDiverged, ValueError, DatasetError) as exc:  # incl. a model's config checks
-        _fail(str(exc))
-    if not quiet:
-        title = (
-            f"{cfg.model} on {data.name}: best epoch {metrics['best_epoch']} of {metrics['epochs']}, "
-            f"{metrics['seconds']:.0f}s"
-        )
-        std = metrics.get("std")
-        console.print(_metrics_table(title, {"valid": metrics["valid"], "test": metrics["test"]}, std))
-        console.print(f"run directory: {out}")
+    except ValueError as exc:  # a model's own config checks (models raise ValueError)
+        if isinstance(exc, PrismrecError) or not _raised_building_model(exc):
+            raise
+        raise ConfigError(f"model {cfg.model!r} rejects its settings: {exc}") from exc
+    if quiet:
+        typer.echo(f"run directory: {out}")
+        return
+    title = (
+        f"{cfg.model} on {data.name}: best epoch {metrics['best_epoch']} of {metrics['epochs']}, "
+        f"{metrics['seconds']:.0f}s"
+    )
+    std = metrics.get("std")
+    console.print(_metrics_table(title, {"valid": metrics["valid"], "test": metrics["test"]}, std))
+    console.print(f"run directory: {out}", highlight=False, soft_wrap=True)
 
 
 @app.command()
-def datasets(
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default $PRISMREC_DATA, then ../shared/data)."),
-) -> None:
+def datasets(data_dir: DataDir = None) -> None:
     """List the datasets of the data directory with their counts and modalities."""
-    try:
-        root = resolve_data_dir(data_dir)
-        folders = list_datasets(root)
-    except DatasetError as exc:
-        _fail(str(exc))
+    root = resolve_data_dir(data_dir)
+    folders = list_datasets(root)
     table = Table(title=f"datasets in {root}")
     for col in ("name", "users", "items", "train", "valid", "test", "modalities"):
         table.add_column(col, justify="left" if col in ("name", "modalities") else "right")
     for folder in folders:
         try:
-            s = load_dataset(folder).summary()
-        except DatasetError as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # listing only; `train` shows a dataset's warnings
+                s = load_dataset(folder).summary()
+        except PrismrecError as exc:
             table.add_row(folder.name, "", "", "", "", "", f"[red]invalid: {exc}[/]")
             continue
         mods = ", ".join(f"{m} ({d})" for m, d in s["modalities"].items()) or "-"
@@ -109,38 +247,48 @@ def datasets(
     console.print(table)
 
 
+def _user_input_errors(call, *args, **kwargs):
+    """Call a function of the experiment layer that still reports bad input as ``ValueError``
+    (compare, tune, evaluate, significance): such an error is shown as a :class:`ConfigError`."""
+    try:
+        return call(*args, **kwargs)
+    except ValueError as exc:
+        if isinstance(exc, PrismrecError):
+            raise
+        raise ConfigError(str(exc)) from exc
+
+
 @app.command()
 def compare(
     models: str = typer.Option(..., help="Comma-separated model names."),
     datasets: str = typer.Option(..., help="Comma-separated dataset names."),
-    seeds: str = typer.Option("3", help="A count (first N of 999, 1000, ...) or a comma list (one seed: 1001,)."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds, e.g. 999,1000,1001."),
+    n_seeds: Optional[int] = typer.Option(None, help="The first N protocol seeds 999, 1000, ... (default 3)."),
     out: Path = typer.Option(..., help="Output directory (resumable: finished cells are kept)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value for all models, or MODEL.key=value."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+    data_dir: DataDir = None,
     report_only: bool = typer.Option(False, help="Summarise finished cells only; train nothing."),
 ) -> None:
     """Train every model x dataset x seed and write results.json and results.md."""
-    from prismrec.experiment.compare import parse_seeds, run_compare
-    from prismrec.experiment.config import parse_assignments
+    from prismrec.experiment.compare import run_compare
+    from prismrec.experiment.config import model_class, parse_assignments
+    from prismrec.experiment.seeds import resolve_seeds
 
-    try:
-        seed_list = parse_seeds(seeds)
-        overrides = parse_assignments(set_)
-        results = run_compare(
-            [m.strip() for m in models.split(",") if m.strip()],
-            [d.strip() for d in datasets.split(",") if d.strip()],
-            seed_list,
-            out,
-            overrides,
-            str(data_dir) if data_dir else None,
-            log=lambda msg: console.print(msg, highlight=False),
-            train=not report_only,
-        )
-    except (ValueError, KeyError, DatasetError) as exc:
-        _fail(str(exc).strip("'\""))
+    seed_list = resolve_seeds(seeds, n_seeds, default_n=3)
+    model_list, dataset_list = _names(models, "--models"), _names(datasets, "--datasets")
+    for name in model_list:
+        model_class(name)
+    overrides = parse_assignments(set_)
+    _check_device_override(overrides)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file; give a folder for the comparison")
+    results = _user_input_errors(
+        run_compare, model_list, dataset_list, seed_list, out, overrides, str(data_dir) if data_dir else None,
+        log=lambda msg: console.print(msg, highlight=False), train=not report_only,
+    )
     console.print((out / "results.md").read_text())
     if results["failures"] and not report_only:
-        err.print(f"[red]{len(results['failures'])} cell(s) failed[/]: {results['failures']}")
+        console.print(f"[red]{len(results['failures'])} cell(s) failed[/]: {results['failures']}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -161,26 +309,36 @@ def build(
         None, help="NAME=PATH: item vectors (.npz ids+vectors, or CSV/TSV: item column + one per dim) "
         "-> NAME_feat.npy; repeat per modality."),
     missing_features: str = typer.Option("error", help="A kept item without a vector: error, or mean (filled)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing, non-empty --out folder."),
 ) -> None:
-    """Build an MMRec-layout dataset folder from raw interactions (k-core, split, id maps, features)."""
+    """Build an MMRec-layout dataset folder from raw interactions (k-core, split, id maps, features).
+
+    The folder is written under a temporary name beside --out and renamed at the end, so an
+    interrupted build never leaves a folder that looks like a dataset.
+    """
     from prismrec.data.build import build_dataset
 
     features = {}
     for spec in item_features or []:
         name, sep, path = spec.partition("=")
         if not sep or not name.strip() or not path.strip():
-            _fail(f"--item-features {spec!r}: expected NAME=PATH, e.g. image=clip_vectors.npz")
+            raise ConfigError(f"--item-features {spec!r}: expected NAME=PATH, e.g. image=clip_vectors.npz")
         features[name.strip()] = Path(path.strip())
-    try:
-        folder = build_dataset(
-            interactions, out, user_col, item_col, time_col, min_count, split, seed, dedupe,
-            item_text, [c.strip() for c in text_cols.split(",") if c.strip()],
-            item_features=features, missing_features=missing_features,
-        )
-    except (DatasetError, ValueError, ImportError) as exc:
-        _fail(str(exc))
-    data = load_dataset(folder)
-    console.print(f"{folder}: {data.summary()}", highlight=False)
+    columns = [c.strip() for c in text_cols.split(",") if c.strip()]
+    if not columns:
+        raise ConfigError(f"--text-cols {text_cols!r} names no column; give e.g. title,description")
+    folder = build_dataset(
+        interactions, out, user_col, item_col, time_col, min_count, split, seed, dedupe,
+        item_text, columns, item_features=features, missing_features=missing_features, overwrite=overwrite,
+    )
+    s = load_dataset(folder).summary()
+    mods = ", ".join(f"{m} ({d}-d)" for m, d in s["modalities"].items()) or "none"
+    console.print(
+        f"built dataset {s['name']!r} in {folder}: {s['users']:,} users, {s['items']:,} items, "
+        f"{s['train']:,} train / {s['valid']:,} valid / {s['test']:,} test interactions; "
+        f"features: {mods}. Details in {folder / 'manifest.json'}",
+        highlight=False, soft_wrap=True,
+    )
 
 
 @app.command()
@@ -188,25 +346,29 @@ def tune(
     model: str = typer.Option(..., help="Registered model name."),
     dataset: str = typer.Option(..., help="Dataset name or folder."),
     space: list[str] = typer.Option(..., help="key=LOW..HIGH[:log] or key=A|B|C; repeat per setting."),
-    trials: int = typer.Option(20, help="Finished trials wanted (a rerun with the same --out resumes)."),
+    trials: int = typer.Option(20, min=1, help="Finished trials wanted (a rerun with the same --out resumes)."),
     out: Path = typer.Option(..., help="Output directory (study.db, trial-<n>/, best/, tuning.md)."),
-    seeds: str = typer.Option("3", help="Final seeds for the selected point: a count or a comma list."),
+    seeds: Optional[str] = typer.Option(None, help="Final seeds for the selected point, e.g. 999,1000,1001."),
+    n_seeds: Optional[int] = typer.Option(None, help="Final seeds: the first N protocol seeds (default 3)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Fixed key=value settings."),
     prune: bool = typer.Option(False, help="Stop trials below the median of earlier ones (after 5 trials, epoch 20)."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+    data_dir: DataDir = None,
 ) -> None:
     """Search settings on validation (Optuna TPE, test never read), then train the best with seeds."""
-    from prismrec.experiment.compare import parse_seeds
-    from prismrec.experiment.config import parse_assignments
+    from prismrec.experiment.config import parse_assignments, resolve_config
     from prismrec.experiment.search import tune as run_tune
+    from prismrec.experiment.seeds import resolve_seeds
 
-    try:
-        summary = run_tune(
-            model, dataset, space, trials, out, parse_assignments(set_), data_dir,
-            final_seeds=parse_seeds(seeds), prune=prune, log=lambda msg: console.print(msg, highlight=False),
-        )
-    except (ValueError, KeyError, DatasetError, RuntimeError) as exc:
-        _fail(str(exc).strip("'\""))
+    final_seeds = resolve_seeds(seeds, n_seeds, default_n=3)
+    overrides = parse_assignments(set_)
+    resolve_config(model, dataset, overrides).train.check_device()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file; give a folder for the study")
+    load_dataset(dataset, data_dir)  # a missing or broken dataset, before the study starts
+    summary = _user_input_errors(
+        run_tune, model, dataset, space, trials, out, overrides, data_dir,
+        final_seeds=final_seeds, prune=prune, log=lambda msg: console.print(msg, highlight=False),
+    )
     console.print((out / "tuning.md").read_text())
     console.print(f"selected: {summary['selected']['params']}", highlight=False)
 
@@ -215,16 +377,13 @@ def tune(
 def export(
     run: Path = typer.Option(..., help="Run directory written by `prismrec train` (single- or multi-seed)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default <run>/export)."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default $PRISMREC_DATA, then ../shared/data)."),
+    data_dir: DataDir = None,
 ) -> None:
     """Write a run's eval-mode user/item representations (.npy) and representations.json."""
     from prismrec.experiment.export import export_representations
 
-    try:
-        path = export_representations(run, out, data_dir)
-    except (ValueError, KeyError, DatasetError, OSError) as exc:
-        _fail(str(exc).strip("'\""))
-    console.print(f"representations written to {path}", highlight=False)
+    path = export_representations(run, out, data_dir)
+    console.print(f"representations written to {path}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -232,23 +391,26 @@ def evaluate(
     run: Path = typer.Option(..., help="A finished single-seed run directory."),
     split: str = typer.Option("test", help="valid or test."),
     groups: str = typer.Option("popularity", help="Item groups: popularity (tail/head) or none."),
-    tail_share: float = typer.Option(0.8, help="Share of items (least popular first) in the tail."),
+    tail_share: float = typer.Option(0.8, help="Share of items (least popular first) in the tail, in (0, 1)."),
     ks: str = typer.Option("10,20", help="Comma-separated cut-offs."),
     mask_valid: bool = typer.Option(False, help="At test, also mask the validation items."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+    data_dir: DataDir = None,
 ) -> None:
     """Re-evaluate a finished run, overall and per item group; writes <run>/evaluation-<split>.json."""
-    from prismrec.experiment.evaluate import evaluate_run
-    from prismrec.errors import RunError
+    from prismrec.experiment.evaluate import GROUPINGS, evaluate_run
 
-    try:
-        cutoffs = [int(k) for k in ks.split(",")]
-        result = evaluate_run(run, split, groups, tail_share, cutoffs, mask_valid, data_dir)
-    except (RunError, DatasetError, ValueError) as exc:
-        _fail(str(exc))
+    cutoffs = _cut_offs(ks, "--ks")
+    if split not in ("valid", "test"):
+        raise ConfigError(f"--split {split!r}: choose valid or test")
+    if groups not in GROUPINGS:
+        raise ConfigError(f"--groups {groups!r}: choose one of {', '.join(GROUPINGS)}")
+    if not 0 < tail_share < 1:
+        raise ConfigError(f"--tail-share {tail_share}: give the tail's share of items, strictly between 0 and 1")
+    result = _user_input_errors(evaluate_run, run, split, groups, tail_share, cutoffs, mask_valid, data_dir)
     rows = {f"{name} ({m['users']} users)": m for name, m in result.items() if name != "meta"}
     title = f"{result['meta']['model']} on {result['meta']['dataset']} / {split}"
     console.print(_metrics_table(title, rows, label="items", ks=sorted(set(cutoffs))))
+    console.print(f"evaluation written to {Path(run) / f'evaluation-{split}.json'}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -257,16 +419,18 @@ def significance(
     b: Path = typer.Option(..., help="Run directory of model B, same dataset."),
     metric: str = typer.Option("recall@20", help="Per-user metric, e.g. recall@20, ndcg@10."),
     split: str = typer.Option("test", help="valid or test."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+    data_dir: DataDir = None,
 ) -> None:
     """Paired per-user test of A - B (t-test, Wilcoxon, bootstrap 95 % CI); seeds averaged per user."""
-    from prismrec.errors import RunError
     from prismrec.experiment.significance import paired_test
 
-    try:
-        r = paired_test(a, b, metric, split, data_dir)
-    except (RunError, DatasetError, ValueError) as exc:
-        _fail(str(exc))
+    if split not in ("valid", "test"):
+        raise ConfigError(f"--split {split!r}: choose valid or test")
+    name, at, k = metric.partition("@")
+    if name not in TABLE_METRICS or not at or not k.isdigit() or int(k) < 1:
+        raise ConfigError(f"--metric {metric!r}: give METRIC@K with METRIC one of {', '.join(TABLE_METRICS)} "
+                          "and K >= 1, e.g. recall@20")
+    r = _user_input_errors(paired_test, a, b, metric, split, data_dir)
     low, high = r["bootstrap_95"]
     console.print(
         f"{split} {metric} over {r['users']} users: A {r['a']['model']} ({r['a']['seeds']} seeds) "
@@ -278,39 +442,51 @@ def significance(
     )
 
 
+def _user_ids(text: str) -> list[int] | None:
+    """``--users``: comma-separated ids, or ``all`` (returned as ``None``)."""
+    if text.strip().lower() == "all":
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ConfigError(f"--users {text!r} names no user; give comma-separated user ids (e.g. 0,5,42) or 'all'")
+    bad = [p for p in parts if not p.lstrip("-").isdigit()]
+    if bad:
+        raise ConfigError(f"--users must be comma-separated integer ids or 'all', got {text!r} ({bad[0]!r} is not an id)")
+    return [int(p) for p in parts]
+
+
 @app.command()
 def recommend(
     run: Path = typer.Option(..., help="A finished single-seed run directory."),
     users: str = typer.Option(..., help="Comma-separated user ids, or 'all'."),
-    k: int = typer.Option(10, help="Items per user."),
+    k: int = typer.Option(10, min=1, help="Items per user."),
     exclude: str = typer.Option("seen", help="Items never recommended: seen (train+valid+test), train, none."),
     out: Optional[Path] = typer.Option(None, help="Write a CSV (user,rank,item,score) instead of printing."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+    data_dir: DataDir = None,
 ) -> None:
     """Top-k items per user from a run's best model (known items masked; -1 pads short lists)."""
     import numpy as np
     import pandas as pd
 
-    from prismrec.errors import RunError
-    from prismrec.serve import RunRecommender
+    from prismrec.serve import EXCLUDE, RunRecommender
 
-    try:
-        every = users.strip() == "all"
-        try:
-            ids = [] if every else [int(u) for u in users.split(",") if u.strip()]
-        except ValueError:
-            raise ValueError(f"--users must be comma-separated integer ids or 'all', got {users!r}") from None
-        recommender = RunRecommender(run, data_dir, exclude)
-        ids = list(range(recommender.n_users)) if every else ids
-        items, scores = recommender.recommend(ids, k)
-    except (RunError, DatasetError, ValueError) as exc:
-        _fail(str(exc))
+    ids = _user_ids(users)
+    if exclude not in EXCLUDE:
+        raise ConfigError(f"--exclude {exclude!r}: choose one of {', '.join(EXCLUDE)}")
+    if out is not None:
+        _output_file(out, "--out")
+    recommender = RunRecommender(run, data_dir, exclude)
+    ids = list(range(recommender.n_users)) if ids is None else ids
+    items, scores = recommender.recommend(ids, k)
     if out is not None:
         rank = np.tile(np.arange(1, items.shape[1] + 1), len(ids))
         frame = pd.DataFrame({"user": np.repeat(ids, items.shape[1]), "rank": rank,
                               "item": items.ravel(), "score": scores.ravel()})
-        frame.to_csv(out, index=False)
-        console.print(f"{len(frame)} recommendations for {len(ids)} users written to {out}", highlight=False)
+        partial = out.with_name(f".{out.name}.partial")
+        frame.to_csv(partial, index=False)
+        partial.replace(out)  # a killed write never leaves a truncated CSV under the asked name
+        console.print(f"{len(frame)} recommendations for {len(ids)} users written to {out}",
+                      highlight=False, soft_wrap=True)
         return
     table = Table(title=f"{recommender.run.config.model}: top {k}, {exclude} items excluded")
     table.add_column("user")
@@ -324,41 +500,50 @@ def recommend(
 def serve(
     run: Path = typer.Option(..., help="A finished single-seed run directory."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8000, help="Port."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port (1-65535)."),
     exclude: str = typer.Option("seen", help="Items never recommended: seen (train+valid+test), train, none."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
+    max_users: int = typer.Option(1000, min=1, help="Most users in one POST /recommend (more: HTTP 413)."),
+    max_k: int = typer.Option(1000, min=1, help="Largest k of a request (more: HTTP 422)."),
+    max_items: int = typer.Option(100_000, min=1, help="Most items (users x k) in one answer (more: HTTP 413)."),
+    max_body_bytes: int = typer.Option(1_000_000, min=1024, help="Largest request body in bytes (more: HTTP 413)."),
+    data_dir: DataDir = None,
 ) -> None:
     """Serve a run's recommendations over HTTP (GET /recommend/{user}?k=, POST /recommend, GET /health)."""
-    from prismrec.errors import RunError
-    from prismrec.serve import RunRecommender
+    import socket
+
+    from prismrec.errors import ServeError
+    from prismrec.serve import EXCLUDE, RunRecommender
 
     try:
-        from prismrec.serve.app import create_app
         import uvicorn
+
+        from prismrec.serve.app import ServeLimits, create_app
     except ImportError:
-        _fail("serving needs FastAPI and uvicorn: pip install 'prismrec[serve]'")
-    try:
-        recommender = RunRecommender(run, data_dir, exclude)
-    except (RunError, DatasetError, ValueError) as exc:
-        _fail(str(exc))
-    uvicorn.run(create_app(recommender), host=host, port=port)
+        raise ConfigError("serving needs FastAPI and uvicorn: pip install 'prismrec[serve]'") from None
+    if exclude not in EXCLUDE:
+        raise ConfigError(f"--exclude {exclude!r}: choose one of {', '.join(EXCLUDE)}")
+    limits = ServeLimits(max_users=max_users, max_k=max_k, max_items=max_items, max_body_bytes=max_body_bytes)
+    try:  # is the address usable? (before the model is loaded, and as one line, not a server log)
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port or "
+                         "--host") from None
+    recommender = RunRecommender(run, data_dir, exclude)
+    uvicorn.run(create_app(recommender, limits), host=host, port=port)
 
 
 @app.command()
 def gates(
     run: Path = typer.Option(..., help="A finished single-seed run directory of a gated model (rlmmrec)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default <run>/gates)."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory."),
-    buckets: int = typer.Option(4, help="Item-popularity buckets."),
+    data_dir: DataDir = None,
+    buckets: int = typer.Option(4, min=1, help="Item-popularity buckets."),
 ) -> None:
     """Gate analysis: per-item modality weights (.npy), summary (.json) and histograms (.png)."""
-    from prismrec.errors import RunError
     from prismrec.experiment.gates import gate_analysis
 
-    try:
-        summary = gate_analysis(run, out, data_dir, buckets)
-    except (RunError, DatasetError) as exc:
-        _fail(str(exc))
+    summary = gate_analysis(run, out, data_dir, buckets)
     console.print_json(data=summary)
 
 

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from prismrec.cli import app
 from prismrec.data import DatasetError, load_dataset
 from prismrec.data.build import build_dataset, k_core, split_labels
+from prismrec.data.dataset import list_datasets
+from prismrec.errors import ConfigError
 
 runner = CliRunner()
 
@@ -157,7 +159,7 @@ def test_default_encoder_reproduces_the_shipped_minilm_features(real_data_dir, t
 @pytest.mark.parametrize(
     "content, kwargs, message",
     [
-        ("user,item\na,x\n", {"user_col": "uid"}, r"no column 'uid' \(columns: \['user', 'item'\]\).*--user-col"),
+        ("user,item\na,x\n", {"user_col": "uid"}, r"no column 'uid' \(columns: user, item\).*with --user-col$"),
         ("user,item\na,x\n,y\nb,\n", {}, r"empty 'user' at line\(s\) \[3\]"),
         ("user,item\na,x\nb,y\na,x\n", {}, r"pair \(a, x\) at lines 2 and 4 \(1 repeated rows in all\).*--dedupe"),
         ("user,item\na,x\nb,y\n", {}, "no interaction is left after the 5-core filter"),
@@ -174,11 +176,11 @@ def test_bad_input_is_a_clear_error(tmp_path, content, kwargs, message):
 def test_bad_settings_and_missing_file(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         build_dataset(tmp_path / "nope.csv", tmp_path / "d")
-    with pytest.raises(ValueError, match="min_count must be at least 3"):
+    with pytest.raises(ConfigError, match="--min-count must be at least 3"):
         build_dataset(tmp_path / "nope.csv", tmp_path / "d", min_count=2)
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(ConfigError, match="--split must be one of"):
         build_dataset(tmp_path / "nope.csv", tmp_path / "d", split="yearly")
-    with pytest.raises(ValueError, match="needs time_col"):
+    with pytest.raises(ConfigError, match="--split temporal needs --time-col"):
         build_dataset(tmp_path / "nope.csv", tmp_path / "d", split="temporal")
 
 
@@ -201,7 +203,8 @@ def test_cli_build(tmp_path):
     result = runner.invoke(app, ["build", "--interactions", str(tmp_path / "raw.csv"), "--out", str(tmp_path / "toy"),
                                  "--seed", "3"])
     assert result.exit_code == 0, result.output
-    assert "'name': 'toy'" in result.output and (tmp_path / "toy" / "toy.inter").is_file()
+    assert result.output.startswith("built dataset 'toy' in ") and "{" not in result.output
+    assert "users, " in result.output and (tmp_path / "toy" / "toy.inter").is_file()
     bad = runner.invoke(app, ["build", "--interactions", str(tmp_path / "raw.csv"), "--out", str(tmp_path / "x"),
                               "--item-col", "asin"])
     assert bad.exit_code == 2 and "no column 'asin'" in bad.output
@@ -267,10 +270,60 @@ def test_bad_item_vectors_are_clear_errors(tmp_path, name, content, message):
 
 def test_bad_feature_settings(tmp_path):
     raw = _three_items(tmp_path)
-    with pytest.raises(ValueError, match="missing_features must be one of"):
+    with pytest.raises(ConfigError, match="--missing-features must be one of"):
         build_dataset(raw, tmp_path / "d", min_count=3, missing_features="zero")
-    with pytest.raises(ValueError, match="feature name 'my image'"):
+    with pytest.raises(ConfigError, match="--item-features name 'my image'"):
         build_dataset(raw, tmp_path / "d", min_count=3, item_features={"my image": tmp_path / "x.npz"})
     bad = runner.invoke(app, ["build", "--interactions", str(raw), "--out", str(tmp_path / "x"),
                               "--item-features", "image"])
     assert bad.exit_code == 2 and "expected NAME=PATH" in bad.output
+
+
+def test_a_failed_build_leaves_nothing_a_listing_would_take_for_a_dataset(tmp_path):
+    raw = _three_items(tmp_path)
+    data = tmp_path / "data"
+
+    def broken_encoder(sentences):  # fails after the .inter and id maps are written
+        raise RuntimeError("encoder crashed")
+
+    pd.DataFrame({"item": ["p", "q", "r"], "text": ["a", "b", "c"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        build_dataset(raw, data / "toy", min_count=3, item_text=tmp_path / "t.csv", encoder=broken_encoder)
+    assert list(data.iterdir()) == [] and list_datasets(data) == []
+
+
+def test_build_is_renamed_into_place_and_refuses_a_non_empty_out(tmp_path):
+    raw = _three_items(tmp_path)
+    out = tmp_path / "data" / "toy"
+    build_dataset(raw, out, min_count=3)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["toy"]  # no temporary sibling left
+    assert sorted(p.name for p in out.iterdir()) == ["i_id_mapping.csv", "manifest.json", "toy.inter", "u_id_mapping.csv"]
+    stamp = json.loads((out / "manifest.json").read_text())["split"]["seed"]
+    with pytest.raises(ConfigError, match=r"--out .*toy already exists and is not empty; pass --overwrite"):
+        build_dataset(raw, out, min_count=3, seed=5)
+    assert json.loads((out / "manifest.json").read_text())["split"]["seed"] == stamp  # untouched
+    build_dataset(raw, out, min_count=3, seed=5, overwrite=True)
+    assert json.loads((out / "manifest.json").read_text())["split"]["seed"] == 5
+    assert sorted(p.name for p in out.parent.iterdir()) == ["toy"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is an existing file"):
+        build_dataset(raw, tmp_path / "file", min_count=3)
+
+
+def test_build_hints_name_the_option_that_is_wrong(tmp_path):
+    raw = _three_items(tmp_path)
+    pd.DataFrame({"item": ["p", "q", "r"], "title": ["a", "b", "c"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DatasetError, match=r"t\.csv: no column 'text' \(columns: item, title\); .* with --text-cols$"):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_text=tmp_path / "t.csv", encoder=lambda s: np.ones((len(s), 2)))
+    pd.DataFrame({"asin": ["p", "q", "r"], "text": ["a", "b", "c"]}).to_csv(tmp_path / "u.csv", index=False)
+    with pytest.raises(DatasetError, match=r"u\.csv: no column 'item' .* with --item-col$"):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_text=tmp_path / "u.csv", encoder=lambda s: np.ones((len(s), 2)))
+
+
+def test_cli_build_overwrite_flag(tmp_path):
+    raw = _three_items(tmp_path)
+    args = ["build", "--interactions", str(raw), "--out", str(tmp_path / "toy"), "--min-count", "3"]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "pass --overwrite" in again.output and len(again.output.strip().splitlines()) == 1
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0

@@ -1,5 +1,7 @@
 import pytest
+import torch
 
+from prismrec.errors import ConfigError
 from prismrec.experiment.config import (
     TrainConfig,
     field_types,
@@ -36,7 +38,7 @@ def test_unknown_key_lists_valid_keys():
     ],
 )
 def test_ill_typed_values_are_errors(key, value, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         resolve_config("lightgcn", "baby", {key: value})
 
 
@@ -79,11 +81,89 @@ def test_run_config_round_trips(tmp_path):
     assert "reg_weight" in valid_keys("bpr")
 
 
-def test_compare_seed_counts_and_lists():
-    from prismrec.experiment.compare import parse_seeds
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("epochs", 0, r"setting epochs=0 is invalid: the number of epochs must be a whole number >= 1"),
+        ("epochs", -3, "epochs=-3 is invalid"),
+        ("batch_size", 0, "batch_size=0 is invalid"),
+        ("topk", 0, r"topk=\(0,\) is invalid: cut-offs must be .* >= 1"),
+        ("topk", "[]", "topk=\\(\\) is invalid"),
+        ("patience", -1, "patience=-1 is invalid"),
+        ("threads", -2, "threads=-2 is invalid"),
+        ("lr", 0, "lr=0.0 is invalid"),
+        ("lr", -1e-3, "lr=-0.001 is invalid"),
+        ("lr", float("nan"), "lr=nan is invalid"),
+        ("eval_batch_size", 0, "eval_batch_size=0 is invalid"),
+        ("weight_decay", -1, "weight_decay=-1.0 is invalid"),
+        ("lr_decay_epochs", 0, "lr_decay_epochs=0 is invalid"),
+        ("seed", -1, "seed=-1 is invalid"),
+        ("device", "tpu", r"device='tpu' is invalid: the device must be one of cpu, cuda, mps"),
+        ("device", "cuda:x", "device='cuda:x' is invalid"),
+        ("valid_metric", "recall@abc", r"valid_metric='recall@abc' is invalid: must be METRIC@K"),
+    ],
+)
+def test_out_of_range_training_settings_are_config_errors(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("lightgcn", "baby", {key: value})
 
-    assert parse_seeds("3") == [999, 1000, 1001]
-    assert parse_seeds("999,1,2") == [999, 1, 2] and parse_seeds("1001,") == [1001]
-    for bad in ("0", "999"):  # "999" would silently mean 999 seeds
-        with pytest.raises(ValueError, match="count of seeds"):
-            parse_seeds(bad)
+
+def test_topk_zero_blames_topk_not_valid_metric():
+    with pytest.raises(ConfigError) as info:
+        resolve_config("lightgcn", "baby", {"topk": 0})
+    assert str(info.value).startswith("setting topk=")
+
+
+def test_a_missing_gpu_is_a_config_error_before_training():
+    cfg = resolve_config("lightgcn", "baby", {"device": "cuda"})  # well-formed: resolves anywhere
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="device='cuda' but this machine has no CUDA GPU.*--set device=cpu"):
+        cfg.train.check_device()
+    TrainConfig(device="cpu").check_device()
+
+
+def test_unknown_model_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown model 'nope'; registered: .*lightgcn"):
+        resolve_config("nope", "baby")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("lr: [0.1,\n", r"c\.yaml, line 2, column 1: not valid YAML"),
+        ("- 1\n- 2\n", "expected a mapping of settings"),
+        ("train: 3\n", "section 'train' must be a mapping"),
+    ],
+)
+def test_broken_yaml_is_a_config_error_naming_the_file(tmp_path, content, message):
+    (tmp_path / "c.yaml").write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_yaml_overrides(tmp_path / "c.yaml")
+
+
+def test_missing_or_binary_yaml_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml does not exist"):
+        load_yaml_overrides(tmp_path / "nope.yaml")
+    (tmp_path / "b.yaml").write_bytes(b"lr: 0.1\n\xff\xfe")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_yaml_overrides(tmp_path / "b.yaml")
+
+
+def test_seeds_have_one_meaning():
+    from prismrec.experiment.seeds import resolve_seeds
+
+    assert resolve_seeds("3", None) == [3]  # a list of one seed, never a count
+    assert resolve_seeds("999,1,2", None) == [999, 1, 2] and resolve_seeds("1001,", None) == [1001]
+    assert resolve_seeds(None, 3) == [999, 1000, 1001]
+    assert resolve_seeds(None, None, default_n=1) == [999] and resolve_seeds(None, None, default_n=3) == [999, 1000, 1001]
+    for text, message in [("abc", r"--seeds 'abc': 'abc' is not a whole number"), ("", "holds no seed"),
+                          (" , ", "holds no seed"), ("1,1", r"repeats seed\(s\) \[1\]"), ("-1", "out of range"),
+                          ("1.5", "'1.5' is not a whole number")]:
+        with pytest.raises(ConfigError, match=message):
+            resolve_seeds(text, None)
+    for n in (0, -1, 101):
+        with pytest.raises(ConfigError, match="--n-seeds must be a whole number from 1 to 100"):
+            resolve_seeds(None, n)
+    with pytest.raises(ConfigError, match="not both"):
+        resolve_seeds("1", 2)

@@ -17,7 +17,7 @@ def make(tmp_path, inter=GOOD, name="toy", feats=None):
 
 
 def test_good_folder_semantics(tmp_path):
-    folder = make(tmp_path, feats={"image": np.ones((3, 4), dtype=np.float16), "text": np.zeros((3, 2))})
+    folder = make(tmp_path, feats={"image": np.ones((3, 4), dtype=np.float16), "text": np.eye(3, 2)})
     d = load_dataset(folder)
     assert (d.n_users, d.n_items) == (3, 3)
     assert d.train.toarray().tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
@@ -142,9 +142,49 @@ def test_feature_not_numeric(tmp_path):
 
 def test_feature_not_npy(tmp_path):
     folder = make(tmp_path)
-    (folder / "image_feat.npy").write_bytes(b"not an array")
-    with pytest.raises(DatasetError, match="not a readable .npy"):
+    (folder / "image_feat.npy").write_bytes(b"\x00\x01binary")
+    with pytest.raises(DatasetError, match=r"image_feat\.npy is not a NumPy \.npy file: it has another binary"):
         load_dataset(folder)
+
+
+def test_feature_csv_named_npy_is_named_a_text_file_not_a_pickle(tmp_path):
+    folder = make(tmp_path)
+    (folder / "image_feat.npy").write_text("0.1,0.2\n0.3,0.4\n0.5,0.6\n")
+    with pytest.raises(DatasetError, match=r"image_feat\.npy is not a NumPy \.npy file: it is a text file") as info:
+        load_dataset(folder)
+    assert "pickle" not in str(info.value)
+
+
+def test_feature_object_array_is_not_a_pickle_hint(tmp_path):
+    folder = make(tmp_path)
+    np.save(folder / "image_feat.npy", np.array([[1, "a"]] * 3, dtype=object), allow_pickle=True)
+    with pytest.raises(DatasetError, match="holds Python objects, not numbers") as info:
+        load_dataset(folder)
+    assert "allow_pickle" not in str(info.value)
+
+
+def test_feature_zero_width_names_the_file(tmp_path):
+    with pytest.raises(DatasetError, match=r"image_feat\.npy: the feature matrix has 3 rows but zero columns"):
+        load_dataset(make(tmp_path, feats={"image": np.ones((3, 0), dtype=np.float32)}))
+
+
+def test_feature_all_zero_is_a_warning_naming_the_file(tmp_path):
+    folder = make(tmp_path, feats={"image": np.zeros((3, 4), dtype=np.float32)})
+    with pytest.warns(UserWarning, match=r"image_feat\.npy: every feature value is zero"):
+        data = load_dataset(folder)
+    assert data.features["image"].shape == (3, 4)
+
+
+def test_latin1_byte_names_the_line(tmp_path):
+    folder = make(tmp_path, inter=None)
+    (folder / "toy.inter").write_bytes(GOOD.encode().replace(b"1\t1\t0", b"1\t1\xe9\t0"))
+    with pytest.raises(DatasetError, match=r"toy\.inter, line 5, byte 4: byte 0xe9 is not UTF-8"):
+        load_dataset(folder)
+
+
+def test_huge_id_is_refused_before_allocating(tmp_path):
+    with pytest.raises(DatasetError, match=r"line 3, column itemID: id 99999999999 is far above the row count"):
+        load_dataset(make(tmp_path, GOOD.replace("0\t1\t0", "0\t99999999999\t0")))
 
 
 def test_requested_modality_missing(tmp_path):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from prismrec.cli import app
 from prismrec.experiment.config import resolve_config
-from prismrec.errors import RunError
+from prismrec.errors import RunError, ServeError
 from prismrec.experiment.runs import run_experiment
 from prismrec.models import get_model
 from prismrec.serve import RunRecommender
@@ -100,7 +100,7 @@ def test_batched_scoring_equals_one_block(lightgcn_run, recommenders, planted_di
     ],
 )
 def test_bad_requests_are_clear_errors(recommenders, users, k, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ServeError, match=message):
         recommenders["seen"].recommend(users, k)
 
 
@@ -139,6 +139,32 @@ def test_cli_writes_csv_and_prints(lightgcn_run, recommenders, planted_dir, tmp_
     assert bad.exit_code == 2 and "--users must be comma-separated integer ids or 'all'" in bad.output
 
 
+@pytest.mark.parametrize(
+    "users, extra, message",
+    [
+        ("", [], "--users '' names no user"),
+        (" , ", [], "names no user"),
+        ("4", ["--out", "{tmp}/missing/recs.csv"], r"the folder .*missing does not exist"),
+        ("4", ["--out", "{tmp}"], "is a directory; give a file path"),
+        ("4", ["--k", "0"], r"Invalid value for '--k'"),
+        ("4", ["--exclude", "test"], "--exclude 'test': choose one of seen, train, none"),
+        ("4,1000", [], r"unknown user id\(s\) \[1000\]"),
+    ],
+)
+def test_cli_recommend_bad_input_is_one_line(lightgcn_run, planted_dir, tmp_path, users, extra, message):
+    run, _ = lightgcn_run
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    result = runner.invoke(app, ["recommend", "--run", str(run), "--users", users, "--data-dir", str(planted_dir.parent),
+                                 *extra])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith("error: ")
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
 def test_http_app(recommenders, planted):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient  # needs httpx2 (or httpx with older Starlette)
@@ -168,10 +194,78 @@ def test_http_app(recommenders, planted):
     assert client.post("/recommend", json={"users": "x"}).status_code == 422
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"users": [True], "k": 5},  # JSON true is not user 1
+        {"users": [1], "k": 10.0},  # 10.0 is not an int
+        {"users": [1.0], "k": 5},
+        {"users": ["1"], "k": 5},
+        {"users": [1], "k": "5"},
+        {"users": [1], "k": 5, "extra": 1},
+        {"users": [1], "k": True},
+    ],
+)
+def test_http_strict_types(recommenders, body):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from prismrec.serve.app import create_app
+
+    response = TestClient(create_app(recommenders["seen"])).post("/recommend", json=body)
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize("path", ["/recommend/true", "/recommend/1.0", "/recommend/1?k=10.0", "/recommend/1?k=true",
+                                  "/recommend/-1", "/recommend/1?k=0"])
+def test_http_get_strict_whole_numbers(recommenders, path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from prismrec.serve.app import create_app
+
+    response = TestClient(create_app(recommenders["seen"])).get(path)
+    assert response.status_code == 422 and response.json()["detail"], response.text
+
+
+def test_http_limits(recommenders):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from prismrec.serve.app import ServeLimits, create_app
+
+    limits = ServeLimits(max_users=10, max_k=20, max_items=100, max_body_bytes=2048)
+    client = TestClient(create_app(recommenders["seen"], limits))
+    assert client.get("/health").json()["limits"] == {"max_users": 10, "max_k": 20, "max_items": 100,
+                                                      "max_body_bytes": 2048}
+    assert client.post("/recommend", json={"users": list(range(10)), "k": 10}).status_code == 200  # at the limits
+    too_many = client.post("/recommend", json={"users": list(range(11)), "k": 1})
+    assert too_many.status_code == 413 and "11 users in one request; this server answers at most 10" in too_many.text
+    big_k = client.get("/recommend/1", params={"k": 21})
+    assert big_k.status_code == 422 and "k=21 is over this server's limit of 20" in big_k.text
+    too_much = client.post("/recommend", json={"users": list(range(6)), "k": 20})
+    assert too_much.status_code == 413 and "120 items in one answer" in too_much.text
+    body = client.post("/recommend", content=b'{"users": [' + b"1, " * 1000 + b'1], "k": 1}',
+                       headers={"content-type": "application/json"})
+    assert body.status_code == 413 and "request body over 2048 bytes" in body.text
+
+    def chunks():  # no Content-Length: the body is counted as it arrives
+        for _ in range(100):
+            yield b"1, " * 10
+    chunked = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    with pytest.raises(ServeError, match="max_users must be a whole number >= 1"):
+        ServeLimits(max_users=0)
+
+
 def test_cli_serve_refuses_what_is_not_a_finished_run(tmp_path, lightgcn_run, planted_dir):
     pytest.importorskip("uvicorn")
     result = runner.invoke(app, ["serve", "--run", str(tmp_path)])
     assert result.exit_code == 2 and "is not a finished run directory" in " ".join(result.output.split())
     run, _ = lightgcn_run
     result = runner.invoke(app, ["serve", "--run", str(run), "--exclude", "all", "--data-dir", str(planted_dir.parent)])
-    assert result.exit_code == 2 and "exclude must be one of" in result.output
+    assert result.exit_code == 2 and "--exclude 'all': choose one of" in result.output
+    for port in ("99999", "0", "http"):
+        result = runner.invoke(app, ["serve", "--run", str(run), "--port", port])
+        assert result.exit_code == 2 and result.output.startswith("error: Invalid value for '--port'"), result.output
+        assert len(result.output.strip().splitlines()) == 1

@@ -20,12 +20,19 @@ Nothing is silently fixed: missing ids, duplicate (user, item) pairs (unless ``d
 keeps each pair's first row and records how many were dropped), items without text and items
 without vectors (unless ``missing_features="mean"``) are errors or recorded counts, never quiet
 changes.
+
+The folder is written atomically: everything goes into a hidden sibling ``.<name>.building-<pid>``
+that is renamed to ``out_dir`` only once complete, so an interrupted build never leaves a folder
+that ``prismrec datasets`` would list. An existing non-empty ``out_dir`` is refused unless
+``overwrite``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -34,8 +41,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from prismrec.data.dataset import DatasetError
 from prismrec.data.features import TEXT_ENCODER, encode_texts
+from prismrec.errors import ConfigError, DatasetError
 
 SPLIT_RULES = ("random", "temporal")
 MISSING_FEATURES = ("error", "mean")
@@ -57,6 +64,7 @@ def build_dataset(
     encoder: Callable[[list[str]], np.ndarray] | None = None,
     item_features: Mapping[str, str | Path] | None = None,
     missing_features: str = "error",
+    overwrite: bool = False,
 ) -> Path:
     """Build ``out_dir`` (its name is the dataset's name) from raw files; return the folder.
 
@@ -77,23 +85,33 @@ def build_dataset(
             removed are ignored (and counted).
         missing_features: a kept item without a vector is an error (``"error"``), or gets the
             mean of the given vectors (``"mean"``, counted in the manifest).
+        overwrite: replace an existing non-empty ``out_dir`` (only once the new folder is complete).
+
+    Bad settings raise :class:`ConfigError` naming the ``prismrec build`` option; bad input files
+    raise :class:`DatasetError` naming the file, the line and the option to change.
     """
     if split not in SPLIT_RULES:
-        raise ValueError(f"split must be one of {list(SPLIT_RULES)}, got {split!r}")
-    if min_count < 3:
-        raise ValueError(f"min_count must be at least 3 (a train, a valid and a test row per user), got {min_count}")
+        raise ConfigError(f"--split must be one of {', '.join(SPLIT_RULES)}, got {split!r}")
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 3:
+        raise ConfigError(f"--min-count must be at least 3 (a train, a valid and a test row per user), got {min_count}")
     if missing_features not in MISSING_FEATURES:
-        raise ValueError(f"missing_features must be one of {list(MISSING_FEATURES)}, got {missing_features!r}")
+        raise ConfigError(f"--missing-features must be one of {', '.join(MISSING_FEATURES)}, got {missing_features!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be a whole number from 0 to 2**32-1, got {seed!r}")
     item_features = dict(item_features or {})
     for modality in item_features:
         if not modality.isidentifier() or (modality == "text" and item_text is not None):
-            raise ValueError(f"feature name {modality!r}: use a plain name such as image or audio "
-                             "(it becomes <name>_feat.npy), other than text when item_text is given")
+            raise ConfigError(f"--item-features name {modality!r}: use a plain name such as image or audio "
+                              "(it becomes <name>_feat.npy), other than text when --item-text is given")
     if split == "temporal" and not time_col:
-        raise ValueError("split='temporal' needs time_col, the column with each interaction's time")
+        raise ConfigError("--split temporal needs --time-col, the column with each interaction's time")
+    if not list(text_cols):
+        raise ConfigError("--text-cols names no column; give the item table's text column(s), e.g. title")
+    out = Path(out_dir)
+    _check_destination(out, overwrite)
     source = Path(interactions)
     columns = [user_col, item_col] + ([time_col] if time_col else [])
-    frame = _read_table(source, columns)
+    frame = _read_table(source, columns, {user_col: "--user-col", item_col: "--item-col", time_col: "--time-col"})
     n_read = len(frame)
     frame = _check_ids(frame, source, user_col, item_col)
     frame, n_duplicates = _duplicates(frame, source, user_col, item_col, dedupe)
@@ -110,36 +128,66 @@ def build_dataset(
         np.random.default_rng(seed).permutation(len(frame))
     labels = split_labels(users, order)
 
-    out = Path(out_dir)
     name = out.name
-    out.mkdir(parents=True, exist_ok=True)
-    inter = pd.DataFrame({"userID": users, "itemID": items, "x_label": labels})
-    inter.to_csv(out / f"{name}.inter", sep="\t", index=False)
-    for file, col, new, raw in (("u_id_mapping.csv", user_col, "userID", raw_users),
-                                ("i_id_mapping.csv", item_col, "itemID", raw_items)):
-        pd.DataFrame({col if col != new else f"raw_{col}": raw, new: np.arange(len(raw))}).to_csv(
-            out / file, sep="\t", index=False)
-    manifest = {
-        "name": name,
-        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": {"file": str(source.resolve()), "sha256": _sha256(source), "rows": n_read,
-                   "columns": columns},
-        "duplicates_dropped": n_duplicates,
-        "filter": {"k_core": min_count, "rows_kept": int(kept.sum()), "rows_removed": int((~kept).sum())},
-        "split": {"rule": split, "seed": seed if split == "random" else None,
-                  "counts": {s: int((labels == c).sum()) for c, s in enumerate(("train", "valid", "test"))}},
-        "users": int(len(raw_users)),
-        "items": int(len(raw_items)),
-        "features": {},
-    }
-    if item_text is not None:
-        manifest["features"]["text"] = _text_features(
-            Path(item_text), raw_items, text_item_col or item_col, list(text_cols), encoder, out)
-    for modality, path in item_features.items():
-        manifest["features"][modality] = _vector_features(
-            modality, Path(path), raw_items, item_col, missing_features, out)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    # Written under a hidden temporary name beside ``out``, renamed once complete.
+    work = out.parent / f".{name}.building-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        inter = pd.DataFrame({"userID": users, "itemID": items, "x_label": labels})
+        inter.to_csv(work / f"{name}.inter", sep="\t", index=False)
+        for file, col, new, raw in (("u_id_mapping.csv", user_col, "userID", raw_users),
+                                    ("i_id_mapping.csv", item_col, "itemID", raw_items)):
+            pd.DataFrame({col if col != new else f"raw_{col}": raw, new: np.arange(len(raw))}).to_csv(
+                work / file, sep="\t", index=False)
+        manifest = {
+            "name": name,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "source": {"file": str(source.resolve()), "sha256": _sha256(source), "rows": n_read,
+                       "columns": columns},
+            "duplicates_dropped": n_duplicates,
+            "filter": {"k_core": min_count, "rows_kept": int(kept.sum()), "rows_removed": int((~kept).sum())},
+            "split": {"rule": split, "seed": seed if split == "random" else None,
+                      "counts": {s: int((labels == c).sum()) for c, s in enumerate(("train", "valid", "test"))}},
+            "users": int(len(raw_users)),
+            "items": int(len(raw_items)),
+            "features": {},
+        }
+        if item_text is not None:
+            manifest["features"]["text"] = _text_features(
+                Path(item_text), raw_items, text_item_col or item_col, list(text_cols), encoder, work)
+        for modality, path in item_features.items():
+            manifest["features"][modality] = _vector_features(
+                modality, Path(path), raw_items, item_col, missing_features, work)
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        _move_into_place(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _check_destination(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder without ``overwrite``, before any work."""
+    if not out.name or out.name in (".", ".."):
+        raise ConfigError(f"--out {out}: give a folder path whose last part is the dataset's name, e.g. data/mydata")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file; give a folder path (its name is the dataset's name)")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out {out} already exists and is not empty; pass --overwrite to replace it, "
+                          "or give another --out")
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    """Rename the finished ``work`` folder to ``out`` (an existing ``out`` is moved aside, then removed)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    work.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def k_core(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
@@ -174,16 +222,29 @@ def split_labels(users: np.ndarray, order: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> pd.DataFrame:
+    """``columns`` of the CSV/TSV at ``path``; ``options`` maps a column to the option that names it."""
     if not path.is_file():
-        raise DatasetError(f"{path} does not exist: give the interactions table (CSV or TSV with a header)")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise DatasetError(f"{path} {what}: give a CSV or TSV table with a header row")
     sep = "\t" if path.suffix.lower() in (".tsv", ".inter", ".tab") else ","
-    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes().count(b"\n", 0, exc.start) + 1 if exc.start is not None else "?"
+        raise DatasetError(f"{path}, line {line}: byte that is not UTF-8 (a Latin-1 file?); re-save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path} is empty: give a table with a header row") from None
+    except pd.errors.ParserError as exc:
+        raise DatasetError(f"{path} is not a readable {'TSV' if sep == chr(9) else 'CSV'} table "
+                           f"({' '.join(str(exc).split())})") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
+        shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
+        flags = sorted({options.get(c, "--text-cols") for c in missing})
         raise DatasetError(
-            f"{path}: no column {', '.join(repr(c) for c in missing)} (columns: {list(frame.columns)}); "
-            "name the right ones with --user-col / --item-col / --time-col"
+            f"{path}: no column {', '.join(repr(c) for c in missing)} (columns: {shown}); "
+            f"name the right one(s) with {' / '.join(flags)}"
         )
     return frame[columns]
 
@@ -237,7 +298,7 @@ def _time_order(times: pd.Series, path: Path, col: str) -> np.ndarray:
 
 def _text_features(path: Path, raw_items: np.ndarray, item_col: str, text_cols: list[str],
                    encoder, out: Path) -> dict:
-    table = _read_table(path, [item_col, *text_cols])
+    table = _read_table(path, [item_col, *text_cols], {item_col: "--item-col"})
     repeated = table[item_col].duplicated().to_numpy()
     if repeated.any():
         row = int(np.flatnonzero(repeated)[0])
@@ -253,7 +314,7 @@ def _text_features(path: Path, raw_items: np.ndarray, item_col: str, text_cols: 
     vectors = (encoder or encode_texts)([lookup.get(str(i), " ") for i in raw_items])
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.shape[0] != len(raw_items) or vectors.ndim != 2:
-        raise ValueError(f"the text encoder returned shape {vectors.shape} for {len(raw_items)} sentences")
+        raise DatasetError(f"the text encoder returned shape {vectors.shape} for {len(raw_items)} sentences")
     np.save(out / "text_feat.npy", vectors)
     return {"file": "text_feat.npy", "encoder": TEXT_ENCODER if encoder is None else getattr(encoder, "__name__", "custom"),
             "source": str(path.resolve()), "sha256": _sha256(path), "columns": text_cols,

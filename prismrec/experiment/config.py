@@ -3,7 +3,9 @@
 Settings come from three layers, later wins: dataclass defaults (the papers' values), the
 model's ``train_defaults`` (e.g. an LR decay the reference uses), then user overrides from a YAML
 file and ``--set key=value``. Keys are flat (``lr``, ``n_layers``): model fields and training
-fields never share a name. An unknown key or an ill-typed value is an error naming the valid keys.
+fields never share a name. An unknown key, an ill-typed or out-of-range value, an unknown model
+or an unreadable YAML file is a :class:`~prismrec.errors.ConfigError` (a ``ValueError``) naming
+the key or file and the fix.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from prismrec.errors import ConfigError
 from prismrec.models import get_model
 from prismrec.train.config import TrainConfig
 
@@ -33,7 +36,7 @@ def field_types(cls) -> dict[str, Any]:
 
 
 def coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert a parsed YAML value to ``annotation``, or raise ``ValueError`` naming ``key``."""
+    """Convert a parsed YAML value to ``annotation``, or raise :class:`ConfigError` naming ``key``."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if annotation is Any:
@@ -47,12 +50,12 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                 continue
             try:
                 return coerce(value, arg, key)
-            except ValueError as exc:
+            except ConfigError as exc:
                 errors.append(str(exc))
-        raise ValueError("; ".join(errors))
+        raise ConfigError("; ".join(errors))
     if origin is Literal:
         if value not in args:
-            raise ValueError(f"{key} must be one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
         return value
     if origin in (tuple, list):
         if isinstance(value, str):  # "a,b" or a YAML list "[a, b]"
@@ -62,7 +65,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                     parsed = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
                 value = parsed
             except yaml.YAMLError as exc:
-                raise ValueError(f"{key} must be a list written a,b or [a, b], got {value!r}") from exc
+                raise ConfigError(f"{key} must be a list written a,b or [a, b], got {value!r}") from exc
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
@@ -70,18 +73,18 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{key} must be a mapping, got {value!r}")
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
         return dict(value)
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{key} must be true or false, got {value!r}")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ValueError(f"{key} must be an integer, got {value!r}")
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -90,12 +93,12 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ValueError(f"{key} must be a number, got {value!r}")
+        raise ConfigError(f"{key} must be a number, got {value!r}")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ValueError(f"{key} must be a string, got {value!r}")
-    raise ValueError(f"{key}: unsupported config type {annotation!r}")
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported config type {annotation!r}")
 
 
 def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
@@ -104,11 +107,11 @@ def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
     for item in assignments or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            raise ValueError(f"--set {key.strip()}: {raw!r} is not a valid value (YAML scalar or list, "
+            raise ConfigError(f"--set {key.strip()}: {raw!r} is not a valid value (YAML scalar or list, "
                              "e.g. 0.01, true, [0.5, 0.5])") from None
     return out
 
@@ -116,12 +119,38 @@ def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
 def load_yaml_overrides(path: str | Path) -> dict[str, Any]:
     """Flat overrides from a YAML file; the ``train``/``params`` sections of a run's
     ``config.yaml`` are flattened so a finished run's config can be fed back in."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; give the path of a YAML file of settings") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give the path of a YAML file of settings") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"config file {path}{where}: not valid YAML ({problem}); write one key: value "
+                          "setting per line, e.g. lr: 0.001") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        raise ConfigError(f"config file {path}: expected a mapping of settings (key: value lines), "
+                          f"got a {type(data).__name__}")
     flat = {k: v for k, v in data.items() if k not in ("train", "params", "protocol")}
     for section in ("train", "params"):
-        flat.update(data.get(section) or {})
+        block = data.get(section) or {}
+        if not isinstance(block, dict):
+            raise ConfigError(f"config file {path}: section {section!r} must be a mapping of settings, "
+                              f"got a {type(block).__name__}")
+        flat.update(block)
+    bad_keys = [k for k in flat if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError(f"config file {path}: setting names must be text, got {bad_keys[0]!r}")
     return flat
 
 
@@ -155,13 +184,27 @@ def _plain(d: dict) -> dict:
 
 def valid_keys(model: str) -> list[str]:
     """Every key ``--set`` accepts for ``model``."""
-    cls = get_model(model)
+    cls = model_class(model)
     return sorted(set(field_types(TrainConfig)) | set(field_types(cls.Config)))
 
 
+def model_class(model: str):
+    """The registered class of ``model``; an unknown name is a :class:`ConfigError` listing the known ones."""
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError(f"model name {model!r} is empty; give one of the registered models")
+    try:
+        return get_model(model.strip())
+    except KeyError as exc:
+        raise ConfigError(f"{exc.args[0]}: give one of these names") from None
+
+
 def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Resolve defaults, the model's training defaults and ``overrides`` into one config."""
-    cls = get_model(model)
+    """Resolve defaults, the model's training defaults and ``overrides`` into one config.
+
+    Raises :class:`ConfigError` for an unknown model or key, an ill-typed value or an out-of-range
+    training setting (see :func:`prismrec.train.config.check_train_config`).
+    """
+    cls = model_class(model)
     train_types, model_types = field_types(TrainConfig), field_types(cls.Config)
     clash = set(train_types) & set(model_types)
     if clash:  # a programming error in the model, caught by the test suite
@@ -170,18 +213,17 @@ def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = 
     settings = {k: v for k, v in settings.items() if k not in RESERVED}
     unknown = sorted(set(settings) - set(train_types) - set(model_types))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown setting(s) {', '.join(unknown)} for model {cls.name!r}. Valid keys: "
             f"{', '.join(valid_keys(cls.name))}"
         )
     train_kw = {k: coerce(v, train_types[k], k) for k, v in settings.items() if k in train_types}
     model_kw = {k: coerce(v, model_types[k], k) for k, v in settings.items() if k in model_types}
-    train = TrainConfig(**train_kw)
-    if train.valid_metric.split("@")[0] not in ("recall", "ndcg", "precision", "map", "hit") or (
-        "@" not in train.valid_metric or int(train.valid_metric.split("@")[1]) not in train.topk
-    ):
-        raise ValueError(
-            f"valid_metric {train.valid_metric!r} must be METRIC@K with METRIC in recall, ndcg, "
-            f"precision, map, hit and K in topk {list(train.topk)}"
-        )
-    return ExperimentConfig(model=cls.name, dataset=dataset, train=train, params=cls.Config(**model_kw))
+    train = TrainConfig(**train_kw)  # checks every training setting's range
+    try:
+        params = cls.Config(**model_kw)
+    except (TypeError, ValueError) as exc:  # a model config's own checks (__post_init__)
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"model {cls.name!r} rejects its settings: {exc}") from None
+    return ExperimentConfig(model=cls.name, dataset=dataset, train=train, params=params)

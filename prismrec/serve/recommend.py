@@ -12,7 +12,9 @@ the evaluator ranks. What counts as known is ``exclude``:
 - ``none``: nothing masked.
 
 A user with fewer than ``k`` unmasked items gets them all; the remaining slots hold item ``-1``
-with score ``-inf``.
+with score ``-inf``. A bad request (unknown user, bad ``k``) is a :class:`ServeError` (a
+``ValueError``). Users are scored in blocks of at most ``batch_size`` rows and ``SCORE_BLOCK``
+scores, so one request's memory is bounded whatever the item count.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from prismrec.errors import ServeError
 from prismrec.eval.metrics import mask_items, ranked_topk
 
 EXCLUDE = ("seen", "train", "none")
+SCORE_BLOCK = 2**24
+"""Most scores (users x items) computed at once: 64 MiB of float32 per block."""
 
 
 class RunRecommender:
@@ -36,7 +41,7 @@ class RunRecommender:
         from prismrec.experiment.export import load_run
 
         if exclude not in EXCLUDE:
-            raise ValueError(f"exclude must be one of {list(EXCLUDE)}, got {exclude!r}")
+            raise ServeError(f"exclude must be one of {list(EXCLUDE)}, got {exclude!r}")
         self.run = load_run(run_dir, data_dir)
         ds = self.run.dataset
         self.n_users, self.n_items = ds.n_users, ds.n_items
@@ -46,7 +51,7 @@ class RunRecommender:
             self.exclude = (ds.train + ds.valid + ds.test).tocsr()
         elif exclude == "train":
             self.exclude = ds.train
-        self.batch_size = int(batch_size)
+        self.batch_size = max(1, min(int(batch_size), SCORE_BLOCK // max(self.n_items, 1)))
         with torch.no_grad():
             self.out = self.run.model()
 
@@ -54,15 +59,15 @@ class RunRecommender:
         """``(items, scores)``, each ``len(users) x k``: row ``b`` is user ``users[b]``'s top ``k``."""
         users = np.asarray(users)
         if users.ndim != 1 or (users.size and not np.issubdtype(users.dtype, np.integer)):
-            raise ValueError(f"users must be a 1-D list of integer user ids, got {users.tolist()!r}")
+            raise ServeError(f"users must be a 1-D list of integer user ids, got {users.tolist()!r}")
         bad = users[(users < 0) | (users >= self.n_users)]
         if bad.size:
-            raise ValueError(
+            raise ServeError(
                 f"unknown user id(s) {bad[:5].tolist()}{' ...' if bad.size > 5 else ''}: "
                 f"{self.run.config.dataset} has user ids 0..{self.n_users - 1}"
             )
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n_items:
-            raise ValueError(f"k must be an integer in 1..{self.n_items} (the item count), got {k!r}")
+            raise ServeError(f"k must be an integer in 1..{self.n_items} (the item count), got {k!r}")
         items = np.empty((len(users), k), dtype=np.int64)
         scores = np.empty((len(users), k), dtype=np.float32)
         model = self.run.model

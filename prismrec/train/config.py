@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
+
+import torch
+
+from prismrec.errors import ConfigError
+
+METRIC_NAMES = ("recall", "ndcg", "precision", "map", "hit")
+"""Metrics the evaluator computes at every cut-off (the names ``valid_metric`` may use)."""
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+"""Device types a run may use (``cuda:1`` selects a GPU by index)."""
 
 
 @dataclass
 class TrainConfig:
-    """Training and evaluation protocol (ALGORITHMS.md 1.3-1.4); defaults are MMRec's."""
+    """Training and evaluation protocol (ALGORITHMS.md 1.3-1.4); defaults are MMRec's.
+
+    Every value is checked on construction (:func:`check_train_config`), so a bad setting is a
+    :class:`~prismrec.errors.ConfigError` before any data is read; :meth:`check_device` adds what
+    depends on this machine (a GPU that is not there), before training.
+    """
+
+    def __post_init__(self) -> None:
+        check_train_config(self)
+
+    def check_device(self) -> None:
+        """Raise :class:`ConfigError` unless ``device`` exists on this machine."""
+        check_device_available(self.device)
 
     lr: float = 1e-3
     """Adam learning rate."""
@@ -44,3 +66,72 @@ class TrainConfig:
     """Write a resumable training checkpoint into the run directory at the end of an epoch once
     this many seconds have passed since the last one; 0 = after every epoch. It changes only how
     much work a killed run repeats, never the result (not part of the run's identity)."""
+
+
+def _require(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"setting {key}={value!r} is invalid: {rule}. Fix it with --set {key}=... "
+                          "or in the --config file")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Check every training setting's range; raise :class:`ConfigError` naming the first bad one."""
+    _require(_is_number(cfg.lr) and cfg.lr > 0, "lr", cfg.lr, "the learning rate must be a number > 0, e.g. 0.001")
+    _require(_is_number(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", cfg.weight_decay,
+             "weight decay must be a number >= 0")
+    _require(_is_number(cfg.lr_decay) and cfg.lr_decay > 0, "lr_decay", cfg.lr_decay,
+             "the LR decay factor must be a number > 0 (1.0 = constant)")
+    _require(_is_int(cfg.lr_decay_epochs) and cfg.lr_decay_epochs >= 1, "lr_decay_epochs", cfg.lr_decay_epochs,
+             "must be a whole number >= 1")
+    _require(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size", cfg.batch_size,
+             "training pairs per batch must be a whole number >= 1, e.g. 2048")
+    _require(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", cfg.epochs,
+             "the number of epochs must be a whole number >= 1")
+    _require(_is_int(cfg.patience) and cfg.patience >= 0, "patience", cfg.patience,
+             "patience must be a whole number >= 0 (0 = stop at the first epoch that does not improve)")
+    _require(_is_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size,
+             "users per evaluation batch must be a whole number >= 1")
+    _require(_is_int(cfg.threads) and cfg.threads >= 0, "threads", cfg.threads,
+             "CPU threads must be a whole number >= 0 (0 = torch's default)")
+    every = getattr(cfg, "checkpoint_every_s", 0.0)
+    _require(_is_number(every) and every >= 0, "checkpoint_every_s", every, "must be a number of seconds >= 0")
+    _require(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "seeds are whole numbers 0..2**32-1")
+    _require(cfg.negative_pool in ("train_items", "all_items"), "negative_pool", cfg.negative_pool,
+             "must be train_items or all_items")
+    _require(isinstance(cfg.mask_valid_at_test, bool), "mask_valid_at_test", cfg.mask_valid_at_test,
+             "must be true or false")
+    topk = tuple(cfg.topk) if isinstance(cfg.topk, (list, tuple)) else ()
+    _require(bool(topk) and all(_is_int(k) and k >= 1 for k in topk), "topk", cfg.topk,
+             "cut-offs must be a non-empty list of whole numbers >= 1, e.g. [10, 20]")
+    metric, at, k = str(cfg.valid_metric).partition("@")
+    _require(metric in METRIC_NAMES and at == "@" and k.isdigit() and int(k) in topk, "valid_metric",
+             cfg.valid_metric, f"must be METRIC@K with METRIC one of {', '.join(METRIC_NAMES)} and K one of "
+             f"topk {list(topk)}")
+    device = str(cfg.device)
+    kind, colon, index = device.partition(":")
+    _require(kind in DEVICE_TYPES and (not colon or index.isdigit()), "device", cfg.device,
+             f"the device must be one of {', '.join(DEVICE_TYPES)}, optionally with an index (cuda:1)")
+
+
+def check_device_available(device: str) -> None:
+    """Raise :class:`ConfigError` when ``device`` (already well-formed) is absent on this machine."""
+    kind, _, index = str(device).partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={device!r} but this machine has no CUDA GPU that torch can use; "
+                              "run with --set device=cpu")
+        if index and int(index) >= count:
+            raise ConfigError(f"device={device!r} but this machine has {count} CUDA GPU(s) "
+                              f"(cuda:0..cuda:{count - 1}); pick one of those")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device!r} but Apple's MPS backend is not available here; "
+                          "run with --set device=cpu")
