@@ -110,9 +110,10 @@ class LATTICE(Recommender):
         # 1. Frozen graphs Ŝ_m (2.2), kept as edge lists: they enter S with learned weights α_m.
         self.original_edges = []
         for m in self.modalities:
-            g = knn_graph(dataset.features[m], config.knn_k).tocoo()
-            self.original_edges.append(tuple(torch.from_numpy(np.asarray(x)).to(torch.int64) for x in (g.row, g.col))
-                                       + (torch.from_numpy(g.data.astype(np.float32)),))
+            g = knn_graph(dataset.features[m], config.knn_k).tocoo()  # (rows, cols, ŝ_ij)
+            self.original_edges.append(tuple(
+                torch.from_numpy(x.astype(dtype)) for x, dtype in ((g.row, np.int64), (g.col, np.int64), (g.data, np.float32))
+            ))
         # User–item propagation matrix.
         if config.ui_graph == "rw_self_loops":
             self.adjacency = SparseOperator(random_walk_adjacency(dataset.train, self_loops=True), symmetric=False)
