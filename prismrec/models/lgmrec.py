@@ -214,16 +214,20 @@ class LGMRec(Recommender):
             hcl = zu.new_zeros(())
             for a, b in self.pairs:
                 ga, gb = out.aux[f"hyper_{a}"], out.aux[f"hyper_{b}"]
-                hcl = hcl + self.all_rows_infonce(ga[: self.n_users].index_select(0, u), gb[: self.n_users], u)
-                hcl = hcl + self.all_rows_infonce(ga[self.n_users :].index_select(0, i), gb[self.n_users :], i)
+                hcl = hcl + self.all_rows_infonce(ga[: self.n_users], gb[: self.n_users], u)
+                hcl = hcl + self.all_rows_infonce(ga[self.n_users :], gb[self.n_users :], i)
             terms["hcl"] = self.config.cl_weight * hcl
         terms["reg"] = self.config.reg_weight * emb_norm(zu, zi, zj)
         return terms
 
     def all_rows_infonce(self, queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``Σ_b ssl[b]``: the positive of query ``b`` is ``keys[rows[b]]``, the negatives every
-        other row of ``keys`` (a ``B x n`` score matrix, never ``n x n``)."""
-        tau = self.config.cl_tau
-        q = F.normalize(queries, dim=1) / tau
+        """``Σ_b ssl[b]`` for the batch ``rows``: query ``queries[r]``, positive ``keys[r]``, the
+        other rows of ``keys`` as negatives (a ``B x n`` score matrix, never ``n x n``).
+
+        A row repeated in the batch repeats the same term, so each distinct row is scored once
+        and weighted by its count: the same sum and gradient, with fewer rows in the GEMMs."""
+        distinct, counts = torch.unique(rows, return_counts=True)
+        q = F.normalize(queries.index_select(0, distinct), dim=1) / self.config.cl_tau
         k = F.normalize(keys, dim=1)
-        return (gemm_logsumexp(q, k) - (q * k.index_select(0, rows)).sum(dim=1)).sum()
+        per_row = gemm_logsumexp(q, k) - (q * k.index_select(0, distinct)).sum(dim=1)
+        return (per_row * counts).sum()
