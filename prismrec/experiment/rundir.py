@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,14 +88,21 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    """``torch.save`` to a temporary file, then rename (atomic)."""
+    """``torch.save`` to a temporary file, then rename (atomic).
+
+    The temporary file has the final name, in a private folder beside it: ``torch.save`` records
+    the file's name inside the archive, so a temporary name (with a process id) would make the
+    same weights saved by two processes differ in their bytes."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    folder = path.parent / f".tmp-{os.getpid()}"
+    folder.mkdir(exist_ok=True)
+    tmp = folder / path.name
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _remove_if_empty(folder)
 
 
 def load_weights(path: Path) -> Any:
@@ -106,8 +114,10 @@ def load_weights(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        detail = next((line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line), "")
-        reason = f" ({detail})" if detail else ""
+        # Only the unpickler's own finding is quoted: torch's advice around it (loading with the
+        # safety check off, allow-listing globals) must never reach a user about an unknown file.
+        found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.\s|\.?$)", str(exc), re.MULTILINE)
+        reason = f" (the safe loader refused it: {found.group(1)})" if found else ""
         raise RunError(
             f"{path} is not a tensor file prismrec can load safely{reason}: it is corrupted, "
             "truncated, or was not written by prismrec. Retrain the run (or restore the file "
@@ -274,6 +284,10 @@ class RunDir:
             shutil.rmtree(self.path / name, ignore_errors=True)
         for path in self.path.glob("evaluation-*.json"):
             path.unlink(missing_ok=True)
+        for path in self.path.glob(".*.tmp"):  # left by a write that was killed
+            path.unlink(missing_ok=True)
+        for path in self.path.glob(".tmp-*"):
+            shutil.rmtree(path, ignore_errors=True)
 
     def write_config(self, data: dict) -> None:
         """Write ``config.yaml`` (atomically)."""
