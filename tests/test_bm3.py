@@ -18,7 +18,8 @@ from tests.reference.bm3_ref import bm3_reference
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bm3") / "tiny"
-    data = load_dataset(write_planted_dataset(folder, n_users=40, n_items=30, per_user=6, modalities={"image": 5, "text": 7}))
+    planted = write_planted_dataset(folder, n_users=40, n_items=30, per_user=6, modalities={"image": 5, "text": 7})
+    data = load_dataset(planted)
     return uneven_degrees(data)
 
 
@@ -50,7 +51,8 @@ def reference_params(net) -> dict:
         "pred_b": net.predictor.bias,
     }
     for m, projector in net.projectors.items():
-        params.update({f"feat_{m}": projector.features, f"w_{m}": projector.linear.weight, f"b_{m}": projector.linear.bias})
+        linear = projector.linear
+        params.update({f"feat_{m}": projector.features, f"w_{m}": linear.weight, f"b_{m}": linear.bias})
     return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
 
 
@@ -73,7 +75,9 @@ def replay_masks(data, modalities, users, items, p, d) -> dict:
 BATCH = (torch.tensor([0, 3, 3, 7, 12, 39]), torch.tensor([1, 1, 4, 9, 29, 0]), torch.tensor([2, 5, 6, 8, 10, 11]))
 
 
-@pytest.mark.parametrize("n_layers, dropout, modalities", [(1, 0.5, ["text", "image"]), (2, 0.3, ["image"]), (2, 0.0, [])])
+@pytest.mark.parametrize(
+    "n_layers, dropout, modalities", [(1, 0.5, ["text", "image"]), (2, 0.3, ["image"]), (2, 0.0, [])]
+)
 def test_forward_loss_and_gradients_match_dense_reference(tiny, n_layers, dropout, modalities):
     net = build(tiny, n_layers=n_layers, dropout=dropout, reg_weight=0.1, cl_weight=2.0, modalities=modalities)
     net.train()

@@ -20,7 +20,9 @@ from tests.reference.lgmrec_ref import lgmrec_reference
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lgmrec") / "tiny"
     data = load_dataset(
-        write_planted_dataset(folder, n_users=40, n_items=30, per_user=6, modalities={"image": 5, "text": 7, "audio": 3})
+        write_planted_dataset(
+            folder, n_users=40, n_items=30, per_user=6, modalities={"image": 5, "text": 7, "audio": 3}
+        )
     )
     return uneven_degrees(data)
 
@@ -53,8 +55,10 @@ def reference_params(net) -> dict:
 
 BATCH = (torch.tensor([0, 3, 3, 7, 12, 39]), torch.tensor([1, 1, 4, 9, 29, 0]), torch.tensor([2, 5, 6, 8, 10, 11]))
 SETTINGS = [
-    dict(modalities=["image", "text"], n_ui_layers=2, n_mm_layers=2, n_hyper_layer=1, hyper_num=4, keep_rate=0.5, alpha=0.3),
-    dict(modalities=["image", "text", "audio"], n_ui_layers=1, n_mm_layers=1, n_hyper_layer=2, hyper_num=3, keep_rate=0.4, alpha=0.6, cf_model="mf"),
+    dict(modalities=["image", "text"], n_ui_layers=2, n_mm_layers=2, n_hyper_layer=1, hyper_num=4,
+         keep_rate=0.5, alpha=0.3),
+    dict(modalities=["image", "text", "audio"], n_ui_layers=1, n_mm_layers=1, n_hyper_layer=2, hyper_num=3,
+         keep_rate=0.4, alpha=0.6, cf_model="mf"),
     dict(modalities=["text"], n_ui_layers=3, n_mm_layers=0, n_hyper_layer=1, hyper_num=2, keep_rate=1.0, alpha=1.0),
 ]
 
@@ -105,7 +109,8 @@ def test_evaluation_is_deterministic_and_matches_noise_free_reference(tiny):
     train = torch.tensor(tiny.train.toarray(), dtype=torch.float32)
     with torch.no_grad():
         out, again = net(), net()
-        ref = lgmrec_reference(train, params, settings["modalities"], BATCH, reference_cfg(settings, 1e-4, 1e-6), noise=False)
+        cfg = reference_cfg(settings, 1e-4, 1e-6)
+        ref = lgmrec_reference(train, params, settings["modalities"], BATCH, cfg, noise=False)
     torch.testing.assert_close(out.item, again.item, rtol=0, atol=0)
     torch.testing.assert_close(out.user, ref["user"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.item, ref["item"], rtol=1e-5, atol=1e-6)

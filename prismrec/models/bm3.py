@@ -58,7 +58,8 @@ from prismrec.recommender import Output, Recommender
 
 @dataclass
 class BM3Config:
-    """BM3 settings; defaults are the official best values for Baby (enoche/BM3 README)."""
+    """BM3 settings; defaults are the official best values for Baby (enoche/BM3 README), grids
+the reference configuration's (MMRec ``BM3.yaml``)."""
 
     modalities: list[str] | None = None
     """Modalities with a projector and alignment/masking terms; ``None`` = all present
@@ -66,11 +67,11 @@ class BM3Config:
     embedding_size: int = 64
     """``d``: ID embeddings, projected features (the reference's ``feat_embed_dim``) and predictor."""
     n_layers: int = field(default=1, metadata={"grid": [1, 2]})
-    """``L``, LightGCN layers of the encoder; paper grid {1, 2} (Baby: 1)."""
+    """``L``, LightGCN layers of the encoder; reference grid {1, 2} (Baby best: 1)."""
     dropout: float = field(default=0.5, metadata={"grid": [0.3, 0.5]})
-    """``ρ``, dropout rate that corrupts the target views; paper grid {0.3, 0.5} (Baby: 0.5)."""
+    """``ρ``, dropout rate that corrupts the target views; reference grid {0.3, 0.5} (Baby best: 0.5)."""
     reg_weight: float = field(default=0.1, metadata={"grid": [0.1, 0.01]})
-    """``λ_reg`` of ``(‖h_U‖_F + ‖h_I‖_F) / n_I``; paper grid {0.1, 0.01} (Baby: 0.1)."""
+    """``λ_reg`` of ``(‖h_U‖_F + ‖h_I‖_F) / n_I``; reference grid {0.1, 0.01} (Baby best: 0.1)."""
     cl_weight: float = 2.0
     """``λ_cl`` of the alignment and masking terms (fixed at 2.0 in the reference)."""
     train_features: bool = True
@@ -90,7 +91,9 @@ class BM3(Recommender):
         super().__init__(dataset, config)
         self.require_at_least(config, embedding_size=1, n_layers=0)
         if not 0.0 <= config.dropout < 1.0:
-            raise ValueError(f"dropout is the fraction of target entries zeroed and must be in [0, 1), got {config.dropout}")
+            raise ValueError(
+                f"dropout is the fraction of target entries zeroed and must be in [0, 1), got {config.dropout}"
+            )
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=0, model=self.name)
         d = config.embedding_size
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)  # Â

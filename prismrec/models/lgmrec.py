@@ -140,9 +140,13 @@ class LGMRec(Recommender):
             config, embedding_size=1, n_ui_layers=0, n_mm_layers=0, n_hyper_layer=1, hyper_num=1
         )
         if not 0.0 < config.keep_rate <= 1.0:
-            raise ValueError(f"keep_rate is the fraction of hyperedge memberships kept and must be in (0, 1], got {config.keep_rate}")
+            raise ValueError(
+                f"keep_rate is the fraction of hyperedge memberships kept and must be in (0, 1], got {config.keep_rate}"
+            )
         if config.gumbel_tau <= 0 or config.cl_tau <= 0:
-            raise ValueError(f"temperatures must be > 0, got gumbel_tau={config.gumbel_tau}, cl_tau={config.cl_tau}")
+            raise ValueError(
+                f"temperatures must be > 0, got gumbel_tau={config.gumbel_tau}, cl_tau={config.cl_tau}"
+            )
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         d = config.embedding_size
         r = sp.csr_matrix(dataset.train, dtype=np.float32)

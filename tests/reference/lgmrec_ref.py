@@ -50,7 +50,10 @@ def lgmrec_reference(train, params: dict, modalities: list, batch, cfg: dict, no
         i_hyper = params[f"feat_{m}"] @ params[f"v_{m}"]
         u_hyper = train @ i_hyper
         if noise:
-            hyper_edges[m] = (F.gumbel_softmax(i_hyper, tau, dim=1, hard=False), F.gumbel_softmax(u_hyper, tau, dim=1, hard=False))
+            hyper_edges[m] = (
+                F.gumbel_softmax(i_hyper, tau, dim=1, hard=False),
+                F.gumbel_softmax(u_hyper, tau, dim=1, hard=False),
+            )
         else:
             hyper_edges[m] = (torch.softmax(i_hyper / tau, dim=1), torch.softmax(u_hyper / tau, dim=1))
 
