@@ -157,3 +157,18 @@ def test_smoke_run_trains(tiny):
     cfg = resolve_config("lgmrec", tiny.name, {"epochs": 2, "threads": 1})
     result = run_experiment(cfg, [1], None, dataset=tiny, progress=False)
     assert result["status"] == "ok" and 0.0 <= result["test"]["recall@20"] <= 1.0
+
+
+@pytest.mark.parametrize("pre_rep", ["behavior", "modality"])
+def test_egra_pretrains_with_lgmrec(planted, tmp_path, pre_rep):
+    """EGRA's pretrained-model swap: ``pre_model=lgmrec`` trains LGMRec as stage 1 and reads its
+    exported item views (``behavior`` = C_I, ``modality`` = Z_I − C_I)."""
+    cache = tmp_path / "cache"
+    cfg = resolve_config("egra", planted.name, {"epochs": 1, "threads": 1, "pre_model": "lgmrec", "pre_rep": pre_rep,
+                                             "pretrain_epochs": 1, "pretrain_cache": str(cache)})
+    result = run_experiment(cfg, [2], tmp_path / "run", dataset=planted, progress=False)
+    assert result["status"] == "ok"
+    (pre_dir,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert pre_dir.name.startswith(f"lgmrec-{planted.name}-train")
+    exported = torch.from_numpy(np.load(pre_dir / "export" / f"item.{pre_rep}.npy"))
+    assert exported.shape == (planted.n_items, 64) and bool(torch.isfinite(exported).all())
