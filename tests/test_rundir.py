@@ -234,3 +234,21 @@ def test_compare_checks_every_model_dataset_and_setting_before_training(planted_
         with pytest.raises((PrismrecError, KeyError), match=message):
             run_compare(models, datasets, [1], tmp_path / "cmp", overrides, data_dir, log=lambda m: None)
         assert not (tmp_path / "cmp").exists()  # nothing trained, nothing written
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_clear_error(planted, tmp_path):
+    from prismrec.experiment.rundir import save_torch
+
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        run_experiment(lightgcn(), [1], out, dataset=planted, on_epoch_end=kill_at(1), **QUIET)
+    state = RunDir(out).load_checkpoint()
+    state["model"] = {f"renamed.{k}": v for k, v in state["model"].items()}  # e.g. the model's code changed
+    save_torch(out / "checkpoint.pt", state)
+    with pytest.raises(RunError, match="cannot resume: the checkpoint does not fit.*--overwrite"):
+        run_experiment(lightgcn(), [1], out, dataset=planted, **QUIET)
+    (out / "checkpoint.pt").write_bytes(b"truncated")
+    with pytest.raises(RunError, match="checkpoint.pt is not a tensor file prismrec can load safely"):
+        run_experiment(lightgcn(), [1], out, dataset=planted, **QUIET)
+    run_experiment(lightgcn(), [1], out, dataset=planted, overwrite=True, **QUIET)
+    RunDir(out).verify()

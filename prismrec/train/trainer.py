@@ -130,10 +130,17 @@ def fit(
         if resume.get("format") != CHECKPOINT_FORMAT:
             raise RunError(f"cannot resume from a checkpoint of format {resume.get('format')!r} "
                            f"(this prismrec writes {CHECKPOINT_FORMAT!r}): start the run afresh")
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        sampler.set_state(resume["sampler"])
-        model.load_generator_states(resume["generators"])
+        try:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            sampler.set_state(resume["sampler"])
+            model.load_generator_states(resume["generators"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise RunError(
+                f"cannot resume: the checkpoint does not fit this {type(model).__name__} model "
+                f"({str(exc).splitlines()[0][:200]}); was prismrec changed since it was written? "
+                "Rerun with --overwrite to start the run afresh"
+            ) from None
         best = resume["best"]
         best_score, best_state, bad_epochs = best["score"], best["state"], best["bad_epochs"]
         result.best_epoch, result.best_valid = best["epoch"], best["valid"]
