@@ -8,6 +8,7 @@ one line (what, where, how to fix) and exit code 2; `prismrec --debug ...` shows
 from __future__ import annotations
 
 import errno
+import shutil
 import sys
 import time
 import warnings
@@ -190,8 +191,13 @@ def train(
     n_seeds: Optional[int] = typer.Option(None, help="Train the first N protocol seeds 999, 1000, ... instead."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<model>-<dataset>-<time>)."),
     quiet: bool = typer.Option(False, help="No progress display; print only the run directory."),
+    overwrite: bool = typer.Option(False, help="Replace a finished or different run in --out instead of refusing."),
+    keep_checkpoints: bool = typer.Option(False, help="Keep the training checkpoints once the run has finished."),
 ) -> None:
-    """Train MODEL on DATASET, select on validation, evaluate test once, write the run dir."""
+    """Train MODEL on DATASET, select on validation, evaluate test once, write the run dir.
+
+    Rerunning the same command after an interruption resumes from the last checkpoint.
+    """
     from prismrec.experiment.config import load_yaml_overrides, parse_assignments, resolve_config
     from prismrec.experiment.runs import run_experiment
     from prismrec.experiment.seeds import resolve_seeds
@@ -208,11 +214,15 @@ def train(
     out = out or Path("runs") / f"{cfg.model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not quiet:
         console.print(f"[bold]{cfg.model}[/] on {data!r} -> {out}", highlight=False)
+    created = not out.exists()
     try:
-        metrics = run_experiment(cfg, seed_list, out, dataset=data, progress=not quiet)
+        metrics = run_experiment(cfg, seed_list, out, dataset=data, progress=not quiet, overwrite=overwrite,
+                                 keep_checkpoints=keep_checkpoints)
     except ValueError as exc:  # a model's own config checks (models raise ValueError)
         if isinstance(exc, PrismrecError) or not _raised_building_model(exc):
             raise
+        if created:  # the model refused before training: leave no run directory behind
+            shutil.rmtree(out, ignore_errors=True)
         raise ConfigError(f"model {cfg.model!r} rejects its settings: {exc}") from exc
     if quiet:
         typer.echo(f"run directory: {out}")
@@ -527,8 +537,8 @@ def serve(
         with socket.create_server((host, port)):
             pass
     except OSError as exc:
-        raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port or "
-                         "--host") from None
+        reason = (exc.strerror or str(exc)).split(" (while attempting")[0]
+        raise ServeError(f"cannot listen on {host}:{port} ({reason}); pick another --port or --host") from None
     recommender = RunRecommender(run, data_dir, exclude)
     uvicorn.run(create_app(recommender, limits), host=host, port=port)
 

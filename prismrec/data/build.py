@@ -41,6 +41,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from prismrec.data.dataset import utf8_problem
 from prismrec.data.features import TEXT_ENCODER, encode_texts
 from prismrec.errors import ConfigError, DatasetError
 
@@ -230,15 +231,16 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
     sep = "\t" if path.suffix.lower() in (".tsv", ".inter", ".tab") else ","
     try:
         frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes().count(b"\n", 0, exc.start) + 1 if exc.start is not None else "?"
-        raise DatasetError(f"{path}, line {line}: byte that is not UTF-8 (a Latin-1 file?); re-save it as UTF-8") from None
+    except UnicodeDecodeError:
+        raise DatasetError(utf8_problem(path)) from None
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{path} is empty: give a table with a header row") from None
     except pd.errors.ParserError as exc:
         raise DatasetError(f"{path} is not a readable {'TSV' if sep == chr(9) else 'CSV'} table "
                            f"({' '.join(str(exc).split())})") from None
     missing = [c for c in columns if c not in frame.columns]
+    if not missing and frame.empty:
+        raise DatasetError(f"{path} has a header but no rows")
     if missing:
         shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
         flags = sorted({options.get(c, "--text-cols") for c in missing})

@@ -122,6 +122,9 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
 
 def find_dataset(name_or_path: str | Path, data_dir: str | Path | None = None) -> Path:
     """Resolve a dataset name (looked up in the data directory) or a folder path."""
+    if not str(name_or_path).strip():
+        raise DatasetError("the dataset name is empty: give a dataset name (prismrec datasets lists them) "
+                           "or a folder path")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -223,7 +226,7 @@ def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError:
-        raise DatasetError(_encoding_problem(path)) from None
+        raise DatasetError(utf8_problem(path)) from None
     except pd.errors.ParserError as exc:
         detail = " ".join(str(exc).split())
         raise DatasetError(f"{path} is not a readable TAB-separated file ({detail}). Every line needs the "
@@ -261,8 +264,8 @@ def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return users, items, labels
 
 
-def _encoding_problem(path: Path) -> str:
-    """Where the first byte that is not UTF-8 sits (line and column), for the error message."""
+def utf8_problem(path: Path) -> str:
+    """A message naming where the first byte of ``path`` that is not UTF-8 sits (line and byte)."""
     data = path.read_bytes()
     try:
         data.decode("utf-8")
@@ -271,7 +274,7 @@ def _encoding_problem(path: Path) -> str:
         line_start = data.rfind(b"\n", 0, exc.start) + 1
         line = data.count(b"\n", 0, exc.start) + 1
         return (f"{path}, line {line}, byte {exc.start - line_start + 1}: byte 0x{data[exc.start]:02x} is not "
-                "UTF-8 (a Latin-1 or other 8-bit encoding?). Ids are plain integers: remove the stray "
+                "UTF-8 (a Latin-1 or other 8-bit encoding?): remove the stray "
                 "characters or re-save the file as UTF-8")
 
 

@@ -1,0 +1,177 @@
+"""Bad input to the CLI: one clean line (what, where, how to fix), exit code 2, nothing half-written.
+
+Each case is a command line with placeholders ({data}: the data directory holding ``planted`` and
+the broken datasets below, {run}: a finished run, {tmp}: an empty scratch folder) and a pattern
+the single error line must match.
+"""
+
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from prismrec.cli import app
+from prismrec.experiment.config import resolve_config
+from prismrec.experiment.runs import run_experiment
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data_dir(planted_dir, tmp_path_factory):
+    """``planted`` plus copies broken in one way each (by name)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("bad-data")
+    shutil.copytree(planted_dir, root / "planted")
+
+    def copy(name):
+        folder = root / name
+        shutil.copytree(planted_dir, folder)
+        (folder / "planted.inter").rename(folder / f"{name}.inter")
+        return folder
+
+    lines = (copy("latin") / "latin.inter").read_bytes().split(b"\n")
+    lines[4] += b"\xe9"
+    (root / "latin" / "latin.inter").write_bytes(b"\n".join(lines))
+    (copy("csvnpy") / "image_feat.npy").write_text("0.1,0.2\n0.3,0.4\n")
+    n_items = np.load(planted_dir / "image_feat.npy").shape[0]
+    np.save(copy("zerowidth") / "image_feat.npy", np.zeros((n_items, 0), dtype=np.float32))
+    np.save(copy("allzero") / "image_feat.npy", np.zeros((n_items, 16), dtype=np.float32))
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    from prismrec.data import load_dataset
+
+    run = tmp_path_factory.mktemp("runs") / "lightgcn"
+    run_experiment(resolve_config("lightgcn", "planted", {"epochs": 1, "threads": 1}), [5], run,
+                   dataset=load_dataset(data_dir / "planted"), progress=False)
+    return run
+
+
+def invoke(args, data_dir, run, tmp):
+    args = [a.format(data=data_dir, run=run, tmp=tmp) for a in args]
+    return runner.invoke(app, args)
+
+
+TRAIN = ["train", "--model", "lightgcn", "--dataset", "planted", "--data-dir", "{data}", "--out", "{tmp}/run",
+         "--set", "epochs=1", "--set", "threads=1"]
+
+CASES = {
+    # settings, checked before any data is read or anything trained
+    "epochs=0": (TRAIN + ["--set", "epochs=0"], r"setting epochs=0 is invalid: .*whole number >= 1"),
+    "epochs=-1": (TRAIN + ["--set", "epochs=-1"], r"setting epochs=-1 is invalid"),
+    "batch_size=0": (TRAIN + ["--set", "batch_size=0"], r"setting batch_size=0 is invalid"),
+    "topk=0": (TRAIN + ["--set", "topk=0"], r"^error: setting topk=\(0,\) is invalid"),
+    "patience<0": (TRAIN + ["--set", "patience=-2"], r"setting patience=-2 is invalid"),
+    "threads<0": (TRAIN + ["--set", "threads=-1"], r"setting threads=-1 is invalid"),
+    "lr=0": (TRAIN + ["--set", "lr=0"], r"setting lr=0.0 is invalid"),
+    "eval_batch_size=0": (TRAIN + ["--set", "eval_batch_size=0"], r"setting eval_batch_size=0 is invalid"),
+    "device=tpu": (TRAIN + ["--set", "device=tpu"], r"device='tpu' is invalid: the device must be one of cpu"),
+    "valid_metric": (TRAIN + ["--set", "valid_metric=recall@7"], r"valid_metric='recall@7' is invalid"),
+    "unknown key": (TRAIN + ["--set", "layers=2"], r"unknown setting\(s\) layers .*n_layers"),
+    "bad --set": (TRAIN + ["--set", "lr"], r"--set expects key=value, got 'lr'"),
+    "ill-typed": (TRAIN + ["--set", "lr=fast"], r"lr must be a number, got 'fast'"),
+    "unknown model": (["train", "--model", "lightgcm", "--dataset", "planted", "--data-dir", "{data}"],
+                      r"unknown model 'lightgcm'; registered: .*lightgcn"),
+    "empty model": (["train", "--model", "", "--dataset", "planted"], r"model name '' is empty"),
+    "unknown dataset": (["train", "--model", "bpr", "--dataset", "nope", "--data-dir", "{data}"],
+                        r"dataset 'nope' not found in .*available: .*planted"),
+    "empty dataset": (["train", "--model", "bpr", "--dataset", "", "--data-dir", "{data}"], "dataset name is empty"),
+    "missing data dir": (["train", "--model", "bpr", "--dataset", "x", "--data-dir", "{tmp}/none"],
+                         r"data directory .*none does not exist"),
+    "model's own check": (TRAIN + ["--set", "n_layers=-1", "--quiet"], r"model 'lightgcn' rejects its settings: n_layers"),
+    "--seeds abc": (TRAIN + ["--seeds", "abc"], r"--seeds 'abc': 'abc' is not a whole number.*--n-seeds"),
+    "--seeds empty": (TRAIN + ["--seeds", ""], r"--seeds '' holds no seed"),
+    "--seeds and --n-seeds": (TRAIN + ["--seeds", "1", "--n-seeds", "2"], "not both"),
+    "--n-seeds 0": (TRAIN + ["--n-seeds", "0"], r"--n-seeds must be a whole number from 1 to 100"),
+    "broken yaml": (TRAIN + ["--config", "{tmp}/broken.yaml"], r"config file .*broken\.yaml, line 2, column 1: not valid YAML"),
+    "missing yaml": (TRAIN + ["--config", "{tmp}/nope.yaml"], r"config file .*nope\.yaml does not exist"),
+    "--out is a file": (TRAIN[:-4] + ["--out", "{tmp}/file"], r"--out .*file is an existing file"),
+    # dataset files
+    "latin-1 .inter": (["train", "--model", "bpr", "--dataset", "latin", "--data-dir", "{data}"],
+                       r"latin\.inter, line 5, byte \d+: byte 0xe9 is not UTF-8"),
+    "csv named .npy": (["train", "--model", "bpr", "--dataset", "csvnpy", "--data-dir", "{data}"],
+                       r"csvnpy/image_feat\.npy is not a NumPy \.npy file: it is a text file"),
+    "zero-width features": (["train", "--model", "lightgcn", "--dataset", "zerowidth", "--data-dir", "{data}"],
+                            r"zerowidth/image_feat\.npy: the feature matrix has \d+ rows but zero columns"),
+    # other commands
+    "compare: empty model list": (["compare", "--models", ",", "--datasets", "planted", "--out", "{tmp}/c"],
+                                  r"--models ',' names nothing"),
+    "compare: unknown model": (["compare", "--models", "bpr,nope", "--datasets", "planted", "--out", "{tmp}/c"],
+                               r"unknown model 'nope'"),
+    "compare: --seeds abc": (["compare", "--models", "bpr", "--datasets", "planted", "--out", "{tmp}/c", "--seeds", "x"],
+                             r"--seeds 'x'"),
+    "recommend --users ''": (["recommend", "--run", "{run}", "--users", "", "--data-dir", "{data}"],
+                             r"--users '' names no user"),
+    "recommend --users x": (["recommend", "--run", "{run}", "--users", "1,x", "--data-dir", "{data}"],
+                            r"--users must be comma-separated integer ids or 'all'"),
+    "recommend unknown user": (["recommend", "--run", "{run}", "--users", "100000", "--data-dir", "{data}"],
+                               r"unknown user id\(s\) \[100000\]"),
+    "recommend --out missing folder": (["recommend", "--run", "{run}", "--users", "1", "--data-dir", "{data}",
+                                        "--out", "{tmp}/missing/recs.csv"], r"the folder .*missing does not exist"),
+    "recommend --k -1": (["recommend", "--run", "{run}", "--users", "1", "--k", "-1"], r"Invalid value for '--k'"),
+    "recommend missing run": (["recommend", "--run", "{tmp}/none", "--users", "1"], r"run directory .*none does not exist"),
+    "evaluate --ks abc": (["evaluate", "--run", "{run}", "--ks", "abc"], r"--ks 'abc': 'abc' is not a cut-off"),
+    "evaluate --ks 0": (["evaluate", "--run", "{run}", "--ks", "0,10"], r"--ks '0,10': '0' is not a cut-off"),
+    "evaluate --split": (["evaluate", "--run", "{run}", "--split", "train"], r"--split 'train': choose valid or test"),
+    "evaluate --tail-share": (["evaluate", "--run", "{run}", "--tail-share", "1.5"], r"--tail-share 1.5"),
+    "significance --metric": (["significance", "--a", "{run}", "--b", "{run}", "--metric", "auc"], r"--metric 'auc'"),
+    "serve --port 99999": (["serve", "--run", "{run}", "--port", "99999"], r"Invalid value for '--port'"),
+    "serve --exclude": (["serve", "--run", "{run}", "--exclude", "all"], r"--exclude 'all'"),
+    "build --text-cols": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--min-count", "3",
+                           "--item-text", "{tmp}/text.csv"], r"text\.csv: no column 'text' .* with --text-cols$"),
+    "build --user-col": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--user-col", "uid"],
+                         r"no column 'uid' .* with --user-col$"),
+    "build --min-count": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--min-count", "1"],
+                          r"--min-count must be at least 3"),
+    "unknown command": (["trian"], r"No such command 'trian'"),
+    "missing option": (["train", "--dataset", "planted"], r"Missing option '--model'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_clean_line(case, data_dir, finished_run, tmp_path):
+    args, pattern = CASES[case]
+    (tmp_path / "broken.yaml").write_text("lr: [0.1,\n")
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "raw.csv").write_text("user,item\n" + "".join(f"u{u},i{i}\n" for u in range(4) for i in range(3)))
+    (tmp_path / "text.csv").write_text("item,title\ni0,a\ni1,b\ni2,c\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = invoke(args, data_dir, finished_run, tmp_path)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+
+
+def test_debug_shows_the_traceback(data_dir, tmp_path):
+    args = ["--debug", *TRAIN, "--set", "epochs=0"]
+    result = invoke(args, data_dir, None, tmp_path)
+    assert result.exit_code != 0 and type(result.exception).__name__ == "ConfigError"
+
+
+def test_all_zero_features_are_a_one_line_warning(data_dir, tmp_path):
+    result = invoke(["train", "--model", "bpr", "--dataset", "allzero", "--data-dir", "{data}", "--out", "{tmp}/r",
+                     "--set", "epochs=1", "--set", "threads=1", "--quiet"], data_dir, None, tmp_path)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert [line for line in lines if line.startswith("warning: ")] == [
+        next(line for line in lines if "allzero/image_feat.npy: every feature value is zero" in line)]
+    assert lines[-1] == f"run directory: {tmp_path / 'r'}"  # --quiet still prints the run directory
+
+
+def test_help_version_and_evaluate_output(finished_run, data_dir):
+    from prismrec import __version__
+
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0 and "prismrec trains, evaluates, compares and serves" in top.output
+    assert runner.invoke(app, ["--version"]).output.strip() == f"prismrec {__version__}"
+    result = runner.invoke(app, ["evaluate", "--run", str(finished_run), "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    written = finished_run / "evaluation-test.json"
+    assert written.is_file() and f"evaluation written to {written}" in " ".join(result.output.split())
