@@ -168,7 +168,7 @@ def test_cli_evaluate(freedom_run, planted_dir):
     assert result.exit_code == 0, result.output
     assert "tail" in result.output and "head" in result.output
     result = runner.invoke(app, ["evaluate", "--run", str(run), "--tail-share", "1.5", "--data-dir", str(planted_dir.parent)])
-    assert result.exit_code == 2 and "tail_share" in result.output
+    assert result.exit_code == 2 and "tail-share" in result.output.replace("_", "-")
 
 
 def test_finished_runs_orders_seed_folders_numerically(tmp_path):

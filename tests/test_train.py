@@ -88,7 +88,7 @@ def test_nan_loss_stops_with_a_clear_message(planted):
     cfg = resolve_config("bpr", "planted", {"epochs": 3})
     net = get_model("bpr")(planted, cfg.params)
     with torch.no_grad():
-        net.user_emb[0] = float("nan")
+        next(net.parameters()).fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="loss term.*non-finite at epoch 0"):
         fit(net, planted, cfg.train, progress=False)
 
@@ -106,5 +106,17 @@ def test_run_directory_contents(planted, tmp_path):
         assert {p.name for p in sub.iterdir()} == {"config.yaml", "metrics.json", "history.csv", "model.pt",
                                                    "timing.json", "FINISHED"}
         state = torch.load(sub / "model.pt")
-        assert set(state) == {"user_emb", "item_emb"}
+        assert set(state) == set(get_model("lightgcn")(planted, cfg.params).state_dict())
     assert metrics["test"] == saved["test"]
+
+
+def test_a_diverging_loss_is_stopped_like_a_nan(planted):
+    """lr=1e9 once reached a loss of 1.5e18 and was marked "ok": the divergence rule stops it."""
+    cfg = resolve_config("bpr", "planted", {"epochs": 3, "lr": 1e9})
+    seed_everything(0)
+    net = get_model("bpr")(planted, cfg.params)
+    with pytest.raises(TrainingDiverged, match="the loss diverged at epoch 0, batch [1-9]"):
+        fit(net, planted, cfg.train, progress=False)
+    seed_everything(0)  # the same run at a sane learning rate trains to the end
+    assert fit(get_model("bpr")(planted, cfg.params), planted, resolve_config("bpr", "planted", {"epochs": 3}).train,
+               progress=False).epochs == 3
