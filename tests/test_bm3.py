@@ -150,6 +150,9 @@ def test_dropout_corrupts_targets_only_in_the_loss(tiny):
 
 
 def test_switches_and_validation(tiny):
+    unit = build(tiny, feature_norm="l2").projectors["text"].features
+    torch.testing.assert_close(unit.norm(dim=1), torch.ones(tiny.n_items))
+    torch.testing.assert_close(unit, torch.nn.functional.normalize(tiny.features["text"], dim=1))
     frozen = build(tiny, train_features=False)
     assert not frozen.projectors["image"].features.requires_grad
     assert "projectors.image.features" not in frozen.state_dict()

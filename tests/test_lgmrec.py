@@ -141,6 +141,9 @@ def test_features_frozen_and_config_validation(tiny):
     assert net.modalities == ["image", "text", "audio"]
     assert not net.inputs["image"].features.requires_grad
     assert not any(k.endswith("features") for k in net.state_dict())
+    unit = build(tiny, feature_norm="l2").inputs["audio"].features
+    torch.testing.assert_close(unit, torch.nn.functional.normalize(tiny.features["audio"], dim=1))
+    torch.testing.assert_close(net.inputs["audio"].features, tiny.features["audio"])  # default: raw
     for bad, message in [
         (dict(keep_rate=0.0), "keep_rate .* must be in \\(0, 1\\]"),
         (dict(n_hyper_layer=0), "n_hyper_layer must be >= 1"),

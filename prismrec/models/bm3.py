@@ -43,7 +43,7 @@ distinct items (see :meth:`BM3.target`). Features are fine-tuned as in the refer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,9 @@ the reference configuration's (MMRec ``BM3.yaml``)."""
     """``λ_cl`` of the alignment and masking terms (fixed at 2.0 in the reference)."""
     train_features: bool = True
     """Fine-tune the raw feature matrices inside the projectors (reference) or keep them frozen."""
+    feature_norm: Literal["none", "l2", "standardize"] = "none"
+    """Rescale each modality's raw features first (``none`` = the reference's raw values; the
+    files' scales differ by 1000x, e.g. lfm2k's VGGish audio, row norms ~1500)."""
 
 
 @register
@@ -102,7 +105,10 @@ class BM3(Recommender):
         self.predictor = nn.Linear(d, d)  # g
         # h_m = F_m W_m + b_m, features fine-tuned as in the reference.
         self.projectors = nn.ModuleDict(
-            {m: Projector(dataset.features[m], d, config.train_features) for m in self.modalities}
+            {
+                m: Projector(dataset.features[m], d, config.train_features, normalize=config.feature_norm)
+                for m in self.modalities
+            }
         )
         self.reset_parameters()
 

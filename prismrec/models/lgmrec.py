@@ -70,6 +70,7 @@ from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import bpr_loss, emb_norm, gemm_logsumexp
 from prismrec.models import register
 from prismrec.nn import lightgcn
+from prismrec.nn.encoders import normalize_features
 from prismrec.nn.hypergraph import hypergraph_propagate, soft_hyperedges
 from prismrec.recommender import Output, Recommender
 
@@ -110,15 +111,18 @@ class LGMRecConfig:
     """``τ`` of ``L_hcl`` (reference: 0.2, the same constant as ``τ_g``)."""
     eval_gumbel_noise: bool = False
     """Also draw Gumbel noise in evaluation (reference behaviour; makes evaluation random)."""
+    feature_norm: Literal["none", "l2", "standardize"] = "none"
+    """Rescale each modality's raw features first (``none`` = the reference's raw values). Raw
+    scale sets the sharpness of the memberships ``GS(F_m V_m)``: large rows saturate them."""
 
 
 class _ModalityInputs(nn.Module):
     """One modality's frozen features ``F_m`` with its maps ``W_m`` (``d_m x d``) and ``V_m``
     (``d_m x A``), both Xavier-uniform as in the reference."""
 
-    def __init__(self, features: torch.Tensor, dim: int, hyper_num: int) -> None:
+    def __init__(self, features: torch.Tensor, dim: int, hyper_num: int, normalize: str = "none") -> None:
         super().__init__()
-        feats = features.detach().to(torch.float32).clone()
+        feats = normalize_features(features.detach().to(torch.float32), normalize).clone()
         self.register_buffer("features", feats, persistent=False)  # frozen, rebuilt from data
         self.projection = nn.Parameter(torch.empty(feats.shape[1], dim))  # W_m
         self.hyper = nn.Parameter(torch.empty(feats.shape[1], hyper_num))  # V_m
@@ -158,7 +162,10 @@ class LGMRec(Recommender):
         self.user_emb = nn.Parameter(torch.empty(self.n_users, d))  # E_U
         self.item_emb = nn.Parameter(torch.empty(self.n_items, d))  # E_I
         self.inputs = nn.ModuleDict(
-            {m: _ModalityInputs(dataset.features[m], d, config.hyper_num) for m in self.modalities}
+            {
+                m: _ModalityInputs(dataset.features[m], d, config.hyper_num, config.feature_norm)
+                for m in self.modalities
+            }
         )
         self.pairs = list(itertools.combinations(self.modalities, 2))  # (a, b) of L_hcl
         self.reset_parameters()
