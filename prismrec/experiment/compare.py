@@ -107,8 +107,13 @@ def check_inputs(models: list[str], datasets: list[str], seeds: list[int],
             raise ConfigError(f"{name} {', '.join(map(str, twice))} given twice: list each once")
     for dataset in datasets:
         find_dataset(dataset, data_dir)
-    return {(dataset, model): resolve_config(model, dataset, model_overrides(overrides, model, models))
-            for dataset in datasets for model in models}
+    configs = {(dataset, model): resolve_config(model, dataset, model_overrides(overrides, model, models))
+               for dataset in datasets for model in models}
+    for config in configs.values():
+        check_device = getattr(config.train, "check_device", None)  # a GPU that is not there
+        if check_device is not None:
+            check_device()
+    return configs
 
 
 def run_compare(
