@@ -252,3 +252,17 @@ def test_a_checkpoint_that_does_not_fit_is_a_clear_error(planted, tmp_path):
         run_experiment(lightgcn(), [1], out, dataset=planted, **QUIET)
     run_experiment(lightgcn(), [1], out, dataset=planted, overwrite=True, **QUIET)
     RunDir(out).verify()
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(planted, tmp_path):
+    """A model that rejects its settings (or a Ctrl-C in epoch 0) leaves no unfinished run behind
+    that would make the corrected command be refused as 'another configuration'."""
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="n_layers"):
+        run_experiment(lightgcn(n_layers=-1), [1], out, dataset=planted, **QUIET)
+    assert not out.exists()
+    with pytest.raises(Killed):
+        run_experiment(lightgcn(), [1, 2], out, dataset=planted, on_epoch_end=kill_at(0), **QUIET)
+    assert not out.exists()
+    run_experiment(lightgcn(n_layers=1), [1], out, dataset=planted, **QUIET)
+    RunDir(out).verify()

@@ -289,6 +289,12 @@ class RunDir:
         for path in self.path.glob(".tmp-*"):
             shutil.rmtree(path, ignore_errors=True)
 
+    def abandon(self) -> None:
+        """Remove an attempt that left nothing worth resuming: the run's files, and the folder
+        itself when nothing else is in it."""
+        self.clear()
+        _remove_if_empty(self.path)
+
     def write_config(self, data: dict) -> None:
         """Write ``config.yaml`` (atomically)."""
         write_atomic(self.path / CONFIG, yaml.safe_dump(data, sort_keys=False))

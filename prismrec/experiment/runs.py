@@ -23,7 +23,7 @@ import torch
 from prismrec.data import Dataset, load_dataset
 from prismrec.eval import Evaluator
 from prismrec.experiment.config import ExperimentConfig
-from prismrec.experiment.rundir import RunDir, run_digest
+from prismrec.experiment.rundir import CHECKPOINT, RunDir, run_digest
 from prismrec.experiment.stages import build_model
 from prismrec.train.allocator import keep_freed_memory
 from prismrec.train.trainer import TrainingDiverged, fit, seed_everything
@@ -104,7 +104,7 @@ def train_one_seed(
     cfg = config.train
     run = RunDir(out_dir) if out_dir is not None else None
     ident = identity(config, dataset, [cfg.seed], evaluate_test)
-    resume = None
+    resume, action = None, None
     if run is not None:
         action = run.prepare(ident, overwrite)
         if action == "finished":
@@ -119,34 +119,40 @@ def train_one_seed(
             log(f"{run.path}: resuming from the checkpoint after epoch {resume['epoch'] - 1}"
                 if resume is not None else f"{run.path}: unfinished run without a checkpoint; "
                 "starting from epoch 0")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    model = build_model(config, dataset).to(cfg.device)
-    evaluator = Evaluator(
-        dataset, ks=cfg.topk, batch_size=cfg.eval_batch_size, mask_valid_at_test=cfg.mask_valid_at_test
-    )
-    history = list(resume["history"]) if resume is not None else []
-    if run is not None:
-        run.write_config(config_record(config, dataset, [cfg.seed]))
-        run.write_history(history)  # drops rows of epochs after the checkpoint (they are redone)
-
-    def epoch_end(row: dict) -> None:  # history written every epoch, so a killed run keeps its log
-        history.append(row)
-        if run is not None:
-            run.write_history(history)
-        if on_epoch_end is not None:
-            on_epoch_end(row)
-
-    def checkpoint(state: dict) -> None:
-        run.save_checkpoint({**state, "identity": ident})
-
     try:
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        model = build_model(config, dataset).to(cfg.device)
+        evaluator = Evaluator(
+            dataset, ks=cfg.topk, batch_size=cfg.eval_batch_size, mask_valid_at_test=cfg.mask_valid_at_test
+        )
+        history = list(resume["history"]) if resume is not None else []
+        if run is not None:
+            run.write_config(config_record(config, dataset, [cfg.seed]))
+            run.write_history(history)  # drops rows of epochs after the checkpoint (they are redone)
+
+        def epoch_end(row: dict) -> None:  # history written every epoch, so a killed run keeps its log
+            history.append(row)
+            if run is not None:
+                run.write_history(history)
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+
+        def checkpoint(state: dict) -> None:
+            run.save_checkpoint({**state, "identity": ident})
+
         result = fit(model, dataset, cfg, evaluator=evaluator, progress=progress, on_epoch_end=epoch_end,
                      resume=resume, checkpoint=checkpoint if run is not None else None)
     except TrainingDiverged as exc:
         if run is not None:
             run.fail(str(exc))
+        raise
+    except BaseException:
+        # Failed (bad settings for this model, Ctrl-C, ...) before a checkpoint: nothing worth
+        # resuming, so no trace is left and a corrected rerun is not refused as another run.
+        if run is not None and action == "new" and not (run.path / CHECKPOINT).is_file():
+            run.abandon()
         raise
     # The only time the test split is read (and never when evaluate_test is False).
     test = evaluator.evaluate(model, "test") if evaluate_test else None
@@ -234,6 +240,7 @@ def run_experiment(
         config.train.seed = seeds[0]
         return _returned(*train_one_seed(config, dataset, out_dir, overwrite=overwrite, **kw))
     parent = RunDir(out_dir) if out_dir is not None else None
+    action = None
     if parent is not None:
         action = parent.prepare(identity(config, dataset, seeds, evaluate_test), overwrite)
         if action == "finished":
@@ -253,6 +260,11 @@ def run_experiment(
         except TrainingDiverged:
             if parent is not None:
                 parent.update_running(seeds=states | {str(seed): "failed"})
+            raise
+        except BaseException:
+            if parent is not None and action == "new" and not any(
+                    d.state().kind in ("running", "finished") for d in parent.seed_dirs()):
+                parent.abandon()  # nothing of this run to resume (see train_one_seed)
             raise
         states[str(seed)] = "finished"
     config.train.seed = seeds[0]
