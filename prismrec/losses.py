@@ -104,3 +104,32 @@ def joint_infonce_rows(queries: torch.Tensor, keys: torch.Tensor, tau: float) ->
 def joint_infonce(queries: torch.Tensor, keys: torch.Tensor, tau: float) -> torch.Tensor:
     """``mean_b`` of :func:`joint_infonce_rows`."""
     return joint_infonce_rows(queries, keys, tau).mean()
+
+
+def rows_infonce(p: torch.Tensor, q: torch.Tensor, rows: tuple[torch.Tensor, ...], tau: float) -> torch.Tensor:
+    """``Σ_r InfoNCE(p[r], q[r]; τ)`` over row sets ``r`` of the same ``N x d`` views (e.g. a
+    batch's user rows, then its item rows): the behaviour-modality alignment of MGCN (``cl``),
+    GUME (``bm``) and SIGER (``align``)."""
+    return sum(infonce(p[r], q[r], tau) for r in rows)
+
+
+def moment_gap(views: torch.Tensor) -> torch.Tensor:
+    """GUME's ``vt`` (3.6): ``mean_{a<b} |var(H_a) − var(H_b)| + |mean(H_a) − mean(H_b)|`` over
+    the whole matrices of the ``K >= 2`` views ``H`` (``K x N x d``; unbiased variance)."""
+    if views.shape[0] < 2:
+        raise ValueError(f"moment_gap compares modality views and needs at least 2, got {views.shape[0]}")
+    var = views.flatten(1).var(dim=1)
+    mean = views.flatten(1).mean(dim=1)
+    a, b = torch.triu_indices(len(var), len(var), offset=1, device=views.device)
+    return ((var[a] - var[b]).abs() + (mean[a] - mean[b]).abs()).mean()
+
+
+def user_modality_alignment(extended: torch.Tensor, fused: torch.Tensor, rows: torch.Tensor, tau: float, noise) -> torch.Tensor:
+    """GUME's ``um`` term without its weight (3.6), on user matrices ``Ĥ_U`` and ``M_U``:
+    ``InfoNCE(Ĥ_U[u], M_U[u]; τ) + InfoNCE(M'[u], M''[u]; τ) + InfoNCE(Ĥ'[u], Ĥ''[u]; τ)``, with
+    ``X', X''`` two views of ``X[u]`` from ``noise(X, rows)`` (e.g. a
+    :class:`prismrec.nn.NoiseSource`), drawn for ``M`` first."""
+    def noisy(x: torch.Tensor) -> torch.Tensor:
+        return infonce(noise(x, rows), noise(x, rows), tau)
+
+    return infonce(extended[rows], fused[rows], tau) + noisy(fused) + noisy(extended)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
-
-from prismrec.graph.sparse import SparseOperator
 
 CANONICAL_MODALITIES = ("image", "text", "audio")
 """Default modality order: models that give modalities roles (MGCN's v/t, FREEDOM's weights)
@@ -39,18 +38,42 @@ class Output:
         return self.user.index_select(0, u), self.item.index_select(0, i), self.item.index_select(0, j)
 
 
+@dataclass
+class PretrainedItems:
+    """An earlier stage's item representations (EGRA's ``P``) and where they came from.
+
+    The experiment layer computes them (``prismrec.experiment.stages``) for a model whose
+    :meth:`Recommender.required_inputs` names ``"pretrained_items"``."""
+
+    vectors: np.ndarray
+    """``n_items x d`` float32 matrix, row ``i`` = item ``i``."""
+    run: str | None = None
+    """The run (or export) directory that produced them."""
+    file: str | None = None
+    """The file they were read from."""
+
+
 class Recommender(nn.Module):
     """Base class of every model.
 
     Subclasses set ``Config`` (a dataclass whose defaults are the paper's values) and may set
     ``train_defaults`` (training settings the reference uses for this model, e.g. an LR decay),
     then implement ``forward`` and ``loss``. ``score`` defaults to the dot product; the trainer
-    calls ``batch_loss``, which a model may specialise (see there).
+    calls ``batch_loss``, which a model may specialise (see there). A model that needs an
+    earlier stage's output declares it in :meth:`required_inputs` and takes it as a keyword
+    argument of its constructor; models never compute earlier stages themselves.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type]
     train_defaults: ClassVar[dict] = {}
+
+    @classmethod
+    def required_inputs(cls, config) -> tuple[str, ...]:
+        """Names of the earlier stages' outputs this model needs with ``config``, each passed to
+        the constructor as a keyword argument of that name (e.g. ``"pretrained_items"``, a
+        :class:`PretrainedItems`); none by default."""
+        return ()
 
     def __init__(self, dataset, config) -> None:
         super().__init__()
@@ -88,6 +111,21 @@ class Recommender(nn.Module):
                 f"offers {', '.join(present) or 'none'} and {wanted} were selected"
             )
         return list(wanted)
+
+    def reset_parameters(self) -> None:
+        """Draw every parameter afresh: each submodule's ``reset_parameters()`` in registration
+        order (a container without one, e.g. ``nn.ModuleList``, is searched inside). Every model
+        calls it once at the end of its constructor, so one seed fixes the initial values;
+        override it where a model's reference initialises otherwise."""
+
+        def reset(module: nn.Module) -> None:
+            for child in module.children():
+                if hasattr(child, "reset_parameters"):
+                    child.reset_parameters()
+                else:
+                    reset(child)
+
+        reset(self)
 
     def forward(self) -> Output:  # pragma: no cover - abstract
         """Full propagation: final user and item representations."""
@@ -149,15 +187,6 @@ class Recommender(nn.Module):
         """Device of the model's parameters (CPU when it has none)."""
         p = next(self.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
-
-    def _apply(self, fn, recurse=True):
-        # Graphs are not parameters or buffers (they would bloat the state dict); move them
-        # along with the parameters so `model.to(device)` is all a caller needs.
-        out = super()._apply(fn, recurse)
-        for value in vars(self).values():
-            if isinstance(value, SparseOperator):
-                value.to(self.device)
-        return out
 
     def extra_repr(self) -> str:
         return f"users={self.n_users}, items={self.n_items}, config={self.config}"

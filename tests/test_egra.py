@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from prismrec.cli import app
@@ -19,7 +20,9 @@ from prismrec.eval import Evaluator
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.export import export_representations
 from prismrec.experiment.runs import run_experiment
+from prismrec.experiment.stages import build_model
 from prismrec.graph import intersection_links, knn_graph
+from prismrec.losses import moment_gap
 from prismrec.models import get_model
 from prismrec.experiment.pretrained import PretrainedError
 from prismrec.models.egra import alignment_strength, entity_weights
@@ -30,9 +33,9 @@ runner = CliRunner()
 
 
 def _build(dataset, seed=0, **overrides):
-    cfg = resolve_config("egra", dataset.name, overrides)
+    cfg = resolve_config("egra", dataset.name, {"seed": seed, **overrides})
     seed_everything(seed)
-    return get_model("egra")(dataset, cfg.params)
+    return build_model(cfg, dataset)  # computes stage 0 (P) first
 
 
 def _dense(operator):
@@ -98,23 +101,23 @@ def test_enhanced_adjacency_equals_the_dense_hand_built_one(tmp_path, gamma, sym
     np.testing.assert_allclose(net.item_links.toarray(), b, atol=1e-6)
     a = np.block([[np.zeros((4, 4)), r], [r.T, gamma * b]])
     expected = _normalise(a)
-    np.testing.assert_allclose(_dense(net.adjacency), expected, atol=1e-6)
-    np.testing.assert_allclose(_dense(net.user_item), expected[:4, 4:], atol=1e-6)
+    np.testing.assert_allclose(_dense(net.encoder.adjacency), expected, atol=1e-6)
+    np.testing.assert_allclose(_dense(net.encoder.user_item), expected[:4, 4:], atol=1e-6)
     assert net.pretrained_run == "toy-run" and net.pretrained_file == str(export / "item.npy")
 
 
 def test_gamma_zero_and_separate_fusion_keep_the_plain_adjacency(tmp_path):
     toy, p, r, export = _toy(tmp_path)
     plain = _normalise(np.block([[np.zeros((4, 4)), r], [r.T, np.zeros((6, 6))]]))
-    assert np.allclose(_dense(_build(toy, pretrained=str(export), k_pre=2, knn_k=2, gamma=0.0).adjacency), plain)
+    assert np.allclose(_dense(_build(toy, pretrained=str(export), k_pre=2, knn_k=2, gamma=0.0).encoder.adjacency), plain)
     net = _build(toy, pretrained=str(export), k_pre=2, knn_k=2, graph_fusion="separate", gamma=0.5)
-    assert np.allclose(_dense(net.adjacency), plain)
+    assert np.allclose(_dense(net.encoder.adjacency), plain)
     s_pre = _normalise(_hand_links(p, 2, "binary", "none"))
     np.testing.assert_allclose(_dense(net.pre_graph), s_pre, atol=1e-6)
     with torch.no_grad():  # C = LGN(Â) with C_I += γ·Ŝ_pre E_I
         c = net.behavior_view()
-        base = super(type(net), net).behavior_view()
-        extra = 0.5 * torch.from_numpy(s_pre).float() @ net.item_emb
+        base = net.encoder.behavior_view()
+        extra = 0.5 * torch.from_numpy(s_pre).float() @ net.encoder.item_emb.weight
     torch.testing.assert_close(c[:4], base[:4])
     torch.testing.assert_close(c[4:], base[4:] + extra, atol=1e-6, rtol=1e-5)
 
@@ -134,7 +137,7 @@ def test_raw_item_links_are_gumes_and_need_no_pretrained_run(planted):
     raw = intersection_links(*(knn_graph(planted.features[m], 10) for m in ("image", "text")))
     assert (net.item_links != raw).nnz == 0 and net.pretrained_run is None
     gume = get_model("gume")(planted, resolve_config("gume", planted.name, {}).params)
-    torch.testing.assert_close(net.adjacency.matrix.to_dense(), gume.adjacency.matrix.to_dense())
+    torch.testing.assert_close(net.encoder.adjacency.matrix.to_dense(), gume.encoder.adjacency.matrix.to_dense())
 
 
 # ------------------------------------------------------------------ stage 4: bi-level weighting
@@ -202,12 +205,10 @@ def test_loss_terms_weighting_and_gradients(planted, mgcn_export):
 
 
 def test_gume_backbone_is_gume_on_the_enhanced_graph_with_align_for_bm(planted, mgcn_export):
-    from prismrec.models.gume import GUME
-
     net = _build(planted, pretrained=str(mgcn_export), backbone="gume", n_ui_layers=3)
-    assert isinstance(net, GUME) and type(net).name == "egra"
+    assert net.extended is not None and type(net).name == "egra"
     base = _build(planted, pretrained=str(mgcn_export))
-    torch.testing.assert_close(net.adjacency.matrix.to_dense(), base.adjacency.matrix.to_dense())  # Â⁺ from P
+    torch.testing.assert_close(net.encoder.adjacency.matrix.to_dense(), base.encoder.adjacency.matrix.to_dense())  # Â⁺ from P
     g = torch.Generator().manual_seed(0)
     batch = tuple(torch.randint(0, n, (64,), generator=g) for n in (planted.n_users, planted.n_items, planted.n_items))
     net.train()
@@ -215,7 +216,7 @@ def test_gume_backbone_is_gume_on_the_enhanced_graph_with_align_for_bm(planted, 
     terms = net.loss(batch, out)
     assert set(terms) == {"bpr", "reg", "align", "vt", "um", "reg2"} and "extended" in out.aux
     u, i_rows = batch[0], batch[1] + planted.n_users
-    torch.testing.assert_close(terms["vt"], 0.1 * GUME.vt_gap(out.aux["explicit"]))
+    torch.testing.assert_close(terms["vt"], 0.1 * moment_gap(out.aux["modality_views"]))
     torch.testing.assert_close(terms["align"], net.lambda_t * (net.weighted_alignment(out.aux["modality"][u], out.aux["behavior"][u])
                                + net.weighted_alignment(out.aux["modality"][i_rows], out.aux["behavior"][i_rows])))
     sum(terms.values()).backward()
@@ -248,6 +249,25 @@ def test_auto_pretraining_then_egra(planted, tmp_path, monkeypatch):
         assert all(torch.equal(v, other.state_dict()[k]) for k, v in net.state_dict().items())
     assert (net.item_links != trained.item_links).nnz == 0
     assert net.pretrained_run == str(pre_dir.resolve()) and str(pre_dir.resolve()) in repr(net)
+
+
+def test_egra_declares_p_and_never_computes_it(planted, mgcn_export):
+    params = resolve_config("egra", planted.name, {"pretrained": str(mgcn_export)}).params
+    assert get_model("egra").required_inputs(params) == ("pretrained_items",)
+    assert get_model("egra").required_inputs(dataclasses.replace(params, item_links="raw")) == ()
+    with pytest.raises(ValueError, match="stage-0 input P"):
+        get_model("egra")(planted, params)  # the model alone: no stage is run behind the caller's back
+
+
+def test_auto_stage_one_trains_on_egras_modalities(planted, tmp_path):
+    cache = tmp_path / "cache"
+    net = _build(planted, seed=3, modalities=["text"], pretrain_epochs=1, pretrain_cache=str(cache))
+    assert net.modalities == ["text"]
+    (pre_dir,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    stage_one = yaml.safe_load((pre_dir / "config.yaml").read_text())
+    assert stage_one["params"]["modalities"] == ["text"]
+    both = _build(planted, seed=3, pretrain_epochs=1, pretrain_cache=str(cache))  # all modalities
+    assert both.modalities == ["image", "text"] and len(list(cache.iterdir())) == 2
 
 
 def _garbage_test_copy(planted_dir, dest):

@@ -53,13 +53,13 @@ def test_vbpr_representation_by_hand(planted):
     d = net.config.embedding_size
     f = torch.cat([planted.features["image"], planted.features["text"]], dim=1)
     w, b = net.content.linear.weight, net.content.linear.bias
-    expected = torch.cat([net.item_emb, f @ w.T + b], dim=1)  # z_i = [e_i ; W f_i + b]
+    expected = torch.cat([net.item_emb.weight, f @ w.T + b], dim=1)  # z_i = [e_i ; W f_i + b]
     assert out.item.shape == (planted.n_items, 2 * d) and out.user.shape == (planted.n_users, 2 * d)
     torch.testing.assert_close(out.item, expected)
-    assert out.user is net.user_emb
+    assert out.user is net.user_emb.weight
     # Raw features are frozen and not part of the checkpoint; W, b are trained from zero bias.
     assert not net.content.features.requires_grad
-    assert set(net.state_dict()) == {"user_emb", "item_emb", "content.linear.weight", "content.linear.bias"}
+    assert set(net.state_dict()) == {"user_emb.weight", "item_emb.weight", "content.linear.weight", "content.linear.bias"}
     assert torch.count_nonzero(b) == 0
 
 
@@ -160,9 +160,9 @@ def test_freedom_edge_pruning_in_train_mode_full_graph_in_eval(planted):
     assert kept.nnz == kept_count and kept.multiply(planted.train).nnz == kept_count  # a subset of R
     np.testing.assert_allclose(pruned, bipartite_adjacency(kept).toarray(), atol=1e-7)  # own degrees
 
-    e0 = torch.cat([net.user_emb, net.item_emb]).detach().numpy()
+    e0 = torch.cat([net.user_emb.weight, net.item_emb.weight]).detach().numpy()
     s = net.item_graph.matrix.to_dense().numpy()
-    h = s @ net.item_emb.detach().numpy()
+    h = s @ net.item_emb.weight.detach().numpy()
     with torch.no_grad():
         train_out = net()
         y = lgn_dense(pruned, e0, 2)

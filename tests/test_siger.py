@@ -36,6 +36,11 @@ def _dense(op):
     return op.matrix.to_dense()
 
 
+def _graph(net, modality):
+    """``G_m`` of ``modality`` as the encoder holds it."""
+    return net.encoder.item_graphs[net.modalities.index(modality)]
+
+
 def _sp_dense(matrix):
     return torch.from_numpy(matrix.toarray())
 
@@ -46,8 +51,8 @@ def test_beta_zero_is_the_raw_semantic_graph_and_beta_one_is_the_cooccurrence_gr
     raw = {m: _sp_dense(knn_graph(planted.features[m], 10)) for m in ("image", "text")}
     zero, one = _build(planted, beta=0.0), _build(planted, beta=1.0)
     for m in ("image", "text"):
-        torch.testing.assert_close(_dense(zero.item_graph(m)), raw[m], rtol=0, atol=0)
-        torch.testing.assert_close(_dense(one.item_graph(m)), co, rtol=0, atol=0)
+        torch.testing.assert_close(_dense(_graph(zero, m)), raw[m], rtol=0, atol=0)
+        torch.testing.assert_close(_dense(_graph(one, m)), co, rtol=0, atol=0)
     assert not torch.equal(raw["image"], co)
 
 
@@ -56,16 +61,16 @@ def test_intermediate_and_per_modality_beta_and_renormalisation(planted):
     raw = {m: knn_graph(planted.features[m], 10) for m in ("image", "text")}
     net = _build(planted, beta=0.3, co_k=5, co_score="cosine", co_weight="score")
     torch.testing.assert_close(
-        _dense(net.item_graph("text")), _sp_dense(0.7 * raw["text"] + 0.3 * co), rtol=1e-6, atol=1e-7
+        _dense(_graph(net, "text")), _sp_dense(0.7 * raw["text"] + 0.3 * co), rtol=1e-6, atol=1e-7
     )
     per = _build(planted, beta_per_modality=True, beta_modalities=[0.0, 1.0], co_k=5, co_score="cosine",
                  co_weight="score")
     assert per.betas == [0.0, 1.0]
-    torch.testing.assert_close(_dense(per.item_graph("image")), _sp_dense(raw["image"]))
-    torch.testing.assert_close(_dense(per.item_graph("text")), _sp_dense(co))
+    torch.testing.assert_close(_dense(_graph(per, "image")), _sp_dense(raw["image"]))
+    torch.testing.assert_close(_dense(_graph(per, "text")), _sp_dense(co))
     renorm = _build(planted, renormalize_after_mix=True)
     expected = sym_normalize(mix([raw["image"], cooccurrence_graph(planted.train, 10)], [0.5, 0.5]))
-    torch.testing.assert_close(_dense(renorm.item_graph("image")), _sp_dense(expected))
+    torch.testing.assert_close(_dense(_graph(renorm, "image")), _sp_dense(expected))
 
 
 def test_forward_uses_the_infused_graph(planted):
@@ -76,12 +81,12 @@ def test_forward_uses_the_infused_graph(planted):
     with torch.no_grad():
         out = net()
         c = out.aux["behavior"]
-        for k, (m, pur) in enumerate(zip(net.modalities, net.purifiers)):
+        for k, (m, pur) in enumerate(zip(net.modalities, net.encoder.purifiers)):
             g = 0.5 * _sp_dense(knn_graph(planted.features[m], 10)) + 0.5 * co
-            items = g @ pur(net.item_emb)
-            torch.testing.assert_close(out.aux["semantic"][k, n_u:], items, rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(out.aux["fused"], net.fuser(out.aux["semantic"], c))
-        torch.testing.assert_close(torch.cat([out.user, out.item]), c + out.aux["fused"])
+            items = g @ pur(net.encoder.item_emb.weight)
+            torch.testing.assert_close(out.aux["modality_views"][k, n_u:], items, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(out.aux["modality"], net.encoder.fuser(out.aux["modality_views"], c))
+        torch.testing.assert_close(torch.cat([out.user, out.item]), c + out.aux["modality"])
 
 
 # ---------------------------------------------------------------------------------- perturbation
@@ -102,7 +107,7 @@ def test_noise_magnitude_per_row_follows_the_rows_modulus(planted, mode, target)
     with torch.no_grad():
         out = net()
         first, second = net.perturbation_views(out)
-    clean = out.aux["fused"].unsqueeze(0) if target == "fused" else out.aux["semantic"]
+    clean = out.aux["modality"].unsqueeze(0) if target == "fused" else out.aux["modality_views"]
     assert first.shape == second.shape == clean.shape
     assert not torch.equal(first, second)  # two independent draws
     for view in (first, second):
@@ -120,12 +125,11 @@ def test_layer_noise_follows_every_propagation(planted):
     with torch.no_grad():
         out = net()
         first, _ = net.perturbation_views(out)
-    clean_items = out.aux["semantic"][:, n_u:]
+    clean_items = out.aux["modality_views"][:, n_u:]
     for x, v in zip(clean_items, first[:, n_u:]):
         torch.testing.assert_close((v - x).norm(dim=1), 0.1 * x.norm(dim=1), rtol=1e-4, atol=1e-6)
     # users aggregate the noisy items: R̂ H'^I
-    torch.testing.assert_close(first[:, :n_u], torch.stack([net.user_item @ v for v in first[:, n_u:]]))
-    assert net.item_graph("image").__class__.__name__ == "SparseOperator"  # noise switched off again
+    torch.testing.assert_close(first[:, :n_u], torch.stack([net.encoder.user_item @ v for v in first[:, n_u:]]))
 
 
 # --------------------------------------------------------------------------------- alignment
@@ -149,14 +153,14 @@ def _anchor_setup(planted, **overrides):
     out = net()
     u, i, _ = _batch(planted, size=12)
     rows = (u, i + planted.n_users)
-    h, c = out.aux["semantic"].detach().double(), out.aux["behavior"].detach().double()
+    h, c = out.aux["modality_views"].detach().double(), out.aux["behavior"].detach().double()
     return net, out, rows, h, c
 
 
 def test_anchor_a1_matches_brute_force(planted):
     net, out, rows, h, c = _anchor_setup(planted, tau_a=0.3)
     expected = sum(np.mean(_nce_rows(h[m][r], c[r], 0.3)) for r in rows for m in range(len(h))) / len(h)
-    got = net.anchor_loss(out.aux["semantic"], out.aux["behavior"], rows)
+    got = net.anchor_loss(out.aux["modality_views"], out.aux["behavior"], rows)
     assert float(got.detach()) == pytest.approx(expected, rel=1e-5)
 
 
@@ -170,7 +174,7 @@ def test_anchor_a2_matches_brute_force(planted):
             logit = [sum(_cos(hr[m][b], cr[k]) for m in range(len(h))) / 0.3 for k in range(len(cr))]
             losses.append(-math.log(math.exp(logit[b]) / sum(math.exp(x) for x in logit)))
         expected += np.mean(losses)
-    got = net.anchor_loss(out.aux["semantic"], out.aux["behavior"], rows)
+    got = net.anchor_loss(out.aux["modality_views"], out.aux["behavior"], rows)
     assert float(got.detach()) == pytest.approx(expected, rel=1e-5)
 
 
@@ -186,7 +190,7 @@ def test_anchor_a3_matches_brute_force(planted, gate):
             for b in range(len(cr))
         ]
         expected += np.mean([w * x for w, x in zip(weights, losses)])
-    got = net.anchor_loss(out.aux["semantic"], out.aux["behavior"], rows)
+    got = net.anchor_loss(out.aux["modality_views"], out.aux["behavior"], rows)
     assert float(got.detach()) == pytest.approx(expected, rel=1e-5)
 
 
@@ -198,8 +202,8 @@ def test_loss_terms_are_the_weighted_pieces(planted):
     rows = (u, i + planted.n_users)
     terms = net.loss(batch, out)
     assert set(terms) == TERMS and float(terms["perturb"]) == 0.0
-    s, c = out.aux["fused"], out.aux["behavior"]
-    torch.testing.assert_close(terms["anchor"], 0.2 * net.anchor_loss(out.aux["semantic"], c, rows))
+    s, c = out.aux["modality"], out.aux["behavior"]
+    torch.testing.assert_close(terms["anchor"], 0.2 * net.anchor_loss(out.aux["modality_views"], c, rows))
     torch.testing.assert_close(terms["align"], 0.3 * (infonce(s[u], c[u], 0.2) + infonce(s[rows[1]], c[rows[1]], 0.2)))
 
 
@@ -207,7 +211,7 @@ def test_loss_terms_are_the_weighted_pieces(planted):
 def test_detach_anchor_stops_the_gradient_into_behaviour(planted, detach):
     net, out, rows, _, _ = _anchor_setup(planted, detach_anchor=detach)
     c = out.aux["behavior"]
-    (grad,) = torch.autograd.grad(net.anchor_loss(out.aux["semantic"], c, rows), c, allow_unused=True)
+    (grad,) = torch.autograd.grad(net.anchor_loss(out.aux["modality_views"], c, rows), c, allow_unused=True)
     assert (grad is None) == detach
 
 
@@ -297,8 +301,8 @@ def test_eval_forward_is_deterministic_and_has_the_aux_views(planted):
         a, b = net(), net()
     assert torch.equal(a.user, b.user) and torch.equal(a.item, b.item)
     n = planted.n_users + planted.n_items
-    assert a.aux["behavior"].shape == a.aux["fused"].shape == (n, 64)
-    assert a.aux["semantic"].shape == (2, n, 64) and "extended" not in a.aux
+    assert a.aux["behavior"].shape == a.aux["modality"].shape == (n, 64)
+    assert a.aux["modality_views"].shape == (2, n, 64) and "extended" not in a.aux
 
 
 # ------------------------------------------------------------------------------------ errors

@@ -10,6 +10,7 @@ must equal the current train split's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -22,12 +23,14 @@ import torch
 from prismrec.errors import PretrainedError
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.export import export_representations
+from prismrec.experiment.rundir import RunDir
 from prismrec.experiment.runs import run_experiment
+from prismrec.models import get_model
 
 PRE_REP_FILES = dict(final="item.npy", behavior="item.behavior.npy", modality="item.modality.npy")
 
 
-def pretrained_items(cfg, dataset, seed: int) -> tuple[np.ndarray, str, str]:
+def load_pretrained_items(cfg, dataset, seed: int) -> tuple[np.ndarray, str, str]:
     """``(P, run, file)``: ``P`` (``n_I x d``, float32) from ``cfg.pretrained`` (a run or export
     dir, or ``"auto"``), checked against ``dataset``; ``seed`` picks a multi-seed run's seed."""
     auto = cfg.pretrained == "auto"
@@ -57,7 +60,11 @@ def pretrain(cfg, dataset, seed: int) -> Path:
     """``"auto"``: train ``pre_model`` on ``dataset`` with ``seed`` (selected on validation,
     test never read); cached by train fingerprint + stage-1 config digest + seed."""
     epochs = {} if cfg.pretrain_epochs is None else {"epochs": cfg.pretrain_epochs}
-    settings = {**cfg.pretrain_settings, **epochs}  # a seed there is replaced by `seed`
+    # Stage 1 sees the modalities the model uses (unless told otherwise), if it takes any.
+    modalities = {}
+    if cfg.modalities is not None and _takes_modalities(cfg.pre_model):
+        modalities = {"modalities": list(cfg.modalities)}
+    settings = {**modalities, **cfg.pretrain_settings, **epochs}  # a seed there is replaced by `seed`
     try:
         pre = resolve_config(cfg.pre_model, dataset.name, settings)
     except (KeyError, ValueError) as exc:
@@ -65,7 +72,7 @@ def pretrain(cfg, dataset, seed: int) -> Path:
     cache = os.environ.get("PRISMREC_CACHE", "~/.cache/prismrec") + "/pretrained"
     key = f"{dataset.name}-train{dataset.fingerprint('train')}-cfg{pre.digest()}-seed{seed}"
     run_dir = Path(cfg.pretrain_cache or cache).expanduser() / f"{pre.model}-{key}"
-    if (run_dir / "metrics.json").is_file():  # only finished runs are moved there (below)
+    if _finished(run_dir):
         return run_dir
     tmp = run_dir.with_name(f".{run_dir.name}.{os.getpid()}.tmp")  # never a half-written cache
     # Forked RNG streams: this run's own initialisation is the same with or without a cache.
@@ -79,6 +86,22 @@ def pretrain(cfg, dataset, seed: int) -> Path:
         random.setstate(py_rng), np.random.set_state(np_rng), torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
     return run_dir
+
+
+def _takes_modalities(model: str) -> bool:
+    try:
+        return "modalities" in {f.name for f in dataclasses.fields(get_model(model).Config)}
+    except KeyError:  # an unknown pre_model is reported by resolve_config
+        return False
+
+
+def _finished(run_dir: Path) -> bool:
+    """A cached stage-1 run that may be used: finished (run protocol), or written before the
+    protocol had markers (only finished runs were ever moved into the cache, below)."""
+    run = RunDir(run_dir)
+    if run.is_finished():
+        return True
+    return run.path.is_dir() and run.state().kind == "legacy" and (run_dir / "metrics.json").is_file()
 
 
 def _export_dir(source: Path, dataset, seed: int, per_seed: bool) -> Path:

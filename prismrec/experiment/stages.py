@@ -3,18 +3,41 @@
 Every caller that constructs a model for training or for reading a finished run goes through
 :func:`build_model`, so a model that needs an earlier stage's output (EGRA's pretrained item
 representations) gets it computed here, in the experiment layer, never by the model itself.
+A model names what it needs in ``Recommender.required_inputs(config)``; :data:`STAGES` maps
+each name to the function that computes it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prismrec.models import get_model
-from prismrec.recommender import Recommender
+from prismrec.recommender import PretrainedItems, Recommender
+
+
+def pretrained_items(config, dataset) -> PretrainedItems:
+    """Stage 0 of EGRA (ALGORITHMS.md 6.1): ``P`` from ``params.pretrained`` (a finished run or
+    export, or ``"auto"``: trained on the train split, selected on validation, cached); the
+    stage-1 seed is the run's (``pretrain_per_seed``) or 999."""
+    from prismrec.experiment.pretrained import load_pretrained_items  # imports the run machinery
+
+    params = config.params
+    seed = config.train.seed if params.pretrain_per_seed else 999
+    vectors, run, file = load_pretrained_items(params, dataset, seed)
+    return PretrainedItems(vectors, run, file)
+
+
+STAGES: dict[str, Callable] = {"pretrained_items": pretrained_items}
+"""Earlier-stage outputs by the name a model requires them under."""
 
 
 def build_model(config, dataset) -> Recommender:
-    """The model of ``config`` (an :class:`ExperimentConfig`) built on ``dataset``.
+    """The model of ``config`` (an :class:`ExperimentConfig`) built on ``dataset``, with every
+    input it declares computed first.
 
     Call it right after ``seed_everything(config.train.seed)``: the model's initialisation draws
-    from the global RNG.
+    from the global RNG (earlier stages do not touch it).
     """
-    return get_model(config.model)(dataset, config.params)
+    cls = get_model(config.model)
+    inputs = {name: STAGES[name](config, dataset) for name in cls.required_inputs(config.params)}
+    return cls(dataset, config.params, **inputs)

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch import nn
 
 
 def to_torch_csr(matrix: sp.spmatrix, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -53,11 +54,14 @@ class _SpMM(torch.autograd.Function):
         return None, spmm(ctx.op.transpose, grad.contiguous())
 
 
-class SparseOperator:
+class SparseOperator(nn.Module):
     """A fixed sparse matrix ``A`` usable as ``A @ X`` with a fast, exact backward ``Aᵀ @ G``.
 
     Build it once per graph; ``symmetric=None`` checks symmetry itself (then no transpose is
-    stored). The operator is not a parameter: no gradient flows into its values.
+    stored). The operator is not a parameter: no gradient flows into its values. It is a module
+    whose matrices are **non-persistent buffers**, so ``model.to(device)`` moves every graph a
+    model holds while ``state_dict()`` (``model.pt``) never contains one: graphs are rebuilt
+    from the dataset.
     """
 
     def __init__(
@@ -66,15 +70,22 @@ class SparseOperator:
         device: torch.device | str = "cpu",
         symmetric: bool | None = None,
     ) -> None:
+        super().__init__()
         m = sp.csr_matrix(matrix, dtype=np.float32)
         if symmetric is None:
             symmetric = m.shape[0] == m.shape[1] and abs(m - m.T).max() <= 1e-7 if m.nnz else True
         self.shape = m.shape
         self.nnz = m.nnz
         self.symmetric = bool(symmetric)
-        self.matrix = to_torch_csr(m, device)
-        self.transpose = self.matrix if self.symmetric else to_torch_csr(m.T, device)
+        self.register_buffer("matrix", to_torch_csr(m, device), persistent=False)
+        if not self.symmetric:  # a symmetric matrix is its own transpose: stored once
+            self.register_buffer("_transpose", to_torch_csr(m.T, device), persistent=False)
         self._host: sp.csr_matrix | None = None  # SciPy view of the matrix, made by row_block
+
+    @property
+    def transpose(self) -> torch.Tensor:
+        """``Aᵀ`` as a CSR tensor (the matrix itself when symmetric)."""
+        return self.matrix if self.symmetric else self._transpose
 
     def row_block(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``A[rows]`` and ``A[rows]ᵀ`` as CSR tensors on the operator's device.
@@ -94,11 +105,9 @@ class SparseOperator:
             return _SpMM.apply(self, dense)
         return spmm(self.matrix, dense)
 
-    def to(self, device: torch.device | str) -> "SparseOperator":
-        """Move both stored matrices to ``device`` (in place) and return self."""
-        self.matrix = self.matrix.to(device)
-        self.transpose = self.matrix if self.symmetric else self.transpose.to(device)
-        return self
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        """``A @ dense`` (the same as the ``@`` operator)."""
+        return self @ dense
 
-    def __repr__(self) -> str:
-        return f"SparseOperator(shape={self.shape}, nnz={self.nnz}, symmetric={self.symmetric})"
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, nnz={self.nnz}, symmetric={self.symmetric}"

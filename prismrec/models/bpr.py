@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
 
 from prismrec.losses import bpr_loss, l2_reg
 from prismrec.models import register
+from prismrec.nn import IdEmbedding
 from prismrec.recommender import Output, Recommender
 
 
@@ -33,16 +33,12 @@ class BPRMF(Recommender):
 
     def __init__(self, dataset, config: BPRConfig) -> None:
         super().__init__(dataset, config)
-        self.user_emb = nn.Parameter(torch.empty(self.n_users, config.embedding_size))
-        self.item_emb = nn.Parameter(torch.empty(self.n_items, config.embedding_size))
+        self.user_emb = IdEmbedding(self.n_users, config.embedding_size, init="xavier_normal")  # e_u
+        self.item_emb = IdEmbedding(self.n_items, config.embedding_size, init="xavier_normal")  # e_i
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        nn.init.xavier_normal_(self.user_emb)
-        nn.init.xavier_normal_(self.item_emb)
-
     def forward(self) -> Output:
-        return Output(self.user_emb, self.item_emb)
+        return Output(self.user_emb.weight, self.item_emb.weight)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         zu, zi, zj = out.bpr_rows(batch)

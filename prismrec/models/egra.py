@@ -1,10 +1,12 @@
 """EGRA — arXiv 2508.16170; ALGORITHMS.md §6. Every step is **proposed** (the method text was
-not at hand); each open choice is a config switch (§6.5). EGRA = MGCN (``models/mgcn.py``) on a
-behaviour graph enhanced with item links from a pretrained model, plus bi-level alignment.
+not at hand); each open choice is a config switch (§6.5). EGRA = MGCN's multi-view encoder
+(:class:`prismrec.nn.MultiViewEncoder`) on a behaviour graph enhanced with item links from a
+pretrained model, plus bi-level alignment.
 
 0. ``P ∈ R^{n_I×d}`` (6.1): item rows (``pre_rep``) of a finished ``pre_model`` run, or of one
-   trained here (``pretrained="auto"``) on the train split, selected on validation, test never
-   read; its recorded train fingerprint must equal the current train split's.
+   trained on the train split (``pretrained="auto"``), selected on validation, test never read.
+   EGRA only **declares** it (:meth:`EGRA.required_inputs`); the experiment layer computes it
+   (``prismrec.experiment.stages.build_model``) and passes it to the constructor.
 1. ``B_pre = topk(P; k_pre, self excluded)`` (2.5); ``A⁺ = [[0, R], [Rᵀ, γ·B_pre]]`` → ``Â⁺``
    (``item_links="raw"``: GUME's raw-feature intersection links in place of ``B_pre``).
 2. MGCN on ``Â⁺``: ``C = LGN(Â⁺, [E_U; E_I], L_ui)``, ``H_m^I = Ŝ_m^{L_ii} H_m⁰`` (raw ``Ŝ_m``),
@@ -13,8 +15,8 @@ behaviour graph enhanced with item links from a pretrained model, plus bi-level 
    τ) (2.11), ``a_e = sg(cos(m_e, c_e))``: ``w_e = |B|·softmax_e(s·a_e/τ_w)`` (mean 1), ``λ_t =
    λ_min + (λ_max − λ_min)·min(1, t/T)``, ``L_align = λ_t·[mean_u w_u ℓ_u + mean_i w_i ℓ_i]``.
 4. ``L = L_BPR(Z) + λ_reg·half_sq(z_u, z_i, z_j) + L_align``; ``λ_t`` is logged every epoch.
-   ``backbone="gume"`` (:class:`EGRAOnGUME`): GUME (``models/gume.py``) on ``Â⁺`` instead of MGCN,
-   with its ``vt``, ``um`` and ``reg2`` terms added and ``L_align`` in place of its ``bm``.
+   ``backbone="gume"``: with GUME's extended branch (:class:`prismrec.nn.ExtendedBranch`) on
+   ``Â⁺``, and its ``vt``, ``um`` and ``reg2`` terms added (``L_align`` in place of its ``bm``).
 """
 
 from __future__ import annotations
@@ -23,38 +25,33 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from prismrec.graph import SparseOperator, bipartite_adjacency, intersection_links, knn_graph
-from prismrec.graph import sym_normalize, symmetrize
-from prismrec.losses import bpr_loss, half_sq, infonce
+from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph, pretrained_links
+from prismrec.graph import shared_neighbor_links, sym_normalize
+from prismrec.losses import bpr_loss, half_sq, infonce, moment_gap, user_modality_alignment
 from prismrec.models import register
-from prismrec.models.gume import GUME, GUMETerms
-from prismrec.models.mgcn import MGCN
-from prismrec.recommender import Output
+from prismrec.nn import (
+    ExtendedBranch,
+    GUMETermsConfig,
+    MultiViewConfig,
+    MultiViewEncoder,
+    NoiseSource,
+    check_multiview_config,
+)
+from prismrec.recommender import Output, PretrainedItems, Recommender
 
 
 @dataclass
-class EGRAConfig(GUMETerms):
-    """EGRA's settings; the inherited :class:`GUMETerms` act only with ``backbone="gume"``."""
+class EGRAConfig(GUMETermsConfig, MultiViewConfig):
+    """EGRA's settings; the inherited GUME terms (``vt``, ``um``, ``reg2``, noise) act only with
+    ``backbone="gume"``; ``reg_weight`` weighs ``half_sq(z_u, z_i, z_j)`` (2.10), grid {1e-5, 1e-4}."""
 
-    modalities: list[str] | None = None
-    """Feature names used, in order; ``None`` = every modality of the dataset (canonical order)."""
-    embedding_size: int = 64
-    """``d``, width of the ID embeddings and of every view."""
     n_ui_layers: int = 2
     """``L_ui``, LightGCN depth on ``Â⁺``; grid {2, 3}."""
     n_ii_layers: int = 1
     """``L_ii``, steps on each raw kNN graph ``Ŝ_m`` (and on ``Ŝ_pre`` if separate); grid {1, 2}."""
-    knn_k: int = 10
-    """``k`` of the raw modality kNN graphs ``Ŝ_m`` (self included)."""
-    reg_weight: float = 1e-4
-    """``λ_reg``, weight of ``half_sq(z_u, z_i, z_j)`` (2.10); grid {1e-5, 1e-4}."""
-    train_features: bool = True
-    """Fine-tune the raw feature matrices (MGCN reference: True); False keeps them frozen."""
     pretrained: str = "auto"
     """A run dir of ``prismrec train`` or its export dir, or ``"auto"`` (nested, cached run)."""
     pre_model: str = "mgcn"
@@ -68,7 +65,8 @@ class EGRAConfig(GUMETerms):
     pretrain_settings: dict[str, Any] = field(default_factory=dict)
     """``"auto"``: other stage-1 settings, e.g. ``{cl_weight: 0.1, device: cuda}`` (not seed)."""
     pretrain_cache: str | None = None
-    """``"auto"`` cache root; None: ``$PRISMREC_CACHE/pretrained`` (``~/.cache/prismrec/...``)."""
+    """``"auto"`` cache root; None: ``$PRISMREC_CACHE/pretrained`` (``PRISMREC_CACHE`` defaults to
+    ``~/.cache/prismrec``)."""
     k_pre: int = 10
     """Neighbours per item in ``B_pre`` (self excluded); grid {5, 10, 20}."""
     gamma: float = 1.0
@@ -105,6 +103,7 @@ class EGRAConfig(GUMETerms):
     """``τ_w``, temperature of the softmax entity weights; grid {0.2, 0.5, 1.0}."""
 
 
+
 def alignment_strength(t: int, cfg: EGRAConfig) -> float:
     """Epoch level ``λ_t`` at 0-based epoch ``t``, ``λ_min = ratio·λ_max``, ``T = ramp_epochs``:
     ``linear`` ``λ_min + (λ_max − λ_min)·min(1, t/T)``; ``exp`` ``… ·(1 − e^{−t/T})`` (the spec's
@@ -131,75 +130,79 @@ def entity_weights(a: torch.Tensor, mode: str, sign: int, tau_w: float) -> torch
 
 
 @register
-class EGRA(MGCN):
-    """EGRA; aux ``behavior`` ``C``, ``modality`` ``M``; ``pretrained_run``/``_file``: where ``P``
-    came from; ``item_links``: ``B_pre`` (un-normalised CSR); ``lambda_t``: the current ``λ_t``."""
+class EGRA(Recommender):
+    """EGRA; aux ``behavior`` ``C``, ``modality`` ``M`` (``gume``: ``modality_views``, ``extended``
+    in training); ``pretrained_run``/``_file``: where ``P`` came from; ``item_links``: ``B_pre``
+    (un-normalised CSR); ``lambda_t``: the current ``λ_t``."""
 
     name = "egra"
     Config = EGRAConfig
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
 
-    def __new__(cls, dataset=None, config: EGRAConfig | None = None):
-        # backbone="gume" builds the GUME-based variant below; everything else is shared.
-        if cls is EGRA and getattr(config, "backbone", "mgcn") == "gume":
-            cls = EGRAOnGUME
-        return super().__new__(cls)
+    @classmethod
+    def required_inputs(cls, config: EGRAConfig) -> tuple[str, ...]:
+        """Stage 0: the pretrained item representations ``P``, unless the links are raw."""
+        return () if config.item_links == "raw" else ("pretrained_items",)
 
-    def __init__(self, dataset, config: EGRAConfig) -> None:
-        super().__init__(dataset, config)  # checks the config; behavior_graph() builds Â⁺ from P
-        self.lambda_t = alignment_strength(0, config)
-
-    @staticmethod
-    def _check_config(config) -> None:
-        MGCN._check_config(config)
-        rules = {"k_pre >= 1": config.k_pre >= 1, "ramp_epochs >= 1": config.ramp_epochs >= 1,
-                 "gamma >= 0": config.gamma >= 0, "lambda_max >= 0": config.lambda_max >= 0,
-                 "tau > 0": config.tau > 0, "tau_w > 0": config.tau_w > 0, "0 <= lambda_min_ratio"
-                 " <= 1": 0 <= config.lambda_min_ratio <= 1,
-                 "pretrain_epochs >= 1 or null": (config.pretrain_epochs or 1) >= 1}
-        if broken := [rule for rule, ok in rules.items() if not ok]:
-            raise ValueError(f"EGRA config: {'; '.join(broken)} must hold, got {config}")
-
-    # ---------------------------------------------------------------- stage 0: pretrained P
-    def load_pretrained(self, dataset) -> np.ndarray:
-        """``P`` from ``config.pretrained`` (:mod:`prismrec.experiment.pretrained`); the seed is
-        the run's (``seed_everything`` runs just before a model is built), or 999."""
-        from prismrec.experiment.pretrained import pretrained_items  # stage 0 belongs to the runs
-
-        seed = int(torch.initial_seed()) if self.config.pretrain_per_seed else 999
-        p, self.pretrained_run, self.pretrained_file = pretrained_items(self.config, dataset, seed)
-        return p
-
-    # ---------------------------------------------------------------- stages 1-2: graph, views
-    def behavior_graph(self, dataset, knn: list[sp.csr_matrix]) -> sp.csr_matrix:
-        """1. ``Â⁺`` with item block ``γ·B_pre``, ``B_pre = topk(P; k_pre)`` (2.5, 2.1)."""
-        cfg = self.config
-        raw = knn[0]  # GUME's links: j in every raw modality's neighbour set of i, j != i
-        for other in knn:
-            raw = intersection_links(raw, other)
-        if cfg.item_links == "raw":
+    def __init__(self, dataset, config: EGRAConfig, pretrained_items: PretrainedItems | None = None) -> None:
+        super().__init__(dataset, config)
+        check_config(config)
+        self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
+        d = config.embedding_size
+        # 1. B_pre = topk(P; k_pre) (or GUME's raw links), Â⁺ with item block γ·B_pre.
+        knn = [knn_graph(dataset.features[m], config.knn_k) for m in self.modalities]
+        raw = shared_neighbor_links(knn) if config.item_links == "raw" or config.pre_filter_raw else None
+        if config.item_links == "raw":
             links, self.pretrained_run, self.pretrained_file = raw, None, None
         else:
-            links = knn_graph(self.load_pretrained(dataset), cfg.k_pre, self_loops="exclude",
-                              weight=cfg.pre_edge_weight, normalize=False)
-            links = symmetrize(links, cfg.pre_symmetrize)
-            if cfg.pre_filter_raw:
-                links = sp.csr_matrix(links.multiply(raw), dtype=np.float32)
+            if pretrained_items is None:
+                raise ValueError("egra needs its stage-0 input P (pretrained_items): build the model with "
+                                 "prismrec.experiment.stages.build_model, or set item_links=raw")
+            self.pretrained_run, self.pretrained_file = pretrained_items.run, pretrained_items.file
+            links = pretrained_links(pretrained_items.vectors, config.k_pre, config.pre_edge_weight,
+                                     config.pre_symmetrize, within=raw)
         self.item_links, self.n_item_links = links, int(links.nnz)
-        if cfg.graph_fusion == "separate":
+        if config.graph_fusion == "joint":
+            adjacency = bipartite_adjacency(dataset.train, links, gamma=config.gamma)
+        else:  # separate: plain Â, and Ŝ_pre added to the item rows of C
+            adjacency = bipartite_adjacency(dataset.train)
             self.pre_graph = SparseOperator(sym_normalize(links), symmetric=False)
-            return bipartite_adjacency(dataset.train)
-        return bipartite_adjacency(dataset.train, links, gamma=cfg.gamma)
+        # 2. MGCN's views on Â⁺; with backbone="gume", GUME's extended branch too.
+        self.encoder = MultiViewEncoder(
+            adjacency, knn, [dataset.features[m] for m in self.modalities],
+            self.n_users, d, config.n_ui_layers, config.n_ii_layers, config.train_features,
+        )
+        self.extended = None
+        if config.backbone == "gume":
+            self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers)
+        self.reset_parameters()
+        if self.extended is not None:
+            self.noise = NoiseSource(config.noise_eps, config.noise_mode)  # seeded after the init
+        self.lambda_t = alignment_strength(0, config)
 
+
+    # ---------------------------------------------------------------- stage 2: views
     def behavior_view(self) -> torch.Tensor:
-        """2. ``C = LGN(Â⁺, [E_U; E_I], L_ui)``; separate: ``Â``, ``C_I += γ·Ŝ_pre^{L_ii} E_I``."""
-        c = super().behavior_view()
+        """``C = LGN(Â⁺, [E_U; E_I], L_ui)``; separate: ``Â``, ``C_I += γ·Ŝ_pre^{L_ii} E_I``."""
+        c = self.encoder.behavior_view()
         if self.config.graph_fusion == "joint":
             return c
-        h = self.item_emb
+        h = self.encoder.item_emb.weight
         for _ in range(self.config.n_ii_layers):
             h = self.pre_graph @ h
         return torch.cat([c[: self.n_users], c[self.n_users :] + self.config.gamma * h])
+
+    def forward(self) -> Output:
+        c = self.behavior_view()
+        h = self.encoder.modality_views()                        # H_m, users via R̂⁺
+        m = self.encoder.fuse(h, c)                              # M = fuse(H | C)
+        z = c + m
+        aux = {"behavior": c, "modality": m}
+        if self.extended is not None:
+            aux["modality_views"] = h
+            if self.training:  # Ĥ only feeds the loss
+                aux["extended"] = self.extended(self.encoder.adjacency, h)
+        return Output(z[: self.n_users], z[self.n_users :], aux)
 
     # ---------------------------------------------------------------- stage 3: alignment, loss
     def on_epoch_start(self, epoch: int) -> None:
@@ -216,23 +219,33 @@ class EGRA(MGCN):
         return infonce(m_rows, c_rows, cfg.tau, weights=w)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
-        cfg = self.config
-        u, i, j = batch
+        cfg, n_u = self.config, self.n_users
+        u, i, _ = batch
         zu, zi, zj = out.bpr_rows(batch)
         c, m = out.aux["behavior"], out.aux["modality"]
-        i_rows = i + self.n_users  # item rows of the N x d views
+        i_rows = i + n_u  # item rows of the N x d views
         align = self.weighted_alignment(m[u], c[u]) + self.weighted_alignment(m[i_rows], c[i_rows])
-        return {"bpr": bpr_loss(zu, zi, zj), "reg": cfg.reg_weight * half_sq(zu, zi, zj),
-                "align": self.lambda_t * align}
+        terms = {"bpr": bpr_loss(zu, zi, zj), "reg": cfg.reg_weight * half_sq(zu, zi, zj),
+                 "align": self.lambda_t * align}
+        if self.extended is not None:  # GUME's vt, um, reg2
+            ext = out.aux["extended"]
+            terms["vt"] = cfg.vt_weight * moment_gap(out.aux["modality_views"])
+            terms["um"] = cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise)
+            terms["reg2"] = cfg.reg2_weight * half_sq(ext[i_rows])
+        return terms
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, links={self.n_item_links}, P from {self.pretrained_run}"
 
 
-class EGRAOnGUME(EGRA, GUME):
-    """EGRA with ``backbone="gume"`` (built by ``EGRA(...)``): GUME's forward on ``Â⁺`` (its
-    extended branch ``Ĥ`` included) and its ``vt``/``um``/``reg2`` terms; ``L_align`` in place of ``bm``."""
-
-    def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
-        u, i, _ = batch
-        return {**super().loss(batch, out), **self.extension_terms(out, u, i + self.n_users)}
+def check_config(config: EGRAConfig) -> None:
+    """Raise ``ValueError`` naming every rule the settings break."""
+    check_multiview_config(config, um_tau=config.um_tau)
+    rules = {"k_pre >= 1": config.k_pre >= 1, "ramp_epochs >= 1": config.ramp_epochs >= 1,
+             "n_ii_layers >= 0": config.n_ii_layers >= 0,
+             "gamma >= 0": config.gamma >= 0, "lambda_max >= 0": config.lambda_max >= 0,
+             "tau > 0": config.tau > 0, "tau_w > 0": config.tau_w > 0, "0 <= lambda_min_ratio"
+             " <= 1": 0 <= config.lambda_min_ratio <= 1,
+             "pretrain_epochs >= 1 or null": (config.pretrain_epochs or 1) >= 1}
+    if broken := [rule for rule, ok in rules.items() if not ok]:
+        raise ValueError(f"EGRA config: {'; '.join(broken)} must hold, got {config}")

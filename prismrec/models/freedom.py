@@ -48,7 +48,7 @@ from prismrec.graph import (
 )
 from prismrec.losses import bpr_loss
 from prismrec.models import register
-from prismrec.nn import lightgcn
+from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.encoders import Projector
 from prismrec.recommender import Output, Recommender
 
@@ -132,19 +132,13 @@ class FREEDOM(Recommender):
         # how many epochs came before it in this process.
         self.pruning_seed = int(torch.initial_seed())
 
-        self.user_emb = nn.Parameter(torch.empty(self.n_users, d))  # E_U
-        self.item_emb = nn.Parameter(torch.empty(self.n_items, d))  # E_I
+        self.user_emb = IdEmbedding(self.n_users, d)  # E_U
+        self.item_emb = IdEmbedding(self.n_items, d)  # E_I
         # P_m = F_m W_m + b_m (PyTorch's default Linear init, as the reference).
         self.projectors = nn.ModuleDict(
             {m: Projector(dataset.features[m], d, config.train_features) for m in self.modalities}
         )
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.user_emb)
-        nn.init.xavier_uniform_(self.item_emb)
-        for projector in self.projectors.values():
-            projector.reset_parameters()
+        self.reset_parameters()  # E_U, E_I, then each P_m
 
     def on_epoch_start(self, epoch: int) -> None:
         """Redraw the pruned training graph ``Â_ρ`` (degree-sensitive, 2.6) for this epoch."""
@@ -162,10 +156,10 @@ class FREEDOM(Recommender):
             adjacency = self.train_adjacency
         else:
             adjacency = self.adjacency
-        h = self.item_emb  # h = S^{L_ii} E_I
+        h = self.item_emb.weight  # h = S^{L_ii} E_I
         for _ in range(self.config.n_ii_layers):
             h = self.item_graph @ h
-        y = lightgcn(adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_ui_layers)
+        y = lightgcn(adjacency, torch.cat([self.user_emb.weight, self.item_emb.weight]), self.config.n_ui_layers)
         out = Output(y[: self.n_users], y[self.n_users :] + h)
         if not self.training:  # the loss reads no auxiliary: build them for eval/export only
             out.aux["behavior"] = y

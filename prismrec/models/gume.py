@@ -1,7 +1,8 @@
 """GUME — Lin et al., CIKM'24 (arXiv 2407.12338); ALGORITHMS.md 3.6.
 
-GUME is MGCN (``models/mgcn.py``) on an enhanced user-item graph, plus an extended modality
-branch with its own user tables and extra alignment / uniformity losses.
+GUME is MGCN's multi-view encoder (:class:`prismrec.nn.MultiViewEncoder`) on an enhanced
+user-item graph, plus an extended modality branch (:class:`prismrec.nn.ExtendedBranch`) with its
+own user tables and extra alignment / uniformity losses.
 
 1. Graphs: ``Ŝ_m`` as MGCN. Item-item links ``B_II(i, j) = 1`` iff ``j ∈ ∩_m N_m(i)``, ``j ≠ i``
    (neighbour sets of the ``Ŝ_m``; binary, directed). ``A⁺ = [[0, R], [Rᵀ, γ·B_II]]`` normalised
@@ -40,53 +41,33 @@ than two, ``B_II`` intersects all neighbour sets and VT averages over the modali
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Literal
 
-import scipy.sparse as sp
 import torch
-from torch import nn
 
-from prismrec.graph import bipartite_adjacency, intersection_links
-from prismrec.losses import bpr_loss, half_sq, infonce, l2_reg
+from prismrec.graph import bipartite_adjacency, knn_graph, shared_neighbor_links
+from prismrec.losses import bpr_loss, half_sq, l2_reg, moment_gap, rows_infonce, user_modality_alignment
 from prismrec.models import register
-from prismrec.models.mgcn import MGCN
-from prismrec.nn import lightgcn, perturb
-from prismrec.recommender import Output
+from prismrec.nn import (
+    ExtendedBranch,
+    GUMETermsConfig,
+    MultiViewConfig,
+    MultiViewEncoder,
+    NoiseSource,
+    check_multiview_config,
+)
+from prismrec.recommender import Output, Recommender
 
 
 @dataclass
-class GUMETerms:
-    """GUME's loss terms beyond MGCN's (``vt``, ``um``, ``reg2``) and its noise views; shared by
-    ``GUMEConfig`` and EGRA's ``backbone="gume"``."""
+class GUMEConfig(GUMETermsConfig, MultiViewConfig):
+    """GUME's settings (``modalities``: at least two)."""
 
-    reg2_weight: float = 0.1
-    """``reg2``, weight of ``½‖Ĥ_I[i]‖² / B`` on the extended item rows."""
-    vt_weight: float = 0.1
-    """``vt``, weight of the modality mean/variance gap (Baby 0.1; Sports 0.01; Clothing 0.001)."""
-    um_weight: float = 0.01
-    """``um``, weight of the user-modality terms (Baby, Sports 0.01; Clothing, Electronics 0.1)."""
-    um_tau: float = 0.1
-    """``τ_um`` (Baby, Sports 0.1; Clothing, Electronics 0.2)."""
-    noise_eps: float = 0.1
-    """``ε`` of the noise views (2.12)."""
-    noise_mode: Literal["fixed", "modulus", "relative", "inverse"] = "fixed"
-    """Noise magnitude rule (2.12); GUME's is ``fixed``."""
-
-
-@dataclass
-class GUMEConfig(GUMETerms):
-    modalities: list[str] | None = None
-    """Feature names used (at least two), in order; ``None`` = every modality of the dataset."""
-    embedding_size: int = 64
-    """``d``, width of the ID embeddings and of every view."""
     n_ui_layers: int = 3
     """``L_ui``, LightGCN depth on ``Â⁺`` (behaviour and extended modality branches)."""
     n_ii_layers: int = 2
     """``L_ii``, propagation steps on each ``Ŝ_m`` (Baby 2; Sports, Clothing, Electronics 1)."""
-    knn_k: int = 10
-    """``k`` of the modality kNN graphs (self included)."""
     gamma: float = 1.0
     """``γ``, weight of the item-item block ``B_II`` in ``A⁺`` (0 = plain ``Â``)."""
     reg_weight: float = 1e-5
@@ -97,118 +78,62 @@ class GUMEConfig(GUMETerms):
     """``bm``, weight of the behaviour-modality InfoNCE."""
     bm_tau: float = 0.4
     """``τ_bm`` (Baby 0.4; others 0.2)."""
-    train_features: bool = True
-    """Fine-tune the raw feature matrices (reference: True); False keeps them frozen."""
 
 
 @register
-class GUME(MGCN):
-    """GUME; ``out.aux``: ``behavior`` ``C``, ``modality`` ``M``, ``explicit`` ``H`` (``K x N x d``)
-    and, in training mode only, ``extended`` ``Ĥ`` (all users first)."""
+class GUME(Recommender):
+    """GUME; ``out.aux``: ``behavior`` ``C``, ``modality`` ``M``, ``modality_views`` ``H``
+    (``K x N x d``) and, in training mode only, ``extended`` ``Ĥ`` (all users first)."""
 
     name = "gume"
     Config = GUMEConfig
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
-    min_modalities = 2
 
     def __init__(self, dataset, config: GUMEConfig) -> None:
-        super().__init__(dataset, config)  # graphs (via behavior_graph), ID tables, purifiers, fuser
-        # 5. One learnable user table E_U^(m) per modality for the extended modality branch.
-        self.extended_user_emb = nn.ParameterList(
-            nn.Parameter(torch.empty(self.n_users, config.embedding_size)) for _ in self.modalities
-        )
-        for table in self.extended_user_emb:
-            nn.init.xavier_uniform_(table)
-        # Noise views draw from their own generator, seeded from torch's global RNG after every
-        # parameter is initialised: one seed fixes the run and the init is unchanged.
-        self._noise_seed = int(torch.randint(0, 2**62, ()).item())
-        self._noise_generator: torch.Generator | None = None
-
-    def behavior_graph(self, dataset, knn: list[sp.csr_matrix]) -> sp.csr_matrix:
-        """1. ``Â⁺`` with ``B_II`` = the intersection of every modality's kNN neighbour sets."""
-        links = knn[0]
-        for other in knn[1:]:
-            links = intersection_links(links, other)  # binary, directed, no self-links
+        super().__init__(dataset, config)
+        check_multiview_config(config, bm_tau=config.bm_tau, um_tau=config.um_tau)
+        self.require_at_least(config, n_ii_layers=0)
+        self.modalities = self.select_modalities(dataset, config.modalities, 2, self.name)
+        d = config.embedding_size
+        # 1. Ŝ_m; B_II = links shared by every modality's kNN graph; Â⁺ (R̂⁺ its user-item block).
+        knn = [knn_graph(dataset.features[m], config.knn_k) for m in self.modalities]
+        links = shared_neighbor_links(knn)
         self.n_item_links = int(links.nnz)
-        return bipartite_adjacency(dataset.train, links, gamma=self.config.gamma)
+        adjacency = bipartite_adjacency(dataset.train, links, gamma=config.gamma)
+        # 2-4, 6. ID tables, purifiers and fuser on Â⁺ and the Ŝ_m; 5. the extended branch.
+        self.encoder = MultiViewEncoder(
+            adjacency, knn, [dataset.features[m] for m in self.modalities],
+            self.n_users, d, config.n_ui_layers, config.n_ii_layers, config.train_features,
+        )
+        self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers)
+        self.reset_parameters()
+        self.noise = NoiseSource(config.noise_eps, config.noise_mode)  # seeded after the init
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        for table in getattr(self, "extended_user_emb", ()):
-            nn.init.xavier_uniform_(table)
 
     def forward(self) -> Output:
-        c = self.behavior_view()                                 # 3. C on Â⁺
-        h = self.modality_views()                                # 4. H_m, users via R̂⁺
-        m = self.fuser(h, c)                                     # 6. M = fuse(H | C)
+        c = self.encoder.behavior_view()                         # 3. C on Â⁺
+        h = self.encoder.modality_views()                        # 4. H_m, users via R̂⁺
+        m = self.encoder.fuse(h, c)                              # 6. M = fuse(H | C)
         z = c + m
-        aux = {"behavior": c, "modality": m, "explicit": h}
-        if self.training:  # Ĥ only feeds the loss; scoring uses Z = C + M
-            aux["extended"] = self.extended_view(h)
+        aux = {"behavior": c, "modality": m, "modality_views": h}
+        if self.training:  # 5. Ĥ only feeds the loss; scoring uses Z = C + M
+            aux["extended"] = self.extended(self.encoder.adjacency, h)
         return Output(z[: self.n_users], z[self.n_users :], aux)
 
-    def extended_view(self, explicit: torch.Tensor) -> torch.Tensor:
-        """5. ``Ĥ = mean_m LGN(Â⁺, [E_U^(m); H_m^I], L_ui)`` (``N x d``)."""
-        items = explicit[:, self.n_users :]
-        branches = [
-            lightgcn(self.adjacency, torch.cat([users, items[k]]), self.config.n_ui_layers)
-            for k, users in enumerate(self.extended_user_emb)
-        ]
-        return torch.stack(branches).mean(dim=0)
-
-    # ------------------------------------------------------------------------------------ loss
-    @staticmethod
-    def vt_gap(explicit: torch.Tensor) -> torch.Tensor:
-        """``mean_{a<b} |var(H_a) − var(H_b)| + |mean(H_a) − mean(H_b)|`` over whole matrices."""
-        var = explicit.flatten(1).var(dim=1)  # unbiased, as torch.var in the reference
-        mean = explicit.flatten(1).mean(dim=1)
-        gaps = [
-            (var[a] - var[b]).abs() + (mean[a] - mean[b]).abs()
-            for a, b in itertools.combinations(range(explicit.shape[0]), 2)
-        ]
-        return torch.stack(gaps).mean()
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        if self._noise_generator is None or self._noise_generator.device != device:
-            self._noise_generator = torch.Generator(device=device).manual_seed(self._noise_seed)
-        return self._noise_generator
-
-    def noise_nce(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``InfoNCE(X'[rows], X''[rows]; τ_um)`` for two noise views ``X', X''`` of ``x``."""
-        cfg = self.config
-        gen = self._generator(x.device)
-        first, second = (perturb(x, cfg.noise_eps, cfg.noise_mode, generator=gen, rows=rows) for _ in range(2))
-        return infonce(first, second, cfg.um_tau)
-
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
-        cfg = self.config
+        cfg, n_u = self.config, self.n_users
         u, i, _ = batch
         zu, zi, zj = out.bpr_rows(batch)
-        c, m = out.aux["behavior"], out.aux["modality"]
-        i_rows = i + self.n_users  # item rows of the N x d views
+        c, m, ext = out.aux["behavior"], out.aux["modality"], out.aux["extended"]
+        i_rows = i + n_u  # item rows of the N x d views
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
-            "bm": cfg.bm_weight
-            * (infonce(m[u], c[u], cfg.bm_tau) + infonce(m[i_rows], c[i_rows], cfg.bm_tau)),
-            **self.extension_terms(out, u, i_rows),
-        }
-
-    def extension_terms(self, out: Output, u: torch.Tensor, i_rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """GUME's ``vt``, ``um`` and ``reg2`` terms (what it adds to MGCN's losses)."""
-        cfg = self.config
-        m, ext = out.aux["modality"], out.aux["extended"]
-        users_m, users_ext = m[: self.n_users], ext[: self.n_users]
-        return {
-            "vt": cfg.vt_weight * self.vt_gap(out.aux["explicit"]),
-            "um": cfg.um_weight
-            * (
-                infonce(ext[u], m[u], cfg.um_tau)
-                + self.noise_nce(users_m, u)
-                + self.noise_nce(users_ext, u)
-            ),
+            "bm": cfg.bm_weight * rows_infonce(m, c, (u, i_rows), cfg.bm_tau),
+            "vt": cfg.vt_weight * moment_gap(out.aux["modality_views"]),
+            "um": cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise),
             "reg2": cfg.reg2_weight * half_sq(ext[i_rows]),
         }
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, item_links={self.n_item_links}"
+        return f"{super().extra_repr()}, modalities={self.modalities}, item_links={self.n_item_links}"

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
 
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import bpr_loss, l2_reg
 from prismrec.models import register
-from prismrec.nn import lightgcn, lightgcn_rows
+from prismrec.nn import IdEmbedding, lightgcn, lightgcn_rows
 from prismrec.recommender import Output, Recommender
 
 
@@ -41,16 +40,12 @@ class LightGCN(Recommender):
         super().__init__(dataset, config)
         self.require_at_least(config, embedding_size=1, n_layers=0)
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
-        self.user_emb = nn.Parameter(torch.empty(self.n_users, config.embedding_size))
-        self.item_emb = nn.Parameter(torch.empty(self.n_items, config.embedding_size))
+        self.user_emb = IdEmbedding(self.n_users, config.embedding_size)  # E_U
+        self.item_emb = IdEmbedding(self.n_items, config.embedding_size)  # E_I
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.user_emb)
-        nn.init.xavier_uniform_(self.item_emb)
-
     def forward(self) -> Output:
-        x0 = torch.cat([self.user_emb, self.item_emb])
+        x0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
         z = lightgcn(self.adjacency, x0, self.config.n_layers)
         aux = {"nodes": z, "nodes0": x0} if self.training else {}  # the loss's views only
         return Output(z[: self.n_users], z[self.n_users :], aux)
@@ -62,7 +57,7 @@ class LightGCN(Recommender):
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
         # The loss reads the batch's rows only: the last layer is propagated for those alone.
         rows = self._rows(batch)
-        x0 = torch.cat([self.user_emb, self.item_emb])
+        x0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
         z = lightgcn_rows(self.adjacency, x0, self.config.n_layers, rows)
         return self._terms(z, x0.index_select(0, rows))
 

@@ -25,7 +25,7 @@ from torch import nn
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import bpr_loss, half_sq
 from prismrec.models import register
-from prismrec.nn import Projector, lightgcn
+from prismrec.nn import IdEmbedding, Projector, lightgcn
 from prismrec.nn.fusion import GatedFusion
 from prismrec.recommender import Output, Recommender
 
@@ -69,8 +69,8 @@ class RLMultimodalRec(Recommender):
         self.modalities = names
         d = config.embedding_size
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
-        self.user_emb = nn.Parameter(torch.empty(self.n_users, d))
-        self.item_emb = nn.Parameter(torch.empty(self.n_items, d))
+        self.user_emb = IdEmbedding(self.n_users, d)
+        self.item_emb = IdEmbedding(self.n_items, d)
         self.projectors = nn.ModuleDict(
             {m: Projector(dataset.features[m], d, config.train_features, config.feature_norm) for m in names}
         )
@@ -83,8 +83,8 @@ class RLMultimodalRec(Recommender):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.user_emb)
-        nn.init.xavier_uniform_(self.item_emb)
+        self.user_emb.reset_parameters()
+        self.item_emb.reset_parameters()
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -104,12 +104,12 @@ class RLMultimodalRec(Recommender):
     def forward(self) -> Output:
         m, gate = self.content()
         if self.config.item_input == "sum":
-            items0 = self.item_emb + m
+            items0 = self.item_emb.weight + m
         elif self.config.item_input == "content_only":
             items0 = m
         else:
-            items0 = self.item_mixer(torch.cat([self.item_emb, m], dim=1))
-        z = lightgcn(self.adjacency, torch.cat([self.user_emb, items0]), self.config.n_layers)
+            items0 = self.item_mixer(torch.cat([self.item_emb.weight, m], dim=1))
+        z = lightgcn(self.adjacency, torch.cat([self.user_emb.weight, items0]), self.config.n_layers)
         aux = {"items0": items0}
         if gate is not None:
             aux["gate"] = gate
@@ -122,7 +122,7 @@ class RLMultimodalRec(Recommender):
         weights += [mod.weight for mod in (self.fuser, self.item_mixer) if isinstance(mod, nn.Linear)]
         if isinstance(self.fuser, GatedFusion):
             weights.append(self.fuser.linear.weight)
-        reg = half_sq(self.user_emb[u], items0[i], items0[j]) + sum(0.5 * w.pow(2).sum() for w in weights)
+        reg = half_sq(self.user_emb.weight[u], items0[i], items0[j]) + sum(0.5 * w.pow(2).sum() for w in weights)
         return {
             "bpr": bpr_loss(*out.bpr_rows(batch)),
             "reg": self.config.reg_weight * reg,

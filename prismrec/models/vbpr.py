@@ -25,6 +25,7 @@ from torch import nn
 
 from prismrec.losses import bpr_loss, l2_reg
 from prismrec.models import register
+from prismrec.nn import IdEmbedding
 from prismrec.nn.encoders import Projector, normalize_features
 from prismrec.recommender import Output, Recommender
 
@@ -59,20 +60,20 @@ class VBPR(Recommender):
             [normalize_features(dataset.features[m].float(), config.feature_norm) for m in self.modalities], dim=1
         )
         self.content = Projector(features, d, trainable_features=False)  # W f_i + b
-        self.user_emb = nn.Parameter(torch.empty(self.n_users, 2 * d))  # z_u = u_u
-        self.item_emb = nn.Parameter(torch.empty(self.n_items, d))  # e_i
+        self.user_emb = IdEmbedding(self.n_users, 2 * d)  # z_u = u_u
+        self.item_emb = IdEmbedding(self.n_items, d)  # e_i
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # Reference init: Xavier-uniform ID tables, Xavier-normal W, zero b.
-        nn.init.xavier_uniform_(self.user_emb)
-        nn.init.xavier_uniform_(self.item_emb)
+        self.user_emb.reset_parameters()
+        self.item_emb.reset_parameters()
         nn.init.xavier_normal_(self.content.linear.weight)
         nn.init.zeros_(self.content.linear.bias)
 
     def forward(self) -> Output:
-        item = torch.cat([self.item_emb, self.content()], dim=1)  # z_i = [e_i ; W f_i + b]
-        return Output(self.user_emb, item)
+        item = torch.cat([self.item_emb.weight, self.content()], dim=1)  # z_i = [e_i ; W f_i + b]
+        return Output(self.user_emb.weight, item)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         zu, zi, zj = out.bpr_rows(batch)

@@ -131,7 +131,3 @@ class Purifier(nn.Module):
                 f"(items x dim), got {tuple(item_emb.shape)}"
             )
         return item_emb * torch.sigmoid(self.gate(self.projector()))
-
-
-ModalityPurifier = Purifier
-"""Alias of :class:`Purifier`."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 PERTURB_MODES = ("fixed", "modulus", "relative", "inverse")
 _EPS = 1e-12
@@ -63,3 +64,37 @@ def perturb(
         else:  # inverse: small rows get more noise; a zero row has δ = 0, so its ρ never shows
             rho = eps * mean / norms.clamp_min(_EPS)
     return target + rho * delta
+
+
+class NoiseSource(nn.Module):
+    """Noise views (:func:`perturb`) drawn from the module's own ``torch.Generator``.
+
+    The generator's seed is drawn from torch's global RNG when the module is built: build it
+    after the model's parameters are initialised, so one seed fixes the run and the
+    initialisation is the same with or without noise. The generator (the attribute
+    ``generator``, created on the device of the first input) is a plain module attribute, so
+    :meth:`prismrec.recommender.Recommender.generator_states` finds it for checkpoints.
+
+    Args:
+        eps: ``ε >= 0``, the noise scale.
+        mode: the magnitude rule of :func:`perturb` (``fixed``, ``modulus``, ...).
+    """
+
+    def __init__(self, eps: float, mode: str = "fixed") -> None:
+        super().__init__()
+        if mode not in PERTURB_MODES:
+            raise ValueError(f"perturb mode must be one of {list(PERTURB_MODES)}, got {mode!r}")
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.eps, self.mode = eps, mode
+        self.seed = int(torch.randint(0, 2**62, ()).item())
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """One noise view of ``x`` (or of ``x[rows]``); two calls give two independent views."""
+        if self.generator is None or self.generator.device != x.device:
+            self.generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        return perturb(x, self.eps, self.mode, generator=self.generator, rows=rows)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, mode={self.mode}"

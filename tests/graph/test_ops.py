@@ -1,4 +1,4 @@
-"""Graph mixing, degree-sensitive edge sampling (2.3, 2.6) and the content-addressed cache."""
+"""Graph mixing and degree-sensitive edge sampling (2.3, 2.6)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ import scipy.sparse as sp
 import torch
 
 from prismrec.graph import (
-    GraphCache,
-    cache_key,
-    default_cache_dir,
     degree_sensitive_edge_sample,
     knn_graph,
     mix,
@@ -124,113 +121,3 @@ def test_edge_sample_is_reproducible_with_numpy_or_torch_generators():
 def test_edge_sample_rejects_bad_ratio():
     with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
         degree_sensitive_edge_sample(random_train(), 1.5, 0)
-
-
-# ----------------------------------------------------------------------------- cache
-def inputs_and_params():
-    rng = np.random.default_rng(0)
-    feats = rng.standard_normal((30, 4)).astype(np.float32)
-    train = random_train(20, 30)
-    return {"features": feats, "train": train}, {"k": 5, "self_loops": "force", "weight": "cosine"}
-
-
-class CountingBuilder:
-    def __init__(self, features):
-        self.features = features
-        self.calls = 0
-
-    def __call__(self):
-        self.calls += 1
-        return knn_graph(self.features, 5)
-
-
-def test_cache_hit_returns_equal_graph_without_building(tmp_path):
-    inputs, params = inputs_and_params()
-    builder = CountingBuilder(inputs["features"])
-    cache = GraphCache(tmp_path / "cache")
-    first = cache.get_or_build("knn", inputs, params, builder)
-    again = GraphCache(tmp_path / "cache").get_or_build("knn", inputs, params, builder)
-    assert builder.calls == 1
-    assert again.format == "csr" and again.dtype == first.dtype
-    assert (first != again).nnz == 0
-    files = list((tmp_path / "cache").iterdir())
-    assert [f.name for f in files] == [f"knn-{cache_key('knn', inputs, params)}.npz"]
-
-
-def test_key_changes_with_any_input_byte_param_or_kind():
-    inputs, params = inputs_and_params()
-    base = cache_key("knn", inputs, params)
-    assert cache_key("knn", dict(reversed(list(inputs.items()))), params) == base  # order-free
-    feats = inputs["features"].copy()
-    feats.view(np.uint8)[17] ^= 1  # flip one bit of one byte
-    assert cache_key("knn", {**inputs, "features": feats}, params) != base
-    train = inputs["train"].copy()
-    train.data[3] = 2.0
-    assert cache_key("knn", {**inputs, "train": train}, params) != base
-    assert cache_key("knn", inputs, {**params, "k": 6}) != base
-    assert cache_key("knn", inputs, {**params, "extra": None}) != base
-    assert cache_key("cooc", inputs, params) != base
-    as_tensor = {**inputs, "features": torch.from_numpy(inputs["features"])}
-    assert cache_key("knn", as_tensor, params) == cache_key("knn", as_tensor, params)
-    as_double = {**inputs, "features": inputs["features"].astype(np.float64)}
-    assert cache_key("knn", as_double, params) != base
-
-
-def test_cache_miss_after_param_change_builds_again(tmp_path):
-    inputs, params = inputs_and_params()
-    builder = CountingBuilder(inputs["features"])
-    cache = GraphCache(tmp_path)
-    cache.get_or_build("knn", inputs, params, builder)
-    cache.get_or_build("knn", inputs, {**params, "k": 7}, builder)
-    assert builder.calls == 2
-    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporaries
-
-
-def test_disabled_cache_builds_every_time():
-    inputs, params = inputs_and_params()
-    builder = CountingBuilder(inputs["features"])
-    cache = GraphCache(None)
-    cache.get_or_build("knn", inputs, params, builder)
-    cache.get_or_build("knn", inputs, params, builder)
-    assert builder.calls == 2
-
-
-def test_cache_root_inside_dataset_folder_is_refused(tmp_path):
-    dataset = tmp_path / "baby"
-    dataset.mkdir()
-    (dataset / "baby.inter").write_text("userID\titemID\tx_label\n")
-    with pytest.raises(ValueError, match="inside the dataset folder"):
-        GraphCache(dataset / "graphs")
-    with pytest.raises(ValueError, match="inside the dataset folder"):
-        GraphCache(dataset)
-    GraphCache(tmp_path / "elsewhere")  # a sibling folder is fine
-
-
-def test_unreadable_cache_file_is_rebuilt(tmp_path):
-    inputs, params = inputs_and_params()
-    builder = CountingBuilder(inputs["features"])
-    cache = GraphCache(tmp_path)
-    cache.path_for("knn", cache_key("knn", inputs, params)).write_bytes(b"not a npz")
-    with pytest.warns(UserWarning, match="unreadable graph cache file"):
-        g = cache.get_or_build("knn", inputs, params, builder)
-    assert builder.calls == 1 and g.nnz == 150
-
-
-def test_cache_argument_errors(tmp_path):
-    inputs, params = inputs_and_params()
-    cache = GraphCache(tmp_path)
-    with pytest.raises(ValueError, match="kind must be"):
-        cache.get_or_build("../evil", inputs, params, lambda: sp.eye(2, format="csr"))
-    with pytest.raises(TypeError, match="JSON-serialisable"):
-        cache_key("knn", inputs, {"fn": object()})
-    with pytest.raises(TypeError, match="numpy array, torch tensor or SciPy sparse"):
-        cache_key("knn", {"x": [1, 2, 3]}, {})
-    with pytest.raises(TypeError, match="expected a SciPy sparse matrix"):
-        cache.get_or_build("knn", inputs, params, lambda: np.eye(2))
-
-
-def test_default_cache_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("PRISMREC_CACHE", str(tmp_path / "c"))
-    assert default_cache_dir() == tmp_path / "c"
-    monkeypatch.delenv("PRISMREC_CACHE")
-    assert default_cache_dir().parts[-3:] == (".cache", "prismrec", "graphs")

@@ -1,0 +1,193 @@
+"""The MGCN family's multi-view encoder (ALGORITHMS.md 3.5, 3.6, §5, §6).
+
+MGCN, GUME, SIGER and EGRA share one skeleton and differ in the graphs it runs on and in their
+losses. :class:`MultiViewEncoder` is that skeleton; each model builds its graphs (``graph/``)
+and passes them in:
+
+```
+C     = LGN(Â, [E_U; E_I], L_ui)                         behaviour view (Â: plain or enhanced)
+H_m⁰  = E_I ⊙ σ((F_m W_m + b_m) G_m + g_m)               purifier (2.8), one per modality
+H_m^I = S_m^{L_ii} H_m⁰                                   item-item view (S_m: Ŝ_m, or SIGER's G_m)
+H_m   = [R̂ H_m^I; H_m^I]                                  users by R̂ = Â[:n_U, n_U:]
+M     = fuse(H_1..H_K | C)   or   mean_m H_m              behaviour-aware fuser (2.8)
+```
+
+:class:`MultiViewConfig` holds the settings every model of the family exposes (flat ``--set``
+keys: a model's config inherits the fields and may redeclare a default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from prismrec.graph.bipartite import user_item_block
+from prismrec.graph.sparse import SparseOperator
+from prismrec.nn.embedding import IdEmbedding
+from prismrec.nn.encoders import Purifier
+from prismrec.nn.fusion import BehaviorAwareFuser
+from prismrec.nn.propagation import lightgcn
+
+
+@dataclass
+class MultiViewConfig:
+    """Settings shared by the MGCN family (a model's config inherits them)."""
+
+    modalities: list[str] | None = None
+    """Feature names used, in order; ``None`` = every modality of the dataset (canonical order)."""
+    embedding_size: int = 64
+    """``d``, width of the ID embeddings and of every view."""
+    n_ui_layers: int = 2
+    """``L_ui``, LightGCN depth of the behaviour view."""
+    knn_k: int = 10
+    """``k`` of the modality kNN graphs ``Ŝ_m`` (self included)."""
+    reg_weight: float = 1e-4
+    """``λ_reg``, weight of the batch L2 term on the final rows ``z_u, z_i, z_j``."""
+    train_features: bool = True
+    """Fine-tune the raw feature matrices (MGCN reference: True); False keeps them frozen."""
+
+
+def check_multiview_config(config: MultiViewConfig, **positive: float) -> None:
+    """Raise ``ValueError`` naming each shared setting out of range, and each of ``positive``
+    (``name=value`` pairs, e.g. temperatures) that is not > 0."""
+    broken = [f"{k} must be >= {low}, got {getattr(config, k)}"
+              for k, low in (("embedding_size", 1), ("knn_k", 1), ("n_ui_layers", 0)) if getattr(config, k) < low]
+    broken += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]
+    if broken:
+        raise ValueError("; ".join(broken))
+
+
+class MultiViewEncoder(nn.Module):
+    """ID tables, purifiers and fuser of the MGCN family, over graphs given by the model.
+
+    Args:
+        adjacency: the normalised user-item adjacency ``Â`` (``(n_U + n_I)`` square, users
+            first): LightGCN's, or an enhanced ``Â⁺`` with an item-item block.
+        item_graphs: one normalised item-item graph ``S_m`` per modality.
+        features: the raw feature matrices ``F_m``, in the order of ``item_graphs``.
+        n_users: ``n_U``.
+        dim: ``d``.
+        n_ui_layers, n_ii_layers: ``L_ui`` and ``L_ii``.
+        train_features: fine-tune the ``F_m`` copies (else frozen, not saved).
+        fusion: ``behavior_aware`` (MGCN's fuser) or ``mean`` (``M = mean_m H_m``; the fuser
+            is still built, so the initialisation does not depend on the switch).
+
+    Nothing is drawn at construction but the layers' default init: the owning model calls
+    :meth:`reset_parameters` (``E_U, E_I``, purifiers, fuser, in that order).
+    """
+
+    def __init__(
+        self,
+        adjacency: sp.spmatrix,
+        item_graphs: Sequence[sp.spmatrix],
+        features: Sequence[torch.Tensor],
+        n_users: int,
+        dim: int,
+        n_ui_layers: int,
+        n_ii_layers: int,
+        train_features: bool = True,
+        fusion: Literal["behavior_aware", "mean"] = "behavior_aware",
+    ) -> None:
+        super().__init__()
+        if len(item_graphs) != len(features) or not features:
+            raise ValueError(f"one item graph per modality feature is needed, got {len(item_graphs)} graphs "
+                             f"and {len(features)} feature matrices")
+        if n_ui_layers < 0 or n_ii_layers < 0:
+            raise ValueError(f"layer counts must be >= 0, got n_ui_layers={n_ui_layers}, n_ii_layers={n_ii_layers}")
+        if fusion not in ("behavior_aware", "mean"):
+            raise ValueError(f"fusion must be 'behavior_aware' or 'mean', got {fusion!r}")
+        self.n_users, self.n_ui_layers, self.n_ii_layers, self.fusion = n_users, n_ui_layers, n_ii_layers, fusion
+        self.adjacency = SparseOperator(adjacency)                                        # Â
+        self.user_item = SparseOperator(user_item_block(adjacency, n_users), symmetric=False)  # R̂
+        self.item_graphs = nn.ModuleList(SparseOperator(g, symmetric=False) for g in item_graphs)  # S_m
+        n_items = adjacency.shape[0] - n_users
+        self.user_emb = IdEmbedding(n_users, dim)                                          # E_U
+        self.item_emb = IdEmbedding(n_items, dim)                                          # E_I
+        self.purifiers = nn.ModuleList(Purifier(f, dim, trainable_features=train_features) for f in features)
+        self.fuser = BehaviorAwareFuser(dim, len(features))
+
+    def reset_parameters(self) -> None:
+        """Draw ``E_U``, ``E_I`` (Xavier), then every purifier and the fuser (default init)."""
+        self.user_emb.reset_parameters()
+        self.item_emb.reset_parameters()
+        for purifier in self.purifiers:
+            purifier.reset_parameters()
+        self.fuser.reset_parameters()
+
+    def behavior_view(self) -> torch.Tensor:
+        """``C = LGN(Â, [E_U; E_I], L_ui)`` (``N x d``, users first)."""
+        return lightgcn(self.adjacency, torch.cat([self.user_emb.weight, self.item_emb.weight]), self.n_ui_layers)
+
+    def modality_views(self, noise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``H_m = [R̂ H_m^I; H_m^I]``, ``H_m^I = S_m^{L_ii} H_m⁰``, stacked ``K x N x d``.
+
+        ``noise`` (optional) is applied after every ``S_m`` product (SIGER's SimGCL-style
+        ``perturb_at = "layers"``)."""
+        views = []
+        for purifier, graph in zip(self.purifiers, self.item_graphs):
+            h = purifier(self.item_emb.weight)                   # H_m⁰
+            for _ in range(self.n_ii_layers):
+                h = graph @ h if noise is None else noise(graph @ h)  # H_m^I
+            views.append(torch.cat([self.user_item @ h, h]))     # [H_m^U; H_m^I]
+        return torch.stack(views)
+
+    def fuse(self, views: torch.Tensor, behavior: torch.Tensor) -> torch.Tensor:
+        """``M = fuse(H_1..H_K | C)`` (2.8), or ``mean_m H_m`` with ``fusion="mean"``."""
+        return self.fuser(views, behavior) if self.fusion == "behavior_aware" else views.mean(dim=0)
+
+
+class ExtendedBranch(nn.Module):
+    """GUME's extended modality branch (3.6): ``Ĥ = mean_m LGN(Â, [E_U^(m); H_m^I], L_ui)``.
+
+    One learnable user table ``E_U^(m)`` per modality; the item rows are the modality views'
+    item rows ``H_m^I`` and the graph is the encoder's ``Â`` (``Â⁺`` in GUME).
+    """
+
+    def __init__(self, n_users: int, n_modalities: int, dim: int, n_layers: int) -> None:
+        super().__init__()
+        self.n_users, self.n_layers = n_users, n_layers
+        self.user_tables = nn.ModuleList(IdEmbedding(n_users, dim) for _ in range(n_modalities))
+
+    def reset_parameters(self) -> None:
+        """Draw every ``E_U^(m)`` (Xavier), in modality order."""
+        for table in self.user_tables:
+            table.reset_parameters()
+
+    def forward(self, adjacency: SparseOperator, views: torch.Tensor) -> torch.Tensor:
+        """``Ĥ`` (``N x d``) from the stacked modality views ``H`` (``K x N x d``, users first)."""
+        items = views[:, self.n_users :]
+        branches = [
+            lightgcn(adjacency, torch.cat([users.weight, items[k]]), self.n_layers)
+            for k, users in enumerate(self.user_tables)
+        ]
+        return torch.stack(branches).mean(dim=0)
+
+
+@dataclass
+class ExtendedBranchConfig:
+    """Settings of the extended branch's terms (``um``, ``reg2``); a model's config inherits them."""
+
+    um_weight: float = 0.01
+    """``um``, weight of the user-modality terms (GUME Baby, Sports 0.01; Clothing, Electronics 0.1)."""
+    um_tau: float = 0.1
+    """``τ_um`` (GUME Baby, Sports 0.1; Clothing, Electronics 0.2)."""
+    reg2_weight: float = 0.1
+    """``reg2``, weight of ``½‖Ĥ_I[i]‖² / B`` on the extended item rows."""
+
+
+@dataclass
+class GUMETermsConfig(ExtendedBranchConfig):
+    """GUME's terms beyond MGCN's (``vt``, ``um``, ``reg2``) and its noise views; GUME's config
+    and EGRA's (``backbone="gume"``) inherit them."""
+
+    vt_weight: float = 0.1
+    """``vt``, weight of the modality mean/variance gap (Baby 0.1; Sports 0.01; Clothing 0.001)."""
+    noise_eps: float = 0.1
+    """``ε`` of the noise views (2.12)."""
+    noise_mode: Literal["fixed", "modulus", "relative", "inverse"] = "fixed"
+    """Noise magnitude rule (2.12); GUME's is ``fixed``."""
