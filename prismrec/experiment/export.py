@@ -79,7 +79,7 @@ def export_representations(
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunError(f"run directory {run_dir} does not exist")
+        RunDir(run_dir).verify()  # says whether it is missing or a file
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise RunError(f"--out {out_dir} is a file: give a folder for the exported arrays")
     out = Path(out_dir) if out_dir is not None else run_dir / "export"

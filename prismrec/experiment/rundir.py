@@ -259,9 +259,10 @@ class RunDir:
                 "failed": "a failed run with another configuration or seed",
                 "legacy": "run files without a finish marker (an interrupted or pre-protocol run)",
             }[state.kind]
+            differs = _differences(state.identity or {}, identity) if state.kind != "legacy" else ""
             raise RunError(
-                f"{self.path} holds {what} (recorded {state.identity}, asked {identity}): "
-                "rerun with --overwrite to replace it, or choose a new --out"
+                f"{self.path} holds {what}{differs}: rerun with --overwrite to replace it, or "
+                "choose a new --out"
             )
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.path / RUNNING, {"identity": identity, "pid": os.getpid()})
@@ -340,6 +341,11 @@ class RunDir:
 
     # ---- reading ------------------------------------------------------------------------------
 
+    def _not_a_folder(self) -> str:
+        if self.path.exists():
+            return f"{self.path} is a file, not a run directory: pass the run's folder"
+        return f"run directory {self.path} does not exist"
+
     def verify(self) -> dict:
         """Check that this is a finished, self-consistent run directory; return its marker.
 
@@ -347,7 +353,7 @@ class RunDir:
         failed, pre-protocol, a file changed or missing since the run finished (a mixed run).
         """
         if not self.path.is_dir():
-            raise RunError(f"run directory {self.path} does not exist")
+            raise RunError(self._not_a_folder())
         state = self.state()
         if state.kind == "running":
             raise RunError(f"{self.describe()}: rerun the same command to resume it; "
@@ -424,7 +430,7 @@ class RunDir:
         multi-seed parent (numeric order). An unfinished parent is refused, listing its
         unfinished seeds, so no caller silently uses a subset of the seeds."""
         if not self.path.is_dir():
-            raise RunError(f"run directory {self.path} does not exist")
+            raise RunError(self._not_a_folder())
         state = self.state()
         seeds = self.seed_dirs()
         is_parent = bool(seeds) or "seeds" in (state.identity or {})
@@ -442,6 +448,17 @@ class RunDir:
         for seed in seeds:
             seed.verify()
         return seeds
+
+
+_IDENTITY_NAMES = {"config_digest": "settings (config digest)", "seed": "seed", "seeds": "seeds",
+                   "train_fingerprint": "train split (fingerprint)", "evaluate_test": "test evaluation"}
+
+
+def _differences(recorded: dict, asked: dict) -> str:
+    """`` (seed: recorded 1, asked 2; ...)`` for the identity entries that differ."""
+    keys = [k for k in dict.fromkeys([*recorded, *asked]) if recorded.get(k) != asked.get(k)]
+    parts = [f"{_IDENTITY_NAMES.get(k, k)}: recorded {recorded.get(k, '-')}, asked {asked.get(k, '-')}" for k in keys]
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _remove_if_empty(path: Path) -> None:
