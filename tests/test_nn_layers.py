@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from prismrec.nn import PERTURB_MODES, BehaviorAwareFuser, Projector, Purifier, perturb
+from prismrec.nn import PERTURB_MODES, BehaviorAwareFuser, IdEmbedding, NoiseSource, Projector, Purifier, perturb
 
 
 def _features(n=7, dim=5, seed=0):
@@ -173,3 +173,89 @@ def test_feature_normalisation_modes():
     torch.testing.assert_close(Projector(x, 4, normalize="l2").features, normalize_features(x, "l2"))
     with pytest.raises(ValueError, match="feature normalisation"):
         normalize_features(x, "minmax")
+
+
+# ------------------------------------------------------------------------ ID tables, noise, graphs
+def test_id_embedding_is_drawn_by_reset_only():
+    table = IdEmbedding(6, 4)
+    assert torch.equal(table.weight, torch.zeros(6, 4))  # nothing drawn at construction
+    torch.manual_seed(3)
+    table.reset_parameters()
+    torch.manual_seed(3)
+    expected = torch.nn.init.xavier_uniform_(torch.empty(6, 4))
+    torch.testing.assert_close(table.weight.detach(), expected, rtol=0, atol=0)
+    torch.testing.assert_close(table(torch.tensor([4, 1])), table.weight[[4, 1]])
+    assert set(table.state_dict()) == {"weight"}
+    with pytest.raises(ValueError, match="init must be one of"):
+        IdEmbedding(3, 2, init="zeros")
+
+
+def test_model_reset_parameters_redraws_every_table_in_order(planted):
+    from prismrec.experiment.config import resolve_config
+    from prismrec.models import get_model
+
+    params = resolve_config("lightgcn", planted.name, {}).params
+    torch.manual_seed(0)
+    built = get_model("lightgcn")(planted, params)
+    other = get_model("lightgcn")(planted, params)
+    assert not torch.equal(built.user_emb.weight, other.user_emb.weight)
+    torch.manual_seed(0)
+    other.reset_parameters()  # the same draws as at construction: E_U, then E_I
+    for key, value in built.state_dict().items():
+        assert torch.equal(value, other.state_dict()[key]), key
+
+
+def test_noise_source_seeds_its_own_generator_from_the_global_rng():
+    x = torch.randn(5, 3)
+    torch.manual_seed(1)
+    a = NoiseSource(0.1, "modulus")
+    after = torch.rand(())
+    torch.manual_seed(1)
+    b = NoiseSource(0.1, "modulus")
+    assert a.seed == b.seed and torch.equal(after, torch.rand(()))  # one draw for the seed
+    torch.testing.assert_close(a(x), b(x))
+    first, second = a(x), a(x)
+    assert not torch.equal(first, second)  # two calls, two views
+    expected = perturb(x, 0.1, "modulus", generator=torch.Generator().manual_seed(a.seed))
+    torch.testing.assert_close(_fresh(a)(x), expected)
+    assert isinstance(a.generator, torch.Generator)
+
+
+def _fresh(source):
+    copy = NoiseSource(source.eps, source.mode)
+    copy.seed = source.seed
+    return copy
+
+
+def test_noise_generator_is_found_by_checkpoints(planted):
+    from prismrec.experiment.config import resolve_config
+    from prismrec.models import get_model
+
+    net = get_model("gume")(planted, resolve_config("gume", planted.name, {}).params).train()
+    batch = tuple(torch.randint(0, n, (32,)) for n in (planted.n_users, planted.n_items, planted.n_items))
+    net.loss(batch, net())
+    states = net.generator_states()
+    assert list(states) == ["noise:generator"]
+    net.load_generator_states(states)
+    assert torch.equal(net.noise.generator.get_state(), states["noise:generator"])
+
+
+def test_sparse_operator_is_a_module_of_non_persistent_buffers(planted):
+    import scipy.sparse as sp
+
+    from prismrec.experiment.config import resolve_config
+    from prismrec.graph import SparseOperator
+    from prismrec.models import get_model
+
+    matrix = sp.random(5, 4, density=0.5, format="csr", random_state=0)
+    op = SparseOperator(matrix)
+    assert op.state_dict() == {} and {n for n, _ in op.named_buffers()} == {"matrix", "_transpose"}
+    op.double()  # what a model's .to(...) does to every buffer
+    assert op.matrix.dtype == op.transpose.dtype == torch.float64
+    x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    (op @ x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.from_numpy(matrix.toarray().T @ torch.ones(5, 2).numpy()).double())
+    net = get_model("mgcn")(planted, resolve_config("mgcn", planted.name, {}).params)
+    graphs = [n for n, b in net.named_buffers() if b.layout == torch.sparse_csr]
+    assert "encoder.adjacency.matrix" in graphs and len(graphs) >= 4
+    assert not [k for k in net.state_dict() if k in graphs]  # model.pt holds no graph

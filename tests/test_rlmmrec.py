@@ -88,7 +88,7 @@ def test_gate_analysis_writes_weights_summary_and_plot(planted, planted_dir, tmp
 
     from prismrec.cli import app
     from prismrec.experiment.config import resolve_config
-    from prismrec.experiment.gates import popularity_buckets
+    from prismrec.eval import popularity_buckets
     from prismrec.experiment.runs import run_experiment
 
     run = tmp_path / "run"

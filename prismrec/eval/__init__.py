@@ -1,7 +1,10 @@
 """Exact, vectorised full-ranking evaluation."""
 
 from prismrec.eval.evaluator import Evaluator
-from prismrec.eval.groups import popularity_groups, restrict_items
-from prismrec.eval.metrics import evaluate_ranking, metrics_from_hits, rank_metrics, ranked_topk
+from prismrec.eval.groups import popularity_buckets, popularity_groups, popularity_order, restrict_items
+from prismrec.eval.metrics import METRIC_NAMES, evaluate_ranking, metrics_from_hits, rank_metrics, ranked_topk
 
-__all__ = ["Evaluator", "popularity_groups", "restrict_items", "evaluate_ranking", "metrics_from_hits", "rank_metrics", "ranked_topk"]
+__all__ = [
+    "METRIC_NAMES", "Evaluator", "evaluate_ranking", "metrics_from_hits", "popularity_buckets", "popularity_groups",
+    "popularity_order", "rank_metrics", "ranked_topk", "restrict_items",
+]

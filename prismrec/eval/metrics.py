@@ -14,7 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-METRICS = ("recall", "ndcg", "precision", "map", "hit")
+METRIC_NAMES = ("recall", "ndcg", "precision", "map", "hit")
+"""Every metric the evaluator computes at each cut-off ``K`` (keys ``<name>@K``)."""
 
 
 def ranked_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -148,7 +149,7 @@ def evaluate_ranking(
     result: dict = {"users": int(len(users))}
     per = {name: torch.cat(v).numpy() for name, v in values.items()}
     for k in ks:
-        for metric in METRICS:
+        for metric in METRIC_NAMES:
             name = f"{metric}@{k}"
             result[name] = float(per[name].mean()) if len(users) else 0.0
     if per_user:

@@ -16,19 +16,8 @@ import numpy as np
 import torch
 
 from prismrec.errors import RunError
+from prismrec.eval.groups import item_degrees, popularity_buckets
 from prismrec.experiment.export import load_run
-
-
-def popularity_buckets(train_degree: np.ndarray, n_buckets: int) -> tuple[np.ndarray, list[str]]:
-    """Items split into ``n_buckets`` equal-size groups by training degree (ties by item id)."""
-    order = np.lexsort((np.arange(len(train_degree)), train_degree))
-    bucket = np.empty(len(train_degree), dtype=np.int64)
-    labels = []
-    for b, members in enumerate(np.array_split(order, n_buckets)):
-        bucket[members] = b
-        degrees = train_degree[members]
-        labels.append(f"{int(degrees.min())}-{int(degrees.max())} interactions")
-    return bucket, labels
 
 
 def gate_analysis(run_dir: str | Path, out_dir: str | Path | None = None, data_dir=None, n_buckets: int = 4) -> dict:
@@ -44,8 +33,7 @@ def gate_analysis(run_dir: str | Path, out_dir: str | Path | None = None, data_d
     weights = gate.cpu().numpy()
     share = weights.mean(axis=2)  # n_items x M: each modality's share of an item's content
     modalities = list(run.model.modalities)
-    degree = np.asarray(run.dataset.train.sum(axis=0)).ravel()
-    bucket, labels = popularity_buckets(degree, n_buckets)
+    bucket, labels = popularity_buckets(item_degrees(run.dataset.train), n_buckets)
     summary = {
         "run_dir": str(Path(run_dir).resolve()),
         "modalities": modalities,

@@ -32,14 +32,8 @@ from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph, pretr
 from prismrec.graph import shared_neighbor_links, sym_normalize
 from prismrec.losses import bpr_loss, half_sq, infonce, moment_gap, user_modality_alignment
 from prismrec.models import register
-from prismrec.nn import (
-    ExtendedBranch,
-    GUMETermsConfig,
-    MultiViewConfig,
-    MultiViewEncoder,
-    NoiseSource,
-    check_multiview_config,
-)
+from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
+from prismrec.nn import check_multiview_config
 from prismrec.recommender import Output, PretrainedItems, Recommender
 
 

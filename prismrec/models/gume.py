@@ -49,14 +49,8 @@ import torch
 from prismrec.graph import bipartite_adjacency, knn_graph, shared_neighbor_links
 from prismrec.losses import bpr_loss, half_sq, l2_reg, moment_gap, rows_infonce, user_modality_alignment
 from prismrec.models import register
-from prismrec.nn import (
-    ExtendedBranch,
-    GUMETermsConfig,
-    MultiViewConfig,
-    MultiViewEncoder,
-    NoiseSource,
-    check_multiview_config,
-)
+from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
+from prismrec.nn import check_multiview_config
 from prismrec.recommender import Output, Recommender
 
 

@@ -45,14 +45,8 @@ import torch.nn.functional as F
 from prismrec.graph import bipartite_adjacency, cooccurrence_graph, knn_graph, mix, sym_normalize
 from prismrec.losses import bpr_loss, half_sq, infonce, joint_infonce, rows_infonce, user_modality_alignment
 from prismrec.models import register
-from prismrec.nn import (
-    ExtendedBranch,
-    ExtendedBranchConfig,
-    MultiViewConfig,
-    MultiViewEncoder,
-    NoiseSource,
-    check_multiview_config,
-)
+from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
+from prismrec.nn import check_multiview_config
 from prismrec.recommender import Output, Recommender
 
 
