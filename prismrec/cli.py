@@ -1,8 +1,10 @@
-"""prismrec trains, evaluates, compares and serves graph-based multimodal recommenders on MMRec-format datasets.
+"""prismrec trains, evaluates, compares and serves graph-based multimodal recommenders.
 
-Start with `prismrec datasets` to see the data, then e.g.
-`prismrec train --model lightgcn --dataset ml100k`. Every error caused by input or settings is
-one line (what, where, how to fix) and exit code 2; `prismrec --debug ...` shows its traceback.
+Datasets are folders in MMRec layout; `prismrec datasets` lists them.
+
+Example: `prismrec train --model lightgcn --dataset ml100k`, then `prismrec evaluate --run DIR`.
+
+An input error is one line (what, where, how to fix) with exit code 2; `--debug` shows its traceback.
 """
 
 from __future__ import annotations
@@ -144,6 +146,16 @@ def _output_file(path: Path, option: str) -> None:
                           "or write somewhere else")
 
 
+def _output_folder(path: Path | None, option: str, what: str) -> None:
+    """Refuse an output folder that is empty text / the current directory, or an existing file."""
+    if path is None:
+        return
+    if str(path) in ("", "."):
+        raise ConfigError(f"{option} {str(path)!r}: give a folder path for the {what}, e.g. runs/my-run")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is an existing file, not a folder; give a folder path for the {what}")
+
+
 def _raised_building_model(exc: BaseException) -> bool:
     """True when ``exc`` came from constructing a model (its own config checks), not from training."""
     tb = exc.__traceback__
@@ -208,8 +220,7 @@ def train(
     overrides.update(parse_assignments(set_))
     cfg = resolve_config(model, dataset, overrides)
     cfg.train.check_device()
-    if out is not None and out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is an existing file, not a run directory; give a folder path")
+    _output_folder(out, "--out", "run directory")
     data = load_dataset(dataset, data_dir)
     out = out or Path("runs") / f"{cfg.model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not quiet:
@@ -290,8 +301,7 @@ def compare(
         model_class(name)
     overrides = parse_assignments(set_)
     _check_device_override(overrides)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is an existing file; give a folder for the comparison")
+    _output_folder(out, "--out", "comparison")
     results = _user_input_errors(
         run_compare, model_list, dataset_list, seed_list, out, overrides, str(data_dir) if data_dir else None,
         log=lambda msg: console.print(msg, highlight=False), train=not report_only,
@@ -372,8 +382,7 @@ def tune(
     final_seeds = resolve_seeds(seeds, n_seeds, default_n=3)
     overrides = parse_assignments(set_)
     resolve_config(model, dataset, overrides).train.check_device()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is an existing file; give a folder for the study")
+    _output_folder(out, "--out", "study")
     load_dataset(dataset, data_dir)  # a missing or broken dataset, before the study starts
     summary = _user_input_errors(
         run_tune, model, dataset, space, trials, out, overrides, data_dir,
@@ -392,6 +401,7 @@ def export(
     """Write a run's eval-mode user/item representations (.npy) and representations.json."""
     from prismrec.experiment.export import export_representations
 
+    _output_folder(out, "--out", "exported arrays")
     path = export_representations(run, out, data_dir)
     console.print(f"representations written to {path}", highlight=False, soft_wrap=True)
 
@@ -553,6 +563,7 @@ def gates(
     """Gate analysis: per-item modality weights (.npy), summary (.json) and histograms (.png)."""
     from prismrec.experiment.gates import gate_analysis
 
+    _output_folder(out, "--out", "gate analysis")
     summary = gate_analysis(run, out, data_dir, buckets)
     console.print_json(data=summary)
 

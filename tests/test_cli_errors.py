@@ -90,7 +90,11 @@ CASES = {
     "--n-seeds 0": (TRAIN + ["--n-seeds", "0"], r"--n-seeds must be a whole number from 1 to 100"),
     "broken yaml": (TRAIN + ["--config", "{tmp}/broken.yaml"], r"config file .*broken\.yaml, line 2, column 1: not valid YAML"),
     "missing yaml": (TRAIN + ["--config", "{tmp}/nope.yaml"], r"config file .*nope\.yaml does not exist"),
-    "--out is a file": (TRAIN[:-4] + ["--out", "{tmp}/file"], r"--out .*file is an existing file"),
+    "--set model": (TRAIN + ["--set", "model=mgcn"], r"--set model=mgcn: choose the model with the --model option"),
+    "--set seed": (TRAIN + ["--set", "seed=5"], r"--set seed=5: choose seeds with --seeds"),
+    "--out ''": (TRAIN[:-4] + ["--out", ""], r"--out '\.': give a folder path for the run directory"),
+    "another model's config": (TRAIN + ["--config", "{tmp}/mgcn.yaml"], r"the settings name model 'mgcn' but model 'lightgcn'"),
+    "--out is a file": (TRAIN[:-4] + ["--out", "{tmp}/file"], r"--out .*file is an existing file, not a folder"),
     # dataset files
     "latin-1 .inter": (["train", "--model", "bpr", "--dataset", "latin", "--data-dir", "{data}"],
                        r"latin\.inter, line 5, byte \d+: byte 0xe9 is not UTF-8"),
@@ -137,6 +141,7 @@ CASES = {
 def test_bad_input_is_one_clean_line(case, data_dir, finished_run, tmp_path):
     args, pattern = CASES[case]
     (tmp_path / "broken.yaml").write_text("lr: [0.1,\n")
+    (tmp_path / "mgcn.yaml").write_text("model: mgcn\ntrain:\n  lr: 0.01\n")
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "raw.csv").write_text("user,item\n" + "".join(f"u{u},i{i}\n" for u in range(4) for i in range(3)))
     (tmp_path / "text.csv").write_text("item,title\ni0,a\ni1,b\ni2,c\n")

@@ -108,6 +108,10 @@ def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
+        if key.strip() in RESERVED:
+            raise ConfigError(f"--set {item}: choose the {key.strip()} with the --{key.strip()} option, not --set")
+        if key.strip() in ("seed", "seeds"):  # run_experiment sets the seed from the command's seeds
+            raise ConfigError(f"--set {item}: choose seeds with --seeds (a comma list) or --n-seeds N, not --set")
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -141,7 +145,8 @@ def load_yaml_overrides(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of settings (key: value lines), "
                           f"got a {type(data).__name__}")
-    flat = {k: v for k, v in data.items() if k not in ("train", "params", "protocol")}
+    # "seeds" and "protocol" are a run's record (config.yaml), not settings; seeds come from --seeds.
+    flat = {k: v for k, v in data.items() if k not in ("train", "params", "protocol", "seeds")}
     for section in ("train", "params"):
         block = data.get(section) or {}
         if not isinstance(block, dict):
@@ -210,6 +215,10 @@ def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = 
     if clash:  # a programming error in the model, caught by the test suite
         raise TypeError(f"{cls.__name__}.Config reuses training key(s) {sorted(clash)}")
     settings = {**cls.train_defaults, **(overrides or {})}
+    named = settings.get("model")
+    if named is not None and str(named).lower() != cls.name:
+        raise ConfigError(f"the settings name model {named!r} but model {cls.name!r} is being configured "
+                          f"(e.g. a --config file of another model's run); use --model {named} or other settings")
     settings = {k: v for k, v in settings.items() if k not in RESERVED}
     unknown = sorted(set(settings) - set(train_types) - set(model_types))
     if unknown:
