@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -51,6 +51,28 @@ class PretrainedItems:
     """The run (or export) directory that produced them."""
     file: str | None = None
     """The file they were read from."""
+
+
+@dataclass
+class PretrainedStageConfig:
+    """Settings of the stage that computes :class:`PretrainedItems` (ALGORITHMS.md 6.1), read by
+    the experiment layer; a model that requires ``pretrained_items`` inherits them (flat keys)."""
+
+    pretrained: str = "auto"
+    """A run dir of ``prismrec train`` or its export dir, or ``"auto"`` (nested, cached run)."""
+    pre_model: str = "mgcn"
+    """Pretraining model of ``"auto"`` (a registered name; e.g. freedom, gume)."""
+    pre_rep: Literal["final", "behavior", "modality"] = "final"
+    """``P`` = ``Z_I`` (item.npy), ``C_I`` (item.behavior.npy) or ``M_I`` (item.modality.npy)."""
+    pretrain_per_seed: bool = True
+    """Stage 1 uses the run's seed (also picks a multi-seed run's seed dir); False: seed 999."""
+    pretrain_epochs: int | None = None
+    """``"auto"``: maximum stage-1 epochs; ``None`` = the training defaults (1000, patience 20)."""
+    pretrain_settings: dict[str, Any] = field(default_factory=dict)
+    """``"auto"``: other stage-1 settings, e.g. ``{cl_weight: 0.1, device: cuda}`` (not seed)."""
+    pretrain_cache: str | None = None
+    """``"auto"`` cache root; None: ``$PRISMREC_CACHE/pretrained`` (``PRISMREC_CACHE`` defaults to
+    ``~/.cache/prismrec``)."""
 
 
 class Recommender(nn.Module):

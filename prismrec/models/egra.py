@@ -6,7 +6,7 @@ pretrained model, plus bi-level alignment.
 0. ``P ∈ R^{n_I×d}`` (6.1): item rows (``pre_rep``) of a finished ``pre_model`` run, or of one
    trained on the train split (``pretrained="auto"``), selected on validation, test never read.
    EGRA only **declares** it (:meth:`EGRA.required_inputs`); the experiment layer computes it
-   (``prismrec.experiment.stages.build_model``) and passes it to the constructor.
+   (``stages.build_model``) and passes it to the constructor.
 1. ``B_pre = topk(P; k_pre, self excluded)`` (2.5); ``A⁺ = [[0, R], [Rᵀ, γ·B_pre]]`` → ``Â⁺``
    (``item_links="raw"``: GUME's raw-feature intersection links in place of ``B_pre``).
 2. MGCN on ``Â⁺``: ``C = LGN(Â⁺, [E_U; E_I], L_ui)``, ``H_m^I = Ŝ_m^{L_ii} H_m⁰`` (raw ``Ŝ_m``),
@@ -22,8 +22,8 @@ pretrained model, plus bi-level alignment.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,33 +34,18 @@ from prismrec.losses import bpr_loss, half_sq, infonce, moment_gap, user_modalit
 from prismrec.models import register
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
-from prismrec.recommender import Output, PretrainedItems, Recommender
+from prismrec.recommender import Output, PretrainedItems, PretrainedStageConfig, Recommender
 
 
 @dataclass
-class EGRAConfig(GUMETermsConfig, MultiViewConfig):
-    """EGRA's settings; the inherited GUME terms (``vt``, ``um``, ``reg2``, noise) act only with
+class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
+    """EGRA's settings (stage 0's: :class:`PretrainedStageConfig`); the inherited GUME terms (``vt``, ``um``, ``reg2``, noise) act only with
     ``backbone="gume"``; ``reg_weight`` weighs ``half_sq(z_u, z_i, z_j)`` (2.10), grid {1e-5, 1e-4}."""
 
     n_ui_layers: int = 2
     """``L_ui``, LightGCN depth on ``Â⁺``; grid {2, 3}."""
     n_ii_layers: int = 1
     """``L_ii``, steps on each raw kNN graph ``Ŝ_m`` (and on ``Ŝ_pre`` if separate); grid {1, 2}."""
-    pretrained: str = "auto"
-    """A run dir of ``prismrec train`` or its export dir, or ``"auto"`` (nested, cached run)."""
-    pre_model: str = "mgcn"
-    """Pretraining model of ``"auto"`` (a registered name; e.g. freedom, gume)."""
-    pre_rep: Literal["final", "behavior", "modality"] = "final"
-    """``P`` = ``Z_I`` (item.npy), ``C_I`` (item.behavior.npy) or ``M_I`` (item.modality.npy)."""
-    pretrain_per_seed: bool = True
-    """Stage 1 uses the run's seed (also picks a multi-seed run's seed dir); False: seed 999."""
-    pretrain_epochs: int | None = None
-    """``"auto"``: maximum stage-1 epochs; ``None`` = the training defaults (1000, patience 20)."""
-    pretrain_settings: dict[str, Any] = field(default_factory=dict)
-    """``"auto"``: other stage-1 settings, e.g. ``{cl_weight: 0.1, device: cuda}`` (not seed)."""
-    pretrain_cache: str | None = None
-    """``"auto"`` cache root; None: ``$PRISMREC_CACHE/pretrained`` (``PRISMREC_CACHE`` defaults to
-    ``~/.cache/prismrec``)."""
     k_pre: int = 10
     """Neighbours per item in ``B_pre`` (self excluded); grid {5, 10, 20}."""
     gamma: float = 1.0
@@ -151,7 +136,7 @@ class EGRA(Recommender):
         else:
             if pretrained_items is None:
                 raise ValueError("egra needs its stage-0 input P (pretrained_items): build the model with "
-                                 "prismrec.experiment.stages.build_model, or set item_links=raw")
+                                 "the experiment layer (stages.build_model), or set item_links=raw")
             self.pretrained_run, self.pretrained_file = pretrained_items.run, pretrained_items.file
             links = pretrained_links(pretrained_items.vectors, config.k_pre, config.pre_edge_weight,
                                      config.pre_symmetrize, within=raw)
