@@ -119,14 +119,14 @@ def test_feature_rows_mismatch(tmp_path):
 def test_feature_nan(tmp_path):
     array = np.ones((3, 4), dtype=np.float32)
     array[2, 1] = np.nan
-    with pytest.raises(DatasetError, match=r"non-finite value nan at row 2 \(item 2\), column 1"):
+    with pytest.raises(DatasetError, match=r"non-finite value nan \(as float32\) at row 2 \(item 2\), column 1"):
         load_dataset(make(tmp_path, feats={"text": array}))
 
 
 def test_feature_inf(tmp_path):
     array = np.ones((3, 4))
     array[1, 3] = np.inf
-    with pytest.raises(DatasetError, match=r"non-finite value inf at row 1"):
+    with pytest.raises(DatasetError, match=r"non-finite value inf \(as float32\) at row 1"):
         load_dataset(make(tmp_path, feats={"text": array}))
 
 
@@ -210,3 +210,22 @@ def test_real_datasets(real_data_dir, name, users, items, splits):
     assert (d.train.nnz, d.valid.nnz, d.test.nnz) == splits
     for f in d.features.values():
         assert f.shape[0] == items and str(f.dtype) == "torch.float32"
+
+
+def test_manifest_that_is_not_an_object(tmp_path):
+    folder = make(tmp_path)
+    (folder / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(DatasetError, match=r"manifest\.json must hold a JSON object, got a list"):
+        load_dataset(folder)
+
+
+def test_float_id_beyond_int64_is_not_an_integer(tmp_path):
+    with pytest.raises(DatasetError, match=r"line 2, column itemID: '1e300' is not an integer"):
+        load_dataset(make(tmp_path, GOOD.replace("0\t0\t0", "0\t1e300\t0")))
+
+
+def test_feature_beyond_float32_is_named(tmp_path):
+    array = np.ones((3, 2))
+    array[1, 0] = 1e300
+    with pytest.raises(DatasetError, match=r"non-finite value inf \(as float32\) at row 1 \(item 1\), column 0"):
+        load_dataset(make(tmp_path, feats={"image": array}))

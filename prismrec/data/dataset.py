@@ -282,12 +282,12 @@ def _int_column(path: Path, df: pd.DataFrame, column: str) -> np.ndarray:
     text = df[column].str.strip()
     values = pd.to_numeric(text, errors="coerce")
     as_float = values.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(as_float) | (as_float != np.round(as_float))
+    bad = ~np.isfinite(as_float) | (as_float != np.round(as_float)) | (np.abs(as_float) > 2**53)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DatasetError(
             f"{path}, line {row + 2}, column {column}: {df[column].iloc[row]!r} is not an "
-            f"integer ({int(bad.sum())} such rows). Ids and labels must be integers."
+            f"integer ({int(bad.sum())} such rows). Ids and labels must be whole numbers (below 2**53)."
         )
     ints = as_float.astype(np.int64)
     if column != "x_label" and (ints < 0).any():
@@ -376,14 +376,15 @@ def _load_feature(path: Path, n_items: int) -> torch.Tensor:
             f"{path}: {array.shape[0]} rows but the .inter file implies {n_items} items "
             "(max itemID + 1). Row i must be item i: add or remove rows to match."
         )
-    array = array.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: reported below
+        array = array.astype(np.float32)
     finite = np.isfinite(array)
     if not finite.all():
         row, col = (int(x) for x in np.argwhere(~finite)[0])
         n_rows = int((~finite.all(axis=1)).sum())
         raise DatasetError(
-            f"{path}: non-finite value {array[row, col]} at row {row} (item {row}), column {col} "
-            f"({n_rows} rows affected). Fill or re-extract these items' features."
+            f"{path}: non-finite value {array[row, col]} (as float32) at row {row} (item {row}), column {col} "
+            f"({n_rows} rows affected). Fill or re-extract these items' features (float32 range: |x| < 3.4e38)."
         )
     if not array.any():
         warnings.warn(
@@ -399,6 +400,10 @@ def _read_manifest(folder: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc}); fix or remove it (it only records provenance)") from None
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path} must hold a JSON object, got a {type(manifest).__name__}; fix or remove it "
+                           "(it only records provenance)")
+    return manifest
