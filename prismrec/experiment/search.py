@@ -33,6 +33,7 @@ import optuna
 
 from prismrec.data import Dataset, load_dataset
 from prismrec.experiment.config import parse_assignments, resolve_config, valid_keys
+from prismrec.errors import RunError
 from prismrec.experiment.rundir import RunDir, run_digest
 from prismrec.experiment.runs import run_experiment
 from prismrec.train.trainer import TrainingDiverged
@@ -203,7 +204,8 @@ def tune(
         study.optimize(objective, n_trials=remaining, catch=(TrainingDiverged,), callbacks=[done])
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not finished:
-        raise RuntimeError(f"no trial of {out} finished (all diverged?): see its trial-<n>/metrics.json")
+        raise RunError(f"no trial of {out} finished (all diverged?): see its trial-<n>/metrics.json; "
+                       "narrow the search space (e.g. lower learning rates) and rerun")
     # Ties on the metric go to valid NDCG@20, then to the earlier trial (ALGORITHMS.md 1.5).
     best = max(finished, key=lambda t: (t.value, t.user_attrs.get("valid", {}).get("ndcg@20", 0.0), -t.number))
     final = _finished_final(out, best.number, list(final_seeds))
