@@ -39,7 +39,7 @@ def parse_seeds(text: str) -> list[int]:
     if "," not in text:
         n = int(text)
         if not 1 <= n <= MAX_SEED_COUNT:
-            raise ValueError(f"--seeds {text} is a count of seeds (1 to {MAX_SEED_COUNT}); "
+            raise ConfigError(f"--seeds {text} is a count of seeds (1 to {MAX_SEED_COUNT}); "
                              f"for the single seed {text} write '{text},'")
         return [DEFAULT_SEEDS[0] + i for i in range(n)]
     return [int(s) for s in text.split(",") if s.strip()]

@@ -22,6 +22,7 @@ import torch
 
 from prismrec.data import Dataset, load_dataset
 from prismrec.eval import Evaluator
+from prismrec.errors import ConfigError
 from prismrec.experiment.config import ExperimentConfig
 from prismrec.experiment.rundir import CHECKPOINT, RunDir, run_digest
 from prismrec.experiment.stages import build_model
@@ -227,7 +228,7 @@ def run_experiment(
     seconds and memory) and its total ``seconds``.
     """
     if not seeds:
-        raise ValueError("at least one seed is needed")
+        raise ConfigError("at least one seed is needed: give --seeds (e.g. 999) or --n-seeds")
     log = log or _stderr
     keep_freed_memory()
     out_dir = Path(out_dir) if out_dir is not None else None

@@ -33,7 +33,7 @@ import optuna
 
 from prismrec.data import Dataset, load_dataset
 from prismrec.experiment.config import parse_assignments, resolve_config, valid_keys
-from prismrec.errors import RunError
+from prismrec.errors import ConfigError, RunError
 from prismrec.experiment.rundir import RunDir, run_digest
 from prismrec.experiment.runs import run_experiment
 from prismrec.train.trainer import TrainingDiverged
@@ -70,35 +70,35 @@ def _settings(dims: list[Dimension], params: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_space(specs: list[str], model: str) -> list[Dimension]:
-    """Parse ``key=SPEC`` strings (module docstring); unknown keys and bad ranges are ValueErrors."""
+    """Parse ``key=SPEC`` strings (module docstring); unknown keys and bad ranges are ConfigErrors."""
     if not specs:
-        raise ValueError("the search space is empty: give at least one --space key=SPEC")
+        raise ConfigError("the search space is empty: give at least one --space key=SPEC")
     known = set(valid_keys(model))
     dims: list[Dimension] = []
     for spec in specs:
         key, sep, value = (part.strip() for part in spec.partition("="))
         if not sep or not key or not value:
-            raise ValueError(f"search space entry {spec!r} is not key=SPEC (e.g. lr=1e-4..1e-2:log)")
+            raise ConfigError(f"search space entry {spec!r} is not key=SPEC (e.g. lr=1e-4..1e-2:log)")
         if key not in known:
-            raise ValueError(f"unknown setting {key!r} for {model}; valid keys: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown setting {key!r} for {model}; valid keys: {', '.join(sorted(known))}")
         if key in (d.key for d in dims):
-            raise ValueError(f"setting {key!r} appears twice in the search space")
+            raise ConfigError(f"setting {key!r} appears twice in the search space")
         match = _RANGE.match(value)
         if match:
             low_text, high_text, log = match.groups()
             low, high = float(low_text), float(high_text)
             if not low < high:
-                raise ValueError(f"{spec!r}: the range needs LOW < HIGH")
+                raise ConfigError(f"{spec!r}: the range needs LOW < HIGH")
             if log and low <= 0:
-                raise ValueError(f"{spec!r}: a log range needs LOW > 0")
+                raise ConfigError(f"{spec!r}: a log range needs LOW > 0")
             integer = all(re.fullmatch(r"[-+]?\d+", t) for t in (low_text, high_text))
             dims.append(Dimension(key, low, high, integer, bool(log)))
         elif ".." in value:
-            raise ValueError(f"{spec!r}: a range is LOW..HIGH or LOW..HIGH:log with numeric bounds")
+            raise ConfigError(f"{spec!r}: a range is LOW..HIGH or LOW..HIGH:log with numeric bounds")
         else:
             choices = tuple(c.strip() for c in value.split("|"))
             if any(not c for c in choices):
-                raise ValueError(f"{spec!r}: empty choice in A|B|C")
+                raise ConfigError(f"{spec!r}: empty choice in A|B|C")
             dims.append(Dimension(key, choices=choices))
     return dims
 
@@ -126,14 +126,14 @@ def tune(
     trials at the same epoch (Optuna's MedianPruner), once ``prune_after`` = (trials, epochs) have
     passed."""
     if trials < 1:
-        raise ValueError(f"trials must be at least 1, got {trials}")
+        raise ConfigError(f"trials must be at least 1, got {trials}")
     if not final_seeds:
-        raise ValueError("at least one final seed is needed")
+        raise ConfigError("at least one final seed is needed")
     overrides = dict(overrides or {})
     dims = parse_space(space, model)
     clash = sorted(set(overrides) & {d.key for d in dims})
     if clash:
-        raise ValueError(f"{', '.join(clash)} both searched and fixed with --set: choose one")
+        raise ConfigError(f"{', '.join(clash)} both searched and fixed with --set: choose one")
     # Bad fixed settings, and values of the space that do not fit their setting, fail before any work.
     metric = resolve_config(model, dataset_name, overrides).train.valid_metric
     for d in dims:
@@ -271,7 +271,7 @@ def _check_resume(path: Path, spec: dict) -> None:
     if path.exists():
         recorded = json.loads(path.read_text())
         if recorded != json.loads(json.dumps(spec, default=str)):
-            raise ValueError(
+            raise RunError(
                 f"{path.parent} holds another search ({recorded}); resume it with the same "
                 "model, dataset, space and settings, or choose a new --out"
             )
