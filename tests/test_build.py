@@ -327,3 +327,14 @@ def test_cli_build_overwrite_flag(tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "pass --overwrite" in again.output and len(again.output.strip().splitlines()) == 1
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_npz_that_is_not_an_archive_or_holds_objects(tmp_path):
+    raw = _three_items(tmp_path)
+    (tmp_path / "bad.npz").write_text("p,1\nq,2\n")
+    with pytest.raises(DatasetError, match=r"bad\.npz is not a NumPy \.npz archive"):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": tmp_path / "bad.npz"})
+    np.savez(tmp_path / "obj.npz", ids=np.array(["p", "q", object()], dtype=object), vectors=np.ones((3, 2)))
+    with pytest.raises(DatasetError, match=r"obj\.npz: ids and vectors must be plain numeric or text arrays"):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": tmp_path / "obj.npz"})
+    assert not (tmp_path / "d").exists()

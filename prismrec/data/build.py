@@ -35,6 +35,7 @@ import os
 import shutil
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -358,14 +359,32 @@ def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Ca
     if not path.is_file():
         raise DatasetError(f"{path} does not exist: give the item vectors (.npz with ids and vectors, or CSV/TSV)")
     if path.suffix.lower() == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in ("ids", "vectors") if k not in archive]
-            if missing:
-                raise DatasetError(f"{path}: no array {', '.join(missing)} (arrays: {list(archive)}); "
-                                   "save it with np.savez(path, ids=..., vectors=...)")
-            return archive["ids"], np.asarray(archive["vectors"], dtype=np.float64), lambda r: f"index {r}"
+        with path.open("rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+                raise DatasetError(f"{path} is not a NumPy .npz archive; save it with "
+                                   "np.savez(path, ids=..., vectors=...)")
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                missing = [k for k in ("ids", "vectors") if k not in archive]
+                if missing:
+                    raise DatasetError(f"{path}: no array {', '.join(missing)} (arrays: {list(archive)}); "
+                                       "save it with np.savez(path, ids=..., vectors=...)")
+                return archive["ids"], np.asarray(archive["vectors"], dtype=np.float64), lambda r: f"index {r}"
+        except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            if isinstance(exc, DatasetError):
+                raise
+            raise DatasetError(f"{path}: ids and vectors must be plain numeric or text arrays, readable without "
+                               f"Python objects ({' '.join(str(exc).split())[:120]}); save them with "
+                               "np.savez(path, ids=..., vectors=...)") from None
     sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    frame = pd.read_csv(path, sep=sep, dtype={item_col: str}, keep_default_na=False, na_values=[""])
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype={item_col: str}, keep_default_na=False, na_values=[""],
+                            encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(utf8_problem(path)) from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"{path} is not a readable {'TSV' if sep == chr(9) else 'CSV'} table of vectors "
+                           f"({' '.join(str(exc).split())})") from None
     if item_col not in frame.columns:
         shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
         raise DatasetError(f"{path}: no column {item_col!r} (columns: {shown}); "

@@ -24,6 +24,12 @@ def encode_texts(sentences: list[str], batch_size: int = 64) -> np.ndarray:
         model_path = str(get_model_path())
     except ImportError:  # no packaged copy: sentence-transformers fetches it (needs the internet)
         model_path = TEXT_ENCODER
+    try:  # no "Loading weights" progress bar from transformers
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - sentence-transformers always brings transformers
+        pass
     model = SentenceTransformer(model_path, device="cpu")
     vectors = model.encode(sentences, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
     return vectors.astype(np.float32)
