@@ -87,20 +87,23 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def save_torch(path: Path, obj: Any) -> None:
+def save_torch(path: Path, obj: Any, durable: bool = True) -> None:
     """``torch.save`` to a temporary file, then rename (atomic).
 
     The temporary file has the final name, in a private folder beside it: ``torch.save`` records
     the file's name inside the archive, so a temporary name (with a process id) would make the
-    same weights saved by two processes differ in their bytes."""
+    same weights saved by two processes differ in their bytes. ``durable=False`` skips the
+    ``fsync``: the rename is still atomic for a killed process (the page cache outlives it), only
+    a power cut could lose the file - right for a checkpoint rewritten every epoch."""
     path = Path(path)
     folder = path.parent / f".tmp-{os.getpid()}"
     folder.mkdir(exist_ok=True)
     tmp = folder / path.name
     with open(tmp, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
     _remove_if_empty(folder)
 
@@ -307,8 +310,8 @@ class RunDir:
         write_atomic(self.path / HISTORY, pd.DataFrame(rows).to_csv(index=False))
 
     def save_checkpoint(self, state: dict) -> None:
-        """Write ``checkpoint.pt`` atomically."""
-        save_torch(self.path / CHECKPOINT, state)
+        """Write ``checkpoint.pt`` atomically (not fsynced: see :func:`save_torch`)."""
+        save_torch(self.path / CHECKPOINT, state, durable=False)
 
     def load_checkpoint(self) -> dict | None:
         """The checkpoint of an unfinished run, or None; an unreadable one is a RunError."""
