@@ -71,14 +71,16 @@ def run_digest(config) -> str:
     return config.digest(exclude=IDENTITY_EXCLUDE)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``path`` so that a reader sees the old file or the whole new one, never a part."""
+def write_atomic(path: Path, data: bytes | str, durable: bool = True) -> None:
+    """Write ``path`` so that a reader sees the old file or the whole new one, never a part
+    (``durable=False``: no ``fsync``, see :func:`save_torch`)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -307,7 +309,7 @@ class RunDir:
         """Write the whole ``history.csv`` (atomically; a resumed run rewrites the rows it kept)."""
         import pandas as pd
 
-        write_atomic(self.path / HISTORY, pd.DataFrame(rows).to_csv(index=False))
+        write_atomic(self.path / HISTORY, pd.DataFrame(rows).to_csv(index=False), durable=False)
 
     def save_checkpoint(self, state: dict) -> None:
         """Write ``checkpoint.pt`` atomically (not fsynced: see :func:`save_torch`)."""
