@@ -29,11 +29,11 @@ except ImportError:  # pragma: no cover - older typer on plain click
 
 from prismrec.data import list_datasets, load_dataset, resolve_data_dir
 from prismrec.errors import ConfigError, PrismrecError
+from prismrec.eval.metrics import METRIC_NAMES
 
 console = Console()
 
 TABLE_KS = (10, 20)
-TABLE_METRICS = ("recall", "ndcg", "precision", "map", "hit")  # becomes prismrec.eval.metrics.METRIC_NAMES
 
 # OS errors a user causes (a path that is missing, unwritable, a folder for a file, a full disk):
 # one line like any other input error. Other OS errors keep their traceback.
@@ -178,12 +178,12 @@ def _metrics_table(title: str, rows: dict[str, dict], std: dict[str, dict] | Non
                    label: str = "split", ks=TABLE_KS) -> Table:
     table = Table(title=title)
     table.add_column(label)
-    for m in TABLE_METRICS:
+    for m in METRIC_NAMES:
         for k in ks:
             table.add_column(f"{m}@{k}", justify="right")
     for split, values in rows.items():
         cells = []
-        for m in TABLE_METRICS:
+        for m in METRIC_NAMES:
             for k in ks:
                 v = values.get(f"{m}@{k}", float("nan"))
                 s = (std or {}).get(split, {}).get(f"{m}@{k}")
@@ -268,17 +268,6 @@ def datasets(data_dir: DataDir = None) -> None:
     console.print(table)
 
 
-def _user_input_errors(call, *args, **kwargs):
-    """Call a function of the experiment layer that still reports bad input as ``ValueError``
-    (compare, tune, evaluate, significance): such an error is shown as a :class:`ConfigError`."""
-    try:
-        return call(*args, **kwargs)
-    except ValueError as exc:
-        if isinstance(exc, PrismrecError):
-            raise
-        raise ConfigError(str(exc)) from exc
-
-
 @app.command()
 def compare(
     models: str = typer.Option(..., help="Comma-separated model names."),
@@ -302,8 +291,8 @@ def compare(
     overrides = parse_assignments(set_)
     _check_device_override(overrides)
     _output_folder(out, "--out", "comparison")
-    results = _user_input_errors(
-        run_compare, model_list, dataset_list, seed_list, out, overrides, str(data_dir) if data_dir else None,
+    results = run_compare(
+        model_list, dataset_list, seed_list, out, overrides, str(data_dir) if data_dir else None,
         log=lambda msg: console.print(msg, highlight=False), train=not report_only,
     )
     console.print((out / "results.md").read_text())
@@ -384,8 +373,8 @@ def tune(
     resolve_config(model, dataset, overrides).train.check_device()
     _output_folder(out, "--out", "study")
     load_dataset(dataset, data_dir)  # a missing or broken dataset, before the study starts
-    summary = _user_input_errors(
-        run_tune, model, dataset, space, trials, out, overrides, data_dir,
+    summary = run_tune(
+        model, dataset, space, trials, out, overrides, data_dir,
         final_seeds=final_seeds, prune=prune, log=lambda msg: console.print(msg, highlight=False),
     )
     console.print((out / "tuning.md").read_text())
@@ -426,7 +415,7 @@ def evaluate(
         raise ConfigError(f"--groups {groups!r}: choose one of {', '.join(GROUPINGS)}")
     if not 0 < tail_share < 1:
         raise ConfigError(f"--tail-share {tail_share}: give the tail's share of items, strictly between 0 and 1")
-    result = _user_input_errors(evaluate_run, run, split, groups, tail_share, cutoffs, mask_valid, data_dir)
+    result = evaluate_run(run, split, groups, tail_share, cutoffs, mask_valid, data_dir)
     rows = {f"{name} ({m['users']} users)": m for name, m in result.items() if name != "meta"}
     title = f"{result['meta']['model']} on {result['meta']['dataset']} / {split}"
     console.print(_metrics_table(title, rows, label="items", ks=sorted(set(cutoffs))))
@@ -447,10 +436,10 @@ def significance(
     if split not in ("valid", "test"):
         raise ConfigError(f"--split {split!r}: choose valid or test")
     name, at, k = metric.partition("@")
-    if name not in TABLE_METRICS or not at or not k.isdigit() or int(k) < 1:
-        raise ConfigError(f"--metric {metric!r}: give METRIC@K with METRIC one of {', '.join(TABLE_METRICS)} "
+    if name not in METRIC_NAMES or not at or not k.isdigit() or int(k) < 1:
+        raise ConfigError(f"--metric {metric!r}: give METRIC@K with METRIC one of {', '.join(METRIC_NAMES)} "
                           "and K >= 1, e.g. recall@20")
-    r = _user_input_errors(paired_test, a, b, metric, split, data_dir)
+    r = paired_test(a, b, metric, split, data_dir)
     low, high = r["bootstrap_95"]
     console.print(
         f"{split} {metric} over {r['users']} users: A {r['a']['model']} ({r['a']['seeds']} seeds) "

@@ -21,7 +21,7 @@ def test_train_writes_the_run_directory(planted_dir, tmp_path):
     assert config["params"]["n_layers"] == 2 and config["train"]["epochs"] == 2
     assert config["protocol"]["split_fingerprints"]["train"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"valid", "test", "best_epoch", "epochs", "seconds"} <= set(metrics)
+    assert {"valid", "test", "best_epoch", "epochs"} <= set(metrics)
     assert "recall@20" in metrics["test"]
 
 

@@ -9,9 +9,7 @@ from typing import Literal
 import torch
 
 from prismrec.errors import ConfigError
-
-METRIC_NAMES = ("recall", "ndcg", "precision", "map", "hit")
-"""Metrics the evaluator computes at every cut-off (the names ``valid_metric`` may use)."""
+from prismrec.eval.metrics import METRIC_NAMES
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 """Device types a run may use (``cuda:1`` selects a GPU by index)."""
 
