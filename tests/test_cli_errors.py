@@ -180,3 +180,23 @@ def test_help_version_and_evaluate_output(finished_run, data_dir):
     assert result.exit_code == 0, result.output
     written = finished_run / "evaluation-test.json"
     assert written.is_file() and f"evaluation written to {written}" in " ".join(result.output.split())
+
+
+def test_cuda_without_a_gpu_is_one_line_before_any_data_is_read(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = runner.invoke(app, ["train", "--model", "bpr", "--dataset", "nope", "--data-dir", str(tmp_path),
+                                 "--set", "device=cuda"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: device='cuda' but this machine has no CUDA GPU that torch can use; run with --set device=cpu"]
+    compare = runner.invoke(app, ["compare", "--models", "bpr", "--datasets", "x", "--out", str(tmp_path / "c"),
+                                  "--set", "device=cuda:0"])
+    assert compare.exit_code == 2 and "no CUDA GPU" in compare.output and not (tmp_path / "c").exists()
+
+
+def test_data_dir_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    result = runner.invoke(app, ["datasets", "--data-dir", str(tmp_path / "f")])
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output

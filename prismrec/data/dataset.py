@@ -103,7 +103,8 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     if data_dir is not None:
         path = Path(data_dir).expanduser()
         if not path.is_dir():
-            raise DatasetError(f"data directory {path} does not exist. {LAYOUT_HELP}")
+            what = "is a file, not a folder" if path.exists() else "does not exist"
+            raise DatasetError(f"data directory {path} {what}. {LAYOUT_HELP}")
         return path
     env = os.environ.get("PRISMREC_DATA")
     if env:
