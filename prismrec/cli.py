@@ -229,12 +229,14 @@ def train(
     try:
         metrics = run_experiment(cfg, seed_list, out, dataset=data, progress=not quiet, overwrite=overwrite,
                                  keep_checkpoints=keep_checkpoints)
-    except ValueError as exc:  # a model's own config checks (models raise ValueError)
-        if isinstance(exc, PrismrecError) or not _raised_building_model(exc):
+    except Exception as exc:
+        if not _raised_building_model(exc):
             raise
-        if created:  # the model refused before training: leave no run directory behind
+        if created:  # the model (or its earlier stage's input) was refused before training: leave no run dir
             shutil.rmtree(out, ignore_errors=True)
-        raise ConfigError(f"model {cfg.model!r} rejects its settings: {exc}") from exc
+        if isinstance(exc, ValueError) and not isinstance(exc, PrismrecError):  # a model's own config checks
+            raise ConfigError(f"model {cfg.model!r} rejects its settings: {exc}") from exc
+        raise
     if quiet:
         typer.echo(f"run directory: {out}")
         return

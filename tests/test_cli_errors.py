@@ -94,6 +94,9 @@ CASES = {
     "--set seed": (TRAIN + ["--set", "seed=5"], r"--set seed=5: choose seeds with --seeds"),
     "--out ''": (TRAIN[:-4] + ["--out", ""], r"--out '\.': give a folder path for the run directory"),
     "another model's config": (TRAIN + ["--config", "{tmp}/mgcn.yaml"], r"the settings name model 'mgcn' but model 'lightgcn'"),
+    "egra: missing pretrained run": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
+                                      "{tmp}/run", "--set", "pretrained={tmp}/nope", "--quiet"],
+                                     r"pretrained='.*nope' is not a directory"),
     "--out is a file": (TRAIN[:-4] + ["--out", "{tmp}/file"], r"--out .*file is an existing file, not a folder"),
     # dataset files
     "latin-1 .inter": (["train", "--model", "bpr", "--dataset", "latin", "--data-dir", "{data}"],
