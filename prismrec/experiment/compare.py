@@ -107,8 +107,11 @@ def check_inputs(models: list[str], datasets: list[str], seeds: list[int],
             raise ConfigError(f"{name} {', '.join(map(str, twice))} given twice: list each once")
     for dataset in datasets:
         find_dataset(dataset, data_dir)
-    configs = {(dataset, model): resolve_config(model, dataset, model_overrides(overrides, model, models))
-               for dataset in datasets for model in models}
+    try:
+        configs = {(dataset, model): resolve_config(model, dataset, model_overrides(overrides, model, models))
+                   for dataset in datasets for model in models}
+    except KeyError as exc:  # the model registry's "unknown model"
+        raise ConfigError(f"--models: {exc.args[0]}") from None
     for config in configs.values():
         check_device = getattr(config.train, "check_device", None)  # a GPU that is not there
         if check_device is not None:

@@ -229,7 +229,13 @@ def _load_model(config: ExperimentConfig, dataset: Dataset, weights: Path) -> Re
         raise RunError(f"{weights} is not a state dict of tensors: it was not written by prismrec")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
-        model = build_model(config, dataset)
+        try:
+            model = build_model(config, dataset)
+        except (KeyError, ValueError) as exc:  # e.g. the dataset lost a modality the run used
+            if isinstance(exc, RunError):
+                raise
+            raise RunError(f"the {config.model} model of {weights.parent} cannot be rebuilt on dataset "
+                           f"{dataset.name!r}: {exc}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
