@@ -1,6 +1,6 @@
 """Foundation benchmark on baby: BPR-MF and LightGCN quality, evaluation cost, epoch breakdown.
 
-1. ``prismrec compare --models bpr,lightgcn --datasets baby --seeds 3`` (MMRec defaults;
+1. ``prismrec compare --models bpr,lightgcn --datasets baby --n-seeds 3`` (MMRec defaults;
    resumable, trained cells live in ``runs/bench-foundation-baby``) -> results/foundation_baby_compare.*
 2. For the trained LightGCN (seed 999): one validation evaluation against its floor, the bare
    users x items GEMM + top-k on the same embeddings and user batches (median of 7 runs).
@@ -26,6 +26,7 @@ from benchmarks.epoch_speed import breakdown
 from prismrec.data import load_dataset
 from prismrec.eval import Evaluator
 from prismrec.experiment.config import resolve_config
+from prismrec.experiment.rundir import load_weights
 from prismrec.models import get_model
 from prismrec.train.allocator import keep_freed_memory
 
@@ -35,7 +36,7 @@ MMREC = {"train_s": 5.4, "valid_s": 3.9, "test_s": 3.9}  # MMRec LightGCN on bab
 
 def run_compare() -> dict:
     cmd = [sys.executable, "-m", "prismrec", "compare", "--models", "bpr,lightgcn",
-           "--datasets", "baby", "--seeds", "3", "--out", str(RUNS)]
+           "--datasets", "baby", "--n-seeds", "3", "--out", str(RUNS)]
     subprocess.run(cmd, check=True)
     for ext in ("json", "md"):
         shutil.copy(RUNS / f"results.{ext}", RESULTS / f"foundation_baby_compare.{ext}")
@@ -45,7 +46,7 @@ def run_compare() -> dict:
 def trained_lightgcn(data):
     cfg = resolve_config("lightgcn", "baby")
     model = get_model("lightgcn")(data, cfg.params)
-    model.load_state_dict(torch.load(RUNS / "baby/lightgcn/seed-999/model.pt"))
+    model.load_state_dict(load_weights(RUNS / "baby/lightgcn/seed-999/model.pt"))
     return model, cfg
 
 

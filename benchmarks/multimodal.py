@@ -29,7 +29,7 @@ REPORT_ONLY = "--report-only" in sys.argv  # summarise finished cells, train not
 def compare(models: list[str], dataset: str, out: Path, extra: list[str] = (), seeds: int = 3) -> dict:
     """Run ``prismrec compare`` for one dataset; returns its results.json."""
     cmd = [sys.executable, "-m", "prismrec", "compare", "--models", ",".join(models),
-           "--datasets", dataset, "--seeds", str(seeds), "--out", str(out)]
+           "--datasets", dataset, "--n-seeds", str(seeds), "--out", str(out)]
     if REPORT_ONLY:
         cmd.append("--report-only")
     for model in models:

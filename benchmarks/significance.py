@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import write
+from prismrec.experiment.rundir import RunDir
 from prismrec.experiment.significance import paired_test
 
 PAIRS = [  # (A, B), reported as A - B: the claim (or the ablation's question) is "A beats B"
@@ -56,7 +57,7 @@ def main() -> None:
         for a, b in PAIRS:
             folders = [Path(VARIANTS[m].format(dataset=dataset)) if m in VARIANTS else
                        Path("runs/bench-multimodal") / dataset / dataset / m for m in (a, b)]
-            if not all(len(list(f.glob("seed-*/model.pt"))) >= 3 for f in folders):
+            if not all(sum(d.is_finished() for d in RunDir(f).seed_dirs()) >= 3 for f in folders):
                 md.append(f"| {a} vs {b} | | cells missing or fewer than 3 seeds | | | | |")
                 continue
             for metric in METRICS:

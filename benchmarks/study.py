@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from benchmarks.multimodal import compare
+from prismrec.experiment.rundir import RunDir
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 HEADER = ["| variant | seeds | R@10 | R@20 | N@10 | N@20 | epochs |", "|---|---|---|---|---|---|---|"]
@@ -94,8 +95,8 @@ def long_tail(models: list[str], dataset: str, runs: Path = Path("runs/bench-mul
     lines = [f"## Long tail on {dataset} (tail = least popular {tail_share:.0%} of items by training degree)", "",
              "| model | seeds | tail R@20 | tail N@20 | head R@20 | head N@20 |", "|---|---|---|---|---|---|"]
     for model in models:
-        seeds = sorted((runs / dataset / dataset / model).glob("seed-*/metrics.json"))
-        per_seed = [evaluate_run(path.parent, "test", tail_share=tail_share, ks=(20,), datasets=cache) for path in seeds]
+        seeds = [d for d in RunDir(runs / dataset / dataset / model).seed_dirs() if d.is_finished()]
+        per_seed = [evaluate_run(d.path, "test", tail_share=tail_share, ks=(20,), datasets=cache) for d in seeds]
         if not per_seed:
             continue
         data[model] = per_seed
