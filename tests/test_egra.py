@@ -205,8 +205,11 @@ def test_loss_terms_weighting_and_gradients(planted, mgcn_export):
 
 
 def test_gume_backbone_is_gume_on_the_enhanced_graph_with_align_for_bm(planted, mgcn_export):
-    net = _build(planted, pretrained=str(mgcn_export), backbone="gume", n_ui_layers=3)
+    net = _build(planted, pretrained=str(mgcn_export), backbone="gume")
     assert net.extended is not None and type(net).name == "egra"
+    assert net.n_ui_layers == net.encoder.n_ui_layers == net.extended.n_layers == 3  # GUME's L_ui
+    assert _build(planted, pretrained=str(mgcn_export)).encoder.n_ui_layers == 2  # MGCN's
+    assert _build(planted, pretrained=str(mgcn_export), backbone="gume", n_ui_layers=2).n_ui_layers == 2
     base = _build(planted, pretrained=str(mgcn_export))
     torch.testing.assert_close(net.encoder.adjacency.matrix.to_dense(), base.encoder.adjacency.matrix.to_dense())  # Â⁺ from P
     g = torch.Generator().manual_seed(0)

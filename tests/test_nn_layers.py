@@ -111,24 +111,49 @@ def _rows_without_zeros(n=50, d=8, seed=0):
     return x
 
 
-@pytest.mark.parametrize("mode", PERTURB_MODES)
-def test_perturb_noise_norm_is_rho(mode):
+@pytest.mark.parametrize("mode, gamma", [("fixed", 0.0), ("modulus", 0.0), ("modulus", 1.0), ("modulus", -0.5), ("modulus", 2.0)])
+def test_perturb_noise_norm_is_rho(mode, gamma):
     x, eps = _rows_without_zeros(), 0.1
     norms = x.norm(dim=1)
-    rho = {
-        "fixed": torch.full_like(norms, eps),
-        "modulus": eps * norms,
-        "relative": eps * norms / norms.mean(),
-        "inverse": eps * norms.mean() / norms,
-    }[mode]
-    view = perturb(x, eps, mode, generator=torch.Generator().manual_seed(1))
+    rho = torch.full_like(norms, eps) if mode == "fixed" else eps * norms * (norms / norms.mean()) ** gamma
+    view = perturb(x, eps, mode, generator=torch.Generator().manual_seed(1), gamma=gamma)
     delta = view - x
     torch.testing.assert_close(delta.norm(dim=1), rho, rtol=1e-4, atol=1e-6)
     assert torch.equal(torch.sign(delta), torch.sign(x))  # the noise keeps each coordinate's sign
-    # Only some rows: their view, with rho's row mean still taken over the whole matrix.
+    # Only some rows: their view, with the row mean m still taken over the whole matrix.
     rows = torch.tensor([3, 0, 3, 41])
-    part = perturb(x, eps, mode, generator=torch.Generator().manual_seed(1), rows=rows) - x[rows]
+    part = perturb(x, eps, mode, generator=torch.Generator().manual_seed(1), rows=rows, gamma=gamma) - x[rows]
     torch.testing.assert_close(part.norm(dim=1), rho[rows], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [-1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+def test_modulus_relative_intensity_follows_the_personal_law(gamma):
+    """``‖view − x‖ / ‖x‖ = ε (‖x‖ / m)^γ`` per row (ALGORITHMS.md 5.2)."""
+    x, eps = _rows_without_zeros(), 0.05
+    norms = x.norm(dim=1)
+    view = perturb(x, eps, "modulus", generator=torch.Generator().manual_seed(2), gamma=gamma)
+    relative = (view - x).norm(dim=1) / norms
+    torch.testing.assert_close(relative, eps * (norms / norms.mean()) ** gamma, rtol=1e-4, atol=1e-7)
+    spread = relative.max() / relative.min()
+    assert spread == pytest.approx(1.0, abs=1e-4) if gamma == 0 else spread > 1.5  # personal iff γ ≠ 0
+
+
+def test_personal_intensity_changes_the_perturbation_infonce():
+    """With the same draws, γ = 0 is exactly fixed noise on L2-normalised rows under a cosine
+    InfoNCE (every row the same relative noise), while γ ≠ 0 gives another loss."""
+    from prismrec.losses import infonce
+
+    x = _rows_without_zeros()
+
+    def views(gamma, rows=x, mode="modulus", eps=0.2):
+        gen = torch.Generator().manual_seed(7)
+        return [perturb(rows, eps, mode, generator=gen, gamma=gamma) for _ in range(2)]
+
+    uniform = infonce(*views(0.0), tau=0.2)
+    normalised = infonce(*views(0.0, rows=torch.nn.functional.normalize(x, dim=1), mode="fixed"), tau=0.2)
+    torch.testing.assert_close(uniform, normalised, rtol=1e-5, atol=1e-6)
+    for gamma in (-1.0, 1.0, 2.0):
+        assert abs(infonce(*views(gamma), tau=0.2).item() - uniform.item()) > 1e-3
 
 
 def test_perturb_views_differ_and_generator_reproduces():
@@ -143,12 +168,13 @@ def test_perturb_views_differ_and_generator_reproduces():
 
 def test_perturb_gradient_flows_to_x_only_and_zero_rows_stay_finite():
     x = _rows_without_zeros(5, 4).requires_grad_()
-    for mode in PERTURB_MODES:
-        (g,) = torch.autograd.grad(perturb(x, 0.1, mode).sum(), x)
+    for mode, gamma in (("fixed", 0.0), ("modulus", 0.0), ("modulus", 1.0), ("modulus", -2.0)):
+        (g,) = torch.autograd.grad(perturb(x, 0.1, mode, gamma=gamma).sum(), x)
         torch.testing.assert_close(g, torch.ones_like(x))  # ρ and δ are constants
-    zero = torch.zeros(3, 4)
-    for mode in PERTURB_MODES:
-        assert torch.equal(perturb(zero, 0.1, mode), zero)
+    zero = torch.cat([torch.zeros(3, 4), torch.ones(1, 4)])
+    for mode, gamma in (("fixed", 0.0), ("modulus", 0.0), ("modulus", 1.0), ("modulus", -2.0), ("modulus", -8.0)):
+        view = perturb(zero, 0.1, mode, gamma=gamma)
+        assert torch.isfinite(view).all() and torch.equal(view[:3], zero[:3])
 
 
 def test_perturb_rejects_bad_arguments():

@@ -90,19 +90,14 @@ def test_forward_uses_the_infused_graph(planted):
 
 
 # ---------------------------------------------------------------------------------- perturbation
-def _expected_rho(mode, eps, norms):
-    return {
-        "fixed": torch.full_like(norms, eps),
-        "modulus": eps * norms,
-        "relative": eps * norms / norms.mean(),
-        "inverse": eps * norms.mean() / norms,
-    }[mode]
+def _expected_rho(mode, eps, norms, gamma):
+    return torch.full_like(norms, eps) if mode == "fixed" else eps * norms * (norms / norms.mean()) ** gamma
 
 
-@pytest.mark.parametrize("mode", ["modulus", "relative", "inverse", "fixed"])
+@pytest.mark.parametrize("mode, gamma", [("modulus", 1.0), ("modulus", 0.0), ("modulus", -2.0), ("fixed", 1.0)])
 @pytest.mark.parametrize("target", ["fused", "per_modality"])
-def test_noise_magnitude_per_row_follows_the_rows_modulus(planted, mode, target):
-    net = _build(planted, perturb_mode=mode, perturb_target=target, eps=0.2)
+def test_noise_magnitude_per_row_follows_the_rows_modulus(planted, mode, gamma, target):
+    net = _build(planted, perturb_mode=mode, perturb_target=target, eps=0.2, gamma=gamma)
     net.train()
     with torch.no_grad():
         out = net()
@@ -114,7 +109,7 @@ def test_noise_magnitude_per_row_follows_the_rows_modulus(planted, mode, target)
         for x, v in zip(clean, view):
             norms = x.norm(dim=1)
             assert (x != 0).all()  # δ has unit norm on rows without zero entries
-            torch.testing.assert_close((v - x).norm(dim=1), _expected_rho(mode, 0.2, norms), rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close((v - x).norm(dim=1), _expected_rho(mode, 0.2, norms, gamma), rtol=1e-4, atol=1e-6)
 
 
 def test_layer_noise_follows_every_propagation(planted):
@@ -127,9 +122,22 @@ def test_layer_noise_follows_every_propagation(planted):
         first, _ = net.perturbation_views(out)
     clean_items = out.aux["modality_views"][:, n_u:]
     for x, v in zip(clean_items, first[:, n_u:]):
-        torch.testing.assert_close((v - x).norm(dim=1), 0.1 * x.norm(dim=1), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close((v - x).norm(dim=1), _expected_rho("modulus", 0.1, x.norm(dim=1), 1.0), rtol=1e-4, atol=1e-6)
     # users aggregate the noisy items: R̂ H'^I
     torch.testing.assert_close(first[:, :n_u], torch.stack([net.encoder.user_item @ v for v in first[:, n_u:]]))
+
+
+def test_personal_intensity_changes_the_perturbation_loss_with_the_same_draws(planted):
+    """γ ≠ 0 makes L_P personal; γ = 0 (every row the same relative noise) is another loss."""
+    batch = torch.arange(0, 40), torch.arange(0, 40)
+    rows = (batch[0], batch[1] + planted.n_users)
+    losses = {}
+    for gamma in (0.0, 1.0, -1.0):
+        net = _build(planted, gamma=gamma, eps=0.2)  # same seed: same init, same noise draws
+        net.train()
+        with torch.no_grad():
+            losses[gamma] = net.perturbation_loss(net(), rows).item()
+    assert abs(losses[1.0] - losses[0.0]) > 1e-4 and abs(losses[-1.0] - losses[0.0]) > 1e-4
 
 
 # --------------------------------------------------------------------------------- alignment
@@ -247,8 +255,9 @@ ABLATIONS = [
     {"anchor_form": "A2"},
     {"fusion": "mean"},
     {"perturb_at": "layers"},
-    {"perturb_target": "per_modality", "perturb_mode": "relative"},
-    {"perturb_at": "layers", "perturb_target": "per_modality", "perturb_mode": "inverse"},
+    {"gamma": 0.0},
+    {"perturb_target": "per_modality", "gamma": 0.5},
+    {"perturb_at": "layers", "perturb_target": "per_modality", "gamma": -2.0},
     {"co_score": "cosine", "co_weight": "score", "renormalize_after_mix": True},
     {"beta_per_modality": True, "beta_modalities": [0.2, 0.8]},
     {"detach_anchor": False},

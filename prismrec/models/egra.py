@@ -42,8 +42,8 @@ class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     """EGRA's settings (stage 0's: :class:`PretrainedStageConfig`); the inherited GUME terms (``vt``, ``um``, ``reg2``, noise) act only with
     ``backbone="gume"``; ``reg_weight`` weighs ``half_sq(z_u, z_i, z_j)`` (2.10), grid {1e-5, 1e-4}."""
 
-    n_ui_layers: int = 2
-    """``L_ui``, LightGCN depth on ``Â⁺``; grid {2, 3}."""
+    n_ui_layers: int | None = None
+    """``L_ui``, LightGCN depth on ``Â⁺``; grid {2, 3}; None = the backbone's: 2 (MGCN), 3 (GUME)."""
     n_ii_layers: int = 1
     """``L_ii``, steps on each raw kNN graph ``Ŝ_m`` (and on ``Ŝ_pre`` if separate); grid {1, 2}."""
     k_pre: int = 10
@@ -63,7 +63,7 @@ class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     """``joint``: ``B_pre`` in ``A⁺``; ``separate``: plain ``Â``, ``C_I += γ·Ŝ_pre^{L_ii} E_I``."""
     backbone: Literal["mgcn", "gume"] = "mgcn"
     """``mgcn``, or ``gume``: GUME's extended branch and ``vt``/``um``/``reg2`` terms on ``Â⁺``
-    (``L_align`` replaces GUME's ``bm``; GUME's own depth is ``n_ui_layers = 3``)."""
+    (``L_align`` replaces GUME's ``bm``; depth ``L_ui = 3`` unless ``n_ui_layers`` is set)."""
     tau: float = 0.2
     """``τ`` of the per-row InfoNCE between ``M`` and ``C``; grid {0.1, 0.2, 0.4}."""
     lambda_max: float = 1e-2
@@ -127,7 +127,8 @@ class EGRA(Recommender):
         super().__init__(dataset, config)
         check_config(config)
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
-        d = config.embedding_size
+        d, gume = config.embedding_size, config.backbone == "gume"
+        self.n_ui_layers = config.n_ui_layers if config.n_ui_layers is not None else (3 if gume else 2)
         # 1. B_pre = topk(P; k_pre) (or GUME's raw links), Â⁺ with item block γ·B_pre.
         knn = [knn_graph(dataset.features[m], config.knn_k) for m in self.modalities]
         raw = shared_neighbor_links(knn) if config.item_links == "raw" or config.pre_filter_raw else None
@@ -149,11 +150,9 @@ class EGRA(Recommender):
         # 2. MGCN's views on Â⁺; with backbone="gume", GUME's extended branch too.
         self.encoder = MultiViewEncoder(
             adjacency, knn, [dataset.features[m] for m in self.modalities],
-            self.n_users, d, config.n_ui_layers, config.n_ii_layers, config.train_features,
+            self.n_users, d, self.n_ui_layers, config.n_ii_layers, config.train_features,
         )
-        self.extended = None
-        if config.backbone == "gume":
-            self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers)
+        self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, self.n_ui_layers) if gume else None
         self.reset_parameters()
         if self.extended is not None:
             self.noise = NoiseSource(config.noise_eps, config.noise_mode)  # seeded after the init

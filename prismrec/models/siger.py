@@ -36,7 +36,7 @@ and ``reg2 = reg2_weight·½‖Ĥ_I[i]‖²/B``.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
@@ -77,8 +77,11 @@ class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     """``S`` = MGCN's behaviour-aware fuser (2.8), or the plain mean of the ``H_m``."""
     eps: float = 0.1
     """``ε``, noise scale of the perturbation views; grid {0.01, 0.05, 0.1, 0.2}."""
-    perturb_mode: Literal["modulus", "relative", "inverse", "fixed"] = "modulus"
-    """Noise magnitude per row (2.12): ``ε‖x‖``, ``ε‖x‖/mean‖x‖``, ``ε·mean‖x‖/‖x‖``, ``ε``."""
+    perturb_mode: Literal["modulus", "fixed"] = "modulus"
+    """Noise magnitude per row (2.12): ``ρ = ε‖x‖(‖x‖/m)^γ``, or ``ε`` (GUME)."""
+    gamma: float = field(default=1.0, metadata={"grid": [-1.0, -0.5, 0.0, 0.5, 1.0, 2.0]})
+    """``γ`` of the personal intensity ``ρ/‖x‖ = ε(‖x‖/m)^γ`` (5.2); 0 = uniform relative noise
+    (the former ``modulus``), −2 = the former ``inverse``."""
     perturb_at: Literal["output", "layers"] = "output"
     """Perturb the finished views, or add noise after every ``G_m`` propagation (SimGCL)."""
     perturb_target: Literal["fused", "per_modality"] = "fused"
@@ -137,7 +140,7 @@ class SIGER(Recommender):
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers) \
             if config.extended_branch else None
         self.reset_parameters()
-        self.noise = NoiseSource(config.eps, config.perturb_mode)  # seeded after the init
+        self.noise = NoiseSource(config.eps, config.perturb_mode, config.gamma)  # seeded after the init
 
 
     # ----------------------------------------------------------------------------------- views

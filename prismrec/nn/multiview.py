@@ -56,7 +56,8 @@ def check_multiview_config(config: MultiViewConfig, **positive: float) -> None:
     """Raise ``ValueError`` naming each shared setting out of range, and each of ``positive``
     (``name=value`` pairs, e.g. temperatures) that is not > 0."""
     broken = [f"{k} must be >= {low}, got {getattr(config, k)}"
-              for k, low in (("embedding_size", 1), ("knn_k", 1), ("n_ui_layers", 0)) if getattr(config, k) < low]
+              for k, low in (("embedding_size", 1), ("knn_k", 1), ("n_ui_layers", 0))
+              if getattr(config, k) is not None and getattr(config, k) < low]
     broken += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]
     if broken:
         raise ValueError("; ".join(broken))
@@ -189,5 +190,5 @@ class GUMETermsConfig(ExtendedBranchConfig):
     """``vt``, weight of the modality mean/variance gap (Baby 0.1; Sports 0.01; Clothing 0.001)."""
     noise_eps: float = 0.1
     """``ε`` of the noise views (2.12)."""
-    noise_mode: Literal["fixed", "modulus", "relative", "inverse"] = "fixed"
+    noise_mode: Literal["fixed", "modulus"] = "fixed"
     """Noise magnitude rule (2.12); GUME's is ``fixed``."""

@@ -1,18 +1,21 @@
-"""Noise views for contrastive learning (ALGORITHMS.md 2.12, 5.4).
+"""Noise views for contrastive learning (ALGORITHMS.md 2.12, 5.2).
 
 Each row ``x`` of a matrix is moved by ``ρ·δ`` with ``δ = sign(x) ⊙ nrm(r)``, ``r ~ U(0,1)^d``:
 the noise keeps every coordinate's sign (it pushes the row further along its own orthant) and has
 unit norm wherever ``x`` has no zero entry. The magnitude ``ρ`` per row depends on ``mode``:
 
-| mode       | ``ρ``                         | source |
-|------------|-------------------------------|--------|
-| ``fixed``    | ``ε``                         | GUME (reference code, ``ε = 0.1``) |
-| ``modulus``  | ``ε‖x‖₂``                     | SIGER (proposed): the same relative noise for every row |
-| ``relative`` | ``ε‖x‖₂ / mean_rows ‖x‖₂``    | proposed |
-| ``inverse``  | ``ε·mean_rows ‖x‖₂ / ‖x‖₂``   | proposed |
+| mode        | ``ρ``                               | source |
+|-------------|-------------------------------------|--------|
+| ``fixed``   | ``ε``                               | GUME (reference code, ``ε = 0.1``) |
+| ``modulus`` | ``ε‖x‖₂ (‖x‖₂ / m)^γ``              | SIGER (proposed) |
 
-``mean_rows`` is over all rows of the matrix passed in, also when only some ``rows`` are
-perturbed (a batch's: the view of ``x[rows]``, without drawing noise for the other rows). ``ρ`` carries no gradient: the noise is a constant for
+``m`` is the mean row norm of the matrix passed in (also when only some ``rows`` are perturbed,
+e.g. a batch's: the view of ``x[rows]``, without drawing noise for the other rows). The relative
+intensity of ``modulus`` is ``ρ/‖x‖ = ε(‖x‖/m)^γ``: personal for ``γ ≠ 0`` (``γ > 0``: rows
+with a large modulus get more noise; ``γ < 0``: less). With ``γ = 0`` every row gets the same
+relative noise, which a cosine InfoNCE cannot tell from ``fixed`` noise on L2-normalised rows.
+The former ``relative`` rule (``ε‖x‖/m``) is ``modulus`` with ``γ = 0`` and ``ε/m``; the former
+``inverse`` (``ε·m/‖x‖``) is ``γ = −2``. ``ρ`` carries no gradient: the noise is a constant for
 the optimiser (as GUME's, whose magnitude is a constant), and only the clean ``x`` is trained.
 Two calls draw two independent views.
 """
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PERTURB_MODES = ("fixed", "modulus", "relative", "inverse")
+PERTURB_MODES = ("fixed", "modulus")
 _EPS = 1e-12
 
 
@@ -33,15 +36,17 @@ def perturb(
     mode: str = "fixed",
     generator: torch.Generator | None = None,
     rows: torch.Tensor | None = None,
+    gamma: float = 0.0,
 ) -> torch.Tensor:
     """Return the noise view ``x + ρ ⊙ sign(x) ⊙ nrm(r)``, ``r ~ U(0,1)^d`` per row.
 
     Args:
         x: ``n x d`` matrix (one view per row).
         eps: ``ε >= 0``, the noise scale.
-        mode: ``"fixed"``, ``"modulus"``, ``"relative"`` or ``"inverse"`` (table above).
+        mode: ``"fixed"`` or ``"modulus"`` (table above).
         generator: source of ``r`` (must live on ``x``'s device); ``None`` uses torch's global RNG.
-        rows: if given, return only the view of ``x[rows]`` (``ρ``'s row mean still over all of ``x``).
+        rows: if given, return only the view of ``x[rows]`` (``m`` still over all of ``x``).
+        gamma: ``γ`` of ``modulus`` (ignored by ``fixed``).
     """
     if mode not in PERTURB_MODES:
         raise ValueError(f"perturb mode must be one of {list(PERTURB_MODES)}, got {mode!r}")
@@ -55,14 +60,11 @@ def perturb(
     if mode == "fixed":
         return target + eps * delta
     norms = torch.linalg.vector_norm(target.detach(), dim=1, keepdim=True)
-    if mode == "modulus":
-        rho = eps * norms
-    else:
+    rho = eps * norms
+    if gamma != 0:  # personal intensity (‖x‖/m)^γ; a zero row has ρ = 0 (and δ = 0) for any γ
         mean = torch.linalg.vector_norm(x.detach(), dim=1).mean() if rows is not None else norms.mean()
-        if mode == "relative":
-            rho = eps * norms / mean.clamp_min(_EPS)
-        else:  # inverse: small rows get more noise; a zero row has δ = 0, so its ρ never shows
-            rho = eps * mean / norms.clamp_min(_EPS)
+        ratio = (norms.clamp_min(_EPS) / mean.clamp_min(_EPS)).pow(gamma)
+        rho = torch.where(norms > 0, rho * ratio, torch.zeros_like(rho))
     return target + rho * delta
 
 
@@ -77,16 +79,17 @@ class NoiseSource(nn.Module):
 
     Args:
         eps: ``ε >= 0``, the noise scale.
-        mode: the magnitude rule of :func:`perturb` (``fixed``, ``modulus``, ...).
+        mode: the magnitude rule of :func:`perturb` (``fixed`` or ``modulus``).
+        gamma: ``γ`` of ``modulus``.
     """
 
-    def __init__(self, eps: float, mode: str = "fixed") -> None:
+    def __init__(self, eps: float, mode: str = "fixed", gamma: float = 0.0) -> None:
         super().__init__()
         if mode not in PERTURB_MODES:
             raise ValueError(f"perturb mode must be one of {list(PERTURB_MODES)}, got {mode!r}")
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
-        self.eps, self.mode = eps, mode
+        self.eps, self.mode, self.gamma = eps, mode, gamma
         self.seed = int(torch.randint(0, 2**62, ()).item())
         self.generator: torch.Generator | None = None
 
@@ -94,7 +97,7 @@ class NoiseSource(nn.Module):
         """One noise view of ``x`` (or of ``x[rows]``); two calls give two independent views."""
         if self.generator is None or self.generator.device != x.device:
             self.generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        return perturb(x, self.eps, self.mode, generator=self.generator, rows=rows)
+        return perturb(x, self.eps, self.mode, generator=self.generator, rows=rows, gamma=self.gamma)
 
     def extra_repr(self) -> str:
-        return f"eps={self.eps}, mode={self.mode}"
+        return f"eps={self.eps}, mode={self.mode}, gamma={self.gamma}"
