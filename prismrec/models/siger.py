@@ -1,8 +1,8 @@
 """SIGER (arXiv 2508.06154); ALGORITHMS.md §5. Everything past the abstract is **proposed**.
 
 MGCN's multi-view encoder (:class:`prismrec.nn.MultiViewEncoder`) whose semantic item-item graphs
-receive collaborative signal, trained with modulus-scaled noise views and a dual (anchor +
-standard) alignment.
+receive collaborative signal, trained with noise views of personal, modulus-guided intensity and a
+dual (anchor + standard) alignment.
 
 1. Behaviour ``C = LGN(Â, [E_U; E_I], L_ui)`` on the plain user-item graph (MGCN's view).
 2. ``Ĉ``: row top-``k_c`` of ``O = RᵀR`` (2.4); ``Ŝ_m``: weighted kNN of ``F_m`` (2.2).
@@ -15,11 +15,12 @@ standard) alignment.
 Loss (``r`` = the batch's user rows ``u``, then item rows ``i``; zero-weight terms are not computed)::
 
     bpr      L_BPR(Z)                         reg    λ_reg·half_sq(z_u, z_i, z_j)
-    perturb  λ_P Σ_r InfoNCE(S'[r], S''[r]; τ_P),   S', S'' = perturb(S, ε, perturb_mode)
+    perturb  λ_P Σ_r InfoNCE(S'[r], S''[r]; τ_P),   S', S'' = perturb(S, ε, perturb_mode, γ)
     anchor   λ_A L_A (anchor_form)            align  λ_B Σ_r InfoNCE(S[r], C[r]; τ_B)
 
-``modulus`` noise has ``ρ_e = ε‖s_e‖₂`` (the same relative noise for every node); ``perturb_at``
-and ``perturb_target`` move it into the ``G_m`` propagation (SimGCL) or onto each ``H_m``.
+``modulus`` noise has ``ρ_e = ε‖s_e‖(‖s_e‖/m)^γ``, ``m`` the mean row norm: the relative intensity
+``ε(‖s_e‖/m)^γ`` is personal (γ = 0: the same for every node); ``perturb_at`` and
+``perturb_target`` move it into the ``G_m`` propagation (SimGCL) or onto each ``H_m``.
 
 Anchor forms, ``c = sg(C)`` when ``detach_anchor``, each summed over ``r``:
 ``A1`` ``(1/K) Σ_m InfoNCE(H_m[r], c[r]; τ_A)``;
