@@ -1,6 +1,7 @@
 """Raw interactions -> MMRec folder (prismrec.data.build, `prismrec build`)."""
 
 import json
+import os
 from collections import Counter
 
 import numpy as np
@@ -338,3 +339,16 @@ def test_npz_that_is_not_an_archive_or_holds_objects(tmp_path):
     with pytest.raises(DatasetError, match=r"obj\.npz: ids and vectors must be plain numeric or text arrays"):
         build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": tmp_path / "obj.npz"})
     assert not (tmp_path / "d").exists()
+
+
+def test_a_killed_builds_leftovers_are_removed_by_the_next_build(tmp_path):
+    import subprocess
+
+    raw = _three_items(tmp_path)
+    dead = subprocess.Popen(["true"])  # a finished child: its pid names no live process
+    dead.wait()
+    (tmp_path / "data" / f".toy.building-{dead.pid}").mkdir(parents=True)
+    (tmp_path / "data" / f".toy.building-{dead.pid}" / "toy.inter").write_text("partial")
+    (tmp_path / "data" / f".toy.building-{os.getpid()}x").mkdir()  # not ours: kept
+    build_dataset(raw, tmp_path / "data" / "toy", min_count=3)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [f".toy.building-{os.getpid()}x", "toy"]

@@ -134,7 +134,7 @@ def build_dataset(
     # Written under a hidden temporary name beside ``out``, renamed once complete.
     work = out.parent / f".{name}.building-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(work, ignore_errors=True)
+    _remove_abandoned(out)
     work.mkdir()
     try:
         inter = pd.DataFrame({"userID": users, "itemID": items, "x_label": labels})
@@ -178,6 +178,23 @@ def _check_destination(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"--out {out} already exists and is not empty; pass --overwrite to replace it, "
                           "or give another --out")
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove temporary siblings of ``out`` left by a build that was killed (its process is gone)."""
+    for stale in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = stale.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("building", "replaced") or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            alive = int(pid) != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except (PermissionError, OverflowError):
+            alive = True
+        if not alive:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _move_into_place(work: Path, out: Path) -> None:
