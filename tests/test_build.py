@@ -352,3 +352,33 @@ def test_a_killed_builds_leftovers_are_removed_by_the_next_build(tmp_path):
     (tmp_path / "data" / f".toy.building-{os.getpid()}x").mkdir()  # not ours: kept
     build_dataset(raw, tmp_path / "data" / "toy", min_count=3)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [f".toy.building-{os.getpid()}x", "toy"]
+
+
+def test_build_killed_with_sigkill_leaves_no_listed_dataset(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    raw = _three_items(tmp_path)
+    pd.DataFrame({"item": ["p", "q", "r"], "text": ["a", "b", "c"]}).to_csv(tmp_path / "t.csv", index=False)
+    script = (
+        "import time, numpy as np\n"
+        "from prismrec.data.build import build_dataset\n"
+        "def slow(sentences):\n"
+        "    time.sleep(60)\n"
+        "    return np.ones((len(sentences), 2))\n"
+        f"build_dataset({str(raw)!r}, {str(tmp_path / 'data' / 'toy')!r}, min_count=3, "
+        f"item_text={str(tmp_path / 't.csv')!r}, encoder=slow)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        while not list((tmp_path / "data").glob(".toy.building-*/toy.inter")):  # mid-build
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert list_datasets(tmp_path / "data") == [] and not (tmp_path / "data" / "toy").exists()
