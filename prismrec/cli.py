@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - older typer on plain click
 from prismrec.data import list_datasets, load_dataset, resolve_data_dir
 from prismrec.errors import ConfigError, PrismrecError
 from prismrec.eval.metrics import METRIC_NAMES
+from prismrec.train.config import MAX_CUT_OFF
 
 console = Console()
 
@@ -117,9 +118,9 @@ def _cut_offs(text: str, option: str) -> list[int]:
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        if not part.isdigit() or int(part) < 1:
-            raise ConfigError(f"{option} {text!r}: {part!r} is not a cut-off; give whole numbers >= 1 "
-                              "separated by commas, e.g. 10,20")
+        if not part.isdigit() or not 1 <= int(part) <= MAX_CUT_OFF:
+            raise ConfigError(f"{option} {text!r}: {part!r} is not a cut-off; give whole numbers from 1 to "
+                              f"{MAX_CUT_OFF:,} separated by commas, e.g. 10,20")
         values.append(int(part))
     if not values:
         raise ConfigError(f"{option} {text!r} holds no cut-off; give e.g. 10,20")
@@ -438,7 +439,7 @@ def significance(
     if split not in ("valid", "test"):
         raise ConfigError(f"--split {split!r}: choose valid or test")
     name, at, k = metric.partition("@")
-    if name not in METRIC_NAMES or not at or not k.isdigit() or int(k) < 1:
+    if name not in METRIC_NAMES or not at or not k.isdigit() or not 1 <= int(k) <= MAX_CUT_OFF:
         raise ConfigError(f"--metric {metric!r}: give METRIC@K with METRIC one of {', '.join(METRIC_NAMES)} "
                           "and K >= 1, e.g. recall@20")
     r = paired_test(a, b, metric, split, data_dir)

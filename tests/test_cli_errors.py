@@ -123,6 +123,7 @@ CASES = {
     "recommend --k -1": (["recommend", "--run", "{run}", "--users", "1", "--k", "-1"], r"Invalid value for '--k'"),
     "recommend missing run": (["recommend", "--run", "{tmp}/none", "--users", "1"], r"run directory .*none does not exist"),
     "evaluate --ks abc": (["evaluate", "--run", "{run}", "--ks", "abc"], r"--ks 'abc': 'abc' is not a cut-off"),
+    "evaluate --ks huge": (["evaluate", "--run", "{run}", "--ks", "9" * 25], r"is not a cut-off; give whole numbers from 1"),
     "evaluate --ks 0": (["evaluate", "--run", "{run}", "--ks", "0,10"], r"--ks '0,10': '0' is not a cut-off"),
     "evaluate --split": (["evaluate", "--run", "{run}", "--split", "train"], r"--split 'train': choose valid or test"),
     "evaluate --tail-share": (["evaluate", "--run", "{run}", "--tail-share", "1.5"], r"--tail-share 1.5"),

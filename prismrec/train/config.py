@@ -10,6 +10,8 @@ import torch
 
 from prismrec.errors import ConfigError
 from prismrec.eval.metrics import METRIC_NAMES
+MAX_CUT_OFF = 10**9
+"""Largest cut-off K (a K above the item count ranks every item; far above it is a typo)."""
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 """Device types a run may use (``cuda:1`` selects a GPU by index)."""
 
@@ -107,8 +109,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     _require(isinstance(cfg.mask_valid_at_test, bool), "mask_valid_at_test", cfg.mask_valid_at_test,
              "must be true or false")
     topk = tuple(cfg.topk) if isinstance(cfg.topk, (list, tuple)) else ()
-    _require(bool(topk) and all(_is_int(k) and k >= 1 for k in topk), "topk", cfg.topk,
-             "cut-offs must be a non-empty list of whole numbers >= 1, e.g. [10, 20]")
+    _require(bool(topk) and all(_is_int(k) and 1 <= k <= MAX_CUT_OFF for k in topk), "topk", cfg.topk,
+             f"cut-offs must be a non-empty list of whole numbers from 1 to {MAX_CUT_OFF:,}, e.g. [10, 20]")
     metric, at, k = str(cfg.valid_metric).partition("@")
     _require(metric in METRIC_NAMES and at == "@" and k.isdigit() and int(k) in topk, "valid_metric",
              cfg.valid_metric, f"must be METRIC@K with METRIC one of {', '.join(METRIC_NAMES)} and K one of "
