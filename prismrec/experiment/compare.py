@@ -26,23 +26,7 @@ from prismrec.experiment.config import resolve_config
 from prismrec.experiment.rundir import RunDir, run_digest
 from prismrec.experiment.runs import aggregate
 
-DEFAULT_SEEDS = (999, 1000, 1001, 1002, 1003)
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
-
-
-MAX_SEED_COUNT = 100
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"3"`` -> the first 3 protocol seeds (999, 1000, 1001); ``"999,1,2"`` or ``"1001,"`` -> that list."""
-    text = str(text).strip()
-    if "," not in text:
-        n = int(text)
-        if not 1 <= n <= MAX_SEED_COUNT:
-            raise ConfigError(f"--seeds {text} is a count of seeds (1 to {MAX_SEED_COUNT}); "
-                             f"for the single seed {text} write '{text},'")
-        return [DEFAULT_SEEDS[0] + i for i in range(n)]
-    return [int(s) for s in text.split(",") if s.strip()]
 
 
 def model_overrides(overrides: dict[str, Any], model: str, models: list[str]) -> dict[str, Any]:
