@@ -1,0 +1,225 @@
+"""DRAGON — Zhou et al., "Enhancing Dyadic Relations with Homogeneous Graphs for Multimodal
+Recommendation" (arXiv 2301.12097; official hongyurain/DRAGON, MMRec ``dragon.py``).
+
+A **heterogeneous** user–item graph learns dual (user and item) representations per modality;
+two **homogeneous** graphs — a user–user co-occurrence graph and a modality item–item kNN graph
+— then enhance the users and the items.
+
+1. Per modality ``m`` (``F_m`` the raw, frozen features), user preference table ``P_m`` and a
+   two-layer encoder; rows L2-normalised, then ``L_ui`` propagation steps over ``Â`` (2.1),
+   **summed** (not averaged)::
+
+       X_m  = W_2 leaky_relu(F_m W_1 + b_1) + b_2          d_m -> 4d -> d
+       G⁰_m = nrm([P_m; X_m])                              N x d, users first
+       G_m  = Σ_{l=0..L_ui} Â^l G⁰_m                       (reference: G⁰ + ÂG⁰ + Â²G⁰)
+
+2. Modality fusion (``construction``), with per-user modality weights ``w_u ∈ R^M``
+   (initialised ``softmax(xavier_normal)``, then free)::
+
+       cat:           U = [w_u1 G_1^U ‖ ... ‖ w_uM G_M^U],   I = [G_1^I ‖ ... ‖ G_M^I]   (M·d)
+       weighted_sum:  U = Σ_m w_um G_m^U,                    I = Σ_m G_m^I               (d)
+       weighted_max:  U = max_m w_um G_m^U,                  I = Σ_m G_m^I               (d)
+
+3. Homogeneous graphs. Items: ``S = Σ_m α_m Ŝ_m^bin`` (2.3: binary kNN of the raw features, self
+   included, ``α = (0.1, 0.9)`` for two modalities), frozen. Users: ``W_UU``, each user's top-``k_u``
+   co-occurring users (common training items, 2.4 on the users) aggregated with ``softmax`` of
+   the counts; a user with fewer than ``k_u`` neighbours has its list padded by random repeats,
+   drawn afresh each epoch (reference)::
+
+       Z_U = U + W_UU U,          Z_I = I + S^{L_ii} I
+
+4. Loss (reference): ``L = −mean log₂ σ(z_u·z_i − z_u·z_j)`` (base-2 BPR) plus
+   ``λ·(Σ_m mean(P_m[u]²) + mean(w²))`` (``mean(w²)`` for ``cat`` and ``weighted_sum`` only).
+
+Reference code details left out because they have no effect there: the modality-feature
+embedding copies and ``image_trs``/``text_trs`` (built, never used in the forward), the dropped
+edge lists ``edge_index_dropv/t`` (passed to the GCN but unused), ``MLP_v``/``MLP_t``/``MLP_user``
+and ``weight_i`` (unused by ``cat``; ``weighted_sum`` only regularises it). For ``weighted_sum``
+and ``weighted_max`` the reference adds the modality tensors in place (``representation +=
+t_rep`` aliases ``v_rep``), so its users see ``v + t`` in the first slot; ours implements the
+stated sums.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph, knn_graph, mix
+from prismrec.graph.neighbour_sampling import softmax_neighbour_graph
+from prismrec.losses import bpr_loss
+from prismrec.models import register
+from prismrec.nn import IdEmbedding, lightgcn
+from prismrec.nn.encoders import Projector
+from prismrec.recommender import Output, Recommender
+
+CONSTRUCTIONS = ("cat", "weighted_sum", "weighted_max")
+
+
+@dataclass
+class DRAGONConfig:
+    modalities: list[str] | None = None
+    """Modalities used; ``None`` = all present, canonical order (the first plays the reference's
+    image role, the second its text role)."""
+    embedding_size: int = 64
+    """``d``: preference tables and encoded features (reference ``dim_latent = 64``); the final
+    representations have ``M·d`` columns with ``construction = "cat"``."""
+    hidden_size: int = 256
+    """Width of the encoder's hidden layer (reference ``4·dim_latent``)."""
+    n_ui_layers: int = 2
+    """``L_ui``: propagation steps over the user–item graph (reference: two ``conv_embed_1``)."""
+    n_ii_layers: int = 1
+    """``L_ii``: propagation steps over the item–item graph ``S`` (reference ``n_mm_layers``)."""
+    knn_k: int = 10
+    """``k`` neighbours per item in each modality's binary kNN graph (self included)."""
+    mm_weights: list[float] | None = None
+    """``α_m`` mixing the modality kNN graphs; ``None`` = (0.1, 0.9) for two modalities
+    (reference ``mm_image_weight = 0.1``), uniform otherwise. Non-negative, summing to 1."""
+    user_knn_k: int = 40
+    """``k_u``: co-occurring users aggregated per user (reference ``self.k = 40``)."""
+    user_pad: Literal["resample", "none"] = "resample"
+    """Users with fewer than ``k_u`` neighbours: ``resample`` pads the list with random repeats
+    drawn each epoch (reference), ``none`` uses the neighbours as they are (deterministic)."""
+    user_aggr: Literal["softmax", "mean"] = "softmax"
+    """Weights of the user–user graph: ``softmax`` of co-occurrence counts (reference) or mean."""
+    construction: Literal["cat", "weighted_sum", "weighted_max"] = "cat"
+    """Modality fusion of step 2 (reference default ``cat``)."""
+    reg_weight: float = field(default=1e-3, metadata={"grid": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5]})
+    """``λ`` of the preference/weight L2 term; Baby 1e-3 (official README); MMRec grid shown.
+    The learning rate (train ``lr``, default 1e-4 here) is searched over {1e-1, ..., 1e-5}."""
+    bpr_log2: bool = True
+    """Reference BPR uses ``log₂`` (the natural-log BPR divided by ``ln 2``); ``False``: ``ln``."""
+
+
+class ModalityGraphEncoder(nn.Module):
+    """Step 1 for one modality: ``G_m = Σ_{l≤L} Â^l nrm([P_m; X_m])``.
+
+    ``X_m`` is the two-layer encoding of the frozen raw features; ``P_m`` the user preferences.
+    """
+
+    def __init__(self, features: torch.Tensor, n_users: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.preference = IdEmbedding(n_users, dim, init="xavier_normal")  # P_m
+        self.hidden = Projector(features, hidden, trainable_features=False)  # F_m W_1 + b_1
+        self.out = nn.Linear(hidden, dim)  # W_2, b_2
+
+    def forward(self, adjacency: SparseOperator, n_layers: int) -> torch.Tensor:
+        x = self.out(F.leaky_relu(self.hidden()))  # X_m
+        g0 = F.normalize(torch.cat([self.preference.weight, x]), dim=1)  # G⁰_m
+        # Σ_{l=0..L} Â^l G⁰ = (L+1)·LGN(Â, G⁰, L)
+        return lightgcn(adjacency, g0, n_layers) * (n_layers + 1)
+
+
+@register
+class DRAGON(Recommender):
+    name = "dragon"
+    Config = DRAGONConfig
+    train_defaults = {"lr": 1e-4}  # official README, Baby (and Sports)
+
+    def __init__(self, dataset, config: DRAGONConfig) -> None:
+        super().__init__(dataset, config)
+        self.require_at_least(
+            config, embedding_size=1, hidden_size=1, n_ui_layers=0, n_ii_layers=0, knn_k=1, user_knn_k=1
+        )
+        if config.construction not in CONSTRUCTIONS:
+            raise ValueError(f"construction must be one of {CONSTRUCTIONS}, got {config.construction!r}")
+        if config.knn_k > self.n_items:
+            raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({self.n_items})")
+        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
+        self.mm_weights = _mm_weights(config.mm_weights, self.modalities)
+        d = config.embedding_size
+
+        # Heterogeneous graph Â (2.1).
+        self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
+        # Item–item graph S = Σ_m α_m Ŝ_m^bin of the raw features, frozen (2.3).
+        graphs = [knn_graph(dataset.features[m], config.knn_k, weight="binary") for m in self.modalities]
+        self.item_graph = SparseOperator(mix(graphs, self.mm_weights))
+        # User co-occurrence counts, top-k_u per user (2.4 on Rᵀ); W_UU is drawn from them.
+        k_u = min(config.user_knn_k, self.n_users)
+        self.user_scores = cooccurrence_graph(dataset.train.T.tocsr(), k_u, score="count", weight="score", normalize=False)
+        self.user_graph: SparseOperator | None = None  # W_UU of the current epoch
+        self.padding_seed = int(torch.initial_seed())  # padding draws: one stream per epoch
+
+        self.encoders = nn.ModuleDict(
+            {m: ModalityGraphEncoder(dataset.features[m], self.n_users, d, config.hidden_size) for m in self.modalities}
+        )
+        self.user_modality_weights = nn.Parameter(torch.zeros(self.n_users, len(self.modalities)))  # w
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Encoders as the reference (``P_m`` Xavier-normal, linear layers PyTorch's default), then
+        ``w = softmax(xavier_normal(n_U x M x 1))`` over modalities."""
+        super().reset_parameters()
+        n, m = self.user_modality_weights.shape
+        with torch.no_grad():
+            std = math.sqrt(2.0 / (n + m))  # Xavier-normal of an n x M x 1 tensor
+            self.user_modality_weights.copy_(torch.softmax(torch.randn(n, m) * std, dim=1))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Draw this epoch's user–user graph ``W_UU`` (the padding of short neighbour lists)."""
+        rng = np.random.default_rng([self.padding_seed, int(epoch)])
+        graph = softmax_neighbour_graph(
+            self.user_scores, self.user_scores_width, pad=self.config.user_pad, aggr=self.config.user_aggr, rng=rng
+        )
+        self.user_graph = SparseOperator(graph, self.device, symmetric=False)
+
+    @property
+    def user_scores_width(self) -> int:
+        """``k_u`` as used (at most the number of users)."""
+        return min(self.config.user_knn_k, self.n_users)
+
+    def fuse(self, reps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 2: user and item representations ``U``, ``I`` from the modality views ``G_m``."""
+        users = [g[: self.n_users] for g in reps]
+        items = [g[self.n_users :] for g in reps]
+        w = self.user_modality_weights
+        weighted = [w[:, k : k + 1] * g for k, g in enumerate(users)]  # w_um G_m^U
+        construction = self.config.construction
+        if construction == "cat":
+            return torch.cat(weighted, dim=1), torch.cat(items, dim=1)
+        if construction == "weighted_sum":
+            return sum(weighted), sum(items)
+        return torch.stack(weighted).amax(dim=0), sum(items)  # weighted_max
+
+    def forward(self) -> Output:
+        if self.user_graph is None:  # a forward before any on_epoch_start
+            self.on_epoch_start(0)
+        reps = [enc(self.adjacency, self.config.n_ui_layers) for enc in self.encoders.values()]  # G_m
+        u, i = self.fuse(reps)
+        h = i
+        for _ in range(self.config.n_ii_layers):  # S^{L_ii} I
+            h = self.item_graph @ h
+        out = Output(u + self.user_graph @ u, i + h)  # Z_U = U + W_UU U, Z_I = I + S^L I
+        if not self.training:
+            for m, g in zip(self.encoders, reps):
+                out.aux[f"modality_{m}"] = g
+        return out
+
+    def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        u, _, _ = batch
+        bpr = bpr_loss(*out.bpr_rows(batch))
+        if self.config.bpr_log2:
+            bpr = bpr / math.log(2.0)  # −mean log₂ σ(·)
+        reg = sum(enc.preference(u).square().mean() for enc in self.encoders.values())
+        if self.config.construction in ("cat", "weighted_sum"):
+            reg = reg + self.user_modality_weights.square().mean()
+        return {"bpr": bpr, "reg": self.config.reg_weight * reg}
+
+
+def _mm_weights(weights: list[float] | None, modalities: list[str]) -> tuple[float, ...]:
+    """``α``: the given weights (checked by :func:`prismrec.graph.mix`) or the reference default."""
+    n = len(modalities)
+    if weights is None:
+        return (0.1, 0.9) if n == 2 else tuple([1.0 / n] * n)
+    if len(weights) != n:
+        raise ValueError(
+            f"mm_weights has {len(weights)} weight(s) but {n} modalities are used ({', '.join(modalities)}); "
+            "give one weight per modality, in that order"
+        )
+    return tuple(float(w) for w in weights)
