@@ -120,12 +120,17 @@ def test_every_original_model_has_a_golden(goldens):
     assert set(goldens) == set(CASES)
 
 
-def test_registered_models_without_goldens_are_new():
+def _registered() -> list[str]:
     from prismrec.models import MODELS
 
-    covered = {model for model, _ in CASES.values()}
-    for name in sorted(set(MODELS) - covered):
-        assert name not in ORIGINAL_MODELS  # only baselines added after the goldens may lack one
+    return sorted(MODELS)
+
+
+@pytest.mark.parametrize("model", _registered())
+def test_registered_model_has_a_golden_or_is_new(model):
+    if model not in {m for m, _ in CASES.values()}:
+        assert model not in ORIGINAL_MODELS
+        pytest.skip(f"{model} was added after the goldens were recorded: no equivalence golden yet")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
