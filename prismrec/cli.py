@@ -157,16 +157,6 @@ def _output_folder(path: Path | None, option: str, what: str) -> None:
         raise ConfigError(f"{option} {path} is an existing file, not a folder; give a folder path for the {what}")
 
 
-def _raised_building_model(exc: BaseException) -> bool:
-    """True when ``exc`` came from constructing a model (its own config checks), not from training."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "build_model":
-            return True
-        tb = tb.tb_next
-    return False
-
-
 def _check_device_override(overrides: dict) -> None:
     """A ``--set device=...`` that is malformed or absent on this machine, refused before training."""
     if "device" in overrides:
@@ -177,20 +167,34 @@ def _check_device_override(overrides: dict) -> None:
 
 def _metrics_table(title: str, rows: dict[str, dict], std: dict[str, dict] | None = None,
                    label: str = "split", ks=TABLE_KS) -> Table:
+    """Metrics as rows (``recall@10``, ...), one column per entry of ``rows`` (splits, item
+    groups): a handful of columns, so the table stays readable at 80 columns or in a log."""
     table = Table(title=title)
-    table.add_column(label)
+    table.add_column(f"metric \\ {label}")
+    for name in rows:
+        table.add_column(name, justify="right")
     for m in METRIC_NAMES:
         for k in ks:
-            table.add_column(f"{m}@{k}", justify="right")
-    for split, values in rows.items():
-        cells = []
-        for m in METRIC_NAMES:
-            for k in ks:
-                v = values.get(f"{m}@{k}", float("nan"))
-                s = (std or {}).get(split, {}).get(f"{m}@{k}")
-                cells.append(f"{v:.4f}" + (f" ± {s:.4f}" if s is not None else ""))
-        table.add_row(split, *cells)
+            cells = []
+            for name, values in rows.items():
+                v = (values or {}).get(f"{m}@{k}")
+                s = (std or {}).get(name, {}) or {}
+                s = s.get(f"{m}@{k}") if isinstance(s, dict) else None
+                cell = "-" if v is None else f"{v:.4f}"
+                cells.append(cell + (f" ± {s:.4f}" if s is not None and v is not None else ""))
+            table.add_row(f"{m}@{k}", *cells)
     return table
+
+
+def _epoch_text(value) -> str:
+    """Best epoch(s) as a reader counts them (1-based; ``metrics.json`` stores 0-based)."""
+    if isinstance(value, list):
+        return ", ".join(str(v + 1) for v in value)
+    return str(value + 1)
+
+
+def _count_text(value) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 @app.command()
@@ -212,6 +216,7 @@ def train(
     Rerunning the same command after an interruption resumes from the last checkpoint.
     """
     from prismrec.experiment.config import load_yaml_overrides, parse_assignments, resolve_config
+    from prismrec.experiment.rundir import RunDir
     from prismrec.experiment.runs import run_experiment
     from prismrec.experiment.seeds import resolve_seeds
 
@@ -230,20 +235,16 @@ def train(
     try:
         metrics = run_experiment(cfg, seed_list, out, dataset=data, progress=not quiet, overwrite=overwrite,
                                  keep_checkpoints=keep_checkpoints)
-    except Exception as exc:
-        if not _raised_building_model(exc):
-            raise
-        if created:  # the model (or its earlier stage's input) was refused before training: leave no run dir
+    except PrismrecError:
+        if created and RunDir(out).state().kind in ("absent", "empty"):  # refused before training
             shutil.rmtree(out, ignore_errors=True)
-        if isinstance(exc, ValueError) and not isinstance(exc, PrismrecError):  # a model's own config checks
-            raise ConfigError(f"model {cfg.model!r} rejects its settings: {exc}") from exc
         raise
     if quiet:
         typer.echo(f"run directory: {out}")
         return
     title = (
-        f"{cfg.model} on {data.name}: best epoch {metrics['best_epoch']} of {metrics['epochs']}, "
-        f"{metrics['seconds']:.0f}s"
+        f"{cfg.model} on {data.name}: best epoch {_epoch_text(metrics['best_epoch'])} of "
+        f"{_count_text(metrics['epochs'])}, {metrics['seconds']:.0f}s"
     )
     std = metrics.get("std")
     console.print(_metrics_table(title, {"valid": metrics["valid"], "test": metrics["test"]}, std))

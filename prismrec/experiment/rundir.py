@@ -15,6 +15,11 @@ A single-seed run directory holds::
     FINISHED        finish marker, written last: identity + SHA-256 of config.yaml, metrics.json
                     and model.pt
     FAILED          instead of FINISHED when training diverged or was stopped (e.g. pruned)
+    run.log         what the progress display showed (one line per epoch), with start, resume and
+                    finish lines; appended as the run goes (a resumed run continues it)
+    curves.png      each loss term and the validation metric per epoch, best epoch marked
+                    (drawn once the run ends; informative, so neither it nor run.log is among
+                    the files the finish marker hashes)
 
 A multi-seed run directory holds ``seed-<s>/`` single-seed directories, and at the top a
 ``config.yaml``, the aggregated ``metrics.json`` and ``timing.json``, and its own ``RUNNING``
@@ -52,11 +57,14 @@ TIMING = "timing.json"
 RUNNING = "RUNNING"
 FINISHED = "FINISHED"
 FAILED = "FAILED"
+RUN_LOG = "run.log"
+CURVES = "curves.png"
 SEED_PREFIX = "seed-"
 VERIFIED_FILES = (CONFIG, METRICS, MODEL)
 """Files whose hashes the finish marker records (a multi-seed parent has no model)."""
 
-RUN_FILES = (FINISHED, FAILED, RUNNING, CONFIG, HISTORY, CHECKPOINT, MODEL, METRICS, TIMING)
+RUN_FILES = (FINISHED, FAILED, RUNNING, CONFIG, HISTORY, CHECKPOINT, MODEL, METRICS, TIMING, RUN_LOG,
+             CURVES)
 """Every file of the layout, markers first (so a half-cleared directory is never 'finished')."""
 DERIVED = ("export", "gates")
 """Folders other commands write into a run directory; they go when the run is overwritten."""
@@ -310,6 +318,24 @@ class RunDir:
         import pandas as pd
 
         write_atomic(self.path / HISTORY, pd.DataFrame(rows).to_csv(index=False), durable=False)
+
+    def append_log(self, line: str) -> None:
+        """Append one line, time-stamped, to ``run.log`` (flushed at once, so a killed run keeps
+        what it showed). The log is informative: it is not hashed by the finish marker."""
+        import time
+
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.path / RUN_LOG, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {line}\n")
+
+    def read_history(self) -> list[dict]:
+        """The rows of ``history.csv`` (empty when absent or unreadable: informative only)."""
+        import pandas as pd
+
+        try:
+            return pd.read_csv(self.path / HISTORY).to_dict("records")
+        except (OSError, ValueError):
+            return []
 
     def save_checkpoint(self, state: dict) -> None:
         """Write ``checkpoint.pt`` atomically (not fsynced: see :func:`save_torch`)."""

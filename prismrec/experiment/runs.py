@@ -24,7 +24,8 @@ from prismrec.data import Dataset, load_dataset
 from prismrec.eval import Evaluator
 from prismrec.errors import ConfigError
 from prismrec.experiment.config import ExperimentConfig
-from prismrec.experiment.rundir import CHECKPOINT, RunDir, run_digest
+from prismrec.experiment.curves import write_curves
+from prismrec.experiment.rundir import CHECKPOINT, CURVES, RunDir, run_digest
 from prismrec.experiment.stages import build_model
 from prismrec.train.allocator import keep_freed_memory
 from prismrec.train.trainer import TrainingDiverged, fit, seed_everything
@@ -106,6 +107,7 @@ def train_one_seed(
     run = RunDir(out_dir) if out_dir is not None else None
     ident = identity(config, dataset, [cfg.seed], evaluate_test)
     resume, action = None, None
+    note = log
     if run is not None:
         action = run.prepare(ident, overwrite)
         if action == "finished":
@@ -120,6 +122,17 @@ def train_one_seed(
             log(f"{run.path}: resuming from the checkpoint after epoch {resume['epoch'] - 1}"
                 if resume is not None else f"{run.path}: unfinished run without a checkpoint; "
                 "starting from epoch 0")
+
+        def note(message: str) -> None:  # to the user and to run.log
+            log(message)
+            run.append_log(message)
+
+        run.append_log(
+            f"{'resume' if resume is not None else 'start'}: {config.model} on {dataset.name} "
+            f"({dataset.n_users} users, {dataset.n_items} items), seed {cfg.seed}, "
+            f"epochs<={cfg.epochs}, patience {cfg.patience}, selection on valid {cfg.valid_metric}, "
+            f"config digest {run_digest(config)[:12]}"
+            + (f", from the checkpoint after epoch {resume['epoch'] - 1}" if resume is not None else ""))
     try:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -144,10 +157,17 @@ def train_one_seed(
             run.save_checkpoint({**state, "identity": ident})
 
         result = fit(model, dataset, cfg, evaluator=evaluator, progress=progress, on_epoch_end=epoch_end,
-                     resume=resume, checkpoint=checkpoint if run is not None else None)
+                     resume=resume, checkpoint=checkpoint if run is not None else None,
+                     log_line=run.append_log if run is not None else None)
     except TrainingDiverged as exc:
         if run is not None:
+            run.append_log(f"failed: {exc}")
             run.fail(str(exc))
+            _draw(run, history, cfg.valid_metric, -1, f"{config.model} on {dataset.name} (diverged)", note)
+        raise
+    except KeyboardInterrupt:
+        if run is not None and (run.path / CHECKPOINT).is_file():
+            run.append_log("interrupted: rerun the same command to resume from the last checkpoint")
         raise
     except BaseException:
         # Failed (bad settings for this model, Ctrl-C, ...) before a checkpoint: nothing worth
@@ -176,7 +196,20 @@ def train_one_seed(
     }
     if run is not None:
         run.finish(metrics, timing, model.state_dict(), keep_checkpoint=keep_checkpoints)
+        run.append_log(
+            f"finished: {result.stop_reason}; best epoch {result.best_epoch + 1} of {result.epochs} "
+            f"(valid {cfg.valid_metric} {result.best_valid[cfg.valid_metric]:.4f}"
+            + (f", test {cfg.valid_metric} {test[cfg.valid_metric]:.4f}" if test is not None else "")
+            + f"); {result.seconds:.0f}s")
+        _draw(run, result.history, cfg.valid_metric, result.best_epoch,
+              f"{config.model} on {dataset.name}, seed {cfg.seed}", note)
     return metrics, timing
+
+
+def _draw(run: RunDir, history: list[dict], metric: str, best_epoch: int, title: str, note: Log) -> None:
+    """``curves.png`` of the run (best effort: a failure is noted, never raised)."""
+    if history:
+        write_curves(history, metric, best_epoch, run.path / CURVES, title, log=note)
 
 
 def _strip(metrics: dict) -> dict:

@@ -99,6 +99,7 @@ def fit(
     on_epoch_end: Callable[[dict], None] | None = None,
     resume: dict | None = None,
     checkpoint: Callable[[dict], None] | None = None,
+    log_line: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``dataset.train`` with settings ``cfg`` (a :class:`TrainConfig`).
 
@@ -110,6 +111,10 @@ def fit(
     model's own generators), the early-stopping state and the history. Passing such a state as
     ``resume`` (to a freshly built model with the same settings) continues the run exactly: the
     result is bit-identical to an uninterrupted run on the same device.
+
+    ``progress`` shows one line per epoch on stderr (loss, validation metric, best, ETA);
+    ``log_line``, when given, receives every such line whether or not it is shown (the run's
+    ``run.log``).
 
     Raises :class:`TrainingDiverged` when a loss term becomes non-finite or the loss exceeds
     :data:`DIVERGENCE_FACTOR` times the first batch's.
@@ -150,7 +155,8 @@ def fit(
         set_rng_states(resume["rng"])
     started = last_saved = time.perf_counter()
     every_s = float(getattr(cfg, "checkpoint_every_s", 0.0) or 0.0)
-    display = _Progress(cfg.epochs, cfg.valid_metric, enabled=progress, done=first_epoch)
+    display = _Progress(cfg.epochs, cfg.patience, cfg.valid_metric, enabled=progress, done=first_epoch,
+                        bad_epochs=bad_epochs, sink=log_line)
     device = model.device
     with display:
         for epoch in range(first_epoch, cfg.epochs):
@@ -266,36 +272,86 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
 
 
 class _Progress:
-    """A one-line live display of the epoch, loss and validation metric (rich)."""
+    """What a researcher sees while a model trains: one short line per epoch.
 
-    def __init__(self, total: int, metric: str, enabled: bool, done: int = 0) -> None:
-        self.metric, self.enabled = metric, enabled
-        if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    Each line holds the epoch (of the cap), the loss, the validation metric, the best so far
+    and an ETA, and fits 80 columns. The ETA is an upper bound on the time left: the epochs that
+    remain before early stopping if validation does not improve again (``patience``), or before
+    the epoch cap (``cap``) when that comes first; the line says which. On a terminal the line
+    is redrawn in place (the finished run leaves its last line); otherwise (a pipe, a log file)
+    every epoch is one plain line. Every line also goes to ``sink`` (the run's ``run.log``),
+    whether or not anything is shown.
+    """
 
-            self.bar = Progress(
-                TextColumn("[bold]epoch {task.completed}/{task.total}"),
-                BarColumn(bar_width=20),
-                TextColumn("{task.description}"),
-                TimeElapsedColumn(),
-                transient=False,
-            )
-            self.task = self.bar.add_task("", total=total, completed=done)
+    def __init__(self, total: int, patience: int, metric: str, enabled: bool, done: int = 0,
+                 bad_epochs: int = 0, sink: Callable[[str], None] | None = None, stream=None) -> None:
+        import sys
+
+        self.total, self.patience, self.metric = total, patience, metric
+        self.enabled, self.sink = enabled, sink
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bad_epochs, self.seconds, self.epochs_timed = bad_epochs, 0.0, 0
+        self.drawn = False
 
     def __enter__(self):
-        if self.enabled:
-            self.bar.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def eta(self, epoch: int) -> tuple[int, str]:
+        """Epochs left at most after ``epoch`` (0-based) and what bounds them: patience or cap."""
+        by_cap = self.total - epoch - 1
+        by_patience = self.patience + 1 - self.bad_epochs
+        return (by_patience, "patience") if by_patience < by_cap else (by_cap, "cap")
+
+    def line(self, row: dict, best_epoch: int, best: float) -> str:
+        """The text shown for one epoch (at most 80 characters)."""
+        left, bound = self.eta(row["epoch"])
+        per_epoch = self.seconds / max(self.epochs_timed, 1)
+        eta = f"eta<={_clock(left * per_epoch)} ({bound})" if left > 0 else "last epoch"
+        name = _short_metric(self.metric)
+        pace = f"{per_epoch:.1f}s" if per_epoch < 60 else _clock(per_epoch)
+        return (f"ep {row['epoch'] + 1}/{self.total} loss {row['loss']:.4g} "
+                f"{name} {row['valid_' + self.metric]:.4f} best {best:.4f}@{best_epoch + 1} "
+                f"{pace}/ep {eta}")
 
     def update(self, row: dict, best_epoch: int, best: float) -> None:
+        """Show and log the epoch just validated (``best_epoch`` 0-based)."""
+        self.bad_epochs = 0 if best_epoch == row["epoch"] else self.bad_epochs + 1
+        self.seconds += row["train_s"] + row["eval_s"]
+        self.epochs_timed += 1
+        text = self.line(row, best_epoch, best)
+        if self.sink is not None:
+            self.sink(text)
         if not self.enabled:
             return
-        text = (
-            f"loss {row['loss']:.4f}  valid {self.metric} {row['valid_' + self.metric]:.4f}  "
-            f"best {best:.4f} @ {best_epoch}  ({row['train_s']:.2f}s train, {row['eval_s']:.2f}s eval)"
-        )
-        self.bar.update(self.task, advance=1, description=text)
+        if self.live:
+            import shutil
+
+            width = shutil.get_terminal_size((80, 24)).columns - 1
+            self.stream.write("\r\x1b[2K" + text[:width])
+            self.drawn = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+_SHORT = {"recall": "R", "ndcg": "N", "precision": "P", "map": "MAP", "hit": "Hit"}
+
+
+def _short_metric(metric: str) -> str:
+    """``recall@20`` -> ``R@20`` (the display's abbreviation)."""
+    name, at, k = metric.partition("@")
+    return f"{_SHORT.get(name, name)}{at}{k}"
+
+
+def _clock(seconds: float) -> str:
+    """``75`` -> ``1:15``; ``3725`` -> ``1:02:05``."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
