@@ -94,9 +94,9 @@ class DAMRSConfig:
     """``L_mm``: propagation steps of the item ID embeddings over each item–item graph."""
     knn_k: int = field(default=10, metadata={"grid": [3, 5, 10, 15, 20]})
     """``k``: neighbours per item in each modality graph (at most; fewer consistent candidates)."""
-    behavior_k: int = 10
-    """``k_b``: co-interaction neighbours per item in the behaviour graph (reference script
-    ``build_iib_graph.py --topk``, default 10)."""
+    behavior_k: int = 2
+    """``k_b``: co-interaction neighbours per item in the behaviour graph (the official README
+    builds Baby's with ``build_iib_graph.py --topk=2``; the script's own default is 10)."""
     min_cooccurrence: int = 2
     """Least number of shared training users for a behaviour edge (reference: 2)."""
     neighbor_weight: float = field(default=1e-3, metadata={"grid": [0.0, 1e-4, 1e-3, 1e-2, 0.1, 1.0]})
