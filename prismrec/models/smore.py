@@ -1,0 +1,209 @@
+"""SMORE — Ong & Khong, "Spectrum-based Modality Representation Fusion Graph Convolutional
+Network for Multimodal Recommendation", WSDM'25 (arXiv 2412.14978; official kennethorq/SMORE,
+MMRec ``smore.py``).
+
+Modality features are denoised and fused **in the frequency domain**: a learned complex filter
+per modality multiplies the feature spectrum (a circular convolution along the embedding
+dimension), and the product of the modality spectra, filtered once more, is the fused modality.
+
+1. Spectrum modality fusion, ``X_m = F_m W_m + b_m`` (``d_m -> d``, raw features fine-tuned),
+   ``𝓕`` the real FFT along the ``d`` columns (orthonormal), ``K_m, K_f ∈ C^{d/2+1}`` learned::
+
+       X̃_m = 𝓕⁻¹(𝓕(X_m) ⊙ K_m)                          uni-modal denoising
+       X̃_f = 𝓕⁻¹(Π_m 𝓕(X_m) ⊙ K_f)                      cross-modality fusion
+
+2. Item views, gated ID embeddings (``σ(x G + g)`` a linear gate per view)::
+
+       H_v = E_I ⊙ σ(X̃_v G_v + g_v)       v ∈ {1..M, f}
+
+3. Behaviour view ``C = LGN(Â, [E_U; E_I], L_ui)`` (2.7). Item–item graphs: per modality the
+   cosine kNN graph of the raw features (2.2, ``k_m`` neighbours, self included), frozen; the
+   fusion graph ``S_f = max-union_m S_m`` (max over the graphs storing an entry). Then::
+
+       H_v^I = S_v^{L_ii} H_v,   H_v^U = R̂ H_v^I,   H_v ← [H_v^U; H_v^I]
+
+4. Modality-aware preference module (``q_m(x) = tanh(x Q_m + q_m) Q'_m``; softmax over the ``d``
+   dimensions of each row; ``p_v(C) = Dropout(σ(C P_v + p_v))``)::
+
+       A_m  = softmax(q_m(H_f)) ⊙ H_m                        fusion-guided modality attention
+       side = mean(p_1(C) ⊙ A_1, ..., p_M(C) ⊙ A_M, p_f(C) ⊙ H_f)
+       Z    = C + side
+
+5. Loss: ``L_BPR(Z) + λ·half_sq(z_u, z_i, z_j) + λ_cl·(InfoNCE(side_I[i], C_I[i]; τ) +
+   InfoNCE(side_U[u], C_U[u]; τ))`` (2.9-2.11, ``τ = 0.2``).
+
+With two modalities the first plays the reference's image role (``k = 40`` on Baby) and the
+second its text role (``k = 15``); more modalities join the same equations (the fused spectrum
+is the product of all). The dropout on ``p_v`` draws from torch's global generator in training
+forwards only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph, mix, user_item_block
+from prismrec.graph.union import max_union
+from prismrec.losses import bpr_loss, infonce, l2_reg
+from prismrec.models import register
+from prismrec.nn import IdEmbedding, lightgcn
+from prismrec.nn.encoders import Projector
+from prismrec.recommender import Output, Recommender
+
+
+@dataclass
+class SMOREConfig:
+    modalities: list[str] | None = None
+    """Modalities used; ``None`` = all present, canonical order."""
+    embedding_size: int = 64
+    """``d``: ID embeddings and projected features; the spectra have ``d // 2 + 1`` frequencies."""
+    n_ui_layers: int = field(default=4, metadata={"grid": [3, 4]})
+    """``L_ui``: LightGCN layers of the behaviour view (Baby best 4)."""
+    n_ii_layers: int = 1
+    """``L_ii``: propagation steps of each item view over its item–item graph (``n_layers``)."""
+    knn_k_first: int = field(default=40, metadata={"grid": [10, 15, 20, 40]})
+    """``k`` of the first modality's cosine kNN graph (reference ``image_knn_k``; Baby 40)."""
+    knn_k_rest: int = field(default=15, metadata={"grid": [10, 15, 20, 40]})
+    """``k`` of every other modality's graph (reference ``text_knn_k``; Baby 15)."""
+    fusion_graph: Literal["max", "mean"] = "max"
+    """``S_f``: element-wise max over the union of the modality graphs (reference) or their mean."""
+    reg_weight: float = field(default=1e-4, metadata={"grid": [1e-5, 1e-4]})
+    """``λ`` of the ``half_sq`` L2 on the batch's final rows (Baby 1e-4)."""
+    cl_weight: float = 0.01
+    """``λ_cl`` of the two InfoNCE terms between ``side`` and ``C`` (reference ``cl_loss``; Sports 0.03)."""
+    temperature: float = 0.2
+    """``τ`` of the InfoNCE terms."""
+    dropout: float = field(default=0.1, metadata={"grid": [0.0, 0.1]})
+    """Dropout on the preference gates ``p_v(C)`` in training (Baby 0.1)."""
+    train_features: bool = True
+    """Fine-tune the raw features inside ``X_m`` (reference) or keep them frozen; the kNN graphs
+    come from the raw features either way."""
+
+
+class SpectralFilter(nn.Module):
+    """``x ↦ 𝓕⁻¹(𝓕(x) ⊙ K)`` along the last dimension with a learned complex ``K`` (``N(0,1)``
+    real and imaginary parts, as the reference ``torch.randn``); ``spectrum`` gives ``𝓕(x)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.weight = nn.Parameter(torch.zeros(dim // 2 + 1, 2))  # K as (real, imag)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight)
+
+    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(x, dim=-1, norm="ortho")
+
+    def forward(self, spectrum: torch.Tensor) -> torch.Tensor:
+        """Filter a spectrum (from :meth:`spectrum`, or a product of spectra) back to ``d`` reals."""
+        return torch.fft.irfft(spectrum * torch.view_as_complex(self.weight), n=self.dim, dim=-1, norm="ortho")
+
+
+def gate(dim: int) -> nn.Sequential:
+    """``x ↦ σ(x G + g)`` (``d -> d``)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.Sigmoid())
+
+
+@register
+class SMORE(Recommender):
+    name = "smore"
+    Config = SMOREConfig
+    train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}  # learning_rate_scheduler [0.96, 50]
+
+    def __init__(self, dataset, config: SMOREConfig) -> None:
+        super().__init__(dataset, config)
+        self.require_at_least(
+            config, embedding_size=2, n_ui_layers=0, n_ii_layers=0, knn_k_first=1, knn_k_rest=1, temperature=1e-8
+        )
+        if not 0.0 <= config.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+        if config.fusion_graph not in ("max", "mean"):
+            raise ValueError(f"fusion_graph must be 'max' or 'mean', got {config.fusion_graph!r}")
+        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
+        ks = [config.knn_k_first] + [config.knn_k_rest] * (len(self.modalities) - 1)
+        if max(ks) > self.n_items:
+            raise ValueError(f"knn_k={max(ks)} exceeds the number of items ({self.n_items}); lower knn_k_first/knn_k_rest")
+        d = config.embedding_size
+
+        # Â and R̂ (2.1); S_m cosine kNN graphs of the raw features (2.2) and S_f, all frozen.
+        adjacency = bipartite_adjacency(dataset.train)
+        self.adjacency = SparseOperator(adjacency, symmetric=True)
+        self.user_item = SparseOperator(user_item_block(adjacency, self.n_users), symmetric=False)
+        graphs = [knn_graph(dataset.features[m], k) for m, k in zip(self.modalities, ks)]
+        self.item_graphs = nn.ModuleDict({m: SparseOperator(g) for m, g in zip(self.modalities, graphs)})
+        fused = max_union(graphs) if config.fusion_graph == "max" else mix(graphs, [1.0 / len(graphs)] * len(graphs))
+        self.fusion_graph = SparseOperator(fused)
+
+        self.user_emb = IdEmbedding(self.n_users, d)  # E_U
+        self.item_emb = IdEmbedding(self.n_items, d)  # E_I
+        self.projectors = nn.ModuleDict(
+            {m: Projector(dataset.features[m], d, config.train_features) for m in self.modalities}
+        )  # X_m = F_m W_m + b_m
+        self.filters = nn.ModuleDict({m: SpectralFilter(d) for m in self.modalities})  # K_m
+        self.fusion_filter = SpectralFilter(d)  # K_f
+        views = [*self.modalities, "fusion"]
+        self.item_gates = nn.ModuleDict({v: gate(d) for v in views})  # σ(X̃_v G_v + g_v)
+        self.queries = nn.ModuleDict(
+            {m: nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d, bias=False)) for m in self.modalities}
+        )  # q_m
+        self.preference_gates = nn.ModuleDict({v: gate(d) for v in views})  # p_v
+        self.reset_parameters()
+
+    def spectrum_fusion(self) -> dict[str, torch.Tensor]:
+        """Step 1: ``X̃_m`` per modality and ``X̃_f`` under the key ``"fusion"``."""
+        spectra = {m: self.filters[m].spectrum(p()) for m, p in self.projectors.items()}  # 𝓕(X_m)
+        out = {m: self.filters[m](s) for m, s in spectra.items()}
+        product = spectra[self.modalities[0]]
+        for m in self.modalities[1:]:
+            product = product * spectra[m]
+        out["fusion"] = self.fusion_filter(product)
+        return out
+
+    def forward(self) -> Output:
+        e_i = self.item_emb.weight
+        filtered = self.spectrum_fusion()
+        c = lightgcn(self.adjacency, torch.cat([self.user_emb.weight, e_i]), self.config.n_ui_layers)  # C
+        views = {}
+        for v, x in filtered.items():
+            h = e_i * self.item_gates[v](x)  # H_v = E_I ⊙ σ(X̃_v G_v + g_v)
+            graph = self.fusion_graph if v == "fusion" else self.item_graphs[v]
+            for _ in range(self.config.n_ii_layers):
+                h = graph @ h  # S_v^{L_ii} H_v
+            views[v] = torch.cat([self.user_item @ h, h])  # [R̂ H_v^I; H_v^I]
+        h_f = views["fusion"]
+        parts = []
+        for m in self.modalities:
+            attention = torch.softmax(self.queries[m](h_f), dim=-1)  # over the d dimensions
+            parts.append(self.dropout(self.preference_gates[m](c)) * attention * views[m])
+        parts.append(self.dropout(self.preference_gates["fusion"](c)) * h_f)
+        side = torch.stack(parts).mean(dim=0)
+        z = c + side
+        return Output(z[: self.n_users], z[self.n_users :], {"behavior": c, "modality": side})
+
+    def dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverted dropout in training forwards: keep ``torch.rand >= p`` (torch's global
+        generator; ~3x faster on CPU than the ``bernoulli_`` behind ``F.dropout``), scale ``1/(1−p)``."""
+        p = self.config.dropout
+        if not self.training or p == 0.0:
+            return x
+        return x * (torch.rand(x.shape, device=x.device) >= p) / (1.0 - p)
+
+    def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        u, i, _ = batch
+        zu, zi, zj = out.bpr_rows(batch)
+        c, side = out.aux["behavior"], out.aux["modality"]
+        tau = self.config.temperature
+        items = i + self.n_users
+        cl = infonce(side.index_select(0, items), c.index_select(0, items), tau) + infonce(
+            side.index_select(0, u), c.index_select(0, u), tau
+        )
+        return {
+            "bpr": bpr_loss(zu, zi, zj),
+            "reg": self.config.reg_weight * l2_reg("half_sq", zu, zi, zj),
+            "cl": self.config.cl_weight * cl,
+        }
