@@ -152,6 +152,10 @@ def test_config_errors(planted):
         build(planted, construction="attention")
     with pytest.raises(ValueError, match="mm_weights has 1 weight"):
         build(planted, mm_weights=[1.0])
+    with pytest.raises(ValueError, match="user_pad must be one of"):
+        build(planted, user_pad="zeros")
+    with pytest.raises(ValueError, match="user_aggr must be one of"):
+        build(planted, user_aggr="max")
     with pytest.raises(ValueError, match="user_knn_k must be >= 1"):
         build(planted, user_knn_k=0)
 

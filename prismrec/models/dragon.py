@@ -28,6 +28,9 @@ two **homogeneous** graphs — a user–user co-occurrence graph and a modality 
 
        Z_U = U + W_UU U,          Z_I = I + S^{L_ii} I
 
+   Evaluation uses the latest epoch's ``W_UU`` (as the reference); ``user_pad = "none"`` makes
+   it the same every epoch.
+
 4. Loss (reference): ``L = −mean log₂ σ(z_u·z_i − z_u·z_j)`` (base-2 BPR) plus
    ``λ·(Σ_m mean(P_m[u]²) + mean(w²))`` (``mean(w²)`` for ``cat`` and ``weighted_sum`` only).
 
@@ -52,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph, knn_graph, mix
-from prismrec.graph.neighbour_sampling import softmax_neighbour_graph
+from prismrec.graph.neighbour_sampling import AGGREGATIONS, PADDINGS, softmax_neighbour_graph
 from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
@@ -129,6 +132,10 @@ class DRAGON(Recommender):
         )
         if config.construction not in CONSTRUCTIONS:
             raise ValueError(f"construction must be one of {CONSTRUCTIONS}, got {config.construction!r}")
+        if config.user_pad not in PADDINGS:
+            raise ValueError(f"user_pad must be one of {PADDINGS}, got {config.user_pad!r}")
+        if config.user_aggr not in AGGREGATIONS:
+            raise ValueError(f"user_aggr must be one of {AGGREGATIONS}, got {config.user_aggr!r}")
         if config.knn_k > self.n_items:
             raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({self.n_items})")
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
@@ -141,8 +148,10 @@ class DRAGON(Recommender):
         graphs = [knn_graph(dataset.features[m], config.knn_k, weight="binary") for m in self.modalities]
         self.item_graph = SparseOperator(mix(graphs, self.mm_weights))
         # User co-occurrence counts, top-k_u per user (2.4 on Rᵀ); W_UU is drawn from them.
-        k_u = min(config.user_knn_k, self.n_users)
-        self.user_scores = cooccurrence_graph(dataset.train.T.tocsr(), k_u, score="count", weight="score", normalize=False)
+        self.user_k = min(config.user_knn_k, self.n_users)
+        self.user_scores = cooccurrence_graph(
+            dataset.train.T.tocsr(), self.user_k, score="count", weight="score", normalize=False
+        )
         self.user_graph: SparseOperator | None = None  # W_UU of the current epoch
         self.padding_seed = int(torch.initial_seed())  # padding draws: one stream per epoch
 
@@ -165,14 +174,9 @@ class DRAGON(Recommender):
         """Draw this epoch's user–user graph ``W_UU`` (the padding of short neighbour lists)."""
         rng = np.random.default_rng([self.padding_seed, int(epoch)])
         graph = softmax_neighbour_graph(
-            self.user_scores, self.user_scores_width, pad=self.config.user_pad, aggr=self.config.user_aggr, rng=rng
+            self.user_scores, self.user_k, pad=self.config.user_pad, aggr=self.config.user_aggr, rng=rng
         )
         self.user_graph = SparseOperator(graph, self.device, symmetric=False)
-
-    @property
-    def user_scores_width(self) -> int:
-        """``k_u`` as used (at most the number of users)."""
-        return min(self.config.user_knn_k, self.n_users)
 
     def fuse(self, reps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 2: user and item representations ``U``, ``I`` from the modality views ``G_m``."""
