@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from prismrec.errors import ConfigError, PrismrecError
 from prismrec.models import get_model
 from prismrec.recommender import PretrainedItems, Recommender
 
@@ -40,4 +41,10 @@ def build_model(config, dataset) -> Recommender:
     """
     cls = get_model(config.model)
     inputs = {name: STAGES[name](config, dataset) for name in cls.required_inputs(config.params)}
-    return cls(dataset, config.params, **inputs)
+    try:
+        return cls(dataset, config.params, **inputs)
+    except ValueError as exc:
+        if isinstance(exc, PrismrecError):
+            raise
+        # A model's own checks of its settings against the data (modalities, k <= n_items, ...).
+        raise ConfigError(f"model {cls.name!r} rejects its settings: {exc}") from exc
