@@ -32,7 +32,8 @@ Views ``v ∈ V`` = the item modalities ``m`` plus one behaviour view ``b``.
 
 4. Alignment, over the batch's distinct users ``U_B`` and items ``I_B`` (positives and negatives):
 
-   - neighbour discrimination, per view ``x``: ``q_v(i, ·) = softmax_j cos(h_v[i], h_v[j])``;
+   - neighbour discrimination (the paper's alignment guided by graded item relations, AI), per
+     view ``x``: ``q_v(i, ·) = softmax_j cos(h_v[i], h_v[j])``;
      the multi-view positives ``P_x(i)`` = top-``K`` of ``Σ_v q_v(i, ·) + q_x(i, ·)``, the
      single-view positives ``Q_x(i)`` = top-``K`` of ``q_x(i, ·)`` outside ``P_x(i)`` (no gradient
      through the choice); with ``e(i, j) = exp(cos(h_x[i], h_x[j]) / τ)`` and ``T = Σ_j e(i, j)``
@@ -41,8 +42,9 @@ Views ``v ∈ V`` = the item modalities ``m`` plus one behaviour view ``b``.
          L_ND^x = mean_i [ -log(Σ_{P_x(i)} e / T + ε) - log(Σ_{Q_x(i)} e / (T - Σ_{P_x(i)} e) + ε) ]
          L_ND   = 1/|V| Σ_x L_ND^x                                       ε = 1e-9
 
-   - preference KL between behaviour and content: ``a_ui = y_u · nrm(Y_I[i])``,
-     ``c_ui = y_u · nrm(h[i])`` for ``u ∈ U_B, i ∈ I_B``, Bernoulli ``p = σ(a)``, ``q = σ(c)``::
+   - preference KL between behaviour and content (alignment guided by user preference, AU):
+     ``a_ui = y_u · nrm(Y_I[i])``, ``c_ui = y_u · nrm(h[i])`` for ``u ∈ U_B, i ∈ I_B``, Bernoulli
+     ``p = σ(a)``, ``q = σ(c)``::
 
          L_KL = mean_ui [ KL(p || q) + KL(q || p) ] = mean_ui (σ(a) - σ(c)) (a - c)
 
@@ -100,9 +102,9 @@ class DAMRSConfig:
     min_cooccurrence: int = 2
     """Least number of shared training users for a behaviour edge (reference: 2)."""
     neighbor_weight: float = field(default=1e-3, metadata={"grid": [0.0, 1e-4, 1e-3, 1e-2, 0.1, 1.0]})
-    """``λ_ND``, weight of the neighbour-discrimination alignment (Baby: 0.001); 0 switches it off."""
+    """``λ_ND``, weight of the neighbour discrimination (AI; Baby: 0.001); 0 switches it off."""
     kl_weight: float = field(default=1.0, metadata={"grid": [0.0, 0.01, 0.1, 1.0, 10.0]})
-    """``λ_KL``, weight of the preference KL alignment (Baby: 1); 0 switches it off."""
+    """``λ_KL``, weight of the preference KL (AU; Baby: 1); 0 switches it off."""
     n_pseudo_positives: int = 10
     """``K``: multi-view and single-view pseudo-positive neighbours per item (reference: 10 on
     Amazon, ``knn_k`` in its TikTok copy)."""
@@ -114,7 +116,7 @@ class DAMRSConfig:
     behavior_graph: bool = True
     """Use the behaviour item–item graph as a view; ``False`` leaves the modality views only."""
     denoise_feedback: bool = True
-    """Re-weight the BPR term by ``w⁺``/``w⁻`` (DA-MRS's AU); ``False``: plain BPR (``w⁺=1, w⁻=0``,
+    """Re-weight the BPR term by ``w⁺``/``w⁻`` (the denoised BPR); ``False``: plain BPR (``w⁺=1, w⁻=0``,
     as the reference's TikTok copy hard-codes)."""
 
 
