@@ -8,7 +8,9 @@ skipped, and a killed cell resumes from its last training checkpoint, so an inte
 resumes where it stopped, mid-training. A cell holding another configuration is retrained.
 Results: ``results.json`` (per-seed metrics, mean, sample std, epochs, and from each cell's
 ``timing.json`` median seconds per training epoch and per evaluation, peak RSS) and
-``results.md`` (test R@10/20, N@10/20 as mean ± std).
+``results.md`` (test R@10/20, N@10/20 as mean ± std), and the paper table
+(:mod:`prismrec.experiment.paper_table`: ``paper.md`` / ``paper.tex`` / ``paper.csv``, datasets
+side by side, best bold, significance marks against a reference model).
 """
 
 from __future__ import annotations
@@ -112,17 +114,22 @@ def run_compare(
     data_dir: str | None = None,
     log=print,
     train: bool = True,
+    reference: str | None = None,
 ) -> dict:
-    """Train every cell that is not already done, then write ``results.json`` / ``results.md``.
+    """Train every cell that is not already done, then write ``results.json`` / ``results.md``
+    and the paper tables.
 
     Every model, dataset and setting is validated first (:func:`check_inputs`). ``train=False``
-    only summarises the finished cells (missing ones are listed as not run).
+    only summarises the finished cells (missing ones are listed as not run). ``reference``: the
+    model the paper table's significance marks compare against (None: no marks).
     """
     overrides = overrides or {}
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"--out {out_dir} is a file: give a folder for the comparison")
     configs = check_inputs(models, datasets, seeds, overrides, data_dir)
+    if reference is not None and reference not in models:
+        raise ConfigError(f"--reference {reference!r} is not one of the compared models {models}")
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"models": models, "datasets": datasets, "seeds": seeds, "overrides": overrides, "cells": {}}
     failures = []
@@ -165,8 +172,20 @@ def run_compare(
             results["cells"].setdefault(dataset, {})[model] = _summarise(per_seed, failed, digest)
             _write(results, out_dir)
     _write(results, out_dir)
+    _write_paper(results, out_dir, reference, data_dir, log)
     results["failures"] = failures
     return results
+
+
+def _write_paper(results: dict, out_dir: Path, reference: str | None, data_dir, log) -> None:
+    """The paper tables; a significance test that cannot run leaves the tables without marks."""
+    from prismrec.experiment.paper_table import write_paper_tables
+
+    try:
+        write_paper_tables(results, out_dir, reference, data_dir=data_dir)
+    except (RunError, ValueError) as exc:
+        log(f"[compare] significance against {reference} not computed ({exc}); paper tables unmarked")
+        write_paper_tables(results, out_dir, None, data_dir=data_dir)
 
 
 def _summarise(per_seed: dict[int, dict], failed: dict, digest: str) -> dict:

@@ -66,7 +66,7 @@ VERIFIED_FILES = (CONFIG, METRICS, MODEL)
 RUN_FILES = (FINISHED, FAILED, RUNNING, CONFIG, HISTORY, CHECKPOINT, MODEL, METRICS, TIMING, RUN_LOG,
              CURVES)
 """Every file of the layout, markers first (so a half-cleared directory is never 'finished')."""
-DERIVED = ("export", "gates")
+DERIVED = ("export", "gates", "report")
 """Folders other commands write into a run directory; they go when the run is overwritten."""
 
 IDENTITY_EXCLUDE = ("seed", "device", "threads", "checkpoint_every_s")

@@ -1,0 +1,194 @@
+"""The paper table of a comparison: datasets as column groups, models as rows, best in bold,
+significance marks from paired per-user tests against a reference model; markdown, LaTeX, CSV.
+
+Cells are test metrics at each run's best-validation epoch, mean over seeds. A mark says that
+the model's per-user metric differs from the reference model's on the same users (each user's
+value averaged over the seeds; paired t-test, :func:`prismrec.experiment.significance`):
+``*`` p < 0.05, ``**`` p < 0.01. The reference row carries no mark; the sign of a difference is
+read from the numbers. The best mean of each column is bold.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+PAPER_METRICS = ("recall@20", "ndcg@20")
+LABELS = {"recall": "R", "ndcg": "N", "precision": "P", "map": "MAP", "hit": "HR"}
+
+
+def _label(metric: str) -> str:
+    name, _, k = metric.partition("@")
+    return f"{LABELS.get(name, name)}@{k}"
+
+
+def _marks(p: float | None) -> str:
+    if p is None:
+        return ""
+    return "**" if p < 0.01 else "*" if p < 0.05 else ""
+
+
+def per_user_means(cells: list[Path], metrics: tuple[str, ...], data_dir=None, datasets=None) -> dict:
+    """``{metric: (users, values)}``: each test user's metric averaged over the seed runs
+    ``cells`` (finished single-seed run directories of one model on one dataset)."""
+    from prismrec.experiment.significance import per_user_metric
+
+    out = {}
+    for metric in metrics:
+        columns, users = [], None
+        for cell in cells:
+            users, values, _ = per_user_metric(cell, metric, "test", data_dir, datasets)
+            columns.append(values)
+        out[metric] = (users, np.mean(columns, axis=0))
+    return out
+
+
+def significance(results: dict, out_dir: Path, reference: str, metrics=PAPER_METRICS,
+                 data_dir=None) -> dict:
+    """``{dataset: {model: {metric: p}}}``: paired t-test p-values of each model against
+    ``reference`` on the per-user test metric (seeds averaged per user), for the cells of
+    ``results`` (``compare``'s results.json content) that finished."""
+    out: dict = {}
+    datasets: dict = {}
+    for dataset, cells in results["cells"].items():
+        seeds = lambda model: [out_dir / dataset / model / f"seed-{s}" for s in cells[model].get("per_seed", {})]  # noqa: E731
+        if reference not in cells or not seeds(reference):
+            continue
+        ref = per_user_means(seeds(reference), metrics, data_dir, datasets)
+        for model in cells:
+            if model == reference or not seeds(model):
+                continue
+            mine = per_user_means(seeds(model), metrics, data_dir, datasets)
+            for metric in metrics:
+                (users_a, a), (users_b, b) = mine[metric], ref[metric]
+                if not np.array_equal(users_a, users_b):
+                    continue  # evaluated on other users: no paired test
+                diff = a - b
+                p = float(stats.ttest_rel(a, b).pvalue) if np.count_nonzero(diff) else 1.0
+                out.setdefault(dataset, {}).setdefault(model, {})[metric] = p
+    return out
+
+
+def table_rows(results: dict, metrics=PAPER_METRICS, pvalues: dict | None = None):
+    """``(datasets, models, cells)`` with ``cells[(dataset, model, metric)] =
+    (mean, std, p, is_best)`` (None where the cell did not finish)."""
+    pvalues = pvalues or {}
+    datasets = list(results["cells"])
+    models = list(dict.fromkeys(m for cells in results["cells"].values() for m in cells))
+    cells = {}
+    for dataset in datasets:
+        for metric in metrics:
+            values = {m: c["mean"]["test"][metric] for m, c in results["cells"][dataset].items()
+                      if c.get("mean") and c["mean"].get("test")}
+            best = max(values.values()) if values else None
+            for model in models:
+                if model not in values:
+                    cells[(dataset, model, metric)] = None
+                    continue
+                std = results["cells"][dataset][model]["std"]["test"][metric]
+                p = pvalues.get(dataset, {}).get(model, {}).get(metric)
+                cells[(dataset, model, metric)] = (values[model], std, p, values[model] == best)
+    return datasets, models, cells
+
+
+def render_markdown(results: dict, reference: str | None, metrics=PAPER_METRICS,
+                    pvalues: dict | None = None) -> str:
+    """The paper table in markdown: a header row naming each dataset's columns."""
+    datasets, models, cells = table_rows(results, metrics, pvalues)
+    head = ["model"] + [f"{d} {_label(m)}" for d in datasets for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for model in models:
+        row = [model + (" (ref.)" if model == reference else "")]
+        for d in datasets:
+            for m in metrics:
+                cell = cells[(d, model, m)]
+                if cell is None:
+                    row.append("-")
+                    continue
+                mean, _, p, best = cell
+                text = f"{mean:.4f}"
+                row.append((f"**{text}**" if best else text) + _marks(p))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n" + _legend(results, reference) + "\n"
+
+
+def _legend(results: dict, reference: str | None) -> str:
+    seeds = len(results.get("seeds", []))
+    text = (f"Test metrics at the best-validation epoch, mean over {seeds} seed(s); best per column "
+            "in bold.")
+    if reference:
+        text += (f" Marks: paired t-test of per-user test metrics (seeds averaged per user) "
+                 f"against {reference}: * p < 0.05, ** p < 0.01.")
+    return text
+
+
+def render_latex(results: dict, reference: str | None, metrics=PAPER_METRICS,
+                 pvalues: dict | None = None) -> str:
+    """The paper table as a LaTeX ``tabular`` (booktabs), datasets as ``\\multicolumn`` groups."""
+    datasets, models, cells = table_rows(results, metrics, pvalues)
+    n = len(metrics)
+    lines = [
+        "% " + _legend(results, reference),
+        "\\begin{tabular}{l" + ("c" * n) * len(datasets) + "}",
+        "\\toprule",
+        " & " + " & ".join(f"\\multicolumn{{{n}}}{{c}}{{{_tex(d)}}}" for d in datasets) + " \\\\",
+        "".join(f"\\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(datasets))),
+        "Model & " + " & ".join(_label(m) for _ in datasets for m in metrics) + " \\\\",
+        "\\midrule",
+    ]
+    for model in models:
+        row = [_tex(model)]
+        for d in datasets:
+            for m in metrics:
+                cell = cells[(d, model, m)]
+                if cell is None:
+                    row.append("--")
+                    continue
+                mean, _, p, best = cell
+                text = f"{mean:.4f}"
+                text = f"\\textbf{{{text}}}" if best else text
+                marks = _marks(p)
+                row.append(text + (f"$^{{{marks}}}$" if marks else ""))
+        lines.append(" & ".join(row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(results: dict, reference: str | None, metrics=PAPER_METRICS,
+               pvalues: dict | None = None) -> str:
+    """One row per (dataset, model, metric): mean, std, p against the reference, best flag."""
+    datasets, models, cells = table_rows(results, metrics, pvalues)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["dataset", "model", "metric", "mean", "std", "reference", "p_paired_t", "best"])
+    for d in datasets:
+        for model in models:
+            for m in metrics:
+                cell = cells[(d, model, m)]
+                if cell is None:
+                    continue
+                mean, std, p, best = cell
+                writer.writerow([d, model, m, f"{mean:.6f}", f"{std:.6f}", reference or "",
+                                 "" if p is None else f"{p:.4g}", int(best)])
+    return buffer.getvalue()
+
+
+def write_paper_tables(results: dict, out_dir: Path, reference: str | None, metrics=PAPER_METRICS,
+                       data_dir=None) -> dict:
+    """Write ``paper.md``, ``paper.tex`` and ``paper.csv`` into ``out_dir``; return the p-values.
+
+    ``reference`` None (or a model not compared): no significance marks."""
+    out_dir = Path(out_dir)
+    pvalues = significance(results, out_dir, reference, metrics, data_dir) if reference else {}
+    (out_dir / "paper.md").write_text(render_markdown(results, reference, metrics, pvalues))
+    (out_dir / "paper.tex").write_text(render_latex(results, reference, metrics, pvalues))
+    (out_dir / "paper.csv").write_text(render_csv(results, reference, metrics, pvalues))
+    return pvalues
+
+
+def _tex(text: str) -> str:
+    return str(text).replace("_", "\\_").replace("&", "\\&").replace("%", "\\%")
