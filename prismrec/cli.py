@@ -515,36 +515,59 @@ def recommend(
     k: int = typer.Option(10, min=1, help="Items per user."),
     exclude: str = typer.Option("seen", help="Items never recommended: seen (train+valid+test), train, none."),
     out: Optional[Path] = typer.Option(None, help="Write a CSV (user,rank,item,score) instead of printing."),
+    raw_ids: bool = typer.Option(
+        False, help="Take and return the dataset's raw user/item ids (the id maps `prismrec build` wrote)."),
     data_dir: DataDir = None,
 ) -> None:
-    """Top-k items per user from a run's best model (known items masked; -1 pads short lists)."""
+    """Top-k items per user from a run's best model (known items masked; -1 pads short lists).
+
+    With --raw-ids, users and items are the source data's ids and short lists are not padded.
+    """
     import numpy as np
     import pandas as pd
 
     from prismrec.serve import EXCLUDE, RunRecommender
 
-    ids = _user_ids(users)
+    if raw_ids:
+        raw = None if users.strip().lower() == "all" else [p.strip() for p in users.split(",") if p.strip()]
+        if raw is not None and not raw:
+            raise ConfigError(f"--users {users!r} names no user; give comma-separated raw user ids or 'all'")
+    else:
+        ids = _user_ids(users)
     if exclude not in EXCLUDE:
         raise ConfigError(f"--exclude {exclude!r}: choose one of {', '.join(EXCLUDE)}")
     if out is not None:
         _output_file(out, "--out")
     recommender = RunRecommender(run, data_dir, exclude)
-    ids = list(range(recommender.n_users)) if ids is None else ids
-    items, scores = recommender.recommend(ids, k)
-    if out is not None:
+    if raw_ids:
+        if recommender.ids is None:
+            raise ConfigError(f"--raw-ids: the dataset of {run} has no u_id_mapping.csv / i_id_mapping.csv "
+                              "(written by prismrec build); give internal ids without --raw-ids")
+        names = list(recommender.ids.raw_users) if raw is None else raw
+        item_lists, score_lists = recommender.recommend_raw(names, k)
+        rows = [(u, r + 1, item, score) for u, items, scores in zip(names, item_lists, score_lists)
+                for r, (item, score) in enumerate(zip(items, scores))]
+        frame = pd.DataFrame(rows, columns=["user", "rank", "item", "score"])
+        shown = {u: items for u, items in zip(names, item_lists)}
+    else:
+        ids = list(range(recommender.n_users)) if ids is None else ids
+        items, scores = recommender.recommend(ids, k)
         rank = np.tile(np.arange(1, items.shape[1] + 1), len(ids))
         frame = pd.DataFrame({"user": np.repeat(ids, items.shape[1]), "rank": rank,
                               "item": items.ravel(), "score": scores.ravel()})
+        shown = {u: row.tolist() for u, row in zip(ids, items)}
+    if out is not None:
         partial = out.with_name(f".{out.name}.partial")
         frame.to_csv(partial, index=False)
         partial.replace(out)  # a killed write never leaves a truncated CSV under the asked name
-        console.print(f"{len(frame)} recommendations for {len(ids)} users written to {out}",
+        console.print(f"{len(frame)} recommendations for {len(shown)} users written to {out}",
                       highlight=False, soft_wrap=True)
         return
-    table = Table(title=f"{recommender.run.config.model}: top {k}, {exclude} items excluded")
+    table = Table(title=f"{recommender.run.config.model}: top {k}, {exclude} items excluded"
+                        + (" (raw ids)" if raw_ids else ""))
     table.add_column("user")
     table.add_column("items (best first)")
-    for user, row in zip(ids, items):
+    for user, row in shown.items():
         table.add_row(str(user), " ".join(str(i) for i in row))
     console.print(table)
 
@@ -559,6 +582,8 @@ def serve(
     max_k: int = typer.Option(1000, min=1, help="Largest k of a request (more: HTTP 422)."),
     max_items: int = typer.Option(100_000, min=1, help="Most items (users x k) in one answer (more: HTTP 413)."),
     max_body_bytes: int = typer.Option(1_000_000, min=1024, help="Largest request body in bytes (more: HTTP 413)."),
+    raw_ids: bool = typer.Option(
+        False, help="Take and return the dataset's raw user/item ids (the id maps `prismrec build` wrote)."),
     data_dir: DataDir = None,
 ) -> None:
     """Serve a run's recommendations over HTTP (GET /recommend/{user}?k=, POST /recommend, GET /health)."""
@@ -583,7 +608,7 @@ def serve(
         reason = (exc.strerror or str(exc)).split(" (while attempting")[0]
         raise ServeError(f"cannot listen on {host}:{port} ({reason}); pick another --port or --host") from None
     recommender = RunRecommender(run, data_dir, exclude)
-    uvicorn.run(create_app(recommender, limits), host=host, port=port)
+    uvicorn.run(create_app(recommender, limits, raw_ids=raw_ids), host=host, port=port)
 
 
 @app.command()

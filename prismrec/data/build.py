@@ -270,9 +270,11 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
 
 
 def _as_ids(column: pd.Series) -> np.ndarray:
-    """Raw ids as integers when they all are (so they sort numerically), else as text."""
+    """Raw ids as integers when they all are written as plain integers (so they sort
+    numerically), else as text: a zero-padded id (``007``) keeps its text, so it comes back as
+    written through the id maps and is never merged with ``7``."""
     values = column.to_numpy()
-    return values.astype(np.int64) if column.str.fullmatch(r"-?\d{1,18}").all() else values
+    return values.astype(np.int64) if column.str.fullmatch(r"-?(0|[1-9]\d{0,17})").all() else values
 
 
 def _check_ids(frame: pd.DataFrame, path: Path, user_col: str, item_col: str) -> pd.DataFrame:

@@ -4,6 +4,11 @@
 ``GET /recommend/{user}?k=10``      one user's top ``k``
 ``POST /recommend`` ``{"users": [0, 5], "k": 10}``   several users in one scoring pass
 
+With ``raw_ids`` (``prismrec serve --raw-ids``; the dataset was built by ``prismrec build``, whose
+``u_id_mapping.csv`` / ``i_id_mapping.csv`` it reads), users and items are the source data's ids,
+as strings: ``GET /recommend/A1HK2FQW6KXQB2?k=10``, ``POST /recommend``
+``{"users": ["A1HK2FQW6KXQB2"], "k": 10}``; the answers' ``items`` are raw item ids.
+
 Answers carry only real items: a list shorter than ``k`` (the user has seen nearly everything)
 is returned short rather than padded. A bad request (unknown user, a ``k`` that is not a whole
 number in range, a JSON ``true`` or ``10.0`` where an integer belongs) is HTTP 422 with the same
@@ -23,7 +28,7 @@ from prismrec.serve.recommend import RunRecommender
 
 try:
     from fastapi import FastAPI, HTTPException
-    from pydantic import BaseModel, ConfigDict, StrictInt
+    from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("serving needs FastAPI: pip install 'prismrec[serve]'") from exc
 
@@ -53,6 +58,15 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     users: list[StrictInt]
+    k: StrictInt = 10
+
+
+class RawRequest(BaseModel):
+    """Body of ``POST /recommend`` on a ``--raw-ids`` server: raw user ids as JSON strings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    users: list[StrictStr]
     k: StrictInt = 10
 
 
@@ -113,13 +127,19 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(recommender: RunRecommender, limits: ServeLimits | None = None):
+def create_app(recommender: RunRecommender, limits: ServeLimits | None = None, raw_ids: bool = False):
     """An ASGI application answering from ``recommender`` (its forward is computed once).
+
+    ``raw_ids``: users and items are the dataset's raw ids (a :class:`ServeError` when the
+    dataset has no id maps).
 
     Returns the FastAPI app wrapped in :class:`BodyLimit`; the FastAPI object is its ``.app``.
     """
     limits = limits or ServeLimits()
     run = recommender.run
+    if raw_ids and recommender.ids is None:
+        raise ServeError(f"--raw-ids: dataset {run.config.dataset} has no u_id_mapping.csv / "
+                         "i_id_mapping.csv (written by prismrec build); serve internal ids instead")
     app = FastAPI(title="prismrec", description=f"{run.config.model} on {run.config.dataset}")
 
     def answer(users: list[int], k: int) -> list[dict]:
@@ -135,6 +155,10 @@ def create_app(recommender: RunRecommender, limits: ServeLimits | None = None):
                 f"{len(users)} users x k={k} = {len(users) * k} items in one answer; this server returns at "
                 f"most {limits.max_items} (--max-items): ask for fewer users or a smaller k"))
         try:
+            if raw_ids:
+                items, scores = recommender.recommend_raw(users, k)
+                return [{"user": u, "items": row, "scores": values}
+                        for u, row, values in zip(users, items, scores)]
             items, scores = recommender.recommend(users, k)
         except ServeError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
@@ -153,16 +177,30 @@ def create_app(recommender: RunRecommender, limits: ServeLimits | None = None):
             "n_users": recommender.n_users,
             "n_items": recommender.n_items,
             "exclude": recommender.exclude_mode,
+            "ids": "raw" if raw_ids else "internal",
             "valid": run.metrics.get("valid"),
             "limits": asdict(limits),
         }
 
-    @app.get("/recommend/{user}")
-    def recommend_one(user: str, k: str = "10") -> dict:
-        return answer([_whole_number(user, "user")], _whole_number(k, "k"))[0]
+    if raw_ids:
+        @app.get("/recommend/{user}")
+        def recommend_one_raw(user: str, k: str = "10") -> dict:
+            """One user's top k; the user and the items are the dataset's raw ids."""
+            return answer([user], _whole_number(k, "k"))[0]
 
-    @app.post("/recommend")
-    def recommend_many(request: Request) -> dict:
-        return {"recommendations": answer(request.users, request.k)}
+        @app.post("/recommend")
+        def recommend_many_raw(request: RawRequest) -> dict:
+            """Several users' top k in one scoring pass; raw ids (JSON strings) in and out."""
+            return {"recommendations": answer(request.users, request.k)}
+    else:
+        @app.get("/recommend/{user}")
+        def recommend_one(user: str, k: str = "10") -> dict:
+            """One user's top k; internal ids (0-based integers)."""
+            return answer([_whole_number(user, "user")], _whole_number(k, "k"))[0]
+
+        @app.post("/recommend")
+        def recommend_many(request: Request) -> dict:
+            """Several users' top k in one scoring pass; internal ids (JSON integers)."""
+            return {"recommendations": answer(request.users, request.k)}
 
     return BodyLimit(app, limits.max_body_bytes)

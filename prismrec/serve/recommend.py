@@ -28,6 +28,7 @@ import torch
 
 from prismrec.errors import ServeError
 from prismrec.eval.metrics import mask_items, ranked_topk
+from prismrec.serve.ids import USER_MAP, IdMaps
 
 EXCLUDE = ("seen", "train", "none")
 SCORE_BLOCK = 2**24
@@ -52,6 +53,7 @@ class RunRecommender:
         elif exclude == "train":
             self.exclude = ds.train
         self.batch_size = max(1, min(int(batch_size), SCORE_BLOCK // max(self.n_items, 1)))
+        self.ids = IdMaps.load(getattr(ds, "path", None), self.n_users, self.n_items)
         with torch.no_grad():
             self.out = self.run.model()
 
@@ -83,3 +85,15 @@ class RunRecommender:
                 items[start : start + len(rows)] = top.cpu().numpy()
                 scores[start : start + len(rows)] = values.cpu().numpy()
         return items, scores
+
+    def recommend_raw(self, users: Sequence[str], k: int = 10) -> tuple[list[list[str]], list[list[float]]]:
+        """Like :meth:`recommend` with the dataset's raw ids (from ``prismrec build``'s id maps)
+        for users and items; short lists are returned short (no padding).
+
+        Raises :class:`ServeError` when the dataset has no id maps or a user is unknown."""
+        if self.ids is None:
+            raise ServeError(f"dataset {self.run.config.dataset} has no {USER_MAP} / i_id_mapping.csv "
+                             "(written by prismrec build): use internal ids")
+        items, scores = self.recommend(self.ids.users(users), k)
+        return self.ids.items(items), [[float(s) for s, i in zip(row, ids) if i >= 0]
+                                       for row, ids in zip(scores, items)]
