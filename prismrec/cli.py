@@ -278,8 +278,8 @@ def demo(
                        log=(lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True)))
     typer.echo("")
     typer.echo(render_table(results, cfg, dataset))
-    typer.echo(f"\n{time.perf_counter() - started:.0f}s in all; runs (run.log, curves.png) and "
-               f"results.md in {out}")
+    typer.echo(f"\n{time.perf_counter() - started:.0f}s in all; runs (run.log, curves.png) and the table "
+               f"(demo.md) in {out}; `prismrec report {out}` makes a page of it")
 
 
 @app.command()

@@ -48,8 +48,11 @@ def settings(cfg: DemoConfig) -> dict:
 
 
 def run_demo(cfg: DemoConfig, out: Path, data_dir=None, progress: bool = True, log=print) -> dict:
-    """Train each model of ``cfg`` into ``out/<model>`` (resumable run directories) and return
-    ``{model: metrics}``; writes ``out/results.md`` with :func:`render_table`."""
+    """Train each model of ``cfg`` and return ``{model: metrics}``.
+
+    The folder has ``prismrec compare``'s layout (``out/<dataset>/<model>/seed-<s>/`` resumable
+    run directories, ``results.json`` and ``results.md``), so ``prismrec report out`` turns it into
+    a page; ``demo.md`` holds :func:`render_table`'s table."""
     out = Path(out)
     configs = {m: resolve_config(m, cfg.dataset, settings(cfg)) for m in cfg.models}  # all checked first
     for config in configs.values():
@@ -60,13 +63,27 @@ def run_demo(cfg: DemoConfig, out: Path, data_dir=None, progress: bool = True, l
         log(f"[demo] {model} on {dataset.name}: at most {cfg.epochs} epochs, patience {cfg.patience}, "
             f"lr {cfg.lr}")
         t0 = time.perf_counter()
-        metrics = run_experiment(config, [cfg.seed], out / model, dataset=dataset, progress=progress,
-                                 log=log)
+        metrics = run_experiment(config, [cfg.seed], out / dataset.name / model / f"seed-{cfg.seed}",
+                                 dataset=dataset, progress=progress, log=log)
         metrics["wall_s"] = time.perf_counter() - t0
         results[model] = metrics
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(render_table(results, cfg, dataset.name, markdown=True))
+    (out / "demo.md").write_text(render_table(results, cfg, dataset.name, markdown=True))
+    _write_compare_record(results, configs, cfg, dataset.name, out)
     return results
+
+
+def _write_compare_record(results: dict, configs: dict, cfg: DemoConfig, dataset: str, out: Path) -> None:
+    """``results.json`` / ``results.md`` as ``prismrec compare`` writes them (for ``report``)."""
+    import json
+
+    from prismrec.experiment.compare import _summarise, render_markdown
+
+    record = {"models": list(results), "datasets": [dataset], "seeds": [cfg.seed], "overrides": settings(cfg),
+              "cells": {dataset: {m: _summarise({cfg.seed: metrics}, {}, configs[m].digest())
+                                  for m, metrics in results.items()}}}
+    (out / "results.json").write_text(json.dumps(record, indent=2))
+    (out / "results.md").write_text(render_markdown(record))
 
 
 def render_table(results: dict[str, dict], cfg: DemoConfig, dataset: str, markdown: bool = False) -> str:
