@@ -210,6 +210,8 @@ def train(
     quiet: bool = typer.Option(False, help="No progress display; print only the run directory."),
     overwrite: bool = typer.Option(False, help="Replace a finished or different run in --out instead of refusing."),
     keep_checkpoints: bool = typer.Option(False, help="Keep the training checkpoints once the run has finished."),
+    track: Optional[str] = typer.Option(
+        None, help="Also log to MLflow: a tracking URI, or a folder for a local store (needs mlflow)."),
 ) -> None:
     """Train MODEL on DATASET, select on validation, evaluate test once, write the run dir.
 
@@ -278,8 +280,8 @@ def demo(
                        log=(lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True)))
     typer.echo("")
     typer.echo(render_table(results, cfg, dataset))
-    typer.echo(f"\n{time.perf_counter() - started:.0f}s in all; runs (run.log, curves.png) and the table "
-               f"(demo.md) in {out}; `prismrec report {out}` makes a page of it")
+    typer.echo(f"\n{time.perf_counter() - started:.0f}s in all. Runs (run.log, curves.png) and this table "
+               f"(demo.md):\n  {out}\nA page with pictures: prismrec report {out}")
 
 
 @app.command()

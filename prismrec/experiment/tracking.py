@@ -1,0 +1,94 @@
+"""Optional experiment tracking with MLflow (``prismrec train --track URI``).
+
+One MLflow run per ``prismrec train``: the resolved settings as params, every epoch's loss terms
+and validation metrics as metrics (``@`` written ``_at_``: ``valid_recall_at_20``; step = epoch; the seeds of a multi-seed run follow one another
+on the same steps), the final valid/test metrics, and the run directory's ``config.yaml``,
+``metrics.json``, ``run.log`` and ``curves.png`` as artifacts. The run directory stays the record
+prismrec itself reads; tracking is a copy for browsing and comparing in MLflow's UI.
+
+``URI`` is any MLflow tracking URI (``http://host:5000``, ``sqlite:///path.db``, ...) or a local
+folder, which becomes ``sqlite:///FOLDER/mlflow.db`` with artifacts in ``FOLDER/artifacts``
+(MLflow's own local default, its file store, is in maintenance mode). Needs ``mlflow`` (or the
+lighter ``mlflow-skinny``) installed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from prismrec.errors import ConfigError
+
+EXPERIMENT = "prismrec"
+ARTIFACTS = ("config.yaml", "metrics.json", "timing.json", "run.log", "curves.png")
+
+
+def resolve_uri(target: str) -> tuple[str, str | None]:
+    """``(tracking URI, artifact location or None)`` for ``--track``'s value."""
+    if "://" in target or target.startswith(("sqlite:", "file:", "databricks")):
+        return target, None
+    folder = Path(target).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri()
+
+
+class MlflowTracker:
+    """Logs one prismrec run to MLflow; see the module docstring."""
+
+    def __init__(self, target: str, experiment: str = EXPERIMENT) -> None:
+        try:
+            import mlflow
+        except ImportError:
+            raise ConfigError("--track needs MLflow: pip install mlflow (or mlflow-skinny)") from None
+        import logging
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.mlflow = mlflow
+        self.uri, artifacts = resolve_uri(target)
+        mlflow.set_tracking_uri(self.uri)
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=artifacts)
+        mlflow.set_experiment(experiment)
+        self.run_id: str | None = None
+
+    def start(self, settings: dict, name: str) -> str:
+        """Open the MLflow run named ``name`` and log ``settings`` (nested keys joined with dots)."""
+        run = self.mlflow.start_run(run_name=name)
+        self.run_id = run.info.run_id
+        self.mlflow.log_params({k: str(v)[:500] for k, v in _flatten(settings).items()})
+        return self.run_id
+
+    def epoch(self, row: dict) -> None:
+        """Log one history row's numbers at step ``row['epoch']`` (suitable as ``on_epoch_end``)."""
+        values = {_name(k): float(v) for k, v in row.items()
+                  if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(float(v))}
+        self.mlflow.log_metrics(values, step=int(row["epoch"]))
+
+    def finish(self, metrics: dict, run_dir: Path | None, status: str = "FINISHED") -> None:
+        """Log the final valid/test metrics and the run directory's files; close the run."""
+        final = {_name(f"final_{split}_{k}"): float(v)
+                 for split in ("valid", "test") for k, v in (metrics.get(split) or {}).items()}
+        if final:
+            self.mlflow.log_metrics(final)
+        if run_dir is not None:
+            for name in ARTIFACTS:
+                if (Path(run_dir) / name).is_file():
+                    self.mlflow.log_artifact(str(Path(run_dir) / name))
+        self.mlflow.end_run(status=status)
+
+
+def _name(key: str) -> str:
+    """An MLflow metric name (no ``@``): ``valid_recall@20`` -> ``valid_recall_at_20``."""
+    return key.replace("@", "_at_")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,30 @@
+"""Optional MLflow tracking against a real local store (skipped without mlflow installed)."""
+
+import pytest
+
+from prismrec.experiment.config import resolve_config
+from prismrec.experiment.runs import run_experiment
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def test_a_run_is_tracked_in_a_local_store(planted, tmp_path):
+    from prismrec.experiment.tracking import MlflowTracker
+
+    tracker = MlflowTracker(str(tmp_path / "store"))
+    cfg = resolve_config("lightgcn", "planted", {"epochs": 3, "threads": 1})
+    run_id = tracker.start(cfg.to_dict(), "lightgcn-planted")
+    out = tmp_path / "run"
+    metrics = run_experiment(cfg, [1], out, dataset=planted, progress=False, log=lambda m: None,
+                             on_epoch_end=tracker.epoch)
+    tracker.finish(metrics, out)
+    client = mlflow.tracking.MlflowClient(tracker.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "3" and run.data.params["model"] == "lightgcn"
+    history = client.get_metric_history(run_id, "valid_recall_at_20")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert run.data.metrics["final_test_recall_at_20"] == pytest.approx(metrics["test"]["recall@20"])
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"run.log", "curves.png", "metrics.json"} <= names
+    assert (tmp_path / "store" / "mlflow.db").is_file()
