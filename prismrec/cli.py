@@ -234,13 +234,25 @@ def train(
     if not quiet:
         console.print(f"[bold]{cfg.model}[/] on {data!r} -> {out}", highlight=False)
     created = not out.exists()
+    tracker = None
+    if track:
+        from prismrec.experiment.tracking import MlflowTracker
+
+        tracker = MlflowTracker(track)
+        tracker.start({**cfg.to_dict(), "seeds": seed_list}, out.name)
     try:
         metrics = run_experiment(cfg, seed_list, out, dataset=data, progress=not quiet, overwrite=overwrite,
-                                 keep_checkpoints=keep_checkpoints)
-    except PrismrecError:
-        if created and RunDir(out).state().kind in ("absent", "empty"):  # refused before training
-            shutil.rmtree(out, ignore_errors=True)
+                                 keep_checkpoints=keep_checkpoints,
+                                 on_epoch_end=tracker.epoch if tracker is not None else None)
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.mlflow.end_run(status="FAILED")
+        if isinstance(exc, PrismrecError) and created and RunDir(out).state().kind in ("absent", "empty"):
+            shutil.rmtree(out, ignore_errors=True)  # refused before training
         raise
+    if tracker is not None:
+        tracker.finish(metrics, out if len(seed_list) == 1 else out / f"seed-{seed_list[0]}")
+        typer.echo(f"tracked in MLflow ({tracker.uri}), run {tracker.run_id}", err=quiet)
     if quiet:
         typer.echo(f"run directory: {out}")
         return

@@ -28,3 +28,20 @@ def test_a_run_is_tracked_in_a_local_store(planted, tmp_path):
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"run.log", "curves.png", "metrics.json"} <= names
     assert (tmp_path / "store" / "mlflow.db").is_file()
+
+
+def test_cli_train_track_folder(planted_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from prismrec.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--model", "bpr", "--dataset", "planted", "--set", "epochs=2",
+                                      "--set", "threads=1", "--out", str(tmp_path / "r"), "--quiet",
+                                      "--track", str(tmp_path / "store"), "--data-dir", str(planted_dir.parent)])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("tracked in MLflow"))
+    run_id = line.split()[-1]
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["model"] == "bpr"
+    assert "final_valid_recall_at_20" in run.data.metrics
