@@ -106,7 +106,7 @@ def test_run_directory_contents(planted, tmp_path):
     for seed in (1, 2):
         sub = tmp_path / f"seed-{seed}"
         assert {p.name for p in sub.iterdir()} == {"config.yaml", "metrics.json", "history.csv", "model.pt",
-                                                   "timing.json", "FINISHED"}
+                                                   "timing.json", "FINISHED", "run.log", "curves.png"}
         state = torch.load(sub / "model.pt")
         assert set(state) == set(get_model("lightgcn")(planted, cfg.params).state_dict())
     assert metrics["test"] == saved["test"]
