@@ -89,6 +89,8 @@ class Recommender(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type]
     train_defaults: ClassVar[dict] = {}
+    uses_negatives: ClassVar[bool] = True
+    """False when ``loss`` never reads a batch's negatives ``j`` (BM3); the sampler still draws them."""
 
     @classmethod
     def required_inputs(cls, config) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ from prismrec.graph.bipartite import bipartite_adjacency, user_item_block
 from prismrec.graph.cooccurrence import cooccurrence_graph
 from prismrec.graph.enhanced import pretrained_links, shared_neighbor_links
 from prismrec.graph.knn import intersection_links, knn_graph, knn_neighbors, symmetrize
-from prismrec.graph.ops import degree_sensitive_edge_sample, mix, sym_normalize
+from prismrec.graph.ops import degree_sensitive_edge_sample, mix, modality_weights, sym_normalize
 from prismrec.graph.sparse import SparseOperator, to_torch_csr
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "knn_graph",
     "knn_neighbors",
     "mix",
+    "modality_weights",
     "pretrained_links",
     "shared_neighbor_links",
     "sym_normalize",

@@ -150,3 +150,24 @@ def degree_sensitive_edge_sample(
     )
     out.sort_indices()
     return out
+
+
+def modality_weights(weights: list[float] | None, modalities: list[str]) -> tuple[float, ...]:
+    """Mixing weights ``α`` of the modality item graphs (FREEDOM, DRAGON): the given weights
+    (checked: one per modality, non-negative, summing to 1) or the references' default, (0.1, 0.9)
+    for two modalities (first = visual, second = textual) and uniform otherwise."""
+    n = len(modalities)
+    if weights is None:
+        return (0.1, 0.9) if n == 2 else tuple([1.0 / n] * n)
+    alphas = tuple(float(w) for w in weights)
+    if len(alphas) != n:
+        raise ValueError(
+            f"mm_weights has {len(alphas)} weight(s) {list(alphas)} but {n} modalities are used "
+            f"({', '.join(modalities)}); give one weight per modality, in that order"
+        )
+    if any(not np.isfinite(a) or a < 0 for a in alphas) or abs(sum(alphas) - 1.0) > 1e-6:
+        raise ValueError(
+            f"mm_weights must be non-negative and sum to 1, got {list(alphas)} (sum "
+            f"{sum(alphas):.6g}) for modalities {', '.join(modalities)}"
+        )
+    return alphas

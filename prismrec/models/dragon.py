@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph, knn_graph, mix
+from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph, knn_graph, mix, modality_weights
 from prismrec.graph.neighbour_sampling import AGGREGATIONS, PADDINGS, softmax_neighbour_graph
 from prismrec.losses import bpr_loss
 from prismrec.models import register
@@ -139,7 +139,7 @@ class DRAGON(Recommender):
         if config.knn_k > self.n_items:
             raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({self.n_items})")
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
-        self.mm_weights = _mm_weights(config.mm_weights, self.modalities)
+        self.mm_weights = modality_weights(config.mm_weights, self.modalities)
         d = config.embedding_size
 
         # Heterogeneous graph Â (2.1).
@@ -214,16 +214,3 @@ class DRAGON(Recommender):
         if self.config.construction in ("cat", "weighted_sum"):
             reg = reg + self.user_modality_weights.square().mean()
         return {"bpr": bpr, "reg": self.config.reg_weight * reg}
-
-
-def _mm_weights(weights: list[float] | None, modalities: list[str]) -> tuple[float, ...]:
-    """``α``: the given weights (checked by :func:`prismrec.graph.mix`) or the reference default."""
-    n = len(modalities)
-    if weights is None:
-        return (0.1, 0.9) if n == 2 else tuple([1.0 / n] * n)
-    if len(weights) != n:
-        raise ValueError(
-            f"mm_weights has {len(weights)} weight(s) but {n} modalities are used ({', '.join(modalities)}); "
-            "give one weight per modality, in that order"
-        )
-    return tuple(float(w) for w in weights)

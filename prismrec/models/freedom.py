@@ -45,6 +45,7 @@ from prismrec.graph import (
     degree_sensitive_edge_sample,
     knn_graph,
     mix,
+    modality_weights,
 )
 from prismrec.losses import bpr_loss
 from prismrec.models import register
@@ -52,7 +53,6 @@ from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.encoders import Projector
 from prismrec.recommender import Output, Recommender
 
-TWO_MODALITY_WEIGHTS = (0.1, 0.9)
 """Reference ``(mm_image_weight, 1 − mm_image_weight)`` for (image/visual, text/second) modality."""
 
 
@@ -82,25 +82,6 @@ class FREEDOMConfig:
     The item–item graph is built from the raw features either way and never changes."""
 
 
-def resolve_mm_weights(weights: list[float] | None, modalities: list[str]) -> tuple[float, ...]:
-    """``α`` for ``modalities``: the given weights (checked) or the reference default."""
-    n = len(modalities)
-    if weights is None:
-        return TWO_MODALITY_WEIGHTS if n == 2 else tuple([1.0 / n] * n)
-    alphas = tuple(float(w) for w in weights)
-    if len(alphas) != n:
-        raise ValueError(
-            f"mm_weights has {len(alphas)} weight(s) {list(alphas)} but {n} modalities are used "
-            f"({', '.join(modalities)}); give one weight per modality, in that order"
-        )
-    if any(not np.isfinite(a) or a < 0 for a in alphas) or abs(sum(alphas) - 1.0) > 1e-6:
-        raise ValueError(
-            f"mm_weights must be non-negative and sum to 1, got {list(alphas)} (sum "
-            f"{sum(alphas):.6g}) for modalities {', '.join(modalities)}"
-        )
-    return alphas
-
-
 @register
 class FREEDOM(Recommender):
     name = "freedom"
@@ -115,7 +96,7 @@ class FREEDOM(Recommender):
                 f"got {config.drop_ratio}"
             )
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
-        self.mm_weights = resolve_mm_weights(config.mm_weights, self.modalities)
+        self.mm_weights = modality_weights(config.mm_weights, self.modalities)
         if config.knn_k > self.n_items:
             raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({self.n_items})")
         d = config.embedding_size
