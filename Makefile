@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# MGCN (text + audio item features) against LightGCN on Last.fm-2K, 8 epochs each, one thread:
-# about 1 minute of CPU time, 1.5-5 minutes of wall time depending on how busy the machine is.
+# MGCN (text + audio item features) against LightGCN on Last.fm-2K, <= 30 epochs each, one thread:
+# about 2.5 minutes on an idle 2-core machine (longer when it is busy).
 demo: $(STAMP)
 	$(BIN)/prismrec demo --dataset lfm2k --models mgcn,lightgcn --out runs/demo
 

@@ -269,8 +269,8 @@ def train(
 def demo(
     dataset: str = typer.Option("lfm2k", help="A multimodal dataset of the data directory."),
     models: str = typer.Option("mgcn,lightgcn", help="Comma-separated models; the last is the reference."),
-    epochs: int = typer.Option(8, min=1, help="Epoch cap per model."),
-    patience: int = typer.Option(3, min=0, help="Early-stopping patience on validation."),
+    epochs: int = typer.Option(30, min=1, help="Epoch cap per model."),
+    patience: int = typer.Option(5, min=0, help="Early-stopping patience on validation."),
     lr: float = typer.Option(0.005, help="Learning rate of every model."),
     threads: int = typer.Option(1, min=0, help="CPU threads (0: every core; 1 is fastest on a busy machine)."),
     out: Path = typer.Option(Path("runs/demo"), help="Folder of the demo's run directories."),

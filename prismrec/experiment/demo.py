@@ -29,9 +29,9 @@ class DemoConfig:
     """A multimodal dataset of the data directory (Last.fm-2K: text and audio item features)."""
     models: list[str] = field(default_factory=lambda: ["mgcn", "lightgcn"])
     """Models to compare; the first is the multimodal one, the last the reference baseline."""
-    epochs: int = 8
+    epochs: int = 30
     """Epoch cap per model (short: the demo shows the pipeline, it does not converge)."""
-    patience: int = 3
+    patience: int = 5
     """Early-stopping patience on the validation metric."""
     lr: float = 0.005
     """Learning rate for every model (above the papers' 0.001 so a few epochs move the metric)."""
