@@ -133,3 +133,55 @@ def user_modality_alignment(extended: torch.Tensor, fused: torch.Tensor, rows: t
         return infonce(noise(x, rows), noise(x, rows), tau)
 
     return infonce(extended[rows], fused[rows], tau) + noisy(fused) + noisy(extended)
+
+
+ND_EPS = 1e-9
+_PSEUDO_BLOCK = 64 * 2**20
+"""Scores held at once when ranking pseudo-positives (row blocks of anchors)."""
+
+
+def denoised_bpr(user, pos, neg, w_pos, w_neg) -> torch.Tensor:
+    """``-mean(w⁺ log σ(Δ) + w⁻ log σ(-Δ))``, ``Δ = u·i - u·j``, as softplus (stable)."""
+    diff = (user * pos).sum(dim=1) - (user * neg).sum(dim=1)
+    return (w_pos * F.softplus(-diff) + w_neg * F.softplus(diff)).mean()
+
+
+def symmetric_bernoulli_kl(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Mean symmetric KL between Bernoulli(σ(a)) and Bernoulli(σ(c)) (DA-MRS's preference
+    alignment), in its exact simplified form ``(σ(a) − σ(c))(a − c)``: cheap and overflow-free."""
+    return ((torch.sigmoid(a) - torch.sigmoid(c)) * (a - c)).mean()
+
+
+@torch.no_grad()
+def pseudo_positives(unit_views: torch.Tensor, items: torch.Tensor, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per view ``x``: ``(P_x, Q_x)``, the multi-view and single-view pseudo-positive item ids
+    of each anchor in ``items`` (``len(items) x k`` each; DA-MRS), computed in row blocks."""
+    n_views, n_items, _ = unit_views.shape
+    rows = max(1, _PSEUDO_BLOCK // (n_views * n_items))
+    parts = [([], []) for _ in range(n_views)]
+    for start in range(0, len(items), rows):
+        anchors = unit_views[:, items[start : start + rows]]  # |V| x b x d
+        q = torch.softmax(anchors @ unit_views.transpose(1, 2), dim=-1)  # q_v(i, ·)
+        total = q.sum(dim=0)
+        for x in range(n_views):
+            multi = torch.topk(total + q[x], k, dim=1).indices  # P_x
+            single = torch.topk(q[x].scatter(1, multi, 0.0), k, dim=1).indices  # Q_x
+            parts[x][0].append(multi)
+            parts[x][1].append(single)
+    return [(torch.cat(m), torch.cat(s)) for m, s in parts]
+
+
+def neighbour_discrimination(views: torch.Tensor, items: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+    """DA-MRS's neighbour discrimination ``L_ND`` (``K x n x d`` views), averaged over the views,
+    anchors ``items`` against all items, ``k`` pseudo-positives, temperature ``tau``."""
+    unit = F.normalize(views, dim=-1)
+    losses = []
+    for x, (multi, single) in enumerate(pseudo_positives(unit.detach(), items, k)):
+        anchor = unit[x].index_select(0, items)  # nrm(h_x[i])
+        log_total = gemm_logsumexp(anchor / tau, unit[x])  # log T
+        log_multi = torch.logsumexp((anchor.unsqueeze(1) * unit[x][multi]).sum(-1) / tau, dim=1)
+        log_single = torch.logsumexp((anchor.unsqueeze(1) * unit[x][single]).sum(-1) / tau, dim=1)
+        r_multi = torch.exp(log_multi - log_total)  # Σ_P e / T
+        r_single = torch.exp(log_single - log_total) / (1.0 - r_multi)  # Σ_Q e / (T - Σ_P e)
+        losses.append(-(torch.log(r_multi + ND_EPS) + torch.log(r_single + ND_EPS)).mean())
+    return torch.stack(losses).mean()

@@ -168,7 +168,7 @@ def test_switches(tiny):
 
 
 def test_behavior_graph_keeps_pairs_sharing_two_users(tiny):
-    from prismrec.models.damrs import behavior_item_graph
+    from prismrec.graph.cooccurrence import behavior_item_graph
 
     train = sp.csr_matrix(np.array([[1, 1, 1, 0], [1, 1, 0, 0], [0, 1, 1, 1], [0, 0, 0, 1]], dtype=np.float32))
     g = behavior_item_graph(train, k=3, min_count=2).toarray()

@@ -135,3 +135,15 @@ def cooccurrence_graph(
     if not normalize:
         return graph
     return sym_normalize(graph, warn_nonpositive=True)
+
+
+def behavior_item_graph(train: sp.csr_matrix, k: int, min_count: int) -> sp.csr_matrix:
+    """DA-MRS's behaviour item graph ``Ŝ_b``: top-``k`` co-interacted items (``>= min_count`` shared users) plus self, binary,
+    normalised with row degrees. Top-``k`` of the counts then the threshold equals the top-``k``
+    of the thresholded counts (the counts are ranked highest first)."""
+    counts = cooccurrence_graph(train, k, score="count", weight="score", normalize=False)
+    counts.data[counts.data < min_count] = 0
+    counts.eliminate_zeros()
+    counts.data[:] = 1.0
+    pattern = counts + sp.identity(counts.shape[0], dtype="float32", format="csr")
+    return sym_normalize(pattern)

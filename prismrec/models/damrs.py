@@ -68,17 +68,16 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph, knn_graph, sym_normalize
+from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
+from prismrec.graph.cooccurrence import behavior_item_graph
 from prismrec.graph.consistent import consistent_knn_graphs
-from prismrec.losses import bpr_loss, gemm_logsumexp
+from prismrec.losses import bpr_loss, denoised_bpr, neighbour_discrimination, symmetric_bernoulli_kl
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.recommender import Output, Recommender
 
 #: ``ε`` inside the neighbour-discrimination logarithms (the reference's ``10e-10``).
-ND_EPS = 1e-9
 #: Float32 entries of one pseudo-label block (``|V| x rows x n_I``), about 256 MB.
-_PSEUDO_BLOCK = 64 * 2**20
 
 
 @dataclass
@@ -118,24 +117,6 @@ class DAMRSConfig:
     denoise_feedback: bool = True
     """Re-weight the BPR term by ``w⁺``/``w⁻`` (the denoised BPR); ``False``: plain BPR (``w⁺=1, w⁻=0``,
     as the reference's TikTok copy hard-codes)."""
-
-
-def behavior_item_graph(train: sp.csr_matrix, k: int, min_count: int) -> sp.csr_matrix:
-    """``Ŝ_b``: top-``k`` co-interacted items (``>= min_count`` shared users) plus self, binary,
-    normalised with row degrees. Top-``k`` of the counts then the threshold equals the top-``k``
-    of the thresholded counts (the counts are ranked highest first)."""
-    counts = cooccurrence_graph(train, k, score="count", weight="score", normalize=False)
-    counts.data[counts.data < min_count] = 0
-    counts.eliminate_zeros()
-    counts.data[:] = 1.0
-    pattern = counts + sp.identity(counts.shape[0], dtype="float32", format="csr")
-    return sym_normalize(pattern)
-
-
-def denoised_bpr(user, pos, neg, w_pos, w_neg) -> torch.Tensor:
-    """``-mean(w⁺ log σ(Δ) + w⁻ log σ(-Δ))``, ``Δ = u·i - u·j``, as softplus (stable)."""
-    diff = (user * pos).sum(dim=1) - (user * neg).sum(dim=1)
-    return (w_pos * F.softplus(-diff) + w_neg * F.softplus(diff)).mean()
 
 
 @register
@@ -218,12 +199,13 @@ class DAMRS(Recommender):
         users = torch.unique(u)  # U_B
         items = torch.unique(torch.cat([i, j]))  # I_B
         if cfg.neighbor_weight > 0:
-            terms["neighbor"] = cfg.neighbor_weight * self.neighbor_discrimination(views, items)
+            terms["neighbor"] = cfg.neighbor_weight * neighbour_discrimination(
+                views, items, cfg.n_pseudo_positives, cfg.temperature)
         if cfg.kl_weight > 0:
             y_u = out.user.index_select(0, users)
             a = y_u @ F.normalize(y_i.index_select(0, items), dim=1).T  # behaviour preference logits
             c = y_u @ F.normalize(out.aux["content"].index_select(0, items), dim=1).T  # content's
-            terms["kl"] = cfg.kl_weight * ((torch.sigmoid(a) - torch.sigmoid(c)) * (a - c)).mean()
+            terms["kl"] = cfg.kl_weight * symmetric_bernoulli_kl(a, c)
         return terms
 
     @torch.no_grad()
@@ -235,37 +217,3 @@ class DAMRS(Recommender):
         w_pos = (p_mean * torch.exp(-p_var).pow(2)).clamp(0, 1)
         w_neg = ((p_max - n_mean) * (p_mean < n_mean)).clamp(0, 1)
         return w_pos, w_neg
-
-    @torch.no_grad()
-    def pseudo_positives(self, unit_views: torch.Tensor, items: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per view ``x``: ``(P_x, Q_x)``, the multi-view and single-view pseudo-positive item ids
-        of each anchor in ``items`` (``len(items) x K`` each), computed in row blocks."""
-        n_views, n_items, _ = unit_views.shape
-        k = self.config.n_pseudo_positives
-        rows = max(1, _PSEUDO_BLOCK // (n_views * n_items))
-        parts = [([], []) for _ in range(n_views)]
-        for start in range(0, len(items), rows):
-            anchors = unit_views[:, items[start : start + rows]]  # |V| x b x d
-            q = torch.softmax(anchors @ unit_views.transpose(1, 2), dim=-1)  # q_v(i, ·)
-            total = q.sum(dim=0)
-            for x in range(n_views):
-                multi = torch.topk(total + q[x], k, dim=1).indices  # P_x
-                single = torch.topk(q[x].scatter(1, multi, 0.0), k, dim=1).indices  # Q_x
-                parts[x][0].append(multi)
-                parts[x][1].append(single)
-        return [(torch.cat(m), torch.cat(s)) for m, s in parts]
-
-    def neighbor_discrimination(self, views: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``L_ND`` averaged over the views, anchors ``items`` against all items."""
-        tau = self.config.temperature
-        unit = F.normalize(views, dim=-1)
-        losses = []
-        for x, (multi, single) in enumerate(self.pseudo_positives(unit.detach(), items)):
-            anchor = unit[x].index_select(0, items)  # nrm(h_x[i])
-            log_total = gemm_logsumexp(anchor / tau, unit[x])  # log T
-            log_multi = torch.logsumexp((anchor.unsqueeze(1) * unit[x][multi]).sum(-1) / tau, dim=1)
-            log_single = torch.logsumexp((anchor.unsqueeze(1) * unit[x][single]).sum(-1) / tau, dim=1)
-            r_multi = torch.exp(log_multi - log_total)  # Σ_P e / T
-            r_single = torch.exp(log_single - log_total) / (1.0 - r_multi)  # Σ_Q e / (T - Σ_P e)
-            losses.append(-(torch.log(r_multi + ND_EPS) + torch.log(r_single + ND_EPS)).mean())
-        return torch.stack(losses).mean()
