@@ -207,3 +207,19 @@ def test_pruning_stops_trials_below_the_median_of_earlier_ones(planted, tmp_path
     assert [t["state"] for t in summary["trials"]] == ["complete", "pruned", "complete"]
     assert ("trial-1", 1) not in epochs_run and summary["selected"]["number"] == 2
     assert "| 1 | pruned |" in (tmp_path / "tuning.md").read_text()
+
+
+def test_select_only_then_continue_elsewhere_from_recorded_trials(planted, tmp_path):
+    """``final_seeds=()`` selects without final runs; the trial records passed to ``on_trial``
+    let a new folder (another machine) continue the same search without rerunning them."""
+    records = []
+    first = tune("lightgcn", "planted", SPACE, 2, tmp_path / "a", FAST, dataset=planted, final_seeds=(),
+                 on_trial=records.append, log=lambda m: None)
+    assert first["final"] is None and not (tmp_path / "a" / "best").exists()
+    assert [r["number"] for r in records] == [0, 1] and all(r["valid_all"] for r in records)
+    ran = []
+    second = tune("lightgcn", "planted", SPACE, 3, tmp_path / "b", FAST, dataset=planted, final_seeds=(),
+                  prior_trials=records, on_trial=ran.append, log=lambda m: None)
+    assert [r["number"] for r in ran] == [2]  # only the missing trial ran
+    assert second["trials"][:2] == first["trials"]
+    assert not (tmp_path / "b" / "trial-0").exists()

@@ -118,17 +118,22 @@ def tune(
     prune: bool = False,
     prune_after: tuple[int, int] = (5, 20),
     log: Callable[[str], None] = print,
+    on_trial: Callable[[dict], None] | None = None,
+    prior_trials: list[dict] = (),
 ) -> dict:
     """Search ``space`` for ``trials`` trials on validation, train the best point with
     ``final_seeds``; return (and write to ``out_dir``) the summary.
 
     ``prune``: stop a trial whose best validation score so far is below the median of earlier
     trials at the same epoch (Optuna's MedianPruner), once ``prune_after`` = (trials, epochs) have
-    passed."""
+    passed. ``final_seeds=()``: select only (the summary's ``final`` is None).
+    ``on_trial``: called with each trial's record (the summary's ``trials`` entries, plus the
+    trial's ``valid`` metrics in ``valid_all``) when it ends. ``prior_trials``: such records of
+    trials run elsewhere (another machine) for this same search: a new study starts from them, so
+    the sampler continues where that search stopped and no recorded trial is run again; an
+    existing study in ``out_dir`` ignores them."""
     if trials < 1:
         raise ConfigError(f"trials must be at least 1, got {trials}")
-    if not final_seeds:
-        raise ConfigError("at least one final seed is needed")
     overrides = dict(overrides or {})
     dims = parse_space(space, model)
     clash = sorted(set(overrides) & {d.key for d in dims})
@@ -178,6 +183,8 @@ def tune(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(out / 'study.db').resolve()}"
+    if prior_trials and not (out / "study.db").exists():
+        _restore(storage, dims, prior_trials)
     study = optuna.load_study(study_name="prismrec", storage=storage) if (out / "study.db").exists() else None
     done = len(study.trials) if study else 0
     # A resumed study gets a fresh sampler seed, or it would replay the first run's start points.
@@ -190,6 +197,8 @@ def tune(
     def done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         value = f"valid {metric} {trial.value:.4f}" if _state(trial) == "complete" else _state(trial)
         log(f"trial {trial.number}: {trial.params} -> {value}")
+        if on_trial is not None:
+            on_trial({**_record(trial), "valid_all": trial.user_attrs.get("valid")})
 
     for t in interrupted:  # one process per study: a trial still "running" was interrupted
         log(f"trial {t.number} was interrupted (killed process); resuming it from its last checkpoint")
@@ -208,8 +217,8 @@ def tune(
                        "narrow the search space (e.g. lower learning rates) and rerun")
     # Ties on the metric go to valid NDCG@20, then to the earlier trial (ALGORITHMS.md 1.5).
     best = max(finished, key=lambda t: (t.value, t.user_attrs.get("valid", {}).get("ndcg@20", 0.0), -t.number))
-    final = _finished_final(out, best.number, list(final_seeds))
-    if final is None:
+    final = _finished_final(out, best.number, list(final_seeds)) if final_seeds else None
+    if final is None and final_seeds:
         log(f"selected trial {best.number} ({best.params}); training seeds {list(final_seeds)}")
         cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, best.params)})
         state = RunDir(out / "best").state()  # an earlier selection there is replaced
@@ -221,17 +230,44 @@ def tune(
                                overwrite=other, log=log)
     summary = {
         **spec,
-        "trials": [{"number": t.number, "state": _state(t), "params": t.params,
-                    "valid": t.value if t.state == optuna.trial.TrialState.COMPLETE else None}
-                   for t in study.trials],
+        "trials": [_record(t) for t in study.trials],
         "selected": {"number": best.number, "params": best.params, "valid": best.value},
-        "final": {"seeds": list(final_seeds),
-                  "mean": final.get("mean") or {"valid": final["valid"], "test": final["test"]},
-                  "std": final.get("std")},
+        "final": final and {"seeds": list(final_seeds),
+                            "mean": final.get("mean") or {"valid": final["valid"], "test": final["test"]},
+                            "std": final.get("std")},
     }
     (out / "tuning.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "tuning.md").write_text(render_markdown(summary))
     return summary
+
+
+def _record(trial: optuna.trial.FrozenTrial) -> dict:
+    return {"number": trial.number, "state": _state(trial), "params": trial.params,
+            "valid": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None}
+
+
+def _restore(storage: str, dims: list[Dimension], records: list[dict]) -> None:
+    """A new study holding the ended trials ``records`` (``_record`` entries with ``valid_all``)."""
+    study = optuna.create_study(study_name="prismrec", storage=storage, direction="maximize")
+    states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
+              "diverged": optuna.trial.TrialState.FAIL}
+    for record in sorted(records, key=lambda r: r["number"]):
+        if record["state"] not in states:  # interrupted: run again
+            continue
+        distributions = {}
+        for d in dims:
+            if d.choices:
+                distributions[d.key] = optuna.distributions.CategoricalDistribution(list(d.choices))
+            elif d.integer:
+                distributions[d.key] = optuna.distributions.IntDistribution(int(d.low), int(d.high), log=d.log)
+            else:
+                distributions[d.key] = optuna.distributions.FloatDistribution(d.low, d.high, log=d.log)
+        attrs = {"valid": record["valid_all"]} if record.get("valid_all") else {}
+        if record["state"] == "diverged":
+            attrs["diverged"] = "recorded as diverged"
+        study.add_trial(optuna.trial.create_trial(
+            params=record["params"], distributions=distributions, state=states[record["state"]],
+            value=record["valid"] if record["state"] == "complete" else None, user_attrs=attrs))
 
 
 def _state(trial: optuna.trial.FrozenTrial) -> str:
@@ -262,7 +298,7 @@ def _finished_final(out: Path, selected: int, seeds: list[int]) -> dict | None:
     if not best.is_finished():
         return None
     metrics = best.read_metrics()
-    same = previous["selected"]["number"] == selected and previous["final"]["seeds"] == seeds
+    same = previous["selected"]["number"] == selected and (previous["final"] or {}).get("seeds") == seeds
     return metrics if same and metrics.get("status") == "ok" else None
 
 
@@ -291,6 +327,8 @@ def render_markdown(summary: dict) -> str:
         mark = " **(selected)**" if t["number"] == summary["selected"]["number"] else ""
         lines.append(f"| {t['number']}{mark} | {value} | {t['params']} |")
     final = summary["final"]
+    if final is None:
+        return "\n".join(lines) + "\n"
     mean, std = final["mean"], final["std"] or {"test": {}, "valid": {}}
     lines += ["", f"Selected point, seeds {final['seeds']} (mean ± sample std):", "",
               "| split | R@10 | R@20 | N@10 | N@20 |", "|---|---|---|---|---|"]
