@@ -134,8 +134,9 @@ def train_one_seed(
             f"config digest {run_digest(config)[:12]}"
             + (f", from the checkpoint after epoch {resume['epoch'] - 1}" if resume is not None else ""))
     try:
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        from prismrec.threads import apply_threads  # "auto": the cores free now; logged in run.log
+
+        apply_threads(cfg.threads, run.append_log if run is not None else None)
         seed_everything(cfg.seed)
         model = build_model(config, dataset).to(cfg.device)
         evaluator = Evaluator(

@@ -60,8 +60,10 @@ class TrainConfig:
     """Seed of every random choice of a run."""
     device: str = "cpu"
     """Torch device, e.g. ``cpu`` or ``cuda``."""
-    threads: int = 0
-    """CPU threads for torch (0 = leave torch's default)."""
+    threads: int | Literal["auto"] = "auto"
+    """CPU threads for torch: ``auto`` = the usable cores minus those other processes keep busy
+    when the run starts (``OMP_NUM_THREADS`` when set; :mod:`prismrec.threads`), a whole number
+    >= 1 = that many, 0 = torch's default (one per core)."""
     checkpoint_every_s: float = 0.0
     """Write a resumable training checkpoint into the run directory at the end of an epoch once
     this many seconds have passed since the last one; 0 = after every epoch. It changes only how
@@ -99,8 +101,8 @@ def check_train_config(cfg: TrainConfig) -> None:
              "patience must be a whole number >= 0 (0 = stop at the first epoch that does not improve)")
     _require(_is_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size,
              "users per evaluation batch must be a whole number >= 1")
-    _require(_is_int(cfg.threads) and cfg.threads >= 0, "threads", cfg.threads,
-             "CPU threads must be a whole number >= 0 (0 = torch's default)")
+    _require(cfg.threads == "auto" or (_is_int(cfg.threads) and cfg.threads >= 0), "threads", cfg.threads,
+             "CPU threads must be auto or a whole number >= 0 (auto = the cores free now, 0 = torch's default)")
     every = getattr(cfg, "checkpoint_every_s", 0.0)
     _require(_is_number(every) and every >= 0, "checkpoint_every_s", every, "must be a number of seconds >= 0")
     _require(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "seeds are whole numbers 0..2**32-1")
