@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -20,8 +20,8 @@ from prismrec.recommender import Output, Recommender
 class BPRConfig:
     embedding_size: int = 64
     """``d``, the embedding dimension."""
-    reg_weight: float = 1e-4
-    """``λ``; reference grid {2.0, 1.0, 1e-1, ..., 1e-5}."""
+    reg_weight: float = field(default=1e-4, metadata={"grid": [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]})
+    """``λ``; reference grid {2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5}."""
     reg_form: Literal["emb_norm", "half_sq"] = "emb_norm"
     """L2 form (2.10); MMRec's ``EmbLoss`` is ``emb_norm``."""
 

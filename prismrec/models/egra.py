@@ -22,7 +22,7 @@ pretrained model, plus bi-level alignment.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -39,16 +39,19 @@ from prismrec.recommender import Output, PretrainedItems, PretrainedStageConfig,
 
 @dataclass
 class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
-    """EGRA's settings (stage 0's: :class:`PretrainedStageConfig`); the inherited GUME terms (``vt``, ``um``, ``reg2``, noise) act only with
-    ``backbone="gume"``; ``reg_weight`` weighs ``half_sq(z_u, z_i, z_j)`` (2.10), grid {1e-5, 1e-4}."""
+    """EGRA's settings (stage 0's: :class:`PretrainedStageConfig`); the inherited GUME terms (``vt``,
+    ``um``, ``reg2``, noise) act only with ``backbone="gume"``. Grids: ALGORITHMS.md 6.4 (the
+    learning rate's {5e-4, 1e-3} is a training setting, ``--set lr=...``)."""
 
-    n_ui_layers: int | None = None
+    reg_weight: float = field(default=1e-4, metadata={"grid": [1e-5, 1e-4]})
+    """``λ_reg`` of ``half_sq(z_u, z_i, z_j)`` (2.10); grid {1e-5, 1e-4}."""
+    n_ui_layers: int | None = field(default=None, metadata={"grid": [2, 3]})
     """``L_ui``, LightGCN depth on ``Â⁺``; grid {2, 3}; None = the backbone's: 2 (MGCN), 3 (GUME)."""
-    n_ii_layers: int = 1
+    n_ii_layers: int = field(default=1, metadata={"grid": [1, 2]})
     """``L_ii``, steps on each raw kNN graph ``Ŝ_m`` (and on ``Ŝ_pre`` if separate); grid {1, 2}."""
-    k_pre: int = 10
+    k_pre: int = field(default=10, metadata={"grid": [5, 10, 20]})
     """Neighbours per item in ``B_pre`` (self excluded); grid {5, 10, 20}."""
-    gamma: float = 1.0
+    gamma: float = field(default=1.0, metadata={"grid": [0.5, 1.0]})
     """``γ``, weight of ``B_pre`` in ``A⁺``; grid {0.5, 1.0}; 0 = plain ``Â`` (w/o EBG)."""
     pre_edge_weight: Literal["binary", "cosine"] = "binary"
     """Weights of ``B_pre``: 1, or ``cos(p_i, p_j)``."""
@@ -64,13 +67,13 @@ class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     backbone: Literal["mgcn", "gume"] = "mgcn"
     """``mgcn``, or ``gume``: GUME's extended branch and ``vt``/``um``/``reg2`` terms on ``Â⁺``
     (``L_align`` replaces GUME's ``bm``; depth ``L_ui = 3`` unless ``n_ui_layers`` is set)."""
-    tau: float = 0.2
+    tau: float = field(default=0.2, metadata={"grid": [0.1, 0.2, 0.4]})
     """``τ`` of the per-row InfoNCE between ``M`` and ``C``; grid {0.1, 0.2, 0.4}."""
-    lambda_max: float = 1e-2
+    lambda_max: float = field(default=1e-2, metadata={"grid": [1e-3, 1e-2, 1e-1]})
     """``λ_max``, final alignment strength; grid {1e-3, 1e-2, 1e-1}."""
-    lambda_min_ratio: float = 0.1
+    lambda_min_ratio: float = field(default=0.1, metadata={"grid": [0.0, 0.1]})
     """``λ_min = ratio·λ_max``, the strength at epoch 0; grid {0, 0.1}."""
-    ramp_epochs: int = 50
+    ramp_epochs: int = field(default=50, metadata={"grid": [20, 50, 100]})
     """``T``, epochs of the ramp from ``λ_min`` to ``λ_max``; grid {20, 50, 100}."""
     schedule: Literal["linear", "exp", "unbounded", "constant"] = "linear"
     """Epoch level ``λ_t`` (:func:`alignment_strength`); ``constant`` = w/o epoch level."""
@@ -78,7 +81,7 @@ class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     """Entity level ``w_e`` (:func:`entity_weights`); ``none`` = w/o entity level."""
     entity_sign: Literal[-1, 1] = -1
     """``s``: −1 gives misaligned entities more pressure; +1 trusts consistent ones."""
-    tau_w: float = 0.5
+    tau_w: float = field(default=0.5, metadata={"grid": [0.2, 0.5, 1.0]})
     """``τ_w``, temperature of the softmax entity weights; grid {0.2, 0.5, 1.0}."""
 
 

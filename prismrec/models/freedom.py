@@ -33,7 +33,7 @@ a **denoised** user–item graph whose edges are pruned afresh every epoch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -73,10 +73,10 @@ class FREEDOMConfig:
     """``L_ui``: LightGCN layers on the user–item graph."""
     n_ii_layers: int = 1
     """``L_ii``: propagation steps of the item ID embeddings over ``S``."""
-    drop_ratio: float = 0.8
+    drop_ratio: float = field(default=0.8, metadata={"grid": [0.8, 0.9]})
     """``ρ``: fraction of training edges **dropped** each epoch; grid {0.8, 0.9}; 0 = no pruning."""
-    reg_weight: float = 1e-4
-    """``λ`` of the modality BPR terms; grid {0, 1e-5, 1e-4, 1e-3}."""
+    reg_weight: float = field(default=1e-4, metadata={"grid": [0.0, 1e-5, 1e-4, 1e-3]})
+    """``λ`` of the modality BPR terms; reference grid {0, 1e-5, 1e-4, 1e-3}."""
     train_features: bool = True
     """Fine-tune the raw feature matrices inside ``P_m`` (reference code) or keep them frozen.
     The item–item graph is built from the raw features either way and never changes."""

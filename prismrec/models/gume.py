@@ -41,7 +41,7 @@ than two, ``B_II`` intersects all neighbour sets and VT averages over the modali
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -56,11 +56,12 @@ from prismrec.recommender import Output, Recommender
 
 @dataclass
 class GUMEConfig(GUMETermsConfig, MultiViewConfig):
-    """GUME's settings (``modalities``: at least two)."""
+    """GUME's settings (``modalities``: at least two). The reference publishes no search grid;
+    the grids below are the values of its per-dataset rows (module docstring's table)."""
 
     n_ui_layers: int = 3
     """``L_ui``, LightGCN depth on ``Â⁺`` (behaviour and extended modality branches)."""
-    n_ii_layers: int = 2
+    n_ii_layers: int = field(default=2, metadata={"grid": [1, 2]})
     """``L_ii``, propagation steps on each ``Ŝ_m`` (Baby 2; Sports, Clothing, Electronics 1)."""
     gamma: float = 1.0
     """``γ``, weight of the item-item block ``B_II`` in ``A⁺`` (0 = plain ``Â``)."""
@@ -70,8 +71,15 @@ class GUMEConfig(GUMETermsConfig, MultiViewConfig):
     """L2 form of ``reg`` (2.10); the reference uses ``half_sq``."""
     bm_weight: float = 0.01
     """``bm``, weight of the behaviour-modality InfoNCE."""
-    bm_tau: float = 0.4
+    bm_tau: float = field(default=0.4, metadata={"grid": [0.2, 0.4]})
     """``τ_bm`` (Baby 0.4; others 0.2)."""
+    um_weight: float = field(default=0.01, metadata={"grid": [0.01, 0.1]})
+    """``um``, weight of the user-modality terms (Baby, Sports 0.01; Clothing, Electronics 0.1)."""
+    um_tau: float = field(default=0.1, metadata={"grid": [0.1, 0.2]})
+    """``τ_um`` (Baby, Sports 0.1; Clothing, Electronics 0.2)."""
+    vt_weight: float = field(default=0.1, metadata={"grid": [0.001, 0.01, 0.1]})
+    """``vt``, weight of the modality mean/variance gap (Baby, Electronics 0.1; Sports 0.01;
+    Clothing 0.001)."""
 
 
 @register

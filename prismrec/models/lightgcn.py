@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -23,10 +23,10 @@ from prismrec.recommender import Output, Recommender
 class LightGCNConfig:
     embedding_size: int = 64
     """``d``, the embedding dimension."""
-    n_layers: int = 3
+    n_layers: int = field(default=3, metadata={"grid": [1, 2, 3, 4]})
     """``L``, propagation depth; reference grid {1, 2, 3, 4}."""
-    reg_weight: float = 1e-4
-    """``λ``; reference grid {1e-2, ..., 1e-6}."""
+    reg_weight: float = field(default=1e-4, metadata={"grid": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]})
+    """``λ``; reference grid {1e-2, 1e-3, 1e-4, 1e-5, 1e-6}."""
     reg_form: Literal["emb_norm", "half_sq"] = "emb_norm"
     """L2 form (2.10); MMRec uses ``emb_norm`` (the paper's squared norm is ``half_sq``)."""
 

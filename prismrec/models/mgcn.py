@@ -20,7 +20,7 @@ SIGER and EGRA, which build other graphs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -38,7 +38,7 @@ class MGCNConfig(MultiViewConfig):
     """``L_ii``, propagation steps on each modality kNN graph ``Ŝ_m``."""
     reg_form: Literal["half_sq", "emb_norm"] = "half_sq"
     """L2 form (2.10); the reference uses ``half_sq``."""
-    cl_weight: float = 0.01
+    cl_weight: float = field(default=0.01, metadata={"grid": [0.001, 0.01, 0.1]})
     """``λ_cl``, weight of the behaviour-modality InfoNCE; reference grid {0.001, 0.01, 0.1}."""
     cl_tau: float = 0.2
     """``τ`` of the behaviour-modality InfoNCE (fixed in the reference)."""

@@ -16,7 +16,7 @@ Loss: ``L_BPR(Z) + λ·[half_sq(e_u⁰, e_i⁰, e_j⁰) + ½(Σ_m ‖W_m‖²_F 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -38,8 +38,9 @@ class RLMultimodalRecConfig:
     """``d``."""
     n_layers: int = 2
     """LightGCN depth ``L`` (paper: two layers); ablation {1, 2, 3}."""
-    reg_weight: float = 1e-4
-    """``λ``; grid {1e-5, 1e-4, 1e-3}."""
+    reg_weight: float = field(default=1e-4, metadata={"grid": [1e-5, 1e-4, 1e-3]})
+    """``λ``; grid {1e-5, 1e-4, 1e-3} (ALGORITHMS.md §4; the learning rate's {1e-4, 5e-4, 1e-3} is a
+    training setting, ``--set lr=...``; ``n_layers`` {1, 2, 3} is an ablation, not searched)."""
     gate: Literal["vector", "scalar"] = "vector"
     """Element-wise gate (``W_g ∈ R^{d×2d}``) or one weight per item (``R^{1×2d}``)."""
     fusion: Literal["gate", "concat", "mean", "visual_only", "text_only"] = "gate"

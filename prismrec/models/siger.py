@@ -56,18 +56,19 @@ class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     """SIGER's settings (``modalities``: >= 1; A3 needs >= 2); ``um_*``, ``reg2`` act only with
     ``extended_branch``."""
 
-    n_ui_layers: int = 2
+    n_ui_layers: int = field(default=2, metadata={"grid": [2, 3]})
     """``L_ui``, LightGCN depth of the behaviour view; grid {2, 3}."""
-    n_sem_layers: int = 1
+    n_sem_layers: int = field(default=1, metadata={"grid": [1, 2]})
     """``L_s``, propagation steps on each infused graph ``G_m``; grid {1, 2}."""
-    co_k: int = 10
+    co_k: int = field(default=10, metadata={"grid": [5, 10, 20]})
     """``k_c``, neighbours per item in the co-occurrence graph ``Ĉ``; grid {5, 10, 20}."""
     co_score: Literal["count", "cosine"] = "count"
     """Co-occurrence score ``q_ij``: common users, or ``O_ij / sqrt(n_i n_j)`` (2.4)."""
     co_weight: Literal["binary", "score"] = "binary"
     """Weight of a kept ``Ĉ`` entry before normalisation: 1, or the score ``q_ij``."""
-    beta: float = 0.5
-    """``β`` in ``[0, 1]``: ``G_m = (1 − β) Ŝ_m + β Ĉ`` (0 = raw semantic graphs, 1 = ``Ĉ`` only)."""
+    beta: float = field(default=0.5, metadata={"grid": [0.1, 0.3, 0.5, 0.7, 0.9]})
+    """``β`` in ``[0, 1]``: ``G_m = (1 − β) Ŝ_m + β Ĉ`` (0 = raw semantic graphs, 1 = ``Ĉ`` only);
+    grid {0.1, 0.3, 0.5, 0.7, 0.9}."""
     beta_per_modality: bool = False
     """Use one ``β_m`` per modality from ``beta_modalities`` instead of the shared ``beta``."""
     beta_modalities: list[float] | None = None
@@ -76,7 +77,7 @@ class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     """Re-apply the 2.2 row-degree normalisation to ``G_m`` after mixing."""
     fusion: Literal["mgcn", "mean"] = "mgcn"
     """``S`` = MGCN's behaviour-aware fuser (2.8), or the plain mean of the ``H_m``."""
-    eps: float = 0.1
+    eps: float = field(default=0.1, metadata={"grid": [0.01, 0.05, 0.1, 0.2]})
     """``ε``, noise scale of the perturbation views; grid {0.01, 0.05, 0.1, 0.2}."""
     perturb_mode: Literal["modulus", "fixed"] = "modulus"
     """Noise magnitude per row (2.12): ``ρ = ε‖x‖(‖x‖/m)^γ``, or ``ε`` (GUME)."""
@@ -87,19 +88,20 @@ class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     """Perturb the finished views, or add noise after every ``G_m`` propagation (SimGCL)."""
     perturb_target: Literal["fused", "per_modality"] = "fused"
     """Views of the fused ``S``, or of each ``H_m`` (``L_P`` then averaged over modalities)."""
-    lambda_p: float = 0.01
-    """``λ_P``, weight of the perturbation InfoNCE ``L_P`` (0 = views never computed)."""
-    lambda_a: float = 0.01
-    """``λ_A``, weight of the anchor InfoNCE ``L_A``."""
-    lambda_b: float = 0.01
-    """``λ_B``, weight of the standard behaviour-semantics InfoNCE ``L_B``."""
-    tau_p: float = 0.2
+    lambda_p: float = field(default=0.01, metadata={"grid": [1e-3, 1e-2, 1e-1]})
+    """``λ_P``, weight of the perturbation InfoNCE ``L_P`` (0 = views never computed); grid
+    {1e-3, 1e-2, 1e-1} (§5.3: the three λ searched one at a time)."""
+    lambda_a: float = field(default=0.01, metadata={"grid": [1e-3, 1e-2, 1e-1]})
+    """``λ_A``, weight of the anchor InfoNCE ``L_A``; grid {1e-3, 1e-2, 1e-1}."""
+    lambda_b: float = field(default=0.01, metadata={"grid": [1e-3, 1e-2, 1e-1]})
+    """``λ_B``, weight of the standard behaviour-semantics InfoNCE ``L_B``; grid {1e-3, 1e-2, 1e-1}."""
+    tau_p: float = field(default=0.2, metadata={"grid": [0.1, 0.2, 0.4]})
     """``τ_P``; grid {0.1, 0.2, 0.4}."""
-    tau_a: float = 0.2
+    tau_a: float = field(default=0.2, metadata={"grid": [0.1, 0.2, 0.4]})
     """``τ_A``; grid {0.1, 0.2, 0.4}."""
-    tau_b: float = 0.2
+    tau_b: float = field(default=0.2, metadata={"grid": [0.1, 0.2, 0.4]})
     """``τ_B``; grid {0.1, 0.2, 0.4}."""
-    reg_weight: float = 1e-5
+    reg_weight: float = field(default=1e-5, metadata={"grid": [1e-5, 1e-4]})
     """``λ_reg``, weight of ``half_sq(z_u, z_i, z_j)``; grid {1e-5, 1e-4}."""
     anchor_form: Literal["A1", "A2", "A3"] = "A1"
     """``L_A``: per-modality anchored InfoNCE, joint multi-positive, or anchor-gated cross-modal."""

@@ -17,7 +17,7 @@ order only permutes the columns of ``W`` and so does not change the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -36,8 +36,8 @@ class VBPRConfig:
     """Modalities whose raw features are concatenated into ``f_i``; ``None`` = all present."""
     embedding_size: int = 64
     """``d``: ID part and visual part of an item are ``d`` each, users are ``2d``."""
-    reg_weight: float = 1e-4
-    """``λ``; reference grid {2.0, 1.0, 1e-1, ..., 1e-5}."""
+    reg_weight: float = field(default=1e-4, metadata={"grid": [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]})
+    """``λ``; reference grid {2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5}."""
     reg_form: Literal["emb_norm", "half_sq"] = "emb_norm"
     """L2 form (2.10); MMRec's ``EmbLoss`` is ``emb_norm``."""
     feature_norm: Literal["none", "l2", "standardize"] = "none"
