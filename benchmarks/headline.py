@@ -1,0 +1,506 @@
+"""The headline study: do EGRA, SIGER and RLMultimodalRec beat their baselines, tuned alike?
+
+Every model is tuned on **validation** with the same budget, trained with 5 seeds at the selected
+point and tested once per seed; the seed models' ablations run on the same seeds; each seed model
+is compared with each baseline by paired per-user tests, Holm-corrected.
+
+    python -m benchmarks.headline [--datasets lfm2k,tiktok] [--models a,b] [--parts tune,final,ablation]
+    python -m benchmarks.headline --report-only     # rebuild every table from the committed cells
+
+Protocol:
+
+- **Search space**: every setting of the model's ``Config`` that declares a ``grid`` (the paper's
+  or official code's). **Budget**: ``TRIALS`` points per model and dataset: the defaults (the
+  official settings) first, then points drawn without replacement from the grid's Cartesian
+  product (seeded); a grid with fewer points is searched exhaustively. Each trial trains seed 999
+  on a copy of the dataset **without its test split** (test cannot be read), at most
+  ``TRIAL_EPOCHS`` epochs with patience ``TRIAL_PATIENCE``; the point with the best valid
+  Recall@20 is selected (ties: valid NDCG@20, then the earlier trial).
+- **Final**: the selected point with seeds ``SEEDS`` under the default protocol (at most 1000
+  epochs, patience 20, selection on valid Recall@20), test evaluated once per seed.
+- **Ablations** (``ABLATIONS`` of ``benchmarks/{rlmmrec,siger,egra}.py``): the selected point
+  with the variant's switches changed, the same seeds, not re-tuned.
+- **Tests**: per-user test metrics averaged over the 5 seeds; Wilcoxon signed-rank test of each
+  seed model against each baseline (and each ablation against its full model) per dataset and
+  metric; Holm's correction over each family.
+
+Everything a later run needs is committed under ``results/headline/cells/<dataset>/<cell>/``
+(``tuning.json``: the space and every trial's settings and validation metrics; ``seed-<s>.json``:
+resolved config, metrics, timing; ``seed-<s>.npz``: per-user test metrics); weights stay in
+``runs/headline/`` (not committed). A rerun skips what is recorded, so the study continues on any
+machine. Cells whose protocol or selection changed (a new grid, a new default) are redone.
+Tables: ``results/headline.{md,tex,csv,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import importlib
+import io
+import itertools
+import json
+import os
+import random
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from benchmarks.common import RESULTS
+from benchmarks.multimodal import MODALITIES
+
+SEED_MODELS = ["rlmmrec", "siger", "egra"]
+BASELINES = ["bpr", "lightgcn", "vbpr", "mmgcn", "lattice", "bm3", "freedom", "mgcn", "lgmrec",
+             "dragon", "smore", "damrs", "gume"]
+DATASETS = ["lfm2k", "tiktok"]
+TRIALS = 6
+TRIAL_EPOCHS, TRIAL_PATIENCE = 300, 10
+SEEDS = [999, 1000, 1001, 1002, 1003]
+METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+TESTED = ("recall@20", "ndcg@20")
+ALPHA = 0.05
+CELLS = RESULTS / "headline" / "cells"
+RUNS = Path("runs/headline")
+LABEL = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
+
+
+# ----------------------------------------------------------------------------- protocol
+
+def model_config_class(model: str):
+    from prismrec.experiment.config import model_class
+
+    return model_class(model).Config
+
+
+def grid(model: str) -> dict[str, list]:
+    """The model's declared search grid: ``{setting: values}`` from its Config's field metadata."""
+    return {f.name: list(f.metadata["grid"]) for f in dataclasses.fields(model_config_class(model))
+            if len(f.metadata.get("grid", ())) > 1}
+
+
+def base_settings(model: str, dataset: str) -> dict:
+    """Settings every run of ``model`` on ``dataset`` gets: the benchmark's modality pair, one thread."""
+    fields = {f.name for f in dataclasses.fields(model_config_class(model))}
+    settings = {"threads": 1, "checkpoint_every_s": 60}
+    if "modalities" in fields:
+        settings["modalities"] = MODALITIES[dataset].strip("[]").split(",")
+    return settings
+
+
+def trial_points(model: str) -> list[dict]:
+    """The ``TRIALS`` settings searched: the defaults, then distinct grid points (seeded)."""
+    space = grid(model)
+    if not space:
+        return [{}]
+    defaults = {f.name: f.default for f in dataclasses.fields(model_config_class(model))}
+    points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
+    points = [p for p in points if any(p[k] != defaults[k] for k in p)]
+    random.Random(f"{model}").shuffle(points)
+    return [{}, *points[: TRIALS - 1]]
+
+
+def spec(model: str, dataset: str) -> dict:
+    """What the tuning of one cell depends on (a changed default included); a recorded cell with
+    another spec is redone."""
+    from prismrec.experiment.config import resolve_config
+
+    base = base_settings(model, dataset)
+    return {"model": model, "dataset": dataset, "grid": grid(model), "points": trial_points(model),
+            "base": base, "defaults": dataclasses.asdict(resolve_config(model, dataset, base)),
+            "trial_train": {"epochs": TRIAL_EPOCHS, "patience": TRIAL_PATIENCE, "seed": SEEDS[0]},
+            "selection": "valid recall@20, ties valid ndcg@20, then earlier trial"}
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _other_run(folder: Path, cfg) -> bool:
+    """Whether ``folder`` holds a run of other settings (a stale cell's): it is replaced, while a
+    killed run of the same settings resumes from its checkpoint."""
+    from prismrec.experiment.rundir import RunDir, run_digest
+
+    identity = RunDir(folder).state().identity or {}
+    return bool(identity) and identity.get("config_digest") != run_digest(cfg)
+
+
+def tune_cell(model: str, dataset: str, data) -> dict:
+    """Run the trials not yet recorded; return ``tuning.json`` with the selection."""
+    from prismrec.errors import TrainingDiverged
+    from prismrec.experiment.config import resolve_config
+    from prismrec.experiment.runs import run_experiment
+
+    path = CELLS / dataset / model / "tuning.json"
+    want = _jsonable(spec(model, dataset))
+    record = _read_json(path)
+    if record is None or record["spec"] != want:
+        if record is not None:
+            print(f"[{dataset}/{model}] protocol changed: tuning again", flush=True)
+        record = {"spec": want, "trials": []}
+    blind = dataclasses.replace(data, test=None)
+    for n, point in enumerate(want["points"]):
+        if n < len(record["trials"]):
+            continue
+        settings = {**want["base"], **want["trial_train"], **point}
+        print(f"[{dataset}/{model}] trial {n}: {point or 'defaults'}", flush=True)
+        cfg, folder = resolve_config(model, dataset, settings), RUNS / dataset / model / f"trial-{n}"
+        try:
+            metrics = run_experiment(cfg, [SEEDS[0]], folder, dataset=blind, progress=False, evaluate_test=False,
+                                     overwrite=_other_run(folder, cfg), log=lambda m: None)
+            trial = {"point": point, "state": "ok", "valid": metrics["valid"], "epochs": metrics["epochs"]}
+        except TrainingDiverged as exc:
+            trial = {"point": point, "state": "diverged", "valid": None, "error": str(exc)}
+        record["trials"].append(trial)
+        _write_json(path, record)
+    ok = [(n, t) for n, t in enumerate(record["trials"]) if t["state"] == "ok"]
+    n, best = max(ok, key=lambda nt: (nt[1]["valid"]["recall@20"], nt[1]["valid"]["ndcg@20"], -nt[0]))
+    record["selected"] = {"trial": n, "point": best["point"], "valid": best["valid"]}
+    _write_json(path, record)
+    return record
+
+
+def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: int) -> dict:
+    """Train and test one seed at ``settings`` (recorded: skipped); per-user test metrics saved."""
+    from prismrec.eval import Evaluator
+    from prismrec.experiment.config import resolve_config
+    from prismrec.experiment.export import load_run
+    from prismrec.experiment.runs import run_experiment
+
+    folder = CELLS / dataset / cell
+    want = _jsonable(settings)
+    done = _read_json(folder / f"seed-{seed}.json")
+    if done is not None and done["settings"] == want and (folder / f"seed-{seed}.npz").is_file():
+        return done
+    print(f"[{dataset}/{cell}] seed {seed}: {settings}", flush=True)
+    cfg = resolve_config(model, dataset, {**settings, "seed": seed})
+    run_dir = RUNS / dataset / cell / f"seed-{seed}"
+    metrics = run_experiment(cfg, [seed], run_dir, dataset=data, progress=False,
+                             overwrite=_other_run(run_dir, cfg), log=lambda m: None)
+    run = load_run(run_dir, datasets={dataset: data})
+    per_user = Evaluator(data, ks=(10, 20)).evaluate(run.model, "test", per_user=True)["per_user"]
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"seed-{seed}.npz.tmp"
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, user=per_user["user"], **{m: np.asarray(per_user[m], dtype=np.float32) for m in METRICS})
+    os.replace(tmp, folder / f"seed-{seed}.npz")
+    result = {"settings": want, "config": _jsonable(dataclasses.asdict(cfg)),
+              "metrics": {k: metrics.get(k) for k in ("status", "valid", "test", "best_epoch", "epochs", "stop_reason")},
+              "timing": {k: metrics["timing"].get(k) for k in ("seconds", "median_train_s", "median_eval_s", "peak_rss_mb")}}
+    _write_json(folder / f"seed-{seed}.json", result)
+    return result
+
+
+def ablations(model: str) -> dict[str, list[str]]:
+    """The seed model's ablation variants (label -> changed settings), full model excluded."""
+    module = importlib.import_module(f"benchmarks.{model}")
+    return {label: changed for label, changed in getattr(module, "ABLATIONS", {}).items() if changed}
+
+
+def slug(changed: list[str]) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "+".join(changed))
+
+
+def variant_settings(changed: list[str], dataset: str) -> dict:
+    from prismrec.experiment.config import parse_assignments
+
+    return parse_assignments([s.replace("{dataset}", dataset) for s in changed])
+
+
+def run(models: list[str], datasets: list[str], parts: set[str]) -> None:
+    from prismrec.data import load_dataset
+
+    for dataset in datasets:
+        data = load_dataset(dataset)
+        for model in models:
+            tuning = tune_cell(model, dataset, data) if "tune" in parts else _read_json(CELLS / dataset / model / "tuning.json")
+            if tuning is None or "selected" not in tuning or tuning["spec"] != _jsonable(spec(model, dataset)):
+                continue
+            selected = {**tuning["spec"]["base"], **tuning["selected"]["point"]}
+            if "final" in parts:
+                for seed in SEEDS:
+                    seed_cell(model, model, dataset, selected, data, seed)
+            if "ablation" in parts and model in SEED_MODELS:
+                for changed in ablations(model).values():
+                    for seed in SEEDS:
+                        seed_cell(f"{model}~{slug(changed)}", model, dataset,
+                                  {**selected, **variant_settings(changed, dataset)}, data, seed)
+
+
+# ----------------------------------------------------------------------------- report
+
+def collect(dataset: str, cell: str) -> dict | None:
+    """The recorded seeds of one cell: metrics, per-user arrays, timing."""
+    folder = CELLS / dataset / cell
+    seeds = {}
+    for seed in SEEDS:
+        record = _read_json(folder / f"seed-{seed}.json")
+        if record is not None and (folder / f"seed-{seed}.npz").is_file():
+            with np.load(folder / f"seed-{seed}.npz") as z:
+                record["per_user"] = {k: z[k] for k in z.files}
+            seeds[seed] = record
+    return {"seeds": seeds} if seeds else None
+
+
+def summary(cell: dict) -> dict:
+    tests = [s["metrics"]["test"] for s in cell["seeds"].values()]
+    out = {"n": len(tests), "mean": {m: statistics.mean(t[m] for t in tests) for m in METRICS},
+           "std": {m: statistics.stdev(t[m] for t in tests) if len(tests) > 1 else 0.0 for m in METRICS},
+           "epochs": statistics.mean(s["metrics"]["epochs"] for s in cell["seeds"].values()),
+           "s_epoch": statistics.median(s["timing"]["median_train_s"] for s in cell["seeds"].values()),
+           "peak_rss_mb": max(s["timing"]["peak_rss_mb"] for s in cell["seeds"].values())}
+    return out
+
+
+def per_user_mean(cell: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    users = [s["per_user"]["user"] for s in cell["seeds"].values()]
+    if any(not np.array_equal(users[0], u) for u in users):
+        raise ValueError("seeds of one cell evaluate different users")
+    return users[0], np.mean([s["per_user"][metric] for s in cell["seeds"].values()], axis=0)
+
+
+def paired(a: dict, b: dict, metric: str) -> dict:
+    """Wilcoxon signed-rank test of per-user ``metric`` (seed-averaged) of cells ``a`` and ``b``."""
+    users_a, x = per_user_mean(a, metric)
+    users_b, y = per_user_mean(b, metric)
+    if not np.array_equal(users_a, users_b):
+        raise ValueError("cells evaluate different users")
+    diff = x - y
+    p = float(stats.wilcoxon(x, y, zero_method="wilcox").pvalue) if np.count_nonzero(diff) else 1.0
+    return {"diff": float(diff.mean()), "p": p, "users": int(len(diff))}
+
+
+def holm(tests: list[dict]) -> None:
+    """Holm's step-down adjustment, in place: ``p_holm`` for each test of the family."""
+    order = sorted(range(len(tests)), key=lambda i: tests[i]["p"])
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(tests) - rank) * tests[i]["p"]))
+        tests[i]["p_holm"] = running
+
+
+def verdict(test: dict) -> str:
+    if test["p_holm"] >= ALPHA:
+        return "n.s."
+    return "better" if test["diff"] > 0 else "worse"
+
+
+def report(models: list[str], datasets: list[str]) -> dict:
+    cells = {ds: {m: collect(ds, m) for m in models} for ds in datasets}
+    complete = {ds: {m: c for m, c in row.items() if c and len(c["seeds"]) == len(SEEDS)} for ds, row in cells.items()}
+    summaries = {ds: {m: summary(c) for m, c in row.items() if c} for ds, row in cells.items()}
+
+    comparisons = []  # seed model vs baseline
+    for ds in datasets:
+        for s in SEED_MODELS:
+            for b in [m for m in models if m not in SEED_MODELS]:
+                if s in complete[ds] and b in complete[ds]:
+                    for metric in TESTED:
+                        comparisons.append({"dataset": ds, "model": s, "baseline": b, "metric": metric,
+                                            **paired(complete[ds][s], complete[ds][b], metric)})
+    holm(comparisons)
+
+    ablation_rows, ablation_tests = {}, []
+    for ds in datasets:
+        for s in SEED_MODELS:
+            for label, changed in ablations(s).items():
+                cell = collect(ds, f"{s}~{slug(changed)}")
+                if cell is None:
+                    continue
+                ablation_rows.setdefault(ds, {}).setdefault(s, {})[label] = summary(cell)
+                if len(cell["seeds"]) == len(SEEDS) and s in complete[ds]:
+                    for metric in TESTED:
+                        ablation_tests.append({"dataset": ds, "model": s, "variant": label, "metric": metric,
+                                               **paired(cell, complete[ds][s], metric)})
+    holm(ablation_tests)
+
+    tunings = {ds: {m: _read_json(CELLS / ds / m / "tuning.json") for m in models} for ds in datasets}
+    data = {"protocol": {"trials": TRIALS, "trial_epochs": TRIAL_EPOCHS, "trial_patience": TRIAL_PATIENCE,
+                         "seeds": SEEDS, "alpha": ALPHA, "test": "Wilcoxon signed-rank, Holm"},
+            "summaries": summaries, "comparisons": comparisons, "ablations": ablation_rows,
+            "ablation_tests": ablation_tests,
+            "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()}}
+    _write_json(RESULTS / "headline.json", data)
+    (RESULTS / "headline.md").write_text(render_markdown(data, models, datasets, tunings))
+    (RESULTS / "headline.tex").write_text(render_latex(data, models, datasets))
+    (RESULTS / "headline.csv").write_text(render_csv(data))
+    return data
+
+
+def _fmt(s: dict, metric: str) -> str:
+    return f"{s['mean'][metric]:.4f} ± {s['std'][metric]:.4f}"
+
+
+def _best(summaries: dict, metric: str) -> str | None:
+    full = {m: s for m, s in summaries.items() if s["n"] == len(SEEDS)}
+    return max(full, key=lambda m: full[m]["mean"][metric]) if full else None
+
+
+def _beats_all(data: dict, ds: str, model: str, metric: str, baselines: list[str]) -> bool:
+    tests = [t for t in data["comparisons"] if t["dataset"] == ds and t["model"] == model and t["metric"] == metric]
+    return bool(tests) and len(tests) == len(baselines) and all(verdict(t) == "better" for t in tests)
+
+
+def render_markdown(data: dict, models: list[str], datasets: list[str], tunings: dict) -> str:
+    p = data["protocol"]
+    md = ["# Headline study: seed models against tuned baselines", "",
+          f"Every model tuned on validation with the same budget ({p['trials']} points: the defaults, then "
+          f"its declared grid; trials ≤ {p['trial_epochs']} epochs, patience {p['trial_patience']}, test "
+          f"never read), then {len(SEEDS)} seeds ({', '.join(map(str, SEEDS))}) at the selected point, "
+          "test evaluated once per seed. Cells: test metrics mean ± sample std over seeds; **bold** = "
+          f"best complete row of the column; † = the seed model is better than every baseline of the "
+          f"table on that metric (per-user Wilcoxon signed-rank, seeds averaged per user, Holm over "
+          f"{len(data['comparisons'])} tests, α = {p['alpha']}). A row with fewer than {len(SEEDS)} seeds "
+          "is still running and takes no part in marks or tests.",
+          "", "`python -m benchmarks.headline --report-only` rebuilds this page from the committed cells.", ""]
+    for ds in datasets:
+        rows = data["summaries"][ds]
+        baselines = [m for m in models if m not in SEED_MODELS and m in rows and rows[m]["n"] == len(SEEDS)]
+        md += [f"## {ds}", "", "| model | seeds | " + " | ".join(LABEL[m] for m in METRICS)
+               + " | epochs | s/epoch | peak RSS MiB |", "|---" * (len(METRICS) + 5) + "|"]
+        best = {m: _best(rows, m) for m in METRICS}
+        for model in models:
+            if model not in rows:
+                md.append(f"| {model} | 0 | " + " | ".join("—" for _ in METRICS) + " | | | |")
+                continue
+            s = rows[model]
+            cells = []
+            for metric in METRICS:
+                text = _fmt(s, metric)
+                if best[metric] == model:
+                    text = f"**{text}**"
+                if model in SEED_MODELS and metric in TESTED and _beats_all(data, ds, model, metric, baselines):
+                    text += " †"
+                cells.append(text)
+            md.append(f"| {model} | {s['n']} | " + " | ".join(cells)
+                      + f" | {s['epochs']:.0f} | {s['s_epoch']:.2f} | {s['peak_rss_mb']:.0f} |")
+        md.append("")
+    md += ["## Seed models against each baseline", "",
+           "Mean per-user difference (seed model − baseline), Wilcoxon p, Holm-adjusted p, verdict at α.", "",
+           "| dataset | model | baseline | metric | diff | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for t in data["comparisons"]:
+        md.append(f"| {t['dataset']} | {t['model']} | {t['baseline']} | {LABEL[t['metric']]} | {t['diff']:+.4f} | "
+                  f"{t['p']:.2g} | {t['p_holm']:.2g} | {verdict(t)} |")
+    md += ["", "## What holds", ""]
+    for ds in datasets:
+        for s in SEED_MODELS:
+            tests = [t for t in data["comparisons"] if t["dataset"] == ds and t["model"] == s]
+            if not tests:
+                md.append(f"- {s} on {ds}: not yet measured (cells missing).")
+                continue
+            for metric in TESTED:
+                mine = [t for t in tests if t["metric"] == metric]
+                better = [t["baseline"] for t in mine if verdict(t) == "better"]
+                worse = [t["baseline"] for t in mine if verdict(t) == "worse"]
+                same = [t["baseline"] for t in mine if verdict(t) == "n.s."]
+                holds = "holds" if len(better) == len(mine) else "does not hold"
+                md.append(f"- {s} on {ds}, {LABEL[metric]}: \"beats the baselines\" {holds} against the "
+                          f"{len(mine)} finished baselines (better: {', '.join(better) or 'none'}; "
+                          f"no significant difference: {', '.join(same) or 'none'}; worse: {', '.join(worse) or 'none'}).")
+    md += ["", "## Ablations", "",
+           "Variant settings on top of the tuned point, same seeds; tests against the full model (Holm over "
+           f"{len(data['ablation_tests'])} tests).", ""]
+    for ds, by_model in data["ablations"].items():
+        for s, variants in by_model.items():
+            full = data["summaries"][ds].get(s)
+            md += [f"### {s} on {ds}", "", "| variant | seeds | " + " | ".join(LABEL[m] for m in METRICS)
+                   + " | vs full (R@20, Holm p) |", "|---" * (len(METRICS) + 3) + "|"]
+            if full:
+                md.append(f"| full model | {full['n']} | " + " | ".join(_fmt(full, m) for m in METRICS) + " | |")
+            for label, s_ in variants.items():
+                test = next((t for t in data["ablation_tests"] if t["dataset"] == ds and t["model"] == s
+                             and t["variant"] == label and t["metric"] == "recall@20"), None)
+                mark = f"{test['diff']:+.4f}, {test['p_holm']:.2g} ({verdict(test)})" if test else ""
+                md.append(f"| {label} | {s_['n']} | " + " | ".join(_fmt(s_, m) for m in METRICS) + f" | {mark} |")
+            md.append("")
+    md += ["## Tuned settings", "", "| dataset | model | trials | selected (changed from defaults) | valid R@20 |",
+           "|---|---|---|---|---|"]
+    for ds in datasets:
+        for model in models:
+            t = tunings[ds].get(model)
+            if t and "selected" in t:
+                chosen = t["selected"]["point"] or "defaults"
+                md.append(f"| {ds} | {model} | {len(t['trials'])}/{len(t['spec']['points'])} | {chosen} | "
+                          f"{t['selected']['valid']['recall@20']:.4f} |")
+    return "\n".join(md) + "\n"
+
+
+def _tex(text: str) -> str:
+    return text.replace("_", r"\_").replace("%", r"\%")
+
+
+def render_latex(data: dict, models: list[str], datasets: list[str]) -> str:
+    cols = "l" + "c" * (len(METRICS) * len(datasets))
+    head = " & ".join(rf"\multicolumn{{{len(METRICS)}}}{{c}}{{{_tex(ds)}}}" for ds in datasets)
+    sub = " & ".join(LABEL[m] for m in METRICS)
+    lines = [r"\begin{tabular}{" + cols + "}", r"\toprule", f"Model & {head} \\\\",
+             "& " + " & ".join([sub] * len(datasets)) + r" \\", r"\midrule"]
+    for model in models:
+        if model == SEED_MODELS[0]:
+            lines.append(r"\midrule")
+        cells = []
+        for ds in datasets:
+            rows = data["summaries"][ds]
+            baselines = [m for m in models if m not in SEED_MODELS and m in rows and rows[m]["n"] == len(SEEDS)]
+            for metric in METRICS:
+                s = rows.get(model)
+                if s is None:
+                    cells.append("--")
+                    continue
+                text = f"{s['mean'][metric]:.4f}"
+                if _best(rows, metric) == model:
+                    text = rf"\textbf{{{text}}}"
+                if model in SEED_MODELS and metric in TESTED and _beats_all(data, ds, model, metric, baselines):
+                    text += r"$^\dagger$"
+                cells.append(text)
+        lines.append(_tex(model) + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(data: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["dataset", "model", "seeds", *(f"{m}_{k}" for m in METRICS for k in ("mean", "std")),
+                     "epochs", "s_per_epoch", "peak_rss_mb"])
+    for ds, rows in data["summaries"].items():
+        for model, s in rows.items():
+            writer.writerow([ds, model, s["n"], *(f"{s[k][m]:.6f}" for m in METRICS for k in ("mean", "std")),
+                             f"{s['epochs']:.1f}", f"{s['s_epoch']:.4f}", f"{s['peak_rss_mb']:.0f}"])
+    return buf.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join([*BASELINES, *SEED_MODELS]))
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--parts", default="tune,final,ablation")
+    parser.add_argument("--report-only", action="store_true", help="train nothing; rebuild the tables")
+    args = parser.parse_args()
+    models, datasets = args.models.split(","), args.datasets.split(",")
+    if not args.report_only:
+        run(models, datasets, set(args.parts.split(",")))
+    report([*BASELINES, *SEED_MODELS], DATASETS)
+    print((RESULTS / "headline.md").read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
