@@ -21,6 +21,10 @@ MODELS = ["lightgcn", "vbpr", "freedom", "mgcn", "gume", "rlmmrec"]
 MULTIMODAL = ["vbpr", "freedom", "mgcn", "gume", "rlmmrec", "siger", "egra"]
 # lfm2k also ships audio_whisper; the benchmark uses the text + audio pair the issue names.
 MODALITIES = {"tiktok": "[image,audio]", "lfm2k": "[text,audio]"}
+# Settings a model needs on a dataset whose modalities have no role by name: FREEDOM's image/text
+# graph weights (prismrec.models.roles) have no owner for image+audio or text+audio; equal weights
+# are the neutral choice, and the one validation selected on lfm2k (results/freedom_grid.md).
+MODEL_SETTINGS = {"freedom": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}}}
 
 
 REPORT_ONLY = "--report-only" in sys.argv  # summarise finished cells, train nothing
@@ -35,6 +39,8 @@ def compare(models: list[str], dataset: str, out: Path, extra: list[str] = (), s
     for model in models:
         if model in MULTIMODAL:
             cmd += ["--set", f"{model}.modalities={MODALITIES[dataset]}"]
+        for key, value in MODEL_SETTINGS.get(model, {}).get(dataset, {}).items():
+            cmd += ["--set", f"{model}.{key}={json.dumps(value).replace(' ', '')}"]
     for item in extra:
         cmd += ["--set", item]
     subprocess.run(cmd, check=True)

@@ -16,8 +16,8 @@ ABLATIONS = {
     "gate (full model)": [],
     "concat fusion": ["fusion=concat"],
     "mean fusion": ["fusion=mean"],
-    "image only": ["fusion=visual_only"],
-    "audio only": ["fusion=text_only"],
+    "first modality only": ["fusion=first_only"],  # tiktok: image; lfm2k: text
+    "second modality only": ["fusion=second_only"],  # audio on both
     "1 layer": ["n_layers=1"],
     "3 layers": ["n_layers=3"],
     "no item ID embedding": ["item_input=content_only"],

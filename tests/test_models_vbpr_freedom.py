@@ -7,10 +7,12 @@ import torch
 
 from prismrec.data import load_dataset
 from prismrec.data.synthetic import write_planted_dataset
+from prismrec.errors import ConfigError
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 from prismrec.graph import bipartite_adjacency
 from prismrec.models import get_model
+from prismrec.models.roles import image_text_pair, modality_role
 from prismrec.train import seed_everything
 
 
@@ -107,11 +109,11 @@ def test_freedom_item_graph_equals_dense_reference(planted):
     assert np.allclose(s_v[s_v > 0], 0.1) and (s_v > 0).sum(1).tolist() == [10] * planted.n_items
     graph = net.item_graph.matrix.to_dense().double().numpy()
     np.testing.assert_allclose(graph, 0.1 * s_v + 0.9 * s_t, atol=1e-7)
-    # Weights follow `modalities` order: the first modality gets 0.1.
+    # Weights go by name, not position: listing text first still gives the image graph 0.1.
     swapped = build("freedom", planted, modalities=["text", "image"])
-    np.testing.assert_allclose(
-        swapped.item_graph.matrix.to_dense().double().numpy(), 0.1 * s_t + 0.9 * s_v, atol=1e-7
-    )
+    assert swapped.mm_weights == (0.9, 0.1)
+    np.testing.assert_allclose(swapped.item_graph.matrix.to_dense().double().numpy(), graph, atol=1e-7)
+    assert build("freedom", planted, image_weight=0.3).mm_weights == pytest.approx((0.3, 0.7))
     custom = build("freedom", planted, mm_weights=[0.25, 0.75], knn_k=4)
     expected = 0.25 * dense_binary_knn(planted.features["image"], 4) + 0.75 * dense_binary_knn(
         planted.features["text"], 4
@@ -128,13 +130,27 @@ def test_freedom_rejects_bad_mm_weights(planted, weights, message):
         build("freedom", planted, mm_weights=weights)
 
 
-def test_freedom_three_modalities_default_to_uniform(tmp_path):
+def test_freedom_weights_need_an_explicit_setting_without_image_and_text_roles(tmp_path):
     data = load_dataset(
         write_planted_dataset(tmp_path / "three", n_users=40, n_items=30, modalities={"audio": 3, "text": 4, "image": 5})
     )
-    net = build("freedom", data, knn_k=3)
-    assert net.modalities == ["image", "text", "audio"]
-    assert net.mm_weights == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    for modalities in (None, ["text", "audio"], ["image", "audio"]):  # three modalities; no image/text pair
+        with pytest.raises(ConfigError, match=r"freedom: set mm_weights .*audio.*image-like: image, visual"):
+            build("freedom", data, knn_k=3, modalities=modalities)
+    assert build("freedom", data, knn_k=3, modalities=["text", "audio"], mm_weights=[0.5, 0.5]).mm_weights == (0.5, 0.5)
+    net = build("freedom", data, knn_k=3, mm_weights=[0.2, 0.3, 0.5])
+    assert net.modalities == ["image", "text", "audio"] and net.mm_weights == (0.2, 0.3, 0.5)
+    assert build("freedom", data, knn_k=3, modalities=["audio"]).mm_weights == (1.0,)
+    with pytest.raises(ConfigError, match="image_weight must be in"):
+        build("freedom", data, knn_k=3, modalities=["image", "text"], image_weight=1.5)
+
+
+def test_modality_roles_by_name():
+    assert [modality_role(m) for m in ("image", "Visual", "v", "image_clip", "text", "title", "text_bert", "t")] \
+        == ["image"] * 4 + ["text"] * 4
+    assert [modality_role(m) for m in ("audio", "audio_whisper", "genre", "video", "textual")] == [None] * 5
+    assert image_text_pair(["text", "visual"]) == {"text": "text", "image": "visual"}
+    assert image_text_pair(["text", "audio"]) is None and image_text_pair(["image", "text", "audio"]) is None
 
 
 def lgn_dense(adjacency: np.ndarray, x0: np.ndarray, layers: int) -> np.ndarray:

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from prismrec.errors import ConfigError
 from prismrec.experiment.config import resolve_config
 from prismrec.models import get_model
 from prismrec.nn.fusion import GatedFusion
@@ -78,7 +79,17 @@ def test_missing_modalities_are_clear_errors(planted):
         build(planted, modalities=["audio"])
     single = type(planted)(**{**planted.__dict__, "features": {"image": planted.features["image"]}})
     with pytest.raises(ValueError, match="at least 2 modalities"):
+        build(single, fusion="second_only")
+    with pytest.raises(ConfigError, match=r"fusion=text_only keeps the text-like modality, but \['image'\] have 0"):
         build(single, fusion="text_only")
+
+
+def test_single_modality_variants_go_by_name_or_by_listed_position(planted):
+    listed = ["text", "image"]
+    assert build(planted, modalities=listed, fusion="visual_only")[0].modalities == ["image"]
+    assert build(planted, modalities=listed, fusion="text_only")[0].modalities == ["text"]
+    assert build(planted, modalities=listed, fusion="first_only")[0].modalities == ["text"]
+    assert build(planted, modalities=listed, fusion="second_only")[0].modalities == ["image"]
 
 
 def test_gate_analysis_writes_weights_summary_and_plot(planted, planted_dir, tmp_path):

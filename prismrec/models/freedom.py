@@ -7,7 +7,13 @@ a **denoised** user–item graph whose edges are pruned afresh every epoch.
    the raw features ``F_m`` (self included, ``k`` neighbours, ``Ŝ_m^bin = D^-1/2 B_m D^-1/2``,
    every kept entry ``1/k``), mixed with convex weights::
 
-       S = Σ_m α_m Ŝ_m^bin          α = (0.1, 0.9) for (image, text) — ``mm_weights``
+       S = Σ_m α_m Ŝ_m^bin          α = 0.1 image, 0.9 text — ``image_weight``, ``mm_weights``
+
+   The weights go to modalities **by name** (:mod:`prismrec.models.roles`): with an image-like
+   and a text-like modality (``image``/``visual``, ``text``/``title``, in any order) the image
+   one gets ``image_weight``, the text one the rest. Any other pair (lfm2k's text + audio,
+   tiktok's image + audio) or more than two modalities has no reference weighting: ``mm_weights``
+   must then be given (a :class:`~prismrec.errors.ConfigError` says so); one modality gets 1.
 
 2. Degree-sensitive edge pruning (2.6), redrawn in ``on_epoch_start``: keep
    ``⌊|E|·(1−ρ)⌋`` training edges drawn without replacement ``∝ 1/sqrt(d_u d_i)`` and rebuild the
@@ -47,28 +53,31 @@ from prismrec.graph import (
     mix,
     modality_weights,
 )
+from prismrec.errors import ConfigError
 from prismrec.losses import bpr_loss
 from prismrec.models import register
+from prismrec.models.roles import describe_roles, image_text_pair
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.encoders import Projector
 from prismrec.recommender import Output, Recommender
-
-"""Reference ``(mm_image_weight, 1 − mm_image_weight)`` for (image/visual, text/second) modality."""
-
 
 @dataclass
 class FREEDOMConfig:
     modalities: list[str] | None = None
     """Modalities used (graphs and modality BPR terms); ``None`` = all present, canonical order.
-    With two, the first plays the reference's image role and the second its text role."""
+    Their graph weights go by name (``image_weight``), never by position."""
     embedding_size: int = 64
     """``d``: ID embeddings and projected features (the reference's ``feat_embed_dim``) alike."""
     knn_k: int = 10
     """``k`` neighbours per item in each modality's binary kNN graph (self included)."""
+    image_weight: float = 0.1
+    """``α`` of the image-like modality of an image + text pair (reference ``mm_image_weight``);
+    the text-like one gets ``1 − image_weight``. Used only when ``mm_weights`` is None."""
     mm_weights: list[float] | None = None
-    """``α_m`` mixing the modality graphs, in ``modalities`` order; must be non-negative and sum
-    to 1. ``None`` = (0.1, 0.9) for two modalities (reference ``mm_image_weight = 0.1``),
-    uniform otherwise."""
+    """``α_m`` mixing the modality graphs, in ``modalities`` order; non-negative, summing to 1.
+    ``None``: by name (``image_weight``) for an image + text pair, 1 for a single modality;
+    required for any other modalities (e.g. ``[0.5, 0.5]`` for text + audio, which validation
+    selected on lfm2k: ``benchmarks/results/freedom_grid.md``)."""
     n_ui_layers: int = 2
     """``L_ui``: LightGCN layers on the user–item graph."""
     n_ii_layers: int = 1
@@ -96,7 +105,7 @@ class FREEDOM(Recommender):
                 f"got {config.drop_ratio}"
             )
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
-        self.mm_weights = modality_weights(config.mm_weights, self.modalities)
+        self.mm_weights = graph_weights(config, self.modalities)
         if config.knn_k > self.n_items:
             raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({self.n_items})")
         d = config.embedding_size
@@ -159,3 +168,23 @@ class FREEDOM(Recommender):
             p_i, p_j = p[: len(i)], p[len(i) :]
             terms[f"mm_bpr_{m}"] = self.config.reg_weight * bpr_loss(zu, p_i, p_j)
         return terms
+
+
+def graph_weights(config: FREEDOMConfig, modalities: list[str]) -> tuple[float, ...]:
+    """``α_m`` in ``modalities`` order: ``mm_weights`` (checked), or by name (module docstring).
+
+    Raises :class:`ConfigError` naming ``mm_weights`` when the modalities have no weights by name.
+    """
+    if config.mm_weights is not None or len(modalities) == 1:
+        return modality_weights(config.mm_weights, modalities)
+    if not 0.0 <= config.image_weight <= 1.0:
+        raise ConfigError(f"freedom: image_weight must be in [0, 1], got {config.image_weight}")
+    pair = image_text_pair(modalities)
+    if pair is None:
+        raise ConfigError(
+            f"freedom: set mm_weights (one weight per modality of {modalities}, in that order, summing to 1, "
+            f"e.g. --set mm_weights=[{','.join(['%.3g' % (1 / len(modalities))] * len(modalities))}]): these "
+            f"modalities are not one image-like and one text-like, so the reference's image/text weights "
+            f"have no owner by name ({describe_roles()})"
+        )
+    return tuple(config.image_weight if m == pair["image"] else 1.0 - config.image_weight for m in modalities)

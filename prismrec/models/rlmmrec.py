@@ -24,7 +24,9 @@ from torch import nn
 
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import bpr_loss, half_sq
+from prismrec.errors import ConfigError
 from prismrec.models import register
+from prismrec.models.roles import describe_roles, modality_role
 from prismrec.nn import IdEmbedding, Projector, lightgcn
 from prismrec.nn.fusion import GatedFusion
 from prismrec.recommender import Output, Recommender
@@ -43,9 +45,11 @@ class RLMultimodalRecConfig:
     training setting, ``--set lr=...``; ``n_layers`` {1, 2, 3} is an ablation, not searched)."""
     gate: Literal["vector", "scalar"] = "vector"
     """Element-wise gate (``W_g ∈ R^{d×2d}``) or one weight per item (``R^{1×2d}``)."""
-    fusion: Literal["gate", "concat", "mean", "visual_only", "text_only"] = "gate"
-    """How modalities are combined: learned gate, ``W_o[ṽ; t̃]``, plain mean, or one modality
-    (``visual_only`` = the first selected modality, ``text_only`` = the second)."""
+    fusion: Literal["gate", "concat", "mean", "visual_only", "text_only", "first_only", "second_only"] = "gate"
+    """How modalities are combined: learned gate, ``W_o[ṽ; t̃]``, plain mean, or one modality:
+    ``visual_only`` / ``text_only`` keep the image-like / text-like one **by name**
+    (:mod:`prismrec.models.roles`; an error if there is none), ``first_only`` / ``second_only``
+    the first / second of ``modalities`` as listed (any names)."""
     item_input: Literal["sum", "content_only", "concat_linear"] = "sum"
     """``e_i⁰ = e_i^{id} + m_i``, ``= m_i`` (no item ID embedding), or ``W_o[e_i^{id}; m_i]``."""
     train_features: bool = False
@@ -62,12 +66,10 @@ class RLMultimodalRec(Recommender):
     def __init__(self, dataset, config: RLMultimodalRecConfig) -> None:
         super().__init__(dataset, config)
         # One selected modality (or a *_only fusion) is the single-modality variant: m = x̃.
-        names = self.select_modalities(
-            dataset, config.modalities, 2 if config.fusion == "text_only" else 1, self.name
+        self.modalities = names = single_modality(
+            self.select_modalities(dataset, config.modalities, 2 if config.fusion == "second_only" else 1, self.name),
+            config.fusion,
         )
-        if config.fusion in ("visual_only", "text_only"):
-            names = names[:1] if config.fusion == "visual_only" else names[1:2]
-        self.modalities = names
         d = config.embedding_size
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
         self.user_emb = IdEmbedding(self.n_users, d)
@@ -128,3 +130,20 @@ class RLMultimodalRec(Recommender):
             "bpr": bpr_loss(*out.bpr_rows(batch)),
             "reg": self.config.reg_weight * reg,
         }
+
+
+def single_modality(names: list[str], fusion: str) -> list[str]:
+    """The modalities a ``fusion`` keeps: all, one by position (``first_only``, ``second_only``) or
+    one by role (``visual_only``, ``text_only``; :class:`ConfigError` unless exactly one fits)."""
+    if fusion in ("first_only", "second_only"):
+        return names[:1] if fusion == "first_only" else names[1:2]
+    if fusion not in ("visual_only", "text_only"):
+        return names
+    role = "image" if fusion == "visual_only" else "text"
+    kept = [m for m in names if modality_role(m) == role]
+    if len(kept) != 1:
+        raise ConfigError(
+            f"rlmmrec: fusion={fusion} keeps the {role}-like modality, but {names} have {len(kept)} "
+            f"({describe_roles()}); use fusion=first_only or second_only, or --set modalities=[<one name>]"
+        )
+    return kept
