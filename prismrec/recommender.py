@@ -182,6 +182,21 @@ class Recommender(nn.Module):
         """Scores of ``users`` against every item, ``len(users) x n_items``."""
         return out.user[users] @ out.item.T
 
+    def content_item_embeddings(self, items: torch.Tensor, out: Output) -> torch.Tensor | None:
+        """Inductive scoring hook: representations of ``items`` (ids) from their content alone.
+
+        A cold item (no training interaction, :mod:`prismrec.data.derive`) has an ID embedding
+        that never learned anything, so its row of ``out.item`` is meaningless. A model whose
+        paper says how to represent an item from its modality features (its modality branch or
+        purifier output, a learned feature-to-ID map, ...) overrides this to return a
+        ``len(items) x d`` tensor in the space of ``out.item`` (so ``score`` can use it in place
+        of those rows); ``out`` is the eval-mode forward output. ``None`` (the default) means the
+        model has no content-only path: :func:`prismrec.coldstart.cold_item_embeddings` then uses
+        a model-agnostic strategy (``map``: ridge regression from features to the final item
+        embeddings of warm items; ``knn``: mean over the nearest warm items by content).
+        """
+        return None
+
     def generator_states(self) -> dict[str, torch.Tensor]:
         """The state of every ``torch.Generator`` held by a module of this model (noise views,
         dropout masks), keyed ``"<module path>:<attribute>"``. Training checkpoints save it, so

@@ -9,17 +9,22 @@ both to contiguous ids in sorted raw-id order, splits every user's interactions 
     i_id_mapping.csv      raw item id -> itemID  ``raw_<name>`` when that is userID / itemID)
     text_feat.npy         optional: one sentence embedding per item (see ``item_text``)
     <name>_feat.npy       optional: given vectors per item, e.g. image_feat.npy (``item_features``)
+    <name>_mask.npy       written when some kept items have no vector (``missing_features="mean"``):
+                          bool per item, True = the item has this modality; load_dataset imputes
+                          the others (``impute``: mean, zero or neighbour)
     manifest.json         source file hash, filter, split rule and seed, counts, feature provenance
 
 Split rule ``random`` (MMRec's): all interactions shuffled with ``seed``; per user in that order,
 ``n_u < 10``: ``n_u - 2`` train, 1 valid, 1 test; else ``h = floor(0.2 n_u)``, ``floor(h/2)``
 valid, the rest of ``h`` test, the others train. ``temporal``: the same counts, taken in time
-order (ties by input row), so valid and test hold each user's latest interactions.
+order (ties by input row), so valid and test hold each user's latest interactions. ``cold_items = f`` then makes a
+seeded ``f`` of the items cold: all their rows move to valid (half of them) or test (the other
+half), recorded in the manifest (:mod:`prismrec.data.derive`, the cold-item protocol).
 
 Nothing is silently fixed: missing ids, duplicate (user, item) pairs (unless ``dedupe``, which
 keeps each pair's first row and records how many were dropped), items without text and items
-without vectors (unless ``missing_features="mean"``) are errors or recorded counts, never quiet
-changes.
+without vectors (unless ``missing_features="mean"``, which also writes the mask) are errors or
+recorded counts, never quiet changes.
 
 The folder is written atomically: everything goes into a hidden sibling ``.<name>.building-<pid>``
 that is renamed to ``out_dir`` only once complete, so an interrupted build never leaves a folder
@@ -42,8 +47,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from prismrec.data.dataset import utf8_problem
-from prismrec.data.features import TEXT_ENCODER, encode_texts
+from prismrec.data.dataset import MASK_SUFFIX, utf8_problem
+from prismrec.data.derive import choose_cold_items, cold_item_labels, cold_record
+from prismrec.data.features import IMPUTE_METHODS, TEXT_ENCODER, encode_texts
 from prismrec.errors import ConfigError, DatasetError
 
 SPLIT_RULES = ("random", "temporal")
@@ -67,6 +73,8 @@ def build_dataset(
     item_features: Mapping[str, str | Path] | None = None,
     missing_features: str = "error",
     overwrite: bool = False,
+    cold_items: float = 0.0,
+    impute: str = "mean",
 ) -> Path:
     """Build ``out_dir`` (its name is the dataset's name) from raw files; return the folder.
 
@@ -86,8 +94,12 @@ def build_dataset(
             column holds the id and every other column one dimension. Rows of items the filter
             removed are ignored (and counted).
         missing_features: a kept item without a vector is an error (``"error"``), or gets the
-            mean of the given vectors (``"mean"``, counted in the manifest).
+            mean of the given vectors in the file (``"mean"``, counted in the manifest) and is
+            marked missing in ``<name>_mask.npy``, so :func:`prismrec.data.load_dataset` imputes it.
         overwrite: replace an existing non-empty ``out_dir`` (only once the new folder is complete).
+        cold_items: share of items made cold (0 = none; at most 0.5), drawn with ``seed``.
+        impute: the folder's default imputation of masked rows (``mean``, ``zero``, ``neighbour``),
+            recorded in the manifest; ``load_dataset(impute=...)`` overrides it.
 
     Bad settings raise :class:`ConfigError` naming the ``prismrec build`` option; bad input files
     raise :class:`DatasetError` naming the file, the line and the option to change.
@@ -100,6 +112,10 @@ def build_dataset(
         raise ConfigError(f"--missing-features must be one of {', '.join(MISSING_FEATURES)}, got {missing_features!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ConfigError(f"--seed must be a whole number from 0 to 2**32-1, got {seed!r}")
+    if impute not in IMPUTE_METHODS:
+        raise ConfigError(f"--impute must be one of {', '.join(IMPUTE_METHODS)}, got {impute!r}")
+    if cold_items:
+        choose_cold_items(np.arange(4), cold_items, seed)  # checks the fraction before any work
     item_features = dict(item_features or {})
     for modality in item_features:
         if not modality.isidentifier() or (modality == "text" and item_text is not None):
@@ -129,6 +145,11 @@ def build_dataset(
     order = _time_order(frame[time_col], source, time_col) if split == "temporal" else \
         np.random.default_rng(seed).permutation(len(frame))
     labels = split_labels(users, order)
+    cold = None
+    if cold_items:
+        cold_valid, cold_test = choose_cold_items(items, cold_items, seed)
+        warm_labels, labels = labels, cold_item_labels(items, labels, cold_valid, cold_test)
+        cold = cold_record(users, items, warm_labels, labels, cold_valid, cold_test, cold_items, seed)
 
     name = out.name
     # Written under a hidden temporary name beside ``out``, renamed once complete.
@@ -155,7 +176,10 @@ def build_dataset(
             "users": int(len(raw_users)),
             "items": int(len(raw_items)),
             "features": {},
+            "impute": impute,
         }
+        if cold is not None:
+            manifest["cold_items"] = cold
         if item_text is not None:
             manifest["features"]["text"] = _text_features(
                 Path(item_text), raw_items, text_item_col or item_col, list(text_cols), encoder, work)
@@ -367,9 +391,12 @@ def _vector_features(modality: str, path: Path, raw_items: np.ndarray, item_col:
             "--missing-features mean to give them the mean vector")
     table = np.vstack([vectors, vectors.mean(axis=0, keepdims=True)]).astype(np.float32)
     np.save(out / f"{modality}_feat.npy", table[position])  # -1: the mean row
+    if absent.size:  # which rows are real: load_dataset imputes the others (mean, zero, neighbour)
+        np.save(out / f"{modality}{MASK_SUFFIX}", position >= 0)
     return {"file": f"{modality}_feat.npy", "source": str(path.resolve()), "sha256": _sha256(path),
             "dim": int(vectors.shape[1]), "items_without_vector": int(absent.size),
             "filled_with": "mean" if absent.size else None,
+            "mask": f"{modality}{MASK_SUFFIX}" if absent.size else None,
             "unused_rows": int(len(ids) - (len(raw_items) - absent.size))}
 
 

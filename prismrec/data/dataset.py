@@ -2,7 +2,11 @@
 
 A dataset folder holds ``<name>.inter`` (TAB-separated; columns ``userID``, ``itemID``,
 ``x_label``; optional ``rating``/``timestamp`` are ignored) and zero or more
-``<modality>_feat.npy`` files (row i = item i). Semantics follow MMRec exactly: ids are 0-based,
+``<modality>_feat.npy`` files (row i = item i), each optionally with ``<modality>_mask.npy`` (bool,
+``True`` where the item has that modality; masked rows are imputed here, see
+:func:`prismrec.data.features.impute_features`, before any model sees them). A cold-item dataset
+(``prismrec build --cold-items``, ``prismrec split-cold``) lists its cold items in
+``manifest.json``; they have no training row. Semantics follow MMRec exactly: ids are 0-based,
 ``n = max id + 1`` over all splits, ``x_label`` 0/1/2 = train/valid/test, and valid/test rows of
 users absent from the training split are dropped. Anything malformed raises
 :class:`DatasetError` naming the file, the row or column, and what to do; nothing is fixed
@@ -23,11 +27,14 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from prismrec.errors import DatasetError
+from prismrec.data.features import IMPUTE_METHODS, impute_features
+from prismrec.errors import ConfigError, DatasetError
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 SPLITS = ("train", "valid", "test")
 FEATURE_SUFFIX = "_feat.npy"
+MASK_SUFFIX = "_mask.npy"
+COLD_SPLITS = ("valid", "test")
 
 LAYOUT_HELP = (
     "A dataset is a folder <data-dir>/<name>/ holding <name>.inter (TAB-separated with a header "
@@ -50,6 +57,21 @@ class Dataset:
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
     path: Path | None = None
+    feature_masks: dict[str, np.ndarray] = field(default_factory=dict)
+    """Modality -> boolean ``n_items`` vector, ``True`` where the item has that modality (only
+    modalities with a ``<modality>_mask.npy``); masked rows of ``features`` are already imputed."""
+    cold_items: dict[str, np.ndarray] = field(default_factory=dict)
+    """``{"valid": ids, "test": ids}`` (sorted) of a cold-item dataset: items without any training
+    interaction whose interactions all lie in that split; empty for an ordinary dataset."""
+
+    def cold(self, split: str | None = None) -> np.ndarray:
+        """Sorted ids of the cold items held out in ``split`` (``valid``/``test``), or of all of them."""
+        if split is None:
+            parts = list(self.cold_items.values())
+            return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        if split not in COLD_SPLITS:
+            raise ValueError(f"cold items are held out in 'valid' or 'test', not {split!r}")
+        return self.cold_items.get(split, np.empty(0, dtype=np.int64))
 
     def split(self, name: str) -> sp.csr_matrix:
         """Return the CSR matrix of split ``name`` (``train``, ``valid`` or ``test``)."""
@@ -157,12 +179,19 @@ def load_dataset(
     name_or_path: str | Path,
     data_dir: str | Path | None = None,
     modalities: list[str] | None = None,
+    impute: str | None = None,
+    impute_k: int | None = None,
 ) -> Dataset:
     """Load and validate an MMRec dataset folder.
 
     ``name_or_path`` is a folder, or a name looked up in :func:`resolve_data_dir`.
     ``modalities`` restricts which ``<modality>_feat.npy`` files are read (default: all present;
-    a requested one that is missing is an error).
+    a requested one that is missing is an error). ``impute`` fills the rows a
+    ``<modality>_mask.npy`` marks as missing (``mean``, ``zero`` or ``neighbour``, see
+    :func:`prismrec.data.features.impute_features`); ``None`` = the manifest's ``impute`` (set by
+    ``prismrec build --impute``), else ``mean``; ``impute_k`` is the neighbour count of
+    ``neighbour`` (``None``: the manifest's ``impute_k``, else 10). What was filled is recorded in
+    ``manifest["imputation"]``.
     """
     folder = find_dataset(name_or_path, data_dir)
     name = folder.name
@@ -196,6 +225,19 @@ def load_dataset(
 
     features = _load_features(folder, n_items, modalities)
     manifest = _read_manifest(folder)
+    masks = _load_masks(folder, n_items, features)
+    method = impute if impute is not None else manifest.get("impute", "mean")
+    if method not in IMPUTE_METHODS:
+        where = "impute" if impute is not None else f"{folder / 'manifest.json'} field 'impute'"
+        raise ConfigError(f"{where}: {method!r} is not one of {', '.join(IMPUTE_METHODS)}")
+    if masks:
+        k = impute_k if impute_k is not None else manifest.get("impute_k", 10)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"impute_k must be a positive whole number (neighbours of neighbour imputation), got {k!r}")
+        filled, record = impute_features({m: f.numpy() for m, f in features.items()}, masks, method, k)
+        features = {m: torch.from_numpy(np.ascontiguousarray(f)) for m, f in filled.items()}
+        manifest["imputation"] = record
+    cold = _cold_items(folder, manifest, matrices, n_items)
     manifest.update(
         {
             "name": name,
@@ -205,6 +247,8 @@ def load_dataset(
         }
     )
     return Dataset(
+        feature_masks=masks,
+        cold_items=cold,
         name=name,
         n_users=n_users,
         n_items=n_items,
@@ -394,6 +438,59 @@ def _load_feature(path: Path, n_items: int) -> torch.Tensor:
             stacklevel=4,
         )
     return torch.from_numpy(array)
+
+
+def _load_masks(folder: Path, n_items: int, features: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """``<modality>_mask.npy`` of each loaded modality that has one, checked (bool, ``n_items`` long)."""
+    masks = {}
+    for m in features:
+        path = folder / f"{m}{MASK_SUFFIX}"
+        if not path.is_file():
+            continue
+        try:
+            mask = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DatasetError(f"{path} is not a readable .npy file ({exc}); save the mask with "
+                               "numpy.save(path, bool_vector)") from None
+        if mask.dtype != np.bool_ or mask.shape != (n_items,):
+            raise DatasetError(f"{path}: expected a boolean vector of {n_items} items (True = the item has "
+                               f"{m}), got dtype {mask.dtype} and shape {mask.shape}; rewrite it")
+        if not mask.any():
+            raise DatasetError(f"{path}: no item has {m} (every entry is False); remove {m}{FEATURE_SUFFIX} "
+                               "and its mask, or fix the mask")
+        masks[m] = mask
+    return masks
+
+
+def _cold_items(folder: Path, manifest: dict, splits: dict, n_items: int) -> dict[str, np.ndarray]:
+    """The manifest's cold items per split, checked: valid ids, disjoint, none in the train split."""
+    record = manifest.get("cold_items")
+    if not record:
+        return {}
+    path = folder / "manifest.json"
+    cold = {}
+    for split in COLD_SPLITS:
+        try:
+            ids = np.asarray(record.get(split, []), dtype=np.int64)
+        except (TypeError, ValueError, AttributeError):
+            raise DatasetError(f"{path}: cold_items.{split} must be a list of item ids; rebuild the cold "
+                               "split with prismrec split-cold") from None
+        bad = ids[(ids < 0) | (ids >= n_items)]
+        if bad.size:
+            raise DatasetError(f"{path}: cold_items.{split} holds item {int(bad[0])}, outside 0..{n_items - 1}; "
+                               "rebuild the cold split with prismrec split-cold")
+        cold[split] = np.unique(ids)
+    both = np.intersect1d(cold["valid"], cold["test"])
+    if both.size:
+        raise DatasetError(f"{path}: item {int(both[0])} is cold in both valid and test; rebuild the cold split")
+    degree = np.bincount(splits["train"].indices, minlength=n_items)
+    for split, ids in cold.items():
+        leaked = ids[degree[ids] > 0]
+        if leaked.size:
+            raise DatasetError(f"{path}: cold item {int(leaked[0])} (cold_items.{split}) has {int(degree[leaked[0]])} "
+                               f"training rows in {folder.name}.inter ({leaked.size} such items): a cold item "
+                               "must have none; rebuild the cold split with prismrec split-cold")
+    return cold
 
 
 def _read_manifest(folder: Path) -> dict:

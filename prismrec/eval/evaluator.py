@@ -7,6 +7,7 @@ from typing import Sequence
 import scipy.sparse as sp
 import torch
 
+from prismrec.eval.cold import evaluate_cold
 from prismrec.eval.groups import restrict_items
 from prismrec.eval.metrics import evaluate_ranking
 from prismrec.recommender import Output, Recommender
@@ -73,6 +74,35 @@ class Evaluator:
                 batch_size=self.batch_size,
                 per_user=per_user,
                 device=model.device,
+            )
+        finally:
+            model.train(was_training)
+
+    @torch.no_grad()
+    def evaluate_cold(
+        self,
+        model: Recommender,
+        split: str,
+        out: Output | None = None,
+        mode: str = "cold",
+        per_user: bool = False,
+        cold_items=None,
+    ) -> dict:
+        """Metrics of ``model`` on the cold items of ``split`` (:mod:`prismrec.eval.cold`).
+
+        ``cold_items`` defaults to ``dataset.cold(split)``. ``out`` is the forward output to score
+        with; give one whose cold item rows come from content (:mod:`prismrec.coldstart`), since a
+        cold item's ID embedding was never trained.
+        """
+        items = self.dataset.cold(split) if cold_items is None else cold_items
+        was_training = model.training
+        model.eval()
+        try:
+            if out is None:
+                out = model()
+            return evaluate_cold(
+                lambda users: model.score(users, out), self.dataset.split(split), self.exclude(split),
+                items, mode, ks=self.ks, batch_size=self.batch_size, per_user=per_user, device=model.device,
             )
         finally:
             model.train(was_training)
