@@ -5,8 +5,8 @@
 2. For the trained LightGCN (seed 999): one validation evaluation against its floor, the bare
    users x items GEMM + top-k on the same embeddings and user batches (median of 7 runs).
 3. Where a LightGCN epoch goes: sampling, forward (propagation + loss), backward, optimiser,
-   validation — medians over 7 epochs continued from the trained state — and the ratio to
-   MMRec's epoch on the same machine kind (5.4 s train + 3.9 s valid + 3.9 s test).
+   validation — medians over 7 epochs continued from the trained state. Comparisons with other
+   frameworks come from ``benchmarks/peers.py`` (same invocation, same split), not from here.
 
     python -m benchmarks.foundation_baby
 """
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,6 @@ from prismrec.models import get_model
 from prismrec.train.allocator import keep_freed_memory
 
 RUNS = Path("runs/bench-foundation-baby")
-MMREC = {"train_s": 5.4, "valid_s": 3.9, "test_s": 3.9}  # MMRec LightGCN on baby, 2 threads
 
 
 def run_compare() -> dict:
@@ -86,20 +86,18 @@ def main() -> None:
     ev = evaluation_vs_floor(model, data, cfg)
     br = breakdown("lightgcn", data, epochs=7, model=model)
     ours = br["train_s"] + br["eval_s"]
-    mmrec_tv = MMREC["train_s"] + MMREC["valid_s"]
-    mmrec_all = mmrec_tv + MMREC["test_s"]
+    load = os.getloadavg()
     data_out = {
         "machine": machine(),
         "compare": results["cells"]["baby"],
         "evaluation": ev,
         "epoch_breakdown": br,
-        "mmrec_epoch_s": MMREC,
-        "speedup_vs_mmrec_train_valid": mmrec_tv / ours,
-        "speedup_vs_mmrec_epoch_with_test": mmrec_all / ours,
+        "load_average": load,
     }
     ratio = ev["evaluation_s"]["median"] / ev["floor_gemm_topk_s"]["median"]
     md = [
-        "# Foundation benchmark: baby", "", f"{machine()}", "",
+        "# Foundation benchmark: baby", "", f"{machine()}; load average (1, 5, 15 min) after the "
+        f"timings: {tuple(round(x, 2) for x in load)}", "",
         (RESULTS / "foundation_baby_compare.md").read_text(), "",
         "## One validation evaluation (LightGCN, seed 999), median of 7", "",
         "| what | seconds |", "|---|---|",
@@ -113,10 +111,8 @@ def main() -> None:
         f"| training epoch (total) | {br['train_s']:.3f} |",
         f"| validation | {br['eval_s']:.3f} |",
         f"| **epoch (train + valid)** | **{ours:.3f}** |", "",
-        f"MMRec, same machine kind and data: {MMREC['train_s']} s train + {MMREC['valid_s']} s valid "
-        f"+ {MMREC['test_s']} s test per epoch. Speed-up: **{mmrec_tv / ours:.1f}x** against MMRec's "
-        f"train + valid ({mmrec_tv:.1f} s), **{mmrec_all / ours:.1f}x** against its whole epoch "
-        f"({mmrec_all:.1f} s, which also evaluates test every epoch; prismrec evaluates test once).", "",
+        "Against other frameworks: `python -m benchmarks.peers` (RecBole side by side, same split, "
+        "same invocation; results/peers.md).", "",
     ]
     write("foundation_baby", data_out, "\n".join(md))
 

@@ -1,0 +1,234 @@
+"""Every model's epoch against its floor: the kernels it cannot avoid, timed in the same process.
+
+For each registered model (default settings) on a dataset: one warm-up epoch, then ``--epochs``
+measured epochs (training pass + one full validation, as the trainer runs them). Then the floor
+of that epoch, from the model's own kernels:
+
+* **training, per batch**: one batch's forward and backward run under a recorder of torch's
+  operator calls (``TorchDispatchMode``) that keeps every matrix product (sparse adjacency and
+  kNN products, dense GEMMs of the encoders and losses: ``mm``, ``addmm``, ``bmm``, ...), every
+  (log-)softmax / logsumexp and every top-k, with their real arguments. The recorded calls are
+  replayed bare (no autograd, no Python model code) and timed, plus one optimiser step over all
+  parameters; times the number of batches of an epoch;
+* **validation**: the recorded kernels of one eval-mode forward, plus the users x items GEMM and
+  top-k over the validation users in the evaluator's batches.
+
+``epoch / floor`` then says how much of an epoch is overhead on top of those kernels (element-wise
+work, gathers, sampling, Python); 1.0 is the floor. Writes ``results/floors.{json,md}`` (or
+``floors_<dataset>`` for other datasets), one row per model, resumable (``--models`` to rerun some).
+
+    python -m benchmarks.floors [--dataset tiktok] [--models a,b] [--epochs 1] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+
+import prismrec  # noqa: F401  (sets the OpenMP wait policy before torch loads)
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from benchmarks.common import RESULTS, machine, write
+from prismrec.data import BPRSampler, load_dataset
+from prismrec.eval import Evaluator
+from prismrec.experiment.config import resolve_config
+from prismrec.models import MODELS, get_model
+from prismrec.recommender import PretrainedItems
+from prismrec.train.allocator import keep_freed_memory
+from prismrec.train.trainer import seed_everything, train_epoch
+
+PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "_sparse_mm", "_sparse_addmm",
+            "_sparse_sparse_matmul", "sspaddmm", "_sparse_csr_mm"}
+SOFTMAX = {"_log_softmax", "_log_softmax_backward_data", "_softmax", "_softmax_backward_data", "logsumexp"}
+SELECT = {"topk"}
+KERNELS = PRODUCTS | SOFTMAX | SELECT
+
+
+class KernelRecorder(TorchDispatchMode):
+    """Keeps every call of an operator in :data:`KERNELS` (with its arguments) while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket.__name__ in KERNELS:
+            self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+def kind(call) -> str:
+    """``sparse`` (a product with a sparse operand), ``gemm``, ``softmax`` or ``topk``."""
+    func, args, _ = call
+    name = func.overloadpacket.__name__
+    if name in SOFTMAX:
+        return "softmax"
+    if name in SELECT:
+        return "topk"
+    sparse = any(isinstance(a, torch.Tensor) and a.layout != torch.strided for a in args)
+    return "sparse" if sparse else "gemm"
+
+
+def replay(calls) -> None:
+    """Run the recorded calls again, bare: fresh outputs, no autograd."""
+    with torch.no_grad():
+        for func, args, kwargs in calls:
+            kw = {k: (torch.empty_like(v) if k == "out" and isinstance(v, torch.Tensor) else v)
+                  for k, v in kwargs.items()}
+            func(*args, **kw)
+
+
+def median_s(fn, repeats: int = 5) -> float:
+    fn()  # warm
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def kinds_s(calls) -> dict:
+    """Replay seconds of the recorded calls, split by :func:`kind`."""
+    groups: dict[str, list] = {}
+    for call in calls:
+        groups.setdefault(kind(call), []).append(call)
+    return {k: median_s(lambda c=c: replay(c)) for k, c in groups.items()}
+
+
+def build(name: str, data, settings: dict):
+    """A fresh model with default settings; a declared earlier-stage input is faked at its real size
+    (EGRA's pretrained item vectors: random, 64-d), since only its cost matters here."""
+    cfg = resolve_config(name, data.name, settings)
+    seed_everything(cfg.train.seed)
+    cls = get_model(name)
+    inputs = {}
+    for need in cls.required_inputs(cfg.params):
+        if need != "pretrained_items":
+            raise RuntimeError(f"{name} needs {need!r}, which this benchmark cannot fake")
+        vectors = np.random.default_rng(0).standard_normal((data.n_items, 64)).astype(np.float32)
+        inputs[need] = PretrainedItems(vectors, "random (floors benchmark)", None)
+    return cls(data, cfg.params, **inputs), cfg
+
+
+def measure(name: str, data, epochs: int) -> dict:
+    """Epoch seconds (training, validation) and their floors for one model."""
+    t0 = time.perf_counter()
+    model, cfg = build(name, data, {})
+    build_s = time.perf_counter() - t0
+    tc = cfg.train
+    sampler = BPRSampler(data.train, tc.batch_size, tc.negative_pool, tc.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=True)
+    evaluator = Evaluator(data, ks=tc.topk, batch_size=tc.eval_batch_size)
+    train, valid = [], []
+    for epoch in range(epochs + 1):  # epoch 0 warms up
+        model.train()
+        model.on_epoch_start(epoch)
+        train.append(train_epoch(model, sampler, optimizer, epoch, model.device)["train_s"])
+        t0 = time.perf_counter()
+        evaluator.evaluate(model, "valid")
+        valid.append(time.perf_counter() - t0)
+    n_batches = sum(1 for _ in sampler.epoch())
+
+    # one training batch, recorded
+    model.train()
+    model.on_epoch_start(epochs + 1)
+    batch = next(iter(sampler.epoch()))
+    optimizer.zero_grad(set_to_none=True)
+    with KernelRecorder() as rec:
+        terms = model.batch_loss(batch)
+        sum(terms.values()).backward()
+    batch_kernels = kinds_s(rec.calls)
+    step_s = median_s(optimizer.step)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    # one validation: the eval-mode forward's kernels + users x items GEMM and top-k
+    model.eval()
+    with torch.no_grad(), KernelRecorder() as rec_eval:
+        out = model()
+    eval_kernels = kinds_s(rec_eval.calls)
+    users = torch.from_numpy((data.valid.getnnz(axis=1) > 0).nonzero()[0])
+    k, bs = max(tc.topk), tc.eval_batch_size
+
+    def rank():
+        with torch.no_grad():
+            for start in range(0, len(users), bs):
+                torch.topk(model.score(users[start : start + bs], out), k, dim=1)
+
+    rank_s = median_s(rank, repeats=3)
+    floor_train = n_batches * (sum(batch_kernels.values()) + step_s)
+    floor_valid = sum(eval_kernels.values()) + rank_s
+    train_s, valid_s = statistics.median(train[1:]), statistics.median(valid[1:])
+    return {
+        "train_s": train_s, "valid_s": valid_s, "epoch_s": train_s + valid_s,
+        "floor_train_s": floor_train, "floor_valid_s": floor_valid, "floor_s": floor_train + floor_valid,
+        "ratio": (train_s + valid_s) / (floor_train + floor_valid),
+        "ratio_train": train_s / floor_train, "ratio_valid": valid_s / floor_valid,
+        "batches": n_batches, "batch_kernels_s": batch_kernels, "optimizer_step_s": step_s,
+        "batch_calls": len(rec.calls), "parameters": n_params,
+        "eval_forward_kernels_s": eval_kernels, "rank_s": rank_s, "build_s": build_s,
+        "epochs_measured": epochs, "load1": os.getloadavg()[0],
+    }
+
+
+def markdown(res: dict) -> str:
+    rows = sorted(res["models"].items(), key=lambda kv: -kv[1]["ratio"])
+    lines = [f"# Epoch vs floor per model on {res['dataset']}", "",
+             f"{res['machine']}; {res['threads']} thread(s); updated {res['date']}.", "",
+             "| model | train s | floor | ratio | valid s | floor | ratio | **epoch / floor** | "
+             "per batch: sparse / GEMM / softmax+top-k / step ms | batches | 1-min load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        bk = r["batch_kernels_s"]
+        ms = " / ".join(f"{1000 * x:.1f}" for x in (bk.get("sparse", 0), bk.get("gemm", 0),
+                                                     bk.get("softmax", 0) + bk.get("topk", 0), r["optimizer_step_s"]))
+        lines.append(f"| {name} | {r['train_s']:.2f} | {r['floor_train_s']:.2f} | {r['ratio_train']:.2f} | "
+                     f"{r['valid_s']:.2f} | {r['floor_valid_s']:.2f} | {r['ratio_valid']:.2f} | "
+                     f"**{r['ratio']:.2f}** | {ms} | {r['batches']} | {r['load1']:.2f} |")
+    lines += ["", "Floor = the model's own kernels replayed bare in the same process: per training batch "
+              "every matrix product (sparse adjacency / kNN, dense GEMMs), (log-)softmax and top-k of its "
+              "forward and backward, plus one fused-Adam step; per validation the eval-mode forward's "
+              "kernels plus the users x items GEMM and top-k. Epochs: median of the measured epochs after "
+              "a warm-up, default settings (EGRA's pretrained vectors faked at their size). Sorted by "
+              "epoch / floor, furthest first."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    keep_freed_memory()  # as `prismrec train` does
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="tiktok")
+    parser.add_argument("--models", default=",".join(sorted(MODELS)))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    name = "floors" if args.dataset == "tiktok" else f"floors_{args.dataset}"
+    path = RESULTS / f"{name}.json"
+    res = json.loads(path.read_text()) if path.exists() else {"models": {}}
+    if res.get("threads") not in (None, args.threads):
+        res["models"] = {}  # other thread count: start over
+    data = load_dataset(args.dataset)
+    for model in args.models.split(","):
+        try:
+            r = measure(model, data, args.epochs)
+        except Exception as exc:  # one model's failure must not lose the others' rows
+            print(f"{model}: failed: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        res["models"][model] = r
+        res.update(machine=machine(), dataset=args.dataset, threads=args.threads,
+                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        print(f"{model}: epoch {r['epoch_s']:.2f} s, floor {r['floor_s']:.2f} s, ratio {r['ratio']:.2f} "
+              f"(train {r['ratio_train']:.2f}, valid {r['ratio_valid']:.2f}), load {r['load1']:.2f}", flush=True)
+        write(name, res, markdown(res))
+
+
+if __name__ == "__main__":
+    main()
