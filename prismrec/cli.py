@@ -211,7 +211,8 @@ def train(
     overwrite: bool = typer.Option(False, help="Replace a finished or different run in --out instead of refusing."),
     keep_checkpoints: bool = typer.Option(False, help="Keep the training checkpoints once the run has finished."),
     track: Optional[str] = typer.Option(
-        None, help="Also log to MLflow: a tracking URI, or a folder for a local store (needs mlflow)."),
+        None, help="Also log to MLflow (a tracking URI, or a folder for a local store; needs mlflow) "
+                   "or to TensorBoard (tensorboard:FOLDER; needs tensorboard)."),
 ) -> None:
     """Train MODEL on DATASET, select on validation, evaluate test once, write the run dir.
 
@@ -236,9 +237,9 @@ def train(
     created = not out.exists()
     tracker = None
     if track:
-        from prismrec.experiment.tracking import MlflowTracker
+        from prismrec.experiment.tracking import make_tracker
 
-        tracker = MlflowTracker(track)
+        tracker = make_tracker(track)
         tracker.start({**cfg.to_dict(), "seeds": seed_list}, out.name)
     try:
         metrics = run_experiment(cfg, seed_list, out, dataset=data, progress=not quiet, overwrite=overwrite,
@@ -246,13 +247,13 @@ def train(
                                  on_epoch_end=tracker.epoch if tracker is not None else None)
     except BaseException as exc:
         if tracker is not None:
-            tracker.mlflow.end_run(status="FAILED")
+            tracker.finish({}, None, status="FAILED")
         if isinstance(exc, PrismrecError) and created and RunDir(out).state().kind in ("absent", "empty"):
             shutil.rmtree(out, ignore_errors=True)  # refused before training
         raise
     if tracker is not None:
         tracker.finish(metrics, out if len(seed_list) == 1 else out / f"seed-{seed_list[0]}")
-        typer.echo(f"tracked in MLflow ({tracker.uri}), run {tracker.run_id}", err=quiet)
+        typer.echo(f"tracked in {tracker.describe()}", err=quiet)
     if quiet:
         typer.echo(f"run directory: {out}")
         return

@@ -1,14 +1,16 @@
-"""Optional MLflow tracking against a real local store (skipped without mlflow installed)."""
+"""Optional tracking: MLflow against a real local store, TensorBoard event files read back
+(each skipped without its package)."""
 
 import pytest
 
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 
-mlflow = pytest.importorskip("mlflow")
+
 
 
 def test_a_run_is_tracked_in_a_local_store(planted, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
     from prismrec.experiment.tracking import MlflowTracker
 
     tracker = MlflowTracker(str(tmp_path / "store"))
@@ -31,6 +33,7 @@ def test_a_run_is_tracked_in_a_local_store(planted, tmp_path):
 
 
 def test_cli_train_track_folder(planted_dir, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
     from typer.testing import CliRunner
 
     from prismrec.cli import app
@@ -45,3 +48,32 @@ def test_cli_train_track_folder(planted_dir, tmp_path):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["model"] == "bpr"
     assert "final_valid_recall_at_20" in run.data.metrics
+
+
+def test_cli_train_track_tensorboard(planted_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from typer.testing import CliRunner
+
+    from prismrec.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--model", "lightgcn", "--dataset", "planted", "--set", "epochs=3",
+                                      "--set", "threads=1", "--out", str(tmp_path / "r"), "--quiet",
+                                      "--track", f"tensorboard:{tmp_path / 'tb'}", "--data-dir", str(planted_dir.parent)])
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("tracked in TensorBoard") for line in result.output.splitlines())
+    events = EventAccumulator(str(tmp_path / "tb" / "r"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("valid_recall@20")] == [0, 1, 2]
+    assert "final_test/recall@20" in scalars and any(t.startswith("loss") for t in scalars)
+    metrics = __import__("json").loads((tmp_path / "r" / "metrics.json").read_text())
+    assert events.Scalars("final_test/recall@20")[0].value == pytest.approx(metrics["test"]["recall@20"], rel=1e-6)
+
+
+def test_track_tensorboard_needs_a_folder():
+    from prismrec.errors import ConfigError
+    from prismrec.experiment.tracking import make_tracker
+
+    with pytest.raises(ConfigError, match="needs a folder"):
+        make_tracker("tensorboard:")

@@ -1,4 +1,9 @@
-"""Optional experiment tracking with MLflow (``prismrec train --track URI``).
+"""Optional experiment tracking with MLflow or TensorBoard (``prismrec train --track TARGET``).
+
+``TARGET`` ``tensorboard:FOLDER`` writes TensorBoard event files to ``FOLDER/<run name>`` (view
+with ``tensorboard --logdir FOLDER``; needs ``tensorboard``): the settings as text, every
+epoch's loss terms and validation metrics as scalars (step = epoch), the final metrics.
+Any other ``TARGET`` is MLflow's.
 
 One MLflow run per ``prismrec train``: the resolved settings as params, every epoch's loss terms
 and validation metrics as metrics (``@`` written ``_at_``: ``valid_recall_at_20``; step = epoch; the seeds of a multi-seed run follow one another
@@ -30,6 +35,50 @@ def resolve_uri(target: str) -> tuple[str, str | None]:
     folder = Path(target).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri()
+
+
+def make_tracker(target: str):
+    """The tracker for ``--track``'s value: TensorBoard for ``tensorboard:FOLDER``, else MLflow."""
+    if target.startswith("tensorboard:"):
+        return TensorBoardTracker(target.partition(":")[2])
+    return MlflowTracker(target)
+
+
+class TensorBoardTracker:
+    """Logs one prismrec run as TensorBoard scalars; see the module docstring."""
+
+    def __init__(self, folder: str) -> None:
+        if not folder:
+            raise ConfigError("--track tensorboard:FOLDER needs a folder, e.g. --track tensorboard:runs/tb")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("--track tensorboard:... needs TensorBoard: pip install tensorboard") from None
+        self._writer_class, self.folder, self.writer = SummaryWriter, Path(folder).expanduser(), None
+
+    def start(self, settings: dict, name: str) -> str:
+        """Open ``FOLDER/name`` and record ``settings`` (nested keys joined with dots) as text."""
+        self.writer = self._writer_class(log_dir=str(self.folder / name))
+        table = "\n".join(f"| {k} | {v} |" for k, v in _flatten(settings).items())
+        self.writer.add_text("settings", "| setting | value |\n|---|---|\n" + table)
+        return str(self.folder / name)
+
+    def epoch(self, row: dict) -> None:
+        """One history row's numbers at step ``row['epoch']`` (suitable as ``on_epoch_end``)."""
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(float(value)):
+                self.writer.add_scalar(key, float(value), int(row["epoch"]))
+
+    def finish(self, metrics: dict, run_dir: Path | None, status: str = "FINISHED") -> None:
+        """The final valid/test metrics and the status; close the event file."""
+        for split in ("valid", "test"):
+            for key, value in (metrics.get(split) or {}).items():
+                self.writer.add_scalar(f"final_{split}/{key}", float(value), 0)
+        self.writer.add_text("status", status)
+        self.writer.close()
+
+    def describe(self) -> str:
+        return f"TensorBoard ({self.writer.log_dir}; tensorboard --logdir {self.folder})"
 
 
 class MlflowTracker:
@@ -76,6 +125,9 @@ class MlflowTracker:
                 if (Path(run_dir) / name).is_file():
                     self.mlflow.log_artifact(str(Path(run_dir) / name))
         self.mlflow.end_run(status=status)
+
+    def describe(self) -> str:
+        return f"MLflow ({self.uri}), run {self.run_id}"
 
 
 def _name(key: str) -> str:
