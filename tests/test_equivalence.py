@@ -39,7 +39,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "bpr": ("bpr", {}),
     "lightgcn": ("lightgcn", {}),
     "vbpr": ("vbpr", {}),
-    "freedom": ("freedom", {}),
+    "freedom": ("freedom", {"mm_weights": [0.1, 0.9]}),  # ml100k's text + genre have no image/text roles
     "rlmmrec": ("rlmmrec", {}),
     "mgcn": ("mgcn", {}),
     "gume": ("gume", {}),

@@ -49,7 +49,8 @@ def test_single_modality_and_loss_terms(planted, model):
 
 
 def test_vbpr_representation_by_hand(planted):
-    net = build("vbpr", planted)
+    assert build("vbpr", planted).config.feature_norm == "standardize"  # the default validation selected
+    net = build("vbpr", planted, feature_norm="none")
     assert net.modalities == ["image", "text"]
     out = net()
     d = net.config.embedding_size

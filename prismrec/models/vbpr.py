@@ -10,7 +10,8 @@ item's (frozen) raw content features. Reference-code form (enoche/MMRec, no bias
 
     L = L_BPR(z_u, z_i, z_j) + λ·emb_norm(z_u, z_i, z_j)     (regularises the final rows)
 
-The reference concatenates ``[f^t ; f^v]``; here every modality chosen by ``modalities`` (default:
+Deviation: each modality's features are standardised first (``feature_norm``; the reference uses
+raw values, ``feature_norm="none"``). The reference concatenates ``[f^t ; f^v]``; here every modality chosen by ``modalities`` (default:
 all the dataset has, in canonical order image, text, audio) is concatenated in that order. The
 order only permutes the columns of ``W`` and so does not change the model.
 """
@@ -40,9 +41,11 @@ class VBPRConfig:
     """``λ``; reference grid {2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5}."""
     reg_form: Literal["emb_norm", "half_sq"] = "emb_norm"
     """L2 form (2.10); MMRec's ``EmbLoss`` is ``emb_norm``."""
-    feature_norm: Literal["none", "l2", "standardize"] = "none"
-    """Rescale each modality's raw features before concatenation (``none`` = MMRec's raw values;
-    matters when the files' scales differ, e.g. lfm2k's VGGish audio, row norms ~1500)."""
+    feature_norm: Literal["none", "l2", "standardize"] = "standardize"
+    """Rescale each modality's raw features before concatenation: ``standardize`` (default: each
+    column to mean 0, std 1; selected on validation on tiktok and lfm2k, with ``reg_weight``,
+    ``benchmarks/results/vbpr_grid.md``), ``l2`` (unit rows) or ``none`` (MMRec's raw values,
+    which collapse on lfm2k's VGGish audio, row norms ~1500)."""
 
 
 @register
