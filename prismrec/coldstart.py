@@ -153,14 +153,17 @@ def cold_item_embeddings(model: Recommender, out: Output, dataset,
 def reference_scores(kind: str, dataset, seed: int = 0):
     """A ``users -> B x n_items`` score function of a reference ranking.
 
-    ``popularity``: the item's training degree (every cold item scores 0, so among cold items the
-    order is by id: a fixed arbitrary order). ``random``: a fixed pseudo-random score per
-    (user, item) pair from an integer hash of ``(seed, user, item)``, so it does not depend on
-    how users are batched.
+    ``popularity``: the item's training degree, ties (every cold item has degree 0) in the random
+    order below, not by id: item ids often follow popularity or time (lfm2k's do), and a tie broken
+    by id would smuggle that order in. ``random``: a fixed pseudo-random score per (user, item)
+    pair from an integer hash of ``(seed, user, item)``, so it does not depend on how users are
+    batched.
     """
     if kind == "popularity":
-        degree = torch.from_numpy(item_degrees(dataset.train).astype(np.float32))
-        return lambda users: degree.to(users.device).expand(len(users), -1).clone()
+        degree = torch.from_numpy(item_degrees(dataset.train).astype(np.float64))
+        noise = reference_scores("random", dataset, seed)
+        # Degrees are integers and the noise lies in [0, 0.5): it only orders equal degrees.
+        return lambda users: (degree.to(users.device) + noise(users).to(torch.float64) / 2**25).to(torch.float32)
     if kind == "random":
         items = torch.arange(dataset.n_items, dtype=torch.int64)
 

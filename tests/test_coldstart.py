@@ -168,3 +168,16 @@ def test_content_gives_multimodal_models_non_random_cold_recall_and_id_only_stay
     with pytest.raises(ConfigError, match="no content-only path"):
         cold_item_embeddings(mgcn, out, data, ColdStartConfig(strategy="hook"))
     assert cold_item_embeddings(mgcn, out, data)[1]["strategy"] == "knn"  # auto without a hook
+
+
+def test_references_are_batch_independent_and_popularity_ties_are_not_by_id(cold_dir):
+    data = load_dataset(cold_dir)
+    users = torch.arange(data.n_users)
+    for kind in ("random", "popularity"):
+        fn = reference_scores(kind, data, seed=3)
+        np.testing.assert_array_equal(fn(users)[5:9].numpy(), fn(users[5:9]).numpy())
+    pop = reference_scores("popularity", data)(users[:1])[0].numpy()
+    degree = np.asarray(data.train.sum(axis=0)).ravel()
+    assert (np.diff(degree[np.argsort(-pop)]) <= 0).all()  # ranked by degree, warm before cold
+    cold_order = np.argsort(-pop[data.cold()])
+    assert not (np.diff(cold_order) > 0).all()  # cold items (all degree 0) are not in id order
