@@ -7,14 +7,15 @@ of that epoch, from the model's own kernels:
 * **training, per batch**: one batch's forward and backward run under a recorder of torch's
   operator calls (``TorchDispatchMode``) that keeps every matrix product (sparse adjacency and
   kNN products, dense GEMMs of the encoders and losses: ``mm``, ``addmm``, ``bmm``, ...), every
-  (log-)softmax / logsumexp and every top-k, with their real arguments. The recorded calls are
+  (log-)softmax / logsumexp, every top-k and every row gather / scatter (embedding lookups and
+  their backward), with their real arguments. The recorded calls are
   replayed bare (no autograd, no Python model code) and timed, plus one optimiser step over all
   parameters; times the number of batches of an epoch;
 * **validation**: the recorded kernels of one eval-mode forward, plus the users x items GEMM and
   top-k over the validation users in the evaluator's batches.
 
 ``epoch / floor`` then says how much of an epoch is overhead on top of those kernels (element-wise
-work, gathers, sampling, Python); 1.0 is the floor. Writes ``results/floors.{json,md}`` (or
+work, sampling, Python); 1.0 is the floor. Writes ``results/floors.{json,md}`` (or
 ``floors_<dataset>`` for other datasets), one row per model, resumable (``--models`` to rerun some).
 
     python -m benchmarks.floors [--dataset tiktok] [--models a,b] [--epochs 1] [--threads 1]
@@ -47,7 +48,9 @@ PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "_sparse_m
             "_sparse_sparse_matmul", "sspaddmm", "_sparse_csr_mm"}
 SOFTMAX = {"_log_softmax", "_log_softmax_backward_data", "_softmax", "_softmax_backward_data", "logsumexp"}
 SELECT = {"topk"}
-KERNELS = PRODUCTS | SOFTMAX | SELECT
+GATHER = {"embedding", "embedding_dense_backward", "index_select", "index", "index_add", "index_add_",
+          "index_put", "index_put_", "_index_put_impl_", "gather", "scatter_add", "scatter_add_"}
+KERNELS = PRODUCTS | SOFTMAX | SELECT | GATHER
 
 
 class KernelRecorder(TorchDispatchMode):
@@ -65,9 +68,11 @@ class KernelRecorder(TorchDispatchMode):
 
 
 def kind(call) -> str:
-    """``sparse`` (a product with a sparse operand), ``gemm``, ``softmax`` or ``topk``."""
+    """``sparse`` (a product with a sparse operand), ``gemm``, ``softmax``, ``topk`` or ``gather``."""
     func, args, _ = call
     name = func.overloadpacket.__name__
+    if name in GATHER:
+        return "gather"
     if name in SOFTMAX:
         return "softmax"
     if name in SELECT:
@@ -183,18 +188,19 @@ def markdown(res: dict) -> str:
     lines = [f"# Epoch vs floor per model on {res['dataset']}", "",
              f"{res['machine']}; {res['threads']} thread(s); updated {res['date']}.", "",
              "| model | train s | floor | ratio | valid s | floor | ratio | **epoch / floor** | "
-             "per batch: sparse / GEMM / softmax+top-k / step ms | batches | 1-min load |",
+             "per batch: sparse / GEMM / softmax+top-k / gather / step ms | batches | 1-min load |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
         bk = r["batch_kernels_s"]
         ms = " / ".join(f"{1000 * x:.1f}" for x in (bk.get("sparse", 0), bk.get("gemm", 0),
-                                                     bk.get("softmax", 0) + bk.get("topk", 0), r["optimizer_step_s"]))
+                                                     bk.get("softmax", 0) + bk.get("topk", 0), bk.get("gather", 0),
+                                                     r["optimizer_step_s"]))
         lines.append(f"| {name} | {r['train_s']:.2f} | {r['floor_train_s']:.2f} | {r['ratio_train']:.2f} | "
                      f"{r['valid_s']:.2f} | {r['floor_valid_s']:.2f} | {r['ratio_valid']:.2f} | "
                      f"**{r['ratio']:.2f}** | {ms} | {r['batches']} | {r['load1']:.2f} |")
     lines += ["", "Floor = the model's own kernels replayed bare in the same process: per training batch "
-              "every matrix product (sparse adjacency / kNN, dense GEMMs), (log-)softmax and top-k of its "
-              "forward and backward, plus one fused-Adam step; per validation the eval-mode forward's "
+              "every matrix product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k and row "
+              "gather/scatter of its forward and backward, plus one fused-Adam step; per validation the eval-mode forward's "
               "kernels plus the users x items GEMM and top-k. Epochs: median of the measured epochs after "
               "a warm-up, default settings (EGRA's pretrained vectors faked at their size). Sorted by "
               "epoch / floor, furthest first."]

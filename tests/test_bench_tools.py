@@ -1,0 +1,39 @@
+"""Pieces of the speed benchmarks that must be right for their numbers to mean anything (nothing timed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from benchmarks.floors import KernelRecorder, build, kind, replay
+from benchmarks.peers import write_atomic_files
+from prismrec.data import BPRSampler
+
+
+def test_atomic_files_hold_the_same_split(planted, tmp_path):
+    folder = write_atomic_files(planted, tmp_path)
+    for split in ("train", "valid", "test"):
+        lines = (folder / planted.name / f"{planted.name}.{split}.inter").read_text().splitlines()
+        assert lines[0] == "user_id:token\titem_id:token"
+        pairs = np.array([list(map(int, line.split("\t"))) for line in lines[1:]])
+        m = getattr(planted, split).tocoo()
+        assert sorted(map(tuple, pairs)) == sorted(zip(m.row.tolist(), m.col.tolist()))
+
+
+def test_recorder_keeps_a_batchs_kernels_and_replays_them(planted):
+    model, cfg = build("lightgcn", planted, {"n_layers": 2})
+    batch = next(iter(BPRSampler(planted.train, 256, "train_items", 0).epoch()))
+    with KernelRecorder() as rec:
+        terms = model.batch_loss(batch)
+        sum(terms.values()).backward()
+    kinds = [kind(c) for c in rec.calls]
+    assert kinds.count("sparse") >= 2 * 2 - 1  # forward layers (the last one row-restricted) and backward
+    assert "gather" in kinds and "gemm" not in kinds  # LightGCN has no dense weight matrices
+    grad = model.user_emb.weight.grad.clone()
+    replay(rec.calls)  # bare: touches no parameter or gradient
+    assert torch.equal(model.user_emb.weight.grad, grad)
+
+
+def test_build_fakes_pretrained_items_at_their_size(planted):
+    model, _ = build("egra", planted, {})
+    assert model.pretrained_run == "random (floors benchmark)"
