@@ -75,6 +75,10 @@ def build_dataset(
     overwrite: bool = False,
     cold_items: float = 0.0,
     impute: str = "mean",
+    item_images: str | Path | None = None,
+    image_encoder: str | None = None,
+    image_weights: str | Path | None = None,
+    image_size: int = 224,
 ) -> Path:
     """Build ``out_dir`` (its name is the dataset's name) from raw files; return the folder.
 
@@ -96,6 +100,11 @@ def build_dataset(
         missing_features: a kept item without a vector is an error (``"error"``), or gets the
             mean of the given vectors in the file (``"mean"``, counted in the manifest) and is
             marked missing in ``<name>_mask.npy``, so :func:`prismrec.data.load_dataset` imputes it.
+        item_images: a folder of ``<raw item id>.jpg`` (or .png, ...) files, or a CSV/TSV with the
+            item column and an ``image`` column of paths, encoded with ``image_encoder`` (a
+            TorchScript file or ``torchvision:NAME``; ``image_weights``: a state-dict file for the
+            latter) at ``image_size`` into ``image_feat.npy`` (:mod:`prismrec.data.images`); a
+            kept item without an image is treated as ``missing_features`` says.
         overwrite: replace an existing non-empty ``out_dir`` (only once the new folder is complete).
         cold_items: share of items made cold (0 = none; at most 0.5), drawn with ``seed``.
         impute: the folder's default imputation of masked rows (``mean``, ``zero``, ``neighbour``),
@@ -123,6 +132,9 @@ def build_dataset(
                               "(it becomes <name>_feat.npy), other than text when --item-text is given")
     if split == "temporal" and not time_col:
         raise ConfigError("--split temporal needs --time-col, the column with each interaction's time")
+    if item_images is not None and (not image_encoder or "image" in item_features):
+        raise ConfigError("--item-images needs --image-encoder (a TorchScript file or torchvision:NAME) "
+                          "and no --item-features image=...")
     if not list(text_cols):
         raise ConfigError("--text-cols names no column; give the item table's text column(s), e.g. title")
     out = Path(out_dir)
@@ -186,6 +198,16 @@ def build_dataset(
         for modality, path in item_features.items():
             manifest["features"][modality] = _vector_features(
                 modality, Path(path), raw_items, item_col, missing_features, work)
+        if item_images is not None:
+            from prismrec.data.images import item_image_vectors
+
+            ids, vectors, provenance = item_image_vectors(Path(item_images), item_col, raw_items, image_encoder,
+                                                          image_weights, image_size)
+            np.savez(work / "image_vectors.npz", ids=ids, vectors=vectors)
+            found = _vector_features("image", work / "image_vectors.npz", raw_items, item_col, missing_features, work)
+            (work / "image_vectors.npz").unlink()
+            del found["sha256"]  # of the temporary archive; the images' source is in ``provenance``
+            manifest["features"]["image"] = {**found, **provenance}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
         _move_into_place(work, out)
     finally:
