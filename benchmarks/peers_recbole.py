@@ -18,7 +18,7 @@ import time
 
 
 def shim() -> list[str]:
-    """Replace what RecBole 1.2.1 uses and current SciPy dropped; returns what was replaced.
+    """Restore what RecBole 1.2.1 uses and current NumPy / SciPy dropped; returns what was replaced.
 
     LightGCN builds its normalised adjacency through ``scipy.sparse.dok_matrix._update``, which
     SciPy removed; the replacement builds the same ``D^-1/2 A D^-1/2`` from COO arrays.
@@ -29,6 +29,11 @@ def shim() -> list[str]:
     from recbole.model.general_recommender import lightgcn
 
     replaced = []
+    # NumPy 2 removed these aliases; RecBole's Config re-exports them under their old names.
+    for alias, target in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
+        if alias not in np.__dict__:
+            setattr(np, alias, target)
+            replaced.append(f"numpy.{alias}")
     if not hasattr(sp.dok_matrix, "_update"):
         def get_norm_adj_mat(self):
             n_users = self.n_users
