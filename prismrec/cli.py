@@ -377,6 +377,13 @@ def build(
         None, help="NAME=PATH: item vectors (.npz ids+vectors, or CSV/TSV: item column + one per dim) "
         "-> NAME_feat.npy; repeat per modality."),
     missing_features: str = typer.Option("error", help="A kept item without a vector: error, or mean (filled)."),
+    item_images: Optional[Path] = typer.Option(
+        None, help="Folder of <item id>.jpg/.png files, or CSV/TSV with the item column and an image column "
+        "-> image_feat.npy (needs --image-encoder)."),
+    image_encoder: Optional[str] = typer.Option(
+        None, help="Exported (.pt2) or TorchScript file of an image backbone, or torchvision:NAME (e.g. resnet50)."),
+    image_weights: Optional[Path] = typer.Option(None, help="State-dict file for a torchvision:NAME encoder."),
+    image_size: int = typer.Option(224, min=8, help="Side of the centre crop fed to the image encoder."),
     overwrite: bool = typer.Option(False, help="Replace an existing, non-empty --out folder."),
 ) -> None:
     """Build an MMRec-layout dataset folder from raw interactions (k-core, split, id maps, features).
@@ -398,6 +405,7 @@ def build(
     folder = build_dataset(
         interactions, out, user_col, item_col, time_col, min_count, split, seed, dedupe,
         item_text, columns, item_features=features, missing_features=missing_features, overwrite=overwrite,
+        item_images=item_images, image_encoder=image_encoder, image_weights=image_weights, image_size=image_size,
     )
     s = load_dataset(folder).summary()
     mods = ", ".join(f"{m} ({d}-d)" for m, d in s["modalities"].items()) or "none"
