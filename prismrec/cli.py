@@ -376,7 +376,10 @@ def build(
     item_features: Optional[list[str]] = typer.Option(
         None, help="NAME=PATH: item vectors (.npz ids+vectors, or CSV/TSV: item column + one per dim) "
         "-> NAME_feat.npy; repeat per modality."),
-    missing_features: str = typer.Option("error", help="A kept item without a vector: error, or mean (filled)."),
+    missing_features: str = typer.Option(
+        "error", help="A kept item without a vector: error, or mean (filled, and marked in NAME_mask.npy)."),
+    impute: str = typer.Option("mean", help="Default filling of masked rows at load: mean, zero or neighbour."),
+    cold_items: float = typer.Option(0.0, help="Share of items made cold (all rows to valid/test), e.g. 0.1."),
     item_images: Optional[Path] = typer.Option(
         None, help="Folder of <item id>.jpg/.png files, or CSV/TSV with the item column and an image column "
         "-> image_feat.npy (needs --image-encoder)."),
@@ -405,7 +408,8 @@ def build(
     folder = build_dataset(
         interactions, out, user_col, item_col, time_col, min_count, split, seed, dedupe,
         item_text, columns, item_features=features, missing_features=missing_features, overwrite=overwrite,
-        item_images=item_images, image_encoder=image_encoder, image_weights=image_weights, image_size=image_size,
+        cold_items=cold_items, impute=impute, item_images=item_images, image_encoder=image_encoder,
+        image_weights=image_weights, image_size=image_size,
     )
     s = load_dataset(folder).summary()
     mods = ", ".join(f"{m} ({d}-d)" for m, d in s["modalities"].items()) or "none"
@@ -417,27 +421,28 @@ def build(
     )
 
 
-@app.command()
-def synth(
-    size: str = typer.Argument(..., help="Whose counts: tiktok, baby or electronics."),
-    out: Path = typer.Option(..., help="Dataset folder to write; its name is the dataset's name."),
-    scale: float = typer.Option(1.0, help="Multiply users, items and interactions (0.01: a tiny copy)."),
-    seed: int = typer.Option(0, help="Seed of the interactions and features."),
+@app.command("split-cold")
+def split_cold(
+    dataset: str = typer.Argument(..., help="Dataset name or folder to derive from."),
+    out: str = typer.Option(..., help="New dataset's name (placed beside the source) or folder."),
+    fraction: float = typer.Option(0.1, help="Share of items made cold, in (0, 0.5]."),
+    seed: int = typer.Option(999, help="Seed of the cold item draw."),
     overwrite: bool = typer.Option(False, help="Replace an existing, non-empty --out folder."),
+    data_dir: DataDir = None,
 ) -> None:
-    """Write a synthetic dataset with a real one's size (power-law degrees, float32 features).
+    """Derive a cold-item copy of DATASET: a seeded share of items lose their training rows (all
+    their rows go to valid for half of them, to test for the other half), listed in manifest.json."""
+    from prismrec.data.derive import split_cold as derive_cold
 
-    Electronics: 192,403 users, 63,001 items, ~1.7M interactions, 4096-d image and 384-d text
-    features (~1.2 GB on disk); for memory and speed tests at scale, not for quality claims.
-    """
-    from prismrec.data.synthetic import write_sized_dataset
-
-    _output_folder(out, "--out", "dataset")
-    folder = write_sized_dataset(out, size, scale, seed=seed, overwrite=overwrite)
-    s = load_dataset(folder).summary()
-    console.print(f"synthetic {size} dataset in {folder}: {s['users']:,} users, {s['items']:,} items, "
-                  f"{s['train']:,} train / {s['valid']:,} valid / {s['test']:,} test interactions",
-                  highlight=False, soft_wrap=True)
+    folder = derive_cold(dataset, out, fraction, seed, data_dir, overwrite)
+    data = load_dataset(folder)
+    s = data.summary()
+    console.print(
+        f"cold-item dataset {s['name']!r} in {folder}: {len(data.cold('valid'))} cold items in valid, "
+        f"{len(data.cold('test'))} in test; {s['train']:,} train / {s['valid']:,} valid / {s['test']:,} test "
+        f"interactions. Train on it, then: prismrec evaluate --run RUN --mode cold",
+        highlight=False, soft_wrap=True,
+    )
 
 
 @app.command()
@@ -493,10 +498,14 @@ def evaluate(
     tail_share: float = typer.Option(0.8, help="Share of items (least popular first) in the tail, in (0, 1)."),
     ks: str = typer.Option("10,20", help="Comma-separated cut-offs."),
     mask_valid: bool = typer.Option(False, help="At test, also mask the validation items."),
+    mode: str = typer.Option("warm", help="warm (all items), or on a cold-item dataset: cold (cold items "
+                             "ranked among cold items) or all (cold items among all items)."),
+    strategy: str = typer.Option("auto", help="Cold items' content scoring: auto, native, hook, map or knn."),
     data_dir: DataDir = None,
 ) -> None:
-    """Re-evaluate a finished run, overall and per item group; writes <run>/evaluation-<split>.json."""
-    from prismrec.experiment.evaluate import GROUPINGS, evaluate_run
+    """Re-evaluate a finished run, overall and per item group; writes <run>/evaluation-<split>.json
+    (--mode cold|all: cold-item metrics next to references, evaluation-<split>-<mode>.json)."""
+    from prismrec.experiment.evaluate import GROUPINGS, MODES, evaluate_run
 
     cutoffs = _cut_offs(ks, "--ks")
     if split not in ("valid", "test"):
@@ -505,6 +514,22 @@ def evaluate(
         raise ConfigError(f"--groups {groups!r}: choose one of {', '.join(GROUPINGS)}")
     if not 0 < tail_share < 1:
         raise ConfigError(f"--tail-share {tail_share}: give the tail's share of items, strictly between 0 and 1")
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+    if mode != "warm":
+        from prismrec.coldstart import ColdStartConfig
+
+        ColdStartConfig(strategy=strategy)  # a bad --strategy before the run is loaded
+        result = evaluate_run(run, split, "none", tail_share, cutoffs, mask_valid, data_dir, mode=mode,
+                              strategy=strategy)
+        meta = result["meta"]
+        rows = {f"{name} ({m['users']} users)": m for name, m in result.items() if name != "meta"}
+        title = (f"{meta['model']} on {meta['dataset']} / {split}, {meta['cold_items']} cold items ranked among "
+                 f"{'cold items' if mode == 'cold' else 'all items'}; model rows: {meta['strategy']}")
+        console.print(_metrics_table(title, rows, label="scoring", ks=sorted(set(cutoffs))))
+        console.print(f"evaluation written to {Path(run) / f'evaluation-{split}-{mode}.json'}", highlight=False,
+                      soft_wrap=True)
+        return
     result = evaluate_run(run, split, groups, tail_share, cutoffs, mask_valid, data_dir)
     rows = {f"{name} ({m['users']} users)": m for name, m in result.items() if name != "meta"}
     title = f"{result['meta']['model']} on {result['meta']['dataset']} / {split}"
