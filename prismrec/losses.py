@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -185,3 +187,52 @@ def neighbour_discrimination(views: torch.Tensor, items: torch.Tensor, k: int, t
         r_single = torch.exp(log_single - log_total) / (1.0 - r_multi)  # Σ_Q e / (T - Σ_P e)
         losses.append(-(torch.log(r_multi + ND_EPS) + torch.log(r_single + ND_EPS)).mean())
     return torch.stack(losses).mean()
+
+
+def paired_views_infonce(first: torch.Tensor, second: torch.Tensor, rows: tuple[torch.Tensor, ...], tau: float) -> torch.Tensor:
+    """``(1/K) Σ_k Σ_r InfoNCE(V'_k[r], V''_k[r]; τ)`` over ``K`` pairs of noisy views (``K x N x d``
+    each): SIGER's perturbation term ``L_P`` (ALGORITHMS.md 5.2)."""
+    return sum(infonce(a[r], b[r], tau) for a, b in zip(first, second) for r in rows) / len(first)
+
+
+def anchored_infonce(views: torch.Tensor, anchor: torch.Tensor, rows: tuple[torch.Tensor, ...], tau: float,
+                     form: str = "A1", gated: bool = True) -> torch.Tensor:
+    """SIGER's anchor term ``L_A`` (5.2) of modality views ``H`` (``K x N x d``) against behaviour
+    anchors ``C`` (``N x d``; detach them first for ``sg(C)``), summed over ``rows``:
+    ``A1`` ``(1/K) Σ_m InfoNCE(H_m[r], C[r])``; ``A2`` the joint multi-positive InfoNCE
+    (:func:`joint_infonce`); ``A3`` the mean over modality pairs ``a < b`` of
+    ``InfoNCE(H_a[r], H_b[r])`` weighted by ``σ(cos(h^a, c) + cos(h^b, c))`` (1 unless ``gated``)."""
+    if form == "A1":
+        return sum(infonce(h[r], anchor[r], tau) for h in views for r in rows) / len(views)
+    if form == "A2":
+        return sum(joint_infonce(views[:, r], anchor[r], tau) for r in rows)
+    pairs = list(itertools.combinations(range(len(views)), 2))
+    total = 0.0
+    for (a, b), r in itertools.product(pairs, rows):
+        ha, hb, c = views[a][r], views[b][r], anchor[r]
+        gate = torch.sigmoid(F.cosine_similarity(ha, c) + F.cosine_similarity(hb, c)) if gated else None
+        total = total + infonce(ha, hb, tau, gate)
+    return total / len(pairs)
+
+
+def entity_weights(a: torch.Tensor, mode: str, sign: int, tau_w: float) -> torch.Tensor:
+    """EGRA's entity level (ALGORITHMS.md 6.3): weights with mean 1 from alignment degrees
+    ``a ∈ [−1, 1]`` (no gradient). ``softmax`` ``|B|·softmax(s·a/τ_w)``; ``linear``
+    ``(1 + s·a)/mean(1 + s·a)`` (the spec's ``(1 − a)/mean(1 − a)`` at ``s = −1``; ones if every
+    base is 0); ``none`` 1."""
+    a = a.detach()
+    if mode == "softmax":
+        return a.numel() * torch.softmax(sign * a / tau_w, dim=0)
+    if mode == "linear":
+        base = (1.0 + sign * a).clamp_min(0.0)
+        mean = base.mean()
+        return torch.where(mean > 1e-12, base / mean.clamp_min(1e-12), torch.ones_like(base))
+    return torch.ones_like(a)
+
+
+def entity_weighted_infonce(p: torch.Tensor, q: torch.Tensor, tau: float, mode: str = "softmax",
+                            sign: int = -1, tau_w: float = 0.5) -> torch.Tensor:
+    """``mean_e w_e ℓ_e`` of row-aligned ``p``, ``q`` (EGRA's one-side alignment, 6.3): ``ℓ_e`` the
+    per-row InfoNCE, ``w_e`` :func:`entity_weights` of ``a_e = sg(cos(p_e, q_e))``."""
+    a = (F.normalize(p, dim=1, eps=1e-12) * F.normalize(q, dim=1, eps=1e-12)).sum(1)
+    return infonce(p, q, tau, weights=entity_weights(a, mode, sign, tau_w))

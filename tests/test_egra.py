@@ -229,7 +229,7 @@ def test_gume_backbone_is_gume_on_the_enhanced_graph_with_align_for_bm(planted, 
 # ------------------------------------------------------------------ stages 0-4 end to end
 def test_auto_pretraining_then_egra(planted, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    cfg = resolve_config("egra", "planted", {"epochs": 4, "lr": 0.01, "pretrain_epochs": 2,
+    cfg = resolve_config("egra", "planted", {"epochs": 4, "lr": 0.01, "pretrain_epochs": 2, "pretrain_search": "none",
                                              "pretrain_cache": str(cache), "ramp_epochs": 2})
     metrics = run_experiment(cfg, [11], tmp_path / "run", dataset=planted, progress=False)
     (pre_dir,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
@@ -244,14 +244,52 @@ def test_auto_pretraining_then_egra(planted, tmp_path, monkeypatch):
     assert metrics["valid"]["recall@20"] > 2.5 * random_recall_at_20(planted)
 
     # Training stage 1 or hitting its cache leaves this run's initialisation unchanged.
-    trained = _build(planted, seed=11, pretrain_epochs=2, pretrain_cache=str(tmp_path / "other"))
+    trained = _build(planted, seed=11, pretrain_epochs=2, pretrain_search="none", pretrain_cache=str(tmp_path / "other"))
     monkeypatch.setattr("prismrec.experiment.pretrained.run_experiment", lambda *a, **k: pytest.fail("retrained"))
-    net = _build(planted, seed=11, pretrain_epochs=2, pretrain_cache=str(cache))
+    net = _build(planted, seed=11, pretrain_epochs=2, pretrain_search="none", pretrain_cache=str(cache))
     from_path = _build(planted, seed=11, pretrained=str(pre_dir))
     for other in (trained, from_path):
         assert all(torch.equal(v, other.state_dict()[k]) for k, v in net.state_dict().items())
     assert (net.item_links != trained.item_links).nnz == 0
     assert net.pretrained_run == str(pre_dir.resolve()) and str(pre_dir.resolve()) in repr(net)
+
+
+def test_auto_stage_one_selects_lambda_cl_on_validation_only_and_caches_it(planted, tmp_path, monkeypatch):
+    from prismrec.experiment import pretrained as stage
+
+    real, seen = stage.run_experiment, []
+
+    def spy(cfg, seeds, out, dataset=None, evaluate_test=True, **kw):  # what each stage-1 run sees
+        seen.append((cfg.params.cl_weight, dataset.test, evaluate_test))
+        return real(cfg, seeds, out, dataset=dataset, evaluate_test=evaluate_test, **kw)
+
+    monkeypatch.setattr(stage, "run_experiment", spy)
+    cache = tmp_path / "cache"
+    net = _build(planted, seed=5, pretrain_epochs=2, pretrain_cache=str(cache))
+    assert sorted(c for c, _, _ in seen) == [0.001, 0.01, 0.1]  # MGCN's grid, one run per point
+    assert all(test is None and not evaluate for _, test, evaluate in seen)  # no test split at all
+    (record_path,) = cache.glob(f"select-mgcn-planted-train{planted.fingerprint('train')}-*-seed5.json")
+    record = json.loads(record_path.read_text())
+    trials = record["trials"]
+    for trial in trials:  # the selection read each run's validation metrics; no run has a test metric
+        metrics = json.loads((cache / trial["run"] / "metrics.json").read_text())
+        assert metrics["test"] is None and metrics["valid"] == trial["valid"] and metrics["seed"] == 5
+    best = max(range(3), key=lambda k: (trials[k]["valid"]["recall@20"], trials[k]["valid"]["ndcg@20"], -k))
+    assert record["selected"] == trials[best]["settings"] and record["selected_run"] == trials[best]["run"]
+    assert net.pretrained_run == str((cache / trials[best]["run"]).resolve())
+
+    # The next EGRA run reuses the recorded selection: nothing is trained, and the record decides.
+    monkeypatch.setattr(stage, "run_experiment", lambda *a, **k: pytest.fail("retrained"))
+    again = _build(planted, seed=5, pretrain_epochs=2, pretrain_cache=str(cache))
+    assert again.pretrained_run == net.pretrained_run and (again.item_links != net.item_links).nnz == 0
+    other = (best + 1) % 3
+    record_path.write_text(json.dumps({**record, "selected_run": trials[other]["run"]}))
+    assert _build(planted, seed=5, pretrain_epochs=2, pretrain_cache=str(cache)).pretrained_run == \
+        str((cache / trials[other]["run"]).resolve())
+    # Fixing the searched setting in pretrain_settings trains that point alone (cached above).
+    fixed = _build(planted, seed=5, pretrain_epochs=2, pretrain_cache=str(cache),
+                   pretrain_settings={"cl_weight": trials[other]["settings"]["cl_weight"]})
+    assert fixed.pretrained_run == str((cache / trials[other]["run"]).resolve())
 
 
 def test_egra_declares_p_and_never_computes_it(planted, mgcn_export):
@@ -264,12 +302,12 @@ def test_egra_declares_p_and_never_computes_it(planted, mgcn_export):
 
 def test_auto_stage_one_trains_on_egras_modalities(planted, tmp_path):
     cache = tmp_path / "cache"
-    net = _build(planted, seed=3, modalities=["text"], pretrain_epochs=1, pretrain_cache=str(cache))
+    net = _build(planted, seed=3, modalities=["text"], pretrain_epochs=1, pretrain_search="none", pretrain_cache=str(cache))
     assert net.modalities == ["text"]
     (pre_dir,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
     stage_one = yaml.safe_load((pre_dir / "config.yaml").read_text())
     assert stage_one["params"]["modalities"] == ["text"]
-    both = _build(planted, seed=3, pretrain_epochs=1, pretrain_cache=str(cache))  # all modalities
+    both = _build(planted, seed=3, pretrain_epochs=1, pretrain_search="none", pretrain_cache=str(cache))  # all modalities
     assert both.modalities == ["image", "text"] and len(list(cache.iterdir())) == 2
 
 
@@ -303,7 +341,8 @@ def test_no_test_information_reaches_stage_1_or_stage_2_selection(planted, plant
     results = {}
     for label, data in (("original", planted), ("garbage", garbage)):
         calls.clear()
-        overrides = {"epochs": 3, "pretrain_epochs": 2, "pretrain_cache": str(tmp_path / f"cache-{label}")}
+        overrides = {"epochs": 3, "pretrain_epochs": 2, "pretrain_search": "none",
+                     "pretrain_cache": str(tmp_path / f"cache-{label}")}
         cfg = resolve_config("egra", "planted", overrides)
         run = tmp_path / f"run-{label}"
         metrics = run_experiment(cfg, [3], run, dataset=data, progress=False)
@@ -326,7 +365,7 @@ def test_no_test_information_reaches_stage_1_or_stage_2_selection(planted, plant
 
     # Stronger still: stage 0 and stage-2 training run with no test split at all.
     blind = dataclasses.replace(planted, test=None)
-    net = _build(blind, seed=3, epochs=3, pretrain_epochs=2, pretrain_cache=str(tmp_path / "blind"))
+    net = _build(blind, seed=3, epochs=3, pretrain_epochs=2, pretrain_search="none", pretrain_cache=str(tmp_path / "blind"))
     result = fit(net, blind, resolve_config("egra", "planted", {"epochs": 2}).train, progress=False)
     assert result.epochs == 2
 

@@ -2,15 +2,26 @@
 
 ``P`` comes from a finished run of a model that exports item representations (``prismrec
 train`` run dir, or its ``prismrec export`` folder), or, with ``pretrained="auto"``, from a run
-trained here on the train split (selected on validation, the test split never read) and cached
-by train fingerprint + stage-1 config digest + seed. Either way the recorded train fingerprint
-must equal the current train split's.
+trained here on the train split. Either way the recorded train fingerprint must equal the current
+train split's.
+
+``"auto"`` (6.1 step 1): with ``pretrain_search="grid"`` (default) every point of the pretraining
+model's declared grid (its Config fields with ``metadata["grid"]``; MGCN: ``λ_cl`` ∈ {0.001, 0.01,
+0.1}) that ``pretrain_settings`` does not fix is trained with the stage's seed on a copy of the
+dataset **without its test split** (``evaluate_test=False``), and the point with the best valid
+metric (``valid_metric``; ties: valid NDCG@20, then the earlier point) gives ``P``. Each point's
+run is cached by train fingerprint + its config digest + seed, and the selection itself by train
+fingerprint + the digest of the base config and the space + seed (``select-*.json`` next to the
+runs), so the next run reuses both without training. ``pretrain_search="none"``: the pretraining
+model's defaults (plus ``pretrain_settings``) only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import itertools
 import json
 import os
 import random
@@ -57,29 +68,82 @@ def load_pretrained_items(cfg, dataset, seed: int) -> tuple[np.ndarray, str, str
 
 
 def pretrain(cfg, dataset, seed: int) -> Path:
-    """``"auto"``: train ``pre_model`` on ``dataset`` with ``seed`` (selected on validation,
-    test never read); cached by train fingerprint + stage-1 config digest + seed."""
+    """``"auto"``: the stage-1 run of ``pre_model`` on ``dataset`` with ``seed`` whose ``P`` EGRA
+    uses: the valid-best point of its grid, or its defaults (module docstring); cached."""
     epochs = {} if cfg.pretrain_epochs is None else {"epochs": cfg.pretrain_epochs}
     # Stage 1 sees the modalities the model uses (unless told otherwise), if it takes any.
     modalities = {}
     if cfg.modalities is not None and _takes_modalities(cfg.pre_model):
         modalities = {"modalities": list(cfg.modalities)}
     settings = {**modalities, **cfg.pretrain_settings, **epochs}  # a seed there is replaced by `seed`
+    base = _stage_one_config(cfg.pre_model, dataset, settings)
+    space = search_space(cfg.pre_model, settings) if getattr(cfg, "pretrain_search", "grid") == "grid" else {}
+    if not space:
+        return _train_cached(base, dataset, seed, _cache_root(cfg))
+    return select_on_validation(base, settings, space, dataset, seed, _cache_root(cfg))
+
+
+def search_space(model: str, fixed: dict) -> dict[str, list]:
+    """``{setting: values}``: the declared grid of ``model``'s Config, less the ``fixed`` settings."""
+    return {f.name: list(f.metadata["grid"]) for f in dataclasses.fields(get_model(model).Config)
+            if len(f.metadata.get("grid", ())) > 1 and f.name not in fixed}
+
+
+def select_on_validation(base, settings: dict, space: dict[str, list], dataset, seed: int, root: Path) -> Path:
+    """Train every point of ``space`` (one ``seed`` each, test never read), record the selection
+    in ``root`` and return the run dir of the valid-best point (a recorded selection is reused)."""
+    metric = base.train.valid_metric
+    ident = json.dumps({"base": base.digest(), "space": space, "metric": metric}, sort_keys=True, default=str)
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    record_path = root / f"select-{base.model}-{dataset.name}-train{dataset.fingerprint('train')}-{key}-seed{seed}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        record = json.loads(record_path.read_text())
+        if _finished(root / record["selected_run"]):
+            return root / record["selected_run"]
+    trials = []
+    for values in itertools.product(*space.values()):
+        point = dict(zip(space, values))
+        run_dir = _train_cached(_stage_one_config(base.model, dataset, {**settings, **point}), dataset, seed, root)
+        valid = json.loads((run_dir / "metrics.json").read_text())["valid"]
+        trials.append({"settings": point, "run": run_dir.name, "valid": valid})
+    best = max(range(len(trials)), key=lambda k: (trials[k]["valid"][metric],
+                                                   trials[k]["valid"].get("ndcg@20", 0.0), -k))
+    record = {"model": base.model, "dataset": dataset.name, "seed": seed, "space": space,
+              "selection": f"best valid {metric}; ties: valid ndcg@20, then the earlier point; test never read",
+              "trials": trials, "selected": trials[best]["settings"], "selected_run": trials[best]["run"]}
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = record_path.with_name(f".{record_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(tmp, record_path)
+    return root / trials[best]["run"]
+
+
+def _stage_one_config(model: str, dataset, settings: dict):
     try:
-        pre = resolve_config(cfg.pre_model, dataset.name, settings)
+        return resolve_config(model, dataset.name, settings)
     except (KeyError, ValueError) as exc:
         raise PretrainedError(f"stage-1 settings (pre_model/pretrain_settings): {exc}") from None
+
+
+def _cache_root(cfg) -> Path:
     cache = os.environ.get("PRISMREC_CACHE", "~/.cache/prismrec") + "/pretrained"
+    return Path(cfg.pretrain_cache or cache).expanduser()
+
+
+def _train_cached(pre, dataset, seed: int, root: Path) -> Path:
+    """The finished run of ``pre`` with ``seed`` on a copy of ``dataset`` without its test split:
+    cached by train fingerprint + config digest + seed, trained here if absent."""
     key = f"{dataset.name}-train{dataset.fingerprint('train')}-cfg{pre.digest()}-seed{seed}"
-    run_dir = Path(cfg.pretrain_cache or cache).expanduser() / f"{pre.model}-{key}"
+    run_dir = root / f"{pre.model}-{key}"
     if _finished(run_dir):
         return run_dir
+    blind = dataclasses.replace(dataset, test=None)  # stage 1 cannot read test
     tmp = run_dir.with_name(f".{run_dir.name}.{os.getpid()}.tmp")  # never a half-written cache
     # Forked RNG streams: this run's own initialisation is the same with or without a cache.
     py_rng, np_rng, threads = random.getstate(), np.random.get_state(), torch.get_num_threads()
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-            run_experiment(pre, [seed], tmp, dataset=dataset, progress=False, evaluate_test=False)
+            run_experiment(pre, [seed], tmp, dataset=blind, progress=False, evaluate_test=False)
         with contextlib.suppress(OSError):  # another process may have finished it first
             os.replace(tmp, run_dir)
     finally:

@@ -4,7 +4,8 @@ not at hand); each open choice is a config switch (§6.5). EGRA = MGCN's multi-v
 pretrained model, plus bi-level alignment.
 
 0. ``P ∈ R^{n_I×d}`` (6.1): item rows (``pre_rep``) of a finished ``pre_model`` run, or of one
-   trained on the train split (``pretrained="auto"``), selected on validation, test never read.
+   trained on the train split (``pretrained="auto"``): the valid-best point of ``pre_model``'s
+   grid (``pretrain_search``; MGCN's ``λ_cl``), test never read, selection cached.
    EGRA only **declares** it (:meth:`EGRA.required_inputs`); the experiment layer computes it
    (``stages.build_model``) and passes it to the constructor.
 1. ``B_pre = topk(P; k_pre, self excluded)`` (2.5); ``A⁺ = [[0, R], [Rᵀ, γ·B_pre]]`` → ``Â⁺``
@@ -26,11 +27,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph, pretrained_links
 from prismrec.graph import shared_neighbor_links, sym_normalize
-from prismrec.losses import bpr_loss, half_sq, infonce, moment_gap, user_modality_alignment
+from prismrec.losses import bpr_loss, entity_weighted_infonce, half_sq, moment_gap
+from prismrec.losses import entity_weights  # noqa: F401  (EGRA's entity level, importable from here)
+from prismrec.losses import user_modality_alignment
 from prismrec.models import register
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
@@ -45,6 +47,11 @@ class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
 
     reg_weight: float = field(default=1e-4, metadata={"grid": [1e-5, 1e-4]})
     """``λ_reg`` of ``half_sq(z_u, z_i, z_j)`` (2.10); grid {1e-5, 1e-4}."""
+    pretrain_search: Literal["grid", "none"] = "grid"
+    """``pretrained="auto"``: train every point of ``pre_model``'s declared grid not fixed by
+    ``pretrain_settings`` (MGCN: ``λ_cl`` ∈ {0.001, 0.01, 0.1}; 6.1 step 1), one stage seed each,
+    test never read, and take ``P`` from the valid-best (selection cached); ``none``: its
+    defaults only. Larger grids cost more runs (FREEDOM 8, GUME 48): fix settings to shrink them."""
     n_ui_layers: int | None = field(default=None, metadata={"grid": [2, 3]})
     """``L_ui``, LightGCN depth on ``Â⁺``; grid {2, 3}; None = the backbone's: 2 (MGCN), 3 (GUME)."""
     n_ii_layers: int = field(default=1, metadata={"grid": [1, 2]})
@@ -78,7 +85,7 @@ class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     schedule: Literal["linear", "exp", "unbounded", "constant"] = "linear"
     """Epoch level ``λ_t`` (:func:`alignment_strength`); ``constant`` = w/o epoch level."""
     entity_weighting: Literal["softmax", "linear", "none"] = "softmax"
-    """Entity level ``w_e`` (:func:`entity_weights`); ``none`` = w/o entity level."""
+    """Entity level ``w_e`` (:func:`prismrec.losses.entity_weights`); ``none`` = w/o entity level."""
     entity_sign: Literal[-1, 1] = -1
     """``s``: −1 gives misaligned entities more pressure; +1 trusts consistent ones."""
     tau_w: float = field(default=0.5, metadata={"grid": [0.2, 0.5, 1.0]})
@@ -95,20 +102,6 @@ def alignment_strength(t: int, cfg: EGRAConfig) -> float:
     if cfg.schedule == "unbounded":
         return lam_min * (1.0 + t / T)
     return lam_min + (lam_max - lam_min) * ramp[cfg.schedule]
-
-
-def entity_weights(a: torch.Tensor, mode: str, sign: int, tau_w: float) -> torch.Tensor:
-    """Entity level: weights with mean 1 from alignment degrees ``a ∈ [−1, 1]`` (no gradient).
-    ``softmax`` ``|B|·softmax(s·a/τ_w)``; ``linear`` ``(1 + s·a)/mean(1 + s·a)`` (the spec's
-    ``(1 − a)/mean(1 − a)`` at ``s = −1``; ones if every base is 0); ``none`` 1."""
-    a = a.detach()
-    if mode == "softmax":
-        return a.numel() * torch.softmax(sign * a / tau_w, dim=0)
-    if mode == "linear":
-        base = (1.0 + sign * a).clamp_min(0.0)
-        mean = base.mean()
-        return torch.where(mean > 1e-12, base / mean.clamp_min(1e-12), torch.ones_like(base))
-    return torch.ones_like(a)
 
 
 @register
@@ -161,7 +154,6 @@ class EGRA(Recommender):
             self.noise = NoiseSource(config.noise_eps, config.noise_mode)  # seeded after the init
         self.lambda_t = alignment_strength(0, config)
 
-
     # ---------------------------------------------------------------- stage 2: views
     def behavior_view(self) -> torch.Tensor:
         """``C = LGN(Â⁺, [E_U; E_I], L_ui)``; separate: ``Â``, ``C_I += γ·Ŝ_pre^{L_ii} E_I``."""
@@ -195,9 +187,7 @@ class EGRA(Recommender):
     def weighted_alignment(self, m_rows: torch.Tensor, c_rows: torch.Tensor) -> torch.Tensor:
         """One side's ``mean_e w_e ℓ_e``, ``w_e`` from ``a_e = sg(cos(m_e, c_e))``."""
         cfg = self.config
-        a = (F.normalize(m_rows, dim=1, eps=1e-12) * F.normalize(c_rows, dim=1, eps=1e-12)).sum(1)
-        w = entity_weights(a, cfg.entity_weighting, cfg.entity_sign, cfg.tau_w)
-        return infonce(m_rows, c_rows, cfg.tau, weights=w)
+        return entity_weighted_infonce(m_rows, c_rows, cfg.tau, cfg.entity_weighting, cfg.entity_sign, cfg.tau_w)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg, n_u = self.config, self.n_users
