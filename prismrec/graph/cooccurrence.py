@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from prismrec.graph.ops import sym_normalize
+from prismrec.graph.ops import mix, sym_normalize
 
 _SCORES = ("count", "cosine")
 _WEIGHTS = ("binary", "score")
@@ -147,3 +147,17 @@ def behavior_item_graph(train: sp.csr_matrix, k: int, min_count: int) -> sp.csr_
     counts.data[:] = 1.0
     pattern = counts + sp.identity(counts.shape[0], dtype="float32", format="csr")
     return sym_normalize(pattern)
+
+
+def infused_graphs(semantic: list[sp.spmatrix], train: sp.spmatrix, betas: list[float], k: int,
+                   score: str = "count", weight: str = "binary", renormalize: bool = False) -> list[sp.spmatrix]:
+    """SIGER's collaborative infusion (ALGORITHMS.md 5.1): ``G_m = (1 − β_m) Ŝ_m + β_m Ĉ`` with ``Ĉ``
+    the co-occurrence top-``k`` graph of ``train`` (built only when some ``β_m > 0``); no
+    renormalisation (both are normalised) unless ``renormalize`` (2.2, row degrees)."""
+    graphs = list(semantic)
+    if any(b > 0 for b in betas):
+        co = cooccurrence_graph(train, k, score=score, weight=weight)
+        graphs = [mix([s, co], [1.0 - b, b]) for s, b in zip(graphs, betas)]
+    if renormalize:
+        graphs = [sym_normalize(g, warn_nonpositive=True) for g in graphs]
+    return graphs

@@ -36,18 +36,19 @@ and ``reg2 = reg2_weight·½‖Ĥ_I[i]‖²/B``.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
-from typing import Literal, get_args, get_origin, get_type_hints
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-from prismrec.graph import bipartite_adjacency, cooccurrence_graph, knn_graph, mix, sym_normalize
-from prismrec.losses import bpr_loss, half_sq, infonce, joint_infonce, rows_infonce, user_modality_alignment
+from prismrec.graph import bipartite_adjacency, knn_graph
+from prismrec.graph.cooccurrence import infused_graphs
+from prismrec.losses import anchored_infonce, bpr_loss, half_sq, paired_views_infonce, rows_infonce
+from prismrec.losses import user_modality_alignment
 from prismrec.models import register
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
+from prismrec.nn.multiview import check_choices
 from prismrec.recommender import Output, Recommender
 
 
@@ -128,12 +129,9 @@ class SIGER(Recommender):
         self.betas = modality_betas(config, self.modalities)
         d = config.embedding_size
         # 2 + 3. Ŝ_m, Ĉ (built only when used) and the infused G_m = (1 − β_m) Ŝ_m + β_m Ĉ.
-        graphs = [knn_graph(dataset.features[m], config.knn_k) for m in self.modalities]
-        if any(b > 0 for b in self.betas):
-            co = cooccurrence_graph(dataset.train, config.co_k, score=config.co_score, weight=config.co_weight)
-            graphs = [mix([s, co], [1.0 - b, b]) for s, b in zip(graphs, self.betas)]
-        if config.renormalize_after_mix:
-            graphs = [sym_normalize(g, warn_nonpositive=True) for g in graphs]
+        graphs = infused_graphs([knn_graph(dataset.features[m], config.knn_k) for m in self.modalities],
+                                dataset.train, self.betas, config.co_k, config.co_score, config.co_weight,
+                                config.renormalize_after_mix)
         # 1, 4, 5. C on the plain Â, H_m on the G_m, S; GUME's extended branch if asked.
         self.encoder = MultiViewEncoder(
             bipartite_adjacency(dataset.train), graphs, [dataset.features[m] for m in self.modalities],
@@ -144,7 +142,6 @@ class SIGER(Recommender):
             if config.extended_branch else None
         self.reset_parameters()
         self.noise = NoiseSource(config.eps, config.perturb_mode, config.gamma)  # seeded after the init
-
 
     # ----------------------------------------------------------------------------------- views
     def forward(self) -> Output:
@@ -169,24 +166,13 @@ class SIGER(Recommender):
     # ------------------------------------------------------------------------------------ loss
     def perturbation_loss(self, out: Output, rows) -> torch.Tensor:
         """``L_P = Σ_r InfoNCE(V'[r], V''[r]; τ_P)``, averaged over the views ``V`` (``S`` or each ``H_m``)."""
-        first, second = self.perturbation_views(out)
-        return sum(infonce(a[r], b[r], self.config.tau_p) for a, b in zip(first, second) for r in rows) / len(first)
+        return paired_views_infonce(*self.perturbation_views(out), rows, self.config.tau_p)
 
     def anchor_loss(self, semantic: torch.Tensor, behavior: torch.Tensor, rows) -> torch.Tensor:
         """``L_A`` in the configured ``anchor_form`` (module docstring), summed over ``rows``."""
         cfg = self.config
         anchor = behavior.detach() if cfg.detach_anchor else behavior
-        if cfg.anchor_form == "A1":
-            return sum(infonce(h[r], anchor[r], cfg.tau_a) for h in semantic for r in rows) / len(semantic)
-        if cfg.anchor_form == "A2":
-            return sum(joint_infonce(semantic[:, r], anchor[r], cfg.tau_a) for r in rows)
-        pairs = list(itertools.combinations(range(len(semantic)), 2))
-        total = 0.0
-        for (a, b), r in itertools.product(pairs, rows):
-            ha, hb, c = semantic[a][r], semantic[b][r], anchor[r]
-            gate = torch.sigmoid(F.cosine_similarity(ha, c) + F.cosine_similarity(hb, c)) if cfg.anchor_gate else None
-            total = total + infonce(ha, hb, cfg.tau_a, gate)
-        return total / len(pairs)
+        return anchored_infonce(semantic, anchor, rows, cfg.tau_a, cfg.anchor_form, cfg.anchor_gate)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg, (u, i, _), n_u = self.config, batch, self.n_users
@@ -218,10 +204,7 @@ def check_config(config: SIGERConfig) -> None:
     """Raise ``ValueError`` naming the first setting out of its range."""
     check_multiview_config(config, co_k=config.co_k, tau_p=config.tau_p, tau_a=config.tau_a,
                            tau_b=config.tau_b, um_tau=config.um_tau)
-    for key, annotation in get_type_hints(SIGERConfig).items():  # Literal switches
-        allowed, value = get_args(annotation), getattr(config, key)
-        if get_origin(annotation) is Literal and value not in allowed:
-            raise ValueError(f"siger: {key} must be one of {list(allowed)}, got {value!r}")
+    check_choices(config, "siger")
     if not 0.0 <= config.beta <= 1.0:
         raise ValueError(f"siger: beta must be in [0, 1] (G_m = (1-β)Ŝ_m + βĈ), got {config.beta}")
     if config.beta_per_modality != (config.beta_modalities is not None):
