@@ -1,5 +1,7 @@
 """VBPR (ALGORITHMS.md 3.3) and FREEDOM (3.4): learning, shapes, graphs, pruning, configs."""
 
+import re
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -136,8 +138,11 @@ def test_freedom_weights_need_an_explicit_setting_without_image_and_text_roles(t
         write_planted_dataset(tmp_path / "three", n_users=40, n_items=30, modalities={"audio": 3, "text": 4, "image": 5})
     )
     for modalities in (None, ["text", "audio"], ["image", "audio"]):  # three modalities; no image/text pair
-        with pytest.raises(ConfigError, match=r"freedom: set mm_weights .*audio.*image-like: image, visual"):
+        with pytest.raises(ConfigError, match=r"freedom: set mm_weights .*audio.*image-like: image, visual") as err:
             build("freedom", data, knn_k=3, modalities=modalities)
+        example = re.search(r"--set mm_weights=(\[[^\]]*\])", str(err.value)).group(1)
+        assert len(build("freedom", data, knn_k=3, modalities=modalities, mm_weights=example).mm_weights) \
+            == len(modalities or data.features)  # the message's example is itself valid
     assert build("freedom", data, knn_k=3, modalities=["text", "audio"], mm_weights=[0.5, 0.5]).mm_weights == (0.5, 0.5)
     net = build("freedom", data, knn_k=3, mm_weights=[0.2, 0.3, 0.5])
     assert net.modalities == ["image", "text", "audio"] and net.mm_weights == (0.2, 0.3, 0.5)

@@ -181,9 +181,11 @@ def graph_weights(config: FREEDOMConfig, modalities: list[str]) -> tuple[float, 
         raise ConfigError(f"freedom: image_weight must be in [0, 1], got {config.image_weight}")
     pair = image_text_pair(modalities)
     if pair is None:
+        equal = [round(1 / len(modalities), 3)] * (len(modalities) - 1)
+        example = ",".join(f"{w:g}" for w in [*equal, round(1 - sum(equal), 3)])
         raise ConfigError(
             f"freedom: set mm_weights (one weight per modality of {modalities}, in that order, summing to 1, "
-            f"e.g. --set mm_weights=[{','.join(['%.3g' % (1 / len(modalities))] * len(modalities))}]): these "
+            f"e.g. --set mm_weights=[{example}]): these "
             f"modalities are not one image-like and one text-like, so the reference's image/text weights "
             f"have no owner by name ({describe_roles()})"
         )
