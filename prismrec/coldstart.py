@@ -38,7 +38,7 @@ from prismrec.eval.groups import item_degrees
 from prismrec.recommender import Output, Recommender
 
 STRATEGIES = ("auto", "native", "hook", "map", "knn")
-REFERENCES = ("popularity", "random")
+REFERENCES = ("popularity", "random", "order")
 
 
 @dataclass
@@ -157,18 +157,22 @@ def reference_scores(kind: str, dataset, seed: int = 0):
     order below, not by id: item ids often follow popularity or time (lfm2k's do), and a tie broken
     by id would smuggle that order in. ``random``: a fixed pseudo-random score per (user, item)
     pair from an integer hash of ``(seed, user, item)``, so it does not depend on how users are
-    batched.
+    batched. ``order``: one pseudo-random item order shared by every user (a hash of
+    ``(seed, item)``): what untrained ID rows amount to, since users' embeddings share a common
+    direction and so rank random item vectors in much the same order. Its mean equals
+    ``random``'s, but one draw varies far more with item popularity: compare an ID-only model's
+    cold rows with the spread of ``order`` over seeds (:func:`fixed_order_spread`).
     """
     if kind == "popularity":
         degree = torch.from_numpy(item_degrees(dataset.train).astype(np.float64))
         noise = reference_scores("random", dataset, seed)
         # Degrees are integers and the noise lies in [0, 0.5): it only orders equal degrees.
         return lambda users: (degree.to(users.device) + noise(users).to(torch.float64) / 2**25).to(torch.float32)
-    if kind == "random":
+    if kind in ("random", "order"):
         items = torch.arange(dataset.n_items, dtype=torch.int64)
 
         def scores(users: torch.Tensor) -> torch.Tensor:
-            u = users.to(torch.int64).cpu().unsqueeze(1)
+            u = users.to(torch.int64).cpu().unsqueeze(1) * (kind == "random")
             h = (u * 1_000_003 + items.unsqueeze(0) + int(seed) * 7_919) * 6364136223846793005 + 1442695040888963407
             h = h ^ (h >> 29)
             h = h * 2862933555777941757 + 3037000493  # int64 arithmetic wraps: a cheap mixing hash
@@ -176,3 +180,16 @@ def reference_scores(kind: str, dataset, seed: int = 0):
 
         return scores
     raise ConfigError(f"reference must be one of {', '.join(REFERENCES)}, got {kind!r}")
+
+
+def fixed_order_spread(dataset, split: str, mode: str, seeds: int = 100, ks=(10, 20)) -> dict:
+    """Median and 5 % / 95 % quantiles, over ``seeds`` draws of the ``order`` reference, of each
+    cold-item metric: the range an ID-only model's untrained cold rows fall in by chance."""
+    from prismrec.eval import evaluate_cold
+
+    exclude = dataset.train
+    runs = [evaluate_cold(reference_scores("order", dataset, s), dataset.split(split), exclude,
+                          dataset.cold(split), mode, ks=ks) for s in range(seeds)]
+    keys = [k for k in runs[0] if "@" in k]
+    return {k: {"median": float(np.median([r[k] for r in runs])), "q05": float(np.quantile([r[k] for r in runs], 0.05)),
+                "q95": float(np.quantile([r[k] for r in runs], 0.95))} for k in keys} | {"draws": seeds}

@@ -9,7 +9,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from prismrec.coldstart import ColdStartConfig, cold_item_embeddings, knn_mean, reference_scores, ridge_map
+from prismrec.coldstart import (
+    ColdStartConfig,
+    cold_item_embeddings,
+    fixed_order_spread,
+    knn_mean,
+    reference_scores,
+    ridge_map,
+)
 from prismrec.data import load_dataset
 from prismrec.data.build import build_dataset
 from prismrec.data.derive import split_cold
@@ -173,9 +180,13 @@ def test_content_gives_multimodal_models_non_random_cold_recall_and_id_only_stay
 def test_references_are_batch_independent_and_popularity_ties_are_not_by_id(cold_dir):
     data = load_dataset(cold_dir)
     users = torch.arange(data.n_users)
-    for kind in ("random", "popularity"):
+    for kind in ("random", "popularity", "order"):
         fn = reference_scores(kind, data, seed=3)
         np.testing.assert_array_equal(fn(users)[5:9].numpy(), fn(users[5:9]).numpy())
+    order = reference_scores("order", data, seed=3)(users[:4])
+    assert (order == order[0]).all() and not (reference_scores("order", data, seed=4)(users[:1]) == order[0]).all()
+    spread = fixed_order_spread(data, "test", "cold", seeds=30, ks=(5,))
+    assert spread["recall@5"]["q05"] < 5 / 40 < spread["recall@5"]["q95"]  # centred on chance, wide
     pop = reference_scores("popularity", data)(users[:1])[0].numpy()
     degree = np.asarray(data.train.sum(axis=0)).ravel()
     assert (np.diff(degree[np.argsort(-pop)]) <= 0).all()  # ranked by degree, warm before cold
