@@ -66,6 +66,11 @@ TESTED = ("recall@20", "ndcg@20")
 ALPHA = 0.05
 CELLS = RESULTS / "headline" / "cells"
 RUNS = Path("runs/headline")
+# Settings a model needs on these modality pairs (image + audio, text + audio) because its paper's
+# roles are by name: FREEDOM weighs modality graphs image 0.1 / text 0.9; with audio in the pair
+# nothing says which part it plays, so the graphs get equal weights (selected on lfm2k's validation,
+# results/freedom_grid.md).
+FIXED = {"freedom": {"mm_weights": [0.5, 0.5]}}
 LABEL = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
 
 
@@ -89,7 +94,7 @@ def base_settings(model: str, dataset: str) -> dict:
     settings = {"threads": 1, "checkpoint_every_s": 60}
     if "modalities" in fields:
         settings["modalities"] = MODALITIES[dataset].strip("[]").split(",")
-    return settings
+    return {**settings, **FIXED.get(model, {})}
 
 
 def trial_points(model: str) -> list[dict]:
