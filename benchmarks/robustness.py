@@ -328,17 +328,16 @@ def main() -> None:
     planned = plan(args.datasets.split(","), seeds)
     only = set(filter(None, args.only.split(",")))
     trained = 0
-    if not args.report_only:
-        for dataset in dict.fromkeys(c["dataset"] for c in planned if c["family"] == "cold"):
-            path = order_reference(dataset, args.work)
-            if args.commit:
-                git_commit([path], f"robustness benchmark: fixed-item-order reference on {dataset}'s cold copy")
     for cell in ([] if args.report_only else planned):
         path = OUT / "cells" / f"{cell_name(cell)}.json"
         if path.is_file() or (only and cell["model"] not in only):
             continue
         if args.max_cells and trained >= args.max_cells:
             break
+        if cell["family"] == "cold" and not (OUT / "references" / f"{cell['dataset']}.json").is_file():
+            reference = order_reference(cell["dataset"], args.work)  # once per dataset, before its first cold cell
+            if args.commit:
+                git_commit([reference], f"robustness benchmark: fixed-item-order reference on {cell['dataset']}'s cold copy")
         print(f"[robustness] {cell_name(cell)} (epochs<={args.epochs})", flush=True)
         try:
             record = run_cell(cell, args.work, args.epochs, args.impute)
