@@ -7,7 +7,7 @@ them). The floor of an epoch comes from the model's own kernels:
 * **training**: every batch's forward and backward run under a recorder of torch's
   operator calls (``TorchDispatchMode``) that keeps every matrix product (sparse adjacency and
   kNN products, dense GEMMs of the encoders and losses: ``mm``, ``addmm``, ``bmm``, ...), every
-  (log-)softmax / logsumexp, every top-k and every row gather / scatter (embedding lookups and
+  (log-)softmax / logsumexp / exponential, every top-k and every row gather / scatter (embedding lookups and
   their backward), with their real arguments. Right after each batch, its recorded calls are
   replayed bare (no autograd, no Python model code) and timed; plus that batch's optimiser step
   over all parameters; summed over the epoch;
@@ -47,7 +47,8 @@ from prismrec.train.trainer import seed_everything, train_epoch
 
 PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "_sparse_mm", "_sparse_addmm",
             "_sparse_sparse_matmul", "sspaddmm", "_sparse_csr_mm"}
-SOFTMAX = {"_log_softmax", "_log_softmax_backward_data", "_softmax", "_softmax_backward_data", "logsumexp"}
+SOFTMAX = {"_log_softmax", "_log_softmax_backward_data", "_softmax", "_softmax_backward_data", "logsumexp",
+           "exp", "exp_"}  # exp: the pass of a log-sum-exp fused by hand (losses.gemm_logsumexp)
 SELECT = {"topk"}
 GATHER = {"embedding", "embedding_dense_backward", "index_select", "index", "index_add", "index_add_",
           "index_put", "index_put_", "_index_put_impl_", "gather", "scatter_add", "scatter_add_"}

@@ -141,7 +141,7 @@ def markdown(res: dict) -> str:
               f"Same split: {p['sizes']['users']} users, {p['sizes']['items']} items, {p['sizes']['train']} "
               f"training interactions (RecBole read {r['sizes']['users']} / {r['sizes']['items']} / "
               f"{r['sizes']['train']}). Setup = reading the data and building the model, not in the epoch.",
-              "RecBole compatibility shim (ours, applied only where the installed SciPy lacks what RecBole "
+              "RecBole compatibility shim (ours, applied only where the installed NumPy / SciPy lack what RecBole "
               f"calls): {', '.join(r['shim']) or 'none needed'}.",
               "", "For reference only, not measured in this invocation: MMRec's LightGCN on baby, timed "
               "with MMRec's own code on this machine kind for issue 19 (1 thread, pinned): 13.84 s "
