@@ -2,7 +2,8 @@
 
 Every model name, dataset and setting is checked before anything is trained. Each cell (dataset,
 model, seed) is then trained in its own subprocess (``prismrec train``), so a crash cannot take
-the sweep down and each cell's peak memory is its own. Each cell is a run directory
+the sweep down and each cell's peak memory is its own; ``workers`` cells train at the same time,
+in as many processes, the CPU threads split between them. Each cell is a run directory
 (:mod:`prismrec.experiment.rundir`): a finished cell with the same resolved configuration is
 skipped, and a killed cell resumes from its last training checkpoint, so an interrupted sweep
 resumes where it stopped, mid-training. A cell holding another configuration is retrained.
@@ -16,9 +17,15 @@ side by side, best bold, significance marks against a reference model).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +122,7 @@ def run_compare(
     log=print,
     train: bool = True,
     reference: str | None = None,
+    workers: int = 1,
 ) -> dict:
     """Train every cell that is not already done, then write ``results.json`` / ``results.md``
     and the paper tables.
@@ -122,59 +130,173 @@ def run_compare(
     Every model, dataset and setting is validated first (:func:`check_inputs`). ``train=False``
     only summarises the finished cells (missing ones are listed as not run). ``reference``: the
     model the paper table's significance marks compare against (None: no marks).
+
+    ``workers``: cells trained at the same time, each in its own process (:func:`train_cells`);
+    with more than one, the CPU threads are split between them (``threads`` = cores // workers
+    unless ``--set threads=...`` fixes it; threads are not part of a cell's configuration, so
+    finished cells are reused either way). A cell's result depends only on its settings and seed,
+    not on the order or company it was trained in. The summary is written once, at the end.
     """
     overrides = overrides or {}
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"--out {out_dir} is a file: give a folder for the comparison")
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: give at least 1 (cells trained at the same time)")
     configs = check_inputs(models, datasets, seeds, overrides, data_dir)
     if reference is not None and reference not in models:
         raise ConfigError(f"--reference {reference!r} is not one of the compared models {models}")
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"models": models, "datasets": datasets, "seeds": seeds, "overrides": overrides, "cells": {}}
-    failures = []
+    done: dict[tuple[str, str, int], dict] = {}
+    failed: dict[tuple[str, str, int], str] = {}
+    todo: list[Cell] = []
     for dataset in datasets:
         for model in models:
-            settings = model_overrides(overrides, model, models)
             config = configs[(dataset, model)]
             digest, identity_digest = config.digest(), run_digest(config)
-            per_seed, failed = {}, {}
             for seed in seeds:
-                cell = out_dir / dataset / model / f"seed-{seed}"
-                done = _cell_done(cell, digest)
-                if done is None and not train:
-                    failed[str(seed)] = "not run"
-                    log(f"[compare] {dataset} / {model} / seed {seed}: not run")
-                    continue
-                if done is None:
-                    _clear_other_run(cell, identity_digest, seed, log)
-                    resuming = RunDir(cell).state().kind == "running"
-                    log(f"[compare] {dataset} / {model} / seed {seed}: "
-                        + ("resuming" if resuming else "training"))
-                    cmd = [sys.executable, "-m", "prismrec", "train", "--model", model,
-                           "--dataset", dataset, "--seeds", str(seed), "--out", str(cell),
-                           "--quiet"]
-                    if data_dir:
-                        cmd += ["--data-dir", str(data_dir)]
-                    for key, value in settings.items():
-                        cmd += ["--set", f"{key}={json.dumps(value)}"]
-                    proc = subprocess.run(cmd, capture_output=True, text=True)
-                    done = _cell_done(cell, digest)
-                    if proc.returncode != 0 or done is None:
-                        error = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                        failed[str(seed)] = "\n".join(error)
-                        failures.append((dataset, model, seed))
-                        log(f"[compare] {dataset} / {model} / seed {seed}: FAILED\n" + "\n".join(error))
-                        continue
-                else:
+                key, cell = (dataset, model, seed), out_dir / dataset / model / f"seed-{seed}"
+                previous = _cell_done(cell, digest)
+                if previous is not None:
                     log(f"[compare] {dataset} / {model} / seed {seed}: done before, skipped")
-                per_seed[seed] = done
-            results["cells"].setdefault(dataset, {})[model] = _summarise(per_seed, failed, digest)
-            _write(results, out_dir)
+                    done[key] = previous
+                elif not train:
+                    failed[key] = "not run"
+                    log(f"[compare] {dataset} / {model} / seed {seed}: not run")
+                else:
+                    _clear_other_run(cell, identity_digest, seed, log)
+                    todo.append(Cell(dataset, model, seed, cell, model_overrides(overrides, model, models), digest))
+    threads = None
+    if workers > 1 and "threads" not in overrides:
+        threads = max(1, available_cores() // workers)
+    for key, outcome in train_cells(todo, workers, data_dir, threads, log).items():
+        if isinstance(outcome, dict):
+            done[key] = outcome
+        else:
+            failed[key] = outcome
+    failures = [key for key in ((d, m, s) for d in datasets for m in models for s in seeds)
+                if key in failed and failed[key] != "not run"]
+    for dataset in datasets:
+        for model in models:
+            per_seed = {s: done[(dataset, model, s)] for s in seeds if (dataset, model, s) in done}
+            why = {str(s): failed[(dataset, model, s)] for s in seeds if (dataset, model, s) in failed}
+            results["cells"].setdefault(dataset, {})[model] = _summarise(
+                per_seed, why, configs[(dataset, model)].digest())
     _write(results, out_dir)
     _write_paper(results, out_dir, reference, data_dir, log)
     results["failures"] = failures
     return results
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (dataset, model, seed) run of a comparison, trained by ``prismrec train`` into ``path``."""
+
+    dataset: str
+    model: str
+    seed: int
+    path: Path
+    settings: dict
+    digest: str
+
+    def command(self, data_dir: str | None, threads: int | None) -> list[str]:
+        """The ``prismrec train`` command line of this cell."""
+        cmd = [sys.executable, "-m", "prismrec", "train", "--model", self.model, "--dataset", self.dataset,
+               "--seeds", str(self.seed), "--out", str(self.path), "--quiet"]
+        if data_dir:
+            cmd += ["--data-dir", str(data_dir)]
+        settings = dict(self.settings) if threads is None else {**self.settings, "threads": threads}
+        for key, value in settings.items():
+            cmd += ["--set", f"{key}={json.dumps(value)}"]
+        return cmd
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def train_cells(cells: list[Cell], workers: int, data_dir: str | None, threads: int | None,
+                log) -> dict[tuple[str, str, int], dict | str]:
+    """Train ``cells``, at most ``workers`` at a time, each in its own ``prismrec train`` process;
+    return each cell's metrics (a dict) or the reason it failed (the last lines of its output).
+
+    A cell's process is independent of the others (its own run directory, seed and settings), so
+    the results do not depend on ``workers``. Ctrl-C or SIGTERM stops the running cells with
+    SIGINT, so each leaves its last checkpoint (a rerun resumes them) and the interrupt is raised
+    again; the cells are also told to stop should this process die without that chance (Linux).
+    """
+    outcomes: dict[tuple[str, str, int], dict | str] = {}
+    pending, running = list(cells), []
+    previous_handler = _stop_on_sigterm()
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                cell = pending.pop(0)
+                resuming = RunDir(cell.path).state().kind == "running"
+                log(f"[compare] {cell.dataset} / {cell.model} / seed {cell.seed}: "
+                    + ("resuming" if resuming else "training"))
+                output = tempfile.TemporaryFile(mode="w+")
+                proc = subprocess.Popen(cell.command(data_dir, threads), stdout=output, stderr=subprocess.STDOUT,
+                                        text=True, preexec_fn=_die_with_parent)
+                running.append((cell, proc, output))
+            time.sleep(0.05 if len(running) < workers and pending else 0.2)
+            for item in [r for r in running if r[1].poll() is not None]:
+                running.remove(item)
+                cell, proc, output = item
+                output.seek(0)
+                text = output.read()
+                output.close()
+                key = (cell.dataset, cell.model, cell.seed)
+                metrics = _cell_done(cell.path, cell.digest)
+                if proc.returncode == 0 and metrics is not None:
+                    outcomes[key] = metrics
+                    continue
+                error = "\n".join(text.strip().splitlines()[-5:])
+                outcomes[key] = error
+                log(f"[compare] {cell.dataset} / {cell.model} / seed {cell.seed}: FAILED\n" + error)
+    except BaseException:
+        for _, proc, _ in running:  # each cell stops cleanly, leaving its checkpoint
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for _, proc, _ in running:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    return outcomes
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into KeyboardInterrupt while cells train (main thread only); return the old
+    handler (None when not installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _die_with_parent() -> None:
+    """In a cell's process: receive SIGTERM when the comparison process dies (Linux), so a killed
+    comparison leaves no orphan training on (the cell keeps its last checkpoint)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:  # pragma: no cover
+            pass
 
 
 def _write_paper(results: dict, out_dir: Path, reference: str | None, data_dir, log) -> None:
