@@ -11,12 +11,13 @@ On a machine that other programs also use, two things go wrong with torch's defa
   (a user's explicit ``OMP_WAIT_POLICY=ACTIVE`` wins). OpenMP reads it once, when torch is first
   imported, so it takes effect only when prismrec is imported before torch (as ``prismrec``'s
   command line always is); :func:`wait_policy` says what this process got.
-* **Too many threads.** torch starts one thread per core even when other processes keep some of
-  them busy; a parallel region then goes at the speed of its slowest, time-sliced thread.
-  ``threads="auto"`` (the default of every run) counts the cores this process may use
-  (:func:`usable_cpus`: affinity mask and cgroup CPU quota) minus those other processes keep busy
-  right now (:func:`busy_cpus`, a short sample of ``/proc/stat``), and :func:`choose_threads`
-  turns the two into a thread count. An explicit whole number is used as given.
+* **How many threads.** ``threads="auto"`` (the default of every run) takes the cores this
+  process may use (:func:`usable_cpus`: affinity mask and cgroup CPU quota). With passive waiting
+  that is all: measured next to competing processes, two passive threads beat one. Only when
+  OpenMP threads spin (the user chose ``ACTIVE``, or torch was loaded first) does it leave out
+  the cores other processes keep busy right now (:func:`busy_cpus`, a short sample of
+  ``/proc/stat``). :func:`choose_threads` is the rule; an explicit whole number is used as given,
+  and ``OMP_NUM_THREADS`` set by the user wins over ``auto``.
 
 ``benchmarks/contention.py`` measures both choices, idle and next to a competing process.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,29 +45,43 @@ FREE_SHARE = 0.5
 """A core counts as free for one more thread when other processes use less than this share of it."""
 
 
+_LATE = False
+"""True when ``import prismrec`` set the policy after torch was already loaded (too late to act)."""
+
+
 def set_default_wait_policy(environ: dict | None = None) -> str:
     """Put ``OMP_WAIT_POLICY=PASSIVE`` into ``environ`` (default ``os.environ``) unless a policy is there.
 
     Returns the policy now in the environment; a value the user set is never changed.
     """
-    environ = os.environ if environ is None else environ
+    global _LATE
+    if environ is None:
+        environ = os.environ
+        if WAIT_POLICY_ENV not in environ and "torch" in sys.modules:
+            _LATE = True  # OpenMP already read its environment: the default stays in force
     return environ.setdefault(WAIT_POLICY_ENV, DEFAULT_WAIT_POLICY)
 
 
 def wait_policy() -> str:
-    """The OpenMP wait policy named in this process's environment (``default`` when none is)."""
-    return os.environ.get(WAIT_POLICY_ENV, "default")
+    """The OpenMP wait policy in force in this process: ``PASSIVE``, ``ACTIVE`` or ``default``
+    (none named, or prismrec imported after torch)."""
+    value = os.environ.get(WAIT_POLICY_ENV, "").strip().upper()
+    return "default" if _LATE or value not in ("PASSIVE", "ACTIVE") else value
 
 
-def choose_threads(cpus: int, busy: float) -> int:
+def choose_threads(cpus: int, busy: float, passive: bool = True) -> int:
     """Threads for a run given ``cpus`` usable cores of which other processes keep ``busy`` busy.
 
-    Pure function: ``cpus - busy`` rounded to whole free cores (a core counts when others use
-    less than :data:`FREE_SHARE` of it), at least 1, at most ``cpus``. On 2 cores: idle -> 2,
-    one competing process -> 1.
+    Pure function. With passive waiting, every usable core: idle threads sleep, so a busy core
+    costs little, and measured next to competing processes two passive threads beat one
+    (``benchmarks/contention.py``). With spinning threads (``passive=False``), ``cpus - busy``
+    rounded to whole free cores (a core counts when others use less than :data:`FREE_SHARE` of
+    it), at least 1: on 2 cores, idle -> 2, one competing process -> 1.
     """
     if cpus < 1:
         raise ValueError(f"cpus must be >= 1, got {cpus}")
+    if passive:
+        return cpus
     busy = max(0.0, float(busy))
     free = math.floor(cpus - busy + FREE_SHARE)
     return max(1, min(cpus, free))
@@ -177,15 +193,20 @@ def resolve_threads(setting: int | str) -> tuple[int, str]:
     """Thread count for a ``threads`` setting, and a one-line reason.
 
     ``"auto"``: ``OMP_NUM_THREADS`` when the user set it, else :func:`choose_threads` of the usable
-    cores and the cores busy now. A whole number >= 1 is used as given; 0 keeps torch's current count.
+    cores (and, when OpenMP threads spin, of the cores busy now). A whole number >= 1 is used as
+    given; 0 keeps torch's current count.
     """
     if setting == "auto":
         env = _env_threads()
         if env is not None:
             return env, f"threads auto -> {env} (OMP_NUM_THREADS)"
-        cpus, busy = usable_cpus(), busy_cpus()
-        threads = choose_threads(cpus, busy)
-        return threads, f"threads auto -> {threads} ({cpus} usable CPUs, {busy:.1f} busy with other work)"
+        cpus = usable_cpus()
+        if wait_policy() == "PASSIVE":
+            return choose_threads(cpus, 0.0), f"threads auto -> {cpus} (usable CPUs; idle threads sleep)"
+        busy = busy_cpus()
+        threads = choose_threads(cpus, busy, passive=False)
+        return threads, (f"threads auto -> {threads} ({cpus} usable CPUs, {busy:.1f} busy with other work; "
+                         "OpenMP threads spin)")
     import torch
 
     if setting == 0:

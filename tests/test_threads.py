@@ -32,8 +32,13 @@ intr 1 2 3
     (8, -1.0, 8),  # a noisy negative sample is read as idle
     (1, 0.0, 1),
 ])
-def test_choose_threads(cpus, busy, expected):
-    assert choose_threads(cpus, busy) == expected
+def test_choose_threads_when_threads_spin(cpus, busy, expected):
+    assert choose_threads(cpus, busy, passive=False) == expected
+
+
+@pytest.mark.parametrize("cpus, busy", [(2, 0.0), (2, 1.0), (2, 2.0), (8, 3.2)])
+def test_choose_threads_when_threads_sleep(cpus, busy):
+    assert choose_threads(cpus, busy, passive=True) == cpus  # every usable core
 
 
 def test_choose_threads_rejects_no_cpus():
@@ -62,6 +67,9 @@ def test_resolve_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
     monkeypatch.setattr(threads, "busy_cpus", lambda: 1.0)
+    monkeypatch.setattr(threads, "wait_policy", lambda: "PASSIVE")
+    assert resolve_threads("auto")[0] == 4
+    monkeypatch.setattr(threads, "wait_policy", lambda: "ACTIVE")  # spinning: leave the busy core out
     assert resolve_threads("auto")[0] == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's explicit count wins over auto
     assert resolve_threads("auto") == (2, "threads auto -> 2 (OMP_NUM_THREADS)")
@@ -104,3 +112,13 @@ def test_import_sets_wait_policy_before_torch(given, expected):
             "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [expected, "False"]  # set, and torch not loaded yet by the import
+
+
+@pytest.mark.parametrize("given, expected", [(None, "default"), ("active", "ACTIVE")])
+def test_wait_policy_in_force_when_torch_came_first(given, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import torch, prismrec.threads as t; print(t.wait_policy())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected  # prismrec's default came too late; a user's value did not
