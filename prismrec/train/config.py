@@ -61,9 +61,9 @@ class TrainConfig:
     device: str = "cpu"
     """Torch device, e.g. ``cpu`` or ``cuda``."""
     threads: int | Literal["auto"] = "auto"
-    """CPU threads for torch: ``auto`` = the usable cores minus those other processes keep busy
-    when the run starts (``OMP_NUM_THREADS`` when set; :mod:`prismrec.threads`), a whole number
-    >= 1 = that many, 0 = torch's default (one per core)."""
+    """CPU threads for torch: ``auto`` = the cores this process may use (affinity, CPU quota;
+    ``OMP_NUM_THREADS`` when set; fewer when OpenMP threads spin and other processes keep cores
+    busy: :mod:`prismrec.threads`), a whole number >= 1 = that many, 0 = torch's default."""
     checkpoint_every_s: float = 0.0
     """Write a resumable training checkpoint into the run directory at the end of an epoch once
     this many seconds have passed since the last one; 0 = after every epoch. It changes only how
@@ -102,7 +102,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     _require(_is_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size,
              "users per evaluation batch must be a whole number >= 1")
     _require(cfg.threads == "auto" or (_is_int(cfg.threads) and cfg.threads >= 0), "threads", cfg.threads,
-             "CPU threads must be auto or a whole number >= 0 (auto = the cores free now, 0 = torch's default)")
+             "CPU threads must be auto or a whole number >= 0 (auto = the usable cores, 0 = torch's default)")
     every = getattr(cfg, "checkpoint_every_s", 0.0)
     _require(_is_number(every) and every >= 0, "checkpoint_every_s", every, "must be a number of seconds >= 0")
     _require(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "seeds are whole numbers 0..2**32-1")
