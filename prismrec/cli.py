@@ -481,6 +481,10 @@ def tune(
     n_seeds: Optional[int] = typer.Option(None, help="Final seeds: the first N protocol seeds (default 3)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Fixed key=value settings."),
     prune: bool = typer.Option(False, help="Stop trials below the median of earlier ones (after 5 trials, epoch 20)."),
+    storage: Optional[str] = typer.Option(
+        None, help="Study storage shared by workers: an Optuna database URL (postgresql://USER@HOST/DB) "
+        "or journal:PATH (a file on a shared file system). Default: <out>/study.db."),
+    study_name: str = typer.Option("prismrec", help="The study's name in --storage."),
     data_dir: DataDir = None,
 ) -> None:
     """Search settings on validation (Optuna TPE, test never read), then train the best with seeds."""
@@ -496,6 +500,7 @@ def tune(
     summary = run_tune(
         model, dataset, space, trials, out, overrides, data_dir,
         final_seeds=final_seeds, prune=prune, log=lambda msg: console.print(msg, highlight=False),
+        storage=storage, study_name=study_name,
     )
     console.print((out / "tuning.md").read_text())
     console.print(f"selected: {summary['selected']['params']}", highlight=False)

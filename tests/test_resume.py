@@ -150,11 +150,15 @@ def test_killed_tune_trial_resumes_mid_training(planted, planted_dir, tmp_path):
     logged = []
     again = tune("lightgcn", "planted", ["lr=1e-3..1e-1:log"], 1, tmp_path / "t", settings,
                  dataset=planted, final_seeds=[1], log=logged.append)
+    # the killed worker's trial is marked interrupted; its retry (trial 1, same parameters) takes
+    # over its run directory and resumes from the checkpoint
     assert any("trial 0 was interrupted" in m for m in logged)
     assert any("resuming from the checkpoint after epoch 1" in m for m in logged)
-    assert again["trials"] == reference["trials"] and again["final"] == reference["final"]
+    assert [t["state"] for t in again["trials"]] == ["interrupted", "complete"]
+    assert {k: again["trials"][1][k] for k in ("params", "valid")} == {k: reference["trials"][0][k] for k in ("params", "valid")}
+    assert again["final"] == reference["final"]
     for name in ("metrics.json", "model.pt"):
-        assert (tmp_path / "t" / "trial-0" / name).read_bytes() == (tmp_path / "ref" / "trial-0" / name).read_bytes()
+        assert (tmp_path / "t" / "trial-1" / name).read_bytes() == (tmp_path / "ref" / "trial-0" / name).read_bytes()
 
 
 def test_compare_resumes_a_killed_cell(planted, planted_dir, tmp_path):

@@ -144,20 +144,21 @@ def test_diverged_trials_are_recorded_and_skipped(planted, tmp_path, monkeypatch
     assert summary["selected"]["number"] in (0, 2) and "| 1 | diverged |" in (tmp_path / "tuning.md").read_text()
 
 
-def test_interrupted_trials_are_resumed_with_their_parameters(planted, tmp_path):
+def test_interrupted_trials_are_retried_once_with_their_parameters(planted, tmp_path):
     import optuna
 
     first = tune("lightgcn", "planted", SPACE, 1, tmp_path, FAST, dataset=planted, final_seeds=[1], log=lambda m: None)
     study = optuna.load_study(study_name="prismrec", storage=f"sqlite:///{tmp_path / 'study.db'}")
-    trial = study.ask()  # as a killed process leaves it: trial 1 "running" forever ...
+    trial = study.ask()  # as a killed worker leaves it: trial 1 "running", never stamped again ...
     params = {"lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True), "n_layers": trial.suggest_categorical("n_layers", ["1", "2"])}
     logged = []
-    again = tune("lightgcn", "planted", SPACE, 2, tmp_path, FAST, dataset=planted, final_seeds=[1], log=logged.append)
-    # ... and the rerun finishes it, with the parameters it had, instead of starting another
-    assert [t["state"] for t in again["trials"]] == ["complete", "complete"]
-    assert "trial 1 was interrupted" in logged[0] and again["trials"][1]["params"] == params
+    again = tune("lightgcn", "planted", SPACE, 2, tmp_path, FAST, dataset=planted, final_seeds=[1], log=logged.append,
+                 grace_s=0)
+    # ... past its grace it is marked interrupted and run again once, with the parameters it had
+    assert [t["state"] for t in again["trials"]] == ["complete", "interrupted", "complete"]
+    assert any("trial 1 was interrupted" in m for m in logged) and again["trials"][2]["params"] == params
     assert again["trials"][0] == first["trials"][0]
-    assert json.loads((tmp_path / "trial-1" / "metrics.json").read_text())["valid"]["recall@20"] == again["trials"][1]["valid"]
+    assert json.loads((tmp_path / "trial-2" / "metrics.json").read_text())["valid"]["recall@20"] == again["trials"][2]["valid"]
 
 
 def test_ties_go_to_valid_ndcg_then_the_earlier_trial(planted, tmp_path, monkeypatch):

@@ -10,11 +10,13 @@ A search space is a list of ``key=SPEC`` strings (CLI ``--space``, one per setti
 - ``key=LOW..HIGH:log``: log-uniform (``lr=1e-4..1e-2:log``);
 - ``key=A|B|C``: one of the values, as ``--set`` would take them (``mm_weights=[0.5,0.5]|[0.1,0.9]``).
 
-The study lives in ``<out>/study.db`` (SQLite): rerunning with the same ``--out`` resumes it up to
-``trials`` finished (or diverged, or pruned) trials. A trial left running by a killed process is
-resumed first, with its parameters, from its run directory's last training checkpoint (one
-process per study); the final runs resume the same way. A different model, dataset, space or
-settings there is an error.
+The study lives in ``<out>/study.db`` (SQLite) or any Optuna storage (``--storage``: a database
+URL, or ``journal:PATH``): rerunning with the same ``--out`` resumes it up to ``trials`` finished
+(or diverged, or pruned) trials, and several processes running the same search share it
+(:mod:`prismrec.experiment.workers`). A trial left running by a killed process is marked
+interrupted and run again once, with its parameters, from its run directory's last training
+checkpoint; the final runs resume the same way and are trained by one worker. A different model,
+dataset, space or settings there is an error.
 Trial runs are in ``<out>/trial-<n>/``, the final runs in ``<out>/best/``; ``tuning.json`` and
 ``tuning.md`` summarise.
 """
@@ -24,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +40,12 @@ from prismrec.experiment.config import parse_assignments, resolve_config, valid_
 from prismrec.errors import ConfigError, RunError
 from prismrec.experiment.rundir import RunDir, run_digest
 from prismrec.experiment.runs import run_experiment
+from prismrec.experiment.workers import (
+    GRACE_S, HEARTBEAT_S, Claim, Heartbeat, fail_stale_trials, open_storage, retried_number, wait_for,
+)
 from prismrec.train.trainer import TrainingDiverged
+
+TrialState = optuna.trial.TrialState
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RANGE = re.compile(rf"^({_NUMBER})\.\.({_NUMBER})(:log)?$")
@@ -120,6 +129,10 @@ def tune(
     log: Callable[[str], None] = print,
     on_trial: Callable[[dict], None] | None = None,
     prior_trials: list[dict] = (),
+    storage: str | None = None,
+    study_name: str = "prismrec",
+    heartbeat_s: float = HEARTBEAT_S,
+    grace_s: float = GRACE_S,
 ) -> dict:
     """Search ``space`` for ``trials`` trials on validation, train the best point with
     ``final_seeds``; return (and write to ``out_dir``) the summary.
@@ -131,7 +144,14 @@ def tune(
     trial's ``valid`` metrics in ``valid_all``) when it ends. ``prior_trials``: such records of
     trials run elsewhere (another machine) for this same search: a new study starts from them, so
     the sampler continues where that search stopped and no recorded trial is run again; an
-    existing study in ``out_dir`` ignores them."""
+    existing study in ``out_dir`` ignores them.
+
+    ``storage``: where the study lives (None: ``<out>/study.db``; any Optuna storage URL, or
+    ``journal:PATH``), ``study_name`` its name there. Several processes (on one machine, or on
+    several with a database server and a shared ``out_dir``) may run this same call at once:
+    they share the trials, a trial whose worker died is failed and retried once from its
+    checkpoint, and one of them trains the final seeds (:mod:`prismrec.experiment.workers`;
+    ``heartbeat_s`` / ``grace_s`` set how quickly a dead worker on another host is noticed)."""
     if trials < 1:
         raise ConfigError(f"trials must be at least 1, got {trials}")
     overrides = dict(overrides or {})
@@ -153,21 +173,28 @@ def tune(
     dataset = dataset or load_dataset(dataset_name, data_dir)
     blind = dataclasses.replace(dataset, test=None)  # what every trial sees
 
-    resumed_best: dict[int, float] = {}  # an interrupted trial's best-so-far curve continues
-
     def objective(trial: optuna.Trial) -> float:
         params = {d.key: d.suggest(trial) for d in dims}
         cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, params)})
-        best_so_far = resumed_best.get(trial.number, -math.inf)
+        folder = out / f"trial-{trial.number}"
+        original = retried_number(trial)
+        best_so_far, reported = -math.inf, set()
+        if original is not None:  # a retry takes over the interrupted trial's run (and curve)
+            source = out / f"trial-{original}"
+            if source.is_dir() and not folder.exists():
+                source.rename(folder)
+            log(f"trial {trial.number} retries interrupted trial {original} with its parameters")
+            curve = study._storage.get_trial(trial._trial_id).intermediate_values
+            best_so_far, reported = max(curve.values(), default=-math.inf), set(curve)
 
         def report(row: dict) -> None:  # the best-so-far curve: what early stopping selects from
             nonlocal best_so_far
             best_so_far = max(best_so_far, row[f"valid_{metric}"])
-            trial.report(best_so_far, row["epoch"])
+            if row["epoch"] not in reported:  # a retry redoes epochs its original had reported
+                trial.report(best_so_far, row["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"below the median of earlier trials at epoch {row['epoch']}")
 
-        folder = out / f"trial-{trial.number}"
         try:
             metrics = run_experiment(cfg, [search_seed], folder, dataset=blind, progress=False,
                                      evaluate_test=False, on_epoch_end=report, log=log)
@@ -182,63 +209,120 @@ def tune(
         return metrics["valid"][metric]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{(out / 'study.db').resolve()}"
-    if prior_trials and not (out / "study.db").exists():
-        _restore(storage, dims, prior_trials)
-    study = optuna.load_study(study_name="prismrec", storage=storage) if (out / "study.db").exists() else None
-    done = len(study.trials) if study else 0
-    # A resumed study gets a fresh sampler seed, or it would replay the first run's start points.
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed + done)
+    store = open_storage(storage, out)
+    exists = study_name in optuna.get_all_study_names(store)
+    if prior_trials and not exists:
+        _restore(store, study_name, dims, prior_trials)
     pruner = optuna.pruners.MedianPruner(*prune_after) if prune else optuna.pruners.NopPruner()
-    study = optuna.create_study(study_name="prismrec", storage=storage, load_if_exists=True,
-                                direction="maximize", sampler=sampler, pruner=pruner)
-    interrupted = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    study = optuna.create_study(study_name=study_name, storage=store, load_if_exists=True,
+                                direction="maximize", pruner=pruner)
 
-    def done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def done(trial: optuna.trial.FrozenTrial) -> None:
         value = f"valid {metric} {trial.value:.4f}" if _state(trial) == "complete" else _state(trial)
         log(f"trial {trial.number}: {trial.params} -> {value}")
         if on_trial is not None:
             on_trial({**_record(trial), "valid_all": trial.user_attrs.get("valid")})
 
-    for t in interrupted:  # one process per study: a trial still "running" was interrupted
-        log(f"trial {t.number} was interrupted (killed process); resuming it from its last checkpoint")
-        if t.intermediate_values:
-            resumed_best[t.number] = max(t.intermediate_values.values())
-        done(study, _resume_trial(study, optuna.trial.Trial(study, t._trial_id), objective))
-    counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-               or "diverged" in t.user_attrs]
-    remaining = trials - len(counted)
+    def counted_and_running() -> tuple[int, int]:
+        ended = running = 0
+        for t in study.get_trials(deepcopy=False):
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or "diverged" in t.user_attrs:
+                ended += 1
+            elif t.state == TrialState.RUNNING:
+                running += 1
+        return ended, running
 
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=(TrainingDiverged,), callbacks=[done])
-    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    def check_stale() -> None:
+        for number in fail_stale_trials(study, grace_s):
+            log(f"trial {number} was interrupted (its worker stopped); it is queued again with its "
+                "parameters and resumes from its last checkpoint")
+
+    waiting_said = False
+    while True:  # one trial at a time until `trials` have ended; then wait for the other workers'
+        check_stale()
+        ended, running = counted_and_running()
+        if ended + running >= trials:
+            if not running:
+                break
+            if not waiting_said:
+                log(f"waiting for the {running} trial(s) other workers are running")
+                waiting_said = True
+            time.sleep(min(2.0, heartbeat_s))
+            continue
+        trial = study.ask()  # a queued retry first; the storage never hands a trial out twice
+        # Each trial's draws are seeded by its number: reproducible, and two workers asking at
+        # the same time do not draw the same point.
+        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + trial.number)
+        try:
+            with Heartbeat(study, trial, heartbeat_s):
+                value = objective(trial)
+        except optuna.TrialPruned:
+            frozen = study.tell(trial, state=TrialState.PRUNED)
+        except TrainingDiverged:
+            frozen = study.tell(trial, state=TrialState.FAIL)
+        except Exception:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        else:
+            frozen = study.tell(trial, value)
+        done(frozen)
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not finished:
         raise RunError(f"no trial of {out} finished (all diverged?): see its trial-<n>/metrics.json; "
                        "narrow the search space (e.g. lower learning rates) and rerun")
     # Ties on the metric go to valid NDCG@20, then to the earlier trial (ALGORITHMS.md 1.5).
     best = max(finished, key=lambda t: (t.value, t.user_attrs.get("valid", {}).get("ndcg@20", 0.0), -t.number))
     final = _finished_final(out, best.number, list(final_seeds)) if final_seeds else None
-    if final is None and final_seeds:
-        log(f"selected trial {best.number} ({best.params}); training seeds {list(final_seeds)}")
-        cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, best.params)})
-        state = RunDir(out / "best").state()  # an earlier selection there is replaced
-        recorded = state.identity or {}
-        other = state.kind == "legacy" or (bool(recorded) and (
-            recorded.get("config_digest") != run_digest(cfg)
-            or recorded.get("seeds", [recorded.get("seed")]) != list(final_seeds)))
-        final = run_experiment(cfg, list(final_seeds), out / "best", dataset=dataset, progress=False,
-                               overwrite=other, log=log)
+    claim = Claim(out / "best.claim", heartbeat_s, grace_s)
+    while final is None and final_seeds:  # one worker trains the final seeds; the others wait
+        if claim.acquire():
+            try:
+                final = _finished_final(out, best.number, list(final_seeds)) or _train_final(
+                    model, dataset_name, overrides, dims, best, list(final_seeds), out, dataset, log)
+                _write_summary(out, spec, study, best, final, list(final_seeds))
+            finally:
+                claim.release()
+        else:
+            wait_for(lambda: claim.holder() is None or claim._abandoned(),
+                     f"the final runs (claimed by {claim.holder()})", log)
+            final = _finished_final(out, best.number, list(final_seeds))
+    return _write_summary(out, spec, study, best, final, list(final_seeds))
+
+
+def _train_final(model, dataset_name, overrides, dims, best, final_seeds, out, dataset, log) -> dict:
+    """Train the selected point with the final seeds into ``<out>/best`` (an earlier, different
+    selection there is replaced; an interrupted one resumes)."""
+    log(f"selected trial {best.number} ({best.params}); training seeds {final_seeds}")
+    cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, best.params)})
+    state = RunDir(out / "best").state()
+    recorded = state.identity or {}
+    other = state.kind == "legacy" or (bool(recorded) and (
+        recorded.get("config_digest") != run_digest(cfg)
+        or recorded.get("seeds", [recorded.get("seed")]) != final_seeds))
+    return run_experiment(cfg, final_seeds, out / "best", dataset=dataset, progress=False,
+                          overwrite=other, log=log)
+
+
+def _write_summary(out: Path, spec: dict, study: optuna.Study, best, final: dict | None,
+                   final_seeds: list[int]) -> dict:
+    """Write ``tuning.json`` and ``tuning.md`` (atomically: other workers may read them)."""
     summary = {
         **spec,
         "trials": [_record(t) for t in study.trials],
         "selected": {"number": best.number, "params": best.params, "valid": best.value},
-        "final": final and {"seeds": list(final_seeds),
+        "final": final and {"seeds": final_seeds,
                             "mean": final.get("mean") or {"valid": final["valid"], "test": final["test"]},
                             "std": final.get("std")},
     }
-    (out / "tuning.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "tuning.md").write_text(render_markdown(summary))
+    _atomic_write(out / "tuning.json", json.dumps(summary, indent=2, default=str))
+    _atomic_write(out / "tuning.md", render_markdown(summary))
     return summary
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def _record(trial: optuna.trial.FrozenTrial) -> dict:
@@ -246,9 +330,9 @@ def _record(trial: optuna.trial.FrozenTrial) -> dict:
             "valid": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None}
 
 
-def _restore(storage: str, dims: list[Dimension], records: list[dict]) -> None:
+def _restore(storage, study_name: str, dims: list[Dimension], records: list[dict]) -> None:
     """A new study holding the ended trials ``records`` (``_record`` entries with ``valid_all``)."""
-    study = optuna.create_study(study_name="prismrec", storage=storage, direction="maximize")
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
     states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
               "diverged": optuna.trial.TrialState.FAIL}
     for record in sorted(records, key=lambda r: r["number"]):
@@ -276,18 +360,6 @@ def _state(trial: optuna.trial.FrozenTrial) -> str:
     return trial.state.name.lower()
 
 
-def _resume_trial(study: optuna.Study, trial: optuna.Trial, objective) -> optuna.trial.FrozenTrial:
-    """Run ``objective`` for an interrupted trial (its parameters are the recorded ones, its run
-    resumes from its checkpoint) and record the outcome as ``study.optimize`` would."""
-    try:
-        value = objective(trial)
-    except optuna.TrialPruned:
-        return study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    except TrainingDiverged:
-        return study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    return study.tell(trial, value)
-
-
 def _finished_final(out: Path, selected: int, seeds: list[int]) -> dict | None:
     """The final runs' metrics when an earlier call trained the same selection with the same seeds."""
     try:
@@ -311,8 +383,8 @@ def _check_resume(path: Path, spec: dict) -> None:
                 f"{path.parent} holds another search ({recorded}); resume it with the same "
                 "model, dataset, space and settings, or choose a new --out"
             )
-    else:
-        path.write_text(json.dumps(spec, indent=2, default=str))
+    else:  # atomic: another worker may be reading it
+        _atomic_write(path, json.dumps(spec, indent=2, default=str))
 
 
 def render_markdown(summary: dict) -> str:
