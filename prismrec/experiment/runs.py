@@ -28,6 +28,7 @@ from prismrec.experiment.curves import write_curves
 from prismrec.experiment.rundir import CHECKPOINT, CURVES, RunDir, run_digest
 from prismrec.experiment.stages import build_model
 from prismrec.train.allocator import keep_freed_memory
+from prismrec.train import distributed
 from prismrec.train.trainer import TrainingDiverged, fit, seed_everything
 
 Log = Callable[[str], None]
@@ -35,6 +36,10 @@ Log = Callable[[str], None]
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def _silent(message: str) -> None:
+    """Where a non-zero rank's notes go (rank 0 speaks for the run)."""
 
 
 def peak_rss_mb() -> float:
@@ -104,16 +109,21 @@ def train_one_seed(
     None). ``on_epoch_end`` sees every epoch's history row trained in this call.
     """
     cfg = config.train
-    run = RunDir(out_dir) if out_dir is not None else None
+    env = distributed.from_env()  # under torchrun: rank 0 writes the run, every rank trains
+    if env.active:
+        cfg.device = distributed.init(env, cfg.device)
+        if not env.is_main:
+            progress, on_epoch_end, log = False, None, _silent
+    run = RunDir(out_dir) if out_dir is not None and env.is_main else None
     ident = identity(config, dataset, [cfg.seed], evaluate_test)
-    resume, action = None, None
+    resume, action, finished = None, None, None
     note = log
     if run is not None:
         action = run.prepare(ident, overwrite)
         if action == "finished":
             log(f"{run.path}: finished with the same configuration and seed, nothing to do "
                 "(--overwrite retrains it)")
-            return run.read_metrics(), run.read_timing()
+            finished = run.read_metrics(), run.read_timing()
         if action == "resume":
             resume = run.load_checkpoint()
             if resume is not None and resume.get("identity") != ident:
@@ -127,6 +137,11 @@ def train_one_seed(
             log(message)
             run.append_log(message)
 
+    if env.active:  # every rank resumes from rank 0's checkpoint, or returns its finished run
+        finished, resume = distributed.broadcast_object((finished, resume), env)
+    if finished is not None:
+        return finished
+    if run is not None:
         run.append_log(
             f"{'resume' if resume is not None else 'start'}: {config.model} on {dataset.name} "
             f"({dataset.n_users} users, {dataset.n_items} items), seed {cfg.seed}, "
@@ -159,7 +174,7 @@ def train_one_seed(
 
         result = fit(model, dataset, cfg, evaluator=evaluator, progress=progress, on_epoch_end=epoch_end,
                      resume=resume, checkpoint=checkpoint if run is not None else None,
-                     log_line=run.append_log if run is not None else None)
+                     log_line=run.append_log if run is not None else None, dist_env=env)
     except TrainingDiverged as exc:
         if run is not None:
             run.append_log(f"failed: {exc}")
@@ -176,6 +191,8 @@ def train_one_seed(
         if run is not None and action == "new" and not (run.path / CHECKPOINT).is_file():
             run.abandon()
         raise
+    if not env.is_main:  # rank 0 evaluates test and writes the run; the others return its result
+        return distributed.broadcast_object(None, env)
     # The only time the test split is read (and never when evaluate_test is False).
     test = evaluator.evaluate(model, "test") if evaluate_test else None
     metrics = {
@@ -204,6 +221,8 @@ def train_one_seed(
             + f"); {result.seconds:.0f}s")
         _draw(run, result.history, cfg.valid_metric, result.best_epoch,
               f"{config.model} on {dataset.name}, seed {cfg.seed}", note)
+    if env.active:
+        distributed.broadcast_object((metrics, timing), env)
     return metrics, timing
 
 
@@ -263,6 +282,9 @@ def run_experiment(
     """
     if not seeds:
         raise ConfigError("at least one seed is needed: give --seeds (e.g. 999) or --n-seeds")
+    if len(seeds) > 1 and distributed.from_env().active:
+        raise ConfigError(f"torchrun trains one seed per launch, got seeds {seeds}: give --seeds S "
+                          "(launch once per seed)")
     log = log or _stderr
     keep_freed_memory()
     out_dir = Path(out_dir) if out_dir is not None else None

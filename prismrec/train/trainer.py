@@ -20,6 +20,8 @@ from prismrec.data.sampler import BPRSampler
 from prismrec.errors import RunError, TrainingDiverged
 from prismrec.eval.evaluator import Evaluator
 from prismrec.recommender import Recommender
+from prismrec.train import distributed
+from prismrec.train.distributed import SINGLE, DistEnv
 
 
 DIVERGENCE_FACTOR = 1e6
@@ -100,6 +102,7 @@ def fit(
     resume: dict | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     log_line: Callable[[str], None] | None = None,
+    dist_env: DistEnv = SINGLE,
 ) -> FitResult:
     """Train ``model`` on ``dataset.train`` with settings ``cfg`` (a :class:`TrainConfig`).
 
@@ -116,6 +119,11 @@ def fit(
     ``log_line``, when given, receives every such line whether or not it is shown (the run's
     ``run.log``).
 
+    ``dist_env``: this process's place in a data-parallel run (:mod:`prismrec.train.distributed`):
+    each rank trains on its share of every global batch, the gradients are summed over ranks, rank
+    0 validates and broadcasts the metrics, and only rank 0 shows progress (give ``checkpoint``
+    to rank 0 only). A single process (the default) is unchanged.
+
     Raises :class:`TrainingDiverged` when a loss term becomes non-finite or the loss exceeds
     :data:`DIVERGENCE_FACTOR` times the first batch's.
     """
@@ -127,6 +135,9 @@ def fit(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
     )
+    distributed.broadcast_parameters(model, dist_env)  # every rank starts from rank 0's weights
+    progress = progress and dist_env.is_main
+    log_line = log_line if dist_env.is_main else None
     result = FitResult()
     best_score, best_state, bad_epochs, first_epoch = -math.inf, None, 0, 0
     guard = _DivergenceGuard()
@@ -165,10 +176,11 @@ def fit(
             model.train()
             model.on_epoch_start(epoch)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            row.update(train_epoch(model, sampler, optimizer, epoch, device, guard))
+            row.update(train_epoch(model, sampler, optimizer, epoch, device, guard, dist_env))
             row.update(model.epoch_log())  # model-specific values, e.g. a schedule's weight
             t0 = time.perf_counter()
-            valid = evaluator.evaluate(model, "valid")
+            valid = evaluator.evaluate(model, "valid") if dist_env.is_main else None
+            valid = distributed.broadcast_object(valid, dist_env)  # one early-stopping decision
             row["eval_s"] = time.perf_counter() - t0
             row.update({f"valid_{k}": v for k, v in valid.items() if k != "users"})
             result.history.append(row)
@@ -235,10 +247,12 @@ class _DivergenceGuard:
 
 
 def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
-                guard: _DivergenceGuard | None = None) -> dict:
+                guard: _DivergenceGuard | None = None, dist_env: DistEnv = SINGLE) -> dict:
     """One pass over the training pairs; returns mean loss terms and where the time went.
 
     ``guard`` checks every batch's loss (non-finite or diverged raises :class:`TrainingDiverged`).
+    Under ``dist_env`` with several ranks, each rank computes its share of every batch (weighted
+    by its share of the rows) and the gradients and logged terms are summed over ranks.
     """
     guard = guard or _DivergenceGuard()
     sums: dict[str, float] = {}
@@ -246,22 +260,32 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
     n_batches = 0
     t_epoch = tick = time.perf_counter()
     for batch in sampler.epoch():
+        if dist_env.active:
+            batch, weight = distributed.shard(batch, dist_env)
         batch = tuple(t.to(device, non_blocking=True) for t in batch)
         now = time.perf_counter()
         timing["sample_s"] += now - tick
         terms = model.batch_loss(batch)
+        if dist_env.active:  # this rank's share of the global batch's mean
+            terms = {k: v * weight for k, v in terms.items()}
         total = sum(terms.values())
         tick = time.perf_counter()
         timing["forward_s"] += tick - now
-        guard.check(float(total.detach()), terms, epoch, n_batches)
+        if dist_env.active:  # the global batch's terms, the same on every rank
+            summed = distributed.allreduce_sum(torch.stack([v.detach() for v in terms.values()]), dist_env)
+            logged = dict(zip(terms, summed))
+        else:
+            logged = terms
+        guard.check(float(sum(logged.values()).detach()), logged, epoch, n_batches)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        distributed.allreduce_grads(model, dist_env)
         now = time.perf_counter()
         timing["backward_s"] += now - tick
         optimizer.step()
         tick = time.perf_counter()
         timing["optim_s"] += tick - now
-        for k, v in terms.items():
+        for k, v in logged.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         n_batches += 1
     row = {f"loss_{k}": v / n_batches for k, v in sums.items()}

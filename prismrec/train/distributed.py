@@ -1,0 +1,154 @@
+"""Data-parallel training over several processes (``torchrun``), one global batch split by rank.
+
+``torchrun --nproc-per-node K -m prismrec train ...`` starts K copies of the command; each reads
+its rank from the environment (:func:`from_env`) and joins a process group (NCCL on GPUs, gloo on
+CPU). Every rank draws the **same** global batch (the sampler is seeded alike), keeps its
+contiguous share of the rows (:func:`shard`), and computes the model's loss on it weighted by
+its share of the batch; the gradients are summed over ranks (:func:`allreduce_grads`), so a step
+is that of the global batch at the same learning rate. The forward pass propagates the full
+graph on every rank (it is replicated, not split), so the speed-up comes only from the per-row
+part of the loss and its backward: expect little for full-graph models, more where the loss part
+dominates. Loss terms that average over a batch's rows (BPR, ``half_sq`` L2) equal the single
+process's exactly; terms that couple a batch's rows (in-batch InfoNCE negatives, ``emb_norm``'s
+norm over all rows) are computed within each rank's share, as other frameworks' DDP do.
+
+Validation runs on rank 0 and its metrics are broadcast (every rank takes the same early-stopping
+decision); rank 0 alone writes the run directory.
+
+This is what :func:`torch.nn.parallel.DistributedDataParallel` does for a module called through
+its ``forward``; prismrec's trainer calls ``model.batch_loss`` instead, so the same reduction is
+done here explicitly (one flat all-reduce per step).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from prismrec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands in a data-parallel run."""
+
+    rank: int = 0
+    """This process's rank, 0..world_size-1 (``RANK``)."""
+    world_size: int = 1
+    """Number of processes (``WORLD_SIZE``)."""
+    local_rank: int = 0
+    """Rank on this machine (``LOCAL_RANK``): picks the GPU ``cuda:<local_rank>``."""
+
+    @property
+    def active(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: evaluates, logs and writes the run directory."""
+        return self.rank == 0
+
+
+SINGLE = DistEnv()
+
+
+def from_env() -> DistEnv:
+    """The rank and world size ``torchrun`` put in the environment (a single process otherwise)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    return DistEnv(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(env: DistEnv, device: str) -> str:
+    """Join the process group (once) and return the device this rank trains on.
+
+    ``device="cuda"`` becomes ``cuda:<local_rank>`` (NCCL); CPU ranks use gloo. An explicit
+    ``cuda:N`` under several ranks is a :class:`ConfigError` (each rank needs its own GPU)."""
+    if not env.active:
+        return device
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if index:
+            raise ConfigError(f"device={device!r} under torchrun: give device=cuda, each rank takes "
+                              "cuda:<LOCAL_RANK>")
+        device = f"cuda:{env.local_rank}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo")
+    return device
+
+
+def shard(batch: tuple[torch.Tensor, ...], env: DistEnv) -> tuple[tuple[torch.Tensor, ...], float]:
+    """This rank's contiguous share of a global batch and its weight (its share of the rows)."""
+    if not env.active:
+        return batch, 1.0
+    n = len(batch[0])
+    parts = [torch.tensor_split(t, env.world_size) for t in batch]
+    mine = tuple(p[env.rank] for p in parts)
+    return mine, len(mine[0]) / n
+
+
+def broadcast_parameters(model: torch.nn.Module, env: DistEnv) -> None:
+    """Make every rank start from rank 0's parameters and dense buffers (sparse graphs are built
+    from the data, the same on every rank)."""
+    if not env.active:
+        return
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.layout != torch.strided:
+            continue
+        dist.broadcast(tensor.data, src=0)
+
+
+def allreduce_grads(model: torch.nn.Module, env: DistEnv) -> None:
+    """Sum every parameter's gradient over ranks (one flat all-reduce).
+
+    A parameter without a gradient on every rank keeps none (as in a single process, where
+    Adam then leaves it alone); one with a gradient on some rank gets the sum (zeros elsewhere)."""
+    if not env.active:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return
+    device = params[0].device
+    sizes = [p.numel() for p in params]
+    flat = torch.zeros(sum(sizes) + len(params), dtype=torch.float32, device=device)
+    offset = 0
+    for p, size in zip(params, sizes):
+        if p.grad is not None:
+            flat[offset:offset + size] = p.grad.reshape(-1)
+        offset += size
+    flat[offset:] = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    dist.all_reduce(flat)
+    offset = 0
+    for k, (p, size) in enumerate(zip(params, sizes)):
+        if flat[sum(sizes) + k] > 0:
+            p.grad = flat[offset:offset + size].view_as(p).to(p.dtype).clone()
+        offset += size
+
+
+def allreduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """``values`` summed over ranks (a copy; unchanged in a single process)."""
+    values = values.clone()
+    if env.active:
+        dist.all_reduce(values)
+    return values
+
+
+def broadcast_object(value, env: DistEnv):
+    """Rank 0's ``value`` on every rank."""
+    if not env.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank."""
+    if env.active:
+        dist.barrier()

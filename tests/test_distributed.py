@@ -1,0 +1,120 @@
+"""Data-parallel training (torchrun, gloo on CPU): two ranks follow a single process's trajectory."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from prismrec.train import distributed
+from prismrec.train.distributed import DistEnv
+
+STEPS = """
+import json, sys
+import torch
+from prismrec.data import BPRSampler, load_dataset
+from prismrec.experiment.config import resolve_config
+from prismrec.models import get_model
+from prismrec.train import distributed
+from prismrec.train.trainer import _DivergenceGuard, seed_everything, train_epoch
+
+folder, model_name, settings, batch, epochs, out = sys.argv[1:7]
+torch.set_num_threads(1)
+env = distributed.from_env()
+distributed.init(env, "cpu")
+data = load_dataset(folder)
+cfg = resolve_config(model_name, data.name, json.loads(settings))
+seed_everything(cfg.train.seed)
+model = get_model(model_name)(data, cfg.params)
+distributed.broadcast_parameters(model, env)
+sampler = BPRSampler(data.train, int(batch), cfg.train.negative_pool, cfg.train.seed)
+optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
+
+class Recorder(_DivergenceGuard):  # sees every batch's global loss
+    losses = []
+    def check(self, total, terms, epoch, batch):
+        self.losses.append(total)
+        super().check(total, terms, epoch, batch)
+
+guard = Recorder()
+for epoch in range(int(epochs)):
+    model.train()
+    model.on_epoch_start(epoch)
+    train_epoch(model, sampler, optimizer, epoch, model.device, guard, env)
+if env.is_main:
+    params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    json.dump({"losses": guard.losses, "params": params.tolist()}, open(out, "w"))
+"""
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def _trajectories(tmp_path, planted_dir, model, settings, batch=512, epochs=2):
+    script = tmp_path / "steps.py"
+    script.write_text(STEPS)
+    args = [str(planted_dir), model, json.dumps(settings), str(batch), str(epochs)]
+    single = subprocess.run([sys.executable, str(script), *args, str(tmp_path / "one.json")],
+                            capture_output=True, text=True, env=_env())
+    assert single.returncode == 0, single.stderr[-2000:]
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                            "--master-port", str(_port()), str(script), *args, str(tmp_path / "two.json")],
+                           capture_output=True, text=True, env=_env())
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    return (np.array(one["losses"]), np.array(two["losses"]),
+            np.abs(np.array(one["params"]) - np.array(two["params"])).max())
+
+
+@pytest.mark.parametrize("model, settings, loss_tol, param_tol", [
+    # emb_norm (LightGCN's default) is a norm over all of a batch's rows: per rank's share it
+    # differs by ~1e-5 of the loss (Adam's normalised steps then move the weights ~1e-4)
+    ("lightgcn", {}, 1e-5, None),
+    ("lightgcn", {"reg_form": "half_sq"}, 1e-6, 1e-6),  # every term averages rows: float error only
+    ("mgcn", {"cl_weight": 0.0}, 1e-6, 1e-6),  # BPR + half_sq over the full-graph forward
+])
+def test_two_gloo_ranks_follow_one_process(tmp_path, planted_dir, model, settings, loss_tol, param_tol):
+    one, two, param_gap = _trajectories(tmp_path, planted_dir, model, settings)
+    assert len(one) == len(two) == 20  # 2 epochs of 10 global batches of 512
+    assert np.abs(one - two).max() < loss_tol
+    assert param_tol is None or param_gap < param_tol
+    assert one[-1] < one[0]  # it trains
+
+
+def test_shard_splits_a_batch_into_weighted_contiguous_parts():
+    import torch
+
+    batch = tuple(torch.arange(10) + k for k in range(3))
+    parts = [distributed.shard(batch, DistEnv(rank, 3, rank)) for rank in range(3)]
+    assert torch.equal(torch.cat([p[0][0] for p in parts]), batch[0])
+    assert [len(p[0][1]) for p in parts] == [4, 3, 3] and sum(w for _, w in parts) == pytest.approx(1.0)
+    assert distributed.shard(batch, distributed.SINGLE) == (batch, 1.0)
+
+
+def test_torchrun_train_writes_one_run_directory(tmp_path, planted_dir):
+    settings = ["--set", "epochs=2", "--set", "reg_form=\"half_sq\"", "--set", "threads=1"]
+    common = ["-m", "prismrec", "train", "--model", "lightgcn", "--dataset", str(planted_dir), "--quiet", *settings]
+    single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True,
+                            text=True, env=_env())
+    assert single.returncode == 0, single.stderr[-2000:]
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                            str(_port()), *common, "--out", str(tmp_path / "two")], capture_output=True, text=True,
+                           env=_env())
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert (tmp_path / "two" / "FINISHED").is_file() and not (tmp_path / "two" / "RUNNING").exists()
+    for split in ("valid", "test"):
+        assert one[split].keys() == two[split].keys()
+        assert all(abs(one[split][k] - two[split][k]) < 1e-6 for k in one[split])
+    assert one["best_epoch"] == two["best_epoch"]
