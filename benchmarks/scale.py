@@ -1,0 +1,221 @@
+"""Memory and time of one training epoch + one validation as the data grows: tiktok -> baby ->
+Electronics size, on CPU.
+
+Each (size, model) runs in its own subprocess, so its peak resident memory is its own: the
+parent reads it from the child's resource usage (``os.wait4``), and the child reports where it
+was reached (after loading the data, after building the model and its graphs, after training,
+after validation). The datasets are synthetic folders of each size written by
+:func:`prismrec.data.synthetic.write_sized_dataset` (same counts, power-law degrees, the real
+feature sizes: 128-d image/audio at tiktok size, 4096-d image + 384-d text at baby and
+Electronics size), generated once under ``--data-root``.
+
+An epoch may be capped (``--max-batches electronics=40``): the batches that ran are timed and the
+epoch's time is extrapolated (marked "est." in the table, with the batches run recorded). The
+validation always ranks every item for every validation user. EGRA's stage 0 (a full MGCN run
+whose item representations are its ``P``) is replaced by random ``P`` of the same shape: its cost
+is the MGCN row. Results are written after every cell (a rerun skips the cells already measured
+with the same settings unless ``--fresh``): ``results/scale.{json,md}``.
+
+    nice -n 5 python -m benchmarks.scale [--sizes tiktok,baby,electronics] [--models lightgcn,...]
+        [--threads 1] [--max-batches electronics=40] [--timeout 3600] [--data-root runs/scale-data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS
+
+MODELS = ["lightgcn", "rlmmrec", "mgcn", "freedom", "gume", "egra", "siger"]
+SIZES = ["tiktok", "baby", "electronics"]
+LIMIT_GB = 24.0
+SETTINGS = {("tiktok", "freedom"): {"mm_weights": [0.5, 0.5]}}
+"""Settings a model needs at a size: FREEDOM's image/text weights have no text modality at tiktok
+size (image + audio), so they are given explicitly."""
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(size: str, model_name: str, folder: str, threads: int, max_batches: int) -> dict:
+    """Load, build, train one (possibly capped) epoch, validate once; return timings and the
+    peak RSS after each phase (MiB)."""
+    import itertools
+
+    import numpy as np
+    import torch
+
+    from prismrec.data import BPRSampler, load_dataset
+    from prismrec.eval import Evaluator
+    from prismrec.experiment.config import resolve_config
+    from prismrec.models import get_model
+    from prismrec.recommender import PretrainedItems
+    from prismrec.train.trainer import seed_everything, train_epoch
+
+    torch.set_num_threads(threads)
+    out: dict = {"size": size, "model": model_name, "threads": threads}
+    t0 = time.perf_counter()
+    data = load_dataset(folder)
+    out.update(load_s=time.perf_counter() - t0, rss_after_load_mb=_rss_mb(), users=data.n_users,
+               items=data.n_items, train_interactions=int(data.train.nnz))
+    cfg = resolve_config(model_name, data.name, {"threads": threads, **SETTINGS.get((size, model_name), {})})
+    seed_everything(cfg.train.seed)
+    cls = get_model(model_name)
+    inputs = {}
+    if "pretrained_items" in cls.required_inputs(cfg.params):  # stand-in for stage 0 (an MGCN run)
+        dim = 64
+        inputs["pretrained_items"] = PretrainedItems(
+            np.random.default_rng(0).standard_normal((data.n_items, dim), dtype=np.float32))
+    t0 = time.perf_counter()
+    model = cls(data, cfg.params, **inputs)
+    out.update(build_s=time.perf_counter() - t0, rss_after_build_mb=_rss_mb(),
+               parameters=sum(p.numel() for p in model.parameters()))
+    sampler = BPRSampler(data.train, cfg.train.batch_size, cfg.train.negative_pool, cfg.train.seed)
+    total = len(sampler)
+    cap = max_batches if 0 < max_batches < total else total
+
+    class Capped:  # the first `cap` batches of an epoch
+        def epoch(self):
+            return itertools.islice(sampler.epoch(), cap)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
+    model.train()
+    model.on_epoch_start(0)
+    row = train_epoch(model, Capped(), optimizer, 0, model.device)
+    out.update(batches=cap, batches_per_epoch=total, train_s=row["train_s"],
+               epoch_s=row["train_s"] * total / cap, epoch_estimated=cap < total, loss=row["loss"],
+               rss_after_train_mb=_rss_mb())
+    evaluator = Evaluator(data, ks=cfg.train.topk, batch_size=cfg.train.eval_batch_size)
+    t0 = time.perf_counter()
+    valid = evaluator.evaluate(model, "valid")
+    out.update(eval_s=time.perf_counter() - t0, valid_users=valid.get("users"),
+               rss_after_eval_mb=_rss_mb())
+    return out
+
+
+def run_child(size: str, model: str, folder: Path, threads: int, max_batches: int, timeout: float) -> dict:
+    """The child's report plus its peak RSS as the kernel counted it, and the load average."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "benchmarks.scale", "--child", size, model, str(folder), str(threads),
+           str(max_batches)]
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = started + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.5)
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    result = {"size": size, "model": model, "wall_s": time.perf_counter() - started,
+              "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
+              "load_before": load_before, "load_after": os.getloadavg()}
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0 and stdout.strip():
+        result.update(json.loads(stdout.strip().splitlines()[-1]))
+        result["status"] = "ok"
+    else:
+        result["status"] = "timeout" if time.perf_counter() > deadline else f"failed (exit {code})"
+        result["error"] = "\n".join((stderr or stdout).strip().splitlines()[-6:])
+    result["fits_24gb"] = result["peak_rss_mb"] <= LIMIT_GB * 1024 if result["status"] == "ok" else None
+    return result
+
+
+def render(results: dict) -> str:
+    lines = ["# Scale: one epoch + one validation on CPU, tiktok -> baby -> Electronics size", "",
+             f"Synthetic folders of each size (`prismrec synth`), threads={results['threads']}, one model "
+             "per subprocess; peak RSS is the child's maximum resident set (kernel rusage). "
+             "\"est.\": the epoch was capped at the batches shown and its time extrapolated. "
+             "EGRA's stage 0 (an MGCN run) is not included (random P of the same shape). Seconds are "
+             "wall time on the machine as it was (load: its 1-minute load average when the cell "
+             "started; a 2-core machine at load 10 runs a cell at a fraction of a core): compare "
+             "sizes and memory, not absolute speed; CPU s is the child's own CPU time, all phases.", ""]
+    header = ["size", "model", "status", "build s", "batches", "epoch s", "valid s", "CPU s", "peak RSS GiB",
+              "≤ 24 GB", "load"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results["cells"]:
+        ok = r["status"] == "ok"
+        epoch = f"{r['epoch_s']:.1f}" + (" est." if r.get("epoch_estimated") else "") if ok else "-"
+        batches = f"{r['batches']}/{r['batches_per_epoch']}" if ok else "-"
+        lines.append(
+            f"| {r['size']} | {r['model']} | {r['status']} | {r.get('build_s', 0):.1f} | {batches} | {epoch} | "
+            f"{r.get('eval_s', 0):.1f} | {_num(r.get('cpu_s'))} | {r['peak_rss_mb'] / 1024:.2f} | "
+            f"{'yes' if r['fits_24gb'] else ('no' if r['fits_24gb'] is False else '-')} | "
+            f"{r['load_before'][0]:.1f} |")
+    sizes = {r["size"]: (r.get("users"), r.get("items"), r.get("train_interactions")) for r in results["cells"]
+             if r["status"] == "ok"}
+    lines += ["", "Sizes: " + "; ".join(f"{s} {u:,} users, {i:,} items, {n:,} train interactions"
+                                       for s, (u, i, n) in sizes.items()), ""]
+    failed = [r for r in results["cells"] if r["status"] != "ok"]
+    for r in failed:
+        lines.append(f"- {r['size']} / {r['model']}: {r['status']}: `{r.get('error', '')[-300:]}`")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--child":
+        size, model, folder, threads, max_batches = argv[1:6]
+        print(json.dumps(child(size, model, folder, int(threads), int(max_batches))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-batches", default="", help="SIZE=N,... caps the training batches of an epoch")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per cell")
+    parser.add_argument("--data-root", type=Path, default=Path("runs/scale-data"))
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink the synthetic folders (smoke runs)")
+    parser.add_argument("--fresh", action="store_true", help="measure again the cells already in the results")
+    parser.add_argument("--name", default="scale", help="results/<name>.{json,md}")
+    args = parser.parse_args(argv)
+    from prismrec.data.synthetic import write_sized_dataset
+
+    caps = {k: int(v) for k, v in (p.split("=") for p in args.max_batches.split(",") if p)}
+    path = RESULTS / f"{args.name}.json"
+    results = json.loads(path.read_text()) if path.is_file() and not args.fresh else {"cells": []}
+    results.update(threads=args.threads, scale=args.scale)
+    for size in args.sizes.split(","):
+        folder = args.data_root / size
+        if not folder.is_dir():
+            print(f"[scale] writing the synthetic {size} folder to {folder}", flush=True)
+            write_sized_dataset(folder, size, args.scale)
+        for model in args.models.split(","):
+            cap = caps.get(size, 0)
+            if any(r["size"] == size and r["model"] == model and r["status"] == "ok"
+                   and r.get("max_batches") == cap for r in results["cells"]):
+                continue
+            print(f"[scale] {size} / {model} (max batches {cap or 'all'})", flush=True)
+            r = run_child(size, model, folder, args.threads, cap, args.timeout)
+            r["max_batches"] = cap
+            results["cells"] = [c for c in results["cells"] if (c["size"], c["model"]) != (size, model)] + [r]
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".json.partial")
+            tmp.write_text(json.dumps(results, indent=2))
+            tmp.replace(path)
+            (RESULTS / f"{args.name}.md").write_text(render(results))
+            print(f"[scale] {size} / {model}: {r['status']}, peak {r['peak_rss_mb'] / 1024:.2f} GiB, "
+                  f"{r.get('epoch_s', float('nan')):.1f} s/epoch, {r.get('eval_s', float('nan')):.1f} s/valid",
+                  flush=True)
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
