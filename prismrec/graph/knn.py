@@ -59,11 +59,16 @@ def _row_normalize(x: torch.Tensor) -> torch.Tensor:
     """``x / max(||x||, eps)`` per row, returned as float32.
 
     The norm is taken in float64 so huge float32 entries cannot overflow it; zero rows stay zero
-    (their similarity with everything is exactly 0).
+    (their similarity with everything is exactly 0). Rows go through float64 in blocks of about
+    64 MB, so a large feature matrix (Electronics: 63k x 4096) never has a whole float64 copy.
     """
-    x64 = x.to(torch.float64)
-    norms = torch.linalg.vector_norm(x64, dim=1, keepdim=True).clamp_min(_NORM_EPS)
-    return (x64 / norms).to(torch.float32)
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    step = max(1, _BLOCK_BYTES // (8 * max(x.shape[1], 1)))
+    for start in range(0, x.shape[0], step):
+        x64 = x[start:start + step].to(torch.float64)
+        norms = torch.linalg.vector_norm(x64, dim=1, keepdim=True).clamp_min(_NORM_EPS)
+        out[start:start + step] = x64 / norms
+    return out
 
 
 def _topk_lowest_index(sim: torch.Tensor, k: int) -> torch.Tensor:
