@@ -59,16 +59,33 @@ def study(models: list[str], datasets: list[str], report_only: bool) -> tuple[di
                            for n, c in cells.items()},
             }
             md += [f"## {model} on {dataset} (modalities {MODALITIES[dataset]})", "",
-                   "| feature_norm | valid R@20 | valid N@20 | best epoch |", "|---|---|---|---|"]
+                   "| feature_norm | valid R@20 | valid N@20 | best epoch (1-based) |", "|---|---|---|---|"]
             for norm, c in cells.items():
                 if c and c.get("valid"):
                     mark = " **(selected)**" if norm == best else ""
                     md.append(f"| {norm}{mark} | {c['valid']['recall@20']:.4f} | {c['valid']['ndcg@20']:.4f} | "
-                              f"{c.get('best_epoch')} |")
+                              f"{c['best_epoch'] + 1} |")
                 else:
                     md.append(f"| {norm} | not run yet | | |")
             md.append("")
+        md += decision(data[model])
     return data, md
+
+
+def decision(cells: dict) -> list[str]:
+    """The default where validation selects one scaling on every dataset; otherwise the scaling
+    with the smallest worst-case relative loss of valid Recall@20 against each dataset's best."""
+    valid = {ds: {n: p["valid"]["recall@20"] for n, p in c["points"].items() if p and p.get("valid")}
+             for ds, c in cells.items()}
+    if not valid or any(len(v) < len(NORMS) for v in valid.values()):
+        return ["Decision: not every point has run yet.", ""]
+    loss = {n: max(1 - v[n] / max(v.values()) for v in valid.values()) for n in NORMS}
+    chosen = min(NORMS, key=lambda n: loss[n])
+    lines = ["| feature_norm | worst relative loss vs each dataset's valid-best |", "|---|---|"]
+    lines += [f"| {n}{' **(default)**' if n == chosen else ''} | {loss[n]:.1%} |" for n in NORMS]
+    return ["## Decision", "", "Validation selects "
+            + ", ".join(f"`{c['selected']}` on {ds}" for ds, c in cells.items())
+            + ". The default is the scaling with the smallest worst-case loss:", "", *lines, ""]
 
 
 def main() -> None:

@@ -24,7 +24,13 @@ MODALITIES = {"tiktok": "[image,audio]", "lfm2k": "[text,audio]"}
 # Settings a model needs on a dataset whose modalities have no role by name: FREEDOM's image/text
 # graph weights (prismrec.models.roles) have no owner for image+audio or text+audio; equal weights
 # are the neutral choice, and the one validation selected on lfm2k (results/freedom_grid.md).
-MODEL_SETTINGS = {"freedom": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}}}
+# RLMultimodalRec's feature scaling is the one validation selected per dataset
+# (results/feature_scaling.md: raw features on tiktok, standardised on lfm2k; its default is
+# standardize, the smallest worst-case loss over the two).
+MODEL_SETTINGS = {
+    "freedom": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}},
+    "rlmmrec": {"tiktok": {"feature_norm": "none"}, "lfm2k": {"feature_norm": "standardize"}},
+}
 
 
 REPORT_ONLY = "--report-only" in sys.argv  # summarise finished cells, train nothing
