@@ -124,9 +124,10 @@ def allreduce_grads(model: torch.nn.Module, env: DistEnv) -> None:
         offset += size
     flat[offset:] = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
     dist.all_reduce(flat)
+    has_grad = flat[sum(sizes):].cpu().tolist()  # one device-to-host copy, not one per parameter
     offset = 0
     for k, (p, size) in enumerate(zip(params, sizes)):
-        if flat[sum(sizes) + k] > 0:
+        if has_grad[k] > 0:
             p.grad = flat[offset:offset + size].view_as(p).to(p.dtype).clone()
         offset += size
 
