@@ -45,6 +45,12 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _phase(out: dict, name: str) -> None:
+    """Tell the parent (stderr) which phase ended: a timed-out cell says how far it got."""
+    print(f"[child] {name} done after {time.perf_counter() - out['_t0']:.0f}s, peak RSS {_rss_mb():.0f} MiB",
+          file=sys.stderr, flush=True)
+
+
 def child(size: str, model_name: str, folder: str, threads: int, max_batches: int) -> dict:
     """Load, build, train one (possibly capped) epoch, validate once; return timings and the
     peak RSS after each phase (MiB)."""
@@ -61,9 +67,10 @@ def child(size: str, model_name: str, folder: str, threads: int, max_batches: in
     from prismrec.train.trainer import seed_everything, train_epoch
 
     torch.set_num_threads(threads)
-    out: dict = {"size": size, "model": model_name, "threads": threads}
+    out: dict = {"size": size, "model": model_name, "threads": threads, "_t0": time.perf_counter()}
     t0 = time.perf_counter()
     data = load_dataset(folder)
+    _phase(out, "load")
     out.update(load_s=time.perf_counter() - t0, rss_after_load_mb=_rss_mb(), users=data.n_users,
                items=data.n_items, train_interactions=int(data.train.nnz))
     cfg = resolve_config(model_name, data.name, {"threads": threads, **SETTINGS.get((size, model_name), {})})
@@ -78,6 +85,7 @@ def child(size: str, model_name: str, folder: str, threads: int, max_batches: in
     model = cls(data, cfg.params, **inputs)
     out.update(build_s=time.perf_counter() - t0, rss_after_build_mb=_rss_mb(),
                parameters=sum(p.numel() for p in model.parameters()))
+    _phase(out, "build")
     sampler = BPRSampler(data.train, cfg.train.batch_size, cfg.train.negative_pool, cfg.train.seed)
     total = len(sampler)
     cap = max_batches if 0 < max_batches < total else total
@@ -93,11 +101,13 @@ def child(size: str, model_name: str, folder: str, threads: int, max_batches: in
     out.update(batches=cap, batches_per_epoch=total, train_s=row["train_s"],
                epoch_s=row["train_s"] * total / cap, epoch_estimated=cap < total, loss=row["loss"],
                rss_after_train_mb=_rss_mb())
+    _phase(out, f"train ({cap} batches)")
     evaluator = Evaluator(data, ks=cfg.train.topk, batch_size=cfg.train.eval_batch_size)
     t0 = time.perf_counter()
     valid = evaluator.evaluate(model, "valid")
     out.update(eval_s=time.perf_counter() - t0, valid_users=valid.get("users"),
                rss_after_eval_mb=_rss_mb())
+    out.pop("_t0")
     return out
 
 
@@ -151,8 +161,8 @@ def render(results: dict) -> str:
         epoch = f"{r['epoch_s']:.1f}" + (" est." if r.get("epoch_estimated") else "") if ok else "-"
         batches = f"{r['batches']}/{r['batches_per_epoch']}" if ok else "-"
         lines.append(
-            f"| {r['size']} | {r['model']} | {r['status']} | {r.get('build_s', 0):.1f} | {batches} | {epoch} | "
-            f"{r.get('eval_s', 0):.1f} | {_num(r.get('cpu_s'))} | {r['peak_rss_mb'] / 1024:.2f} | "
+            f"| {r['size']} | {r['model']} | {r['status']} | {_num(r.get('build_s'), '.1f')} | {batches} | "
+            f"{epoch} | {_num(r.get('eval_s'), '.1f')} | {_num(r.get('cpu_s'))} | {r['peak_rss_mb'] / 1024:.2f} | "
             f"{'yes' if r['fits_24gb'] else ('no' if r['fits_24gb'] is False else '-')} | "
             f"{r['load_before'][0]:.1f} |")
     sizes = {r["size"]: (r.get("users"), r.get("items"), r.get("train_interactions")) for r in results["cells"]
@@ -165,8 +175,8 @@ def render(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _num(value) -> str:
-    return "-" if value is None else f"{value:.0f}"
+def _num(value, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def main(argv: list[str] | None = None) -> None:
