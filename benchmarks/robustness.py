@@ -19,7 +19,8 @@ interrupted study resumes where it stopped:
   LightGCN) are the ``native`` reference: what a model without content can do.
 
 Training is capped (``--epochs``, recorded in every cell) so the grid fits a small machine; the
-cap and the seeds are in the table header. Cells run in priority order (``--order``), one
+cap and the seeds are in the table header. A rerun with another cap retrains the cells (each cap
+has its own run directory) and replaces their files. Cells run in priority order (``--order``), one
 process at a time, ``threads=1``.
 
     python -m benchmarks.robustness [--datasets lfm2k,tiktok] [--seeds 999] [--epochs 20]
@@ -122,7 +123,7 @@ def run_cell(cell: dict, work: Path, epochs: int, impute: str) -> dict:
     name, data_dir = derived_dataset(cell, work, impute)
     overrides = settings(cell["model"], cell["dataset"], epochs)
     config = resolve_config(cell["model"], name, overrides)
-    run_dir = work / "runs" / cell_name(cell)
+    run_dir = work / "runs" / f"{cell_name(cell)}__e{epochs}"
     t0 = time.time()
     metrics = run_experiment(config, [cell["seed"]], run_dir, data_dir, progress=False)
     record = {**cell, "input": name, "settings": overrides, "seconds": round(time.time() - t0, 1),
@@ -330,8 +331,10 @@ def main() -> None:
     trained = 0
     for cell in ([] if args.report_only else planned):
         path = OUT / "cells" / f"{cell_name(cell)}.json"
-        if path.is_file() or (only and cell["model"] not in only):
+        if only and cell["model"] not in only:
             continue
+        if path.is_file() and json.loads(path.read_text())["settings"]["epochs"] == args.epochs:
+            continue  # finished with this cap; a run with another cap replaces it
         if args.max_cells and trained >= args.max_cells:
             break
         if cell["family"] == "cold" and not (OUT / "references" / f"{cell['dataset']}.json").is_file():
