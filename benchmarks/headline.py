@@ -52,7 +52,7 @@ import numpy as np
 from scipy import stats
 
 from benchmarks.common import RESULTS
-from benchmarks.multimodal import MODALITIES
+from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 SEED_MODELS = ["rlmmrec", "siger", "egra"]
 BASELINES = ["bpr", "lightgcn", "vbpr", "mmgcn", "lattice", "bm3", "freedom", "mgcn", "lgmrec",
@@ -66,11 +66,11 @@ TESTED = ("recall@20", "ndcg@20")
 ALPHA = 0.05
 CELLS = RESULTS / "headline" / "cells"
 RUNS = Path("runs/headline")
-# Settings a model needs on these modality pairs (image + audio, text + audio) because its paper's
-# roles are by name: FREEDOM weighs modality graphs image 0.1 / text 0.9; with audio in the pair
-# nothing says which part it plays, so the graphs get equal weights (selected on lfm2k's validation,
-# results/freedom_grid.md).
-FIXED = {"freedom": {"mm_weights": [0.5, 0.5]}}
+# Settings fixed per model and dataset, not searched: FREEDOM and DRAGON weigh modality graphs by
+# role (image 0.1 / text 0.9); with audio in the pair no role says which part it plays, so the
+# graphs get equal weights (selected on lfm2k's validation, results/freedom_grid.md).
+# RLMultimodalRec's raw-feature scaling is validation's choice per dataset (results/feature_scaling.md).
+FIXED = {**MODEL_SETTINGS, "dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}}}
 LABEL = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
 
 
@@ -94,7 +94,7 @@ def base_settings(model: str, dataset: str) -> dict:
     settings = {"threads": 1, "checkpoint_every_s": 60}
     if "modalities" in fields:
         settings["modalities"] = MODALITIES[dataset].strip("[]").split(",")
-    return {**settings, **FIXED.get(model, {})}
+    return {**settings, **FIXED.get(model, {}).get(dataset, {})}
 
 
 def trial_points(model: str) -> list[dict]:
