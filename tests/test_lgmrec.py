@@ -168,7 +168,8 @@ def test_egra_pretrains_with_lgmrec(planted, tmp_path, pre_rep):
     exported item views (``behavior`` = C_I, ``modality`` = Z_I − C_I)."""
     cache = tmp_path / "cache"
     cfg = resolve_config("egra", planted.name, {"epochs": 1, "threads": 1, "pre_model": "lgmrec", "pre_rep": pre_rep,
-                                             "pretrain_epochs": 1, "pretrain_cache": str(cache)})
+                                             "pretrain_epochs": 1, "pretrain_search": "none",
+                                             "pretrain_cache": str(cache)})
     result = run_experiment(cfg, [2], tmp_path / "run", dataset=planted, progress=False)
     assert result["status"] == "ok"
     (pre_dir,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
