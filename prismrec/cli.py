@@ -273,7 +273,7 @@ def demo(
     epochs: int = typer.Option(30, min=1, help="Epoch cap per model."),
     patience: int = typer.Option(5, min=0, help="Early-stopping patience on validation."),
     lr: float = typer.Option(0.005, help="Learning rate of every model."),
-    threads: int = typer.Option(1, min=0, help="CPU threads (0: every core; 1 is fastest on a busy machine)."),
+    threads: int = typer.Option(1, min=0, help="CPU threads per model (the README's demo time is for 1; 0: torch's default)."),
     out: Path = typer.Option(Path("runs/demo"), help="Folder of the demo's run directories."),
     quiet: bool = typer.Option(False, help="No progress display; print only the table and where it went."),
     data_dir: DataDir = None,
