@@ -59,7 +59,7 @@ def test_a_killed_parallel_compare_leaves_resumable_cells(planted_dir, tmp_path)
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "prismrec", "compare", "--models", "lightgcn", "--datasets", "planted",
            "--seeds", "1,2", "--data-dir", str(planted_dir.parent), "--out", str(out), "--workers", "2",
-           "--set", "epochs=200", "--set", "patience=200", "--set", "threads=1"]
+           "--set", "epochs=100000", "--set", "patience=100000", "--set", "threads=1"]  # never finishes by itself
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     cells = [out / "planted" / "lightgcn" / f"seed-{s}" for s in (1, 2)]
