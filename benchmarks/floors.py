@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.common import RESULTS, machine, write
+from benchmarks.common import RESULTS, machine, median_time, write
 from benchmarks.multimodal import MODEL_SETTINGS
 from prismrec.data import BPRSampler, load_dataset
 from prismrec.eval import Evaluator
@@ -97,14 +97,7 @@ def replay(calls) -> None:
 
 def median_s(fn, repeats: int = 5) -> float:
     """Median wall seconds of ``fn()`` over ``repeats`` runs (after one warm-up run when repeats > 1)."""
-    if repeats > 1:
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_time(fn, repeats, warmup=1 if repeats > 1 else 0)["median"]
 
 
 def kinds_s(calls, repeats: int = 5) -> dict:
