@@ -22,7 +22,7 @@ MULTIMODAL = ["vbpr", "freedom", "mgcn", "gume", "rlmmrec", "siger", "egra"]
 # lfm2k also ships audio_whisper; the benchmark uses the text + audio pair the issue names.
 MODALITIES = {"tiktok": "[image,audio]", "lfm2k": "[text,audio]"}
 # Settings a model needs on a dataset whose modalities have no role by name: FREEDOM's image/text
-# graph weights (prismrec.models.roles) have no owner for image+audio or text+audio; equal weights
+# graph weights (prismrec.nn.roles) have no owner for image+audio or text+audio; equal weights
 # are the neutral choice, and the one validation selected on lfm2k (results/freedom_grid.md).
 # RLMultimodalRec's feature scaling is the one validation selected per dataset
 # (results/feature_scaling.md: raw features on tiktok, standardised on lfm2k; its default is

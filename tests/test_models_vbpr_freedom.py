@@ -14,7 +14,7 @@ from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 from prismrec.graph import bipartite_adjacency
 from prismrec.models import get_model
-from prismrec.models.roles import image_text_pair, modality_role
+from prismrec.nn.roles import image_text_pair, modality_role
 from prismrec.train import seed_everything
 
 

@@ -9,7 +9,7 @@ a **denoised** user–item graph whose edges are pruned afresh every epoch.
 
        S = Σ_m α_m Ŝ_m^bin          α = 0.1 image, 0.9 text — ``image_weight``, ``mm_weights``
 
-   The weights go to modalities **by name** (:mod:`prismrec.models.roles`): with an image-like
+   The weights go to modalities **by name** (:mod:`prismrec.nn.roles`): with an image-like
    and a text-like modality (``image``/``visual``, ``text``/``title``, in any order) the image
    one gets ``image_weight``, the text one the rest. Any other pair (lfm2k's text + audio,
    tiktok's image + audio) or more than two modalities has no reference weighting: ``mm_weights``
@@ -56,7 +56,7 @@ from prismrec.graph import (
 from prismrec.errors import ConfigError
 from prismrec.losses import bpr_loss
 from prismrec.models import register
-from prismrec.models.roles import describe_roles, image_text_pair
+from prismrec.nn.roles import describe_roles, image_text_pair
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.encoders import Projector
 from prismrec.recommender import Output, Recommender

@@ -26,7 +26,7 @@ from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import bpr_loss, half_sq
 from prismrec.errors import ConfigError
 from prismrec.models import register
-from prismrec.models.roles import describe_roles, modality_role
+from prismrec.nn.roles import describe_roles, modality_role
 from prismrec.nn import IdEmbedding, Projector, lightgcn
 from prismrec.nn.fusion import GatedFusion
 from prismrec.recommender import Output, Recommender
@@ -48,7 +48,7 @@ class RLMultimodalRecConfig:
     fusion: Literal["gate", "concat", "mean", "visual_only", "text_only", "first_only", "second_only"] = "gate"
     """How modalities are combined: learned gate, ``W_o[ṽ; t̃]``, plain mean, or one modality:
     ``visual_only`` / ``text_only`` keep the image-like / text-like one **by name**
-    (:mod:`prismrec.models.roles`; an error if there is none), ``first_only`` / ``second_only``
+    (:mod:`prismrec.nn.roles`; an error if there is none), ``first_only`` / ``second_only``
     the first / second of ``modalities`` as listed (any names)."""
     item_input: Literal["sum", "content_only", "concat_linear"] = "sum"
     """``e_i⁰ = e_i^{id} + m_i``, ``= m_i`` (no item ID embedding), or ``W_o[e_i^{id}; m_i]``."""
