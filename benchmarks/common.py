@@ -42,3 +42,26 @@ def write(name: str, data: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def git_commit(paths: list[Path], message: str) -> None:
+    """Commit exactly ``paths`` (retrying while another commit holds the index lock); a long study
+    that commits its finished cells survives the end of a session or machine."""
+    import os
+    import subprocess
+    import sys
+
+    rel = [os.path.relpath(p) for p in paths]
+    for _ in range(20):
+        add = subprocess.run(["git", "add", *rel], capture_output=True, text=True)
+        if add.returncode == 0:
+            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", *rel], capture_output=True, text=True)
+            if done.returncode == 0 or "nothing to commit" in done.stdout + done.stderr:
+                return
+            err = done.stderr
+        else:
+            err = add.stderr
+        if "index.lock" not in err:
+            print(f"git commit failed: {err.strip()}", file=sys.stderr)
+            return
+        time.sleep(3)

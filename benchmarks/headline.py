@@ -5,6 +5,7 @@ point and tested once per seed; the seed models' ablations run on the same seeds
 is compared with each baseline by paired per-user tests, Holm-corrected.
 
     python -m benchmarks.headline [--datasets lfm2k,tiktok] [--models a,b] [--parts tune,final,ablation]
+                                  [--jobs 2] [--commit]   # cells in 2 processes; commit each result
     python -m benchmarks.headline --report-only     # rebuild every table from the committed cells
 
 Protocol:
@@ -35,11 +36,13 @@ Tables: ``results/headline.{md,tex,csv,json}``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import dataclasses
 import importlib
 import io
 import itertools
+import multiprocessing
 import json
 import os
 import random
@@ -51,7 +54,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, git_commit
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 SEED_MODELS = ["rlmmrec", "siger", "egra"]
@@ -71,6 +74,7 @@ RUNS = Path("runs/headline")
 # graphs get equal weights (selected on lfm2k's validation, results/freedom_grid.md).
 # RLMultimodalRec's raw-feature scaling is validation's choice per dataset (results/feature_scaling.md).
 FIXED = {**MODEL_SETTINGS, "dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}}}
+COMMIT = False  # --commit: git-commit each recorded trial and seed (set in the worker processes too)
 LABEL = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
 
 
@@ -139,6 +143,11 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _commit(paths: list[Path], message: str) -> None:
+    if COMMIT:
+        git_commit(paths, message)
+
+
 def _other_run(folder: Path, cfg) -> bool:
     """Whether ``folder`` holds a run of other settings (a stale cell's): it is replaced, while a
     killed run of the same settings resumes from its checkpoint."""
@@ -176,10 +185,13 @@ def tune_cell(model: str, dataset: str, data) -> dict:
             trial = {"point": point, "state": "diverged", "valid": None, "error": str(exc)}
         record["trials"].append(trial)
         _write_json(path, record)
+        _commit([path], f"Headline study: {dataset}/{model} trial {n} ({trial['state']})")
     ok = [(n, t) for n, t in enumerate(record["trials"]) if t["state"] == "ok"]
     n, best = max(ok, key=lambda nt: (nt[1]["valid"]["recall@20"], nt[1]["valid"]["ndcg@20"], -nt[0]))
-    record["selected"] = {"trial": n, "point": best["point"], "valid": best["valid"]}
-    _write_json(path, record)
+    if record.get("selected") != {"trial": n, "point": best["point"], "valid": best["valid"]}:
+        record["selected"] = {"trial": n, "point": best["point"], "valid": best["valid"]}
+        _write_json(path, record)
+        _commit([path], f"Headline study: {dataset}/{model} tuned, trial {n} selected")
     return record
 
 
@@ -200,7 +212,7 @@ def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: i
     run_dir = RUNS / dataset / cell / f"seed-{seed}"
     metrics = run_experiment(cfg, [seed], run_dir, dataset=data, progress=False,
                              overwrite=_other_run(run_dir, cfg), log=lambda m: None)
-    run = load_run(run_dir, datasets={dataset: data})
+    run = load_run(run_dir, datasets={(data.name, str(None)): data})
     per_user = Evaluator(data, ks=(10, 20)).evaluate(run.model, "test", per_user=True)["per_user"]
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"seed-{seed}.npz.tmp"
@@ -211,6 +223,7 @@ def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: i
               "metrics": {k: metrics.get(k) for k in ("status", "valid", "test", "best_epoch", "epochs", "stop_reason")},
               "timing": {k: metrics["timing"].get(k) for k in ("seconds", "median_train_s", "median_eval_s", "peak_rss_mb")}}
     _write_json(folder / f"seed-{seed}.json", result)
+    _commit([folder / f"seed-{seed}.json", folder / f"seed-{seed}.npz"], f"Headline study: {dataset}/{cell} seed {seed}")
     return result
 
 
@@ -230,24 +243,46 @@ def variant_settings(changed: list[str], dataset: str) -> dict:
     return parse_assignments([s.replace("{dataset}", dataset) for s in changed])
 
 
-def run(models: list[str], datasets: list[str], parts: set[str]) -> None:
+def run_cell(model: str, dataset: str, parts: set[str], data=None, commit: bool = False) -> None:
+    """Tune, train the seeds and the ablations of one (model, dataset) cell, skipping what is recorded."""
     from prismrec.data import load_dataset
 
-    for dataset in datasets:
-        data = load_dataset(dataset)
-        for model in models:
-            tuning = tune_cell(model, dataset, data) if "tune" in parts else _read_json(CELLS / dataset / model / "tuning.json")
-            if tuning is None or "selected" not in tuning or tuning["spec"] != _jsonable(spec(model, dataset)):
-                continue
-            selected = {**tuning["spec"]["base"], **tuning["selected"]["point"]}
-            if "final" in parts:
-                for seed in SEEDS:
-                    seed_cell(model, model, dataset, selected, data, seed)
-            if "ablation" in parts and model in SEED_MODELS:
-                for changed in ablations(model).values():
-                    for seed in SEEDS:
-                        seed_cell(f"{model}~{slug(changed)}", model, dataset,
-                                  {**selected, **variant_settings(changed, dataset)}, data, seed)
+    global COMMIT
+    COMMIT = commit
+    data = data if data is not None else load_dataset(dataset)
+    tuning = tune_cell(model, dataset, data) if "tune" in parts else _read_json(CELLS / dataset / model / "tuning.json")
+    if tuning is None or "selected" not in tuning or tuning["spec"] != _jsonable(spec(model, dataset)):
+        return
+    selected = {**tuning["spec"]["base"], **tuning["selected"]["point"]}
+    if "final" in parts:
+        for seed in SEEDS:
+            seed_cell(model, model, dataset, selected, data, seed)
+    if "ablation" in parts and model in SEED_MODELS:
+        for changed in ablations(model).values():
+            for seed in SEEDS:
+                seed_cell(f"{model}~{slug(changed)}", model, dataset,
+                          {**selected, **variant_settings(changed, dataset)}, data, seed)
+
+
+def run(models: list[str], datasets: list[str], parts: set[str], jobs: int = 1, commit: bool = False) -> None:
+    """Every (dataset, model) cell in this order; with ``jobs`` > 1 the cells are shared out to that
+    many worker processes (one thread each), each taking the next cell when it finishes one."""
+    from prismrec.data import load_dataset
+
+    cells = [(model, dataset) for dataset in datasets for model in models]
+    if jobs <= 1:
+        for dataset in datasets:
+            data = load_dataset(dataset)
+            for model in models:
+                run_cell(model, dataset, parts, data, commit)
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {pool.submit(run_cell, model, dataset, parts, None, commit): (model, dataset) for model, dataset in cells}
+        for future in concurrent.futures.as_completed(futures):
+            model, dataset = futures[future]
+            if future.exception() is not None:
+                print(f"[{dataset}/{model}] failed: {future.exception()!r}", flush=True)
 
 
 # ----------------------------------------------------------------------------- report
@@ -498,11 +533,13 @@ def main() -> None:
     parser.add_argument("--models", default=",".join([*BASELINES, *SEED_MODELS]))
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--parts", default="tune,final,ablation")
+    parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, in worker processes")
+    parser.add_argument("--commit", action="store_true", help="git-commit each recorded trial and seed")
     parser.add_argument("--report-only", action="store_true", help="train nothing; rebuild the tables")
     args = parser.parse_args()
     models, datasets = args.models.split(","), args.datasets.split(",")
     if not args.report_only:
-        run(models, datasets, set(args.parts.split(",")))
+        run(models, datasets, set(args.parts.split(",")), args.jobs, args.commit)
     report([*BASELINES, *SEED_MODELS], DATASETS)
     print((RESULTS / "headline.md").read_text())
 

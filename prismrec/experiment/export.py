@@ -107,7 +107,8 @@ def finished_runs(run_dir: Path) -> list[Path]:
 
 def load_run(run_dir: str | Path, data_dir=None, datasets: dict | None = None) -> LoadedRun:
     """Rebuild a finished single-seed run: its config, dataset (train split checked against the
-    recorded fingerprint) and model with the best-validation weights, in eval mode.
+    recorded fingerprint) and model with the best-validation weights, in eval mode. ``datasets``
+    caches loaded datasets across calls, keyed by ``(dataset name, str(data_dir))``.
 
     Only a finished, self-consistent run directory is accepted (see
     :meth:`prismrec.experiment.rundir.RunDir.verify`). Raises :class:`RunError` for a missing,

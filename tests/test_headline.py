@@ -1,0 +1,69 @@
+"""The headline study's protocol on a tiny planted dataset: tuning reads no test, a rerun trains
+nothing that is recorded, a changed protocol is redone, and the report pairs seed models with
+baselines per user."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import headline
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch, planted):
+    monkeypatch.setattr(headline, "CELLS", tmp_path / "cells")
+    monkeypatch.setattr(headline, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(headline, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(headline, "TRIALS", 2)
+    monkeypatch.setattr(headline, "TRIAL_EPOCHS", 2)
+    monkeypatch.setattr(headline, "SEEDS", [1, 2])
+    monkeypatch.setattr(headline, "MODALITIES", {planted.name: "[image,text]"})
+    short = {planted.name: {"epochs": 3}}
+    monkeypatch.setattr(headline, "FIXED", {"lightgcn": short, "rlmmrec": short})
+    (tmp_path / "results").mkdir()
+    return planted
+
+
+def test_cells_are_tuned_blind_recorded_and_skipped_on_rerun(study, monkeypatch):
+    for model in ("lightgcn", "rlmmrec"):
+        headline.run_cell(model, study.name, {"tune", "final"}, study)
+    tuning = json.loads((headline.CELLS / study.name / "lightgcn" / "tuning.json").read_text())
+    assert len(tuning["trials"]) == 2 and tuning["trials"][0]["point"] == {}
+    assert tuning["spec"]["trial_train"]["epochs"] == 2 and tuning["selected"]["trial"] in (0, 1)
+    for n in range(2):  # the trials never evaluated test
+        metrics = json.loads((headline.RUNS / study.name / "lightgcn" / f"trial-{n}" / "metrics.json").read_text())
+        assert metrics.get("test") is None
+    seed = json.loads((headline.CELLS / study.name / "lightgcn" / "seed-2.json").read_text())
+    assert seed["config"]["train"]["seed"] == 2 and seed["metrics"]["test"]["recall@20"] >= 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a recorded cell was trained again")
+
+    monkeypatch.setattr("prismrec.experiment.runs.run_experiment", refuse)
+    headline.run_cell("lightgcn", study.name, {"tune", "final"}, study)
+
+    data = headline.report(["lightgcn", "rlmmrec"], [study.name])
+    assert data["summaries"][study.name]["lightgcn"]["n"] == 2
+    tests = [t for t in data["comparisons"] if t["baseline"] == "lightgcn" and t["model"] == "rlmmrec"]
+    assert {t["metric"] for t in tests} == set(headline.TESTED)
+    assert all(0 <= t["p"] <= 1 and t["p_holm"] >= t["p"] for t in tests)
+    assert "| lightgcn | 2 |" in (headline.RESULTS / "headline.md").read_text()
+
+
+def test_a_changed_protocol_is_tuned_again(study, monkeypatch):
+    headline.run_cell("lightgcn", study.name, {"tune"}, study)
+    monkeypatch.setattr(headline, "TRIAL_EPOCHS", 3)
+    trained = []
+    real = headline.tune_cell
+
+    def counting(model, dataset, data):
+        record = real(model, dataset, data)
+        trained.append(record["spec"]["trial_train"]["epochs"])
+        return record
+
+    monkeypatch.setattr(headline, "tune_cell", counting)
+    headline.run_cell("lightgcn", study.name, {"tune"}, study)
+    tuning = json.loads((headline.CELLS / study.name / "lightgcn" / "tuning.json").read_text())
+    assert trained == [3] and tuning["spec"]["trial_train"]["epochs"] == 3 and len(tuning["trials"]) == 2
