@@ -9,7 +9,10 @@ the same space, chosen by :class:`ColdStartConfig.strategy`:
 * ``native``: keep the model's own rows (its forward output as trained; for graph models with an
   item-item kNN graph, the cold item already receives its content neighbours' messages).
 * ``hook``: the model's own content-only path, :meth:`Recommender.content_item_embeddings`
-  (the paper's way, where a model implements it); an error where it returns ``None``.
+  (each multimodal model documents its path: ``prismrec.nn.content`` and the model's
+  ``content_item_embeddings``); an error where it returns ``None``. ``id_rows`` chooses what
+  that path does with the cold items' untrained ID rows: ``zero`` (removed), ``impute`` (the
+  mean of their warm neighbours' rows on a feature graph), ``model`` (the model's default).
 * ``map``: a ridge regression ``W`` from content ``x_i`` to ``z_i``, fitted on the warm items in
   closed form (``min ||X_w W - Z_w||² + λ||W||²`` on centred data, intercept = the means;
   ``λ = ridge · trace(X_wᵀX_w) / dims``, so ``ridge`` does not depend on the feature scale), then
@@ -38,6 +41,7 @@ from prismrec.eval.groups import item_degrees
 from prismrec.recommender import Output, Recommender
 
 STRATEGIES = ("auto", "native", "hook", "map", "knn")
+ID_ROW_CHOICES = ("model", "zero", "impute")
 REFERENCES = ("popularity", "random", "order")
 
 
@@ -53,10 +57,15 @@ class ColdStartConfig:
     """Relative ridge strength of ``map``: ``λ = ridge · trace(X_wᵀX_w) / dims``."""
     modalities: list[str] | None = None
     """Content used by ``map``/``knn``; ``None`` = the model's modalities, else all the dataset's."""
+    id_rows: str = "model"
+    """``hook``: the cold items' ID rows ``zero``ed or ``impute``d from feature-graph neighbours,
+    or the ``model``'s documented default (:attr:`Recommender.content_id_rows`)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"--strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.id_rows not in ID_ROW_CHOICES:
+            raise ConfigError(f"--id-rows {self.id_rows!r}: choose one of {', '.join(ID_ROW_CHOICES)}")
         if isinstance(self.knn_k, bool) or not isinstance(self.knn_k, int) or self.knn_k < 1:
             raise ConfigError(f"cold-start knn_k must be a positive whole number, got {self.knn_k!r}")
         if not self.ridge > 0:
@@ -103,11 +112,12 @@ def knn_mean(x_warm: np.ndarray, z_warm: np.ndarray, x_new: np.ndarray, k: int =
     return np.asarray(z_warm, dtype=np.float32)[neighbours].mean(axis=1)
 
 
-def resolve_strategy(model: Recommender, out: Output, strategy: str, items: torch.Tensor) -> tuple[str, torch.Tensor | None]:
+def resolve_strategy(model: Recommender, out: Output, strategy: str, items: torch.Tensor,
+                     id_rows: str = "model") -> tuple[str, torch.Tensor | None]:
     """The concrete strategy ``auto`` stands for, and the hook's rows when it is used."""
     if strategy not in ("auto", "hook"):
         return strategy, None
-    rows = model.content_item_embeddings(items, out)
+    rows = model.content_item_embeddings(items, out, id_rows=None if id_rows == "model" else id_rows)
     if rows is not None:
         return "hook", rows
     if strategy == "hook":
@@ -129,8 +139,11 @@ def cold_item_embeddings(model: Recommender, out: Output, dataset,
     cold = np.flatnonzero(degree == 0)
     warm = np.flatnonzero(degree > 0)
     cold_t = torch.from_numpy(cold).to(out.item.device)
-    strategy, rows = resolve_strategy(model, out, config.strategy, cold_t)
+    strategy, rows = resolve_strategy(model, out, config.strategy, cold_t, config.id_rows) if len(cold) else (
+        config.strategy, None)
     record = {"strategy": strategy, "requested": config.strategy, "items": int(len(cold))}
+    if strategy == "hook":
+        record["id_rows"] = model.content_id_rows if config.id_rows == "model" else config.id_rows
     if strategy == "native" or not len(cold):
         return out, record
     if rows is None:

@@ -182,7 +182,14 @@ class Recommender(nn.Module):
         """Scores of ``users`` against every item, ``len(users) x n_items``."""
         return out.user[users] @ out.item.T
 
-    def content_item_embeddings(self, items: torch.Tensor, out: Output) -> torch.Tensor | None:
+    content_id_rows: ClassVar[str | None] = None
+    """What the model's content path does with the cold items' ID rows by default (``"zero"``:
+    removed; ``"impute"``: the mean of their warm neighbours' rows on a feature graph; ``None``:
+    no ID rows involved or no content path), see :mod:`prismrec.nn.content`."""
+
+    def content_item_embeddings(
+        self, items: torch.Tensor, out: Output, id_rows: str | None = None
+    ) -> torch.Tensor | None:
         """Inductive scoring hook: representations of ``items`` (ids) from their content alone.
 
         A cold item (no training interaction, :mod:`prismrec.data.derive`) has an ID embedding
@@ -194,6 +201,11 @@ class Recommender(nn.Module):
         model has no content-only path: :func:`prismrec.coldstart.cold_item_embeddings` then uses
         a model-agnostic strategy (``map``: ridge regression from features to the final item
         embeddings of warm items; ``knn``: mean over the nearest warm items by content).
+
+        Contract of an override: it never reads the ID rows of ``items`` and never uses one of
+        ``items`` as a neighbour (every other item is taken as trained); ``id_rows`` (``"zero"``
+        or ``"impute"``, :mod:`prismrec.nn.content`) overrides the model's
+        :attr:`content_id_rows` where the path has ID rows to replace, and is ignored otherwise.
         """
         return None
 

@@ -172,9 +172,10 @@ def test_content_gives_multimodal_models_non_random_cold_recall_and_id_only_stay
         assert torch.equal(scored.item[data.train.indices], out.item[data.train.indices])  # warm rows kept
         recall = evaluator.evaluate_cold(mgcn, "test", scored, "cold")["recall@5"]
         assert recall > 2.5 * random_ref, strategy
+    lightgcn_out = lightgcn()
     with pytest.raises(ConfigError, match="no content-only path"):
-        cold_item_embeddings(mgcn, out, data, ColdStartConfig(strategy="hook"))
-    assert cold_item_embeddings(mgcn, out, data)[1]["strategy"] == "knn"  # auto without a hook
+        cold_item_embeddings(lightgcn, lightgcn_out, data, ColdStartConfig(strategy="hook"))
+    assert cold_item_embeddings(lightgcn, lightgcn_out, data)[1]["strategy"] == "knn"  # auto without a hook
 
 
 def test_references_are_batch_independent_and_popularity_ties_are_not_by_id(cold_dir):

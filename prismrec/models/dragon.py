@@ -34,6 +34,12 @@ two **homogeneous** graphs — a user–user co-occurrence graph and a modality 
 4. Loss (reference): ``L = −mean log₂ σ(z_u·z_i − z_u·z_j)`` (base-2 BPR) plus
    ``λ·(Σ_m mean(P_m[u]²) + mean(w²))`` (``mean(w²)`` for ``cat`` and ``weighted_sum`` only).
 
+5. Content path (cold items, :meth:`DRAGON.content_item_embeddings`): DRAGON has no item ID
+   table; its item side is built from the features (``X_m``) and the frozen feature graph ``S``.
+   A cold item has no edge in ``Â``, so ``G_m^I[c] = nrm(X_m[c])`` (only the ``l = 0`` term) and
+   ``z_c = I_c + (S^{L_ii} I)_c``: the forward's own rows are already content-only, and the
+   hook returns them (``--id-rows`` has nothing to replace).
+
 Reference code details left out because they have no effect there: the modality-feature
 embedding copies and ``image_trs``/``text_trs`` (built, never used in the forward), the dropped
 edge lists ``edge_index_dropv/t`` (passed to the GCN but unused), ``MLP_v``/``MLP_t``/``MLP_user``
@@ -123,6 +129,7 @@ class ModalityGraphEncoder(nn.Module):
 class DRAGON(Recommender):
     name = "dragon"
     Config = DRAGONConfig
+    content_id_rows = None  # no item ID table
     train_defaults = {"lr": 1e-4}  # official README, Baby (and Sports)
 
     def __init__(self, dataset, config: DRAGONConfig) -> None:
@@ -214,3 +221,7 @@ class DRAGON(Recommender):
         if self.config.construction in ("cat", "weighted_sum"):
             reg = reg + self.user_modality_weights.square().mean()
         return {"bpr": bpr, "reg": self.config.reg_weight * reg}
+
+    def content_item_embeddings(self, items, out, id_rows=None):
+        """Step 5: the eval forward's rows of ``items``, computed from features only."""
+        return out.item.index_select(0, items.to(out.item.device)).clone()

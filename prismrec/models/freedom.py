@@ -35,6 +35,12 @@ a **denoised** user–item graph whose edges are pruned afresh every epoch.
        L = L_BPR(z_u, z_i, z_j) + λ·Σ_m BPR(z_u, P_m[i], P_m[j])
 
    No L2 term. The modality terms are logged one per modality as ``mm_bpr_<modality>``.
+
+5. Content path (cold items, :meth:`FREEDOM.content_item_embeddings`): the frozen graph ``S`` is
+   built from the raw features alone, so it links a new item to trained ones. The item's ID row
+   ``E_I[c]`` is imputed as the ``S``-weighted mean of its warm neighbours' rows, then the
+   forward above computes ``z_c = Y_c + (S^{L_ii} E_I)_c`` (the paper does not treat cold items;
+   the graph is its, the imputation our choice; ``--id-rows zero`` drops the ID row instead).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn.roles import describe_roles, image_text_pair
 from prismrec.nn import IdEmbedding, lightgcn
+from prismrec.nn.content import content_forward_rows
 from prismrec.nn.encoders import Projector
 from prismrec.recommender import Output, Recommender
 
@@ -95,6 +102,7 @@ class FREEDOMConfig:
 class FREEDOM(Recommender):
     name = "freedom"
     Config = FREEDOMConfig
+    content_id_rows = "impute"
 
     def __init__(self, dataset, config: FREEDOMConfig) -> None:
         super().__init__(dataset, config)
@@ -168,6 +176,11 @@ class FREEDOM(Recommender):
             p_i, p_j = p[: len(i)], p[len(i) :]
             terms[f"mm_bpr_{m}"] = self.config.reg_weight * bpr_loss(zu, p_i, p_j)
         return terms
+
+    def content_item_embeddings(self, items, out, id_rows=None):
+        """Step 5: ``Z_I`` rows of ``items`` with their ID rows imputed over the frozen ``S``."""
+        return content_forward_rows(self, self.item_emb.weight, items, id_rows or self.content_id_rows,
+                                    [self.item_graph])
 
 
 def graph_weights(config: FREEDOMConfig, modalities: list[str]) -> tuple[float, ...]:

@@ -27,6 +27,12 @@ propagated over it and added to a LightGCN's item embeddings.
    (``cf_model = "mf"``: ``Z_U = E_U``, ``Z_I = E_I + nrm(h)``.) Auxiliary of the eval forward:
    ``modality = [0; nrm(h)]`` (``N x d``, users first), ``behavior = Z − modality``.
 4. Loss: ``L_BPR(Z) + λ_reg·half_sq(z_u, z_i, z_j)`` on the final rows.
+
+5. Content path (cold items, :meth:`LATTICE.content_item_embeddings`): ``S`` is computed from the
+   features alone (the frozen ``Ŝ_m`` and the learned ``S̃_m`` of ``P_m``), so it links a new
+   item to trained ones. The item's ID row ``E_I[c]`` is imputed as the ``S``-weighted mean of its
+   warm neighbours' rows, then the forward above computes ``z_c`` (our choice where the paper
+   does not treat cold items; ``--id-rows zero`` drops the ID row instead).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from prismrec.graph.walk import random_walk_adjacency
 from prismrec.losses import bpr_loss, l2_reg
 from prismrec.models import register
 from prismrec.nn import lightgcn
+from prismrec.nn.content import content_forward_rows
 from prismrec.nn.encoders import Projector
 from prismrec.recommender import Output, Recommender
 
@@ -91,6 +98,7 @@ class LATTICE(Recommender):
 
     name = "lattice"
     Config = LATTICEConfig
+    content_id_rows = "impute"
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
 
     def __init__(self, dataset, config: LATTICEConfig) -> None:
@@ -223,3 +231,12 @@ class LATTICE(Recommender):
             "bpr": bpr_loss(zu, zi, zj),
             "reg": self.config.reg_weight * l2_reg(self.config.reg_form, zu, zi, zj),
         }
+
+    def content_item_embeddings(self, items, out, id_rows=None):
+        """Step 5: ``Z_I`` rows of ``items`` with their ID rows imputed over the latent graph ``S``."""
+
+        def graphs():
+            with torch.no_grad():
+                return [self.latent_graph()]
+
+        return content_forward_rows(self, self.item_emb, items, id_rows or self.content_id_rows, graphs)

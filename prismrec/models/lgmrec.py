@@ -42,6 +42,14 @@ from a hypergraph whose ``A`` hyperedges per modality are learned from the item 
 
    Logged as ``bpr``, ``hcl`` and ``reg`` (each already weighted).
 
+7. Content path (cold items, :meth:`LGMRec.content_item_embeddings`): the hyperedge memberships
+   ``H_I^m = GS(F_m V_m)`` come from the item's features alone, so the global embedding ``G``
+   places a new item among the hyperedges learned from trained ones. The forward runs with the
+   item's ID row removed (``E_I[c] = 0``): a cold item has no edge, so ``C_c = 0`` and
+   ``M_m[c] = 0``, and ``z_c = α·nrm(G)_c`` (our reading; the paper does not evaluate cold
+   items). ``--id-rows impute`` fills ``E_I[c]`` from its warm neighbours on the features'
+   cosine kNN graph.
+
 Deliberate differences from the reference, each a documented choice:
 
 - The reference samples Gumbel noise in evaluation too; prismrec's evaluation forward is
@@ -70,6 +78,7 @@ from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import bpr_loss, emb_norm, gemm_logsumexp
 from prismrec.models import register
 from prismrec.nn import lightgcn
+from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.encoders import normalize_features
 from prismrec.nn.hypergraph import hypergraph_propagate, soft_hyperedges
 from prismrec.recommender import Output, Recommender
@@ -137,6 +146,7 @@ class _ModalityInputs(nn.Module):
 class LGMRec(Recommender):
     name = "lgmrec"
     Config = LGMRecConfig
+    content_id_rows = "zero"
 
     def __init__(self, dataset, config: LGMRecConfig) -> None:
         super().__init__(dataset, config)
@@ -230,6 +240,11 @@ class LGMRec(Recommender):
             terms["hcl"] = self.config.cl_weight * hcl
         terms["reg"] = self.config.reg_weight * emb_norm(zu, zi, zj)
         return terms
+
+    def content_item_embeddings(self, items, out, id_rows=None):
+        """Step 7: ``Z_I`` rows of ``items`` without their ID rows (the global hypergraph part)."""
+        graphs = lambda: feature_knn([inputs.features for inputs in self.inputs.values()])  # noqa: E731
+        return content_forward_rows(self, self.item_emb, items, id_rows or self.content_id_rows, graphs)
 
     def all_rows_infonce(self, queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``Σ_b ssl[b]`` for the batch ``rows``: query ``queries[r]``, positive ``keys[r]``, the

@@ -23,6 +23,13 @@ Loss::
 with the user row counted once per (positive, negative) pair, as the reference does, and ``P_1``
 the first modality's preference table (``reg_preferences = "all"`` takes every modality's).
 
+Content path (cold items, :meth:`MMGCN.content_item_embeddings`): every modality's GCN starts
+from the item's features ``F̃_m``. The forward runs with the item's ID row removed
+(``E[c] = 0``); a cold item has no edge, so ``Hˡ = 0`` and each layer transforms its own
+features: ``Xˡ = ρ(Gˡ[0; ρ(X^{l-1}Uˡ + uˡ)] + gˡ)`` (our reading; the paper does not evaluate
+cold items). ``--id-rows impute`` fills ``E[c]`` from its warm neighbours on the features'
+cosine kNN graph.
+
 Reference-code facts kept as defaults (each a switch): the ID table ``E`` and the preference
 tables ``P_m`` are plain tensors in the reference, never handed to the optimiser, so they stay
 at their random Xavier-normal initialisation (``train_embeddings = False``); the reference's
@@ -43,6 +50,7 @@ from prismrec.graph import SparseOperator
 from prismrec.graph.walk import random_walk_adjacency
 from prismrec.losses import bpr_loss
 from prismrec.models import register
+from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.recommender import Output, Recommender
 
 LATENT_DIM = 256
@@ -137,6 +145,7 @@ class MMGCN(Recommender):
 
     name = "mmgcn"
     Config = MMGCNConfig
+    content_id_rows = "zero"
 
     def __init__(self, dataset, config: MMGCNConfig) -> None:
         super().__init__(dataset, config)
@@ -196,3 +205,9 @@ class MMGCN(Recommender):
         for gcn in tables:
             reg = reg + gcn.preference.square().mean()
         return {"bpr": bpr_loss(zu, zi, zj), "reg": self.config.reg_weight * reg}
+
+    def content_item_embeddings(self, items, out, id_rows=None):
+        """``Z_I`` rows of ``items`` from their features, without their ID rows (module docstring)."""
+        graphs = lambda: feature_knn([gcn.features for gcn in self.gcns.values()])  # noqa: E731
+        return content_forward_rows(self, self.id_emb.data[self.n_users :], items,
+                                    id_rows or self.content_id_rows, graphs)

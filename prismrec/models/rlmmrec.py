@@ -12,6 +12,12 @@
 6. Score ``z_u · z_i``; aux ``gate`` (per-item modality weights, for the gate analysis).
 
 Loss: ``L_BPR(Z) + λ·[half_sq(e_u⁰, e_i⁰, e_j⁰) + ½(Σ_m ‖W_m‖²_F + ‖W_g‖²_F)]``.
+
+Content path (cold items, :meth:`RLMultimodalRec.content_item_embeddings`): the abstract's
+cold-start claim rests on steps 1-3, which need only the item's features. The forward runs with
+the item's ID row removed (``e_i^{id} = 0``): ``e_c⁰ = m_c`` (``sum``, ``content_only``) or
+``W_o[0; m_c]`` (``concat_linear``), and a cold item has no edge, so ``z_c = e_c⁰ / (L + 1)``.
+``--id-rows impute`` fills ``e_c^{id}`` from its warm neighbours on the features' cosine kNN graph.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from prismrec.errors import ConfigError
 from prismrec.models import register
 from prismrec.nn.roles import describe_roles, modality_role
 from prismrec.nn import IdEmbedding, Projector, lightgcn
+from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.fusion import GatedFusion
 from prismrec.recommender import Output, Recommender
 
@@ -67,6 +74,7 @@ class RLMultimodalRecConfig:
 class RLMultimodalRec(Recommender):
     name = "rlmmrec"
     Config = RLMultimodalRecConfig
+    content_id_rows = "zero"
 
     def __init__(self, dataset, config: RLMultimodalRecConfig) -> None:
         super().__init__(dataset, config)
@@ -135,6 +143,11 @@ class RLMultimodalRec(Recommender):
             "bpr": bpr_loss(*out.bpr_rows(batch)),
             "reg": self.config.reg_weight * reg,
         }
+
+    def content_item_embeddings(self, items, out, id_rows=None):
+        """``Z_I`` rows of ``items`` from their gated, fused features (module docstring)."""
+        graphs = lambda: feature_knn([p.features for p in self.projectors.values()])  # noqa: E731
+        return content_forward_rows(self, self.item_emb.weight, items, id_rows or self.content_id_rows, graphs)
 
 
 def single_modality(names: list[str], fusion: str) -> list[str]:

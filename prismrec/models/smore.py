@@ -32,6 +32,12 @@ dimension), and the product of the modality spectra, filtered once more, is the 
 5. Loss: ``L_BPR(Z) + λ·half_sq(z_u, z_i, z_j) + λ_cl·(InfoNCE(side_I[i], C_I[i]; τ) +
    InfoNCE(side_U[u], C_U[u]; τ))`` (2.9-2.11, ``τ = 0.2``).
 
+Content path (cold items, :meth:`SMORE.content_item_embeddings`): the fusion graph ``S_f`` is
+built from the raw features alone, so it links a new item to trained ones. The item's ID row
+``E_I[c]`` is imputed as the ``S_f``-weighted mean of its warm neighbours' rows; the forward then
+gates it with the item's own filtered spectra (step 2) and propagates as above (our choice where
+the paper does not treat cold items; ``--id-rows zero`` drops the ID row instead).
+
 With two modalities the first plays the reference's image role (``k = 40`` on Baby) and the
 second its text role (``k = 15``); more modalities join the same equations (the fused spectrum
 is the product of all). The dropout on ``p_v`` draws from torch's global generator in training
@@ -51,6 +57,7 @@ from prismrec.graph.union import max_union
 from prismrec.losses import bpr_loss, infonce, l2_reg
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
+from prismrec.nn.content import content_forward_rows
 from prismrec.nn.encoders import Projector
 from prismrec.recommender import Output, Recommender
 
@@ -113,6 +120,7 @@ def gate(dim: int) -> nn.Sequential:
 class SMORE(Recommender):
     name = "smore"
     Config = SMOREConfig
+    content_id_rows = "impute"
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}  # learning_rate_scheduler [0.96, 50]
 
     def __init__(self, dataset, config: SMOREConfig) -> None:
@@ -207,3 +215,8 @@ class SMORE(Recommender):
             "reg": self.config.reg_weight * l2_reg("half_sq", zu, zi, zj),
             "cl": self.config.cl_weight * cl,
         }
+
+    def content_item_embeddings(self, items, out, id_rows=None):
+        """``Z_I`` rows of ``items`` with their ID rows imputed over the fusion graph ``S_f``."""
+        return content_forward_rows(self, self.item_emb.weight, items, id_rows or self.content_id_rows,
+                                    [self.fusion_graph])
