@@ -268,18 +268,9 @@ def _csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp
 
 
 def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DatasetError(utf8_problem(path)) from None
-    except pd.errors.ParserError as exc:
-        detail = " ".join(str(exc).split())
-        raise DatasetError(f"{path} is not a readable TAB-separated file ({detail}). Every line needs the "
-                           "same TAB-separated columns as the header.") from None
-    except pd.errors.EmptyDataError as exc:
-        raise DatasetError(f"{path} is empty. {LAYOUT_HELP}") from exc
-    except IsADirectoryError:
-        raise DatasetError(f"{path} is a directory, not a file. {LAYOUT_HELP}") from None
+    df = _read_inter_integers(path)
+    if df is None:
+        df = _read_inter_text(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DatasetError(
@@ -309,6 +300,40 @@ def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return users, items, labels
 
 
+def _read_inter_integers(path: Path) -> pd.DataFrame | None:
+    """The fast path: the C parser reads the three required columns straight into int64 (a
+    1.7M-row file in ~1 s instead of ~12 s through strings). ``None`` whenever that fails (a
+    non-integer, empty or huge value, a missing column, a bad byte, a malformed line): the text
+    path then reads the file again and names the problem precisely."""
+    try:
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):  # a failed cast: the text path explains
+            warnings.simplefilter("ignore", RuntimeWarning)
+            df = pd.read_csv(path, sep="\t", dtype={c: np.int64 for c in REQUIRED_COLUMNS},
+                             keep_default_na=False, encoding="utf-8")
+    except (ValueError, OverflowError, OSError, UnicodeDecodeError):  # ParserError is a ValueError
+        return None
+    if any(c not in df.columns or df[c].dtype != np.int64 for c in REQUIRED_COLUMNS):
+        return None
+    return df
+
+
+def _read_inter_text(path: Path) -> pd.DataFrame:
+    """Every column as text, so that a bad value can be reported with its line and content."""
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(utf8_problem(path)) from None
+    except pd.errors.ParserError as exc:
+        detail = " ".join(str(exc).split())
+        raise DatasetError(f"{path} is not a readable TAB-separated file ({detail}). Every line needs the "
+                           "same TAB-separated columns as the header.") from None
+    except pd.errors.EmptyDataError as exc:
+        raise DatasetError(f"{path} is empty. {LAYOUT_HELP}") from exc
+    except IsADirectoryError:
+        raise DatasetError(f"{path} is a directory, not a file. {LAYOUT_HELP}") from None
+    return df
+
+
 def utf8_problem(path: Path) -> str:
     """A message naming where the first byte of ``path`` that is not UTF-8 sits (line and byte)."""
     data = path.read_bytes()
@@ -324,6 +349,21 @@ def utf8_problem(path: Path) -> str:
 
 
 def _int_column(path: Path, df: pd.DataFrame, column: str) -> np.ndarray:
+    if df[column].dtype == np.int64:  # read as integers by the fast path
+        ints = df[column].to_numpy()
+    else:
+        ints = _parse_int_text(path, df, column)
+    if column != "x_label" and (ints < 0).any():
+        row = int(np.flatnonzero(ints < 0)[0])
+        raise DatasetError(
+            f"{path}, line {row + 2}, column {column}: negative id {ints[row]}. Ids must be "
+            "0-based non-negative integers; re-index the data."
+        )
+    return ints
+
+
+
+def _parse_int_text(path: Path, df: pd.DataFrame, column: str) -> np.ndarray:
     text = df[column].str.strip()
     values = pd.to_numeric(text, errors="coerce")
     as_float = values.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -334,15 +374,7 @@ def _int_column(path: Path, df: pd.DataFrame, column: str) -> np.ndarray:
             f"{path}, line {row + 2}, column {column}: {df[column].iloc[row]!r} is not an "
             f"integer ({int(bad.sum())} such rows). Ids and labels must be whole numbers (below 2**53)."
         )
-    ints = as_float.astype(np.int64)
-    if column != "x_label" and (ints < 0).any():
-        row = int(np.flatnonzero(ints < 0)[0])
-        raise DatasetError(
-            f"{path}, line {row + 2}, column {column}: negative id {ints[row]}. Ids must be "
-            "0-based non-negative integers; re-index the data."
-        )
-    return ints
-
+    return as_float.astype(np.int64)
 
 def _check_duplicates(path: Path, users: np.ndarray, items: np.ndarray) -> None:
     keys = users * (int(items.max()) + 1) + items
@@ -395,7 +427,9 @@ def _load_feature(path: Path, n_items: int) -> torch.Tensor:
             "numpy.save(path, array) (row i = item i)."
         )
     try:
-        array = np.load(path, allow_pickle=False)
+        # Memory-mapped: rows are converted to float32 block by block below, so a float64 file
+        # never has a whole float64 copy in memory, and a float32 one is read exactly once.
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         if "pickle" in str(exc) or "object" in str(exc):
             raise DatasetError(f"{path} holds Python objects, not numbers. Save a 2-D float array "
@@ -421,23 +455,77 @@ def _load_feature(path: Path, n_items: int) -> torch.Tensor:
             f"{path}: {array.shape[0]} rows but the .inter file implies {n_items} items "
             "(max itemID + 1). Row i must be item i: add or remove rows to match."
         )
-    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: reported below
-        array = array.astype(np.float32)
-    finite = np.isfinite(array)
-    if not finite.all():
-        row, col = (int(x) for x in np.argwhere(~finite)[0])
-        n_rows = int((~finite.all(axis=1)).sum())
-        raise DatasetError(
-            f"{path}: non-finite value {array[row, col]} (as float32) at row {row} (item {row}), column {col} "
-            f"({n_rows} rows affected). Fill or re-extract these items' features (float32 range: |x| < 3.4e38)."
-        )
-    if not array.any():
+    out = np.empty(array.shape, dtype=np.float32)
+    any_nonzero = False
+    step = max(1, _FEATURE_BLOCK_BYTES // (array.shape[1] * max(array.dtype.itemsize, 4)))
+    for start, block in _feature_blocks(path, array, out, step):
+        finite = np.isfinite(block)
+        if not finite.all():
+            row, col = (int(x) for x in np.argwhere(~finite)[0])
+            row += start
+            raise DatasetError(
+                f"{path}: non-finite value {out[row, col]} (as float32) at row {row} (item {row}), column {col}"
+                f"{_rows_affected(array, start, step)}. Fill or re-extract these items' features "
+                "(float32 range: |x| < 3.4e38)."
+            )
+        any_nonzero = any_nonzero or bool(block.any())
+    del array  # closes the memory map
+    if not any_nonzero:
         warnings.warn(
             f"{path}: every feature value is zero, so this modality carries no information (and its "
             "cosine kNN graph is empty). Re-extract the features, or remove the file.",
             stacklevel=4,
         )
-    return torch.from_numpy(array)
+    return torch.from_numpy(out)
+
+
+_FEATURE_BLOCK_BYTES = 64 * 2**20
+"""Rows of a feature file are converted to float32 and checked in blocks of about this size."""
+
+
+def _feature_blocks(path: Path, array: np.memmap, out: np.ndarray, step: int):
+    """Fill ``out`` (float32) from the .npy file mapped as ``array``, ``step`` rows at a time,
+    yielding ``(start, block)`` after each block is in place.
+
+    Rows are read with ordinary file reads, not through the memory map: pages of a mapped file
+    count as the process's resident memory, so a 1 GB feature file read through its map would
+    show as 1 GB more peak RSS (and hold it until unmapped). A native float32 file is read
+    straight into ``out``; any other dtype goes through one block-sized buffer.
+    """
+    n, dims = array.shape
+    if array.flags.f_contiguous and not array.flags.c_contiguous:  # rare (Fortran order): the map it is
+        for start in range(0, n, step):
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.copyto(out[start:start + step], array[start:start + step], casting="unsafe")
+            yield start, out[start:start + step]
+        return
+    row_bytes = dims * array.dtype.itemsize
+    with path.open("rb") as f:
+        f.seek(array.offset)
+        for start in range(0, n, step):
+            block = out[start:start + step]
+            want = len(block) * row_bytes
+            if array.dtype == np.float32 and array.dtype.isnative:
+                got = f.readinto(memoryview(block).cast("B"))
+            else:
+                raw = f.read(want)
+                got = len(raw)
+                if got == want:
+                    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: inf, reported
+                        np.copyto(block, np.frombuffer(raw, dtype=array.dtype).reshape(-1, dims), casting="unsafe")
+            if got != want:
+                raise DatasetError(f"{path} is truncated (row {start + got // row_bytes} of {n} is incomplete). "
+                                   "Save the features again with numpy.save.")
+            yield start, block
+
+
+def _rows_affected(array: np.ndarray, start: int, step: int) -> str:
+    """`` (N rows affected)``: the rows from ``start`` on with a value that is not finite as float32."""
+    n_rows = 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for s in range(start, array.shape[0], step):
+            n_rows += int((~np.isfinite(np.asarray(array[s:s + step], dtype=np.float32))).any(axis=1).sum())
+    return f" ({n_rows} rows affected)"
 
 
 def _load_masks(folder: Path, n_items: int, features: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
