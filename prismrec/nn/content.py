@@ -146,3 +146,10 @@ def multiview_content_items(model: nn.Module, items: torch.Tensor, id_rows: str 
     return content_forward_rows(
         model, encoder.item_emb.weight, items, id_rows or "impute", list(encoder.item_graphs)
     )
+
+
+def multiview_content_hook(model: nn.Module, items: torch.Tensor, out, id_rows: str | None = None) -> torch.Tensor:
+    """:meth:`~prismrec.recommender.Recommender.content_item_embeddings` of the MGCN family, to
+    assign in a model's class body (``content_item_embeddings = multiview_content_hook``):
+    :func:`multiview_content_items`; ``out`` is not needed (the path reruns the forward)."""
+    return multiview_content_items(model, items, id_rows)
