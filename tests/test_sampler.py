@@ -60,3 +60,22 @@ def test_user_with_every_item_is_an_error():
         BPRSampler(train)
     with pytest.raises(ValueError, match="negative_pool"):
         BPRSampler(sp.csr_matrix(np.array([[1, 0]], dtype=np.float32)), negative_pool="popular")
+
+
+@pytest.mark.parametrize("pool", ["train_items", "all_items"])
+def test_cold_items_are_never_negatives(tmp_path, pool):
+    from prismrec.data import load_dataset
+    from prismrec.data.derive import split_cold
+    from prismrec.data.synthetic import write_planted_dataset
+
+    src = write_planted_dataset(tmp_path / "planted", n_users=60, n_items=50, per_user=8, seed=1)
+    data = load_dataset(split_cold(src, tmp_path / "planted-cold", fraction=0.2, seed=2))
+    cold = data.cold()
+    drawn = np.concatenate([b[2].numpy() for _ in range(5)
+                            for b in BPRSampler(data.train, 64, pool, seed=3, exclude=cold).epoch()])
+    assert len(cold) == 10 and not np.isin(drawn, cold).any()
+    if pool == "all_items":  # without the exclusion the pool holds them, and they are drawn
+        plain = BPRSampler(data.train, 64, pool, seed=3)
+        assert np.isin(np.concatenate([b[2].numpy() for b in plain.epoch()]), cold).any()
+    with pytest.raises(ValueError, match="outside"):
+        BPRSampler(data.train, negative_pool=pool, exclude=np.array([data.n_items]))

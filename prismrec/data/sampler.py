@@ -3,6 +3,11 @@
 Each epoch every training pair ``(u, i)`` appears once, in a fresh random order, with one negative
 ``j`` drawn uniformly from the negative pool and rejected (and redrawn, all rejected draws at once)
 while ``(u, j)`` is a training pair. No per-interaction Python loop.
+
+Cold items (a cold-item split, :mod:`prismrec.data.derive`) are never negatives: an item drawn
+as a negative is pushed down for that user, so ``all_items`` would train the held-out cold set
+towards the bottom of every ranking (a leak of the evaluation items into training). Pass
+``exclude=dataset.cold()``; ``train_items`` never contains them anyway (they have no training row).
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ class BPRSampler:
         batch_size: int = 2048,
         negative_pool: NegativePool = "train_items",
         seed: int = 999,
+        exclude: np.ndarray | None = None,
     ) -> None:
+        """``exclude``: item ids never drawn as negatives, whatever the pool (the dataset's cold
+        items, ``dataset.cold()``)."""
         train = sp.csr_matrix(train)
         train.sort_indices()
         self.n_items = train.shape[1]
@@ -40,6 +48,12 @@ class BPRSampler:
             self.pool = np.arange(self.n_items, dtype=np.int64)
         else:
             raise ValueError(f"negative_pool must be 'train_items' or 'all_items', got {negative_pool!r}")
+        if exclude is not None and len(exclude):
+            excluded = np.asarray(exclude, dtype=np.int64)
+            if excluded.min() < 0 or excluded.max() >= self.n_items:
+                raise ValueError(f"exclude holds item ids outside [0, {self.n_items}): "
+                                 f"{int(excluded.min())}..{int(excluded.max())}")
+            self.pool = np.setdiff1d(self.pool, excluded)
         degree = np.diff(train.indptr)
         full = np.flatnonzero(degree >= len(self.pool))
         if len(full):

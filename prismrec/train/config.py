@@ -53,7 +53,9 @@ class TrainConfig:
     eval_batch_size: int = 4096
     """Users scored per evaluation batch."""
     negative_pool: Literal["train_items", "all_items"] = "train_items"
-    """Items negatives are drawn from."""
+    """Items negatives are drawn from: those with a training interaction, or every item. A
+    cold-item dataset's cold items are never drawn under either (they are held out for
+    evaluation; ``BPRSampler(exclude=dataset.cold())``)."""
     mask_valid_at_test: bool = False
     """Also mask validation items at test (False = MMRec protocol)."""
     seed: int = 999
