@@ -1,18 +1,22 @@
 """Every model's epoch against its floor: the kernels it cannot avoid, timed in the same process.
 
-For each registered model (default settings) on a dataset: one recorded epoch that also warms
-up, then ``--epochs`` measured epochs (training pass + one full validation, as the trainer runs
-them). The floor of an epoch comes from the model's own kernels:
+For each registered model (default settings) on a dataset: one warm-up epoch (the trainer's
+loop and a validation, so that what follows starts where a run's later epochs do), then
+``--epochs`` measured epochs. A measured epoch runs every training batch twice, back to back:
 
-* **training**: every batch's forward and backward run under a recorder of torch's
-  operator calls (``TorchDispatchMode``) that keeps every matrix product (sparse adjacency and
-  kNN products, dense GEMMs of the encoders and losses: ``mm``, ``addmm``, ``bmm``, ...), every
-  (log-)softmax / logsumexp / exponential, every top-k and every row gather / scatter (embedding lookups and
-  their backward), with their real arguments. Right after each batch, its recorded calls are
-  replayed bare (no autograd, no Python model code) and timed; plus that batch's optimiser step
-  over all parameters; summed over the epoch;
-* **validation**: the recorded kernels of one eval-mode forward, plus the users x items GEMM and
-  top-k over the validation users in the evaluator's batches.
+* **floor**: the batch's forward and backward under a recorder of torch's operator calls
+  (``TorchDispatchMode``) that keeps every matrix product (sparse adjacency and kNN products,
+  dense GEMMs of the encoders and losses: ``mm``, ``addmm``, ``bmm``, ...), every (log-)softmax /
+  logsumexp / exponential, every top-k and every row gather / scatter (embedding lookups and
+  their backward), with their real arguments; the recorded calls are then replayed bare (no
+  autograd, no Python model code) and timed, plus the batch's optimiser step;
+* **epoch**: the same batch timed as the trainer runs it (forward, backward, step), plus the
+  sampler's time.
+
+Validation alternates the same way: a full validation, then the kernels of one eval-mode forward
+replayed bare plus the users x items GEMM and top-k over the validation users in the
+evaluator's batches (3 rounds, medians). Interleaving batch by batch keeps both sides under the
+same machine load, which on a shared machine swings by 2-3x within minutes.
 
 ``epoch / floor`` then says how much of an epoch is overhead on top of those kernels (element-wise
 work, sampling, Python); 1.0 is the floor. Writes ``results/floors.{json,md}`` (or
@@ -123,35 +127,82 @@ def build(name: str, data, settings: dict):
     return cls(data, cfg.params, **inputs), cfg
 
 
-def kernel_epoch(model, sampler, optimizer, epoch: int) -> dict:
-    """One training epoch with every batch's kernels recorded and replayed bare right after it.
+def interleaved_epoch(model, sampler, optimizer, epoch: int) -> dict:
+    """One training epoch whose every batch is run twice, back to back: once under the recorder
+    (its kernels then replayed bare and timed: the floor) and once timed as the trainer runs it
+    (forward, backward, optimiser step: the epoch). Batch by batch, so that a machine whose load
+    swings slows both sides alike.
 
-    Every batch counts (a model may do more in some, e.g. LATTICE rebuilds its learned graph in
-    the first batch of an epoch). Returns the replay seconds by :func:`kind`, summed over the
-    batches, the optimiser steps' seconds, the batches and the recorded calls.
+    A model whose first batch of an epoch does more (LATTICE rebuilds its learned graph) gets
+    ``on_epoch_start`` before both runs of that batch. Returns the timed epoch's seconds (its
+    sampling included), the floor's replay seconds by :func:`kind`, the optimiser steps' seconds
+    (part of both), the batches and the recorded calls.
     """
     model.train()
-    model.on_epoch_start(epoch)
     kernels: dict[str, float] = {}
-    step_s, batches, calls = 0.0, 0, 0
+    train_s = step_s = 0.0
+    batches = calls = 0
+    tick = time.perf_counter()
     for batch in sampler.epoch():
+        train_s += time.perf_counter() - tick  # sampling
+        if batches == 0:
+            model.on_epoch_start(epoch)
         optimizer.zero_grad(set_to_none=True)
         with KernelRecorder() as rec:
             terms = model.batch_loss(batch)
             sum(terms.values()).backward()
         for k, seconds in kinds_s(rec.calls, repeats=1).items():
             kernels[k] = kernels.get(k, 0.0) + seconds
+        calls += len(rec.calls)
+        del rec, terms
+        if batches == 0:
+            model.on_epoch_start(epoch)
         t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        sum(model.batch_loss(batch).values()).backward()
+        t1 = time.perf_counter()
         optimizer.step()
-        step_s += time.perf_counter() - t0
-        batches, calls = batches + 1, calls + len(rec.calls)
-    return {"kernels_s": kernels, "optimizer_s": step_s, "batches": batches, "calls": calls}
+        tick = time.perf_counter()
+        train_s += tick - t0
+        step_s += tick - t1
+        batches += 1
+    return {"train_s": train_s, "kernels_s": kernels, "optimizer_s": step_s, "batches": batches, "calls": calls}
+
+
+def interleaved_validation(model, evaluator, data, k: int, bs: int, rounds: int = 3) -> dict:
+    """Validation seconds and its floor, alternated ``rounds`` times (medians): a full
+    ``evaluator.evaluate(model, "valid")``, then the kernels of one eval-mode forward replayed
+    bare plus the users x items GEMM and top-k of the validation users in the evaluator's batches."""
+    users = torch.from_numpy((data.valid.getnnz(axis=1) > 0).nonzero()[0])
+    valid, floor, forward, rank = [], [], [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        evaluator.evaluate(model, "valid")
+        valid.append(time.perf_counter() - t0)
+        model.eval()
+        with torch.no_grad(), KernelRecorder() as rec:
+            out = model()
+        fwd = sum(kinds_s(rec.calls, repeats=1).values())
+        del rec
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for start in range(0, len(users), bs):
+                torch.topk(model.score(users[start : start + bs], out), k, dim=1)
+        rank.append(time.perf_counter() - t0)
+        forward.append(fwd)
+        floor.append(fwd + rank[-1])
+        del out
+    model.train()
+    return {"valid_s": statistics.median(valid), "floor_valid_s": statistics.median(floor),
+            "eval_forward_kernels_s": statistics.median(forward), "rank_s": statistics.median(rank)}
 
 
 def measure(name: str, data, epochs: int) -> dict:
     """Epoch seconds (training, validation) and their floors for one model.
 
-    The recorded epoch comes first and doubles as the warm-up of the measured epochs after it.
+    Epoch 0 is a plain warm-up (the trainer's loop and a validation), so that the measured epochs
+    start where a training run's later epochs do; then ``epochs`` interleaved epochs
+    (:func:`interleaved_epoch`), each followed by an interleaved validation. Medians.
     """
     t0 = time.perf_counter()
     model, cfg = build(name, data, SETTINGS.get(name, {}).get(data.name, {}))
@@ -160,35 +211,20 @@ def measure(name: str, data, epochs: int) -> dict:
     sampler = BPRSampler(data.train, tc.batch_size, tc.negative_pool, tc.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=True)
     evaluator = Evaluator(data, ks=tc.topk, batch_size=tc.eval_batch_size)
-    floor = kernel_epoch(model, sampler, optimizer, 0)
+    model.train()
+    model.on_epoch_start(0)
+    warm = train_epoch(model, sampler, optimizer, 0, model.device)["train_s"]
+    evaluator.evaluate(model, "valid")
 
-    # one validation: the eval-mode forward's kernels + users x items GEMM and top-k
-    model.eval()
-    with torch.no_grad(), KernelRecorder() as rec_eval:
-        out = model()
-    eval_kernels = kinds_s(rec_eval.calls, repeats=3)
-    users = torch.from_numpy((data.valid.getnnz(axis=1) > 0).nonzero()[0])
-    k, bs = max(tc.topk), tc.eval_batch_size
-
-    def rank():
-        with torch.no_grad():
-            for start in range(0, len(users), bs):
-                torch.topk(model.score(users[start : start + bs], out), k, dim=1)
-
-    rank_s = median_s(rank, repeats=3)
-    del out, rec_eval
-
-    train, valid = [], []
+    runs, vals = [], []
     for epoch in range(1, epochs + 1):
-        model.train()
-        model.on_epoch_start(epoch)
-        train.append(train_epoch(model, sampler, optimizer, epoch, model.device)["train_s"])
-        t0 = time.perf_counter()
-        evaluator.evaluate(model, "valid")
-        valid.append(time.perf_counter() - t0)
+        runs.append(interleaved_epoch(model, sampler, optimizer, epoch))
+        vals.append(interleaved_validation(model, evaluator, data, max(tc.topk), tc.eval_batch_size))
+    mid = sorted(range(epochs), key=lambda e: runs[e]["train_s"])[epochs // 2]  # the median epoch
+    floor, val = runs[mid], vals[mid]
+    train_s = floor["train_s"]
     floor_train = sum(floor["kernels_s"].values()) + floor["optimizer_s"]
-    floor_valid = sum(eval_kernels.values()) + rank_s
-    train_s, valid_s = statistics.median(train), statistics.median(valid)
+    valid_s, floor_valid = val["valid_s"], val["floor_valid_s"]
     per_batch = {k: v / floor["batches"] for k, v in floor["kernels_s"].items()}
     return {
         "train_s": train_s, "valid_s": valid_s, "epoch_s": train_s + valid_s,
@@ -198,8 +234,9 @@ def measure(name: str, data, epochs: int) -> dict:
         "batches": floor["batches"], "batch_kernels_s": per_batch,
         "optimizer_step_s": floor["optimizer_s"] / floor["batches"], "batch_calls": floor["calls"] / floor["batches"],
         "parameters": sum(p.numel() for p in model.parameters()),
-        "eval_forward_kernels_s": eval_kernels, "rank_s": rank_s, "build_s": build_s,
-        "epochs_measured": epochs, "floor_method": "every batch of one epoch", "load1": os.getloadavg()[0],
+        "eval_forward_kernels_s": val["eval_forward_kernels_s"], "rank_s": val["rank_s"], "build_s": build_s,
+        "warmup_train_s": warm, "epochs_measured": epochs, "floor_method": "interleaved per batch",
+        "load1": os.getloadavg()[0],
     }
 
 
@@ -219,16 +256,16 @@ def markdown(res: dict) -> str:
                      f"{r['valid_s']:.2f} | {r['floor_valid_s']:.2f} | {r['ratio_valid']:.2f} | "
                      f"**{r['ratio']:.2f}** | {ms} | {r['batches']} | {r['load1']:.2f} |")
     lines += ["", "Floor = the model's own kernels replayed bare in the same process: for every training batch "
-              "of one epoch, every matrix product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k "
-              "and row gather/scatter of its forward and backward, plus its fused-Adam step; per validation "
+              "of an epoch (each batch also run and timed as the trainer runs it, right after), every matrix "
+              "product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k and row gather/scatter of its forward and backward, plus its fused-Adam step; per validation "
               "the eval-mode forward's kernels plus the users x items GEMM and top-k. Epochs: median of the "
-              "measured epochs after the recorded one, default settings (EGRA's pretrained vectors faked at "
+              "interleaved epochs after a warm-up epoch, default settings (EGRA's pretrained vectors faked at "
               "their size; FREEDOM with mm_weights 0.5/0.5 as in the quality benchmarks). Sorted by "
               "epoch / floor, furthest first."]
-    odd = [n for n, r in rows if r.get("floor_method", "one batch x batches") != "every batch of one epoch"]
+    odd = [n for n, r in rows if r.get("floor_method") != "interleaved per batch"]
     if odd:
-        lines.append(f"Floor of {', '.join(odd)}: one recorded batch times the batches of an epoch (an "
-                     "earlier version of this script; exact for models whose batches all do the same work).")
+        lines.append(f"Rows of {', '.join(odd)}: measured by an earlier version of this script (floor "
+                     "recorded in one epoch, epochs timed after it), not comparable; rerun them.")
     return "\n".join(lines) + "\n"
 
 

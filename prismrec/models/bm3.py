@@ -133,17 +133,33 @@ class BM3(Recommender):
         return Output(z[: self.n_users], z[self.n_users :], {"encoder": h})
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        online = out.user.index_select(0, batch[0]), out.item.index_select(0, batch[1])  # g(h)[u], g(h)[i]
+        return self._terms(batch, out.aux["encoder"], online)
+
+    def batch_loss(self, batch) -> dict[str, torch.Tensor]:
+        # The loss reads g(h) at the batch's rows only: the predictor is applied to the distinct
+        # users and items of the batch, not to all N rows (same terms and gradients).
+        h = self.encode()
+        users, u_at = torch.unique(batch[0], return_inverse=True)
+        items, i_at = torch.unique(batch[1], return_inverse=True)
+        rows = torch.cat([users, items + self.n_users])
+        g = self.predictor(h.index_select(0, rows))
+        online = g[: len(users)].index_select(0, u_at), g[len(users) :].index_select(0, i_at)
+        return self._terms(batch, h, online)
+
+    def _terms(self, batch, h: torch.Tensor, online: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The loss terms from the encoder output ``h`` (``N x d``) and the batch's online rows
+        ``(g(h)[u], g(h)[i])``."""
         cfg = self.config
         # batch[2] (negatives) is not used. Targets and modality views are computed for the
         # batch's distinct rows only; duplicates share one dropout mask, as they do when the
         # reference drops out whole matrices and then gathers.
         users, u_at = torch.unique(batch[0], return_inverse=True)
         items, i_at = torch.unique(batch[1], return_inverse=True)
-        h = out.aux["encoder"]
         h_u, h_i = h[: self.n_users], h[self.n_users :]
         target_u = self.target(h_u.index_select(0, users)).index_select(0, u_at)  # ĥ_U[u]
         target_i = self.target(h_i.index_select(0, items)).index_select(0, i_at)  # ĥ_I[i]
-        online_u, online_i = out.user.index_select(0, batch[0]), out.item.index_select(0, batch[1])  # g(h)[u], g(h)[i]
+        online_u, online_i = online
         terms = {
             "rec": (1 - F.cosine_similarity(online_u, target_i, dim=-1).mean())
             + (1 - F.cosine_similarity(online_i, target_u, dim=-1).mean()),

@@ -29,6 +29,7 @@ from prismrec.graph import bipartite_adjacency, knn_graph
 from prismrec.losses import bpr_loss, l2_reg, rows_infonce
 from prismrec.models import register
 from prismrec.nn import MultiViewConfig, MultiViewEncoder, check_multiview_config
+from prismrec.nn.propagation import distinct_rows
 from prismrec.recommender import Output, Recommender
 
 
@@ -82,6 +83,24 @@ class MGCN(Recommender):
             "bpr": bpr_loss(zu, zi, zj),
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
             "cl": cfg.cl_weight * rows_infonce(out.aux["modality"], out.aux["behavior"], rows, cfg.cl_tau),
+        }
+
+    def batch_loss(self, batch) -> dict[str, torch.Tensor]:
+        # The loss reads rows u, i, j of Z and rows u, i of M and C only. The fuser is per node,
+        # so C (last layer), the user rows of H_m and M are computed for the batch's distinct
+        # rows alone; the terms and gradients are those of loss(batch, forward()).
+        cfg = self.config
+        u, i, j = batch
+        rows, at = distinct_rows(torch.cat([u, i + self.n_users, j + self.n_users]), self.n_users + self.n_items)
+        c = self.encoder.behavior_rows(rows)                                 # C[rows]
+        m = self.encoder.fuse(self.encoder.modality_view_rows(rows), c)      # M[rows]
+        z = c + m
+        at_u, at_i, at_j = at.chunk(3)
+        zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
+        return {
+            "bpr": bpr_loss(zu, zi, zj),
+            "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
+            "cl": cfg.cl_weight * rows_infonce(m, c, (at_i, at_u), cfg.cl_tau),
         }
 
     def extra_repr(self) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args, get_origin, get_type_hints
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from prismrec.graph.sparse import SparseOperator
 from prismrec.nn.embedding import IdEmbedding
 from prismrec.nn.encoders import Purifier
 from prismrec.nn.fusion import BehaviorAwareFuser
-from prismrec.nn.propagation import lightgcn
+from prismrec.nn.propagation import lightgcn, lightgcn_distinct, row_product
 
 
 @dataclass
@@ -135,6 +136,26 @@ class MultiViewEncoder(nn.Module):
             for _ in range(self.n_ii_layers):
                 h = graph @ h if noise is None else noise(graph @ h)  # H_m^I
             views.append(torch.cat([self.user_item @ h, h]))     # [H_m^U; H_m^I]
+        return torch.stack(views)
+
+    def behavior_rows(self, rows: np.ndarray) -> torch.Tensor:
+        """``C[rows]`` for sorted distinct node ids ``rows`` (users first): the last layer is
+        propagated for those rows only (:func:`prismrec.nn.propagation.lightgcn_distinct`)."""
+        x0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        return lightgcn_distinct(self.adjacency, x0, self.n_ui_layers, rows)
+
+    def modality_view_rows(self, rows: np.ndarray) -> torch.Tensor:
+        """``H[:, rows]`` (``K x len(rows) x d``) for sorted distinct node ids ``rows``: every
+        ``H_m^I`` is computed in full (``S_m`` mixes all items), the user rows ``R̂[u] H_m^I``
+        only for the users among ``rows``, and nothing else is built for the other nodes."""
+        split = int(np.searchsorted(rows, self.n_users))
+        users, items = rows[:split], torch.from_numpy(rows[split:] - self.n_users)
+        views = []
+        for purifier, graph in zip(self.purifiers, self.item_graphs):
+            h = purifier(self.item_emb.weight)                   # H_m⁰
+            for _ in range(self.n_ii_layers):
+                h = graph @ h                                     # H_m^I
+            views.append(torch.cat([row_product(self.user_item, users, h), h.index_select(0, items.to(h.device))]))
         return torch.stack(views)
 
     def fuse(self, views: torch.Tensor, behavior: torch.Tensor) -> torch.Tensor:

@@ -25,16 +25,54 @@ def lightgcn_rows(adjacency: SparseOperator, x0: torch.Tensor, n_layers: int, ro
     of the ``2L`` full products per batch become products over ``R``'s entries, and no full-size
     layer sum is kept (the rows are gathered layer by layer).
     """
-    if n_layers == 0:
-        return x0.index_select(0, rows)
-    marks = np.zeros(x0.shape[0], dtype=bool)
+    distinct, inverse = distinct_rows(rows, x0.shape[0])
+    return lightgcn_distinct(adjacency, x0, n_layers, distinct).index_select(0, inverse)
+
+
+def distinct_rows(rows: torch.Tensor, n: int) -> tuple[np.ndarray, torch.Tensor]:
+    """``(R, at)``: the sorted distinct values ``R`` of ``rows`` (ids below ``n``) and, for each
+    entry of ``rows``, its position in ``R`` (``R[at] == rows``), on ``rows``' device.
+
+    A mark array instead of a sort: linear in ``n`` and ``len(rows)``."""
+    marks = np.zeros(n, dtype=bool)
     index = rows.cpu().numpy()
     marks[index] = True
     distinct = np.flatnonzero(marks)
-    inverse = torch.from_numpy((np.cumsum(marks) - 1)[index]).to(x0.device)
+    return distinct, torch.from_numpy((np.cumsum(marks) - 1)[index]).to(rows.device)
+
+
+def lightgcn_distinct(adjacency: SparseOperator, x0: torch.Tensor, n_layers: int, distinct: np.ndarray) -> torch.Tensor:
+    """Rows ``distinct`` (sorted, distinct ids) of ``lightgcn(adjacency, x0, n_layers)``; the last
+    layer is a product with the block ``Â[distinct]`` only (see :func:`lightgcn_rows`)."""
+    index = torch.from_numpy(distinct).to(x0.device)
+    if n_layers == 0:
+        return x0.index_select(0, index)
     block = adjacency.row_block(distinct)
-    distinct = torch.from_numpy(distinct).to(x0.device)
-    return _LayerMeanRows.apply(adjacency, x0, n_layers, distinct, block).index_select(0, inverse)
+    return _LayerMeanRows.apply(adjacency, x0, n_layers, index, block)
+
+
+def row_product(operator: SparseOperator, rows: np.ndarray, dense: torch.Tensor) -> torch.Tensor:
+    """``(A @ dense)[rows]`` as one product with the block ``A[rows]`` (backward: ``A[rows]ᵀ``);
+    ``rows`` sorted distinct row ids of ``A``."""
+    if len(rows) == 0:
+        return dense.new_zeros((0, dense.shape[1]))
+    block, block_t = operator.row_block(rows)
+    if dense.requires_grad:
+        return _BlockProduct.apply(block, block_t, dense)
+    return spmm(block, dense)
+
+
+class _BlockProduct(torch.autograd.Function):
+    """``B @ X`` for a CSR block ``B`` whose transpose is given (one CSR product each way)."""
+
+    @staticmethod
+    def forward(ctx, block, block_t, dense):  # noqa: D401
+        ctx.block_t = block_t
+        return spmm(block, dense)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None, spmm(ctx.block_t, grad.contiguous())
 
 
 def _layer_mean(matrix: torch.Tensor, x0: torch.Tensor, n_layers: int) -> torch.Tensor:
