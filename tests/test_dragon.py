@@ -166,3 +166,18 @@ def test_trains_two_epochs_and_is_deterministic(planted):
     b = run_experiment(cfg, [3], None, dataset=planted, progress=False)
     assert a["valid"] == b["valid"] and a["test"] == b["test"]
     assert a["test"]["recall@20"] > 0.15  # chance level is ~0.1 on the planted data
+
+
+def test_graph_weights_go_by_name_and_other_modalities_need_mm_weights(planted, tmp_path):
+    from prismrec.data import load_dataset
+    from prismrec.data.synthetic import write_planted_dataset
+    from prismrec.errors import ConfigError
+
+    assert build(planted).mm_weights == (0.1, 0.9)  # image, text
+    assert build(planted, modalities=["text", "image"]).mm_weights == (0.9, 0.1)  # by name, not position
+    audio = load_dataset(write_planted_dataset(tmp_path / "ta", n_users=40, n_items=30,
+                                               modalities={"text": 6, "audio": 5}, seed=1))
+    with pytest.raises(ConfigError, match=r"dragon: set mm_weights .*--set mm_weights=\[0.5,0.5\]"):
+        build(audio)
+    assert build(audio, mm_weights=[0.5, 0.5]).mm_weights == (0.5, 0.5)
+    assert build(audio, modalities=["audio"]).mm_weights == (1.0,)

@@ -21,7 +21,10 @@ two **homogeneous** graphs — a user–user co-occurrence graph and a modality 
        weighted_max:  U = max_m w_um G_m^U,                  I = Σ_m G_m^I               (d)
 
 3. Homogeneous graphs. Items: ``S = Σ_m α_m Ŝ_m^bin`` (2.3: binary kNN of the raw features, self
-   included, ``α = (0.1, 0.9)`` for two modalities), frozen. Users: ``W_UU``, each user's top-``k_u``
+   included), frozen. ``α`` goes to modalities **by name** (:mod:`prismrec.nn.roles`): 0.1 for
+   the image-like and 0.9 for the text-like one of an image + text pair (reference
+   ``mm_image_weight``), in any order; any other pair (lfm2k's text + audio, tiktok's image +
+   audio, ml100k's text + genre) or more modalities need ``mm_weights`` (a ConfigError says so). Users: ``W_UU``, each user's top-``k_u``
    co-occurring users (common training items, 2.4 on the users) aggregated with ``softmax`` of
    the counts; a user with fewer than ``k_u`` neighbours has its list padded by random repeats,
    drawn afresh each epoch (reference)::
@@ -60,22 +63,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph, knn_graph, mix, modality_weights
+from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph, knn_graph, mix
 from prismrec.graph.neighbour_sampling import AGGREGATIONS, PADDINGS, softmax_neighbour_graph
 from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.encoders import Projector
+from prismrec.nn.roles import role_weights
 from prismrec.recommender import Output, Recommender
 
 CONSTRUCTIONS = ("cat", "weighted_sum", "weighted_max")
+REFERENCE_IMAGE_WEIGHT = 0.1
+"""``α`` of the image-like modality of an image + text pair (reference ``mm_image_weight``)."""
 
 
 @dataclass
 class DRAGONConfig:
     modalities: list[str] | None = None
-    """Modalities used; ``None`` = all present, canonical order (the first plays the reference's
-    image role, the second its text role)."""
+    """Modalities used; ``None`` = all present, canonical order. Their graph weights go by name
+    (``mm_weights``), never by position."""
     embedding_size: int = 64
     """``d``: preference tables and encoded features (reference ``dim_latent = 64``); the final
     representations have ``M·d`` columns with ``construction = "cat"``."""
@@ -88,8 +94,10 @@ class DRAGONConfig:
     knn_k: int = 10
     """``k`` neighbours per item in each modality's binary kNN graph (self included)."""
     mm_weights: list[float] | None = None
-    """``α_m`` mixing the modality kNN graphs; ``None`` = (0.1, 0.9) for two modalities
-    (reference ``mm_image_weight = 0.1``), uniform otherwise. Non-negative, summing to 1."""
+    """``α_m`` mixing the modality kNN graphs, in ``modalities`` order; non-negative, summing to 1.
+    ``None``: 0.1 for the image-like and 0.9 for the text-like modality of an image + text pair
+    (reference ``mm_image_weight = 0.1``), 1 for a single modality; required for any other
+    modalities (e.g. ``[0.5, 0.5]`` for text + audio)."""
     user_knn_k: int = 40
     """``k_u``: co-occurring users aggregated per user (reference ``self.k = 40``)."""
     user_pad: Literal["resample", "none"] = "resample"
@@ -146,7 +154,7 @@ class DRAGON(Recommender):
         if config.knn_k > self.n_items:
             raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({self.n_items})")
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
-        self.mm_weights = modality_weights(config.mm_weights, self.modalities)
+        self.mm_weights = role_weights(self.name, self.modalities, config.mm_weights, REFERENCE_IMAGE_WEIGHT)
         d = config.embedding_size
 
         # Heterogeneous graph Â (2.1).

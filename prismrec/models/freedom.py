@@ -57,12 +57,10 @@ from prismrec.graph import (
     degree_sensitive_edge_sample,
     knn_graph,
     mix,
-    modality_weights,
 )
-from prismrec.errors import ConfigError
 from prismrec.losses import bpr_loss
 from prismrec.models import register
-from prismrec.nn.roles import describe_roles, image_text_pair
+from prismrec.nn.roles import role_weights
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.content import content_forward_rows
 from prismrec.nn.encoders import Projector
@@ -188,18 +186,4 @@ def graph_weights(config: FREEDOMConfig, modalities: list[str]) -> tuple[float, 
 
     Raises :class:`ConfigError` naming ``mm_weights`` when the modalities have no weights by name.
     """
-    if config.mm_weights is not None or len(modalities) == 1:
-        return modality_weights(config.mm_weights, modalities)
-    if not 0.0 <= config.image_weight <= 1.0:
-        raise ConfigError(f"freedom: image_weight must be in [0, 1], got {config.image_weight}")
-    pair = image_text_pair(modalities)
-    if pair is None:
-        equal = [round(1 / len(modalities), 3)] * (len(modalities) - 1)
-        example = ",".join(f"{w:g}" for w in [*equal, round(1 - sum(equal), 3)])
-        raise ConfigError(
-            f"freedom: set mm_weights (one weight per modality of {modalities}, in that order, summing to 1, "
-            f"e.g. --set mm_weights=[{example}]): these "
-            f"modalities are not one image-like and one text-like, so the reference's image/text weights "
-            f"have no owner by name ({describe_roles()})"
-        )
-    return tuple(config.image_weight if m == pair["image"] else 1.0 - config.image_weight for m in modalities)
+    return role_weights("freedom", modalities, config.mm_weights, config.image_weight)

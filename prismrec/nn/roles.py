@@ -45,3 +45,36 @@ def image_text_pair(modalities: list[str]) -> dict[Role, str] | None:
 def describe_roles() -> str:
     """One line naming the recognised names of each role (for error messages)."""
     return "; ".join(f"{role}-like: {', '.join(stems)} (or <name>_...)" for role, stems in ROLE_NAMES.items())
+
+
+def role_weights(
+    model: str, modalities: list[str], weights: list[float] | None, image_weight: float,
+    setting: str = "mm_weights",
+) -> tuple[float, ...]:
+    """Per-modality mixing weights in ``modalities`` order, by role, for models whose reference
+    weighs an image and a text graph differently (FREEDOM, DRAGON: ``mm_image_weight``).
+
+    ``weights`` (the explicit ``setting``) when given (checked: one per modality, non-negative,
+    summing to 1); else 1 for a single modality, or ``image_weight`` for the image-like and
+    ``1 − image_weight`` for the text-like one of an image + text pair (any order). Any other
+    modalities have no reference weighting: a :class:`~prismrec.errors.ConfigError` names
+    ``setting`` with an example.
+    """
+    from prismrec.errors import ConfigError
+    from prismrec.graph import modality_weights
+
+    if weights is not None or len(modalities) == 1:
+        return modality_weights(weights, modalities)
+    if not 0.0 <= image_weight <= 1.0:
+        raise ConfigError(f"{model}: image_weight must be in [0, 1], got {image_weight}")
+    pair = image_text_pair(modalities)
+    if pair is None:
+        equal = [round(1 / len(modalities), 3)] * (len(modalities) - 1)
+        example = ",".join(f"{w:g}" for w in [*equal, round(1 - sum(equal), 3)])
+        raise ConfigError(
+            f"{model}: set {setting} (one weight per modality of {modalities}, in that order, summing to 1, "
+            f"e.g. --set {setting}=[{example}]): these "
+            f"modalities are not one image-like and one text-like, so the reference's image/text weights "
+            f"have no owner by name ({describe_roles()})"
+        )
+    return tuple(image_weight if m == pair["image"] else 1.0 - image_weight for m in modalities)
