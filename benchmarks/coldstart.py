@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS
-from benchmarks.robustness import COLD_FRACTION, COLD_SEED, _atomic_write, derived_dataset, git_commit, settings
+from benchmarks.robustness import COLD_FRACTION, COLD_SEED, _atomic_write, derived_dataset, git_commit
+from benchmarks.robustness import settings as robustness_settings
 
 OUT = RESULTS / "coldstart"
 REFERENCE_MODEL = "lightgcn"
@@ -49,6 +50,15 @@ MODELS = ["lightgcn", "freedom", "rlmmrec", "dragon", "lattice", "lgmrec", "mmgc
           "mgcn", "gume", "siger", "egra", "bm3", "damrs"]
 KS = (10, 20)
 STRATEGIES = ("own", "map", "knn", "native")
+# Settings a model needs where its modalities have no image/text roles (prismrec.nn.roles), as
+# the headline study fixes them: DRAGON's graph weights, equal as FREEDOM's.
+EXTRA_SETTINGS = {"dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}}}
+
+
+def settings(model: str, dataset: str, epochs: int) -> dict:
+    """The robustness benchmark's settings of the cell (cap, threads, modalities, per-dataset
+    settings) plus :data:`EXTRA_SETTINGS`."""
+    return {**robustness_settings(model, dataset, epochs), **EXTRA_SETTINGS.get(model, {}).get(dataset, {})}
 
 
 def cell_name(dataset: str, model: str, seed: int) -> str:
@@ -245,8 +255,8 @@ def main() -> None:
                 git_commit([ref_path], f"coldstart benchmark: popularity/random references on {dataset}'s cold copy")
         for model in models:
             path = OUT / "cells" / f"{cell_name(dataset, model, args.seed)}.json"
-            if path.is_file() and json.loads(path.read_text())["epochs_cap"] == args.epochs:
-                continue
+            if path.is_file() and json.loads(path.read_text())["settings"] == settings(model, dataset, args.epochs):
+                continue  # finished with these settings (the cap included); other settings retrain it
             if args.max_cells and done >= args.max_cells:
                 break
             print(f"[coldstart] {dataset} {model} (epochs<={args.epochs})", flush=True)
