@@ -39,7 +39,8 @@ class _GemmLogSumExp(torch.autograd.Function):
     """``logsumexp_b'(a_b · c_b')`` per row ``b``, never keeping more than one B x B' buffer.
 
     Forward: one GEMM, then shift, exponentiate and sum in place; the unnormalised softmax is
-    kept for backward, where ``∂/∂s_bb' = g_b p_bb'`` is one scaled copy and two GEMMs. Autograd
+    kept for backward, where ``∂/∂s_bb' = g_b p_bb'`` costs two GEMMs (the row scale ``g_b`` applied
+    to their ``d``-wide factors, not to the B x B' matrix). Autograd
     through ``torch.logsumexp(a @ c.T)`` instead keeps the logits, rebuilds the softmax and
     makes about twice the passes over the B x B' matrix (≈2x slower for B = 2048, d = 64).
     """
@@ -56,9 +57,11 @@ class _GemmLogSumExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         a, c, p, total = ctx.saved_tensors
-        g = p * (grad.unsqueeze(1) / total)  # softmax rows scaled by the incoming gradient
-        grad_a = g @ c if ctx.needs_input_grad[0] else None
-        grad_c = g.T @ a if ctx.needs_input_grad[1] else None
+        # ∂/∂s = diag(w) p with w = g / total: the row scaling is applied to the d-wide factors,
+        # never to the B x B' matrix (no extra pass over it, no second B x B' buffer).
+        w = grad.unsqueeze(1) / total
+        grad_a = (p @ c).mul_(w) if ctx.needs_input_grad[0] else None
+        grad_c = p.T @ (a * w) if ctx.needs_input_grad[1] else None
         return grad_a, grad_c
 
 
@@ -157,7 +160,11 @@ def symmetric_bernoulli_kl(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def pseudo_positives(unit_views: torch.Tensor, items: torch.Tensor, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per view ``x``: ``(P_x, Q_x)``, the multi-view and single-view pseudo-positive item ids
-    of each anchor in ``items`` (``len(items) x k`` each; DA-MRS), computed in row blocks."""
+    of each anchor in ``items`` (``len(items) x k`` each; DA-MRS), computed in row blocks.
+
+    ``P_x`` = top-``k`` of ``Σ_v q_v + q_x``; ``Q_x`` = top-``k`` of ``q_x`` outside ``P_x``, taken
+    from the top ``2k`` of ``q_x`` (at most ``k`` of which lie in ``P_x``): no masked copy of the
+    anchors x items matrix and no second top-``k`` over it."""
     n_views, n_items, _ = unit_views.shape
     rows = max(1, _PSEUDO_BLOCK // (n_views * n_items))
     parts = [([], []) for _ in range(n_views)]
@@ -165,12 +172,21 @@ def pseudo_positives(unit_views: torch.Tensor, items: torch.Tensor, k: int) -> l
         anchors = unit_views[:, items[start : start + rows]]  # |V| x b x d
         q = torch.softmax(anchors @ unit_views.transpose(1, 2), dim=-1)  # q_v(i, ·)
         total = q.sum(dim=0)
+        score = torch.empty_like(total)
         for x in range(n_views):
-            multi = torch.topk(total + q[x], k, dim=1).indices  # P_x
-            single = torch.topk(q[x].scatter(1, multi, 0.0), k, dim=1).indices  # Q_x
+            multi = torch.topk(torch.add(total, q[x], out=score), k, dim=1).indices  # P_x
             parts[x][0].append(multi)
-            parts[x][1].append(single)
+            parts[x][1].append(_top_outside(q[x], multi, k))  # Q_x
     return [(torch.cat(m), torch.cat(s)) for m, s in parts]
+
+
+def _top_outside(scores: torch.Tensor, taken: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, the ids of the ``k`` largest ``scores`` whose id is not in that row of ``taken``
+    (``b x k``), largest first: the top ``2k`` holds them, since ``taken`` removes at most ``k``."""
+    candidates = torch.topk(scores, min(2 * k, scores.shape[1]), dim=1).indices
+    inside = (candidates.unsqueeze(2) == taken.unsqueeze(1)).any(dim=2)
+    order = torch.sort(inside.to(torch.uint8), dim=1, stable=True).indices[:, :k]  # outside first, in rank order
+    return candidates.gather(1, order)
 
 
 def neighbour_discrimination(views: torch.Tensor, items: torch.Tensor, k: int, tau: float) -> torch.Tensor:

@@ -81,3 +81,20 @@ def test_bpr_and_regularisers_equal_their_formulas():
     assert l2_reg("half_sq", u).item() == pytest.approx(half_sq(u).item())
     with pytest.raises(ValueError, match="reg_form must be one of"):
         l2_reg("l1", u)
+
+
+def test_pseudo_positives_match_the_masked_second_top_k():
+    """P_x = top-k of Σ_v q_v + q_x; Q_x = top-k of q_x with P_x masked out (the reference's way)."""
+    from prismrec.losses import pseudo_positives
+
+    torch.manual_seed(0)
+    unit = torch.nn.functional.normalize(torch.randn(3, 40, 8), dim=-1)
+    items = torch.tensor([0, 5, 7, 39, 12])
+    got = pseudo_positives(unit, items, 4)
+    q = torch.softmax(unit[:, items] @ unit.transpose(1, 2), dim=-1)
+    for x, (multi, single) in enumerate(got):
+        want_multi = torch.topk(q.sum(0) + q[x], 4, dim=1).indices
+        want_single = torch.topk(q[x].scatter(1, want_multi, 0.0), 4, dim=1).indices
+        assert torch.equal(multi, want_multi)
+        assert torch.equal(single, want_single)
+        assert not (single.unsqueeze(2) == multi.unsqueeze(1)).any()
