@@ -114,6 +114,10 @@ def child(size: str, model_name: str, folder: str, threads: int, max_batches: in
 def run_child(size: str, model: str, folder: Path, threads: int, max_batches: int, timeout: float) -> dict:
     """The child's report plus its peak RSS as the kernel counted it, and the load average."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # kNN graphs go to a cache beside the synthetic data: built by the first model that needs
+    # them, read by the others (the cell records which)
+    env.setdefault("PRISMREC_GRAPH_CACHE", str(folder.parent / "graphs"))
+    cached_before = sorted(p.name for p in Path(env["PRISMREC_GRAPH_CACHE"]).glob("*.npz"))
     cmd = [sys.executable, "-m", "benchmarks.scale", "--child", size, model, str(folder), str(threads),
            str(max_batches)]
     load_before = os.getloadavg()
@@ -130,7 +134,9 @@ def run_child(size: str, model: str, folder: Path, threads: int, max_batches: in
             break
         time.sleep(0.5)
     stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    cached_after = sorted(p.name for p in Path(env["PRISMREC_GRAPH_CACHE"]).glob("*.npz"))
     result = {"size": size, "model": model, "wall_s": time.perf_counter() - started,
+              "graphs_built": len(set(cached_after) - set(cached_before)),
               "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
               "load_before": load_before, "load_after": os.getloadavg()}
     code = os.waitstatus_to_exitcode(status)

@@ -35,7 +35,8 @@ def knn_edges(features: torch.Tensor, k: int, block_size: int | None = None) -> 
     edges, row-major, columns ascending within a row, as int64 tensors on ``features``' device.
     No gradient flows through the choice of neighbours.
     """
-    graph = knn_graph(features.detach(), k, block_size=block_size, weight="binary", normalize=False)
+    graph = knn_graph(features.detach(), k, block_size=block_size, weight="binary", normalize=False,
+                      cache=False)  # learned features change every step
     device = features.device
     n = graph.shape[0]
     rows = torch.arange(n, device=device).repeat_interleave(k)
