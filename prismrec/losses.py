@@ -35,6 +35,11 @@ def l2_reg(form: str, *rows: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"reg_form must be one of {sorted(REG_FORMS)}, got {form!r}") from None
 
 
+_SHIFT_BOUND = 30.0
+"""Largest row bound ``‖a_b‖·max‖c‖`` that :class:`_GemmLogSumExp` uses as its shift: the
+exponentials then stay above ``exp(-60)``, far from float32's underflow."""
+
+
 class _GemmLogSumExp(torch.autograd.Function):
     """``logsumexp_b'(a_b · c_b')`` per row ``b``, never keeping more than one B x B' buffer.
 
@@ -47,9 +52,19 @@ class _GemmLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        s = a @ c.T
-        shift = s.amax(dim=1, keepdim=True)
-        s.sub_(shift).exp_()
+        # Shift by an upper bound of each row, ‖a_b‖·max‖c‖ (Cauchy-Schwarz), subtracted inside
+        # the GEMM: no pass for the row maxima and none for the subtraction. Safe while the rows
+        # span at most 2·bound <= 2·_SHIFT_BOUND below it (e.g. InfoNCE on unit rows: 1/τ);
+        # otherwise the exact row maxima.
+        bound = torch.linalg.vector_norm(a, dim=1, keepdim=True) * torch.linalg.vector_norm(c, dim=1).amax()
+        if c.shape[0] and float(bound.amax()) <= _SHIFT_BOUND:
+            shift = bound
+            s = torch.addmm(-shift, a, c.T)
+        else:
+            s = a @ c.T
+            shift = s.amax(dim=1, keepdim=True)
+            s.sub_(shift)
+        s.exp_()
         total = s.sum(dim=1, keepdim=True)
         ctx.save_for_backward(a, c, s, total)
         return (shift + total.log()).squeeze(1)

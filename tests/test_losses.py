@@ -51,6 +51,16 @@ def test_gemm_logsumexp_values_and_gradients_match_autograd():
     assert torch.allclose(big, torch.logsumexp(1e3 * a.detach() @ c.detach().T, dim=1))
 
 
+def test_gemm_logsumexp_bound_shift_near_its_limit_is_exact_in_float32():
+    """Unit rows at 1/τ = 30 (the largest bound shifted inside the GEMM): rows 60 below the bound
+    still count, and the result equals torch's logsumexp; just above, the exact maxima take over."""
+    g = torch.Generator().manual_seed(3)
+    c = torch.nn.functional.normalize(torch.randn(50, 8, generator=g), dim=1)
+    for scale in (30.0, 30.5):
+        a = torch.cat([c[:3], -c[:3]]) * scale  # rows at the top and at the bottom of their range
+        torch.testing.assert_close(gemm_logsumexp(a, c), torch.logsumexp(a @ c.T, dim=1), rtol=1e-6, atol=1e-5)
+
+
 def test_gemm_logsumexp_gradient_only_where_needed():
     a = torch.randn(3, 2, requires_grad=True)
     c = torch.randn(4, 2)
