@@ -222,7 +222,9 @@ def train(
     from prismrec.experiment.rundir import RunDir
     from prismrec.experiment.runs import run_experiment
     from prismrec.experiment.seeds import resolve_seeds
+    from prismrec.train.distributed import quiet_follower
 
+    follower = quiet_follower()  # under torchrun, ranks other than 0 print errors only
     # Everything the user gave is checked before any data is read or any training starts.
     seed_list = resolve_seeds(seeds, n_seeds, default_n=1)
     overrides = load_yaml_overrides(config) if config else {}
@@ -232,11 +234,11 @@ def train(
     _output_folder(out, "--out", "run directory")
     data = load_dataset(dataset, data_dir)
     out = out or Path("runs") / f"{cfg.model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not quiet:
+    if not quiet and not follower:
         console.print(f"[bold]{cfg.model}[/] on {data!r} -> {out}", highlight=False)
     created = not out.exists()
     tracker = None
-    if track:
+    if track and not follower:
         from prismrec.experiment.tracking import make_tracker
 
         tracker = make_tracker(track)
@@ -248,12 +250,15 @@ def train(
     except BaseException as exc:
         if tracker is not None:
             tracker.finish({}, None, status="FAILED")
-        if isinstance(exc, PrismrecError) and created and RunDir(out).state().kind in ("absent", "empty"):
+        refused = isinstance(exc, PrismrecError) and created and not follower  # rank 0 owns --out
+        if refused and RunDir(out).state().kind in ("absent", "empty"):
             shutil.rmtree(out, ignore_errors=True)  # refused before training
         raise
     if tracker is not None:
         tracker.finish(metrics, out if len(seed_list) == 1 else out / f"seed-{seed_list[0]}")
         typer.echo(f"tracked in {tracker.describe()}", err=quiet)
+    if follower:
+        return
     if quiet:
         typer.echo(f"run directory: {out}")
         return

@@ -118,3 +118,22 @@ def test_torchrun_train_writes_one_run_directory(tmp_path, planted_dir):
         assert one[split].keys() == two[split].keys()
         assert all(abs(one[split][k] - two[split][k]) < 1e-6 for k in one[split])
     assert one["best_epoch"] == two["best_epoch"]
+
+
+def test_torchrun_ranks_other_than_0_print_no_warning_progress_or_summary(tmp_path, planted_dir):
+    import shutil
+
+    data = tmp_path / "planted"
+    shutil.copytree(planted_dir, data)
+    n_items = np.load(data / "image_feat.npy").shape[0]
+    np.save(data / "blank_feat.npy", np.zeros((n_items, 3), dtype=np.float32))  # warns on every load
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                            str(_port()), "-m", "prismrec", "train", "--model", "lightgcn", "--dataset", str(data),
+                            "--set", "epochs=2", "--set", "threads=1", "--out", str(tmp_path / "run")],
+                           capture_output=True, text=True, env={**_env(), "COLUMNS": "200"})
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    both = ranks.stdout + ranks.stderr
+    assert both.count("every feature value is zero") == 1, both[-3000:]
+    assert both.count("ep 2/2 loss") == 1
+    assert both.count("lightgcn on Dataset(") == 1
+    assert both.count("recall@20") == 1 and both.count("run directory:") == 1

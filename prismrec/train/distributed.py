@@ -23,6 +23,7 @@ done here explicitly (one flat all-reduce per step).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,22 @@ def from_env() -> DistEnv:
     if world <= 1:
         return SINGLE
     return DistEnv(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def quiet_follower(env: DistEnv | None = None) -> bool:
+    """``True`` on a ``torchrun`` rank other than 0, whose Python warnings are then switched off.
+
+    Every rank loads the data and builds the model, so every rank would repeat each warning,
+    header and summary; rank 0 shows them once and the caller prints nothing else on a follower
+    (:func:`fit` already shows progress on rank 0 only). Errors still reach every rank's stderr:
+    a failure on one rank is never hidden. The warning filter is process-wide (the CLI restores
+    it when its command returns).
+    """
+    env = from_env() if env is None else env
+    if env.is_main:
+        return False
+    warnings.simplefilter("ignore")
+    return True
 
 
 def init(env: DistEnv, device: str) -> str:
