@@ -91,3 +91,91 @@ def test_corruptions_drop_mask_and_noise(tmp_path):
     assert not (noisy / "image_mask.npy").exists()
     with pytest.raises(ConfigError, match="has no audio_feat.npy"):
         corrupt_modality(src, "x", "audio", "drop", 0.1)
+
+
+# --------------------------------------------------------------------------- mask-aware fusion
+
+
+def test_gated_fusion_renormalises_over_present_modalities_by_hand():
+    import torch
+
+    from prismrec.nn.fusion import GatedFusion
+
+    fusion = GatedFusion(3, 2, scalar=True)
+    xs = [torch.tensor([[1.0, 0.0], [2.0, 2.0]]), torch.tensor([[0.0, 1.0], [4.0, 0.0]]),
+          torch.tensor([[5.0, 5.0], [0.0, 8.0]])]
+    _, w = fusion(xs)
+    present = torch.tensor([[True, False, True], [False, False, False]])
+    fused, wm = fusion(xs, present)
+    # row 0: modality 1 missing -> weights w0, w2 rescaled to sum 1
+    w0, w2 = w[0, 0, 0], w[0, 2, 0]
+    torch.testing.assert_close(fused[0], (w0 * xs[0][0] + w2 * xs[2][0]) / (w0 + w2))
+    torch.testing.assert_close(wm[0, :, 0], torch.stack([w0, torch.tensor(0.0), w2]) / (w0 + w2))
+    assert torch.equal(fused[1], torch.zeros(2)) and torch.equal(wm[1], torch.zeros(3, 1))  # nothing present
+    all_present, _ = fusion(xs, torch.ones(2, 3, dtype=torch.bool))
+    torch.testing.assert_close(all_present, fusion(xs)[0])
+
+
+def test_behavior_aware_fuser_ignores_a_missing_modality_by_hand():
+    import torch
+
+    from prismrec.nn.fusion import BehaviorAwareFuser, present_mean
+
+    torch.manual_seed(0)
+    two, one = BehaviorAwareFuser(2, 2), BehaviorAwareFuser(2, 1)
+    one.query.load_state_dict(two.query.state_dict())
+    with torch.no_grad():  # the one-modality fuser's gate is the two-modality fuser's first gate
+        one.preference.weight.copy_(two.preference.weight[:2])
+        one.preference.bias.copy_(two.preference.bias[:2])
+    views = torch.randn(2, 3, 2)
+    behavior = torch.randn(3, 2)
+    present = torch.tensor([[True, True, True], [True, False, False]])  # nodes 1, 2 lack modality 2
+    views[1, 1:] = 7.0  # whatever the missing rows hold
+    fused = two(views, behavior, present)
+    torch.testing.assert_close(fused[0], two(views, behavior)[0])  # complete node: unchanged
+    # a node with only modality 1 fuses as with one modality: α = 1, no specific part, (H_1)/2
+    torch.testing.assert_close(fused[1:], one(views[:1, 1:], behavior[1:]))
+    torch.testing.assert_close(fused[1:], views[0, 1:] / 2)
+    stack = torch.tensor([[[1.0], [2.0]], [[3.0], [10.0]]])  # K=2, N=2, d=1
+    keep = torch.tensor([[True, True], [True, False]])
+    torch.testing.assert_close(present_mean(stack, keep), torch.tensor([[2.0], [2.0]]))
+    torch.testing.assert_close(present_mean(stack, keep, "sum"), torch.tensor([[4.0], [4.0]]))
+
+
+def test_zero_imputation_switches_models_to_mask_aware_fusion(tmp_path):
+    import torch
+
+    from prismrec.data.features import fusion_presence
+    from prismrec.experiment.config import resolve_config
+    from prismrec.models import get_model
+
+    src = write_planted_dataset(tmp_path / "p", n_users=40, n_items=50, per_user=8, seed=1)
+    folder = corrupt_modality(src, "p-drop", "image", "drop", 0.2, seed=4)
+    mask = np.load(folder / "image_mask.npy")
+    zero, mean = load_dataset(folder, impute="zero"), load_dataset(folder, impute="mean")
+    present = fusion_presence(zero, ["image", "text"])
+    np.testing.assert_array_equal(present, np.stack([mask, np.ones(50, bool)], axis=1))
+    assert fusion_presence(mean, ["image", "text"]) is None and fusion_presence(zero, ["text"]) is None
+    for fusion in ("gate", "mean"):
+        cfg = resolve_config("rlmmrec", "p-drop", {"fusion": fusion})
+        torch.manual_seed(0)
+        net = get_model("rlmmrec")(zero, cfg.params)
+        with torch.no_grad():
+            m, gate = net.content()
+            text = net.projectors["text"]()
+        missing = ~mask
+        # a missing image: the item's fused content is its text projection alone
+        torch.testing.assert_close(m[missing], text[missing])
+        assert not torch.allclose(m[mask], text[mask])
+    for name in ("mmgcn", "smore", "dragon", "lgmrec"):  # the forward runs with masks, finite
+        overrides = {"mm_weights": [0.1, 0.9]} if name == "dragon" else {}
+        cfg = resolve_config(name, "p-drop", {**overrides, **({"knn_k_first": 10} if name == "smore" else {})})
+        net = get_model(name)(zero, cfg.params).eval()
+        assert net.present is not None and torch.isfinite(net().item).all(), name
+        assert get_model(name)(mean, cfg.params).present is None, name
+        if name == "mmgcn":  # an item without its image: the mean over its present views is its text view
+            with torch.no_grad():
+                out = net()
+            text_rows = out.aux["modality_text"][zero.n_users:]
+            torch.testing.assert_close(out.item[~mask], text_rows[~mask])
+            assert not torch.allclose(out.item[mask], text_rows[mask])

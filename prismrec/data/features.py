@@ -130,3 +130,25 @@ def impute_features(
         out[m] = x
         record[m] = {"rows": int(len(missing)), "method": method, "fallback_mean": fallback}
     return out, record
+
+
+def fusion_presence(dataset, modalities: list[str]) -> np.ndarray | None:
+    """``n_items x M`` bool (``modalities`` order): ``False`` where an item's modality is missing
+    **and was zero-filled** (``impute="zero"``), for mask-aware fusion; ``None`` when no used
+    modality was zero-filled (the models then fuse exactly as without masks).
+
+    ``impute="zero"`` is the switch "zero + mask-aware fusion": a fusing model (the gates of
+    :mod:`prismrec.nn.fusion`, RLMultimodalRec, SMORE, MMGCN, DRAGON, LGMRec) gives an item's
+    missing modality no weight and renormalises over the modalities it has. Under ``mean`` or
+    ``neighbour`` the filled rows are estimates and take part like any other.
+    """
+    record = (getattr(dataset, "manifest", None) or {}).get("imputation", {})
+    masks = getattr(dataset, "feature_masks", {}) or {}
+    zeroed = [m for m in modalities if m in masks and record.get(m, {}).get("method") == "zero"]
+    if not zeroed:
+        return None
+    present = np.ones((dataset.n_items, len(modalities)), dtype=bool)
+    for k, m in enumerate(modalities):
+        if m in zeroed:
+            present[:, k] = np.asarray(masks[m], dtype=bool)
+    return present

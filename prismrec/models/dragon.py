@@ -43,6 +43,10 @@ two **homogeneous** graphs — a user–user co-occurrence graph and a modality 
    ``z_c = I_c + (S^{L_ii} I)_c``: the forward's own rows are already content-only, and the
    hook returns them (``--id-rows`` has nothing to replace).
 
+Missing modalities (a dataset loaded with ``impute="zero"``): an item's missing modality does
+not contribute where the modalities are fused (the item side of step 2: ``cat`` zeroes the block, the sums run over the present ones), the rest renormalised
+(:mod:`prismrec.nn.fusion`); under ``mean``/``neighbour`` imputation the filled rows take part.
+
 Reference code details left out because they have no effect there: the modality-feature
 embedding copies and ``image_trs``/``text_trs`` (built, never used in the forward), the dropped
 edge lists ``edge_index_dropv/t`` (passed to the GCN but unused), ``MLP_v``/``MLP_t``/``MLP_user``
@@ -68,7 +72,9 @@ from prismrec.graph.neighbour_sampling import AGGREGATIONS, PADDINGS, softmax_ne
 from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
+from prismrec.data.features import fusion_presence
 from prismrec.nn.encoders import Projector
+from prismrec.nn.fusion import present_mean
 from prismrec.nn.roles import role_weights
 from prismrec.recommender import Output, Recommender
 
@@ -174,6 +180,8 @@ class DRAGON(Recommender):
             {m: ModalityGraphEncoder(dataset.features[m], self.n_users, d, config.hidden_size) for m in self.modalities}
         )
         self.user_modality_weights = nn.Parameter(torch.zeros(self.n_users, len(self.modalities)))  # w
+        present = fusion_presence(dataset, self.modalities)  # n_I x M, or None: nothing zero-filled
+        self.register_buffer("present", None if present is None else torch.from_numpy(present).T, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -200,6 +208,13 @@ class DRAGON(Recommender):
         w = self.user_modality_weights
         weighted = [w[:, k : k + 1] * g for k, g in enumerate(users)]  # w_um G_m^U
         construction = self.config.construction
+        if self.present is not None:  # mask-aware: an item's missing modality does not contribute
+            if construction == "cat":
+                return torch.cat(weighted, dim=1), torch.cat(
+                    [g * p.unsqueeze(1).to(g.dtype) for g, p in zip(items, self.present)], dim=1)
+            fused_items = present_mean(torch.stack(items), self.present, "sum")
+            users = sum(weighted) if construction == "weighted_sum" else torch.stack(weighted).amax(dim=0)
+            return users, fused_items
         if construction == "cat":
             return torch.cat(weighted, dim=1), torch.cat(items, dim=1)
         if construction == "weighted_sum":

@@ -42,6 +42,10 @@ from a hypergraph whose ``A`` hyperedges per modality are learned from the item 
 
    Logged as ``bpr``, ``hcl`` and ``reg`` (each already weighted).
 
+Missing modalities (a dataset loaded with ``impute="zero"``): an item's missing modality does
+not contribute where the modalities are fused (the sums over modalities of ``nrm(M_m)`` and of ``G^m``), the rest renormalised
+(:mod:`prismrec.nn.fusion`); under ``mean``/``neighbour`` imputation the filled rows take part.
+
 7. Content path (cold items, :meth:`LGMRec.content_item_embeddings`): the hyperedge memberships
    ``H_I^m = GS(F_m V_m)`` come from the item's features alone, so the global embedding ``G``
    places a new item among the hyperedges learned from trained ones. The forward runs with the
@@ -77,7 +81,9 @@ from torch import nn
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import bpr_loss, emb_norm, gemm_logsumexp
 from prismrec.models import register
+from prismrec.data.features import fusion_presence
 from prismrec.nn import lightgcn
+from prismrec.nn.fusion import node_presence, present_mean
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.encoders import normalize_features
 from prismrec.nn.hypergraph import hypergraph_propagate, soft_hyperedges
@@ -178,6 +184,8 @@ class LGMRec(Recommender):
             }
         )
         self.pairs = list(itertools.combinations(self.modalities, 2))  # (a, b) of L_hcl
+        present = node_presence(fusion_presence(dataset, self.modalities), self.n_users)  # K x N or None
+        self.register_buffer("present", present, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -210,7 +218,8 @@ class LGMRec(Recommender):
         noise = self.training or cfg.eval_gumbel_noise
         edges = {m: self.hyperedges(m, noise) for m in self.modalities}
         c = self.collaborative()
-        local_modality = sum(F.normalize(self.modality_graph(m), dim=1) for m in self.modalities)
+        local = [F.normalize(self.modality_graph(m), dim=1) for m in self.modalities]
+        local_modality = sum(local) if self.present is None else present_mean(torch.stack(local), self.present, "sum")
         hyper = {}
         for m, (h_items, h_users) in edges.items():
             if self.training and cfg.keep_rate < 1.0:  # hyperedge dropout (reference nn.Dropout)
@@ -218,7 +227,9 @@ class LGMRec(Recommender):
                 h_users = F.dropout(h_users, 1.0 - cfg.keep_rate)
             users, items = hypergraph_propagate(h_items, h_users, c[self.n_users :], cfg.n_hyper_layer)
             hyper[m] = torch.cat([users, items])  # G^m
-        modality = local_modality + cfg.alpha * F.normalize(sum(hyper.values()), dim=1)
+        global_sum = (sum(hyper.values()) if self.present is None
+                      else present_mean(torch.stack(list(hyper.values())), self.present, "sum"))
+        modality = local_modality + cfg.alpha * F.normalize(global_sum, dim=1)
         z = c + modality
         out = Output(z[: self.n_users], z[self.n_users :])
         if self.training:  # the loss's views

@@ -23,6 +23,10 @@ Loss::
 with the user row counted once per (positive, negative) pair, as the reference does, and ``P_1``
 the first modality's preference table (``reg_preferences = "all"`` takes every modality's).
 
+Missing modalities (a dataset loaded with ``impute="zero"``): an item's missing modality does
+not contribute where the modalities are fused (the mean, or sum, of the ``Z_m``), the rest renormalised
+(:mod:`prismrec.nn.fusion`); under ``mean``/``neighbour`` imputation the filled rows take part.
+
 Content path (cold items, :meth:`MMGCN.content_item_embeddings`): every modality's GCN starts
 from the item's features ``F̃_m``. The forward runs with the item's ID row removed
 (``E[c] = 0``); a cold item has no edge, so ``Hˡ = 0`` and each layer transforms its own
@@ -49,7 +53,9 @@ from torch import nn
 from prismrec.graph import SparseOperator
 from prismrec.graph.walk import random_walk_adjacency
 from prismrec.losses import bpr_loss
+from prismrec.data.features import fusion_presence
 from prismrec.models import register
+from prismrec.nn.fusion import node_presence, present_mean
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.recommender import Output, Recommender
 
@@ -174,6 +180,8 @@ class MMGCN(Recommender):
             m: ModalityGCN(dataset.features[m], self.n_users, d, int(width), config)
             for m, width in zip(self.modalities, latent)
         })
+        present = node_presence(fusion_presence(dataset, self.modalities), self.n_users)  # K x N or None
+        self.register_buffer("present", present, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -184,9 +192,12 @@ class MMGCN(Recommender):
     def forward(self) -> Output:
         ids = self.id_emb if self.config.has_id else None
         views = {m: gcn(self.adjacency, ids) for m, gcn in self.gcns.items()}
-        z = torch.stack(list(views.values())).sum(0)
-        if self.config.combine == "mean":
-            z = z / len(views)
+        if self.present is not None:  # mask-aware: only each node's present modalities
+            z = present_mean(torch.stack(list(views.values())), self.present, self.config.combine)
+        else:
+            z = torch.stack(list(views.values())).sum(0)
+            if self.config.combine == "mean":
+                z = z / len(views)
         out = Output(z[: self.n_users], z[self.n_users :])
         if not self.training:
             out.aux.update({f"modality_{m}": v for m, v in views.items()})

@@ -11,6 +11,10 @@
 5. Encoder: ``[Z_U; Z_I] = LGN(Â, [E_U; E⁰_I], L = 2)`` — two LightGCN layers, no nonlinearity.
 6. Score ``z_u · z_i``; aux ``gate`` (per-item modality weights, for the gate analysis).
 
+Missing modalities (a dataset loaded with ``impute="zero"``): an item's missing modality gets no
+weight in the fusion, the others are renormalised (gate, mean; ``concat`` zeroes its block), see
+:mod:`prismrec.nn.fusion`; under ``mean``/``neighbour`` imputation the filled rows take part.
+
 Loss: ``L_BPR(Z) + λ·[half_sq(e_u⁰, e_i⁰, e_j⁰) + ½(Σ_m ‖W_m‖²_F + ‖W_g‖²_F)]``.
 
 Content path (cold items, :meth:`RLMultimodalRec.content_item_embeddings`): the abstract's
@@ -35,7 +39,8 @@ from prismrec.models import register
 from prismrec.nn.roles import describe_roles, modality_role
 from prismrec.nn import IdEmbedding, Projector, lightgcn
 from prismrec.nn.content import content_forward_rows, feature_knn
-from prismrec.nn.fusion import GatedFusion
+from prismrec.data.features import fusion_presence
+from prismrec.nn.fusion import GatedFusion, present_mean
 from prismrec.recommender import Output, Recommender
 
 
@@ -96,6 +101,8 @@ class RLMultimodalRec(Recommender):
         elif len(names) > 1 and config.fusion == "concat":
             self.fuser = nn.Linear(len(names) * d, d)
         self.item_mixer = nn.Linear(2 * d, d) if config.item_input == "concat_linear" else None
+        present = fusion_presence(dataset, names)  # n_I x M, or None: nothing zero-filled
+        self.register_buffer("present", None if present is None else torch.from_numpy(present), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -109,13 +116,16 @@ class RLMultimodalRec(Recommender):
     def content(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Steps 1-3: fused content ``m`` (``n_I x d``) and the gate weights (or None)."""
         projected = [self.projectors[m]() for m in self.modalities]
+        present = self.present
+        if present is not None and self.config.fusion != "gate":  # a missing modality's block is 0
+            projected = [x * present[:, k : k + 1].to(x.dtype) for k, x in enumerate(projected)]
         if len(projected) == 1:
             return projected[0], None
         if self.config.fusion == "gate":
-            return self.fuser(projected)
+            return self.fuser(projected, present)
         if self.config.fusion == "concat":
             return self.fuser(torch.cat(projected, dim=1)), None
-        return torch.stack(projected).mean(0), None
+        return present_mean(torch.stack(projected), None if present is None else present.T), None
 
     def forward(self) -> Output:
         m, gate = self.content()

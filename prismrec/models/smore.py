@@ -32,6 +32,10 @@ dimension), and the product of the modality spectra, filtered once more, is the 
 5. Loss: ``L_BPR(Z) + λ·half_sq(z_u, z_i, z_j) + λ_cl·(InfoNCE(side_I[i], C_I[i]; τ) +
    InfoNCE(side_U[u], C_U[u]; τ))`` (2.9-2.11, ``τ = 0.2``).
 
+Missing modalities (a dataset loaded with ``impute="zero"``): an item's missing modality does
+not contribute where the modalities are fused (the mean of the preference-gated views that makes ``side``), the rest renormalised
+(:mod:`prismrec.nn.fusion`); under ``mean``/``neighbour`` imputation the filled rows take part.
+
 Content path (cold items, :meth:`SMORE.content_item_embeddings`): the fusion graph ``S_f`` is
 built from the raw features alone, so it links a new item to trained ones. The item's ID row
 ``E_I[c]`` is imputed as the ``S_f``-weighted mean of its warm neighbours' rows; the forward then
@@ -55,7 +59,9 @@ from torch import nn
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph, mix, user_item_block
 from prismrec.graph.union import max_union
 from prismrec.losses import bpr_loss, infonce, l2_reg
+from prismrec.data.features import fusion_presence
 from prismrec.models import register
+from prismrec.nn.fusion import node_presence, present_mean
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.content import content_forward_rows
 from prismrec.nn.encoders import Projector
@@ -160,6 +166,10 @@ class SMORE(Recommender):
             {m: nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d, bias=False)) for m in self.modalities}
         )  # q_m
         self.preference_gates = nn.ModuleDict({v: gate(d) for v in views})  # p_v
+        present = node_presence(fusion_presence(dataset, self.modalities), self.n_users)  # K x N or None
+        if present is not None:  # the fusion view is always there
+            present = torch.cat([present, torch.ones(1, present.shape[1], dtype=torch.bool)])
+        self.register_buffer("present", present, persistent=False)
         self.reset_parameters()
 
     def spectrum_fusion(self) -> dict[str, torch.Tensor]:
@@ -189,7 +199,7 @@ class SMORE(Recommender):
             attention = torch.softmax(self.queries[m](h_f), dim=-1)  # over the d dimensions
             parts.append(self.dropout(self.preference_gates[m](c)) * attention * views[m])
         parts.append(self.dropout(self.preference_gates["fusion"](c)) * h_f)
-        side = torch.stack(parts).mean(dim=0)
+        side = torch.stack(parts).mean(dim=0) if self.present is None else present_mean(torch.stack(parts), self.present)
         z = c + side
         return Output(z[: self.n_users], z[self.n_users :], {"behavior": c, "modality": side})
 

@@ -16,14 +16,47 @@ M      = (Σ_m p_m(C) ⊙ H̃_m + H_c) / (K + 1)
 With two modalities this is exactly MGCN's ``(sep_v + sep_t + common) / 3``.
 
 :class:`GatedFusion` is RLMultimodalRec's learned per-item gate (ALGORITHMS.md §4).
+
+**Mask-aware fusion.** Every fusion here takes an optional ``present`` mask (``False`` where a
+node lacks a modality: its features were zero-filled, ``impute="zero"``,
+:func:`prismrec.data.features.fusion_presence`). A missing modality gets no weight and the
+weights are renormalised over the node's present modalities: the attention ``α`` is a softmax
+over the present ones, a gate's weights are rescaled to sum to 1 over them, a mean or sum runs
+over them (:func:`present_mean`). A node with every modality missing fuses to 0. ``present=None``
+(or all ``True``) computes exactly the unmasked formulas.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
+
+
+def node_presence(present_items: np.ndarray | torch.Tensor | None, n_users: int = 0) -> torch.Tensor | None:
+    """``K x N`` bool presence of ``N = n_users + n_items`` nodes (users first, always present)
+    from an ``n_items x K`` item mask (``None`` passes through)."""
+    if present_items is None:
+        return None
+    items = torch.as_tensor(np.asarray(present_items, dtype=bool)).T
+    return torch.cat([torch.ones(items.shape[0], n_users, dtype=torch.bool), items], dim=1)
+
+
+def present_mean(views: torch.Tensor, present: torch.Tensor | None, reduce: str = "mean") -> torch.Tensor:
+    """``mean_m`` (or ``sum_m``) of the ``K x N x d`` ``views`` over each node's present modalities
+    (``present``: ``K x N`` bool). ``sum`` is rescaled to the full count, ``K / K_present · Σ_present``,
+    so a node keeps the scale of a node with every modality; a node with none gets 0."""
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    if present is None:
+        return views.mean(dim=0) if reduce == "mean" else views.sum(dim=0)
+    keep = present.to(views.device, views.dtype).unsqueeze(-1)          # K x N x 1
+    count = keep.sum(dim=0)                                              # N x 1
+    total = (views * keep).sum(dim=0)
+    scale = (1.0 if reduce == "mean" else float(views.shape[0])) / count.clamp_min(1.0)
+    return total * scale
 
 
 class BehaviorAwareFuser(nn.Module):
@@ -52,17 +85,26 @@ class BehaviorAwareFuser(nn.Module):
         self.query[2].reset_parameters()
         self.preference.reset_parameters()
 
-    def attention(self, views: torch.Tensor) -> torch.Tensor:
-        """``α``: ``K x N`` softmax over modalities of the shared score ``q(H_m)``."""
-        return torch.softmax(self.query(views).squeeze(-1), dim=0)
+    def attention(self, views: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """``α``: ``K x N`` softmax over modalities of the shared score ``q(H_m)`` (over the present
+        ones only when ``present`` is given; 0 for a node with none)."""
+        scores = self.query(views).squeeze(-1)
+        if present is None:
+            return torch.softmax(scores, dim=0)
+        keep = present.to(scores.device)
+        alpha = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=0)
+        return torch.nan_to_num(alpha, nan=0.0)  # every modality missing: softmax of -inf -> NaN -> 0
 
-    def forward(self, views: Sequence[torch.Tensor] | torch.Tensor, behavior: torch.Tensor) -> torch.Tensor:
+    def forward(self, views: Sequence[torch.Tensor] | torch.Tensor, behavior: torch.Tensor,
+                present: torch.Tensor | None = None) -> torch.Tensor:
         """Fused modality representation ``M`` (``N x d``).
 
         Args:
             views: the ``K`` modality views ``H_m`` (a sequence of ``N x d`` tensors, or one
                 ``K x N x d`` tensor), in a fixed modality order.
             behavior: the behaviour view ``C`` (``N x d``) that drives the preference gates.
+            present: optional ``K x N`` bool (module docstring): ``α`` over the present
+                modalities, only their specific parts, and ``/(K_present + 1)``.
         """
         h = views if isinstance(views, torch.Tensor) else torch.stack(list(views))
         k = self.n_modalities
@@ -70,13 +112,16 @@ class BehaviorAwareFuser(nn.Module):
             raise ValueError(f"expected {k} views of shape N x {self.dim}, got {tuple(h.shape)}")
         if behavior.shape != h.shape[1:]:
             raise ValueError(f"behavior must be {tuple(h.shape[1:])}, got {tuple(behavior.shape)}")
-        alpha = self.attention(h)                              # K x N
+        alpha = self.attention(h, present)                     # K x N
         common = (alpha.unsqueeze(-1) * h).sum(dim=0)          # H_c = Σ_m α_m H_m
         specific = h - common                                  # H̃_m = H_m − H_c
         n = behavior.shape[0]
         gates = torch.sigmoid(self.preference(behavior))       # N x K·d: [p_1(C) | ... | p_K(C)]
         gates = gates.view(n, k, self.dim).transpose(0, 1)     # K x N x d
-        return ((gates * specific).sum(dim=0) + common) / (k + 1)
+        if present is None:
+            return ((gates * specific).sum(dim=0) + common) / (k + 1)
+        keep = present.to(h.device, h.dtype).unsqueeze(-1)     # K x N x 1
+        return ((keep * gates * specific).sum(dim=0) + common) / (keep.sum(dim=0) + 1)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_modalities={self.n_modalities}"
@@ -108,6 +153,11 @@ class GatedFusion(nn.Module):
             return torch.stack([g, 1 - g], dim=1)
         return torch.softmax(logits.view(-1, self.n_modalities, self.width), dim=1)
 
-    def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, xs: list[torch.Tensor], present: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused ``n x d`` matrix and the weights; ``present`` (optional ``n x M`` bool) zeroes a
+        missing modality's weight and rescales the others to sum to 1 (0 for a row with none)."""
         w = self.weights(xs)
+        if present is not None:
+            w = w * present.to(w.device, w.dtype).unsqueeze(-1)
+            w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
         return (w * torch.stack(xs, dim=1)).sum(dim=1), w
