@@ -17,6 +17,9 @@ of the items, seed 999, all their rows in valid/test; the same copy as
 
 Two modes: ``cold`` ranks the cold items among the cold items, ``all`` among all items (training
 items masked), over the users with a test cold positive; R@20 and N@20 (also @10 in the JSON).
+Where the content path has ID rows to replace, both choices (``own:zero``, ``own:impute``,
+``--id-rows``) are scored, on the test and on the **validation** cold items (which one a model
+should default to is a validation question; the test column shows the documented default).
 
 One seed, ``threads=1``, epochs capped (``--epochs``, recorded in every cell), one process.
 Each finished cell is one small JSON under ``results/coldstart/cells/`` (weights and run
@@ -50,6 +53,7 @@ MODELS = ["lightgcn", "freedom", "rlmmrec", "dragon", "lattice", "lgmrec", "mmgc
           "mgcn", "gume", "siger", "egra", "bm3", "damrs"]
 KS = (10, 20)
 STRATEGIES = ("own", "map", "knn", "native")
+CELL_VERSION = 2  # 2: own:zero / own:impute on test and valid; older cells are rescored (no retraining)
 # Settings a model needs where its modalities have no image/text roles (prismrec.nn.roles), as
 # the headline study fixes them: DRAGON's graph weights, equal as FREEDOM's.
 EXTRA_SETTINGS = {"dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}}}
@@ -65,21 +69,23 @@ def cell_name(dataset: str, model: str, seed: int) -> str:
     return f"{dataset}__{model}__seed-{seed}"
 
 
-def own_rows(model, out, cold: torch.Tensor) -> tuple[torch.Tensor | None, str]:
-    """The model's content rows for ``cold`` and where they come from."""
+def own_rows(model, out, cold: torch.Tensor, id_rows: str | None = None) -> tuple[torch.Tensor | None, str, str | None]:
+    """The model's content rows for ``cold``, where they come from, and the ID-row choice used
+    (``id_rows`` overrides the path's default; ``None`` in the third place: no ID rows involved)."""
     from prismrec.nn import MultiViewEncoder
     from prismrec.nn.content import content_forward_rows, feature_knn, multiview_content_items
 
-    rows = model.content_item_embeddings(cold, out)
+    rows = model.content_item_embeddings(cold, out, id_rows)
     if rows is not None:
-        return rows, f"{model.name}.content_item_embeddings (id_rows={model.content_id_rows})"
+        used = None if model.content_id_rows is None else id_rows or model.content_id_rows
+        return rows, f"{model.name}.content_item_embeddings", used
     if isinstance(getattr(model, "encoder", None), MultiViewEncoder):
-        return multiview_content_items(model, cold), "nn.content.multiview_content_items (id_rows=impute)"
+        return multiview_content_items(model, cold, id_rows), "nn.content.multiview_content_items", id_rows or "impute"
     if model.name == "vbpr":
-        rows = content_forward_rows(model, model.item_emb.weight, cold, "zero",
+        rows = content_forward_rows(model, model.item_emb.weight, cold, id_rows or "zero",
                                     lambda: feature_knn([model.content.features]))
-        return rows, "nn.content.content_forward_rows: z_c = [0; W f_c + b] (id_rows=zero)"
-    return None, "none"
+        return rows, "nn.content.content_forward_rows on VBPR's e_i: z_c = [e_c; W f_c + b]", id_rows or "zero"
+    return None, "none", None
 
 
 def cold_metrics(run_dir: Path, data_dir: Path, dataset: str) -> dict:
@@ -99,18 +105,27 @@ def cold_metrics(run_dir: Path, data_dir: Path, dataset: str) -> dict:
     cold = torch.from_numpy(data.cold()).to(out.item.device)
     content = MODALITIES[dataset].strip("[]").split(",")
     scored = {"native": out}
-    t0 = time.time()
-    rows, path = own_rows(model, out, cold)
-    own_seconds = round(time.time() - t0, 2)
-    if rows is not None:
+
+    def with_rows(rows):
         item = out.item.clone()
         item[cold] = rows.to(item.device, item.dtype)
-        scored["own"] = Output(out.user, item, out.aux)
+        return Output(out.user, item, out.aux)
+
+    t0 = time.time()
+    rows, path, default = own_rows(model, out, cold)
+    own_seconds = round(time.time() - t0, 2)
+    if rows is not None:
+        scored["own"] = with_rows(rows)
+    if default is not None:  # the path replaces ID rows: score both choices
+        scored[f"own:{default}"] = scored["own"]
+        other = "impute" if default == "zero" else "zero"
+        scored[f"own:{other}"] = with_rows(own_rows(model, out, cold, other)[0])
     for strategy in ("map", "knn"):
         scored[strategy], _ = cold_item_embeddings(model, out, data, ColdStartConfig(strategy=strategy, modalities=content))
-    result = {"own_path": path, "own_seconds": own_seconds}
+    result = {"version": CELL_VERSION, "own_path": path, "own_id_rows": default, "own_seconds": own_seconds}
     for mode in ("cold", "all"):
         result[mode] = {s: evaluator.evaluate_cold(model, "test", o, mode) for s, o in scored.items()}
+    result["valid_cold"] = {s: evaluator.evaluate_cold(model, "valid", o, "cold") for s, o in scored.items()}
     return result
 
 
@@ -152,6 +167,7 @@ def train(dataset: str, model: str, seed: int, epochs: int, work: Path, reuse: P
 
 
 def run_cell(dataset: str, model: str, seed: int, epochs: int, work: Path, reuse: Path | None) -> dict:
+    """Train (or load) one cell's run and score its cold items."""
     t0 = time.time()
     run_dir, data_dir, metrics = train(dataset, model, seed, epochs, work, reuse)
     trained = time.time() - t0
@@ -201,6 +217,21 @@ def report(cells: list[dict], refs: dict, planned: list[str]) -> tuple[dict, str
             lines.append(f"| {label} | " + " | ".join(cells_) + f" | {c['best_epoch']} / {c['epochs_cap']} |")
             table[model] = {f"{mode}/{s}": {k: c[mode][s][k] for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")}
                             for mode in ("cold", "all") for s in STRATEGIES if s in c[mode]}
+        alt = [m for m in MODELS if m in rows and rows[m].get("own_id_rows")]
+        if alt:
+            id_lines = ["", "Content path's ID rows (`--id-rows`): R@20 among the cold items, on the validation and "
+                        "the test cold items; `default` is the path's documented choice (the `own` column above).", "",
+                        "| model | default | valid: zero | valid: impute | test: zero | test: impute |",
+                        "|---|---|---|---|---|---|"]
+            for model in alt:
+                c = rows[model]
+                vals = [f"{c[where][f'own:{k}']['recall@20']:.4f}" for where in ("valid_cold", "cold")
+                        for k in ("zero", "impute")]
+                id_lines.append(f"| {model} | {c['own_id_rows']} | " + " | ".join(vals) + " |")
+                table[model]["id_rows"] = {where: {k: c[where][f"own:{k}"]["recall@20"] for k in ("zero", "impute")}
+                                           for where in ("valid_cold", "cold")}
+        else:
+            id_lines = []
         if dataset in refs:
             for kind in ("popularity", "random"):
                 lines.append(f"| {kind} reference | {_fmt(refs[dataset]['cold'][kind])} | | | | "
@@ -208,7 +239,8 @@ def report(cells: list[dict], refs: dict, planned: list[str]) -> tuple[dict, str
             summary["tables"][dataset]["references"] = refs[dataset]
             r = refs[dataset]["cold"]["random"]
             lines += ["", f"Users with a test cold positive: {r['users']}; test cold items: {r['items']}. "
-                      "Among cold items popularity is a tie (all have degree 0), broken at random.", ""]
+                      "Among cold items popularity is a tie (all have degree 0), broken at random."]
+        lines += id_lines + [""]
     note = OUT / "closing_note.md"
     if note.is_file():
         lines += [note.read_text().strip(), ""]
@@ -255,13 +287,16 @@ def main() -> None:
                 git_commit([ref_path], f"coldstart benchmark: popularity/random references on {dataset}'s cold copy")
         for model in models:
             path = OUT / "cells" / f"{cell_name(dataset, model, args.seed)}.json"
-            if path.is_file() and json.loads(path.read_text())["settings"] == settings(model, dataset, args.epochs):
+            old = json.loads(path.read_text()) if path.is_file() else {}
+            if old.get("settings") == settings(model, dataset, args.epochs) and old.get("version") == CELL_VERSION:
                 continue  # finished with these settings (the cap included); other settings retrain it
             if args.max_cells and done >= args.max_cells:
                 break
             print(f"[coldstart] {dataset} {model} (epochs<={args.epochs})", flush=True)
             try:
                 record = run_cell(dataset, model, args.seed, args.epochs, args.work, args.reuse)
+                if old.get("settings") == record["settings"]:  # rescored: keep the training time it took
+                    record["train_seconds"] = old.get("train_seconds", record["train_seconds"])
             except Exception as exc:  # one failing model must not stop the table: recorded, retried next run
                 print(f"[coldstart] {dataset} {model} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
                 continue
