@@ -155,11 +155,13 @@ def train(dataset: str, model: str, seed: int, epochs: int, work: Path, reuse: P
     if reuse is not None and (reuse / f"{dataset}__{model}__cold__seed-{seed}").is_dir():
         candidates.append(reuse / f"{dataset}__{model}__cold__seed-{seed}")
     candidates.append(work / "runs" / f"{cell_name(dataset, model, seed)}__e{epochs}")
+    # the same cell with other settings (e.g. weights now required by name): its own directory
+    candidates.append(candidates[-1].with_name(f"{candidates[-1].name}__{config.digest()[:8]}"))
     for i, run_dir in enumerate(candidates):
         try:
             metrics = run_experiment(config, [seed], run_dir, data_dir, progress=False)
             return run_dir, data_dir, {**metrics, "settings": overrides, "input": name}
-        except PrismrecError as exc:  # a reused directory with other settings: train our own
+        except PrismrecError as exc:  # a directory holding other settings: try the next one
             if i == len(candidates) - 1:
                 raise
             print(f"[coldstart] not reusing {run_dir}: {exc}", file=sys.stderr, flush=True)
