@@ -12,10 +12,14 @@ processes, one per cell, so that each gets its own OpenMP environment:
 
 Rounds interleave every cell of every condition, so that a noisy spell of a shared machine hits
 all of them alike; each cell reports the median of its rounds' epoch medians and their range,
-and the 1-minute load average and the busy cores seen before it started. Writes
+and the 1-minute load average and the busy cores seen before it started. ``--cells`` picks the
+(threads, wait policy) pairs; a cell that runs past ``--cell-timeout`` seconds is stopped and
+reported as such (a collapsed configuration would otherwise hold the machine for minutes).
+``--note`` adds a line on the run's conditions (e.g. what else the machine ran). Writes
 ``results/contention.{json,md}``.
 
     python -m benchmarks.contention [--dataset lfm2k] [--epochs 3] [--rounds 3] [--niced]
+        [--cells 1/PASSIVE,2/ACTIVE,auto/PASSIVE] [--cell-timeout 90] [--note TEXT]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,13 +55,17 @@ def worker(dataset: str, model: str, threads: str, wait: str, epochs: int) -> di
 
 
 def run_cell(args, threads: str, wait: str) -> dict:
-    """One cell in a fresh process with its own OpenMP environment; its JSON result."""
+    """One cell in a fresh process with its own OpenMP environment; its JSON result, or
+    ``{"timed_out": ...}`` when it ran past ``args.cell_timeout`` seconds."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     if wait != "gomp":
         env["OMP_WAIT_POLICY"] = wait
     cmd = [sys.executable, "-m", "benchmarks.contention", "--worker", threads, wait,
            "--dataset", args.dataset, "--model", args.model, "--epochs", str(args.epochs)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=args.cell_timeout)
+    except subprocess.TimeoutExpired:
+        return {"timed_out": args.cell_timeout, "epoch_s": None, "threads_used": None, "busy_seen": None}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -69,39 +78,64 @@ def start_competitor(nice: int) -> subprocess.Popen:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Median of the rounds' epoch medians, their range, the threads used and the load seen."""
-    meds = [statistics.median(r["epoch_s"]) for r in runs]
-    return {"epoch_s": statistics.median(meds), "min": min(meds), "max": max(meds), "rounds": meds,
-            "threads_used": sorted({r["threads_used"] for r in runs}),
-            "load1": [r["load1"] for r in runs], "busy_seen": [round(r["busy_seen"], 2) for r in runs]}
+    """Median of the rounds' epoch medians, their range, the threads used and the load seen
+    (``epoch_s`` None when every round timed out; ``timed_out`` counts those that did)."""
+    done = [r for r in runs if r.get("epoch_s")]
+    meds = [statistics.median(r["epoch_s"]) for r in done]
+    return {"epoch_s": statistics.median(meds) if meds else None, "min": min(meds, default=None),
+            "max": max(meds, default=None), "rounds": meds, "timed_out": len(runs) - len(done),
+            "threads_used": sorted({r["threads_used"] for r in done}),
+            "load1": [r["load1"] for r in runs], "busy_seen": [round(r["busy_seen"], 2) for r in done]}
+
+
+def _cell(c: dict, timeout: float) -> str:
+    if c["epoch_s"] is None:
+        return f"stopped (cell > {timeout:.0f} s)"
+    note = f"; {c['timed_out']} round(s) stopped" if c["timed_out"] else ""
+    return f"{c['epoch_s']:.2f} ({c['min']:.2f}-{c['max']:.2f}{note})"
+
+
+def _ratio(a: dict, b: dict) -> str:
+    return "-" if a["epoch_s"] is None or b["epoch_s"] is None else f"{a['epoch_s'] / b['epoch_s']:.1f}x"
 
 
 def markdown(res: dict, args) -> str:
     conds = list(res["cells"])
     idle = res["cells"]["idle"]
+    loads = [x for cond in res["cells"].values() for c in cond.values() for x in c["load1"]]
     head = "| threads | wait | " + " | ".join(f"{c} s (range)" for c in conds) + " | " + \
         " | ".join(f"{c} / idle" for c in conds[1:]) + " | threads used |"
     lines = [f"# Epoch time next to a competing process ({args.model}, {args.dataset})", "",
-             f"{res['machine']}; {args.rounds} interleaved rounds, each the median of {args.epochs} "
-             f"epochs (training + one validation) after a warm-up; run {res['date']}.", "",
-             head, "|" + "---|" * (2 + 2 * len(conds))]
+             f"{res['machine']}; {res['rounds']} interleaved round(s), each the median of {args.epochs} "
+             f"epochs (training + one validation) after a warm-up, in a fresh process per cell; run "
+             f"{res['date']}; 1-minute load average before the cells {min(loads):.2f}-{max(loads):.2f}.", ""]
+    if res.get("note"):
+        lines += [res["note"], ""]
+    lines += [head, "|" + "---|" * (2 + 2 * len(conds))]
     for key in idle:
         threads, wait = key.split("/")
-        cells = [f"{res['cells'][c][key]['epoch_s']:.2f} ({res['cells'][c][key]['min']:.2f}-"
-                 f"{res['cells'][c][key]['max']:.2f})" for c in conds]
-        ratios = [f"{res['cells'][c][key]['epoch_s'] / idle[key]['epoch_s']:.1f}x" for c in conds[1:]]
+        cells = [_cell(res["cells"][c][key], args.cell_timeout) for c in conds]
+        ratios = [_ratio(res["cells"][c][key], idle[key]) for c in conds[1:]]
         used = "; ".join(f"{c}: {res['cells'][c][key]['threads_used']}" for c in conds)
         lines.append(f"| {threads} | {wait} | " + " | ".join(cells + ratios) + f" | {used} |")
-    default = idle["auto/PASSIVE"]["epoch_s"]
-    best_idle = min(v["epoch_s"] for v in idle.values())
-    lines += ["", f"prismrec's default (auto threads, PASSIVE) idle: {default:.2f} s, "
-              f"{default / best_idle:.2f}x the fastest idle cell; "
-              + "; ".join(f"{c}: {res['cells'][c]['auto/PASSIVE']['epoch_s'] / default:.1f}x its idle time, "
-                          f"{res['cells'][c]['auto/PASSIVE']['epoch_s'] / res['cells'][c]['2/gomp']['epoch_s']:.2f}x "
-                          "torch's default (2 threads, OpenMP's own wait policy)" for c in conds[1:]) + ".",
-              "", "busy: one pure-Python busy loop at the timed process's priority; niced: the same at "
-              "nice 19. 'gomp' = torch imported before prismrec with no OMP_WAIT_POLICY (what a plain "
-              "torch script gets). 1-minute load average and busy cores seen before each cell: in the JSON."]
+    default = idle.get("auto/PASSIVE")
+    if default and default["epoch_s"]:
+        finished = [v["epoch_s"] for v in idle.values() if v["epoch_s"]]
+        summary = [f"prismrec's default (auto threads, PASSIVE) idle: {default['epoch_s']:.2f} s, "
+                   f"{default['epoch_s'] / min(finished):.2f}x the fastest idle cell"]
+        active = idle.get("2/ACTIVE")
+        if active and active["epoch_s"]:
+            summary.append(f"idle cost of the passive policy: {default['epoch_s'] / active['epoch_s']:.2f}x "
+                           "the 2 spinning (ACTIVE) threads")
+        for c in conds[1:]:
+            summary.append(f"{c}: {_ratio(res['cells'][c]['auto/PASSIVE'], default)} its idle time")
+        lines += ["", "; ".join(summary) + "."]
+    lines += ["", "busy: one pure-Python busy loop at the timed process's priority, started and stopped by "
+              "the script around each round's busy cells; niced: the same at nice 19. 'stopped': the cell's "
+              "process (start-up, data loading, warm-up epoch and timed epochs) ran past the cell timeout "
+              "and was killed; the range and median are over the rounds that finished. 'gomp' = torch "
+              "imported before prismrec with no OMP_WAIT_POLICY (what a plain torch script gets). "
+              "1-minute load average and busy cores seen before each cell: in the JSON."]
     return "\n".join(lines) + "\n"
 
 
@@ -112,33 +146,41 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--niced", action="store_true", help="also time next to a nice-19 competitor")
+    parser.add_argument("--cells", default=",".join(f"{t}/{w}" for t, w in CELLS),
+                        help="threads/wait pairs, e.g. 1/PASSIVE,2/ACTIVE,auto/PASSIVE")
+    parser.add_argument("--cell-timeout", type=float, default=300.0, help="seconds before a cell is stopped")
+    parser.add_argument("--note", default="", help="a line on the run's conditions, kept in the results")
     parser.add_argument("--worker", nargs=2, metavar=("THREADS", "WAIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.dataset, args.model, *args.worker, args.epochs)))
         return
     conditions = {"idle": None, "busy": 0} | ({"niced": 19} if args.niced else {})
-    runs = {c: {f"{t}/{w}": [] for t, w in CELLS} for c in conditions}
+    cells = [tuple(cell.split("/")) for cell in args.cells.split(",")]
+    runs = {c: {f"{t}/{w}": [] for t, w in cells} for c in conditions}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: the competitor still ends
+    from benchmarks.common import machine, write
+
     for r in range(args.rounds):
         for cond, nice in conditions.items():
             competitor = start_competitor(nice) if nice is not None else None
             try:
-                for t, w in CELLS[r % len(CELLS):] + CELLS[: r % len(CELLS)]:  # rotate the order
+                for t, w in cells[r % len(cells):] + cells[: r % len(cells)]:  # rotate the order
                     load1 = os.getloadavg()[0]
                     row = run_cell(args, t, w) | {"load1": load1}
                     runs[cond][f"{t}/{w}"].append(row)
-                    print(r, cond, t, w, round(statistics.median(row["epoch_s"]), 3), row["threads_used"],
-                          f"load {load1:.2f}", flush=True)
+                    epoch = round(statistics.median(row["epoch_s"]), 3) if row["epoch_s"] else "timed out"
+                    print(r, cond, t, w, epoch, row["threads_used"], f"load {load1:.2f}", flush=True)
             finally:
                 if competitor is not None:
                     competitor.kill()
                     competitor.wait()
-    from benchmarks.common import machine, write
-
-    res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "dataset": args.dataset, "model": args.model, "epochs": args.epochs, "rounds": args.rounds,
-           "cells": {c: {k: summarise(v) for k, v in cells.items()} for c, cells in runs.items()}}
-    write("contention", res, markdown(res, args))
+        # after every round: a run stopped early keeps the rounds it finished
+        res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "dataset": args.dataset, "model": args.model, "epochs": args.epochs, "rounds": r + 1,
+               "cell_timeout_s": args.cell_timeout, "note": args.note,
+               "cells": {c: {k: summarise(v) for k, v in by_cell.items()} for c, by_cell in runs.items()}}
+        write("contention", res, markdown(res, args))
 
 
 if __name__ == "__main__":
