@@ -24,6 +24,12 @@ from prismrec.train import seed_everything
 CASES = [
     ("mgcn", {}),
     ("mgcn", {"n_ii_layers": 0}),
+    ("gume", {}),
+    ("gume", {"noise_mode": "modulus"}),
+    ("egra", {}),
+    ("egra", {"item_links": "raw", "graph_fusion": "separate"}),
+    ("egra", {"backbone": "gume"}),  # GUME's terms read whole matrices: the full forward
+    ("vbpr", {}),
     ("bm3", {}),
     ("bm3", {"modalities": []}),
 ]

@@ -41,7 +41,11 @@ class BPRMF(Recommender):
         return Output(self.user_emb.weight, self.item_emb.weight)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
-        zu, zi, zj = out.bpr_rows(batch)
+        u, i, j = batch
+        zu = out.user.index_select(0, u)
+        # i and j gathered at once: the backward is one scatter into the item table, not two
+        # full-size zero-filled gradients added together.
+        zi, zj = out.item.index_select(0, torch.cat([i, j])).chunk(2)
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": self.config.reg_weight * l2_reg(self.config.reg_form, zu, zi, zj),

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph, pretrained_links
@@ -36,6 +37,7 @@ from prismrec.losses import user_modality_alignment
 from prismrec.models import register
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
+from prismrec.nn.propagation import distinct_rows
 from prismrec.recommender import Output, PretrainedItems, PretrainedStageConfig, Recommender
 
 
@@ -204,6 +206,38 @@ class EGRA(Recommender):
             terms["um"] = cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise)
             terms["reg2"] = cfg.reg2_weight * half_sq(ext[i_rows])
         return terms
+
+    def batch_loss(self, batch) -> dict[str, torch.Tensor]:
+        """With the MGCN backbone the loss reads rows ``u, i, j`` of ``Z`` and ``u, i`` of ``M``
+        and ``C`` only: ``C`` (its last layer), the user rows of ``H_m`` and the per-node fuser are
+        computed for the batch's distinct rows alone (same terms and gradients as
+        ``loss(batch, forward())``). GUME's terms read whole matrices: the full forward then."""
+        if self.extended is not None:
+            return super().batch_loss(batch)
+        cfg, n_u = self.config, self.n_users
+        u, i, j = batch
+        rows, at = distinct_rows(torch.cat([u, i + n_u, j + n_u]), n_u + self.n_items)
+        c = self.behavior_rows(rows)                                         # C[rows]
+        m = self.encoder.fuse(self.encoder.modality_view_rows(rows), c)      # M[rows]
+        z = c + m
+        at_u, at_i, at_j = at.chunk(3)
+        zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
+        align = self.weighted_alignment(m.index_select(0, at_u), c.index_select(0, at_u)) + \
+            self.weighted_alignment(m.index_select(0, at_i), c.index_select(0, at_i))
+        return {"bpr": bpr_loss(zu, zi, zj), "reg": cfg.reg_weight * half_sq(zu, zi, zj),
+                "align": self.lambda_t * align}
+
+    def behavior_rows(self, rows: np.ndarray) -> torch.Tensor:
+        """``C[rows]`` (:meth:`behavior_view`) for sorted distinct node ids ``rows``."""
+        c = self.encoder.behavior_rows(rows)
+        if self.config.graph_fusion == "joint":
+            return c
+        h = self.encoder.item_emb.weight
+        for _ in range(self.config.n_ii_layers):
+            h = self.pre_graph @ h
+        split = int(np.searchsorted(rows, self.n_users))
+        items = torch.from_numpy(rows[split:] - self.n_users).to(h.device)
+        return torch.cat([c[:split], c[split:] + self.config.gamma * h.index_select(0, items)])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, links={self.n_item_links}, P from {self.pretrained_run}"

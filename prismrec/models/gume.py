@@ -51,6 +51,7 @@ from prismrec.losses import bpr_loss, half_sq, l2_reg, moment_gap, rows_infonce,
 from prismrec.models import register
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
+from prismrec.nn.propagation import distinct_rows
 from prismrec.recommender import Output, Recommender
 
 
@@ -135,6 +136,30 @@ class GUME(Recommender):
             "vt": cfg.vt_weight * moment_gap(out.aux["modality_views"]),
             "um": cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise),
             "reg2": cfg.reg2_weight * half_sq(ext[i_rows]),
+        }
+
+    def batch_loss(self, batch) -> dict[str, torch.Tensor]:
+        # vt reads the whole H (computed in full); every other term reads rows u, i, j of Z, M, C
+        # and Ĥ: C's and Ĥ's last layers and the per-node fuser run for the batch's distinct rows
+        # only. Same terms and gradients as loss(batch, forward()); the um noise is drawn for the
+        # same rows in the same order (its "fixed" magnitude needs no statistic of all users).
+        cfg, n_u = self.config, self.n_users
+        u, i, j = batch
+        rows, at = distinct_rows(torch.cat([u, i + n_u, j + n_u]), n_u + self.n_items)
+        c = self.encoder.behavior_rows(rows)                                  # C[rows]
+        h = self.encoder.modality_views()                                     # H (all of it: vt)
+        m = self.encoder.fuse(h.index_select(1, torch.from_numpy(rows).to(h.device)), c)  # M[rows]
+        ext = self.extended.rows(self.encoder.adjacency, h, rows)             # Ĥ[rows]
+        z = c + m
+        at_u, at_i, at_j = at.chunk(3)
+        zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
+        return {
+            "bpr": bpr_loss(zu, zi, zj),
+            "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
+            "bm": cfg.bm_weight * rows_infonce(m, c, (at_u, at_i), cfg.bm_tau),
+            "vt": cfg.vt_weight * moment_gap(h),
+            "um": cfg.um_weight * user_modality_alignment(ext, m, at_u, cfg.um_tau, self.noise),
+            "reg2": cfg.reg2_weight * half_sq(ext.index_select(0, at_i)),
         }
 
     def extra_repr(self) -> str:

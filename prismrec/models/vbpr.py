@@ -79,7 +79,20 @@ class VBPR(Recommender):
         return Output(self.user_emb.weight, item)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
-        zu, zi, zj = out.bpr_rows(batch)
+        u, i, j = batch
+        zi, zj = out.item.index_select(0, torch.cat([i, j])).chunk(2)
+        return self._terms(out.user.index_select(0, u), zi, zj)
+
+    def batch_loss(self, batch) -> dict[str, torch.Tensor]:
+        # The loss reads z_i of the batch's items only: W f_i + b for those rows alone.
+        u, i, j = batch
+        items, at = torch.unique(torch.cat([i, j]), return_inverse=True)
+        content = self.content.linear(self.content.features.index_select(0, items))
+        rows = torch.cat([self.item_emb.weight.index_select(0, items), content], dim=1)  # z_i of the items
+        zi, zj = rows.index_select(0, at).chunk(2)
+        return self._terms(self.user_emb.weight.index_select(0, u), zi, zj)
+
+    def _terms(self, zu: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> dict[str, torch.Tensor]:
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": self.config.reg_weight * l2_reg(self.config.reg_form, zu, zi, zj),

@@ -189,6 +189,16 @@ class ExtendedBranch(nn.Module):
         ]
         return torch.stack(branches).mean(dim=0)
 
+    def rows(self, adjacency: SparseOperator, views: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """``Ĥ[rows]`` for sorted distinct node ids ``rows``: each branch's last layer is
+        propagated for those rows only (:func:`prismrec.nn.propagation.lightgcn_distinct`)."""
+        items = views[:, self.n_users :]
+        branches = [
+            lightgcn_distinct(adjacency, torch.cat([users.weight, items[k]]), self.n_layers, rows)
+            for k, users in enumerate(self.user_tables)
+        ]
+        return torch.stack(branches).mean(dim=0)
+
 
 @dataclass
 class ExtendedBranchConfig:
