@@ -66,6 +66,7 @@ TRIAL_EPOCHS, TRIAL_PATIENCE = 300, 10
 SEEDS = [999, 1000, 1001, 1002, 1003]
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 TESTED = ("recall@20", "ndcg@20")
+REFERENCE = "lightgcn"  # the ID-only model every other one is also tested against
 ALPHA = 0.05
 CELLS = RESULTS / "headline" / "cells"
 RUNS = Path("runs/headline")
@@ -358,6 +359,15 @@ def report(models: list[str], datasets: list[str]) -> dict:
                                             **paired(complete[ds][s], complete[ds][b], metric)})
     holm(comparisons)
 
+    versus_id = []  # does content help: each other model against the ID-only LightGCN
+    for ds in datasets:
+        for m in models:
+            if m != REFERENCE and m in complete[ds] and REFERENCE in complete[ds]:
+                for metric in TESTED:
+                    versus_id.append({"dataset": ds, "model": m, "baseline": REFERENCE, "metric": metric,
+                                      **paired(complete[ds][m], complete[ds][REFERENCE], metric)})
+    holm(versus_id)
+
     ablation_rows, ablation_tests = {}, []
     for ds in datasets:
         for s in SEED_MODELS:
@@ -375,7 +385,8 @@ def report(models: list[str], datasets: list[str]) -> dict:
     tunings = {ds: {m: _read_json(CELLS / ds / m / "tuning.json") for m in models} for ds in datasets}
     data = {"protocol": {"trials": TRIALS, "trial_epochs": TRIAL_EPOCHS, "trial_patience": TRIAL_PATIENCE,
                          "seeds": SEEDS, "alpha": ALPHA, "test": "Wilcoxon signed-rank, Holm"},
-            "summaries": summaries, "comparisons": comparisons, "ablations": ablation_rows,
+            "summaries": summaries, "comparisons": comparisons, "versus_lightgcn": versus_id,
+            "ablations": ablation_rows,
             "ablation_tests": ablation_tests,
             "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()}}
     _write_json(RESULTS / "headline.json", data)
@@ -439,6 +450,13 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
     for t in data["comparisons"]:
         md.append(f"| {t['dataset']} | {t['model']} | {t['baseline']} | {LABEL[t['metric']]} | {t['diff']:+.4f} | "
                   f"{t['p']:.2g} | {t['p_holm']:.2g} | {verdict(t)} |")
+    md += ["", f"## Every model against {REFERENCE}", "",
+           f"Does content help? Each model against the ID-only {REFERENCE} (mean per-user difference, Wilcoxon, "
+           f"Holm over {len(data['versus_lightgcn'])} tests).", "",
+           "| dataset | model | metric | diff | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|"]
+    for t in data["versus_lightgcn"]:
+        md.append(f"| {t['dataset']} | {t['model']} | {LABEL[t['metric']]} | {t['diff']:+.4f} | {t['p']:.2g} | "
+                  f"{t['p_holm']:.2g} | {verdict(t)} |")
     md += ["", "## What holds", ""]
     for ds in datasets:
         for s in SEED_MODELS:

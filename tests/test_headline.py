@@ -49,6 +49,9 @@ def test_cells_are_tuned_blind_recorded_and_skipped_on_rerun(study, monkeypatch)
     tests = [t for t in data["comparisons"] if t["baseline"] == "lightgcn" and t["model"] == "rlmmrec"]
     assert {t["metric"] for t in tests} == set(headline.TESTED)
     assert all(0 <= t["p"] <= 1 and t["p_holm"] >= t["p"] for t in tests)
+    versus = data["versus_lightgcn"]
+    assert [(t["model"], t["metric"]) for t in versus] == [("rlmmrec", m) for m in headline.TESTED]
+    assert [t["p"] for t in versus] == [t["p"] for t in tests]  # the same pair, another family
     assert "| lightgcn | 2 |" in (headline.RESULTS / "headline.md").read_text()
 
 
