@@ -125,7 +125,9 @@ class BM3(Recommender):
     def encode(self) -> torch.Tensor:
         """``h = [h_U; h_I] = LGN(Â, [E_U; E_I], L) + [0; E_I]`` (``N x d``)."""
         h = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_layers)
-        return torch.cat([h[: self.n_users], h[self.n_users :] + self.item_emb])
+        # + [0; E_I] as one full-size add: its backward passes the gradient through, where slicing
+        # h and concatenating would zero-fill and copy two N x d gradients.
+        return h + F.pad(self.item_emb, (0, 0, self.n_users, 0))
 
     def forward(self) -> Output:
         h = self.encode()
@@ -156,15 +158,17 @@ class BM3(Recommender):
         # reference drops out whole matrices and then gathers.
         users, u_at = torch.unique(batch[0], return_inverse=True)
         items, i_at = torch.unique(batch[1], return_inverse=True)
-        h_u, h_i = h[: self.n_users], h[self.n_users :]
-        target_u = self.target(h_u.index_select(0, users)).index_select(0, u_at)  # ĥ_U[u]
-        target_i = self.target(h_i.index_select(0, items)).index_select(0, i_at)  # ĥ_I[i]
+        target_u = self.target(h.index_select(0, users)).index_select(0, u_at)  # ĥ_U[u]
+        target_i = self.target(h.index_select(0, items + self.n_users)).index_select(0, i_at)  # ĥ_I[i]
+        # ‖h_U‖_F and ‖h_I‖_F from one pass of row sums of squares (no N x d slices in backward).
+        squares = h.pow(2).sum(dim=1)
         online_u, online_i = online
         terms = {
             "rec": (1 - F.cosine_similarity(online_u, target_i, dim=-1).mean())
             + (1 - F.cosine_similarity(online_i, target_u, dim=-1).mean()),
             # MMRec EmbLoss over the whole encoder output, divided by the last table's rows (n_I).
-            "reg": cfg.reg_weight * (torch.linalg.norm(h_u) + torch.linalg.norm(h_i)) / self.n_items,
+            "reg": cfg.reg_weight * (squares[: self.n_users].sum().sqrt() + squares[self.n_users :].sum().sqrt())
+            / self.n_items,
         }
         for m, projector in self.projectors.items():
             h_m = projector.linear(projector.features.index_select(0, items))  # h_m of the distinct items
