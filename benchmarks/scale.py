@@ -16,6 +16,12 @@ whose item representations are its ``P``) is replaced by random ``P`` of the sam
 is the MGCN row. Results are written after every cell (a rerun skips the cells already measured
 with the same settings unless ``--fresh``): ``results/scale.{json,md}``.
 
+kNN graphs go to the graph cache (:mod:`prismrec.graph.cache`) in ``<data-root>/graphs`` (unless
+``PRISMREC_GRAPH_CACHE`` is set): the first kNN model at a size computes them (its build time
+includes them; the table says ``built N``), the later ones read them (``cache``). Each phase's
+CPU seconds are recorded beside its wall time: on a shared machine they show the growth with
+size far better than wall time does.
+
     nice -n 5 python -m benchmarks.scale [--sizes tiktok,baby,electronics] [--models lightgcn,...]
         [--threads 1] [--max-batches electronics=40] [--timeout 3600] [--data-root runs/scale-data]
 """
@@ -66,12 +72,18 @@ def child(size: str, model_name: str, folder: str, threads: int, max_batches: in
     from prismrec.recommender import PretrainedItems
     from prismrec.train.trainer import seed_everything, train_epoch
 
+    import prismrec.graph.knn as knn
+
+    computed = []  # top-k graphs this cell computed (the others came from the graph cache)
+    topk = knn._topk_cosine
+    knn._topk_cosine = lambda *args: computed.append(args[0].shape) or topk(*args)
     torch.set_num_threads(threads)
     out: dict = {"size": size, "model": model_name, "threads": threads, "_t0": time.perf_counter()}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     data = load_dataset(folder)
     _phase(out, "load")
-    out.update(load_s=time.perf_counter() - t0, rss_after_load_mb=_rss_mb(), users=data.n_users,
+    out.update(load_s=time.perf_counter() - t0, load_cpu_s=time.process_time() - c0,
+               rss_after_load_mb=_rss_mb(), users=data.n_users,
                items=data.n_items, train_interactions=int(data.train.nnz))
     cfg = resolve_config(model_name, data.name, {"threads": threads, **SETTINGS.get((size, model_name), {})})
     seed_everything(cfg.train.seed)
@@ -81,9 +93,10 @@ def child(size: str, model_name: str, folder: str, threads: int, max_batches: in
         dim = 64
         inputs["pretrained_items"] = PretrainedItems(
             np.random.default_rng(0).standard_normal((data.n_items, dim), dtype=np.float32))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model = cls(data, cfg.params, **inputs)
-    out.update(build_s=time.perf_counter() - t0, rss_after_build_mb=_rss_mb(),
+    out.update(build_s=time.perf_counter() - t0, build_cpu_s=time.process_time() - c0, rss_after_build_mb=_rss_mb(),
+               knn_computed=[list(shape) for shape in computed],
                parameters=sum(p.numel() for p in model.parameters()))
     _phase(out, "build")
     sampler = BPRSampler(data.train, cfg.train.batch_size, cfg.train.negative_pool, cfg.train.seed)
@@ -96,16 +109,18 @@ def child(size: str, model_name: str, folder: str, threads: int, max_batches: in
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
     model.train()
+    c0 = time.process_time()
     model.on_epoch_start(0)
     row = train_epoch(model, Capped(), optimizer, 0, model.device)
+    train_cpu = time.process_time() - c0
     out.update(batches=cap, batches_per_epoch=total, train_s=row["train_s"],
                epoch_s=row["train_s"] * total / cap, epoch_estimated=cap < total, loss=row["loss"],
-               rss_after_train_mb=_rss_mb())
+               train_cpu_s=train_cpu, epoch_cpu_s=train_cpu * total / cap, rss_after_train_mb=_rss_mb())
     _phase(out, f"train ({cap} batches)")
     evaluator = Evaluator(data, ks=cfg.train.topk, batch_size=cfg.train.eval_batch_size)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     valid = evaluator.evaluate(model, "valid")
-    out.update(eval_s=time.perf_counter() - t0, valid_users=valid.get("users"),
+    out.update(eval_s=time.perf_counter() - t0, eval_cpu_s=time.process_time() - c0, valid_users=valid.get("users"),
                rss_after_eval_mb=_rss_mb())
     out.pop("_t0")
     return out
@@ -158,27 +173,79 @@ def render(results: dict) -> str:
              "EGRA's stage 0 (an MGCN run) is not included (random P of the same shape). Seconds are "
              "wall time on the machine as it was (load: its 1-minute load average when the cell "
              "started; a 2-core machine at load 10 runs a cell at a fraction of a core): compare "
-             "sizes and memory, not absolute speed; CPU s is the child's own CPU time, all phases.", ""]
-    header = ["size", "model", "status", "build s", "batches", "epoch s", "valid s", "CPU s", "peak RSS GiB",
-              "≤ 24 GB", "load"]
+             "sizes and memory, not absolute speed; CPU s is the child's own CPU time, all phases. "
+             "kNN: `built N` when the cell computed N top-k graphs (stored in the graph cache, "
+             "`prismrec.graph.cache`), `cache` when it read those an earlier cell built on the same "
+             "features (MGCN builds the image and text graphs; GUME, SIGER, EGRA and FREEDOM reuse "
+             "them).", ""]
+    header = ["size", "model", "status", "build s", "kNN", "batches", "epoch s", "epoch CPU s", "valid s",
+              "valid CPU s", "CPU s", "peak RSS GiB", "≤ 24 GB", "load"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in results["cells"]:
+    for r in sorted(results["cells"], key=_order):
         ok = r["status"] == "ok"
         epoch = f"{r['epoch_s']:.1f}" + (" est." if r.get("epoch_estimated") else "") if ok else "-"
         batches = f"{r['batches']}/{r['batches_per_epoch']}" if ok else "-"
         lines.append(
-            f"| {r['size']} | {r['model']} | {r['status']} | {_num(r.get('build_s'), '.1f')} | {batches} | "
-            f"{epoch} | {_num(r.get('eval_s'), '.1f')} | {_num(r.get('cpu_s'))} | {r['peak_rss_mb'] / 1024:.2f} | "
+            f"| {r['size']} | {r['model']} | {r['status']} | {_num(r.get('build_s'), '.1f')} | {_knn(r)} | "
+            f"{batches} | {epoch} | {_num(r.get('epoch_cpu_s'))} | {_num(r.get('eval_s'), '.1f')} | "
+            f"{_num(r.get('eval_cpu_s'))} | {_num(r.get('cpu_s'))} | "
+            f"{r['peak_rss_mb'] / 1024:.2f} | "
             f"{'yes' if r['fits_24gb'] else ('no' if r['fits_24gb'] is False else '-')} | "
             f"{r['load_before'][0]:.1f} |")
     sizes = {r["size"]: (r.get("users"), r.get("items"), r.get("train_interactions")) for r in results["cells"]
              if r["status"] == "ok"}
     lines += ["", "Sizes: " + "; ".join(f"{s} {u:,} users, {i:,} items, {n:,} train interactions"
-                                       for s, (u, i, n) in sizes.items()), ""]
+                                       for s, (u, i, n) in sorted(sizes.items(), key=lambda kv: _size_rank(kv[0]))),
+              ""]
+    lines += growth(results["cells"])
     failed = [r for r in results["cells"] if r["status"] != "ok"]
     for r in failed:
         lines.append(f"- {r['size']} / {r['model']}: {r['status']}: `{r.get('error', '')[-300:]}`")
     return "\n".join(lines) + "\n"
+
+
+def growth(cells: list[dict]) -> list[str]:
+    """Per model: peak RSS and epoch time at each size, and the factor from the smallest to the
+    largest size measured (the data grow ~25x in interactions from tiktok to Electronics)."""
+    ok = {(r["size"], r["model"]): r for r in cells if r["status"] == "ok"}
+    models = [m for m in MODELS if any((s, m) in ok for s in SIZES)]
+    if not models:
+        return []
+    lines = ["## Growth tiktok -> baby -> Electronics", "",
+             "Seconds are the child's CPU seconds where recorded (less sensitive to the machine's load "
+             "than wall time), else wall seconds marked w.", "",
+             "| model | peak RSS GiB (tiktok / baby / Electronics) | epoch s (tiktok / baby / Electronics) | "
+             "valid s (tiktok / baby / Electronics) |", "|---|---|---|---|"]
+    for m in models:
+        cells = [ok.get((s, m)) for s in SIZES]
+        rss = " / ".join("-" if r is None else f"{r['peak_rss_mb'] / 1024:.2f}" for r in cells)
+        epoch = " / ".join(_cpu_or_wall(r, "epoch_cpu_s", "epoch_s") for r in cells)
+        valid = " / ".join(_cpu_or_wall(r, "eval_cpu_s", "eval_s") for r in cells)
+        lines.append(f"| {m} | {rss} | {epoch} | {valid} |")
+    return lines + [""]
+
+
+def _cpu_or_wall(r: dict | None, cpu: str, wall: str) -> str:
+    if r is None:
+        return "-"
+    return f"{r[cpu]:.0f}" if r.get(cpu) is not None else f"{r[wall]:.0f} w"
+
+
+def _knn(r: dict) -> str:
+    if r["status"] != "ok" or ("knn_computed" not in r and "graphs_built" not in r):
+        return "-"
+    if r["model"] in ("lightgcn", "rlmmrec"):
+        return "none"
+    built = len(r["knn_computed"]) if "knn_computed" in r else r["graphs_built"]  # new cache entries
+    return f"built {built}" if built else "cache"
+
+
+def _size_rank(size: str) -> int:
+    return SIZES.index(size) if size in SIZES else len(SIZES)
+
+
+def _order(r: dict) -> tuple:
+    return (_size_rank(r["size"]), MODELS.index(r["model"]) if r["model"] in MODELS else len(MODELS))
 
 
 def _num(value, spec: str = ".0f") -> str:
