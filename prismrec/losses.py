@@ -35,15 +35,17 @@ def l2_reg(form: str, *rows: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"reg_form must be one of {sorted(REG_FORMS)}, got {form!r}") from None
 
 
-_SHIFT_BOUND = 30.0
-"""Largest row bound ``‖a_b‖·max‖c‖`` that :class:`_GemmLogSumExp` uses as its shift: the
-exponentials then stay above ``exp(-60)``, far from float32's underflow."""
+_UNSHIFTED_BOUND = 30.0
+"""Largest ``max‖a‖·max‖c‖`` for which :class:`_GemmLogSumExp` exponentiates the logits unshifted:
+they then lie in ``[exp(-30), exp(30)]``, and a row's sum of up to 10^20 such terms stays far
+from float32's overflow (3.4e38)."""
 
 
 class _GemmLogSumExp(torch.autograd.Function):
     """``logsumexp_b'(a_b · c_b')`` per row ``b``, never keeping more than one B x B' buffer.
 
-    Forward: one GEMM, then shift, exponentiate and sum in place; the unnormalised softmax is
+    Forward: one GEMM, then exponentiate (shifted only where the logits could overflow) and sum
+    in place; the unnormalised softmax is
     kept for backward, where ``∂/∂s_bb' = g_b p_bb'`` costs two GEMMs (the row scale ``g_b`` applied
     to their ``d``-wide factors, not to the B x B' matrix). Autograd
     through ``torch.logsumexp(a @ c.T)`` instead keeps the logits, rebuilds the softmax and
@@ -52,16 +54,15 @@ class _GemmLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        # Shift by an upper bound of each row, ‖a_b‖·max‖c‖ (Cauchy-Schwarz), subtracted inside
-        # the GEMM: no pass for the row maxima and none for the subtraction. Safe while the rows
-        # span at most 2·bound <= 2·_SHIFT_BOUND below it (e.g. InfoNCE on unit rows: 1/τ);
-        # otherwise the exact row maxima.
-        bound = torch.linalg.vector_norm(a, dim=1, keepdim=True) * torch.linalg.vector_norm(c, dim=1).amax()
-        if c.shape[0] and float(bound.amax()) <= _SHIFT_BOUND:
-            shift = bound
-            s = torch.addmm(-shift, a, c.T)
+        # |s_bb'| <= ‖a_b‖·max‖c‖ (Cauchy-Schwarz). While that bound is <= _UNSHIFTED_BOUND (e.g.
+        # InfoNCE on unit rows: 1/τ), exp(s) can neither overflow nor underflow in float32 and
+        # needs no shift: no pass for the row maxima, none for the subtraction. Otherwise the
+        # usual shift by the exact row maxima.
+        bound = torch.linalg.vector_norm(a, dim=1).amax() * torch.linalg.vector_norm(c, dim=1).amax()
+        s = a @ c.T
+        if c.shape[0] and float(bound) <= _UNSHIFTED_BOUND:
+            shift = s.new_zeros((s.shape[0], 1))
         else:
-            s = a @ c.T
             shift = s.amax(dim=1, keepdim=True)
             s.sub_(shift)
         s.exp_()

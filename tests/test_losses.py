@@ -51,9 +51,9 @@ def test_gemm_logsumexp_values_and_gradients_match_autograd():
     assert torch.allclose(big, torch.logsumexp(1e3 * a.detach() @ c.detach().T, dim=1))
 
 
-def test_gemm_logsumexp_bound_shift_near_its_limit_is_exact_in_float32():
-    """Unit rows at 1/τ = 30 (the largest bound shifted inside the GEMM): rows 60 below the bound
-    still count, and the result equals torch's logsumexp; just above, the exact maxima take over."""
+def test_gemm_logsumexp_unshifted_near_its_limit_is_exact_in_float32():
+    """Unit rows at 1/τ = 30 (the largest bound exponentiated without a shift): logits of +-30 give
+    torch's logsumexp in float32; just above, the shift by the exact row maxima takes over."""
     g = torch.Generator().manual_seed(3)
     c = torch.nn.functional.normalize(torch.randn(50, 8, generator=g), dim=1)
     for scale in (30.0, 30.5):
