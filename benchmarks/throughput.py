@@ -1,0 +1,157 @@
+"""Study throughput: cells per hour of one ``prismrec compare``, sequential vs parallel workers.
+
+The same compare (default: LightGCN, FREEDOM and MGCN on tiktok, 3 seeds, epochs capped) is run
+in two ways, each as a fresh ``prismrec compare`` into its own empty output folder:
+
+* ``sequential``: one cell at a time with ``threads=2`` (every core for one cell);
+* ``workers``: ``--workers 2``, two cells at a time, one thread each.
+
+Rounds alternate the order of the two (sequential first in even rounds), so that a load swing
+on a shared machine hits both alike; the table gives the median wall time and cells per hour
+of each, their range, and the 1-minute load average sampled every few seconds while each ran.
+Writes ``results/throughput.{json,md}``.
+
+    python -m benchmarks.throughput [--models lightgcn,freedom,mgcn] [--dataset tiktok]
+        [--seeds 3] [--epochs 3] [--rounds 1] [--cores 2] [--set MODEL.key=value] [--note TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.common import machine, write
+
+
+def modes(cores: int) -> dict[str, list[str]]:
+    """The compare options of each way of running the study on ``cores`` cores."""
+    return {
+        "sequential": ["--set", f"threads={cores}"],
+        "workers": ["--workers", str(cores), "--set", "threads=1"],
+    }
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every ``every`` seconds in a background thread."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every, self.values = every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.values.append(os.getloadavg()[0])
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_compare(args, mode_options: list[str], out: Path) -> dict:
+    """One ``prismrec compare`` into ``out``: its wall seconds, cells and load samples."""
+    settings = [f"epochs={args.epochs}", *args.set]
+    cmd = [sys.executable, "-m", "prismrec", "compare", "--models", args.models, "--datasets", args.dataset,
+           "--n-seeds", str(args.seeds), "--out", str(out), *[x for kv in settings for x in ("--set", kv)],
+           *mode_options]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    with LoadSampler() as load:
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"compare failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    results = json.loads((out / "results.json").read_text())
+    failed = {f"{model} seed {seed}": why for cells in results["cells"].values() for model, cell in cells.items()
+              for seed, why in cell.get("failed", {}).items()}
+    if failed:  # a failed cell is fast: counting it would inflate the throughput
+        raise RuntimeError(f"cells failed in {' '.join(cmd)}: {failed}")
+    cells = len(args.models.split(",")) * args.seeds
+    return {"wall_s": wall, "cells": cells, "cells_per_hour": 3600 * cells / wall,
+            "load1": [round(x, 2) for x in load.values]}
+
+
+def summarise(runs: list[dict]) -> dict:
+    walls = [r["wall_s"] for r in runs]
+    cph = [r["cells_per_hour"] for r in runs]
+    loads = [x for r in runs for x in r["load1"]]
+    return {"wall_s": statistics.median(walls), "wall_range": [min(walls), max(walls)],
+            "cells_per_hour": statistics.median(cph), "cells_per_hour_range": [min(cph), max(cph)],
+            "load1_range": [min(loads, default=0), max(loads, default=0)],
+            "load1_mean": statistics.fmean(loads) if loads else 0.0, "runs": runs}
+
+
+def markdown(res: dict) -> str:
+    a = res["args"]
+    lines = [f"# Study throughput: {a['models']} on {a['dataset']}, {a['seeds']} seeds "
+             f"(epochs <= {a['epochs']})", "",
+             f"{res['machine']}; {a['cores']} cores; {a['rounds']} round(s), the two ways alternated; "
+             f"run {res['date']}.", ""]
+    if a.get("note"):
+        lines += [a["note"], ""]
+    lines += ["| way | options | wall s (range) | cells / hour (range) | 1-min load while running (mean) |",
+              "|---|---|---|---|---|"]
+    for name, s in res["modes"].items():
+        lines.append(f"| {name} | `{' '.join(modes(a['cores'])[name])}` | {s['wall_s']:.0f} "
+                     f"({s['wall_range'][0]:.0f}-{s['wall_range'][1]:.0f}) | {s['cells_per_hour']:.1f} "
+                     f"({s['cells_per_hour_range'][0]:.1f}-{s['cells_per_hour_range'][1]:.1f}) | "
+                     f"{s['load1_range'][0]:.1f}-{s['load1_range'][1]:.1f} ({s['load1_mean']:.1f}) |")
+    seq, par = res["modes"]["sequential"], res["modes"]["workers"]
+    lines += ["", f"Two 1-thread workers: {par['cells_per_hour'] / seq['cells_per_hour']:.2f}x the cells per hour "
+              f"of one 2-thread cell at a time. Each run is a whole `prismrec compare` (process start, data "
+              "loading, graph building, training, validation, one test evaluation per cell, the report) "
+              "into an empty folder."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="lightgcn,freedom,mgcn")
+    parser.add_argument("--dataset", default="tiktok")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--cores", type=int, default=2, help="threads of the sequential run = workers of the other")
+    parser.add_argument("--set", action="append", default=None,
+                        help="key=value or MODEL.key=value for every cell (repeatable; default: FREEDOM's "
+                             "modality weights, which tiktok's image + audio need, as in the quality benchmarks)")
+    parser.add_argument("--note", default="", help="a line on the run's conditions, kept in the results")
+    args = parser.parse_args()
+    if args.set is None:
+        args.set = ["freedom.mm_weights=[0.5,0.5]"]
+    ways = modes(args.cores)
+    runs: dict[str, list[dict]] = {name: [] for name in ways}
+    root = Path(tempfile.mkdtemp(prefix="prismrec-throughput-"))
+    try:
+        for r in range(args.rounds):
+            order = list(ways) if r % 2 == 0 else list(ways)[::-1]
+            for name in order:
+                out = root / f"{name}-{r}"
+                row = run_compare(args, ways[name], out)
+                runs[name].append(row)
+                print(f"round {r} {name}: {row['wall_s']:.0f} s, {row['cells_per_hour']:.1f} cells/h, "
+                      f"load {min(row['load1'], default=0):.1f}-{max(row['load1'], default=0):.1f}", flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(args),
+           "modes": {name: summarise(rows) for name, rows in runs.items()}}
+    write("throughput", res, markdown(res))
+
+
+if __name__ == "__main__":
+    main()
