@@ -136,7 +136,11 @@ class BM3(Recommender):
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         online = out.user.index_select(0, batch[0]), out.item.index_select(0, batch[1])  # g(h)[u], g(h)[i]
-        return self._terms(batch, out.aux["encoder"], online)
+        h = out.aux["encoder"]
+        users, u_at = torch.unique(batch[0], return_inverse=True)
+        items, i_at = torch.unique(batch[1], return_inverse=True)
+        rows = h.index_select(0, torch.cat([users, items + self.n_users]))
+        return self._terms(h, rows, (users, u_at, items, i_at), online)
 
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
         # The loss reads g(h) at the batch's rows only: the predictor is applied to the distinct
@@ -144,22 +148,22 @@ class BM3(Recommender):
         h = self.encode()
         users, u_at = torch.unique(batch[0], return_inverse=True)
         items, i_at = torch.unique(batch[1], return_inverse=True)
-        rows = torch.cat([users, items + self.n_users])
-        g = self.predictor(h.index_select(0, rows))
+        rows = h.index_select(0, torch.cat([users, items + self.n_users]))  # h of the distinct users, items
+        g = self.predictor(rows)
         online = g[: len(users)].index_select(0, u_at), g[len(users) :].index_select(0, i_at)
-        return self._terms(batch, h, online)
+        return self._terms(h, rows, (users, u_at, items, i_at), online)
 
-    def _terms(self, batch, h: torch.Tensor, online: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The loss terms from the encoder output ``h`` (``N x d``) and the batch's online rows
-        ``(g(h)[u], g(h)[i])``."""
+    def _terms(self, h: torch.Tensor, rows: torch.Tensor, distinct: tuple, online: tuple) -> dict[str, torch.Tensor]:
+        """The loss terms from the encoder output ``h`` (``N x d``), its ``rows`` at the batch's
+        distinct users then items, ``distinct = (users, u_at, items, i_at)`` (``torch.unique`` of
+        ``u`` and ``i`` with their inverses) and the batch's online rows ``(g(h)[u], g(h)[i])``."""
         cfg = self.config
+        users, u_at, items, i_at = distinct
         # batch[2] (negatives) is not used. Targets and modality views are computed for the
         # batch's distinct rows only; duplicates share one dropout mask, as they do when the
         # reference drops out whole matrices and then gathers.
-        users, u_at = torch.unique(batch[0], return_inverse=True)
-        items, i_at = torch.unique(batch[1], return_inverse=True)
-        target_u = self.target(h.index_select(0, users)).index_select(0, u_at)  # ĥ_U[u]
-        target_i = self.target(h.index_select(0, items + self.n_users)).index_select(0, i_at)  # ĥ_I[i]
+        target_u = self.target(rows[: len(users)]).index_select(0, u_at)  # ĥ_U[u]
+        target_i = self.target(rows[len(users) :]).index_select(0, i_at)  # ĥ_I[i]
         # ‖h_U‖_F and ‖h_I‖_F from one pass of row sums of squares (no N x d slices in backward).
         squares = h.pow(2).sum(dim=1)
         online_u, online_i = online
