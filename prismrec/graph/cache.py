@@ -98,6 +98,7 @@ def _write(path: Path, graph: sp.csr_matrix) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             sp.save_npz(f, sp.csr_matrix(graph), compressed=False)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the entry from others sharing the cache
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:

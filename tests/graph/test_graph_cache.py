@@ -132,4 +132,5 @@ def test_a_failed_build_leaves_no_entry(cache):
     assert not cache.exists() or not list(cache.iterdir())
     built = cached_graph("test/1", [features()], {}, lambda: sp.identity(3, format="csr", dtype=np.float32))
     assert list(p.suffix for p in cache.iterdir()) == [".npz"]  # no temporary left beside it
+    assert next(cache.iterdir()).stat().st_mode & 0o777 == 0o644  # readable by all who share the cache
     assert same(built, cached_graph("test/1", [features()], {}, lambda: None))
