@@ -15,6 +15,7 @@ import torch
 from prismrec.experiment.config import resolve_config
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.models import get_model
+from prismrec.nn import propagation
 from prismrec.nn.propagation import distinct_rows, lightgcn, lightgcn_distinct, row_product
 from prismrec.recommender import PretrainedItems
 from prismrec.train import seed_everything
@@ -22,6 +23,7 @@ from prismrec.train import seed_everything
 # (model, settings): every model of ours with a row-restricted batch_loss, and the variants
 # whose branches change which rows are read.
 CASES = [
+    ("lightgcn", {}),
     ("mgcn", {}),
     ("mgcn", {"n_ii_layers": 0}),
     ("gume", {}),
@@ -69,8 +71,16 @@ def _terms_and_grads(net, compute):
     return {k: v.detach() for k, v in terms.items()}, grads
 
 
+@pytest.fixture(params=[1.0, 0.0], ids=["block-products", "full-products"])
+def row_share(request, monkeypatch):
+    """Both ways of computing the rows: products with the rows' block (any share of rows), and the
+    full product whose rows are taken (batches that touch more than ROW_SHARE of the rows)."""
+    monkeypatch.setattr(propagation, "ROW_SHARE", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("name,settings", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
-def test_batch_loss_equals_the_full_loss_and_its_gradients(planted, name, settings):
+def test_batch_loss_equals_the_full_loss_and_its_gradients(planted, name, settings, row_share):
     net = _model(name, planted, settings)
     batch = _batch(planted)
     net.batch_loss(batch)  # creates any generator a model makes lazily
@@ -91,7 +101,7 @@ def test_distinct_rows_positions():
     assert torch.equal(torch.from_numpy(distinct)[at], rows)
 
 
-def test_row_products_equal_rows_of_the_full_products(planted):
+def test_row_products_equal_rows_of_the_full_products(planted, row_share):
     adjacency = bipartite_adjacency(planted.train)
     op = SparseOperator(adjacency, symmetric=True)
     rows = np.array([0, 3, 4, planted.n_users + 1, adjacency.shape[0] - 1])
@@ -108,7 +118,7 @@ def test_row_products_equal_rows_of_the_full_products(planted):
     assert row_product(op, rows[:0], x).shape == (0, 8)
 
 
-def test_mgcn_row_views_are_rows_of_the_full_views(planted):
+def test_mgcn_row_views_are_rows_of_the_full_views(planted, row_share):
     net = _model("mgcn", planted, {})
     rows = np.array([1, 2, planted.n_users, planted.n_users + 7])
     enc = net.encoder

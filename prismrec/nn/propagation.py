@@ -41,12 +41,27 @@ def distinct_rows(rows: torch.Tensor, n: int) -> tuple[np.ndarray, torch.Tensor]
     return distinct, torch.from_numpy((np.cumsum(marks) - 1)[index]).to(rows.device)
 
 
+ROW_SHARE = 0.5
+"""Largest share of a matrix's rows for which the row-restricted products above are used; above
+it a batch touches nearly every row, and slicing the block costs more than the rows it saves
+(``benchmarks/row_paths.py``: on tiktok a batch holds about a third of the nodes and saves
+17-29 % per batch; on lfm2k it holds nearly all of them and LightGCN's row path was 17 % slower),
+so the full product is computed and its rows taken (the same values)."""
+
+
+def few_rows(rows: np.ndarray, n: int) -> bool:
+    """Whether ``rows`` (distinct ids) are few enough of ``n`` for a row-restricted product."""
+    return len(rows) <= ROW_SHARE * n
+
+
 def lightgcn_distinct(adjacency: SparseOperator, x0: torch.Tensor, n_layers: int, distinct: np.ndarray) -> torch.Tensor:
     """Rows ``distinct`` (sorted, distinct ids) of ``lightgcn(adjacency, x0, n_layers)``; the last
     layer is a product with the block ``Â[distinct]`` only (see :func:`lightgcn_rows`)."""
     index = torch.from_numpy(distinct).to(x0.device)
     if n_layers == 0:
         return x0.index_select(0, index)
+    if not few_rows(distinct, x0.shape[0]):
+        return lightgcn(adjacency, x0, n_layers).index_select(0, index)
     block = adjacency.row_block(distinct)
     return _LayerMeanRows.apply(adjacency, x0, n_layers, index, block)
 
@@ -56,6 +71,8 @@ def row_product(operator: SparseOperator, rows: np.ndarray, dense: torch.Tensor)
     ``rows`` sorted distinct row ids of ``A``."""
     if len(rows) == 0:
         return dense.new_zeros((0, dense.shape[1]))
+    if not few_rows(rows, operator.shape[0]):
+        return (operator @ dense).index_select(0, torch.from_numpy(rows).to(dense.device))
     block, block_t = operator.row_block(rows)
     if dense.requires_grad:
         return _BlockProduct.apply(block, block_t, dense)
