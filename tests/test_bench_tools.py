@@ -37,3 +37,19 @@ def test_recorder_keeps_a_batchs_kernels_and_replays_them(planted):
 def test_build_fakes_pretrained_items_at_their_size(planted):
     model, _ = build("egra", planted, {})
     assert model.pretrained_run == "random (floors benchmark)"
+
+
+def test_interleaved_epoch_steps_once_per_batch_and_records_every_batch(planted):
+    """Each batch is recorded (no step) and then run as the trainer runs it (one step): the model
+    trains exactly as in a plain epoch, and the floor covers every batch."""
+    from benchmarks.floors import interleaved_epoch
+
+    model, cfg = build("lightgcn", planted, {"n_layers": 2})
+    sampler = BPRSampler(planted.train, 256, "train_items", 0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    n_batches = sum(1 for _ in sampler.epoch())
+    r = interleaved_epoch(model, sampler, optimizer, 1)
+    assert r["batches"] == n_batches and r["calls"] > 0
+    assert {"sparse", "gather"} <= set(r["kernels_s"])
+    steps = {int(s["step"]) for s in optimizer.state.values()}
+    assert steps == {n_batches}
