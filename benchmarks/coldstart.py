@@ -129,17 +129,25 @@ def cold_metrics(run_dir: Path, data_dir: Path, dataset: str) -> dict:
     return result
 
 
-def references(dataset: str, work: Path) -> dict:
-    """Popularity and random references on the dataset's cold copy (no training)."""
-    from prismrec.coldstart import reference_scores
+def references(dataset: str, work: Path, record: dict | None = None) -> dict:
+    """Popularity and random references on the dataset's cold copy (no training), and the spread
+    of one fixed item order over 100 draws (``fixed_order``: what untrained ID rows amount to,
+    :func:`prismrec.coldstart.fixed_order_spread`); entries already in ``record`` are kept."""
+    from prismrec.coldstart import fixed_order_spread, reference_scores
     from prismrec.data import load_dataset
     from prismrec.eval import Evaluator, evaluate_cold
 
     name, data_dir = derived_dataset({"family": "cold", "dataset": dataset}, work, "mean")
     data = load_dataset(name, data_dir)
     exclude = Evaluator(data, ks=KS).exclude("test")
-    return {mode: {kind: evaluate_cold(reference_scores(kind, data), data.test, exclude, data.cold("test"), mode, ks=KS)
-                   for kind in ("popularity", "random")} for mode in ("cold", "all")}
+    record = dict(record or {})
+    for mode in ("cold", "all"):
+        if mode not in record:
+            record[mode] = {kind: evaluate_cold(reference_scores(kind, data), data.test, exclude, data.cold("test"),
+                                                mode, ks=KS) for kind in ("popularity", "random")}
+    if "fixed_order" not in record:
+        record["fixed_order"] = {mode: fixed_order_spread(data, "test", mode, 100, KS) for mode in ("cold", "all")}
+    return record
 
 
 def train(dataset: str, model: str, seed: int, epochs: int, work: Path, reuse: Path | None) -> tuple[Path, Path, dict]:
@@ -238,6 +246,12 @@ def report(cells: list[dict], refs: dict, planned: list[str]) -> tuple[dict, str
             for kind in ("popularity", "random"):
                 lines.append(f"| {kind} reference | {_fmt(refs[dataset]['cold'][kind])} | | | | "
                              f"{_fmt(refs[dataset]['all'][kind])} | | | | |")
+            order = refs[dataset].get("fixed_order")
+            if order:
+                spread = [f"{order[mode]['recall@20']['median']:.4f} [{order[mode]['recall@20']['q05']:.4f}, "
+                          f"{order[mode]['recall@20']['q95']:.4f}]" for mode in ("cold", "all")]
+                lines.append(f"| one fixed item order: R@20 median [5 %, 95 %] of {order['cold']['draws']} draws "
+                             f"| {spread[0]} | | | | {spread[1]} | | | | |")
             summary["tables"][dataset]["references"] = refs[dataset]
             r = refs[dataset]["cold"]["random"]
             lines += ["", f"Users with a test cold positive: {r['users']}; test cold items: {r['items']}. "
@@ -283,8 +297,9 @@ def main() -> None:
     done = 0
     for dataset in ([] if args.report_only else datasets):
         ref_path = OUT / "references" / f"{dataset}.json"
-        if not ref_path.is_file():
-            _atomic_write(ref_path, json.dumps(references(dataset, args.work), indent=2, default=float))
+        old_refs = json.loads(ref_path.read_text()) if ref_path.is_file() else None
+        if old_refs is None or "fixed_order" not in old_refs:
+            _atomic_write(ref_path, json.dumps(references(dataset, args.work, old_refs), indent=2, default=float))
             if args.commit:
                 git_commit([ref_path], f"coldstart benchmark: popularity/random references on {dataset}'s cold copy")
         for model in models:
