@@ -129,9 +129,9 @@ def cold_metrics(run_dir: Path, data_dir: Path, dataset: str) -> dict:
     return result
 
 
-def references(dataset: str, work: Path, record: dict | None = None) -> dict:
+def references(dataset: str, work: Path, record: dict | None = None, draws: int = 100) -> dict:
     """Popularity and random references on the dataset's cold copy (no training), and the spread
-    of one fixed item order over 100 draws (``fixed_order``: what untrained ID rows amount to,
+    of one fixed item order over ``draws`` draws (``fixed_order``: what untrained ID rows amount to,
     :func:`prismrec.coldstart.fixed_order_spread`); entries already in ``record`` are kept."""
     from prismrec.coldstart import fixed_order_spread, reference_scores
     from prismrec.data import load_dataset
@@ -146,7 +146,7 @@ def references(dataset: str, work: Path, record: dict | None = None) -> dict:
             record[mode] = {kind: evaluate_cold(reference_scores(kind, data), data.test, exclude, data.cold("test"),
                                                 mode, ks=KS) for kind in ("popularity", "random")}
     if "fixed_order" not in record:
-        record["fixed_order"] = {mode: fixed_order_spread(data, "test", mode, 100, KS) for mode in ("cold", "all")}
+        record["fixed_order"] = {mode: fixed_order_spread(data, "test", mode, draws, KS) for mode in ("cold", "all")}
     return record
 
 
