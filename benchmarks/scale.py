@@ -23,7 +23,7 @@ CPU seconds are recorded beside its wall time: on a shared machine they show the
 size far better than wall time does.
 
     nice -n 5 python -m benchmarks.scale [--sizes tiktok,baby,electronics] [--models lightgcn,...]
-        [--threads 1] [--max-batches electronics=40] [--timeout 3600] [--data-root runs/scale-data]
+        [--threads 1] [--max-batches electronics=40] [--timeout 3600] [--data-root runs/scale-data] [--again]
 """
 
 from __future__ import annotations
@@ -266,7 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per cell")
     parser.add_argument("--data-root", type=Path, default=Path("runs/scale-data"))
     parser.add_argument("--scale", type=float, default=1.0, help="shrink the synthetic folders (smoke runs)")
-    parser.add_argument("--fresh", action="store_true", help="measure again the cells already in the results")
+    parser.add_argument("--fresh", action="store_true", help="start the results afresh (drop every cell)")
+    parser.add_argument("--again", action="store_true",
+                        help="measure the selected cells again (replacing them; other cells are kept)")
     parser.add_argument("--name", default="scale", help="results/<name>.{json,md}")
     args = parser.parse_args(argv)
     from prismrec.data.synthetic import write_sized_dataset
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             write_sized_dataset(folder, size, args.scale)
         for model in args.models.split(","):
             cap = caps.get(size, 0)
-            if any(r["size"] == size and r["model"] == model and r["status"] == "ok"
+            if not args.again and any(r["size"] == size and r["model"] == model and r["status"] == "ok"
                    and r.get("max_batches") == cap for r in results["cells"]):
                 continue
             print(f"[scale] {size} / {model} (max batches {cap or 'all'})", flush=True)
