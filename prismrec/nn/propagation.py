@@ -26,6 +26,8 @@ def lightgcn_rows(adjacency: SparseOperator, x0: torch.Tensor, n_layers: int, ro
     layer sum is kept (the rows are gathered layer by layer).
     """
     distinct, inverse = distinct_rows(rows, x0.shape[0])
+    if n_layers == 0 or not few_rows(distinct, x0.shape[0]):
+        return lightgcn(adjacency, x0, n_layers).index_select(0, rows)
     return lightgcn_distinct(adjacency, x0, n_layers, distinct).index_select(0, inverse)
 
 
