@@ -53,6 +53,7 @@ from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.encoders import Projector
+from prismrec.nn.propagation import few_rows
 from prismrec.recommender import Output, Recommender
 
 
@@ -145,9 +146,11 @@ class BM3(Recommender):
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
         # The loss reads g(h) at the batch's rows only: the predictor is applied to the distinct
         # users and items of the batch, not to all N rows (same terms and gradients).
-        h = self.encode()
         users, u_at = torch.unique(batch[0], return_inverse=True)
         items, i_at = torch.unique(batch[1], return_inverse=True)
+        if not few_rows(range(len(users) + len(items)), self.n_users + self.n_items):
+            return self.loss(batch, self())  # nearly every row: the full predictor is cheaper
+        h = self.encode()
         rows = h.index_select(0, torch.cat([users, items + self.n_users]))  # h of the distinct users, items
         g = self.predictor(rows)
         online = g[: len(users)].index_select(0, u_at), g[len(users) :].index_select(0, i_at)

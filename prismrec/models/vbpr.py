@@ -28,6 +28,7 @@ from prismrec.losses import bpr_loss, l2_reg
 from prismrec.models import register
 from prismrec.nn import IdEmbedding
 from prismrec.nn.encoders import Projector, normalize_features
+from prismrec.nn.propagation import few_rows
 from prismrec.recommender import Output, Recommender
 
 
@@ -87,6 +88,8 @@ class VBPR(Recommender):
         # The loss reads z_i of the batch's items only: W f_i + b for those rows alone.
         u, i, j = batch
         items, at = torch.unique(torch.cat([i, j]), return_inverse=True)
+        if not few_rows(items, self.n_items):  # nearly every item: the full projection is cheaper
+            return self.loss(batch, self())
         content = self.content.linear(self.content.features.index_select(0, items))
         rows = torch.cat([self.item_emb.weight.index_select(0, items), content], dim=1)  # z_i of the items
         zi, zj = rows.index_select(0, at).chunk(2)
