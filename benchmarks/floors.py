@@ -57,9 +57,10 @@ SELECT = {"topk"}
 GATHER = {"embedding", "embedding_dense_backward", "index_select", "index", "index_add", "index_add_",
           "index_put", "index_put_", "_index_put_impl_", "gather", "scatter_add", "scatter_add_"}
 KERNELS = PRODUCTS | SOFTMAX | SELECT | GATHER
-SETTINGS = MODEL_SETTINGS
-"""Per model and dataset, the settings a model needs beyond its defaults (FREEDOM's modality weights
-on datasets whose modalities are not one image and one text), as in the quality benchmarks."""
+SETTINGS = {**MODEL_SETTINGS, "dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}}}
+"""Per model and dataset, the settings a model needs beyond its defaults (FREEDOM's and DRAGON's
+modality weights on datasets whose modalities are not one image and one text), as in the quality
+benchmarks and the headline study."""
 
 
 class KernelRecorder(TorchDispatchMode):
@@ -260,7 +261,7 @@ def markdown(res: dict) -> str:
               "product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k and row gather/scatter of its forward and backward, plus its fused-Adam step; per validation "
               "the eval-mode forward's kernels plus the users x items GEMM and top-k. Epochs: median of the "
               "interleaved epochs after a warm-up epoch, default settings (EGRA's pretrained vectors faked at "
-              "their size; FREEDOM with mm_weights 0.5/0.5 as in the quality benchmarks). Sorted by "
+              "their size; FREEDOM and DRAGON with mm_weights 0.5/0.5 as in the quality benchmarks). Sorted by "
               "epoch / floor, furthest first."]
     odd = [n for n, r in rows if r.get("floor_method") != "interleaved per batch"]
     if odd:
