@@ -198,6 +198,7 @@ def render(results: dict) -> str:
                                        for s, (u, i, n) in sorted(sizes.items(), key=lambda kv: _size_rank(kv[0]))),
               ""]
     lines += growth(results["cells"])
+    lines += phases(results["cells"], "electronics")
     failed = [r for r in results["cells"] if r["status"] != "ok"]
     for r in failed:
         lines.append(f"- {r['size']} / {r['model']}: {r['status']}: `{r.get('error', '')[-300:]}`")
@@ -222,6 +223,24 @@ def growth(cells: list[dict]) -> list[str]:
         epoch = " / ".join(_cpu_or_wall(r, "epoch_cpu_s", "epoch_s") for r in cells)
         valid = " / ".join(_cpu_or_wall(r, "eval_cpu_s", "eval_s") for r in cells)
         lines.append(f"| {m} | {rss} | {epoch} | {valid} |")
+    return lines + [""]
+
+
+def phases(cells: list[dict], size: str) -> list[str]:
+    """Where the memory goes at ``size``: the peak RSS after each phase, and the parameters."""
+    rows = sorted((r for r in cells if r["size"] == size and r["status"] == "ok"), key=_order)
+    if not rows:
+        return []
+    lines = [f"## Peak RSS after each phase at {size} size (GiB)", "",
+             "Loading keeps the features once, float32 (1.13 GB at Electronics size); building adds the "
+             "model's parameters (where a model trains the raw features, as MMRec's MGCN family does, a "
+             "second copy of them) and its graphs; training adds the gradients and Adam's two moments of "
+             "every parameter; validation adds one block of user x item scores (eval_batch_size x items).", "",
+             "| model | parameters (M) | load | build | train | valid |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f} | "
+                     + " | ".join(f"{r[f'rss_after_{k}_mb'] / 1024:.2f}" for k in ("load", "build", "train", "eval"))
+                     + " |")
     return lines + [""]
 
 
