@@ -130,7 +130,9 @@ def fit(
     evaluator = evaluator or Evaluator(
         dataset, ks=cfg.topk, batch_size=cfg.eval_batch_size, mask_valid_at_test=cfg.mask_valid_at_test
     )
-    sampler = BPRSampler(dataset.train, cfg.batch_size, cfg.negative_pool, seed=cfg.seed)
+    # a cold-item split's held-out items are never negatives (they would be trained downwards)
+    cold = dataset.cold() if hasattr(dataset, "cold") else None
+    sampler = BPRSampler(dataset.train, cfg.batch_size, cfg.negative_pool, seed=cfg.seed, exclude=cold)
     # fused Adam: one kernel per step instead of a dozen passes over every parameter
     optimizer = torch.optim.Adam(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
