@@ -1,3 +1,5 @@
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -6,6 +8,9 @@ import pytest
 from prismrec.data import load_dataset
 from prismrec.data.dataset import default_data_dirs
 from prismrec.data.synthetic import write_planted_dataset
+
+# Graphs the tests build are cached in a throwaway folder, never in the user's cache.
+os.environ.setdefault("PRISMREC_GRAPH_CACHE", tempfile.mkdtemp(prefix="prismrec-test-graphs-"))
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
