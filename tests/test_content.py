@@ -15,27 +15,8 @@ from prismrec.errors import ConfigError
 from prismrec.eval import Evaluator, evaluate_cold
 from prismrec.experiment.config import resolve_config
 from prismrec.models import get_model
-from prismrec.models.mgcn import MGCN
-from prismrec.models.vbpr import VBPR
-from prismrec.nn.content import content_forward_rows, feature_knn, multiview_content_hook, neighbour_mean
+from prismrec.nn.content import content_forward_rows, neighbour_mean
 from prismrec.train import fit, seed_everything
-
-
-class ContentMGCN(MGCN):
-    """MGCN with the family's content path, as the family's models declare it."""
-
-    content_id_rows = "impute"
-    content_item_embeddings = multiview_content_hook
-
-
-class ContentVBPR(VBPR):
-    """VBPR with its content path: ``z_c = [0 ; W f_c + b]`` (the ID half removed)."""
-
-    content_id_rows = "zero"
-
-    def content_item_embeddings(self, items, out, id_rows=None):
-        return content_forward_rows(self, self.item_emb.weight, items, id_rows or self.content_id_rows,
-                                    lambda: feature_knn([self.content.features]))
 
 
 # The ID table each model's content path must not read (None: the model has no item ID table).
@@ -48,9 +29,10 @@ ID_TABLES = {
     "lgmrec": lambda m: m.item_emb,
     "mmgcn": lambda m: m.id_emb.data[m.n_users:],
     "mgcn": lambda m: m.encoder.item_emb.weight,
+    "gume": lambda m: m.encoder.item_emb.weight,
+    "siger": lambda m: m.encoder.item_emb.weight,
     "vbpr": lambda m: m.item_emb.weight,
 }
-SUBCLASSES = {"mgcn": ContentMGCN, "vbpr": ContentVBPR}
 MODELS = list(ID_TABLES)
 
 
@@ -67,7 +49,7 @@ def trained(data):
     for name in MODELS:
         cfg = resolve_config(name, "planted-cold", {"epochs": 6, "lr": 0.01, "patience": 100, "threads": 1})
         seed_everything(0)
-        net = SUBCLASSES.get(name, get_model(name))(data, cfg.params)
+        net = get_model(name)(data, cfg.params)
         fit(net, data, cfg.train, progress=False)
         nets[name] = net.eval()
     return nets

@@ -35,6 +35,7 @@ from prismrec.losses import bpr_loss, entity_weighted_infonce, half_sq, moment_g
 from prismrec.losses import entity_weights  # noqa: F401  (EGRA's entity level, importable from here)
 from prismrec.losses import user_modality_alignment
 from prismrec.models import register
+from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
 from prismrec.nn.propagation import distinct_rows
@@ -114,6 +115,9 @@ class EGRA(Recommender):
 
     name = "egra"
     Config = EGRAConfig
+    # Cold items: the forward with the item's ID row imputed from its warm neighbours on S_m
+    content_id_rows = "impute"
+    content_item_embeddings = multiview_content_hook
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
 
     @classmethod

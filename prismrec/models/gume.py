@@ -49,6 +49,7 @@ import torch
 from prismrec.graph import bipartite_adjacency, knn_graph, shared_neighbor_links
 from prismrec.losses import bpr_loss, half_sq, l2_reg, moment_gap, rows_infonce, user_modality_alignment
 from prismrec.models import register
+from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
 from prismrec.nn.propagation import distinct_rows
@@ -90,6 +91,9 @@ class GUME(Recommender):
 
     name = "gume"
     Config = GUMEConfig
+    # Cold items: the forward with the item's ID row imputed from its warm neighbours on S_m
+    content_id_rows = "impute"
+    content_item_embeddings = multiview_content_hook
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
 
     def __init__(self, dataset, config: GUMEConfig) -> None:

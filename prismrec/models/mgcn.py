@@ -28,6 +28,7 @@ import torch
 from prismrec.graph import bipartite_adjacency, knn_graph
 from prismrec.losses import bpr_loss, l2_reg, rows_infonce
 from prismrec.models import register
+from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import MultiViewConfig, MultiViewEncoder, check_multiview_config
 from prismrec.nn.propagation import distinct_rows
 from prismrec.recommender import Output, Recommender
@@ -51,6 +52,9 @@ class MGCN(Recommender):
 
     name = "mgcn"
     Config = MGCNConfig
+    # Cold items: the forward with the item's ID row imputed from its warm neighbours on S_m
+    content_id_rows = "impute"
+    content_item_embeddings = multiview_content_hook
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
 
     def __init__(self, dataset, config: MGCNConfig) -> None:

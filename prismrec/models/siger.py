@@ -46,6 +46,7 @@ from prismrec.graph.cooccurrence import infused_graphs
 from prismrec.losses import anchored_infonce, bpr_loss, half_sq, paired_views_infonce, rows_infonce
 from prismrec.losses import user_modality_alignment
 from prismrec.models import register
+from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
 from prismrec.nn.multiview import check_choices
@@ -120,6 +121,9 @@ class SIGER(Recommender):
 
     name = "siger"
     Config = SIGERConfig
+    # Cold items: the forward with the item's ID row imputed from its warm neighbours on S_m
+    content_id_rows = "impute"
+    content_item_embeddings = multiview_content_hook
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
 
     def __init__(self, dataset, config: SIGERConfig) -> None:

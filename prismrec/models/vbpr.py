@@ -26,6 +26,7 @@ from torch import nn
 
 from prismrec.losses import bpr_loss, l2_reg
 from prismrec.models import register
+from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn import IdEmbedding
 from prismrec.nn.encoders import Projector, normalize_features
 from prismrec.nn.propagation import few_rows
@@ -53,6 +54,7 @@ class VBPRConfig:
 class VBPR(Recommender):
     name = "vbpr"
     Config = VBPRConfig
+    content_id_rows = "zero"  # cold items: θ_i·E f_i only (the ID part removed)
 
     def __init__(self, dataset, config: VBPRConfig) -> None:
         super().__init__(dataset, config)
@@ -100,3 +102,7 @@ class VBPR(Recommender):
             "bpr": bpr_loss(zu, zi, zj),
             "reg": self.config.reg_weight * l2_reg(self.config.reg_form, zu, zi, zj),
         }
+
+    def content_item_embeddings(self, items, out, id_rows=None):
+        return content_forward_rows(self, self.item_emb.weight, items, id_rows or self.content_id_rows,
+                                    lambda: feature_knn([self.content.features]))
