@@ -536,6 +536,8 @@ def evaluate(
     mode: str = typer.Option("warm", help="warm (all items), or on a cold-item dataset: cold (cold items "
                              "ranked among cold items) or all (cold items among all items)."),
     strategy: str = typer.Option("auto", help="Cold items' content scoring: auto, native, hook, map or knn."),
+    id_rows: str = typer.Option("model", "--id-rows", help="With hook: a cold item's ID row in the model's own "
+                                "content path: model (its documented default), zero or impute."),
     data_dir: DataDir = None,
 ) -> None:
     """Re-evaluate a finished run, overall and per item group; writes <run>/evaluation-<split>.json
@@ -554,9 +556,9 @@ def evaluate(
     if mode != "warm":
         from prismrec.coldstart import ColdStartConfig
 
-        ColdStartConfig(strategy=strategy)  # a bad --strategy before the run is loaded
+        ColdStartConfig(strategy=strategy, id_rows=id_rows)  # bad choices before the run is loaded
         result = evaluate_run(run, split, "none", tail_share, cutoffs, mask_valid, data_dir, mode=mode,
-                              strategy=strategy)
+                              strategy=strategy, id_rows=id_rows)
         meta = result["meta"]
         rows = {f"{name} ({m['users']} users)": m for name, m in result.items() if name != "meta"}
         title = (f"{meta['model']} on {meta['dataset']} / {split}, {meta['cold_items']} cold items ranked among "

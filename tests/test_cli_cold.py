@@ -34,6 +34,15 @@ def test_split_cold_train_and_evaluate_cold(tmp_path):
         assert written["meta"]["strategy"] == "knn" and written["model"]["items"] == 10
     bad = runner.invoke(app, ["evaluate", "--run", str(run), "--mode", "cold", "--strategy", "magic"])
     assert bad.exit_code == 2 and "--strategy 'magic'" in bad.output
+    # MGCN's own content path, its ID rows zeroed instead of its documented imputation
+    for id_rows in ("model", "zero"):
+        own = runner.invoke(app, ["evaluate", "--run", str(run), "--mode", "cold", "--strategy", "hook",
+                                  "--id-rows", id_rows, "--data-dir", str(tmp_path)])
+        assert own.exit_code == 0, own.output
+        written = json.loads((run / "evaluation-test-cold.json").read_text())
+        assert written["meta"]["strategy"] == "hook" and written["meta"]["id_rows"] == id_rows
+    bad = runner.invoke(app, ["evaluate", "--run", str(run), "--mode", "cold", "--id-rows", "guess"])
+    assert bad.exit_code == 2 and "--id-rows 'guess'" in bad.output
 
 
 def test_evaluate_cold_on_an_ordinary_dataset_says_how_to_make_one(tmp_path):

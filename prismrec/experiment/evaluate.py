@@ -33,6 +33,7 @@ def evaluate_run(
     datasets: dict | None = None,
     mode: str = "warm",
     strategy: str = "auto",
+    id_rows: str = "model",
 ) -> dict:
     """``{"all": metrics, "tail": ..., "head": ...}`` of a single-seed run on ``split``.
 
@@ -54,7 +55,7 @@ def evaluate_run(
     evaluator = Evaluator(run.dataset, ks=ks, mask_valid_at_test=mask_valid_at_test)
     out = run.model()
     if mode != "warm":
-        result = cold_metrics(run.model, out, evaluator, split, mode, strategy)
+        result = cold_metrics(run.model, out, evaluator, split, mode, strategy, id_rows=id_rows)
         result["meta"] = {"run": str(run_dir), "model": run.config.model, "dataset": run.config.dataset,
                           "split": split, "mode": mode, "mask_valid_at_test": mask_valid_at_test,
                           **result.pop("meta")}
@@ -72,13 +73,15 @@ def evaluate_run(
 
 
 def cold_metrics(model, out, evaluator: Evaluator, split: str, mode: str, strategy: str = "auto",
-                 reference_seed: int = 0) -> dict:
+                 reference_seed: int = 0, id_rows: str = "model") -> dict:
     """Cold-item metrics of one trained model on ``split`` in ``mode`` (``cold`` or ``all``).
 
     Rows: ``model`` (cold items scored by ``strategy``, :func:`prismrec.coldstart.cold_item_embeddings`),
     ``native`` (the model's own rows, as trained; left out when the strategy is ``native``),
     ``popularity`` and ``random`` (:func:`prismrec.coldstart.reference_scores`). ``meta`` records
-    the strategy actually used and the cold item count.
+    the strategy actually used and the cold item count. ``id_rows`` (``model``, ``zero`` or
+    ``impute``) is what a model's own content path puts in a cold item's ID row
+    (:class:`prismrec.coldstart.ColdStartConfig`).
     """
     from prismrec.coldstart import ColdStartConfig, cold_item_embeddings, reference_scores
 
@@ -87,7 +90,7 @@ def cold_metrics(model, out, evaluator: Evaluator, split: str, mode: str, strate
     if not len(cold):
         raise ConfigError(f"dataset {dataset.name!r} has no cold items in {split}: evaluate --mode {mode} needs a "
                           "cold-item dataset (prismrec split-cold DATASET --fraction 0.1 --out NAME, then train on it)")
-    scored, record = cold_item_embeddings(model, out, dataset, ColdStartConfig(strategy=strategy))
+    scored, record = cold_item_embeddings(model, out, dataset, ColdStartConfig(strategy=strategy, id_rows=id_rows))
     result = {"model": evaluator.evaluate_cold(model, split, scored, mode)}
     if record["strategy"] != "native":
         result["native"] = evaluator.evaluate_cold(model, split, out, mode)
@@ -95,5 +98,6 @@ def cold_metrics(model, out, evaluator: Evaluator, split: str, mode: str, strate
         result[kind] = evaluate_cold(reference_scores(kind, dataset, reference_seed), dataset.split(split),
                                      evaluator.exclude(split), cold, mode, ks=evaluator.ks,
                                      batch_size=evaluator.batch_size)
-    result["meta"] = {"strategy": record["strategy"], "requested_strategy": strategy, "cold_items": int(len(cold))}
+    result["meta"] = {"strategy": record["strategy"], "requested_strategy": strategy, "id_rows": id_rows,
+                      "cold_items": int(len(cold))}
     return result
