@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS
-from benchmarks.robustness import COLD_FRACTION, COLD_SEED, _atomic_write, derived_dataset, git_commit
+from benchmarks.common import RESULTS, git_commit
+from benchmarks.robustness import COLD_FRACTION, COLD_SEED, _atomic_write, derived_dataset
 from benchmarks.robustness import settings as robustness_settings
 
 OUT = RESULTS / "coldstart"

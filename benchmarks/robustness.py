@@ -32,14 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, git_commit
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 OUT = RESULTS / "robustness"
@@ -290,24 +289,6 @@ def write_report(planned: list[dict], epochs: int) -> list[Path]:
     _atomic_write(paths[0], json.dumps(summary, indent=2))
     _atomic_write(paths[1], md)
     return paths
-
-
-def git_commit(paths: list[Path], message: str) -> None:
-    """Commit exactly ``paths`` (retrying while another commit holds the index lock)."""
-    rel = [os.path.relpath(p) for p in paths]
-    for _ in range(20):
-        add = subprocess.run(["git", "add", *rel], capture_output=True, text=True)
-        if add.returncode == 0:
-            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", *rel], capture_output=True, text=True)
-            if done.returncode == 0 or "nothing to commit" in done.stdout + done.stderr:
-                return
-            err = done.stderr
-        else:
-            err = add.stderr
-        if "index.lock" not in err:
-            print(f"git commit failed: {err.strip()}", file=sys.stderr)
-            return
-        time.sleep(3)
 
 
 def main() -> None:
