@@ -163,7 +163,9 @@ class Recommender(nn.Module):
         """What the trainer calls for each batch: ``loss(batch, forward())``.
 
         A model whose loss reads only the batch's rows may override it to propagate less (see
-        LightGCN); the override must give the same terms and gradients as this default.
+        LightGCN); the override must give the same terms and gradients as this default. On a
+        GPU the trainer calls the default (full products are cheap there; host-side row slicing
+        is not).
         """
         return self.loss(batch, self())
 

@@ -304,7 +304,10 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
             batch = tuple(t.to(device) for t in batch)
         now = time.perf_counter()
         timing["sample_s"] += now - tick
-        terms = model.batch_loss(batch)
+        # A model's batch_loss gives loss(batch, forward())'s terms and gradients with less work on
+        # a CPU (row-restricted products, sliced on the host); on a GPU the full products are cheap
+        # and host slicing would stall every batch, so the default path is taken there.
+        terms = model.loss(batch, model()) if on_gpu else model.batch_loss(batch)
         if dist_env.active:  # this rank's share of the global batch's mean
             terms = {k: v * weight for k, v in terms.items()}
         total = sum(terms.values())
