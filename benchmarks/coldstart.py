@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, git_commit
-from benchmarks.robustness import COLD_FRACTION, COLD_SEED, _atomic_write, derived_dataset
+from benchmarks.common import RESULTS, atomic_write, git_commit
+from benchmarks.robustness import COLD_FRACTION, COLD_SEED, derived_dataset
 from benchmarks.robustness import settings as robustness_settings
 
 OUT = RESULTS / "coldstart"
@@ -270,8 +270,8 @@ def write_report(planned: list[str]) -> list[Path]:
     refs = {p.stem: json.loads(p.read_text()) for p in sorted((OUT / "references").glob("*.json"))}
     summary, md = report(cells, refs, planned)
     paths = [OUT / "coldstart.json", OUT / "coldstart.md"]
-    _atomic_write(paths[0], json.dumps(summary, indent=2))
-    _atomic_write(paths[1], md)
+    atomic_write(paths[0], json.dumps(summary, indent=2))
+    atomic_write(paths[1], md)
     return paths
 
 
@@ -299,7 +299,7 @@ def main() -> None:
         ref_path = OUT / "references" / f"{dataset}.json"
         old_refs = json.loads(ref_path.read_text()) if ref_path.is_file() else None
         if old_refs is None or "fixed_order" not in old_refs:
-            _atomic_write(ref_path, json.dumps(references(dataset, args.work, old_refs), indent=2, default=float))
+            atomic_write(ref_path, json.dumps(references(dataset, args.work, old_refs), indent=2, default=float))
             if args.commit:
                 git_commit([ref_path], f"coldstart benchmark: popularity/random references on {dataset}'s cold copy")
         for model in models:
@@ -317,7 +317,7 @@ def main() -> None:
             except Exception as exc:  # one failing model must not stop the table: recorded, retried next run
                 print(f"[coldstart] {dataset} {model} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
                 continue
-            _atomic_write(path, json.dumps(record, indent=2, default=float))
+            atomic_write(path, json.dumps(record, indent=2, default=float))
             done += 1
             tables = write_report(planned)
             own = record["cold"].get("own")

@@ -44,6 +44,16 @@ def write(name: str, data: dict, markdown: str) -> None:
     print(markdown)
 
 
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def git_commit(paths: list[Path], message: str) -> None:
     """Commit exactly ``paths`` (retrying while another commit holds the index lock); a long study
     that commits its finished cells survives the end of a session or machine."""

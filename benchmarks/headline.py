@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from benchmarks.common import RESULTS, git_commit
+from benchmarks.common import RESULTS, atomic_write, git_commit
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 SEED_MODELS = ["rlmmrec", "siger", "egra"]
@@ -131,10 +131,7 @@ def _jsonable(value):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1, default=str))
 
 
 def _read_json(path: Path) -> dict | None:
@@ -390,9 +387,9 @@ def report(models: list[str], datasets: list[str]) -> dict:
             "ablation_tests": ablation_tests,
             "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()}}
     _write_json(RESULTS / "headline.json", data)
-    (RESULTS / "headline.md").write_text(render_markdown(data, models, datasets, tunings))
-    (RESULTS / "headline.tex").write_text(render_latex(data, models, datasets))
-    (RESULTS / "headline.csv").write_text(render_csv(data))
+    atomic_write(RESULTS / "headline.md", render_markdown(data, models, datasets, tunings))
+    atomic_write(RESULTS / "headline.tex", render_latex(data, models, datasets))
+    atomic_write(RESULTS / "headline.csv", render_csv(data))
     return data
 
 

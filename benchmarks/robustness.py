@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, git_commit
+from benchmarks.common import RESULTS, atomic_write, git_commit
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 OUT = RESULTS / "robustness"
@@ -170,7 +169,7 @@ def order_reference(dataset: str, work: Path) -> Path:
         data = load_dataset(name, data_dir)
         record = {"dataset": name, "split": "test",
                   "order": {mode: fixed_order_spread(data, "test", mode, 100, KS) for mode in ("cold", "all")}}
-        _atomic_write(path, json.dumps(record, indent=2))
+        atomic_write(path, json.dumps(record, indent=2))
     return path
 
 
@@ -276,18 +275,11 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
     return summary, "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(planned: list[dict], epochs: int) -> list[Path]:
     summary, md = report(load_cells(), planned, epochs)
     paths = [OUT / "robustness.json", OUT / "robustness.md"]
-    _atomic_write(paths[0], json.dumps(summary, indent=2))
-    _atomic_write(paths[1], md)
+    atomic_write(paths[0], json.dumps(summary, indent=2))
+    atomic_write(paths[1], md)
     return paths
 
 
@@ -328,7 +320,7 @@ def main() -> None:
         except Exception as exc:  # one failing model must not stop the grid: recorded, retried next run
             print(f"[robustness] {cell_name(cell)} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             continue
-        _atomic_write(path, json.dumps(record, indent=2, default=float))
+        atomic_write(path, json.dumps(record, indent=2, default=float))
         trained += 1
         tables = write_report(planned, args.epochs)
         print(f"[robustness] done {cell_name(cell)}: test R@20 {record['test'].get('recall@20')} "
