@@ -38,7 +38,7 @@ from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
-from prismrec.nn.propagation import distinct_rows
+from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, PretrainedItems, PretrainedStageConfig, Recommender
 
 
@@ -218,13 +218,11 @@ class EGRA(Recommender):
         ``loss(batch, forward())``). GUME's terms read whole matrices: the full forward then."""
         if self.extended is not None:
             return super().batch_loss(batch)
-        cfg, n_u = self.config, self.n_users
-        u, i, j = batch
-        rows, at = distinct_rows(torch.cat([u, i + n_u, j + n_u]), n_u + self.n_items)
+        cfg = self.config
+        rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
         c = self.behavior_rows(rows)                                         # C[rows]
         m = self.encoder.fuse(self.encoder.modality_view_rows(rows), c)      # M[rows]
         z = c + m
-        at_u, at_i, at_j = at.chunk(3)
         zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
         align = self.weighted_alignment(m.index_select(0, at_u), c.index_select(0, at_u)) + \
             self.weighted_alignment(m.index_select(0, at_i), c.index_select(0, at_i))

@@ -52,7 +52,7 @@ from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
-from prismrec.nn.propagation import distinct_rows
+from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, Recommender
 
 
@@ -147,15 +147,13 @@ class GUME(Recommender):
         # and Ĥ: C's and Ĥ's last layers and the per-node fuser run for the batch's distinct rows
         # only. Same terms and gradients as loss(batch, forward()); the um noise is drawn for the
         # same rows in the same order (its "fixed" magnitude needs no statistic of all users).
-        cfg, n_u = self.config, self.n_users
-        u, i, j = batch
-        rows, at = distinct_rows(torch.cat([u, i + n_u, j + n_u]), n_u + self.n_items)
+        cfg = self.config
+        rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
         c = self.encoder.behavior_rows(rows)                                  # C[rows]
         h = self.encoder.modality_views()                                     # H (all of it: vt)
         m = self.encoder.fuse(h.index_select(1, torch.from_numpy(rows).to(h.device)), c)  # M[rows]
         ext = self.extended.rows(self.encoder.adjacency, h, rows)             # Ĥ[rows]
         z = c + m
-        at_u, at_i, at_j = at.chunk(3)
         zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
         return {
             "bpr": bpr_loss(zu, zi, zj),

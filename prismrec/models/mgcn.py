@@ -30,7 +30,7 @@ from prismrec.losses import bpr_loss, l2_reg, rows_infonce
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import MultiViewConfig, MultiViewEncoder, check_multiview_config
-from prismrec.nn.propagation import distinct_rows
+from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, Recommender
 
 
@@ -94,12 +94,10 @@ class MGCN(Recommender):
         # so C (last layer), the user rows of H_m and M are computed for the batch's distinct
         # rows alone; the terms and gradients are those of loss(batch, forward()).
         cfg = self.config
-        u, i, j = batch
-        rows, at = distinct_rows(torch.cat([u, i + self.n_users, j + self.n_users]), self.n_users + self.n_items)
+        rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
         c = self.encoder.behavior_rows(rows)                                 # C[rows]
         m = self.encoder.fuse(self.encoder.modality_view_rows(rows), c)      # M[rows]
         z = c + m
-        at_u, at_i, at_j = at.chunk(3)
         zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
         return {
             "bpr": bpr_loss(zu, zi, zj),

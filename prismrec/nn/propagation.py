@@ -43,6 +43,14 @@ def distinct_rows(rows: torch.Tensor, n: int) -> tuple[np.ndarray, torch.Tensor]
     return distinct, torch.from_numpy((np.cumsum(marks) - 1)[index]).to(rows.device)
 
 
+def batch_node_rows(batch, n_users: int, n_items: int) -> tuple[np.ndarray, tuple[torch.Tensor, ...]]:
+    """For a ``(u, i, j)`` batch over the ``n_users + n_items`` nodes (users first): the sorted
+    distinct node ids it touches and, for ``u``, ``i`` and ``j``, their positions among them."""
+    u, i, j = batch
+    rows, at = distinct_rows(torch.cat([u, i + n_users, j + n_users]), n_users + n_items)
+    return rows, at.chunk(3)
+
+
 ROW_SHARE = 0.5
 """Largest share of a matrix's rows for which the row-restricted products above are used; above
 it a batch touches nearly every row, and slicing the block costs more than the rows it saves
