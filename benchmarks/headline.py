@@ -130,6 +130,24 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
+def same_protocol(recorded: dict, want: dict) -> bool:
+    """Whether a recorded cell's spec still holds for ``want``: everything equal, except that a
+    setting added to the model's Config since the record (absent from its ``defaults``) does not
+    count. A new switch defaults to the previous behaviour (tests/test_equivalence.py's goldens pin
+    it), so adding one must not redo hours of recorded cells; a changed default or grid does."""
+    if recorded.keys() != want.keys():
+        return False
+    old, new = recorded["defaults"], want["defaults"]
+    return (all(recorded[k] == want[k] for k in want if k != "defaults")
+            and _contained(old, new))
+
+
+def _contained(old, new) -> bool:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return old.keys() <= new.keys() and all(_contained(v, new[k]) for k, v in old.items())
+    return old == new
+
+
 def _write_json(path: Path, data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=1, default=str))
 
@@ -164,10 +182,11 @@ def tune_cell(model: str, dataset: str, data) -> dict:
     path = CELLS / dataset / model / "tuning.json"
     want = _jsonable(spec(model, dataset))
     record = _read_json(path)
-    if record is None or record["spec"] != want:
+    if record is None or not same_protocol(record["spec"], want):
         if record is not None:
             print(f"[{dataset}/{model}] protocol changed: tuning again", flush=True)
         record = {"spec": want, "trials": []}
+    want = record["spec"]  # the recorded protocol, when it still holds
     blind = dataclasses.replace(data, test=None)
     for n, point in enumerate(want["points"]):
         if n < len(record["trials"]):
@@ -249,7 +268,7 @@ def run_cell(model: str, dataset: str, parts: set[str], data=None, commit: bool 
     COMMIT = commit
     data = data if data is not None else load_dataset(dataset)
     tuning = tune_cell(model, dataset, data) if "tune" in parts else _read_json(CELLS / dataset / model / "tuning.json")
-    if tuning is None or "selected" not in tuning or tuning["spec"] != _jsonable(spec(model, dataset)):
+    if tuning is None or "selected" not in tuning or not same_protocol(tuning["spec"], _jsonable(spec(model, dataset))):
         return
     selected = {**tuning["spec"]["base"], **tuning["selected"]["point"]}
     if "final" in parts:

@@ -70,3 +70,15 @@ def test_a_changed_protocol_is_tuned_again(study, monkeypatch):
     headline.run_cell("lightgcn", study.name, {"tune"}, study)
     tuning = json.loads((headline.CELLS / study.name / "lightgcn" / "tuning.json").read_text())
     assert trained == [3] and tuning["spec"]["trial_train"]["epochs"] == 3 and len(tuning["trials"]) == 2
+
+
+def test_a_new_switch_keeps_recorded_cells_but_a_changed_default_does_not(study):
+    want = headline._jsonable(headline.spec("lightgcn", study.name))
+    older = json.loads(json.dumps(want))
+    del older["defaults"]["params"]["reg_weight"]  # recorded before the model had this setting
+    assert headline.same_protocol(older, want)
+    changed = json.loads(json.dumps(want))
+    changed["defaults"]["params"]["reg_weight"] = 123.0
+    assert not headline.same_protocol(changed, want)
+    del want["defaults"]["params"]["reg_weight"]  # a setting removed since the record
+    assert not headline.same_protocol(headline._jsonable(headline.spec("lightgcn", study.name)), want)
