@@ -173,12 +173,24 @@ def _other_run(folder: Path, cfg) -> bool:
     return bool(identity) and identity.get("config_digest") != run_digest(cfg)
 
 
-def tune_cell(model: str, dataset: str, data) -> dict:
-    """Run the trials not yet recorded; return ``tuning.json`` with the selection."""
+def blind_trial(model: str, dataset: str, settings: dict, folder: Path, blind) -> dict:
+    """One trial: ``settings`` trained with seed ``SEEDS[0]`` on ``blind`` (the dataset without its
+    test split) in ``folder``; ``{"state", "valid", "epochs"}`` (a diverged run is recorded as such)."""
     from prismrec.errors import TrainingDiverged
     from prismrec.experiment.config import resolve_config
     from prismrec.experiment.runs import run_experiment
 
+    cfg = resolve_config(model, dataset, settings)
+    try:
+        metrics = run_experiment(cfg, [SEEDS[0]], folder, dataset=blind, progress=False, evaluate_test=False,
+                                 overwrite=_other_run(folder, cfg), log=lambda m: None)
+        return {"state": "ok", "valid": metrics["valid"], "epochs": metrics["epochs"]}
+    except TrainingDiverged as exc:
+        return {"state": "diverged", "valid": None, "error": str(exc)}
+
+
+def tune_cell(model: str, dataset: str, data) -> dict:
+    """Run the trials not yet recorded; return ``tuning.json`` with the selection."""
     path = CELLS / dataset / model / "tuning.json"
     want = _jsonable(spec(model, dataset))
     record = _read_json(path)
@@ -191,15 +203,9 @@ def tune_cell(model: str, dataset: str, data) -> dict:
     for n, point in enumerate(want["points"]):
         if n < len(record["trials"]):
             continue
-        settings = {**want["base"], **want["trial_train"], **point}
         print(f"[{dataset}/{model}] trial {n}: {point or 'defaults'}", flush=True)
-        cfg, folder = resolve_config(model, dataset, settings), RUNS / dataset / model / f"trial-{n}"
-        try:
-            metrics = run_experiment(cfg, [SEEDS[0]], folder, dataset=blind, progress=False, evaluate_test=False,
-                                     overwrite=_other_run(folder, cfg), log=lambda m: None)
-            trial = {"point": point, "state": "ok", "valid": metrics["valid"], "epochs": metrics["epochs"]}
-        except TrainingDiverged as exc:
-            trial = {"point": point, "state": "diverged", "valid": None, "error": str(exc)}
+        trial = {"point": point, **blind_trial(model, dataset, {**want["base"], **want["trial_train"], **point},
+                                               RUNS / dataset / model / f"trial-{n}", blind)}
         record["trials"].append(trial)
         _write_json(path, record)
         _commit([path], f"Headline study: {dataset}/{model} trial {n} ({trial['state']})")
