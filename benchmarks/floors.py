@@ -57,10 +57,14 @@ SELECT = {"topk"}
 GATHER = {"embedding", "embedding_dense_backward", "index_select", "index", "index_add", "index_add_",
           "index_put", "index_put_", "_index_put_impl_", "gather", "scatter_add", "scatter_add_"}
 KERNELS = PRODUCTS | SOFTMAX | SELECT | GATHER
-SETTINGS = {**MODEL_SETTINGS, "dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}}}
-"""Per model and dataset, the settings a model needs beyond its defaults (FREEDOM's and DRAGON's
-modality weights on datasets whose modalities are not one image and one text), as in the quality
-benchmarks and the headline study."""
+PARTS = {"tiktok": {"modality_roles": ["image", "text"]}, "lfm2k": {"modality_roles": ["image", "text"]}}
+SETTINGS = {**MODEL_SETTINGS, "dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}},
+            "smore": PARTS, "mmgcn": PARTS,
+            "lgmrec": {"tiktok": {"hcl_order": ["image", "audio"]}, "lfm2k": {"hcl_order": ["text", "audio"]}}}
+"""Per model and dataset, the settings a model needs beyond its defaults where the modalities are
+not one image-like and one text-like (prismrec.nn.roles): FREEDOM's and DRAGON's modality weights,
+SMORE's and MMGCN's parts and LGMRec's contrastive order (the first modality in the image part,
+as before parts went by name), as in the quality benchmarks and the headline study."""
 
 
 class KernelRecorder(TorchDispatchMode):

@@ -50,13 +50,14 @@ CASES: dict[str, tuple[str, dict]] = {
     "egra": ("egra", {"pretrained": "auto", "pretrain_epochs": 1}),
     "egra-gume": ("egra", {"pretrained": "auto", "pretrain_epochs": 1, "backbone": "gume"}),
     "egra-separate": ("egra", {"item_links": "raw", "graph_fusion": "separate"}),
-    # the baselines added later (ml100k's text + genre take the image/text parts by position)
+    # the baselines added later (ml100k's text + genre have no image/text roles by name: the cases
+    # give text the image part and genre the text part, as the goldens were recorded)
     "lattice": ("lattice", {}),
     "bm3": ("bm3", {}),
-    "lgmrec": ("lgmrec", {}),
-    "mmgcn": ("mmgcn", {}),
+    "lgmrec": ("lgmrec", {"hcl_order": ["text", "genre"]}),
+    "mmgcn": ("mmgcn", {"modality_roles": ["image", "text"]}),
     "dragon": ("dragon", {"mm_weights": [0.1, 0.9]}),
-    "smore": ("smore", {}),
+    "smore": ("smore", {"modality_roles": ["image", "text"]}),
     "damrs": ("damrs", {}),
 }
 

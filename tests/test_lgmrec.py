@@ -58,7 +58,7 @@ SETTINGS = [
     dict(modalities=["image", "text"], n_ui_layers=2, n_mm_layers=2, n_hyper_layer=1, hyper_num=4,
          keep_rate=0.5, alpha=0.3),
     dict(modalities=["image", "text", "audio"], n_ui_layers=1, n_mm_layers=1, n_hyper_layer=2, hyper_num=3,
-         keep_rate=0.4, alpha=0.6, cf_model="mf"),
+         keep_rate=0.4, alpha=0.6, cf_model="mf", hcl_order=["image", "text", "audio"]),
     dict(modalities=["text"], n_ui_layers=3, n_mm_layers=0, n_hyper_layer=1, hyper_num=2, keep_rate=1.0, alpha=1.0),
 ]
 
@@ -137,11 +137,12 @@ def test_hypergraph_propagation_by_hand():
 
 
 def test_features_frozen_and_config_validation(tiny):
-    net = build(tiny)
+    order = ["image", "text", "audio"]  # three modalities: L_hcl's order is explicit
+    net = build(tiny, hcl_order=order)
     assert net.modalities == ["image", "text", "audio"]
     assert not net.inputs["image"].features.requires_grad
     assert not any(k.endswith("features") for k in net.state_dict())
-    unit = build(tiny, feature_norm="l2").inputs["audio"].features
+    unit = build(tiny, feature_norm="l2", hcl_order=order).inputs["audio"].features
     torch.testing.assert_close(unit, torch.nn.functional.normalize(tiny.features["audio"], dim=1))
     torch.testing.assert_close(net.inputs["audio"].features, tiny.features["audio"])  # default: raw
     for bad, message in [
@@ -151,13 +152,13 @@ def test_features_frozen_and_config_validation(tiny):
         (dict(modalities=[]), "needs at least 1 modalities"),
     ]:
         with pytest.raises(ValueError, match=message):
-            build(tiny, **bad)
+            build(tiny, hcl_order=order, **bad)
     grids = {f.name: f.metadata.get("grid") for f in dataclasses.fields(get_model("lgmrec").Config)}
     assert grids["hyper_num"] == [4, 64] and grids["alpha"] == [0.2, 0.3, 0.6]
 
 
 def test_smoke_run_trains(tiny):
-    cfg = resolve_config("lgmrec", tiny.name, {"epochs": 2, "threads": 1})
+    cfg = resolve_config("lgmrec", tiny.name, {"epochs": 2, "threads": 1, "hcl_order": ["image", "text", "audio"]})
     result = run_experiment(cfg, [1], None, dataset=tiny, progress=False)
     assert result["status"] == "ok" and 0.0 <= result["test"]["recall@20"] <= 1.0
 

@@ -83,7 +83,7 @@ def ours_flat(net):
 @pytest.mark.parametrize("n_ui_layers,knn", [(4, (40, 15)), (2, (5, 8))])
 def test_matches_dense_reference_forward_losses_and_gradients(planted, n_ui_layers, knn):
     net = build(planted, dropout=0.0, reg_weight=0.1, cl_weight=0.5, n_ui_layers=n_ui_layers,
-                knn_k_first=knn[0], knn_k_rest=knn[1])
+                image_knn_k=knn[0], text_knn_k=knn[1])
     net.train()
     out = net()
     p = reference_params(net)
@@ -150,7 +150,7 @@ def test_switches_and_dropout(planted):
     nodrop = build(planted, dropout=0.0)
     nodrop.train()
     torch.testing.assert_close(nodrop().user, nodrop().user)
-    for overrides in ({"fusion_graph": "mean"}, {"n_ii_layers": 0}, {"knn_k_first": 5}, {"modalities": ["text"]}):
+    for overrides in ({"fusion_graph": "mean"}, {"n_ii_layers": 0}, {"image_knn_k": 5}, {"modalities": ["text"]}):
         other = build(planted, **overrides)
         other.eval()
         assert not torch.allclose(other().item, ref.item), overrides
@@ -167,7 +167,7 @@ def test_config_errors(planted):
     with pytest.raises(ValueError, match="fusion_graph must be"):
         build(planted, fusion_graph="min")
     with pytest.raises(ValueError, match="exceeds the number of items"):
-        build(planted, knn_k_first=10_000)
+        build(planted, image_knn_k=10_000)
 
 
 def test_trains_two_epochs_and_is_deterministic(planted):

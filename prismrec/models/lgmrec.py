@@ -34,7 +34,8 @@ from a hypergraph whose ``A`` hyperedges per modality are learned from the item 
    Auxiliaries of the eval-mode forward (``N x d``): ``behavior = C`` and ``modality = Z − C``.
 
 6. Loss, with the hypergraph contrastive term over each pair of modalities ``(a, b)`` (the
-   reference's two-modality case: ``a`` = image, ``b`` = text), summed over the batch::
+   reference's two-modality case: ``a`` = image, ``b`` = text; ``a`` queries, ``b`` gives the
+   keys and negatives, so the order matters), summed over the batch::
 
        ssl(Q, K)[b] = −log [ exp(cos(Q_b, K_b)/τ) / Σ_r exp(cos(Q_b, K_r)/τ) ]     r over **all** rows
        L_hcl = Σ_{(a,b)} Σ_b ( ssl(G^a_U[u], G^b_U)[b] + ssl(G^a_I[i], G^b_I)[b] )
@@ -61,7 +62,11 @@ Deliberate differences from the reference, each a documented choice:
   unless ``eval_gumbel_noise`` is set.
 - The reference defines the model for exactly two modalities (image, text; with fewer it falls
   back to ``C`` alone). Here any number ``≥ 1`` works: the sums run over the used modalities and
-  ``L_hcl`` over their ordered pairs ``(a, b)``, ``a`` before ``b``; one modality has no ``L_hcl``.
+  ``L_hcl`` over the ordered pairs ``(a, b)``, ``a`` before ``b`` in ``hcl_order``; one modality
+  has no ``L_hcl``. ``hcl_order`` goes **by name** (:mod:`prismrec.nn.roles`) for an image-like +
+  text-like pair (image first, in either ``modalities`` order); any other modalities (lfm2k's
+  text + audio, tiktok's image + audio, ml100k's text + genre, or more than two) must give it
+  (a ConfigError says so).
 - Its first public commit builds the text users' memberships into the image slot (``uv_hyper``
   overwritten); we follow the corrected form in MMRec.
 """
@@ -87,6 +92,7 @@ from prismrec.nn.fusion import node_presence, present_mean
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.encoders import normalize_features
 from prismrec.nn.hypergraph import hypergraph_propagate, soft_hyperedges
+from prismrec.nn.roles import role_order
 from prismrec.recommender import Output, Recommender
 
 
@@ -126,6 +132,11 @@ class LGMRecConfig:
     """``τ`` of ``L_hcl`` (reference: 0.2, the same constant as ``τ_g``)."""
     eval_gumbel_noise: bool = False
     """Also draw Gumbel noise in evaluation (reference behaviour; makes evaluation random)."""
+    hcl_order: list[str] | None = None
+    """Order of the modalities in ``L_hcl``: a pair ``(a, b)`` for each ``a`` before ``b`` (``a``'s
+    hypergraph embeddings query ``b``'s). ``None`` = by name for an image + text pair (image
+    first, as the reference); required for other modalities (e.g. ``[text,audio]``), ignored
+    for one."""
     feature_norm: Literal["none", "l2", "standardize"] = "none"
     """Rescale each modality's raw features first (``none`` = the reference's raw values). Raw
     scale sets the sharpness of the memberships ``GS(F_m V_m)``: large rows saturate them."""
@@ -183,7 +194,7 @@ class LGMRec(Recommender):
                 for m in self.modalities
             }
         )
-        self.pairs = list(itertools.combinations(self.modalities, 2))  # (a, b) of L_hcl
+        self.pairs = list(itertools.combinations(role_order(self.name, self.modalities, config.hcl_order, "hcl_order"), 2))  # (a, b) of L_hcl
         present = node_presence(fusion_presence(dataset, self.modalities), self.n_users)  # K x N or None
         self.register_buffer("present", present, persistent=False)
         self.reset_parameters()
@@ -268,3 +279,4 @@ class LGMRec(Recommender):
         k = F.normalize(keys, dim=1)
         per_row = gemm_logsumexp(q, k) - (q * k.index_select(0, distinct)).sum(dim=1)
         return (per_row * counts).sum()
+

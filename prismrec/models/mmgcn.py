@@ -8,7 +8,7 @@ Per modality ``m`` (``P_m ∈ R^{n_U × d'_m}`` user preferences, ``E ∈ R^{N �
 shared by the modalities, ``ρ`` = leaky ReLU with slope 0.01)::
 
     X⁰     = nrm([P_m; F̃_m])              F̃_m = F_m W⁰ + b⁰ (``d_m -> d'_m``, the reference's
-                                            256-d MLP for the first modality) or F_m itself
+                                            256-d MLP for its image modality) or F_m itself
     Hˡ     = ρ( Agg(X^{l-1} Wˡ) )          Agg = D^-1 A (mean over neighbours) or A (sum)  — eq. 1
     X̂ˡ     = ρ( X^{l-1} Uˡ + uˡ ) + E      the ID embedding joins every layer          — eq. 5
     Xˡ     = ρ( Gˡ [Hˡ ; X̂ˡ] + gˡ )        (``concat = False``: ρ(Gˡ Hˡ + gˡ + X̂ˡ))
@@ -21,7 +21,15 @@ Loss::
     L = L_BPR(Z) + λ·[ mean(E[u]², E[i]², E[j]²) + mean(P_1²) ]
 
 with the user row counted once per (positive, negative) pair, as the reference does, and ``P_1``
-the first modality's preference table (``reg_preferences = "all"`` takes every modality's).
+the preference table of the modality in the image part (``reg_preferences = "all"`` takes every
+modality's).
+
+Parts by name (:mod:`prismrec.nn.roles`): the reference gives its image modality the 256-d MLP and
+the L2 on ``P_1``, its text modality raw features. Here the image-like modality of an image + text
+pair (either order) plays the image part; a single modality plays it too. Any other modalities
+(lfm2k's text + audio, tiktok's image + audio, ml100k's text + genre, or more than two) have no
+part by name: ``modality_roles`` says which part each plays, or ``latent_dims`` (with
+``reg_preferences = "all"``) sets the widths directly (a ConfigError says so).
 
 Missing modalities (a dataset loaded with ``impute="zero"``): an item's missing modality does
 not contribute where the modalities are fused (the mean, or sum, of the ``Z_m``), the rest renormalised
@@ -57,6 +65,7 @@ from prismrec.data.features import fusion_presence
 from prismrec.models import register
 from prismrec.nn.fusion import node_presence, present_mean
 from prismrec.nn.content import content_forward_rows, feature_knn
+from prismrec.nn.roles import modality_parts
 from prismrec.recommender import Output, Recommender
 
 LATENT_DIM = 256
@@ -71,8 +80,14 @@ class MMGCNConfig:
     """``d``: ID embeddings and every layer's output (reference ``dim_x``)."""
     latent_dims: list[int] | None = None
     """``d'_m`` per modality (in ``modalities`` order): width of the MLP ``F_m -> F̃_m``, or 0 to
-    feed the raw features. ``None`` = the reference: 256 for the first modality, raw for the
-    others."""
+    feed the raw features. ``None`` = the reference: 256 for the modality in the image part, raw
+    for those in the text part (``modality_roles``)."""
+    modality_roles: list[str] | None = None
+    """The reference part (``image`` or ``text``) each modality plays, in ``modalities`` order: the
+    image part gets the 256-d MLP (unless ``latent_dims``) and the L2 on its preference table
+    (``reg_preferences = "first"``). ``None`` = by name (an image-like + text-like pair, in either
+    order; a single modality plays the image part); required for other modalities unless
+    ``latent_dims`` is given and ``reg_preferences = "all"`` (e.g. ``[image,text]``)."""
     n_layers: int = 3
     """``L``: graph convolution layers per modality (the reference always runs 3)."""
     aggr: Literal["mean", "add"] = "mean"
@@ -86,7 +101,8 @@ class MMGCNConfig:
     reg_weight: float = field(default=1e-5, metadata={"grid": [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1]})
     """``λ``; reference default 1e-5 (``weight_decay``), MMRec grid {0, 1e-5, ..., 0.1}."""
     reg_preferences: Literal["first", "all"] = "first"
-    """Preference tables in the L2 term: the first modality's (reference) or all."""
+    """Preference tables in the L2 term: the first (in ``modalities`` order) of the modalities in
+    the image part (the reference's visual table; ``modality_roles``) or all."""
     train_embeddings: bool = False
     """Train ``E`` and ``P_m`` (``True``) or keep them at their random initialisation, as the
     reference code does (they are never given to its optimiser)."""
@@ -162,7 +178,13 @@ class MMGCN(Recommender):
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(config, key)!r}")
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         n = len(self.modalities)
-        latent = config.latent_dims if config.latent_dims is not None else [LATENT_DIM] + [0] * (n - 1)
+        parts = None  # the reference part of each modality, when a setting depends on it
+        if config.latent_dims is None or config.reg_preferences == "first":
+            parts = modality_parts(self.name, self.modalities, config.modality_roles,
+                                   settings="feature MLP (latent_dims) and preference L2 (reg_preferences)")
+        latent = config.latent_dims
+        if latent is None:
+            latent = [LATENT_DIM if part == "image" else 0 for part in parts]
         if len(latent) != n or any(int(x) < 0 for x in latent):
             raise ValueError(
                 f"latent_dims needs one non-negative width per modality ({', '.join(self.modalities)}), "
@@ -182,6 +204,9 @@ class MMGCN(Recommender):
         })
         present = node_presence(fusion_presence(dataset, self.modalities), self.n_users)  # K x N or None
         self.register_buffer("present", present, persistent=False)
+        # P_1 of the L2 term: the first modality in the image part (none without one), or every table
+        self.regularised = (list(self.modalities) if config.reg_preferences == "all"
+                            else [m for m, part in zip(self.modalities, parts) if part == "image"][:1])
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -210,11 +235,8 @@ class MMGCN(Recommender):
         e_ij = self.id_emb.index_select(0, torch.cat([i, j]) + self.n_users)
         # mean over the 2B (user, item) rows of E[user]² + E[item]²: each user row counts twice
         reg = e_u.square().mean() + e_ij.square().mean()
-        tables = list(self.gcns.values())
-        if self.config.reg_preferences == "first":
-            tables = tables[:1]
-        for gcn in tables:
-            reg = reg + gcn.preference.square().mean()
+        for m in self.regularised:
+            reg = reg + self.gcns[m].preference.square().mean()
         return {"bpr": bpr_loss(zu, zi, zj), "reg": self.config.reg_weight * reg}
 
     def content_item_embeddings(self, items, out, id_rows=None):

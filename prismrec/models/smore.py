@@ -42,9 +42,12 @@ built from the raw features alone, so it links a new item to trained ones. The i
 gates it with the item's own filtered spectra (step 2) and propagates as above (our choice where
 the paper does not treat cold items; ``--id-rows zero`` drops the ID row instead).
 
-With two modalities the first plays the reference's image role (``k = 40`` on Baby) and the
-second its text role (``k = 15``); more modalities join the same equations (the fused spectrum
-is the product of all). The dropout on ``p_v`` draws from torch's global generator in training
+The kNN sizes go to modalities **by name** (:mod:`prismrec.nn.roles`): the image-like modality
+of an image + text pair (either order) takes the reference's ``image_knn_k`` (Baby 40), the
+text-like one ``text_knn_k`` (Baby 15); a single modality takes ``image_knn_k``. Any other
+modalities (lfm2k's text + audio, tiktok's image + audio, ml100k's text + genre, or more than
+two) have no part by name: ``modality_roles`` says which part each plays (a ConfigError says
+so). More modalities join the same equations (the fused spectrum is the product of all). The dropout on ``p_v`` draws from torch's global generator in training
 forwards only.
 """
 
@@ -65,6 +68,7 @@ from prismrec.nn.fusion import node_presence, present_mean
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.content import content_forward_rows
 from prismrec.nn.encoders import Projector
+from prismrec.nn.roles import modality_parts
 from prismrec.recommender import Output, Recommender
 
 
@@ -78,10 +82,14 @@ class SMOREConfig:
     """``L_ui``: LightGCN layers of the behaviour view (Baby best 4)."""
     n_ii_layers: int = 1
     """``L_ii``: propagation steps of each item view over its item–item graph (``n_layers``)."""
-    knn_k_first: int = field(default=40, metadata={"grid": [10, 15, 20, 40]})
-    """``k`` of the first modality's cosine kNN graph (reference ``image_knn_k``; Baby 40)."""
-    knn_k_rest: int = field(default=15, metadata={"grid": [10, 15, 20, 40]})
-    """``k`` of every other modality's graph (reference ``text_knn_k``; Baby 15)."""
+    image_knn_k: int = field(default=40, metadata={"grid": [10, 15, 20, 40]})
+    """``k`` of the cosine kNN graph of the modality in the image part (reference ``image_knn_k``; Baby 40)."""
+    text_knn_k: int = field(default=15, metadata={"grid": [10, 15, 20, 40]})
+    """``k`` of the graph of each modality in the text part (reference ``text_knn_k``; Baby 15)."""
+    modality_roles: list[str] | None = None
+    """The reference part (``image`` or ``text``) each modality plays, in ``modalities`` order, which
+    decides its ``k``. ``None`` = by name (an image-like + text-like pair, in either order; a single
+    modality plays the image part); required for any other modalities (e.g. ``[image,text]``)."""
     fusion_graph: Literal["max", "mean"] = "max"
     """``S_f``: element-wise max over the union of the modality graphs (reference) or their mean."""
     reg_weight: float = field(default=1e-4, metadata={"grid": [1e-5, 1e-4]})
@@ -132,16 +140,17 @@ class SMORE(Recommender):
     def __init__(self, dataset, config: SMOREConfig) -> None:
         super().__init__(dataset, config)
         self.require_at_least(
-            config, embedding_size=2, n_ui_layers=0, n_ii_layers=0, knn_k_first=1, knn_k_rest=1, temperature=1e-8
+            config, embedding_size=2, n_ui_layers=0, n_ii_layers=0, image_knn_k=1, text_knn_k=1, temperature=1e-8
         )
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
         if config.fusion_graph not in ("max", "mean"):
             raise ValueError(f"fusion_graph must be 'max' or 'mean', got {config.fusion_graph!r}")
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
-        ks = [config.knn_k_first] + [config.knn_k_rest] * (len(self.modalities) - 1)
+        parts = modality_parts(self.name, self.modalities, config.modality_roles, settings="image_knn_k/text_knn_k")
+        ks = [config.image_knn_k if part == "image" else config.text_knn_k for part in parts]
         if max(ks) > self.n_items:
-            raise ValueError(f"knn_k={max(ks)} exceeds the number of items ({self.n_items}); lower knn_k_first/knn_k_rest")
+            raise ValueError(f"knn_k={max(ks)} exceeds the number of items ({self.n_items}); lower image_knn_k/text_knn_k")
         d = config.embedding_size
 
         # Â and R̂ (2.1); S_m cosine kNN graphs of the raw features (2.2) and S_f, all frozen.

@@ -11,6 +11,10 @@ audio) that silently gives audio the image's or the text's part. The rule here:
   (``text``, ``title``, ``text_bert``);
 - anything else (``audio``, ``audio_whisper``, ``genre``, ...) has no role, and a model that
   needs one asks for an explicit setting.
+
+Helpers by what a model needs: :func:`role_weights` (per-modality weights: FREEDOM, DRAGON
+``mm_weights``), :func:`modality_parts` (the part each modality plays: SMORE's kNN sizes, MMGCN's
+feature MLP, ``modality_roles``), :func:`role_order` (image first: LGMRec's ``hcl_order``).
 """
 
 from __future__ import annotations
@@ -78,3 +82,61 @@ def role_weights(
             f"have no owner by name ({describe_roles()})"
         )
     return tuple(image_weight if m == pair["image"] else 1.0 - image_weight for m in modalities)
+
+
+def modality_parts(
+    model: str, modalities: list[str], parts: list[str] | None, setting: str = "modality_roles",
+    settings: str = "image/text settings",
+) -> list[Role]:
+    """The reference part (``"image"`` or ``"text"``) each of ``modalities`` plays, in that order,
+    for models whose reference gives its image and its text modality different settings (SMORE's
+    ``image_knn_k``/``text_knn_k``, MMGCN's feature MLP).
+
+    ``parts`` (the explicit ``setting``) when given (checked: one ``image`` or ``text`` per
+    modality); else ``["image"]`` for a single modality (the reference's first slot), or the roles
+    by name of an image + text pair (any order). Any other modalities raise a
+    :class:`~prismrec.errors.ConfigError` naming ``setting`` (``settings`` says what it decides).
+    """
+    from prismrec.errors import ConfigError
+
+    example = ",".join(["image"] + ["text"] * (len(modalities) - 1))
+    if parts is not None:
+        if len(parts) != len(modalities) or any(p not in ROLE_NAMES for p in parts):
+            raise ConfigError(
+                f"{model}: {setting} needs one of image/text per modality of {modalities} (in that order), "
+                f"got {list(parts)}; e.g. --set {setting}=[{example}]"
+            )
+        return list(parts)  # type: ignore[arg-type]
+    if len(modalities) == 1:
+        return ["image"]
+    if image_text_pair(modalities) is None:
+        raise ConfigError(
+            f"{model}: set {setting} (the reference part, image or text, each of {modalities} plays, in that "
+            f"order, e.g. --set {setting}=[{example}]): these modalities are not one image-like and one "
+            f"text-like, so the reference's {settings} have no owner by name ({describe_roles()})"
+        )
+    return [modality_role(m) for m in modalities]  # type: ignore[misc]
+
+
+def role_order(model: str, modalities: list[str], order: list[str] | None, setting: str) -> list[str]:
+    """``modalities`` in the order a reference takes them, image first (LGMRec's ``L_hcl`` pair):
+    ``order`` (the explicit ``setting``; checked: the used modalities, each once), else the pair
+    by name for an image + text pair (either order), else a single modality as is. Any other
+    modalities raise a :class:`~prismrec.errors.ConfigError` naming ``setting``."""
+    from prismrec.errors import ConfigError
+
+    if order is not None:
+        if sorted(order) != sorted(modalities):
+            raise ConfigError(f"{model}: {setting} must list the used modalities {modalities} once each, "
+                              f"got {list(order)}; e.g. --set {setting}=[{','.join(modalities)}]")
+        return list(order)
+    if len(modalities) == 1:
+        return list(modalities)
+    pair = image_text_pair(modalities)
+    if pair is None:
+        raise ConfigError(
+            f"{model}: set {setting} (the order of {modalities} that takes the reference's image-then-text "
+            f"places, e.g. --set {setting}=[{','.join(modalities)}]): these modalities are not one image-like "
+            f"and one text-like, so the reference's order has no owner by name ({describe_roles()})"
+        )
+    return [pair["image"], pair["text"]]
