@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph, pretrained_links
 from prismrec.graph import shared_neighbor_links, sym_normalize
 from prismrec.losses import bpr_loss, entity_weighted_infonce, half_sq, moment_gap
@@ -149,10 +150,12 @@ class EGRA(Recommender):
         else:  # separate: plain Â, and Ŝ_pre added to the item rows of C
             adjacency = bipartite_adjacency(dataset.train)
             self.pre_graph = SparseOperator(sym_normalize(links), symmetric=False)
-        # 2. MGCN's views on Â⁺; with backbone="gume", GUME's extended branch too.
+        # 2. MGCN's views on Â⁺; with backbone="gume", GUME's extended branch too. Both weigh only
+        # an item's present modalities when some were zero-filled (impute="zero").
         self.encoder = MultiViewEncoder(
             adjacency, knn, [dataset.features[m] for m in self.modalities],
             self.n_users, d, self.n_ui_layers, config.n_ii_layers, config.train_features,
+            present_items=fusion_presence(dataset, self.modalities),
         )
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, self.n_ui_layers) if gume else None
         self.reset_parameters()
@@ -180,7 +183,7 @@ class EGRA(Recommender):
         if self.extended is not None:
             aux["modality_views"] = h
             if self.training:  # Ĥ only feeds the loss
-                aux["extended"] = self.extended(self.encoder.adjacency, h)
+                aux["extended"] = self.extended(self.encoder.adjacency, h, self.encoder.present)
         return Output(z[: self.n_users], z[self.n_users :], aux)
 
     # ---------------------------------------------------------------- stage 3: alignment, loss
@@ -221,7 +224,7 @@ class EGRA(Recommender):
         cfg = self.config
         rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
         c = self.behavior_rows(rows)                                         # C[rows]
-        m = self.encoder.fuse(self.encoder.modality_view_rows(rows), c)      # M[rows]
+        m = self.encoder.fuse(self.encoder.modality_view_rows(rows), c, rows)  # M[rows]
         z = c + m
         zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
         align = self.weighted_alignment(m.index_select(0, at_u), c.index_select(0, at_u)) + \

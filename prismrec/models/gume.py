@@ -46,6 +46,7 @@ from typing import Literal
 
 import torch
 
+from prismrec.data.features import fusion_presence
 from prismrec.graph import bipartite_adjacency, knn_graph, shared_neighbor_links
 from prismrec.losses import bpr_loss, half_sq, l2_reg, moment_gap, rows_infonce, user_modality_alignment
 from prismrec.models import register
@@ -107,10 +108,12 @@ class GUME(Recommender):
         links = shared_neighbor_links(knn)
         self.n_item_links = int(links.nnz)
         adjacency = bipartite_adjacency(dataset.train, links, gamma=config.gamma)
-        # 2-4, 6. ID tables, purifiers and fuser on Â⁺ and the Ŝ_m; 5. the extended branch.
+        # 2-4, 6. ID tables, purifiers and fuser on Â⁺ and the Ŝ_m; 5. the extended branch. Both
+        # weigh only an item's present modalities when some were zero-filled (impute="zero").
         self.encoder = MultiViewEncoder(
             adjacency, knn, [dataset.features[m] for m in self.modalities],
             self.n_users, d, config.n_ui_layers, config.n_ii_layers, config.train_features,
+            present_items=fusion_presence(dataset, self.modalities),
         )
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers)
         self.reset_parameters()
@@ -124,7 +127,7 @@ class GUME(Recommender):
         z = c + m
         aux = {"behavior": c, "modality": m, "modality_views": h}
         if self.training:  # 5. Ĥ only feeds the loss; scoring uses Z = C + M
-            aux["extended"] = self.extended(self.encoder.adjacency, h)
+            aux["extended"] = self.extended(self.encoder.adjacency, h, self.encoder.present)
         return Output(z[: self.n_users], z[self.n_users :], aux)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
@@ -151,8 +154,8 @@ class GUME(Recommender):
         rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
         c = self.encoder.behavior_rows(rows)                                  # C[rows]
         h = self.encoder.modality_views()                                     # H (all of it: vt)
-        m = self.encoder.fuse(h.index_select(1, torch.from_numpy(rows).to(h.device)), c)  # M[rows]
-        ext = self.extended.rows(self.encoder.adjacency, h, rows)             # Ĥ[rows]
+        m = self.encoder.fuse(h.index_select(1, torch.from_numpy(rows).to(h.device)), c, rows)  # M[rows]
+        ext = self.extended.rows(self.encoder.adjacency, h, rows, self.encoder.presence(rows))  # Ĥ[rows]
         z = c + m
         zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
         return {

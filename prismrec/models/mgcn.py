@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 
+from prismrec.data.features import fusion_presence
 from prismrec.graph import bipartite_adjacency, knn_graph
 from prismrec.losses import bpr_loss, l2_reg, rows_infonce
 from prismrec.models import register
@@ -64,10 +65,12 @@ class MGCN(Recommender):
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         # 1. Graphs: Ŝ_m per modality, Â (R̂ is its user-item block).
         knn = [knn_graph(dataset.features[m], config.knn_k) for m in self.modalities]
-        # 2-5. ID tables, purifiers and fuser over these graphs.
+        # 2-5. ID tables, purifiers and fuser over these graphs; the fuser weighs only an item's
+        # present modalities when some were zero-filled (impute="zero"; else nothing is masked).
         self.encoder = MultiViewEncoder(
             bipartite_adjacency(dataset.train), knn, [dataset.features[m] for m in self.modalities],
             self.n_users, config.embedding_size, config.n_ui_layers, config.n_ii_layers, config.train_features,
+            present_items=fusion_presence(dataset, self.modalities),
         )
         self.reset_parameters()
 
@@ -96,7 +99,7 @@ class MGCN(Recommender):
         cfg = self.config
         rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
         c = self.encoder.behavior_rows(rows)                                 # C[rows]
-        m = self.encoder.fuse(self.encoder.modality_view_rows(rows), c)      # M[rows]
+        m = self.encoder.fuse(self.encoder.modality_view_rows(rows), c, rows)  # M[rows]
         z = c + m
         zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
         return {

@@ -41,6 +41,7 @@ from typing import Literal
 
 import torch
 
+from prismrec.data.features import fusion_presence
 from prismrec.graph import bipartite_adjacency, knn_graph
 from prismrec.graph.cooccurrence import infused_graphs
 from prismrec.losses import anchored_infonce, bpr_loss, half_sq, paired_views_infonce, rows_infonce
@@ -136,11 +137,13 @@ class SIGER(Recommender):
         graphs = infused_graphs([knn_graph(dataset.features[m], config.knn_k) for m in self.modalities],
                                 dataset.train, self.betas, config.co_k, config.co_score, config.co_weight,
                                 config.renormalize_after_mix)
-        # 1, 4, 5. C on the plain Â, H_m on the G_m, S; GUME's extended branch if asked.
+        # 1, 4, 5. C on the plain Â, H_m on the G_m, S; GUME's extended branch if asked. S and Ĥ
+        # weigh only an item's present modalities when some were zero-filled (impute="zero").
         self.encoder = MultiViewEncoder(
             bipartite_adjacency(dataset.train), graphs, [dataset.features[m] for m in self.modalities],
             self.n_users, d, config.n_ui_layers, config.n_sem_layers, config.train_features,
             fusion="behavior_aware" if config.fusion == "mgcn" else "mean",
+            present_items=fusion_presence(dataset, self.modalities),
         )
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers) \
             if config.extended_branch else None
@@ -155,7 +158,7 @@ class SIGER(Recommender):
         z = c + s                                                #    Z = C + S
         aux = {"behavior": c, "modality": s, "modality_views": h}
         if self.training and self.extended is not None:  # Ĥ only feeds the loss
-            aux["extended"] = self.extended(self.encoder.adjacency, h)
+            aux["extended"] = self.extended(self.encoder.adjacency, h, self.encoder.present)
         return Output(z[: self.n_users], z[self.n_users :], aux)
 
     def perturbation_views(self, out: Output) -> tuple[torch.Tensor, ...]:

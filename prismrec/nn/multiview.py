@@ -12,6 +12,12 @@ H_m   = [R̂ H_m^I; H_m^I]                                  users by R̂ = Â[:n
 M     = fuse(H_1..H_K | C)   or   mean_m H_m              behaviour-aware fuser (2.8)
 ```
 
+**Missing modalities.** Given an item presence mask (``present_items``, ``n_I x K``:
+:func:`prismrec.data.features.fusion_presence`, ``False`` where an item's modality was
+zero-filled), the fuser and GUME's extended branch weigh only each node's present modalities
+(:mod:`prismrec.nn.fusion`: ``α`` a softmax over them, ``/(K_present + 1)``, means over them);
+users have every modality. Without a mask the unmasked formulas run unchanged.
+
 :class:`MultiViewConfig` holds the settings every model of the family exposes (flat ``--set``
 keys: a model's config inherits the fields and may redeclare a default).
 """
@@ -31,7 +37,7 @@ from prismrec.graph.bipartite import user_item_block
 from prismrec.graph.sparse import SparseOperator
 from prismrec.nn.embedding import IdEmbedding
 from prismrec.nn.encoders import Purifier
-from prismrec.nn.fusion import BehaviorAwareFuser
+from prismrec.nn.fusion import BehaviorAwareFuser, node_presence, present_mean
 from prismrec.nn.propagation import lightgcn, lightgcn_distinct, row_product
 
 
@@ -78,6 +84,10 @@ class MultiViewEncoder(nn.Module):
         train_features: fine-tune the ``F_m`` copies (else frozen, not saved).
         fusion: ``behavior_aware`` (MGCN's fuser) or ``mean`` (``M = mean_m H_m``; the fuser
             is still built, so the initialisation does not depend on the switch).
+        present_items: optional ``n_I x K`` bool item presence (modality order of ``features``;
+            :func:`prismrec.data.features.fusion_presence`): a ``False`` modality gets no weight
+            in the item's fused row. Kept as the ``K x N`` buffer ``present`` (users first, all
+            present; not saved); ``None`` = every modality present (the unmasked formulas).
 
     Nothing is drawn at construction but the layers' default init: the owning model calls
     :meth:`reset_parameters` (``E_U, E_I``, purifiers, fuser, in that order).
@@ -94,6 +104,7 @@ class MultiViewEncoder(nn.Module):
         n_ii_layers: int,
         train_features: bool = True,
         fusion: Literal["behavior_aware", "mean"] = "behavior_aware",
+        present_items: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if len(item_graphs) != len(features) or not features:
@@ -108,6 +119,10 @@ class MultiViewEncoder(nn.Module):
         self.user_item = SparseOperator(user_item_block(adjacency, n_users), symmetric=False)  # R̂
         self.item_graphs = nn.ModuleList(SparseOperator(g, symmetric=False) for g in item_graphs)  # S_m
         n_items = adjacency.shape[0] - n_users
+        if present_items is not None and tuple(np.shape(present_items)) != (n_items, len(features)):
+            raise ValueError(f"present_items must be n_items x K = {n_items} x {len(features)}, "
+                             f"got {tuple(np.shape(present_items))}")
+        self.register_buffer("present", node_presence(present_items, n_users), persistent=False)  # K x N
         self.user_emb = IdEmbedding(n_users, dim)                                          # E_U
         self.item_emb = IdEmbedding(n_items, dim)                                          # E_I
         self.purifiers = nn.ModuleList(Purifier(f, dim, trainable_features=train_features) for f in features)
@@ -158,9 +173,21 @@ class MultiViewEncoder(nn.Module):
             views.append(torch.cat([row_product(self.user_item, users, h), h.index_select(0, items.to(h.device))]))
         return torch.stack(views)
 
-    def fuse(self, views: torch.Tensor, behavior: torch.Tensor) -> torch.Tensor:
-        """``M = fuse(H_1..H_K | C)`` (2.8), or ``mean_m H_m`` with ``fusion="mean"``."""
-        return self.fuser(views, behavior) if self.fusion == "behavior_aware" else views.mean(dim=0)
+    def presence(self, rows: np.ndarray | None = None) -> torch.Tensor | None:
+        """``present`` (``K x N``), its columns ``rows`` (sorted distinct node ids) when given, or
+        ``None`` without a mask."""
+        if self.present is None or rows is None:
+            return self.present
+        return self.present.index_select(1, torch.from_numpy(rows).to(self.present.device))
+
+    def fuse(self, views: torch.Tensor, behavior: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
+        """``M = fuse(H_1..H_K | C)`` (2.8), or ``mean_m H_m`` with ``fusion="mean"``, over each
+        node's present modalities. ``views`` and ``behavior`` hold every node, or the rows
+        ``rows`` (sorted distinct node ids) of the row paths."""
+        present = self.presence(rows)
+        if self.fusion == "behavior_aware":
+            return self.fuser(views, behavior, present)
+        return views.mean(dim=0) if present is None else present_mean(views, present)
 
 
 class ExtendedBranch(nn.Module):
@@ -180,24 +207,29 @@ class ExtendedBranch(nn.Module):
         for table in self.user_tables:
             table.reset_parameters()
 
-    def forward(self, adjacency: SparseOperator, views: torch.Tensor) -> torch.Tensor:
-        """``Ĥ`` (``N x d``) from the stacked modality views ``H`` (``K x N x d``, users first)."""
+    def forward(self, adjacency: SparseOperator, views: torch.Tensor,
+                present: torch.Tensor | None = None) -> torch.Tensor:
+        """``Ĥ`` (``N x d``) from the stacked modality views ``H`` (``K x N x d``, users first);
+        ``present`` (optional ``K x N`` bool, :meth:`MultiViewEncoder.presence`): the mean runs
+        over each node's present modalities."""
         items = views[:, self.n_users :]
         branches = [
             lightgcn(adjacency, torch.cat([users.weight, items[k]]), self.n_layers)
             for k, users in enumerate(self.user_tables)
         ]
-        return torch.stack(branches).mean(dim=0)
+        return present_mean(torch.stack(branches), present)
 
-    def rows(self, adjacency: SparseOperator, views: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-        """``Ĥ[rows]`` for sorted distinct node ids ``rows``: each branch's last layer is
-        propagated for those rows only (:func:`prismrec.nn.propagation.lightgcn_distinct`)."""
+    def rows(self, adjacency: SparseOperator, views: torch.Tensor, rows: np.ndarray,
+             present: torch.Tensor | None = None) -> torch.Tensor:
+        """``Ĥ[rows]`` for sorted distinct node ids ``rows`` (``present``: their ``K x len(rows)``
+        presence, or ``None``): each branch's last layer is propagated for those rows only
+        (:func:`prismrec.nn.propagation.lightgcn_distinct`)."""
         items = views[:, self.n_users :]
         branches = [
             lightgcn_distinct(adjacency, torch.cat([users.weight, items[k]]), self.n_layers, rows)
             for k, users in enumerate(self.user_tables)
         ]
-        return torch.stack(branches).mean(dim=0)
+        return present_mean(torch.stack(branches), present)
 
 
 @dataclass

@@ -1,0 +1,165 @@
+"""Mask-aware fusion in the MGCN family (MGCN, GUME, SIGER, EGRA): with ``impute="zero"`` an
+item's missing modality takes no part in the fused view ``M`` (nor in GUME's extended ``Ĥ``), in
+the full forward and in the row-restricted training paths alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from prismrec.data import load_dataset
+from prismrec.data.derive import corrupt_modality
+from prismrec.data.synthetic import write_planted_dataset
+from prismrec.experiment.config import resolve_config
+from prismrec.graph import bipartite_adjacency
+from prismrec.models import get_model
+from prismrec.nn import MultiViewEncoder, propagation
+from prismrec.recommender import PretrainedItems
+from prismrec.train import seed_everything
+
+FAMILY = ["mgcn", "gume", "siger", "egra"]
+
+
+@pytest.fixture(scope="module")
+def dropped(tmp_path_factory):
+    """Planted data with 20 % of the image rows missing: zero-filled (masked) and mean-imputed."""
+    src = write_planted_dataset(tmp_path_factory.mktemp("presence") / "p", n_users=60, n_items=50,
+                                per_user=8, seed=1)
+    folder = corrupt_modality(src, "p-drop", "image", "drop", 0.2, seed=4)
+    missing = ~np.load(folder / "image_mask.npy")
+    assert missing.sum() == 10
+    return load_dataset(folder, impute="zero"), load_dataset(folder, impute="mean"), missing
+
+
+def _model(name, dataset, seed=0, **settings):
+    cfg = resolve_config(name, dataset.name, settings)
+    seed_everything(seed)
+    cls = get_model(name)
+    inputs = {}
+    if "pretrained_items" in cls.required_inputs(cfg.params):
+        vectors = np.random.default_rng(0).standard_normal((dataset.n_items, 8)).astype(np.float32)
+        inputs["pretrained_items"] = PretrainedItems(vectors, "test", None)
+    return cls(dataset, cfg.params, **inputs)
+
+
+def _encoder(fusion, present_items=None):
+    """Two modalities over 2 users and 3 items, a chain item graph; drawn from seed 0."""
+    train = sp.csr_matrix(np.array([[1, 0, 1], [0, 1, 1]], dtype=np.float32))
+    chain = sp.csr_matrix(np.array([[0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]], dtype=np.float32))
+    features = [torch.arange(6.0).view(3, 2), torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, 1.0], [1.0, 1.0, 1.0]])]
+    torch.manual_seed(0)
+    enc = MultiViewEncoder(bipartite_adjacency(train), [chain, chain], features, 2, 4, 2, 1,
+                           fusion=fusion, present_items=present_items)
+    enc.reset_parameters()
+    return enc
+
+
+@pytest.mark.parametrize("fusion", ["behavior_aware", "mean"])
+def test_an_item_missing_a_modality_fuses_its_present_view_alone_by_hand(fusion):
+    present = np.array([[True, True], [True, False], [True, True]])  # item 1 lacks modality 2
+    masked, plain = _encoder(fusion, present), _encoder(fusion)
+    assert masked.present.shape == (2, 5) and masked.present.sum() == 9
+    with torch.no_grad():
+        c, h = masked.behavior_view(), masked.modality_views()
+        fused, unmasked = masked.fuse(h, c), plain.fuse(plain.modality_views(), plain.behavior_view())
+        alone = _one_modality_fuser(masked)(h[:1], c) if fusion == "behavior_aware" else h[0]
+    node = 2 + 1
+    # MGCN's fuser with one view: α = 1, no specific part, M = H_1 / (1 + 1); the mean: M = H_1
+    torch.testing.assert_close(fused[node], alone[node])
+    torch.testing.assert_close(fused[node], h[0, node] / (2 if fusion == "behavior_aware" else 1))
+    assert not torch.allclose(unmasked[node], fused[node])  # the mask changed the item's row
+    others = [n for n in range(5) if n != node]
+    torch.testing.assert_close(fused[others], unmasked[others])  # every other node as without a mask
+    assert "present" not in masked.state_dict()
+    with pytest.raises(ValueError, match="present_items must be n_items x K = 3 x 2"):
+        _encoder(fusion, present[:2])
+
+
+def _one_modality_fuser(encoder):
+    """A K = 1 fuser with the encoder's scorer and its first modality's preference gate."""
+    from prismrec.nn import BehaviorAwareFuser
+
+    one, dim = BehaviorAwareFuser(encoder.fuser.dim, 1), encoder.fuser.dim
+    one.query.load_state_dict(encoder.fuser.query.state_dict())
+    with torch.no_grad():
+        one.preference.weight.copy_(encoder.fuser.preference.weight[:dim])
+        one.preference.bias.copy_(encoder.fuser.preference.bias[:dim])
+    return one
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_zero_imputation_masks_the_family_fuser(dropped, name):
+    zero, mean, missing = dropped
+    assert _model(name, mean).encoder.present is None  # filled rows are estimates: nothing masked
+    net = _model(name, zero).eval()
+    np.testing.assert_array_equal(net.encoder.present[0, zero.n_users:].numpy(), ~missing)
+    assert net.encoder.present[1].all() and net.encoder.present[:, : zero.n_users].all()
+    with torch.no_grad():
+        out = net()
+        text = net.encoder.modality_views()[1, zero.n_users:]
+    fused = out.aux["modality"][zero.n_users:]
+    # an item without its image: M is its text view alone (MGCN's fuser, K_present = 1: H_text / 2)
+    torch.testing.assert_close(fused[missing], text[missing] / 2)
+    assert not torch.allclose(fused[~missing], text[~missing] / 2)
+    assert torch.isfinite(out.item).all() and torch.isfinite(out.user).all()
+
+
+@pytest.mark.parametrize("name", ["gume", "siger"])
+def test_extended_branch_averages_the_present_modalities(dropped, name):
+    zero, _, missing = dropped
+    net = _model(name, zero, **({"extended_branch": True} if name == "siger" else {})).train()
+    enc = net.encoder
+    with torch.no_grad():
+        h = enc.modality_views()
+        ext = net.extended(enc.adjacency, h, enc.present)
+        unmasked = net.extended(enc.adjacency, h)  # the mean over both branches
+    items = np.flatnonzero(missing) + zero.n_users
+    assert not torch.allclose(ext[items], unmasked[items])
+    keep = np.setdiff1d(np.arange(len(ext)), items)
+    torch.testing.assert_close(ext[keep], unmasked[keep])
+
+
+def _batch(dataset, size=48, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    u, i, j = (torch.randint(0, n, (size,), generator=g) for n in (dataset.n_users, dataset.n_items, dataset.n_items))
+    u[1], i[2], j[3] = u[0], i[0], i[1]  # repeated users, items and an item both positive and negative
+    return u, i, j
+
+
+def _terms_and_grads(net, compute):
+    generators = net.generator_states()
+    torch.manual_seed(11)  # the same noise draws for both computations
+    net.load_generator_states(generators)
+    net.zero_grad(set_to_none=True)
+    terms = compute()
+    sum(terms.values()).backward()
+    grads = {n: (torch.zeros_like(p) if p.grad is None else p.grad.clone()) for n, p in net.named_parameters()}
+    net.load_generator_states(generators)
+    return {k: v.detach() for k, v in terms.items()}, grads
+
+
+ROW_CASES = [("mgcn", {}), ("gume", {}), ("egra", {}), ("egra", {"item_links": "raw", "graph_fusion": "separate"})]
+
+
+@pytest.mark.parametrize("share", [1.0, 0.0], ids=["block-products", "full-products"])
+@pytest.mark.parametrize("name,settings", ROW_CASES, ids=[f"{n}-{k}" for k, (n, _) in enumerate(ROW_CASES)])
+def test_row_paths_equal_the_full_loss_with_a_mask(dropped, monkeypatch, name, settings, share):
+    monkeypatch.setattr(propagation, "ROW_SHARE", share)
+    zero, _, missing = dropped
+    net = _model(name, zero, **settings).train()
+    batch = _batch(zero)
+    assert np.isin(batch[1].numpy(), np.flatnonzero(missing)).any()  # the batch holds masked items
+    net.batch_loss(batch)  # creates any generator a model makes lazily
+    got, got_grads = _terms_and_grads(net, lambda: net.batch_loss(batch))
+    want, want_grads = _terms_and_grads(net, lambda: net.loss(batch, net()))
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=f"term {k}")
+    for n, g in want_grads.items():
+        torch.testing.assert_close(got_grads[n], g, rtol=1e-5, atol=1e-7, msg=f"gradient of {n}")
+    # the mask is in effect on this batch: without it the fused rows, hence the terms, differ
+    net.encoder.present = None
+    unmasked, _ = _terms_and_grads(net, lambda: net.batch_loss(batch))
+    assert not torch.equal(torch.stack(list(unmasked.values())), torch.stack(list(got.values())))
