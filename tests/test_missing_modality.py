@@ -169,7 +169,7 @@ def test_zero_imputation_switches_models_to_mask_aware_fusion(tmp_path):
         assert not torch.allclose(m[mask], text[mask])
     for name in ("mmgcn", "smore", "dragon", "lgmrec"):  # the forward runs with masks, finite
         overrides = {"mm_weights": [0.1, 0.9]} if name == "dragon" else {}
-        cfg = resolve_config(name, "p-drop", {**overrides, **({"knn_k_first": 10} if name == "smore" else {})})
+        cfg = resolve_config(name, "p-drop", overrides)
         net = get_model(name)(zero, cfg.params).eval()
         assert net.present is not None and torch.isfinite(net().item).all(), name
         assert get_model(name)(mean, cfg.params).present is None, name
