@@ -8,6 +8,44 @@ import torch
 import torch.nn.functional as F
 
 
+class BatchShares:
+    """How a loss sees a batch split across processes; by default one process holds all of it.
+
+    Terms that couple a batch's rows (in-batch InfoNCE negatives, EGRA's batch-normalised entity
+    weights, ``emb_norm``'s norm over all rows) read the rest of the batch through the installed
+    shares (:func:`batch_shares`). Data-parallel training installs one that reaches the other
+    ranks (:class:`prismrec.train.distributed.RankShares`), so every model's in-batch terms use
+    the global batch without the model knowing. With :attr:`split` false (one process) the losses
+    take their single-process path unchanged.
+    """
+
+    split = False
+    """Whether the batch is split across processes (the methods below are identities if not)."""
+
+    def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Every share's ``rows`` concatenated in order, and where this share's begin. The
+        gradient reaching the result flows back to each share's own rows (summed over shares)."""
+        return rows, 0
+
+    def total(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the shares (no gradient)."""
+        return values.detach()
+
+
+_SHARES = BatchShares()
+
+
+def batch_shares() -> BatchShares:
+    """The installed :class:`BatchShares` (the single-process one unless a run installed another)."""
+    return _SHARES
+
+
+def use_batch_shares(shares: BatchShares | None) -> None:
+    """Install ``shares`` for every later loss call of this process (``None``: one process again)."""
+    global _SHARES
+    _SHARES = shares if shares is not None else BatchShares()
+
+
 def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """``mean_b softplus(-(z_u·z_i - z_u·z_j))`` = ``-mean log σ(ŷ_ui - ŷ_uj)``."""
     diff = (user * pos).sum(dim=1) - (user * neg).sum(dim=1)
@@ -15,8 +53,19 @@ def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.
 
 
 def emb_norm(*rows: torch.Tensor) -> torch.Tensor:
-    """MMRec ``EmbLoss``: ``Σ ‖X‖_F / B`` — Frobenius norms, **not** squared."""
-    return sum(torch.linalg.norm(x) for x in rows) / rows[0].shape[0]
+    """MMRec ``EmbLoss``: ``Σ ‖X‖_F / B`` — Frobenius norms, **not** squared.
+
+    A norm couples all of a batch's rows. With the batch split across processes each share
+    returns ``Σ_X S_X / (‖X‖_F B_r)`` (``S_X`` its rows' sum of squares, ``‖X‖_F`` over the whole
+    batch, ``B_r`` its rows): weighted by ``B_r / B`` (the trainer's share weighting) the shares
+    sum to the global value, and the gradient of each share's rows is the global one."""
+    shares = _SHARES
+    if not shares.split:
+        return sum(torch.linalg.norm(x) for x in rows) / rows[0].shape[0]
+    local = torch.stack([x.pow(2).sum() for x in rows])
+    norms = shares.total(local).sqrt().clamp_min(torch.finfo(local.dtype).tiny)
+    # value S_X / ‖X‖, gradient x / ‖X‖ (that of ‖X‖): half the square's gradient, at full value
+    return ((local + local.detach()) / (2 * norms)).sum() / rows[0].shape[0]
 
 
 def half_sq(*rows: torch.Tensor) -> torch.Tensor:
@@ -95,7 +144,14 @@ def infonce_rows(p: torch.Tensor, q: torch.Tensor, tau: float) -> torch.Tensor:
     """
     pn = F.normalize(p, dim=1) / tau
     qn = F.normalize(q, dim=1)
-    return gemm_logsumexp(pn, qn) - (pn * qn).sum(dim=1)
+    return gemm_logsumexp(pn, _batch_keys(qn)) - (pn * qn).sum(dim=1)
+
+
+def _batch_keys(keys: torch.Tensor) -> torch.Tensor:
+    """The keys an in-batch InfoNCE row is scored against: ``keys`` in one process, every share's
+    keys when the batch is split across processes (the global batch's negatives; each share
+    scores its own query rows, and the keys' gradients return to the share that owns them)."""
+    return _SHARES.gather(keys)[0] if _SHARES.split else keys
 
 
 def infonce(
@@ -119,7 +175,7 @@ def joint_infonce_rows(queries: torch.Tensor, keys: torch.Tensor, tau: float) ->
     """
     pn = F.normalize(queries, dim=-1).sum(dim=0) / tau
     kn = F.normalize(keys, dim=1)
-    return gemm_logsumexp(pn, kn) - (pn * kn).sum(dim=1)
+    return gemm_logsumexp(pn, _batch_keys(kn)) - (pn * kn).sum(dim=1)
 
 
 def joint_infonce(queries: torch.Tensor, keys: torch.Tensor, tau: float) -> torch.Tensor:
@@ -255,6 +311,14 @@ def entity_weights(a: torch.Tensor, mode: str, sign: int, tau_w: float) -> torch
     ``(1 + s·a)/mean(1 + s·a)`` (the spec's ``(1 − a)/mean(1 − a)`` at ``s = −1``; ones if every
     base is 0); ``none`` 1."""
     a = a.detach()
+    if _SHARES.split and mode in ("softmax", "linear"):  # normalised over the global batch
+        every, at = _SHARES.gather(a)
+        return _entity_weights(every, mode, sign, tau_w)[at : at + len(a)]
+    return _entity_weights(a, mode, sign, tau_w)
+
+
+def _entity_weights(a: torch.Tensor, mode: str, sign: int, tau_w: float) -> torch.Tensor:
+    """:func:`entity_weights` of the whole batch's ``a`` (detached)."""
     if mode == "softmax":
         return a.numel() * torch.softmax(sign * a / tau_w, dim=0)
     if mode == "linear":

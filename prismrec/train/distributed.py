@@ -8,9 +8,19 @@ its share of the batch; the gradients are summed over ranks (:func:`allreduce_gr
 is that of the global batch at the same learning rate. The forward pass propagates the full
 graph on every rank (it is replicated, not split), so the speed-up comes only from the per-row
 part of the loss and its backward: expect little for full-graph models, more where the loss part
-dominates. Loss terms that average over a batch's rows (BPR, ``half_sq`` L2) equal the single
-process's exactly; terms that couple a batch's rows (in-batch InfoNCE negatives, ``emb_norm``'s
-norm over all rows) are computed within each rank's share, as other frameworks' DDP do.
+dominates.
+
+Loss terms that average over a batch's rows (BPR, ``half_sq`` L2) need nothing more: each rank's
+share, weighted by its rows' share, adds up to the global mean. Terms that couple a batch's rows
+see the global batch through :class:`RankShares`, which :func:`init` installs in
+:mod:`prismrec.losses`: in-batch InfoNCE (MGCN, GUME, SIGER, EGRA, SMORE) scores each rank's query
+rows against **every** rank's keys (an all-gather whose backward returns each key's gradient,
+summed over ranks, to the rank that owns it), EGRA's entity weights are normalised over the
+global batch and ``emb_norm``'s norms are taken over all rows. A step is then that of one
+process with the global batch, up to float rounding (``tests/test_distributed.py``). Still per
+rank: random noise views (GUME's/SIGER's/EGRA's ``um``, BM3's dropout: each rank draws its own)
+and terms over a batch's *distinct* rows (BM3, DA-MRS's alignment), and LGMRec's ``hcl``, a sum
+over the batch rather than a mean (each rank's share is weighted as if it were a mean).
 
 Validation runs on rank 0 and its metrics are broadcast (every rank takes the same early-stopping
 decision); rank 0 alone writes the run directory.
@@ -29,6 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from prismrec import losses
 from prismrec.errors import ConfigError
 
 
@@ -97,7 +108,57 @@ def init(env: DistEnv, device: str) -> str:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if kind == "cuda" else "gloo")
+    losses.use_batch_shares(RankShares(env))  # in-batch terms see the global batch
     return device
+
+
+class RankShares(losses.BatchShares):
+    """The global batch for the losses (:class:`prismrec.losses.BatchShares`): each rank holds the
+    contiguous share :func:`shard` gave it, in rank order."""
+
+    split = True
+
+    def __init__(self, env: DistEnv) -> None:
+        self.env = env
+
+    def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Every rank's ``rows`` in rank order and where this rank's begin (gradients flow back)."""
+        sizes = torch.zeros(self.env.world_size, dtype=torch.int64, device=rows.device)
+        sizes[self.env.rank] = len(rows)
+        dist.all_reduce(sizes)
+        sizes = sizes.tolist()
+        return _GatherRows.apply(rows, sizes, self.env.rank), sum(sizes[: self.env.rank])
+
+    def total(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over ranks (no gradient)."""
+        return allreduce_sum(values.detach(), self.env)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows (``sizes[r]`` on rank ``r``) concatenated in rank order.
+
+    Forward: an all-gather (padded to the largest share). Backward: every rank holds a gradient
+    for all the rows; their sum over ranks is each row's gradient in the global loss, and each
+    rank keeps its own rows' part (an all-reduce: gloo has no reduce-scatter). The rank's loss is
+    its share of the global mean, so the sum over ranks that :func:`allreduce_grads` then takes is
+    the single process's gradient."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
+        ctx.sizes, ctx.rank = sizes, rank
+        width = max(sizes)
+        padded = rows.new_zeros((width, *rows.shape[1:]))
+        padded[: len(rows)] = rows
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone(memory_format=torch.contiguous_format)  # reduced in place: our own copy
+        dist.all_reduce(grad)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None, None
 
 
 def shard(batch: tuple[torch.Tensor, ...], env: DistEnv) -> tuple[tuple[torch.Tensor, ...], float]:

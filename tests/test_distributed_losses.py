@@ -1,0 +1,129 @@
+"""In-batch losses under a batch split across two gloo ranks equal the single process's loss and
+gradients (the global batch's negatives, statistics and norms; :class:`RankShares`)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from prismrec import losses
+
+RANK_SCRIPT = """
+import json, sys
+import torch
+from prismrec import losses
+from prismrec.train import distributed
+
+sys.path.insert(0, sys.argv[2])
+from test_distributed_losses import TERMS, grad_rows, inputs
+
+torch.set_num_threads(1)
+env = distributed.from_env()
+distributed.init(env, "cpu")
+assert losses.batch_shares().split
+result = {}
+for name, term in TERMS.items():
+    mine, weight = distributed.shard(tuple(inputs()), env)
+    mine = [x.detach().requires_grad_() for x in mine]
+    value = term(*mine) * weight  # the trainer's weighting: this rank's share of the batch
+    value.backward()
+    total = distributed.allreduce_sum(value.detach(), env)
+    grads = [None] * env.world_size
+    torch.distributed.all_gather_object(grads, [grad_rows(x) for x in mine])
+    result[name] = {"value": float(total), "grads": [sum((g[k] for g in grads), []) for k in range(len(mine))]}
+if env.is_main:
+    json.dump(result, open(sys.argv[1], "w"))
+"""
+
+B, D, TAU = 7, 5, 0.3  # 7 rows: shares of 4 and 3 (the gather pads the smaller one)
+
+
+def inputs() -> list[torch.Tensor]:
+    """Three row-aligned batch matrices (float64: the comparison is to rounding, 1e-12)."""
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(B, D, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+TERMS = {
+    "infonce": lambda p, q, k: losses.infonce(p, q, TAU),
+    "rows_infonce": lambda p, q, k: losses.rows_infonce(p, q, (torch.arange(len(p)),), TAU),
+    "joint_infonce": lambda p, q, k: losses.joint_infonce(torch.stack([p, k]), q, TAU),
+    "anchored_a3_gated": lambda p, q, k: losses.anchored_infonce(torch.stack([p, k]), q, (torch.arange(len(p)),),
+                                                                 TAU, "A3"),
+    "entity_softmax": lambda p, q, k: losses.entity_weighted_infonce(p, q, TAU, "softmax", -1, 0.5),
+    "entity_linear": lambda p, q, k: losses.entity_weighted_infonce(p, q, TAU, "linear", 1, 0.5),
+    "emb_norm": lambda p, q, k: losses.emb_norm(p, q, k),
+    "half_sq_and_bpr": lambda p, q, k: losses.half_sq(p, q, k) + losses.bpr_loss(p, q, k),
+}
+
+
+def grad_rows(x: torch.Tensor) -> list:
+    """``x``'s gradient as nested lists (zeros where a term does not read ``x``)."""
+    return (x.grad if x.grad is not None else torch.zeros_like(x)).tolist()
+
+
+def _single() -> dict:
+    result = {}
+    for name, term in TERMS.items():
+        rows = [x.requires_grad_() for x in inputs()]
+        value = term(*rows)
+        value.backward()
+        result[name] = {"value": float(value.detach()), "grads": [grad_rows(x) for x in rows]}
+    return result
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_in_batch_losses_over_two_gloo_ranks_equal_one_process(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    here = os.path.dirname(os.path.abspath(__file__))
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    base.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_port()), WORLD_SIZE="2")
+    ranks = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "two.json"), here],
+                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for rank in ranks:
+        _, err = rank.communicate(timeout=120)
+        assert rank.returncode == 0, err[-3000:]
+    two, one = json.loads((tmp_path / "two.json").read_text()), _single()
+    assert two.keys() == one.keys()
+    for name in one:
+        assert two[name]["value"] == pytest.approx(one[name]["value"], abs=1e-12), name
+        for g2, g1 in zip(two[name]["grads"], one[name]["grads"]):
+            assert torch.allclose(torch.tensor(g2), torch.tensor(g1), atol=1e-12), name
+
+
+def test_per_share_negatives_differ_from_the_global_batch():
+    """What the shares fix: InfoNCE over two halves scored apart is not the whole batch's."""
+    p, q, _ = inputs()
+    halves = (losses.infonce(p[:4], q[:4], TAU) * 4 + losses.infonce(p[4:], q[4:], TAU) * 3) / 7
+    assert abs(float(halves) - float(losses.infonce(p, q, TAU))) > 1e-3
+
+
+def test_one_process_uses_no_shares_and_reset_restores_it():
+    assert not losses.batch_shares().split
+
+    class Marked(losses.BatchShares):
+        split = True
+
+        def gather(self, rows):
+            return torch.cat([rows, rows.detach()]), 0  # a fake second share: a copy of this one
+
+    p, q, _ = inputs()
+    try:
+        losses.use_batch_shares(Marked())
+        doubled = losses.infonce(p, q, TAU)
+    finally:
+        losses.use_batch_shares(None)
+    assert not losses.batch_shares().split
+    # every negative counted twice: log 2 more per row than the single batch
+    assert float(doubled) == pytest.approx(float(losses.infonce(p, q, TAU)) + torch.log(torch.tensor(2.0)).item())
