@@ -2,12 +2,14 @@
 
 A model whose loss reads only a batch's rows computes only those rows in ``batch_loss``
 (LightGCN's last layer; MGCN, GUME, EGRA: the behaviour view's last layer, the user rows of the
-modality views and the per-node fuser; BM3: the predictor; VBPR: the content projection). The
+modality views and the per-node fuser; SMORE: the behaviour view's last layer, the views' user
+rows and the preference module; BM3: the predictor; VBPR: the content projection). The
 full path, ``loss(batch, forward())``, is what every batch cost before; both give the same terms
 and gradients (``tests/test_row_paths.py``). For each model the same batches go through both
 paths, alternated batch by batch (forward, backward, no optimiser step, so every batch sees the
 same parameters), and the median seconds of each are reported. Writes
-``results/row_paths.{json,md}``.
+``results/row_paths.{json,md}`` (``row_paths_<dataset>`` for other datasets), one row per model,
+kept across runs (``--models`` remeasures some).
 
     python -m benchmarks.row_paths [--dataset tiktok] [--models lightgcn,mgcn,...] [--batches 8] [--threads 1]
 """
@@ -15,6 +17,7 @@ same parameters), and the median seconds of each are reported. Writes
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -22,12 +25,12 @@ import time
 import prismrec  # noqa: F401  (sets the OpenMP wait policy before torch loads)
 import torch
 
-from benchmarks.common import machine, write
+from benchmarks.common import RESULTS, machine, write
 from benchmarks.floors import SETTINGS, build
 from prismrec.data import BPRSampler, load_dataset
 from prismrec.train.allocator import keep_freed_memory
 
-MODELS = ["lightgcn", "mgcn", "gume", "egra", "bm3", "vbpr"]
+MODELS = ["lightgcn", "mgcn", "gume", "egra", "smore", "bm3", "vbpr"]
 
 
 def time_paths(name: str, data, batches: int) -> dict:
@@ -80,14 +83,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset)
-    res = {"machine": machine(), "dataset": args.dataset, "threads": args.threads, "models": {}}
+    name_out = "row_paths" if args.dataset == "tiktok" else f"row_paths_{args.dataset}"
+    path = RESULTS / f"{name_out}.json"
+    res = json.loads(path.read_text()) if path.exists() else {"models": {}}
+    if res.get("threads") not in (None, args.threads):
+        res["models"] = {}  # other thread count: start over
+    res.update(machine=machine(), dataset=args.dataset, threads=args.threads)
     for name in args.models.split(","):
         res["models"][name] = time_paths(name, data, args.batches)
         res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         r = res["models"][name]
         print(f"{name}: full {1000 * r['full_s']:.0f} ms, row {1000 * r['row_s']:.0f} ms, "
               f"saved {100 * r['saving']:.0f} %", flush=True)
-    write("row_paths" if args.dataset == "tiktok" else f"row_paths_{args.dataset}", res, markdown(res))
+        write(name_out, res, markdown(res))
 
 
 if __name__ == "__main__":

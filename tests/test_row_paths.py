@@ -34,6 +34,8 @@ CASES = [
     ("vbpr", {}),
     ("bm3", {}),
     ("bm3", {"modalities": []}),
+    ("smore", {}),  # dropout on: the row path draws the same full-size masks
+    ("smore", {"n_ii_layers": 0, "modalities": ["text"]}),
 ]
 
 

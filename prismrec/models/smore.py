@@ -67,6 +67,7 @@ from prismrec.models import register
 from prismrec.nn.fusion import node_presence, present_mean
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.content import content_forward_rows
+from prismrec.nn.propagation import batch_node_rows, lightgcn_distinct, row_product
 from prismrec.nn.encoders import Projector
 from prismrec.nn.roles import modality_parts
 from prismrec.recommender import Output, Recommender
@@ -192,43 +193,81 @@ class SMORE(Recommender):
         return out
 
     def forward(self) -> Output:
+        c = lightgcn(self.adjacency, torch.cat([self.user_emb.weight, self.item_emb.weight]), self.config.n_ui_layers)  # C
+        views = {v: torch.cat([self.user_item @ h, h]) for v, h in self.item_views().items()}  # [R̂ H_v^I; H_v^I]
+        side = self.preference(c, views, self.present)
+        z = c + side
+        return Output(z[: self.n_users], z[self.n_users :], {"behavior": c, "modality": side})
+
+    def item_views(self) -> dict[str, torch.Tensor]:
+        """Steps 1-3 on the item side: ``H_v^I = S_v^{L_ii} (E_I ⊙ σ(X̃_v G_v + g_v))`` per view."""
         e_i = self.item_emb.weight
-        filtered = self.spectrum_fusion()
-        c = lightgcn(self.adjacency, torch.cat([self.user_emb.weight, e_i]), self.config.n_ui_layers)  # C
         views = {}
-        for v, x in filtered.items():
+        for v, x in self.spectrum_fusion().items():
             h = e_i * self.item_gates[v](x)  # H_v = E_I ⊙ σ(X̃_v G_v + g_v)
             graph = self.fusion_graph if v == "fusion" else self.item_graphs[v]
             for _ in range(self.config.n_ii_layers):
                 h = graph @ h  # S_v^{L_ii} H_v
-            views[v] = torch.cat([self.user_item @ h, h])  # [R̂ H_v^I; H_v^I]
+            views[v] = h
+        return views
+
+    def preference(self, c: torch.Tensor, views: dict[str, torch.Tensor], present: torch.Tensor | None,
+                   rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Step 4, row by row: ``side`` from the rows of ``C`` and of the views (all nodes, or the
+        node ids ``rows`` when the inputs hold only those rows; the dropout draws stay full-size)."""
         h_f = views["fusion"]
         parts = []
         for m in self.modalities:
             attention = torch.softmax(self.queries[m](h_f), dim=-1)  # over the d dimensions
-            parts.append(self.dropout(self.preference_gates[m](c)) * attention * views[m])
-        parts.append(self.dropout(self.preference_gates["fusion"](c)) * h_f)
-        side = torch.stack(parts).mean(dim=0) if self.present is None else present_mean(torch.stack(parts), self.present)
-        z = c + side
-        return Output(z[: self.n_users], z[self.n_users :], {"behavior": c, "modality": side})
+            parts.append(self.dropout(self.preference_gates[m](c), rows) * attention * views[m])
+        parts.append(self.dropout(self.preference_gates["fusion"](c), rows) * h_f)
+        return torch.stack(parts).mean(dim=0) if present is None else present_mean(torch.stack(parts), present)
 
-    def dropout(self, x: torch.Tensor) -> torch.Tensor:
+    def dropout(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Inverted dropout in training forwards: keep ``torch.rand >= p`` (torch's global
-        generator; ~3x faster on CPU than the ``bernoulli_`` behind ``F.dropout``), scale ``1/(1−p)``."""
+        generator; ~3x faster on CPU than the ``bernoulli_`` behind ``F.dropout``), scale ``1/(1−p)``.
+        ``x`` holding only the node ids ``rows``: the mask is drawn for all nodes (the same draws
+        as a full forward) and its rows kept."""
         p = self.config.dropout
         if not self.training or p == 0.0:
             return x
-        return x * (torch.rand(x.shape, device=x.device) >= p) / (1.0 - p)
+        if rows is None:
+            return x * (torch.rand(x.shape, device=x.device) >= p) / (1.0 - p)
+        keep = torch.rand((self.n_users + self.n_items, x.shape[1]), device=x.device) >= p
+        return x * keep.index_select(0, rows) / (1.0 - p)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         u, i, _ = batch
         zu, zi, zj = out.bpr_rows(batch)
         c, side = out.aux["behavior"], out.aux["modality"]
-        tau = self.config.temperature
         items = i + self.n_users
-        cl = infonce(side.index_select(0, items), c.index_select(0, items), tau) + infonce(
-            side.index_select(0, u), c.index_select(0, u), tau
-        )
+        return self.terms(zu, zi, zj, (side.index_select(0, items), c.index_select(0, items)),
+                          (side.index_select(0, u), c.index_select(0, u)))
+
+    def batch_loss(self, batch) -> dict[str, torch.Tensor]:
+        # The loss reads rows u, i, j of Z and rows u, i of side and C; the preference module is
+        # per node. So C's last layer, the views' user rows (R̂[users] H_v^I) and step 4 are
+        # computed for the batch's distinct nodes alone: the terms and gradients of
+        # loss(batch, forward()).
+        rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
+        x0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        c = lightgcn_distinct(self.adjacency, x0, self.config.n_ui_layers, rows)  # C[rows]
+        users = rows[rows < self.n_users]
+        items = torch.from_numpy(rows[len(users):] - self.n_users).to(c.device)
+        views = {v: torch.cat([row_product(self.user_item, users, h), h.index_select(0, items)])
+                 for v, h in self.item_views().items()}
+        index = torch.from_numpy(rows).to(c.device)
+        present = None if self.present is None else self.present.index_select(1, index)
+        side = self.preference(c, views, present, index)
+        z = c + side
+        zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
+        return self.terms(zu, zi, zj, (side.index_select(0, at_i), c.index_select(0, at_i)),
+                          (side.index_select(0, at_u), c.index_select(0, at_u)))
+
+    def terms(self, zu, zi, zj, item_pair, user_pair) -> dict[str, torch.Tensor]:
+        """Step 5 from the batch's rows: ``(side, C)`` rows of the positive items and of the users."""
+        tau = self.config.temperature
+        cl = infonce(*item_pair, tau) + infonce(*user_pair, tau)
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": self.config.reg_weight * l2_reg("half_sq", zu, zi, zj),
