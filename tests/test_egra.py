@@ -26,6 +26,7 @@ from prismrec.losses import moment_gap
 from prismrec.models import get_model
 from prismrec.experiment.pretrained import PretrainedError
 from prismrec.models.egra import alignment_strength, entity_weights
+from prismrec.nn import lightgcn
 from prismrec.train import fit, seed_everything
 from tests.test_train import random_recall_at_20
 
@@ -113,10 +114,12 @@ def test_gamma_zero_and_separate_fusion_keep_the_plain_adjacency(tmp_path):
     net = _build(toy, pretrained=str(export), k_pre=2, knn_k=2, graph_fusion="separate", gamma=0.5)
     assert np.allclose(_dense(net.encoder.adjacency), plain)
     s_pre = _normalise(_hand_links(p, 2, "binary", "none"))
-    np.testing.assert_allclose(_dense(net.pre_graph), s_pre, atol=1e-6)
+    np.testing.assert_allclose(_dense(net.encoder.behavior_item_graph), s_pre, atol=1e-6)
+    assert net.encoder.behavior_item_weight == 0.5
     with torch.no_grad():  # C = LGN(Â) with C_I += γ·Ŝ_pre E_I
-        c = net.behavior_view()
-        base = net.encoder.behavior_view()
+        c = net.encoder.behavior_view()
+        base = lightgcn(net.encoder.adjacency, torch.cat([net.encoder.user_emb.weight, net.encoder.item_emb.weight]),
+                        net.n_ui_layers)
         extra = 0.5 * torch.from_numpy(s_pre).float() @ net.encoder.item_emb.weight
     torch.testing.assert_close(c[:4], base[:4])
     torch.testing.assert_close(c[4:], base[4:] + extra, atol=1e-6, rtol=1e-5)

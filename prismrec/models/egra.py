@@ -26,11 +26,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import torch
 
 from prismrec.data.features import fusion_presence
-from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph, pretrained_links
+from prismrec.graph import bipartite_adjacency, knn_graph, pretrained_links
 from prismrec.graph import shared_neighbor_links, sym_normalize
 from prismrec.losses import bpr_loss, entity_weighted_infonce, half_sq, moment_gap
 from prismrec.losses import entity_weights  # noqa: F401  (EGRA's entity level, importable from here)
@@ -145,17 +144,16 @@ class EGRA(Recommender):
             links = pretrained_links(pretrained_items.vectors, config.k_pre, config.pre_edge_weight,
                                      config.pre_symmetrize, within=raw)
         self.item_links, self.n_item_links = links, int(links.nnz)
-        if config.graph_fusion == "joint":
-            adjacency = bipartite_adjacency(dataset.train, links, gamma=config.gamma)
-        else:  # separate: plain Â, and Ŝ_pre added to the item rows of C
-            adjacency = bipartite_adjacency(dataset.train)
-            self.pre_graph = SparseOperator(sym_normalize(links), symmetric=False)
+        joint = config.graph_fusion == "joint"  # else separate: plain Â, C_I += γ·Ŝ_pre^{L_ii} E_I
+        adjacency = bipartite_adjacency(dataset.train, links, gamma=config.gamma) if joint \
+            else bipartite_adjacency(dataset.train)
         # 2. MGCN's views on Â⁺; with backbone="gume", GUME's extended branch too. Both weigh only
         # an item's present modalities when some were zero-filled (impute="zero").
         self.encoder = MultiViewEncoder(
             adjacency, knn, [dataset.features[m] for m in self.modalities],
             self.n_users, d, self.n_ui_layers, config.n_ii_layers, config.train_features,
             present_items=fusion_presence(dataset, self.modalities),
+            behavior_item_graph=None if joint else sym_normalize(links), behavior_item_weight=config.gamma,
         )
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, self.n_ui_layers) if gume else None
         self.reset_parameters()
@@ -164,18 +162,8 @@ class EGRA(Recommender):
         self.lambda_t = alignment_strength(0, config)
 
     # ---------------------------------------------------------------- stage 2: views
-    def behavior_view(self) -> torch.Tensor:
-        """``C = LGN(Â⁺, [E_U; E_I], L_ui)``; separate: ``Â``, ``C_I += γ·Ŝ_pre^{L_ii} E_I``."""
-        c = self.encoder.behavior_view()
-        if self.config.graph_fusion == "joint":
-            return c
-        h = self.encoder.item_emb.weight
-        for _ in range(self.config.n_ii_layers):
-            h = self.pre_graph @ h
-        return torch.cat([c[: self.n_users], c[self.n_users :] + self.config.gamma * h])
-
     def forward(self) -> Output:
-        c = self.behavior_view()
+        c = self.encoder.behavior_view()                         # C on Â⁺ (separate: + γ·Ŝ_pre^{L_ii} E_I)
         h = self.encoder.modality_views()                        # H_m, users via R̂⁺
         m = self.encoder.fuse(h, c)                              # M = fuse(H | C)
         z = c + m
@@ -198,15 +186,21 @@ class EGRA(Recommender):
         cfg = self.config
         return entity_weighted_infonce(m_rows, c_rows, cfg.tau, cfg.entity_weighting, cfg.entity_sign, cfg.tau_w)
 
+    def terms(self, z_rows: tuple[torch.Tensor, ...], users: tuple[torch.Tensor, torch.Tensor],
+              items: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``L_BPR(Z)``, ``λ_reg·half_sq(z_u, z_i, z_j)`` and ``L_align`` from the batch's rows
+        ``(z_u, z_i, z_j)`` and the ``(M, C)`` rows of its users and of its positive items."""
+        cfg, (zu, zi, zj) = self.config, z_rows
+        align = self.weighted_alignment(*users) + self.weighted_alignment(*items)
+        return {"bpr": bpr_loss(zu, zi, zj), "reg": cfg.reg_weight * half_sq(zu, zi, zj),
+                "align": self.lambda_t * align}
+
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg, n_u = self.config, self.n_users
         u, i, _ = batch
-        zu, zi, zj = out.bpr_rows(batch)
         c, m = out.aux["behavior"], out.aux["modality"]
         i_rows = i + n_u  # item rows of the N x d views
-        align = self.weighted_alignment(m[u], c[u]) + self.weighted_alignment(m[i_rows], c[i_rows])
-        terms = {"bpr": bpr_loss(zu, zi, zj), "reg": cfg.reg_weight * half_sq(zu, zi, zj),
-                 "align": self.lambda_t * align}
+        terms = self.terms(out.bpr_rows(batch), (m[u], c[u]), (m[i_rows], c[i_rows]))
         if self.extended is not None:  # GUME's vt, um, reg2
             ext = out.aux["extended"]
             terms["vt"] = cfg.vt_weight * moment_gap(out.aux["modality_views"])
@@ -221,28 +215,12 @@ class EGRA(Recommender):
         ``loss(batch, forward())``). GUME's terms read whole matrices: the full forward then."""
         if self.extended is not None:
             return super().batch_loss(batch)
-        cfg = self.config
         rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
-        c = self.behavior_rows(rows)                                         # C[rows]
-        m = self.encoder.fuse(self.encoder.modality_view_rows(rows), c, rows)  # M[rows]
+        c, m = self.encoder.fused_rows(rows)                     # C[rows], M[rows]
         z = c + m
-        zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
-        align = self.weighted_alignment(m.index_select(0, at_u), c.index_select(0, at_u)) + \
-            self.weighted_alignment(m.index_select(0, at_i), c.index_select(0, at_i))
-        return {"bpr": bpr_loss(zu, zi, zj), "reg": cfg.reg_weight * half_sq(zu, zi, zj),
-                "align": self.lambda_t * align}
-
-    def behavior_rows(self, rows: np.ndarray) -> torch.Tensor:
-        """``C[rows]`` (:meth:`behavior_view`) for sorted distinct node ids ``rows``."""
-        c = self.encoder.behavior_rows(rows)
-        if self.config.graph_fusion == "joint":
-            return c
-        h = self.encoder.item_emb.weight
-        for _ in range(self.config.n_ii_layers):
-            h = self.pre_graph @ h
-        split = int(np.searchsorted(rows, self.n_users))
-        items = torch.from_numpy(rows[split:] - self.n_users).to(h.device)
-        return torch.cat([c[:split], c[split:] + self.config.gamma * h.index_select(0, items)])
+        zu, zi, zj = (z.index_select(0, at) for at in (at_u, at_i, at_j))
+        return self.terms((zu, zi, zj), (m.index_select(0, at_u), c.index_select(0, at_u)),
+                          (m.index_select(0, at_i), c.index_select(0, at_i)))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, links={self.n_item_links}, P from {self.pretrained_run}"

@@ -98,8 +98,7 @@ class MGCN(Recommender):
         # rows alone; the terms and gradients are those of loss(batch, forward()).
         cfg = self.config
         rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
-        c = self.encoder.behavior_rows(rows)                                 # C[rows]
-        m = self.encoder.fuse(self.encoder.modality_view_rows(rows), c, rows)  # M[rows]
+        c, m = self.encoder.fused_rows(rows)                                 # C[rows], M[rows]
         z = c + m
         zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
         return {

@@ -6,6 +6,7 @@ and passes them in:
 
 ```
 C     = LGN(Â, [E_U; E_I], L_ui)                         behaviour view (Â: plain or enhanced)
+C_I  += γ_b·S_b^{L_ii} E_I                                optional item graph S_b (EGRA "separate")
 H_m⁰  = E_I ⊙ σ((F_m W_m + b_m) G_m + g_m)               purifier (2.8), one per modality
 H_m^I = S_m^{L_ii} H_m⁰                                   item-item view (S_m: Ŝ_m, or SIGER's G_m)
 H_m   = [R̂ H_m^I; H_m^I]                                  users by R̂ = Â[:n_U, n_U:]
@@ -90,6 +91,10 @@ class MultiViewEncoder(nn.Module):
             :func:`prismrec.data.features.fusion_presence`): a ``False`` modality gets no weight
             in the item's fused row. Kept as the ``K x N`` buffer ``present`` (users first, all
             present; not saved); ``None`` = every modality present (the unmasked formulas).
+        behavior_item_graph: optional normalised item-item graph ``S_b`` (``n_I`` square) whose
+            ``L_ii``-step propagation of ``E_I`` is added to the item rows of ``C``:
+            ``C_I += γ_b·S_b^{L_ii} E_I`` (EGRA's ``graph_fusion="separate"``); ``None``: ``C`` as is.
+        behavior_item_weight: ``γ_b``.
 
     Nothing is drawn at construction but the layers' default init: the owning model calls
     :meth:`reset_parameters` (``E_U, E_I``, purifiers, fuser, in that order).
@@ -107,6 +112,8 @@ class MultiViewEncoder(nn.Module):
         train_features: bool = True,
         fusion: Literal["behavior_aware", "mean"] = "behavior_aware",
         present_items: np.ndarray | torch.Tensor | None = None,
+        behavior_item_graph: sp.spmatrix | None = None,
+        behavior_item_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if len(item_graphs) != len(features) or not features:
@@ -125,6 +132,9 @@ class MultiViewEncoder(nn.Module):
             raise ValueError(f"present_items must be n_items x K = {n_items} x {len(features)}, "
                              f"got {tuple(np.shape(present_items))}")
         self.register_buffer("present", node_presence(present_items, n_users), persistent=False)  # K x N
+        self.behavior_item_graph = None if behavior_item_graph is None else \
+            SparseOperator(behavior_item_graph, symmetric=False)                          # S_b
+        self.behavior_item_weight = float(behavior_item_weight)                           # γ_b
         self.user_emb = IdEmbedding(n_users, dim)                                          # E_U
         self.item_emb = IdEmbedding(n_items, dim)                                          # E_I
         self.purifiers = nn.ModuleList(Purifier(f, dim, trainable_features=train_features) for f in features)
@@ -139,8 +149,19 @@ class MultiViewEncoder(nn.Module):
         self.fuser.reset_parameters()
 
     def behavior_view(self) -> torch.Tensor:
-        """``C = LGN(Â, [E_U; E_I], L_ui)`` (``N x d``, users first)."""
-        return lightgcn(self.adjacency, torch.cat([self.user_emb.weight, self.item_emb.weight]), self.n_ui_layers)
+        """``C = LGN(Â, [E_U; E_I], L_ui)`` (``N x d``, users first), with ``γ_b·S_b^{L_ii} E_I``
+        added to its item rows when the encoder has a ``behavior_item_graph``."""
+        c = lightgcn(self.adjacency, torch.cat([self.user_emb.weight, self.item_emb.weight]), self.n_ui_layers)
+        if self.behavior_item_graph is None:
+            return c
+        return torch.cat([c[: self.n_users], c[self.n_users :] + self.behavior_item_term()])
+
+    def behavior_item_term(self) -> torch.Tensor:
+        """``γ_b·S_b^{L_ii} E_I`` (``n_I x d``), the item graph's addition to ``C_I``."""
+        h = self.item_emb.weight
+        for _ in range(self.n_ii_layers):
+            h = self.behavior_item_graph @ h
+        return self.behavior_item_weight * h
 
     def modality_views(self, noise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``H_m = [R̂ H_m^I; H_m^I]``, ``H_m^I = S_m^{L_ii} H_m⁰``, stacked ``K x N x d``.
@@ -156,10 +177,16 @@ class MultiViewEncoder(nn.Module):
         return torch.stack(views)
 
     def behavior_rows(self, rows: np.ndarray) -> torch.Tensor:
-        """``C[rows]`` for sorted distinct node ids ``rows`` (users first): the last layer is
-        propagated for those rows only (:func:`prismrec.nn.propagation.lightgcn_distinct`)."""
+        """``C[rows]`` (:meth:`behavior_view`) for sorted distinct node ids ``rows`` (users first):
+        the last layer is propagated for those rows only
+        (:func:`prismrec.nn.propagation.lightgcn_distinct`)."""
         x0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
-        return lightgcn_distinct(self.adjacency, x0, self.n_ui_layers, rows)
+        c = lightgcn_distinct(self.adjacency, x0, self.n_ui_layers, rows)
+        if self.behavior_item_graph is None:
+            return c
+        split = int(np.searchsorted(rows, self.n_users))
+        items = torch.from_numpy(rows[split:] - self.n_users).to(c.device)
+        return torch.cat([c[:split], c[split:] + self.behavior_item_term().index_select(0, items)])
 
     def modality_view_rows(self, rows: np.ndarray) -> torch.Tensor:
         """``H[:, rows]`` (``K x len(rows) x d``) for sorted distinct node ids ``rows``: every
@@ -174,6 +201,13 @@ class MultiViewEncoder(nn.Module):
                 h = graph @ h                                     # H_m^I
             views.append(torch.cat([row_product(self.user_item, users, h), h.index_select(0, items.to(h.device))]))
         return torch.stack(views)
+
+    def fused_rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``C[rows]`` and ``M[rows]`` for sorted distinct node ids ``rows`` (the row paths of a
+        loss that reads only a batch's rows of ``C``, ``M`` and ``Z = C + M``): ``C``'s last layer,
+        the users' ``H_m`` rows and the per-node fuser run for those rows alone."""
+        c = self.behavior_rows(rows)
+        return c, self.fuse(self.modality_view_rows(rows), c, rows)
 
     def presence(self, rows: np.ndarray | None = None) -> torch.Tensor | None:
         """``present`` (``K x N``), its columns ``rows`` (sorted distinct node ids) when given, or
