@@ -65,6 +65,8 @@ def git_commit(paths: list[Path], message: str) -> None:
     for _ in range(20):
         add = subprocess.run(["git", "add", *rel], capture_output=True, text=True)
         if add.returncode == 0:
+            if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *rel]).returncode == 0:
+                return  # these paths hold nothing new
             done = subprocess.run(["git", "commit", "-q", "-m", message, "--", *rel], capture_output=True, text=True)
             if done.returncode == 0 or "nothing to commit" in done.stdout + done.stderr:
                 return

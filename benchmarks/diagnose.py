@@ -2,8 +2,8 @@
 
 Two pieces of evidence, both from the headline protocol:
 
-- **Variants on validation.** The model's headline-selected point with one setting changed at a
-  time, each trained as a headline trial is (seed 999, the dataset without its test split, valid
+- **Variants on validation.** The model's headline-selected point with a setting (or a few)
+  changed, each trained as a headline trial is (seed 999, the dataset without its test split, valid
   only), next to the selected point's own trial and the reference model's trials. Test is not read.
 - **Where the gap is.** The recorded per-user test metrics of the two models' 5 headline seeds
   (seed-averaged), by quartile of the users' train degree, and the paired difference per group.
@@ -46,7 +46,7 @@ def run_variants(model: str, dataset: str, variants: list[str], data, commit: bo
         if variant in record["variants"]:
             continue
         print(f"[{dataset}/{model}] variant {variant}", flush=True)
-        settings = {**selected, **tuning["spec"]["trial_train"], **parse_assignments([variant])}
+        settings = {**selected, **tuning["spec"]["trial_train"], **parse_assignments(variant.split())}
         record["variants"][variant] = headline.blind_trial(
             model, dataset, settings, headline.RUNS / dataset / model / f"diagnose-{headline.slug([variant])}", blind)
         write(record, data, commit)
@@ -82,7 +82,7 @@ def write(record: dict, data, commit: bool = False) -> None:
     own = tuning["trials"][tuning["selected"]["trial"]]
     md = [f"# Why {model} trails or beats {headline.REFERENCE} on {dataset}", "",
           f"Selected point (headline tuning): `{tuning['selected']['point'] or 'defaults'}`. "
-          "Variants change one setting of it; each is a headline trial (seed 999, no test split, valid only).", "",
+          "Variants change the settings named; each is a headline trial (seed 999, no test split, valid only).", "",
           "| run | valid R@20 | valid N@20 | epochs | Δ R@20 vs selected |", "|---|---|---|---|---|",
           f"| {model} selected | {own['valid']['recall@20']:.4f} | {own['valid']['ndcg@20']:.4f} | {own['epochs']} | |"]
     for variant, t in record["variants"].items():
@@ -111,7 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--variants", nargs="*", default=[], help="one setting changed each, e.g. n_ui_layers=1")
+    parser.add_argument("--variants", nargs="*", default=[],
+                        help="settings changed per variant, e.g. n_ui_layers=1 or 'n_ui_layers=1 n_ii_layers=0'")
     parser.add_argument("--commit", action="store_true", help="git-commit the results after each variant")
     args = parser.parse_args()
     from prismrec.data import load_dataset
