@@ -6,9 +6,8 @@ of the items, seed 999, all their rows in valid/test; the same copy as
 ``benchmarks/robustness.py``) and scores the **test** cold items with
 
 * ``own``: the model's content path, :meth:`Recommender.content_item_embeddings` with its
-  documented ID-row handling (``prismrec.nn.content``). The MGCN family (MGCN, GUME, SIGER,
-  EGRA) and VBPR get theirs from ``prismrec.nn.content`` here until their files declare it
-  (the same functions; the cell records which). BM3 and DA-MRS have none (``-``).
+  documented ID-row handling (``prismrec.nn.content``; the cell records which). BM3 and DA-MRS
+  have none (``-``).
 * ``map`` / ``knn``: ridge map / nearest warm items from content to the model's final item rows
   (:mod:`prismrec.coldstart`).
 * ``native``: the rows as trained (for ID-only LightGCN: untrained ID rows, the no-content
@@ -56,7 +55,10 @@ STRATEGIES = ("own", "map", "knn", "native")
 CELL_VERSION = 2  # 2: own:zero / own:impute on test and valid; older cells are rescored (no retraining)
 # Settings a model needs where its modalities have no image/text roles (prismrec.nn.roles), as
 # the headline study fixes them: DRAGON's graph weights, equal as FREEDOM's.
-EXTRA_SETTINGS = {"dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}}}
+# SMORE's kNN sizes go to the image/text parts by name (prismrec.nn.roles); tiktok's image+audio
+# pair takes the parts the earlier positional rule gave it (image 40, audio 15), as lfm2k's cell.
+EXTRA_SETTINGS = {"dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}},
+                  "smore": {"tiktok": {"modality_roles": ["image", "text"]}}}
 
 
 def settings(model: str, dataset: str, epochs: int) -> dict:
