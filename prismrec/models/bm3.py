@@ -141,25 +141,31 @@ class BM3(Recommender):
         users, u_at = torch.unique(batch[0], return_inverse=True)
         items, i_at = torch.unique(batch[1], return_inverse=True)
         rows = h.index_select(0, torch.cat([users, items + self.n_users]))
-        return self._terms(h, rows, (users, u_at, items, i_at), online)
+        # ‖h_U‖_F and ‖h_I‖_F from one pass of row sums of squares (no N x d slices in backward).
+        squares = h.pow(2).sum(dim=1)
+        norms = squares[: self.n_users].sum().sqrt(), squares[self.n_users :].sum().sqrt()
+        return self._terms(norms, rows, (users, u_at, items, i_at), online)
 
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
         # The loss reads g(h) at the batch's rows only: the predictor is applied to the distinct
-        # users and items of the batch, not to all N rows (same terms and gradients).
+        # users and items of the batch, not to all N rows; the residual, the rows and the norms of
+        # h are one autograd node (_EncoderHead). Same terms and gradients.
         users, u_at = torch.unique(batch[0], return_inverse=True)
         items, i_at = torch.unique(batch[1], return_inverse=True)
         if not few_rows(range(len(users) + len(items)), self.n_users + self.n_items):
             return self.loss(batch, self())  # nearly every row: the full predictor is cheaper
-        h = self.encode()
-        rows = h.index_select(0, torch.cat([users, items + self.n_users]))  # h of the distinct users, items
+        y = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_layers)
+        index = torch.cat([users, items + self.n_users])
+        rows, norm_u, norm_i = _EncoderHead.apply(y, self.item_emb, index, self.n_users)  # h[index], ‖h_U‖, ‖h_I‖
         g = self.predictor(rows)
         online = g[: len(users)].index_select(0, u_at), g[len(users) :].index_select(0, i_at)
-        return self._terms(h, rows, (users, u_at, items, i_at), online)
+        return self._terms((norm_u, norm_i), rows, (users, u_at, items, i_at), online)
 
-    def _terms(self, h: torch.Tensor, rows: torch.Tensor, distinct: tuple, online: tuple) -> dict[str, torch.Tensor]:
-        """The loss terms from the encoder output ``h`` (``N x d``), its ``rows`` at the batch's
-        distinct users then items, ``distinct = (users, u_at, items, i_at)`` (``torch.unique`` of
-        ``u`` and ``i`` with their inverses) and the batch's online rows ``(g(h)[u], g(h)[i])``."""
+    def _terms(self, norms: tuple, rows: torch.Tensor, distinct: tuple, online: tuple) -> dict[str, torch.Tensor]:
+        """The loss terms from ``norms = (‖h_U‖_F, ‖h_I‖_F)`` of the encoder output ``h``, its
+        ``rows`` at the batch's distinct users then items, ``distinct = (users, u_at, items,
+        i_at)`` (``torch.unique`` of ``u`` and ``i`` with their inverses) and the batch's online
+        rows ``(g(h)[u], g(h)[i])``."""
         cfg = self.config
         users, u_at, items, i_at = distinct
         # batch[2] (negatives) is not used. Targets and modality views are computed for the
@@ -167,15 +173,12 @@ class BM3(Recommender):
         # reference drops out whole matrices and then gathers.
         target_u = self.target(rows[: len(users)]).index_select(0, u_at)  # ĥ_U[u]
         target_i = self.target(rows[len(users) :]).index_select(0, i_at)  # ĥ_I[i]
-        # ‖h_U‖_F and ‖h_I‖_F from one pass of row sums of squares (no N x d slices in backward).
-        squares = h.pow(2).sum(dim=1)
         online_u, online_i = online
         terms = {
             "rec": (1 - F.cosine_similarity(online_u, target_i, dim=-1).mean())
             + (1 - F.cosine_similarity(online_i, target_u, dim=-1).mean()),
             # MMRec EmbLoss over the whole encoder output, divided by the last table's rows (n_I).
-            "reg": cfg.reg_weight * (squares[: self.n_users].sum().sqrt() + squares[self.n_users :].sum().sqrt())
-            / self.n_items,
+            "reg": cfg.reg_weight * (norms[0] + norms[1]) / self.n_items,
         }
         for m, projector in self.projectors.items():
             h_m = projector.linear(projector.features.index_select(0, items))  # h_m of the distinct items
@@ -195,3 +198,37 @@ class BM3(Recommender):
             return rows
         keep = torch.rand(rows.shape, device=rows.device) >= p
         return rows * keep / (1.0 - p)
+
+
+class _EncoderHead(torch.autograd.Function):
+    """``h = Y + [0; E_I]`` (step 1's residual) reduced to what a batch reads: the rows ``index``
+    (distinct) of ``h`` and ``‖h_U‖_F``, ``‖h_I‖_F`` (``L_reg``), as one node.
+
+    The same values and gradients as autograd through ``Y + pad(E_I)``, ``index_select`` and
+    ``pow(2).sum(1)`` (each operation's own rounding: ``∂‖h_U‖ = g / (2‖h_U‖)``, then
+    ``h · 2∂``), with one N x d pass each way instead of five: no zero-filled N x d gradient for
+    the gathered rows (they are added into the norms' gradient), no padded copy of ``E_I``."""
+
+    @staticmethod
+    def forward(ctx, y, item_emb, index, n_users):  # noqa: D401
+        h = y.clone()
+        h[n_users:] += item_emb
+        squares = h.pow(2).sum(dim=1)
+        norm_u, norm_i = squares[:n_users].sum().sqrt(), squares[n_users:].sum().sqrt()
+        ctx.save_for_backward(h, index, norm_u, norm_i)
+        ctx.n_users = n_users
+        return h.index_select(0, index), norm_u, norm_i
+
+    @staticmethod
+    def backward(ctx, grad_rows, grad_u, grad_i):
+        h, index, norm_u, norm_i = ctx.saved_tensors
+        n = ctx.n_users
+        grad = torch.empty_like(h)
+        for part, g, norm in ((slice(0, n), grad_u, norm_u), (slice(n, None), grad_i, norm_i)):
+            if g is None:
+                grad[part] = 0
+            else:
+                torch.mul(h[part], 2 * (g / (2 * norm)), out=grad[part])  # sqrt's, then pow(2)'s backward
+        if grad_rows is not None:
+            grad.index_add_(0, index, grad_rows)  # distinct rows: one addition each
+        return grad, grad[n:], None, None
