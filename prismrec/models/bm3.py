@@ -53,7 +53,7 @@ from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.encoders import Projector
-from prismrec.nn.propagation import few_rows
+from prismrec.nn.propagation import distinct_rows, few_rows
 from prismrec.recommender import Output, Recommender
 
 
@@ -150,8 +150,8 @@ class BM3(Recommender):
         # The loss reads g(h) at the batch's rows only: the predictor is applied to the distinct
         # users and items of the batch, not to all N rows; the residual, the rows and the norms of
         # h are one autograd node (_EncoderHead). Same terms and gradients.
-        users, u_at = torch.unique(batch[0], return_inverse=True)
-        items, i_at = torch.unique(batch[1], return_inverse=True)
+        users, u_at = unique(batch[0], self.n_users)
+        items, i_at = unique(batch[1], self.n_items)
         if not few_rows(range(len(users) + len(items)), self.n_users + self.n_items):
             return self.loss(batch, self())  # nearly every row: the full predictor is cheaper
         y = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_layers)
@@ -198,6 +198,13 @@ class BM3(Recommender):
             return rows
         keep = torch.rand(rows.shape, device=rows.device) >= p
         return rows * keep / (1.0 - p)
+
+
+def unique(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(ids, return_inverse=True)`` for ids below ``n``, in linear time (a mark
+    array, :func:`~prismrec.nn.propagation.distinct_rows`, instead of a sort)."""
+    distinct, at = distinct_rows(ids, n)
+    return torch.from_numpy(distinct).to(ids.device), at
 
 
 class _EncoderHead(torch.autograd.Function):
