@@ -23,28 +23,42 @@ from torch import nn
 FEATURE_NORMS = ("none", "l2", "standardize")
 
 
-def normalize_features(features: torch.Tensor, mode: str = "none") -> torch.Tensor:
+def normalize_features(features: torch.Tensor, mode: str = "none", inplace: bool = False) -> torch.Tensor:
     """Rescale a raw feature matrix: ``none`` (MMRec: raw values), ``l2`` (unit rows) or
     ``standardize`` (zero mean, unit variance per column). Raw scales differ by 1000x between
-    feature files (lfm2k: VGGish audio bytes, row norm ~1500, vs MiniLM text, norm 1)."""
+    feature files (lfm2k: VGGish audio bytes, row norm ~1500, vs MiniLM text, norm 1).
+
+    ``inplace=True`` rescales ``features`` itself (a matrix the caller owns) with no full-size
+    temporary: the same values, bit for bit, as the default, which returns a new matrix (for
+    ``standardize`` it holds two, ``F - μ`` and the quotient, next to ``F``)."""
     if mode == "none":
         return features
     if mode == "l2":
-        return torch.nn.functional.normalize(features, dim=1, eps=1e-12)
+        return torch.nn.functional.normalize(features, dim=1, eps=1e-12, out=features if inplace else None)
     if mode == "standardize":
-        return (features - features.mean(0)) / features.std(0).clamp_min(1e-12)
+        mean, std = features.mean(0), features.std(0).clamp_min(1e-12)
+        if inplace:
+            return features.sub_(mean).div_(std)
+        return (features - mean) / std
     raise ValueError(f"feature normalisation must be one of {FEATURE_NORMS}, got {mode!r}")
 
 
+_CHECK_BLOCK = 2**24
+"""Elements checked for finiteness at once (a bool mask of this size, not one of the matrix)."""
+
+
 def _as_feature_matrix(features: torch.Tensor) -> torch.Tensor:
-    """Validate ``features`` (``n x d_m``, finite) and return a float32 detached copy."""
+    """Validate ``features`` (``n x d_m``, finite) and return a float32 detached copy (one copy,
+    whatever the input's dtype; the check runs in row blocks, with no matrix-sized mask)."""
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
     if features.dim() != 2 or features.shape[0] < 1 or features.shape[1] < 1:
         raise ValueError(f"features must be a non-empty 2-D (n_items x d_m) matrix, got {tuple(features.shape)}")
-    if not bool(torch.isfinite(features).all()):
-        raise ValueError("features contain NaN or infinite values; clean or impute them first")
-    return features.detach().to(torch.float32).clone()
+    rows = max(1, _CHECK_BLOCK // features.shape[1])
+    for start in range(0, features.shape[0], rows):
+        if not bool(torch.isfinite(features[start : start + rows]).all()):
+            raise ValueError("features contain NaN or infinite values; clean or impute them first")
+    return features.detach().to(torch.float32, copy=True)
 
 
 class Projector(nn.Module):
@@ -68,7 +82,7 @@ class Projector(nn.Module):
         super().__init__()
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
-        feats = normalize_features(_as_feature_matrix(features), normalize)
+        feats = normalize_features(_as_feature_matrix(features), normalize, inplace=True)  # on our own copy
         self.trainable_features = bool(trainable_features)
         if self.trainable_features:
             self.features = nn.Parameter(feats)
