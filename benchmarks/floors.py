@@ -7,8 +7,8 @@ loop and a validation, so that what follows starts where a run's later epochs do
 * **floor**: the batch's forward and backward under a recorder of torch's operator calls
   (``TorchDispatchMode``) that keeps every matrix product (sparse adjacency and kNN products,
   dense GEMMs of the encoders and losses: ``mm``, ``addmm``, ``bmm``, ...), every (log-)softmax /
-  logsumexp / exponential, every top-k and every row gather / scatter (embedding lookups and
-  their backward), with their real arguments; the recorded calls are then replayed bare (no
+  logsumexp / exponential, every top-k, every FFT (SMORE's spectral filters) and every row
+  gather / scatter (embedding lookups and their backward), with their real arguments; the recorded calls are then replayed bare (no
   autograd, no Python model code) and timed, plus the batch's optimiser step;
 * **epoch**: the same batch timed as the trainer runs it (forward, backward, step), plus the
   sampler's time.
@@ -54,9 +54,10 @@ PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "_sparse_m
 SOFTMAX = {"_log_softmax", "_log_softmax_backward_data", "_softmax", "_softmax_backward_data", "logsumexp",
            "exp", "exp_"}  # exp: the pass of a log-sum-exp fused by hand (losses.gemm_logsumexp)
 SELECT = {"topk"}
+FFT = {"_fft_r2c", "_fft_c2r", "_fft_c2c"}  # SMORE's spectral filters: its own unavoidable transform
 GATHER = {"embedding", "embedding_dense_backward", "index_select", "index", "index_add", "index_add_",
           "index_put", "index_put_", "_index_put_impl_", "gather", "scatter_add", "scatter_add_"}
-KERNELS = PRODUCTS | SOFTMAX | SELECT | GATHER
+KERNELS = PRODUCTS | SOFTMAX | SELECT | GATHER | FFT
 PARTS = {"tiktok": {"modality_roles": ["image", "text"]}, "lfm2k": {"modality_roles": ["image", "text"]}}
 SETTINGS = {**MODEL_SETTINGS, "dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}},
             "smore": PARTS, "mmgcn": PARTS,
@@ -82,11 +83,13 @@ class KernelRecorder(TorchDispatchMode):
 
 
 def kind(call) -> str:
-    """``sparse`` (a product with a sparse operand), ``gemm``, ``softmax``, ``topk`` or ``gather``."""
+    """``sparse`` (a product with a sparse operand), ``gemm``, ``softmax``, ``topk``, ``gather`` or ``fft``."""
     func, args, _ = call
     name = func.overloadpacket.__name__
     if name in GATHER:
         return "gather"
+    if name in FFT:
+        return "fft"
     if name in SOFTMAX:
         return "softmax"
     if name in SELECT:
@@ -250,19 +253,20 @@ def markdown(res: dict) -> str:
     lines = [f"# Epoch vs floor per model on {res['dataset']}", "",
              f"{res['machine']}; {res['threads']} thread(s); updated {res['date']}.", "",
              "| model | train s | floor | ratio | valid s | floor | ratio | **epoch / floor** | "
-             "per batch: sparse / GEMM / softmax+top-k / gather / step ms | batches | 1-min load |",
+             "per batch: sparse / GEMM / softmax+top-k / FFT / gather / step ms | batches | 1-min load |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
         bk = r["batch_kernels_s"]
         ms = " / ".join(f"{1000 * x:.1f}" for x in (bk.get("sparse", 0), bk.get("gemm", 0),
-                                                     bk.get("softmax", 0) + bk.get("topk", 0), bk.get("gather", 0),
+                                                     bk.get("softmax", 0) + bk.get("topk", 0), bk.get("fft", 0),
+                                                     bk.get("gather", 0),
                                                      r["optimizer_step_s"]))
         lines.append(f"| {name} | {r['train_s']:.2f} | {r['floor_train_s']:.2f} | {r['ratio_train']:.2f} | "
                      f"{r['valid_s']:.2f} | {r['floor_valid_s']:.2f} | {r['ratio_valid']:.2f} | "
                      f"**{r['ratio']:.2f}** | {ms} | {r['batches']} | {r['load1']:.2f} |")
     lines += ["", "Floor = the model's own kernels replayed bare in the same process: for every training batch "
               "of an epoch (each batch also run and timed as the trainer runs it, right after), every matrix "
-              "product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k and row gather/scatter of its forward and backward, plus its fused-Adam step; per validation "
+              "product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k, FFT and row gather/scatter of its forward and backward, plus its fused-Adam step; per validation "
               "the eval-mode forward's kernels plus the users x items GEMM and top-k. Epochs: median of the "
               "interleaved epochs after a warm-up epoch, default settings (EGRA's pretrained vectors faked at "
               "their size; FREEDOM and DRAGON with mm_weights 0.5/0.5 as in the quality benchmarks). Sorted by "

@@ -233,8 +233,8 @@ class SMORE(Recommender):
             return x
         if rows is None:
             return x * (torch.rand(x.shape, device=x.device) >= p) / (1.0 - p)
-        keep = torch.rand((self.n_users + self.n_items, x.shape[1]), device=x.device) >= p
-        return x * keep.index_select(0, rows) / (1.0 - p)
+        draws = torch.rand((self.n_users + self.n_items, x.shape[1]), device=x.device)
+        return x * (draws.index_select(0, rows) >= p) / (1.0 - p)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         u, i, _ = batch
