@@ -156,7 +156,7 @@ class BM3(Recommender):
             return self.loss(batch, self())  # nearly every row: the full predictor is cheaper
         y = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_layers)
         index = torch.cat([users, items + self.n_users])
-        rows, norm_u, norm_i = _EncoderHead.apply(y, self.item_emb, index, self.n_users)  # h[index], ‖h_U‖, ‖h_I‖
+        _, rows, norm_u, norm_i = _EncoderHead.apply(y, self.item_emb, index, self.n_users)  # h[index], ‖h_U‖, ‖h_I‖
         g = self.predictor(rows)
         online = g[: len(users)].index_select(0, u_at), g[len(users) :].index_select(0, i_at)
         return self._terms((norm_u, norm_i), rows, (users, u_at, items, i_at), online)
@@ -214,20 +214,22 @@ class _EncoderHead(torch.autograd.Function):
     The same values and gradients as autograd through ``Y + pad(E_I)``, ``index_select`` and
     ``pow(2).sum(1)`` (each operation's own rounding: ``∂‖h_U‖ = g / (2‖h_U‖)``, then
     ``h · 2∂``), with one N x d pass each way instead of five: no zero-filled N x d gradient for
-    the gathered rows (they are added into the norms' gradient), no padded copy of ``E_I``."""
+    the gathered rows (they are added into the norms' gradient), no padded copy of ``E_I``. ``Y``
+    (a fresh propagation output) becomes ``h`` in place, returned first."""
 
     @staticmethod
     def forward(ctx, y, item_emb, index, n_users):  # noqa: D401
-        h = y.clone()
+        h = y
         h[n_users:] += item_emb
+        ctx.mark_dirty(h)
         squares = h.pow(2).sum(dim=1)
         norm_u, norm_i = squares[:n_users].sum().sqrt(), squares[n_users:].sum().sqrt()
         ctx.save_for_backward(h, index, norm_u, norm_i)
         ctx.n_users = n_users
-        return h.index_select(0, index), norm_u, norm_i
+        return h, h.index_select(0, index), norm_u, norm_i
 
     @staticmethod
-    def backward(ctx, grad_rows, grad_u, grad_i):
+    def backward(ctx, grad_h, grad_rows, grad_u, grad_i):
         h, index, norm_u, norm_i = ctx.saved_tensors
         n = ctx.n_users
         grad = torch.empty_like(h)
@@ -238,4 +240,6 @@ class _EncoderHead(torch.autograd.Function):
                 torch.mul(h[part], 2 * (g / (2 * norm)), out=grad[part])  # sqrt's, then pow(2)'s backward
         if grad_rows is not None:
             grad.index_add_(0, index, grad_rows)  # distinct rows: one addition each
+        if grad_h is not None:
+            grad += grad_h
         return grad, grad[n:], None, None
