@@ -222,6 +222,7 @@ class _EncoderHead(torch.autograd.Function):
         h = y
         h[n_users:] += item_emb
         ctx.mark_dirty(h)
+        ctx.set_materialize_grads(False)  # h itself is not read: no zero-filled gradient for it
         squares = h.pow(2).sum(dim=1)
         norm_u, norm_i = squares[:n_users].sum().sqrt(), squares[n_users:].sum().sqrt()
         ctx.save_for_backward(h, index, norm_u, norm_i)
