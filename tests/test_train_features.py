@@ -81,3 +81,18 @@ def test_frozen_features_keep_the_forward_of_the_same_weights(planted, name):
         a, b = trained(), frozen()
     torch.testing.assert_close(a.item, b.item)
     torch.testing.assert_close(a.user, b.user)
+
+
+def test_memory_benchmark_child_counts_the_features_state(tmp_path):
+    from benchmarks.train_features import child, render
+    from prismrec.data.synthetic import write_sized_dataset
+
+    folder = write_sized_dataset(tmp_path / "electronics", "electronics", 0.003)
+    cells = [child("freedom", str(folder), flag, 1) for flag in (True, False)]
+    feature_mb = sum(n * 4 for n in cells[0]["feature_dims"].values()) * cells[0]["items"] / 2**20
+    # trained: the features are parameters, with Adam's two moments; frozen: neither
+    assert abs(cells[0]["parameter_mb"] - cells[1]["parameter_mb"] - feature_mb) < 1e-6
+    assert abs(cells[0]["adam_state_mb"] - cells[1]["adam_state_mb"] - 2 * feature_mb) < 1e-4  # + a step count each
+    for cell in cells:
+        cell.update(load_before=(1.0, 1.0, 1.0), load_after=(1.0, 1.0, 1.0))
+    assert "| freedom | False |" in render(cells)
