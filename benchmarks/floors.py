@@ -40,7 +40,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.common import RESULTS, machine, median_time, write
-from benchmarks.multimodal import MODEL_SETTINGS
+from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 from prismrec.data import BPRSampler, load_dataset
 from prismrec.eval import Evaluator
 from prismrec.experiment.config import resolve_config
@@ -66,6 +66,16 @@ SETTINGS = {**MODEL_SETTINGS, "dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "
 not one image-like and one text-like (prismrec.nn.roles): FREEDOM's and DRAGON's modality weights,
 SMORE's and MMGCN's parts and LGMRec's contrastive order (the first modality in the image part,
 as before parts went by name), as in the quality benchmarks and the headline study."""
+
+
+def settings(model: str, dataset: str) -> dict:
+    """What a model gets beyond its defaults on ``dataset``: the quality benchmarks' modality pair
+    (lfm2k: text + audio, not its third file) and :data:`SETTINGS`."""
+    from prismrec.experiment.config import model_class
+
+    fields = model_class(model).Config.__dataclass_fields__
+    pair = {"modalities": MODALITIES[dataset].strip("[]").split(",")} if dataset in MODALITIES and "modalities" in fields else {}
+    return {**pair, **SETTINGS.get(model, {}).get(dataset, {})}
 
 
 class KernelRecorder(TorchDispatchMode):
@@ -213,7 +223,7 @@ def measure(name: str, data, epochs: int) -> dict:
     (:func:`interleaved_epoch`), each followed by an interleaved validation. Medians.
     """
     t0 = time.perf_counter()
-    model, cfg = build(name, data, SETTINGS.get(name, {}).get(data.name, {}))
+    model, cfg = build(name, data, settings(name, data.name))
     build_s = time.perf_counter() - t0
     tc = cfg.train
     sampler = BPRSampler(data.train, tc.batch_size, tc.negative_pool, tc.seed)
@@ -269,8 +279,9 @@ def markdown(res: dict) -> str:
               "product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k, FFT and row gather/scatter of its forward and backward, plus its fused-Adam step; per validation "
               "the eval-mode forward's kernels plus the users x items GEMM and top-k. Epochs: median of the "
               "interleaved epochs after a warm-up epoch, default settings (EGRA's pretrained vectors faked at "
-              "their size; FREEDOM and DRAGON with mm_weights 0.5/0.5 as in the quality benchmarks). Sorted by "
-              "epoch / floor, furthest first."]
+              "their size) plus what the quality benchmarks give (the modality pair, lfm2k: text + audio; "
+              "FREEDOM's and DRAGON's mm_weights 0.5/0.5; SMORE's and MMGCN's modality_roles and LGMRec's "
+              "hcl_order with the first modality in the image part). Sorted by epoch / floor, furthest first."]
     odd = [n for n, r in rows if r.get("floor_method") != "interleaved per batch"]
     if odd:
         lines.append(f"Rows of {', '.join(odd)}: measured by an earlier version of this script (floor "

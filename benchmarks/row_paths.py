@@ -26,7 +26,7 @@ import prismrec  # noqa: F401  (sets the OpenMP wait policy before torch loads)
 import torch
 
 from benchmarks.common import RESULTS, machine, write
-from benchmarks.floors import SETTINGS, build
+from benchmarks.floors import build, settings
 from prismrec.data import BPRSampler, load_dataset
 from prismrec.train.allocator import keep_freed_memory
 
@@ -35,7 +35,7 @@ MODELS = ["lightgcn", "mgcn", "gume", "egra", "smore", "bm3", "vbpr"]
 
 def time_paths(name: str, data, batches: int) -> dict:
     """Median seconds per batch (forward + backward) of the row path and of the full path."""
-    model, cfg = build(name, data, SETTINGS.get(name, {}).get(data.name, {}))
+    model, cfg = build(name, data, settings(name, data.name))
     model.train()
     model.on_epoch_start(0)
     tc = cfg.train

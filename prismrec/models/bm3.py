@@ -53,7 +53,7 @@ from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.encoders import Projector
-from prismrec.nn.propagation import distinct_rows, few_rows
+from prismrec.nn.propagation import distinct_rows
 from prismrec.recommender import Output, Recommender
 
 
@@ -149,11 +149,10 @@ class BM3(Recommender):
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
         # The loss reads g(h) at the batch's rows only: the predictor is applied to the distinct
         # users and items of the batch, not to all N rows; the residual, the rows and the norms of
-        # h are one autograd node (_EncoderHead). Same terms and gradients.
+        # h are one autograd node (_EncoderHead). Same terms and gradients. No fallback for a
+        # batch that touches nearly every row (lfm2k): the full path gathers the same rows.
         users, u_at = unique(batch[0], self.n_users)
         items, i_at = unique(batch[1], self.n_items)
-        if not few_rows(range(len(users) + len(items)), self.n_users + self.n_items):
-            return self.loss(batch, self())  # nearly every row: the full predictor is cheaper
         y = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_layers)
         index = torch.cat([users, items + self.n_users])
         _, rows, norm_u, norm_i = _EncoderHead.apply(y, self.item_emb, index, self.n_users)  # h[index], ‖h_U‖, ‖h_I‖
