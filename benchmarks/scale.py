@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, atomic_write
 
 MODELS = ["lightgcn", "rlmmrec", "mgcn", "freedom", "gume", "egra", "siger"]
 SIZES = ["tiktok", "baby", "electronics"]
@@ -310,11 +310,8 @@ def main(argv: list[str] | None = None) -> None:
             r = run_child(size, model, folder, args.threads, cap, args.timeout)
             r["max_batches"] = cap
             results["cells"] = [c for c in results["cells"] if (c["size"], c["model"]) != (size, model)] + [r]
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.partial")
-            tmp.write_text(json.dumps(results, indent=2))
-            tmp.replace(path)
-            (RESULTS / f"{args.name}.md").write_text(render(results))
+            atomic_write(path, json.dumps(results, indent=2))
+            atomic_write(RESULTS / f"{args.name}.md", render(results))
             print(f"[scale] {size} / {model}: {r['status']}, peak {r['peak_rss_mb'] / 1024:.2f} GiB, "
                   f"{r.get('epoch_s', float('nan')):.1f} s/epoch, {r.get('eval_s', float('nan')):.1f} s/valid",
                   flush=True)
