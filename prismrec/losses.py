@@ -46,6 +46,18 @@ def use_batch_shares(shares: BatchShares | None) -> None:
     _SHARES = shares if shares is not None else BatchShares()
 
 
+def batch_sum(values: torch.Tensor, rows: int) -> torch.Tensor:
+    """``values.sum()``, a term summed (not averaged) over a batch of ``rows`` rows (e.g.
+    LGMRec's ``hcl``). With the batch split across processes, the trainer weights each share's
+    terms by its share of the rows (right for means); a sum is therefore scaled up by the
+    inverse of that share here, so that the shares add up to the global batch's sum."""
+    total = values.sum()
+    if not _SHARES.split:
+        return total
+    every = _SHARES.total(torch.tensor(float(rows), dtype=total.dtype, device=total.device))
+    return total * (every / max(rows, 1))
+
+
 def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """``mean_b softplus(-(z_u·z_i - z_u·z_j))`` = ``-mean log σ(ŷ_ui - ŷ_uj)``."""
     diff = (user * pos).sum(dim=1) - (user * neg).sum(dim=1)

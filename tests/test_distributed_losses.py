@@ -58,6 +58,7 @@ TERMS = {
     "entity_linear": lambda p, q, k: losses.entity_weighted_infonce(p, q, TAU, "linear", 1, 0.5),
     "emb_norm": lambda p, q, k: losses.emb_norm(p, q, k),
     "half_sq_and_bpr": lambda p, q, k: losses.half_sq(p, q, k) + losses.bpr_loss(p, q, k),
+    "batch_sum": lambda p, q, k: losses.batch_sum(losses.infonce_rows(p, q, TAU), len(p)),
 }
 
 

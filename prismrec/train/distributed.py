@@ -19,8 +19,9 @@ summed over ranks, to the rank that owns it), EGRA's entity weights are normalis
 global batch and ``emb_norm``'s norms are taken over all rows. A step is then that of one
 process with the global batch, up to float rounding (``tests/test_distributed.py``). Still per
 rank: random noise views (GUME's/SIGER's/EGRA's ``um``, BM3's dropout: each rank draws its own)
-and terms over a batch's *distinct* rows (BM3, DA-MRS's alignment), and LGMRec's ``hcl``, a sum
-over the batch rather than a mean (each rank's share is weighted as if it were a mean).
+and terms over a batch's *distinct* rows (BM3, DA-MRS's alignment). A term that sums over the
+batch's rows instead of averaging must go through :func:`prismrec.losses.batch_sum` (the trainer
+weights each rank's terms as shares of a mean); LGMRec's ``hcl`` does not yet (1/K of its weight).
 
 Validation runs on rank 0 and its metrics are broadcast (every rank takes the same early-stopping
 decision); rank 0 alone writes the run directory.
