@@ -163,3 +163,24 @@ def test_row_paths_equal_the_full_loss_with_a_mask(dropped, monkeypatch, name, s
     net.encoder.present = None
     unmasked, _ = _terms_and_grads(net, lambda: net.batch_loss(batch))
     assert not torch.equal(torch.stack(list(unmasked.values())), torch.stack(list(got.values())))
+
+
+def test_freedom_mixes_only_an_items_present_modality_graphs(dropped):
+    from prismrec.graph import knn_graph, mix
+    from prismrec.nn.fusion import present_mix
+
+    zero, mean, missing = dropped
+    net = _model("freedom", zero, mm_weights=[0.3, 0.7])
+    graphs = [knn_graph(zero.features[m], 10, weight="binary") for m in ("image", "text")]
+    got = sp.csr_matrix((net.item_graph.matrix.values().numpy(), net.item_graph.matrix.col_indices().numpy(),
+                         net.item_graph.matrix.crow_indices().numpy()), shape=graphs[0].shape).toarray()
+    # an item without its image: its row of S is its text graph's row alone (the image row's
+    # neighbours of a zero vector are ties: the lowest ids); the others as the unmasked mix
+    np.testing.assert_allclose(got[missing], graphs[1].toarray()[missing], rtol=1e-6)
+    np.testing.assert_allclose(got[~missing], mix(graphs, [0.3, 0.7]).toarray()[~missing], rtol=1e-6)
+    assert not np.allclose(got[missing], mix(graphs, [0.3, 0.7]).toarray()[missing])
+    unmasked = _model("freedom", mean, mm_weights=[0.3, 0.7]).item_graph.matrix.to_dense().numpy()
+    want = mix([knn_graph(mean.features[m], 10, weight="binary") for m in ("image", "text")], [0.3, 0.7])
+    np.testing.assert_array_equal(unmasked, want.toarray())  # no zero-filled rows: exactly mix
+    empty = present_mix(graphs, [0.3, 0.7], np.zeros((zero.n_items, 2), dtype=bool))
+    assert empty.nnz == 0  # an item with no modality has no item-item row

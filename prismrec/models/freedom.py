@@ -14,6 +14,8 @@ a **denoised** user–item graph whose edges are pruned afresh every epoch.
    one gets ``image_weight``, the text one the rest. Any other pair (lfm2k's text + audio,
    tiktok's image + audio) or more than two modalities has no reference weighting: ``mm_weights``
    must then be given (a :class:`~prismrec.errors.ConfigError` says so); one modality gets 1.
+   Missing modalities (``impute="zero"``): an item's row weighs only the modalities it has
+   (:func:`prismrec.nn.fusion.present_mix`; its zero-filled row's neighbours are mere ties).
 
 2. Degree-sensitive edge pruning (2.6), redrawn in ``on_epoch_start``: keep
    ``⌊|E|·(1−ρ)⌋`` training edges drawn without replacement ``∝ 1/sqrt(d_u d_i)`` and rebuild the
@@ -51,19 +53,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from prismrec.graph import (
-    SparseOperator,
-    bipartite_adjacency,
-    degree_sensitive_edge_sample,
-    knn_graph,
-    mix,
-)
+from prismrec.data.features import fusion_presence
+from prismrec.graph import SparseOperator, bipartite_adjacency, degree_sensitive_edge_sample, knn_graph
 from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn.roles import role_weights
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.content import content_forward_rows
 from prismrec.nn.encoders import Projector
+from prismrec.nn.fusion import present_mix
 from prismrec.recommender import Output, Recommender
 
 @dataclass
@@ -120,7 +118,8 @@ class FREEDOM(Recommender):
 
         # S = Σ_m α_m Ŝ_m^bin from the raw features, frozen (2.3).
         graphs = [knn_graph(dataset.features[m], config.knn_k, weight="binary") for m in self.modalities]
-        self.item_graph = SparseOperator(mix(graphs, self.mm_weights))
+        present = fusion_presence(dataset, self.modalities)  # n_I x K, or None: nothing zero-filled
+        self.item_graph = SparseOperator(present_mix(graphs, self.mm_weights, present))
         # Â (evaluation) and the training edges Â_ρ is drawn from (2.1, 2.6).
         self.train_matrix = dataset.train.tocsr()
         self.adjacency = SparseOperator(bipartite_adjacency(self.train_matrix), symmetric=True)

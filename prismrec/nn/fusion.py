@@ -23,7 +23,8 @@ node lacks a modality: its features were zero-filled, ``impute="zero"``,
 weights are renormalised over the node's present modalities: the attention ``α`` is a softmax
 over the present ones, a gate's weights are rescaled to sum to 1 over them, a mean or sum runs
 over them (:func:`present_mean`). A node with every modality missing fuses to 0. ``present=None``
-(or all ``True``) computes exactly the unmasked formulas.
+(or all ``True``) computes exactly the unmasked formulas. :func:`present_mix` does the same for
+a convex mix of item-item graphs (FREEDOM's ``S = Σ_m α_m Ŝ_m``), row by row.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
+
+from prismrec.graph.ops import mix
 
 
 def node_presence(present_items: np.ndarray | torch.Tensor | None, n_users: int = 0) -> torch.Tensor | None:
@@ -57,6 +61,31 @@ def present_mean(views: torch.Tensor, present: torch.Tensor | None, reduce: str 
     total = (views * keep).sum(dim=0)
     scale = (1.0 if reduce == "mean" else float(views.shape[0])) / count.clamp_min(1.0)
     return total * scale
+
+
+def present_mix(graphs: Sequence[sp.spmatrix], weights: Sequence[float],
+                present_items: np.ndarray | None) -> sp.csr_matrix:
+    """``S = Σ_m α_m G_m`` over item-item graphs (:func:`prismrec.graph.ops.mix`), mask-aware:
+    row ``i`` weighs only item ``i``'s present modalities (``present_items``, ``n_I x K`` bool,
+    :func:`prismrec.data.features.fusion_presence`), ``α_im = α_m p_im / Σ_m' α_m' p_im'``; a row
+    with none present is empty. A zero-filled feature row has no neighbours of its own in
+    ``G_m`` (its top-k are ties), so its row takes no part. ``None``: exactly ``mix``."""
+    if present_items is None:
+        return mix(graphs, weights)
+    present = np.asarray(present_items, dtype=bool)
+    if present.shape != (graphs[0].shape[0], len(graphs)):
+        raise ValueError(f"present_items must be n_items x K = {graphs[0].shape[0]} x {len(graphs)}, "
+                         f"got {present.shape}")
+    mix(graphs, weights)  # the checks of the unmasked mix (convex weights, shapes)
+    alphas = np.asarray(list(weights), dtype=np.float64)[None, :] * present
+    total = alphas.sum(axis=1, keepdims=True)
+    alphas = np.divide(alphas, total, out=np.zeros_like(alphas), where=total > 0)
+    out = sp.csr_matrix(graphs[0].shape, dtype=np.float64)
+    for k, g in enumerate(graphs):  # float64 sum, rounded once, as mix
+        out = out + sp.diags(alphas[:, k]) @ sp.csr_matrix(g, dtype=np.float64)
+    out = sp.csr_matrix(out, dtype=np.float32)
+    out.eliminate_zeros()
+    return out
 
 
 class BehaviorAwareFuser(nn.Module):
