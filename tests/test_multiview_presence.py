@@ -1,6 +1,7 @@
-"""Mask-aware fusion in the MGCN family (MGCN, GUME, SIGER, EGRA): with ``impute="zero"`` an
-item's missing modality takes no part in the fused view ``M`` (nor in GUME's extended ``Ĥ``), in
-the full forward and in the row-restricted training paths alike."""
+"""Mask-aware fusion in the MGCN family (MGCN, GUME, SIGER, EGRA), FREEDOM and DA-MRS: with
+``impute="zero"`` an item's missing modality takes no part in the fused view ``M`` (nor in GUME's
+extended ``Ĥ``, FREEDOM's mixed item graph, DA-MRS's content mean), in the full forward and in the
+row-restricted training paths alike."""
 
 from __future__ import annotations
 
@@ -184,3 +185,16 @@ def test_freedom_mixes_only_an_items_present_modality_graphs(dropped):
     np.testing.assert_array_equal(unmasked, want.toarray())  # no zero-filled rows: exactly mix
     empty = present_mix(graphs, [0.3, 0.7], np.zeros((zero.n_items, 2), dtype=bool))
     assert empty.nnz == 0  # an item with no modality has no item-item row
+
+
+def test_damrs_averages_an_items_present_views(dropped):
+    zero, mean, missing = dropped
+    assert _model("damrs", mean).present is None
+    net = _model("damrs", zero).train()
+    assert net.present.shape == (3, zero.n_items) and net.present[1:].all()  # image, text, behaviour
+    with torch.no_grad():
+        out = net()
+    views, h = out.aux["views"], out.aux["content"]
+    torch.testing.assert_close(h[missing], views[1:, missing].mean(dim=0))  # text and behaviour only
+    torch.testing.assert_close(h[~missing], views[:, ~missing].mean(dim=0))
+    assert not torch.allclose(h[missing], views[:, missing].mean(dim=0))

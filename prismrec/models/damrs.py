@@ -17,7 +17,7 @@ Views ``v ∈ V`` = the item modalities ``m`` plus one behaviour view ``b``.
 
        [Y_U; Y_I] = LGN(Â, [E_U; E_I], L_ui)                 LightGCN layer mean (2.7)
        h_v        = Ŝ_v^{L_mm} E_I                            for every view v ∈ V
-       h          = 1/|V| Σ_v h_v
+       h          = 1/|V| Σ_v h_v                             (over an item's present views)
        Z_U = Y_U,   Z_I = Y_I + h
 
 3. Denoised feedback (BPR re-weighting, weights without gradient). For a triple ``(u, i, j)``
@@ -54,6 +54,10 @@ Views ``v ∈ V`` = the item modalities ``m`` plus one behaviour view ``b``.
 5. ``L = L_BPR + λ_ND L_ND + λ_KL L_KL``; no L2 term (the reference reads ``reg_weight`` but never
    uses it). Terms logged as ``bpr``, ``neighbor``, ``kl`` (weights applied).
 
+Missing modalities (``impute="zero"``): ``h`` averages only the views an item has (the
+behaviour view always; :func:`prismrec.nn.fusion.present_mean`), since a zero-filled feature
+row's kNN neighbours are mere ties; without zero-filled rows nothing changes.
+
 The reference builds the modality graphs from dense ``n x n`` similarities and a per-item Python
 loop; ours are blocked (memory ``O(n·k)`` besides one block). With three views the reference's
 pseudo-label score ``q_1 + q_2 + 2 q_x`` is the ``Σ_v q_v + q_x`` above, which generalises it to any
@@ -64,16 +68,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
 from prismrec.graph.cooccurrence import behavior_item_graph
 from prismrec.graph.consistent import consistent_knn_graphs
 from prismrec.losses import bpr_loss, denoised_bpr, neighbour_discrimination, symmetric_bernoulli_kl
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
+from prismrec.nn.fusion import present_mean
 from prismrec.recommender import Output, Recommender
 
 #: ``ε`` inside the neighbour-discrimination logarithms (the reference's ``10e-10``).
@@ -161,6 +168,11 @@ class DAMRS(Recommender):
             graphs.append(behavior_item_graph(dataset.train, config.behavior_k, config.min_cooccurrence))
         self.view_names = list(self.modalities) + (["behavior"] if config.behavior_graph else [])
         self.item_graphs = torch.nn.ModuleList(SparseOperator(g) for g in graphs)
+        present = fusion_presence(dataset, self.modalities)  # n_I x M, or None: nothing zero-filled
+        if present is not None:  # |V| x n_I: the behaviour view (if any) always present
+            behavior = np.ones((len(graphs) - len(self.modalities), self.n_items), dtype=bool)
+            present = torch.from_numpy(np.vstack([present.T, behavior]))
+        self.register_buffer("present", present, persistent=False)
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)  # Â
 
         self.user_emb = IdEmbedding(self.n_users, config.embedding_size)  # E_U
@@ -177,7 +189,7 @@ class DAMRS(Recommender):
                 h_v = graph @ h_v
             views.append(h_v)
         views = torch.stack(views)  # |V| x n_I x d
-        h = views.mean(dim=0)
+        h = views.mean(dim=0) if self.present is None else present_mean(views, self.present)
         y_u, y_i = y[: self.n_users], y[self.n_users :]
         out = Output(y_u, y_i + h)
         if self.training:  # the loss's views
