@@ -1,0 +1,91 @@
+"""An epoch of BPR triples: negatives checked against a bit set of the training pairs vs a binary
+search over their sorted keys (``prismrec.data.sampler.BITSET_MAX_PAIRS``).
+
+Both samplers draw the same batches (``tests/test_sampler.py``); this measures what the lookup
+costs per epoch. The two are alternated round by round in one process, medians and ranges
+reported with the load average. Writes ``results/sampler.{json,md}``, one row per dataset.
+
+    python -m benchmarks.sampler [--datasets tiktok,lfm2k] [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+from benchmarks.common import RESULTS, machine, write
+from prismrec.data import BPRSampler, load_dataset
+from prismrec.data import sampler as sampler_module
+
+
+def epoch_s(sampler: BPRSampler) -> float:
+    """Seconds to draw one epoch of batches."""
+    t0 = time.perf_counter()
+    for _ in sampler.epoch():
+        pass
+    return time.perf_counter() - t0
+
+
+def measure(dataset: str, rounds: int) -> dict:
+    """Median epoch seconds of both lookups, alternated round by round."""
+    data = load_dataset(dataset)
+    bits = BPRSampler(data.train, seed=1)
+    limit = sampler_module.BITSET_MAX_PAIRS
+    sampler_module.BITSET_MAX_PAIRS = 0
+    try:
+        search = BPRSampler(data.train, seed=1)
+    finally:
+        sampler_module.BITSET_MAX_PAIRS = limit
+    assert bits._bits is not None and search._bits is None, "the dataset is too large for the bit set"
+    times: dict[str, list[float]] = {"bit set": [], "binary search": []}
+    for r in range(rounds + 1):
+        pairs = [("bit set", bits), ("binary search", search)]
+        for key, s in pairs if r % 2 == 0 else pairs[::-1]:
+            seconds = epoch_s(s)
+            if r > 0:  # round 0 warms both up
+                times[key].append(seconds)
+    rows = {k: {"median_s": statistics.median(v), "range_s": [min(v), max(v)]} for k, v in times.items()}
+    return {"pairs": int(data.train.nnz), "users": data.n_users, "items": data.n_items,
+            "bitset_bytes": int(bits._bits.nbytes), "rounds": rounds, "lookups": rows,
+            "speedup": rows["binary search"]["median_s"] / rows["bit set"]["median_s"],
+            "load1": os.getloadavg()[0]}
+
+
+def markdown(res: dict) -> str:
+    lines = ["# BPR sampler: one epoch of triples", "",
+             f"{res['machine']}; updated {res['date']}.", "",
+             "| dataset | pairs | bit set ms (range) | binary search ms (range) | speed-up | bit set size | 1-min load |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in res["datasets"].items():
+        b, s = r["lookups"]["bit set"], r["lookups"]["binary search"]
+        lines.append(f"| {name} | {r['pairs']:,} | {1000 * b['median_s']:.1f} ({1000 * b['range_s'][0]:.1f}-"
+                     f"{1000 * b['range_s'][1]:.1f}) | {1000 * s['median_s']:.1f} ({1000 * s['range_s'][0]:.1f}-"
+                     f"{1000 * s['range_s'][1]:.1f}) | {r['speedup']:.1f}x | {r['bitset_bytes'] / 2**20:.1f} MiB | "
+                     f"{r['load1']:.2f} |")
+    lines += ["", "One epoch of (user, positive, negative) batches of 2048 (shuffle, negatives drawn and "
+              "redrawn while they are training pairs, batches sliced), the two membership lookups "
+              "alternated round by round in one process, medians after a warm-up round. Both draw the "
+              "same batches (tests/test_sampler.py)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--datasets", default="tiktok,lfm2k")
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    path = RESULTS / "sampler.json"
+    res = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
+    for name in args.datasets.split(","):
+        res["datasets"][name] = r = measure(name, args.rounds)
+        res.update(machine=machine(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        print(f"{name}: bit set {1000 * r['lookups']['bit set']['median_s']:.1f} ms, binary search "
+              f"{1000 * r['lookups']['binary search']['median_s']:.1f} ms per epoch", flush=True)
+        write("sampler", res, markdown(res))
+
+
+if __name__ == "__main__":
+    main()
