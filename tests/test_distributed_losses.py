@@ -24,19 +24,25 @@ from test_distributed_losses import TERMS, grad_rows, inputs
 torch.set_num_threads(1)
 env = distributed.from_env()
 distributed.init(env, "cpu")
-assert losses.batch_shares().split
 result = {}
-for name, term in TERMS.items():
-    mine, weight = distributed.shard(tuple(inputs()), env)
+for name, term, suffix in [(n, t, suffix) for suffix in ("", "@1") for n, t in TERMS.items()]:
+    mine, weight = distributed.shard(tuple(x[:1] if suffix else x for x in inputs()), env)
+    assert losses.batch_shares().split == (not suffix)  # one row: replicated, not split
     mine = [x.detach().requires_grad_() for x in mine]
     value = term(*mine) * weight  # the trainer's weighting: this rank's share of the batch
     value.backward()
     total = distributed.allreduce_sum(value.detach(), env)
     grads = [None] * env.world_size
     torch.distributed.all_gather_object(grads, [grad_rows(x) for x in mine])
-    result[name] = {"value": float(total), "grads": [sum((g[k] for g in grads), []) for k in range(len(mine))]}
+    if suffix:  # replicated: each rank holds 1/K of every row's gradient
+        joined = [sum(torch.tensor(g[k]) for g in grads).tolist() for k in range(len(mine))]
+    else:  # split: each rank holds its own rows' gradients
+        joined = [sum((g[k] for g in grads), []) for k in range(len(mine))]
+    result[name + suffix] = {"value": float(total), "grads": joined}
 if env.is_main:
     json.dump(result, open(sys.argv[1], "w"))
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()  # a clean exit on both ranks
 """
 
 B, D, TAU = 7, 5, 0.3  # 7 rows: shares of 4 and 3 (the gather pads the smaller one)
@@ -68,12 +74,14 @@ def grad_rows(x: torch.Tensor) -> list:
 
 
 def _single() -> dict:
+    """Every term on the 7-row batch, then (``@1``) on its first row alone."""
     result = {}
-    for name, term in TERMS.items():
-        rows = [x.requires_grad_() for x in inputs()]
-        value = term(*rows)
-        value.backward()
-        result[name] = {"value": float(value.detach()), "grads": [grad_rows(x) for x in rows]}
+    for suffix in ("", "@1"):
+        for name, term in TERMS.items():
+            rows = [(x[:1] if suffix else x).requires_grad_() for x in inputs()]
+            value = term(*rows)
+            value.backward()
+            result[name + suffix] = {"value": float(value.detach()), "grads": [grad_rows(x) for x in rows]}
     return result
 
 
@@ -101,6 +109,16 @@ def test_in_batch_losses_over_two_gloo_ranks_equal_one_process(tmp_path):
         assert two[name]["value"] == pytest.approx(one[name]["value"], abs=1e-12), name
         for g2, g1 in zip(two[name]["grads"], one[name]["grads"]):
             assert torch.allclose(torch.tensor(g2), torch.tensor(g1), atol=1e-12), name
+
+
+def test_a_batch_smaller_than_the_ranks_is_replicated_at_a_share_of_the_weight():
+    from prismrec.train import distributed
+    from prismrec.train.distributed import DistEnv
+
+    batch = tuple(torch.arange(2) + k for k in range(3))
+    for rank in range(3):
+        mine, weight = distributed.shard(batch, DistEnv(rank, 3, rank))
+        assert mine == batch and weight == pytest.approx(1 / 3)
 
 
 def test_per_share_negatives_differ_from_the_global_batch():

@@ -115,12 +115,12 @@ def init(env: DistEnv, device: str) -> str:
 
 class RankShares(losses.BatchShares):
     """The global batch for the losses (:class:`prismrec.losses.BatchShares`): each rank holds the
-    contiguous share :func:`shard` gave it, in rank order."""
-
-    split = True
+    contiguous share :func:`shard` gave it, in rank order (:attr:`split`; false while a batch too
+    small to split is replicated on every rank)."""
 
     def __init__(self, env: DistEnv) -> None:
         self.env = env
+        self.split = True
 
     def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Every rank's ``rows`` in rank order and where this rank's begin (gradients flow back)."""
@@ -163,10 +163,19 @@ class _GatherRows(torch.autograd.Function):
 
 
 def shard(batch: tuple[torch.Tensor, ...], env: DistEnv) -> tuple[tuple[torch.Tensor, ...], float]:
-    """This rank's contiguous share of a global batch and its weight (its share of the rows)."""
+    """This rank's contiguous share of a global batch and its weight (its share of the rows).
+
+    A batch with fewer rows than ranks (an epoch's last, at worst) leaves no rank empty (a mean
+    over no rows is NaN): every rank takes all of it at weight ``1 / K``, and the losses see it
+    as one process would (the installed :class:`RankShares` is not split for it)."""
     if not env.active:
         return batch, 1.0
     n = len(batch[0])
+    shares = losses.batch_shares()
+    if isinstance(shares, RankShares):
+        shares.split = n >= env.world_size
+    if n < env.world_size:
+        return batch, 1.0 / env.world_size
     parts = [torch.tensor_split(t, env.world_size) for t in batch]
     mine = tuple(p[env.rank] for p in parts)
     return mine, len(mine[0]) / n
