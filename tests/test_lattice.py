@@ -27,7 +27,7 @@ def build(dataset, seed=0, **overrides):
 BATCH = (torch.tensor([0, 1, 5, 7, 7]), torch.tensor([3, 4, 5, 9, 11]), torch.tensor([6, 7, 8, 100, 150]))
 
 
-def reference_of(net, dataset):
+def reference_of(net, dataset, present=None):
     """The dense reference run on float64 copies of ``net``'s parameters (leaf tensors)."""
     leaf = lambda t: t.detach().double().clone().requires_grad_(True)  # noqa: E731
     params = {
@@ -41,7 +41,7 @@ def reference_of(net, dataset):
     c = net.config
     u, i, s = lattice_forward(
         r, params["user"], params["item"], params["feats"], params["trs"], params["logits"],
-        c.knn_k, c.lambda_coeff, c.n_ui_layers, c.n_ii_layers,
+        c.knn_k, c.lambda_coeff, c.n_ui_layers, c.n_ii_layers, present,
     )
     return params, u, i, s
 
@@ -242,3 +242,39 @@ def test_eval_and_next_epoch_share_one_topk(planted, monkeypatch):
     net.on_epoch_start(2)
     net()
     assert len(calls) == 3  # only the changed modality is searched again
+
+
+def test_missing_modality_matches_the_masked_dense_reference(tmp_path):
+    # impute="zero": modality m's graphs link only items that have it, row i weighs its present
+    # modalities (tests/reference/lattice_ref.py, present=...); the mean-imputed copy masks nothing
+    from prismrec.data import load_dataset
+    from prismrec.data.derive import corrupt_modality
+    from prismrec.data.synthetic import write_planted_dataset
+
+    src = write_planted_dataset(tmp_path / "p", n_users=60, n_items=50, per_user=8, seed=1)
+    folder = corrupt_modality(src, "p-drop", "image", "drop", 0.2, seed=4)
+    zero, mean = load_dataset(folder, impute="zero"), load_dataset(folder, impute="mean")
+    assert build(mean).present is None
+    net = build(zero, knn_k=5)
+    missing = ~np.load(folder / "image_mask.npy")
+    np.testing.assert_array_equal(net.present[:, 0].numpy(), ~missing)
+    rows, cols, _ = net.original_edges[0]
+    assert not missing[rows.numpy()].any() and not missing[cols.numpy()].any()
+    with torch.no_grad():
+        net.modal_logits.copy_(torch.tensor([0.3, -0.2]))
+    net.train()
+    net.on_epoch_start(0)
+    out = net()
+    params, u_ref, i_ref, s_ref = reference_of(net, zero, present=net.present)
+    _, rows, cols = net._patterns[0]  # the learned image graph's top-k: among items with an image
+    assert not missing[rows.numpy()].any() and not missing[cols.numpy()].any() and len(rows) == 5 * 40
+    torch.testing.assert_close(net.item_graph.to_dense().double(), s_ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.user.double(), u_ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.item.double(), i_ref, atol=1e-6, rtol=1e-5)
+    batch = (torch.tensor([0, 1, 5, 7, 7]), torch.tensor([3, 4, 5, 9, 11]), torch.tensor([6, 7, 8, 30, 49]))
+    terms = net.loss(batch, out)
+    bpr_ref, reg_ref = lattice_loss(u_ref, i_ref, *batch, net.config.reg_weight)
+    sum(terms.values()).backward()
+    (bpr_ref + reg_ref).backward()
+    torch.testing.assert_close(net.modal_logits.grad.double(), params["logits"].grad, atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(net.item_emb.grad.double(), params["item"].grad, atol=1e-7, rtol=1e-4)

@@ -28,6 +28,11 @@ propagated over it and added to a LightGCN's item embeddings.
    ``modality = [0; nrm(h)]`` (``N x d``, users first), ``behavior = Z − modality``.
 4. Loss: ``L_BPR(Z) + λ_reg·half_sq(z_u, z_i, z_j)`` on the final rows.
 
+Missing modalities (``impute="zero"``): the graphs of modality ``m`` link only items that have
+it (its learned ``S̃_m`` is the top-``k`` among them: zero-filled rows project to one common
+vector and would link to each other), and row ``i`` weighs only its present modalities,
+``α_im = α_m p_im / Σ_m' α_m' p_im'``. Without zero-filled rows nothing changes.
+
 5. Content path (cold items, :meth:`LATTICE.content_item_embeddings`): ``S`` is computed from the
    features alone (the frozen ``Ŝ_m`` and the learned ``S̃_m`` of ``P_m``), so it links a new
    item to trained ones. The item's ID row ``E_I[c]`` is imputed as the ``S``-weighted mean of its
@@ -45,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
 from prismrec.graph.learned import EdgeGraph, knn_edges, normalize_edges, sampled_dot
 from prismrec.graph.walk import random_walk_adjacency
@@ -115,10 +121,16 @@ class LATTICE(Recommender):
             raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({self.n_items})")
         d = config.embedding_size
 
+        # Which items have each modality (n_I x M), or None when no used modality was zero-filled.
+        present = fusion_presence(dataset, self.modalities)
+        self.register_buffer("present", None if present is None else torch.from_numpy(present), persistent=False)
         # 1. Frozen graphs Ŝ_m (2.2), kept as edge lists: they enter S with learned weights α_m.
         self.original_edges = []
-        for m in self.modalities:
+        for index, m in enumerate(self.modalities):
             g = knn_graph(dataset.features[m], config.knn_k).tocoo()  # (rows, cols, ŝ_ij)
+            if present is not None:  # links between items that have m only
+                keep = present[g.row, index] & present[g.col, index]
+                g = type(g)((g.data[keep], (g.row[keep], g.col[keep])), shape=g.shape)
             self.original_edges.append(tuple(
                 torch.from_numpy(x.astype(dtype)) for x, dtype in ((g.row, np.int64), (g.col, np.int64), (g.data, np.float32))
             ))
@@ -164,18 +176,27 @@ class LATTICE(Recommender):
         """2. ``S = (1 − λ)·sym-norm(Σ_m α_m S̃_m) + λ·Σ_m α_m Ŝ_m`` from the current ``P_m``."""
         n, k, lam = self.n_items, self.config.knn_k, self.config.lambda_coeff
         alpha = self.modality_weights()
+        if self.present is None:
+            def weight(index: int, r: torch.Tensor) -> torch.Tensor:  # α_m
+                return alpha[index]
+        else:  # α_im = α_m p_im / Σ_m' α_m' p_im' (a row with no modality: 0)
+            row_alpha = alpha.unsqueeze(0) * self.present.to(alpha.dtype)
+            row_alpha = row_alpha / row_alpha.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+            def weight(index: int, r: torch.Tensor) -> torch.Tensor:
+                return row_alpha[:, index].index_select(0, r)
         rows, cols, values = [], [], []
         for index, projector in enumerate(self.projectors.values()):
             p = F.normalize(projector(), dim=1)                         # nrm(P_m)
             r, c = self._knn_pattern(index, p)                          # top-k pattern of S̃_m
             rows.append(r)
             cols.append(c)
-            values.append(alpha[index] * sampled_dot(p, p, r, c))       # α_m · cos(p_i, p_j)
+            values.append(weight(index, r) * sampled_dot(p, p, r, c))  # α_m · cos(p_i, p_j)
         rows_l, cols_l = torch.cat(rows), torch.cat(cols)
         learned = normalize_edges(rows_l, cols_l, torch.cat(values), n)  # Ã (duplicates summed)
         rows_o = torch.cat([e[0] for e in self.original_edges])
         cols_o = torch.cat([e[1] for e in self.original_edges])
-        original = torch.cat([alpha[i] * e[2] for i, e in enumerate(self.original_edges)])
+        original = torch.cat([weight(i, e[0]) * e[2] for i, e in enumerate(self.original_edges)])
         return EdgeGraph(
             torch.cat([rows_l, rows_o]), torch.cat([cols_l, cols_o]),
             torch.cat([(1.0 - lam) * learned, lam * original]), n,
@@ -188,7 +209,12 @@ class LATTICE(Recommender):
         cached = self._patterns.get(index)
         if cached is not None and cached[0].shape == p.shape and torch.equal(cached[0], p.detach()):
             return cached[1], cached[2]
-        rows, cols = knn_edges(p, self.config.knn_k)
+        if self.present is None:
+            rows, cols = knn_edges(p, self.config.knn_k)
+        else:  # among the items that have the modality (its zero-filled rows share one vector)
+            have = torch.nonzero(self.present[:, index]).squeeze(1)
+            rows, cols = knn_edges(p.index_select(0, have), min(self.config.knn_k, len(have)))
+            rows, cols = have[rows], have[cols]
         self._patterns[index] = (p.detach().clone(), rows, cols)
         return rows, cols
 

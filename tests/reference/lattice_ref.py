@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 
 
-def build_sim(context: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of every pair of rows (reference ``build_sim``)."""
-    context_norm = context / torch.norm(context, p=2, dim=-1, keepdim=True)
+def build_sim(context: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Cosine similarity of every pair of rows (reference ``build_sim``; ``eps`` > 0 keeps a zero
+    row at similarity 0 instead of NaN)."""
+    context_norm = context / torch.norm(context, p=2, dim=-1, keepdim=True).clamp_min(eps)
     return context_norm @ context_norm.T
 
 
@@ -56,14 +57,22 @@ def lattice_forward(
     lambda_coeff: float,
     n_ui_layers: int,
     n_ii_layers: int,
+    present: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference ``forward(adj, build_item_graph=True)`` with ``cf_model = 'lightgcn'``.
 
     ``trs`` are the ``(weight, bias)`` of each modality's ``nn.Linear`` (``weight`` is
     ``d_f × d_m``); ``raw_feats`` are the (fine-tuned) feature tables. Returns the user and item
     embeddings and the item graph ``S``.
+
+    ``present`` (``n x M`` bool, prismrec's mask-aware extension, not in the reference): modality
+    ``m``'s graphs link only items that have it (the learned top-``k`` among them) and row ``i``
+    weighs its modalities ``α_m p_im / Σ_m' α_m' p_im'``.
     """
     weight = torch.softmax(modal_weight, dim=0)
+    if present is not None:
+        return _masked_forward(r, user_emb, item_emb, raw_feats, trs, weight, topk, lambda_coeff,
+                               n_ui_layers, n_ii_layers, present)
     learned, original = 0, 0
     for m, (feats, (w, b)) in enumerate(zip(raw_feats, trs)):
         projected = feats @ w.T + b
@@ -77,7 +86,29 @@ def lattice_forward(
             original = original + weight[m] * original_m
     learned = compute_normalized_laplacian(learned)
     item_adj = (1 - lambda_coeff) * learned + lambda_coeff * original
+    return _propagate(r, user_emb, item_emb, item_adj, n_ui_layers, n_ii_layers)
 
+
+def _masked_forward(r, user_emb, item_emb, raw_feats, trs, weight, topk, lambda_coeff, n_ui_layers,
+                    n_ii_layers, present):
+    """``lattice_forward`` with a presence mask (its docstring)."""
+    row_weight = weight.unsqueeze(0) * present.to(weight.dtype)
+    row_weight = row_weight / row_weight.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    learned, original = 0, 0
+    for m, (feats, (w, b)) in enumerate(zip(raw_feats, trs)):
+        keep = present[:, m]
+        pair = (keep.unsqueeze(1) & keep.unsqueeze(0)).to(weight.dtype)
+        sim = build_sim(feats @ w.T + b).masked_fill(~keep.unsqueeze(0), float("-inf"))
+        learned_m = build_knn_neighbourhood(sim, topk) * pair
+        original_m = compute_normalized_laplacian(build_knn_neighbourhood(build_sim(feats.detach(), 1e-12), topk))
+        learned = learned + row_weight[:, m : m + 1] * learned_m
+        original = original + row_weight[:, m : m + 1] * (original_m * pair)
+    item_adj = (1 - lambda_coeff) * compute_normalized_laplacian(learned) + lambda_coeff * original
+    return _propagate(r, user_emb, item_emb, item_adj, n_ui_layers, n_ii_layers)
+
+
+def _propagate(r, user_emb, item_emb, item_adj, n_ui_layers, n_ii_layers):
+    """The forward's propagation given the item graph ``S`` (``item_adj``)."""
     h = item_emb
     for _ in range(n_ii_layers):
         h = item_adj @ h
