@@ -138,10 +138,11 @@ def fusion_presence(dataset, modalities: list[str]) -> np.ndarray | None:
     modality was zero-filled (the models then fuse exactly as without masks).
 
     ``impute="zero"`` is the switch "zero + mask-aware fusion": a fusing model (the gates of
-    :mod:`prismrec.nn.fusion`, RLMultimodalRec, SMORE, MMGCN, DRAGON, LGMRec, and the MGCN family's
-    :class:`~prismrec.nn.MultiViewEncoder`: MGCN, GUME, SIGER, EGRA) gives an item's
-    missing modality no weight and renormalises over the modalities it has. Under ``mean`` or
-    ``neighbour`` the filled rows are estimates and take part like any other.
+    :mod:`prismrec.nn.fusion`, RLMultimodalRec, SMORE, MMGCN, DRAGON, LGMRec, the MGCN family's
+    :class:`~prismrec.nn.MultiViewEncoder`: MGCN, GUME, SIGER, EGRA, and the item-graph mixes of
+    FREEDOM, LATTICE and DA-MRS) gives an item's missing modality no weight and renormalises over
+    the modalities it has. Under ``mean`` or ``neighbour`` the filled rows are estimates and take
+    part like any other.
     """
     record = (getattr(dataset, "manifest", None) or {}).get("imputation", {})
     masks = getattr(dataset, "feature_masks", {}) or {}
