@@ -7,7 +7,9 @@ interrupted study resumes where it stopped:
 
 * **robustness** — for ``q`` in {0, 0.1, 0.2, 0.4}: (a) ``drop``: a fraction ``q`` of one
   modality's rows is marked missing (``<modality>_mask.npy``) and imputed at load (``--impute``,
-  default mean); (b) ``noise``: the same rows are replaced by Gaussian noise with that modality's
+  default mean; ``--impute zero`` runs the drop cells again as ``drop-zero``: zero-filled rows
+  and mask-aware fusion, each model weighing only an item's present modalities; the clean, noise
+  and cold cells do not depend on the imputation and are not rerun); (b) ``noise``: the same rows are replaced by Gaussian noise with that modality's
   per-dimension mean and standard deviation (seeded; larger ``q`` corrupts a superset of rows).
   Graphs are rebuilt from the corrupted features (every model builds them at construction).
   Reported: test R@20 / N@20 and their relative drop from ``q = 0`` for FREEDOM, MGCN, GUME,
@@ -50,6 +52,17 @@ KINDS = ("noise", "drop")
 CORRUPTED = {"lfm2k": "text", "tiktok": "image"}  # the modality whose rows are dropped / noised
 COLD_FRACTION, COLD_SEED = 0.1, 999
 KS = (10, 20)
+
+
+def with_imputation(cells: list[dict], impute: str) -> list[dict]:
+    """``cells`` with, after each ``drop`` cell, its copy imputed by ``impute`` (condition
+    ``drop-<impute>-<q>``, its own derived folder and run directory); ``mean`` adds nothing."""
+    out = []
+    for c in cells:
+        out.append(c)
+        if impute != "mean" and c.get("kind") == "drop":
+            out.append({**c, "impute": impute, "condition": f"drop-{impute}-{c['q']}"})
+    return out
 
 
 def cell_name(cell: dict) -> str:
@@ -107,6 +120,8 @@ def derived_dataset(cell: dict, work: Path, impute: str) -> tuple[str, Path | No
     if cell["q"] == 0:
         return source, None
     name = f"{source}-{CORRUPTED[source]}-{cell['kind']}-{cell['q']}-s{cell['seed']}"
+    if cell.get("impute", "mean") != "mean":  # the folder records its imputation: one per choice
+        impute, name = cell["impute"], f"{name}-{cell['impute']}"
     if not (data / name).is_dir():
         corrupt_modality(source, data / name, CORRUPTED[source], cell["kind"], cell["q"], seed=cell["seed"],
                          impute=impute if cell["kind"] == "drop" else None)
@@ -204,13 +219,17 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
              f"Test metrics at the best validation epoch. Cells finished: {len(cells)}; left: {len(left)}.", ""]
     summary = {"finished": len(cells), "left": left, "robustness": {}, "cold": {}}
     datasets = sorted({c["dataset"] for c in cells}, key=lambda d: list(CORRUPTED).index(d) if d in CORRUPTED else 9)
+    imputations = sorted({c["impute"] for c in cells if c.get("impute", "mean") != "mean"})
+    described = {"noise": "rows replaced by N(mean_d, std_d)", "drop": "rows masked, imputed by mean",
+                 **{f"drop-{i}": f"rows masked, imputed by {i}" for i in imputations}}
+    described["drop-zero"] = "rows masked, zero-filled, mask-aware fusion"
     for dataset in datasets:
-        for kind in KINDS:
+        for kind in [*KINDS, *(f"drop-{i}" for i in imputations)]:
             models = [m for m in ROBUST_MODELS if (("robustness", dataset, m, "clean") in by)]
-            if not models:
+            if not models or (kind not in KINDS and not any(by.get(("robustness", dataset, m, f"{kind}-{q}"))
+                                                            for m in models for q in QS)):
                 continue
-            lines += [f"## {dataset}: {kind} on {CORRUPTED[dataset]} "
-                      f"({'rows masked, imputed by mean' if kind == 'drop' else 'rows replaced by N(mean_d, std_d)'})",
+            lines += [f"## {dataset}: {kind} on {CORRUPTED[dataset]} ({described[kind]})",
                       "", "| model | R@20 q=0 | " + " | ".join(f"ΔR@20 q={q}" for q in QS) + " | N@20 q=0 | "
                       + " | ".join(f"ΔN@20 q={q}" for q in QS) + " |", "|---" * 9 + "|"]
             for m in models:
@@ -299,13 +318,15 @@ def main() -> None:
     args = parser.parse_args()
     OUT = args.results
     seeds = [int(s) for s in args.seeds.split(",")]
-    planned = plan(args.datasets.split(","), seeds)
+    planned = with_imputation(plan(args.datasets.split(","), seeds), args.impute)
     only = set(filter(None, args.only.split(",")))
     trained = 0
     for cell in ([] if args.report_only else planned):
         path = OUT / "cells" / f"{cell_name(cell)}.json"
         if only and cell["model"] not in only:
             continue
+        if args.impute != "mean" and cell.get("impute") != args.impute:
+            continue  # --impute X runs its drop cells only: the others do not depend on it
         if path.is_file() and json.loads(path.read_text())["settings"]["epochs"] == args.epochs:
             continue  # finished with this cap; a run with another cap replaces it
         if args.max_cells and trained >= args.max_cells:

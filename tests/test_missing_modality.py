@@ -179,3 +179,31 @@ def test_zero_imputation_switches_models_to_mask_aware_fusion(tmp_path):
             text_rows = out.aux["modality_text"][zero.n_users:]
             torch.testing.assert_close(out.item[~mask], text_rows[~mask])
             assert not torch.allclose(out.item[mask], text_rows[mask])
+
+
+def test_robustness_benchmark_keeps_zero_imputation_cells_apart(tmp_path, monkeypatch):
+    from benchmarks import robustness as rb
+
+    planned = rb.plan(["lfm2k"], [999])
+    assert rb.with_imputation(planned, "mean") == planned
+    cells = rb.with_imputation(planned, "zero")
+    zero = [c for c in cells if c.get("impute") == "zero"]
+    assert len(zero) == sum(c.get("kind") == "drop" for c in planned) > 0
+    assert all(c["kind"] == "drop" and c["condition"] == f"drop-zero-{c['q']}" for c in zero)
+    assert len({rb.cell_name(c) for c in cells}) == len(cells)  # own cell files and run directories
+    cell = next(c for c in zero if c["q"] == 0.4)
+    (tmp_path / "data" / "lfm2k-text-drop-0.4-s999-zero").mkdir(parents=True)  # its own derived folder
+    assert rb.derived_dataset(cell, tmp_path, "mean") == ("lfm2k-text-drop-0.4-s999-zero", tmp_path / "data")
+
+    def record(c, r):
+        return {**c, "settings": {"epochs": 20}, "test": {"recall@20": r, "ndcg@20": r / 2}}
+
+    mgcn = [c for c in cells if c["model"] == "mgcn" and c["family"] == "robustness"]
+    fake = [record(c, 0.4) for c in mgcn if c["condition"] == "clean"]
+    fake += [record(c, 0.2 if c.get("impute") else 0.3) for c in mgcn if c.get("kind") == "drop" and c["q"] == 0.4]
+    monkeypatch.setattr(rb, "OUT", tmp_path)
+    _, md = rb.report(fake, cells, 20)
+    mean_table, zero_table = md.split("## lfm2k: drop on text")[1], md.split("## lfm2k: drop-zero on text")[1]
+    assert zero_table.startswith(" (rows masked, zero-filled, mask-aware fusion)")
+    assert "| mgcn | 0.4000 | - | - | -25.0% |" in mean_table.split("##")[0]
+    assert "| mgcn | 0.4000 | - | - | -50.0% |" in zero_table.split("##")[0]
