@@ -84,7 +84,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.graph import SparseOperator, bipartite_adjacency
-from prismrec.losses import bpr_loss, emb_norm, gemm_logsumexp
+from prismrec.losses import batch_sum, bpr_loss, emb_norm, gemm_logsumexp
 from prismrec.models import register
 from prismrec.data.features import fusion_presence
 from prismrec.nn import lightgcn
@@ -278,5 +278,5 @@ class LGMRec(Recommender):
         q = F.normalize(queries.index_select(0, distinct), dim=1) / self.config.cl_tau
         k = F.normalize(keys, dim=1)
         per_row = gemm_logsumexp(q, k) - (q * k.index_select(0, distinct)).sum(dim=1)
-        return (per_row * counts).sum()
+        return batch_sum(per_row * counts, len(rows))  # a sum over the batch (its shares' under DDP)
 
