@@ -174,3 +174,22 @@ def test_smoke_run_trains_and_learns(tiny):
     result = run_experiment(cfg, [1], None, dataset=tiny, progress=False)
     assert result["status"] == "ok"
     assert 0.0 <= result["test"]["recall@20"] <= 1.0
+
+
+def test_cosine_equals_cosine_similarity_bit_for_bit():
+    from prismrec.models.bm3 import cosine, unit_rows
+
+    gen = torch.Generator().manual_seed(0)
+    for scale in (1e-3, 1.0, 1e3):
+        x = (torch.randn(300, 16, generator=gen) * scale)
+        x[3] = x[1]        # a repeated row
+        x[5] = 0.0         # a zero row: the norm's gradient is 0 there
+        x[7] = 1e-12       # a norm below eps: clamped in the forward, not in the norm's backward
+        x.requires_grad_(True)
+        target = torch.randn(300, 16, generator=gen)
+        g = torch.randn(300, generator=gen)
+        want = torch.nn.functional.cosine_similarity(x, target, dim=-1)
+        (want_grad,) = torch.autograd.grad(want, x, g)
+        got = cosine(x, unit_rows(target))
+        (got_grad,) = torch.autograd.grad(got, x, g)
+        assert torch.equal(got, want) and torch.equal(got_grad, want_grad), scale
