@@ -53,18 +53,10 @@ MODELS = ["lightgcn", "freedom", "rlmmrec", "dragon", "lattice", "lgmrec", "mmgc
 KS = (10, 20)
 STRATEGIES = ("own", "map", "knn", "native")
 CELL_VERSION = 2  # 2: own:zero / own:impute on test and valid; older cells are rescored (no retraining)
-# Settings a model needs where its modalities have no image/text roles (prismrec.nn.roles), as
-# the headline study fixes them: DRAGON's graph weights, equal as FREEDOM's.
-# SMORE's kNN sizes go to the image/text parts by name (prismrec.nn.roles); tiktok's image+audio
-# pair takes the parts the earlier positional rule gave it (image 40, audio 15), as lfm2k's cell.
-EXTRA_SETTINGS = {"dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}},
-                  "smore": {"tiktok": {"modality_roles": ["image", "text"]}}}
-
-
 def settings(model: str, dataset: str, epochs: int) -> dict:
-    """The robustness benchmark's settings of the cell (cap, threads, modalities, per-dataset
-    settings) plus :data:`EXTRA_SETTINGS`."""
-    return {**robustness_settings(model, dataset, epochs), **EXTRA_SETTINGS.get(model, {}).get(dataset, {})}
+    """The robustness benchmark's settings of the cell: cap, threads, modalities and the
+    per-dataset settings (benchmarks.multimodal.MODEL_SETTINGS)."""
+    return robustness_settings(model, dataset, epochs)
 
 
 def cell_name(dataset: str, model: str, seed: int) -> str:

@@ -58,10 +58,7 @@ FFT = {"_fft_r2c", "_fft_c2r", "_fft_c2c"}  # SMORE's spectral filters: its own 
 GATHER = {"embedding", "embedding_dense_backward", "index_select", "index", "index_add", "index_add_",
           "index_put", "index_put_", "_index_put_impl_", "gather", "scatter_add", "scatter_add_"}
 KERNELS = PRODUCTS | SOFTMAX | SELECT | GATHER | FFT
-PARTS = {"tiktok": {"modality_roles": ["image", "text"]}, "lfm2k": {"modality_roles": ["image", "text"]}}
-SETTINGS = {**MODEL_SETTINGS, "dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}},
-            "smore": PARTS, "mmgcn": PARTS,
-            "lgmrec": {"tiktok": {"hcl_order": ["image", "audio"]}, "lfm2k": {"hcl_order": ["text", "audio"]}}}
+SETTINGS = MODEL_SETTINGS
 """Per model and dataset, the settings a model needs beyond its defaults where the modalities are
 not one image-like and one text-like (prismrec.nn.roles): FREEDOM's and DRAGON's modality weights,
 SMORE's and MMGCN's parts and LGMRec's contrastive order (the first modality in the image part,

@@ -70,11 +70,10 @@ REFERENCE = "lightgcn"  # the ID-only model every other one is also tested again
 ALPHA = 0.05
 CELLS = RESULTS / "headline" / "cells"
 RUNS = Path("runs/headline")
-# Settings fixed per model and dataset, not searched: FREEDOM and DRAGON weigh modality graphs by
-# role (image 0.1 / text 0.9); with audio in the pair no role says which part it plays, so the
-# graphs get equal weights (selected on lfm2k's validation, results/freedom_grid.md).
-# RLMultimodalRec's raw-feature scaling is validation's choice per dataset (results/feature_scaling.md).
-FIXED = {**MODEL_SETTINGS, "dragon": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}}}
+# Settings fixed per model and dataset, not searched: the benchmarks' per-dataset settings
+# (benchmarks.multimodal.MODEL_SETTINGS: modality parts and weights where the names give none,
+# RLMultimodalRec's feature scaling as validation chose it).
+FIXED = MODEL_SETTINGS
 COMMIT = False  # --commit: git-commit each recorded trial and seed (set in the worker processes too)
 LABEL = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
 

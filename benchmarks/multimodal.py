@@ -21,14 +21,22 @@ MODELS = ["lightgcn", "vbpr", "freedom", "mgcn", "gume", "rlmmrec"]
 MULTIMODAL = ["vbpr", "freedom", "mgcn", "gume", "rlmmrec", "siger", "egra"]
 # lfm2k also ships audio_whisper; the benchmark uses the text + audio pair the issue names.
 MODALITIES = {"tiktok": "[image,audio]", "lfm2k": "[text,audio]"}
-# Settings a model needs on a dataset whose modalities have no role by name: FREEDOM's image/text
-# graph weights (prismrec.nn.roles) have no owner for image+audio or text+audio; equal weights
-# are the neutral choice, and the one validation selected on lfm2k (results/freedom_grid.md).
-# RLMultimodalRec's feature scaling is the one validation selected per dataset
-# (results/feature_scaling.md: raw features on tiktok, standardised on lfm2k; its default is
-# standardize, the smallest worst-case loss over the two).
+# Settings a model needs on a dataset whose modalities are not one image-like and one text-like
+# (prismrec.nn.roles hands the papers' image/text parts out by name; lfm2k is text+audio, tiktok
+# image+audio), one place for every benchmark (multimodal, headline, floors, robustness, coldstart,
+# ddp). FREEDOM's and DRAGON's graph weights: equal, the neutral choice and the one validation
+# selected on lfm2k (results/freedom_grid.md). SMORE's and MMGCN's parts and LGMRec's contrastive
+# order: the first modality in the image part, which is what the positional rule did before parts
+# went by name (so recorded cells keep their meaning). RLMultimodalRec's feature scaling: the one
+# validation selected per dataset (results/feature_scaling.md: raw on tiktok, standardised on lfm2k).
+PARTS = {"tiktok": {"modality_roles": ["image", "text"]}, "lfm2k": {"modality_roles": ["image", "text"]}}
+EQUAL = {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}}
 MODEL_SETTINGS = {
-    "freedom": {"tiktok": {"mm_weights": [0.5, 0.5]}, "lfm2k": {"mm_weights": [0.5, 0.5]}},
+    "freedom": EQUAL,
+    "dragon": EQUAL,
+    "smore": PARTS,
+    "mmgcn": PARTS,
+    "lgmrec": {"tiktok": {"hcl_order": ["image", "audio"]}, "lfm2k": {"hcl_order": ["text", "audio"]}},
     "rlmmrec": {"tiktok": {"feature_norm": "none"}, "lfm2k": {"feature_norm": "standardize"}},
 }
 
