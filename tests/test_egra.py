@@ -439,3 +439,12 @@ def test_multi_seed_pretrained_run_is_matched_by_seed(planted, tmp_path):
                               pretrain_per_seed=False).pretrained_file
     with pytest.raises(PretrainedError, match=r"holds seeds \['3', '4'\], not this run's seed 5"):
         _build(planted, seed=5, pretrained=str(tmp_path / "multi"))
+
+
+def test_a_pretrained_model_setting_missing_says_to_use_pretrain_settings(planted, tmp_path):
+    # LGMRec needs hcl_order where the names give no image/text parts: the error points EGRA's
+    # users at pretrain_settings (a top-level --set hcl_order would be an EGRA setting).
+    renamed = dataclasses.replace(planted, features={"audio" if m == "image" else m: f for m, f in planted.features.items()})
+    with pytest.raises(PretrainedError, match=r"stage 1 \(pre_model=lgmrec\).*hcl_order.*pretrain_settings"):
+        _build(renamed, pre_model="lgmrec", pretrain_search="none", pretrain_epochs=1,
+               pretrain_cache=str(tmp_path / "c"))

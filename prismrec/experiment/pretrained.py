@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prismrec.errors import PretrainedError
+from prismrec.errors import ConfigError, PretrainedError
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.export import export_representations
 from prismrec.experiment.rundir import RunDir
@@ -146,6 +146,9 @@ def _train_cached(pre, dataset, seed: int, root: Path) -> Path:
             run_experiment(pre, [seed], tmp, dataset=blind, progress=False, evaluate_test=False)
         with contextlib.suppress(OSError):  # another process may have finished it first
             os.replace(tmp, run_dir)
+    except ConfigError as exc:  # the pretraining model's own settings go through pretrain_settings
+        raise PretrainedError(f"stage 1 (pre_model={pre.model}): {exc} — for the pretrained model, give it "
+                              "in pretrain_settings, e.g. --set 'pretrain_settings={setting: value}'") from None
     finally:
         random.setstate(py_rng), np.random.set_state(np_rng), torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
