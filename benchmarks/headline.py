@@ -15,8 +15,12 @@ Protocol:
   official settings) first, then points drawn without replacement from the grid's Cartesian
   product (seeded); a grid with fewer points is searched exhaustively. Each trial trains seed 999
   on a copy of the dataset **without its test split** (test cannot be read), at most
-  ``TRIAL_EPOCHS`` epochs with patience ``TRIAL_PATIENCE``; the point with the best valid
-  Recall@20 is selected (ties: valid NDCG@20, then the earlier trial).
+  ``TRIAL_EPOCHS`` epochs with patience ``TRIAL_PATIENCE``, never stopping before
+  ``TRIAL_MIN_EPOCHS`` (a warm-up: with contrastive terms BPR can sit at ln 2 for 10-20 epochs
+  while validation dips, and the short patience ended 9 of 13 MGCN/GUME/SIGER trials on lfm2k at
+  epoch 12-14 before the rule was added; recorded trials that stopped early are rerun, the rest
+  are what the rule gives); the point with the best valid Recall@20 is selected (ties: valid
+  NDCG@20, then the earlier trial).
 - **Final**: the selected point with seeds ``SEEDS`` under the default protocol (at most 1000
   epochs, patience 20, selection on valid Recall@20), test evaluated once per seed.
 - **Ablations** (``ABLATIONS`` of ``benchmarks/{rlmmrec,siger,egra}.py``): the selected point
@@ -62,7 +66,7 @@ BASELINES = ["bpr", "lightgcn", "vbpr", "mmgcn", "lattice", "bm3", "freedom", "m
              "dragon", "smore", "damrs", "gume"]
 DATASETS = ["lfm2k", "tiktok"]
 TRIALS = 6
-TRIAL_EPOCHS, TRIAL_PATIENCE = 300, 10
+TRIAL_EPOCHS, TRIAL_PATIENCE, TRIAL_MIN_EPOCHS = 300, 10, 50
 SEEDS = [999, 1000, 1001, 1002, 1003]
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 TESTED = ("recall@20", "ndcg@20")
@@ -121,7 +125,8 @@ def spec(model: str, dataset: str) -> dict:
     base = base_settings(model, dataset)
     return {"model": model, "dataset": dataset, "grid": grid(model), "points": trial_points(model),
             "base": base, "defaults": dataclasses.asdict(resolve_config(model, dataset, base)),
-            "trial_train": {"epochs": TRIAL_EPOCHS, "patience": TRIAL_PATIENCE, "seed": SEEDS[0]},
+            "trial_train": {"epochs": TRIAL_EPOCHS, "patience": TRIAL_PATIENCE, "min_epochs": TRIAL_MIN_EPOCHS,
+                            "seed": SEEDS[0]},
             "selection": "valid recall@20, ties valid ndcg@20, then earlier trial"}
 
 
@@ -137,8 +142,18 @@ def same_protocol(recorded: dict, want: dict) -> bool:
     if recorded.keys() != want.keys():
         return False
     old, new = recorded["defaults"], want["defaults"]
-    return (all(recorded[k] == want[k] for k in want if k != "defaults")
-            and _contained(old, new))
+    warm_up = {**recorded["trial_train"], "min_epochs": want["trial_train"].get("min_epochs")}
+    return (all(recorded[k] == want[k] for k in want if k not in ("defaults", "trial_train"))
+            and warm_up == want["trial_train"] and _contained(old, new))
+
+
+def stale_trial(trial: dict, trial_train: dict) -> bool:
+    """A recorded trial the warm-up rule (``min_epochs``, added after the study began) would have
+    run on: it stopped before ``min_epochs`` without having run under it. Any trial that went past
+    ``min_epochs`` is what the rule gives (it only suppresses earlier stops), so only these rerun."""
+    floor = min(trial_train.get("min_epochs", 0), trial_train["epochs"])
+    return (trial["state"] == "ok" and trial["epochs"] < floor
+            and trial.get("min_epochs", 0) < trial_train.get("min_epochs", 0))
 
 
 def _contained(old, new) -> bool:
@@ -197,15 +212,17 @@ def tune_cell(model: str, dataset: str, data) -> dict:
         if record is not None:
             print(f"[{dataset}/{model}] protocol changed: tuning again", flush=True)
         record = {"spec": want, "trials": []}
+    record["spec"] = {**record["spec"], "trial_train": want["trial_train"]}  # the warm-up rule, if it is new
     want = record["spec"]  # the recorded protocol, when it still holds
     blind = dataclasses.replace(data, test=None)
     for n, point in enumerate(want["points"]):
-        if n < len(record["trials"]):
+        if n < len(record["trials"]) and not stale_trial(record["trials"][n], want["trial_train"]):
             continue
         print(f"[{dataset}/{model}] trial {n}: {point or 'defaults'}", flush=True)
-        trial = {"point": point, **blind_trial(model, dataset, {**want["base"], **want["trial_train"], **point},
-                                               RUNS / dataset / model / f"trial-{n}", blind)}
-        record["trials"].append(trial)
+        trial = {"point": point, "min_epochs": want["trial_train"]["min_epochs"],
+                 **blind_trial(model, dataset, {**want["base"], **want["trial_train"], **point},
+                               RUNS / dataset / model / f"trial-{n}", blind)}
+        record["trials"][n:n + 1] = [trial]
         _write_json(path, record)
         _commit([path], f"Headline study: {dataset}/{model} trial {n} ({trial['state']})")
     ok = [(n, t) for n, t in enumerate(record["trials"]) if t["state"] == "ok"]
@@ -405,7 +422,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
 
     tunings = {ds: {m: _read_json(CELLS / ds / m / "tuning.json") for m in models} for ds in datasets}
     data = {"protocol": {"trials": TRIALS, "trial_epochs": TRIAL_EPOCHS, "trial_patience": TRIAL_PATIENCE,
-                         "seeds": SEEDS, "alpha": ALPHA, "test": "Wilcoxon signed-rank, Holm"},
+                         "trial_min_epochs": TRIAL_MIN_EPOCHS, "seeds": SEEDS, "alpha": ALPHA, "test": "Wilcoxon signed-rank, Holm"},
             "summaries": summaries, "comparisons": comparisons, "versus_lightgcn": versus_id,
             "ablations": ablation_rows,
             "ablation_tests": ablation_tests,
@@ -435,7 +452,8 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
     p = data["protocol"]
     md = ["# Headline study: seed models against tuned baselines", "",
           f"Every model tuned on validation with the same budget ({p['trials']} points: the defaults, then "
-          f"its declared grid; trials ≤ {p['trial_epochs']} epochs, patience {p['trial_patience']}, test "
+          f"its declared grid; trials ≤ {p['trial_epochs']} epochs, patience {p['trial_patience']} after "
+          f"{p.get('trial_min_epochs', 0)} epochs, test "
           f"never read), then {len(SEEDS)} seeds ({', '.join(map(str, SEEDS))}) at the selected point, "
           "test evaluated once per seed. Cells: test metrics mean ± sample std over seeds; **bold** = "
           f"best complete row of the column; † = the seed model is better than every baseline of the "

@@ -82,3 +82,25 @@ def test_a_new_switch_keeps_recorded_cells_but_a_changed_default_does_not(study)
     assert not headline.same_protocol(changed, want)
     del want["defaults"]["params"]["reg_weight"]  # a setting removed since the record
     assert not headline.same_protocol(headline._jsonable(headline.spec("lightgcn", study.name)), want)
+
+
+def test_trials_that_stopped_before_the_warm_up_are_rerun_and_only_they(study, monkeypatch):
+    headline.run_cell("lightgcn", study.name, {"tune"}, study)
+    path = headline.CELLS / study.name / "lightgcn" / "tuning.json"
+    record = json.loads(path.read_text())
+    # As recorded before the warm-up rule: no min_epochs anywhere; trial 0 stopped early.
+    del record["spec"]["trial_train"]["min_epochs"]
+    for trial in record["trials"]:
+        del trial["min_epochs"]
+    record["trials"][0]["epochs"] = 1
+    path.write_text(json.dumps(record))
+    trained = []
+    real = headline.blind_trial
+    monkeypatch.setattr(headline, "blind_trial", lambda *a: trained.append(a[2]) or real(*a))
+    headline.run_cell("lightgcn", study.name, {"tune"}, study)
+    assert len(trained) == 1 and trained[0]["min_epochs"] == headline.TRIAL_MIN_EPOCHS
+    again = json.loads(path.read_text())
+    assert again["trials"][0]["min_epochs"] == headline.TRIAL_MIN_EPOCHS and "min_epochs" not in again["trials"][1]
+    assert again["spec"]["trial_train"]["min_epochs"] == headline.TRIAL_MIN_EPOCHS
+    headline.run_cell("lightgcn", study.name, {"tune"}, study)  # nothing stale left
+    assert len(trained) == 1

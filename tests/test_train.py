@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from prismrec.errors import ConfigError
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 from prismrec.models import MODELS, get_model
@@ -84,6 +85,19 @@ def test_early_stopping_restores_the_best_state(planted):
 
     again = Evaluator(planted, ks=cfg.train.topk).evaluate(net, "valid")
     assert again["recall@20"] == pytest.approx(max(scores))
+
+
+def test_min_epochs_holds_early_stopping_back(planted):
+    # lr ~ 0: validation never improves after epoch 0, so patience 0 stops at epoch 2 unless a
+    # warm-up holds it back; the best state is still epoch 0's.
+    stop = {}
+    for min_epochs in (0, 6):
+        cfg = resolve_config("bpr", "planted", {"epochs": 20, "patience": 0, "lr": 1e-30, "min_epochs": min_epochs})
+        seed_everything(0)
+        stop[min_epochs] = fit(get_model("bpr")(planted, cfg.params), planted, cfg.train, progress=False)
+    assert stop[0].epochs == 2 and stop[6].epochs == 6 and stop[6].best_epoch == 0
+    with pytest.raises(ConfigError, match="min_epochs"):
+        resolve_config("bpr", "planted", {"min_epochs": -1})
 
 
 def test_nan_loss_stops_with_a_clear_message(planted):

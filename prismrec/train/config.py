@@ -46,6 +46,10 @@ class TrainConfig:
     """Maximum number of epochs."""
     patience: int = 20
     """Stop once ``patience + 1`` consecutive validations fail to improve strictly."""
+    min_epochs: int = 0
+    """Early stopping never stops before this many epochs (0 = from the first, as the reference).
+    A warm-up for short patiences: contrastive models' BPR term can sit at ln 2 for the first
+    10-20 epochs while validation dips, and a patience of 10 then ends a run that would recover."""
     valid_metric: str = "recall@20"
     """Validation metric monitored for early stopping and model selection."""
     topk: tuple[int, ...] = (5, 10, 20, 50)
@@ -99,6 +103,8 @@ def check_train_config(cfg: TrainConfig) -> None:
              "training pairs per batch must be a whole number >= 1, e.g. 2048")
     _require(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", cfg.epochs,
              "the number of epochs must be a whole number >= 1")
+    _require(_is_int(cfg.min_epochs) and cfg.min_epochs >= 0, "min_epochs", cfg.min_epochs,
+             "min_epochs must be a whole number >= 0 (0 = early stopping from the first epoch)")
     _require(_is_int(cfg.patience) and cfg.patience >= 0, "patience", cfg.patience,
              "patience must be a whole number >= 0 (0 = stop at the first epoch that does not improve)")
     _require(_is_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size,

@@ -196,7 +196,7 @@ def fit(
             display.update(row, result.best_epoch, best_score)
             if on_epoch_end is not None:
                 on_epoch_end(row)
-            if bad_epochs > cfg.patience:
+            if bad_epochs > cfg.patience and epoch + 1 >= cfg.min_epochs:
                 result.stop_reason = f"early stopping: no improvement for {bad_epochs} epochs"
                 break
             now = time.perf_counter()
