@@ -6,6 +6,7 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 class BatchShares:
@@ -58,10 +59,83 @@ def batch_sum(values: torch.Tensor, rows: int) -> torch.Tensor:
     return total * (every / max(rows, 1))
 
 
+class _BPRLoss(torch.autograd.Function):
+    """:func:`bpr_loss` as one autograd node, with autograd's own values and gradients.
+
+    Autograd would record eight nodes for this B-row term (two products and their row sums, a
+    difference, a negation, the softplus and the mean) and walk them back one by one; on a CPU
+    with tiny batch kernels (BPR, VBPR) that bookkeeping costs about as much as the arithmetic.
+    Here the forward runs the same operations untracked, and the backward evaluates the chain
+    rule with the same operations (``softplus_backward`` of the mean's gradient, then the row
+    products). ``user`` is passed twice, once per product, so that its two gradients reach the
+    graph as autograd's two product nodes deliver them: the negative's product first, then the
+    positive's, each with its other operand's gradient. Their sum with any other gradient of the
+    same rows (a regulariser's) is then formed in the same order, and a model's gradients stay
+    bit-identical to plain autograd's.
+    """
+
+    @staticmethod
+    def forward(ctx, user_n: torch.Tensor, neg: torch.Tensor, user_p: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        x = ((user_p * pos).sum(dim=1) - (user_n * neg).sum(dim=1)).neg_()  # softplus's input, -Δ
+        ctx.save_for_backward(user_n, neg, user_p, pos, x)
+        return F.softplus(x).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        user_n, neg, user_p, pos, x = ctx.saved_tensors
+        # the mean's gradient g/B per row, through softplus: w = ∂L/∂(-Δ), so ∂L/∂(z_u·z_j) = w
+        # and ∂L/∂(z_u·z_i) = -w
+        w = torch.ops.aten.softplus_backward((grad / x.shape[0]).expand(x.shape), x, 1, 20).unsqueeze(1)
+        minus_w = w.neg()
+        need = ctx.needs_input_grad
+        return (w * neg if need[0] else None, w * user_n if need[1] else None,
+                minus_w * pos if need[2] else None, minus_w * user_p if need[3] else None)
+
+
 def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """``mean_b softplus(-(z_u·z_i - z_u·z_j))`` = ``-mean log σ(ŷ_ui - ŷ_uj)``."""
-    diff = (user * pos).sum(dim=1) - (user * neg).sum(dim=1)
-    return F.softplus(-diff).mean()
+    """``mean_b softplus(-(z_u·z_i - z_u·z_j))`` = ``-mean log σ(ŷ_ui - ŷ_uj)`` (first-order
+    gradients; one autograd node, see :class:`_BPRLoss`)."""
+    return _BPRLoss.apply(user, neg, user, pos)
+
+
+class _EmbNorm(torch.autograd.Function):
+    """``Σ_X ‖X‖_F / B`` in one process, as one autograd node.
+
+    The gradient of ``‖X‖_F`` is ``(X / ‖X‖_F) · g``. Autograd's ``linalg_vector_norm`` backward
+    also masks the quotient where the norm is zero with a full-size ``masked_fill`` (three passes
+    over each ``B x d`` matrix, and one node per norm, per sum and for the division). Here the
+    zero check is made on the scalar norm (an all-zero ``X`` gets a zero gradient), and the rest
+    is the same division and product in the same order: values and gradients are bit-identical
+    to autograd's through ``sum(torch.linalg.norm(x) for x in rows) / B``. The rows come in
+    reversed (``apply(*reversed(rows))``): autograd walks that sum's norms back last first, and
+    a node delivers its gradients in the order of its inputs, so the gradients of rows that also
+    receive others are summed in autograd's order.
+    """
+
+    @staticmethod
+    def forward(ctx, *reversed_rows: torch.Tensor) -> torch.Tensor:
+        norms = [torch.linalg.vector_norm(x) for x in reversed_rows]
+        ctx.save_for_backward(*reversed_rows, *norms)
+        ctx.batch = reversed_rows[-1].shape[0]  # B: the first row's rows
+        return sum(reversed(norms)) / ctx.batch
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        saved = ctx.saved_tensors
+        rows, norms = saved[: len(saved) // 2], saved[len(saved) // 2 :]
+        g = grad / ctx.batch  # the division's gradient, shared by every norm
+        return tuple(_norm_grad(x, n, g) if need else None
+                     for x, n, need in zip(rows, norms, ctx.needs_input_grad))
+
+
+def _norm_grad(x: torch.Tensor, norm: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``(x / ‖x‖) · g``, zero where ``‖x‖ = 0`` (as autograd's), the check made on the scalar."""
+    if norm.device.type == "cpu":  # reading the scalar is free here
+        return torch.zeros_like(x).mul_(g) if norm.item() == 0 else torch.div(x, norm).mul_(g)
+    # elsewhere without a host sync: an all-zero x divided by 1 (equal up to the sign of zero)
+    return torch.div(x, torch.where(norm == 0, torch.ones_like(norm), norm)).mul_(g)
 
 
 def emb_norm(*rows: torch.Tensor) -> torch.Tensor:
@@ -73,7 +147,7 @@ def emb_norm(*rows: torch.Tensor) -> torch.Tensor:
     sum to the global value, and the gradient of each share's rows is the global one."""
     shares = _SHARES
     if not shares.split:
-        return sum(torch.linalg.norm(x) for x in rows) / rows[0].shape[0]
+        return _EmbNorm.apply(*reversed(rows))
     local = torch.stack([x.pow(2).sum() for x in rows])
     norms = shares.total(local).sqrt().clamp_min(torch.finfo(local.dtype).tiny)
     # value S_X / ‖X‖, gradient x / ‖X‖ (that of ‖X‖): half the square's gradient, at full value

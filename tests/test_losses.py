@@ -108,3 +108,134 @@ def test_pseudo_positives_match_the_masked_second_top_k():
         assert torch.equal(multi, want_multi)
         assert torch.equal(single, want_single)
         assert not (single.unsqueeze(2) == multi.unsqueeze(1)).any()
+
+
+def _autograd_bpr(user, pos, neg):
+    """``bpr_loss`` as plain autograd records it (the reference of its one-node form)."""
+    diff = (user * pos).sum(dim=1) - (user * neg).sum(dim=1)
+    return torch.nn.functional.softplus(-diff).mean()
+
+
+def _autograd_emb_norm(*rows):
+    """``emb_norm`` as plain autograd records it (the reference of its one-node form)."""
+    return sum(torch.linalg.norm(x) for x in rows) / rows[0].shape[0]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bits of a float tensor: equality here is bit-identity (the sign of zero included)."""
+    return t.contiguous().view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+def _value_and_grads(fn, rows, upstream):
+    leaves = [x.clone().requires_grad_() for x in rows]
+    value = fn(*leaves)
+    (value * upstream).backward()
+    return value.detach(), [x.grad for x in leaves]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [0.1, 1.0, 30.0])  # 30: margins beyond softplus's threshold (20)
+def test_bpr_loss_is_bit_identical_to_autograd(dtype, scale):
+    g = torch.Generator().manual_seed(4)
+    rows = [torch.randn(257, 64, generator=g, dtype=dtype) * scale for _ in range(3)]
+    rows[0][:5] = 0.0  # rows whose margin is exactly 0
+    for upstream in (1.0, 1e-4, -3.0):
+        ours, ref = _value_and_grads(bpr_loss, rows, upstream), _value_and_grads(_autograd_bpr, rows, upstream)
+        assert torch.equal(_bits(ours[0]), _bits(ref[0]))
+        for a, b in zip(ours[1], ref[1]):
+            assert torch.equal(_bits(a), _bits(b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emb_norm_is_bit_identical_to_autograd_including_an_all_zero_input(dtype):
+    g = torch.Generator().manual_seed(5)
+    rows = [torch.randn(300, 64, generator=g, dtype=dtype) for _ in range(3)]
+    cases = [rows, [rows[0], torch.zeros(300, 64, dtype=dtype), rows[2]], [torch.zeros(300, 64, dtype=dtype)]]
+    for case in cases:
+        for upstream in (1.0, 1e-4, -2.0):
+            ours = _value_and_grads(emb_norm, case, upstream)
+            ref = _value_and_grads(_autograd_emb_norm, case, upstream)
+            assert torch.equal(_bits(ours[0]), _bits(ref[0]))
+            for a, b in zip(ours[1], ref[1]):
+                assert torch.isfinite(a).all()
+                assert torch.equal(_bits(a), _bits(b))
+    zero = torch.zeros(4, 3, requires_grad=True)
+    emb_norm(zero).backward()
+    assert torch.equal(zero.grad, torch.zeros(4, 3))  # not NaN: the zero check on the scalar norm
+
+
+def test_one_node_losses_sum_shared_gradients_in_autograds_order():
+    """A row set read by both terms (a user's rows: two BPR products and the regulariser) gets
+    its three gradients summed in plain autograd's order (not associative in floating point)."""
+    g = torch.Generator().manual_seed(6)
+    for _ in range(5):
+        u = torch.randn(33, 8, generator=g, requires_grad=True)
+        i, j = torch.randn(33, 8, generator=g), torch.randn(33, 8, generator=g, requires_grad=True)
+        (bpr_loss(u, i, j) + 1e-2 * emb_norm(u, i, j, u)).backward()
+        want = torch.autograd.grad(_autograd_bpr(u, i, j) + 1e-2 * _autograd_emb_norm(u, i, j, u), (u, j))
+        assert torch.equal(_bits(u.grad), _bits(want[0])) and torch.equal(_bits(j.grad), _bits(want[1]))
+        assert i.grad is None  # no gradient where none is asked for
+
+
+def test_one_node_losses_reject_double_backward():
+    u, i, j = (torch.randn(5, 4, requires_grad=True) for _ in range(3))
+    for term in (lambda: bpr_loss(u, i, j), lambda: emb_norm(u, i, j)):
+        first = torch.autograd.grad(term(), u, create_graph=True)[0]
+        with pytest.raises(RuntimeError):
+            first.sum().backward()
+
+
+# Every model whose loss reads bpr_loss or emb_norm (directly or through l2_reg): one batch's terms
+# and every parameter's gradient, bit for bit, with the losses' one-node forms and with autograd's.
+ONE_NODE_MODELS = ["bpr", "vbpr", "lightgcn", "lgmrec", "mgcn", "egra", "siger", "smore", "lattice",
+                   "dragon", "rlmmrec", "damrs"]
+
+
+def _batch_terms_and_grads(net, batch):
+    generators = net.generator_states()
+    torch.manual_seed(11)
+    net.zero_grad(set_to_none=True)
+    terms = net.batch_loss(batch)
+    sum(terms.values()).backward()
+    net.load_generator_states(generators)
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in terms.items()}, grads
+
+
+@pytest.mark.parametrize("name", ONE_NODE_MODELS)
+def test_models_train_bit_identically_with_the_one_node_losses(planted, name, monkeypatch):
+    import importlib
+
+    import numpy as np
+
+    from prismrec import losses
+    from prismrec.experiment.config import resolve_config
+    from prismrec.models import get_model
+    from prismrec.recommender import PretrainedItems
+    from prismrec.train import seed_everything
+
+    cfg = resolve_config(name, planted.name, {})
+    seed_everything(0)
+    cls = get_model(name)
+    inputs = {}
+    if "pretrained_items" in cls.required_inputs(cfg.params):
+        vectors = np.random.default_rng(0).standard_normal((planted.n_items, 16)).astype(np.float32)
+        inputs["pretrained_items"] = PretrainedItems(vectors, "test", None)
+    net = cls(planted, cfg.params, **inputs)
+    net.train()
+    gen = torch.Generator().manual_seed(3)
+    batch = tuple(torch.randint(0, n, (64,), generator=gen) for n in (planted.n_users, planted.n_items, planted.n_items))
+    batch[0][1] = batch[0][0]  # a repeated user
+    net.batch_loss(batch)  # creates any generator a model makes lazily
+    got = _batch_terms_and_grads(net, batch)
+    module = importlib.import_module(cls.__module__)
+    for attr, ref in (("bpr_loss", _autograd_bpr), ("emb_norm", _autograd_emb_norm)):
+        if hasattr(module, attr):
+            monkeypatch.setattr(module, attr, ref)
+    monkeypatch.setitem(losses.REG_FORMS, "emb_norm", _autograd_emb_norm)
+    want = _batch_terms_and_grads(net, batch)
+    assert got[0].keys() == want[0].keys() and got[1].keys() == want[1].keys() and want[1]
+    for k in want[0]:
+        assert torch.equal(_bits(got[0][k]), _bits(want[0][k])), k
+    for n in want[1]:
+        assert torch.equal(_bits(got[1][n]), _bits(want[1][n])), n
