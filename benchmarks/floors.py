@@ -21,6 +21,8 @@ same machine load, which on a shared machine swings by 2-3x within minutes.
 ``epoch / floor`` then says how much of an epoch is overhead on top of those kernels (element-wise
 work, sampling, Python); 1.0 is the floor. Writes ``results/floors.{json,md}`` (or
 ``floors_<dataset>`` for other datasets), one row per model, resumable (``--models`` to rerun some).
+Notes on the measurements (dates, loads, what changed between reruns) live in the JSON's ``notes``
+(markdown) and are printed under the table, so that a rerun keeps them.
 
     python -m benchmarks.floors [--dataset tiktok] [--models a,b] [--epochs 1] [--threads 1]
 """
@@ -283,6 +285,8 @@ def markdown(res: dict) -> str:
     if odd:
         lines.append(f"Rows of {', '.join(odd)}: measured by an earlier version of this script (floor "
                      "recorded in one epoch, epochs timed after it), not comparable; rerun them.")
+    if res.get("notes"):  # kept in the JSON, so that a rerun of some rows keeps them
+        lines += ["", res["notes"].rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
