@@ -36,6 +36,9 @@ def test_eta_is_bounded_by_patience_or_cap_and_says_which():
     feed(q, 2, best_at={0, 1})
     assert q.eta(1) == (2, "cap")
     assert "last epoch" in q.line({**ROW, "epoch": 3}, 1, 0.2)
+    w = _Progress(total=1000, patience=5, metric="recall@20", enabled=False, min_epochs=50)
+    feed(w, 3, best_at={0})  # patience alone would allow 4 more; the warm-up holds until epoch 50
+    assert w.eta(2) == (47, "patience")
 
 
 def test_plain_line_per_epoch_when_not_a_terminal_fits_80_columns():

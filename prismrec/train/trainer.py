@@ -169,7 +169,7 @@ def fit(
     started = last_saved = time.perf_counter()
     every_s = float(getattr(cfg, "checkpoint_every_s", 0.0) or 0.0)
     display = _Progress(cfg.epochs, cfg.patience, cfg.valid_metric, enabled=progress, done=first_epoch,
-                        bad_epochs=bad_epochs, sink=log_line)
+                        bad_epochs=bad_epochs, sink=log_line, min_epochs=cfg.min_epochs)
     device = model.device
     with display:
         for epoch in range(first_epoch, cfg.epochs):
@@ -349,10 +349,11 @@ class _Progress:
     """
 
     def __init__(self, total: int, patience: int, metric: str, enabled: bool, done: int = 0,
-                 bad_epochs: int = 0, sink: Callable[[str], None] | None = None, stream=None) -> None:
+                 bad_epochs: int = 0, sink: Callable[[str], None] | None = None, stream=None,
+                 min_epochs: int = 0) -> None:
         import sys
 
-        self.total, self.patience, self.metric = total, patience, metric
+        self.total, self.patience, self.metric, self.min_epochs = total, patience, metric, min_epochs
         self.enabled, self.sink = enabled, sink
         self.stream = stream if stream is not None else sys.stderr
         self.live = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
@@ -370,7 +371,7 @@ class _Progress:
     def eta(self, epoch: int) -> tuple[int, str]:
         """Epochs left at most after ``epoch`` (0-based) and what bounds them: patience or cap."""
         by_cap = self.total - epoch - 1
-        by_patience = self.patience + 1 - self.bad_epochs
+        by_patience = max(self.patience + 1 - self.bad_epochs, self.min_epochs - epoch - 1)
         return (by_patience, "patience") if by_patience < by_cap else (by_cap, "cap")
 
     def line(self, row: dict, best_epoch: int, best: float) -> str:
