@@ -19,6 +19,7 @@ from prismrec.models import get_model
 from prismrec.nn import MultiViewEncoder, propagation
 from prismrec.recommender import PretrainedItems
 from prismrec.train import seed_everything
+from tests.test_row_paths import _batch, _terms_and_grads
 
 FAMILY = ["mgcn", "gume", "siger", "egra"]
 
@@ -120,25 +121,6 @@ def test_extended_branch_averages_the_present_modalities(dropped, name):
     assert not torch.allclose(ext[items], unmasked[items])
     keep = np.setdiff1d(np.arange(len(ext)), items)
     torch.testing.assert_close(ext[keep], unmasked[keep])
-
-
-def _batch(dataset, size=48, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    u, i, j = (torch.randint(0, n, (size,), generator=g) for n in (dataset.n_users, dataset.n_items, dataset.n_items))
-    u[1], i[2], j[3] = u[0], i[0], i[1]  # repeated users, items and an item both positive and negative
-    return u, i, j
-
-
-def _terms_and_grads(net, compute):
-    generators = net.generator_states()
-    torch.manual_seed(11)  # the same noise draws for both computations
-    net.load_generator_states(generators)
-    net.zero_grad(set_to_none=True)
-    terms = compute()
-    sum(terms.values()).backward()
-    grads = {n: (torch.zeros_like(p) if p.grad is None else p.grad.clone()) for n, p in net.named_parameters()}
-    net.load_generator_states(generators)
-    return {k: v.detach() for k, v in terms.items()}, grads
 
 
 ROW_CASES = [("mgcn", {}), ("gume", {}), ("egra", {}), ("egra", {"item_links": "raw", "graph_fusion": "separate"})]
