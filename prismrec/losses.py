@@ -130,11 +130,14 @@ class _EmbNorm(torch.autograd.Function):
                      for x, n, need in zip(rows, norms, ctx.needs_input_grad))
 
 
-def _norm_grad(x: torch.Tensor, norm: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``(x / ‖x‖) · g``, zero where ``‖x‖ = 0`` (as autograd's), the check made on the scalar."""
-    if norm.device.type == "cpu":  # reading the scalar is free here
+def _norm_grad(x: torch.Tensor, norm: torch.Tensor, g: torch.Tensor, on_host: bool | None = None) -> torch.Tensor:
+    """``(x / ‖x‖) · g``, zero where ``‖x‖ = 0`` (as autograd's), the check made on the scalar:
+    read on the host where that is free (``on_host``, by default on a CPU), else without a
+    device sync (an all-zero ``x`` divided by 1: equal to autograd's up to the sign of zero)."""
+    if on_host is None:
+        on_host = norm.device.type == "cpu"
+    if on_host:
         return torch.zeros_like(x).mul_(g) if norm.item() == 0 else torch.div(x, norm).mul_(g)
-    # elsewhere without a host sync: an all-zero x divided by 1 (equal up to the sign of zero)
     return torch.div(x, torch.where(norm == 0, torch.ones_like(norm), norm)).mul_(g)
 
 

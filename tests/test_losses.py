@@ -164,6 +164,18 @@ def test_emb_norm_is_bit_identical_to_autograd_including_an_all_zero_input(dtype
     assert torch.equal(zero.grad, torch.zeros(4, 3))  # not NaN: the zero check on the scalar norm
 
 
+def test_norm_gradient_without_a_host_sync_equals_autograds():
+    """The accelerators' form of the zero check (no host read) on a CPU: the same values."""
+    from prismrec.losses import _norm_grad
+
+    g = torch.tensor(-3e-3)
+    for x in (torch.randn(40, 8), torch.zeros(40, 8)):
+        leaf = x.clone().requires_grad_()
+        (torch.linalg.norm(leaf) * g).backward()
+        got = _norm_grad(x, torch.linalg.vector_norm(x), g, on_host=False)
+        assert torch.isfinite(got).all() and torch.equal(got, leaf.grad)
+
+
 def test_one_node_losses_sum_shared_gradients_in_autograds_order():
     """A row set read by both terms (a user's rows: two BPR products and the regulariser) gets
     its three gradients summed in plain autograd's order (not associative in floating point)."""
