@@ -177,7 +177,7 @@ def test_smoke_run_trains_and_learns(tiny):
 
 
 def test_cosine_equals_cosine_similarity_bit_for_bit():
-    from prismrec.models.bm3 import cosine, unit_rows
+    from prismrec.losses import cosine, unit_rows
 
     gen = torch.Generator().manual_seed(0)
     for scale in (1e-3, 1.0, 1e3):

@@ -9,7 +9,7 @@ from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 from prismrec.graph.union import max_union
 from prismrec.models import get_model
-from prismrec.models.smore import SpectralFilter
+from prismrec.nn.spectral import SpectralFilter
 from prismrec.train import seed_everything
 from tests.reference.smore_ref import smore_forward, smore_loss
 

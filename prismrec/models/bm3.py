@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.graph import SparseOperator, bipartite_adjacency
+from prismrec.losses import cosine, unit_rows
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.encoders import Projector
@@ -170,7 +171,7 @@ class BM3(Recommender):
         # batch[2] (negatives) is not used. Targets and modality views are computed for the
         # batch's distinct rows only; duplicates share one dropout mask, as they do when the
         # reference drops out whole matrices and then gathers.
-        # Targets enter the cosines as unit rows, normalised once per distinct row (cosine()).
+        # Targets enter the cosines as unit rows, normalised once per distinct row (losses.cosine).
         target_u = unit_rows(self.target(rows[: len(users)])).index_select(0, u_at)  # ĥ_U[u], unit
         target_i = unit_rows(self.target(rows[len(users) :])).index_select(0, i_at)  # ĥ_I[i], unit
         online_u, online_i = online
@@ -197,49 +198,6 @@ class BM3(Recommender):
             return rows
         keep = torch.rand(rows.shape, device=rows.device) >= p
         return rows * keep / (1.0 - p)
-
-
-COSINE_EPS = 1e-8
-"""``eps`` of ``F.cosine_similarity`` (its default), clamping each row's norm from below."""
-
-
-def unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with each row divided by its norm clamped at :data:`COSINE_EPS`: how
-    ``F.cosine_similarity`` normalises an argument (a detached target here), done once per row."""
-    return x / torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True).clamp_min(COSINE_EPS)
-
-
-def cosine(x: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:
-    """``F.cosine_similarity(x, target, dim=-1)`` for a detached ``target`` given as
-    ``unit_rows(target)``: the same values and gradient bit for bit (tests/test_bm3.py), with
-    the target normalised once however often it is used and a backward of five passes over the
-    rows instead of autograd's eleven (:class:`_Cosine`)."""
-    return _Cosine.apply(x, target_unit)
-
-
-class _Cosine(torch.autograd.Function):
-    """``Σ_d (x / max(‖x‖, ε)) ⊙ t`` per row; the backward is autograd's for that expression
-    (the product's, the division's for both operands, then the norm's, which uses the unclamped
-    ``‖x‖`` and is 0 at 0) with the shared factors computed once."""
-
-    @staticmethod
-    def forward(ctx, x, target_unit):  # noqa: D401
-        norm = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True)
-        clamped = norm.clamp_min(COSINE_EPS)
-        a = x / clamped
-        ctx.save_for_backward(x, norm, clamped, a, target_unit)
-        return (a * target_unit).sum(dim=-1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, norm, clamped, a, t = ctx.saved_tensors
-        grad_a = grad.unsqueeze(-1) * t                                           # ∂/∂a
-        grad_norm = -(grad_a * (a / clamped)).sum(dim=-1, keepdim=True)           # ∂/∂‖x‖ through a = x / ‖x‖
-        small = bool((norm < COSINE_EPS).any())
-        via_norm = ((x / norm) if small else a) * grad_norm                       # ‖x‖'s backward: (x / ‖x‖) g
-        if small:
-            via_norm.masked_fill_(norm == 0, 0)
-        return grad_a.div_(clamped).add_(via_norm), None
 
 
 def unique(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -64,6 +64,7 @@ from prismrec.graph.union import max_union
 from prismrec.losses import bpr_loss, infonce, l2_reg
 from prismrec.data.features import fusion_presence
 from prismrec.models import register
+from prismrec.nn.spectral import SpectralFilter, gate
 from prismrec.nn.fusion import node_presence, present_mean
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.content import content_forward_rows
@@ -104,31 +105,6 @@ class SMOREConfig:
     train_features: bool = True
     """Fine-tune the raw features inside ``X_m`` (reference) or keep them frozen; the kNN graphs
     come from the raw features either way."""
-
-
-class SpectralFilter(nn.Module):
-    """``x ↦ 𝓕⁻¹(𝓕(x) ⊙ K)`` along the last dimension with a learned complex ``K`` (``N(0,1)``
-    real and imaginary parts, as the reference ``torch.randn``); ``spectrum`` gives ``𝓕(x)``."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
-        self.weight = nn.Parameter(torch.zeros(dim // 2 + 1, 2))  # K as (real, imag)
-
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight)
-
-    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.fft.rfft(x, dim=-1, norm="ortho")
-
-    def forward(self, spectrum: torch.Tensor) -> torch.Tensor:
-        """Filter a spectrum (from :meth:`spectrum`, or a product of spectra) back to ``d`` reals."""
-        return torch.fft.irfft(spectrum * torch.view_as_complex(self.weight), n=self.dim, dim=-1, norm="ortho")
-
-
-def gate(dim: int) -> nn.Sequential:
-    """``x ↦ σ(x G + g)`` (``d -> d``)."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.Sigmoid())
 
 
 @register
