@@ -466,3 +466,18 @@ class _Cosine(torch.autograd.Function):
         if small:
             via_norm.masked_fill_(norm == 0, 0)
         return grad_a.div_(clamped).add_(via_norm), None
+
+
+def all_keys_infonce(queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, tau: float) -> torch.Tensor:
+    """``Σ_b ℓ[b]`` over the batch ``rows`` (LGMRec's ``L_hcl``): query ``queries[r]``, positive
+    ``keys[r]``, **every** row of ``keys`` as a candidate (a ``B x n`` score matrix, never
+    ``n x n``), cosine scores over ``tau``.
+
+    A row repeated in the batch repeats the same term, so each distinct row is scored once and
+    weighted by its count: the same sum and gradient, with fewer rows in the GEMMs. A sum over
+    the batch (its shares' under DDP, :func:`batch_sum`)."""
+    distinct, counts = torch.unique(rows, return_counts=True)
+    q = F.normalize(queries.index_select(0, distinct), dim=1) / tau
+    k = F.normalize(keys, dim=1)
+    per_row = gemm_logsumexp(q, k) - (q * k.index_select(0, distinct)).sum(dim=1)
+    return batch_sum(per_row * counts, len(rows))

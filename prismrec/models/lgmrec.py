@@ -84,7 +84,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.graph import SparseOperator, bipartite_adjacency
-from prismrec.losses import batch_sum, bpr_loss, emb_norm, gemm_logsumexp
+from prismrec.losses import all_keys_infonce, bpr_loss, emb_norm
 from prismrec.models import register
 from prismrec.data.features import fusion_presence
 from prismrec.nn import lightgcn
@@ -257,8 +257,8 @@ class LGMRec(Recommender):
             hcl = zu.new_zeros(())
             for a, b in self.pairs:
                 ga, gb = out.aux[f"hyper_{a}"], out.aux[f"hyper_{b}"]
-                hcl = hcl + self.all_rows_infonce(ga[: self.n_users], gb[: self.n_users], u)
-                hcl = hcl + self.all_rows_infonce(ga[self.n_users :], gb[self.n_users :], i)
+                hcl = hcl + all_keys_infonce(ga[: self.n_users], gb[: self.n_users], u, self.config.cl_tau)
+                hcl = hcl + all_keys_infonce(ga[self.n_users :], gb[self.n_users :], i, self.config.cl_tau)
             terms["hcl"] = self.config.cl_weight * hcl
         terms["reg"] = self.config.reg_weight * emb_norm(zu, zi, zj)
         return terms
@@ -267,16 +267,3 @@ class LGMRec(Recommender):
         """Step 7: ``Z_I`` rows of ``items`` without their ID rows (the global hypergraph part)."""
         graphs = lambda: feature_knn([inputs.features for inputs in self.inputs.values()])  # noqa: E731
         return content_forward_rows(self, self.item_emb, items, id_rows or self.content_id_rows, graphs)
-
-    def all_rows_infonce(self, queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``Σ_b ssl[b]`` for the batch ``rows``: query ``queries[r]``, positive ``keys[r]``, the
-        other rows of ``keys`` as negatives (a ``B x n`` score matrix, never ``n x n``).
-
-        A row repeated in the batch repeats the same term, so each distinct row is scored once
-        and weighted by its count: the same sum and gradient, with fewer rows in the GEMMs."""
-        distinct, counts = torch.unique(rows, return_counts=True)
-        q = F.normalize(queries.index_select(0, distinct), dim=1) / self.config.cl_tau
-        k = F.normalize(keys, dim=1)
-        per_row = gemm_logsumexp(q, k) - (q * k.index_select(0, distinct)).sum(dim=1)
-        return batch_sum(per_row * counts, len(rows))  # a sum over the batch (its shares' under DDP)
-
