@@ -104,3 +104,38 @@ def test_trials_that_stopped_before_the_warm_up_are_rerun_and_only_they(study, m
     assert again["spec"]["trial_train"]["min_epochs"] == headline.TRIAL_MIN_EPOCHS
     headline.run_cell("lightgcn", study.name, {"tune"}, study)  # nothing stale left
     assert len(trained) == 1
+
+
+def test_an_ablation_that_validation_selected_is_not_trained(study, monkeypatch):
+    headline.run_cell("rlmmrec", study.name, {"tune"}, study)
+    tuning = json.loads((headline.CELLS / study.name / "rlmmrec" / "tuning.json").read_text())
+    chosen = {**tuning["spec"]["defaults"]["params"], **tuning["selected"]["point"]}
+    same, other = f"reg_weight={chosen['reg_weight']}", "reg_weight=0.5"
+    monkeypatch.setattr(headline, "ablations", lambda model: {"same": [same], "other": [other]})
+    assert headline.tuned(tuning)
+    assert headline.identical_variant([same], study.name, tuning)
+    assert not headline.identical_variant([other], study.name, tuning)
+    trained = []
+    monkeypatch.setattr(headline, "seed_cell", lambda cell, *a: trained.append(cell))
+    headline.run_cell("rlmmrec", study.name, {"ablation"}, study)
+    assert trained == [f"rlmmrec~{headline.slug([other])}"] * len(headline.SEEDS)
+
+
+def test_claims_are_judged_from_the_tests_and_say_what_is_pending():
+    def test(rival, metric, diff, p, key="baseline"):
+        return {"dataset": "d", "model": "siger", key: rival, "metric": metric, "diff": diff, "p": p, "p_holm": p}
+
+    data = {"comparisons": [test("gume", m, 0.01, 0.001) for m in headline.TESTED]
+            + [test("mgcn", "recall@20", 0.01, 0.001), test("mgcn", "ndcg@20", 0.002, 0.3)],
+            "ablation_tests": [test("w/o CI", m, -0.02, 1e-4, "variant") for m in headline.TESTED],
+            "identical_ablations": {"d": {"siger": ["gamma = 0"]}}}
+    beats = headline.judge(data, "d", "siger", {"claim": "c", "beats": ["gume", "mgcn"]})
+    assert beats.startswith("**does not hold**") and "mgcn N@20" in beats and "gume" not in beats
+    assert headline.judge(data, "d", "siger", {"claim": "c", "beats": ["gume"]}).startswith("**holds**")
+    assert headline.judge(data, "d", "siger", {"claim": "c", "beats": ["gume", "vbpr"]}) == "pending (not measured: vbpr)."
+    helps = headline.judge(data, "d", "siger", {"claim": "c", "lower": ["w/o CI"]})
+    assert helps.startswith("**holds**")  # the variant is worse than the full model
+    chosen = headline.judge(data, "d", "siger", {"claim": "c", "lower": ["w/o CI", "gamma = 0", "fixed"]})
+    assert chosen.startswith("**does not hold**") and "selected the setting of gamma = 0" in chosen
+    assert "(pending: fixed)" in chosen
+    assert "see x" in headline.judge(data, "d", "siger", {"claim": "c", "elsewhere": "x"})
