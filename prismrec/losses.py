@@ -1,4 +1,15 @@
-"""Loss functions shared by every model (ALGORITHMS.md 2.9-2.11)."""
+"""Loss functions shared by every model (ALGORITHMS.md 2.9-2.11).
+
+**Missing views.** The contrastive and alignment forms of the modality views (:func:`infonce`,
+:func:`rows_infonce`, :func:`joint_infonce`, :func:`anchored_infonce`,
+:func:`paired_views_infonce`, :func:`moment_gap`) take an optional ``present`` mask: ``False``
+where a row's view is missing (an item whose modality was zero-filled, ``impute="zero"``;
+:meth:`prismrec.nn.MultiViewEncoder.presence`). Such a row takes no part in the term, neither as
+a query (anchor) nor as a key (positive, candidate, negative), and the mean runs over the
+remaining rows: the term equals the term of the batch without those rows, and the missing rows
+get no gradient from it. With the batch split across processes (:class:`BatchShares`) the mean is
+over the global batch's present rows. ``present=None`` runs the unmasked formulas unchanged.
+"""
 
 from __future__ import annotations
 
@@ -220,7 +231,12 @@ class _GemmLogSumExp(torch.autograd.Function):
 
 
 def gemm_logsumexp(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``logsumexp(a @ c.T, dim=1)`` (first-order gradients only; see :class:`_GemmLogSumExp`)."""
+    """``logsumexp(a @ c.T, dim=1)`` (first-order gradients only; see :class:`_GemmLogSumExp`).
+
+    No query rows (a masked batch share holding none): an empty result, still joined to ``c``
+    in the graph (a gathered ``c``'s backward is a collective every share must reach)."""
+    if not a.shape[0]:
+        return (a @ c.T).sum(dim=1)
     return _GemmLogSumExp.apply(a, c)
 
 
@@ -244,49 +260,108 @@ def _batch_keys(keys: torch.Tensor) -> torch.Tensor:
 
 
 def infonce(
-    p: torch.Tensor, q: torch.Tensor, tau: float, weights: torch.Tensor | None = None
+    p: torch.Tensor, q: torch.Tensor, tau: float, weights: torch.Tensor | None = None,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``mean_b ℓ_b``, or ``mean_b w_b ℓ_b`` with given weights (no gradient through ``w``)."""
-    rows = infonce_rows(p, q, tau)
-    if weights is None:
-        return rows.mean()
-    return (weights.detach() * rows).mean()
+    """``mean_b ℓ_b``, or ``mean_b w_b ℓ_b`` with given weights (no gradient through ``w``).
+
+    ``present`` (optional bool, one per row): only the present rows take part, as queries and as
+    keys, and the mean is over them (module docstring): the InfoNCE of ``p[present]`` against
+    ``q[present]``."""
+    if present is None:
+        rows = infonce_rows(p, q, tau)
+        if weights is None:
+            return rows.mean()
+        return (weights.detach() * rows).mean()
+    at = _present_rows(present, len(p), p.device)
+    rows = infonce_rows(p.index_select(0, at), q.index_select(0, at), tau)
+    if weights is not None:
+        rows = weights.detach().index_select(0, at) * rows
+    return _present_mean(rows, len(p))
 
 
-def joint_infonce_rows(queries: torch.Tensor, keys: torch.Tensor, tau: float) -> torch.Tensor:
+def _present_rows(present: torch.Tensor, n: int, device: torch.device | None = None) -> torch.Tensor:
+    """The positions of the ``True`` entries of a row mask ``present`` of ``n`` rows (on ``device``)."""
+    if tuple(present.shape) != (n,):
+        raise ValueError(f"present must hold one flag per row ({n}), got shape {tuple(present.shape)}")
+    return present.to(device=device, dtype=torch.bool).nonzero().squeeze(1)
+
+
+def _present_mean(values: torch.Tensor, rows: int) -> torch.Tensor:
+    """Mean of the per-row ``values`` of a batch's present rows, the batch holding ``rows`` rows
+    in all: their mean in one process (0, with a zero gradient, if none is present); with the
+    batch split across processes, this share's part of the mean over every share's present rows
+    (weighted by the trainer's ``rows / B``, the shares sum to it)."""
+    if not _SHARES.split:
+        return values.mean() if len(values) else values.sum()
+    count = _SHARES.total(torch.tensor(float(len(values)), dtype=values.dtype, device=values.device))
+    return batch_sum(values, rows) / count.clamp_min(1.0)
+
+
+def joint_infonce_rows(queries: torch.Tensor, keys: torch.Tensor, tau: float,
+                       present: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-positive (joint) InfoNCE of ``K`` query views against one key per row.
 
     For ``queries`` ``K x B x d`` (view ``m`` of row ``b`` is ``q^m_b``) and ``keys`` ``B x d``:
     ``ℓ_b = -log [exp(Σ_m cos(q^m_b, k_b)/τ) / Σ_b' exp(Σ_m cos(q^m_b, k_b')/τ)]`` — the ``K``
     views of a row are scored jointly against the same positive key (SIGER's anchor form A2,
     ALGORITHMS.md 5.2). Since ``Σ_m cos(q^m_b, k) = (Σ_m nrm(q^m_b))·nrm(k)`` it costs one GEMM;
-    with ``K = 1`` it equals :func:`infonce_rows`.
+    with ``K = 1`` it equals :func:`infonce_rows`. ``present`` (optional ``K x B`` bool): the sum
+    over ``m`` runs over each row's present views only.
     """
-    pn = F.normalize(queries, dim=-1).sum(dim=0) / tau
+    unit = F.normalize(queries, dim=-1)
+    if present is not None:
+        unit = unit * present.to(unit.device, unit.dtype).unsqueeze(-1)
+    pn = unit.sum(dim=0) / tau
     kn = F.normalize(keys, dim=1)
     return gemm_logsumexp(pn, _batch_keys(kn)) - (pn * kn).sum(dim=1)
 
 
-def joint_infonce(queries: torch.Tensor, keys: torch.Tensor, tau: float) -> torch.Tensor:
-    """``mean_b`` of :func:`joint_infonce_rows`."""
-    return joint_infonce_rows(queries, keys, tau).mean()
+def joint_infonce(queries: torch.Tensor, keys: torch.Tensor, tau: float,
+                  present: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean_b`` of :func:`joint_infonce_rows`. ``present`` (optional ``K x B`` bool): a row is
+    scored with its present views (``Σ_{m present} cos(q^m_b, k)``); a row with none takes no
+    part, neither as a query nor with its key as a candidate, and the mean is over the others."""
+    if present is None:
+        return joint_infonce_rows(queries, keys, tau).mean()
+    at = _present_rows(present.any(dim=0), len(keys), keys.device)
+    rows = joint_infonce_rows(queries.index_select(1, at), keys.index_select(0, at), tau,
+                              present.to(keys.device).index_select(1, at))
+    return _present_mean(rows, len(keys))
 
 
-def rows_infonce(p: torch.Tensor, q: torch.Tensor, rows: tuple[torch.Tensor, ...], tau: float) -> torch.Tensor:
+def rows_infonce(p: torch.Tensor, q: torch.Tensor, rows: tuple[torch.Tensor, ...], tau: float,
+                 present: torch.Tensor | None = None) -> torch.Tensor:
     """``Σ_r InfoNCE(p[r], q[r]; τ)`` over row sets ``r`` of the same ``N x d`` views (e.g. a
     batch's user rows, then its item rows): the behaviour-modality alignment of MGCN (``cl``),
-    GUME (``bm``) and SIGER (``align``). Rows are gathered with ``index_select`` here and below:
+    GUME (``bm``) and SIGER (``align``). ``present`` (optional ``N`` bool): the rows of ``p`` and
+    ``q`` that take part (:func:`infonce`). Rows are gathered with ``index_select`` here and below:
     on CPU its backward is a scatter-add, several times faster than indexing's accumulating put."""
-    return sum(infonce(p.index_select(0, r), q.index_select(0, r), tau) for r in rows)
+    return sum(infonce(p.index_select(0, r), q.index_select(0, r), tau, present=_at(present, r)) for r in rows)
 
 
-def moment_gap(views: torch.Tensor) -> torch.Tensor:
+def _at(present: torch.Tensor | None, r: torch.Tensor) -> torch.Tensor | None:
+    """``present``'s entries ``r`` along its last axis (``None`` passes through)."""
+    return None if present is None else present.to(r.device).index_select(present.dim() - 1, r)
+
+
+def moment_gap(views: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
     """GUME's ``vt`` (3.6): ``mean_{a<b} |var(H_a) − var(H_b)| + |mean(H_a) − mean(H_b)|`` over
-    the whole matrices of the ``K >= 2`` views ``H`` (``K x N x d``; unbiased variance)."""
+    the whole matrices of the ``K >= 2`` views ``H`` (``K x N x d``; unbiased variance).
+
+    ``present`` (optional ``K x N`` bool): each view's mean and variance run over its present rows
+    only (a missing row is not a sample of the view's distribution; it gets no gradient). Every
+    view needs at least two present entries."""
     if views.shape[0] < 2:
         raise ValueError(f"moment_gap compares modality views and needs at least 2, got {views.shape[0]}")
-    var = views.flatten(1).var(dim=1)
-    mean = views.flatten(1).mean(dim=1)
+    if present is None:
+        var = views.flatten(1).var(dim=1)
+        mean = views.flatten(1).mean(dim=1)
+    else:
+        keep = present.to(views.device, views.dtype).unsqueeze(-1)               # K x N x 1
+        count = keep.sum(dim=(1, 2)) * views.shape[2]                             # entries per view
+        mean = (views * keep).sum(dim=(1, 2)) / count
+        var = ((views - mean.view(-1, 1, 1)).pow(2) * keep).sum(dim=(1, 2)) / (count - 1)
     a, b = torch.triu_indices(len(var), len(var), offset=1, device=views.device)
     return ((var[a] - var[b]).abs() + (mean[a] - mean[b]).abs()).mean()
 
@@ -367,30 +442,44 @@ def neighbour_discrimination(views: torch.Tensor, items: torch.Tensor, k: int, t
     return torch.stack(losses).mean()
 
 
-def paired_views_infonce(first: torch.Tensor, second: torch.Tensor, rows: tuple[torch.Tensor, ...], tau: float) -> torch.Tensor:
+def paired_views_infonce(first: torch.Tensor, second: torch.Tensor, rows: tuple[torch.Tensor, ...], tau: float,
+                         present: torch.Tensor | None = None) -> torch.Tensor:
     """``(1/K) Σ_k Σ_r InfoNCE(V'_k[r], V''_k[r]; τ)`` over ``K`` pairs of noisy views (``K x N x d``
-    each): SIGER's perturbation term ``L_P`` (ALGORITHMS.md 5.2)."""
-    return sum(infonce(a.index_select(0, r), b.index_select(0, r), tau)
-               for a, b in zip(first, second) for r in rows) / len(first)
+    each): SIGER's perturbation term ``L_P`` (ALGORITHMS.md 5.2). ``present`` (optional ``K x N``
+    bool): pair ``k`` is contrasted on the rows where view ``k`` is present."""
+    return sum(infonce(a.index_select(0, r), b.index_select(0, r), tau, present=_at(_view(present, k), r))
+               for k, (a, b) in enumerate(zip(first, second)) for r in rows) / len(first)
+
+
+def _view(present: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """Row ``k`` of a ``K x N`` presence mask (``None`` passes through)."""
+    return None if present is None else present[k]
 
 
 def anchored_infonce(views: torch.Tensor, anchor: torch.Tensor, rows: tuple[torch.Tensor, ...], tau: float,
-                     form: str = "A1", gated: bool = True) -> torch.Tensor:
+                     form: str = "A1", gated: bool = True, present: torch.Tensor | None = None) -> torch.Tensor:
     """SIGER's anchor term ``L_A`` (5.2) of modality views ``H`` (``K x N x d``) against behaviour
     anchors ``C`` (``N x d``; detach them first for ``sg(C)``), summed over ``rows``:
     ``A1`` ``(1/K) Σ_m InfoNCE(H_m[r], C[r])``; ``A2`` the joint multi-positive InfoNCE
     (:func:`joint_infonce`); ``A3`` the mean over modality pairs ``a < b`` of
-    ``InfoNCE(H_a[r], H_b[r])`` weighted by ``σ(cos(h^a, c) + cos(h^b, c))`` (1 unless ``gated``)."""
+    ``InfoNCE(H_a[r], H_b[r])`` weighted by ``σ(cos(h^a, c) + cos(h^b, c))`` (1 unless ``gated``).
+
+    ``present`` (optional ``K x N`` bool, ``False`` where a row's view ``H_m`` is missing): ``A1``
+    aligns ``H_m`` on its present rows; ``A2`` scores a row with its present views (a row with none
+    takes no part); ``A3`` contrasts the pair ``a, b`` on the rows where both are present."""
     if form == "A1":
-        return sum(infonce(h.index_select(0, r), anchor.index_select(0, r), tau) for h in views for r in rows) / len(views)
+        return sum(infonce(h.index_select(0, r), anchor.index_select(0, r), tau, present=_at(_view(present, m), r))
+                   for m, h in enumerate(views) for r in rows) / len(views)
     if form == "A2":
-        return sum(joint_infonce(views.index_select(1, r), anchor.index_select(0, r), tau) for r in rows)
+        return sum(joint_infonce(views.index_select(1, r), anchor.index_select(0, r), tau, _at(present, r))
+                   for r in rows)
     pairs = list(itertools.combinations(range(len(views)), 2))
     total = 0.0
     for (a, b), r in itertools.product(pairs, rows):
         ha, hb, c = views[a].index_select(0, r), views[b].index_select(0, r), anchor.index_select(0, r)
         gate = torch.sigmoid(F.cosine_similarity(ha, c) + F.cosine_similarity(hb, c)) if gated else None
-        total = total + infonce(ha, hb, tau, gate)
+        both = None if present is None else _at(present[a] & present[b], r)
+        total = total + infonce(ha, hb, tau, gate, both)
     return total / len(pairs)
 
 

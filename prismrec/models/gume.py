@@ -25,6 +25,11 @@ own user tables and extra alignment / uniformity losses.
    ``Noise(X)[u] = InfoNCE(X'[u], X''[u]; τ_um)`` with ``X', X''`` two views of the whole user
    matrix ``X`` from :func:`prismrec.nn.perturb` (``ε = 0.1``, ``fixed``).
 
+   Missing modalities (``impute="zero"``): ``vt``'s mean and variance of ``H_m`` run over the rows
+   where modality ``m`` is present (a zero-filled item's ``H_m`` row is not a sample of the view);
+   ``bm`` leaves out a node with no modality at all (its ``M`` row is 0). ``um`` reads user rows
+   and ``reg2`` the mask-aware ``Ĥ``: nothing to mask.
+
 Defaults: the common settings of the reference plus its **Baby** row. The reference's other
 per-dataset rows (``n_ii_layers``, ``bm_tau``, ``um_weight``, ``um_tau``, ``vt_weight``):
 
@@ -139,8 +144,8 @@ class GUME(Recommender):
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
-            "bm": cfg.bm_weight * rows_infonce(m, c, (u, i_rows), cfg.bm_tau),
-            "vt": cfg.vt_weight * moment_gap(out.aux["modality_views"]),
+            "bm": cfg.bm_weight * rows_infonce(m, c, (u, i_rows), cfg.bm_tau, self.encoder.fused_presence()),
+            "vt": cfg.vt_weight * moment_gap(out.aux["modality_views"], self.encoder.presence()),
             "um": cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise),
             "reg2": cfg.reg2_weight * half_sq(ext[i_rows]),
         }
@@ -161,8 +166,8 @@ class GUME(Recommender):
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
-            "bm": cfg.bm_weight * rows_infonce(m, c, (at_u, at_i), cfg.bm_tau),
-            "vt": cfg.vt_weight * moment_gap(h),
+            "bm": cfg.bm_weight * rows_infonce(m, c, (at_u, at_i), cfg.bm_tau, self.encoder.fused_presence(rows)),
+            "vt": cfg.vt_weight * moment_gap(h, self.encoder.presence()),
             "um": cfg.um_weight * user_modality_alignment(ext, m, at_u, cfg.um_tau, self.noise),
             "reg2": cfg.reg2_weight * half_sq(ext.index_select(0, at_i)),
         }

@@ -28,6 +28,12 @@ Anchor forms, ``c = sg(C)`` when ``detach_anchor``, each summed over ``r``:
 ``A3`` mean over modality pairs ``a < b`` of ``InfoNCE(H_a[r], H_b[r]; τ_A)`` with row weights
 ``σ(cos(h_e^a, c_e) + cos(h_e^b, c_e))`` (no gradient through them; 1 if ``anchor_gate=False``).
 
+Missing modalities (``impute="zero"``): a term reads only real views. ``anchor`` aligns ``H_m``
+on the rows where modality ``m`` is present (A1; A2 scores a row with its present views; A3 a
+pair on the rows where both are present); ``perturb`` on ``H_m`` likewise; ``perturb`` and
+``align`` on the fused ``S`` leave out a node with no modality at all (its ``S`` row is 0, e.g.
+with one modality).
+
 ``extended_branch``: GUME's ``Ĥ = mean_m LGN(Â, [E_U^(m); H_m^I], L_ui)`` (3.6,
 :class:`prismrec.nn.ExtendedBranch`), ``um =
 um_weight·[InfoNCE(Ĥ_U[u], S_U[u]; τ_um) + Noise(S_U)[u] + Noise(Ĥ_U)[u]]`` (SIGER's noise rule)
@@ -173,13 +179,19 @@ class SIGER(Recommender):
     # ------------------------------------------------------------------------------------ loss
     def perturbation_loss(self, out: Output, rows) -> torch.Tensor:
         """``L_P = Σ_r InfoNCE(V'[r], V''[r]; τ_P)``, averaged over the views ``V`` (``S`` or each ``H_m``)."""
-        return paired_views_infonce(*self.perturbation_views(out), rows, self.config.tau_p)
+        if self.config.perturb_target == "fused":  # S: a node with no modality has no view
+            fused = self.encoder.fused_presence()
+            present = None if fused is None else fused.unsqueeze(0)
+        else:  # H_m: the rows where modality m is present
+            present = self.encoder.presence()
+        return paired_views_infonce(*self.perturbation_views(out), rows, self.config.tau_p, present)
 
     def anchor_loss(self, semantic: torch.Tensor, behavior: torch.Tensor, rows) -> torch.Tensor:
         """``L_A`` in the configured ``anchor_form`` (module docstring), summed over ``rows``."""
         cfg = self.config
         anchor = behavior.detach() if cfg.detach_anchor else behavior
-        return anchored_infonce(semantic, anchor, rows, cfg.tau_a, cfg.anchor_form, cfg.anchor_gate)
+        return anchored_infonce(semantic, anchor, rows, cfg.tau_a, cfg.anchor_form, cfg.anchor_gate,
+                                self.encoder.presence())
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg, (u, i, _), n_u = self.config, batch, self.n_users
@@ -195,7 +207,7 @@ class SIGER(Recommender):
             "reg": cfg.reg_weight * half_sq(zu, zi, zj),
             "perturb": weighted(cfg.lambda_p, lambda: self.perturbation_loss(out, rows)),
             "anchor": weighted(cfg.lambda_a, lambda: self.anchor_loss(h, c, rows)),
-            "align": weighted(cfg.lambda_b, lambda: rows_infonce(s, c, rows, cfg.tau_b)),
+            "align": weighted(cfg.lambda_b, lambda: rows_infonce(s, c, rows, cfg.tau_b, self.encoder.fused_presence())),
         }
         if self.extended is not None:  # GUME's um and reg2 on Ĥ, with SIGER's noise rule
             ext = out.aux["extended"]

@@ -17,7 +17,11 @@ M     = fuse(H_1..H_K | C)   or   mean_m H_m              behaviour-aware fuser 
 :func:`prismrec.data.features.fusion_presence`, ``False`` where an item's modality was
 zero-filled), the fuser and GUME's extended branch weigh only each node's present modalities
 (:mod:`prismrec.nn.fusion`: ``α`` a softmax over them, ``/(K_present + 1)``, means over them);
-users have every modality. Without a mask the unmasked formulas run unchanged.
+users have every modality. Without a mask the unmasked formulas run unchanged. The models pass
+:meth:`MultiViewEncoder.presence` (per modality view) and :meth:`MultiViewEncoder.fused_presence`
+(per fused row) to the ``present`` masks of their contrastive and alignment terms
+(:mod:`prismrec.losses`), so a missing view is neither pulled toward nor contrasted against a
+real one.
 
 :class:`MultiViewConfig` holds the settings every model of the family exposes (flat ``--set``
 keys: a model's config inherits the fields and may redeclare a default).
@@ -131,7 +135,11 @@ class MultiViewEncoder(nn.Module):
         if present_items is not None and tuple(np.shape(present_items)) != (n_items, len(features)):
             raise ValueError(f"present_items must be n_items x K = {n_items} x {len(features)}, "
                              f"got {tuple(np.shape(present_items))}")
-        self.register_buffer("present", node_presence(present_items, n_users), persistent=False)  # K x N
+        present = node_presence(present_items, n_users)
+        self.register_buffer("present", present, persistent=False)                       # K x N
+        # nodes with no present modality (a fused row of 0): only then a mask for the fused views
+        fused = None if present is None or bool(present.any(dim=0).all()) else present.any(dim=0)
+        self.register_buffer("fused_present", fused, persistent=False)                    # N
         self.behavior_item_graph = None if behavior_item_graph is None else \
             SparseOperator(behavior_item_graph, symmetric=False)                          # S_b
         self.behavior_item_weight = float(behavior_item_weight)                           # γ_b
@@ -215,6 +223,17 @@ class MultiViewEncoder(nn.Module):
         if self.present is None or rows is None:
             return self.present
         return self.present.index_select(1, torch.from_numpy(rows).to(self.present.device))
+
+    def fused_presence(self, rows: np.ndarray | None = None) -> torch.Tensor | None:
+        """``N`` bool: the nodes with at least one present modality (a node with none fuses to a
+        row of 0, which holds no view), its entries ``rows`` (sorted distinct node ids) when
+        given; ``None`` without a mask or when every node has a modality (the common case: one
+        modality of several missing leaves the fused row a real view)."""
+        if self.present is None or self.fused_present is None:
+            return None
+        if rows is None:
+            return self.fused_present
+        return self.fused_present.index_select(0, torch.from_numpy(rows).to(self.fused_present.device))
 
     def fuse(self, views: torch.Tensor, behavior: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
         """``M = fuse(H_1..H_K | C)`` (2.8), or ``mean_m H_m`` with ``fusion="mean"``, over each
