@@ -22,7 +22,13 @@ interrupted study resumes where it stopped:
 
 Training is capped (``--epochs``, recorded in every cell) so the grid fits a small machine; the
 cap and the seeds are in the table header. A rerun with another cap retrains the cells (each cap
-has its own run directory) and replaces their files. Cells run in priority order (``--order``), one
+has its own run directory) and replaces their files. Each cell records the commit it was trained
+at (``code``). Cells whose model code changed are retrained with ``--rerun PATTERN[,PATTERN]
+--rerun-after REV`` (shell-style patterns over cell names, e.g. ``'lfm2k__gume__drop-zero-*'``;
+``REV`` the commit of the change): a matching cell trained before ``REV`` (its ``code`` does not
+contain it) loses its file and its run directory is replaced; an interrupted rerun resumes like
+any unfinished cell, a repeated one skips the cells already retrained, and no other cell is
+touched. Cells run in priority order (``--order``), one
 process at a time, ``threads=1``.
 
     python -m benchmarks.robustness [--datasets lfm2k,tiktok] [--seeds 999] [--epochs 20]
@@ -32,7 +38,9 @@ process at a time, ``threads=1``.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -128,8 +136,9 @@ def derived_dataset(cell: dict, work: Path, impute: str) -> tuple[str, Path | No
     return name, data
 
 
-def run_cell(cell: dict, work: Path, epochs: int, impute: str) -> dict:
-    """Train one cell (resumable run dir under ``work/runs``) and return its record."""
+def run_cell(cell: dict, work: Path, epochs: int, impute: str, overwrite: bool = False) -> dict:
+    """Train one cell (resumable run dir under ``work/runs``; ``overwrite``: replace the run it
+    holds) and return its record."""
     from prismrec.experiment.config import resolve_config
     from prismrec.experiment.runs import run_experiment
 
@@ -138,8 +147,9 @@ def run_cell(cell: dict, work: Path, epochs: int, impute: str) -> dict:
     config = resolve_config(cell["model"], name, overrides)
     run_dir = work / "runs" / f"{cell_name(cell)}__e{epochs}"
     t0 = time.time()
-    metrics = run_experiment(config, [cell["seed"]], run_dir, data_dir, progress=False)
-    record = {**cell, "input": name, "settings": overrides, "seconds": round(time.time() - t0, 1),
+    metrics = run_experiment(config, [cell["seed"]], run_dir, data_dir, progress=False, overwrite=overwrite)
+    record = {**cell, "input": name, "settings": overrides, "code": code_version(),
+              "seconds": round(time.time() - t0, 1),
               "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs"),
               "stop_reason": metrics.get("stop_reason"),
               "test": {k: v for k, v in (metrics.get("test") or {}).items() if "@" in k},
@@ -147,6 +157,29 @@ def run_cell(cell: dict, work: Path, epochs: int, impute: str) -> dict:
     if cell["family"] == "cold":
         record["cold"] = cold_rows(run_dir, data_dir, cell)
     return record
+
+
+def code_version() -> str | None:
+    """The commit the working tree is at (``None`` outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def rerun_matches(cell: dict, patterns: list[str]) -> bool:
+    """Whether ``cell``'s name matches one of the shell-style ``patterns`` (``--rerun``)."""
+    return any(fnmatch.fnmatchcase(cell_name(cell), p) for p in patterns)
+
+
+def trained_before(record: dict, rev: str) -> bool:
+    """Whether a finished cell's ``record`` was trained at a commit that does not contain ``rev``
+    (or records none): it predates the change ``rev`` made."""
+    code = record.get("code")
+    if not code:
+        return True
+    return subprocess.run(["git", "merge-base", "--is-ancestor", rev, code], capture_output=True).returncode != 0
 
 
 def cold_rows(run_dir: Path, data_dir: Path, cell: dict) -> dict:
@@ -313,6 +346,10 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=OUT, help="cells and tables (default results/robustness)")
     parser.add_argument("--max-cells", type=int, default=0, help="stop after training this many cells (0: all)")
     parser.add_argument("--only", default="", help="comma-separated models to run (default: all)")
+    parser.add_argument("--rerun", default="", help="comma-separated shell patterns of finished cells to "
+                        "retrain from scratch (their code changed), e.g. 'lfm2k__gume__drop-zero-*'")
+    parser.add_argument("--rerun-after", default="", help="with --rerun: the commit of the change; cells "
+                        "trained at or after it are kept")
     parser.add_argument("--commit", action="store_true", help="git-commit each finished cell and the tables")
     parser.add_argument("--report-only", action="store_true", help="train nothing, rewrite the tables")
     args = parser.parse_args()
@@ -320,6 +357,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     planned = with_imputation(plan(args.datasets.split(","), seeds), args.impute)
     only = set(filter(None, args.only.split(",")))
+    rerun = list(filter(None, args.rerun.split(",")))
+    if rerun and not args.rerun_after:
+        parser.error("--rerun needs --rerun-after REV (the commit whose change the cells must be retrained with)")
     trained = 0
     for cell in ([] if args.report_only else planned):
         path = OUT / "cells" / f"{cell_name(cell)}.json"
@@ -327,7 +367,11 @@ def main() -> None:
             continue
         if args.impute != "mean" and cell.get("impute") != args.impute:
             continue  # --impute X runs its drop cells only: the others do not depend on it
-        if path.is_file() and json.loads(path.read_text())["settings"]["epochs"] == args.epochs:
+        if rerun and not rerun_matches(cell, rerun):
+            continue  # --rerun trains the matching cells only
+        # a finished cell trained before the change: retrained, its old run replaced
+        fresh = bool(rerun) and path.is_file() and trained_before(json.loads(path.read_text()), args.rerun_after)
+        if not fresh and path.is_file() and json.loads(path.read_text())["settings"]["epochs"] == args.epochs:
             continue  # finished with this cap; a run with another cap replaces it
         if args.max_cells and trained >= args.max_cells:
             break
@@ -335,9 +379,11 @@ def main() -> None:
             reference = order_reference(cell["dataset"], args.work)  # once per dataset, before its first cold cell
             if args.commit:
                 git_commit([reference], f"robustness benchmark: fixed-item-order reference on {cell['dataset']}'s cold copy")
-        print(f"[robustness] {cell_name(cell)} (epochs<={args.epochs})", flush=True)
+        print(f"[robustness] {cell_name(cell)} (epochs<={args.epochs}{', rerun' if fresh else ''})", flush=True)
+        if fresh:  # gone until retrained: an interrupted rerun then resumes as an unfinished cell
+            path.unlink()
         try:
-            record = run_cell(cell, args.work, args.epochs, args.impute)
+            record = run_cell(cell, args.work, args.epochs, args.impute, overwrite=bool(fresh))
         except Exception as exc:  # one failing model must not stop the grid: recorded, retried next run
             print(f"[robustness] {cell_name(cell)} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             continue

@@ -207,3 +207,22 @@ def test_robustness_benchmark_keeps_zero_imputation_cells_apart(tmp_path, monkey
     assert zero_table.startswith(" (rows masked, zero-filled, mask-aware fusion)")
     assert "| mgcn | 0.4000 | - | - | -25.0% |" in mean_table.split("##")[0]
     assert "| mgcn | 0.4000 | - | - | -50.0% |" in zero_table.split("##")[0]
+
+
+def test_robustness_rerun_selects_matching_cells_trained_before_the_change():
+    import subprocess
+
+    from benchmarks import robustness as rb
+
+    cells = rb.with_imputation(rb.plan(["lfm2k"], [999]), "zero")
+    chosen = [rb.cell_name(c) for c in cells if rb.rerun_matches(c, ["lfm2k__gume__drop-zero-*", "*siger__noise-0.1_*"])]
+    assert sorted(chosen) == ["lfm2k__gume__drop-zero-0.1__seed-999", "lfm2k__gume__drop-zero-0.2__seed-999",
+                              "lfm2k__gume__drop-zero-0.4__seed-999", "lfm2k__siger__noise-0.1__seed-999"]
+    assert rb.trained_before({}, "HEAD")  # a cell that records no commit predates every change
+    head = rb.code_version()
+    if head is None:
+        pytest.skip("not a git checkout")
+    assert not rb.trained_before({"code": head}, head)  # trained with the change: kept
+    parent = subprocess.run(["git", "rev-parse", "--short", "HEAD~1"], capture_output=True, text=True).stdout.strip()
+    if parent:
+        assert rb.trained_before({"code": parent}, head)  # trained before it: retrained
