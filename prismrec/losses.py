@@ -507,11 +507,18 @@ def _entity_weights(a: torch.Tensor, mode: str, sign: int, tau_w: float) -> torc
 
 
 def entity_weighted_infonce(p: torch.Tensor, q: torch.Tensor, tau: float, mode: str = "softmax",
-                            sign: int = -1, tau_w: float = 0.5) -> torch.Tensor:
+                            sign: int = -1, tau_w: float = 0.5, present: torch.Tensor | None = None) -> torch.Tensor:
     """``mean_e w_e ℓ_e`` of row-aligned ``p``, ``q`` (EGRA's one-side alignment, 6.3): ``ℓ_e`` the
-    per-row InfoNCE, ``w_e`` :func:`entity_weights` of ``a_e = sg(cos(p_e, q_e))``."""
+    per-row InfoNCE, ``w_e`` :func:`entity_weights` of ``a_e = sg(cos(p_e, q_e))``. ``present``
+    (optional bool per row): the term of the present rows alone, their weights normalised over
+    them (module docstring)."""
+    if present is not None:
+        at = _present_rows(present, len(p), p.device)
+        p, q, rows = p.index_select(0, at), q.index_select(0, at), len(p)
     a = (F.normalize(p, dim=1, eps=1e-12) * F.normalize(q, dim=1, eps=1e-12)).sum(1)
-    return infonce(p, q, tau, weights=entity_weights(a, mode, sign, tau_w))
+    if present is None:
+        return infonce(p, q, tau, weights=entity_weights(a, mode, sign, tau_w))
+    return _present_mean(entity_weights(a, mode, sign, tau_w) * infonce_rows(p, q, tau), rows)
 
 
 COSINE_EPS = 1e-8

@@ -145,6 +145,51 @@ def test_moment_gap_runs_over_each_views_present_rows_by_hand():
     torch.testing.assert_close(losses.moment_gap(h, torch.ones_like(present)), losses.moment_gap(h))
 
 
+def test_entity_weighted_alignment_weighs_the_present_rows_alone():
+    h, c = _views(7, n=7)
+    present = torch.tensor([True, False, True, True, False, True, True])
+    for mode, sign in (("softmax", -1), ("linear", 1), ("none", 1)):
+        p = h[0].clone().requires_grad_()
+        got = losses.entity_weighted_infonce(p, c, TAU, mode, sign, 0.5, present)
+        want = losses.entity_weighted_infonce(h[0][present], c[present], TAU, mode, sign, 0.5)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        got.backward()
+        assert not p.grad[~present].any(), mode
+
+
+def test_modulus_noise_takes_its_mean_norm_over_present_rows_by_hand():
+    from prismrec.nn.perturb import perturb
+
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.0], [-1.0, 2.0], [6.0, -8.0]], dtype=torch.float64)
+    present = torch.tensor([True, False, True, True])
+    got = perturb(x, 0.1, "modulus", torch.Generator().manual_seed(5), gamma=1.0, present=present)
+    r = torch.rand(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    norms = x.norm(dim=1, keepdim=True)
+    m = norms[present].mean()  # (5 + √5 + 10) / 3: the zero row does not lower it
+    want = x + 0.1 * norms * (norms / m) * torch.sign(x) * r / r.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    unmasked = perturb(x, 0.1, "modulus", torch.Generator().manual_seed(5), gamma=1.0)
+    assert not torch.allclose(unmasked[present], got[present])  # over all rows, m is smaller
+    same = perturb(x, 0.1, "modulus", torch.Generator().manual_seed(5), gamma=1.0, present=torch.ones(4, dtype=torch.bool))
+    torch.testing.assert_close(same, unmasked)
+
+
+def test_layer_noise_gets_each_modalitys_item_presence():
+    from tests.test_multiview_presence import _encoder
+
+    seen = []
+
+    def noise(x, present=None):
+        seen.append(None if present is None else present.tolist())
+        return x
+
+    _encoder("mean").modality_views(noise=noise)
+    assert seen == [None, None]  # n_ii_layers = 1, two modalities, no mask
+    seen.clear()
+    _encoder("mean", np.array([[True, True], [True, False], [True, True]])).modality_views(noise=noise)
+    assert seen == [[True, True, True], [True, False, True]]
+
+
 # ------------------------------------------------------------------------------------ models
 
 
@@ -259,6 +304,17 @@ def test_siger_per_modality_perturbation_skips_missing_views(dropped):
     assert grad[0, :zero.n_users].abs().sum() > 0 and grad[1].abs().sum() > 0
 
 
+@pytest.mark.parametrize("at", ["output", "layers"])
+@pytest.mark.parametrize("target", ["fused", "per_modality"])
+def test_siger_perturbation_switches_run_under_a_mask(dropped, at, target):
+    zero, _, missing = dropped
+    for modalities in (["image", "text"], ["image"]):
+        net = _model("siger", zero, perturb_at=at, perturb_target=target, modalities=modalities)
+        terms = net.loss(_batch(zero, missing), net())
+        assert all(torch.isfinite(t) for t in terms.values()) and terms["perturb"] > 0
+        sum(terms.values()).backward()
+
+
 def test_siger_on_the_dropped_modality_alone_leaves_empty_fused_rows_out(dropped):
     """One modality: an item without it fuses to a row of 0, which align and perturb skip."""
     zero, _, missing = dropped
@@ -351,6 +407,8 @@ MASKED_TERMS = {
     "anchored_a1": lambda p, q, k, m: losses.anchored_infonce(torch.stack([p, k]), q, _all(p), TAU, "A1", present=m.T),
     "anchored_a2": lambda p, q, k, m: losses.anchored_infonce(torch.stack([p, k]), q, _all(p), TAU, "A2", present=m.T),
     "anchored_a3": lambda p, q, k, m: losses.anchored_infonce(torch.stack([p, k]), q, _all(p), TAU, "A3", present=m.T),
+    "entity_softmax": lambda p, q, k, m: losses.entity_weighted_infonce(p, q, TAU, "softmax", -1, 0.5, m[:, 0]),
+    "entity_linear": lambda p, q, k, m: losses.entity_weighted_infonce(p, q, TAU, "linear", 1, 0.5, m[:, 0]),
     "paired": lambda p, q, k, m: losses.paired_views_infonce(torch.stack([p, k]), torch.stack([q, q]), _all(p), TAU,
                                                              m.T),
 }

@@ -172,19 +172,25 @@ class SIGER(Recommender):
         fused = self.config.perturb_target == "fused"
         if self.config.perturb_at == "output":  # noise on the finished views
             clean = out.aux["modality"].unsqueeze(0) if fused else out.aux["modality_views"]
-            return tuple(torch.stack([self.noise(x) for x in clean]) for _ in range(2))
+            present = self.view_presence()  # modulus's mean row norm over the real views' rows
+            if present is None:
+                return tuple(torch.stack([self.noise(x) for x in clean]) for _ in range(2))
+            return tuple(torch.stack([self.noise(x, present=p) for x, p in zip(clean, present)]) for _ in range(2))
         noisy = (self.encoder.modality_views(noise=self.noise) for _ in range(2))  # inside the propagation
         return tuple(self.encoder.fuse(h, out.aux["behavior"]).unsqueeze(0) if fused else h for h in noisy)
 
     # ------------------------------------------------------------------------------------ loss
     def perturbation_loss(self, out: Output, rows) -> torch.Tensor:
         """``L_P = Σ_r InfoNCE(V'[r], V''[r]; τ_P)``, averaged over the views ``V`` (``S`` or each ``H_m``)."""
-        if self.config.perturb_target == "fused":  # S: a node with no modality has no view
+        return paired_views_infonce(*self.perturbation_views(out), rows, self.config.tau_p, self.view_presence())
+
+    def view_presence(self) -> torch.Tensor | None:
+        """Presence of the perturbed views' rows: ``1 x N`` for ``S`` (a node with no modality has
+        no view), ``K x N`` for the ``H_m``; ``None`` when every row holds a view."""
+        if self.config.perturb_target == "fused":
             fused = self.encoder.fused_presence()
-            present = None if fused is None else fused.unsqueeze(0)
-        else:  # H_m: the rows where modality m is present
-            present = self.encoder.presence()
-        return paired_views_infonce(*self.perturbation_views(out), rows, self.config.tau_p, present)
+            return None if fused is None else fused.unsqueeze(0)
+        return self.encoder.presence()
 
     def anchor_loss(self, semantic: torch.Tensor, behavior: torch.Tensor, rows) -> torch.Tensor:
         """``L_A`` in the configured ``anchor_form`` (module docstring), summed over ``rows``."""

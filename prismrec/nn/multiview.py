@@ -175,12 +175,18 @@ class MultiViewEncoder(nn.Module):
         """``H_m = [R̂ H_m^I; H_m^I]``, ``H_m^I = S_m^{L_ii} H_m⁰``, stacked ``K x N x d``.
 
         ``noise`` (optional) is applied after every ``S_m`` product (SIGER's SimGCL-style
-        ``perturb_at = "layers"``)."""
+        ``perturb_at = "layers"``); with a presence mask it is called as ``noise(x, present=p)``,
+        ``p`` the items where modality ``m`` is present (a :class:`prismrec.nn.NoiseSource` then
+        takes its mean row norm over them)."""
+        items = None if self.present is None else self.present[:, self.n_users :]
         views = []
-        for purifier, graph in zip(self.purifiers, self.item_graphs):
+        for k, (purifier, graph) in enumerate(zip(self.purifiers, self.item_graphs)):
             h = purifier(self.item_emb.weight)                   # H_m⁰
             for _ in range(self.n_ii_layers):
-                h = graph @ h if noise is None else noise(graph @ h)  # H_m^I
+                if noise is None:
+                    h = graph @ h                                # H_m^I
+                else:
+                    h = noise(graph @ h) if items is None else noise(graph @ h, present=items[k])
             views.append(torch.cat([self.user_item @ h, h]))     # [H_m^U; H_m^I]
         return torch.stack(views)
 

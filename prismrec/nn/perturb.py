@@ -17,7 +17,9 @@ relative noise, which a cosine InfoNCE cannot tell from ``fixed`` noise on L2-no
 The former ``relative`` rule (``ε‖x‖/m``) is ``modulus`` with ``γ = 0`` and ``ε/m``; the former
 ``inverse`` (``ε·m/‖x‖``) is ``γ = −2``. ``ρ`` carries no gradient: the noise is a constant for
 the optimiser (as GUME's, whose magnitude is a constant), and only the clean ``x`` is trained.
-Two calls draw two independent views.
+Two calls draw two independent views. With a ``present`` mask (rows whose view is missing, e.g.
+zero-filled items, are ``False``) ``m`` is the mean over the present rows: a missing row's norm
+says nothing about the view's scale. The draws are the same with or without it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def perturb(
     generator: torch.Generator | None = None,
     rows: torch.Tensor | None = None,
     gamma: float = 0.0,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return the noise view ``x + ρ ⊙ sign(x) ⊙ nrm(r)``, ``r ~ U(0,1)^d`` per row.
 
@@ -47,6 +50,8 @@ def perturb(
         generator: source of ``r`` (must live on ``x``'s device); ``None`` uses torch's global RNG.
         rows: if given, return only the view of ``x[rows]`` (``m`` still over all of ``x``).
         gamma: ``γ`` of ``modulus`` (ignored by ``fixed``).
+        present: optional bool per row of ``x``: ``m`` over the rows marked ``True`` only
+            (``None``: over every row).
     """
     if mode not in PERTURB_MODES:
         raise ValueError(f"perturb mode must be one of {list(PERTURB_MODES)}, got {mode!r}")
@@ -62,7 +67,11 @@ def perturb(
     norms = torch.linalg.vector_norm(target.detach(), dim=1, keepdim=True)
     rho = eps * norms
     if gamma != 0:  # personal intensity (‖x‖/m)^γ; a zero row has ρ = 0 (and δ = 0) for any γ
-        mean = torch.linalg.vector_norm(x.detach(), dim=1).mean() if rows is not None else norms.mean()
+        if present is not None:
+            keep = present.to(x.device, x.dtype)
+            mean = (torch.linalg.vector_norm(x.detach(), dim=1) * keep).sum() / keep.sum().clamp_min(1.0)
+        else:
+            mean = torch.linalg.vector_norm(x.detach(), dim=1).mean() if rows is not None else norms.mean()
         ratio = (norms.clamp_min(_EPS) / mean.clamp_min(_EPS)).pow(gamma)
         rho = torch.where(norms > 0, rho * ratio, torch.zeros_like(rho))
     return target + rho * delta
@@ -93,11 +102,14 @@ class NoiseSource(nn.Module):
         self.seed = int(torch.randint(0, 2**62, ()).item())
         self.generator: torch.Generator | None = None
 
-    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """One noise view of ``x`` (or of ``x[rows]``); two calls give two independent views."""
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None,
+                present: torch.Tensor | None = None) -> torch.Tensor:
+        """One noise view of ``x`` (or of ``x[rows]``; ``present``: the rows of ``x`` whose mean norm
+        sets ``modulus``'s ``m``); two calls give two independent views."""
         if self.generator is None or self.generator.device != x.device:
             self.generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        return perturb(x, self.eps, self.mode, generator=self.generator, rows=rows, gamma=self.gamma)
+        return perturb(x, self.eps, self.mode, generator=self.generator, rows=rows, gamma=self.gamma,
+                       present=present)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, mode={self.mode}, gamma={self.gamma}"
