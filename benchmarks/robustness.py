@@ -136,9 +136,10 @@ def derived_dataset(cell: dict, work: Path, impute: str) -> tuple[str, Path | No
     return name, data
 
 
-def run_cell(cell: dict, work: Path, epochs: int, impute: str, overwrite: bool = False) -> dict:
+def run_cell(cell: dict, work: Path, epochs: int, impute: str, overwrite: bool = False,
+             code: str | None = None) -> dict:
     """Train one cell (resumable run dir under ``work/runs``; ``overwrite``: replace the run it
-    holds) and return its record."""
+    holds) and return its record (``code``: the commit the script's code was loaded at)."""
     from prismrec.experiment.config import resolve_config
     from prismrec.experiment.runs import run_experiment
 
@@ -148,7 +149,7 @@ def run_cell(cell: dict, work: Path, epochs: int, impute: str, overwrite: bool =
     run_dir = work / "runs" / f"{cell_name(cell)}__e{epochs}"
     t0 = time.time()
     metrics = run_experiment(config, [cell["seed"]], run_dir, data_dir, progress=False, overwrite=overwrite)
-    record = {**cell, "input": name, "settings": overrides, "code": code_version(),
+    record = {**cell, "input": name, "settings": overrides, "code": code,
               "seconds": round(time.time() - t0, 1),
               "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs"),
               "stop_reason": metrics.get("stop_reason"),
@@ -360,6 +361,7 @@ def main() -> None:
     rerun = list(filter(None, args.rerun.split(",")))
     if rerun and not args.rerun_after:
         parser.error("--rerun needs --rerun-after REV (the commit whose change the cells must be retrained with)")
+    code = code_version()  # the commit this process's code was loaded at (the cells' provenance)
     trained = 0
     for cell in ([] if args.report_only else planned):
         path = OUT / "cells" / f"{cell_name(cell)}.json"
@@ -383,7 +385,7 @@ def main() -> None:
         if fresh:  # gone until retrained: an interrupted rerun then resumes as an unfinished cell
             path.unlink()
         try:
-            record = run_cell(cell, args.work, args.epochs, args.impute, overwrite=bool(fresh))
+            record = run_cell(cell, args.work, args.epochs, args.impute, overwrite=bool(fresh), code=code)
         except Exception as exc:  # one failing model must not stop the grid: recorded, retried next run
             print(f"[robustness] {cell_name(cell)} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             continue
