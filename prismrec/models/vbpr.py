@@ -24,8 +24,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from prismrec.losses import bpr_loss, l2_reg
 from prismrec.models import register
+from prismrec.models.bpr import bpr_terms
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn import IdEmbedding
 from prismrec.nn.encoders import Projector, normalize_features
@@ -83,8 +83,7 @@ class VBPR(Recommender):
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         u, i, j = batch
-        zi, zj = out.item.index_select(0, torch.cat([i, j])).chunk(2)
-        return self._terms(out.user.index_select(0, u), zi, zj)
+        return self._terms(out.user.index_select(0, u), out.item.index_select(0, torch.cat([i, j])))
 
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
         # The loss reads z_i of the batch's items only: W f_i + b for those rows alone.
@@ -95,14 +94,11 @@ class VBPR(Recommender):
         items = torch.from_numpy(distinct).to(i.device)
         content = self.content.linear(self.content.features.index_select(0, items))
         rows = torch.cat([self.item_emb.weight.index_select(0, items), content], dim=1)  # z_i of the items
-        zi, zj = rows.index_select(0, at).chunk(2)
-        return self._terms(self.user_emb.weight.index_select(0, u), zi, zj)
+        return self._terms(self.user_emb.weight.index_select(0, u), rows.index_select(0, at))
 
-    def _terms(self, zu: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {
-            "bpr": bpr_loss(zu, zi, zj),
-            "reg": self.config.reg_weight * l2_reg(self.config.reg_form, zu, zi, zj),
-        }
+    def _terms(self, zu: torch.Tensor, zij: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The BPR and L2 terms of the users' rows ``zu`` and the items' ``zij = [z_i; z_j]``."""
+        return bpr_terms(zu, zij, self.config.reg_weight, self.config.reg_form)
 
     def content_item_embeddings(self, items, out, id_rows=None):
         return content_forward_rows(self, self.item_emb.weight, items, id_rows or self.content_id_rows,

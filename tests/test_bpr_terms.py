@@ -1,0 +1,94 @@
+"""BPR-MF's and VBPR's loss terms as one autograd node (``models.bpr.bpr_terms``) equal the two
+loss functions' nodes bit for bit: terms and every parameter's gradient, on both of VBPR's
+batch paths, with repeated rows, an item both positive and negative, and all-zero rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prismrec.data import load_dataset
+from prismrec.data.synthetic import write_planted_dataset
+from prismrec.experiment.config import resolve_config
+from prismrec.losses import bpr_loss, emb_norm
+from prismrec.models import bpr as bpr_module
+from prismrec.models import get_model
+from prismrec.nn import propagation
+from prismrec.train import seed_everything
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bpr_terms") / "planted"
+    return load_dataset(write_planted_dataset(folder, n_users=60, n_items=40, per_user=6, modalities={"image": 5}))
+
+
+def _unfused(zu, zij, reg_weight):
+    """What the models computed before: the loss functions' own nodes on the split rows."""
+    zi, zj = zij.chunk(2)
+    return bpr_loss(zu, zi, zj), reg_weight * emb_norm(zu, zi, zj)
+
+
+def _terms_and_grads(net, batch, full: bool):
+    net.zero_grad(set_to_none=True)
+    terms = net.loss(batch, net()) if full else net.batch_loss(batch)
+    sum(terms.values()).backward()  # as the trainer sums them
+    return terms, {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+def _batches(data, n=6, size=200):
+    gen = torch.Generator().manual_seed(3)
+    for k in range(n):
+        u, i, j = (torch.randint(0, m, (size,), generator=gen) for m in (data.n_users, data.n_items, data.n_items))
+        u[1], i[2], j[3] = u[0], i[0], i[0]  # a repeated user; an item both positive and negative
+        yield u, i, j
+
+
+@pytest.mark.parametrize("name,settings", [("bpr", {}), ("bpr", {"reg_weight": 0.5}), ("vbpr", {}), ("vbpr", {"reg_weight": 1.0})])
+@pytest.mark.parametrize("row_share", [1.0, 0.0], ids=["batch-rows", "full-forward"])
+@pytest.mark.parametrize("full", [False, True], ids=["batch_loss", "loss"])
+def test_one_node_terms_equal_the_loss_functions_bit_for_bit(data, monkeypatch, name, settings, row_share, full):
+    monkeypatch.setattr(propagation, "ROW_SHARE", row_share)
+    monkeypatch.setattr("prismrec.models.vbpr.few_rows", lambda rows, n: len(rows) <= row_share * n)
+    seed_everything(0)
+    net = get_model(name)(data, resolve_config(name, data.name, settings).params)
+    with torch.no_grad():  # rows of trained magnitude and spread, not only the init's
+        for p in net.parameters():
+            p.mul_(1 + 20 * torch.rand(p.shape))
+    for batch in _batches(data):
+        got, got_grads = _terms_and_grads(net, batch, full)
+        assert type(got["bpr"].grad_fn).__name__ == "_BPRTermsBackward"  # the fused node is what ran
+        with monkeypatch.context() as m:
+            m.setattr(bpr_module._BPRTerms, "apply", _unfused)
+            want, want_grads = _terms_and_grads(net, batch, full)
+        assert type(want["bpr"].grad_fn).__name__ != "_BPRTermsBackward"
+        assert all(torch.equal(got[k], want[k]) for k in ("bpr", "reg")) and got.keys() == want.keys()
+        assert got_grads.keys() == want_grads.keys() and len(want_grads) >= 2
+        for n, g in want_grads.items():
+            assert torch.equal(got_grads[n], g), n
+
+
+def test_all_zero_rows_get_a_zero_norm_gradient(data, monkeypatch):
+    seed_everything(0)
+    net = get_model("bpr")(data, resolve_config("bpr", data.name, {}).params)
+    with torch.no_grad():
+        net.user_emb.weight[0] = 0.0
+        net.item_emb.weight[:5] = 0.0
+    batch = (torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 3]), torch.tensor([4, 4, 1, 0]))
+    got, got_grads = _terms_and_grads(net, batch, full=False)
+    monkeypatch.setattr(bpr_module._BPRTerms, "apply", _unfused)
+    want, want_grads = _terms_and_grads(net, batch, full=False)
+    assert torch.equal(got["reg"], want["reg"]) and float(got["reg"].detach()) == 0.0
+    for n, g in want_grads.items():
+        assert torch.equal(got_grads[n], g), n
+
+
+def test_other_forms_and_split_batches_take_the_loss_functions(data):
+    zu, zij = torch.randn(6, 4, requires_grad=True), torch.randn(12, 4, requires_grad=True)
+    half = bpr_module.bpr_terms(zu, zij, 0.1, "half_sq")
+    assert type(half["bpr"].grad_fn).__name__ != "_BPRTermsBackward"
+    zi, zj = zij.chunk(2)
+    want = 0.1 * (zu.pow(2).sum() + zi.pow(2).sum() + zj.pow(2).sum()) / 12
+    torch.testing.assert_close(half["reg"], want)
+    fused = bpr_module.bpr_terms(zu, zij, 0.1, "emb_norm")
+    assert type(fused["bpr"].grad_fn).__name__ == "_BPRTermsBackward"
