@@ -193,3 +193,81 @@ def test_cosine_equals_cosine_similarity_bit_for_bit():
         got = cosine(x, unit_rows(target))
         (got_grad,) = torch.autograd.grad(got, x, g)
         assert torch.equal(got, want) and torch.equal(got_grad, want_grad), scale
+
+
+def _previous_batch_loss(net, batch):
+    """BM3's batch loss as the unfused nodes compute it (the propagation node, then
+    ``_EncoderHead``; the predictor's rows sliced; a boolean dropout mask): the reference the fused
+    path must equal bit for bit."""
+    from prismrec.models.bm3 import _EncoderHead, unique
+    from prismrec.nn import lightgcn
+
+    def target(rows):
+        rows = rows.detach()
+        p = net.config.dropout
+        return rows if p == 0.0 else rows * (torch.rand(rows.shape) >= p) / (1.0 - p)
+
+    users, u_at = unique(batch[0], net.n_users)
+    items, i_at = unique(batch[1], net.n_items)
+    y = lightgcn(net.adjacency, torch.cat([net.user_emb, net.item_emb]), net.config.n_layers)
+    index = torch.cat([users, items + net.n_users])
+    _, rows, norm_u, norm_i = _EncoderHead.apply(y, net.item_emb, index, net.n_users)
+    g = net.predictor(rows)
+    online = g[: len(users)].index_select(0, u_at), g[len(users):].index_select(0, i_at)
+    original, net.target = net.target, target
+    try:
+        return net._terms((norm_u, norm_i), rows, (users, u_at, items, i_at), online)
+    finally:
+        net.target = original
+
+
+def _terms_and_grads(net, compute, seed=5):
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    terms = compute()
+    sum(terms.values()).backward()
+    return ({k: v.detach() for k, v in terms.items()},
+            {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+
+
+@pytest.mark.parametrize("n_layers, dropout, modalities",
+                         [(1, 0.5, ["text", "image"]), (1, 0.3, ["image"]), (1, 0.0, []), (2, 0.5, ["text"])])
+def test_batch_loss_is_bit_identical_to_the_unfused_nodes(tiny, n_layers, dropout, modalities):
+    """The one-layer encoder node (halved buffer), the split predictor rows and the in-place
+    float dropout mask change no bit of any term or gradient."""
+    net = build(tiny, n_layers=n_layers, dropout=dropout, modalities=modalities)
+    with torch.no_grad():  # embeddings of trained magnitude, not only the init's
+        for p in net.parameters():
+            p.mul_(1 + torch.rand(p.shape))
+    batch = (torch.tensor([0, 3, 3, 7, 12, 39, 5, 5]), torch.tensor([1, 1, 4, 9, 29, 0, 4, 2]), torch.zeros(8, dtype=torch.long))
+    got, got_grads = _terms_and_grads(net, lambda: net.batch_loss(batch))
+    want, want_grads = _terms_and_grads(net, lambda: _previous_batch_loss(net, batch))
+    assert got.keys() == want.keys() and got_grads.keys() == want_grads.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    for n, g in want_grads.items():
+        assert g.abs().sum() > 0, n
+        assert torch.equal(got_grads[n], g), n
+
+
+def test_halved_encoder_equals_propagation_then_head_bit_for_bit(tiny):
+    """Every output and every input gradient of the fused one-layer node, for any incoming
+    gradients (missing ones included), equals the two unfused nodes'."""
+    from prismrec.models.bm3 import _EncoderHead, _HalvedEncoder
+    from prismrec.nn import lightgcn
+
+    net = build(tiny)
+    gen = torch.Generator().manual_seed(1)
+    index = torch.tensor([0, 5, 39, 40, 41, 69])
+    for scale in (1e-3, 1.0, 30.0):
+        e_u = (torch.randn(net.n_users, 64, generator=gen) * scale).requires_grad_(True)
+        e_i = (torch.randn(net.n_items, 64, generator=gen) * scale).requires_grad_(True)
+        upstream = (torch.randn(len(index), 64, generator=gen), torch.randn((), generator=gen), torch.randn((), generator=gen))
+        for used in ((0, 1, 2), (0,), (1, 2)):
+            fused = _HalvedEncoder.apply(e_u, e_i, index, net.adjacency)
+            y = lightgcn(net.adjacency, torch.cat([e_u, e_i]), 1)
+            plain = _EncoderHead.apply(y, e_i, index, net.n_users)[1:]
+            assert all(torch.equal(a, b) for a, b in zip(fused, plain))
+            grads = [torch.autograd.grad([out[k] for k in used], [e_u, e_i], [upstream[k] for k in used])
+                     for out in (fused, plain)]
+            assert all(torch.equal(a, b) for a, b in zip(*grads)), (scale, used)

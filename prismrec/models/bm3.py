@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.graph import SparseOperator, bipartite_adjacency
+from prismrec.graph.sparse import spmm
 from prismrec.losses import cosine, unit_rows
 from prismrec.models import register
 from prismrec.nn import lightgcn
@@ -149,17 +150,28 @@ class BM3(Recommender):
 
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
         # The loss reads g(h) at the batch's rows only: the predictor is applied to the distinct
-        # users and items of the batch, not to all N rows; the residual, the rows and the norms of
-        # h are one autograd node (_EncoderHead). Same terms and gradients. No fallback for a
-        # batch that touches nearly every row (lfm2k): the full path gathers the same rows.
+        # users and items of the batch, not to all N rows; the encoder, its residual, the rows and
+        # the norms of h are one autograd node (_encoder_rows). Same terms and gradients. No
+        # fallback for a batch that touches nearly every row (lfm2k): the full path gathers the
+        # same rows.
         users, u_at = unique(batch[0], self.n_users)
         items, i_at = unique(batch[1], self.n_items)
-        y = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_layers)
         index = torch.cat([users, items + self.n_users])
-        _, rows, norm_u, norm_i = _EncoderHead.apply(y, self.item_emb, index, self.n_users)  # h[index], ‖h_U‖, ‖h_I‖
-        g = self.predictor(rows)
-        online = g[: len(users)].index_select(0, u_at), g[len(users) :].index_select(0, i_at)
+        rows, norm_u, norm_i = self._encoder_rows(index)  # h[index], ‖h_U‖, ‖h_I‖
+        # split, not two slices: its backward is one concatenation, where each slice's would
+        # zero-fill a copy of g and the two copies be added
+        g_u, g_i = self.predictor(rows).split([len(users), len(items)])
+        online = g_u.index_select(0, u_at), g_i.index_select(0, i_at)
         return self._terms((norm_u, norm_i), rows, (users, u_at, items, i_at), online)
+
+    def _encoder_rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``h[index]``, ``‖h_U‖_F`` and ``‖h_I‖_F`` of ``h = encode()``, as few autograd nodes as
+        exactness allows: one (:class:`_HalvedEncoder`) for one layer (the default), else the
+        propagation node and :class:`_EncoderHead`."""
+        if self.config.n_layers == 1:
+            return _HalvedEncoder.apply(self.user_emb, self.item_emb, index, self.adjacency)
+        y = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_layers)
+        return _EncoderHead.apply(y, self.item_emb, index, self.n_users)[1:]
 
     def _terms(self, norms: tuple, rows: torch.Tensor, distinct: tuple, online: tuple) -> dict[str, torch.Tensor]:
         """The loss terms from ``norms = (‖h_U‖_F, ‖h_I‖_F)`` of the encoder output ``h``, its
@@ -196,8 +208,10 @@ class BM3(Recommender):
         p = self.config.dropout
         if p == 0.0:
             return rows
-        keep = torch.rand(rows.shape, device=rows.device) >= p
-        return rows * keep / (1.0 - p)
+        # the mask as floats in place (1.0 kept, 0.0 dropped): the same products as with a boolean
+        # mask, without its conversion and the two fresh outputs
+        keep = torch.rand(rows.shape, device=rows.device).ge_(p)
+        return keep.mul_(rows).div_(1.0 - p)
 
 
 def unique(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,3 +258,49 @@ class _EncoderHead(torch.autograd.Function):
         if grad_h is not None:
             grad += grad_h
         return grad, grad[n:], None, None
+
+
+class _HalvedEncoder(torch.autograd.Function):
+    """:class:`_EncoderHead` over a one-layer encoder, fused with it: ``h = ½(X⁰ + ÂX⁰) + [0; E_I]``
+    with ``X⁰ = [E_U; E_I]``, returning ``h[index]``, ``‖h_U‖_F`` and ``‖h_I‖_F``.
+
+    Bit-identical to ``lightgcn`` followed by :class:`_EncoderHead` (tests/test_bm3.py), with one
+    ``N x d`` pass fewer each way (no concatenated copy of the tables; no separately halved
+    gradient) and ``E_I``'s two gradients summed in place. Halving is exact in floating point (outside the subnormal
+    range), so it commutes with every rounding: ``Â(½X⁰) = ½(ÂX⁰)`` bit for bit, and the layer
+    mean ``½X⁰ + ½(ÂX⁰)`` is built from ``½X⁰``, written straight from the two tables (no
+    concatenated copy of them). Backward: with ``∂h`` the gradient reaching ``h`` (the norms' and
+    the rows'), the propagation's is ``½∂h + Âᵀ(½∂h)`` and ``E_I``'s residual adds ``∂h_I = 2·½∂h_I``:
+    everything from one halved buffer, in the order of the unfused nodes' operations."""
+
+    @staticmethod
+    def forward(ctx, user_emb, item_emb, index, adjacency):  # noqa: D401
+        n = user_emb.shape[0]
+        h = user_emb.new_empty((n + item_emb.shape[0], user_emb.shape[1]))
+        torch.mul(user_emb, 0.5, out=h[:n])  # ½X⁰, the layer mean's first term
+        torch.mul(item_emb, 0.5, out=h[n:])
+        h.add_(spmm(adjacency.matrix, h))  # + ½ÂX⁰ = Â(½X⁰)
+        h[n:] += item_emb  # the residual
+        ctx.set_materialize_grads(False)
+        squares = h.pow(2).sum(dim=1)
+        norm_u, norm_i = squares[:n].sum().sqrt(), squares[n:].sum().sqrt()
+        ctx.save_for_backward(h, index, norm_u, norm_i)
+        ctx.adjacency, ctx.n_users = adjacency, n
+        return h.index_select(0, index), norm_u, norm_i
+
+    @staticmethod
+    def backward(ctx, grad_rows, grad_u, grad_i):
+        h, index, norm_u, norm_i = ctx.saved_tensors
+        n = ctx.n_users
+        half = torch.empty_like(h)  # ½∂h
+        for part, g, norm in ((slice(0, n), grad_u, norm_u), (slice(n, None), grad_i, norm_i)):
+            if g is None:
+                half[part] = 0
+            else:  # _EncoderHead's factor 2·(g / 2‖·‖), halved (exact)
+                torch.mul(h[part], 2 * (g / (2 * norm)) * 0.5, out=half[part])
+        if grad_rows is not None:
+            half.index_add_(0, index, grad_rows, alpha=0.5)
+        grad = spmm(ctx.adjacency.transpose, half)  # Âᵀ(½∂h) = ½Âᵀ∂h
+        grad.add_(half)  # the layer mean's gradient, ½∂h + ½Âᵀ∂h
+        grad[n:].add_(half[n:], alpha=2.0)  # + ∂h_I, the residual's
+        return grad[:n], grad[n:], None, None
