@@ -231,21 +231,27 @@ class _DivergenceGuard:
     def __init__(self) -> None:
         self.reference: float | None = None  # |loss| of the run's first batch, at least 1
 
-    def check(self, total: float, terms: dict[str, torch.Tensor], epoch: int, batch: int) -> None:
+    def check(self, total: float, terms: dict[str, float | torch.Tensor], epoch: int, batch: int) -> None:
+        """Raise :class:`TrainingDiverged` if the batch's loss ``total`` (the sum of ``terms``,
+        floats or 0-d tensors) is non-finite or :data:`DIVERGENCE_FACTOR` times the first's."""
         where = f"at epoch {epoch}, batch {batch}: the run is stopped"
         advice = ("Lower the learning rate or the loss weights, and check the input features for "
                   "extreme values.")
         if not math.isfinite(total):
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+            bad = [k for k, v in terms.items() if not math.isfinite(_value(v))]
             raise TrainingDiverged(f"loss term(s) {', '.join(bad)} became non-finite {where}. {advice}")
         if self.reference is None:
             self.reference = max(abs(total), 1.0)
         elif abs(total) > DIVERGENCE_FACTOR * self.reference:
-            values = ", ".join(f"{k}={float(v.detach()):.3g}" for k, v in terms.items())
+            values = ", ".join(f"{k}={_value(v):.3g}" for k, v in terms.items())
             raise TrainingDiverged(
                 f"the loss diverged {where}: {total:.3g} is more than {DIVERGENCE_FACTOR:.0e} times "
                 f"the first batch's ({self.reference:.3g}; terms {values}). {advice}"
             )
+
+
+def _value(v: float | torch.Tensor) -> float:
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
 
 
 GUARD_EVERY_ON_GPU = 32
@@ -282,14 +288,14 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
         """Copy the pending batches' terms to the host (one copy), check and sum them in order."""
         if not pending:
             return
-        values = torch.cat([v for _, v, _ in pending]).cpu()
+        values = (pending[0][1] if len(pending) == 1 else torch.cat([v for _, v, _ in pending])).tolist()
         offset = 0
-        for names, v, index in pending:
-            row = dict(zip(names, values[offset:offset + len(names)]))
+        for names, _, index in pending:
+            row = values[offset:offset + len(names)]
             offset += len(names)
-            guard.check(float(sum(row.values())), row, epoch, index)
-            for k, value in row.items():
-                sums[k] = sums.get(k, 0.0) + float(value)
+            guard.check(sum(row), dict(zip(names, row)), epoch, index)
+            for k, value in zip(names, row):
+                sums[k] = sums.get(k, 0.0) + value
         pending.clear()
 
     timing = {"sample_s": 0.0, "forward_s": 0.0, "backward_s": 0.0, "optim_s": 0.0}
@@ -300,7 +306,7 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
             batch, weight = distributed.shard(batch, dist_env)
         if on_gpu:  # page-locked staging: the copy is asynchronous and overlaps the previous step
             batch = tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
-        else:
+        elif device.type != "cpu":
             batch = tuple(t.to(device) for t in batch)
         now = time.perf_counter()
         timing["sample_s"] += now - tick
@@ -310,10 +316,15 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
         terms = model.loss(batch, model()) if on_gpu else model.batch_loss(batch)
         if dist_env.active:  # this rank's share of the global batch's mean
             terms = {k: v * weight for k, v in terms.items()}
-        total = sum(terms.values())
+        # The terms stacked once: the total to differentiate and the values to log. Each term's
+        # gradient is 1, as through a chain of additions, and autograd meets the terms' nodes in
+        # the same order (all of them ready at once, latest first), so the gradients are the same
+        # bit for bit (tests/test_trainer_steps.py); one node instead of one per term.
+        stacked = torch.stack(list(terms.values()))
+        total = stacked.sum()
         tick = time.perf_counter()
         timing["forward_s"] += tick - now
-        logged = torch.stack([v.detach() for v in terms.values()])
+        logged = stacked.detach().reshape(-1)
         if dist_env.active:  # the global batch's terms, the same on every rank
             logged = distributed.allreduce_sum(logged, dist_env)
         pending.append((tuple(terms), logged, n_batches))
