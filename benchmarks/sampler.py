@@ -1,8 +1,9 @@
 """An epoch of BPR triples: negatives checked against a bit set of the training pairs vs a binary
-search over their sorted keys (``prismrec.data.sampler.BITSET_MAX_PAIRS``).
+search over their sorted keys (``prismrec.data.sampler.BITSET_MAX_PAIRS``), and the bit set read
+in the training pairs' user order (the sampler's way) vs in the epoch's shuffled order.
 
-Both samplers draw the same batches (``tests/test_sampler.py``); this measures what the lookup
-costs per epoch. The two are alternated round by round in one process, medians and ranges
+All draw the same batches (``tests/test_sampler.py``, ``tests/test_sampler_order.py``); this
+measures what the lookup costs per epoch. The two are alternated round by round in one process, medians and ranges
 reported with the load average. Writes ``results/sampler.{json,md}``, one row per dataset.
 
     python -m benchmarks.sampler [--datasets tiktok,lfm2k] [--rounds 15]
@@ -40,9 +41,12 @@ def measure(dataset: str, rounds: int) -> dict:
     finally:
         sampler_module.BITSET_MAX_PAIRS = limit
     assert bits._bits is not None and search._bits is None, "the dataset is too large for the bit set"
-    times: dict[str, list[float]] = {"bit set": [], "binary search": []}
+    shuffled = BPRSampler(data.train, seed=1)  # the bit set read in the epoch's shuffled order
+    plain = shuffled.sample_negatives
+    shuffled.sample_negatives = lambda users, order=None: plain(users)
+    times: dict[str, list[float]] = {"bit set": [], "bit set, shuffled order": [], "binary search": []}
     for r in range(rounds + 1):
-        pairs = [("bit set", bits), ("binary search", search)]
+        pairs = [("bit set", bits), ("bit set, shuffled order", shuffled), ("binary search", search)]
         for key, s in pairs if r % 2 == 0 else pairs[::-1]:
             seconds = epoch_s(s)
             if r > 0:  # round 0 warms both up
@@ -51,24 +55,30 @@ def measure(dataset: str, rounds: int) -> dict:
     return {"pairs": int(data.train.nnz), "users": data.n_users, "items": data.n_items,
             "bitset_bytes": int(bits._bits.nbytes), "rounds": rounds, "lookups": rows,
             "speedup": rows["binary search"]["median_s"] / rows["bit set"]["median_s"],
+            "user_order_speedup": rows["bit set, shuffled order"]["median_s"] / rows["bit set"]["median_s"],
             "load1": os.getloadavg()[0]}
 
 
 def markdown(res: dict) -> str:
     lines = ["# BPR sampler: one epoch of triples", "",
              f"{res['machine']}; updated {res['date']}.", "",
-             "| dataset | pairs | bit set ms (range) | binary search ms (range) | speed-up | bit set size | 1-min load |",
-             "|---|---|---|---|---|---|---|"]
+             "| dataset | pairs | bit set, user order ms (range) | bit set, shuffled order ms (range) | "
+             "binary search ms (range) | speed-up vs search / vs shuffled | bit set size | 1-min load |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def cell(t):
+        return f"{1000 * t['median_s']:.1f} ({1000 * t['range_s'][0]:.1f}-{1000 * t['range_s'][1]:.1f})"
+
     for name, r in res["datasets"].items():
-        b, s = r["lookups"]["bit set"], r["lookups"]["binary search"]
-        lines.append(f"| {name} | {r['pairs']:,} | {1000 * b['median_s']:.1f} ({1000 * b['range_s'][0]:.1f}-"
-                     f"{1000 * b['range_s'][1]:.1f}) | {1000 * s['median_s']:.1f} ({1000 * s['range_s'][0]:.1f}-"
-                     f"{1000 * s['range_s'][1]:.1f}) | {r['speedup']:.1f}x | {r['bitset_bytes'] / 2**20:.1f} MiB | "
-                     f"{r['load1']:.2f} |")
+        shuffled = r["lookups"].get("bit set, shuffled order")
+        lines.append(f"| {name} | {r['pairs']:,} | {cell(r['lookups']['bit set'])} | "
+                     f"{cell(shuffled) if shuffled else '-'} | {cell(r['lookups']['binary search'])} | "
+                     f"{r['speedup']:.1f}x / {r.get('user_order_speedup', float('nan')):.1f}x | "
+                     f"{r['bitset_bytes'] / 2**20:.1f} MiB | {r['load1']:.2f} |")
     lines += ["", "One epoch of (user, positive, negative) batches of 2048 (shuffle, negatives drawn and "
               "redrawn while they are training pairs, batches sliced), the two membership lookups "
-              "alternated round by round in one process, medians after a warm-up round. Both draw the "
-              "same batches (tests/test_sampler.py)."]
+              "alternated round by round in one process, medians after a warm-up round. All draw the "
+              "same batches (tests/test_sampler.py, tests/test_sampler_order.py)."]
     return "\n".join(lines) + "\n"
 
 
@@ -82,7 +92,8 @@ def main() -> None:
     for name in args.datasets.split(","):
         res["datasets"][name] = r = measure(name, args.rounds)
         res.update(machine=machine(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-        print(f"{name}: bit set {1000 * r['lookups']['bit set']['median_s']:.1f} ms, binary search "
+        print(f"{name}: bit set {1000 * r['lookups']['bit set']['median_s']:.1f} ms, in shuffled order "
+              f"{1000 * r['lookups']['bit set, shuffled order']['median_s']:.1f} ms, binary search "
               f"{1000 * r['lookups']['binary search']['median_s']:.1f} ms per epoch", flush=True)
         write("sampler", res, markdown(res))
 

@@ -90,10 +90,21 @@ class BPRSampler:
         pos = np.minimum(pos, len(self._keys) - 1)
         return self._keys[pos] == keys
 
-    def sample_negatives(self, users: np.ndarray) -> np.ndarray:
-        """One uniform negative per user entry, never a training positive of that user."""
+    def sample_negatives(self, users: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+        """One uniform negative per user entry, never a training positive of that user.
+
+        ``order``, when given, says that ``users`` is ``self.users[order]`` (an epoch's shuffle):
+        the first draws are then looked up in the training pairs' own (user-sorted) order, each
+        user's bits read together, instead of at random over the whole bit set (on tiktok, 7.4 MiB:
+        a cache miss per draw). The same draws, the same answers."""
         negatives = self.pool[self.rng.integers(0, len(self.pool), size=len(users))]
-        todo = np.flatnonzero(self.is_positive(users, negatives))
+        if order is None:
+            positive = self.is_positive(users, negatives)
+        else:
+            by_user = np.empty_like(negatives)
+            by_user[order] = negatives
+            positive = self.is_positive(self.users, by_user)[order]
+        todo = np.flatnonzero(positive)
         while len(todo):
             negatives[todo] = self.pool[self.rng.integers(0, len(self.pool), size=len(todo))]
             todo = todo[self.is_positive(users[todo], negatives[todo])]
@@ -103,7 +114,7 @@ class BPRSampler:
         """Yield one epoch of ``(u, i, j)`` LongTensor batches."""
         order = self.rng.permutation(len(self.users))
         users, items = self.users[order], self.items[order]
-        negatives = self.sample_negatives(users)
+        negatives = self.sample_negatives(users, order)
         u, i, j = (torch.from_numpy(a) for a in (users, items, negatives))
         for start in range(0, len(users), self.batch_size):
             stop = start + self.batch_size
