@@ -197,8 +197,9 @@ def test_cosine_equals_cosine_similarity_bit_for_bit():
 
 def _previous_batch_loss(net, batch):
     """BM3's batch loss as the unfused nodes compute it (the propagation node, then
-    ``_EncoderHead``; the predictor's rows sliced; a boolean dropout mask): the reference the fused
-    path must equal bit for bit."""
+    ``_EncoderHead``; the predictor's rows sliced; a boolean dropout mask; a cosine node per pair
+    and autograd's mean, 1 - and weight): the reference the fused path must equal bit for bit."""
+    from prismrec.losses import cosine, unit_rows
     from prismrec.models.bm3 import _EncoderHead, unique
     from prismrec.nn import lightgcn
 
@@ -213,12 +214,20 @@ def _previous_batch_loss(net, batch):
     index = torch.cat([users, items + net.n_users])
     _, rows, norm_u, norm_i = _EncoderHead.apply(y, net.item_emb, index, net.n_users)
     g = net.predictor(rows)
-    online = g[: len(users)].index_select(0, u_at), g[len(users):].index_select(0, i_at)
-    original, net.target = net.target, target
-    try:
-        return net._terms((norm_u, norm_i), rows, (users, u_at, items, i_at), online)
-    finally:
-        net.target = original
+    online_u, online_i = g[: len(users)].index_select(0, u_at), g[len(users):].index_select(0, i_at)
+    # the terms with the loss module's cosine node, one per pair, and autograd's mean, 1 - and weight
+    target_u = unit_rows(target(rows[: len(users)])).index_select(0, u_at)
+    target_i = unit_rows(target(rows[len(users):])).index_select(0, i_at)
+    cfg = net.config
+    terms = {"rec": (1 - cosine(online_u, target_i).mean()) + (1 - cosine(online_i, target_u).mean()),
+             "reg": cfg.reg_weight * (norm_u + norm_i) / net.n_items}
+    for m, projector in net.projectors.items():
+        h_m = projector.linear(projector.features.index_select(0, items))
+        target_m = unit_rows(target(h_m)).index_select(0, i_at)
+        online_m = net.predictor(h_m).index_select(0, i_at)
+        terms[f"align_{m}"] = cfg.cl_weight * (1 - cosine(online_m, target_i).mean())
+        terms[f"mask_{m}"] = cfg.cl_weight * (1 - cosine(online_m, target_m).mean())
+    return terms
 
 
 def _terms_and_grads(net, compute, seed=5):
@@ -233,8 +242,8 @@ def _terms_and_grads(net, compute, seed=5):
 @pytest.mark.parametrize("n_layers, dropout, modalities",
                          [(1, 0.5, ["text", "image"]), (1, 0.3, ["image"]), (1, 0.0, []), (2, 0.5, ["text"])])
 def test_batch_loss_is_bit_identical_to_the_unfused_nodes(tiny, n_layers, dropout, modalities):
-    """The one-layer encoder node (halved buffer), the split predictor rows and the in-place
-    float dropout mask change no bit of any term or gradient."""
+    """The one-layer encoder node (halved buffer), the split predictor rows, the in-place float
+    dropout mask and the cosine-terms nodes change no bit of any term or gradient."""
     net = build(tiny, n_layers=n_layers, dropout=dropout, modalities=modalities)
     with torch.no_grad():  # embeddings of trained magnitude, not only the init's
         for p in net.parameters():
@@ -271,3 +280,27 @@ def test_halved_encoder_equals_propagation_then_head_bit_for_bit(tiny):
             grads = [torch.autograd.grad([out[k] for k in used], [e_u, e_i], [upstream[k] for k in used])
                      for out in (fused, plain)]
             assert all(torch.equal(a, b) for a, b in zip(*grads)), (scale, used)
+
+
+def test_cosine_terms_equal_the_cosine_nodes_bit_for_bit():
+    """Each term and ``x``'s gradient, for any weight and incoming gradients (missing ones too),
+    as ``weight * (1 - losses.cosine(x, t).mean())`` per target; zero and sub-eps rows included."""
+    from prismrec.losses import cosine, unit_rows
+    from prismrec.models.bm3 import cosine_terms
+
+    gen = torch.Generator().manual_seed(2)
+    for scale, weight in ((1e-3, None), (1.0, 2.0), (1e3, 0.7)):
+        x = torch.randn(200, 16, generator=gen) * scale
+        x[3] = x[1]
+        x[5] = 0.0
+        x[7] = 1e-12
+        x.requires_grad_(True)
+        targets = [unit_rows(torch.randn(200, 16, generator=gen)) for _ in range(3)]
+        upstream = [torch.randn((), generator=gen) for _ in targets]
+        for used in ((0, 1, 2), (0, 2), (1,)):
+            got = cosine_terms(x, targets, weight)
+            want = [(1 - cosine(x, t).mean()) if weight is None else weight * (1 - cosine(x, t).mean()) for t in targets]
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+            grads = [torch.autograd.grad([terms[k] for k in used], x, [upstream[k] for k in used])[0]
+                     for terms in (got, want)]
+            assert torch.equal(*grads), (scale, used)

@@ -51,7 +51,7 @@ from torch import nn
 
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.graph.sparse import spmm
-from prismrec.losses import cosine, unit_rows
+from prismrec.losses import COSINE_EPS, unit_rows
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.encoders import Projector
@@ -187,8 +187,9 @@ class BM3(Recommender):
         target_u = unit_rows(self.target(rows[: len(users)])).index_select(0, u_at)  # ĥ_U[u], unit
         target_i = unit_rows(self.target(rows[len(users) :])).index_select(0, i_at)  # ĥ_I[i], unit
         online_u, online_i = online
+        (rec_u,), (rec_i,) = cosine_terms(online_u, [target_i]), cosine_terms(online_i, [target_u])
         terms = {
-            "rec": (1 - cosine(online_u, target_i).mean()) + (1 - cosine(online_i, target_u).mean()),
+            "rec": rec_u + rec_i,  # (1 − mean cos(g(h_U)[u], ĥ_I[i])) + (1 − mean cos(g(h_I)[i], ĥ_U[u]))
             # MMRec EmbLoss over the whole encoder output, divided by the last table's rows (n_I).
             "reg": cfg.reg_weight * (norms[0] + norms[1]) / self.n_items,
         }
@@ -196,8 +197,8 @@ class BM3(Recommender):
             h_m = projector.linear(projector.features.index_select(0, items))  # h_m of the distinct items
             target_m = unit_rows(self.target(h_m)).index_select(0, i_at)  # ĥ_m[i], unit
             online_m = self.predictor(h_m).index_select(0, i_at)  # g(h_m)[i]
-            terms[f"align_{m}"] = cfg.cl_weight * (1 - cosine(online_m, target_i).mean())
-            terms[f"mask_{m}"] = cfg.cl_weight * (1 - cosine(online_m, target_m).mean())
+            # λ_cl (1 − mean cos(g(h_m)[i], ĥ_I[i])) and λ_cl (1 − mean cos(g(h_m)[i], ĥ_m[i]))
+            terms[f"align_{m}"], terms[f"mask_{m}"] = cosine_terms(online_m, [target_i, target_m], cfg.cl_weight)
         return terms
 
     def target(self, rows: torch.Tensor) -> torch.Tensor:
@@ -212,6 +213,60 @@ class BM3(Recommender):
         # mask, without its conversion and the two fresh outputs
         keep = torch.rand(rows.shape, device=rows.device).ge_(p)
         return keep.mul_(rows).div_(1.0 - p)
+
+
+def cosine_terms(x: torch.Tensor, targets: list[torch.Tensor], weight: float | None = None) -> tuple[torch.Tensor, ...]:
+    """``weight · (1 − mean_b cos(x_b, t_b))`` for each detached target ``t`` in ``targets``, given
+    as unit rows (``losses.unit_rows``); no weight when ``weight`` is ``None``.
+
+    The same values and gradient of ``x`` bit for bit as ``weight * (1 - losses.cosine(x, t).mean())``
+    per target (tests/test_bm3.py), as one autograd node (:class:`_CosineTerms`): ``x``'s norm
+    and unit rows are computed once for all its targets (BM3's modality views meet two), and the
+    mean, the ``1 −`` and the weight are not nodes of their own."""
+    return _CosineTerms.apply(x, weight, *targets)
+
+
+class _CosineTerms(torch.autograd.Function):
+    """The terms of :func:`cosine_terms`. Backward: per target, autograd's chain for the weight,
+    the ``1 −`` and the mean (``−g·w``, spread as ``/B`` over the rows), then ``losses.cosine``'s
+    own backward with the factor ``a / max(‖x‖, ε)`` shared; the targets' gradients of ``x`` are
+    summed last target first, as autograd sums the separate nodes' (it runs the last-built first)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, *targets):  # noqa: D401
+        norm = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True)
+        clamped = norm.clamp_min(COSINE_EPS)
+        a = x / clamped
+        terms = []
+        for t in targets:
+            term = 1 - (a * t).sum(dim=-1).mean()
+            terms.append(term if weight is None else weight * term)
+        ctx.save_for_backward(x, norm, clamped, a, *targets)
+        ctx.weight = weight
+        ctx.set_materialize_grads(False)
+        return tuple(terms)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, norm, clamped, a, *targets = ctx.saved_tensors
+        rows = x.shape[0]
+        a_over_norm = a / clamped
+        small = bool((norm < COSINE_EPS).any())
+        grad_x = None
+        for g, t in reversed(list(zip(grads, targets))):  # autograd runs the last-built term's nodes first
+            if g is None:
+                continue
+            if ctx.weight is not None:
+                g = g * ctx.weight  # the weight's backward
+            grad_cos = (-g).expand(rows) / rows  # the 1 −'s, then the mean's
+            grad_a = grad_cos.unsqueeze(-1) * t
+            grad_norm = -(grad_a * a_over_norm).sum(dim=-1, keepdim=True)
+            via_norm = ((x / norm) if small else a) * grad_norm
+            if small:
+                via_norm.masked_fill_(norm == 0, 0)
+            g_x = grad_a.div_(clamped).add_(via_norm)
+            grad_x = g_x if grad_x is None else grad_x.add_(g_x)
+        return (grad_x, None, *([None] * len(targets)))
 
 
 def unique(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
