@@ -134,7 +134,8 @@ def evaluate_ranking(
             raise ValueError(f"exclude shape {exclude.shape} != truth shape {truth.shape}")
     n_truth_all = np.diff(truth.indptr)
     users = np.flatnonzero(n_truth_all > 0)
-    values: dict[str, list[torch.Tensor]] = {}
+    names: list[str] = []
+    blocks: list[torch.Tensor] = []  # per user batch: metrics x users, kept on the scores' device
     for start in range(0, len(users), batch_size):
         rows = users[start : start + batch_size]
         scores = score_fn(torch.from_numpy(rows).to(device))
@@ -144,10 +145,12 @@ def evaluate_ranking(
             )
         hits = batch_hits(scores, truth, exclude, rows, ks[-1])
         n_truth = torch.from_numpy(n_truth_all[rows]).to(hits.device)
-        for name, v in metrics_from_hits(hits, n_truth, ks).items():
-            values.setdefault(name, []).append(v.cpu())
+        values = metrics_from_hits(hits, n_truth, ks)
+        names = list(values)
+        blocks.append(torch.stack(list(values.values())))
     result: dict = {"users": int(len(users))}
-    per = {name: torch.cat(v).numpy() for name, v in values.items()}
+    # one copy to the host for the whole evaluation (on a GPU each copy waits for the device)
+    per = dict(zip(names, torch.cat(blocks, dim=1).cpu().numpy())) if blocks else {}
     for k in ks:
         for metric in METRIC_NAMES:
             name = f"{metric}@{k}"

@@ -3,7 +3,7 @@
 from prismrec.graph.bipartite import bipartite_adjacency, user_item_block
 from prismrec.graph.cooccurrence import cooccurrence_graph
 from prismrec.graph.enhanced import pretrained_links, shared_neighbor_links
-from prismrec.graph.knn import intersection_links, knn_graph, knn_neighbors, symmetrize
+from prismrec.graph.knn import intersection_links, knn_columns, knn_graph, knn_neighbors, symmetrize
 from prismrec.graph.ops import degree_sensitive_edge_sample, mix, modality_weights, sym_normalize
 from prismrec.graph.sparse import SparseOperator, to_torch_csr
 
@@ -13,6 +13,7 @@ __all__ = [
     "cooccurrence_graph",
     "degree_sensitive_edge_sample",
     "intersection_links",
+    "knn_columns",
     "knn_graph",
     "knn_neighbors",
     "mix",

@@ -152,10 +152,43 @@ def knn_graph(
         Kept entries whose value is 0 (orthogonal neighbours) stay stored as explicit zeros so
         the neighbour sets remain readable (:func:`knn_neighbors`, :func:`intersection_links`).
     """
-    if self_loops not in _SELF_LOOP_MODES:
-        raise ValueError(f"self_loops must be one of {_SELF_LOOP_MODES}, got {self_loops!r}")
     if weight not in _WEIGHT_MODES:
         raise ValueError(f"weight must be one of {_WEIGHT_MODES}, got {weight!r}")
+    x, k, block_size = _checked(features, k, block_size, self_loops)
+    n = int(x.shape[0])
+    if cache is None:
+        cache = x.device.type == "cpu" and n * n * int(x.shape[1]) >= CACHE_MIN_WORK
+    if cache:  # the costly part (products and top-k) is cached; weights and normalisation are cheap
+        raw = cached_graph("knn-topk/1", [x], {"k": k, "self_loops": self_loops},
+                           lambda: _topk_cosine(x, k, block_size, self_loops))
+    else:
+        raw = _topk_cosine(x, k, block_size, self_loops)
+    if weight == "binary":
+        raw.data.fill(1.0)
+    if not normalize:
+        return raw
+    return _normalize_keep_pattern(raw)
+
+
+def knn_columns(
+    features: np.ndarray | torch.Tensor,
+    k: int = 10,
+    *,
+    block_size: int | None = None,
+    self_loops: str = "force",
+) -> torch.Tensor:
+    """The neighbour columns of :func:`knn_graph` (``n x k`` int64, ascending per row) on the
+    features' device, never leaving it: for graphs rebuilt during training on a GPU (LATTICE's
+    learned graph), where the SciPy matrix would cost two host round trips per rebuild.
+    Arguments as :func:`knn_graph`'s."""
+    x, k, block_size = _checked(features, k, block_size, self_loops)
+    return torch.cat([idx for _, _, idx, _ in _topk_blocks(x, k, block_size, self_loops)])
+
+
+def _checked(features, k, block_size, self_loops) -> tuple[torch.Tensor, int, int]:
+    """Validated ``(features as a tensor, k, block_size)`` of the builders above."""
+    if self_loops not in _SELF_LOOP_MODES:
+        raise ValueError(f"self_loops must be one of {_SELF_LOOP_MODES}, got {self_loops!r}")
     x = _as_feature_tensor(features)
     n = int(x.shape[0])
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -175,29 +208,15 @@ def knn_graph(
         or block_size < 1
     ):
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    block_size = int(min(block_size, n))
-    if cache is None:
-        cache = x.device.type == "cpu" and n * n * int(x.shape[1]) >= CACHE_MIN_WORK
-    if cache:  # the costly part (products and top-k) is cached; weights and normalisation are cheap
-        raw = cached_graph("knn-topk/1", [x], {"k": k, "self_loops": self_loops},
-                           lambda: _topk_cosine(x, k, block_size, self_loops))
-    else:
-        raw = _topk_cosine(x, k, block_size, self_loops)
-    if weight == "binary":
-        raw.data.fill(1.0)
-    if not normalize:
-        return raw
-    return _normalize_keep_pattern(raw)
+    return x, k, int(min(block_size, n))
 
 
-def _topk_cosine(x: torch.Tensor, k: int, block_size: int, self_loops: str) -> sp.csr_matrix:
-    """The directed top-``k`` graph with cosine weights (self: 1), unnormalised: every row
-    block's similarities, its top-``k`` and their weights. Costs ``n·n·d`` multiply-adds."""
+def _topk_blocks(x: torch.Tensor, k: int, block_size: int, self_loops: str):
+    """Per row block ``[start, stop)``: ``(start, stop, columns, cosine weights)`` of its rows'
+    top-``k``, on ``x``'s device (self's weight 1)."""
     n = int(x.shape[0])
     xn = _row_normalize(x)
     diag_value = float("inf") if self_loops == "force" else float("-inf")
-    cols = np.empty((n, k), dtype=np.int32 if n < 2**31 else np.int64)
-    vals = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
         sim = xn[start:stop] @ xn.T  # (block x n) float32, the only large temporary
@@ -205,12 +224,21 @@ def _topk_cosine(x: torch.Tensor, k: int, block_size: int, self_loops: str) -> s
         sim[local, local + start] = diag_value
         idx = _topk_lowest_index(sim, k)
         w = sim.gather(1, idx)
+        del sim
         # The forced self entry holds +inf; its weight is cos(x_i, x_i) := 1 (2.2), also for
         # zero rows. Rounding can push |cos| a hair past 1, so clamp to the true range.
-        w = torch.where(torch.isinf(w), torch.ones_like(w), w).clamp_(-1.0, 1.0)
+        yield start, stop, idx, torch.where(torch.isinf(w), torch.ones_like(w), w).clamp_(-1.0, 1.0)
+
+
+def _topk_cosine(x: torch.Tensor, k: int, block_size: int, self_loops: str) -> sp.csr_matrix:
+    """The directed top-``k`` graph with cosine weights (self: 1), unnormalised: every row
+    block's similarities, its top-``k`` and their weights. Costs ``n·n·d`` multiply-adds."""
+    n = int(x.shape[0])
+    cols = np.empty((n, k), dtype=np.int32 if n < 2**31 else np.int64)
+    vals = np.empty((n, k), dtype=np.float32)
+    for start, stop, idx, w in _topk_blocks(x, k, block_size, self_loops):
         vals[start:stop] = w.cpu().numpy()
         cols[start:stop] = idx.cpu().numpy()
-        del sim
     indptr = np.arange(0, n * k + 1, k, dtype=np.int64 if n * k >= 2**31 else np.int32)
     raw = sp.csr_matrix((vals.ravel(), cols.ravel(), indptr), shape=(n, n))
     raw.has_sorted_indices = True

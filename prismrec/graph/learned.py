@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import torch
 
-from prismrec.graph.knn import knn_graph
+from prismrec.graph.knn import knn_columns
 from prismrec.graph.sparse import spmm
 
 #: Edges processed at once by the sampled dot products (``chunk × d`` floats per gather).
@@ -35,13 +34,9 @@ def knn_edges(features: torch.Tensor, k: int, block_size: int | None = None) -> 
     edges, row-major, columns ascending within a row, as int64 tensors on ``features``' device.
     No gradient flows through the choice of neighbours.
     """
-    graph = knn_graph(features.detach(), k, block_size=block_size, weight="binary", normalize=False,
-                      cache=False)  # learned features change every step
-    device = features.device
-    n = graph.shape[0]
-    rows = torch.arange(n, device=device).repeat_interleave(k)
-    cols = torch.from_numpy(graph.indices.astype(np.int64)).to(device)
-    return rows, cols
+    cols = knn_columns(features.detach(), k, block_size=block_size)  # on the features' device
+    rows = torch.arange(cols.shape[0], device=cols.device).repeat_interleave(k)
+    return rows, cols.reshape(-1)
 
 
 def _sampled_dot(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
