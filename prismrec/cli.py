@@ -158,11 +158,11 @@ def _output_folder(path: Path | None, option: str, what: str) -> None:
 
 
 def _check_device_override(overrides: dict) -> None:
-    """A ``--set device=...`` that is malformed or absent on this machine, refused before training."""
-    if "device" in overrides:
-        from prismrec.train.config import TrainConfig
+    """A ``--set device=...`` (or ``pretrain_settings={device: ...}``) that is malformed or absent
+    on this machine, refused before training."""
+    from prismrec.train.config import check_override_devices
 
-        TrainConfig(device=str(overrides["device"])).check_device()
+    check_override_devices(overrides)
 
 
 def _metrics_table(title: str, rows: dict[str, dict], std: dict[str, dict] | None = None,
@@ -230,7 +230,9 @@ def train(
     overrides = load_yaml_overrides(config) if config else {}
     overrides.update(parse_assignments(set_))
     cfg = resolve_config(model, dataset, overrides)
-    cfg.train.check_device()
+    from prismrec.train.config import check_run_devices
+
+    check_run_devices(cfg)  # the training device and an earlier stage's
     _output_folder(out, "--out", "run directory")
     data = load_dataset(dataset, data_dir)
     out = out or Path("runs") / f"{cfg.model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -499,7 +501,9 @@ def tune(
 
     final_seeds = resolve_seeds(seeds, n_seeds, default_n=3)
     overrides = parse_assignments(set_)
-    resolve_config(model, dataset, overrides).train.check_device()
+    from prismrec.train.config import check_run_devices
+
+    check_run_devices(resolve_config(model, dataset, overrides))
     _output_folder(out, "--out", "study")
     load_dataset(dataset, data_dir)  # a missing or broken dataset, before the study starts
     summary = run_tune(

@@ -131,17 +131,43 @@ def check_train_config(cfg: TrainConfig) -> None:
              f"the device must be one of {', '.join(DEVICE_TYPES)}, optionally with an index (cuda:1)")
 
 
-def check_device_available(device: str) -> None:
-    """Raise :class:`ConfigError` when ``device`` (already well-formed) is absent on this machine."""
+def check_device_available(device: str, setting: str = "device", fix: str = "run with --set device=cpu") -> None:
+    """Raise :class:`ConfigError` when ``device`` (already well-formed) is absent on this machine;
+    the message names the ``setting`` that asked for it and ends with ``fix``."""
     kind, _, index = str(device).partition(":")
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ConfigError(f"device={device!r} but this machine has no CUDA GPU that torch can use; "
-                              "run with --set device=cpu")
+            raise ConfigError(f"{setting}={device!r} but this machine has no CUDA GPU that torch can use; {fix}")
         if index and int(index) >= count:
-            raise ConfigError(f"device={device!r} but this machine has {count} CUDA GPU(s) "
+            raise ConfigError(f"{setting}={device!r} but this machine has {count} CUDA GPU(s) "
                               f"(cuda:0..cuda:{count - 1}); pick one of those")
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={device!r} but Apple's MPS backend is not available here; "
-                          "run with --set device=cpu")
+        raise ConfigError(f"{setting}={device!r} but Apple's MPS backend is not available here; {fix}")
+
+
+STAGE_DEVICE_FIX = "set device: cpu in pretrain_settings (or leave device out of it)"
+
+
+def check_stage_device(settings) -> None:
+    """Raise :class:`ConfigError` when an earlier stage's settings (``pretrain_settings``, e.g.
+    ``{device: cuda}``) ask for a device this machine lacks: said before any training starts,
+    not as a traceback from inside the stage."""
+    if isinstance(settings, dict) and "device" in settings:
+        check_device_available(str(settings["device"]), "pretrain_settings device", STAGE_DEVICE_FIX)
+
+
+def check_run_devices(config) -> None:
+    """Raise :class:`ConfigError` unless every device a run of ``config`` (an experiment config:
+    ``train`` and the model's ``params``) would use exists here: the training device and, for a
+    model with an earlier stage, that stage's (``pretrain_settings``)."""
+    config.train.check_device()
+    check_stage_device(getattr(config.params, "pretrain_settings", None))
+
+
+def check_override_devices(overrides: dict) -> None:
+    """:func:`check_run_devices` for ``--set`` overrides before they are resolved per model
+    (``device``, ``pretrain_settings``)."""
+    if "device" in overrides:
+        TrainConfig(device=str(overrides["device"])).check_device()  # well-formed, then present
+    check_stage_device(overrides.get("pretrain_settings"))
