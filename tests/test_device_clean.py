@@ -120,7 +120,7 @@ def _steps(net, dataset, batches, device, dev: StandInDevice | None = None):
             sum(terms.values()).backward()
             if index == 0:
                 first = {k: float(to_host(v.detach())) for k, v in terms.items()}
-                grads = {n: to_host(p.grad).clone() for n, p in net.named_parameters() if p.grad is not None}
+                grads = {n: to_host(p.grad).cpu().clone() for n, p in net.named_parameters() if p.grad is not None}
             optimizer.step()
     return metrics, first, grads
 
@@ -307,3 +307,21 @@ def test_standin_complex_views_and_spectral_gradients_equal_the_cpu():
         filtered(got_x, got_k).square().sum().backward()
     torch.testing.assert_close(to_host(got_x.grad), want_x.grad)
     torch.testing.assert_close(to_host(got_k.grad), want_k.grad)
+
+
+# --- on a real GPU, where there is one (never required) --------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine (the stand-in tests above cover device=cuda)")
+@pytest.mark.parametrize("name, settings", [pytest.param(*c, id=_case_id(c)) for c in CASES])
+def test_real_gpu_training_step_and_validation(small, name, settings):
+    """The model smoke test on the GPU itself: the same validation, terms and gradients as the
+    CPU within float32 rounding of other kernels."""
+    cpu_metrics, cpu_terms, cpu_grads = _steps(_model(name, small, settings), small, _batches(small), "cpu")
+    net = _model(name, small, settings).to("cuda")
+    metrics, terms, grads = _steps(net, small, _batches(small), "cuda")
+    assert terms == pytest.approx(cpu_terms, rel=1e-4, abs=1e-6)
+    for n, want in cpu_grads.items():
+        scale = float(want.abs().max()) if want.is_floating_point() and want.numel() else 0.0
+        torch.testing.assert_close(grads[n].cpu(), want, rtol=1e-3, atol=1e-4 * scale + 1e-8, msg=n)
+    assert metrics["users"] == cpu_metrics["users"]
+    assert metrics["recall@10"] == pytest.approx(cpu_metrics["recall@10"], abs=0.05)
