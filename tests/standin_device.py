@@ -93,10 +93,8 @@ class StandInGenerator(torch.Generator):
 
 
 def _is_device(device) -> bool:
-    """Whether ``device`` (anything torch accepts, or None) names the stand-in."""
-    if device is None:
-        return False
-    if isinstance(device, int):
+    """Whether ``device`` (a str or torch.device; None or an index: no) names the stand-in."""
+    if device is None or isinstance(device, int):
         return False
     return torch.device(device).type in ("lazy", "cuda")
 
@@ -110,11 +108,6 @@ def _cuda_as_standin(value):
         except RuntimeError:  # a str that is no device (e.g. a memory format name)
             pass
     return value
-
-
-def on_device(t) -> bool:
-    """Whether ``t`` is a stand-in device tensor."""
-    return isinstance(t, StandInTensor)
 
 
 def _unwrap(t):
@@ -215,6 +208,13 @@ class _Dispatch(TorchDispatchMode):
             if not isinstance(source, StandInTensor) and to_device:
                 owner.record("to_device", func, source.shape, pinned=getattr(source, "standin_pinned", False),
                              non_blocking=bool(kwargs.get("non_blocking", False)))
+        elif func is aten.copy_.default and isinstance(args[0], StandInTensor) != isinstance(args[1], StandInTensor):
+            source = args[1]  # copy_ between the host and the device: a transfer, not a mismatch
+            if isinstance(args[0], StandInTensor):
+                owner.record("to_device", func, source.shape, pinned=getattr(source, "standin_pinned", False),
+                             non_blocking=bool(args[2] if len(args) > 2 else kwargs.get("non_blocking", False)))
+            else:
+                owner.record("to_host", func, source.shape)
         elif device_in and host_in:
             shapes = ", ".join(str(tuple(t.shape)) for t in host_in)
             raise DeviceMismatch(

@@ -235,11 +235,13 @@ def test_standin_records_host_round_trips_and_pinning():
             torch.ones(2).to(x.device)
             torch.ones(2).pin_memory().to("cuda", non_blocking=True)
             torch.unique(torch.tensor([1, 1, 2], device=x.device))
+            x[0].copy_(torch.ones(3))
+            torch.empty(3).copy_(x[1])
             with pytest.raises(TypeError, match="numpy"):
                 x.numpy()
     kinds = [e.kind for e in dev.of("hot")]
     assert kinds == ["read", "read", "to_host", "read", "to_device", "to_device", "to_device", "to_device",
-                     "shape"]
+                     "shape", "to_device", "to_host"]
     copies = dev.of("hot", "to_device")
     assert [(c.pinned, c.non_blocking) for c in copies[1:3]] == [(False, False), (True, True)]
 
