@@ -19,7 +19,9 @@ evaluator's batches (3 rounds, medians). Interleaving batch by batch keeps both 
 same machine load, which on a shared machine swings by 2-3x within minutes.
 
 ``epoch / floor`` then says how much of an epoch is overhead on top of those kernels (element-wise
-work, sampling, Python); 1.0 is the floor. Writes ``results/floors.{json,md}`` (or
+work, sampling, Python); 1.0 is the floor. Every span is also timed in the thread's CPU time
+(``time.thread_time``, one thread): on a busy machine preemptions stretch wall time unevenly
+between the two sides of a batch, CPU time not, so the CPU-time ratio is the steadier of the two. Writes ``results/floors.{json,md}`` (or
 ``floors_<dataset>`` for other datasets), one row per model, resumable (``--models`` to rerun some).
 Notes on the measurements (dates, loads, what changed between reruns) live in the JSON's ``notes``
 (markdown) and are printed under the table, so that a rerun keeps them.
@@ -158,32 +160,39 @@ def interleaved_epoch(model, sampler, optimizer, epoch: int) -> dict:
     model.train()
     kernels: dict[str, float] = {}
     train_s = step_s = 0.0
+    cpu = {"train": 0.0, "kernels": 0.0, "optimizer": 0.0}  # the same spans in thread CPU time
     batches = calls = 0
-    tick = time.perf_counter()
+    tick, ctick = time.perf_counter(), time.thread_time()
     for batch in sampler.epoch():
         train_s += time.perf_counter() - tick  # sampling
+        cpu["train"] += time.thread_time() - ctick
         if batches == 0:
             model.on_epoch_start(epoch)
         optimizer.zero_grad(set_to_none=True)
         with KernelRecorder() as rec:
             terms = model.batch_loss(batch)
             sum(terms.values()).backward()
+        c0 = time.thread_time()
         for k, seconds in kinds_s(rec.calls, repeats=1).items():
             kernels[k] = kernels.get(k, 0.0) + seconds
+        cpu["kernels"] += time.thread_time() - c0
         calls += len(rec.calls)
         del rec, terms
         if batches == 0:
             model.on_epoch_start(epoch)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         optimizer.zero_grad(set_to_none=True)
         sum(model.batch_loss(batch).values()).backward()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.thread_time()
         optimizer.step()
-        tick = time.perf_counter()
+        tick, ctick = time.perf_counter(), time.thread_time()
         train_s += tick - t0
         step_s += tick - t1
+        cpu["train"] += ctick - c0
+        cpu["optimizer"] += ctick - c1
         batches += 1
-    return {"train_s": train_s, "kernels_s": kernels, "optimizer_s": step_s, "batches": batches, "calls": calls}
+    return {"train_s": train_s, "kernels_s": kernels, "optimizer_s": step_s, "batches": batches, "calls": calls,
+            "cpu_s": cpu}
 
 
 def interleaved_validation(model, evaluator, data, k: int, bs: int, rounds: int = 3) -> dict:
@@ -192,26 +201,32 @@ def interleaved_validation(model, evaluator, data, k: int, bs: int, rounds: int 
     bare plus the users x items GEMM and top-k of the validation users in the evaluator's batches."""
     users = torch.from_numpy((data.valid.getnnz(axis=1) > 0).nonzero()[0])
     valid, floor, forward, rank = [], [], [], []
+    valid_cpu, floor_cpu = [], []  # the same spans in thread CPU time
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         evaluator.evaluate(model, "valid")
         valid.append(time.perf_counter() - t0)
+        valid_cpu.append(time.thread_time() - c0)
         model.eval()
         with torch.no_grad(), KernelRecorder() as rec:
             out = model()
+        c0 = time.thread_time()
         fwd = sum(kinds_s(rec.calls, repeats=1).values())
+        fwd_cpu = time.thread_time() - c0
         del rec
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         with torch.no_grad():
             for start in range(0, len(users), bs):
                 torch.topk(model.score(users[start : start + bs], out), k, dim=1)
         rank.append(time.perf_counter() - t0)
+        floor_cpu.append(fwd_cpu + time.thread_time() - c0)
         forward.append(fwd)
         floor.append(fwd + rank[-1])
         del out
     model.train()
     return {"valid_s": statistics.median(valid), "floor_valid_s": statistics.median(floor),
-            "eval_forward_kernels_s": statistics.median(forward), "rank_s": statistics.median(rank)}
+            "eval_forward_kernels_s": statistics.median(forward), "rank_s": statistics.median(rank),
+            "valid_cpu_s": statistics.median(valid_cpu), "floor_valid_cpu_s": statistics.median(floor_cpu)}
 
 
 def measure(name: str, data, epochs: int) -> dict:
@@ -243,7 +258,13 @@ def measure(name: str, data, epochs: int) -> dict:
     floor_train = sum(floor["kernels_s"].values()) + floor["optimizer_s"]
     valid_s, floor_valid = val["valid_s"], val["floor_valid_s"]
     per_batch = {k: v / floor["batches"] for k, v in floor["kernels_s"].items()}
+    mid_cpu = sorted(range(epochs), key=lambda e: runs[e]["cpu_s"]["train"])[epochs // 2]  # by CPU time
+    cpu, val_cpu = runs[mid_cpu]["cpu_s"], vals[mid_cpu]
+    floor_cpu = cpu["kernels"] + cpu["optimizer"] + val_cpu["floor_valid_cpu_s"]
     return {
+        "train_cpu_s": cpu["train"], "floor_train_cpu_s": cpu["kernels"] + cpu["optimizer"],
+        "valid_cpu_s": val_cpu["valid_cpu_s"], "floor_valid_cpu_s": val_cpu["floor_valid_cpu_s"],
+        "ratio_cpu": (cpu["train"] + val_cpu["valid_cpu_s"]) / floor_cpu,
         "train_s": train_s, "valid_s": valid_s, "epoch_s": train_s + valid_s,
         "floor_train_s": floor_train, "floor_valid_s": floor_valid, "floor_s": floor_train + floor_valid,
         "ratio": (train_s + valid_s) / (floor_train + floor_valid),
@@ -261,10 +282,11 @@ def markdown(res: dict) -> str:
     rows = sorted(res["models"].items(), key=lambda kv: -kv[1]["ratio"])
     lines = [f"# Epoch vs floor per model on {res['dataset']}", "",
              f"{res['machine']}; {res['threads']} thread(s); updated {res['date']}.", "",
-             "| model | train s | floor | ratio | valid s | floor | ratio | **epoch / floor** | "
+             "| model | train s | floor | ratio | valid s | floor | ratio | **epoch / floor** | CPU time: epoch / floor | "
              "per batch: sparse / GEMM / softmax+top-k / FFT / gather / step ms | batches | 1-min load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
+        cpu_ratio = f"{r['ratio_cpu']:.2f}" if "ratio_cpu" in r else "-"
         bk = r["batch_kernels_s"]
         ms = " / ".join(f"{1000 * x:.1f}" for x in (bk.get("sparse", 0), bk.get("gemm", 0),
                                                      bk.get("softmax", 0) + bk.get("topk", 0), bk.get("fft", 0),
@@ -272,7 +294,7 @@ def markdown(res: dict) -> str:
                                                      r["optimizer_step_s"]))
         lines.append(f"| {name} | {r['train_s']:.2f} | {r['floor_train_s']:.2f} | {r['ratio_train']:.2f} | "
                      f"{r['valid_s']:.2f} | {r['floor_valid_s']:.2f} | {r['ratio_valid']:.2f} | "
-                     f"**{r['ratio']:.2f}** | {ms} | {r['batches']} | {r['load1']:.2f} |")
+                     f"**{r['ratio']:.2f}** | {cpu_ratio} | {ms} | {r['batches']} | {r['load1']:.2f} |")
     lines += ["", "Floor = the model's own kernels replayed bare in the same process: for every training batch "
               "of an epoch (each batch also run and timed as the trainer runs it, right after), every matrix "
               "product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k, FFT and row gather/scatter of its forward and backward, plus its fused-Adam step; per validation "
@@ -280,7 +302,9 @@ def markdown(res: dict) -> str:
               "interleaved epochs after a warm-up epoch, default settings (EGRA's pretrained vectors faked at "
               "their size) plus what the quality benchmarks give (the modality pair, lfm2k: text + audio; "
               "FREEDOM's and DRAGON's mm_weights 0.5/0.5; SMORE's and MMGCN's modality_roles and LGMRec's "
-              "hcl_order with the first modality in the image part). Sorted by epoch / floor, furthest first."]
+              "hcl_order with the first modality in the image part). Sorted by epoch / floor, furthest first. "
+              "CPU time: the same ratio in the thread's CPU time (one thread), which preemptions by other "
+              "processes on a busy machine do not inflate; '-' for rows measured before it was recorded."]
     odd = [n for n, r in rows if r.get("floor_method") != "interleaved per batch"]
     if odd:
         lines.append(f"Rows of {', '.join(odd)}: measured by an earlier version of this script (floor "
@@ -315,7 +339,8 @@ def main() -> None:
         res.update(machine=machine(), dataset=args.dataset, threads=args.threads,
                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         print(f"{model}: epoch {r['epoch_s']:.2f} s, floor {r['floor_s']:.2f} s, ratio {r['ratio']:.2f} "
-              f"(train {r['ratio_train']:.2f}, valid {r['ratio_valid']:.2f}), load {r['load1']:.2f}", flush=True)
+              f"(train {r['ratio_train']:.2f}, valid {r['ratio_valid']:.2f}; CPU time {r['ratio_cpu']:.2f}), "
+              f"load {r['load1']:.2f}", flush=True)
         write(name, res, markdown(res))
 
 
