@@ -251,7 +251,9 @@ class _CosineTerms(torch.autograd.Function):
         x, norm, clamped, a, *targets = ctx.saved_tensors
         rows = x.shape[0]
         a_over_norm = a / clamped
-        small = bool((norm < COSINE_EPS).any())
+        # Rows with a norm under ε take the x / ‖x‖ form (0 where ‖x‖ = 0); elsewhere it equals `a`.
+        # On a GPU that form is always taken, so no value is read on the host.
+        small = x.device.type != "cpu" or bool((norm < COSINE_EPS).any())
         grad_x = None
         for g, t in reversed(list(zip(grads, targets))):  # autograd runs the last-built term's nodes first
             if g is None:

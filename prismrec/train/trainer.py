@@ -263,7 +263,7 @@ run is still stopped naming its first bad batch, at most this many batches later
 
 def _guard_interval(device: torch.device) -> int:
     """Batches whose loss terms are copied to the host at once: 1 on CPU (where the copy is free)."""
-    return GUARD_EVERY_ON_GPU if device.type == "cuda" else 1
+    return GUARD_EVERY_ON_GPU if device.type != "cpu" else 1
 
 
 def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
@@ -279,7 +279,7 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
     """
     guard = guard or _DivergenceGuard()
     device = torch.device(device)
-    on_gpu = device.type == "cuda"
+    accelerated = device.type != "cpu"  # a GPU of any kind (CUDA, MPS, ...)
     check_every = _guard_interval(device)
     sums: dict[str, float] = {}
     pending: list[tuple[tuple[str, ...], torch.Tensor, int]] = []  # logged terms not yet on the host
@@ -301,19 +301,16 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
     timing = {"sample_s": 0.0, "forward_s": 0.0, "backward_s": 0.0, "optim_s": 0.0}
     n_batches = 0
     t_epoch = tick = time.perf_counter()
-    for batch in sampler.epoch():
+    # On a GPU the sampler copies the epoch's triples there once, asynchronously.
+    for batch in (sampler.epoch(device) if accelerated else sampler.epoch()):
         if dist_env.active:
             batch, weight = distributed.shard(batch, dist_env)
-        if on_gpu:  # page-locked staging: the copy is asynchronous and overlaps the previous step
-            batch = tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
-        elif device.type != "cpu":
-            batch = tuple(t.to(device) for t in batch)
         now = time.perf_counter()
         timing["sample_s"] += now - tick
         # A model's batch_loss gives loss(batch, forward())'s terms and gradients with less work on
         # a CPU (row-restricted products, sliced on the host); on a GPU the full products are cheap
         # and host slicing would stall every batch, so the default path is taken there.
-        terms = model.loss(batch, model()) if on_gpu else model.batch_loss(batch)
+        terms = model.loss(batch, model()) if accelerated else model.batch_loss(batch)
         if dist_env.active:  # this rank's share of the global batch's mean
             terms = {k: v * weight for k, v in terms.items()}
         # The terms stacked once: the total to differentiate and the values to log. Each term's
