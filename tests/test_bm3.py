@@ -2,7 +2,6 @@
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
@@ -11,8 +10,8 @@ from prismrec.data.synthetic import write_planted_dataset
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 from prismrec.models import get_model
-from prismrec.train import seed_everything
 from tests.reference.bm3_ref import bm3_reference
+from tests.builders import build_model, uneven_degrees
 
 
 @pytest.fixture(scope="module")
@@ -23,23 +22,9 @@ def tiny(tmp_path_factory):
     return uneven_degrees(data)
 
 
-def uneven_degrees(data):
-    """The planted users all have the same training degree; drop ``u mod 3`` of user ``u``'s
-    training items so that degree normalisations are visible in the outputs."""
-    train = data.train.tolil()
-    for u in range(data.n_users):
-        for i in train.rows[u][: u % 3]:
-            train[u, i] = 0
-    train = train.tocsr()
-    train.eliminate_zeros()
-    assert len(set(np.diff(train.indptr).tolist())) == 3
-    return dataclasses.replace(data, train=train)
-
 
 def build(dataset, seed=0, **overrides):
-    cfg = resolve_config("bm3", dataset.name, overrides)
-    seed_everything(seed)
-    return get_model("bm3")(dataset, cfg.params)
+    return build_model("bm3", dataset, seed, **overrides)
 
 
 def reference_params(net) -> dict:

@@ -13,8 +13,8 @@ from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 from prismrec.graph.consistent import consistent_knn_graphs, mean_cosine
 from prismrec.models import get_model
-from prismrec.train import seed_everything
 from tests.reference.damrs_ref import damrs_reference, modality_graphs
+from tests.builders import build_model
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +34,7 @@ def tiny(tmp_path_factory):
 
 
 def build(dataset, seed=0, **overrides):
-    cfg = resolve_config("damrs", dataset.name, overrides)
-    seed_everything(seed)
-    return get_model("damrs")(dataset, cfg.params)
+    return build_model("damrs", dataset, seed, **overrides)
 
 
 BATCH = (

@@ -10,17 +10,14 @@ import torch
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 from prismrec.graph.neighbour_sampling import softmax_neighbour_graph
-from prismrec.models import get_model
-from prismrec.train import seed_everything
 from tests.reference.dragon_ref import dragon_forward, dragon_loss
+from tests.builders import build_model
 
 BATCH = (torch.tensor([0, 1, 5, 7, 7]), torch.tensor([3, 4, 5, 9, 11]), torch.tensor([6, 7, 8, 100, 150]))
 
 
 def build(dataset, seed=0, **overrides):
-    cfg = resolve_config("dragon", dataset.name, overrides)
-    seed_everything(seed)
-    return get_model("dragon")(dataset, cfg.params)
+    return build_model("dragon", dataset, seed, **overrides)
 
 
 def leaf(t):

@@ -7,15 +7,12 @@ from prismrec.data import load_dataset
 from prismrec.data.synthetic import write_planted_dataset
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
-from prismrec.models import get_model
-from prismrec.train import seed_everything
 from tests.reference.mmgcn_ref import mmgcn_forward, mmgcn_loss
+from tests.builders import build_model
 
 
 def build(dataset, seed=0, **overrides):
-    cfg = resolve_config("mmgcn", dataset.name, overrides)
-    seed_everything(seed)
-    return get_model("mmgcn")(dataset, cfg.params)
+    return build_model("mmgcn", dataset, seed, **overrides)
 
 
 BATCH = (torch.tensor([0, 1, 5, 7, 7]), torch.tensor([3, 4, 5, 9, 11]), torch.tensor([6, 7, 8, 100, 150]))

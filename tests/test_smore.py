@@ -8,18 +8,15 @@ import torch
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 from prismrec.graph.union import max_union
-from prismrec.models import get_model
 from prismrec.nn.spectral import SpectralFilter
-from prismrec.train import seed_everything
 from tests.reference.smore_ref import smore_forward, smore_loss
+from tests.builders import build_model
 
 BATCH = (torch.tensor([0, 1, 5, 7, 7]), torch.tensor([3, 4, 5, 9, 11]), torch.tensor([6, 7, 8, 100, 150]))
 
 
 def build(dataset, seed=0, **overrides):
-    cfg = resolve_config("smore", dataset.name, overrides)
-    seed_everything(seed)
-    return get_model("smore")(dataset, cfg.params)
+    return build_model("smore", dataset, seed, **overrides)
 
 
 def leaf(t):
