@@ -206,10 +206,11 @@ class _GemmLogSumExp(torch.autograd.Function):
         # |s_bb'| <= ‖a_b‖·max‖c‖ (Cauchy-Schwarz). While that bound is <= _UNSHIFTED_BOUND (e.g.
         # InfoNCE on unit rows: 1/τ), exp(s) can neither overflow nor underflow in float32 and
         # needs no shift: no pass for the row maxima, none for the subtraction. Otherwise the
-        # usual shift by the exact row maxima.
-        bound = torch.linalg.vector_norm(a, dim=1).amax() * torch.linalg.vector_norm(c, dim=1).amax()
+        # usual shift by the exact row maxima. On a GPU the bound is not read (a host sync per
+        # call): the shift is always taken there.
         s = a @ c.T
-        if c.shape[0] and float(bound) <= _UNSHIFTED_BOUND:
+        if c.shape[0] and a.device.type == "cpu" and float(
+                torch.linalg.vector_norm(a, dim=1).amax() * torch.linalg.vector_norm(c, dim=1).amax()) <= _UNSHIFTED_BOUND:
             shift = s.new_zeros((s.shape[0], 1))
         else:
             shift = s.amax(dim=1, keepdim=True)
@@ -557,7 +558,7 @@ class _Cosine(torch.autograd.Function):
         x, norm, clamped, a, t = ctx.saved_tensors
         grad_a = grad.unsqueeze(-1) * t                                           # ∂/∂a
         grad_norm = -(grad_a * (a / clamped)).sum(dim=-1, keepdim=True)           # ∂/∂‖x‖ through a = x / ‖x‖
-        small = bool((norm < COSINE_EPS).any())
+        small = x.device.type != "cpu" or bool((norm < COSINE_EPS).any())        # no host read on a GPU
         via_norm = ((x / norm) if small else a) * grad_norm                       # ‖x‖'s backward: (x / ‖x‖) g
         if small:
             via_norm.masked_fill_(norm == 0, 0)

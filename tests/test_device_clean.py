@@ -31,23 +31,6 @@ from tests.standin_device import STANDIN, DeviceMismatch, StandInDevice, StandIn
 
 HOST_ROUND_TRIPS = ("read", "to_host", "to_device")
 
-# Host reads inside a steady-state training step, in files this change does not own: each case
-# fails until the line is fixed (strict), then passes and its mark is removed.
-GEMM_LOGSUMEXP_READ = (
-    "losses.py _GemmLogSumExp.forward reads float(bound) on the host at every InfoNCE call "
-    "(one device sync per term per batch); fix: on a non-CPU device always shift by the row "
-    "maxima (skip the bound and its read), CPU path unchanged")
-COSINE_BACKWARD_READ = (
-    "bm3.py _CosineTerms.backward (and losses.py's cosine backward) reads "
-    "bool((norm < COSINE_EPS).any()) on the host per view and batch; fix: on a non-CPU device always "
-    "take the x / norm form with masked_fill_(norm == 0, 0) (equal to `a` where norm >= eps), CPU "
-    "path unchanged")
-KNOWN_READS = {
-    "mgcn": GEMM_LOGSUMEXP_READ, "gume": GEMM_LOGSUMEXP_READ, "siger": GEMM_LOGSUMEXP_READ,
-    "egra": GEMM_LOGSUMEXP_READ, "smore": GEMM_LOGSUMEXP_READ, "lgmrec": GEMM_LOGSUMEXP_READ,
-    "damrs": GEMM_LOGSUMEXP_READ,
-}
-
 # The registry's models with their defaults, and the variants whose branches differ most.
 VARIANTS = [
     ("siger", {"extended_branch": True, "perturb_at": "layers", "perturb_target": "per_modality",
@@ -62,15 +45,6 @@ CASES = [(name, {}) for name in sorted(MODELS)] + VARIANTS
 def _case_id(case) -> str:
     name, settings = case
     return name + "".join(f"-{k}={v}" for k, v in settings.items() if not isinstance(v, (list, dict)))
-
-
-def _marked(case):
-    name, settings = case
-    reason = KNOWN_READS.get(name)
-    if name == "egra" and settings.get("backbone") == "gume":
-        reason = GEMM_LOGSUMEXP_READ
-    marks = [pytest.mark.xfail(reason=reason, strict=True, raises=AssertionError)] if reason else []
-    return pytest.param(name, settings, id=_case_id(case), marks=marks)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +122,7 @@ def _host_tensors(net: nn.Module) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("name, settings", [_marked(c) for c in CASES])
+@pytest.mark.parametrize("name, settings", [pytest.param(*c, id=_case_id(c)) for c in CASES])
 def test_training_step_and_validation_are_device_clean(small, name, settings):
     cpu_net = _model(name, small, settings)
     batches = _batches(small)
@@ -174,8 +148,7 @@ def test_training_step_and_validation_are_device_clean(small, name, settings):
     assert not steady, "host round trips in a steady-state training step:\n" + "\n".join(map(str, steady))
 
 
-@pytest.mark.parametrize("name", ["lightgcn", pytest.param("mgcn", marks=pytest.mark.xfail(
-    reason=GEMM_LOGSUMEXP_READ, strict=True, raises=AssertionError))])
+@pytest.mark.parametrize("name", ["lightgcn", "mgcn"])
 def test_trainer_batch_path_on_a_gpu(small, name):
     """``train_epoch`` with ``device=cuda``: the epoch's (u, i, j) copied once, from pinned
     memory, non-blocking; nothing else copied to the device (graphs moved once, with the model);
