@@ -227,9 +227,10 @@ def _batch(dataset, missing):
     return u, i, j
 
 
-def test_gume_vt_reads_only_present_rows_and_bm_is_unmasked_with_a_modality_left(dropped):
+@pytest.mark.parametrize("name, settings", [("gume", {}), ("egra", {"backbone": "gume", "item_links": "raw"})])
+def test_gume_vt_reads_only_present_rows_and_bm_is_unmasked_with_a_modality_left(dropped, name, settings):
     zero, mean, missing = dropped
-    net = _model("gume", zero)
+    net = _model(name, zero, **settings)
     assert net.encoder.fused_presence() is None  # every item keeps its text: M is a real view
     out = net()
     h = out.aux["modality_views"]
@@ -246,7 +247,7 @@ def test_gume_vt_reads_only_present_rows_and_bm_is_unmasked_with_a_modality_left
     assert not h.grad[0, n_u + np.flatnonzero(missing)].any()  # the zero-filled rows: no gradient
     assert h.grad[0, image_rows].abs().sum() > 0 and h.grad[1].abs().sum() > 0
     # mean imputation: the filled rows are estimates, nothing is masked
-    plain = _model("gume", mean)
+    plain = _model(name, mean, **settings)
     assert plain.encoder.presence() is None and plain.encoder.fused_presence() is None
 
 

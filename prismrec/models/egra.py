@@ -203,7 +203,7 @@ class EGRA(Recommender):
         terms = self.terms(out.bpr_rows(batch), (m[u], c[u]), (m[i_rows], c[i_rows]))
         if self.extended is not None:  # GUME's vt, um, reg2
             ext = out.aux["extended"]
-            terms["vt"] = cfg.vt_weight * moment_gap(out.aux["modality_views"])
+            terms["vt"] = cfg.vt_weight * moment_gap(out.aux["modality_views"], self.encoder.presence())
             terms["um"] = cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise)
             terms["reg2"] = cfg.reg2_weight * half_sq(ext[i_rows])
         return terms
