@@ -8,8 +8,8 @@ fused-Adam step), two forms that give the same terms and gradients bit for bit:
   node then ``_EncoderHead``, its predictor rows sliced, its dropout mask boolean, a
   ``losses.cosine`` node per pair with autograd's mean, ``1 -`` and weight; the trainer's
   terms summed one by one, logged through a stacked copy, a concatenation and per-term tensors;
-* **after**: ``models.bpr.bpr_terms`` (both terms one node), BM3's ``_HalvedEncoder`` with split
-  rows, an in-place float mask and ``bm3.cosine_terms`` (a view's norm once for its two targets,
+* **after**: ``losses.bpr_terms`` (both terms one node), BM3's ``_HalvedEncoder`` with split
+  rows, an in-place float mask and ``losses.cosine_terms`` (a view's norm once for its two targets,
   the mean, ``1 -`` and weight inside the node), the trainer's terms stacked once and logged as
   floats.
 
@@ -37,7 +37,7 @@ from benchmarks.floors import build, settings
 from prismrec.data import BPRSampler, load_dataset
 from prismrec.losses import bpr_loss, cosine, emb_norm, unit_rows
 from prismrec.models import bm3 as bm3_module
-from prismrec.models import bpr as bpr_module
+from prismrec import losses
 from prismrec.nn import lightgcn
 from prismrec.train.allocator import keep_freed_memory
 
@@ -82,15 +82,15 @@ def boolean_mask_target(net):
 @contextlib.contextmanager
 def unfused(model):
     """Within: ``model`` computes its batch loss with the nodes this session fused."""
-    saved = bpr_module._BPRTerms.apply
+    saved = losses._BPRTerms.apply
     try:
-        bpr_module._BPRTerms.apply = unfused_bpr_terms
+        losses._BPRTerms.apply = unfused_bpr_terms
         if isinstance(model, bm3_module.BM3):
             model.batch_loss = lambda batch: unfused_bm3_batch_loss(model, batch)
             model.target = boolean_mask_target(model)
         yield
     finally:
-        bpr_module._BPRTerms.apply = saved
+        losses._BPRTerms.apply = saved
         for attr in ("batch_loss", "target"):
             model.__dict__.pop(attr, None)
 

@@ -6,7 +6,7 @@ measures what that saves per training batch (forward, backward and fused-Adam st
 trainer runs it) for the models whose batch kernels are tiny (BPR, VBPR; LightGCN as a model
 whose propagation dominates): every batch of an epoch is run once with each form, back to back,
 the order alternating from batch to batch, so both forms see the same machine load. Since BPR-MF's
-and VBPR's two terms became one node (``models.bpr.bpr_terms``; ``benchmarks/fused_nodes.py``
+and VBPR's two terms became one node (``losses.bpr_terms``; ``benchmarks/fused_nodes.py``
 measures that step), "one node" is that node for them. Medians of
 the per-batch milliseconds over ``--epochs`` epochs (after a warm-up epoch), the 1-minute load
 recorded. Writes ``results/loss_nodes.{json,md}``.
@@ -31,7 +31,6 @@ from benchmarks.common import machine, write
 from benchmarks.floors import build, settings
 from prismrec import losses
 from prismrec.data import BPRSampler, load_dataset
-from prismrec.models import bpr as bpr_module
 from prismrec.train.allocator import keep_freed_memory
 
 
@@ -47,7 +46,7 @@ def autograd_emb_norm(*rows):
 
 
 def autograd_bpr_terms(zu, zij, reg_weight):
-    """BPR-MF's and VBPR's two terms (``models.bpr.bpr_terms``, one node since) as plain autograd."""
+    """BPR-MF's and VBPR's two terms (``losses.bpr_terms``, one node since) as plain autograd."""
     zi, zj = zij.chunk(2)
     return autograd_bpr(zu, zi, zj), reg_weight * autograd_emb_norm(zu, zi, zj)
 
@@ -59,19 +58,19 @@ def plain_autograd(model):
     module = importlib.import_module(type(model).__module__)
     saved = {a: getattr(module, a) for a in ("bpr_loss", "emb_norm") if hasattr(module, a)}
     form = losses.REG_FORMS["emb_norm"]
-    fused = bpr_module._BPRTerms.apply
+    fused = losses._BPRTerms.apply
     refs = {"bpr_loss": autograd_bpr, "emb_norm": autograd_emb_norm}
     try:
         for attr in saved:
             setattr(module, attr, refs[attr])
         losses.REG_FORMS["emb_norm"] = autograd_emb_norm
-        bpr_module._BPRTerms.apply = autograd_bpr_terms
+        losses._BPRTerms.apply = autograd_bpr_terms
         yield
     finally:
         for attr, fn in saved.items():
             setattr(module, attr, fn)
         losses.REG_FORMS["emb_norm"] = form
-        bpr_module._BPRTerms.apply = fused
+        losses._BPRTerms.apply = fused
 
 
 def step_s(model, optimizer, batch) -> float:

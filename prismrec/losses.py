@@ -190,6 +190,72 @@ they then lie in ``[exp(-30), exp(30)]``, and a row's sum of up to 10^20 such te
 from float32's overflow (3.4e38)."""
 
 
+def bpr_terms(zu: torch.Tensor, zij: torch.Tensor, reg_weight: float, reg_form: str) -> dict[str, torch.Tensor]:
+    """``{"bpr": bpr_loss(zu, zi, zj), "reg": reg_weight * l2_reg(reg_form, zu, zi, zj)}`` for
+    ``zij = [zi; zj]`` (the batch's positive rows, then its negative rows), as BPR-MF's and VBPR's
+    ``loss`` compute them, with the same values and the same gradients bit for bit.
+
+    With ``emb_norm`` on a CPU in one process (the default) both terms are one autograd node
+    (:class:`_BPRTerms`); otherwise the two loss functions are called (on a GPU their norm
+    gradients avoid a host sync, and a data-parallel batch's norms span the ranks)."""
+    if reg_form != "emb_norm" or zu.device.type != "cpu" or batch_shares().split:
+        zi, zj = zij.chunk(2)
+        return {"bpr": bpr_loss(zu, zi, zj), "reg": reg_weight * l2_reg(reg_form, zu, zi, zj)}
+    bpr, reg = _BPRTerms.apply(zu, zij, reg_weight)
+    return {"bpr": bpr, "reg": reg}
+
+
+class _BPRTerms(torch.autograd.Function):
+    """:func:`bpr_loss` and ``reg_weight *`` :func:`emb_norm` of the same rows as one node.
+
+    Forward: the operations of the two loss nodes, in their order. Backward: theirs too, in the
+    order autograd runs them when the terms are summed (``emb_norm``'s node first, being created
+    later), so that each row's gradients are added as autograd adds them: ``z_u``'s norm
+    gradient, then ``w·z_j``, then ``-w·z_i``; ``z_i``'s and ``z_j``'s norm gradients, then their
+    product gradients. The sums are formed in place and ``[∂z_i; ∂z_j]`` is written as one
+    buffer, where the separate nodes allocate each sum and concatenate the two halves; the
+    bookkeeping of five autograd nodes (two losses, the weight, the split of ``zij``) becomes one.
+    """
+
+    @staticmethod
+    def forward(ctx, zu, zij, reg_weight):  # noqa: D401
+        zi, zj = zij.chunk(2)
+        x = ((zu * zi).sum(dim=1) - (zu * zj).sum(dim=1)).neg_()  # softplus's input, -Δ
+        bpr = F.softplus(x).mean()
+        norms = [torch.linalg.vector_norm(r) for r in (zj, zi, zu)]  # emb_norm's order
+        reg = reg_weight * (sum(reversed(norms)) / zu.shape[0])
+        ctx.save_for_backward(zu, zij, x, *norms)
+        ctx.reg_weight = reg_weight
+        return bpr, reg
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_bpr, grad_reg):
+        zu, zij, x, norm_j, norm_i, norm_u = ctx.saved_tensors
+        batch = zu.shape[0]
+        zi, zj = zij.chunk(2)
+        grad_zij = torch.empty_like(zij)
+        grad_zi, grad_zj = grad_zij.chunk(2)
+        g = (grad_reg * ctx.reg_weight) / batch  # through the weight, then the division by B
+        _norm_grad_into(zj, norm_j, g, grad_zj)
+        _norm_grad_into(zi, norm_i, g, grad_zi)
+        grad_zu = _norm_grad_into(zu, norm_u, g, torch.empty_like(zu))
+        w = torch.ops.aten.softplus_backward((grad_bpr / batch).expand(x.shape), x, 1, 20).unsqueeze(1)
+        minus_w = w.neg()
+        grad_zu.add_(w * zj)
+        grad_zj.add_(w * zu)
+        grad_zu.add_(minus_w * zi)
+        grad_zi.add_(minus_w * zu)
+        return grad_zu, grad_zij, None
+
+
+def _norm_grad_into(x: torch.Tensor, norm: torch.Tensor, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``emb_norm``'s gradient of ``x``, ``(x / ‖x‖)·g`` (zero where ``‖x‖ = 0``), into ``out``."""
+    if norm.item() == 0:
+        return out.zero_().mul_(g)
+    return torch.div(x, norm, out=out).mul_(g)
+
+
 class _GemmLogSumExp(torch.autograd.Function):
     """``logsumexp_b'(a_b · c_b')`` per row ``b``, never keeping more than one B x B' buffer.
 
@@ -563,6 +629,62 @@ class _Cosine(torch.autograd.Function):
         if small:
             via_norm.masked_fill_(norm == 0, 0)
         return grad_a.div_(clamped).add_(via_norm), None
+
+
+def cosine_terms(x: torch.Tensor, targets: list[torch.Tensor], weight: float | None = None) -> tuple[torch.Tensor, ...]:
+    """``weight · (1 − mean_b cos(x_b, t_b))`` for each detached target ``t`` in ``targets``, given
+    as unit rows (:func:`unit_rows`); no weight when ``weight`` is ``None``.
+
+    The same values and gradient of ``x`` bit for bit as ``weight * (1 - cosine(x, t).mean())``
+    per target (tests/test_bm3.py), as one autograd node (:class:`_CosineTerms`): ``x``'s norm
+    and unit rows are computed once for all its targets (BM3's modality views meet two), and the
+    mean, the ``1 −`` and the weight are not nodes of their own."""
+    return _CosineTerms.apply(x, weight, *targets)
+
+
+class _CosineTerms(torch.autograd.Function):
+    """The terms of :func:`cosine_terms`. Backward: per target, autograd's chain for the weight,
+    the ``1 −`` and the mean (``−g·w``, spread as ``/B`` over the rows), then :func:`cosine`'s
+    own backward with the factor ``a / max(‖x‖, ε)`` shared; the targets' gradients of ``x`` are
+    summed last target first, as autograd sums the separate nodes' (it runs the last-built first)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, *targets):  # noqa: D401
+        norm = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True)
+        clamped = norm.clamp_min(COSINE_EPS)
+        a = x / clamped
+        terms = []
+        for t in targets:
+            term = 1 - (a * t).sum(dim=-1).mean()
+            terms.append(term if weight is None else weight * term)
+        ctx.save_for_backward(x, norm, clamped, a, *targets)
+        ctx.weight = weight
+        ctx.set_materialize_grads(False)
+        return tuple(terms)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, norm, clamped, a, *targets = ctx.saved_tensors
+        rows = x.shape[0]
+        a_over_norm = a / clamped
+        # Rows with a norm under ε take the x / ‖x‖ form (0 where ‖x‖ = 0); elsewhere it equals `a`.
+        # On a GPU that form is always taken, so no value is read on the host.
+        small = x.device.type != "cpu" or bool((norm < COSINE_EPS).any())
+        grad_x = None
+        for g, t in reversed(list(zip(grads, targets))):  # autograd runs the last-built term's nodes first
+            if g is None:
+                continue
+            if ctx.weight is not None:
+                g = g * ctx.weight  # the weight's backward
+            grad_cos = (-g).expand(rows) / rows  # the 1 −'s, then the mean's
+            grad_a = grad_cos.unsqueeze(-1) * t
+            grad_norm = -(grad_a * a_over_norm).sum(dim=-1, keepdim=True)
+            via_norm = ((x / norm) if small else a) * grad_norm
+            if small:
+                via_norm.masked_fill_(norm == 0, 0)
+            g_x = grad_a.div_(clamped).add_(via_norm)
+            grad_x = g_x if grad_x is None else grad_x.add_(g_x)
+        return (grad_x, None, *([None] * len(targets)))
 
 
 def all_keys_infonce(queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, tau: float) -> torch.Tensor:

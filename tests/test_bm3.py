@@ -271,7 +271,7 @@ def test_cosine_terms_equal_the_cosine_nodes_bit_for_bit():
     """Each term and ``x``'s gradient, for any weight and incoming gradients (missing ones too),
     as ``weight * (1 - losses.cosine(x, t).mean())`` per target; zero and sub-eps rows included."""
     from prismrec.losses import cosine, unit_rows
-    from prismrec.models.bm3 import cosine_terms
+    from prismrec.losses import cosine_terms
 
     gen = torch.Generator().manual_seed(2)
     for scale, weight in ((1e-3, None), (1.0, 2.0), (1e3, 0.7)):

@@ -1,4 +1,4 @@
-"""BPR-MF's and VBPR's loss terms as one autograd node (``models.bpr.bpr_terms``) equal the two
+"""BPR-MF's and VBPR's loss terms as one autograd node (``losses.bpr_terms``) equal the two
 loss functions' nodes bit for bit: terms and every parameter's gradient, on both of VBPR's
 batch paths, with repeated rows, an item both positive and negative, and all-zero rows."""
 
@@ -11,7 +11,7 @@ from prismrec.data import load_dataset
 from prismrec.data.synthetic import write_planted_dataset
 from prismrec.experiment.config import resolve_config
 from prismrec.losses import bpr_loss, emb_norm
-from prismrec.models import bpr as bpr_module
+from prismrec import losses
 from prismrec.models import get_model
 from prismrec.nn import propagation
 from prismrec.train import seed_everything
@@ -59,7 +59,7 @@ def test_one_node_terms_equal_the_loss_functions_bit_for_bit(data, monkeypatch, 
         got, got_grads = _terms_and_grads(net, batch, full)
         assert type(got["bpr"].grad_fn).__name__ == "_BPRTermsBackward"  # the fused node is what ran
         with monkeypatch.context() as m:
-            m.setattr(bpr_module._BPRTerms, "apply", _unfused)
+            m.setattr(losses._BPRTerms, "apply", _unfused)
             want, want_grads = _terms_and_grads(net, batch, full)
         assert type(want["bpr"].grad_fn).__name__ != "_BPRTermsBackward"
         assert all(torch.equal(got[k], want[k]) for k in ("bpr", "reg")) and got.keys() == want.keys()
@@ -76,7 +76,7 @@ def test_all_zero_rows_get_a_zero_norm_gradient(data, monkeypatch):
         net.item_emb.weight[:5] = 0.0
     batch = (torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 3]), torch.tensor([4, 4, 1, 0]))
     got, got_grads = _terms_and_grads(net, batch, full=False)
-    monkeypatch.setattr(bpr_module._BPRTerms, "apply", _unfused)
+    monkeypatch.setattr(losses._BPRTerms, "apply", _unfused)
     want, want_grads = _terms_and_grads(net, batch, full=False)
     assert torch.equal(got["reg"], want["reg"]) and float(got["reg"].detach()) == 0.0
     for n, g in want_grads.items():
@@ -85,10 +85,10 @@ def test_all_zero_rows_get_a_zero_norm_gradient(data, monkeypatch):
 
 def test_other_forms_and_split_batches_take_the_loss_functions(data):
     zu, zij = torch.randn(6, 4, requires_grad=True), torch.randn(12, 4, requires_grad=True)
-    half = bpr_module.bpr_terms(zu, zij, 0.1, "half_sq")
+    half = losses.bpr_terms(zu, zij, 0.1, "half_sq")
     assert type(half["bpr"].grad_fn).__name__ != "_BPRTermsBackward"
     zi, zj = zij.chunk(2)
     want = 0.1 * (zu.pow(2).sum() + zi.pow(2).sum() + zj.pow(2).sum()) / 12
     torch.testing.assert_close(half["reg"], want)
-    fused = bpr_module.bpr_terms(zu, zij, 0.1, "emb_norm")
+    fused = losses.bpr_terms(zu, zij, 0.1, "emb_norm")
     assert type(fused["bpr"].grad_fn).__name__ == "_BPRTermsBackward"

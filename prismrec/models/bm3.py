@@ -51,7 +51,7 @@ from torch import nn
 
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.graph.sparse import spmm
-from prismrec.losses import COSINE_EPS, unit_rows
+from prismrec.losses import cosine_terms, unit_rows
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.encoders import Projector
@@ -213,62 +213,6 @@ class BM3(Recommender):
         # mask, without its conversion and the two fresh outputs
         keep = torch.rand(rows.shape, device=rows.device).ge_(p)
         return keep.mul_(rows).div_(1.0 - p)
-
-
-def cosine_terms(x: torch.Tensor, targets: list[torch.Tensor], weight: float | None = None) -> tuple[torch.Tensor, ...]:
-    """``weight · (1 − mean_b cos(x_b, t_b))`` for each detached target ``t`` in ``targets``, given
-    as unit rows (``losses.unit_rows``); no weight when ``weight`` is ``None``.
-
-    The same values and gradient of ``x`` bit for bit as ``weight * (1 - losses.cosine(x, t).mean())``
-    per target (tests/test_bm3.py), as one autograd node (:class:`_CosineTerms`): ``x``'s norm
-    and unit rows are computed once for all its targets (BM3's modality views meet two), and the
-    mean, the ``1 −`` and the weight are not nodes of their own."""
-    return _CosineTerms.apply(x, weight, *targets)
-
-
-class _CosineTerms(torch.autograd.Function):
-    """The terms of :func:`cosine_terms`. Backward: per target, autograd's chain for the weight,
-    the ``1 −`` and the mean (``−g·w``, spread as ``/B`` over the rows), then ``losses.cosine``'s
-    own backward with the factor ``a / max(‖x‖, ε)`` shared; the targets' gradients of ``x`` are
-    summed last target first, as autograd sums the separate nodes' (it runs the last-built first)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, *targets):  # noqa: D401
-        norm = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True)
-        clamped = norm.clamp_min(COSINE_EPS)
-        a = x / clamped
-        terms = []
-        for t in targets:
-            term = 1 - (a * t).sum(dim=-1).mean()
-            terms.append(term if weight is None else weight * term)
-        ctx.save_for_backward(x, norm, clamped, a, *targets)
-        ctx.weight = weight
-        ctx.set_materialize_grads(False)
-        return tuple(terms)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        x, norm, clamped, a, *targets = ctx.saved_tensors
-        rows = x.shape[0]
-        a_over_norm = a / clamped
-        # Rows with a norm under ε take the x / ‖x‖ form (0 where ‖x‖ = 0); elsewhere it equals `a`.
-        # On a GPU that form is always taken, so no value is read on the host.
-        small = x.device.type != "cpu" or bool((norm < COSINE_EPS).any())
-        grad_x = None
-        for g, t in reversed(list(zip(grads, targets))):  # autograd runs the last-built term's nodes first
-            if g is None:
-                continue
-            if ctx.weight is not None:
-                g = g * ctx.weight  # the weight's backward
-            grad_cos = (-g).expand(rows) / rows  # the 1 −'s, then the mean's
-            grad_a = grad_cos.unsqueeze(-1) * t
-            grad_norm = -(grad_a * a_over_norm).sum(dim=-1, keepdim=True)
-            via_norm = ((x / norm) if small else a) * grad_norm
-            if small:
-                via_norm.masked_fill_(norm == 0, 0)
-            g_x = grad_a.div_(clamped).add_(via_norm)
-            grad_x = g_x if grad_x is None else grad_x.add_(g_x)
-        return (grad_x, None, *([None] * len(targets)))
 
 
 def unique(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,8 +24,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from prismrec.losses import bpr_terms
 from prismrec.models import register
-from prismrec.models.bpr import bpr_terms
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn import IdEmbedding
 from prismrec.nn.encoders import Projector, normalize_features
