@@ -77,3 +77,30 @@ def git_commit(paths: list[Path], message: str) -> None:
             print(f"git commit failed: {err.strip()}", file=sys.stderr)
             return
         time.sleep(3)
+
+
+def per_model_main(name: str, measure, markdown, models: str, describe) -> None:
+    """The ``main`` of a per-batch benchmark over datasets x models: ``measure(model, data, epochs)``
+    gives a row, ``describe(row)`` its progress line; results/``name``.{json,md} are rewritten
+    after every row (``markdown(results)``), so an interrupted run keeps what it measured."""
+    import argparse
+
+    from prismrec.data import load_dataset
+
+    keep_freed_memory()  # as `prismrec train` does
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--datasets", default="tiktok,lfm2k")
+    parser.add_argument("--models", default=models)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    res = {"rows": {}, "machine": machine(), "threads": args.threads}
+    for dataset in args.datasets.split(","):
+        data = load_dataset(dataset)
+        for model in args.models.split(","):
+            r = measure(model, data, args.epochs)
+            res["rows"][f"{dataset}/{model}"] = r
+            res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            print(f"{dataset}/{model}: {describe(r)}, load {r['load1']}", flush=True)
+            write(name, res, markdown(res))

@@ -23,7 +23,6 @@ to batch, so both see the same machine load. Medians of the per-batch millisecon
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import statistics
@@ -32,14 +31,13 @@ import time
 import prismrec  # noqa: F401  (sets the OpenMP wait policy before torch loads)
 import torch
 
-from benchmarks.common import machine, write
+from benchmarks.common import per_model_main
 from benchmarks.floors import build, settings
-from prismrec.data import BPRSampler, load_dataset
+from prismrec.data import BPRSampler
 from prismrec.losses import bpr_loss, cosine, emb_norm, unit_rows
 from prismrec.models import bm3 as bm3_module
 from prismrec import losses
 from prismrec.nn import lightgcn
-from prismrec.train.allocator import keep_freed_memory
 
 
 def unfused_bpr_terms(zu, zij, reg_weight):
@@ -179,25 +177,9 @@ def markdown(res: dict) -> str:
 
 
 def main() -> None:
-    keep_freed_memory()  # as `prismrec train` does
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--datasets", default="tiktok,lfm2k")
-    parser.add_argument("--models", default="bpr,vbpr,bm3")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    res = {"rows": {}, "machine": machine(), "threads": args.threads}
-    for dataset in args.datasets.split(","):
-        data = load_dataset(dataset)
-        for name in args.models.split(","):
-            r = measure(name, data, args.epochs)
-            res["rows"][f"{dataset}/{name}"] = r
-            res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-            print(f"{dataset}/{name}: before {r['before_ms']:.2f} ms, after {r['after_ms']:.2f} ms per batch "
-                  f"({r['speedup']:.3f}x; CPU {r['before_cpu_ms']:.2f} / {r['after_cpu_ms']:.2f} ms, "
-                  f"{r['cpu_speedup']:.3f}x), load {r['load1']}", flush=True)
-            write("fused_nodes", res, markdown(res))
+    per_model_main("fused_nodes", measure, markdown, "bpr,vbpr,bm3", lambda r: (
+        f"before {r['before_ms']:.2f} ms, after {r['after_ms']:.2f} ms per batch ({r['speedup']:.3f}x; "
+        f"CPU {r['before_cpu_ms']:.2f} / {r['after_cpu_ms']:.2f} ms, {r['cpu_speedup']:.3f}x)"))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ recorded. Writes ``results/loss_nodes.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import os
@@ -27,11 +26,10 @@ import prismrec  # noqa: F401  (sets the OpenMP wait policy before torch loads)
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import machine, write
+from benchmarks.common import per_model_main
 from benchmarks.floors import build, settings
 from prismrec import losses
-from prismrec.data import BPRSampler, load_dataset
-from prismrec.train.allocator import keep_freed_memory
+from prismrec.data import BPRSampler
 
 
 def autograd_bpr(user, pos, neg):
@@ -130,24 +128,8 @@ def markdown(res: dict) -> str:
 
 
 def main() -> None:
-    keep_freed_memory()  # as `prismrec train` does
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--datasets", default="tiktok,lfm2k")
-    parser.add_argument("--models", default="bpr,vbpr,lightgcn")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    res = {"rows": {}, "machine": machine(), "threads": args.threads}
-    for dataset in args.datasets.split(","):
-        data = load_dataset(dataset)
-        for name in args.models.split(","):
-            r = measure(name, data, args.epochs)
-            res["rows"][f"{dataset}/{name}"] = r
-            res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-            print(f"{dataset}/{name}: autograd {r['autograd_ms']:.2f} ms, one node {r['one_node_ms']:.2f} ms "
-                  f"per batch ({r['speedup']:.3f}x), load {r['load1']}", flush=True)
-            write("loss_nodes", res, markdown(res))
+    per_model_main("loss_nodes", measure, markdown, "bpr,vbpr,lightgcn", lambda r: (
+        f"autograd {r['autograd_ms']:.2f} ms, one node {r['one_node_ms']:.2f} ms per batch ({r['speedup']:.3f}x)"))
 
 
 if __name__ == "__main__":
