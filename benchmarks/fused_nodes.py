@@ -37,7 +37,7 @@ from prismrec.data import BPRSampler
 from prismrec.losses import bpr_loss, cosine, emb_norm, unit_rows
 from prismrec.models import bm3 as bm3_module
 from prismrec import losses
-from prismrec.nn import lightgcn
+from prismrec.nn import lightgcn, residual_encoder
 
 
 def unfused_bpr_terms(zu, zij, reg_weight):
@@ -49,11 +49,11 @@ def unfused_bpr_terms(zu, zij, reg_weight):
 def unfused_bm3_batch_loss(net, batch):
     """BM3's batch loss as the unfused nodes computed it (call with ``net.target`` the boolean-mask
     form, :func:`boolean_mask_target`)."""
-    users, u_at = bm3_module.unique(batch[0], net.n_users)
-    items, i_at = bm3_module.unique(batch[1], net.n_items)
+    users, u_at = residual_encoder.unique(batch[0], net.n_users)
+    items, i_at = residual_encoder.unique(batch[1], net.n_items)
     y = lightgcn(net.adjacency, torch.cat([net.user_emb, net.item_emb]), net.config.n_layers)
     index = torch.cat([users, items + net.n_users])
-    _, rows, norm_u, norm_i = bm3_module._EncoderHead.apply(y, net.item_emb, index, net.n_users)
+    _, rows, norm_u, norm_i = residual_encoder._EncoderHead.apply(y, net.item_emb, index, net.n_users)
     g = net.predictor(rows)
     online_u, online_i = g[: len(users)].index_select(0, u_at), g[len(users):].index_select(0, i_at)
     target_u = unit_rows(net.target(rows[: len(users)])).index_select(0, u_at)

@@ -9,14 +9,21 @@ import numpy as np
 
 from prismrec.experiment.config import resolve_config
 from prismrec.models import get_model
+from prismrec.recommender import PretrainedItems
 from prismrec.train import seed_everything
 
 
 def build_model(name: str, dataset, seed: int = 0, **overrides):
-    """Model ``name`` on ``dataset`` with its defaults and ``overrides``, parameters drawn from ``seed``."""
+    """Model ``name`` on ``dataset`` with its defaults and ``overrides``, parameters drawn from
+    ``seed``; a model that needs a stage-0 input (EGRA's ``P``) gets 16-d random item vectors."""
     cfg = resolve_config(name, dataset.name, overrides)
     seed_everything(seed)
-    return get_model(name)(dataset, cfg.params)
+    cls = get_model(name)
+    inputs = {}
+    if "pretrained_items" in cls.required_inputs(cfg.params):
+        vectors = np.random.default_rng(0).standard_normal((dataset.n_items, 16)).astype(np.float32)
+        inputs["pretrained_items"] = PretrainedItems(vectors, "test", None)
+    return cls(dataset, cfg.params, **inputs)
 
 
 def uneven_degrees(data):

@@ -185,7 +185,7 @@ def _previous_batch_loss(net, batch):
     ``_EncoderHead``; the predictor's rows sliced; a boolean dropout mask; a cosine node per pair
     and autograd's mean, 1 - and weight): the reference the fused path must equal bit for bit."""
     from prismrec.losses import cosine, unit_rows
-    from prismrec.models.bm3 import _EncoderHead, unique
+    from prismrec.nn.residual_encoder import _EncoderHead, unique
     from prismrec.nn import lightgcn
 
     def target(rows):
@@ -247,7 +247,7 @@ def test_batch_loss_is_bit_identical_to_the_unfused_nodes(tiny, n_layers, dropou
 def test_halved_encoder_equals_propagation_then_head_bit_for_bit(tiny):
     """Every output and every input gradient of the fused one-layer node, for any incoming
     gradients (missing ones included), equals the two unfused nodes'."""
-    from prismrec.models.bm3 import _EncoderHead, _HalvedEncoder
+    from prismrec.nn.residual_encoder import _EncoderHead, _HalvedEncoder
     from prismrec.nn import lightgcn
 
     net = build(tiny)

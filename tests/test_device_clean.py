@@ -22,11 +22,10 @@ from prismrec.data import load_dataset
 from prismrec.data.sampler import BPRSampler
 from prismrec.data.synthetic import write_planted_dataset
 from prismrec.eval import Evaluator
-from prismrec.experiment.config import resolve_config
 from prismrec.graph import SparseOperator
-from prismrec.models import MODELS, get_model
-from prismrec.recommender import PretrainedItems
-from prismrec.train import seed_everything, trainer
+from prismrec.models import MODELS
+from prismrec.train import trainer
+from tests.builders import build_model
 from tests.standin_device import STANDIN, DeviceMismatch, StandInDevice, StandInTensor, to_host
 
 HOST_ROUND_TRIPS = ("read", "to_host", "to_device")
@@ -56,14 +55,7 @@ def small(tmp_path_factory):
 
 
 def _model(name, dataset, settings):
-    cfg = resolve_config(name, dataset.name, settings)
-    seed_everything(0)
-    cls = get_model(name)
-    inputs = {}
-    if "pretrained_items" in cls.required_inputs(cfg.params):
-        vectors = np.random.default_rng(0).standard_normal((dataset.n_items, 16)).astype(np.float32)
-        inputs["pretrained_items"] = PretrainedItems(vectors, "test", None)
-    return cls(dataset, cfg.params, **inputs)
+    return build_model(name, dataset, 0, **settings)
 
 
 def _batches(dataset, n=3, size=48):

@@ -12,13 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from prismrec.experiment.config import resolve_config
 from prismrec.graph import SparseOperator, bipartite_adjacency
-from prismrec.models import get_model
 from prismrec.nn import propagation
 from prismrec.nn.propagation import distinct_rows, lightgcn, lightgcn_distinct, row_product
-from prismrec.recommender import PretrainedItems
-from prismrec.train import seed_everything
+from tests.builders import build_model
 
 # (model, settings): every model of ours with a row-restricted batch_loss, and the variants
 # whose branches change which rows are read.
@@ -40,14 +37,7 @@ CASES = [
 
 
 def _model(name, dataset, settings):
-    cfg = resolve_config(name, dataset.name, settings)
-    seed_everything(0)
-    cls = get_model(name)
-    inputs = {}
-    if "pretrained_items" in cls.required_inputs(cfg.params):
-        vectors = np.random.default_rng(0).standard_normal((dataset.n_items, 16)).astype(np.float32)
-        inputs["pretrained_items"] = PretrainedItems(vectors, "test", None)
-    net = cls(dataset, cfg.params, **inputs)
+    net = build_model(name, dataset, 0, **settings)
     net.train()
     return net
 

@@ -50,12 +50,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.graph import SparseOperator, bipartite_adjacency
-from prismrec.graph.sparse import spmm
 from prismrec.losses import cosine_terms, unit_rows
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.encoders import Projector
-from prismrec.nn.propagation import distinct_rows
+from prismrec.nn.residual_encoder import residual_encoder_rows, unique
 from prismrec.recommender import Output, Recommender
 
 
@@ -151,27 +150,21 @@ class BM3(Recommender):
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
         # The loss reads g(h) at the batch's rows only: the predictor is applied to the distinct
         # users and items of the batch, not to all N rows; the encoder, its residual, the rows and
-        # the norms of h are one autograd node (_encoder_rows). Same terms and gradients. No
+        # the norms of h are one autograd node (nn.residual_encoder). Same terms and gradients. No
         # fallback for a batch that touches nearly every row (lfm2k): the full path gathers the
         # same rows.
         users, u_at = unique(batch[0], self.n_users)
         items, i_at = unique(batch[1], self.n_items)
         index = torch.cat([users, items + self.n_users])
-        rows, norm_u, norm_i = self._encoder_rows(index)  # h[index], ‖h_U‖, ‖h_I‖
+        # h[index], ‖h_U‖, ‖h_I‖ of h = encode()
+        rows, norm_u, norm_i = residual_encoder_rows(self.user_emb, self.item_emb, self.adjacency,
+                                                     self.config.n_layers, index)
         # split, not two slices: its backward is one concatenation, where each slice's would
         # zero-fill a copy of g and the two copies be added
         g_u, g_i = self.predictor(rows).split([len(users), len(items)])
         online = g_u.index_select(0, u_at), g_i.index_select(0, i_at)
         return self._terms((norm_u, norm_i), rows, (users, u_at, items, i_at), online)
 
-    def _encoder_rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``h[index]``, ``‖h_U‖_F`` and ``‖h_I‖_F`` of ``h = encode()``, as few autograd nodes as
-        exactness allows: one (:class:`_HalvedEncoder`) for one layer (the default), else the
-        propagation node and :class:`_EncoderHead`."""
-        if self.config.n_layers == 1:
-            return _HalvedEncoder.apply(self.user_emb, self.item_emb, index, self.adjacency)
-        y = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_layers)
-        return _EncoderHead.apply(y, self.item_emb, index, self.n_users)[1:]
 
     def _terms(self, norms: tuple, rows: torch.Tensor, distinct: tuple, online: tuple) -> dict[str, torch.Tensor]:
         """The loss terms from ``norms = (‖h_U‖_F, ‖h_I‖_F)`` of the encoder output ``h``, its
@@ -213,95 +206,3 @@ class BM3(Recommender):
         # mask, without its conversion and the two fresh outputs
         keep = torch.rand(rows.shape, device=rows.device).ge_(p)
         return keep.mul_(rows).div_(1.0 - p)
-
-
-def unique(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.unique(ids, return_inverse=True)`` for ids below ``n``, in linear time (a mark
-    array, :func:`~prismrec.nn.propagation.distinct_rows`, instead of a sort)."""
-    distinct, at = distinct_rows(ids, n)
-    return torch.from_numpy(distinct).to(ids.device), at
-
-
-class _EncoderHead(torch.autograd.Function):
-    """``h = Y + [0; E_I]`` (step 1's residual) reduced to what a batch reads: the rows ``index``
-    (distinct) of ``h`` and ``‖h_U‖_F``, ``‖h_I‖_F`` (``L_reg``), as one node.
-
-    The same values and gradients as autograd through ``Y + pad(E_I)``, ``index_select`` and
-    ``pow(2).sum(1)`` (each operation's own rounding: ``∂‖h_U‖ = g / (2‖h_U‖)``, then
-    ``h · 2∂``), with one N x d pass each way instead of five: no zero-filled N x d gradient for
-    the gathered rows (they are added into the norms' gradient), no padded copy of ``E_I``. ``Y``
-    (a fresh propagation output) becomes ``h`` in place, returned first."""
-
-    @staticmethod
-    def forward(ctx, y, item_emb, index, n_users):  # noqa: D401
-        h = y
-        h[n_users:] += item_emb
-        ctx.mark_dirty(h)
-        ctx.set_materialize_grads(False)  # h itself is not read: no zero-filled gradient for it
-        squares = h.pow(2).sum(dim=1)
-        norm_u, norm_i = squares[:n_users].sum().sqrt(), squares[n_users:].sum().sqrt()
-        ctx.save_for_backward(h, index, norm_u, norm_i)
-        ctx.n_users = n_users
-        return h, h.index_select(0, index), norm_u, norm_i
-
-    @staticmethod
-    def backward(ctx, grad_h, grad_rows, grad_u, grad_i):
-        h, index, norm_u, norm_i = ctx.saved_tensors
-        n = ctx.n_users
-        grad = torch.empty_like(h)
-        for part, g, norm in ((slice(0, n), grad_u, norm_u), (slice(n, None), grad_i, norm_i)):
-            if g is None:
-                grad[part] = 0
-            else:
-                torch.mul(h[part], 2 * (g / (2 * norm)), out=grad[part])  # sqrt's, then pow(2)'s backward
-        if grad_rows is not None:
-            grad.index_add_(0, index, grad_rows)  # distinct rows: one addition each
-        if grad_h is not None:
-            grad += grad_h
-        return grad, grad[n:], None, None
-
-
-class _HalvedEncoder(torch.autograd.Function):
-    """:class:`_EncoderHead` over a one-layer encoder, fused with it: ``h = ½(X⁰ + ÂX⁰) + [0; E_I]``
-    with ``X⁰ = [E_U; E_I]``, returning ``h[index]``, ``‖h_U‖_F`` and ``‖h_I‖_F``.
-
-    Bit-identical to ``lightgcn`` followed by :class:`_EncoderHead` (tests/test_bm3.py), with one
-    ``N x d`` pass fewer each way (no concatenated copy of the tables; no separately halved
-    gradient) and ``E_I``'s two gradients summed in place. Halving is exact in floating point (outside the subnormal
-    range), so it commutes with every rounding: ``Â(½X⁰) = ½(ÂX⁰)`` bit for bit, and the layer
-    mean ``½X⁰ + ½(ÂX⁰)`` is built from ``½X⁰``, written straight from the two tables (no
-    concatenated copy of them). Backward: with ``∂h`` the gradient reaching ``h`` (the norms' and
-    the rows'), the propagation's is ``½∂h + Âᵀ(½∂h)`` and ``E_I``'s residual adds ``∂h_I = 2·½∂h_I``:
-    everything from one halved buffer, in the order of the unfused nodes' operations."""
-
-    @staticmethod
-    def forward(ctx, user_emb, item_emb, index, adjacency):  # noqa: D401
-        n = user_emb.shape[0]
-        h = user_emb.new_empty((n + item_emb.shape[0], user_emb.shape[1]))
-        torch.mul(user_emb, 0.5, out=h[:n])  # ½X⁰, the layer mean's first term
-        torch.mul(item_emb, 0.5, out=h[n:])
-        h.add_(spmm(adjacency.matrix, h))  # + ½ÂX⁰ = Â(½X⁰)
-        h[n:] += item_emb  # the residual
-        ctx.set_materialize_grads(False)
-        squares = h.pow(2).sum(dim=1)
-        norm_u, norm_i = squares[:n].sum().sqrt(), squares[n:].sum().sqrt()
-        ctx.save_for_backward(h, index, norm_u, norm_i)
-        ctx.adjacency, ctx.n_users = adjacency, n
-        return h.index_select(0, index), norm_u, norm_i
-
-    @staticmethod
-    def backward(ctx, grad_rows, grad_u, grad_i):
-        h, index, norm_u, norm_i = ctx.saved_tensors
-        n = ctx.n_users
-        half = torch.empty_like(h)  # ½∂h
-        for part, g, norm in ((slice(0, n), grad_u, norm_u), (slice(n, None), grad_i, norm_i)):
-            if g is None:
-                half[part] = 0
-            else:  # _EncoderHead's factor 2·(g / 2‖·‖), halved (exact)
-                torch.mul(h[part], 2 * (g / (2 * norm)) * 0.5, out=half[part])
-        if grad_rows is not None:
-            half.index_add_(0, index, grad_rows, alpha=0.5)
-        grad = spmm(ctx.adjacency.transpose, half)  # Âᵀ(½∂h) = ½Âᵀ∂h
-        grad.add_(half)  # the layer mean's gradient, ½∂h + ½Âᵀ∂h
-        grad[n:].add_(half[n:], alpha=2.0)  # + ∂h_I, the residual's
-        return grad[:n], grad[n:], None, None
