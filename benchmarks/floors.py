@@ -8,10 +8,11 @@ loop and a validation, so that what follows starts where a run's later epochs do
   (``TorchDispatchMode``) that keeps every matrix product (sparse adjacency and kNN products,
   dense GEMMs of the encoders and losses: ``mm``, ``addmm``, ``bmm``, ...), every (log-)softmax /
   logsumexp / exponential, every top-k, every FFT (SMORE's spectral filters) and every row
-  gather / scatter (embedding lookups and their backward), with their real arguments; the recorded calls are then replayed bare (no
-  autograd, no Python model code) and timed, plus the batch's optimiser step;
-* **epoch**: the same batch timed as the trainer runs it (forward, backward, step), plus the
-  sampler's time.
+  gather / scatter (embedding lookups and their backward) and every random draw (:data:`RANDOM`),
+  with their real arguments; the recorded calls are then replayed bare (no autograd, no Python
+  model code) and timed, plus the batch's optimiser step;
+* **epoch**: the same batch, right after, run by the trainer's own ``train_epoch`` (sampling,
+  forward, backward, divergence guard, optimiser step), the floor's work subtracted.
 
 Validation alternates the same way: a full validation, then the kernels of one eval-mode forward
 replayed bare plus the users x items GEMM and top-k over the validation users in the
@@ -61,7 +62,13 @@ SELECT = {"topk"}
 FFT = {"_fft_r2c", "_fft_c2r", "_fft_c2c"}  # SMORE's spectral filters: its own unavoidable transform
 GATHER = {"embedding", "embedding_dense_backward", "index_select", "index", "index_add", "index_add_",
           "index_put", "index_put_", "_index_put_impl_", "gather", "scatter_add", "scatter_add_"}
-KERNELS = PRODUCTS | SOFTMAX | SELECT | GATHER | FFT
+RANDOM = {"rand", "randn", "rand_like", "randn_like", "randint", "randint_like", "randperm", "bernoulli",
+          "bernoulli_", "normal", "normal_", "uniform_", "exponential_", "geometric_", "log_normal_", "cauchy_",
+          "random_", "multinomial", "native_dropout"}
+"""Random draws: a method's noise is part of its computation (BM3's dropout masks, SIGER's and
+GUME's perturbations, LGMRec's Gumbel noise), so its draws count, as their own kind. A dropout
+via ``F.dropout`` records its ``bernoulli_``; the mask's multiplication is element-wise work."""
+KERNELS = PRODUCTS | SOFTMAX | SELECT | GATHER | FFT | RANDOM
 SETTINGS = MODEL_SETTINGS
 """Per model and dataset, the settings a model needs beyond its defaults where the modalities are
 not one image-like and one text-like (prismrec.nn.roles): FREEDOM's and DRAGON's modality weights,
@@ -94,11 +101,14 @@ class KernelRecorder(TorchDispatchMode):
 
 
 def kind(call) -> str:
-    """``sparse`` (a product with a sparse operand), ``gemm``, ``softmax``, ``topk``, ``gather`` or ``fft``."""
+    """``sparse`` (a product with a sparse operand), ``gemm``, ``softmax``, ``topk``, ``gather``, ``fft``
+    or ``random``."""
     func, args, _ = call
     name = func.overloadpacket.__name__
     if name in GATHER:
         return "gather"
+    if name in RANDOM:
+        return "random"
     if name in FFT:
         return "fft"
     if name in SOFTMAX:
@@ -110,7 +120,9 @@ def kind(call) -> str:
 
 
 def replay(calls) -> None:
-    """Run the recorded calls again, bare: fresh outputs, no autograd."""
+    """Run the recorded calls again, bare: fresh outputs, no autograd. An in-place draw
+    (``uniform_``, ``bernoulli_``, ...) refills its recorded tensor, which the finished batch no
+    longer reads; a draw from a model's own generator advances it, as a second batch would."""
     with torch.no_grad():
         for func, args, kwargs in calls:
             kw = {k: (torch.empty_like(v) if k == "out" and isinstance(v, torch.Tensor) else v)
@@ -146,53 +158,74 @@ def build(name: str, data, settings: dict):
     return cls(data, cfg.params, **inputs), cfg
 
 
+class _FloorFirst:
+    """A sampler whose every batch, before the trainer gets it, is run once under the recorder and
+    its kernels replayed bare and timed (the floor). The time this takes is kept apart, so that the
+    trainer's epoch minus it is the epoch as :func:`~prismrec.train.trainer.train_epoch` runs it."""
+
+    def __init__(self, model, sampler, optimizer, epoch: int) -> None:
+        self.model, self.sampler, self.optimizer, self.epoch_index = model, sampler, optimizer, epoch
+        self.kernels: dict[str, float] = {}
+        self.cpu_kernels = self.aside_s = self.aside_cpu = 0.0  # aside: the floor's whole work
+        self.batches = self.calls = 0
+
+    def epoch(self):
+        for batch in self.sampler.epoch():
+            t0, c0 = time.perf_counter(), time.thread_time()
+            if self.batches == 0:
+                self.model.on_epoch_start(self.epoch_index)
+            self.optimizer.zero_grad(set_to_none=True)
+            with KernelRecorder() as rec:
+                sum(self.model.batch_loss(batch).values()).backward()
+            c1 = time.thread_time()
+            for k, seconds in kinds_s(rec.calls, repeats=1).items():
+                self.kernels[k] = self.kernels.get(k, 0.0) + seconds
+            self.cpu_kernels += time.thread_time() - c1
+            self.calls += len(rec.calls)
+            del rec
+            if self.batches == 0:  # the trainer's run of the batch starts from the same state
+                self.model.on_epoch_start(self.epoch_index)
+            self.batches += 1
+            self.aside_s += time.perf_counter() - t0
+            self.aside_cpu += time.thread_time() - c0
+            yield batch
+
+
+class _StepTimer:
+    """The optimiser, its steps' thread CPU time summed (the trainer times them in wall time)."""
+
+    def __init__(self, optimizer) -> None:
+        self.optimizer, self.cpu = optimizer, 0.0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        c0 = time.thread_time()
+        self.optimizer.step()
+        self.cpu += time.thread_time() - c0
+
+
 def interleaved_epoch(model, sampler, optimizer, epoch: int) -> dict:
     """One training epoch whose every batch is run twice, back to back: once under the recorder
-    (its kernels then replayed bare and timed: the floor) and once timed as the trainer runs it
-    (forward, backward, optimiser step: the epoch). Batch by batch, so that a machine whose load
-    swings slows both sides alike.
+    (its kernels then replayed bare and timed: the floor) and once by the trainer's own
+    :func:`~prismrec.train.trainer.train_epoch` (sampling, forward, backward, divergence guard,
+    optimiser step: the epoch). Batch by batch, so that a machine whose load swings slows both
+    sides alike.
 
     A model whose first batch of an epoch does more (LATTICE rebuilds its learned graph) gets
-    ``on_epoch_start`` before both runs of that batch. Returns the timed epoch's seconds (its
+    ``on_epoch_start`` before both runs of that batch. Returns the trainer's epoch seconds (its
     sampling included), the floor's replay seconds by :func:`kind`, the optimiser steps' seconds
     (part of both), the batches and the recorded calls.
     """
     model.train()
-    kernels: dict[str, float] = {}
-    train_s = step_s = 0.0
-    cpu = {"train": 0.0, "kernels": 0.0, "optimizer": 0.0}  # the same spans in thread CPU time
-    batches = calls = 0
-    tick, ctick = time.perf_counter(), time.thread_time()
-    for batch in sampler.epoch():
-        train_s += time.perf_counter() - tick  # sampling
-        cpu["train"] += time.thread_time() - ctick
-        if batches == 0:
-            model.on_epoch_start(epoch)
-        optimizer.zero_grad(set_to_none=True)
-        with KernelRecorder() as rec:
-            terms = model.batch_loss(batch)
-            sum(terms.values()).backward()
-        c0 = time.thread_time()
-        for k, seconds in kinds_s(rec.calls, repeats=1).items():
-            kernels[k] = kernels.get(k, 0.0) + seconds
-        cpu["kernels"] += time.thread_time() - c0
-        calls += len(rec.calls)
-        del rec, terms
-        if batches == 0:
-            model.on_epoch_start(epoch)
-        t0, c0 = time.perf_counter(), time.thread_time()
-        optimizer.zero_grad(set_to_none=True)
-        sum(model.batch_loss(batch).values()).backward()
-        t1, c1 = time.perf_counter(), time.thread_time()
-        optimizer.step()
-        tick, ctick = time.perf_counter(), time.thread_time()
-        train_s += tick - t0
-        step_s += tick - t1
-        cpu["train"] += ctick - c0
-        cpu["optimizer"] += ctick - c1
-        batches += 1
-    return {"train_s": train_s, "kernels_s": kernels, "optimizer_s": step_s, "batches": batches, "calls": calls,
-            "cpu_s": cpu}
+    floor = _FloorFirst(model, sampler, optimizer, epoch)
+    timed = _StepTimer(optimizer)
+    c0 = time.thread_time()
+    row = train_epoch(model, floor, timed, epoch, model.device)
+    cpu = {"train": time.thread_time() - c0 - floor.aside_cpu, "kernels": floor.cpu_kernels, "optimizer": timed.cpu}
+    return {"train_s": row["train_s"] - floor.aside_s, "kernels_s": floor.kernels, "optimizer_s": row["optim_s"],
+            "batches": floor.batches, "calls": floor.calls, "cpu_s": cpu}
 
 
 def interleaved_validation(model, evaluator, data, k: int, bs: int, rounds: int = 3) -> dict:
@@ -283,21 +316,23 @@ def markdown(res: dict) -> str:
     lines = [f"# Epoch vs floor per model on {res['dataset']}", "",
              f"{res['machine']}; {res['threads']} thread(s); updated {res['date']}.", "",
              "| model | train s | floor | ratio | valid s | floor | ratio | **epoch / floor** | CPU time: epoch / floor | "
-             "per batch: sparse / GEMM / softmax+top-k / FFT / gather / step ms | batches | 1-min load |",
+             "per batch: sparse / GEMM / softmax+top-k / FFT / random / gather / step ms | batches | 1-min load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
         cpu_ratio = f"{r['ratio_cpu']:.2f}" if "ratio_cpu" in r else "-"
         bk = r["batch_kernels_s"]
         ms = " / ".join(f"{1000 * x:.1f}" for x in (bk.get("sparse", 0), bk.get("gemm", 0),
                                                      bk.get("softmax", 0) + bk.get("topk", 0), bk.get("fft", 0),
-                                                     bk.get("gather", 0),
+                                                     bk.get("random", 0), bk.get("gather", 0),
                                                      r["optimizer_step_s"]))
         lines.append(f"| {name} | {r['train_s']:.2f} | {r['floor_train_s']:.2f} | {r['ratio_train']:.2f} | "
                      f"{r['valid_s']:.2f} | {r['floor_valid_s']:.2f} | {r['ratio_valid']:.2f} | "
                      f"**{r['ratio']:.2f}** | {cpu_ratio} | {ms} | {r['batches']} | {r['load1']:.2f} |")
     lines += ["", "Floor = the model's own kernels replayed bare in the same process: for every training batch "
               "of an epoch (each batch also run and timed as the trainer runs it, right after), every matrix "
-              "product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k, FFT and row gather/scatter of its forward and backward, plus its fused-Adam step; per validation "
+              "product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k, FFT, random draw (dropout "
+              "masks, noise, Gumbel draws: the method's own randomness, counted as its own kind) and row "
+              "gather/scatter of its forward and backward, plus its fused-Adam step; per validation "
               "the eval-mode forward's kernels plus the users x items GEMM and top-k. Epochs: median of the "
               "interleaved epochs after a warm-up epoch, default settings (EGRA's pretrained vectors faked at "
               "their size) plus what the quality benchmarks give (the modality pair, lfm2k: text + audio; "

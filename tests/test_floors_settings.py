@@ -1,9 +1,9 @@
-"""The per-dataset settings the speed benchmarks give each model resolve, and FFTs count as kernels."""
+"""The per-dataset settings the speed benchmarks give each model resolve; FFTs and random draws count as kernels."""
 
 import pytest
 import torch
 
-from benchmarks.floors import SETTINGS, KernelRecorder, kind, settings
+from benchmarks.floors import SETTINGS, KernelRecorder, kind, replay, settings
 from prismrec.experiment.config import resolve_config
 
 
@@ -26,3 +26,18 @@ def test_ffts_are_recorded_as_their_own_kernel():
         torch.fft.irfft(torch.fft.rfft(x, dim=-1) * 2, n=16, dim=-1)
         x @ x.T
     assert [kind(c) for c in rec.calls].count("fft") == 2 and "gemm" in [kind(c) for c in rec.calls]
+
+
+def test_random_draws_are_recorded_as_their_own_kernel_and_replay_bare():
+    x = torch.randn(8, 16, requires_grad=True)
+    with KernelRecorder() as rec:
+        mask = torch.rand(8, 16) >= 0.5  # BM3's mask
+        y = torch.nn.functional.dropout(x, 0.5, training=True) * mask  # F.dropout's bernoulli_
+        noise = torch.empty(8, 16).normal_()  # a perturbation's draw
+        (y + noise).sum().backward()
+    kinds = [kind(c) for c in rec.calls]
+    assert kinds.count("random") == 3, kinds
+    drawn = rec.calls[kinds.index("random", 2)][1][0]  # normal_'s tensor: refilled by the replay
+    before = drawn.clone()
+    replay([c for c in rec.calls if kind(c) == "random"])
+    assert not torch.equal(drawn, before)
