@@ -1,30 +1,16 @@
 """In-batch losses under a batch split across two gloo ranks equal the single process's loss and
 gradients (the global batch's negatives, statistics and norms; :class:`RankShares`)."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from prismrec import losses
+from tests.gloo_ranks import free_port as _port  # noqa: F401  (tests/test_masked_views.py imports it)
+from tests.gloo_ranks import grad_rows, run_two_ranks
 
-RANK_SCRIPT = """
-import json, sys
-import torch
-from prismrec import losses
-from prismrec.train import distributed
+RANK_BODY = """
+from tests.test_distributed_losses import TERMS, grad_rows, inputs
 
-sys.path.insert(0, sys.argv[2])
-from test_distributed_losses import TERMS, grad_rows, inputs
-
-torch.set_num_threads(1)
-env = distributed.from_env()
-distributed.init(env, "cpu")
-result = {}
 for name, term, suffix in [(n, t, suffix) for suffix in ("", "@1") for n, t in TERMS.items()]:
     mine, weight = distributed.shard(tuple(x[:1] if suffix else x for x in inputs()), env)
     assert losses.batch_shares().split == (not suffix)  # one row: replicated, not split
@@ -39,10 +25,6 @@ for name, term, suffix in [(n, t, suffix) for suffix in ("", "@1") for n, t in T
     else:  # split: each rank holds its own rows' gradients
         joined = [sum((g[k] for g in grads), []) for k in range(len(mine))]
     result[name + suffix] = {"value": float(total), "grads": joined}
-if env.is_main:
-    json.dump(result, open(sys.argv[1], "w"))
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()  # a clean exit on both ranks
 """
 
 B, D, TAU = 7, 5, 0.3  # 7 rows: shares of 4 and 3 (the gather pads the smaller one)
@@ -68,11 +50,6 @@ TERMS = {
 }
 
 
-def grad_rows(x: torch.Tensor) -> list:
-    """``x``'s gradient as nested lists (zeros where a term does not read ``x``)."""
-    return (x.grad if x.grad is not None else torch.zeros_like(x)).tolist()
-
-
 def _single() -> dict:
     """Every term on the 7-row batch, then (``@1``) on its first row alone."""
     result = {}
@@ -85,25 +62,8 @@ def _single() -> dict:
     return result
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_in_batch_losses_over_two_gloo_ranks_equal_one_process(tmp_path):
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    here = os.path.dirname(os.path.abspath(__file__))
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    base.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_port()), WORLD_SIZE="2")
-    ranks = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "two.json"), here],
-                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    for rank in ranks:
-        _, err = rank.communicate(timeout=120)
-        assert rank.returncode == 0, err[-3000:]
-    two, one = json.loads((tmp_path / "two.json").read_text()), _single()
+    two, one = run_two_ranks(RANK_BODY, tmp_path), _single()
     assert two.keys() == one.keys()
     for name in one:
         assert two[name]["value"] == pytest.approx(one[name]["value"], abs=1e-12), name
