@@ -73,6 +73,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from prismrec.checks import require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
 from prismrec.graph.cooccurrence import behavior_item_graph
@@ -81,10 +82,8 @@ from prismrec.losses import bpr_loss, denoised_bpr, neighbour_discrimination, sy
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.fusion import present_mean
+from prismrec.nn.propagation import propagate
 from prismrec.recommender import Output, Recommender
-
-#: ``ε`` inside the neighbour-discrimination logarithms (the reference's ``10e-10``).
-#: Float32 entries of one pseudo-label block (``|V| x rows x n_I``), about 256 MB.
 
 
 @dataclass
@@ -141,9 +140,7 @@ class DAMRS(Recommender):
         )
         if not config.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {config.temperature}")
-        for key in ("knn_k", "behavior_k"):
-            if getattr(config, key) > self.n_items:
-                raise ValueError(f"{key}={getattr(config, key)} exceeds the number of items ({self.n_items})")
+        require_items(self.n_items, knn_k=config.knn_k, behavior_k=config.behavior_k)
         if config.neighbor_weight > 0 and 2 * config.n_pseudo_positives > self.n_items:
             raise ValueError(
                 f"n_pseudo_positives={config.n_pseudo_positives} needs at least twice as many items "
@@ -182,14 +179,8 @@ class DAMRS(Recommender):
     def forward(self) -> Output:
         e_i = self.item_emb.weight
         y = lightgcn(self.adjacency, torch.cat([self.user_emb.weight, e_i]), self.config.n_ui_layers)
-        views = []
-        for graph in self.item_graphs:  # h_v = Ŝ_v^{L_mm} E_I
-            h_v = e_i
-            for _ in range(self.config.n_mm_layers):
-                h_v = graph @ h_v
-            views.append(h_v)
-        views = torch.stack(views)  # |V| x n_I x d
-        h = views.mean(dim=0) if self.present is None else present_mean(views, self.present)
+        views = torch.stack([propagate(graph, e_i, self.config.n_mm_layers) for graph in self.item_graphs])  # h_v
+        h = present_mean(views, self.present)  # 1/|V| Σ_v h_v (over an item's present views)
         y_u, y_i = y[: self.n_users], y[self.n_users :]
         out = Output(y_u, y_i + h)
         if self.training:  # the loss's views

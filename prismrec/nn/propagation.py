@@ -1,4 +1,4 @@
-"""LightGCN propagation (ALGORITHMS.md 2.7)."""
+"""Graph propagation: LightGCN's layer mean (ALGORITHMS.md 2.7), its batch-row forms, plain steps."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ def lightgcn(adjacency: SparseOperator, x0: torch.Tensor, n_layers: int) -> torc
     if x0.requires_grad:
         return _LayerMean.apply(adjacency, x0, n_layers)
     return _layer_mean(adjacency.matrix, x0, n_layers)
+
+
+def propagate(graph, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """``G^L X``: ``n_layers`` plain products with ``graph`` (no layer mean, no weights), the item
+    views' propagation over an item–item graph (a :class:`SparseOperator`, or any ``G @ X``)."""
+    for _ in range(n_layers):
+        x = graph @ x
+    return x
 
 
 def lightgcn_rows(adjacency: SparseOperator, x0: torch.Tensor, n_layers: int, rows: torch.Tensor) -> torch.Tensor:
