@@ -67,18 +67,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismrec.checks import check_choices, require_items
 from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph, knn_graph, mix
-from prismrec.graph.neighbour_sampling import AGGREGATIONS, PADDINGS, softmax_neighbour_graph
+from prismrec.graph.neighbour_sampling import softmax_neighbour_graph
 from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.data.features import fusion_presence
 from prismrec.nn.encoders import Projector
 from prismrec.nn.fusion import present_mean
+from prismrec.nn.propagation import propagate
 from prismrec.nn.roles import role_weights
 from prismrec.recommender import Output, Recommender
 
-CONSTRUCTIONS = ("cat", "weighted_sum", "weighted_max")
 REFERENCE_IMAGE_WEIGHT = 0.1
 """``α`` of the image-like modality of an image + text pair (reference ``mm_image_weight``)."""
 
@@ -151,14 +152,8 @@ class DRAGON(Recommender):
         self.require_at_least(
             config, embedding_size=1, hidden_size=1, n_ui_layers=0, n_ii_layers=0, knn_k=1, user_knn_k=1
         )
-        if config.construction not in CONSTRUCTIONS:
-            raise ValueError(f"construction must be one of {CONSTRUCTIONS}, got {config.construction!r}")
-        if config.user_pad not in PADDINGS:
-            raise ValueError(f"user_pad must be one of {PADDINGS}, got {config.user_pad!r}")
-        if config.user_aggr not in AGGREGATIONS:
-            raise ValueError(f"user_aggr must be one of {AGGREGATIONS}, got {config.user_aggr!r}")
-        if config.knn_k > self.n_items:
-            raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({self.n_items})")
+        check_choices(config, self.name)
+        require_items(self.n_items, knn_k=config.knn_k)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         self.mm_weights = role_weights(self.name, self.modalities, config.mm_weights, REFERENCE_IMAGE_WEIGHT)
         d = config.embedding_size
@@ -203,33 +198,26 @@ class DRAGON(Recommender):
 
     def fuse(self, reps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 2: user and item representations ``U``, ``I`` from the modality views ``G_m``."""
-        users = [g[: self.n_users] for g in reps]
-        items = [g[self.n_users :] for g in reps]
         w = self.user_modality_weights
-        weighted = [w[:, k : k + 1] * g for k, g in enumerate(users)]  # w_um G_m^U
-        construction = self.config.construction
-        if self.present is not None:  # mask-aware: an item's missing modality does not contribute
-            if construction == "cat":
-                return torch.cat(weighted, dim=1), torch.cat(
-                    [g * p.unsqueeze(1).to(g.dtype) for g, p in zip(items, self.present)], dim=1)
-            fused_items = present_mean(torch.stack(items), self.present, "sum")
-            users = sum(weighted) if construction == "weighted_sum" else torch.stack(weighted).amax(dim=0)
-            return users, fused_items
-        if construction == "cat":
-            return torch.cat(weighted, dim=1), torch.cat(items, dim=1)
-        if construction == "weighted_sum":
-            return sum(weighted), sum(items)
-        return torch.stack(weighted).amax(dim=0), sum(items)  # weighted_max
+        users = [w[:, k : k + 1] * g[: self.n_users] for k, g in enumerate(reps)]  # w_um G_m^U
+        items = [g[self.n_users :] for g in reps]  # G_m^I
+        if self.config.construction == "cat":
+            if self.present is not None:  # an item's missing modality: its block is 0
+                items = [g * p.unsqueeze(1).to(g.dtype) for g, p in zip(items, self.present)]
+            return torch.cat(users, dim=1), torch.cat(items, dim=1)
+        fused_items = present_mean(torch.stack(items), self.present, "sum")  # Σ_m over the present ones
+        if self.config.construction == "weighted_sum":
+            return sum(users), fused_items
+        return torch.stack(users).amax(dim=0), fused_items  # weighted_max
 
     def forward(self) -> Output:
         if self.user_graph is None:  # a forward before any on_epoch_start
             self.on_epoch_start(0)
         reps = [enc(self.adjacency, self.config.n_ui_layers) for enc in self.encoders.values()]  # G_m
-        u, i = self.fuse(reps)
-        h = i
-        for _ in range(self.config.n_ii_layers):  # S^{L_ii} I
-            h = self.item_graph @ h
-        out = Output(u + self.user_graph @ u, i + h)  # Z_U = U + W_UU U, Z_I = I + S^L I
+        u, i = self.fuse(reps)                                            # U, I
+        z_u = u + self.user_graph @ u                                     # Z_U = U + W_UU U
+        z_i = i + propagate(self.item_graph, i, self.config.n_ii_layers)  # Z_I = I + S^{L_ii} I
+        out = Output(z_u, z_i)
         if not self.training:
             for m, g in zip(self.encoders, reps):
                 out.aux[f"modality_{m}"] = g
