@@ -59,6 +59,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from prismrec.checks import check_choices, require_fraction, require_items
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph, mix, user_item_block
 from prismrec.graph.union import max_union
 from prismrec.losses import bpr_loss, infonce, l2_reg
@@ -68,7 +69,7 @@ from prismrec.nn.spectral import SpectralFilter, gate
 from prismrec.nn.fusion import node_presence, present_mean
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.content import content_forward_rows
-from prismrec.nn.propagation import batch_node_rows, lightgcn_distinct, row_product
+from prismrec.nn.propagation import batch_node_rows, lightgcn_distinct, propagate, row_product
 from prismrec.nn.encoders import Projector
 from prismrec.nn.roles import modality_parts
 from prismrec.recommender import Output, Recommender
@@ -119,15 +120,12 @@ class SMORE(Recommender):
         self.require_at_least(
             config, embedding_size=2, n_ui_layers=0, n_ii_layers=0, image_knn_k=1, text_knn_k=1, temperature=1e-8
         )
-        if not 0.0 <= config.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
-        if config.fusion_graph not in ("max", "mean"):
-            raise ValueError(f"fusion_graph must be 'max' or 'mean', got {config.fusion_graph!r}")
+        require_fraction("dropout", config.dropout, high_open=True)
+        check_choices(config, self.name)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         parts = modality_parts(self.name, self.modalities, config.modality_roles, settings="image_knn_k/text_knn_k")
         ks = [config.image_knn_k if part == "image" else config.text_knn_k for part in parts]
-        if max(ks) > self.n_items:
-            raise ValueError(f"knn_k={max(ks)} exceeds the number of items ({self.n_items}); lower image_knn_k/text_knn_k")
+        require_items(self.n_items, **{f"{part}_knn_k": k for part, k in zip(parts, ks)})
         d = config.embedding_size
 
         # Â and R̂ (2.1); S_m cosine kNN graphs of the raw features (2.2) and S_f, all frozen.
@@ -177,14 +175,11 @@ class SMORE(Recommender):
 
     def item_views(self) -> dict[str, torch.Tensor]:
         """Steps 1-3 on the item side: ``H_v^I = S_v^{L_ii} (E_I ⊙ σ(X̃_v G_v + g_v))`` per view."""
-        e_i = self.item_emb.weight
         views = {}
         for v, x in self.spectrum_fusion().items():
-            h = e_i * self.item_gates[v](x)  # H_v = E_I ⊙ σ(X̃_v G_v + g_v)
+            h = self.item_emb.weight * self.item_gates[v](x)  # H_v = E_I ⊙ σ(X̃_v G_v + g_v)
             graph = self.fusion_graph if v == "fusion" else self.item_graphs[v]
-            for _ in range(self.config.n_ii_layers):
-                h = graph @ h  # S_v^{L_ii} H_v
-            views[v] = h
+            views[v] = propagate(graph, h, self.config.n_ii_layers)  # S_v^{L_ii} H_v
         return views
 
     def preference(self, c: torch.Tensor, views: dict[str, torch.Tensor], present: torch.Tensor | None,
@@ -197,7 +192,7 @@ class SMORE(Recommender):
             attention = torch.softmax(self.queries[m](h_f), dim=-1)  # over the d dimensions
             parts.append(self.dropout(self.preference_gates[m](c), rows) * attention * views[m])
         parts.append(self.dropout(self.preference_gates["fusion"](c), rows) * h_f)
-        return torch.stack(parts).mean(dim=0) if present is None else present_mean(torch.stack(parts), present)
+        return present_mean(torch.stack(parts), present)
 
     def dropout(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Inverted dropout in training forwards: keep ``torch.rand >= p`` (torch's global
