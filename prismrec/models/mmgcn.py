@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismrec.checks import check_choices
 from prismrec.graph import SparseOperator
 from prismrec.graph.walk import random_walk_adjacency
 from prismrec.losses import bpr_loss
@@ -65,6 +66,7 @@ from prismrec.data.features import fusion_presence
 from prismrec.models import register
 from prismrec.nn.fusion import node_presence, present_mean
 from prismrec.nn.content import content_forward_rows, feature_knn
+from prismrec.nn.embedding import register_table
 from prismrec.nn.roles import modality_parts
 from prismrec.recommender import Output, Recommender
 
@@ -116,11 +118,7 @@ class ModalityGCN(nn.Module):
         self.register_buffer("features", features.detach().to(torch.float32).clone(), persistent=False)
         width = latent or features.shape[1]                                 # d'_m
         self.mlp = nn.Linear(features.shape[1], latent) if latent else None  # F̃_m = F_m W⁰ + b⁰
-        preference = torch.empty(n_users, width)
-        if config.train_embeddings:
-            self.preference = nn.Parameter(preference)
-        else:
-            self.register_buffer("preference", preference)
+        register_table(self, "preference", torch.empty(n_users, width), config.train_embeddings)  # P_m
         self.concat = config.concat
         dims = [width] + [d] * config.n_layers
         self.conv = nn.ParameterList(nn.Parameter(torch.empty(a, a if i == 0 else d))
@@ -172,10 +170,7 @@ class MMGCN(Recommender):
     def __init__(self, dataset, config: MMGCNConfig) -> None:
         super().__init__(dataset, config)
         self.require_at_least(config, embedding_size=1, n_layers=1)
-        for key, allowed in (("aggr", ("mean", "add")), ("combine", ("mean", "sum")),
-                             ("reg_preferences", ("first", "all"))):
-            if getattr(config, key) not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {getattr(config, key)!r}")
+        check_choices(config, self.name)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         n = len(self.modalities)
         parts = None  # the reference part of each modality, when a setting depends on it
@@ -193,11 +188,7 @@ class MMGCN(Recommender):
         d = config.embedding_size
         graph = random_walk_adjacency(dataset.train, normalize=config.aggr == "mean")
         self.adjacency = SparseOperator(graph, symmetric=config.aggr == "add")
-        ids = torch.empty(self.n_users + self.n_items, d)                    # E (users first)
-        if config.train_embeddings:
-            self.id_emb = nn.Parameter(ids)
-        else:
-            self.register_buffer("id_emb", ids)
+        register_table(self, "id_emb", torch.empty(self.n_users + self.n_items, d), config.train_embeddings)  # E
         self.gcns = nn.ModuleDict({
             m: ModalityGCN(dataset.features[m], self.n_users, d, int(width), config)
             for m, width in zip(self.modalities, latent)
@@ -216,13 +207,8 @@ class MMGCN(Recommender):
 
     def forward(self) -> Output:
         ids = self.id_emb if self.config.has_id else None
-        views = {m: gcn(self.adjacency, ids) for m, gcn in self.gcns.items()}
-        if self.present is not None:  # mask-aware: only each node's present modalities
-            z = present_mean(torch.stack(list(views.values())), self.present, self.config.combine)
-        else:
-            z = torch.stack(list(views.values())).sum(0)
-            if self.config.combine == "mean":
-                z = z / len(views)
+        views = {m: gcn(self.adjacency, ids) for m, gcn in self.gcns.items()}  # Z_m
+        z = present_mean(torch.stack(list(views.values())), self.present, self.config.combine)  # over present ones
         out = Output(z[: self.n_users], z[self.n_users :])
         if not self.training:
             out.aux.update({f"modality_{m}": v for m, v in views.items()})

@@ -1,4 +1,5 @@
-"""ID embedding tables (ALGORITHMS.md 2.7): one learnable row per user or item."""
+"""ID embedding tables (ALGORITHMS.md 2.7): one learnable row per user or item; tables that are a
+parameter or a frozen buffer by a setting."""
 
 from __future__ import annotations
 
@@ -44,3 +45,13 @@ class IdEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, {self.weight.shape[1]}, init={self.init}"
+
+
+def register_table(module: nn.Module, name: str, value: torch.Tensor, trainable: bool, persistent: bool = True) -> None:
+    """Give ``module`` the tensor ``value`` as ``name``: a trainable ``nn.Parameter``, or a frozen
+    buffer (saved in the state dict unless ``persistent=False``: a frozen random table must be
+    saved to restore exactly, a copy of the dataset's features need not)."""
+    if trainable:
+        setattr(module, name, nn.Parameter(value))
+    else:
+        module.register_buffer(name, value, persistent=persistent)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prismrec.nn.embedding import register_table
 
 FEATURE_NORMS = ("none", "l2", "standardize")
 
@@ -84,10 +85,7 @@ class Projector(nn.Module):
             raise ValueError(f"dim must be >= 1, got {dim}")
         feats = normalize_features(_as_feature_matrix(features), normalize, inplace=True)  # on our own copy
         self.trainable_features = bool(trainable_features)
-        if self.trainable_features:
-            self.features = nn.Parameter(feats)
-        else:
-            self.register_buffer("features", feats, persistent=False)
+        register_table(self, "features", feats, self.trainable_features, persistent=False)
         self.linear = nn.Linear(feats.shape[1], dim)
 
     @property
