@@ -433,15 +433,21 @@ def moment_gap(views: torch.Tensor, present: torch.Tensor | None = None) -> torc
     return ((var[a] - var[b]).abs() + (mean[a] - mean[b]).abs()).mean()
 
 
-def user_modality_alignment(extended: torch.Tensor, fused: torch.Tensor, rows: torch.Tensor, tau: float, noise) -> torch.Tensor:
+def user_modality_alignment(extended: torch.Tensor, fused: torch.Tensor, rows: torch.Tensor, tau: float, noise,
+                            present: torch.Tensor | None = None) -> torch.Tensor:
     """GUME's ``um`` term without its weight (3.6), on user matrices ``Ĥ_U`` and ``M_U``:
     ``InfoNCE(Ĥ_U[u], M_U[u]; τ) + InfoNCE(M'[u], M''[u]; τ) + InfoNCE(Ĥ'[u], Ĥ''[u]; τ)``, with
     ``X', X''`` two views of ``X[u]`` from ``noise(X, rows)`` (e.g. a
-    :class:`prismrec.nn.NoiseSource`), drawn for ``M`` first."""
-    def noisy(x: torch.Tensor) -> torch.Tensor:
-        return infonce(noise(x, rows), noise(x, rows), tau)
+    :class:`prismrec.nn.NoiseSource`), drawn for ``M`` first. ``present`` (optional bool per
+    user): the users with a modality view (:meth:`prismrec.nn.MultiViewEncoder.fused_presence`;
+    a user with none has rows of 0 in ``Ĥ_U`` and ``M_U``) take part, the others not."""
+    at = _at(present, rows)
 
-    return infonce(extended.index_select(0, rows), fused.index_select(0, rows), tau) + noisy(fused) + noisy(extended)
+    def noisy(x: torch.Tensor) -> torch.Tensor:
+        return infonce(noise(x, rows), noise(x, rows), tau, present=at)
+
+    return (infonce(extended.index_select(0, rows), fused.index_select(0, rows), tau, present=at)
+            + noisy(fused) + noisy(extended))
 
 
 ND_EPS = 1e-9

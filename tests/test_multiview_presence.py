@@ -17,6 +17,7 @@ from prismrec.experiment.config import resolve_config
 from prismrec.graph import bipartite_adjacency
 from prismrec.models import get_model
 from prismrec.nn import MultiViewEncoder, propagation
+from prismrec.nn.multiview import present_adjacencies
 from prismrec.recommender import PretrainedItems
 from prismrec.train import seed_everything
 from tests.test_row_paths import _batch, _terms_and_grads
@@ -52,8 +53,8 @@ def _encoder(fusion, present_items=None):
     chain = sp.csr_matrix(np.array([[0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]], dtype=np.float32))
     features = [torch.arange(6.0).view(3, 2), torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, 1.0], [1.0, 1.0, 1.0]])]
     torch.manual_seed(0)
-    enc = MultiViewEncoder(bipartite_adjacency(train), [chain, chain], features, 2, 4, 2, 1,
-                           fusion=fusion, present_items=present_items)
+    enc = MultiViewEncoder(bipartite_adjacency(train), [chain, chain], features, 2, 4, 2, 1, fusion=fusion,
+                           present_items=present_items, modality_adjacencies=present_adjacencies(train, present_items))
     enc.reset_parameters()
     return enc
 
@@ -72,10 +73,12 @@ def test_an_item_missing_a_modality_fuses_its_present_view_alone_by_hand(fusion)
     torch.testing.assert_close(fused[node], alone[node])
     torch.testing.assert_close(fused[node], h[0, node] / (2 if fusion == "behavior_aware" else 1))
     assert not torch.allclose(unmasked[node], fused[node])  # the mask changed the item's row
-    others = [n for n in range(5) if n != node]
-    torch.testing.assert_close(fused[others], unmasked[others])  # every other node as without a mask
+    # user 1 takes modality 2 from item 2 alone (tests/test_masked_user_views.py); the others as
+    # without a mask
+    others = [0, 2, 4]
+    torch.testing.assert_close(fused[others], unmasked[others])
     assert "present" not in masked.state_dict()
-    with pytest.raises(ValueError, match="present_items must be n_items x K = 3 x 2"):
+    with pytest.raises(ValueError, match=r"present_items must hold one row per item \(3\), got shape \(2, 2\)"):
         _encoder(fusion, present[:2])
 
 
@@ -110,17 +113,27 @@ def test_zero_imputation_masks_the_family_fuser(dropped, name):
 
 @pytest.mark.parametrize("name", ["gume", "siger"])
 def test_extended_branch_averages_the_present_modalities(dropped, name):
+    from prismrec.graph import SparseOperator
+    from prismrec.nn import lightgcn
+
     zero, _, missing = dropped
     net = _model(name, zero, **({"extended_branch": True} if name == "siger" else {})).train()
-    enc = net.encoder
+    enc, n_u = net.encoder, zero.n_users
     with torch.no_grad():
         h = enc.modality_views()
-        ext = net.extended(enc.adjacency, h, enc.present)
-        unmasked = net.extended(enc.adjacency, h)  # the mean over both branches
-    items = np.flatnonzero(missing) + zero.n_users
-    assert not torch.allclose(ext[items], unmasked[items])
+        ext = net.extended(enc.modality_adjacencies, h, enc.present)
+        # the image branch on Â_image (the items with an image; SIGER: the plain graph), by hand
+        image_graph = SparseOperator(bipartite_adjacency(zero.train.multiply(~missing[None, :]).tocsr()))
+        users, layers = net.extended.user_tables, net.extended.n_layers
+        image = lightgcn(image_graph, torch.cat([users[0].weight, h[0, n_u:]]), layers)
+        text = lightgcn(enc.adjacency, torch.cat([users[1].weight, h[1, n_u:]]), layers)
+    items = np.flatnonzero(missing) + n_u
+    torch.testing.assert_close(ext[items], text[items])  # an item without its image: the text branch alone
     keep = np.setdiff1d(np.arange(len(ext)), items)
-    torch.testing.assert_close(ext[keep], unmasked[keep])
+    if name == "siger":
+        torch.testing.assert_close(ext[keep], ((image + text) / 2)[keep])
+    unmasked = net.extended([enc.adjacency] * 2, h)  # the mean over both branches on Â⁺
+    assert not torch.allclose(ext[:n_u], unmasked[:n_u])
 
 
 ROW_CASES = [("mgcn", {}), ("gume", {}), ("egra", {}), ("egra", {"item_links": "raw", "graph_fusion": "separate"})]

@@ -18,6 +18,11 @@ pretrained model, plus bi-level alignment.
 4. ``L = L_BPR(Z) + λ_reg·half_sq(z_u, z_i, z_j) + L_align``; ``λ_t`` is logged every epoch.
    ``backbone="gume"``: with GUME's extended branch (:class:`prismrec.nn.ExtendedBranch`) on
    ``Â⁺``, and its ``vt``, ``um`` and ``reg2`` terms added (``L_align`` in place of its ``bm``).
+
+Missing modalities (``impute="zero"``): a user takes modality ``m`` from its items that have it
+(``H_m^U = R̂⁺_m H_m^I``, GUME's ``Ĥ_m`` on ``Â⁺_m``); ``L_align`` and ``um`` leave out a node with
+no modality at all (its ``M`` row is 0; the entity weights are normalised over the others) and
+``vt`` runs over each view's present rows.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
+from prismrec.nn.multiview import present_adjacencies
 from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, PretrainedItems, PretrainedStageConfig, Recommender
 
@@ -147,12 +153,15 @@ class EGRA(Recommender):
         joint = config.graph_fusion == "joint"  # else separate: plain Â, C_I += γ·Ŝ_pre^{L_ii} E_I
         adjacency = bipartite_adjacency(dataset.train, links, gamma=config.gamma) if joint \
             else bipartite_adjacency(dataset.train)
-        # 2. MGCN's views on Â⁺; with backbone="gume", GUME's extended branch too. Both weigh only
-        # an item's present modalities when some were zero-filled (impute="zero").
+        # 2. MGCN's views on Â⁺; with backbone="gume", GUME's extended branch too. When some
+        # modality rows were zero-filled (impute="zero") both weigh only a node's present
+        # modalities, and users take modality m from their items that have it (Â⁺_m).
+        present = fusion_presence(dataset, self.modalities)
         self.encoder = MultiViewEncoder(
             adjacency, knn, [dataset.features[m] for m in self.modalities],
             self.n_users, d, self.n_ui_layers, config.n_ii_layers, config.train_features,
-            present_items=fusion_presence(dataset, self.modalities),
+            present_items=present,
+            modality_adjacencies=present_adjacencies(dataset.train, present, links if joint else None, config.gamma),
             behavior_item_graph=None if joint else sym_normalize(links), behavior_item_weight=config.gamma,
         )
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, self.n_ui_layers) if gume else None
@@ -171,7 +180,7 @@ class EGRA(Recommender):
         if self.extended is not None:
             aux["modality_views"] = h
             if self.training:  # Ĥ only feeds the loss
-                aux["extended"] = self.extended(self.encoder.adjacency, h, self.encoder.present)
+                aux["extended"] = self.extended(self.encoder.modality_adjacencies, h, self.encoder.present)
         return Output(z[: self.n_users], z[self.n_users :], aux)
 
     # ---------------------------------------------------------------- stage 3: alignment, loss
@@ -181,15 +190,20 @@ class EGRA(Recommender):
     def epoch_log(self) -> dict:
         return {"lambda_t": self.lambda_t, "pretrained_run": self.pretrained_run}
 
-    def weighted_alignment(self, m_rows: torch.Tensor, c_rows: torch.Tensor) -> torch.Tensor:
-        """One side's ``mean_e w_e ℓ_e``, ``w_e`` from ``a_e = sg(cos(m_e, c_e))``."""
+    def weighted_alignment(self, m_rows: torch.Tensor, c_rows: torch.Tensor,
+                           present: torch.Tensor | None = None) -> torch.Tensor:
+        """One side's ``mean_e w_e ℓ_e``, ``w_e`` from ``a_e = sg(cos(m_e, c_e))``; ``present``
+        (optional bool per row): only the rows with a fused view take part (a node with no
+        modality has ``M`` row 0), their weights normalised over them."""
         cfg = self.config
-        return entity_weighted_infonce(m_rows, c_rows, cfg.tau, cfg.entity_weighting, cfg.entity_sign, cfg.tau_w)
+        return entity_weighted_infonce(m_rows, c_rows, cfg.tau, cfg.entity_weighting, cfg.entity_sign, cfg.tau_w,
+                                       present)
 
-    def terms(self, z_rows: tuple[torch.Tensor, ...], users: tuple[torch.Tensor, torch.Tensor],
-              items: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def terms(self, z_rows: tuple[torch.Tensor, ...], users: tuple[torch.Tensor, ...],
+              items: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """``L_BPR(Z)``, ``λ_reg·half_sq(z_u, z_i, z_j)`` and ``L_align`` from the batch's rows
-        ``(z_u, z_i, z_j)`` and the ``(M, C)`` rows of its users and of its positive items."""
+        ``(z_u, z_i, z_j)`` and the ``(M, C, fused presence or None)`` rows of its users and of
+        its positive items."""
         cfg, (zu, zi, zj) = self.config, z_rows
         align = self.weighted_alignment(*users) + self.weighted_alignment(*items)
         return {"bpr": bpr_loss(zu, zi, zj), "reg": cfg.reg_weight * half_sq(zu, zi, zj),
@@ -200,11 +214,13 @@ class EGRA(Recommender):
         u, i, _ = batch
         c, m = out.aux["behavior"], out.aux["modality"]
         i_rows = i + n_u  # item rows of the N x d views
-        terms = self.terms(out.bpr_rows(batch), (m[u], c[u]), (m[i_rows], c[i_rows]))
+        fused = self.encoder.fused_presence()
+        terms = self.terms(out.bpr_rows(batch), (m[u], c[u], _rows(fused, u)),
+                           (m[i_rows], c[i_rows], _rows(fused, i_rows)))
         if self.extended is not None:  # GUME's vt, um, reg2
             ext = out.aux["extended"]
             terms["vt"] = cfg.vt_weight * moment_gap(out.aux["modality_views"], self.encoder.presence())
-            terms["um"] = cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise)
+            terms["um"] = cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise, fused)
             terms["reg2"] = cfg.reg2_weight * half_sq(ext[i_rows])
         return terms
 
@@ -219,11 +235,17 @@ class EGRA(Recommender):
         c, m = self.encoder.fused_rows(rows)                     # C[rows], M[rows]
         z = c + m
         zu, zi, zj = (z.index_select(0, at) for at in (at_u, at_i, at_j))
-        return self.terms((zu, zi, zj), (m.index_select(0, at_u), c.index_select(0, at_u)),
-                          (m.index_select(0, at_i), c.index_select(0, at_i)))
+        fused = self.encoder.fused_presence(rows)
+        return self.terms((zu, zi, zj), (m.index_select(0, at_u), c.index_select(0, at_u), _rows(fused, at_u)),
+                          (m.index_select(0, at_i), c.index_select(0, at_i), _rows(fused, at_i)))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, links={self.n_item_links}, P from {self.pretrained_run}"
+
+
+def _rows(present: torch.Tensor | None, at: torch.Tensor) -> torch.Tensor | None:
+    """``present``'s entries ``at`` (``None`` passes through)."""
+    return None if present is None else present.index_select(0, at)
 
 
 def check_config(config: EGRAConfig) -> None:

@@ -25,10 +25,11 @@ own user tables and extra alignment / uniformity losses.
    ``Noise(X)[u] = InfoNCE(X'[u], X''[u]; τ_um)`` with ``X', X''`` two views of the whole user
    matrix ``X`` from :func:`prismrec.nn.perturb` (``ε = 0.1``, ``fixed``).
 
-   Missing modalities (``impute="zero"``): ``vt``'s mean and variance of ``H_m`` run over the rows
-   where modality ``m`` is present (a zero-filled item's ``H_m`` row is not a sample of the view);
-   ``bm`` leaves out a node with no modality at all (its ``M`` row is 0). ``um`` reads user rows
-   and ``reg2`` the mask-aware ``Ĥ``: nothing to mask.
+   Missing modalities (``impute="zero"``): a user takes modality ``m`` from its items that have it
+   (``H_m^U = R̂⁺_m H_m^I`` and ``Ĥ_m`` on ``Â⁺_m``, both over those items; a user with none has no
+   ``m`` view). ``vt``'s mean and variance of ``H_m`` run over the rows where ``m`` is present (a
+   zero-filled item's ``H_m`` row is not a sample of the view); ``bm`` and ``um`` leave out a node
+   with no modality at all (its ``M`` and ``Ĥ`` rows are 0).
 
 Defaults: the common settings of the reference plus its **Baby** row. The reference's other
 per-dataset rows (``n_ii_layers``, ``bm_tau``, ``um_weight``, ``um_tau``, ``vt_weight``):
@@ -58,6 +59,7 @@ from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
+from prismrec.nn.multiview import present_adjacencies
 from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, Recommender
 
@@ -113,12 +115,15 @@ class GUME(Recommender):
         links = shared_neighbor_links(knn)
         self.n_item_links = int(links.nnz)
         adjacency = bipartite_adjacency(dataset.train, links, gamma=config.gamma)
-        # 2-4, 6. ID tables, purifiers and fuser on Â⁺ and the Ŝ_m; 5. the extended branch. Both
-        # weigh only an item's present modalities when some were zero-filled (impute="zero").
+        # 2-4, 6. ID tables, purifiers and fuser on Â⁺ and the Ŝ_m; 5. the extended branch. When
+        # some modality rows were zero-filled (impute="zero") both weigh only a node's present
+        # modalities, and users take modality m from their items that have it (Â⁺_m).
+        present = fusion_presence(dataset, self.modalities)
         self.encoder = MultiViewEncoder(
             adjacency, knn, [dataset.features[m] for m in self.modalities],
             self.n_users, d, config.n_ui_layers, config.n_ii_layers, config.train_features,
-            present_items=fusion_presence(dataset, self.modalities),
+            present_items=present,
+            modality_adjacencies=present_adjacencies(dataset.train, present, links, config.gamma),
         )
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers)
         self.reset_parameters()
@@ -132,7 +137,7 @@ class GUME(Recommender):
         z = c + m
         aux = {"behavior": c, "modality": m, "modality_views": h}
         if self.training:  # 5. Ĥ only feeds the loss; scoring uses Z = C + M
-            aux["extended"] = self.extended(self.encoder.adjacency, h, self.encoder.present)
+            aux["extended"] = self.extended(self.encoder.modality_adjacencies, h, self.encoder.present)
         return Output(z[: self.n_users], z[self.n_users :], aux)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
@@ -146,7 +151,8 @@ class GUME(Recommender):
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
             "bm": cfg.bm_weight * rows_infonce(m, c, (u, i_rows), cfg.bm_tau, self.encoder.fused_presence()),
             "vt": cfg.vt_weight * moment_gap(out.aux["modality_views"], self.encoder.presence()),
-            "um": cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise),
+            "um": cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise,
+                                                          self.encoder.fused_presence()),
             "reg2": cfg.reg2_weight * half_sq(ext[i_rows]),
         }
 
@@ -160,7 +166,7 @@ class GUME(Recommender):
         c = self.encoder.behavior_rows(rows)                                  # C[rows]
         h = self.encoder.modality_views()                                     # H (all of it: vt)
         m = self.encoder.fuse(h.index_select(1, torch.from_numpy(rows).to(h.device)), c, rows)  # M[rows]
-        ext = self.extended.rows(self.encoder.adjacency, h, rows, self.encoder.presence(rows))  # Ĥ[rows]
+        ext = self.extended.rows(self.encoder.modality_adjacencies, h, rows, self.encoder.presence(rows))  # Ĥ[rows]
         z = c + m
         zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
         return {
@@ -168,7 +174,8 @@ class GUME(Recommender):
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
             "bm": cfg.bm_weight * rows_infonce(m, c, (at_u, at_i), cfg.bm_tau, self.encoder.fused_presence(rows)),
             "vt": cfg.vt_weight * moment_gap(h, self.encoder.presence()),
-            "um": cfg.um_weight * user_modality_alignment(ext, m, at_u, cfg.um_tau, self.noise),
+            "um": cfg.um_weight * user_modality_alignment(ext, m, at_u, cfg.um_tau, self.noise,
+                                                          self.encoder.fused_presence(rows)),
             "reg2": cfg.reg2_weight * half_sq(ext.index_select(0, at_i)),
         }
 

@@ -16,6 +16,10 @@ under preference gates driven by behaviour.
 Any number ``K >= 1`` of modalities is supported (the paper uses image and text); the fuser
 divides by ``K + 1``. Steps 2-5 are :class:`prismrec.nn.MultiViewEncoder`, shared with GUME,
 SIGER and EGRA, which build other graphs.
+
+Missing modalities (``impute="zero"``): the fuser weighs a node's present modalities, a user takes
+modality ``m`` from its items that have it (``H_m^U = R̂_m H_m^I``), and ``cl`` leaves out a node
+with no modality at all (its ``M`` row is 0).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from prismrec.losses import bpr_loss, l2_reg, rows_infonce
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import MultiViewConfig, MultiViewEncoder, check_multiview_config
+from prismrec.nn.multiview import present_adjacencies
 from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, Recommender
 
@@ -65,12 +70,14 @@ class MGCN(Recommender):
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         # 1. Graphs: Ŝ_m per modality, Â (R̂ is its user-item block).
         knn = [knn_graph(dataset.features[m], config.knn_k) for m in self.modalities]
-        # 2-5. ID tables, purifiers and fuser over these graphs; the fuser weighs only an item's
-        # present modalities when some were zero-filled (impute="zero"; else nothing is masked).
+        # 2-5. ID tables, purifiers and fuser over these graphs; when some modality rows were
+        # zero-filled (impute="zero"; else nothing is masked) the fuser weighs only a node's
+        # present modalities and H_m^U reads only the user's items that have m.
+        present = fusion_presence(dataset, self.modalities)
         self.encoder = MultiViewEncoder(
             bipartite_adjacency(dataset.train), knn, [dataset.features[m] for m in self.modalities],
             self.n_users, config.embedding_size, config.n_ui_layers, config.n_ii_layers, config.train_features,
-            present_items=fusion_presence(dataset, self.modalities),
+            present_items=present, modality_adjacencies=present_adjacencies(dataset.train, present),
         )
         self.reset_parameters()
 
@@ -89,7 +96,8 @@ class MGCN(Recommender):
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
-            "cl": cfg.cl_weight * rows_infonce(out.aux["modality"], out.aux["behavior"], rows, cfg.cl_tau),
+            "cl": cfg.cl_weight * rows_infonce(out.aux["modality"], out.aux["behavior"], rows, cfg.cl_tau,
+                                               self.encoder.fused_presence()),
         }
 
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
@@ -104,7 +112,7 @@ class MGCN(Recommender):
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
-            "cl": cfg.cl_weight * rows_infonce(m, c, (at_i, at_u), cfg.cl_tau),
+            "cl": cfg.cl_weight * rows_infonce(m, c, (at_i, at_u), cfg.cl_tau, self.encoder.fused_presence(rows)),
         }
 
     def extra_repr(self) -> str:

@@ -28,11 +28,13 @@ Anchor forms, ``c = sg(C)`` when ``detach_anchor``, each summed over ``r``:
 ``A3`` mean over modality pairs ``a < b`` of ``InfoNCE(H_a[r], H_b[r]; τ_A)`` with row weights
 ``σ(cos(h_e^a, c_e) + cos(h_e^b, c_e))`` (no gradient through them; 1 if ``anchor_gate=False``).
 
-Missing modalities (``impute="zero"``): a term reads only real views. ``anchor`` aligns ``H_m``
+Missing modalities (``impute="zero"``): a user takes modality ``m`` from its items that have it
+(``H_m^U = R̂_m H_m^I``, ``Ĥ_m`` on ``Â_m``; none: no ``m`` view), and a term reads only real
+views. ``anchor`` aligns ``H_m``
 on the rows where modality ``m`` is present (A1; A2 scores a row with its present views; A3 a
 pair on the rows where both are present); ``perturb`` on ``H_m`` likewise; ``perturb`` and
-``align`` on the fused ``S`` leave out a node with no modality at all (its ``S`` row is 0, e.g.
-with one modality).
+``align`` (and ``um``) on the fused ``S`` leave out a node with no modality at all (its ``S`` row
+is 0, e.g. with one modality).
 
 ``extended_branch``: GUME's ``Ĥ = mean_m LGN(Â, [E_U^(m); H_m^I], L_ui)`` (3.6,
 :class:`prismrec.nn.ExtendedBranch`), ``um =
@@ -56,7 +58,7 @@ from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
-from prismrec.nn.multiview import check_choices
+from prismrec.nn.multiview import check_choices, present_adjacencies
 from prismrec.recommender import Output, Recommender
 
 
@@ -143,13 +145,15 @@ class SIGER(Recommender):
         graphs = infused_graphs([knn_graph(dataset.features[m], config.knn_k) for m in self.modalities],
                                 dataset.train, self.betas, config.co_k, config.co_score, config.co_weight,
                                 config.renormalize_after_mix)
-        # 1, 4, 5. C on the plain Â, H_m on the G_m, S; GUME's extended branch if asked. S and Ĥ
-        # weigh only an item's present modalities when some were zero-filled (impute="zero").
+        # 1, 4, 5. C on the plain Â, H_m on the G_m, S; GUME's extended branch if asked. When some
+        # modality rows were zero-filled (impute="zero") S and Ĥ weigh only a node's present
+        # modalities, and users take modality m from their items that have it (Â_m).
+        present = fusion_presence(dataset, self.modalities)
         self.encoder = MultiViewEncoder(
             bipartite_adjacency(dataset.train), graphs, [dataset.features[m] for m in self.modalities],
             self.n_users, d, config.n_ui_layers, config.n_sem_layers, config.train_features,
             fusion="behavior_aware" if config.fusion == "mgcn" else "mean",
-            present_items=fusion_presence(dataset, self.modalities),
+            present_items=present, modality_adjacencies=present_adjacencies(dataset.train, present),
         )
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers) \
             if config.extended_branch else None
@@ -164,7 +168,7 @@ class SIGER(Recommender):
         z = c + s                                                #    Z = C + S
         aux = {"behavior": c, "modality": s, "modality_views": h}
         if self.training and self.extended is not None:  # Ĥ only feeds the loss
-            aux["extended"] = self.extended(self.encoder.adjacency, h, self.encoder.present)
+            aux["extended"] = self.extended(self.encoder.modality_adjacencies, h, self.encoder.present)
         return Output(z[: self.n_users], z[self.n_users :], aux)
 
     def perturbation_views(self, out: Output) -> tuple[torch.Tensor, ...]:
@@ -217,7 +221,8 @@ class SIGER(Recommender):
         }
         if self.extended is not None:  # GUME's um and reg2 on Ĥ, with SIGER's noise rule
             ext = out.aux["extended"]
-            terms["um"] = cfg.um_weight * user_modality_alignment(ext[:n_u], s[:n_u], u, cfg.um_tau, self.noise)
+            terms["um"] = cfg.um_weight * user_modality_alignment(ext[:n_u], s[:n_u], u, cfg.um_tau, self.noise,
+                                                                  self.encoder.fused_presence())
             terms["reg2"] = cfg.reg2_weight * half_sq(ext[rows[1]])
         return terms
 

@@ -16,12 +16,17 @@ M     = fuse(H_1..H_K | C)   or   mean_m H_m              behaviour-aware fuser 
 **Missing modalities.** Given an item presence mask (``present_items``, ``n_I x K``:
 :func:`prismrec.data.features.fusion_presence`, ``False`` where an item's modality was
 zero-filled), the fuser and GUME's extended branch weigh only each node's present modalities
-(:mod:`prismrec.nn.fusion`: ``α`` a softmax over them, ``/(K_present + 1)``, means over them);
-users have every modality. Without a mask the unmasked formulas run unchanged. The models pass
-:meth:`MultiViewEncoder.presence` (per modality view) and :meth:`MultiViewEncoder.fused_presence`
-(per fused row) to the ``present`` masks of their contrastive and alignment terms
-(:mod:`prismrec.losses`), so a missing view is neither pulled toward nor contrasted against a
-real one.
+(:mod:`prismrec.nn.fusion`: ``α`` a softmax over them, ``/(K_present + 1)``, means over them).
+A missing item's ``H_m^I`` row is no view of its content: its zero feature row has no ``Ŝ_m``
+neighbour but itself, so the row is its ID row under a gate made of the purifier's biases
+(SIGER's ``G_m`` adds its co-occurring items' rows). Users therefore take modality ``m`` from
+their items that have it: ``H_m^U = R̂_m H_m^I`` and the extended branch runs on ``Â_m``, the
+adjacency normalised by the same rule over those items alone (:func:`present_adjacencies`); a
+user with none has no ``m`` view (its presence is ``False``, its ``H_m^U`` row 0). Without a mask
+the unmasked formulas run unchanged. The models pass :meth:`MultiViewEncoder.presence` (per
+modality view) and :meth:`MultiViewEncoder.fused_presence` (per fused row) to the ``present``
+masks of their contrastive and alignment terms (:mod:`prismrec.losses`), so a missing view is
+neither pulled toward nor contrasted against a real one.
 
 :class:`MultiViewConfig` holds the settings every model of the family exposes (flat ``--set``
 keys: a model's config inherits the fields and may redeclare a default).
@@ -38,7 +43,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from prismrec.graph.bipartite import user_item_block
+from prismrec.graph.bipartite import bipartite_adjacency, user_item_block
 from prismrec.graph.sparse import SparseOperator
 from prismrec.nn.embedding import IdEmbedding
 from prismrec.nn.encoders import Purifier
@@ -77,6 +82,31 @@ def check_multiview_config(config: MultiViewConfig, **positive: float) -> None:
         raise ValueError("; ".join(broken))
 
 
+def present_adjacencies(train: sp.spmatrix, present_items: np.ndarray | None, item_links: sp.spmatrix | None = None,
+                        gamma: float = 1.0) -> list[sp.csr_matrix | None] | None:
+    """``Â_m`` per modality (``present_items``' column order): :func:`~prismrec.graph.bipartite_adjacency`
+    of ``train`` (and ``γ·item_links``) without the items lacking ``m``, whose interactions and
+    links are dropped, the rest normalised by the same rule; ``None`` for a modality every item
+    has, and ``None`` in all without a mask. For LightGCN's ``Â``, ``R̂_m[u, i] = 1/sqrt(d_u^m d_i)``
+    with ``d_u^m`` the user's items that have ``m``."""
+    if present_items is None:
+        return None
+    present = np.asarray(present_items, dtype=bool)
+    if present.ndim != 2 or present.shape[0] != train.shape[1]:
+        raise ValueError(f"present_items must hold one row per item ({train.shape[1]}), got shape {present.shape}")
+    graphs = []
+    for keep in present.T:
+        if keep.all():
+            graphs.append(None)
+            continue
+        kept = sp.diags(keep.astype(np.float32))
+        r = sp.csr_matrix(train @ kept)
+        r.eliminate_zeros()
+        links = None if item_links is None else sp.csr_matrix(kept @ item_links @ kept)
+        graphs.append(bipartite_adjacency(r, links, gamma))
+    return graphs
+
+
 class MultiViewEncoder(nn.Module):
     """ID tables, purifiers and fuser of the MGCN family, over graphs given by the model.
 
@@ -93,8 +123,13 @@ class MultiViewEncoder(nn.Module):
             is still built, so the initialisation does not depend on the switch).
         present_items: optional ``n_I x K`` bool item presence (modality order of ``features``;
             :func:`prismrec.data.features.fusion_presence`): a ``False`` modality gets no weight
-            in the item's fused row. Kept as the ``K x N`` buffer ``present`` (users first, all
-            present; not saved); ``None`` = every modality present (the unmasked formulas).
+            in the item's fused row. Kept as the ``K x N`` buffer ``present`` (users first: a
+            user has ``m`` if one of its training items has; not saved); ``None`` = every modality
+            present (the unmasked formulas).
+        modality_adjacencies: ``Â_m`` per modality (:func:`present_adjacencies`, ``None`` for a
+            modality every item has): the users' ``H_m^U = R̂_m H_m^I`` and the extended branch
+            read only the items that have ``m``. Required for each modality ``present_items``
+            marks missing somewhere.
         behavior_item_graph: optional normalised item-item graph ``S_b`` (``n_I`` square) whose
             ``L_ii``-step propagation of ``E_I`` is added to the item rows of ``C``:
             ``C_I += γ_b·S_b^{L_ii} E_I`` (EGRA's ``graph_fusion="separate"``); ``None``: ``C`` as is.
@@ -118,6 +153,7 @@ class MultiViewEncoder(nn.Module):
         present_items: np.ndarray | torch.Tensor | None = None,
         behavior_item_graph: sp.spmatrix | None = None,
         behavior_item_weight: float = 1.0,
+        modality_adjacencies: Sequence[sp.spmatrix | None] | None = None,
     ) -> None:
         super().__init__()
         if len(item_graphs) != len(features) or not features:
@@ -136,6 +172,16 @@ class MultiViewEncoder(nn.Module):
             raise ValueError(f"present_items must be n_items x K = {n_items} x {len(features)}, "
                              f"got {tuple(np.shape(present_items))}")
         present = node_presence(present_items, n_users)
+        # Â_m, R̂_m per modality (Â, R̂ themselves where every item has m); users without an item
+        # having m have no m view
+        graphs = self._modality_graphs(present, modality_adjacencies, len(features))
+        blocks = [None if g is None else user_item_block(g, n_users) for g in graphs]
+        self.modality_adjacencies = nn.ModuleList(self.adjacency if g is None else SparseOperator(g) for g in graphs)
+        self.modality_user_items = nn.ModuleList(
+            self.user_item if b is None else SparseOperator(b, symmetric=False) for b in blocks)
+        for k, b in enumerate(blocks):
+            if b is not None:
+                present[k, :n_users] = torch.from_numpy(np.diff(b.indptr) > 0)
         self.register_buffer("present", present, persistent=False)                       # K x N
         # nodes with no present modality (a fused row of 0): only then a mask for the fused views
         fused = None if present is None or bool(present.any(dim=0).all()) else present.any(dim=0)
@@ -147,6 +193,20 @@ class MultiViewEncoder(nn.Module):
         self.item_emb = IdEmbedding(n_items, dim)                                          # E_I
         self.purifiers = nn.ModuleList(Purifier(f, dim, trainable_features=train_features) for f in features)
         self.fuser = BehaviorAwareFuser(dim, len(features))
+
+    def _modality_graphs(self, present: torch.Tensor | None, graphs: Sequence[sp.spmatrix | None] | None,
+                         n_modalities: int) -> list[sp.spmatrix | None]:
+        """The checked ``Â_m`` per modality (``None``: ``Â``)."""
+        graphs = [None] * n_modalities if graphs is None else list(graphs)
+        if len(graphs) != n_modalities:
+            raise ValueError(f"modality_adjacencies needs one entry per modality ({n_modalities}), got {len(graphs)}")
+        for k, g in enumerate(graphs):
+            if g is not None and g.shape != self.adjacency.shape:
+                raise ValueError(f"modality_adjacencies[{k}] must be {self.adjacency.shape}, got {g.shape}")
+            if g is None and present is not None and not bool(present[k].all()):
+                raise ValueError(f"modality {k} is missing for some items: pass its adjacency over the items "
+                                 "that have it (modality_adjacencies=present_adjacencies(...))")
+        return graphs
 
     def reset_parameters(self) -> None:
         """Draw ``E_U``, ``E_I`` (Xavier), then every purifier and the fuser (default init)."""
@@ -172,7 +232,8 @@ class MultiViewEncoder(nn.Module):
         return self.behavior_item_weight * h
 
     def modality_views(self, noise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """``H_m = [R̂ H_m^I; H_m^I]``, ``H_m^I = S_m^{L_ii} H_m⁰``, stacked ``K x N x d``.
+        """``H_m = [R̂_m H_m^I; H_m^I]``, ``H_m^I = S_m^{L_ii} H_m⁰``, stacked ``K x N x d``
+        (``R̂_m = R̂`` without a mask).
 
         ``noise`` (optional) is applied after every ``S_m`` product (SIGER's SimGCL-style
         ``perturb_at = "layers"``); with a presence mask it is called as ``noise(x, present=p)``,
@@ -187,7 +248,7 @@ class MultiViewEncoder(nn.Module):
                     h = graph @ h                                # H_m^I
                 else:
                     h = noise(graph @ h) if items is None else noise(graph @ h, present=items[k])
-            views.append(torch.cat([self.user_item @ h, h]))     # [H_m^U; H_m^I]
+            views.append(torch.cat([self.modality_user_items[k] @ h, h]))  # [H_m^U; H_m^I]
         return torch.stack(views)
 
     def behavior_rows(self, rows: np.ndarray) -> torch.Tensor:
@@ -204,16 +265,16 @@ class MultiViewEncoder(nn.Module):
 
     def modality_view_rows(self, rows: np.ndarray) -> torch.Tensor:
         """``H[:, rows]`` (``K x len(rows) x d``) for sorted distinct node ids ``rows``: every
-        ``H_m^I`` is computed in full (``S_m`` mixes all items), the user rows ``R̂[u] H_m^I``
+        ``H_m^I`` is computed in full (``S_m`` mixes all items), the user rows ``R̂_m[u] H_m^I``
         only for the users among ``rows``, and nothing else is built for the other nodes."""
         split = int(np.searchsorted(rows, self.n_users))
         users, items = rows[:split], torch.from_numpy(rows[split:] - self.n_users)
         views = []
-        for purifier, graph in zip(self.purifiers, self.item_graphs):
+        for purifier, graph, user_item in zip(self.purifiers, self.item_graphs, self.modality_user_items):
             h = purifier(self.item_emb.weight)                   # H_m⁰
             for _ in range(self.n_ii_layers):
                 h = graph @ h                                     # H_m^I
-            views.append(torch.cat([row_product(self.user_item, users, h), h.index_select(0, items.to(h.device))]))
+            views.append(torch.cat([row_product(user_item, users, h), h.index_select(0, items.to(h.device))]))
         return torch.stack(views)
 
     def fused_rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,10 +313,11 @@ class MultiViewEncoder(nn.Module):
 
 
 class ExtendedBranch(nn.Module):
-    """GUME's extended modality branch (3.6): ``Ĥ = mean_m LGN(Â, [E_U^(m); H_m^I], L_ui)``.
+    """GUME's extended modality branch (3.6): ``Ĥ = mean_m LGN(Â_m, [E_U^(m); H_m^I], L_ui)``.
 
     One learnable user table ``E_U^(m)`` per modality; the item rows are the modality views'
-    item rows ``H_m^I`` and the graph is the encoder's ``Â`` (``Â⁺`` in GUME).
+    item rows ``H_m^I`` and the graphs the encoder's ``modality_adjacencies``: its ``Â`` (``Â⁺``
+    in GUME), or under a mask ``Â_m`` over the items that have ``m``.
     """
 
     def __init__(self, n_users: int, n_modalities: int, dim: int, n_layers: int) -> None:
@@ -268,19 +330,20 @@ class ExtendedBranch(nn.Module):
         for table in self.user_tables:
             table.reset_parameters()
 
-    def forward(self, adjacency: SparseOperator, views: torch.Tensor,
+    def forward(self, adjacencies: Sequence[SparseOperator], views: torch.Tensor,
                 present: torch.Tensor | None = None) -> torch.Tensor:
-        """``Ĥ`` (``N x d``) from the stacked modality views ``H`` (``K x N x d``, users first);
-        ``present`` (optional ``K x N`` bool, :meth:`MultiViewEncoder.presence`): the mean runs
-        over each node's present modalities."""
+        """``Ĥ`` (``N x d``) from the graphs ``Â_m`` (one per modality,
+        :attr:`MultiViewEncoder.modality_adjacencies`) and the stacked modality views ``H``
+        (``K x N x d``, users first); ``present`` (optional ``K x N`` bool,
+        :meth:`MultiViewEncoder.presence`): the mean runs over each node's present modalities."""
         items = views[:, self.n_users :]
         branches = [
             lightgcn(adjacency, torch.cat([users.weight, items[k]]), self.n_layers)
-            for k, users in enumerate(self.user_tables)
+            for k, (users, adjacency) in enumerate(zip(self.user_tables, adjacencies))
         ]
         return present_mean(torch.stack(branches), present)
 
-    def rows(self, adjacency: SparseOperator, views: torch.Tensor, rows: np.ndarray,
+    def rows(self, adjacencies: Sequence[SparseOperator], views: torch.Tensor, rows: np.ndarray,
              present: torch.Tensor | None = None) -> torch.Tensor:
         """``Ĥ[rows]`` for sorted distinct node ids ``rows`` (``present``: their ``K x len(rows)``
         presence, or ``None``): each branch's last layer is propagated for those rows only
@@ -288,7 +351,7 @@ class ExtendedBranch(nn.Module):
         items = views[:, self.n_users :]
         branches = [
             lightgcn_distinct(adjacency, torch.cat([users.weight, items[k]]), self.n_layers, rows)
-            for k, users in enumerate(self.user_tables)
+            for k, (users, adjacency) in enumerate(zip(self.user_tables, adjacencies))
         ]
         return present_mean(torch.stack(branches), present)
 
