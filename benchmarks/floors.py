@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.common import RESULTS, machine, median_time, write
+from benchmarks.common import RESULTS, machine, write
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 from prismrec.data import BPRSampler, load_dataset
 from prismrec.eval import Evaluator
@@ -86,16 +86,23 @@ def settings(model: str, dataset: str) -> dict:
     return {**pair, **SETTINGS.get(model, {}).get(dataset, {})}
 
 
-class KernelRecorder(TorchDispatchMode):
-    """Keeps every call of an operator in :data:`KERNELS` (with its arguments) while active."""
+def is_kernel(func) -> bool:
+    """Whether an operator is one of the floor's :data:`KERNELS`."""
+    return func.overloadpacket.__name__ in KERNELS
 
-    def __init__(self) -> None:
+
+class KernelRecorder(TorchDispatchMode):
+    """Keeps every call of an operator for which ``keep(func)`` holds (default: the floor's
+    :data:`KERNELS`), with its arguments, while active."""
+
+    def __init__(self, keep=is_kernel) -> None:
         super().__init__()
+        self.keep = keep
         self.calls: list[tuple] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func.overloadpacket.__name__ in KERNELS:
+        if self.keep(func):
             self.calls.append((func, args, kwargs))
         return func(*args, **kwargs)
 
@@ -130,17 +137,18 @@ def replay(calls) -> None:
             func(*args, **kw)
 
 
-def median_s(fn, repeats: int = 5) -> float:
-    """Median wall seconds of ``fn()`` over ``repeats`` runs (after one warm-up run when repeats > 1)."""
-    return median_time(fn, repeats, warmup=1 if repeats > 1 else 0)["median"]
-
-
-def kinds_s(calls, repeats: int = 5) -> dict:
-    """Replay seconds of the recorded calls, split by :func:`kind` (median of ``repeats``)."""
+def kinds_s(calls, group=kind, clock=time.perf_counter) -> dict:
+    """Seconds (by ``clock``) of one bare replay of the recorded calls, split by ``group(call)``
+    (default :func:`kind`)."""
     groups: dict[str, list] = {}
     for call in calls:
-        groups.setdefault(kind(call), []).append(call)
-    return {k: median_s(lambda c=c: replay(c), repeats) for k, c in groups.items()}
+        groups.setdefault(group(call), []).append(call)
+    seconds = {}
+    for k, c in groups.items():
+        t0 = clock()
+        replay(c)
+        seconds[k] = clock() - t0
+    return seconds
 
 
 def build(name: str, data, settings: dict):
@@ -158,13 +166,16 @@ def build(name: str, data, settings: dict):
     return cls(data, cfg.params, **inputs), cfg
 
 
-class _FloorFirst:
+class FloorFirst:
     """A sampler whose every batch, before the trainer gets it, is run once under the recorder and
-    its kernels replayed bare and timed (the floor). The time this takes is kept apart, so that the
+    its kernels replayed bare and timed (the floor), by ``group`` (default :func:`kind`; ``keep``:
+    which operators, default the floor's; ``clock``: wall time unless given). The time this takes is kept apart, so that the
     trainer's epoch minus it is the epoch as :func:`~prismrec.train.trainer.train_epoch` runs it."""
 
-    def __init__(self, model, sampler, optimizer, epoch: int) -> None:
+    def __init__(self, model, sampler, optimizer, epoch: int, keep=is_kernel, group=kind,
+                 clock=time.perf_counter) -> None:
         self.model, self.sampler, self.optimizer, self.epoch_index = model, sampler, optimizer, epoch
+        self.keep, self.group, self.clock = keep, group, clock
         self.kernels: dict[str, float] = {}
         self.cpu_kernels = self.aside_s = self.aside_cpu = 0.0  # aside: the floor's whole work
         self.batches = self.calls = 0
@@ -175,10 +186,10 @@ class _FloorFirst:
             if self.batches == 0:
                 self.model.on_epoch_start(self.epoch_index)
             self.optimizer.zero_grad(set_to_none=True)
-            with KernelRecorder() as rec:
+            with KernelRecorder(self.keep) as rec:
                 sum(self.model.batch_loss(batch).values()).backward()
             c1 = time.thread_time()
-            for k, seconds in kinds_s(rec.calls, repeats=1).items():
+            for k, seconds in kinds_s(rec.calls, self.group, self.clock).items():
                 self.kernels[k] = self.kernels.get(k, 0.0) + seconds
             self.cpu_kernels += time.thread_time() - c1
             self.calls += len(rec.calls)
@@ -191,7 +202,7 @@ class _FloorFirst:
             yield batch
 
 
-class _StepTimer:
+class StepTimer:
     """The optimiser, its steps' thread CPU time summed (the trainer times them in wall time)."""
 
     def __init__(self, optimizer) -> None:
@@ -219,8 +230,8 @@ def interleaved_epoch(model, sampler, optimizer, epoch: int) -> dict:
     (part of both), the batches and the recorded calls.
     """
     model.train()
-    floor = _FloorFirst(model, sampler, optimizer, epoch)
-    timed = _StepTimer(optimizer)
+    floor = FloorFirst(model, sampler, optimizer, epoch)
+    timed = StepTimer(optimizer)
     c0 = time.thread_time()
     row = train_epoch(model, floor, timed, epoch, model.device)
     cpu = {"train": time.thread_time() - c0 - floor.aside_cpu, "kernels": floor.cpu_kernels, "optimizer": timed.cpu}
@@ -244,7 +255,7 @@ def interleaved_validation(model, evaluator, data, k: int, bs: int, rounds: int 
         with torch.no_grad(), KernelRecorder() as rec:
             out = model()
         c0 = time.thread_time()
-        fwd = sum(kinds_s(rec.calls, repeats=1).values())
+        fwd = sum(kinds_s(rec.calls).values())
         fwd_cpu = time.thread_time() - c0
         del rec
         t0, c0 = time.perf_counter(), time.thread_time()

@@ -41,3 +41,14 @@ def test_random_draws_are_recorded_as_their_own_kernel_and_replay_bare():
     before = drawn.clone()
     replay([c for c in rec.calls if kind(c) == "random"])
     assert not torch.equal(drawn, before)
+
+
+def test_batch_anatomy_groups_every_computing_operator_and_skips_views():
+    from benchmarks.batch_anatomy import computes, group
+
+    x = torch.randn(8, 16, requires_grad=True)
+    with KernelRecorder(computes) as rec:
+        ((x @ x.T).t() * 2).sum().backward()
+    groups = [group(c) for c in rec.calls]
+    assert "gemm" in groups and "op:mul" in groups and "op:sum" in groups
+    assert not any(g in ("op:t", "op:transpose", "op:expand") for g in groups)
