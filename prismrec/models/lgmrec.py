@@ -83,6 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismrec.checks import check_choices, require_fraction
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import all_keys_infonce, bpr_loss, emb_norm
 from prismrec.models import register
@@ -92,6 +93,7 @@ from prismrec.nn.fusion import node_presence, present_mean
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.encoders import normalize_features
 from prismrec.nn.hypergraph import hypergraph_propagate, soft_hyperedges
+from prismrec.nn.propagation import propagate
 from prismrec.nn.roles import role_order
 from prismrec.recommender import Output, Recommender
 
@@ -170,10 +172,8 @@ class LGMRec(Recommender):
         self.require_at_least(
             config, embedding_size=1, n_ui_layers=0, n_mm_layers=0, n_hyper_layer=1, hyper_num=1
         )
-        if not 0.0 < config.keep_rate <= 1.0:
-            raise ValueError(
-                f"keep_rate is the fraction of hyperedge memberships kept and must be in (0, 1], got {config.keep_rate}"
-            )
+        require_fraction("keep_rate", config.keep_rate, "the fraction of hyperedge memberships kept", low_open=True)
+        check_choices(config, self.name)
         if config.gumbel_tau <= 0 or config.cl_tau <= 0:
             raise ValueError(
                 f"temperatures must be > 0, got gumbel_tau={config.gumbel_tau}, cl_tau={config.cl_tau}"
@@ -194,7 +194,8 @@ class LGMRec(Recommender):
                 for m in self.modalities
             }
         )
-        self.pairs = list(itertools.combinations(role_order(self.name, self.modalities, config.hcl_order, "hcl_order"), 2))  # (a, b) of L_hcl
+        order = role_order(self.name, self.modalities, config.hcl_order, "hcl_order")
+        self.pairs = list(itertools.combinations(order, 2))  # (a, b) of L_hcl
         present = node_presence(fusion_presence(dataset, self.modalities), self.n_users)  # K x N or None
         self.register_buffer("present", present, persistent=False)
         self.reset_parameters()
@@ -205,18 +206,11 @@ class LGMRec(Recommender):
         for inputs in self.inputs.values():
             inputs.reset_parameters()
 
-    def collaborative(self) -> torch.Tensor:
-        """CGE: ``C = LGN(Â, [E_U; E_I], L_ui)`` (or ``[E_U; E_I]`` for ``cf_model = "mf"``)."""
-        x0 = torch.cat([self.user_emb, self.item_emb])
-        return x0 if self.config.cf_model == "mf" else lightgcn(self.adjacency, x0, self.config.n_ui_layers)
-
     def modality_graph(self, m: str) -> torch.Tensor:
         """MGE: ``M_m = Â^{L_mm} [D_U^-1 R P_m; P_m]`` with ``P_m = F_m W_m``."""
         p = self.inputs[m].features @ self.inputs[m].projection
-        x = torch.cat([(self.interactions @ p) * self.user_inv_degree, p])
-        for _ in range(self.config.n_mm_layers):
-            x = self.adjacency @ x
-        return x
+        return propagate(self.adjacency, torch.cat([(self.interactions @ p) * self.user_inv_degree, p]),
+                         self.config.n_mm_layers)
 
     def hyperedges(self, m: str, noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``(H_I^m, H_U^m)``: soft memberships ``GS(F_m V_m)`` and ``GS(R F_m V_m)``."""
@@ -227,21 +221,16 @@ class LGMRec(Recommender):
     def forward(self) -> Output:
         cfg = self.config
         noise = self.training or cfg.eval_gumbel_noise
-        edges = {m: self.hyperedges(m, noise) for m in self.modalities}
-        c = self.collaborative()
-        local = [F.normalize(self.modality_graph(m), dim=1) for m in self.modalities]
-        local_modality = sum(local) if self.present is None else present_mean(torch.stack(local), self.present, "sum")
-        hyper = {}
-        for m, (h_items, h_users) in edges.items():
-            if self.training and cfg.keep_rate < 1.0:  # hyperedge dropout (reference nn.Dropout)
-                h_items = F.dropout(h_items, 1.0 - cfg.keep_rate)
-                h_users = F.dropout(h_users, 1.0 - cfg.keep_rate)
-            users, items = hypergraph_propagate(h_items, h_users, c[self.n_users :], cfg.n_hyper_layer)
-            hyper[m] = torch.cat([users, items])  # G^m
-        global_sum = (sum(hyper.values()) if self.present is None
-                      else present_mean(torch.stack(list(hyper.values())), self.present, "sum"))
-        modality = local_modality + cfg.alpha * F.normalize(global_sum, dim=1)
-        z = c + modality
+        edges = {m: self.hyperedges(m, noise) for m in self.modalities}  # 3. (H_I^m, H_U^m)
+        x0 = torch.cat([self.user_emb, self.item_emb])  # 1. CGE, C (mf: no layer, the tables)
+        c = lightgcn(self.adjacency, x0, 0 if cfg.cf_model == "mf" else cfg.n_ui_layers)
+        local = torch.stack([F.normalize(self.modality_graph(m), dim=1) for m in self.modalities])  # 2. nrm(M_m)
+        drop = 1.0 - cfg.keep_rate if self.training else 0.0  # hyperedge dropout (reference nn.Dropout)
+        hyper = {m: torch.cat(hypergraph_propagate(h_items, h_users, c[self.n_users :], cfg.n_hyper_layer, drop))
+                 for m, (h_items, h_users) in edges.items()}  # 4. G^m = [Y^m; X^{L_h}]
+        global_sum = present_mean(torch.stack(list(hyper.values())), self.present, "sum")  # G
+        modality = present_mean(local, self.present, "sum") + cfg.alpha * F.normalize(global_sum, dim=1)
+        z = c + modality  # 5. Z = C + Σ_m nrm(M_m) + α·nrm(G)
         out = Output(z[: self.n_users], z[self.n_users :])
         if self.training:  # the loss's views
             out.aux.update({f"hyper_{m}": g for m, g in hyper.items()})

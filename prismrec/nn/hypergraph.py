@@ -24,7 +24,7 @@ def soft_hyperedges(logits: torch.Tensor, tau: float, noise: bool = True) -> tor
 
 
 def hypergraph_propagate(
-    item_edges: torch.Tensor, user_edges: torch.Tensor, items: torch.Tensor, n_layers: int
+    item_edges: torch.Tensor, user_edges: torch.Tensor, items: torch.Tensor, n_layers: int, dropout: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Item-hyperedge-node message passing; returns ``(users, items)`` after ``n_layers >= 1``.
 
@@ -36,9 +36,14 @@ def hypergraph_propagate(
         X^l = H_I Λ^l,   U^l = H_U Λ^l
 
     and the last layer's ``(U^L, X^L)`` is returned (no layer mean, no normalisation).
+    ``dropout > 0`` first drops membership entries of ``H_I``, then of ``H_U``, with that
+    probability (inverted dropout, torch's global generator: LGMRec's hyperedge dropout, for
+    training forwards).
     """
     if n_layers < 1:
         raise ValueError(f"hypergraph propagation needs n_layers >= 1, got {n_layers}")
+    if dropout > 0.0:
+        item_edges, user_edges = F.dropout(item_edges, dropout), F.dropout(user_edges, dropout)
     x = items
     for _ in range(n_layers):
         hyper = item_edges.T @ x
