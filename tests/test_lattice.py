@@ -221,11 +221,11 @@ def test_latent_graph_memory_is_blocked_for_60k_items():
 
 
 def test_eval_and_next_epoch_share_one_topk(planted, monkeypatch):
-    import prismrec.models.lattice as lattice_module
+    import prismrec.graph.learned as learned
 
     calls = []
-    real = lattice_module.knn_edges
-    monkeypatch.setattr(lattice_module, "knn_edges", lambda p, k: calls.append(1) or real(p, k))
+    real = learned.knn_edges
+    monkeypatch.setattr(learned, "knn_edges", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
     net = build(planted)
     net.eval()
     evaluated = net.latent_graph().to_dense()
@@ -256,7 +256,7 @@ def test_missing_modality_matches_the_masked_dense_reference(tmp_path):
     net = build(zero, knn_k=5)
     missing = ~np.load(folder / "image_mask.npy")
     np.testing.assert_array_equal(net.present[:, 0].numpy(), ~missing)
-    rows, cols, _ = net.original_edges[0]
+    rows, cols = net.original_edges[0].rows, net.original_edges[0].cols
     assert not missing[rows.numpy()].any() and not missing[cols.numpy()].any()
     with torch.no_grad():
         net.modal_logits.copy_(torch.tensor([0.3, -0.2]))
@@ -264,7 +264,7 @@ def test_missing_modality_matches_the_masked_dense_reference(tmp_path):
     net.on_epoch_start(0)
     out = net()
     params, u_ref, i_ref, s_ref = reference_of(net, zero, present=net.present)
-    _, rows, cols = net._patterns[0]  # the learned image graph's top-k: among items with an image
+    _, rows, cols = net.patterns.cache[0]  # the learned image graph's top-k: among items with an image
     assert not missing[rows.numpy()].any() and not missing[cols.numpy()].any() and len(rows) == 5 * 40
     torch.testing.assert_close(net.item_graph.to_dense().double(), s_ref, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(out.user.double(), u_ref, atol=1e-6, rtol=1e-5)

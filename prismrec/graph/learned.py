@@ -11,14 +11,22 @@ here every step touches only the ``n·k`` kept edges:
   backward (no ``n·k × d`` gathers are kept for autograd);
 - :func:`normalize_edges` — ``δ_i^-1/2 w_ij δ_j^-1/2`` with row degrees ``δ``;
 - :class:`EdgeGraph` — the edges as a CSR operator: ``G @ X`` is differentiable with respect to
-  both ``X`` and the edge values, duplicate ``(i, j)`` pairs are summed.
+  both ``X`` and the edge values, duplicate ``(i, j)`` pairs are summed;
+- :class:`EdgeList` — a fixed SciPy graph as edge tensors, to mix edge-wise with learned ones;
+- :class:`KnnPatterns` — the top-``k`` patterns of matrices that change between rebuilds, searched
+  again only when a matrix changed;
+- :class:`EpochGraph` — the schedule of a graph rebuilt from the parameters once per epoch.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
+import numpy as np
+import scipy.sparse as sp
 import torch
+from torch import nn
 
 from prismrec.graph.knn import knn_columns
 from prismrec.graph.sparse import spmm
@@ -27,16 +35,48 @@ from prismrec.graph.sparse import spmm
 EDGE_CHUNK = 1 << 16
 
 
-def knn_edges(features: torch.Tensor, k: int, block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_edges(features: torch.Tensor, k: int, block_size: int | None = None,
+              keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` cosine neighbours of every row of ``features`` as edge lists ``(rows, cols)``.
 
     Same neighbour sets as :func:`knn_graph` (self forced, ties to the lower index): ``n·k``
     edges, row-major, columns ascending within a row, as int64 tensors on ``features``' device.
-    No gradient flows through the choice of neighbours.
+    No gradient flows through the choice of neighbours. ``keep`` (bool per row): the top-``k``
+    among the kept rows only (``k`` capped at their number); the other rows get no edges.
     """
-    cols = knn_columns(features.detach(), k, block_size=block_size)  # on the features' device
+    among = None if keep is None else torch.nonzero(keep).squeeze(1)
+    x = features.detach() if among is None else features.detach().index_select(0, among)
+    k = k if among is None else min(k, len(among))
+    cols = knn_columns(x, k, block_size=block_size)  # on the features' device
     rows = torch.arange(cols.shape[0], device=cols.device).repeat_interleave(k)
-    return rows, cols.reshape(-1)
+    if among is None:
+        return rows, cols.reshape(-1)
+    return among[rows], among[cols.reshape(-1)]
+
+
+class KnnPatterns:
+    """:func:`knn_edges` of matrices that are rebuilt from parameters, each searched again only
+    when its matrix changed: an evaluation after an epoch and the next epoch's first batch see the
+    same parameters, so they share one blocked top-``k``.
+
+    ``patterns(key, x, keep)`` returns the ``(rows, cols)`` of ``x`` (``keep`` as in
+    :func:`knn_edges`, fixed per key); ``clear()`` forgets every pattern (after a device move).
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.cache: dict = {}  # key -> (the matrix searched, rows, cols)
+
+    def __call__(self, key, x: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = self.cache.get(key)
+        if cached is not None and cached[0].shape == x.shape and torch.equal(cached[0], x.detach()):
+            return cached[1], cached[2]
+        rows, cols = knn_edges(x, self.k, keep=keep)
+        self.cache[key] = (x.detach().clone(), rows, cols)
+        return rows, cols
+
+    def clear(self) -> None:
+        self.cache = {}
 
 
 def _sampled_dot(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -181,3 +221,53 @@ class EdgeGraph:
 
     def __repr__(self) -> str:
         return f"EdgeGraph(n={self.n}, nnz={self.nnz}, grad={self.values.requires_grad})"
+
+
+class EdgeList(nn.Module):
+    """A fixed sparse graph as edge tensors ``rows``, ``cols`` (int64) and ``values`` (float32),
+    to be mixed edge by edge with learned graphs (:class:`EdgeGraph` sums duplicate pairs).
+
+    ``keep`` (optional bool per node): only the edges between kept nodes (LATTICE's frozen graph
+    of a modality links only the items that have it). The tensors are non-persistent buffers:
+    they move with the model and are rebuilt from the dataset, never saved.
+    """
+
+    def __init__(self, graph: sp.spmatrix, keep: np.ndarray | None = None) -> None:
+        super().__init__()
+        g = sp.coo_matrix(graph)
+        if keep is not None:
+            kept = keep[g.row] & keep[g.col]
+            g = sp.coo_matrix((g.data[kept], (g.row[kept], g.col[kept])), shape=g.shape)
+        self.register_buffer("rows", torch.from_numpy(g.row.astype(np.int64)), persistent=False)
+        self.register_buffer("cols", torch.from_numpy(g.col.astype(np.int64)), persistent=False)
+        self.register_buffer("values", torch.from_numpy(g.data.astype(np.float32)), persistent=False)
+
+
+class EpochGraph:
+    """When a graph learned from the parameters is rebuilt (LATTICE's reference schedule).
+
+    ``graph(build, training)``: the first training forward after :meth:`expire` builds the graph
+    (gradient flows into its edge values when ``grad`` and autograd is on) and keeps a detached
+    copy, which the later training forwards of the epoch reuse; an evaluation forward builds it
+    afresh without gradient (and keeps nothing). ``current`` is the kept graph (``None`` before
+    the epoch's first training forward).
+    """
+
+    def __init__(self, grad: bool = True) -> None:
+        self.grad = grad
+        self.current: EdgeGraph | None = None
+
+    def expire(self) -> None:
+        """The next training forward rebuilds the graph."""
+        self.current = None
+
+    def graph(self, build: Callable[[], EdgeGraph], training: bool) -> EdgeGraph:
+        if not training:
+            with torch.no_grad():
+                return build()
+        if self.current is not None:
+            return self.current
+        with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
+            graph = build()
+        self.current = graph.detach()
+        return graph  # this forward back-propagates into the graph's values

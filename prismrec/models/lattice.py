@@ -45,20 +45,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismrec.checks import check_choices, require_fraction, require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
-from prismrec.graph.learned import EdgeGraph, knn_edges, normalize_edges, sampled_dot
+from prismrec.graph.learned import EdgeGraph, EdgeList, EpochGraph, KnnPatterns, normalize_edges, sampled_dot
 from prismrec.graph.walk import random_walk_adjacency
 from prismrec.losses import bpr_loss, l2_reg
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.content import content_forward_rows
 from prismrec.nn.encoders import Projector
+from prismrec.nn.propagation import propagate
 from prismrec.recommender import Output, Recommender
 
 
@@ -110,32 +111,22 @@ class LATTICE(Recommender):
     def __init__(self, dataset, config: LATTICEConfig) -> None:
         super().__init__(dataset, config)
         self.require_at_least(config, embedding_size=1, feat_embed_dim=1, knn_k=1, n_ui_layers=0, n_ii_layers=0)
-        if not 0.0 <= config.lambda_coeff <= 1.0:
-            raise ValueError(f"lambda_coeff mixes two graphs and must be in [0, 1], got {config.lambda_coeff}")
-        if config.cf_model not in ("lightgcn", "mf"):
-            raise ValueError(f"cf_model must be 'lightgcn' or 'mf', got {config.cf_model!r}")
-        if config.ui_graph not in ("rw_self_loops", "sym"):
-            raise ValueError(f"ui_graph must be 'rw_self_loops' or 'sym', got {config.ui_graph!r}")
+        require_fraction("lambda_coeff", config.lambda_coeff, "the weight of the frozen graphs in S")
+        check_choices(config, self.name)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
-        if config.knn_k > self.n_items:
-            raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({self.n_items})")
+        require_items(self.n_items, knn_k=config.knn_k)
         d = config.embedding_size
 
         # Which items have each modality (n_I x M), or None when no used modality was zero-filled.
         present = fusion_presence(dataset, self.modalities)
         self.register_buffer("present", None if present is None else torch.from_numpy(present), persistent=False)
-        # 1. Frozen graphs Ŝ_m (2.2), kept as edge lists: they enter S with learned weights α_m.
-        self.original_edges = []
-        for index, m in enumerate(self.modalities):
-            g = knn_graph(dataset.features[m], config.knn_k).tocoo()  # (rows, cols, ŝ_ij)
-            if present is not None:  # links between items that have m only
-                keep = present[g.row, index] & present[g.col, index]
-                g = type(g)((g.data[keep], (g.row[keep], g.col[keep])), shape=g.shape)
-            self.original_edges.append(tuple(
-                torch.from_numpy(x.astype(dtype)) for x, dtype in ((g.row, np.int64), (g.col, np.int64), (g.data, np.float32))
-            ))
-        # User–item propagation matrix.
-        if config.ui_graph == "rw_self_loops":
+        # 1. Frozen graphs Ŝ_m (2.2) as edge lists (links between items that have m only): they
+        # enter S with the learned weights α_m.
+        self.original_edges = nn.ModuleList(
+            EdgeList(knn_graph(dataset.features[m], config.knn_k), None if present is None else present[:, index])
+            for index, m in enumerate(self.modalities)
+        )
+        if config.ui_graph == "rw_self_loops":  # user–item propagation matrix
             self.adjacency = SparseOperator(random_walk_adjacency(dataset.train, self_loops=True), symmetric=False)
         else:
             self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
@@ -147,9 +138,8 @@ class LATTICE(Recommender):
             {m: Projector(dataset.features[m], config.feat_embed_dim, config.train_features) for m in self.modalities}
         )
         self.modal_logits = nn.Parameter(torch.empty(len(self.modalities)))  # a; α = softmax(a)
-        self.item_graph: EdgeGraph | None = None  # S of the current epoch
-        self._rebuild = True
-        self._patterns: dict[int, tuple] = {}  # modality index -> (nrm(P_m), rows, cols)
+        self.patterns = KnnPatterns(config.knn_k)  # the top-k of each S̃_m, searched again when P_m changed
+        self.schedule = EpochGraph(config.graph_grad)  # S: rebuilt once per epoch and for every evaluation
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -158,96 +148,67 @@ class LATTICE(Recommender):
         for projector in self.projectors.values():
             projector.reset_parameters()
         nn.init.constant_(self.modal_logits, 0.5)  # reference [0.5, 0.5]: uniform α
-        self.item_graph, self._rebuild = None, True
+        self.schedule.expire()
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        device = self.device
-        self.original_edges = [tuple(t.to(device) for t in edges) for edges in self.original_edges]
-        self.item_graph, self._rebuild, self._patterns = None, True, {}
+        self.patterns.clear()  # kept on the old device
+        self.schedule.expire()
         return out
 
-    # ------------------------------------------------------------------------------ graphs
-    def modality_weights(self) -> torch.Tensor:
-        """``α = softmax(a)``, one weight per modality (in ``self.modalities`` order)."""
-        return torch.softmax(self.modal_logits, dim=0)
-
-    def latent_graph(self) -> EdgeGraph:
-        """2. ``S = (1 − λ)·sym-norm(Σ_m α_m S̃_m) + λ·Σ_m α_m Ŝ_m`` from the current ``P_m``."""
-        n, k, lam = self.n_items, self.config.knn_k, self.config.lambda_coeff
-        alpha = self.modality_weights()
-        if self.present is None:
-            def weight(index: int, r: torch.Tensor) -> torch.Tensor:  # α_m
-                return alpha[index]
-        else:  # α_im = α_m p_im / Σ_m' α_m' p_im' (a row with no modality: 0)
-            row_alpha = alpha.unsqueeze(0) * self.present.to(alpha.dtype)
-            row_alpha = row_alpha / row_alpha.sum(dim=1, keepdim=True).clamp_min(1e-12)
-
-            def weight(index: int, r: torch.Tensor) -> torch.Tensor:
-                return row_alpha[:, index].index_select(0, r)
-        rows, cols, values = [], [], []
-        for index, projector in enumerate(self.projectors.values()):
-            p = F.normalize(projector(), dim=1)                         # nrm(P_m)
-            r, c = self._knn_pattern(index, p)                          # top-k pattern of S̃_m
-            rows.append(r)
-            cols.append(c)
-            values.append(weight(index, r) * sampled_dot(p, p, r, c))  # α_m · cos(p_i, p_j)
-        rows_l, cols_l = torch.cat(rows), torch.cat(cols)
-        learned = normalize_edges(rows_l, cols_l, torch.cat(values), n)  # Ã (duplicates summed)
-        rows_o = torch.cat([e[0] for e in self.original_edges])
-        cols_o = torch.cat([e[1] for e in self.original_edges])
-        original = torch.cat([weight(i, e[0]) * e[2] for i, e in enumerate(self.original_edges)])
-        return EdgeGraph(
-            torch.cat([rows_l, rows_o]), torch.cat([cols_l, cols_o]),
-            torch.cat([(1.0 - lam) * learned, lam * original]), n,
-        )
-
-    def _knn_pattern(self, index: int, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` edges of ``p``; reused while ``p`` is unchanged (the evaluation after an
-        epoch and the next epoch's first batch see the same parameters: one blocked top-k, not
-        two)."""
-        cached = self._patterns.get(index)
-        if cached is not None and cached[0].shape == p.shape and torch.equal(cached[0], p.detach()):
-            return cached[1], cached[2]
-        if self.present is None:
-            rows, cols = knn_edges(p, self.config.knn_k)
-        else:  # among the items that have the modality (its zero-filled rows share one vector)
-            have = torch.nonzero(self.present[:, index]).squeeze(1)
-            rows, cols = knn_edges(p.index_select(0, have), min(self.config.knn_k, len(have)))
-            rows, cols = have[rows], have[cols]
-        self._patterns[index] = (p.detach().clone(), rows, cols)
-        return rows, cols
+    @property
+    def item_graph(self) -> EdgeGraph | None:
+        """``S`` of the current epoch (``None`` before the epoch's first training forward)."""
+        return self.schedule.current
 
     def on_epoch_start(self, epoch: int) -> None:
         """The learned graph is rebuilt from the current projections on the next training forward."""
-        self._rebuild = True
+        self.schedule.expire()
 
-    def _current_graph(self) -> EdgeGraph:
-        if not self.training:  # evaluation rebuilds from the current parameters (reference)
-            with torch.no_grad():
-                return self.latent_graph()
-        if self._rebuild or self.item_graph is None:
-            with torch.set_grad_enabled(self.config.graph_grad and torch.is_grad_enabled()):
-                graph = self.latent_graph()
-            self.item_graph, self._rebuild = graph.detach(), False
-            return graph  # this batch back-propagates into the graph's values
-        return self.item_graph
+    # ------------------------------------------------------------------------------ graphs
+    def modality_weights(self) -> torch.Tensor:
+        """``α = softmax(a)``, one weight per modality (in ``self.modalities`` order); with a
+        presence mask, per item ``α_im = α_m p_im / Σ_m' α_m' p_im'`` (``n_I x M``; 0 for an item
+        with no modality)."""
+        alpha = torch.softmax(self.modal_logits, dim=0)
+        if self.present is None:
+            return alpha
+        row_alpha = alpha.unsqueeze(0) * self.present.to(alpha.dtype)
+        return row_alpha / row_alpha.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def latent_graph(self) -> EdgeGraph:
+        """2. ``S = (1 − λ)·sym-norm(Σ_m α_m S̃_m) + λ·Σ_m α_m Ŝ_m`` from the current ``P_m``."""
+        alpha, lam = self.modality_weights(), self.config.lambda_coeff
+
+        def weight(index: int, rows: torch.Tensor) -> torch.Tensor:  # α_m, or α_im of each edge's row
+            return alpha[index] if alpha.dim() == 1 else alpha[:, index].index_select(0, rows)
+
+        rows, cols, values = [], [], []
+        for index, projector in enumerate(self.projectors.values()):
+            p = F.normalize(projector(), dim=1)                                  # nrm(P_m)
+            keep = None if self.present is None else self.present[:, index]      # its zero-filled rows share one vector
+            r, c = self.patterns(index, p, keep)                                 # top-k pattern of S̃_m
+            rows.append(r)
+            cols.append(c)
+            values.append(weight(index, r) * sampled_dot(p, p, r, c))           # α_m · cos(p_i, p_j)
+        learned = normalize_edges(torch.cat(rows), torch.cat(cols), torch.cat(values), self.n_items)  # Ã
+        original = torch.cat([weight(index, e.rows) * e.values for index, e in enumerate(self.original_edges)])
+        return EdgeGraph(
+            torch.cat(rows + [e.rows for e in self.original_edges]),
+            torch.cat(cols + [e.cols for e in self.original_edges]),
+            torch.cat([(1.0 - lam) * learned, lam * original]), self.n_items,
+        )
 
     # ----------------------------------------------------------------------------- forward
     def forward(self) -> Output:
-        graph = self._current_graph()
-        h = self.item_emb  # h = S^{L_ii} E_I
-        for _ in range(self.config.n_ii_layers):
-            h = graph @ h
-        h = F.normalize(h, dim=1)
-        if self.config.cf_model == "lightgcn":
-            y = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.config.n_ui_layers)
-            y_u, y_i = y[: self.n_users], y[self.n_users :]
-        else:  # mf
-            y_u, y_i = self.user_emb, self.item_emb
-        out = Output(y_u, y_i + h)
+        graph = self.schedule.graph(self.latent_graph, self.training)                     # S
+        h = F.normalize(propagate(graph, self.item_emb, self.config.n_ii_layers), dim=1)  # nrm(S^{L_ii} E_I)
+        layers = self.config.n_ui_layers if self.config.cf_model == "lightgcn" else 0     # mf: the ID tables
+        y = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), layers)
+        y_u, y_i = y[: self.n_users], y[self.n_users :]
+        out = Output(y_u, y_i + h)                                                        # Z_U = Y_U, Z_I = Y_I + nrm(h)
         if not self.training:
-            out.aux["behavior"] = torch.cat([y_u, y_i])
+            out.aux["behavior"] = y
             out.aux["modality"] = torch.cat([h.new_zeros(self.n_users, h.shape[1]), h])
         return out
 
