@@ -1,0 +1,73 @@
+"""Pieces several models share: settings checks (prismrec/checks.py), plain propagation, tables
+that are a parameter or a frozen buffer, the hypergraph's membership dropout."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from prismrec.checks import check_choices, require_fraction, require_items
+from prismrec.graph import SparseOperator
+from prismrec.nn.embedding import register_table
+from prismrec.nn.hypergraph import hypergraph_propagate
+from prismrec.nn.propagation import propagate
+
+
+@dataclass
+class _Settings:
+    mode: Literal["a", "b"] = "a"
+    size: int = 3
+
+
+def test_check_choices_names_the_setting_outside_its_choices():
+    check_choices(_Settings(), "m")
+    with pytest.raises(ValueError, match=r"m: mode must be one of \['a', 'b'\], got 'c'"):
+        check_choices(_Settings(mode="c"), "m")
+
+
+def test_require_items_and_require_fraction():
+    require_items(10, knn_k=10)
+    with pytest.raises(ValueError, match=r"knn_k=11 exceeds the number of items \(10\); b=12 exceeds"):
+        require_items(10, knn_k=11, a=3, b=12)
+    require_fraction("p", 0.0)
+    require_fraction("p", 1.0)
+    with pytest.raises(ValueError, match=r"p \(a rate\) must be in \(0, 1\], got 0.0"):
+        require_fraction("p", 0.0, "a rate", low_open=True)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\), got 1.0"):
+        require_fraction("p", 1.0, high_open=True)
+
+
+def test_propagate_is_the_matrix_power():
+    g = sp.random(6, 6, density=0.4, random_state=0, format="csr", dtype="float32")
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    dense = torch.from_numpy(g.toarray())
+    torch.testing.assert_close(propagate(SparseOperator(g), x, 3), dense @ dense @ dense @ x)
+    assert propagate(SparseOperator(g), x, 0) is x
+
+
+def test_register_table_parameter_or_buffer():
+    module = nn.Module()
+    register_table(module, "trained", torch.zeros(2, 2), trainable=True)
+    register_table(module, "frozen", torch.ones(2, 2), trainable=False)
+    register_table(module, "copy", torch.ones(2, 2), trainable=False, persistent=False)
+    assert [name for name, _ in module.named_parameters()] == ["trained"]
+    assert set(module.state_dict()) == {"trained", "frozen"}
+
+
+def test_hypergraph_dropout_drops_item_then_user_memberships():
+    gen = torch.Generator().manual_seed(0)
+    h_items, h_users = torch.rand(5, 3, generator=gen), torch.rand(4, 3, generator=gen)
+    x = torch.randn(5, 2, generator=gen)
+    plain = hypergraph_propagate(h_items, h_users, x, 2)
+    assert all(torch.equal(a, b) for a, b in zip(plain, hypergraph_propagate(h_items, h_users, x, 2, 0.0)))
+    torch.manual_seed(3)
+    dropped = hypergraph_propagate(h_items, h_users, x, 2, 0.5)
+    torch.manual_seed(3)
+    d_items = torch.nn.functional.dropout(h_items, 0.5)
+    d_users = torch.nn.functional.dropout(h_users, 0.5)
+    want = hypergraph_propagate(d_items, d_users, x, 2)
+    assert all(torch.equal(a, b) for a, b in zip(dropped, want))
+    assert not torch.equal(dropped[0], plain[0])
