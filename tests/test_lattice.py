@@ -255,7 +255,7 @@ def test_missing_modality_matches_the_masked_dense_reference(tmp_path):
     assert build(mean).present is None
     net = build(zero, knn_k=5)
     missing = ~np.load(folder / "image_mask.npy")
-    np.testing.assert_array_equal(net.present[:, 0].numpy(), ~missing)
+    np.testing.assert_array_equal(net.present[0].numpy(), ~missing)
     rows, cols = net.original_edges[0].rows, net.original_edges[0].cols
     assert not missing[rows.numpy()].any() and not missing[cols.numpy()].any()
     with torch.no_grad():
@@ -263,7 +263,7 @@ def test_missing_modality_matches_the_masked_dense_reference(tmp_path):
     net.train()
     net.on_epoch_start(0)
     out = net()
-    params, u_ref, i_ref, s_ref = reference_of(net, zero, present=net.present)
+    params, u_ref, i_ref, s_ref = reference_of(net, zero, present=net.present.T)
     _, rows, cols = net.patterns.cache[0]  # the learned image graph's top-k: among items with an image
     assert not missing[rows.numpy()].any() and not missing[cols.numpy()].any() and len(rows) == 5 * 40
     torch.testing.assert_close(net.item_graph.to_dense().double(), s_ref, atol=1e-6, rtol=1e-5)

@@ -236,6 +236,7 @@ class EdgeList(nn.Module):
         super().__init__()
         g = sp.coo_matrix(graph)
         if keep is not None:
+            keep = np.asarray(keep, dtype=bool)
             kept = keep[g.row] & keep[g.col]
             g = sp.coo_matrix((g.data[kept], (g.row[kept], g.col[kept])), shape=g.shape)
         self.register_buffer("rows", torch.from_numpy(g.row.astype(np.int64)), persistent=False)

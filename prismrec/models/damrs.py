@@ -68,12 +68,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from prismrec.checks import require_items
-from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
 from prismrec.graph.cooccurrence import behavior_item_graph
 from prismrec.graph.consistent import consistent_knn_graphs
@@ -81,6 +79,7 @@ from prismrec.losses import bpr_loss, denoised_bpr, neighbour_discrimination, sy
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.fusion import present_mean
+from prismrec.nn.presence import view_presence
 from prismrec.nn.propagation import propagate
 from prismrec.recommender import Output, Recommender
 
@@ -164,11 +163,8 @@ class DAMRS(Recommender):
             graphs.append(behavior_item_graph(dataset.train, config.behavior_k, config.min_cooccurrence))
         self.view_names = list(self.modalities) + (["behavior"] if config.behavior_graph else [])
         self.item_graphs = torch.nn.ModuleList(SparseOperator(g) for g in graphs)
-        present = fusion_presence(dataset, self.modalities)  # n_I x M, or None: nothing zero-filled
-        if present is not None:  # |V| x n_I: the behaviour view (if any) always present
-            behavior = np.ones((len(graphs) - len(self.modalities), self.n_items), dtype=bool)
-            present = torch.from_numpy(np.vstack([present.T, behavior]))
-        self.register_buffer("present", present, persistent=False)
+        present = view_presence(dataset, self.modalities, extra_views=int(config.behavior_graph))  # |V| x n_I
+        self.register_buffer("present", present, persistent=False)  # the behaviour view (if any) always present
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)  # Â
 
         self.user_emb = IdEmbedding(self.n_users, config.embedding_size)  # E_U

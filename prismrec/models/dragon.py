@@ -73,9 +73,9 @@ from prismrec.graph.neighbour_sampling import softmax_neighbour_graph
 from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
-from prismrec.data.features import fusion_presence
 from prismrec.nn.encoders import Projector
 from prismrec.nn.fusion import present_mean
+from prismrec.nn.presence import view_presence
 from prismrec.nn.propagation import propagate
 from prismrec.nn.roles import role_weights
 from prismrec.recommender import Output, Recommender
@@ -175,8 +175,7 @@ class DRAGON(Recommender):
             {m: ModalityGraphEncoder(dataset.features[m], self.n_users, d, config.hidden_size) for m in self.modalities}
         )
         self.user_modality_weights = nn.Parameter(torch.zeros(self.n_users, len(self.modalities)))  # w
-        present = fusion_presence(dataset, self.modalities)  # n_I x M, or None: nothing zero-filled
-        self.register_buffer("present", None if present is None else torch.from_numpy(present).T, persistent=False)
+        self.register_buffer("present", view_presence(dataset, self.modalities), persistent=False)  # M x n_I or None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

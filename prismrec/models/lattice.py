@@ -50,7 +50,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.checks import check_choices, require_fraction, require_items
-from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
 from prismrec.graph.learned import EdgeGraph, EdgeList, EpochGraph, KnnPatterns, normalize_edges, sampled_dot
 from prismrec.graph.walk import random_walk_adjacency
@@ -59,6 +58,7 @@ from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.content import content_forward_rows
 from prismrec.nn.encoders import Projector
+from prismrec.nn.presence import view_presence
 from prismrec.nn.propagation import propagate
 from prismrec.recommender import Output, Recommender
 
@@ -117,13 +117,12 @@ class LATTICE(Recommender):
         require_items(self.n_items, knn_k=config.knn_k)
         d = config.embedding_size
 
-        # Which items have each modality (n_I x M), or None when no used modality was zero-filled.
-        present = fusion_presence(dataset, self.modalities)
-        self.register_buffer("present", None if present is None else torch.from_numpy(present), persistent=False)
+        # Which items have each modality (M x n_I), or None when no used modality was zero-filled.
+        self.register_buffer("present", view_presence(dataset, self.modalities), persistent=False)
         # 1. Frozen graphs Ŝ_m (2.2) as edge lists (links between items that have m only): they
         # enter S with the learned weights α_m.
         self.original_edges = nn.ModuleList(
-            EdgeList(knn_graph(dataset.features[m], config.knn_k), None if present is None else present[:, index])
+            EdgeList(knn_graph(dataset.features[m], config.knn_k), None if self.present is None else self.present[index])
             for index, m in enumerate(self.modalities)
         )
         if config.ui_graph == "rw_self_loops":  # user–item propagation matrix
@@ -173,7 +172,7 @@ class LATTICE(Recommender):
         alpha = torch.softmax(self.modal_logits, dim=0)
         if self.present is None:
             return alpha
-        row_alpha = alpha.unsqueeze(0) * self.present.to(alpha.dtype)
+        row_alpha = alpha.unsqueeze(0) * self.present.T.to(alpha.dtype)
         return row_alpha / row_alpha.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
     def latent_graph(self) -> EdgeGraph:
@@ -186,7 +185,7 @@ class LATTICE(Recommender):
         rows, cols, values = [], [], []
         for index, projector in enumerate(self.projectors.values()):
             p = F.normalize(projector(), dim=1)                                  # nrm(P_m)
-            keep = None if self.present is None else self.present[:, index]      # its zero-filled rows share one vector
+            keep = None if self.present is None else self.present[index]         # its zero-filled rows share one vector
             r, c = self.patterns(index, p, keep)                                 # top-k pattern of S̃_m
             rows.append(r)
             cols.append(c)

@@ -87,9 +87,9 @@ from prismrec.checks import check_choices, require_fraction
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import all_keys_infonce, bpr_loss, emb_norm
 from prismrec.models import register
-from prismrec.data.features import fusion_presence
 from prismrec.nn import lightgcn
-from prismrec.nn.fusion import node_presence, present_mean
+from prismrec.nn.fusion import present_mean
+from prismrec.nn.presence import view_presence
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.encoders import normalize_features
 from prismrec.nn.hypergraph import hypergraph_propagate, soft_hyperedges
@@ -196,7 +196,7 @@ class LGMRec(Recommender):
         )
         order = role_order(self.name, self.modalities, config.hcl_order, "hcl_order")
         self.pairs = list(itertools.combinations(order, 2))  # (a, b) of L_hcl
-        present = node_presence(fusion_presence(dataset, self.modalities), self.n_users)  # K x N or None
+        present = view_presence(dataset, self.modalities, self.n_users)  # K x N or None
         self.register_buffer("present", present, persistent=False)
         self.reset_parameters()
 

@@ -62,9 +62,9 @@ from prismrec.checks import check_choices
 from prismrec.graph import SparseOperator
 from prismrec.graph.walk import random_walk_adjacency
 from prismrec.losses import bpr_loss
-from prismrec.data.features import fusion_presence
 from prismrec.models import register
-from prismrec.nn.fusion import node_presence, present_mean
+from prismrec.nn.fusion import present_mean
+from prismrec.nn.presence import view_presence
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.embedding import register_table
 from prismrec.nn.roles import modality_parts
@@ -193,7 +193,7 @@ class MMGCN(Recommender):
             m: ModalityGCN(dataset.features[m], self.n_users, d, int(width), config)
             for m, width in zip(self.modalities, latent)
         })
-        present = node_presence(fusion_presence(dataset, self.modalities), self.n_users)  # K x N or None
+        present = view_presence(dataset, self.modalities, self.n_users)  # K x N or None
         self.register_buffer("present", present, persistent=False)
         # P_1 of the L2 term: the first modality in the image part (none without one), or every table
         self.regularised = (list(self.modalities) if config.reg_preferences == "all"

@@ -63,10 +63,10 @@ from prismrec.checks import check_choices, require_fraction, require_items
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph, mix, user_item_block
 from prismrec.graph.union import max_union
 from prismrec.losses import bpr_loss, infonce, l2_reg
-from prismrec.data.features import fusion_presence
 from prismrec.models import register
 from prismrec.nn.spectral import SpectralFilter, gate
-from prismrec.nn.fusion import node_presence, present_mean
+from prismrec.nn.fusion import present_mean
+from prismrec.nn.presence import view_presence
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.content import content_forward_rows
 from prismrec.nn.propagation import batch_node_rows, lightgcn_distinct, propagate, row_product
@@ -150,9 +150,7 @@ class SMORE(Recommender):
             {m: nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d, bias=False)) for m in self.modalities}
         )  # q_m
         self.preference_gates = nn.ModuleDict({v: gate(d) for v in views})  # p_v
-        present = node_presence(fusion_presence(dataset, self.modalities), self.n_users)  # K x N or None
-        if present is not None:  # the fusion view is always there
-            present = torch.cat([present, torch.ones(1, present.shape[1], dtype=torch.bool)])
+        present = view_presence(dataset, self.modalities, self.n_users, extra_views=1)  # (M + 1) x N: fusion always
         self.register_buffer("present", present, persistent=False)
         self.reset_parameters()
 
