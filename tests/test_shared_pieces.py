@@ -71,3 +71,18 @@ def test_hypergraph_dropout_drops_item_then_user_memberships():
     want = hypergraph_propagate(d_items, d_users, x, 2)
     assert all(torch.equal(a, b) for a, b in zip(dropped, want))
     assert not torch.equal(dropped[0], plain[0])
+
+
+def test_node_dropout_on_rows_drops_what_the_full_matrix_drops():
+    from prismrec.nn.propagation import node_dropout
+
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    assert node_dropout(x, 0.0, 8) is x
+    torch.manual_seed(5)
+    full = node_dropout(x, 0.5, 8)
+    rows = torch.tensor([1, 4, 6])
+    torch.manual_seed(5)
+    torch.testing.assert_close(node_dropout(x[rows], 0.5, 8, rows), full[rows])
+    kept = full != 0
+    assert 0 < kept.sum() < x.numel()
+    torch.testing.assert_close(full[kept], 2.0 * x[kept])

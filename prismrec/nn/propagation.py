@@ -84,6 +84,21 @@ def lightgcn_distinct(adjacency: SparseOperator, x0: torch.Tensor, n_layers: int
     return _LayerMeanRows.apply(adjacency, x0, n_layers, index, block)
 
 
+def node_dropout(x: torch.Tensor, p: float, n_nodes: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverted dropout of a node matrix: keep ``torch.rand >= p`` (torch's global generator;
+    ~3x faster on CPU than the ``bernoulli_`` behind ``F.dropout``), scale ``1/(1−p)``.
+
+    ``rows`` (node ids): ``x`` holds only those rows of the ``n_nodes``-row matrix (a row path);
+    the mask is drawn for all ``n_nodes`` rows, the same draws as the full matrix's, and its rows
+    kept, so a row path and the full forward drop the same entries."""
+    if p == 0.0:
+        return x
+    if rows is None:
+        return x * (torch.rand(x.shape, device=x.device) >= p) / (1.0 - p)
+    draws = torch.rand((n_nodes, x.shape[1]), device=x.device)
+    return x * (draws.index_select(0, rows) >= p) / (1.0 - p)
+
+
 def row_product(operator: SparseOperator, rows: np.ndarray, dense: torch.Tensor) -> torch.Tensor:
     """``(A @ dense)[rows]`` as one product with the block ``A[rows]`` (backward: ``A[rows]ᵀ``);
     ``rows`` sorted distinct row ids of ``A``."""
