@@ -26,7 +26,8 @@ has its own run directory) and replaces their files. Each cell records the commi
 at (``code``). Cells whose model code changed are retrained with ``--rerun PATTERN[,PATTERN]
 --rerun-after REV`` (shell-style patterns over cell names, e.g. ``'lfm2k__gume__drop-zero-*'``;
 ``REV`` the commit of the change): a matching cell trained before ``REV`` (its ``code`` does not
-contain it) loses its file and its run directory is replaced; an interrupted rerun resumes like
+contain it) loses its file, its run directory is replaced and its cached stage-1 runs (EGRA's
+pretraining on that input) are retrained; an interrupted rerun resumes like
 any unfinished cell, a repeated one skips the cells already retrained, and no other cell is
 touched. Cells run in priority order (``--order``), one
 process at a time, ``threads=1``.
@@ -158,6 +159,27 @@ def run_cell(cell: dict, work: Path, epochs: int, impute: str, overwrite: bool =
     if cell["family"] == "cold":
         record["cold"] = cold_rows(run_dir, data_dir, cell)
     return record
+
+
+def forget_stage_one(cell: dict, work: Path, epochs: int, impute: str) -> list[Path]:
+    """Remove the cached stage-1 runs and selections of ``cell``'s input (EGRA's pretrained
+    ``P``), so that a rerun retrains them with the current code too: their cache keys hold the
+    data and the settings, not the code. Returns what was removed (nothing for a model without a
+    stage 0)."""
+    import shutil
+
+    from prismrec.experiment.config import resolve_config
+    from prismrec.experiment.pretrained import _cache_root
+    from prismrec.models import get_model
+
+    name, _ = derived_dataset(cell, work, impute)
+    config = resolve_config(cell["model"], name, settings(cell["model"], cell["dataset"], epochs))
+    if "pretrained_items" not in get_model(cell["model"]).required_inputs(config.params):
+        return []
+    gone = sorted(_cache_root(config.params).glob(f"*-{name}-train*"))
+    for path in gone:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return gone
 
 
 def code_version() -> str | None:
@@ -384,6 +406,7 @@ def main() -> None:
         print(f"[robustness] {cell_name(cell)} (epochs<={args.epochs}{', rerun' if fresh else ''})", flush=True)
         if fresh:  # gone until retrained: an interrupted rerun then resumes as an unfinished cell
             path.unlink()
+            forget_stage_one(cell, args.work, args.epochs, args.impute)
         try:
             record = run_cell(cell, args.work, args.epochs, args.impute, overwrite=bool(fresh), code=code)
         except Exception as exc:  # one failing model must not stop the grid: recorded, retried next run

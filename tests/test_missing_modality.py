@@ -226,3 +226,28 @@ def test_robustness_rerun_selects_matching_cells_trained_before_the_change():
     parent = subprocess.run(["git", "rev-parse", "--short", "HEAD~1"], capture_output=True, text=True).stdout.strip()
     if parent:
         assert rb.trained_before({"code": parent}, head)  # trained before it: retrained
+
+
+def test_robustness_rerun_forgets_the_cells_cached_stage_one(tmp_path, monkeypatch):
+    """EGRA's cached pretraining on a rerun cell's input goes (its key holds no code); another
+    input's cache and a model without a stage 0 are left alone."""
+    from benchmarks import robustness as rb
+
+    monkeypatch.setenv("PRISMREC_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "pretrained"
+    mine = "lfm2k-text-drop-0.4-s999-zero"
+    keep = [root / "mgcn-lfm2k-text-drop-0.4-s999-train0-cfg1-seed999", root / "mgcn-lfm2k-train0-cfg1-seed999"]
+    gone = [root / f"mgcn-{mine}-train0-cfg1-seed999", root / f"select-mgcn-{mine}-train0-k-seed999.json"]
+    for path in keep + gone[:1]:
+        path.mkdir(parents=True)
+    gone[1].write_text("{}")
+    (tmp_path / "data" / mine).mkdir(parents=True)
+    cells = rb.with_imputation(rb.plan(["lfm2k"], [999]), "zero")
+    cell = {"egra": None, "mgcn": None}
+    for c in cells:
+        if c.get("impute") == "zero" and c["q"] == 0.4 and c["model"] in cell:
+            cell[c["model"]] = c
+    assert rb.forget_stage_one(cell["mgcn"], tmp_path, 20, "zero") == []
+    assert all(p.exists() for p in keep + gone)
+    assert rb.forget_stage_one(cell["egra"], tmp_path, 20, "zero") == sorted(gone)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
