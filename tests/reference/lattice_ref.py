@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from tests.reference.dense import bipartite, layer_mean, steps
+
 
 def build_sim(context: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Cosine similarity of every pair of rows (reference ``build_sim``; ``eps`` > 0 keeps a zero
@@ -34,12 +36,8 @@ def compute_normalized_laplacian(adj: torch.Tensor) -> torch.Tensor:
 
 def norm_adj_self_loops(r: torch.Tensor) -> torch.Tensor:
     """``D^-1 (A + I)`` for ``A = [[0, R], [Rᵀ, 0]]`` (reference ``normalized_adj_single``)."""
-    n_users, n_items = r.shape
-    n = n_users + n_items
-    a = torch.zeros(n, n, dtype=r.dtype)
-    a[:n_users, n_users:] = r
-    a[n_users:, :n_users] = r.T
-    a = a + torch.eye(n, dtype=r.dtype)
+    a = bipartite(r)
+    a = a + torch.eye(a.shape[0], dtype=r.dtype)
     rowsum = a.sum(1)
     d_inv = 1.0 / rowsum
     d_inv = torch.where(torch.isinf(d_inv), torch.zeros_like(d_inv), d_inv)
@@ -109,17 +107,8 @@ def _masked_forward(r, user_emb, item_emb, raw_feats, trs, weight, topk, lambda_
 
 def _propagate(r, user_emb, item_emb, item_adj, n_ui_layers, n_ii_layers):
     """The forward's propagation given the item graph ``S`` (``item_adj``)."""
-    h = item_emb
-    for _ in range(n_ii_layers):
-        h = item_adj @ h
-
-    adj = norm_adj_self_loops(r)
-    ego = torch.cat([user_emb, item_emb])
-    layers = [ego]
-    for _ in range(n_ui_layers):
-        ego = adj @ ego
-        layers.append(ego)
-    all_emb = torch.stack(layers, dim=1).mean(dim=1)
+    h = steps(item_adj, item_emb, n_ii_layers)
+    all_emb = layer_mean(norm_adj_self_loops(r), torch.cat([user_emb, item_emb]), n_ui_layers)
     n_users = user_emb.shape[0]
     u, i = all_emb[:n_users], all_emb[n_users:]
     i = i + h / torch.norm(h, p=2, dim=1, keepdim=True).clamp_min(1e-12)

@@ -14,13 +14,12 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from tests.reference.dense import bipartite, layer_mean, steps
+
 
 def normalized_adjacency(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(D^-1/2 A D^-1/2, row sums of A)`` with degrees ``+1e-7`` as in the reference."""
-    n_users, n_items = train.shape
-    a = torch.zeros(n_users + n_items, n_users + n_items, dtype=train.dtype)
-    a[:n_users, n_users:] = train
-    a[n_users:, :n_users] = train.T
+    a = bipartite(train)
     degree = (a > 0).sum(1).to(train.dtype)
     d = (degree + 1e-7) ** -0.5
     return d[:, None] * a * d[None, :], degree
@@ -58,23 +57,13 @@ def lgmrec_reference(train, params: dict, modalities: list, batch, cfg: dict, no
             hyper_edges[m] = (torch.softmax(i_hyper / tau, dim=1), torch.softmax(u_hyper / tau, dim=1))
 
     ego = torch.cat([params["user_emb"], params["item_emb"]])
-    if cfg["cf_model"] == "mf":
-        cge = ego
-    else:
-        layers = [ego]
-        for _ in range(cfg["n_ui_layers"]):
-            ego = adj @ ego
-            layers.append(ego)
-        cge = torch.stack(layers, dim=1).mean(dim=1)
+    cge = ego if cfg["cf_model"] == "mf" else layer_mean(adj, ego, cfg["n_ui_layers"])
 
     mge = 0
     for m in modalities:
         item_feats = params[f"feat_{m}"] @ params[f"w_{m}"]
         user_feats = (train @ item_feats) * num_inters
-        x = torch.cat([user_feats, item_feats])
-        for _ in range(cfg["n_mm_layers"]):
-            x = adj @ x
-        mge = mge + F.normalize(x)
+        mge = mge + F.normalize(steps(adj, torch.cat([user_feats, item_feats]), cfg["n_mm_layers"]))
     lge = cge + mge
 
     views = {}

