@@ -91,7 +91,7 @@ from prismrec.nn import lightgcn
 from prismrec.nn.fusion import present_mean
 from prismrec.nn.presence import view_presence
 from prismrec.nn.content import content_forward_rows, feature_knn
-from prismrec.nn.encoders import normalize_features
+from prismrec.nn.encoders import feature_matrix
 from prismrec.nn.hypergraph import hypergraph_propagate, soft_hyperedges
 from prismrec.nn.propagation import propagate
 from prismrec.nn.roles import role_order
@@ -150,7 +150,7 @@ class _ModalityInputs(nn.Module):
 
     def __init__(self, features: torch.Tensor, dim: int, hyper_num: int, normalize: str = "none") -> None:
         super().__init__()
-        feats = normalize_features(features.detach().to(torch.float32), normalize).clone()
+        feats = feature_matrix(features, normalize)
         self.register_buffer("features", feats, persistent=False)  # frozen, rebuilt from data
         self.projection = nn.Parameter(torch.empty(feats.shape[1], dim))  # W_m
         self.hyper = nn.Parameter(torch.empty(feats.shape[1], hyper_num))  # V_m

@@ -67,6 +67,7 @@ from prismrec.nn.fusion import present_mean
 from prismrec.nn.presence import view_presence
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.embedding import register_table
+from prismrec.nn.encoders import feature_matrix
 from prismrec.nn.roles import modality_parts
 from prismrec.recommender import Output, Recommender
 
@@ -115,7 +116,7 @@ class ModalityGCN(nn.Module):
 
     def __init__(self, features: torch.Tensor, n_users: int, d: int, latent: int, config: MMGCNConfig) -> None:
         super().__init__()
-        self.register_buffer("features", features.detach().to(torch.float32).clone(), persistent=False)
+        self.register_buffer("features", feature_matrix(features), persistent=False)  # F_m, frozen
         width = latent or features.shape[1]                                 # d'_m
         self.mlp = nn.Linear(features.shape[1], latent) if latent else None  # F̃_m = F_m W⁰ + b⁰
         register_table(self, "preference", torch.empty(n_users, width), config.train_embeddings)  # P_m

@@ -62,6 +62,12 @@ def _as_feature_matrix(features: torch.Tensor) -> torch.Tensor:
     return features.detach().to(torch.float32, copy=True)
 
 
+def feature_matrix(features: torch.Tensor, normalize: str = "none") -> torch.Tensor:
+    """A layer's own float32 copy of one modality's feature matrix (``n_items x d_m``, checked
+    finite), rescaled by ``normalize`` (:func:`normalize_features`) in place on the copy."""
+    return normalize_features(_as_feature_matrix(features), normalize, inplace=True)
+
+
 class Projector(nn.Module):
     """Linear projection of one modality's item features: ``X = F W + b`` (``d_m -> dim``).
 
@@ -83,7 +89,7 @@ class Projector(nn.Module):
         super().__init__()
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
-        feats = normalize_features(_as_feature_matrix(features), normalize, inplace=True)  # on our own copy
+        feats = feature_matrix(features, normalize)
         self.trainable_features = bool(trainable_features)
         register_table(self, "features", feats, self.trainable_features, persistent=False)
         self.linear = nn.Linear(feats.shape[1], dim)
