@@ -165,10 +165,11 @@ class SMORE(Recommender):
         return out
 
     def forward(self) -> Output:
-        c = lightgcn(self.adjacency, torch.cat([self.user_emb.weight, self.item_emb.weight]), self.config.n_ui_layers)  # C
-        views = {v: torch.cat([self.user_item @ h, h]) for v, h in self.item_views().items()}  # [R̂ H_v^I; H_v^I]
-        side = self.preference(c, views, self.present)
-        z = c + side
+        x0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        c = lightgcn(self.adjacency, x0, self.config.n_ui_layers)                             # 3. C
+        views = {v: torch.cat([self.user_item @ h, h]) for v, h in self.item_views().items()}  # 1-3. [H_v^U; H_v^I]
+        side = self.preference(c, views, self.present)                                        # 4. side
+        z = c + side                                                                          # Z = C + side
         return Output(z[: self.n_users], z[self.n_users :], {"behavior": c, "modality": side})
 
     def item_views(self) -> dict[str, torch.Tensor]:
