@@ -54,20 +54,22 @@ def knn_edges(features: torch.Tensor, k: int, block_size: int | None = None,
     return among[rows], among[cols.reshape(-1)]
 
 
-class KnnPatterns:
+class KnnPatterns(nn.Module):
     """:func:`knn_edges` of matrices that are rebuilt from parameters, each searched again only
     when its matrix changed: an evaluation after an epoch and the next epoch's first batch see the
     same parameters, so they share one blocked top-``k``.
 
     ``patterns(key, x, keep)`` returns the ``(rows, cols)`` of ``x`` (``keep`` as in
-    :func:`knn_edges`, fixed per key); ``clear()`` forgets every pattern (after a device move).
+    :func:`knn_edges`, fixed per key); ``clear()`` forgets every pattern. A module of a model:
+    a device move (``model.to``) clears it, and it holds nothing to save.
     """
 
     def __init__(self, k: int) -> None:
+        super().__init__()
         self.k = k
         self.cache: dict = {}  # key -> (the matrix searched, rows, cols)
 
-    def __call__(self, key, x: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, key, x: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         cached = self.cache.get(key)
         if cached is not None and cached[0].shape == x.shape and torch.equal(cached[0], x.detach()):
             return cached[1], cached[2]
@@ -77,6 +79,10 @@ class KnnPatterns:
 
     def clear(self) -> None:
         self.cache = {}
+
+    def _apply(self, fn, recurse=True):
+        self.clear()  # patterns on the old device
+        return super()._apply(fn, recurse)
 
 
 def _sampled_dot(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -244,23 +250,29 @@ class EdgeList(nn.Module):
         self.register_buffer("values", torch.from_numpy(g.data.astype(np.float32)), persistent=False)
 
 
-class EpochGraph:
+class EpochGraph(nn.Module):
     """When a graph learned from the parameters is rebuilt (LATTICE's reference schedule).
 
     ``graph(build, training)``: the first training forward after :meth:`expire` builds the graph
     (gradient flows into its edge values when ``grad`` and autograd is on) and keeps a detached
     copy, which the later training forwards of the epoch reuse; an evaluation forward builds it
     afresh without gradient (and keeps nothing). ``current`` is the kept graph (``None`` before
-    the epoch's first training forward).
+    the epoch's first training forward). A module of a model: a device move expires it, and it
+    holds nothing to save.
     """
 
     def __init__(self, grad: bool = True) -> None:
+        super().__init__()
         self.grad = grad
         self.current: EdgeGraph | None = None
 
     def expire(self) -> None:
         """The next training forward rebuilds the graph."""
         self.current = None
+
+    def _apply(self, fn, recurse=True):
+        self.expire()  # a graph on the old device
+        return super()._apply(fn, recurse)
 
     def graph(self, build: Callable[[], EdgeGraph], training: bool) -> EdgeGraph:
         if not training:

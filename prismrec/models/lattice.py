@@ -149,12 +149,6 @@ class LATTICE(Recommender):
         nn.init.constant_(self.modal_logits, 0.5)  # reference [0.5, 0.5]: uniform α
         self.schedule.expire()
 
-    def _apply(self, fn, recurse=True):
-        out = super()._apply(fn, recurse)
-        self.patterns.clear()  # kept on the old device
-        self.schedule.expire()
-        return out
-
     @property
     def item_graph(self) -> EdgeGraph | None:
         """``S`` of the current epoch (``None`` before the epoch's first training forward)."""

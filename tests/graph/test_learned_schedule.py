@@ -38,6 +38,8 @@ def test_patterns_are_searched_again_only_when_the_matrix_changed(monkeypatch):
     patterns.clear()
     patterns("b", x)
     assert len(calls) == 4
+    patterns.to("cpu")  # a device move forgets the patterns
+    assert patterns.cache == {} and patterns.state_dict() == {}
 
 
 def test_edge_list_keeps_edges_between_kept_nodes_and_is_never_saved():
@@ -73,5 +75,7 @@ def test_epoch_graph_builds_once_per_epoch_with_gradient_and_afresh_in_evaluatio
     assert schedule.current is None
     schedule.graph(build, training=True)
     assert len(builds) == 3 and schedule.current is not kept
+    schedule.to("cpu")  # a device move: the kept graph was on the old device
+    assert schedule.current is None
     frozen = EpochGraph(grad=False)
     assert not frozen.graph(build, training=True).values.requires_grad and builds[-1] is False
