@@ -254,6 +254,60 @@ def _value(v: float | torch.Tensor) -> float:
     return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
 
 
+def adam_step(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.step()``, bit for bit, for the trainer's fused Adam without torch.optim's
+    per-step Python (hooks, profiler marks, per-parameter state checks, grouping by device):
+    0.2-0.6 ms a step on a CPU, a tenth of a small model's batch (BPR-MF on lfm2k). The fused
+    kernel is called directly, after the step counters' increment, with the group's settings,
+    on the parameters that have a gradient, in the group's order, as ``Adam.step`` calls it.
+
+    Anything else takes ``optimizer.step()``: another optimiser or setting (not fused, amsgrad,
+    maximize, capturable, a tensor learning rate), registered step hooks, a parameter whose state
+    is not yet initialised (the first step, which creates it), a sparse or complex gradient, or
+    parameters of several devices or dtypes in a group."""
+    groups = _fused_adam_groups(optimizer)
+    if groups is None:
+        optimizer.step()
+        return
+    with torch.no_grad():
+        for group, params, grads, states in groups:
+            steps = [st["step"] for st in states]
+            torch._foreach_add_(steps, 1)
+            beta1, beta2 = group["betas"]
+            torch._fused_adam_(params, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
+                               [], steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                               weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                               grad_scale=None, found_inf=None)
+
+
+def _fused_adam_groups(optimizer) -> list[tuple] | None:
+    """Per parameter group: the group, its parameters with a gradient, their gradients and
+    states; ``None`` where :func:`adam_step` must call ``optimizer.step()``."""
+    from torch.optim import optimizer as base
+
+    if (type(optimizer) is not torch.optim.Adam or optimizer._optimizer_step_pre_hooks
+            or optimizer._optimizer_step_post_hooks or base._global_optimizer_pre_hooks
+            or base._global_optimizer_post_hooks or getattr(optimizer, "grad_scale", None) is not None
+            or getattr(optimizer, "found_inf", None) is not None or not hasattr(torch, "_fused_adam_")):
+        return None
+    groups = []
+    for group in optimizer.param_groups:
+        if (not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"]
+                or group["differentiable"] or group.get("decoupled_weight_decay") or torch.is_tensor(group["lr"])):
+            return None
+        params = [p for p in group["params"] if p.grad is not None]
+        states = [optimizer.state.get(p) for p in params]
+        if any(not st for st in states):
+            return None  # the first step creates the state
+        grads = [p.grad for p in params]
+        if any(g.is_sparse or g.is_complex() or g.device != grads[0].device or g.dtype != grads[0].dtype
+               or p.dtype != grads[0].dtype for p, g in zip(params, grads)):
+            return None
+        if params:
+            groups.append((group, params, grads, states))
+    return groups
+
+
 GUARD_EVERY_ON_GPU = 32
 """On a GPU, the batches' loss terms are copied to the host (and checked by the divergence
 guard) once per this many batches instead of after every batch: each copy waits for the GPU to
@@ -332,7 +386,7 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
         distributed.allreduce_grads(model, dist_env)
         now = time.perf_counter()
         timing["backward_s"] += now - tick
-        optimizer.step()
+        adam_step(optimizer)
         tick = time.perf_counter()
         timing["optim_s"] += tick - now
         n_batches += 1
