@@ -52,7 +52,7 @@ from prismrec.experiment.config import resolve_config
 from prismrec.models import MODELS, get_model
 from prismrec.recommender import PretrainedItems
 from prismrec.train.allocator import keep_freed_memory
-from prismrec.train.trainer import seed_everything, train_epoch
+from prismrec.train.trainer import adam_step, seed_everything, train_epoch
 
 PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "_sparse_mm", "_sparse_addmm",
             "_sparse_sparse_matmul", "sspaddmm", "_sparse_csr_mm"}
@@ -169,8 +169,9 @@ def build(name: str, data, settings: dict):
 class FloorFirst:
     """A sampler whose every batch, before the trainer gets it, is run once under the recorder and
     its kernels replayed bare and timed (the floor), by ``group`` (default :func:`kind`; ``keep``:
-    which operators, default the floor's; ``clock``: wall time unless given). The time this takes is kept apart, so that the
-    trainer's epoch minus it is the epoch as :func:`~prismrec.train.trainer.train_epoch` runs it."""
+    which operators, default the floor's; ``clock``: wall time unless given). The time this takes
+    is kept apart, so that the trainer's epoch minus it is the epoch as
+    :func:`~prismrec.train.trainer.train_epoch` runs it."""
 
     def __init__(self, model, sampler, optimizer, epoch: int, keep=is_kernel, group=kind,
                  clock=time.perf_counter) -> None:
@@ -203,7 +204,8 @@ class FloorFirst:
 
 
 class StepTimer:
-    """The optimiser, its steps' thread CPU time summed (the trainer times them in wall time)."""
+    """The optimiser, its steps (the trainer's :func:`~prismrec.train.trainer.adam_step`) timed
+    in thread CPU time (the trainer times them in wall time)."""
 
     def __init__(self, optimizer) -> None:
         self.optimizer, self.cpu = optimizer, 0.0
@@ -213,7 +215,7 @@ class StepTimer:
 
     def step(self) -> None:
         c0 = time.thread_time()
-        self.optimizer.step()
+        adam_step(self.optimizer)
         self.cpu += time.thread_time() - c0
 
 
