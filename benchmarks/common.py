@@ -82,7 +82,9 @@ def git_commit(paths: list[Path], message: str) -> None:
 def per_model_main(name: str, measure, markdown, models: str, describe) -> None:
     """The ``main`` of a per-batch benchmark over datasets x models: ``measure(model, data, epochs)``
     gives a row, ``describe(row)`` its progress line; results/``name``.{json,md} are rewritten
-    after every row (``markdown(results)``), so an interrupted run keeps what it measured."""
+    after every row (``markdown(results)``), so an interrupted run keeps what it measured. Rows
+    of other datasets and models already there (same thread count) are kept: a run of some
+    models adds or replaces their rows only."""
     import argparse
 
     from prismrec.data import load_dataset
@@ -95,7 +97,11 @@ def per_model_main(name: str, measure, markdown, models: str, describe) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    res = {"rows": {}, "machine": machine(), "threads": args.threads}
+    path = RESULTS / f"{name}.json"
+    res = json.loads(path.read_text()) if path.exists() else {}
+    if res.get("threads") != args.threads:
+        res = {"rows": {}}
+    res.update(machine=machine(), threads=args.threads)
     for dataset in args.datasets.split(","):
         data = load_dataset(dataset)
         for model in args.models.split(","):
