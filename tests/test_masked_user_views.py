@@ -28,7 +28,8 @@ PRESENT = np.array([[True, True], [True, False], [True, True], [True, True]])
 
 
 def _encoder(present_items=None, graphs=()):
-    """Two modalities (4-d features), a ring item graph, ``d = 3``; drawn from seed 0."""
+    """Two modalities (4-d features), a ring item graph, ``d = 3``; drawn from seed 0. ``graphs``:
+    the ``modality_adjacencies`` given (default: :func:`present_adjacencies` of the mask)."""
     ring = sp.csr_matrix(np.roll(np.eye(4, dtype=np.float32), 1, axis=1) * 0.5 + np.eye(4, dtype=np.float32) * 0.5)
     g = torch.Generator().manual_seed(1)
     features = [torch.randn(4, 4, generator=g), torch.randn(4, 4, generator=g)]
@@ -138,9 +139,7 @@ def test_users_take_the_image_view_from_their_items_having_it(lonely, name):
     with torch.no_grad():
         h = enc.modality_views()
     assert not h[0, 0].any()
-    # a user's image row: Σ over its items having the image of H^I[i] / sqrt(d_u^image · d_i),
-    # d_i the item's degree in the model's adjacency (Â⁺ for GUME and EGRA: users and links)
-    adjacency = enc.adjacency.matrix.to_dense()
+    # a user's image row: Σ over its items having the image of H^I[i] / sqrt(d_u^image · d_i)
     u = 3
     items = [i for i in dataset.train[u].indices if not missing[i]]
     assert len(items) < dataset.train[u].nnz  # user 3 has items without the image
@@ -154,7 +153,7 @@ def test_users_take_the_image_view_from_their_items_having_it(lonely, name):
         row = torch.from_numpy(image_adj[u, n_u:].toarray().ravel()).float()
         assert set(np.flatnonzero(row.numpy())) == set(items)
         torch.testing.assert_close(h[0, u], row @ h[0, n_u:])
-        assert not torch.allclose(row, adjacency[u, n_u:])
+        assert not torch.allclose(row, enc.adjacency.matrix.to_dense()[u, n_u:])
 
 
 def _links(net, dataset):
