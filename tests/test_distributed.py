@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import pytest
 
 from prismrec.train import distributed
 from prismrec.train.distributed import DistEnv
+from tests.gloo_ranks import free_port
 
 STEPS = """
 import json, sys
@@ -50,12 +50,6 @@ if env.is_main:
 """
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env():
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     return {**env, "OMP_NUM_THREADS": "1"}
@@ -69,7 +63,7 @@ def _trajectories(tmp_path, planted_dir, model, settings, batch=512, epochs=2):
                             capture_output=True, text=True, env=_env())
     assert single.returncode == 0, single.stderr[-2000:]
     ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                            "--master-port", str(_port()), str(script), *args, str(tmp_path / "two.json")],
+                            "--master-port", str(free_port()), str(script), *args, str(tmp_path / "two.json")],
                            capture_output=True, text=True, env=_env())
     assert ranks.returncode == 0, ranks.stderr[-3000:]
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
@@ -110,7 +104,7 @@ def test_torchrun_train_writes_one_run_directory(tmp_path, planted_dir):
                             text=True, env=_env())
     assert single.returncode == 0, single.stderr[-2000:]
     ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                            str(_port()), *common, "--out", str(tmp_path / "two")], capture_output=True, text=True,
+                            str(free_port()), *common, "--out", str(tmp_path / "two")], capture_output=True, text=True,
                            env=_env())
     assert ranks.returncode == 0, ranks.stderr[-3000:]
     one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
@@ -129,7 +123,7 @@ def test_torchrun_ranks_other_than_0_print_no_warning_progress_or_summary(tmp_pa
     n_items = np.load(data / "image_feat.npy").shape[0]
     np.save(data / "blank_feat.npy", np.zeros((n_items, 3), dtype=np.float32))  # warns on every load
     ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                            str(_port()), "-m", "prismrec", "train", "--model", "lightgcn", "--dataset", str(data),
+                            str(free_port()), "-m", "prismrec", "train", "--model", "lightgcn", "--dataset", str(data),
                             "--set", "epochs=2", "--set", "threads=1", "--out", str(tmp_path / "run")],
                            capture_output=True, text=True, env={**_env(), "COLUMNS": "200"})
     assert ranks.returncode == 0, ranks.stderr[-3000:]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from prismrec import losses
-from tests.gloo_ranks import free_port as _port  # noqa: F401  (tests/test_masked_views.py imports it)
+
 from tests.gloo_ranks import grad_rows, run_two_ranks
 
 RANK_BODY = """

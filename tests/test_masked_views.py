@@ -6,10 +6,6 @@ two gloo ranks (the global batch's present rows)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from prismrec import losses
+from tests.gloo_ranks import grad_rows, run_two_ranks
 
 TAU = 0.3
 
@@ -350,19 +347,9 @@ def test_encoder_fused_presence_marks_nodes_without_any_modality():
 
 # ------------------------------------------------------------------------- two processes
 
-RANK_SCRIPT = """
-import json, sys
-import torch
-from prismrec import losses
-from prismrec.train import distributed
-
-sys.path.insert(0, sys.argv[2])
-from test_masked_views import MASKED_TERMS, MASKS, grad_rows, masked_inputs
-
-torch.set_num_threads(1)
-env = distributed.from_env()
-distributed.init(env, "cpu")
-result = {}
+RANK_BODY = """
+from tests.test_masked_views import MASKED_TERMS, MASKS, masked_inputs
+from tests.gloo_ranks import grad_rows
 for mask in MASKS:
     for name, term in MASKED_TERMS.items():
         mine, weight = distributed.shard(masked_inputs(mask), env)
@@ -374,10 +361,6 @@ for mask in MASKS:
         grads = [None] * env.world_size
         torch.distributed.all_gather_object(grads, [grad_rows(x) for x in (p, q, k)])
         result[f"{name}/{mask}"] = {"value": float(total), "grads": [sum((g[j] for g in grads), []) for j in range(3)]}
-if env.is_main:
-    json.dump(result, open(sys.argv[1], "w"))
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()
 """
 
 # 7 rows, shares of 4 and 3: rows missing in both shares, then the second share with no present row
@@ -390,11 +373,6 @@ def masked_inputs(mask: str) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(0)
     rows = [torch.randn(7, 5, generator=g, dtype=torch.float64) for _ in range(3)]
     return (*rows, torch.tensor(MASKS[mask], dtype=torch.bool))
-
-
-def grad_rows(x: torch.Tensor) -> list:
-    """``x``'s gradient as nested lists (zeros where a term does not read ``x``)."""
-    return (x.grad if x.grad is not None else torch.zeros_like(x)).tolist()
 
 
 def _all(p):
@@ -416,20 +394,7 @@ MASKED_TERMS = {
 
 
 def test_masked_terms_over_two_gloo_ranks_equal_one_process(tmp_path):
-    from tests.test_distributed_losses import _port
-
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    here = os.path.dirname(os.path.abspath(__file__))
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    base.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_port()), WORLD_SIZE="2")
-    ranks = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "two.json"), here],
-                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    for rank in ranks:
-        _, err = rank.communicate(timeout=120)
-        assert rank.returncode == 0, err[-3000:]
-    two = json.loads((tmp_path / "two.json").read_text())
+    two = run_two_ranks(RANK_BODY, tmp_path)
     for mask in MASKS:
         for name, term in MASKED_TERMS.items():
             p, q, k, present = masked_inputs(mask)

@@ -58,7 +58,8 @@ from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
-from prismrec.nn.multiview import check_choices, present_adjacencies
+from prismrec.checks import check_choices
+from prismrec.nn.multiview import present_adjacencies
 from prismrec.recommender import Output, Recommender
 
 

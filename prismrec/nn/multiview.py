@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args, get_origin, get_type_hints
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -379,12 +379,3 @@ class GUMETermsConfig(ExtendedBranchConfig):
     """``ε`` of the noise views (2.12)."""
     noise_mode: Literal["fixed", "modulus"] = "fixed"
     """Noise magnitude rule (2.12); GUME's is ``fixed``."""
-
-
-def check_choices(config, model: str) -> None:
-    """Raise ``ValueError`` naming the first ``Literal`` setting of ``config`` outside its choices
-    (a value set after construction, or a YAML typo that bypassed the CLI's coercion)."""
-    for key, annotation in get_type_hints(type(config)).items():
-        allowed, value = get_args(annotation), getattr(config, key)
-        if get_origin(annotation) is Literal and value not in allowed:
-            raise ValueError(f"{model}: {key} must be one of {list(allowed)}, got {value!r}")
