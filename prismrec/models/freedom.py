@@ -62,6 +62,7 @@ from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.content import content_forward_rows
 from prismrec.nn.encoders import Projector
 from prismrec.nn.fusion import present_mix
+from prismrec.nn.propagation import propagate
 from prismrec.recommender import Output, Recommender
 
 @dataclass
@@ -153,9 +154,7 @@ class FREEDOM(Recommender):
             adjacency = self.train_adjacency
         else:
             adjacency = self.adjacency
-        h = self.item_emb.weight  # h = S^{L_ii} E_I
-        for _ in range(self.config.n_ii_layers):
-            h = self.item_graph @ h
+        h = propagate(self.item_graph, self.item_emb.weight, self.config.n_ii_layers)  # h = S^{L_ii} E_I
         y = lightgcn(adjacency, torch.cat([self.user_emb.weight, self.item_emb.weight]), self.config.n_ui_layers)
         out = Output(y[: self.n_users], y[self.n_users :] + h)
         if not self.training:  # the loss reads no auxiliary: build them for eval/export only
