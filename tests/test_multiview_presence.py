@@ -13,14 +13,11 @@ import torch
 from prismrec.data import load_dataset
 from prismrec.data.derive import corrupt_modality
 from prismrec.data.synthetic import write_planted_dataset
-from prismrec.experiment.config import resolve_config
 from prismrec.graph import bipartite_adjacency
-from prismrec.models import get_model
 from prismrec.nn import MultiViewEncoder, propagation
 from prismrec.nn.multiview import present_adjacencies
-from prismrec.recommender import PretrainedItems
-from prismrec.train import seed_everything
-from tests.test_row_paths import _batch, _terms_and_grads
+from tests.builders import build_model
+from tests.test_row_paths import _batch, _terms_and_grads, assert_batch_loss_is_the_full_loss
 
 FAMILY = ["mgcn", "gume", "siger", "egra"]
 
@@ -37,14 +34,7 @@ def dropped(tmp_path_factory):
 
 
 def _model(name, dataset, seed=0, **settings):
-    cfg = resolve_config(name, dataset.name, settings)
-    seed_everything(seed)
-    cls = get_model(name)
-    inputs = {}
-    if "pretrained_items" in cls.required_inputs(cfg.params):
-        vectors = np.random.default_rng(0).standard_normal((dataset.n_items, 8)).astype(np.float32)
-        inputs["pretrained_items"] = PretrainedItems(vectors, "test", None)
-    return cls(dataset, cfg.params, **inputs)
+    return build_model(name, dataset, seed, **settings)
 
 
 def _encoder(fusion, present_items=None):
@@ -147,14 +137,7 @@ def test_row_paths_equal_the_full_loss_with_a_mask(dropped, monkeypatch, name, s
     net = _model(name, zero, **settings).train()
     batch = _batch(zero)
     assert np.isin(batch[1].numpy(), np.flatnonzero(missing)).any()  # the batch holds masked items
-    net.batch_loss(batch)  # creates any generator a model makes lazily
-    got, got_grads = _terms_and_grads(net, lambda: net.batch_loss(batch))
-    want, want_grads = _terms_and_grads(net, lambda: net.loss(batch, net()))
-    assert got.keys() == want.keys()
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=f"term {k}")
-    for n, g in want_grads.items():
-        torch.testing.assert_close(got_grads[n], g, rtol=1e-5, atol=1e-7, msg=f"gradient of {n}")
+    got, _ = assert_batch_loss_is_the_full_loss(net, batch)
     # the mask is in effect on this batch: without it the fused rows, hence the terms, differ
     net.encoder.present = None
     unmasked, _ = _terms_and_grads(net, lambda: net.batch_loss(batch))

@@ -63,6 +63,21 @@ def _terms_and_grads(net, compute):
     return {k: v.detach() for k, v in terms.items()}, grads
 
 
+def assert_batch_loss_is_the_full_loss(net, batch) -> tuple[dict, dict]:
+    """Assert that ``net.batch_loss(batch)`` gives the terms and gradients of
+    ``net.loss(batch, net())`` (same random draws); return the batch loss's terms and the full
+    loss's gradients."""
+    net.batch_loss(batch)  # creates any generator a model makes lazily
+    got, got_grads = _terms_and_grads(net, lambda: net.batch_loss(batch))
+    want, want_grads = _terms_and_grads(net, lambda: net.loss(batch, net()))
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=f"term {k}")
+    for n, g in want_grads.items():
+        torch.testing.assert_close(got_grads[n], g, rtol=1e-5, atol=1e-7, msg=f"gradient of {n}")
+    return got, want_grads
+
+
 @pytest.fixture(params=[1.0, 0.0], ids=["block-products", "full-products"])
 def row_share(request, monkeypatch):
     """Both ways of computing the rows: products with the rows' block (any share of rows), and the
@@ -75,15 +90,8 @@ def row_share(request, monkeypatch):
 def test_batch_loss_equals_the_full_loss_and_its_gradients(planted, name, settings, row_share):
     net = _model(name, planted, settings)
     batch = _batch(planted)
-    net.batch_loss(batch)  # creates any generator a model makes lazily
-    got, got_grads = _terms_and_grads(net, lambda: net.batch_loss(batch))
-    want, want_grads = _terms_and_grads(net, lambda: net.loss(batch, net()))
-    assert got.keys() == want.keys()
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=f"term {k}")
+    _, want_grads = assert_batch_loss_is_the_full_loss(net, batch)
     assert any(g.abs().sum() > 0 for g in want_grads.values())
-    for n, g in want_grads.items():
-        torch.testing.assert_close(got_grads[n], g, rtol=1e-5, atol=1e-7, msg=f"gradient of {n}")
 
 
 def test_distinct_rows_positions():
