@@ -19,8 +19,7 @@ import time
 import torch
 
 from benchmarks.common import per_model_main
-from benchmarks.floors import build, settings
-from prismrec.data import BPRSampler
+from benchmarks.floors import training_setup
 from prismrec.train.trainer import adam_step, train_epoch
 
 FORMS = ("optimizer.step()", "adam_step")
@@ -36,12 +35,8 @@ class _Plain:
 def measure(name: str, data, epochs: int) -> dict:
     """Median epoch (the forms alternated epoch by epoch) and step (alternated batch by batch: each
     batch's gradients computed once per form, then that form's step timed) of both forms."""
-    model, cfg = build(name, data, settings(name, data.name))
-    tc = cfg.train
-    sampler = BPRSampler(data.train, tc.batch_size, tc.negative_pool, tc.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=True)
+    model, _, sampler, optimizer = training_setup(name, data)
     steps = {FORMS[0]: optimizer.step, FORMS[1]: lambda: adam_step(optimizer)}
-    model.train()
     model.on_epoch_start(0)
     train_epoch(model, sampler, optimizer, 0, model.device)  # warm-up
     epoch = {form: [] for form in FORMS}

@@ -29,8 +29,7 @@ import time
 import torch
 
 from benchmarks.common import per_model_main
-from benchmarks.floors import FloorFirst, StepTimer, build, is_kernel, kind, settings
-from prismrec.data import BPRSampler
+from benchmarks.floors import FloorFirst, StepTimer, is_kernel, kind, training_setup
 from prismrec.train.trainer import train_epoch
 
 MARKS = {"_record_function_enter_new", "_record_function_exit"}
@@ -63,11 +62,7 @@ def anatomy_epoch(model, sampler, optimizer, epoch: int) -> dict:
 
 def measure(name: str, data, epochs: int) -> dict:
     """Per-batch CPU milliseconds of one model's median epoch (by the trainer's time)."""
-    model, cfg = build(name, data, settings(name, data.name))
-    tc = cfg.train
-    sampler = BPRSampler(data.train, tc.batch_size, tc.negative_pool, tc.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=True)
-    model.train()
+    model, _, sampler, optimizer = training_setup(name, data)
     model.on_epoch_start(0)
     train_epoch(model, sampler, optimizer, 0, model.device)  # warm-up
     runs = [anatomy_epoch(model, sampler, optimizer, e) for e in range(1, epochs + 1)]

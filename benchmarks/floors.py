@@ -219,6 +219,17 @@ class StepTimer:
         self.cpu += time.thread_time() - c0
 
 
+def training_setup(name: str, data):
+    """What the per-batch benchmarks time: :func:`build`'s model (with :func:`settings`) in training
+    mode, the trainer's sampler and its fused Adam at the model's configured train settings."""
+    model, cfg = build(name, data, settings(name, data.name))
+    tc = cfg.train
+    sampler = BPRSampler(data.train, tc.batch_size, tc.negative_pool, tc.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=True)
+    model.train()
+    return model, cfg, sampler, optimizer
+
+
 def interleaved_epoch(model, sampler, optimizer, epoch: int) -> dict:
     """One training epoch whose every batch is run twice, back to back: once under the recorder
     (its kernels then replayed bare and timed: the floor) and once by the trainer's own

@@ -32,8 +32,7 @@ import prismrec  # noqa: F401  (sets the OpenMP wait policy before torch loads)
 import torch
 
 from benchmarks.common import per_model_main
-from benchmarks.floors import build, settings
-from prismrec.data import BPRSampler
+from benchmarks.floors import training_setup
 from prismrec.losses import bpr_loss, cosine, emb_norm, unit_rows
 from prismrec.models import bm3 as bm3_module
 from prismrec import losses
@@ -124,11 +123,7 @@ def step_after(model, optimizer, batch, sums: dict) -> None:
 
 def measure(name: str, data, epochs: int) -> dict:
     """Per-batch milliseconds of each form, batch by batch in alternating order (medians)."""
-    model, cfg = build(name, data, settings(name, data.name))
-    tc = cfg.train
-    sampler = BPRSampler(data.train, tc.batch_size, tc.negative_pool, tc.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=True)
-    model.train()
+    model, _, sampler, optimizer = training_setup(name, data)
     times: dict[str, list[float]] = {"before": [], "after": []}
     cpu: dict[str, list[float]] = {"before": [], "after": []}
     loads, sums = [], {}

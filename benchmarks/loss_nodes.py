@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import per_model_main
-from benchmarks.floors import build, settings
+from benchmarks.floors import training_setup
 from prismrec import losses
-from prismrec.data import BPRSampler
 
 
 def autograd_bpr(user, pos, neg):
@@ -85,11 +84,7 @@ def step_s(model, optimizer, batch) -> float:
 
 def measure(name: str, data, epochs: int) -> dict:
     """Per-batch milliseconds with each form, batch by batch in alternating order (medians)."""
-    model, cfg = build(name, data, settings(name, data.name))
-    tc = cfg.train
-    sampler = BPRSampler(data.train, tc.batch_size, tc.negative_pool, tc.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=True)
-    model.train()
+    model, _, sampler, optimizer = training_setup(name, data)
     times: dict[str, list[float]] = {"one_node": [], "autograd": []}
     loads = []
     for epoch in range(epochs + 1):  # epoch 0: warm-up, not kept
