@@ -38,9 +38,10 @@ def machine() -> dict:
 
 
 def write(name: str, data: dict, markdown: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
-    (RESULTS / f"{name}.md").write_text(markdown)
+    """Write ``results/<name>.json`` and ``.md``, each whole or not at all (a later run that adds
+    rows reads the JSON back)."""
+    atomic_write(RESULTS / f"{name}.json", json.dumps(data, indent=2))
+    atomic_write(RESULTS / f"{name}.md", markdown)
     print(markdown)
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, atomic_write
 
 MODELS = ["lightgcn", "vbpr", "freedom", "mgcn", "gume", "rlmmrec"]
 MULTIMODAL = ["vbpr", "freedom", "mgcn", "gume", "rlmmrec", "siger", "egra"]
@@ -77,8 +77,8 @@ def main() -> None:
         merged[dataset] = compare(args.models.split(","), dataset, out, extra)
         md.append((out / "results.md").read_text().split("\n", 4)[-1])  # drop the per-file title
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "multimodal.json").write_text(json.dumps(merged, indent=2))
-    (RESULTS / "multimodal.md").write_text("\n".join(md))
+    atomic_write(RESULTS / "multimodal.json", json.dumps(merged, indent=2))
+    atomic_write(RESULTS / "multimodal.md", "\n".join(md))
     print("\n".join(md))
 
 
