@@ -1,0 +1,74 @@
+"""benchmarks.multimodal keeps its cells: a finished cell is recorded, a rerun skips it, and the
+tables are rebuilt from the recorded cells alone (a tiny synthetic "tiktok", nothing timed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from benchmarks import multimodal
+from prismrec.data.synthetic import write_planted_dataset
+from prismrec.models import MODELS
+
+
+def test_every_registered_model_is_benchmarked_and_only_content_models_get_modalities():
+    assert sorted(multimodal.registered_models()) == sorted(MODELS)
+    assert multimodal.settings("lightgcn", "tiktok") == {}
+    assert multimodal.settings("bpr", "lfm2k") == {}
+    assert multimodal.settings("bm3", "tiktok") == {"modalities": ["image", "audio"]}
+    assert multimodal.settings("lgmrec", "lfm2k") == {"modalities": ["text", "audio"], "hcl_order": ["text", "audio"]}
+
+
+def test_a_cell_is_recorded_a_rerun_skips_it_and_report_only_rebuilds_the_table(tmp_path, monkeypatch):
+    write_planted_dataset(tmp_path / "data" / "tiktok", n_users=40, n_items=30, per_user=8,
+                          modalities={"image": 8, "audio": 8})
+    monkeypatch.setenv("PRISMREC_DATA", str(tmp_path / "data"))
+    monkeypatch.setitem(multimodal.MODEL_SETTINGS, "vbpr", {"tiktok": {"epochs": 2}})
+    cells, runs = tmp_path / "cells", tmp_path / "runs"
+
+    assert multimodal.run_cells(["vbpr"], ["tiktok"], [999], runs, cells, threads=1) == [("tiktok", "vbpr", 999)]
+    record = json.loads((cells / "tiktok" / "vbpr" / "seed-999.json").read_text())
+    assert record["settings"] == {"modalities": ["image", "audio"], "epochs": 2}
+    assert record["config"]["params"]["modalities"] == ["image", "audio"] and record["config"]["train"]["epochs"] == 2
+    assert record["metrics"]["epochs"] == 2 and record["timing"]["peak_rss_mb"] > 0
+    with np.load(cells / "tiktok" / "vbpr" / "seed-999.npz") as per_user:
+        assert len(per_user["user"]) == len(per_user["recall@20"]) > 0
+        assert np.isclose(per_user["recall@20"].mean(), record["metrics"]["test"]["recall@20"], atol=1e-6)
+    assert not list(cells.rglob(".*.tmp"))  # written whole
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded cell was trained again")
+
+    monkeypatch.setattr(multimodal, "compare", no_training)
+    assert multimodal.run_cells(["vbpr"], ["tiktok"], [999], runs, cells, threads=1) == []
+
+    shutil.rmtree(runs)  # the weights are gone: the table comes from the cells alone
+    data, md = multimodal.report(["lightgcn", "vbpr"], ["tiktok"], cells)
+    recall = record["metrics"]["test"]["recall@20"]
+    assert f"| vbpr | 1 | " in md and f"{recall:.4f} ± 0.0000" in md
+    assert "| lightgcn | 0 | not run" in md
+    assert data["tiktok"]["cells"]["tiktok"]["vbpr"]["mean"]["test"]["recall@20"] == pytest.approx(recall)
+
+    # A changed benchmark setting makes the cell stale: shown, marked, and trained again on a rerun.
+    monkeypatch.setitem(multimodal.MODEL_SETTINGS, "vbpr", {"tiktok": {"epochs": 3}})
+    _, md = multimodal.report(["vbpr"], ["tiktok"], cells)
+    assert f"| vbpr {multimodal.STALE} | 1 | " in md and '"epochs": 3' in md
+    with pytest.raises(AssertionError, match="trained again"):
+        multimodal.run_cells(["vbpr"], ["tiktok"], [999], runs, cells, threads=1)
+
+
+def test_legacy_cells_are_shown_marked_and_never_count_as_done(tmp_path):
+    cell = {"settings": {}, "digest": "0", "legacy": True, "source": "old table",
+            "metrics": {"valid": {"recall@20": 0.2}, "test": {"recall@20": 0.1, "recall@10": 0.05, "ndcg@10": 0.03,
+                                                              "ndcg@20": 0.04}, "best_epoch": 3, "epochs": 23},
+            "timing": {"median_train_s": 1.0, "median_eval_s": 0.1, "peak_rss_mb": 500.0}}
+    path = multimodal.cell_file(tmp_path, "tiktok", "lightgcn", 999)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(cell))
+    assert not multimodal.is_current(cell, "lightgcn", "tiktok")
+    assert multimodal.is_current({**cell, "legacy": False}, "lightgcn", "tiktok")
+    _, md = multimodal.report(["lightgcn"], ["tiktok"], tmp_path)
+    assert f"| lightgcn {multimodal.LEGACY} | 1 | 0.0500 ± 0.0000 | 0.1000 ± 0.0000 |" in md
