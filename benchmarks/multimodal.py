@@ -133,6 +133,20 @@ def is_current(record: dict, model: str, dataset: str) -> bool:
         return False
 
 
+def code_version() -> str:
+    """The commit of the prismrec code this process runs (a checkout of its own can train while the
+    working tree changes), marked when its files differ from that commit."""
+    import prismrec
+
+    package = Path(prismrec.__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"prismrec at {head}" + (" with uncommitted changes" if git("status", "--porcelain", "--", ".") else "")
+
+
 def record_cell(run_dir: Path, cells: Path, model: str, dataset: str, seed: int) -> list[Path]:
     """Record the finished run in ``run_dir`` as a cell (its per-user test metrics recomputed from
     the saved weights); return the files written."""
@@ -150,12 +164,11 @@ def record_cell(run_dir: Path, cells: Path, model: str, dataset: str, seed: int)
         np.savez_compressed(f, user=per_user["user"], **{m: np.asarray(per_user[m], dtype=np.float32) for m in PER_USER})
     os.replace(tmp, npz)
     metrics, timing = run.read_metrics(), run.read_timing()
-    code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"model": model, "dataset": dataset, "seed": seed, "settings": settings(model, dataset),
               "config": loaded.config.to_dict(), "digest": loaded.config.digest(),
               "metrics": {k: metrics.get(k) for k in ("status", "valid", "test", "best_epoch", "epochs", "stop_reason")},
               "timing": {k: timing.get(k) for k in TIMING},
-              "source": f"prismrec compare at commit {code or 'unknown'}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"}
+              "source": f"prismrec compare, {code_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"}
     path = cell_file(cells, dataset, model, seed)
     atomic_write(path, json.dumps(record, indent=1))
     return [path, npz]
