@@ -1,17 +1,33 @@
 """benchmarks.multimodal keeps its cells: a finished cell is recorded, a rerun skips it, and the
-tables are rebuilt from the recorded cells alone (a tiny synthetic "tiktok", nothing timed)."""
+tables are rebuilt from the recorded cells alone; its diagnosis compares like with like (a tiny
+synthetic "tiktok", nothing timed)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
-from benchmarks import multimodal
+from benchmarks import multimodal, multimodal_diagnose
+from prismrec.data import load_dataset
 from prismrec.data.synthetic import write_planted_dataset
 from prismrec.models import MODELS
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """One recorded cell (VBPR, seed 999, 2 epochs) of a tiny "tiktok"; yields its folders."""
+    root = tmp_path_factory.mktemp("multimodal")
+    write_planted_dataset(root / "data" / "tiktok", n_users=40, n_items=30, per_user=8, modalities={"image": 8, "audio": 8})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRISMREC_DATA", str(root / "data"))
+        patch.setitem(multimodal.MODEL_SETTINGS, "vbpr", {"tiktok": {"epochs": 2}})
+        patch.setattr(multimodal, "CELLS", root / "cells")
+        patch.setattr(multimodal, "RUNS", root / "runs")
+        trained = multimodal.run_cells(["vbpr"], ["tiktok"], [999], multimodal.RUNS, multimodal.CELLS, threads=1)
+        assert trained == [("tiktok", "vbpr", 999)]
+        yield root
 
 
 def test_every_registered_model_is_benchmarked_and_only_content_models_get_modalities():
@@ -22,14 +38,8 @@ def test_every_registered_model_is_benchmarked_and_only_content_models_get_modal
     assert multimodal.settings("lgmrec", "lfm2k") == {"modalities": ["text", "audio"], "hcl_order": ["text", "audio"]}
 
 
-def test_a_cell_is_recorded_a_rerun_skips_it_and_report_only_rebuilds_the_table(tmp_path, monkeypatch):
-    write_planted_dataset(tmp_path / "data" / "tiktok", n_users=40, n_items=30, per_user=8,
-                          modalities={"image": 8, "audio": 8})
-    monkeypatch.setenv("PRISMREC_DATA", str(tmp_path / "data"))
-    monkeypatch.setitem(multimodal.MODEL_SETTINGS, "vbpr", {"tiktok": {"epochs": 2}})
-    cells, runs = tmp_path / "cells", tmp_path / "runs"
-
-    assert multimodal.run_cells(["vbpr"], ["tiktok"], [999], runs, cells, threads=1) == [("tiktok", "vbpr", 999)]
+def test_a_cell_is_recorded_a_rerun_skips_it_and_report_only_rebuilds_the_table(recorded, monkeypatch):
+    cells = recorded / "cells"
     record = json.loads((cells / "tiktok" / "vbpr" / "seed-999.json").read_text())
     assert record["settings"] == {"modalities": ["image", "audio"], "epochs": 2}
     assert record["config"]["params"]["modalities"] == ["image", "audio"] and record["config"]["train"]["epochs"] == 2
@@ -43,12 +53,12 @@ def test_a_cell_is_recorded_a_rerun_skips_it_and_report_only_rebuilds_the_table(
         raise AssertionError("a recorded cell was trained again")
 
     monkeypatch.setattr(multimodal, "compare", no_training)
-    assert multimodal.run_cells(["vbpr"], ["tiktok"], [999], runs, cells, threads=1) == []
+    assert multimodal.run_cells(["vbpr"], ["tiktok"], [999], recorded / "runs", cells, threads=1) == []
 
-    shutil.rmtree(runs)  # the weights are gone: the table comes from the cells alone
+    monkeypatch.setattr(multimodal, "RUNS", recorded / "no-runs")  # no weights: the table comes from the cells
     data, md = multimodal.report(["lightgcn", "vbpr"], ["tiktok"], cells)
     recall = record["metrics"]["test"]["recall@20"]
-    assert f"| vbpr | 1 | " in md and f"{recall:.4f} ± 0.0000" in md
+    assert "| vbpr | 1 | " in md and f"{recall:.4f} ± 0.0000" in md
     assert "| lightgcn | 0 | not run" in md
     assert data["tiktok"]["cells"]["tiktok"]["vbpr"]["mean"]["test"]["recall@20"] == pytest.approx(recall)
 
@@ -57,7 +67,25 @@ def test_a_cell_is_recorded_a_rerun_skips_it_and_report_only_rebuilds_the_table(
     _, md = multimodal.report(["vbpr"], ["tiktok"], cells)
     assert f"| vbpr {multimodal.STALE} | 1 | " in md and '"epochs": 3' in md
     with pytest.raises(AssertionError, match="trained again"):
-        multimodal.run_cells(["vbpr"], ["tiktok"], [999], runs, cells, threads=1)
+        multimodal.run_cells(["vbpr"], ["tiktok"], [999], recorded / "runs", cells, threads=1)
+
+
+def test_a_variant_that_changes_nothing_reproduces_the_cells_validation(recorded, monkeypatch, tmp_path):
+    """The diagnosis's variants train without the test split and in-process; a variant equal to
+    the benchmark's settings must give the recorded cell's seed-999 validation exactly, or its
+    differences would not be the variant's."""
+    monkeypatch.setenv("PRISMREC_DATA", str(recorded / "data"))
+    monkeypatch.setitem(multimodal.MODEL_SETTINGS, "vbpr", {"tiktok": {"epochs": 2}})
+    monkeypatch.setattr(multimodal, "CELLS", recorded / "cells")
+    monkeypatch.setattr(multimodal, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(multimodal_diagnose, "OUT", tmp_path / "diagnose")
+    data = load_dataset("tiktok")
+    record = multimodal_diagnose.run_variants("vbpr", "tiktok", ["epochs=2", "epochs=1"], data)
+    cell = multimodal.read_cell(multimodal.CELLS, "tiktok", "vbpr", 999)
+    assert record["variants"]["epochs=2"]["valid"] == cell["metrics"]["valid"]
+    assert record["variants"]["epochs=1"]["epochs"] == 1
+    md = (tmp_path / "diagnose" / "multimodal-tiktok-vbpr.md").read_text()
+    assert "| vbpr epochs=2 | " in md and "+0.0000 |" in md and "| lightgcn defaults | not recorded |" in md
 
 
 def test_legacy_cells_are_shown_marked_and_never_count_as_done(tmp_path):
