@@ -197,8 +197,10 @@ def run_cells(models: list[str], datasets: list[str], seeds: list[int] = SEEDS, 
                 written = record_cell(out / dataset / model / f"seed-{seed}", cells, model, dataset, seed)
                 trained.append((dataset, model, seed))
                 if commit:
+                    metrics = read_cell(cells, dataset, model, seed)["metrics"]
                     written += write_report(cells)
-                    git_commit(written, f"multimodal benchmark: cell {dataset}/{model}/seed-{seed}; tables rebuilt")
+                    git_commit(written, f"multimodal benchmark: cell {dataset}/{model}/seed-{seed} (test R@20 "
+                                        f"{metrics['test']['recall@20']:.4f}, {metrics['epochs']} epochs); tables rebuilt")
     return trained
 
 
