@@ -10,13 +10,12 @@ by the row count of the last table).
 import torch
 import torch.nn.functional as F
 
+from tests.reference.dense import bipartite, layer_mean
+
 
 def normalized_adjacency(train: torch.Tensor) -> torch.Tensor:
     """``D^-1/2 A D^-1/2`` of ``A = [[0, R], [Rᵀ, 0]]`` with degrees ``+1e-7`` (reference)."""
-    n_users, n_items = train.shape
-    a = torch.zeros(n_users + n_items, n_users + n_items, dtype=train.dtype)
-    a[:n_users, n_users:] = train
-    a[n_users:, :n_users] = train.T
+    a = bipartite(train)
     d = ((a > 0).sum(1).to(train.dtype) + 1e-7) ** -0.5
     return d[:, None] * a * d[None, :]
 
@@ -29,13 +28,7 @@ def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:
 def bm3_forward(train, user_emb, item_emb, n_layers):
     """Online encoder: LightGCN layer mean (stacked) plus the item ID residual."""
     n_users = user_emb.shape[0]
-    adj = normalized_adjacency(train)
-    ego = torch.cat([user_emb, item_emb])
-    layers = [ego]
-    for _ in range(n_layers):
-        ego = adj @ ego
-        layers.append(ego)
-    mean = torch.stack(layers, dim=1).mean(dim=1)
+    mean = layer_mean(normalized_adjacency(train), torch.cat([user_emb, item_emb]), n_layers)
     return mean[:n_users], mean[n_users:] + item_emb
 
 
