@@ -2,7 +2,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from prismrec.graph import SparseOperator, bipartite_adjacency, user_item_block
+from prismrec.graph import SparseOperator, UserItemGraph, bipartite_adjacency, restrict_items, user_item_block
 from prismrec.nn import lightgcn, lightgcn_rows
 
 
@@ -24,6 +24,24 @@ def test_enhanced_adjacency_uses_row_sums_of_the_whole_matrix():
     full = np.block([[np.zeros((2, 2)), r], [r.T, 0.5 * b]])
     d = full.sum(1)
     np.testing.assert_allclose(a, full / np.sqrt(np.outer(d, d)), atol=1e-7)
+
+
+def test_a_user_item_graph_over_some_items_drops_the_others_and_renormalises():
+    r = np.array([[1, 1, 0], [0, 1, 1]], dtype=np.float32)
+    b = np.array([[0, 1, 1], [1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    keep = np.array([True, False, True])
+    kept = restrict_items(sp.csr_matrix(r), keep)
+    np.testing.assert_array_equal(kept.toarray(), r * keep)
+    assert kept.nnz == 2  # item 1's interactions gone, not stored as zeros
+    graph = UserItemGraph(sp.csr_matrix(r), sp.csr_matrix(b), 0.5)
+    np.testing.assert_array_equal(graph.adjacency().toarray(),
+                                  bipartite_adjacency(sp.csr_matrix(r), sp.csr_matrix(b), 0.5).toarray())
+    # A over items 0 and 2 alone, normalised by its own row sums: user 0 keeps one item (d = 1)
+    want = bipartite_adjacency(sp.csr_matrix(r * keep), sp.csr_matrix(b * np.outer(keep, keep)), 0.5).toarray()
+    got = graph.over_items(keep).toarray()
+    np.testing.assert_array_equal(got, want)
+    assert got[0, 2 + 0] == np.float32(1 / np.sqrt(1 * (1 + 0.5)))  # u0-i0: d_u0 = 1, d_i0 = 1 + γ·1
+    assert not got[:, 2 + 1].any() and not got[2 + 1].any()
 
 
 def test_sparse_operator_forward_and_backward_match_dense():

@@ -1,6 +1,6 @@
 """Graph builders: every graph is sparse and built in blocks (memory ``O(n·k)``, never ``n²``)."""
 
-from prismrec.graph.bipartite import bipartite_adjacency, user_item_block
+from prismrec.graph.bipartite import UserItemGraph, bipartite_adjacency, restrict_items, user_item_block
 from prismrec.graph.cooccurrence import cooccurrence_graph
 from prismrec.graph.enhanced import pretrained_links, shared_neighbor_links
 from prismrec.graph.knn import intersection_links, knn_columns, knn_graph, knn_neighbors, symmetrize
@@ -9,6 +9,7 @@ from prismrec.graph.sparse import SparseOperator, to_torch_csr
 
 __all__ = [
     "SparseOperator",
+    "UserItemGraph",
     "bipartite_adjacency",
     "cooccurrence_graph",
     "degree_sensitive_edge_sample",
@@ -19,6 +20,7 @@ __all__ = [
     "mix",
     "modality_weights",
     "pretrained_links",
+    "restrict_items",
     "shared_neighbor_links",
     "sym_normalize",
     "symmetrize",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -35,3 +37,37 @@ def bipartite_adjacency(
 def user_item_block(adjacency: sp.csr_matrix, n_users: int) -> sp.csr_matrix:
     """``R̂ = Â[:n_U, n_U:]``: the normalised user -> item block used to aggregate items to users."""
     return adjacency[:n_users, n_users:].tocsr()
+
+
+@dataclass(frozen=True)
+class UserItemGraph:
+    """What a user-item adjacency is built from: the training matrix ``R`` and, for an enhanced
+    ``Â⁺``, item-item links ``B_II`` with their weight ``γ`` (:func:`bipartite_adjacency`)."""
+
+    train: sp.spmatrix
+    """``R``, binary users x items."""
+    item_links: sp.spmatrix | None = None
+    """``B_II`` (``n_I`` square), or ``None`` for LightGCN's ``Â``."""
+    gamma: float = 1.0
+    """``γ``, the weight of ``B_II`` in ``A`` (0: no links)."""
+
+    def adjacency(self) -> sp.csr_matrix:
+        """``Â = D^-1/2 A D^-1/2`` over every item."""
+        return bipartite_adjacency(self.train, self.item_links, self.gamma)
+
+    def over_items(self, keep: np.ndarray) -> sp.csr_matrix:
+        """``Â`` without the items not in ``keep`` (``n_I`` bool): their interactions and links
+        dropped, the rest normalised by the same rule (for LightGCN's ``Â``,
+        ``R̂[u, i] = 1/sqrt(d_u d_i)`` with ``d_u`` the user's kept items)."""
+        kept = sp.diags(np.asarray(keep, dtype=np.float32))
+        links = None if self.item_links is None else sp.csr_matrix(kept @ self.item_links @ kept)
+        return bipartite_adjacency(restrict_items(self.train, keep), links, self.gamma)
+
+
+def restrict_items(train: sp.spmatrix, keep: np.ndarray) -> sp.csr_matrix:
+    """``R`` without the interactions of the items not in ``keep`` (``n_I`` bool): their columns
+    emptied (no explicit zeros), the others as they are; the graph of a modality over the items
+    that have it."""
+    r = sp.csr_matrix(train @ sp.diags(np.asarray(keep, dtype=np.float32)))
+    r.eliminate_zeros()
+    return r
