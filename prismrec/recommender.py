@@ -29,6 +29,12 @@ class Output:
     item: torch.Tensor
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    @classmethod
+    def of_nodes(cls, z: torch.Tensor, n_users: int, aux: dict[str, torch.Tensor] | None = None) -> Output:
+        """From one ``N x d`` node table, users first: ``user = z[:n_users]``, ``item = z[n_users:]``
+        (views of ``z``, no copy)."""
+        return cls(z[:n_users], z[n_users:], {} if aux is None else aux)
+
     def bpr_rows(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(user[u], item[i], item[j])`` of a batch ``(u, i, j)``.
 

@@ -425,7 +425,7 @@ def test_bad_pretrained_inputs_are_clear_errors(planted, mgcn_run, mgcn_export, 
     with pytest.raises(PretrainedError, match="train split mismatch"):  # the export refuses it
         unexported = shutil.copytree(mgcn_run, tmp_path / "run", ignore=shutil.ignore_patterns("export"))
         _build(other, pretrained=str(unexported))
-    with pytest.raises(ValueError, match="k_pre >= 1"):
+    with pytest.raises(ValueError, match="k_pre must be >= 1, got 0"):
         _build(planted, pretrained=str(mgcn_export), k_pre=0)
     with pytest.raises(PretrainedError, match="unknown setting"):
         _build(planted, pretrain_settings={"nope": 1}, pretrain_cache=str(tmp_path / "c"))

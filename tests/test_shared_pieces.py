@@ -1,9 +1,11 @@
-"""Pieces several models share: settings checks (prismrec/checks.py), plain propagation, tables
-that are a parameter or a frozen buffer, the hypergraph's membership dropout."""
+"""Pieces several models share: settings checks (prismrec/checks.py), plain propagation, presence
+masks, the users-first split of a node table, tables that are a parameter or a frozen buffer, the
+hypergraph's membership dropout."""
 
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
@@ -13,7 +15,9 @@ from prismrec.checks import check_choices, require_fraction, require_items
 from prismrec.graph import SparseOperator
 from prismrec.nn.embedding import register_table
 from prismrec.nn.hypergraph import hypergraph_propagate
+from prismrec.nn.presence import node_presence, view_presence
 from prismrec.nn.propagation import propagate
+from prismrec.recommender import Output
 
 
 @dataclass
@@ -46,6 +50,35 @@ def test_propagate_is_the_matrix_power():
     dense = torch.from_numpy(g.toarray())
     torch.testing.assert_close(propagate(SparseOperator(g), x, 3), dense @ dense @ dense @ x)
     assert propagate(SparseOperator(g), x, 0) is x
+    # a step after every product: X <- step(G X)
+    torch.testing.assert_close(propagate(SparseOperator(g), x, 2, step=torch.tanh),
+                               torch.tanh(dense @ torch.tanh(dense @ x)))
+
+
+def test_output_of_nodes_splits_users_first():
+    z = torch.arange(10.0).view(5, 2)
+    out = Output.of_nodes(z, 2, {"behavior": z})
+    torch.testing.assert_close(out.user, z[:2])
+    torch.testing.assert_close(out.item, z[2:])
+    assert out.aux["behavior"] is z and Output.of_nodes(z, 2).aux == {}
+    assert out.item.data_ptr() == z[2:].data_ptr()  # views of z, no copy
+
+
+def test_node_presence_puts_users_first_and_view_presence_adds_full_views():
+    items = np.array([[True, False], [True, True], [False, True]])  # n_I x K
+    got = node_presence(items, 2)
+    assert got.dtype == torch.bool and got.shape == (2, 5)
+    np.testing.assert_array_equal(got.numpy(), [[1, 1, 1, 1, 0], [1, 1, 0, 1, 1]])
+    assert node_presence(None, 2) is None
+
+    class Masked:  # a dataset whose image rows 1 and 2 were zero-filled
+        n_items, feature_masks = 3, {"image": np.array([True, False, False])}
+        manifest = {"imputation": {"image": {"method": "zero"}}}
+
+    views = view_presence(Masked(), ["image", "text"], n_users=1, extra_views=1)
+    np.testing.assert_array_equal(views.numpy(), [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+    Masked.manifest = {"imputation": {"image": {"method": "mean"}}}  # estimates: nothing masked
+    assert view_presence(Masked(), ["image", "text"], extra_views=1) is None
 
 
 def test_register_table_parameter_or_buffer():

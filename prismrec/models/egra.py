@@ -34,8 +34,8 @@ from typing import Literal
 import torch
 
 from prismrec.data.features import fusion_presence
-from prismrec.graph import bipartite_adjacency, knn_graph, pretrained_links
-from prismrec.graph import shared_neighbor_links, sym_normalize
+from prismrec.checks import check_choices, require_fraction
+from prismrec.graph import UserItemGraph, knn_graph, pretrained_links, shared_neighbor_links, sym_normalize
 from prismrec.losses import bpr_loss, entity_weighted_infonce, half_sq, moment_gap
 from prismrec.losses import entity_weights  # noqa: F401  (EGRA's entity level, importable from here)
 from prismrec.losses import user_modality_alignment
@@ -43,7 +43,6 @@ from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
-from prismrec.nn.multiview import present_adjacencies
 from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, PretrainedItems, PretrainedStageConfig, Recommender
 
@@ -101,7 +100,6 @@ class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     """``τ_w``, temperature of the softmax entity weights; grid {0.2, 0.5, 1.0}."""
 
 
-
 def alignment_strength(t: int, cfg: EGRAConfig) -> float:
     """Epoch level ``λ_t`` at 0-based epoch ``t``, ``λ_min = ratio·λ_max``, ``T = ramp_epochs``:
     ``linear`` ``λ_min + (λ_max − λ_min)·min(1, t/T)``; ``exp`` ``… ·(1 − e^{−t/T})`` (the spec's
@@ -151,17 +149,14 @@ class EGRA(Recommender):
                                      config.pre_symmetrize, within=raw)
         self.item_links, self.n_item_links = links, int(links.nnz)
         joint = config.graph_fusion == "joint"  # else separate: plain Â, C_I += γ·Ŝ_pre^{L_ii} E_I
-        adjacency = bipartite_adjacency(dataset.train, links, gamma=config.gamma) if joint \
-            else bipartite_adjacency(dataset.train)
+        graph = UserItemGraph(dataset.train, links, config.gamma) if joint else UserItemGraph(dataset.train)
         # 2. MGCN's views on Â⁺; with backbone="gume", GUME's extended branch too. When some
         # modality rows were zero-filled (impute="zero") both weigh only a node's present
         # modalities, and users take modality m from their items that have it (Â⁺_m).
-        present = fusion_presence(dataset, self.modalities)
         self.encoder = MultiViewEncoder(
-            adjacency, knn, [dataset.features[m] for m in self.modalities],
+            graph, knn, [dataset.features[m] for m in self.modalities],
             self.n_users, d, self.n_ui_layers, config.n_ii_layers, config.train_features,
-            present_items=present,
-            modality_adjacencies=present_adjacencies(dataset.train, present, links if joint else None, config.gamma),
+            present_items=fusion_presence(dataset, self.modalities),
             behavior_item_graph=None if joint else sym_normalize(links), behavior_item_weight=config.gamma,
         )
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, self.n_ui_layers) if gume else None
@@ -181,7 +176,7 @@ class EGRA(Recommender):
             aux["modality_views"] = h
             if self.training:  # Ĥ only feeds the loss
                 aux["extended"] = self.extended(self.encoder.modality_adjacencies, h, self.encoder.present)
-        return Output(z[: self.n_users], z[self.n_users :], aux)
+        return Output.of_nodes(z, self.n_users, aux)
 
     # ---------------------------------------------------------------- stage 3: alignment, loss
     def on_epoch_start(self, epoch: int) -> None:
@@ -203,7 +198,7 @@ class EGRA(Recommender):
               items: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """``L_BPR(Z)``, ``λ_reg·half_sq(z_u, z_i, z_j)`` and ``L_align`` from the batch's rows
         ``(z_u, z_i, z_j)`` and the ``(M, C, fused presence or None)`` rows of its users and of
-        its positive items."""
+        its positive items (:meth:`~prismrec.nn.MultiViewEncoder.fused_presence`)."""
         cfg, (zu, zi, zj) = self.config, z_rows
         align = self.weighted_alignment(*users) + self.weighted_alignment(*items)
         return {"bpr": bpr_loss(zu, zi, zj), "reg": cfg.reg_weight * half_sq(zu, zi, zj),
@@ -214,13 +209,13 @@ class EGRA(Recommender):
         u, i, _ = batch
         c, m = out.aux["behavior"], out.aux["modality"]
         i_rows = i + n_u  # item rows of the N x d views
-        fused = self.encoder.fused_presence()
-        terms = self.terms(out.bpr_rows(batch), (m[u], c[u], _rows(fused, u)),
-                           (m[i_rows], c[i_rows], _rows(fused, i_rows)))
+        present = self.encoder.fused_presence
+        terms = self.terms(out.bpr_rows(batch), (m[u], c[u], present(u)), (m[i_rows], c[i_rows], present(i_rows)))
         if self.extended is not None:  # GUME's vt, um, reg2
             ext = out.aux["extended"]
             terms["vt"] = cfg.vt_weight * moment_gap(out.aux["modality_views"], self.encoder.presence())
-            terms["um"] = cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise, fused)
+            terms["um"] = cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise,
+                                                                  present())
             terms["reg2"] = cfg.reg2_weight * half_sq(ext[i_rows])
         return terms
 
@@ -231,31 +226,24 @@ class EGRA(Recommender):
         ``loss(batch, forward())``). GUME's terms read whole matrices: the full forward then."""
         if self.extended is not None:
             return super().batch_loss(batch)
+        u, i, _ = batch
         rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
         c, m = self.encoder.fused_rows(rows)                     # C[rows], M[rows]
         z = c + m
         zu, zi, zj = (z.index_select(0, at) for at in (at_u, at_i, at_j))
-        fused = self.encoder.fused_presence(rows)
-        return self.terms((zu, zi, zj), (m.index_select(0, at_u), c.index_select(0, at_u), _rows(fused, at_u)),
-                          (m.index_select(0, at_i), c.index_select(0, at_i), _rows(fused, at_i)))
+        present = self.encoder.fused_presence
+        return self.terms((zu, zi, zj), (m.index_select(0, at_u), c.index_select(0, at_u), present(u)),
+                          (m.index_select(0, at_i), c.index_select(0, at_i), present(i + self.n_users)))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, links={self.n_item_links}, P from {self.pretrained_run}"
 
 
-def _rows(present: torch.Tensor | None, at: torch.Tensor) -> torch.Tensor | None:
-    """``present``'s entries ``at`` (``None`` passes through)."""
-    return None if present is None else present.index_select(0, at)
-
-
 def check_config(config: EGRAConfig) -> None:
-    """Raise ``ValueError`` naming every rule the settings break."""
-    check_multiview_config(config, um_tau=config.um_tau)
-    rules = {"k_pre >= 1": config.k_pre >= 1, "ramp_epochs >= 1": config.ramp_epochs >= 1,
-             "n_ii_layers >= 0": config.n_ii_layers >= 0,
-             "gamma >= 0": config.gamma >= 0, "lambda_max >= 0": config.lambda_max >= 0,
-             "tau > 0": config.tau > 0, "tau_w > 0": config.tau_w > 0, "0 <= lambda_min_ratio"
-             " <= 1": 0 <= config.lambda_min_ratio <= 1,
-             "pretrain_epochs >= 1 or null": (config.pretrain_epochs or 1) >= 1}
-    if broken := [rule for rule, ok in rules.items() if not ok]:
-        raise ValueError(f"EGRA config: {'; '.join(broken)} must hold, got {config}")
+    """Raise ``ValueError`` naming the settings out of their ranges."""
+    check_multiview_config(config, tau=config.tau, tau_w=config.tau_w, um_tau=config.um_tau)
+    check_choices(config, "egra")
+    Recommender.require_at_least(config, k_pre=1, ramp_epochs=1, n_ii_layers=0, gamma=0, lambda_max=0)
+    require_fraction("lambda_min_ratio", config.lambda_min_ratio, "λ_min = ratio·λ_max")
+    if config.pretrain_epochs is not None:
+        Recommender.require_at_least(config, pretrain_epochs=1)

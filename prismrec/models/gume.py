@@ -53,13 +53,12 @@ from typing import Literal
 import torch
 
 from prismrec.data.features import fusion_presence
-from prismrec.graph import bipartite_adjacency, knn_graph, shared_neighbor_links
+from prismrec.graph import UserItemGraph, knn_graph, shared_neighbor_links
 from prismrec.losses import bpr_loss, half_sq, l2_reg, moment_gap, rows_infonce, user_modality_alignment
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
-from prismrec.nn.multiview import present_adjacencies
 from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, Recommender
 
@@ -114,21 +113,17 @@ class GUME(Recommender):
         knn = [knn_graph(dataset.features[m], config.knn_k) for m in self.modalities]
         links = shared_neighbor_links(knn)
         self.n_item_links = int(links.nnz)
-        adjacency = bipartite_adjacency(dataset.train, links, gamma=config.gamma)
         # 2-4, 6. ID tables, purifiers and fuser on Â⁺ and the Ŝ_m; 5. the extended branch. When
         # some modality rows were zero-filled (impute="zero") both weigh only a node's present
         # modalities, and users take modality m from their items that have it (Â⁺_m).
-        present = fusion_presence(dataset, self.modalities)
         self.encoder = MultiViewEncoder(
-            adjacency, knn, [dataset.features[m] for m in self.modalities],
+            UserItemGraph(dataset.train, links, config.gamma), knn, [dataset.features[m] for m in self.modalities],
             self.n_users, d, config.n_ui_layers, config.n_ii_layers, config.train_features,
-            present_items=present,
-            modality_adjacencies=present_adjacencies(dataset.train, present, links, config.gamma),
+            present_items=fusion_presence(dataset, self.modalities),
         )
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers)
         self.reset_parameters()
         self.noise = NoiseSource(config.noise_eps, config.noise_mode)  # seeded after the init
-
 
     def forward(self) -> Output:
         c = self.encoder.behavior_view()                         # 3. C on Â⁺
@@ -138,7 +133,7 @@ class GUME(Recommender):
         aux = {"behavior": c, "modality": m, "modality_views": h}
         if self.training:  # 5. Ĥ only feeds the loss; scoring uses Z = C + M
             aux["extended"] = self.extended(self.encoder.modality_adjacencies, h, self.encoder.present)
-        return Output(z[: self.n_users], z[self.n_users :], aux)
+        return Output.of_nodes(z, self.n_users, aux)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg, n_u = self.config, self.n_users

@@ -30,12 +30,11 @@ from typing import Literal
 import torch
 
 from prismrec.data.features import fusion_presence
-from prismrec.graph import bipartite_adjacency, knn_graph
+from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.losses import bpr_loss, l2_reg, rows_infonce
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import MultiViewConfig, MultiViewEncoder, check_multiview_config
-from prismrec.nn.multiview import present_adjacencies
 from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, Recommender
 
@@ -73,20 +72,18 @@ class MGCN(Recommender):
         # 2-5. ID tables, purifiers and fuser over these graphs; when some modality rows were
         # zero-filled (impute="zero"; else nothing is masked) the fuser weighs only a node's
         # present modalities and H_m^U reads only the user's items that have m.
-        present = fusion_presence(dataset, self.modalities)
         self.encoder = MultiViewEncoder(
-            bipartite_adjacency(dataset.train), knn, [dataset.features[m] for m in self.modalities],
+            UserItemGraph(dataset.train), knn, [dataset.features[m] for m in self.modalities],
             self.n_users, config.embedding_size, config.n_ui_layers, config.n_ii_layers, config.train_features,
-            present_items=present, modality_adjacencies=present_adjacencies(dataset.train, present),
+            present_items=fusion_presence(dataset, self.modalities),
         )
         self.reset_parameters()
-
 
     def forward(self) -> Output:
         c = self.encoder.behavior_view()                         # 3. C
         m = self.encoder.fuse(self.encoder.modality_views(), c)  # 4-5. M = fuse(H | C)
         z = c + m
-        return Output(z[: self.n_users], z[self.n_users :], {"behavior": c, "modality": m})
+        return Output.of_nodes(z, self.n_users, {"behavior": c, "modality": m})
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg = self.config

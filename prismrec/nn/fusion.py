@@ -39,15 +39,6 @@ from torch import nn
 from prismrec.graph.ops import mix
 
 
-def node_presence(present_items: np.ndarray | torch.Tensor | None, n_users: int = 0) -> torch.Tensor | None:
-    """``K x N`` bool presence of ``N = n_users + n_items`` nodes (users first, always present)
-    from an ``n_items x K`` item mask (``None`` passes through)."""
-    if present_items is None:
-        return None
-    items = torch.as_tensor(np.asarray(present_items, dtype=bool)).T
-    return torch.cat([torch.ones(items.shape[0], n_users, dtype=torch.bool), items], dim=1)
-
-
 def present_mean(views: torch.Tensor, present: torch.Tensor | None, reduce: str = "mean") -> torch.Tensor:
     """``mean_m`` (or ``sum_m``) of the ``K x N x d`` ``views`` over each node's present modalities
     (``present``: ``K x N`` bool). ``sum`` is rescaled to the full count, ``K / K_present · Σ_present``,

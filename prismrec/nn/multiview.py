@@ -34,8 +34,9 @@ keys: a model's config inherits the fields and may redeclare a default).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -43,12 +44,13 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from prismrec.graph.bipartite import bipartite_adjacency, user_item_block
+from prismrec.graph.bipartite import UserItemGraph, user_item_block
 from prismrec.graph.sparse import SparseOperator
 from prismrec.nn.embedding import IdEmbedding
 from prismrec.nn.encoders import Purifier
-from prismrec.nn.fusion import BehaviorAwareFuser, node_presence, present_mean
-from prismrec.nn.propagation import lightgcn, lightgcn_distinct, row_product
+from prismrec.nn.fusion import BehaviorAwareFuser, present_mean
+from prismrec.nn.presence import node_presence
+from prismrec.nn.propagation import lightgcn, lightgcn_distinct, propagate, row_product
 
 
 @dataclass
@@ -85,34 +87,27 @@ def check_multiview_config(config: MultiViewConfig, **positive: float) -> None:
 def present_adjacencies(train: sp.spmatrix, present_items: np.ndarray | None, item_links: sp.spmatrix | None = None,
                         gamma: float = 1.0) -> list[sp.csr_matrix | None] | None:
     """``Â_m`` per modality (``present_items``' column order): :func:`~prismrec.graph.bipartite_adjacency`
-    of ``train`` (and ``γ·item_links``) without the items lacking ``m``, whose interactions and
-    links are dropped, the rest normalised by the same rule; ``None`` for a modality every item
-    has, and ``None`` in all without a mask. For LightGCN's ``Â``, ``R̂_m[u, i] = 1/sqrt(d_u^m d_i)``
-    with ``d_u^m`` the user's items that have ``m``."""
+    of ``train`` (and ``γ·item_links``) without the items lacking ``m``
+    (:meth:`~prismrec.graph.bipartite.UserItemGraph.over_items`); ``None`` for a modality every
+    item has, and ``None`` in all without a mask. For LightGCN's ``Â``,
+    ``R̂_m[u, i] = 1/sqrt(d_u^m d_i)`` with ``d_u^m`` the user's items that have ``m``."""
     if present_items is None:
         return None
     present = np.asarray(present_items, dtype=bool)
     if present.ndim != 2 or present.shape[0] != train.shape[1]:
         raise ValueError(f"present_items must hold one row per item ({train.shape[1]}), got shape {present.shape}")
-    graphs = []
-    for keep in present.T:
-        if keep.all():
-            graphs.append(None)
-            continue
-        kept = sp.diags(keep.astype(np.float32))
-        r = sp.csr_matrix(train @ kept)
-        r.eliminate_zeros()
-        links = None if item_links is None else sp.csr_matrix(kept @ item_links @ kept)
-        graphs.append(bipartite_adjacency(r, links, gamma))
-    return graphs
+    graph = UserItemGraph(train, item_links, gamma)
+    return [None if keep.all() else graph.over_items(keep) for keep in present.T]
 
 
 class MultiViewEncoder(nn.Module):
     """ID tables, purifiers and fuser of the MGCN family, over graphs given by the model.
 
     Args:
-        adjacency: the normalised user-item adjacency ``Â`` (``(n_U + n_I)`` square, users
-            first): LightGCN's, or an enhanced ``Â⁺`` with an item-item block.
+        adjacency: the user-item graph, LightGCN's or an enhanced one with an item-item block:
+            a :class:`~prismrec.graph.bipartite.UserItemGraph` (the encoder builds ``Â`` and,
+            under a presence mask, each ``Â_m``), or the normalised ``Â`` itself (``(n_U + n_I)``
+            square, users first; then ``modality_adjacencies`` comes with a mask).
         item_graphs: one normalised item-item graph ``S_m`` per modality.
         features: the raw feature matrices ``F_m``, in the order of ``item_graphs``.
         n_users: ``n_U``.
@@ -128,8 +123,9 @@ class MultiViewEncoder(nn.Module):
             present (the unmasked formulas).
         modality_adjacencies: ``Â_m`` per modality (:func:`present_adjacencies`, ``None`` for a
             modality every item has): the users' ``H_m^U = R̂_m H_m^I`` and the extended branch
-            read only the items that have ``m``. Required for each modality ``present_items``
-            marks missing somewhere.
+            read only the items that have ``m``. Built by the encoder from a ``UserItemGraph``;
+            with a plain ``Â``, required for each modality ``present_items`` marks missing
+            somewhere.
         behavior_item_graph: optional normalised item-item graph ``S_b`` (``n_I`` square) whose
             ``L_ii``-step propagation of ``E_I`` is added to the item rows of ``C``:
             ``C_I += γ_b·S_b^{L_ii} E_I`` (EGRA's ``graph_fusion="separate"``); ``None``: ``C`` as is.
@@ -141,7 +137,7 @@ class MultiViewEncoder(nn.Module):
 
     def __init__(
         self,
-        adjacency: sp.spmatrix,
+        adjacency: UserItemGraph | sp.spmatrix,
         item_graphs: Sequence[sp.spmatrix],
         features: Sequence[torch.Tensor],
         n_users: int,
@@ -164,6 +160,11 @@ class MultiViewEncoder(nn.Module):
         if fusion not in ("behavior_aware", "mean"):
             raise ValueError(f"fusion must be 'behavior_aware' or 'mean', got {fusion!r}")
         self.n_users, self.n_ui_layers, self.n_ii_layers, self.fusion = n_users, n_ui_layers, n_ii_layers, fusion
+        if isinstance(adjacency, UserItemGraph):  # Â and, under a mask, each Â_m from R, B_II, γ
+            if modality_adjacencies is None:
+                modality_adjacencies = present_adjacencies(adjacency.train, present_items, adjacency.item_links,
+                                                           adjacency.gamma)
+            adjacency = adjacency.adjacency()
         self.adjacency = SparseOperator(adjacency)                                        # Â
         self.user_item = SparseOperator(user_item_block(adjacency, n_users), symmetric=False)  # R̂
         self.item_graphs = nn.ModuleList(SparseOperator(g, symmetric=False) for g in item_graphs)  # S_m
@@ -204,8 +205,9 @@ class MultiViewEncoder(nn.Module):
             if g is not None and g.shape != self.adjacency.shape:
                 raise ValueError(f"modality_adjacencies[{k}] must be {self.adjacency.shape}, got {g.shape}")
             if g is None and present is not None and not bool(present[k].all()):
-                raise ValueError(f"modality {k} is missing for some items: pass its adjacency over the items "
-                                 "that have it (modality_adjacencies=present_adjacencies(...))")
+                raise ValueError(f"modality {k} is missing for some items: pass the user-item graph as a "
+                                 "UserItemGraph, or its adjacency over the items that have it "
+                                 "(modality_adjacencies=present_adjacencies(...))")
         return graphs
 
     def reset_parameters(self) -> None:
@@ -226,10 +228,15 @@ class MultiViewEncoder(nn.Module):
 
     def behavior_item_term(self) -> torch.Tensor:
         """``γ_b·S_b^{L_ii} E_I`` (``n_I x d``), the item graph's addition to ``C_I``."""
-        h = self.item_emb.weight
-        for _ in range(self.n_ii_layers):
-            h = self.behavior_item_graph @ h
-        return self.behavior_item_weight * h
+        return self.behavior_item_weight * propagate(self.behavior_item_graph, self.item_emb.weight, self.n_ii_layers)
+
+    def item_views(self, noise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+        """``H_m^I = S_m^{L_ii} H_m⁰`` (``n_I x d``), modality by modality; ``noise`` as in
+        :meth:`modality_views`."""
+        items = None if self.present is None else self.present[:, self.n_users :]
+        for k, (purifier, graph) in enumerate(zip(self.purifiers, self.item_graphs)):
+            step = noise if noise is None or items is None else partial(noise, present=items[k])
+            yield propagate(graph, purifier(self.item_emb.weight), self.n_ii_layers, step)  # S_m^{L_ii} H_m⁰
 
     def modality_views(self, noise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``H_m = [R̂_m H_m^I; H_m^I]``, ``H_m^I = S_m^{L_ii} H_m⁰``, stacked ``K x N x d``
@@ -239,17 +246,8 @@ class MultiViewEncoder(nn.Module):
         ``perturb_at = "layers"``); with a presence mask it is called as ``noise(x, present=p)``,
         ``p`` the items where modality ``m`` is present (a :class:`prismrec.nn.NoiseSource` then
         takes its mean row norm over them)."""
-        items = None if self.present is None else self.present[:, self.n_users :]
-        views = []
-        for k, (purifier, graph) in enumerate(zip(self.purifiers, self.item_graphs)):
-            h = purifier(self.item_emb.weight)                   # H_m⁰
-            for _ in range(self.n_ii_layers):
-                if noise is None:
-                    h = graph @ h                                # H_m^I
-                else:
-                    h = noise(graph @ h) if items is None else noise(graph @ h, present=items[k])
-            views.append(torch.cat([self.modality_user_items[k] @ h, h]))  # [H_m^U; H_m^I]
-        return torch.stack(views)
+        return torch.stack([torch.cat([user_item @ h, h])                       # [H_m^U; H_m^I]
+                            for user_item, h in zip(self.modality_user_items, self.item_views(noise))])
 
     def behavior_rows(self, rows: np.ndarray) -> torch.Tensor:
         """``C[rows]`` (:meth:`behavior_view`) for sorted distinct node ids ``rows`` (users first):
@@ -269,13 +267,8 @@ class MultiViewEncoder(nn.Module):
         only for the users among ``rows``, and nothing else is built for the other nodes."""
         split = int(np.searchsorted(rows, self.n_users))
         users, items = rows[:split], torch.from_numpy(rows[split:] - self.n_users)
-        views = []
-        for purifier, graph, user_item in zip(self.purifiers, self.item_graphs, self.modality_user_items):
-            h = purifier(self.item_emb.weight)                   # H_m⁰
-            for _ in range(self.n_ii_layers):
-                h = graph @ h                                     # H_m^I
-            views.append(torch.cat([row_product(user_item, users, h), h.index_select(0, items.to(h.device))]))
-        return torch.stack(views)
+        return torch.stack([torch.cat([row_product(user_item, users, h), h.index_select(0, items.to(h.device))])
+                            for user_item, h in zip(self.modality_user_items, self.item_views())])
 
     def fused_rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``C[rows]`` and ``M[rows]`` for sorted distinct node ids ``rows`` (the row paths of a
@@ -284,23 +277,21 @@ class MultiViewEncoder(nn.Module):
         c = self.behavior_rows(rows)
         return c, self.fuse(self.modality_view_rows(rows), c, rows)
 
-    def presence(self, rows: np.ndarray | None = None) -> torch.Tensor | None:
-        """``present`` (``K x N``), its columns ``rows`` (sorted distinct node ids) when given, or
+    def presence(self, rows: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
+        """``present`` (``K x N``), its columns ``rows`` (node ids, users first) when given, or
         ``None`` without a mask."""
         if self.present is None or rows is None:
             return self.present
-        return self.present.index_select(1, torch.from_numpy(rows).to(self.present.device))
+        return self.present.index_select(1, torch.as_tensor(rows).to(self.present.device))
 
-    def fused_presence(self, rows: np.ndarray | None = None) -> torch.Tensor | None:
+    def fused_presence(self, rows: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
         """``N`` bool: the nodes with at least one present modality (a node with none fuses to a
-        row of 0, which holds no view), its entries ``rows`` (sorted distinct node ids) when
-        given; ``None`` without a mask or when every node has a modality (the common case: one
-        modality of several missing leaves the fused row a real view)."""
-        if self.present is None or self.fused_present is None:
-            return None
-        if rows is None:
+        row of 0, which holds no view), its entries ``rows`` (node ids, users first) when given;
+        ``None`` without a mask or when every node has a modality (the common case: one modality
+        of several missing leaves the fused row a real view)."""
+        if self.fused_present is None or rows is None:
             return self.fused_present
-        return self.fused_present.index_select(0, torch.from_numpy(rows).to(self.fused_present.device))
+        return self.fused_present.index_select(0, torch.as_tensor(rows).to(self.fused_present.device))
 
     def fuse(self, views: torch.Tensor, behavior: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
         """``M = fuse(H_1..H_K | C)`` (2.8), or ``mean_m H_m`` with ``fusion="mean"``, over each

@@ -1,16 +1,27 @@
 """Which nodes have each view, for the mask-aware fusions of :mod:`prismrec.nn.fusion`.
 
 A dataset loaded with ``impute="zero"`` marks the items whose modality was missing
-(:func:`prismrec.data.features.fusion_presence`); a model that fuses views keeps the mark as a
-``K x N`` bool buffer: one row per view, one column per node.
+(:func:`prismrec.data.features.fusion_presence`, ``n_I x K``); a model that fuses views keeps the
+mark as a ``K x N`` bool buffer: one row per view, one column per node (users first, when the
+model has user rows). :func:`node_presence` turns an item mask into that buffer,
+:func:`view_presence` reads it from a dataset.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from prismrec.data.features import fusion_presence
-from prismrec.nn.fusion import node_presence
+
+
+def node_presence(present_items: np.ndarray | torch.Tensor | None, n_users: int = 0) -> torch.Tensor | None:
+    """``K x N`` bool presence of ``N = n_users + n_items`` nodes (users first, always present)
+    from an ``n_items x K`` item mask (``None`` passes through)."""
+    if present_items is None:
+        return None
+    items = torch.as_tensor(np.asarray(present_items, dtype=bool)).T
+    return torch.cat([torch.ones(items.shape[0], n_users, dtype=torch.bool), items], dim=1)
 
 
 def view_presence(dataset, modalities: list[str], n_users: int = 0, extra_views: int = 0) -> torch.Tensor | None:

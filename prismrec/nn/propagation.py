@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -17,11 +19,16 @@ def lightgcn(adjacency: SparseOperator, x0: torch.Tensor, n_layers: int) -> torc
     return _layer_mean(adjacency.matrix, x0, n_layers)
 
 
-def propagate(graph, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+def propagate(graph, x: torch.Tensor, n_layers: int,
+              step: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """``G^L X``: ``n_layers`` plain products with ``graph`` (no layer mean, no weights), the item
-    views' propagation over an item–item graph (a :class:`SparseOperator`, or any ``G @ X``)."""
+    views' propagation over an item–item graph (a :class:`SparseOperator`, or any ``G @ X``).
+    ``step`` (optional) is applied after every product: ``X ← step(G X)`` (SIGER's noise inside
+    the propagation)."""
     for _ in range(n_layers):
         x = graph @ x
+        if step is not None:
+            x = step(x)
     return x
 
 
