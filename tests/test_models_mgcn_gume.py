@@ -7,30 +7,16 @@ import torch
 from prismrec.experiment.config import resolve_config
 from prismrec.graph import bipartite_adjacency, intersection_links, knn_graph
 from prismrec.losses import moment_gap
-from prismrec.models import get_model
-from prismrec.train import seed_everything
+from tests.builders import build_model
+from tests.test_row_paths import _batch
 
 MODELS = ["mgcn", "gume"]
 TERMS = {"mgcn": {"bpr", "reg", "cl"}, "gume": {"bpr", "reg", "vt", "bm", "um", "reg2"}}
 
 
-def _build(name, dataset, seed=0, **overrides):
-    cfg = resolve_config(name, dataset.name, overrides)
-    seed_everything(seed)
-    return get_model(name)(dataset, cfg.params)
-
-
-def _batch(dataset, size=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randint(0, dataset.n_users, (size,), generator=g)
-    i = torch.randint(0, dataset.n_items, (size,), generator=g)
-    j = torch.randint(0, dataset.n_items, (size,), generator=g)
-    return u, i, j
-
-
 @pytest.mark.parametrize("model", MODELS)
 def test_every_loss_term_present_finite_and_differentiable(planted, model):
-    net = _build(model, planted)
+    net = build_model(model, planted)
     net.train()
     terms = net.loss(_batch(planted), net())
     assert set(terms) == TERMS[model]
@@ -42,7 +28,7 @@ def test_every_loss_term_present_finite_and_differentiable(planted, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_eval_forward_is_deterministic_and_aux_shapes(planted, model):
-    net = _build(model, planted).eval()
+    net = build_model(model, planted).eval()
     with torch.no_grad():
         a, b = net(), net()
     assert torch.equal(a.user, b.user) and torch.equal(a.item, b.item)
@@ -56,7 +42,7 @@ def test_eval_forward_is_deterministic_and_aux_shapes(planted, model):
 @pytest.mark.parametrize("model", MODELS)
 def test_same_seed_same_training_step(planted, model):
     def one_step():
-        net = _build(model, planted, seed=7)
+        net = build_model(model, planted, seed=7)
         net.train()
         terms = net.loss(_batch(planted), net())
         return {k: float(v.detach()) for k, v in terms.items()}
@@ -68,16 +54,16 @@ def test_same_seed_same_training_step(planted, model):
 def test_missing_modalities_are_a_clear_error(planted, model):
     bare = dataclasses.replace(planted, features={})
     with pytest.raises(ValueError, match=f"{model} needs"):
-        _build(model, bare)
+        build_model(model, bare)
     with pytest.raises(ValueError, match="needs modality feature\\(s\\) audio"):
-        _build(model, planted, modalities=["image", "audio"])
+        build_model(model, planted, modalities=["image", "audio"])
 
 
 def test_gume_needs_two_modalities_and_mgcn_one(planted):
     one = dataclasses.replace(planted, features={"text": planted.features["text"]})
     with pytest.raises(ValueError, match="gume needs at least 2 modalities"):
-        _build("gume", one)
-    net = _build("mgcn", one)
+        build_model("gume", one)
+    net = build_model("mgcn", one)
     assert net.modalities == ["text"] and net().item.shape == (planted.n_items, 64)
 
 
@@ -94,7 +80,7 @@ def test_config_rejects_unknown_keys_and_accepts_modalities(model):
 def test_three_modalities(planted, model):
     feats = dict(planted.features)
     feats["audio"] = torch.randn(planted.n_items, 8, generator=torch.Generator().manual_seed(0))
-    net = _build(model, dataclasses.replace(planted, features=feats))
+    net = build_model(model, dataclasses.replace(planted, features=feats))
     assert net.modalities == ["image", "text", "audio"]
     net.train()
     terms = net.loss(_batch(planted), net())
@@ -102,7 +88,7 @@ def test_three_modalities(planted, model):
 
 
 def test_gume_enhanced_graph_uses_the_intersection_of_knn_sets(planted):
-    net = _build("gume", planted)
+    net = build_model("gume", planted)
     knn = [knn_graph(planted.features[m], 10) for m in ("image", "text")]
     links = intersection_links(*knn)
     assert links.nnz > 0 and net.n_item_links == links.nnz
@@ -117,7 +103,7 @@ def test_gume_enhanced_graph_uses_the_intersection_of_knn_sets(planted):
 
 def test_mgcn_forward_matches_spec(planted):
     """C = LGN(Â), H_m = [R̂ Ŝ_m H_m⁰; Ŝ_m H_m⁰], Z = C + fuse(H | C), recomputed densely."""
-    net = _build("mgcn", planted).eval()
+    net = build_model("mgcn", planted).eval()
     n_u = planted.n_users
     adj = torch.from_numpy(bipartite_adjacency(planted.train).toarray())
     enc = net.encoder
@@ -143,7 +129,7 @@ def test_gume_vt_gap_is_mean_over_pairs():  # losses.moment_gap
 
 
 def test_frozen_features_are_not_trained(planted):
-    net = _build("mgcn", planted, train_features=False)
+    net = build_model("mgcn", planted, train_features=False)
     names = {n for n, _ in net.named_parameters()}
     assert not any(n.endswith("features") for n in names)
     assert not any(k.endswith("features") for k in net.state_dict())

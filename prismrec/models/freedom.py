@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prismrec.checks import require_fraction, require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, degree_sensitive_edge_sample, knn_graph
 from prismrec.losses import bpr_loss
@@ -65,8 +66,11 @@ from prismrec.nn.fusion import present_mix
 from prismrec.nn.propagation import propagate
 from prismrec.recommender import Output, Recommender
 
+
 @dataclass
 class FREEDOMConfig:
+    """FREEDOM's settings (ALGORITHMS.md 3.4); the drop ratio and modality-term weight carry their search grids."""
+
     modalities: list[str] | None = None
     """Modalities used (graphs and modality BPR terms); ``None`` = all present, canonical order.
     Their graph weights go by name (``image_weight``), never by position."""
@@ -106,15 +110,11 @@ class FREEDOM(Recommender):
     def __init__(self, dataset, config: FREEDOMConfig) -> None:
         super().__init__(dataset, config)
         self.require_at_least(config, embedding_size=1, knn_k=1, n_ui_layers=0, n_ii_layers=0)
-        if not 0.0 <= config.drop_ratio < 1.0:
-            raise ValueError(
-                f"drop_ratio is the fraction of training edges dropped and must be in [0, 1), "
-                f"got {config.drop_ratio}"
-            )
+        require_fraction("drop_ratio", config.drop_ratio, "the fraction of training edges dropped", high_open=True)
+        require_items(self.n_items, knn_k=config.knn_k)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
-        self.mm_weights = graph_weights(config, self.modalities)
-        if config.knn_k > self.n_items:
-            raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({self.n_items})")
+        # α_m in modalities order: mm_weights (checked), or by name (module docstring)
+        self.mm_weights = role_weights(self.name, self.modalities, config.mm_weights, config.image_weight)
         d = config.embedding_size
 
         # S = Σ_m α_m Ŝ_m^bin from the raw features, frozen (2.3).
@@ -180,10 +180,3 @@ class FREEDOM(Recommender):
         return content_forward_rows(self, self.item_emb.weight, items, id_rows or self.content_id_rows,
                                     [self.item_graph])
 
-
-def graph_weights(config: FREEDOMConfig, modalities: list[str]) -> tuple[float, ...]:
-    """``α_m`` in ``modalities`` order: ``mm_weights`` (checked), or by name (module docstring).
-
-    Raises :class:`ConfigError` naming ``mm_weights`` when the modalities have no weights by name.
-    """
-    return role_weights("freedom", modalities, config.mm_weights, config.image_weight)
