@@ -193,11 +193,12 @@ from float32's overflow (3.4e38)."""
 def bpr_terms(zu: torch.Tensor, zij: torch.Tensor, reg_weight: float, reg_form: str) -> dict[str, torch.Tensor]:
     """``{"bpr": bpr_loss(zu, zi, zj), "reg": reg_weight * l2_reg(reg_form, zu, zi, zj)}`` for
     ``zij = [zi; zj]`` (the batch's positive rows, then its negative rows), as BPR-MF's and VBPR's
-    ``loss`` compute them, with the same values and the same gradients bit for bit.
+    ``loss`` compute them.
 
     With ``emb_norm`` on a CPU in one process (the default) both terms are one autograd node
-    (:class:`_BPRTerms`); otherwise the two loss functions are called (on a GPU their norm
-    gradients avoid a host sync, and a data-parallel batch's norms span the ranks)."""
+    (:class:`_BPRTerms`), equal to the two loss functions up to float rounding (values and
+    gradients, tests/test_bpr_terms.py); otherwise the two loss functions are called (on a GPU
+    their norm gradients avoid a host sync, and a data-parallel batch's norms span the ranks)."""
     if reg_form != "emb_norm" or zu.device.type != "cpu" or batch_shares().split:
         zi, zj = zij.chunk(2)
         return {"bpr": bpr_loss(zu, zi, zj), "reg": reg_weight * l2_reg(reg_form, zu, zi, zj)}
@@ -206,54 +207,48 @@ def bpr_terms(zu: torch.Tensor, zij: torch.Tensor, reg_weight: float, reg_form: 
 
 
 class _BPRTerms(torch.autograd.Function):
-    """:func:`bpr_loss` and ``reg_weight *`` :func:`emb_norm` of the same rows as one node.
+    """:func:`bpr_loss` and ``reg_weight *`` :func:`emb_norm` of the same rows as one node, in as
+    few passes over the ``B x d`` rows as the chain rule allows.
 
-    Forward: the operations of the two loss nodes, in their order. Backward: theirs too, in the
-    order autograd runs them when the terms are summed (``emb_norm``'s node first, being created
-    later), so that each row's gradients are added as autograd adds them: ``z_u``'s norm
-    gradient, then ``w·z_j``, then ``-w·z_i``; ``z_i``'s and ``z_j``'s norm gradients, then their
-    product gradients. The sums are formed in place and ``[∂z_i; ∂z_j]`` is written as one
-    buffer, where the separate nodes allocate each sum and concatenate the two halves; the
-    bookkeeping of five autograd nodes (two losses, the weight, the split of ``zij``) becomes one.
+    With ``x_b = z_u·(z_j − z_i)`` (softplus's input, ``−Δ``), ``w_b = ∂L/∂x_b`` (the mean's
+    gradient through softplus) and ``c_X = λ g / (B ‖X‖_F)`` (a norm's gradient factor, 0 for an
+    all-zero ``X``): ``∂z_u = c_u z_u − w ⊙ (z_i − z_j)``, ``∂z_i = c_i z_i − w ⊙ z_u`` and
+    ``∂z_j = c_j z_j + w ⊙ z_u``. Forward: the difference ``z_i − z_j`` once, one row product and
+    its sum, three norms (six passes); backward: six, each scaled row added through ``alpha``
+    into the gradient buffers (``[∂z_i; ∂z_j]`` one buffer). Autograd through the two loss
+    functions takes seven passes forward and fourteen back (each norm's division and scaling,
+    four products, four additions), one node per operation. The two differ by float rounding
+    only (the difference is taken before the row sum, the scalar factors are folded, the norms
+    summed in double): BPR-MF's and VBPR's goldens (tests/test_equivalence.py) are unchanged.
     """
 
     @staticmethod
     def forward(ctx, zu, zij, reg_weight):  # noqa: D401
         zi, zj = zij.chunk(2)
-        x = ((zu * zi).sum(dim=1) - (zu * zj).sum(dim=1)).neg_()  # softplus's input, -Δ
+        diff = zi - zj
+        x = (zu * diff).sum(dim=1).neg_()  # −Δ
         bpr = F.softplus(x).mean()
-        norms = [torch.linalg.vector_norm(r) for r in (zj, zi, zu)]  # emb_norm's order
-        reg = reg_weight * (sum(reversed(norms)) / zu.shape[0])
-        ctx.save_for_backward(zu, zij, x, *norms)
-        ctx.reg_weight = reg_weight
-        return bpr, reg
+        norms = [float(torch.linalg.vector_norm(r)) for r in (zu, zi, zj)]  # on the host: a CPU path
+        ctx.save_for_backward(zu, zij, diff, x)
+        ctx.norms, ctx.reg_weight = norms, reg_weight
+        return bpr, zu.new_tensor(reg_weight * sum(norms) / zu.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_bpr, grad_reg):
-        zu, zij, x, norm_j, norm_i, norm_u = ctx.saved_tensors
+        zu, zij, diff, x = ctx.saved_tensors
         batch = zu.shape[0]
+        g = float(grad_reg) * ctx.reg_weight / batch
+        c_u, c_i, c_j = (g / norm if norm else 0.0 for norm in ctx.norms)
+        w = torch.ops.aten.softplus_backward((grad_bpr / batch).expand(x.shape), x, 1, 20).unsqueeze(1)
         zi, zj = zij.chunk(2)
         grad_zij = torch.empty_like(zij)
         grad_zi, grad_zj = grad_zij.chunk(2)
-        g = (grad_reg * ctx.reg_weight) / batch  # through the weight, then the division by B
-        _norm_grad_into(zj, norm_j, g, grad_zj)
-        _norm_grad_into(zi, norm_i, g, grad_zi)
-        grad_zu = _norm_grad_into(zu, norm_u, g, torch.empty_like(zu))
-        w = torch.ops.aten.softplus_backward((grad_bpr / batch).expand(x.shape), x, 1, 20).unsqueeze(1)
-        minus_w = w.neg()
-        grad_zu.add_(w * zj)
-        grad_zj.add_(w * zu)
-        grad_zu.add_(minus_w * zi)
-        grad_zi.add_(minus_w * zu)
+        w_zu = zu * w
+        torch.add(w_zu, zj, alpha=c_j, out=grad_zj)
+        torch.sub(w_zu, zi, alpha=c_i, out=grad_zi).neg_()
+        grad_zu = torch.mul(diff, w.neg_()).add_(zu, alpha=c_u)
         return grad_zu, grad_zij, None
-
-
-def _norm_grad_into(x: torch.Tensor, norm: torch.Tensor, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``emb_norm``'s gradient of ``x``, ``(x / ‖x‖)·g`` (zero where ``‖x‖ = 0``), into ``out``."""
-    if norm.item() == 0:
-        return out.zero_().mul_(g)
-    return torch.div(x, norm, out=out).mul_(g)
 
 
 class _GemmLogSumExp(torch.autograd.Function):

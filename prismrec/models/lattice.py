@@ -198,7 +198,9 @@ class LATTICE(Recommender):
         h = F.normalize(propagate(graph, self.item_emb, self.config.n_ii_layers), dim=1)  # nrm(S^{L_ii} E_I)
         layers = self.config.n_ui_layers if self.config.cf_model == "lightgcn" else 0     # mf: the ID tables
         y = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), layers)
-        y_u, y_i = y[: self.n_users], y[self.n_users :]
+        # split, not two slices: its backward is one concatenation, where each slice's would zero-fill
+        # an N x d gradient and the two be added
+        y_u, y_i = y.split([self.n_users, self.n_items])
         out = Output(y_u, y_i + h)                                                        # Z_U = Y_U, Z_I = Y_I + nrm(h)
         if not self.training:
             out.aux["behavior"] = y

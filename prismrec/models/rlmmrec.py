@@ -139,7 +139,8 @@ class RLMultimodalRec(Recommender):
         aux = {"items0": items0}
         if gate is not None:
             aux["gate"] = gate
-        return Output(z[: self.n_users], z[self.n_users :], aux)
+        z_u, z_i = z.split([self.n_users, self.n_items])  # not two slices: one concatenation back, no zero fills
+        return Output(z_u, z_i, aux)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         u, i, j = batch
@@ -148,7 +149,9 @@ class RLMultimodalRec(Recommender):
         weights += [mod.weight for mod in (self.fuser, self.item_mixer) if isinstance(mod, nn.Linear)]
         if isinstance(self.fuser, GatedFusion):
             weights.append(self.fuser.linear.weight)
-        reg = half_sq(self.user_emb.weight[u], items0[i], items0[j]) + sum(0.5 * w.pow(2).sum() for w in weights)
+        # ½‖e_u‖² + ½‖x_i‖² + ½‖x_j‖² per row as two gathers (index_select: scatter-add backward)
+        rows = self.user_emb.weight.index_select(0, u), items0.index_select(0, torch.cat([i, j]))
+        reg = half_sq(*rows) + sum(0.5 * w.pow(2).sum() for w in weights)
         return {
             "bpr": bpr_loss(*out.bpr_rows(batch)),
             "reg": self.config.reg_weight * reg,
