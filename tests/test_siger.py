@@ -5,14 +5,18 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from prismrec.experiment.config import resolve_config
 from prismrec.graph import cooccurrence_graph, knn_graph, mix, sym_normalize
+from prismrec.graph.cooccurrence import infused_graphs
 from prismrec.losses import infonce, joint_infonce
 from prismrec.models import get_model
 from prismrec.models.siger import SIGERConfig
 from prismrec.train import fit, seed_everything
+from tests.builders import build_model
+from tests.test_masked_user_views import lonely  # noqa: F401  (the fixture)
 from tests.test_train import random_recall_at_20
 
 TERMS = {"bpr", "reg", "perturb", "anchor", "align"}
@@ -354,3 +358,44 @@ def test_modality_requirements(planted):
         _build(one, anchor_form="A3")
     with pytest.raises(ValueError, match="siger needs"):
         _build(dataclasses.replace(planted, features={}))
+
+
+# ------------------------------------------------------------- missing modalities (impute="zero")
+def test_siger_infuses_the_cooccurrence_graph_of_the_items_having_the_modality_by_hand():
+    # users' items: u0 {0, 1, 2}, u1 {0, 1}, u2 {1, 2, 3}, u3 {3, 4}; item 1 lacks modality 1
+    rows = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 1), (2, 2), (2, 3), (3, 3), (3, 4)]
+    train = sp.csr_matrix((np.ones(len(rows), np.float32), tuple(np.array(rows).T)), shape=(4, 5))
+    present = np.ones((5, 2), dtype=bool)
+    present[1, 1] = False
+    eye = sp.identity(5, dtype=np.float32, format="csr")
+    g_image, g_text = infused_graphs([eye, eye], train, [0.5, 0.5], 2, present_items=present)
+    # without item 1, common users: 0-2: 1, 2-3: 1, 3-4: 1; binary top-2, row degrees 1, 2, 2, 1
+    c = np.zeros((5, 5))
+    for i, j in ((0, 2), (2, 3), (3, 4)):
+        c[i, j] = c[j, i] = 1.0
+    degree = c.sum(axis=1)
+    scale = np.divide(1.0, np.sqrt(degree), out=np.zeros(5), where=degree > 0)
+    np.testing.assert_allclose(g_text.toarray(), 0.5 * np.eye(5) + 0.5 * scale[:, None] * c * scale[None, :],
+                               rtol=1e-6)
+    assert g_text[1].nnz == 1 and g_text[:, 1].nnz == 1  # item 1: its self-loop alone
+    full = cooccurrence_graph(train, 2)
+    assert full[0, 1] > 0  # unmasked, item 0's top co-occurring item is item 1
+    np.testing.assert_allclose(g_image.toarray(), 0.5 * np.eye(5) + 0.5 * full.toarray(), rtol=1e-6)
+    plain = infused_graphs([eye, eye], train, [0.5, 0.5], 2)
+    for masked in (infused_graphs([eye, eye], train, [0.5, 0.5], 2, present_items=np.ones((5, 2), bool)), plain):
+        for a, b in zip(masked, plain):
+            assert (a != b).nnz == 0
+
+
+def test_siger_items_without_the_image_take_nothing_from_their_cooccurring_items(lonely):
+    dataset, missing = lonely
+    net = build_model("siger", dataset, beta=0.5).eval()
+    graph = net.encoder.item_graphs[0].matrix.to_dense()  # G_image
+    items = torch.from_numpy(np.flatnonzero(missing))
+    off_diagonal = graph[items].clone()
+    off_diagonal[torch.arange(len(items)), items] = 0
+    assert not off_diagonal.any()  # a row without the image: its self-loop alone
+    columns = graph[:, items].clone()
+    columns[items, torch.arange(len(items))] = 0
+    assert not columns.any()  # and no item having the image reads it
+    assert (net.encoder.item_graphs[1].matrix.to_dense()[items] > 0).sum(dim=1).min() > 1  # text: Ŝ + Ĉ

@@ -149,15 +149,36 @@ def behavior_item_graph(train: sp.csr_matrix, k: int, min_count: int) -> sp.csr_
     return sym_normalize(pattern)
 
 
+def _present_columns(train: sp.spmatrix, keep: np.ndarray) -> sp.csr_matrix:
+    """``train`` without the interactions of the items not in ``keep`` (``n_I`` bool)."""
+    r = sp.csr_matrix(sp.csr_matrix(train) @ sp.diags(keep.astype(np.float32)))
+    r.eliminate_zeros()
+    return r
+
+
 def infused_graphs(semantic: list[sp.spmatrix], train: sp.spmatrix, betas: list[float], k: int,
-                   score: str = "count", weight: str = "binary", renormalize: bool = False) -> list[sp.spmatrix]:
+                   score: str = "count", weight: str = "binary", renormalize: bool = False,
+                   present_items: np.ndarray | None = None) -> list[sp.spmatrix]:
     """SIGER's collaborative infusion (ALGORITHMS.md 5.1): ``G_m = (1 − β_m) Ŝ_m + β_m Ĉ`` with ``Ĉ``
     the co-occurrence top-``k`` graph of ``train`` (built only when some ``β_m > 0``); no
-    renormalisation (both are normalised) unless ``renormalize`` (2.2, row degrees)."""
+    renormalisation (both are normalised) unless ``renormalize`` (2.2, row degrees).
+
+    ``present_items`` (optional ``n_I x M`` bool, ``False`` where an item's modality ``m`` is
+    missing, :func:`prismrec.data.features.fusion_presence`): ``G_m`` infuses ``Ĉ_m``, the
+    co-occurrence graph of the items having ``m`` (``train`` without the others' interactions,
+    the same top-``k`` rule and normalisation), so an item lacking ``m`` has no ``Ĉ_m`` row or
+    column: ``G_m`` neither fills its row from its behaviour neighbours (it has no ``m`` view)
+    nor passes it to the items having ``m``. ``None`` (or a modality every item has): ``Ĉ``."""
     graphs = list(semantic)
     if any(b > 0 for b in betas):
         co = cooccurrence_graph(train, k, score=score, weight=weight)
-        graphs = [mix([s, co], [1.0 - b, b]) for s, b in zip(graphs, betas)]
+        present = None if present_items is None else np.asarray(present_items, dtype=bool)
+        if present is not None and present.shape != (co.shape[0], len(graphs)):
+            raise ValueError(f"present_items must be n_items x M = {co.shape[0]} x {len(graphs)}, got {present.shape}")
+        cos = [co if present is None or present[:, m].all() or b == 0 else
+               cooccurrence_graph(_present_columns(train, present[:, m]), k, score=score, weight=weight)
+               for m, b in enumerate(betas)]
+        graphs = [mix([s, c], [1.0 - b, b]) for s, c, b in zip(graphs, cos, betas)]
     if renormalize:
         graphs = [sym_normalize(g, warn_nonpositive=True) for g in graphs]
     return graphs

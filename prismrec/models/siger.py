@@ -28,9 +28,15 @@ Anchor forms, ``c = sg(C)`` when ``detach_anchor``, each summed over ``r``:
 ``A3`` mean over modality pairs ``a < b`` of ``InfoNCE(H_a[r], H_b[r]; τ_A)`` with row weights
 ``σ(cos(h_e^a, c_e) + cos(h_e^b, c_e))`` (no gradient through them; 1 if ``anchor_gate=False``).
 
-Missing modalities (``impute="zero"``): a user takes modality ``m`` from its items that have it
-(``H_m^U = R̂_m H_m^I``, ``Ĥ_m`` on ``Â_m``; none: no ``m`` view), and a term reads only real
-views. ``anchor`` aligns ``H_m``
+Missing modalities (``impute="zero"``): an item lacking ``m`` has no ``m`` view (presence
+``False``; its zero feature row has no ``Ŝ_m`` neighbour but itself), and ``G_m`` keeps it so:
+the collaborative part is ``Ĉ_m``, the co-occurrence graph among the items having ``m`` (2.4 on
+``R`` without the others' interactions), so its ``H_m^I`` row is not filled from its behaviour
+neighbours and its row reaches no item having ``m``. (Treating ``Ĉ`` as a neighbour imputation
+and marking the row present was the alternative; it would call a row a view of ``m`` whose self
+part is still the ID row under a bias-only gate, and users and the terms would read it.) A user
+takes modality ``m`` from its items that have it (``H_m^U = R̂_m H_m^I``, ``Ĥ_m`` on ``Â_m``;
+none: no ``m`` view), and a term reads only real views. ``anchor`` aligns ``H_m``
 on the rows where modality ``m`` is present (A1; A2 scores a row with its present views; A3 a
 pair on the rows where both are present); ``perturb`` on ``H_m`` likewise; ``perturb`` and
 ``align`` (and ``um``) on the fused ``S`` leave out a node with no modality at all (its ``S`` row
@@ -142,14 +148,15 @@ class SIGER(Recommender):
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         self.betas = modality_betas(config, self.modalities)
         d = config.embedding_size
-        # 2 + 3. Ŝ_m, Ĉ (built only when used) and the infused G_m = (1 − β_m) Ŝ_m + β_m Ĉ.
+        # 2 + 3. Ŝ_m, Ĉ (built only when used) and the infused G_m = (1 − β_m) Ŝ_m + β_m Ĉ. When
+        # some modality rows were zero-filled (impute="zero"), Ĉ_m links only the items having m.
+        present = fusion_presence(dataset, self.modalities)
         graphs = infused_graphs([knn_graph(dataset.features[m], config.knn_k) for m in self.modalities],
                                 dataset.train, self.betas, config.co_k, config.co_score, config.co_weight,
-                                config.renormalize_after_mix)
-        # 1, 4, 5. C on the plain Â, H_m on the G_m, S; GUME's extended branch if asked. When some
-        # modality rows were zero-filled (impute="zero") S and Ĥ weigh only a node's present
-        # modalities, and users take modality m from their items that have it (Â_m).
-        present = fusion_presence(dataset, self.modalities)
+                                config.renormalize_after_mix, present)
+        # 1, 4, 5. C on the plain Â, H_m on the G_m, S; GUME's extended branch if asked. Under a mask
+        # S and Ĥ weigh only a node's present modalities, and users take modality m from their
+        # items that have it (Â_m).
         self.encoder = MultiViewEncoder(
             bipartite_adjacency(dataset.train), graphs, [dataset.features[m] for m in self.modalities],
             self.n_users, d, config.n_ui_layers, config.n_sem_layers, config.train_features,
