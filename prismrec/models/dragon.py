@@ -43,9 +43,17 @@ two **homogeneous** graphs — a user–user co-occurrence graph and a modality 
    ``z_c = I_c + (S^{L_ii} I)_c``: the forward's own rows are already content-only, and the
    hook returns them (``--id-rows`` has nothing to replace).
 
-Missing modalities (a dataset loaded with ``impute="zero"``): an item's missing modality does
-not contribute where the modalities are fused (the item side of step 2: ``cat`` zeroes the block, the sums run over the present ones), the rest renormalised
-(:mod:`prismrec.nn.fusion`); under ``mean``/``neighbour`` imputation the filled rows take part.
+Missing modalities (a dataset loaded with ``impute="zero"``): modality ``m`` is carried only
+through the items that have it. Step 1 propagates over ``Â_m``, the user–item graph without the
+items lacking ``m``, normalised by the same rule (a user's ``G_m^U`` is its ``P_m`` plus its items
+having ``m``); ``Ŝ_m^bin`` is the kNN graph among the items having ``m`` (a zero-filled row would
+take ``k`` tied neighbours at weight ``1/k``), and ``S`` mixes each item's row over its present
+modalities (:func:`prismrec.nn.fusion.present_mix`). An item lacking ``m`` and a user with no
+training item having ``m`` have no modality-``m`` view: in step 2 ``cat`` zeroes its block, the
+sums (and ``weighted_max``'s max) run over the present ones, the sums renormalised
+(:mod:`prismrec.nn.fusion`). Step 3's homogeneous graphs then fill such a block from the
+neighbours' real ones (``W_UU U``, ``S^{L_ii} I``): DRAGON's own neighbour imputation, reading no
+zero-filled row. Under ``mean``/``neighbour`` imputation the filled rows take part.
 
 Reference code details left out because they have no effect there: the modality-feature
 embedding copies and ``image_trs``/``text_trs`` (built, never used in the forward), the dropped
@@ -68,14 +76,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.checks import check_choices, require_items
-from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph, knn_graph, mix
+from prismrec.data.features import fusion_presence
+from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph
 from prismrec.graph.neighbour_sampling import softmax_neighbour_graph
 from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.encoders import Projector
-from prismrec.nn.fusion import present_mean
-from prismrec.nn.presence import view_presence
+from prismrec.nn.fusion import present_mean, present_mix
+from prismrec.nn.present_graphs import modality_presence, per_modality, present_knn_graphs
 from prismrec.nn.propagation import propagate
 from prismrec.nn.roles import role_weights
 from prismrec.recommender import Output, Recommender
@@ -158,11 +167,16 @@ class DRAGON(Recommender):
         self.mm_weights = role_weights(self.name, self.modalities, config.mm_weights, REFERENCE_IMAGE_WEIGHT)
         d = config.embedding_size
 
-        # Heterogeneous graph Â (2.1).
+        # Heterogeneous graph Â (2.1); Â_m over the items having m where some item lacks it.
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
+        present_items = fusion_presence(dataset, self.modalities)  # n_I x M, or None without a mask
+        graphs = per_modality(bipartite_adjacency, dataset.train, present_items, len(self.modalities))
+        self.adjacencies = nn.ModuleList(self.adjacency if g is None else SparseOperator(g, symmetric=True)
+                                         for g in graphs)
         # Item–item graph S = Σ_m α_m Ŝ_m^bin of the raw features, frozen (2.3).
-        graphs = [knn_graph(dataset.features[m], config.knn_k, weight="binary") for m in self.modalities]
-        self.item_graph = SparseOperator(mix(graphs, self.mm_weights))
+        graphs = present_knn_graphs([dataset.features[m] for m in self.modalities],
+                                    [config.knn_k] * len(self.modalities), present_items, weight="binary")
+        self.item_graph = SparseOperator(present_mix(graphs, self.mm_weights, present_items))
         # User co-occurrence counts, top-k_u per user (2.4 on Rᵀ); W_UU is drawn from them.
         self.user_k = min(config.user_knn_k, self.n_users)
         self.user_scores = cooccurrence_graph(
@@ -175,7 +189,8 @@ class DRAGON(Recommender):
             {m: ModalityGraphEncoder(dataset.features[m], self.n_users, d, config.hidden_size) for m in self.modalities}
         )
         self.user_modality_weights = nn.Parameter(torch.zeros(self.n_users, len(self.modalities)))  # w
-        self.register_buffer("present", view_presence(dataset, self.modalities), persistent=False)  # M x n_I or None
+        present = modality_presence(dataset, self.modalities, self.n_users)  # M x N (users first) or None
+        self.register_buffer("present", present, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -197,22 +212,31 @@ class DRAGON(Recommender):
 
     def fuse(self, reps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 2: user and item representations ``U``, ``I`` from the modality views ``G_m``."""
-        w = self.user_modality_weights
-        users = [w[:, k : k + 1] * g[: self.n_users] for k, g in enumerate(reps)]  # w_um G_m^U
-        items = [g[self.n_users :] for g in reps]  # G_m^I
+        w, n_u, present = self.user_modality_weights, self.n_users, self.present
+        users = [w[:, k : k + 1] * g[:n_u] for k, g in enumerate(reps)]  # w_um G_m^U
+        items = [g[n_u:] for g in reps]  # G_m^I
         if self.config.construction == "cat":
-            if self.present is not None:  # an item's missing modality: its block is 0
-                items = [g * p.unsqueeze(1).to(g.dtype) for g, p in zip(items, self.present)]
+            if present is not None:  # a node's missing modality: its block is 0
+                users = [g * p[:n_u].unsqueeze(1).to(g.dtype) for g, p in zip(users, present)]
+                items = [g * p[n_u:].unsqueeze(1).to(g.dtype) for g, p in zip(items, present)]
             return torch.cat(users, dim=1), torch.cat(items, dim=1)
-        fused_items = present_mean(torch.stack(items), self.present, "sum")  # Σ_m over the present ones
+        item_present = None if present is None else present[:, n_u:]
+        fused_items = present_mean(torch.stack(items), item_present, "sum")  # Σ_m over the present ones
         if self.config.construction == "weighted_sum":
-            return sum(users), fused_items
-        return torch.stack(users).amax(dim=0), fused_items  # weighted_max
+            if present is None:
+                return sum(users), fused_items
+            return present_mean(torch.stack(users), present[:, :n_u], "sum"), fused_items
+        if present is None:
+            return torch.stack(users).amax(dim=0), fused_items  # weighted_max
+        missing = ~present[:, :n_u].unsqueeze(-1)
+        best = torch.stack(users).masked_fill(missing, float("-inf")).amax(dim=0)  # over the present ones
+        return best.masked_fill(missing.all(dim=0), 0.0), fused_items
 
     def forward(self) -> Output:
         if self.user_graph is None:  # a forward before any on_epoch_start
             self.on_epoch_start(0)
-        reps = [enc(self.adjacency, self.config.n_ui_layers) for enc in self.encoders.values()]  # G_m
+        reps = [enc(graph, self.config.n_ui_layers)                       # G_m
+                for enc, graph in zip(self.encoders.values(), self.adjacencies)]
         u, i = self.fuse(reps)                                            # U, I
         z_u = u + self.user_graph @ u                                     # Z_U = U + W_UU U
         z_i = i + propagate(self.item_graph, i, self.config.n_ii_layers)  # Z_I = I + S^{L_ii} I

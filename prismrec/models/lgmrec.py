@@ -43,9 +43,22 @@ from a hypergraph whose ``A`` hyperedges per modality are learned from the item 
 
    Logged as ``bpr``, ``hcl`` and ``reg`` (each already weighted).
 
-Missing modalities (a dataset loaded with ``impute="zero"``): an item's missing modality does
-not contribute where the modalities are fused (the sums over modalities of ``nrm(M_m)`` and of ``G^m``), the rest renormalised
-(:mod:`prismrec.nn.fusion`); under ``mean``/``neighbour`` imputation the filled rows take part.
+Missing modalities (a dataset loaded with ``impute="zero"``): modality ``m`` is carried only
+through the items that have it, and a node lacking it has no modality-``m`` view (an item whose
+``m`` was zero-filled; a user with no training item having ``m``):
+
+- MGE: ``U_m = D_{U,m}^-1 R_m P_m`` (a user's mean over its items having ``m``) and
+  ``M_m = Â_m^{L_mm} [U_m; P_m]``, with ``R_m``, ``Â_m`` the graphs without the items lacking
+  ``m``, normalised by the same rule.
+- Hyperedges: a node without ``m`` belongs to no modality-``m`` hyperedge (its rows of ``H_I^m``
+  and ``H_U^m`` are 0; a zero feature row would otherwise join every hyperedge evenly), so it
+  adds nothing to ``Λ`` and its ``G^m`` row is 0.
+- The sums over modalities of ``nrm(M_m)`` and of ``G^m`` run over each node's present ones,
+  rescaled to the full count (:func:`prismrec.nn.fusion.present_mean`).
+- ``L_hcl``: the pair ``(a, b)`` queries the batch rows that have both, against the keys of the
+  rows that have ``b``.
+
+Under ``mean``/``neighbour`` imputation the filled rows take part.
 
 7. Content path (cold items, :meth:`LGMRec.content_item_embeddings`): the hyperedge memberships
    ``H_I^m = GS(F_m V_m)`` come from the item's features alone, so the global embedding ``G``
@@ -84,12 +97,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.checks import check_choices, require_fraction
+from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import all_keys_infonce, bpr_loss, emb_norm
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.fusion import present_mean
-from prismrec.nn.presence import view_presence
+from prismrec.nn.present_graphs import modality_presence, per_modality
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.encoders import feature_matrix
 from prismrec.nn.hypergraph import hypergraph_propagate, soft_hyperedges
@@ -161,6 +175,12 @@ class _ModalityInputs(nn.Module):
         nn.init.xavier_uniform_(self.hyper)
 
 
+def _inverse_degree(r: sp.csr_matrix) -> torch.Tensor:
+    """``D_U^-1`` of ``R`` as an ``n_U x 1`` column (``0`` for a user without items)."""
+    degree = np.asarray(r.sum(axis=1), dtype=np.float32)
+    return torch.from_numpy(np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0))
+
+
 @register
 class LGMRec(Recommender):
     name = "lgmrec"
@@ -183,9 +203,16 @@ class LGMRec(Recommender):
         r = sp.csr_matrix(dataset.train, dtype=np.float32)
         self.adjacency = SparseOperator(bipartite_adjacency(r), symmetric=True)  # Â
         self.interactions = SparseOperator(r)  # R (binary, n_U x n_I)
-        degree = np.asarray(r.sum(axis=1), dtype=np.float32)
-        inv = np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)
-        self.register_buffer("user_inv_degree", torch.from_numpy(inv), persistent=False)  # D_U^-1
+        # R_m, D_{U,m}^-1 and Â_m per modality: R, D_U^-1 and Â where every item has m; else over
+        # the items having m (impute="zero")
+        interactions = per_modality(lambda r_m: r_m, r, fusion_presence(dataset, self.modalities), len(self.modalities))
+        self.modality_interactions = nn.ModuleList(
+            self.interactions if r_m is None else SparseOperator(r_m) for r_m in interactions)
+        self.modality_adjacencies = nn.ModuleList(
+            self.adjacency if r_m is None else SparseOperator(bipartite_adjacency(r_m), symmetric=True)
+            for r_m in interactions)
+        inverse = torch.cat([_inverse_degree(r if r_m is None else r_m) for r_m in interactions], dim=1)
+        self.register_buffer("user_inv_degree", inverse, persistent=False)  # n_U x K: D_{U,m}^-1
         self.user_emb = nn.Parameter(torch.empty(self.n_users, d))  # E_U
         self.item_emb = nn.Parameter(torch.empty(self.n_items, d))  # E_I
         self.inputs = nn.ModuleDict(
@@ -196,7 +223,7 @@ class LGMRec(Recommender):
         )
         order = role_order(self.name, self.modalities, config.hcl_order, "hcl_order")
         self.pairs = list(itertools.combinations(order, 2))  # (a, b) of L_hcl
-        present = view_presence(dataset, self.modalities, self.n_users)  # K x N or None
+        present = modality_presence(dataset, self.modalities, self.n_users)  # K x N or None
         self.register_buffer("present", present, persistent=False)
         self.reset_parameters()
 
@@ -207,16 +234,23 @@ class LGMRec(Recommender):
             inputs.reset_parameters()
 
     def modality_graph(self, m: str) -> torch.Tensor:
-        """MGE: ``M_m = Â^{L_mm} [D_U^-1 R P_m; P_m]`` with ``P_m = F_m W_m``."""
+        """MGE: ``M_m = Â^{L_mm} [D_U^-1 R P_m; P_m]`` with ``P_m = F_m W_m`` (under a mask
+        ``R_m``, ``D_{U,m}``, ``Â_m``: the items having ``m``)."""
+        k = self.modalities.index(m)
         p = self.inputs[m].features @ self.inputs[m].projection
-        return propagate(self.adjacency, torch.cat([(self.interactions @ p) * self.user_inv_degree, p]),
-                         self.config.n_mm_layers)
+        users = (self.modality_interactions[k] @ p) * self.user_inv_degree[:, k : k + 1]  # U_m
+        return propagate(self.modality_adjacencies[k], torch.cat([users, p]), self.config.n_mm_layers)
 
     def hyperedges(self, m: str, noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(H_I^m, H_U^m)``: soft memberships ``GS(F_m V_m)`` and ``GS(R F_m V_m)``."""
+        """``(H_I^m, H_U^m)``: soft memberships ``GS(F_m V_m)`` and ``GS(R F_m V_m)``; under a mask
+        the rows of the nodes without ``m`` are 0 (no membership)."""
         logits = self.inputs[m].features @ self.inputs[m].hyper
         tau = self.config.gumbel_tau
-        return soft_hyperedges(logits, tau, noise), soft_hyperedges(self.interactions @ logits, tau, noise)
+        items, users = soft_hyperedges(logits, tau, noise), soft_hyperedges(self.interactions @ logits, tau, noise)
+        if self.present is None:
+            return items, users
+        keep = self.present[self.modalities.index(m)].unsqueeze(1).to(items.dtype)
+        return items * keep[self.n_users :], users * keep[: self.n_users]
 
     def forward(self) -> Output:
         cfg = self.config
@@ -246,11 +280,24 @@ class LGMRec(Recommender):
             hcl = zu.new_zeros(())
             for a, b in self.pairs:
                 ga, gb = out.aux[f"hyper_{a}"], out.aux[f"hyper_{b}"]
-                hcl = hcl + all_keys_infonce(ga[: self.n_users], gb[: self.n_users], u, self.config.cl_tau)
-                hcl = hcl + all_keys_infonce(ga[self.n_users :], gb[self.n_users :], i, self.config.cl_tau)
+                for nodes, rows in ((slice(None, self.n_users), u), (slice(self.n_users, None), i)):
+                    hcl = hcl + self.hypergraph_contrast(ga[nodes], gb[nodes], rows, a, b, nodes)
             terms["hcl"] = self.config.cl_weight * hcl
         terms["reg"] = self.config.reg_weight * emb_norm(zu, zi, zj)
         return terms
+
+    def hypergraph_contrast(self, ga: torch.Tensor, gb: torch.Tensor, rows: torch.Tensor, a: str, b: str,
+                            nodes: slice) -> torch.Tensor:
+        """One ``ssl`` sum of ``L_hcl`` (user or item side, ``nodes`` of the ``N`` rows); under a mask
+        the batch rows having ``a`` and ``b`` query the keys of the rows having ``b``."""
+        if self.present is None:
+            return all_keys_infonce(ga, gb, rows, self.config.cl_tau)
+        has_a, has_b = (self.present[self.modalities.index(m), nodes] for m in (a, b))
+        keys = has_b.nonzero().squeeze(1)                              # the rows having b
+        position = torch.cumsum(has_b, 0) - 1                           # row -> its index among them
+        queries = rows[(has_a & has_b).to(rows.device)[rows]]
+        return all_keys_infonce(ga.index_select(0, keys), gb.index_select(0, keys),
+                                position.to(rows.device)[queries], self.config.cl_tau)
 
     def content_item_embeddings(self, items, out, id_rows=None):
         """Step 7: ``Z_I`` rows of ``items`` without their ID rows (the global hypergraph part)."""

@@ -31,9 +31,12 @@ pair (either order) plays the image part; a single modality plays it too. Any ot
 part by name: ``modality_roles`` says which part each plays, or ``latent_dims`` (with
 ``reg_preferences = "all"``) sets the widths directly (a ConfigError says so).
 
-Missing modalities (a dataset loaded with ``impute="zero"``): an item's missing modality does
-not contribute where the modalities are fused (the mean, or sum, of the ``Z_m``), the rest renormalised
-(:mod:`prismrec.nn.fusion`); under ``mean``/``neighbour`` imputation the filled rows take part.
+Missing modalities (a dataset loaded with ``impute="zero"``): modality ``m``'s GCN aggregates
+over ``A_m``, the user–item graph without the items lacking ``m`` (mean: ``D_m^-1 A_m``, a user
+averages its items that have ``m``), so a zero-filled row reaches no user; an item lacking ``m``
+and a user with no training item having ``m`` have no ``Z_m`` (presence ``False``), and the mean
+(or sum) of the ``Z_m`` runs over each node's present ones, renormalised
+(:mod:`prismrec.nn.fusion`). Under ``mean``/``neighbour`` imputation the filled rows take part.
 
 Content path (cold items, :meth:`MMGCN.content_item_embeddings`): every modality's GCN starts
 from the item's features ``F̃_m``. The forward runs with the item's ID row removed
@@ -52,6 +55,7 @@ argument is ignored and three layers always run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -59,12 +63,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.checks import check_choices
+from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator
 from prismrec.graph.walk import random_walk_adjacency
 from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn.fusion import present_mean
-from prismrec.nn.presence import view_presence
+from prismrec.nn.present_graphs import modality_presence, per_modality
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.embedding import register_table
 from prismrec.nn.encoders import feature_matrix
@@ -187,14 +192,18 @@ class MMGCN(Recommender):
                 f"0 for raw features; got {latent}"
             )
         d = config.embedding_size
-        graph = random_walk_adjacency(dataset.train, normalize=config.aggr == "mean")
-        self.adjacency = SparseOperator(graph, symmetric=config.aggr == "add")
+        walk = partial(random_walk_adjacency, normalize=config.aggr == "mean")
+        self.adjacency = SparseOperator(walk(dataset.train), symmetric=config.aggr == "add")
+        # A_m over the items having m where some item lacks it (impute="zero"), else A itself
+        graphs = per_modality(walk, dataset.train, fusion_presence(dataset, self.modalities), n)
+        self.graphs = nn.ModuleList(self.adjacency if g is None else SparseOperator(g, symmetric=config.aggr == "add")
+                                    for g in graphs)
         register_table(self, "id_emb", torch.empty(self.n_users + self.n_items, d), config.train_embeddings)  # E
         self.gcns = nn.ModuleDict({
             m: ModalityGCN(dataset.features[m], self.n_users, d, int(width), config)
             for m, width in zip(self.modalities, latent)
         })
-        present = view_presence(dataset, self.modalities, self.n_users)  # K x N or None
+        present = modality_presence(dataset, self.modalities, self.n_users)  # K x N or None
         self.register_buffer("present", present, persistent=False)
         # P_1 of the L2 term: the first modality in the image part (none without one), or every table
         self.regularised = (list(self.modalities) if config.reg_preferences == "all"
@@ -208,7 +217,7 @@ class MMGCN(Recommender):
 
     def forward(self) -> Output:
         ids = self.id_emb if self.config.has_id else None
-        views = {m: gcn(self.adjacency, ids) for m, gcn in self.gcns.items()}  # Z_m
+        views = {m: gcn(graph, ids) for (m, gcn), graph in zip(self.gcns.items(), self.graphs)}  # Z_m
         z = present_mean(torch.stack(list(views.values())), self.present, self.config.combine)  # over present ones
         out = Output(z[: self.n_users], z[self.n_users :])
         if not self.training:

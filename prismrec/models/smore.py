@@ -32,9 +32,22 @@ dimension), and the product of the modality spectra, filtered once more, is the 
 5. Loss: ``L_BPR(Z) + λ·half_sq(z_u, z_i, z_j) + λ_cl·(InfoNCE(side_I[i], C_I[i]; τ) +
    InfoNCE(side_U[u], C_U[u]; τ))`` (2.9-2.11, ``τ = 0.2``).
 
-Missing modalities (a dataset loaded with ``impute="zero"``): an item's missing modality does
-not contribute where the modalities are fused (the mean of the preference-gated views that makes ``side``), the rest renormalised
-(:mod:`prismrec.nn.fusion`); under ``mean``/``neighbour`` imputation the filled rows take part.
+Missing modalities (a dataset loaded with ``impute="zero"``): modality ``m`` is carried only
+through the items that have it, and a node lacking it has no ``m`` view (an item whose ``m`` was
+zero-filled; a user with no training item having ``m``):
+
+- ``S_m`` is the kNN graph among the items having ``m`` (an item lacking ``m`` has no row or
+  column), so ``S_f``'s row of an item is the union over its present modalities.
+- ``X̃_f``: the product of the spectra runs over the item's present modalities (a missing one
+  contributes the product's identity, 1); an item with none has no fusion view.
+- ``H_v^U = R̂_v H_v^I`` with ``R̂_v`` the user–item block of ``Â`` without the items lacking
+  view ``v`` (for the fusion view: the items having no modality at all), normalised by the
+  same rule.
+- ``side``'s mean over the preference-gated views runs over each node's present views,
+  renormalised (:mod:`prismrec.nn.fusion`); a node with none (``side = 0``) takes no part in the
+  InfoNCE terms.
+
+Under ``mean``/``neighbour`` imputation the filled rows take part.
 
 Content path (cold items, :meth:`SMORE.content_item_embeddings`): the fusion graph ``S_f`` is
 built from the raw features alone, so it links a new item to trained ones. The item's ID row
@@ -56,17 +69,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from prismrec.checks import check_choices, require_fraction, require_items
-from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph, mix, user_item_block
+from prismrec.data.features import fusion_presence
+from prismrec.graph import SparseOperator, bipartite_adjacency, user_item_block
 from prismrec.graph.union import max_union
 from prismrec.losses import bpr_loss, infonce, l2_reg
 from prismrec.models import register
 from prismrec.nn.spectral import SpectralFilter, gate
-from prismrec.nn.fusion import present_mean
-from prismrec.nn.presence import view_presence
+from prismrec.nn.fusion import present_mean, present_mix
+from prismrec.nn.present_graphs import modality_presence, per_modality, present_knn_graphs
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.content import content_forward_rows
 from prismrec.nn.propagation import batch_node_rows, lightgcn_distinct, node_dropout, propagate, row_product
@@ -128,14 +143,24 @@ class SMORE(Recommender):
         require_items(self.n_items, **{f"{part}_knn_k": k for part, k in zip(parts, ks)})
         d = config.embedding_size
 
-        # Â and R̂ (2.1); S_m cosine kNN graphs of the raw features (2.2) and S_f, all frozen.
+        # Â and R̂ (2.1); S_m cosine kNN graphs of the raw features (2.2) and S_f, all frozen. Under
+        # a mask (impute="zero") S_m and R̂_v cover the items having view v alone.
+        present_items = fusion_presence(dataset, self.modalities)  # n_I x M, or None
         adjacency = bipartite_adjacency(dataset.train)
         self.adjacency = SparseOperator(adjacency, symmetric=True)
         self.user_item = SparseOperator(user_item_block(adjacency, self.n_users), symmetric=False)
-        graphs = [knn_graph(dataset.features[m], k) for m, k in zip(self.modalities, ks)]
+        graphs = present_knn_graphs([dataset.features[m] for m in self.modalities], ks, present_items)
         self.item_graphs = nn.ModuleDict({m: SparseOperator(g) for m, g in zip(self.modalities, graphs)})
-        fused = max_union(graphs) if config.fusion_graph == "max" else mix(graphs, [1.0 / len(graphs)] * len(graphs))
+        fused = max_union(graphs) if config.fusion_graph == "max" else \
+            present_mix(graphs, [1.0 / len(graphs)] * len(graphs), present_items)
         self.fusion_graph = SparseOperator(fused)
+        views = [*self.modalities, "fusion"]
+        if present_items is not None:  # the fusion view: the items having some modality
+            present_items = np.concatenate([present_items, present_items.any(axis=1, keepdims=True)], axis=1)
+        blocks = per_modality(lambda r: user_item_block(bipartite_adjacency(r), self.n_users), dataset.train,
+                              present_items, len(views))
+        self.user_items = nn.ModuleDict({v: self.user_item if b is None else SparseOperator(b, symmetric=False)
+                                         for v, b in zip(views, blocks)})  # R̂_v
 
         self.user_emb = IdEmbedding(self.n_users, d)  # E_U
         self.item_emb = IdEmbedding(self.n_items, d)  # E_I
@@ -144,20 +169,28 @@ class SMORE(Recommender):
         )  # X_m = F_m W_m + b_m
         self.filters = nn.ModuleDict({m: SpectralFilter(d) for m in self.modalities})  # K_m
         self.fusion_filter = SpectralFilter(d)  # K_f
-        views = [*self.modalities, "fusion"]
         self.item_gates = nn.ModuleDict({v: gate(d) for v in views})  # σ(X̃_v G_v + g_v)
         self.queries = nn.ModuleDict(
             {m: nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d, bias=False)) for m in self.modalities}
         )  # q_m
         self.preference_gates = nn.ModuleDict({v: gate(d) for v in views})  # p_v
-        present = view_presence(dataset, self.modalities, self.n_users, extra_views=1)  # (M + 1) x N: fusion always
+        present = modality_presence(dataset, self.modalities, self.n_users, extra_views=1)  # (M + 1) x N or None
+        if present is not None:  # the fusion view: the nodes having some modality
+            present[-1] = present[:-1].any(dim=0)
         self.register_buffer("present", present, persistent=False)
+        # nodes with no view at all (side = 0), left out of the InfoNCE terms; None if there are none
+        fused = None if present is None or bool(present[-1].all()) else present[-1]
+        self.register_buffer("fused_present", fused, persistent=False)
         self.reset_parameters()
 
     def spectrum_fusion(self) -> dict[str, torch.Tensor]:
         """Step 1: ``X̃_m`` per modality and ``X̃_f`` under the key ``"fusion"``."""
         spectra = {m: self.filters[m].spectrum(p()) for m, p in self.projectors.items()}  # 𝓕(X_m)
         out = {m: self.filters[m](s) for m, s in spectra.items()}
+        if self.present is not None:  # an item's missing modality: the product's identity, 1
+            items = self.present[:, self.n_users :]
+            spectra = {m: torch.where(items[k].unsqueeze(1), s, torch.ones_like(s))
+                       for k, (m, s) in enumerate(spectra.items())}
         product = spectra[self.modalities[0]]
         for m in self.modalities[1:]:
             product = product * spectra[m]
@@ -167,7 +200,7 @@ class SMORE(Recommender):
     def forward(self) -> Output:
         x0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
         c = lightgcn(self.adjacency, x0, self.config.n_ui_layers)                             # 3. C
-        views = {v: torch.cat([self.user_item @ h, h]) for v, h in self.item_views().items()}  # 1-3. [H_v^U; H_v^I]
+        views = {v: torch.cat([self.user_items[v] @ h, h]) for v, h in self.item_views().items()}  # 1-3. [H_v^U; H_v^I]
         side = self.preference(c, views, self.present)                                        # 4. side
         z = c + side                                                                          # Z = C + side
         return Output(z[: self.n_users], z[self.n_users :], {"behavior": c, "modality": side})
@@ -206,7 +239,7 @@ class SMORE(Recommender):
         c, side = out.aux["behavior"], out.aux["modality"]
         items = i + self.n_users
         return self.terms(zu, zi, zj, (side.index_select(0, items), c.index_select(0, items)),
-                          (side.index_select(0, u), c.index_select(0, u)))
+                          (side.index_select(0, u), c.index_select(0, u)), self.row_presence(items, u))
 
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
         # The loss reads rows u, i, j of Z and rows u, i of side and C; the preference module is
@@ -218,20 +251,28 @@ class SMORE(Recommender):
         c = lightgcn_distinct(self.adjacency, x0, self.config.n_ui_layers, rows)  # C[rows]
         users = rows[rows < self.n_users]
         items = torch.from_numpy(rows[len(users):] - self.n_users).to(c.device)
-        views = {v: torch.cat([row_product(self.user_item, users, h), h.index_select(0, items)])
+        views = {v: torch.cat([row_product(self.user_items[v], users, h), h.index_select(0, items)])
                  for v, h in self.item_views().items()}
         index = torch.from_numpy(rows).to(c.device)
         present = None if self.present is None else self.present.index_select(1, index)
         side = self.preference(c, views, present, index)
         z = c + side
         zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
+        at = index.index_select(0, at_i), index.index_select(0, at_u)
         return self.terms(zu, zi, zj, (side.index_select(0, at_i), c.index_select(0, at_i)),
-                          (side.index_select(0, at_u), c.index_select(0, at_u)))
+                          (side.index_select(0, at_u), c.index_select(0, at_u)), self.row_presence(*at))
 
-    def terms(self, zu, zi, zj, item_pair, user_pair) -> dict[str, torch.Tensor]:
-        """Step 5 from the batch's rows: ``(side, C)`` rows of the positive items and of the users."""
+    def row_presence(self, items: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Whether the node ids ``items``, ``users`` have a view (``side`` not 0); ``None`` when every node has."""
+        if self.fused_present is None:
+            return None, None
+        return self.fused_present.index_select(0, items), self.fused_present.index_select(0, users)
+
+    def terms(self, zu, zi, zj, item_pair, user_pair, present=(None, None)) -> dict[str, torch.Tensor]:
+        """Step 5 from the batch's rows: ``(side, C)`` rows of the positive items and of the users,
+        ``present``: whether those rows have a view (``None``: all)."""
         tau = self.config.temperature
-        cl = infonce(*item_pair, tau) + infonce(*user_pair, tau)
+        cl = infonce(*item_pair, tau, present=present[0]) + infonce(*user_pair, tau, present=present[1])
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": self.config.reg_weight * l2_reg("half_sq", zu, zi, zj),
