@@ -2,7 +2,8 @@
 
 MGCN, GUME, SIGER and EGRA share one skeleton and differ in the graphs it runs on and in their
 losses. :class:`MultiViewEncoder` is that skeleton; each model builds its graphs (``graph/``)
-and passes them in:
+and passes them in (the user-item graph as a :class:`~prismrec.graph.UserItemGraph`, from which
+the encoder builds ``Â`` and, under a mask, each ``Â_m``):
 
 ```
 C     = LGN(Â, [E_U; E_I], L_ui)                         behaviour view (Â: plain or enhanced)
@@ -21,7 +22,8 @@ A missing item's ``H_m^I`` row is no view of its content: its zero feature row h
 neighbour but itself, so the row is its ID row under a gate made of the purifier's biases
 (SIGER's ``G_m`` adds its co-occurring items' rows). Users therefore take modality ``m`` from
 their items that have it: ``H_m^U = R̂_m H_m^I`` and the extended branch runs on ``Â_m``, the
-adjacency normalised by the same rule over those items alone (:func:`present_adjacencies`); a
+adjacency normalised by the same rule over those items alone
+(:meth:`~prismrec.graph.UserItemGraph.over_items`, :func:`present_adjacencies`); a
 user with none has no ``m`` view (its presence is ``False``, its ``H_m^U`` row 0). Without a mask
 the unmasked formulas run unchanged. The models pass :meth:`MultiViewEncoder.presence` (per
 modality view) and :meth:`MultiViewEncoder.fused_presence` (per fused row) to the ``present``
@@ -327,23 +329,21 @@ class ExtendedBranch(nn.Module):
         :attr:`MultiViewEncoder.modality_adjacencies`) and the stacked modality views ``H``
         (``K x N x d``, users first); ``present`` (optional ``K x N`` bool,
         :meth:`MultiViewEncoder.presence`): the mean runs over each node's present modalities."""
-        items = views[:, self.n_users :]
-        branches = [
-            lightgcn(adjacency, torch.cat([users.weight, items[k]]), self.n_layers)
-            for k, (users, adjacency) in enumerate(zip(self.user_tables, adjacencies))
-        ]
-        return present_mean(torch.stack(branches), present)
+        return self._mean(lightgcn, adjacencies, views, present)
 
     def rows(self, adjacencies: Sequence[SparseOperator], views: torch.Tensor, rows: np.ndarray,
              present: torch.Tensor | None = None) -> torch.Tensor:
         """``Ĥ[rows]`` for sorted distinct node ids ``rows`` (``present``: their ``K x len(rows)``
         presence, or ``None``): each branch's last layer is propagated for those rows only
         (:func:`prismrec.nn.propagation.lightgcn_distinct`)."""
+        return self._mean(partial(lightgcn_distinct, distinct=rows), adjacencies, views, present)
+
+    def _mean(self, lgn: Callable, adjacencies: Sequence[SparseOperator], views: torch.Tensor,
+              present: torch.Tensor | None) -> torch.Tensor:
+        """``mean_m lgn(Â_m, [E_U^(m); H_m^I], L_ui)`` over each node's present modalities."""
         items = views[:, self.n_users :]
-        branches = [
-            lightgcn_distinct(adjacency, torch.cat([users.weight, items[k]]), self.n_layers, rows)
-            for k, (users, adjacency) in enumerate(zip(self.user_tables, adjacencies))
-        ]
+        branches = [lgn(adjacency, torch.cat([users.weight, items[k]]), self.n_layers)
+                    for k, (users, adjacency) in enumerate(zip(self.user_tables, adjacencies))]
         return present_mean(torch.stack(branches), present)
 
 

@@ -53,10 +53,7 @@ def perturb(
         present: optional bool per row of ``x``: ``m`` over the rows marked ``True`` only
             (``None``: over every row).
     """
-    if mode not in PERTURB_MODES:
-        raise ValueError(f"perturb mode must be one of {list(PERTURB_MODES)}, got {mode!r}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    _check(eps, mode)
     if x.dim() != 2:
         raise ValueError(f"perturb expects an n x d matrix, got shape {tuple(x.shape)}")
     target = x if rows is None else x.index_select(0, rows)
@@ -77,6 +74,14 @@ def perturb(
     return target + rho * delta
 
 
+def _check(eps: float, mode: str) -> None:
+    """Raise naming ``eps`` below 0 or a ``mode`` :func:`perturb` does not know."""
+    if mode not in PERTURB_MODES:
+        raise ValueError(f"perturb mode must be one of {list(PERTURB_MODES)}, got {mode!r}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+
+
 class NoiseSource(nn.Module):
     """Noise views (:func:`perturb`) drawn from the module's own ``torch.Generator``.
 
@@ -94,10 +99,7 @@ class NoiseSource(nn.Module):
 
     def __init__(self, eps: float, mode: str = "fixed", gamma: float = 0.0) -> None:
         super().__init__()
-        if mode not in PERTURB_MODES:
-            raise ValueError(f"perturb mode must be one of {list(PERTURB_MODES)}, got {mode!r}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        _check(eps, mode)
         self.eps, self.mode, self.gamma = eps, mode, gamma
         self.seed = int(torch.randint(0, 2**62, ()).item())
         self.generator: torch.Generator | None = None
