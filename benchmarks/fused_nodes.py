@@ -1,7 +1,9 @@
 """This session's fused training nodes against the nodes they replace, in the same process.
 
 Per training batch, as the trainer runs it (forward, the terms' sum and logging, backward,
-fused-Adam step), two forms that give the same terms and gradients bit for bit:
+fused-Adam step), two forms that gave the same terms and gradients bit for bit when this was
+measured (results/fused_nodes.md); since, the fused nodes take fewer passes and equal the
+unfused ones up to float rounding (tests/test_bpr_terms.py, tests/test_bm3.py):
 
 * **before**: BPR-MF's and VBPR's terms as the two loss functions' nodes (``losses.bpr_loss``,
   ``reg_weight * losses.emb_norm`` of the split rows); BM3's one-layer encoder as the propagation
@@ -166,7 +168,7 @@ def markdown(res: dict) -> str:
     lines += ["", "Per batch: forward, the terms' sum and logging, backward and fused-Adam step, median over "
               "every batch of the measured epochs; each batch run with both forms back to back, the order "
               "alternating. ms: wall time; CPU ms: the thread's CPU time (one thread), which a busy machine's "
-              "preemptions do not inflate. Both forms give bit-identical terms and gradients (tests/test_bpr_terms.py, "
+              "preemptions do not inflate. Both forms give the same terms and gradients, up to float rounding (tests/test_bpr_terms.py, "
               "tests/test_bm3.py, tests/test_trainer_steps.py)."]
     return "\n".join(lines) + "\n"
 

@@ -636,55 +636,49 @@ def cosine_terms(x: torch.Tensor, targets: list[torch.Tensor], weight: float | N
     """``weight · (1 − mean_b cos(x_b, t_b))`` for each detached target ``t`` in ``targets``, given
     as unit rows (:func:`unit_rows`); no weight when ``weight`` is ``None``.
 
-    The same values and gradient of ``x`` bit for bit as ``weight * (1 - cosine(x, t).mean())``
-    per target (tests/test_bm3.py), as one autograd node (:class:`_CosineTerms`): ``x``'s norm
-    and unit rows are computed once for all its targets (BM3's modality views meet two), and the
-    mean, the ``1 −`` and the weight are not nodes of their own."""
+    The values and gradient of ``x`` of ``weight * (1 - cosine(x, t).mean())`` per target up to
+    float rounding (tests/test_bm3.py), as one autograd node (:class:`_CosineTerms`): ``x``'s norm
+    is computed once for all its targets (BM3's modality views meet two), and the mean, the
+    ``1 −`` and the weight are not nodes of their own."""
     return _CosineTerms.apply(x, weight, *targets)
 
 
 class _CosineTerms(torch.autograd.Function):
-    """The terms of :func:`cosine_terms`. Backward: per target, autograd's chain for the weight,
-    the ``1 −`` and the mean (``−g·w``, spread as ``/B`` over the rows), then :func:`cosine`'s
-    own backward with the factor ``a / max(‖x‖, ε)`` shared; the targets' gradients of ``x`` are
-    summed last target first, as autograd sums the separate nodes' (it runs the last-built first)."""
+    """The terms of :func:`cosine_terms` in few passes over the ``B x d`` rows.
+
+    With ``n_b = ‖x_b‖``, ``ñ_b = max(n_b, ε)`` and ``cos_kb = x_b·t_kb / ñ_b``, term ``k``'s
+    gradient reaching ``cos_kb`` is the same ``c_k = −g_k·w / B`` for every row (the weight, the
+    ``1 −`` and the mean), so that, as :func:`cosine`'s backward gives it (the norm's path through
+    the unclamped ``n``, 0 where ``n = 0``), ``∂x_b = (Σ_k c_k t_kb − s_b x_b) / ñ_b`` with
+    ``s_b = Σ_k c_k cos_kb / n_b``. Forward: the norms and, per target, a row product and its sum
+    (``1 + 2K`` passes); backward: ``K + 2`` (the targets' scaled sum, then ``− s x`` and the
+    division), where a node per target in autograd's order takes seven each."""
 
     @staticmethod
     def forward(ctx, x, weight, *targets):  # noqa: D401
-        norm = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True)
+        norm = torch.linalg.vector_norm(x, 2, dim=-1)
         clamped = norm.clamp_min(COSINE_EPS)
-        a = x / clamped
-        terms = []
-        for t in targets:
-            term = 1 - (a * t).sum(dim=-1).mean()
-            terms.append(term if weight is None else weight * term)
-        ctx.save_for_backward(x, norm, clamped, a, *targets)
-        ctx.weight = weight
+        cosines = [(x * t).sum(dim=-1).div_(clamped) for t in targets]
+        terms = [1 - c.mean() for c in cosines]
+        ctx.save_for_backward(x, norm, clamped, *cosines, *targets)
+        ctx.weight, ctx.n_targets = weight, len(targets)
         ctx.set_materialize_grads(False)
-        return tuple(terms)
+        return tuple(terms if weight is None else [weight * t for t in terms])
 
     @staticmethod
     def backward(ctx, *grads):
-        x, norm, clamped, a, *targets = ctx.saved_tensors
-        rows = x.shape[0]
-        a_over_norm = a / clamped
-        # Rows with a norm under ε take the x / ‖x‖ form (0 where ‖x‖ = 0); elsewhere it equals `a`.
-        # On a GPU that form is always taken, so no value is read on the host.
-        small = x.device.type != "cpu" or bool((norm < COSINE_EPS).any())
-        grad_x = None
-        for g, t in reversed(list(zip(grads, targets))):  # autograd runs the last-built term's nodes first
-            if g is None:
-                continue
-            if ctx.weight is not None:
-                g = g * ctx.weight  # the weight's backward
-            grad_cos = (-g).expand(rows) / rows  # the 1 −'s, then the mean's
-            grad_a = grad_cos.unsqueeze(-1) * t
-            grad_norm = -(grad_a * a_over_norm).sum(dim=-1, keepdim=True)
-            via_norm = ((x / norm) if small else a) * grad_norm
-            if small:
-                via_norm.masked_fill_(norm == 0, 0)
-            g_x = grad_a.div_(clamped).add_(via_norm)
-            grad_x = g_x if grad_x is None else grad_x.add_(g_x)
+        x, norm, clamped, *rest = ctx.saved_tensors
+        cosines, targets = rest[: ctx.n_targets], rest[ctx.n_targets :]
+        scale = -(1.0 if ctx.weight is None else ctx.weight) / x.shape[0]
+        weighted = [(g * scale, c, t) for g, c, t in zip(grads, cosines, targets) if g is not None]
+        if not weighted:
+            return (None, None, *([None] * len(targets)))
+        grad_x, s = None, None
+        for c_k, cos_k, t in weighted:  # Σ_k c_k t_k and Σ_k c_k cos_k
+            grad_x = t * c_k if grad_x is None else grad_x.addcmul_(t, c_k)
+            s = cos_k * c_k if s is None else s.addcmul_(cos_k, c_k)
+        s = torch.where(norm > 0, s / norm, 0.0)  # the norm's path: 0 where x_b = 0
+        grad_x.addcmul_(x, s.unsqueeze(-1), value=-1).div_(clamped.unsqueeze(-1))
         return (grad_x, None, *([None] * len(targets)))
 
 

@@ -18,6 +18,7 @@ from prismrec import losses
 from prismrec.models import get_model
 from prismrec.nn import propagation
 from prismrec.train import seed_everything
+from tests.rounding import no_worse
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +31,6 @@ def _unfused(zu, zij, reg_weight):
     """What the models computed before: the loss functions' own nodes on the split rows."""
     zi, zj = zij.chunk(2)
     return bpr_loss(zu, zi, zj), reg_weight * emb_norm(zu, zi, zj)
-
-
-def _no_worse(got: torch.Tensor, before: torch.Tensor, exact: torch.Tensor) -> bool:
-    """``got`` (the one node, float32) is as close to ``exact`` (the loss functions in float64) as
-    ``before`` (the loss functions in float32) is, within a factor 2 and 1e-6 of ``exact``'s norm:
-    a difference of rounding, not of formula (a summed gradient such as VBPR's bias is far smaller
-    than its summands, so its rounding is not small relative to itself)."""
-    error, error_before = float((got.double() - exact).norm()), float((before.double() - exact).norm())
-    return error <= 2 * error_before + 1e-6 * float(exact.norm())
 
 
 def _terms_and_grads(net, batch, full: bool):
@@ -76,10 +68,10 @@ def test_one_node_terms_equal_the_loss_functions_to_rounding(data, monkeypatch, 
             want, want_grads = _terms_and_grads(net, batch, full)
             exact, exact_grads = _terms_and_grads(exact_net, batch, full)
         assert type(want["bpr"].grad_fn).__name__ != "_BPRTermsBackward"
-        assert got.keys() == want.keys() and all(_no_worse(got[k], want[k], exact[k]) for k in ("bpr", "reg"))
+        assert got.keys() == want.keys() and all(no_worse(got[k], want[k], exact[k]) for k in ("bpr", "reg"))
         assert got_grads.keys() == want_grads.keys() and len(want_grads) >= 2
         for n, g in want_grads.items():
-            assert _no_worse(got_grads[n], g, exact_grads[n]), n
+            assert no_worse(got_grads[n], g, exact_grads[n]), n
 
 
 def test_all_zero_rows_get_a_zero_norm_gradient(data, monkeypatch):
@@ -111,7 +103,7 @@ def test_one_node_terms_are_as_close_to_float64_as_the_loss_functions(scale):
     fused = run(lambda a, b: losses._BPRTerms.apply(a, b, 0.3), torch.float32)
     unfused = run(lambda a, b: _unfused(a, b, 0.3), torch.float32)
     exact = run(lambda a, b: _unfused(a, b, 0.3), torch.float64)
-    assert all(_no_worse(got, before, want) for got, before, want in zip(fused, unfused, exact))
+    assert all(no_worse(got, before, want) for got, before, want in zip(fused, unfused, exact))
 
 
 def test_other_forms_and_split_batches_take_the_loss_functions(data):

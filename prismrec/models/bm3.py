@@ -36,7 +36,7 @@ The reference treats its two modalities (image, text) identically, so any number
 batch rows; here only the batch's distinct rows are corrupted (and projected), which gives the
 same distribution (duplicates share a mask) at a fraction of the cost. Masks are drawn from
 torch's global generator, for the distinct users, the distinct items, then each modality's
-distinct items (see :meth:`BM3.target`). Features are fine-tuned as in the reference
+distinct items (see :meth:`BM3.unit_target`). Features are fine-tuned as in the reference
 (``train_features``).
 """
 
@@ -177,8 +177,8 @@ class BM3(Recommender):
         # batch's distinct rows only; duplicates share one dropout mask, as they do when the
         # reference drops out whole matrices and then gathers.
         # Targets enter the cosines as unit rows, normalised once per distinct row (losses.cosine).
-        target_u = unit_rows(self.target(rows[: len(users)])).index_select(0, u_at)  # ĥ_U[u], unit
-        target_i = unit_rows(self.target(rows[len(users) :])).index_select(0, i_at)  # ĥ_I[i], unit
+        target_u = self.unit_target(rows[: len(users)]).index_select(0, u_at)  # ĥ_U[u], unit
+        target_i = self.unit_target(rows[len(users) :]).index_select(0, i_at)  # ĥ_I[i], unit
         online_u, online_i = online
         (rec_u,), (rec_i,) = cosine_terms(online_u, [target_i]), cosine_terms(online_i, [target_u])
         terms = {
@@ -188,21 +188,21 @@ class BM3(Recommender):
         }
         for m, projector in self.projectors.items():
             h_m = projector.linear(projector.features.index_select(0, items))  # h_m of the distinct items
-            target_m = unit_rows(self.target(h_m)).index_select(0, i_at)  # ĥ_m[i], unit
+            target_m = self.unit_target(h_m).index_select(0, i_at)  # ĥ_m[i], unit
             online_m = self.predictor(h_m).index_select(0, i_at)  # g(h_m)[i]
             # λ_cl (1 − mean cos(g(h_m)[i], ĥ_I[i])) and λ_cl (1 − mean cos(g(h_m)[i], ĥ_m[i]))
             terms[f"align_{m}"], terms[f"mask_{m}"] = cosine_terms(online_m, [target_i, target_m], cfg.cl_weight)
         return terms
 
-    def target(self, rows: torch.Tensor) -> torch.Tensor:
-        """``Dropout_ρ(sg(rows))``: each entry kept with probability ``1 − ρ`` and scaled by
-        ``1/(1 − ρ)``; the mask is ``torch.rand(rows.shape) >= ρ`` from torch's global generator
-        (about 3x faster on CPU than the ``bernoulli_`` behind ``F.dropout``)."""
+    def unit_target(self, rows: torch.Tensor) -> torch.Tensor:
+        """``unit_rows(Dropout_ρ(sg(rows)))``: each entry kept with probability ``1 − ρ`` (the mask
+        ``torch.rand(rows.shape) >= ρ`` from torch's global generator, about 3x faster on CPU than
+        the ``bernoulli_`` behind ``F.dropout``), then each row scaled to unit norm, as the cosines
+        read it. Inverted dropout's ``1/(1 − ρ)`` is left out: the normalisation removes it (exactly
+        for ρ = 0.5, a power of two; up to rounding otherwise), so it would be one more pass."""
         rows = rows.detach()
         p = self.config.dropout
         if p == 0.0:
-            return rows
-        # the mask as floats in place (1.0 kept, 0.0 dropped): the same products as with a boolean
-        # mask, without its conversion and the two fresh outputs
-        keep = torch.rand(rows.shape, device=rows.device).ge_(p)
-        return keep.mul_(rows).div_(1.0 - p)
+            return unit_rows(rows)
+        # the mask as floats in place (1.0 kept, 0.0 dropped), multiplied into the rows
+        return unit_rows(torch.rand(rows.shape, device=rows.device).ge_(p).mul_(rows))
