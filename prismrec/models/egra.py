@@ -209,13 +209,13 @@ class EGRA(Recommender):
         u, i, _ = batch
         c, m = out.aux["behavior"], out.aux["modality"]
         i_rows = i + n_u  # item rows of the N x d views
-        present = self.encoder.fused_presence
-        terms = self.terms(out.bpr_rows(batch), (m[u], c[u], present(u)), (m[i_rows], c[i_rows], present(i_rows)))
+        fused = self.encoder.fused_presence  # of the node ids given
+        terms = self.terms(out.bpr_rows(batch), (m[u], c[u], fused(u)), (m[i_rows], c[i_rows], fused(i_rows)))
         if self.extended is not None:  # GUME's vt, um, reg2
             ext = out.aux["extended"]
             terms["vt"] = cfg.vt_weight * moment_gap(out.aux["modality_views"], self.encoder.presence())
             terms["um"] = cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise,
-                                                                  present())
+                                                                  fused())
             terms["reg2"] = cfg.reg2_weight * half_sq(ext[i_rows])
         return terms
 
@@ -231,9 +231,9 @@ class EGRA(Recommender):
         c, m = self.encoder.fused_rows(rows)                     # C[rows], M[rows]
         z = c + m
         zu, zi, zj = (z.index_select(0, at) for at in (at_u, at_i, at_j))
-        present = self.encoder.fused_presence
-        return self.terms((zu, zi, zj), (m.index_select(0, at_u), c.index_select(0, at_u), present(u)),
-                          (m.index_select(0, at_i), c.index_select(0, at_i), present(i + self.n_users)))
+        fused = self.encoder.fused_presence  # of the node ids given
+        return self.terms((zu, zi, zj), (m.index_select(0, at_u), c.index_select(0, at_u), fused(u)),
+                          (m.index_select(0, at_i), c.index_select(0, at_i), fused(i + self.n_users)))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, links={self.n_item_links}, P from {self.pretrained_run}"
