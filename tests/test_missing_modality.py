@@ -168,7 +168,8 @@ def test_zero_imputation_switches_models_to_mask_aware_fusion(tmp_path):
         torch.testing.assert_close(m[missing], text[missing])
         assert not torch.allclose(m[mask], text[mask])
     for name in ("mmgcn", "smore", "dragon", "lgmrec"):  # the forward runs with masks, finite
-        overrides = {"mm_weights": [0.1, 0.9]} if name == "dragon" else {}
+        overrides = {"dragon": {"mm_weights": [0.1, 0.9]},
+                     "smore": {"image_knn_k": 10}}.get(name, {})  # k below the 40 items having the image
         cfg = resolve_config(name, "p-drop", overrides)
         net = get_model(name)(zero, cfg.params).eval()
         assert net.present is not None and torch.isfinite(net().item).all(), name

@@ -103,7 +103,7 @@ from prismrec.losses import all_keys_infonce, bpr_loss, emb_norm
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.fusion import present_mean
-from prismrec.nn.present_graphs import modality_presence, per_modality
+from prismrec.nn.present_graphs import modality_presence, present_interactions
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.encoders import feature_matrix
 from prismrec.nn.hypergraph import hypergraph_propagate, soft_hyperedges
@@ -205,7 +205,8 @@ class LGMRec(Recommender):
         self.interactions = SparseOperator(r)  # R (binary, n_U x n_I)
         # R_m, D_{U,m}^-1 and Â_m per modality: R, D_U^-1 and Â where every item has m; else over
         # the items having m (impute="zero")
-        interactions = per_modality(lambda r_m: r_m, r, fusion_presence(dataset, self.modalities), len(self.modalities))
+        k = len(self.modalities)
+        interactions = present_interactions(r, fusion_presence(dataset, self.modalities)) or [None] * k
         self.modality_interactions = nn.ModuleList(
             self.interactions if r_m is None else SparseOperator(r_m) for r_m in interactions)
         self.modality_adjacencies = nn.ModuleList(
