@@ -116,21 +116,24 @@ def read_cell(cells: Path, dataset: str, model: str, seed: int) -> dict | None:
         return None
 
 
-def is_current(record: dict, model: str, dataset: str) -> bool:
+def same_settings(record: dict, model: str, dataset: str) -> bool:
     """Whether a recorded cell's settings resolve, with today's code, to the configuration the
     benchmark's settings resolve to (a setting added since takes its default, the old behaviour,
-    so it does not invalidate the cell; a changed default or benchmark setting does). A legacy
-    cell never is: the code it ran is 2026-11-23's, and some models changed since (VBPR)."""
+    so it does not invalidate the cell; a changed default or benchmark setting does)."""
     from prismrec.errors import ConfigError
     from prismrec.experiment.config import resolve_config
 
-    if record.get("legacy"):
-        return False
     try:
         return (resolve_config(model, dataset, record["settings"]).digest()
                 == resolve_config(model, dataset, settings(model, dataset)).digest())
     except (ConfigError, KeyError):
         return False
+
+
+def is_current(record: dict, model: str, dataset: str) -> bool:
+    """Whether a recorded cell counts as done: at the benchmark's settings and not a legacy cell
+    (those ran 2026-11-23's code, and some models changed since, VBPR among them)."""
+    return not record.get("legacy") and same_settings(record, model, dataset)
 
 
 def code_version() -> str:
@@ -218,8 +221,7 @@ def summarise(model: str, dataset: str, cells: Path, seeds: list[int] = SEEDS) -
                       next(iter(chosen.values()))["digest"] if chosen else "")
     cell["source"] = sorted({r["source"] for r in chosen.values()})
     cell["legacy"] = any(r.get("legacy") for r in chosen.values())
-    other = {json.dumps(r["settings"]) for r in chosen.values()
-             if not is_current({**r, "legacy": False}, model, dataset)}
+    other = {json.dumps(r["settings"]) for r in chosen.values() if not same_settings(r, model, dataset)}
     if other:
         cell["stale"] = sorted(other)
     return cell
@@ -237,7 +239,8 @@ def report(models: list[str], datasets: list[str], cells: Path = CELLS) -> tuple
           "s/epoch and s/eval = median over seeds of each run's median (one thread; the machine was shared, so "
           "seconds vary with its load); peak RSS = the largest over seeds.", "",
           "`python -m benchmarks.multimodal --report-only` rebuilds this page from the recorded cells "
-          "(`results/multimodal/<dataset>/<model>/seed-<s>.json`).", ""]
+          "(`results/multimodal/<dataset>/<model>/seed-<s>.json`). Tuned rows (5 seeds, every model searched "
+          "alike): results/headline.md; why a model trails LightGCN here: results/multimodal_notes.md.", ""]
     data = {}
     for dataset in datasets:
         rows, notes = {}, []
