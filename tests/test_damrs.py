@@ -12,9 +12,11 @@ from prismrec.data.synthetic import write_planted_dataset
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 from prismrec.graph.consistent import consistent_knn_graphs, mean_cosine
+from prismrec.losses import symmetric_bernoulli_kl
 from prismrec.models import get_model
 from tests.reference.damrs_ref import damrs_reference, modality_graphs
 from tests.builders import build_model
+from tests.rounding import no_worse
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +212,22 @@ def test_consistent_graphs_memory_stays_blocked():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["nnz"] == [250_000, 250_000]
     assert result["delta_mb"] < 600, result
+
+
+def test_preference_kl_node_equals_the_expression_to_rounding():
+    """``losses.symmetric_bernoulli_kl`` (one node) gives the value and both gradients of
+    ``mean((σ(a) − σ(c))(a − c))`` through autograd, as close to float64 as that expression."""
+    def expression(a, c):
+        return ((torch.sigmoid(a) - torch.sigmoid(c)) * (a - c)).mean()
+
+    gen = torch.Generator().manual_seed(4)
+    for scale in (0.1, 1.0, 30.0):
+        a, c = (torch.randn(70, 50, generator=gen) * scale for _ in range(2))
+        results = []
+        for kl, dtype in ((symmetric_bernoulli_kl, torch.float32), (expression, torch.float32), (expression, torch.float64)):
+            aa, cc = (x.to(dtype, copy=True).requires_grad_(True) for x in (a, c))
+            value = kl(aa, cc)
+            (2.5 * value).backward()
+            results.append((value.detach(), aa.grad, cc.grad))
+        assert all(no_worse(*trio) for trio in zip(*results)), scale
+        assert float(results[0][0]) >= 0  # a symmetric KL

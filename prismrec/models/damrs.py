@@ -176,7 +176,7 @@ class DAMRS(Recommender):
         y = lightgcn(self.adjacency, torch.cat([self.user_emb.weight, e_i]), self.config.n_ui_layers)
         views = torch.stack([propagate(graph, e_i, self.config.n_mm_layers) for graph in self.item_graphs])  # h_v
         h = present_mean(views, self.present)  # 1/|V| Σ_v h_v (over an item's present views)
-        y_u, y_i = y[: self.n_users], y[self.n_users :]
+        y_u, y_i = y.split([self.n_users, self.n_items])  # not two slices: one concatenation back, no zero fills
         out = Output(y_u, y_i + h)
         if self.training:  # the loss's views
             out.aux.update(cf_item=y_i, views=views, content=h)
