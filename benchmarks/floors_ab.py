@@ -1,0 +1,145 @@
+"""Epoch / floor of two versions of the code, side by side in one invocation.
+
+The package as of two commits (``--before``, ``--after``, default ``HEAD``; each extracted with
+``git archive`` into a temporary folder, so that uncommitted edits in the checkout take no part)
+(``--paths``: the ``before`` package with only these files taken from ``--after``, so that other
+changes committed in between take no part) each measure a model's epoch against its floor with
+this checkout's
+:func:`benchmarks.floors.measure` (the same script on both sides), each in a fresh process
+(``python -c``, the version's ``prismrec`` first on the import path), in
+alternating order: round ``r`` runs before then after for even ``r``, after then before for odd
+``r``, model by model, so that both sides meet the same machine load. Per model and side:
+medians over the rounds of the wall and CPU-time ratios (and the train / validation seconds
+behind them), every round kept, the 1-minute load at each run. Writes
+``results/floors_ab.{json,md}`` (rows keyed ``dataset/model``; a rerun replaces its rows).
+
+    python -m benchmarks.floors_ab --before <commit> [--after HEAD] [--paths prismrec/losses.py,...] [--dataset lfm2k] [--models bpr,vbpr] [--epochs 3] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import RESULTS, machine, write
+
+ROOT = Path(__file__).resolve().parent.parent
+NAME = "floors_ab"
+MEASURE = """
+import json, sys
+sys.path[:0] = [{tree!r}, {root!r}]
+import prismrec
+assert prismrec.__file__.startswith({tree!r}), prismrec.__file__
+import torch
+from benchmarks.floors import measure
+from prismrec.data import load_dataset
+from prismrec.train.allocator import keep_freed_memory
+keep_freed_memory()
+torch.set_num_threads(1)
+print("RESULT " + json.dumps(measure({model!r}, load_dataset({dataset!r}), {epochs})))
+"""
+KEPT = ("ratio", "ratio_cpu", "ratio_train", "ratio_valid", "train_s", "floor_train_s", "valid_s", "floor_valid_s",
+        "train_cpu_s", "floor_train_cpu_s", "valid_cpu_s", "floor_valid_cpu_s", "load1")
+
+
+def extract(commit: str, into: Path, paths: tuple[str, ...] = ("prismrec",)) -> Path:
+    """``paths`` (default: the ``prismrec`` package) as of ``commit``, under ``into`` (returned: the
+    folder to import from); files already there are replaced."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", commit, *paths], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def run_side(tree: Path, model: str, dataset: str, epochs: int) -> dict:
+    """One :func:`benchmarks.floors.measure` of ``model`` with the package under ``tree``, in a fresh process."""
+    code = MEASURE.format(tree=str(tree), root=str(ROOT), model=model, dataset=dataset, epochs=epochs)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{model} with {tree} failed: {done.stderr.strip()[-2000:]}")
+    row = json.loads(lines[-1][len("RESULT "):])
+    return {k: row[k] for k in KEPT}
+
+
+def summary(rounds: list[dict]) -> dict:
+    """Medians of the kept values over the rounds."""
+    return {k: statistics.median(r[k] for r in rounds) for k in KEPT}
+
+
+def markdown(res: dict) -> str:
+    lines = ["# Epoch / floor before and after, side by side", "",
+             f"{res['machine']}; 1 thread; {res['date']}.", "",
+             "| dataset/model | before (commit) | after | wall ratio: before -> after | CPU-time ratio: before -> after "
+             "| train CPU s: before -> after (floor) | valid CPU s: before -> after (floor) | rounds | 1-min load |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, r in res["rows"].items():
+        b, a = r["before"], r["after"]
+        loads = [x["load1"] for side in ("before_rounds", "after_rounds") for x in r[side]]
+        lines.append(
+            f"| {key} | {r['before_commit']} | {r['after_commit']} | {b['ratio']:.2f} -> **{a['ratio']:.2f}** | "
+            f"{b['ratio_cpu']:.2f} -> **{a['ratio_cpu']:.2f}** | {b['train_cpu_s']:.3f} -> {a['train_cpu_s']:.3f} "
+            f"({a['floor_train_cpu_s']:.3f}) | {b['valid_cpu_s']:.3f} -> {a['valid_cpu_s']:.3f} "
+            f"({a['floor_valid_cpu_s']:.3f}) | {len(r['after_rounds'])} | {min(loads):.1f}-{max(loads):.1f} |")
+    lines += ["", "Each side: `benchmarks.floors.measure` (this checkout's script) in a fresh process with that "
+              "side's package, `--epochs` measured epochs after a warm-up; sides alternate run by run (before "
+              "first in even rounds, after first in odd ones); medians over the rounds. Ratios are epoch / floor "
+              "(training + validation) in wall and in thread CPU time (which preemptions on a busy machine do "
+              "not inflate); floors as in results/floors*.md. Each side is the package as committed (`git archive`); "
+              "where a row's `after_paths` (JSON) lists files, `after` is the `before` package with those files "
+              "from the `after` commit (the speed work alone, without other changes committed in between). "
+              "`python -m benchmarks.floors_ab --before <commit> --after <commit> --dataset <d> --models <m,...>`."]
+    if res.get("notes"):
+        lines += ["", res["notes"].rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    torch.set_num_threads(1)  # as each side's process (machine() records it)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--before", required=True, help="commit whose prismrec package is the 'before' side")
+    parser.add_argument("--after", default="HEAD", help="commit whose prismrec package is the 'after' side")
+    parser.add_argument("--paths", default="", help="files taken from --after into the 'before' package (default: all)")
+    parser.add_argument("--dataset", default="lfm2k")
+    parser.add_argument("--models", default="bpr,vbpr")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    commits = {side: subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True,
+                                    text=True).stdout.strip() for side, rev in (("before", args.before), ("after", args.after))}
+    path = RESULTS / f"{NAME}.json"
+    res = json.loads(path.read_text()) if path.exists() else {"rows": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"before": extract(commits["before"], Path(tmp) / "before")}
+        if args.paths:  # before's package with these files from after
+            trees["after"] = extract(commits["after"], extract(commits["before"], Path(tmp) / "after"),
+                                     tuple(args.paths.split(",")))
+        else:
+            trees["after"] = extract(commits["after"], Path(tmp) / "after")
+        for model in args.models.split(","):
+            runs: dict[str, list[dict]] = {"before": [], "after": []}
+            for r in range(args.rounds):
+                for side in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                    runs[side].append(run_side(trees[side], model, args.dataset, args.epochs))
+                    print(f"{args.dataset}/{model} round {r} {side}: ratio {runs[side][-1]['ratio']:.2f}, CPU "
+                          f"{runs[side][-1]['ratio_cpu']:.2f}, load {runs[side][-1]['load1']:.2f}", flush=True)
+            res["rows"][f"{args.dataset}/{model}"] = {
+                "before_commit": commits["before"], "after_commit": commits["after"], "epochs": args.epochs,
+                "after_paths": args.paths.split(",") if args.paths else "all",
+                "before": summary(runs["before"]), "after": summary(runs["after"]),
+                "before_rounds": runs["before"], "after_rounds": runs["after"]}
+            res.update(machine=machine(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+            write(NAME, res, markdown(res))
+
+
+if __name__ == "__main__":
+    main()
