@@ -15,7 +15,7 @@ from prismrec.checks import check_choices, require_fraction, require_items
 from prismrec.graph import SparseOperator
 from prismrec.nn.embedding import register_table
 from prismrec.nn.hypergraph import hypergraph_propagate
-from prismrec.nn.presence import node_presence, view_presence
+from prismrec.nn.presence import for_missing_modalities, node_presence, view_presence
 from prismrec.nn.propagation import propagate
 from prismrec.recommender import Output
 
@@ -79,6 +79,12 @@ def test_node_presence_puts_users_first_and_view_presence_adds_full_views():
     np.testing.assert_array_equal(views.numpy(), [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
     Masked.manifest = {"imputation": {"image": {"method": "mean"}}}  # estimates: nothing masked
     assert view_presence(Masked(), ["image", "text"], extra_views=1) is None
+    # one object per modality some item lacks, built from that modality's item column
+    assert for_missing_modalities(items, 3, lambda keep: keep.nonzero()[0].tolist()) == [[0, 1], [1, 2]]
+    assert for_missing_modalities(np.ones((3, 2), dtype=bool), 3, len) == [None, None]
+    assert for_missing_modalities(None, 3, len) is None
+    with pytest.raises(ValueError, match=r"present_items must hold one row per item \(4\), got shape \(3, 2\)"):
+        for_missing_modalities(items, 4, len)
 
 
 def test_register_table_parameter_or_buffer():

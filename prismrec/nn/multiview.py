@@ -51,7 +51,7 @@ from prismrec.graph.sparse import SparseOperator
 from prismrec.nn.embedding import IdEmbedding
 from prismrec.nn.encoders import Purifier
 from prismrec.nn.fusion import BehaviorAwareFuser, present_mean
-from prismrec.nn.presence import node_presence
+from prismrec.nn.presence import for_missing_modalities, node_presence
 from prismrec.nn.propagation import lightgcn, lightgcn_distinct, propagate, row_product
 
 
@@ -93,13 +93,7 @@ def present_adjacencies(train: sp.spmatrix, present_items: np.ndarray | None, it
     (:meth:`~prismrec.graph.bipartite.UserItemGraph.over_items`); ``None`` for a modality every
     item has, and ``None`` in all without a mask. For LightGCN's ``Â``,
     ``R̂_m[u, i] = 1/sqrt(d_u^m d_i)`` with ``d_u^m`` the user's items that have ``m``."""
-    if present_items is None:
-        return None
-    present = np.asarray(present_items, dtype=bool)
-    if present.ndim != 2 or present.shape[0] != train.shape[1]:
-        raise ValueError(f"present_items must hold one row per item ({train.shape[1]}), got shape {present.shape}")
-    graph = UserItemGraph(train, item_links, gamma)
-    return [None if keep.all() else graph.over_items(keep) for keep in present.T]
+    return for_missing_modalities(present_items, train.shape[1], UserItemGraph(train, item_links, gamma).over_items)
 
 
 class MultiViewEncoder(nn.Module):

@@ -4,15 +4,21 @@ A dataset loaded with ``impute="zero"`` marks the items whose modality was missi
 (:func:`prismrec.data.features.fusion_presence`, ``n_I x K``); a model that fuses views keeps the
 mark as a ``K x N`` bool buffer: one row per view, one column per node (users first, when the
 model has user rows). :func:`node_presence` turns an item mask into that buffer,
-:func:`view_presence` reads it from a dataset.
+:func:`view_presence` reads it from a dataset, and :func:`for_missing_modalities` builds a
+per-modality object (a graph over the items that have the modality) where some item lacks it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from prismrec.data.features import fusion_presence
+
+T = TypeVar("T")
 
 
 def node_presence(present_items: np.ndarray | torch.Tensor | None, n_users: int = 0) -> torch.Tensor | None:
@@ -36,3 +42,17 @@ def view_presence(dataset, modalities: list[str], n_users: int = 0, extra_views:
     if present is None or extra_views == 0:
         return present
     return torch.cat([present, torch.ones(extra_views, present.shape[1], dtype=torch.bool)])
+
+
+def for_missing_modalities(present_items: np.ndarray | torch.Tensor | None, n_items: int,
+                           build: Callable[[np.ndarray], T]) -> list[T | None] | None:
+    """``build(keep)`` for each modality some item lacks (``keep``: its ``n_items`` bool column of
+    ``present_items``, ``n_items x K``), ``None`` for a modality every item has; ``None`` in all
+    without a mask (the unmasked objects then serve). Raises ``ValueError`` unless the mask holds
+    one row per item."""
+    if present_items is None:
+        return None
+    present = np.asarray(present_items, dtype=bool)
+    if present.ndim != 2 or present.shape[0] != n_items:
+        raise ValueError(f"present_items must hold one row per item ({n_items}), got shape {present.shape}")
+    return [None if keep.all() else build(keep) for keep in present.T]
