@@ -59,6 +59,12 @@ def test_missing_modalities_are_a_clear_error(planted, model):
         build_model(model, planted, modalities=["image", "audio"])
 
 
+@pytest.mark.parametrize("model", [*MODELS, "egra"])
+def test_the_family_names_every_layer_count_out_of_range(planted, model):
+    with pytest.raises(ValueError, match=r"n_ui_layers must be >= 0, got -1; n_ii_layers must be >= 0, got -2"):
+        build_model(model, planted, n_ui_layers=-1, n_ii_layers=-2)
+
+
 def test_gume_needs_two_modalities_and_mgcn_one(planted):
     one = dataclasses.replace(planted, features={"text": planted.features["text"]})
     with pytest.raises(ValueError, match="gume needs at least 2 modalities"):

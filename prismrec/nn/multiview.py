@@ -76,11 +76,12 @@ class MultiViewConfig:
 
 
 def check_multiview_config(config: MultiViewConfig, **positive: float) -> None:
-    """Raise ``ValueError`` naming each shared setting out of range, and each of ``positive``
-    (``name=value`` pairs, e.g. temperatures) that is not > 0."""
+    """Raise ``ValueError`` naming each shared setting out of range (``n_ii_layers`` too, where the
+    model's config has it), and each of ``positive`` (``name=value`` pairs, e.g. temperatures)
+    that is not > 0."""
     broken = [f"{k} must be >= {low}, got {getattr(config, k)}"
-              for k, low in (("embedding_size", 1), ("knn_k", 1), ("n_ui_layers", 0))
-              if getattr(config, k) is not None and getattr(config, k) < low]
+              for k, low in (("embedding_size", 1), ("knn_k", 1), ("n_ui_layers", 0), ("n_ii_layers", 0))
+              if getattr(config, k, None) is not None and getattr(config, k) < low]
     broken += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]
     if broken:
         raise ValueError("; ".join(broken))
