@@ -1,7 +1,7 @@
 """A LightGCN encoder with an item residual, ``h = LGN(Â, [E_U; E_I], L) + [0; E_I]`` (BM3's, WWW'23),
 reduced to what a batch's loss reads: the rows ``h[index]`` and the tables' Frobenius norms
-``‖h_U‖_F``, ``‖h_I‖_F``, as few autograd nodes as exactness allows (the same values and gradients
-as autograd through the unfused operations, tests/test_bm3.py)."""
+``‖h_U‖_F``, ``‖h_I‖_F``, as few autograd nodes and passes as the chain rule allows (the values and
+gradients of autograd through the unfused operations up to float rounding, tests/test_bm3.py)."""
 
 from __future__ import annotations
 
@@ -29,13 +29,19 @@ def unique(ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(distinct).to(ids.device), at
 
 
+def _norms(h: torch.Tensor, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``‖h_U‖_F`` and ``‖h_I‖_F``, one reading pass each (no squared copy of ``h``)."""
+    return torch.linalg.vector_norm(h[:n_users]), torch.linalg.vector_norm(h[n_users:])
+
+
 class _EncoderHead(torch.autograd.Function):
     """``h = Y + [0; E_I]`` (step 1's residual) reduced to what a batch reads: the rows ``index``
     (distinct) of ``h`` and ``‖h_U‖_F``, ``‖h_I‖_F`` (``L_reg``), as one node.
 
-    The same values and gradients as autograd through ``Y + pad(E_I)``, ``index_select`` and
-    ``pow(2).sum(1)`` (each operation's own rounding: ``∂‖h_U‖ = g / (2‖h_U‖)``, then
-    ``h · 2∂``), with one N x d pass each way instead of five: no zero-filled N x d gradient for
+    The values and gradients of autograd through ``Y + pad(E_I)``, ``index_select`` and
+    ``pow(2).sum(1)`` up to float rounding (the norms are ``vector_norm``'s, one reading pass each;
+    the gradient is autograd's chain, ``∂‖h_U‖ = g / (2‖h_U‖)``, then ``h · 2∂``), with one N x d
+    pass each way instead of five: no zero-filled N x d gradient for
     the gathered rows (they are added into the norms' gradient), no padded copy of ``E_I``. ``Y``
     (a fresh propagation output) becomes ``h`` in place, returned first."""
 
@@ -45,8 +51,7 @@ class _EncoderHead(torch.autograd.Function):
         h[n_users:] += item_emb
         ctx.mark_dirty(h)
         ctx.set_materialize_grads(False)  # h itself is not read: no zero-filled gradient for it
-        squares = h.pow(2).sum(dim=1)
-        norm_u, norm_i = squares[:n_users].sum().sqrt(), squares[n_users:].sum().sqrt()
+        norm_u, norm_i = _norms(h, n_users)
         ctx.save_for_backward(h, index, norm_u, norm_i)
         ctx.n_users = n_users
         return h, h.index_select(0, index), norm_u, norm_i
@@ -90,8 +95,7 @@ class _HalvedEncoder(torch.autograd.Function):
         h.add_(spmm(adjacency.matrix, h))  # + ½ÂX⁰ = Â(½X⁰)
         h[n:] += item_emb  # the residual
         ctx.set_materialize_grads(False)
-        squares = h.pow(2).sum(dim=1)
-        norm_u, norm_i = squares[:n].sum().sqrt(), squares[n:].sum().sqrt()
+        norm_u, norm_i = _norms(h, n)
         ctx.save_for_backward(h, index, norm_u, norm_i)
         ctx.adjacency, ctx.n_users = adjacency, n
         return h.index_select(0, index), norm_u, norm_i
