@@ -32,7 +32,8 @@ def test_a_user_item_graph_over_some_items_drops_the_others_and_renormalises():
     keep = np.array([True, False, True])
     kept = restrict_items(sp.csr_matrix(r), keep)
     np.testing.assert_array_equal(kept.toarray(), r * keep)
-    assert kept.nnz == 2  # item 1's interactions gone, not stored as zeros
+    assert kept.nnz == 2 and kept.dtype == np.float32  # item 1's interactions gone, not stored as zeros
+    assert restrict_items(sp.csr_matrix(r.astype(np.int64)), keep).dtype == np.float32
     graph = UserItemGraph(sp.csr_matrix(r), sp.csr_matrix(b), 0.5)
     np.testing.assert_array_equal(graph.adjacency().toarray(),
                                   bipartite_adjacency(sp.csr_matrix(r), sp.csr_matrix(b), 0.5).toarray())

@@ -65,9 +65,9 @@ class UserItemGraph:
 
 
 def restrict_items(train: sp.spmatrix, keep: np.ndarray) -> sp.csr_matrix:
-    """``R`` without the interactions of the items not in ``keep`` (``n_I`` bool): their columns
-    emptied (no explicit zeros), the others as they are; the graph of a modality over the items
-    that have it."""
-    r = sp.csr_matrix(train @ sp.diags(np.asarray(keep, dtype=np.float32)))
+    """``R`` without the interactions of the items not in ``keep`` (``n_I`` bool), float32 CSR:
+    their columns emptied (no explicit zeros), the others as they are; the graph of a modality
+    over the items that have it."""
+    r = sp.csr_matrix(sp.csr_matrix(train, dtype=np.float32) @ sp.diags(np.asarray(keep, dtype=np.float32)))
     r.eliminate_zeros()
     return r
