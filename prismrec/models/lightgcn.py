@@ -48,7 +48,7 @@ class LightGCN(Recommender):
         x0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
         z = lightgcn(self.adjacency, x0, self.config.n_layers)
         aux = {"nodes": z, "nodes0": x0} if self.training else {}  # the loss's views only
-        return Output(z[: self.n_users], z[self.n_users :], aux)
+        return Output.of_nodes(z, self.n_users, aux)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         rows = self._rows(batch)
