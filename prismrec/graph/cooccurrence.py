@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from prismrec.graph.bipartite import restrict_items
 from prismrec.graph.ops import mix, sym_normalize
 
 _SCORES = ("count", "cosine")
@@ -149,13 +150,6 @@ def behavior_item_graph(train: sp.csr_matrix, k: int, min_count: int) -> sp.csr_
     return sym_normalize(pattern)
 
 
-def _present_columns(train: sp.spmatrix, keep: np.ndarray) -> sp.csr_matrix:
-    """``train`` without the interactions of the items not in ``keep`` (``n_I`` bool)."""
-    r = sp.csr_matrix(sp.csr_matrix(train) @ sp.diags(keep.astype(np.float32)))
-    r.eliminate_zeros()
-    return r
-
-
 def infused_graphs(semantic: list[sp.spmatrix], train: sp.spmatrix, betas: list[float], k: int,
                    score: str = "count", weight: str = "binary", renormalize: bool = False,
                    present_items: np.ndarray | None = None) -> list[sp.spmatrix]:
@@ -176,7 +170,7 @@ def infused_graphs(semantic: list[sp.spmatrix], train: sp.spmatrix, betas: list[
         if present is not None and present.shape != (co.shape[0], len(graphs)):
             raise ValueError(f"present_items must be n_items x M = {co.shape[0]} x {len(graphs)}, got {present.shape}")
         cos = [co if present is None or present[:, m].all() or b == 0 else
-               cooccurrence_graph(_present_columns(train, present[:, m]), k, score=score, weight=weight)
+               cooccurrence_graph(restrict_items(train, present[:, m]), k, score=score, weight=weight)
                for m, b in enumerate(betas)]
         graphs = [mix([s, c], [1.0 - b, b]) for s, c, b in zip(graphs, cos, betas)]
     if renormalize:

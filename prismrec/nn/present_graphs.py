@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from prismrec.data.features import fusion_presence
-from prismrec.graph import knn_graph
+from prismrec.graph import knn_graph, restrict_items
 from prismrec.nn.presence import view_presence
 
 
@@ -32,15 +32,7 @@ def present_interactions(train: sp.spmatrix, present_items: np.ndarray | None) -
     present = np.asarray(present_items, dtype=bool)
     if present.ndim != 2 or present.shape[0] != train.shape[1]:
         raise ValueError(f"present_items must hold one row per item ({train.shape[1]}), got shape {present.shape}")
-    out = []
-    for keep in present.T:
-        if keep.all():
-            out.append(None)
-            continue
-        r = sp.csr_matrix(sp.csr_matrix(train, dtype=np.float32) @ sp.diags(keep.astype(np.float32)))
-        r.eliminate_zeros()
-        out.append(r)
-    return out
+    return [None if keep.all() else restrict_items(train, keep) for keep in present.T]
 
 
 def user_presence(train: sp.spmatrix, present_items: np.ndarray | None) -> np.ndarray | None:
