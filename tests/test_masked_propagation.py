@@ -27,9 +27,8 @@ def _image_items(dataset, missing, u):
 
 
 def _a_user_with_some_items_lacking_the_image(dataset, missing):
-    u = next(u for u in range(1, dataset.n_users)
-             if 0 < missing[dataset.train[u].indices].sum() < dataset.train[u].nnz)
-    return u
+    return next(u for u in range(1, dataset.n_users)
+                if 0 < missing[dataset.train[u].indices].sum() < dataset.train[u].nnz)
 
 
 def test_present_graphs_by_hand():
