@@ -52,3 +52,23 @@ def test_batch_anatomy_groups_every_computing_operator_and_skips_views():
     groups = [group(c) for c in rec.calls]
     assert "gemm" in groups and "op:mul" in groups and "op:sum" in groups
     assert not any(g in ("op:t", "op:transpose", "op:expand") for g in groups)
+
+
+def test_floors_ab_after_side_takes_only_the_named_files(tmp_path):
+    """``floors_ab --paths``: the 'after' package is the 'before' one with only those files from 'after'
+    (0f0256a changed both losses.py and models/lattice.py; only losses.py is taken)."""
+    import subprocess
+
+    from benchmarks.floors_ab import ROOT, extract
+
+    before, after = "82b7b4f", "0f0256a"
+    if subprocess.run(["git", "cat-file", "-e", f"{after}^{{commit}}"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("needs a git checkout with the history of the speed work")
+
+    def show(rev, path):
+        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, check=True).stdout
+
+    tree = extract(after, extract(before, tmp_path / "mixed"), ("prismrec/losses.py",))
+    assert show(before, "prismrec/models/lattice.py") != show(after, "prismrec/models/lattice.py")
+    assert (tree / "prismrec" / "losses.py").read_bytes() == show(after, "prismrec/losses.py")
+    assert (tree / "prismrec" / "models" / "lattice.py").read_bytes() == show(before, "prismrec/models/lattice.py")
