@@ -14,7 +14,7 @@ import torch
 from prismrec.data import load_dataset
 from prismrec.data.derive import corrupt_modality
 from prismrec.data.synthetic import write_planted_dataset
-from prismrec.graph import bipartite_adjacency
+from prismrec.graph import UserItemGraph, bipartite_adjacency
 from prismrec.nn import MultiViewEncoder, propagation
 from prismrec.nn.multiview import present_adjacencies
 from tests.test_masked_views import _ref_infonce
@@ -27,16 +27,13 @@ TRAIN = sp.csr_matrix(np.array([[1, 1, 1, 0], [0, 1, 0, 0], [1, 0, 1, 1]], dtype
 PRESENT = np.array([[True, True], [True, False], [True, True], [True, True]])
 
 
-def _encoder(present_items=None, graphs=()):
-    """Two modalities (4-d features), a ring item graph, ``d = 3``; drawn from seed 0. ``graphs``:
-    the ``modality_adjacencies`` given (default: :func:`present_adjacencies` of the mask)."""
+def _encoder(present_items=None):
+    """Two modalities (4-d features), a ring item graph, ``d = 3``; drawn from seed 0."""
     ring = sp.csr_matrix(np.roll(np.eye(4, dtype=np.float32), 1, axis=1) * 0.5 + np.eye(4, dtype=np.float32) * 0.5)
     g = torch.Generator().manual_seed(1)
     features = [torch.randn(4, 4, generator=g), torch.randn(4, 4, generator=g)]
     torch.manual_seed(0)
-    enc = MultiViewEncoder(bipartite_adjacency(TRAIN), [ring, ring], features, 3, 3, 2, 1,
-                           present_items=present_items,
-                           modality_adjacencies=present_adjacencies(TRAIN, present_items) if graphs == () else graphs)
+    enc = MultiViewEncoder(UserItemGraph(TRAIN), [ring, ring], features, 3, 3, 2, 1, present_items=present_items)
     enc.reset_parameters()
     return enc
 
@@ -85,17 +82,13 @@ def test_present_adjacencies_renormalise_over_the_items_having_the_modality():
         TRAIN.multiply(PRESENT[:, 1][None, :]), sp.csr_matrix(kept), gamma=0.5).toarray(), rtol=1e-6)
 
 
-def test_no_mask_or_a_full_mask_changes_nothing_and_a_partial_mask_needs_its_graphs():
+def test_no_mask_or_a_full_mask_changes_nothing():
     plain = _encoder()
     full = _encoder(np.ones((4, 2), dtype=bool))
     assert all(a is plain.adjacency for a in plain.modality_adjacencies)
     assert all(r is plain.user_item for r in plain.modality_user_items)
     with torch.no_grad():
         torch.testing.assert_close(full.modality_views(), plain.modality_views(), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="modality 1 is missing for some items"):
-        _encoder(PRESENT, graphs=[None, None])
-    with pytest.raises(ValueError, match="one entry per modality"):
-        _encoder(PRESENT, graphs=[None])
     assert not any("adjacenc" in k or "user_item" in k for k in _encoder(PRESENT).state_dict())
 
 

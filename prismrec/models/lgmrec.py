@@ -266,7 +266,7 @@ class LGMRec(Recommender):
         global_sum = present_mean(torch.stack(list(hyper.values())), self.present, "sum")  # G
         modality = present_mean(local, self.present, "sum") + cfg.alpha * F.normalize(global_sum, dim=1)
         z = c + modality  # 5. Z = C + Σ_m nrm(M_m) + α·nrm(G)
-        out = Output(z[: self.n_users], z[self.n_users :])
+        out = Output.of_nodes(z, self.n_users)
         if self.training:  # the loss's views
             out.aux.update({f"hyper_{m}": g for m, g in hyper.items()})
         else:  # exported views: Z = behavior + modality

@@ -219,7 +219,7 @@ class MMGCN(Recommender):
         ids = self.id_emb if self.config.has_id else None
         views = {m: gcn(graph, ids) for (m, gcn), graph in zip(self.gcns.items(), self.graphs)}  # Z_m
         z = present_mean(torch.stack(list(views.values())), self.present, self.config.combine)  # over present ones
-        out = Output(z[: self.n_users], z[self.n_users :])
+        out = Output.of_nodes(z, self.n_users)
         if not self.training:
             out.aux.update({f"modality_{m}": v for m, v in views.items()})
         return out

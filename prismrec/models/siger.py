@@ -56,7 +56,7 @@ from typing import Literal
 import torch
 
 from prismrec.data.features import fusion_presence
-from prismrec.graph import bipartite_adjacency, knn_graph
+from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.graph.cooccurrence import infused_graphs
 from prismrec.losses import anchored_infonce, bpr_loss, half_sq, paired_views_infonce, rows_infonce
 from prismrec.losses import user_modality_alignment
@@ -65,7 +65,6 @@ from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn import check_multiview_config
 from prismrec.checks import check_choices
-from prismrec.nn.multiview import present_adjacencies
 from prismrec.recommender import Output, Recommender
 
 
@@ -158,10 +157,10 @@ class SIGER(Recommender):
         # S and Ĥ weigh only a node's present modalities, and users take modality m from their
         # items that have it (Â_m).
         self.encoder = MultiViewEncoder(
-            bipartite_adjacency(dataset.train), graphs, [dataset.features[m] for m in self.modalities],
+            UserItemGraph(dataset.train), graphs, [dataset.features[m] for m in self.modalities],
             self.n_users, d, config.n_ui_layers, config.n_sem_layers, config.train_features,
             fusion="behavior_aware" if config.fusion == "mgcn" else "mean",
-            present_items=present, modality_adjacencies=present_adjacencies(dataset.train, present),
+            present_items=present,
         )
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers) \
             if config.extended_branch else None
@@ -177,7 +176,7 @@ class SIGER(Recommender):
         aux = {"behavior": c, "modality": s, "modality_views": h}
         if self.training and self.extended is not None:  # Ĥ only feeds the loss
             aux["extended"] = self.extended(self.encoder.modality_adjacencies, h, self.encoder.present)
-        return Output(z[: self.n_users], z[self.n_users :], aux)
+        return Output.of_nodes(z, self.n_users, aux)
 
     def perturbation_views(self, out: Output) -> tuple[torch.Tensor, ...]:
         """Two independent views: ``S', S''`` (each ``1 x N x d``) or the ``H_m', H_m''`` (``K x N x d``)."""

@@ -203,7 +203,7 @@ class SMORE(Recommender):
         views = {v: torch.cat([self.user_items[v] @ h, h]) for v, h in self.item_views().items()}  # 1-3. [H_v^U; H_v^I]
         side = self.preference(c, views, self.present)                                        # 4. side
         z = c + side                                                                          # Z = C + side
-        return Output(z[: self.n_users], z[self.n_users :], {"behavior": c, "modality": side})
+        return Output.of_nodes(z, self.n_users, {"behavior": c, "modality": side})
 
     def item_views(self) -> dict[str, torch.Tensor]:
         """Steps 1-3 on the item side: ``H_v^I = S_v^{L_ii} (E_I ⊙ σ(X̃_v G_v + g_v))`` per view."""

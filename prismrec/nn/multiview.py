@@ -101,10 +101,9 @@ class MultiViewEncoder(nn.Module):
     """ID tables, purifiers and fuser of the MGCN family, over graphs given by the model.
 
     Args:
-        adjacency: the user-item graph, LightGCN's or an enhanced one with an item-item block:
-            a :class:`~prismrec.graph.bipartite.UserItemGraph` (the encoder builds ``Â`` and,
-            under a presence mask, each ``Â_m``), or the normalised ``Â`` itself (``(n_U + n_I)``
-            square, users first; then ``modality_adjacencies`` comes with a mask).
+        graph: the user-item graph, LightGCN's or an enhanced one with an item-item block
+            (:class:`~prismrec.graph.bipartite.UserItemGraph`): the encoder builds ``Â`` and,
+            under a presence mask, each ``Â_m`` from it.
         item_graphs: one normalised item-item graph ``S_m`` per modality.
         features: the raw feature matrices ``F_m``, in the order of ``item_graphs``.
         n_users: ``n_U``.
@@ -118,11 +117,6 @@ class MultiViewEncoder(nn.Module):
             in the item's fused row. Kept as the ``K x N`` buffer ``present`` (users first: a
             user has ``m`` if one of its training items has; not saved); ``None`` = every modality
             present (the unmasked formulas).
-        modality_adjacencies: ``Â_m`` per modality (:func:`present_adjacencies`, ``None`` for a
-            modality every item has): the users' ``H_m^U = R̂_m H_m^I`` and the extended branch
-            read only the items that have ``m``. Built by the encoder from a ``UserItemGraph``;
-            with a plain ``Â``, required for each modality ``present_items`` marks missing
-            somewhere.
         behavior_item_graph: optional normalised item-item graph ``S_b`` (``n_I`` square) whose
             ``L_ii``-step propagation of ``E_I`` is added to the item rows of ``C``:
             ``C_I += γ_b·S_b^{L_ii} E_I`` (EGRA's ``graph_fusion="separate"``); ``None``: ``C`` as is.
@@ -134,7 +128,7 @@ class MultiViewEncoder(nn.Module):
 
     def __init__(
         self,
-        adjacency: UserItemGraph | sp.spmatrix,
+        graph: UserItemGraph,
         item_graphs: Sequence[sp.spmatrix],
         features: Sequence[torch.Tensor],
         n_users: int,
@@ -146,7 +140,6 @@ class MultiViewEncoder(nn.Module):
         present_items: np.ndarray | torch.Tensor | None = None,
         behavior_item_graph: sp.spmatrix | None = None,
         behavior_item_weight: float = 1.0,
-        modality_adjacencies: Sequence[sp.spmatrix | None] | None = None,
     ) -> None:
         super().__init__()
         if len(item_graphs) != len(features) or not features:
@@ -157,11 +150,7 @@ class MultiViewEncoder(nn.Module):
         if fusion not in ("behavior_aware", "mean"):
             raise ValueError(f"fusion must be 'behavior_aware' or 'mean', got {fusion!r}")
         self.n_users, self.n_ui_layers, self.n_ii_layers, self.fusion = n_users, n_ui_layers, n_ii_layers, fusion
-        if isinstance(adjacency, UserItemGraph):  # Â and, under a mask, each Â_m from R, B_II, γ
-            if modality_adjacencies is None:
-                modality_adjacencies = present_adjacencies(adjacency.train, present_items, adjacency.item_links,
-                                                           adjacency.gamma)
-            adjacency = adjacency.adjacency()
+        adjacency = graph.adjacency()
         self.adjacency = SparseOperator(adjacency)                                        # Â
         self.user_item = SparseOperator(user_item_block(adjacency, n_users), symmetric=False)  # R̂
         self.item_graphs = nn.ModuleList(SparseOperator(g, symmetric=False) for g in item_graphs)  # S_m
@@ -170,9 +159,10 @@ class MultiViewEncoder(nn.Module):
             raise ValueError(f"present_items must be n_items x K = {n_items} x {len(features)}, "
                              f"got {tuple(np.shape(present_items))}")
         present = node_presence(present_items, n_users)
-        # Â_m, R̂_m per modality (Â, R̂ themselves where every item has m); users without an item
-        # having m have no m view
-        graphs = self._modality_graphs(present, modality_adjacencies, len(features))
+        # Â_m, R̂_m per modality (Â, R̂ themselves where every item has m): the users'
+        # H_m^U = R̂_m H_m^I and the extended branch read only the items having m; users without
+        # such an item have no m view
+        graphs = present_adjacencies(graph.train, present_items, graph.item_links, graph.gamma) or [None] * len(features)
         blocks = [None if g is None else user_item_block(g, n_users) for g in graphs]
         self.modality_adjacencies = nn.ModuleList(self.adjacency if g is None else SparseOperator(g) for g in graphs)
         self.modality_user_items = nn.ModuleList(
@@ -191,21 +181,6 @@ class MultiViewEncoder(nn.Module):
         self.item_emb = IdEmbedding(n_items, dim)                                          # E_I
         self.purifiers = nn.ModuleList(Purifier(f, dim, trainable_features=train_features) for f in features)
         self.fuser = BehaviorAwareFuser(dim, len(features))
-
-    def _modality_graphs(self, present: torch.Tensor | None, graphs: Sequence[sp.spmatrix | None] | None,
-                         n_modalities: int) -> list[sp.spmatrix | None]:
-        """The checked ``Â_m`` per modality (``None``: ``Â``)."""
-        graphs = [None] * n_modalities if graphs is None else list(graphs)
-        if len(graphs) != n_modalities:
-            raise ValueError(f"modality_adjacencies needs one entry per modality ({n_modalities}), got {len(graphs)}")
-        for k, g in enumerate(graphs):
-            if g is not None and g.shape != self.adjacency.shape:
-                raise ValueError(f"modality_adjacencies[{k}] must be {self.adjacency.shape}, got {g.shape}")
-            if g is None and present is not None and not bool(present[k].all()):
-                raise ValueError(f"modality {k} is missing for some items: pass the user-item graph as a "
-                                 "UserItemGraph, or its adjacency over the items that have it "
-                                 "(modality_adjacencies=present_adjacencies(...))")
-        return graphs
 
     def reset_parameters(self) -> None:
         """Draw ``E_U``, ``E_I`` (Xavier), then every purifier and the fuser (default init)."""
