@@ -176,7 +176,7 @@ class BM3(Recommender):
         # batch[2] (negatives) is not used. Targets and modality views are computed for the
         # batch's distinct rows only; duplicates share one dropout mask, as they do when the
         # reference drops out whole matrices and then gathers.
-        # Targets enter the cosines as unit rows, normalised once per distinct row (losses.cosine).
+        # Targets enter the cosines as unit rows, normalised once per distinct row (losses.cosine_terms).
         target_u = self.unit_target(rows[: len(users)]).index_select(0, u_at)  # ĥ_U[u], unit
         target_i = self.unit_target(rows[len(users) :]).index_select(0, i_at)  # ĥ_I[i], unit
         online_u, online_i = online
