@@ -10,7 +10,8 @@ by the trainer's own ``train_epoch``. All spans in the thread's CPU time (one th
 
 * **trainer**: the trainer's batch (sampling, forward, backward, guard, step);
 * **kernels**: the floor's kernels; **step**: the fused-Adam step (both part of the floor);
-* **other operators**: the recorded calls that are not floor kernels, bare (top names listed);
+* **other operators**: the recorded calls that are not floor kernels, bare (top names listed; the
+  JSON's ``other_ops_by_call_ms`` gives the 20 largest by operator and argument shapes);
 * **rest** = trainer - kernels - other operators - step: what no operator accounts for.
   A bare replay pays Python's dispatch per call too, so ``rest`` is a lower bound (it can be
   slightly negative for a model of many small operators).
@@ -40,9 +41,21 @@ def computes(func) -> bool:
     return not func.is_view and func.overloadpacket.__name__ not in MARKS
 
 
+def shapes(args) -> str:
+    """The shapes of an operator call's tensor arguments (lists of tensors in brackets), as
+    ``2048x64 2048x1``: which pass over which rows an operator is."""
+    def one(a) -> str:
+        if isinstance(a, torch.Tensor):
+            return "x".join(map(str, a.shape)) or "scalar"
+        if isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a):
+            return "[" + ",".join(one(x) for x in a if isinstance(x, torch.Tensor)) + "]"
+        return ""
+    return " ".join(filter(None, map(one, args)))
+
+
 def group(call) -> str:
-    """The floor's kind for a floor kernel, else ``op:<name>``."""
-    return kind(call) if is_kernel(call[0]) else f"op:{call[0].overloadpacket.__name__}"
+    """The floor's kind for a floor kernel, else ``op:<name>:<argument shapes>``."""
+    return kind(call) if is_kernel(call[0]) else f"op:{call[0].overloadpacket.__name__}:{shapes(call[1])}"
 
 
 def anatomy_epoch(model, sampler, optimizer, epoch: int) -> dict:
@@ -70,10 +83,15 @@ def measure(name: str, data, epochs: int) -> dict:
     ms = 1000 / run["batches"]
     groups = {k: v * ms for k, v in run["groups"].items()}
     kernels = {k: v for k, v in groups.items() if not k.startswith("op:")}
-    others = dict(sorted(((k[3:], v) for k, v in groups.items() if k.startswith("op:")), key=lambda kv: -kv[1]))
+    calls = dict(sorted(((k[3:], v) for k, v in groups.items() if k.startswith("op:")), key=lambda kv: -kv[1]))
+    others: dict[str, float] = {}
+    for key, v in calls.items():  # by operator name, over its shapes
+        others[key.split(":")[0]] = others.get(key.split(":")[0], 0.0) + v
+    others = dict(sorted(others.items(), key=lambda kv: -kv[1]))
     trainer, step = run["trainer"] * ms, run["step"] * ms
     return {"trainer_ms": trainer, "kernels_ms": sum(kernels.values()), "kernels_by_kind_ms": kernels,
             "step_ms": step, "other_ops_ms": sum(others.values()), "other_ops_by_name_ms": others,
+            "other_ops_by_call_ms": dict(list(calls.items())[:20]),  # operator:shapes, the 20 largest
             "rest_ms": trainer - step - sum(kernels.values()) - sum(others.values()),
             "sampler_ms": run["sampler"] * ms, "batches": run["batches"], "epochs": epochs,
             "trainer_ms_epochs": [r["trainer"] * 1000 / r["batches"] for r in runs],
