@@ -7,7 +7,8 @@ trainer runs it) for the models whose batch kernels are tiny (BPR, VBPR; LightGC
 whose propagation dominates): every batch of an epoch is run once with each form, back to back,
 the order alternating from batch to batch, so both forms see the same machine load. Since BPR-MF's
 and VBPR's two terms became one node (``losses.bpr_terms``; ``benchmarks/fused_nodes.py``
-measures that step), "one node" is that node for them. Medians of
+measures that step; equal to these forms up to float rounding since its shorter backward,
+tests/test_bpr_terms.py), "one node" is that node for them. Medians of
 the per-batch milliseconds over ``--epochs`` epochs (after a warm-up epoch), the 1-minute load
 recorded. Writes ``results/loss_nodes.{json,md}``.
 
