@@ -709,16 +709,26 @@ class _CosineTerms(torch.autograd.Function):
         return (grad_x, None, *([None] * len(targets)))
 
 
-def all_keys_infonce(queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, tau: float) -> torch.Tensor:
+def all_keys_infonce(queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, tau: float,
+                     present: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``Σ_b ℓ[b]`` over the batch ``rows`` (LGMRec's ``L_hcl``): query ``queries[r]``, positive
     ``keys[r]``, **every** row of ``keys`` as a candidate (a ``B x n`` score matrix, never
     ``n x n``), cosine scores over ``tau``.
 
+    ``present`` (optional ``(has_query, has_key)``, ``n`` bools each): only the rows having both
+    query (the others' terms are 0), and only the rows having a key are candidates.
+
     A row repeated in the batch repeats the same term, so each distinct row is scored once and
     weighted by its count: the same sum and gradient, with fewer rows in the GEMMs. A sum over
-    the batch (its shares' under DDP, :func:`batch_sum`)."""
+    the batch (its shares' under DDP, :func:`batch_sum`, counting every row of the batch)."""
+    n_rows = len(rows)
+    if present is not None:  # keys: the rows having one; rows renumbered among them
+        has_query, has_key = (p.to(rows.device) for p in present)
+        candidates = has_key.nonzero().squeeze(1)
+        rows = (torch.cumsum(has_key, 0) - 1)[rows[(has_query & has_key)[rows]]]
+        queries, keys = queries.index_select(0, candidates), keys.index_select(0, candidates)
     distinct, counts = torch.unique(rows, return_counts=True)
     q = F.normalize(queries.index_select(0, distinct), dim=1) / tau
     k = F.normalize(keys, dim=1)
     per_row = gemm_logsumexp(q, k) - (q * k.index_select(0, distinct)).sum(dim=1)
-    return batch_sum(per_row * counts, len(rows))
+    return batch_sum(per_row * counts, n_rows)

@@ -2,8 +2,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from prismrec.losses import (
+    BatchShares,
+    all_keys_infonce,
     bpr_loss,
     emb_norm,
     gemm_logsumexp,
@@ -12,6 +15,7 @@ from prismrec.losses import (
     infonce_rows,
     joint_infonce_rows,
     l2_reg,
+    use_batch_shares,
 )
 
 
@@ -251,3 +255,36 @@ def test_models_train_bit_identically_with_the_one_node_losses(planted, name, mo
         assert torch.equal(_bits(got[0][k]), _bits(want[0][k])), k
     for n in want[1]:
         assert torch.equal(_bits(got[1][n]), _bits(want[1][n])), n
+
+
+class _TwoShares(BatchShares):
+    """A batch split in two shares, the other one holding 6 rows."""
+
+    split = True
+
+    def total(self, values):
+        return values.detach() + 6
+
+
+def test_all_keys_infonce_under_a_presence_mask_matches_a_per_row_reference():
+    g = torch.Generator().manual_seed(3)
+    queries, keys = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    rows = torch.tensor([0, 2, 2, 3, 5, 1])
+    has_query = torch.tensor([True, True, True, False, True, True])
+    has_key = torch.tensor([True, False, True, True, True, True])
+
+    def reference(r):  # query r against the keys of the rows having one, positive keys[r]
+        q = F.normalize(queries[r], dim=0) / 0.5
+        k = F.normalize(keys[has_key], dim=1)
+        return torch.logsumexp(k @ q, 0) - q @ F.normalize(keys[r], dim=0)
+
+    want = sum(reference(int(r)) for r in rows if has_query[r] and has_key[r])  # rows 1 and 3 left out
+    got = all_keys_infonce(queries, keys, rows, 0.5, (has_query, has_key))
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, all_keys_infonce(queries, keys, rows, 0.5))  # the mask matters
+    # split across processes, the sum is scaled by the batch's rows (6 here of 12), not the kept ones
+    use_batch_shares(_TwoShares())
+    try:
+        torch.testing.assert_close(all_keys_infonce(queries, keys, rows, 0.5, (has_query, has_key)), 2 * want)
+    finally:
+        use_batch_shares(None)

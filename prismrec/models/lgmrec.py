@@ -291,14 +291,9 @@ class LGMRec(Recommender):
                             nodes: slice) -> torch.Tensor:
         """One ``ssl`` sum of ``L_hcl`` (user or item side, ``nodes`` of the ``N`` rows); under a mask
         the batch rows having ``a`` and ``b`` query the keys of the rows having ``b``."""
-        if self.present is None:
-            return all_keys_infonce(ga, gb, rows, self.config.cl_tau)
-        has_a, has_b = (self.present[self.modalities.index(m), nodes] for m in (a, b))
-        keys = has_b.nonzero().squeeze(1)                              # the rows having b
-        position = torch.cumsum(has_b, 0) - 1                           # row -> its index among them
-        queries = rows[(has_a & has_b).to(rows.device)[rows]]
-        return all_keys_infonce(ga.index_select(0, keys), gb.index_select(0, keys),
-                                position.to(rows.device)[queries], self.config.cl_tau)
+        present = None if self.present is None else \
+            tuple(self.present[self.modalities.index(m), nodes] for m in (a, b))
+        return all_keys_infonce(ga, gb, rows, self.config.cl_tau, present)
 
     def content_item_embeddings(self, items, out, id_rows=None):
         """Step 7: ``Z_I`` rows of ``items`` without their ID rows (the global hypergraph part)."""
