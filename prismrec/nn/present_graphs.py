@@ -13,6 +13,7 @@ unmasked graph) where no item lacks the modality, so the unmasked formulas run u
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,19 +21,14 @@ import torch
 
 from prismrec.data.features import fusion_presence
 from prismrec.graph import knn_graph, restrict_items
-from prismrec.nn.presence import view_presence
+from prismrec.nn.presence import for_missing_modalities, view_presence
 
 
 def present_interactions(train: sp.spmatrix, present_items: np.ndarray | None) -> list[sp.csr_matrix | None] | None:
     """``R_m`` per modality (``present_items``' column order, ``n_I x K`` bool): the training
-    matrix without the interactions of the items lacking ``m`` (float32 CSR, explicit zeros
-    removed); ``None`` for a modality every item has, and ``None`` in all without a mask."""
-    if present_items is None:
-        return None
-    present = np.asarray(present_items, dtype=bool)
-    if present.ndim != 2 or present.shape[0] != train.shape[1]:
-        raise ValueError(f"present_items must hold one row per item ({train.shape[1]}), got shape {present.shape}")
-    return [None if keep.all() else restrict_items(train, keep) for keep in present.T]
+    matrix without the interactions of the items lacking ``m`` (:func:`~prismrec.graph.restrict_items`);
+    ``None`` for a modality every item has, and ``None`` in all without a mask."""
+    return for_missing_modalities(present_items, train.shape[1], partial(restrict_items, train))
 
 
 def user_presence(train: sp.spmatrix, present_items: np.ndarray | None) -> np.ndarray | None:
