@@ -100,3 +100,27 @@ def test_legacy_cells_are_shown_marked_and_never_count_as_done(tmp_path):
     assert multimodal.is_current({**cell, "legacy": False}, "lightgcn", "tiktok")
     _, md = multimodal.report(["lightgcn"], ["tiktok"], tmp_path)
     assert f"| lightgcn {multimodal.LEGACY} | 1 | 0.0500 ± 0.0000 | 0.1000 ± 0.0000 |" in md
+
+
+def test_degree_groups_pair_the_users_and_merge_coinciding_quartiles(tmp_path, monkeypatch):
+    """Half the users have one training item: the quartile edges coincide, and the groups are
+    the distinct ones, numbered from 1, each with the paired mean difference of its users."""
+    from types import SimpleNamespace
+
+    import scipy.sparse as sp
+
+    monkeypatch.setattr(multimodal, "CELLS", tmp_path)
+    degrees = np.array([1, 1, 1, 1, 2, 2, 3, 5])
+    train = sp.csr_matrix((np.ones(degrees.sum()), np.concatenate([np.arange(d) for d in degrees]),
+                           np.concatenate([[0], np.cumsum(degrees)])), shape=(8, 6))
+    users = np.arange(8)
+    for model, recall in (("bpr", np.full(8, 0.25)), ("lightgcn", np.linspace(0, 0.7, 8))):
+        for seed in multimodal.SEEDS:
+            json_path = multimodal.cell_file(tmp_path, "tiktok", model, seed)
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps({"settings": {}}))
+            np.savez(multimodal.cell_file(tmp_path, "tiktok", model, seed, "npz"), user=users,
+                     **{m: recall for m in multimodal.PER_USER})
+    groups = multimodal_diagnose.degree_groups("bpr", "tiktok", SimpleNamespace(train=train))
+    assert [(g["group"], g["users"], g["degree"]) for g in groups] == [(1, 4, [1, 1]), (2, 2, [2, 2]), (3, 2, [3, 5])]
+    assert groups[0]["difference"] == pytest.approx(0.25 - np.linspace(0, 0.7, 8)[:4].mean())
