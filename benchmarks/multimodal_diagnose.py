@@ -11,7 +11,7 @@ has not reached). Two pieces of evidence:
 - **Where the gap is.** The recorded per-user test metrics of the two models' cells
   (seed-averaged), by quartile of the users' train degree, with the mean paired difference.
 
-    python -m benchmarks.multimodal_diagnose --dataset tiktok --model bm3 --variants modalities=[] 'n_layers=2 dropout=0.3' [--commit]
+    python -m benchmarks.multimodal_diagnose --dataset tiktok --model bm3 --variants 'modalities=[]' 'n_layers=2 dropout=0.3' [--commit]
 
 Each variant is recorded as it finishes (``results/diagnose/multimodal-<dataset>-<model>.json``; a
 rerun skips it) and the markdown next to it is rebuilt from the record.
@@ -23,6 +23,8 @@ import argparse
 import dataclasses
 import json
 
+from pathlib import Path
+
 import numpy as np
 
 from benchmarks import headline, multimodal
@@ -33,7 +35,7 @@ REFERENCE = "lightgcn"
 SEED = 999
 
 
-def record_path(dataset: str, model: str, ext: str = "json"):
+def record_path(dataset: str, model: str, ext: str = "json") -> Path:
     return OUT / f"multimodal-{dataset}-{model}.{ext}"
 
 
@@ -59,8 +61,8 @@ def run_variants(model: str, dataset: str, variants: list[str], data, commit: bo
 
 
 def per_user(dataset: str, model: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Users and their seed-averaged per-user test metrics of the model's current cells (those
-    with per-user metrics), or None."""
+    """Users and their seed-averaged test R@20 from the model's current cells (those with per-user
+    metrics), or None."""
     seeds = {}
     for seed in multimodal.SEEDS:
         cell = multimodal.read_cell(multimodal.CELLS, dataset, model, seed)
