@@ -259,7 +259,7 @@ def report(models: list[str], datasets: list[str], cells: Path = CELLS) -> tuple
         if any(c["legacy"] for c in rows.values()):
             md += [f"{LEGACY} recorded by the first version of this benchmark with the code of 2026-11-23 (run folders "
                    "not kept, no per-user metrics); a rerun of the model replaces the row.", ""]
-        md += [*notes, ""] if notes else []
+        md += [line for note in notes for line in (note, "")]
     return data, "\n".join(md).rstrip() + "\n"
 
 
