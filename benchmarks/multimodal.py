@@ -117,17 +117,23 @@ def read_cell(cells: Path, dataset: str, model: str, seed: int) -> dict | None:
 
 
 def same_settings(record: dict, model: str, dataset: str) -> bool:
-    """Whether a recorded cell's settings resolve, with today's code, to the configuration the
-    benchmark's settings resolve to (a setting added since takes its default, the old behaviour,
-    so it does not invalidate the cell; a changed default or benchmark setting does)."""
+    """Whether a recorded cell is at the configuration the benchmark's settings resolve to today:
+    its settings resolve to the same, and every value of its recorded config (seed, threads and
+    device aside) is today's. A setting added since (absent from the record) takes its default,
+    the old behaviour, so it does not invalidate the cell; a changed default or benchmark setting
+    does. A record without its config (a legacy cell) is judged by its settings alone."""
     from prismrec.errors import ConfigError
     from prismrec.experiment.config import resolve_config
 
     try:
-        return (resolve_config(model, dataset, record["settings"]).digest()
-                == resolve_config(model, dataset, settings(model, dataset)).digest())
+        want = resolve_config(model, dataset, settings(model, dataset))
+        if resolve_config(model, dataset, record["settings"]).digest() != want.digest():
+            return False
     except (ConfigError, KeyError):
         return False
+    now, recorded = want.to_dict(), record.get("config") or {"train": {}, "params": {}}
+    return all(k in now[part] and now[part][k] == v for part in ("train", "params")
+               for k, v in recorded[part].items() if k not in ("seed", "threads", "device"))
 
 
 def is_current(record: dict, model: str, dataset: str) -> bool:

@@ -70,6 +70,17 @@ def test_a_cell_is_recorded_a_rerun_skips_it_and_report_only_rebuilds_the_table(
         multimodal.run_cells(["vbpr"], ["tiktok"], [999], recorded / "runs", cells, threads=1)
 
 
+def test_a_changed_default_makes_a_recorded_cell_stale_and_a_new_setting_does_not(recorded, monkeypatch):
+    monkeypatch.setitem(multimodal.MODEL_SETTINGS, "vbpr", {"tiktok": {"epochs": 2}})
+    record = multimodal.read_cell(recorded / "cells", "tiktok", "vbpr", 999)
+    assert multimodal.is_current(record, "vbpr", "tiktok")
+    params = record["config"]["params"]
+    changed = {**record, "config": {**record["config"], "params": {**params, "embedding_size": params["embedding_size"] + 1}}}
+    assert not multimodal.is_current(changed, "vbpr", "tiktok")  # recorded at a default that is no longer today's
+    older = {**record, "config": {**record["config"], "params": {k: v for k, v in params.items() if k != "feature_norm"}}}
+    assert multimodal.is_current(older, "vbpr", "tiktok")  # recorded before that setting existed
+
+
 def test_a_variant_that_changes_nothing_reproduces_the_cells_validation(recorded, monkeypatch, tmp_path):
     """The diagnosis's variants train without the test split and in-process; a variant equal to
     the benchmark's settings must give the recorded cell's seed-999 validation exactly, or its
