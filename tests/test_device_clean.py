@@ -131,9 +131,13 @@ def test_training_step_and_validation_are_device_clean(small, name, settings):
     assert metrics == pytest.approx(cpu_metrics, abs=1e-9)
     assert terms == pytest.approx(cpu_terms, rel=1e-5, abs=1e-7)
     assert grads.keys() == cpu_grads.keys()
+    # a gradient that is a cancellation residue (VBPR's content bias: +b for the positive, -b for
+    # the negative) differs by the rounding of the terms it cancels, which the model's largest
+    # gradient bounds; so the absolute tolerance has a model-wide part besides the tensor's own
+    largest = max((float(g.abs().max()) for g in cpu_grads.values() if g.is_floating_point() and g.numel()), default=0.0)
     for n, want in cpu_grads.items():
         scale = float(want.abs().max()) if want.is_floating_point() and want.numel() else 0.0
-        torch.testing.assert_close(grads[n], want, rtol=1e-4, atol=1e-5 * scale + 1e-9, msg=n)
+        torch.testing.assert_close(grads[n], want, rtol=1e-4, atol=1e-5 * scale + 1e-6 * largest + 1e-9, msg=n)
     valid_copies = dev.of("valid", "to_host")
     assert len(valid_copies) <= 1, "validation copies to the host more than once:\n" + "\n".join(map(str, valid_copies))
     steady = dev.of("step", *HOST_ROUND_TRIPS)
