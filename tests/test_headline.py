@@ -106,6 +106,25 @@ def test_trials_that_stopped_before_the_warm_up_are_rerun_and_only_they(study, m
     assert len(trained) == 1
 
 
+def test_final_seeds_run_under_the_warm_up_and_only_those_that_stopped_before_it_rerun(study, monkeypatch):
+    monkeypatch.setattr(headline, "TRIAL_MIN_EPOCHS", 2)
+    headline.run_cell("lightgcn", study.name, {"tune", "final"}, study)
+    folder = headline.CELLS / study.name / "lightgcn"
+    for seed in (1, 2):  # as recorded before the final runs had the warm-up rule
+        record = json.loads((folder / f"seed-{seed}.json").read_text())
+        assert record["settings"]["min_epochs"] == 2 and record["config"]["train"]["min_epochs"] == 2
+        del record["settings"]["min_epochs"]
+        record["metrics"]["epochs"] = {1: 1, 2: 3}[seed]  # seed 1 stopped before the warm-up's end
+        (folder / f"seed-{seed}.json").write_text(json.dumps(record))
+    trained = []
+    real = headline.seed_cell
+    monkeypatch.setattr(headline, "seed_cell", lambda *a: trained.append(a[-1]) or real(*a))
+    headline.run_cell("lightgcn", study.name, {"final"}, study)
+    assert trained == [1, 2]  # both visited; only seed 1 retrained:
+    assert json.loads((folder / "seed-1.json").read_text())["settings"]["min_epochs"] == 2
+    assert "min_epochs" not in json.loads((folder / "seed-2.json").read_text())["settings"]
+
+
 def test_an_ablation_that_validation_selected_is_not_trained(study, monkeypatch):
     headline.run_cell("rlmmrec", study.name, {"tune"}, study)
     tuning = json.loads((headline.CELLS / study.name / "rlmmrec" / "tuning.json").read_text())
