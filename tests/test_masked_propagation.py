@@ -12,8 +12,16 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from prismrec.graph import knn_graph
-from prismrec.nn.present_graphs import present_interactions, present_knn_graphs, user_presence
+from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
+from prismrec.nn.presence import split_nodes, zero_missing
+from prismrec.nn.present_graphs import (
+    modality_operators,
+    present_interactions,
+    present_knn_graphs,
+    present_nodes,
+    user_degrees,
+    user_presence,
+)
 from tests.builders import build_model
 from tests.test_masked_user_views import _user_batch, lonely  # noqa: F401  (the fixture)
 from tests.test_row_paths import assert_batch_loss_is_the_full_loss
@@ -41,6 +49,22 @@ def test_present_graphs_by_hand():
     np.testing.assert_array_equal(user_presence(train, np.array([[False, True], [False, True], [True, True]])),
                                   [[False, True], [True, True]])
     assert present_interactions(train, None) is None and user_presence(train, None) is None
+    np.testing.assert_array_equal(user_degrees(train, present, 2), [[1, 2], [1, 2]])
+    np.testing.assert_array_equal(user_degrees(train, None, 2), [[2, 2], [2, 2]])
+    lonely = np.array([[False, True], [False, True], [True, True]])  # user 0 has no image item
+    nodes = present_nodes(train, lonely)
+    np.testing.assert_array_equal(nodes.numpy(), [[False, True, False, False, True], [True] * 5])
+    assert present_nodes(train, None) is None
+    users, items = split_nodes(nodes, 2)
+    assert users.shape == (2, 2) and items.shape == (2, 3) and split_nodes(None, 2) == (None, None)
+    x = torch.ones(2, 5, 3)
+    np.testing.assert_array_equal(zero_missing(x, nodes)[..., 0].numpy(), nodes.numpy())
+    assert zero_missing(x, None) is x
+    unmasked = SparseOperator(bipartite_adjacency(train), symmetric=True)
+    image, text = modality_operators(bipartite_adjacency, train, present, unmasked, 2)
+    assert text is unmasked and image.symmetric
+    np.testing.assert_allclose(image.matrix.to_dense().numpy(), bipartite_adjacency(r_image).toarray())
+    assert all(op is unmasked for op in modality_operators(bipartite_adjacency, train, None, unmasked, 2))
     x = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.6, 0.8]])
     g = present_knn_graphs([x], [2], present[:, :1], weight="binary")[0].toarray()
     # item 1 (a zero row) has no row and no column; items 0 and 2 are each other's neighbour

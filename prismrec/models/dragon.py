@@ -24,10 +24,10 @@ two **homogeneous** graphs — a user–user co-occurrence graph and a modality 
    included), frozen. ``α`` goes to modalities **by name** (:mod:`prismrec.nn.roles`): 0.1 for
    the image-like and 0.9 for the text-like one of an image + text pair (reference
    ``mm_image_weight``), in any order; any other pair (lfm2k's text + audio, tiktok's image +
-   audio, ml100k's text + genre) or more modalities need ``mm_weights`` (a ConfigError says so). Users: ``W_UU``, each user's top-``k_u``
-   co-occurring users (common training items, 2.4 on the users) aggregated with ``softmax`` of
-   the counts; a user with fewer than ``k_u`` neighbours has its list padded by random repeats,
-   drawn afresh each epoch (reference)::
+   audio, ml100k's text + genre) or more modalities need ``mm_weights`` (a ConfigError says so).
+   Users: ``W_UU``, each user's top-``k_u`` co-occurring users (common training items, 2.4 on the
+   users) aggregated with ``softmax`` of the counts; a user with fewer than ``k_u`` neighbours
+   has its list padded by random repeats, drawn afresh each epoch (reference)::
 
        Z_U = U + W_UU U,          Z_I = I + S^{L_ii} I
 
@@ -84,7 +84,8 @@ from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.encoders import Projector
 from prismrec.nn.fusion import present_mean, present_mix
-from prismrec.nn.present_graphs import modality_presence, per_modality, present_knn_graphs
+from prismrec.nn.present_graphs import modality_operators, present_knn_graphs, present_nodes
+from prismrec.nn.presence import split_nodes, zero_missing
 from prismrec.nn.propagation import propagate
 from prismrec.nn.roles import role_weights
 from prismrec.recommender import Output, Recommender
@@ -168,11 +169,10 @@ class DRAGON(Recommender):
         d = config.embedding_size
 
         # Heterogeneous graph Â (2.1); Â_m over the items having m where some item lacks it.
-        self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
         present_items = fusion_presence(dataset, self.modalities)  # n_I x M, or None without a mask
-        graphs = per_modality(bipartite_adjacency, dataset.train, present_items, len(self.modalities))
-        self.adjacencies = nn.ModuleList(self.adjacency if g is None else SparseOperator(g, symmetric=True)
-                                         for g in graphs)
+        self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
+        self.adjacencies = modality_operators(bipartite_adjacency, dataset.train, present_items, self.adjacency,
+                                              len(self.modalities))
         # Item–item graph S = Σ_m α_m Ŝ_m^bin of the raw features, frozen (2.3).
         graphs = present_knn_graphs([dataset.features[m] for m in self.modalities],
                                     [config.knn_k] * len(self.modalities), present_items, weight="binary")
@@ -189,8 +189,7 @@ class DRAGON(Recommender):
             {m: ModalityGraphEncoder(dataset.features[m], self.n_users, d, config.hidden_size) for m in self.modalities}
         )
         self.user_modality_weights = nn.Parameter(torch.zeros(self.n_users, len(self.modalities)))  # w
-        present = modality_presence(dataset, self.modalities, self.n_users)  # M x N (users first) or None
-        self.register_buffer("present", present, persistent=False)
+        self.register_buffer("present", present_nodes(dataset.train, present_items), persistent=False)  # M x N
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -211,26 +210,23 @@ class DRAGON(Recommender):
         self.user_graph = SparseOperator(graph, self.device, symmetric=False)
 
     def fuse(self, reps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step 2: user and item representations ``U``, ``I`` from the modality views ``G_m``."""
-        w, n_u, present = self.user_modality_weights, self.n_users, self.present
-        users = [w[:, k : k + 1] * g[:n_u] for k, g in enumerate(reps)]  # w_um G_m^U
-        items = [g[n_u:] for g in reps]  # G_m^I
+        """Step 2: user and item representations ``U``, ``I`` from the modality views ``G_m``; a
+        node's missing modality (``present``) has no block in ``cat`` and no part in the others."""
+        views = torch.stack(reps)                                                 # M x N x d
+        users = self.user_modality_weights.T.unsqueeze(-1) * views[:, : self.n_users]  # w_um G_m^U
+        items = views[:, self.n_users :]                                          # G_m^I
+        present_users, present_items = split_nodes(self.present, self.n_users)
         if self.config.construction == "cat":
-            if present is not None:  # a node's missing modality: its block is 0
-                users = [g * p[:n_u].unsqueeze(1).to(g.dtype) for g, p in zip(users, present)]
-                items = [g * p[n_u:].unsqueeze(1).to(g.dtype) for g, p in zip(items, present)]
-            return torch.cat(users, dim=1), torch.cat(items, dim=1)
-        item_present = None if present is None else present[:, n_u:]
-        fused_items = present_mean(torch.stack(items), item_present, "sum")  # Σ_m over the present ones
+            users, items = zero_missing(users, present_users), zero_missing(items, present_items)
+            return torch.cat(list(users), dim=1), torch.cat(list(items), dim=1)
+        items = present_mean(items, present_items, "sum")                         # Σ_m G_m^I
         if self.config.construction == "weighted_sum":
-            if present is None:
-                return sum(users), fused_items
-            return present_mean(torch.stack(users), present[:, :n_u], "sum"), fused_items
-        if present is None:
-            return torch.stack(users).amax(dim=0), fused_items  # weighted_max
-        missing = ~present[:, :n_u].unsqueeze(-1)
-        best = torch.stack(users).masked_fill(missing, float("-inf")).amax(dim=0)  # over the present ones
-        return best.masked_fill(missing.all(dim=0), 0.0), fused_items
+            return present_mean(users, present_users, "sum"), items               # Σ_m w_um G_m^U
+        if present_users is None:
+            return users.amax(dim=0), items                                       # max_m w_um G_m^U
+        missing = ~present_users.unsqueeze(-1)  # the max over the present ones, 0 with none
+        best = users.masked_fill(missing, float("-inf")).amax(dim=0)
+        return best.masked_fill(missing.all(dim=0), 0.0), items
 
     def forward(self) -> Output:
         if self.user_graph is None:  # a forward before any on_epoch_start

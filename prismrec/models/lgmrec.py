@@ -103,7 +103,8 @@ from prismrec.losses import all_keys_infonce, bpr_loss, emb_norm
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.fusion import present_mean
-from prismrec.nn.present_graphs import modality_presence, present_interactions
+from prismrec.nn.present_graphs import modality_operators, present_nodes, user_degrees
+from prismrec.nn.presence import split_nodes, zero_missing
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.encoders import feature_matrix
 from prismrec.nn.hypergraph import hypergraph_propagate, soft_hyperedges
@@ -175,12 +176,6 @@ class _ModalityInputs(nn.Module):
         nn.init.xavier_uniform_(self.hyper)
 
 
-def _inverse_degree(r: sp.csr_matrix) -> torch.Tensor:
-    """``D_U^-1`` of ``R`` as an ``n_U x 1`` column (``0`` for a user without items)."""
-    degree = np.asarray(r.sum(axis=1), dtype=np.float32)
-    return torch.from_numpy(np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0))
-
-
 @register
 class LGMRec(Recommender):
     name = "lgmrec"
@@ -202,18 +197,15 @@ class LGMRec(Recommender):
         d = config.embedding_size
         r = sp.csr_matrix(dataset.train, dtype=np.float32)
         self.adjacency = SparseOperator(bipartite_adjacency(r), symmetric=True)  # Â
-        self.interactions = SparseOperator(r)  # R (binary, n_U x n_I)
-        # R_m, D_{U,m}^-1 and Â_m per modality: R, D_U^-1 and Â where every item has m; else over
-        # the items having m (impute="zero")
-        k = len(self.modalities)
-        interactions = present_interactions(r, fusion_presence(dataset, self.modalities)) or [None] * k
-        self.modality_interactions = nn.ModuleList(
-            self.interactions if r_m is None else SparseOperator(r_m) for r_m in interactions)
-        self.modality_adjacencies = nn.ModuleList(
-            self.adjacency if r_m is None else SparseOperator(bipartite_adjacency(r_m), symmetric=True)
-            for r_m in interactions)
-        inverse = torch.cat([_inverse_degree(r if r_m is None else r_m) for r_m in interactions], dim=1)
-        self.register_buffer("user_inv_degree", inverse, persistent=False)  # n_U x K: D_{U,m}^-1
+        self.interactions = SparseOperator(r, symmetric=False)  # R (binary, n_U x n_I)
+        # R_m, Â_m and D_{U,m}^-1 per modality: over the items having m where some item lacks it
+        # (impute="zero"), else R, Â and D_U^-1
+        present_items, k = fusion_presence(dataset, self.modalities), len(self.modalities)  # n_I x K or None
+        self.modality_interactions = modality_operators(sp.csr_matrix, r, present_items, self.interactions, k)
+        self.modality_adjacencies = modality_operators(bipartite_adjacency, r, present_items, self.adjacency, k)
+        degrees = user_degrees(r, present_items, k)
+        inverse = np.divide(1.0, degrees, out=np.zeros_like(degrees), where=degrees > 0)  # 0 without items
+        self.register_buffer("user_inv_degree", torch.from_numpy(inverse), persistent=False)  # n_U x K
         self.user_emb = nn.Parameter(torch.empty(self.n_users, d))  # E_U
         self.item_emb = nn.Parameter(torch.empty(self.n_items, d))  # E_I
         self.inputs = nn.ModuleDict(
@@ -224,8 +216,7 @@ class LGMRec(Recommender):
         )
         order = role_order(self.name, self.modalities, config.hcl_order, "hcl_order")
         self.pairs = list(itertools.combinations(order, 2))  # (a, b) of L_hcl
-        present = modality_presence(dataset, self.modalities, self.n_users)  # K x N or None
-        self.register_buffer("present", present, persistent=False)
+        self.register_buffer("present", present_nodes(r, present_items), persistent=False)  # K x N or None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -248,10 +239,9 @@ class LGMRec(Recommender):
         logits = self.inputs[m].features @ self.inputs[m].hyper
         tau = self.config.gumbel_tau
         items, users = soft_hyperedges(logits, tau, noise), soft_hyperedges(self.interactions @ logits, tau, noise)
-        if self.present is None:
-            return items, users
-        keep = self.present[self.modalities.index(m)].unsqueeze(1).to(items.dtype)
-        return items * keep[self.n_users :], users * keep[: self.n_users]
+        present = None if self.present is None else self.present[self.modalities.index(m)]
+        present_users, present_items = split_nodes(present, self.n_users)
+        return zero_missing(items, present_items), zero_missing(users, present_users)
 
     def forward(self) -> Output:
         cfg = self.config

@@ -69,7 +69,7 @@ from prismrec.graph.walk import random_walk_adjacency
 from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn.fusion import present_mean
-from prismrec.nn.present_graphs import modality_presence, per_modality
+from prismrec.nn.present_graphs import modality_operators, present_nodes
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.embedding import register_table
 from prismrec.nn.encoders import feature_matrix
@@ -195,16 +195,14 @@ class MMGCN(Recommender):
         walk = partial(random_walk_adjacency, normalize=config.aggr == "mean")
         self.adjacency = SparseOperator(walk(dataset.train), symmetric=config.aggr == "add")
         # A_m over the items having m where some item lacks it (impute="zero"), else A itself
-        graphs = per_modality(walk, dataset.train, fusion_presence(dataset, self.modalities), n)
-        self.graphs = nn.ModuleList(self.adjacency if g is None else SparseOperator(g, symmetric=config.aggr == "add")
-                                    for g in graphs)
+        present_items = fusion_presence(dataset, self.modalities)  # n_I x M, or None
+        self.graphs = modality_operators(walk, dataset.train, present_items, self.adjacency, n)
         register_table(self, "id_emb", torch.empty(self.n_users + self.n_items, d), config.train_embeddings)  # E
         self.gcns = nn.ModuleDict({
             m: ModalityGCN(dataset.features[m], self.n_users, d, int(width), config)
             for m, width in zip(self.modalities, latent)
         })
-        present = modality_presence(dataset, self.modalities, self.n_users)  # K x N or None
-        self.register_buffer("present", present, persistent=False)
+        self.register_buffer("present", present_nodes(dataset.train, present_items), persistent=False)  # M x N
         # P_1 of the L2 term: the first modality in the image part (none without one), or every table
         self.regularised = (list(self.modalities) if config.reg_preferences == "all"
                             else [m for m, part in zip(self.modalities, parts) if part == "image"][:1])

@@ -60,8 +60,8 @@ of an image + text pair (either order) takes the reference's ``image_knn_k`` (Ba
 text-like one ``text_knn_k`` (Baby 15); a single modality takes ``image_knn_k``. Any other
 modalities (lfm2k's text + audio, tiktok's image + audio, ml100k's text + genre, or more than
 two) have no part by name: ``modality_roles`` says which part each plays (a ConfigError says
-so). More modalities join the same equations (the fused spectrum is the product of all). The dropout on ``p_v`` draws from torch's global generator in training
-forwards only.
+so). More modalities join the same equations (the fused spectrum is the product of all). The
+dropout on ``p_v`` draws from torch's global generator in training forwards only.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ from prismrec.losses import bpr_loss, infonce, l2_reg
 from prismrec.models import register
 from prismrec.nn.spectral import SpectralFilter, gate
 from prismrec.nn.fusion import present_mean, present_mix
-from prismrec.nn.present_graphs import modality_presence, per_modality, present_knn_graphs
+from prismrec.nn.present_graphs import modality_operators, present_knn_graphs, present_nodes
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.content import content_forward_rows
 from prismrec.nn.propagation import batch_node_rows, lightgcn_distinct, node_dropout, propagate, row_product
@@ -156,11 +156,10 @@ class SMORE(Recommender):
         self.fusion_graph = SparseOperator(fused)
         views = [*self.modalities, "fusion"]
         if present_items is not None:  # the fusion view: the items having some modality
-            present_items = np.concatenate([present_items, present_items.any(axis=1, keepdims=True)], axis=1)
-        blocks = per_modality(lambda r: user_item_block(bipartite_adjacency(r), self.n_users), dataset.train,
-                              present_items, len(views))
-        self.user_items = nn.ModuleDict({v: self.user_item if b is None else SparseOperator(b, symmetric=False)
-                                         for v, b in zip(views, blocks)})  # R̂_v
+            present_items = np.column_stack([present_items, present_items.any(axis=1)])
+        blocks = modality_operators(lambda r: user_item_block(bipartite_adjacency(r), self.n_users), dataset.train,
+                                    present_items, self.user_item, len(views))
+        self.user_items = nn.ModuleDict(zip(views, blocks))  # R̂_v
 
         self.user_emb = IdEmbedding(self.n_users, d)  # E_U
         self.item_emb = IdEmbedding(self.n_items, d)  # E_I
@@ -174,9 +173,7 @@ class SMORE(Recommender):
             {m: nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d, bias=False)) for m in self.modalities}
         )  # q_m
         self.preference_gates = nn.ModuleDict({v: gate(d) for v in views})  # p_v
-        present = modality_presence(dataset, self.modalities, self.n_users, extra_views=1)  # (M + 1) x N or None
-        if present is not None:  # the fusion view: the nodes having some modality
-            present[-1] = present[:-1].any(dim=0)
+        present = present_nodes(dataset.train, present_items)  # (M + 1) x N or None
         self.register_buffer("present", present, persistent=False)
         # nodes with no view at all (side = 0), left out of the InfoNCE terms; None if there are none
         fused = None if present is None or bool(present[-1].all()) else present[-1]

@@ -4,8 +4,10 @@ A dataset loaded with ``impute="zero"`` marks the items whose modality was missi
 (:func:`prismrec.data.features.fusion_presence`, ``n_I x K``); a model that fuses views keeps the
 mark as a ``K x N`` bool buffer: one row per view, one column per node (users first, when the
 model has user rows). :func:`node_presence` turns an item mask into that buffer,
-:func:`view_presence` reads it from a dataset, and :func:`for_missing_modalities` builds a
-per-modality object (a graph over the items that have the modality) where some item lacks it.
+:func:`view_presence` reads it from a dataset, :func:`split_nodes` parts it into users and items,
+:func:`zero_missing` clears the rows of the nodes lacking a view, and
+:func:`for_missing_modalities` builds a per-modality object (a graph over the items that have the
+modality) where some item lacks it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,21 @@ def view_presence(dataset, modalities: list[str], n_users: int = 0, extra_views:
     if present is None or extra_views == 0:
         return present
     return torch.cat([present, torch.ones(extra_views, present.shape[1], dtype=torch.bool)])
+
+
+def split_nodes(present: torch.Tensor | None, n_users: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The user and the item columns of a ``… x N`` presence (users first); ``(None, None)`` for ``None``."""
+    if present is None:
+        return None, None
+    return present[..., :n_users], present[..., n_users:]
+
+
+def zero_missing(x: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+    """``x`` (``… x N x d``) with the rows of the nodes lacking the view set to 0 (``present``:
+    ``… x N`` bool); ``x`` itself for ``None``."""
+    if present is None:
+        return x
+    return x * present.unsqueeze(-1).to(x.dtype)
 
 
 def for_missing_modalities(present_items: np.ndarray | torch.Tensor | None, n_items: int,

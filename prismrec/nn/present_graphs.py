@@ -6,8 +6,9 @@ A dataset loaded with ``impute="zero"`` marks the items whose modality ``m`` was
 view of their content. A model that propagates modality ``m`` must then not route it through
 those items: each function here gives the graph of modality ``m`` built by the model's own rule
 over the items that have ``m`` (the others keep their index but have no edge), and a user with no
-training item having ``m`` has no modality-``m`` view. Every function returns ``None`` (or the
-unmasked graph) where no item lacks the modality, so the unmasked formulas run unchanged.
+training item having ``m`` has no modality-``m`` view (:func:`present_nodes`). Where no item lacks
+the modality, every function gives ``None`` or the unmasked graph (or operator), so the unmasked
+formulas run unchanged.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from functools import partial
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch import nn
 
-from prismrec.data.features import fusion_presence
-from prismrec.graph import knn_graph, restrict_items
-from prismrec.nn.presence import for_missing_modalities, view_presence
+from prismrec.graph import SparseOperator, knn_graph, restrict_items
+from prismrec.nn.presence import for_missing_modalities, node_presence
 
 
 def present_interactions(train: sp.spmatrix, present_items: np.ndarray | None) -> list[sp.csr_matrix | None] | None:
@@ -31,26 +32,41 @@ def present_interactions(train: sp.spmatrix, present_items: np.ndarray | None) -
     return for_missing_modalities(present_items, train.shape[1], partial(restrict_items, train))
 
 
+def modality_operators(build: Callable[[sp.csr_matrix], sp.spmatrix], train: sp.spmatrix,
+                       present_items: np.ndarray | None, unmasked: SparseOperator, n_views: int) -> nn.ModuleList:
+    """One operator per modality (``n_views`` of them): of ``build(R_m)`` (:func:`present_interactions`)
+    where some item lacks ``m``, else ``unmasked`` itself, the model's operator of ``build(R)`` (in
+    all without a mask). ``build`` is the rule of ``unmasked``, so ``R_m``'s graph takes its symmetry."""
+    interactions = present_interactions(train, present_items) or [None] * n_views
+    return nn.ModuleList(unmasked if r is None else SparseOperator(build(r), symmetric=unmasked.symmetric)
+                         for r in interactions)
+
+
+def user_degrees(train: sp.spmatrix, present_items: np.ndarray | None, n_views: int) -> np.ndarray:
+    """``n_U x K`` float32: each user's training items having modality ``m`` (``D_{U,m}``); every
+    item counts for a modality without a mask."""
+    r = sp.csr_matrix(train, dtype=np.float32)
+    r.eliminate_zeros()
+    r.data[:] = 1.0
+    present = np.ones((r.shape[1], n_views)) if present_items is None else present_items
+    return np.asarray(r @ np.asarray(present, dtype=np.float32), dtype=np.float32)
+
+
 def user_presence(train: sp.spmatrix, present_items: np.ndarray | None) -> np.ndarray | None:
     """``n_U x K`` bool: ``True`` where a user has at least one training item with modality ``m``;
     ``None`` without a mask."""
     if present_items is None:
         return None
-    r = sp.csr_matrix(train, dtype=np.float32)
-    r.eliminate_zeros()
-    r.data[:] = 1.0
-    return np.asarray(r @ np.asarray(present_items, dtype=np.float32)) > 0
+    return user_degrees(train, present_items, np.shape(present_items)[1]) > 0
 
 
-def modality_presence(dataset, modalities: list[str], n_users: int = 0, extra_views: int = 0) -> torch.Tensor | None:
-    """:func:`prismrec.nn.presence.view_presence` (``K x N``, users first, ``extra_views`` rows
-    every node has) with the users' modality rows from :func:`user_presence`: a user has
-    modality ``m`` when one of its training items has it. ``None`` without a mask."""
-    present = view_presence(dataset, modalities, n_users, extra_views)
-    if present is None or n_users == 0:
-        return present
-    users = user_presence(dataset.train, fusion_presence(dataset, modalities))
-    present[: len(modalities), :n_users] = torch.from_numpy(users.T)
+def present_nodes(train: sp.spmatrix, present_items: np.ndarray | None) -> torch.Tensor | None:
+    """``K x N`` bool presence of the users (first) and the items
+    (:func:`prismrec.nn.presence.node_presence`): an item has ``m`` as ``present_items`` says, a
+    user when one of its training items has it (:func:`user_presence`). ``None`` without a mask."""
+    present = node_presence(present_items, train.shape[0])
+    if present is not None:
+        present[:, : train.shape[0]] = torch.from_numpy(user_presence(train, present_items).T)
     return present
 
 
@@ -74,13 +90,3 @@ def present_knn_graphs(features: Sequence[np.ndarray | torch.Tensor], ks: Sequen
         n = present.shape[0]
         graphs.append(sp.csr_matrix((sub.data, (keep[sub.row], keep[sub.col])), shape=(n, n), dtype=np.float32))
     return graphs
-
-
-def per_modality(build: Callable[[sp.spmatrix], sp.spmatrix], train: sp.spmatrix,
-                 present_items: np.ndarray | None, n_modalities: int) -> list[sp.spmatrix | None]:
-    """``build(R_m)`` per modality (:func:`present_interactions`), ``None`` for a modality every
-    item has (the model's graph of ``R`` serves it) and in all without a mask."""
-    interactions = present_interactions(train, present_items)
-    if interactions is None:
-        return [None] * n_modalities
-    return [None if r is None else build(r) for r in interactions]
