@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismrec.checks import require_fraction
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import cosine_terms, unit_rows
 from prismrec.models import register
@@ -95,10 +96,7 @@ class BM3(Recommender):
     def __init__(self, dataset, config: BM3Config) -> None:
         super().__init__(dataset, config)
         self.require_at_least(config, embedding_size=1, n_layers=0)
-        if not 0.0 <= config.dropout < 1.0:
-            raise ValueError(
-                f"dropout is the fraction of target entries zeroed and must be in [0, 1), got {config.dropout}"
-            )
+        require_fraction("dropout", config.dropout, "the fraction of target entries zeroed", high_open=True)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=0, model=self.name)
         d = config.embedding_size
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)  # Â
@@ -133,8 +131,7 @@ class BM3(Recommender):
 
     def forward(self) -> Output:
         h = self.encode()
-        z = self.predictor(h)  # g(h): the representations that are scored
-        return Output(z[: self.n_users], z[self.n_users :], {"encoder": h})
+        return Output.of_nodes(self.predictor(h), self.n_users, {"encoder": h})  # g(h): scored
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         online = out.user.index_select(0, batch[0]), out.item.index_select(0, batch[1])  # g(h)[u], g(h)[i]
@@ -164,7 +161,6 @@ class BM3(Recommender):
         g_u, g_i = self.predictor(rows).split([len(users), len(items)])
         online = g_u.index_select(0, u_at), g_i.index_select(0, i_at)
         return self._terms((norm_u, norm_i), rows, (users, u_at, items, i_at), online)
-
 
     def _terms(self, norms: tuple, rows: torch.Tensor, distinct: tuple, online: tuple) -> dict[str, torch.Tensor]:
         """The loss terms from ``norms = (‖h_U‖_F, ‖h_I‖_F)`` of the encoder output ``h``, its
