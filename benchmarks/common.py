@@ -6,13 +6,16 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from prismrec.train.allocator import keep_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
+T = TypeVar("T")
 
 
 def median_time(fn, repeats: int = 7, warmup: int = 1) -> dict:
@@ -25,6 +28,23 @@ def median_time(fn, repeats: int = 7, warmup: int = 1) -> dict:
         fn()
         times.append(time.perf_counter() - t0)
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": repeats}
+
+
+def interleaved_rounds(runs: dict[str, Callable[[], T]], rounds: int, warmup: int = 0,
+                       progress: Callable[[int, str, T], None] | None = None) -> dict[str, list[T]]:
+    """Each of ``runs`` once per round, side by side in one invocation: in their order in even
+    rounds and the reverse in odd ones, so that every run meets the same machine load. The first
+    ``warmup`` rounds (counted in the alternation) warm up and are not kept. Returns each run's
+    results, round by round; ``progress(round, name, result)`` after each kept one."""
+    results: dict[str, list[T]] = {name: [] for name in runs}
+    for r in range(warmup + rounds):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            result = runs[name]()
+            if r >= warmup:
+                results[name].append(result)
+                if progress is not None:
+                    progress(r - warmup, name, result)
+    return results
 
 
 def machine() -> dict:
@@ -43,6 +63,12 @@ def write(name: str, data: dict, markdown: str) -> None:
     atomic_write(RESULTS / f"{name}.json", json.dumps(data, indent=2))
     atomic_write(RESULTS / f"{name}.md", markdown)
     print(markdown)
+
+
+def table_head(title: str, note: str, columns: list[str]) -> list[str]:
+    """The top of a results page, as lines: ``# title``, ``note`` (machine, date, settings), then
+    the header of a markdown table of ``columns``."""
+    return [f"# {title}", "", note, "", f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, machine, write
+from benchmarks.common import RESULTS, interleaved_rounds, machine, table_head, write
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "floors_ab"
@@ -77,11 +77,10 @@ def summary(rounds: list[dict]) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = ["# Epoch / floor before and after, side by side", "",
-             f"{res['machine']}; 1 thread; {res['date']}.", "",
-             "| dataset/model | before (commit) | after | wall ratio: before -> after | CPU-time ratio: before -> after "
-             "| train CPU s: before -> after (floor) | valid CPU s: before -> after (floor) | rounds | 1-min load |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = table_head("Epoch / floor before and after, side by side", f"{res['machine']}; 1 thread; {res['date']}.",
+                       ["dataset/model", "before (commit)", "after", "wall ratio: before -> after",
+                        "CPU-time ratio: before -> after", "train CPU s: before -> after (floor)",
+                        "valid CPU s: before -> after (floor)", "rounds", "1-min load"])
     for key, r in res["rows"].items():
         b, a = r["before"], r["after"]
         loads = [x["load1"] for side in ("before_rounds", "after_rounds") for x in r[side]]
@@ -126,12 +125,10 @@ def main() -> None:
         else:
             trees["after"] = extract(commits["after"], Path(tmp) / "after")
         for model in args.models.split(","):
-            runs: dict[str, list[dict]] = {"before": [], "after": []}
-            for r in range(args.rounds):
-                for side in ("before", "after") if r % 2 == 0 else ("after", "before"):
-                    runs[side].append(run_side(trees[side], model, args.dataset, args.epochs))
-                    print(f"{args.dataset}/{model} round {r} {side}: ratio {runs[side][-1]['ratio']:.2f}, CPU "
-                          f"{runs[side][-1]['ratio_cpu']:.2f}, load {runs[side][-1]['load1']:.2f}", flush=True)
+            sides = {side: partial(run_side, tree, model, args.dataset, args.epochs) for side, tree in trees.items()}
+            runs = interleaved_rounds(sides, args.rounds, progress=lambda r, side, row: print(
+                f"{args.dataset}/{model} round {r} {side}: ratio {row['ratio']:.2f}, CPU {row['ratio_cpu']:.2f}, "
+                f"load {row['load1']:.2f}", flush=True))
             res["rows"][f"{args.dataset}/{model}"] = {
                 "before_commit": commits["before"], "after_commit": commits["after"], "epochs": args.epochs,
                 "after_paths": args.paths.split(",") if args.paths else "all",

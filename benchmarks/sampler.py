@@ -3,8 +3,9 @@ search over their sorted keys (``prismrec.data.sampler.BITSET_MAX_PAIRS``), and 
 in the training pairs' user order (the sampler's way) vs in the epoch's shuffled order.
 
 All draw the same batches (``tests/test_sampler.py``, ``tests/test_sampler_order.py``); this
-measures what the lookup costs per epoch. The two are alternated round by round in one process, medians and ranges
-reported with the load average. Writes ``results/sampler.{json,md}``, one row per dataset.
+measures what the lookup costs per epoch. The three are alternated round by round in one process
+(:func:`benchmarks.common.interleaved_rounds`), medians and ranges reported with the load
+average. Writes ``results/sampler.{json,md}``, one row per dataset.
 
     python -m benchmarks.sampler [--datasets tiktok,lfm2k] [--rounds 15]
 """
@@ -16,8 +17,9 @@ import json
 import os
 import statistics
 import time
+from functools import partial
 
-from benchmarks.common import RESULTS, machine, write
+from benchmarks.common import RESULTS, interleaved_rounds, machine, table_head, write
 from prismrec.data import BPRSampler, load_dataset
 from prismrec.data import sampler as sampler_module
 
@@ -31,7 +33,7 @@ def epoch_s(sampler: BPRSampler) -> float:
 
 
 def measure(dataset: str, rounds: int) -> dict:
-    """Median epoch seconds of both lookups, alternated round by round."""
+    """Median epoch seconds of each lookup, alternated round by round after a warm-up round."""
     data = load_dataset(dataset)
     bits = BPRSampler(data.train, seed=1)
     limit = sampler_module.BITSET_MAX_PAIRS
@@ -44,13 +46,8 @@ def measure(dataset: str, rounds: int) -> dict:
     shuffled = BPRSampler(data.train, seed=1)  # the bit set read in the epoch's shuffled order
     plain = shuffled.sample_negatives
     shuffled.sample_negatives = lambda users, order=None: plain(users)
-    times: dict[str, list[float]] = {"bit set": [], "bit set, shuffled order": [], "binary search": []}
-    for r in range(rounds + 1):
-        pairs = [("bit set", bits), ("bit set, shuffled order", shuffled), ("binary search", search)]
-        for key, s in pairs if r % 2 == 0 else pairs[::-1]:
-            seconds = epoch_s(s)
-            if r > 0:  # round 0 warms both up
-                times[key].append(seconds)
+    samplers = {"bit set": bits, "bit set, shuffled order": shuffled, "binary search": search}
+    times = interleaved_rounds({k: partial(epoch_s, s) for k, s in samplers.items()}, rounds, warmup=1)
     rows = {k: {"median_s": statistics.median(v), "range_s": [min(v), max(v)]} for k, v in times.items()}
     return {"pairs": int(data.train.nnz), "users": data.n_users, "items": data.n_items,
             "bitset_bytes": int(bits._bits.nbytes), "rounds": rounds, "lookups": rows,
@@ -60,11 +57,9 @@ def measure(dataset: str, rounds: int) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = ["# BPR sampler: one epoch of triples", "",
-             f"{res['machine']}; updated {res['date']}.", "",
-             "| dataset | pairs | bit set, user order ms (range) | bit set, shuffled order ms (range) | "
-             "binary search ms (range) | speed-up vs search / vs shuffled | bit set size | 1-min load |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = table_head("BPR sampler: one epoch of triples", f"{res['machine']}; updated {res['date']}.",
+                       ["dataset", "pairs", "bit set, user order ms (range)", "bit set, shuffled order ms (range)",
+                        "binary search ms (range)", "speed-up vs search / vs shuffled", "bit set size", "1-min load"])
 
     def cell(t):
         return f"{1000 * t['median_s']:.1f} ({1000 * t['range_s'][0]:.1f}-{1000 * t['range_s'][1]:.1f})"
@@ -76,7 +71,7 @@ def markdown(res: dict) -> str:
                      f"{r['speedup']:.1f}x / {r.get('user_order_speedup', float('nan')):.1f}x | "
                      f"{r['bitset_bytes'] / 2**20:.1f} MiB | {r['load1']:.2f} |")
     lines += ["", "One epoch of (user, positive, negative) batches of 2048 (shuffle, negatives drawn and "
-              "redrawn while they are training pairs, batches sliced), the two membership lookups "
+              "redrawn while they are training pairs, batches sliced), the three lookups "
               "alternated round by round in one process, medians after a warm-up round. All draw the "
               "same batches (tests/test_sampler.py, tests/test_sampler_order.py)."]
     return "\n".join(lines) + "\n"

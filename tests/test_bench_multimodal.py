@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import multimodal, multimodal_diagnose
+from benchmarks import diagnose, multimodal, multimodal_diagnose
 from prismrec.data import load_dataset
 from prismrec.data.synthetic import write_planted_dataset
 from prismrec.models import MODELS
@@ -89,7 +89,7 @@ def test_a_variant_that_changes_nothing_reproduces_the_cells_validation(recorded
     monkeypatch.setitem(multimodal.MODEL_SETTINGS, "vbpr", {"tiktok": {"epochs": 2}})
     monkeypatch.setattr(multimodal, "CELLS", recorded / "cells")
     monkeypatch.setattr(multimodal, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(multimodal_diagnose, "OUT", tmp_path / "diagnose")
+    monkeypatch.setattr(diagnose, "OUT", tmp_path / "diagnose")
     data = load_dataset("tiktok")
     record = multimodal_diagnose.run_variants("vbpr", "tiktok", ["epochs=2", "epochs=1"], data)
     cell = multimodal.read_cell(multimodal.CELLS, "tiktok", "vbpr", 999)
@@ -132,6 +132,7 @@ def test_degree_groups_pair_the_users_and_merge_coinciding_quartiles(tmp_path, m
             json_path.write_text(json.dumps({"settings": {}}))
             np.savez(multimodal.cell_file(tmp_path, "tiktok", model, seed, "npz"), user=users,
                      **{m: recall for m in multimodal.PER_USER})
-    groups = multimodal_diagnose.degree_groups("bpr", "tiktok", SimpleNamespace(train=train))
+    cells = {m: multimodal_diagnose.cell("tiktok", m) for m in ("bpr", "lightgcn")}
+    groups = diagnose.degree_groups(cells, SimpleNamespace(train=train))
     assert [(g["group"], g["users"], g["degree"]) for g in groups] == [(1, 4, [1, 1]), (2, 2, [2, 2]), (3, 2, [3, 5])]
     assert groups[0]["difference"] == pytest.approx(0.25 - np.linspace(0, 0.7, 8)[:4].mean())

@@ -53,3 +53,15 @@ def test_interleaved_epoch_steps_once_per_batch_and_records_every_batch(planted)
     assert {"sparse", "gather"} <= set(r["kernels_s"])
     steps = {int(s["step"]) for s in optimizer.state.values()}
     assert steps == {n_batches}
+
+
+def test_interleaved_rounds_alternate_the_order_and_keep_rounds_after_the_warmup():
+    from benchmarks.common import interleaved_rounds, table_head
+
+    calls, seen = [], []
+    runs = {name: (lambda name=name: calls.append(name) or f"{name}{len(calls)}") for name in ("a", "b", "c")}
+    got = interleaved_rounds(runs, 2, warmup=1, progress=lambda r, name, result: seen.append((r, name, result)))
+    assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]  # round 0 (warm-up) forward, then reversed
+    assert got == {"a": ["a6", "a7"], "b": ["b5", "b8"], "c": ["c4", "c9"]}
+    assert seen[:3] == [(0, "c", "c4"), (0, "b", "b5"), (0, "a", "a6")] and len(seen) == 6
+    assert table_head("T", "note", ["x", "y"]) == ["# T", "", "note", "", "| x | y |", "|---|---|"]
