@@ -14,6 +14,7 @@ over the global batch's present rows. ``present=None`` runs the unmasked formula
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -252,7 +253,9 @@ class _BPRTerms(torch.autograd.Function):
 
 
 class _GemmLogSumExp(torch.autograd.Function):
-    """``logsumexp_b'(a_b · c_b')`` per row ``b``, never keeping more than one B x B' buffer.
+    """``logsumexp_b'(a_b · c_b' + log n_b')`` per row ``b``, never keeping more than one B x B'
+    buffer; ``n`` (optional, one per key, ``None``: all 1) counts the keys a distinct key stands
+    for, and weighs its exponential in the sum (a ``B'``-vector product instead of the row sum).
 
     Forward: one GEMM, then exponentiate (shifted only where the logits could overflow) and sum
     in place; the unnormalised softmax is
@@ -263,7 +266,7 @@ class _GemmLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, c: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
         # |s_bb'| <= ‖a_b‖·max‖c‖ (Cauchy-Schwarz). While that bound is <= _UNSHIFTED_BOUND (e.g.
         # InfoNCE on unit rows: 1/τ), exp(s) can neither overflow nor underflow in float32 and
         # needs no shift: no pass for the row maxima, none for the subtraction. Otherwise the
@@ -277,41 +280,51 @@ class _GemmLogSumExp(torch.autograd.Function):
             shift = s.amax(dim=1, keepdim=True)
             s.sub_(shift)
         s.exp_()
-        total = s.sum(dim=1, keepdim=True)
-        ctx.save_for_backward(a, c, s, total)
+        total = s.sum(dim=1, keepdim=True) if counts is None else s @ counts.unsqueeze(1)
+        ctx.save_for_backward(a, c, s, total, counts)
         return (shift + total.log()).squeeze(1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        a, c, p, total = ctx.saved_tensors
-        # ∂/∂s = diag(w) p with w = g / total: the row scaling is applied to the d-wide factors,
-        # never to the B x B' matrix (no extra pass over it, no second B x B' buffer).
+        a, c, p, total, counts = ctx.saved_tensors
+        # ∂/∂s = diag(w) p diag(n) with w = g / total: the row and key scalings are applied to the
+        # d-wide factors, never to the B x B' matrix (no extra pass over it, no second B x B' buffer).
         w = grad.unsqueeze(1) / total
-        grad_a = (p @ c).mul_(w) if ctx.needs_input_grad[0] else None
-        grad_c = p.T @ (a * w) if ctx.needs_input_grad[1] else None
-        return grad_a, grad_c
+        n = None if counts is None else counts.unsqueeze(1)
+        grad_a = grad_c = None
+        if ctx.needs_input_grad[0]:
+            grad_a = (p @ (c if n is None else c * n)).mul_(w)
+        if ctx.needs_input_grad[1]:
+            grad_c = p.T @ (a * w)
+            if n is not None:
+                grad_c.mul_(n)
+        return grad_a, grad_c, None
 
 
-def gemm_logsumexp(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``logsumexp(a @ c.T, dim=1)`` (first-order gradients only; see :class:`_GemmLogSumExp`).
+def gemm_logsumexp(a: torch.Tensor, c: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+    """``logsumexp(a @ c.T, dim=1)``, or with key ``counts`` ``log Σ_b' n_b' exp(a_b · c_b')``: the
+    log-sum-exp over keys in which key ``b'`` occurs ``n_b'`` times (first-order gradients only;
+    see :class:`_GemmLogSumExp`).
 
     No query rows (a masked batch share holding none): an empty result, still joined to ``c``
     in the graph (a gathered ``c``'s backward is a collective every share must reach)."""
     if not a.shape[0]:
         return (a @ c.T).sum(dim=1)
-    return _GemmLogSumExp.apply(a, c)
+    return _GemmLogSumExp.apply(a, c, None if counts is None else counts.to(a.dtype))
 
 
-def infonce_rows(p: torch.Tensor, q: torch.Tensor, tau: float) -> torch.Tensor:
+def infonce_rows(p: torch.Tensor, q: torch.Tensor, tau: float, counts: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row InfoNCE ``ℓ_b = -log softmax_b'(cos(p_b, q_b') / τ)`` evaluated at ``b' = b``.
 
     Computed as ``logsumexp_b'(s_bb') - s_bb`` with the positive ``s_bb`` taken row-wise rather
     than from the logits' diagonal (no dense matrix for the diagonal's gradient), and the
-    log-sum-exp fused with its GEMM (:func:`gemm_logsumexp`).
+    log-sum-exp fused with its GEMM (:func:`gemm_logsumexp`). ``counts`` (optional, one per row):
+    the rows are a batch's distinct rows (:class:`CountedRows`), row ``b`` standing for ``n_b``
+    equal rows: each of its keys enters the softmax ``n_b`` times, as in the batch with repeats.
     """
     pn = F.normalize(p, dim=1) / tau
     qn = F.normalize(q, dim=1)
-    return gemm_logsumexp(pn, _batch_keys(qn)) - (pn * qn).sum(dim=1)
+    return gemm_logsumexp(pn, _batch_keys(qn), None if counts is None else _batch_keys(counts)) - (pn * qn).sum(dim=1)
 
 
 def _batch_keys(keys: torch.Tensor) -> torch.Tensor:
@@ -323,23 +336,29 @@ def _batch_keys(keys: torch.Tensor) -> torch.Tensor:
 
 def infonce(
     p: torch.Tensor, q: torch.Tensor, tau: float, weights: torch.Tensor | None = None,
-    present: torch.Tensor | None = None,
+    present: torch.Tensor | None = None, counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``mean_b ℓ_b``, or ``mean_b w_b ℓ_b`` with given weights (no gradient through ``w``).
 
     ``present`` (optional bool, one per row): only the present rows take part, as queries and as
     keys, and the mean is over them (module docstring): the InfoNCE of ``p[present]`` against
-    ``q[present]``."""
-    if present is None:
+    ``q[present]``. ``counts`` (optional, one per row): the rows are a batch's distinct rows, row
+    ``b`` standing for ``n_b`` equal ones (:class:`CountedRows`): the InfoNCE of the batch with its
+    repeats, each distinct row scored once."""
+    if present is None and counts is None:
         rows = infonce_rows(p, q, tau)
         if weights is None:
             return rows.mean()
         return (weights.detach() * rows).mean()
-    at = _present_rows(present, len(p), p.device)
-    rows = infonce_rows(p.index_select(0, at), q.index_select(0, at), tau)
+    batch = len(p) if counts is None else int(counts.sum())
+    if present is not None:
+        at = _present_rows(present, len(p), p.device)
+        p, q = p.index_select(0, at), q.index_select(0, at)
+        weights, counts = (None if x is None else x.index_select(0, at) for x in (weights, counts))
+    rows = infonce_rows(p, q, tau, counts)
     if weights is not None:
-        rows = weights.detach().index_select(0, at) * rows
-    return _present_mean(rows, len(p))
+        rows = weights.detach() * rows
+    return _present_mean(rows, batch, counts)
 
 
 def _present_rows(present: torch.Tensor, n: int, device: torch.device | None = None) -> torch.Tensor:
@@ -349,19 +368,50 @@ def _present_rows(present: torch.Tensor, n: int, device: torch.device | None = N
     return present.to(device=device, dtype=torch.bool).nonzero().squeeze(1)
 
 
-def _present_mean(values: torch.Tensor, rows: int) -> torch.Tensor:
+def _present_mean(values: torch.Tensor, rows: int, counts: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of the per-row ``values`` of a batch's present rows, the batch holding ``rows`` rows
     in all: their mean in one process (0, with a zero gradient, if none is present); with the
     batch split across processes, this share's part of the mean over every share's present rows
-    (weighted by the trainer's ``rows / B``, the shares sum to it)."""
-    if not _SHARES.split:
-        return values.mean() if len(values) else values.sum()
-    count = _SHARES.total(torch.tensor(float(len(values)), dtype=values.dtype, device=values.device))
-    return batch_sum(values, rows) / count.clamp_min(1.0)
+    (weighted by the trainer's ``rows / B``, the shares sum to it). ``counts`` (optional): the
+    rows are distinct, value ``b`` standing for ``n_b`` rows (a mean weighted by them)."""
+    if counts is None:
+        if not _SHARES.split:
+            return values.mean() if len(values) else values.sum()
+        count = torch.tensor(float(len(values)), dtype=values.dtype, device=values.device)
+    else:
+        counts = counts.to(values.dtype)
+        values, count = values * counts, counts.sum()
+        if not _SHARES.split:
+            return values.sum() / count.clamp_min(1.0)
+    return batch_sum(values, rows) / _SHARES.total(count).clamp_min(1.0)
+
+
+class CountedRows(NamedTuple):
+    """A batch's row set (e.g. its users, repeats included) as its distinct rows and how often each
+    occurs. The row-set terms below (:func:`rows_infonce`, :func:`paired_views_infonce`,
+    :func:`anchored_infonce`) take it in place of the plain row ids: a repeated row repeats the
+    same query, positive and negatives, so each distinct row is scored once and weighted by its
+    count, in the mean and among the softmax's keys. The same term and gradient (up to float
+    rounding), with GEMMs over the distinct rows only (:func:`counted_rows`)."""
+
+    index: torch.Tensor
+    """The distinct row ids."""
+    counts: torch.Tensor
+    """How often each occurs in the set."""
+
+
+def counted_rows(rows: torch.Tensor) -> CountedRows:
+    """``rows`` (ids, repeats allowed) as :class:`CountedRows`."""
+    return CountedRows(*torch.unique(rows, return_counts=True))
+
+
+def _ids(rows: torch.Tensor | CountedRows) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A row set's ids and counts (``None`` for plain ids, each row counted once)."""
+    return (rows.index, rows.counts) if isinstance(rows, CountedRows) else (rows, None)
 
 
 def joint_infonce_rows(queries: torch.Tensor, keys: torch.Tensor, tau: float,
-                       present: torch.Tensor | None = None) -> torch.Tensor:
+                       present: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-positive (joint) InfoNCE of ``K`` query views against one key per row.
 
     For ``queries`` ``K x B x d`` (view ``m`` of row ``b`` is ``q^m_b``) and ``keys`` ``B x d``:
@@ -369,37 +419,42 @@ def joint_infonce_rows(queries: torch.Tensor, keys: torch.Tensor, tau: float,
     views of a row are scored jointly against the same positive key (SIGER's anchor form A2,
     ALGORITHMS.md 5.2). Since ``Σ_m cos(q^m_b, k) = (Σ_m nrm(q^m_b))·nrm(k)`` it costs one GEMM;
     with ``K = 1`` it equals :func:`infonce_rows`. ``present`` (optional ``K x B`` bool): the sum
-    over ``m`` runs over each row's present views only.
+    over ``m`` runs over each row's present views only. ``counts``: as in :func:`infonce_rows`.
     """
     unit = F.normalize(queries, dim=-1)
     if present is not None:
         unit = unit * present.to(unit.device, unit.dtype).unsqueeze(-1)
     pn = unit.sum(dim=0) / tau
     kn = F.normalize(keys, dim=1)
-    return gemm_logsumexp(pn, _batch_keys(kn)) - (pn * kn).sum(dim=1)
+    return gemm_logsumexp(pn, _batch_keys(kn), None if counts is None else _batch_keys(counts)) - (pn * kn).sum(dim=1)
 
 
 def joint_infonce(queries: torch.Tensor, keys: torch.Tensor, tau: float,
-                  present: torch.Tensor | None = None) -> torch.Tensor:
+                  present: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> torch.Tensor:
     """``mean_b`` of :func:`joint_infonce_rows`. ``present`` (optional ``K x B`` bool): a row is
     scored with its present views (``Σ_{m present} cos(q^m_b, k)``); a row with none takes no
-    part, neither as a query nor with its key as a candidate, and the mean is over the others."""
-    if present is None:
+    part, neither as a query nor with its key as a candidate, and the mean is over the others.
+    ``counts``: as in :func:`infonce`."""
+    if present is None and counts is None:
         return joint_infonce_rows(queries, keys, tau).mean()
-    at = _present_rows(present.any(dim=0), len(keys), keys.device)
-    rows = joint_infonce_rows(queries.index_select(1, at), keys.index_select(0, at), tau,
-                              present.to(keys.device).index_select(1, at))
-    return _present_mean(rows, len(keys))
+    batch = len(keys) if counts is None else int(counts.sum())
+    if present is not None:
+        at = _present_rows(present.any(dim=0), len(keys), keys.device)
+        queries, keys = queries.index_select(1, at), keys.index_select(0, at)
+        present, counts = present.to(keys.device).index_select(1, at), None if counts is None else counts.index_select(0, at)
+    return _present_mean(joint_infonce_rows(queries, keys, tau, present, counts), batch, counts)
 
 
-def rows_infonce(p: torch.Tensor, q: torch.Tensor, rows: tuple[torch.Tensor, ...], tau: float,
+def rows_infonce(p: torch.Tensor, q: torch.Tensor, rows: tuple[torch.Tensor | CountedRows, ...], tau: float,
                  present: torch.Tensor | None = None) -> torch.Tensor:
     """``Σ_r InfoNCE(p[r], q[r]; τ)`` over row sets ``r`` of the same ``N x d`` views (e.g. a
-    batch's user rows, then its item rows): the behaviour-modality alignment of MGCN (``cl``),
-    GUME (``bm``) and SIGER (``align``). ``present`` (optional ``N`` bool): the rows of ``p`` and
-    ``q`` that take part (:func:`infonce`). Rows are gathered with ``index_select`` here and below:
-    on CPU its backward is a scatter-add, several times faster than indexing's accumulating put."""
-    return sum(infonce(p.index_select(0, r), q.index_select(0, r), tau, present=_at(present, r)) for r in rows)
+    batch's user rows, then its item rows; ids or :class:`CountedRows`): the behaviour-modality
+    alignment of MGCN (``cl``), GUME (``bm``) and SIGER (``align``). ``present`` (optional ``N``
+    bool): the rows of ``p`` and ``q`` that take part (:func:`infonce`). Rows are gathered with
+    ``index_select`` here and below: on CPU its backward is a scatter-add, several times faster
+    than indexing's accumulating put."""
+    return sum(infonce(p.index_select(0, r), q.index_select(0, r), tau, present=_at(present, r), counts=n)
+               for r, n in map(_ids, rows))
 
 
 def _at(present: torch.Tensor | None, r: torch.Tensor) -> torch.Tensor | None:
@@ -537,13 +592,13 @@ def neighbour_discrimination(views: torch.Tensor, items: torch.Tensor, k: int, t
     return torch.stack(losses).mean()
 
 
-def paired_views_infonce(first: torch.Tensor, second: torch.Tensor, rows: tuple[torch.Tensor, ...], tau: float,
-                         present: torch.Tensor | None = None) -> torch.Tensor:
+def paired_views_infonce(first: torch.Tensor, second: torch.Tensor, rows: tuple[torch.Tensor | CountedRows, ...],
+                         tau: float, present: torch.Tensor | None = None) -> torch.Tensor:
     """``(1/K) Σ_k Σ_r InfoNCE(V'_k[r], V''_k[r]; τ)`` over ``K`` pairs of noisy views (``K x N x d``
     each): SIGER's perturbation term ``L_P`` (ALGORITHMS.md 5.2). ``present`` (optional ``K x N``
     bool): pair ``k`` is contrasted on the rows where view ``k`` is present."""
-    return sum(infonce(a.index_select(0, r), b.index_select(0, r), tau, present=_at(_view(present, k), r))
-               for k, (a, b) in enumerate(zip(first, second)) for r in rows) / len(first)
+    return sum(infonce(a.index_select(0, r), b.index_select(0, r), tau, present=_at(_view(present, k), r), counts=n)
+               for k, (a, b) in enumerate(zip(first, second)) for r, n in map(_ids, rows)) / len(first)
 
 
 def _view(present: torch.Tensor | None, k: int) -> torch.Tensor | None:
@@ -551,7 +606,7 @@ def _view(present: torch.Tensor | None, k: int) -> torch.Tensor | None:
     return None if present is None else present[k]
 
 
-def anchored_infonce(views: torch.Tensor, anchor: torch.Tensor, rows: tuple[torch.Tensor, ...], tau: float,
+def anchored_infonce(views: torch.Tensor, anchor: torch.Tensor, rows: tuple[torch.Tensor | CountedRows, ...], tau: float,
                      form: str = "A1", gated: bool = True, present: torch.Tensor | None = None) -> torch.Tensor:
     """SIGER's anchor term ``L_A`` (5.2) of modality views ``H`` (``K x N x d``) against behaviour
     anchors ``C`` (``N x d``; detach them first for ``sg(C)``), summed over ``rows``:
@@ -562,19 +617,20 @@ def anchored_infonce(views: torch.Tensor, anchor: torch.Tensor, rows: tuple[torc
     ``present`` (optional ``K x N`` bool, ``False`` where a row's view ``H_m`` is missing): ``A1``
     aligns ``H_m`` on its present rows; ``A2`` scores a row with its present views (a row with none
     takes no part); ``A3`` contrasts the pair ``a, b`` on the rows where both are present."""
+    rows = [_ids(r) for r in rows]
     if form == "A1":
-        return sum(infonce(h.index_select(0, r), anchor.index_select(0, r), tau, present=_at(_view(present, m), r))
-                   for m, h in enumerate(views) for r in rows) / len(views)
+        return sum(infonce(h.index_select(0, r), anchor.index_select(0, r), tau, present=_at(_view(present, m), r),
+                           counts=n) for m, h in enumerate(views) for r, n in rows) / len(views)
     if form == "A2":
-        return sum(joint_infonce(views.index_select(1, r), anchor.index_select(0, r), tau, _at(present, r))
-                   for r in rows)
+        return sum(joint_infonce(views.index_select(1, r), anchor.index_select(0, r), tau, _at(present, r), n)
+                   for r, n in rows)
     pairs = list(itertools.combinations(range(len(views)), 2))
     total = 0.0
-    for (a, b), r in itertools.product(pairs, rows):
+    for (a, b), (r, n) in itertools.product(pairs, rows):
         ha, hb, c = views[a].index_select(0, r), views[b].index_select(0, r), anchor.index_select(0, r)
         gate = torch.sigmoid(F.cosine_similarity(ha, c) + F.cosine_similarity(hb, c)) if gated else None
         both = None if present is None else _at(present[a] & present[b], r)
-        total = total + infonce(ha, hb, tau, gate, both)
+        total = total + infonce(ha, hb, tau, gate, both, n)
     return total / len(pairs)
 
 

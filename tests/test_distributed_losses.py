@@ -42,6 +42,11 @@ TERMS = {
     "joint_infonce": lambda p, q, k: losses.joint_infonce(torch.stack([p, k]), q, TAU),
     "anchored_a3_gated": lambda p, q, k: losses.anchored_infonce(torch.stack([p, k]), q, (torch.arange(len(p)),),
                                                                  TAU, "A3"),
+    # each row twice, as distinct rows with counts (SIGER's batches)
+    "rows_infonce_counted": lambda p, q, k: losses.rows_infonce(
+        p, q, (losses.counted_rows(torch.arange(len(p)).repeat_interleave(2)),), TAU),
+    "anchored_a2_counted": lambda p, q, k: losses.anchored_infonce(
+        torch.stack([p, k]), q, (losses.counted_rows(torch.arange(len(p)).repeat_interleave(2)),), TAU, "A2"),
     "entity_softmax": lambda p, q, k: losses.entity_weighted_infonce(p, q, TAU, "softmax", -1, 0.5),
     "entity_linear": lambda p, q, k: losses.entity_weighted_infonce(p, q, TAU, "linear", 1, 0.5),
     "emb_norm": lambda p, q, k: losses.emb_norm(p, q, k),

@@ -11,7 +11,7 @@ import torch
 from prismrec.experiment.config import resolve_config
 from prismrec.graph import cooccurrence_graph, knn_graph, mix, sym_normalize
 from prismrec.graph.cooccurrence import infused_graphs
-from prismrec.losses import infonce, joint_infonce
+from prismrec.losses import counted_rows, infonce, joint_infonce
 from prismrec.models import get_model
 from prismrec.models.siger import SIGERConfig
 from prismrec.train import fit, seed_everything
@@ -134,7 +134,7 @@ def test_layer_noise_follows_every_propagation(planted):
 def test_personal_intensity_changes_the_perturbation_loss_with_the_same_draws(planted):
     """γ ≠ 0 makes L_P personal; γ = 0 (every row the same relative noise) is another loss."""
     batch = torch.arange(0, 40), torch.arange(0, 40)
-    rows = (batch[0], batch[1] + planted.n_users)
+    rows = (counted_rows(batch[0]), counted_rows(batch[1] + planted.n_users))
     losses = {}
     for gamma in (0.0, 1.0, -1.0):
         net = _build(planted, gamma=gamma, eps=0.2)  # same seed: same init, same noise draws

@@ -12,7 +12,9 @@ dual (anchor + standard) alignment.
 5. ``S = fuse(H_1..H_K | C)`` (2.8) or ``mean_m H_m``; ``Z = C + S``, score ``z_u·z_i``. Aux:
    ``behavior`` C, ``modality`` S, ``modality_views`` H (``K x N x d``), ``extended`` Ĥ.
 
-Loss (``r`` = the batch's user rows ``u``, then item rows ``i``; zero-weight terms are not computed)::
+Loss (``r`` = the batch's user rows ``u``, then item rows ``i``; zero-weight terms are not computed;
+a row repeated in ``r`` is scored once, weighted by its count (:class:`prismrec.losses.CountedRows`),
+and the noise views are built for the rows read, drawn as for every row)::
 
     bpr      L_BPR(Z)                         reg    λ_reg·half_sq(z_u, z_i, z_j)
     perturb  λ_P Σ_r InfoNCE(S'[r], S''[r]; τ_P),   S', S'' = perturb(S, ε, perturb_mode, γ)
@@ -58,8 +60,8 @@ import torch
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.graph.cooccurrence import infused_graphs
-from prismrec.losses import anchored_infonce, bpr_loss, half_sq, paired_views_infonce, rows_infonce
-from prismrec.losses import user_modality_alignment
+from prismrec.losses import CountedRows, anchored_infonce, bpr_loss, counted_rows, half_sq, paired_views_infonce
+from prismrec.losses import rows_infonce, user_modality_alignment
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
@@ -178,22 +180,33 @@ class SIGER(Recommender):
             aux["extended"] = self.extended(self.encoder.modality_adjacencies, h, self.encoder.present)
         return Output.of_nodes(z, self.n_users, aux)
 
-    def perturbation_views(self, out: Output) -> tuple[torch.Tensor, ...]:
-        """Two independent views: ``S', S''`` (each ``1 x N x d``) or the ``H_m', H_m''`` (``K x N x d``)."""
+    def perturbation_views(self, out: Output, nodes: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Two independent views: ``S', S''`` (each ``1 x N x d``) or the ``H_m', H_m''``
+        (``K x N x d``); with ``nodes`` (node ids) their rows ``nodes`` alone, the noise drawn as
+        for every row (the same values)."""
         fused = self.config.perturb_target == "fused"
         if self.config.perturb_at == "output":  # noise on the finished views
             clean = out.aux["modality"].unsqueeze(0) if fused else out.aux["modality_views"]
             present = self.view_presence()  # modulus's mean row norm over the real views' rows
-            if present is None:
-                return tuple(torch.stack([self.noise(x) for x in clean]) for _ in range(2))
-            return tuple(torch.stack([self.noise(x, present=p) for x, p in zip(clean, present)]) for _ in range(2))
+            masks = [None] * len(clean) if present is None else present
+            return tuple(torch.stack([self.noise(x, nodes, p, draw_all=True) for x, p in zip(clean, masks)])
+                         for _ in range(2))
         noisy = (self.encoder.modality_views(noise=self.noise) for _ in range(2))  # inside the propagation
-        return tuple(self.encoder.fuse(h, out.aux["behavior"]).unsqueeze(0) if fused else h for h in noisy)
+        behavior = out.aux["behavior"]
+        if nodes is not None:  # the fuser is per node: it runs on the rows alone
+            noisy, behavior = (h.index_select(1, nodes) for h in noisy), behavior.index_select(0, nodes)
+        return tuple(self.encoder.fuse(h, behavior, nodes).unsqueeze(0) if fused else h for h in noisy)
 
     # ------------------------------------------------------------------------------------ loss
-    def perturbation_loss(self, out: Output, rows) -> torch.Tensor:
-        """``L_P = Σ_r InfoNCE(V'[r], V''[r]; τ_P)``, averaged over the views ``V`` (``S`` or each ``H_m``)."""
-        return paired_views_infonce(*self.perturbation_views(out), rows, self.config.tau_p, self.view_presence())
+    def perturbation_loss(self, out: Output, rows: tuple[CountedRows, ...]) -> torch.Tensor:
+        """``L_P = Σ_r InfoNCE(V'[r], V''[r]; τ_P)``, averaged over the views ``V`` (``S`` or each
+        ``H_m``), the views built for the rows ``r`` alone."""
+        nodes = torch.cat([r.index for r in rows])
+        sizes = [len(r.index) for r in rows]
+        local = tuple(CountedRows(at, r.counts) for at, r in zip(torch.arange(len(nodes), device=nodes.device).split(sizes), rows))
+        present = self.view_presence()
+        return paired_views_infonce(*self.perturbation_views(out, nodes), local, self.config.tau_p,
+                                    None if present is None else present.index_select(1, nodes))
 
     def view_presence(self) -> torch.Tensor | None:
         """Presence of the perturbed views' rows: ``1 x N`` for ``S`` (a node with no modality has
@@ -214,7 +227,8 @@ class SIGER(Recommender):
         cfg, (u, i, _), n_u = self.config, batch, self.n_users
         zu, zi, zj = out.bpr_rows(batch)
         c, s, h = out.aux["behavior"], out.aux["modality"], out.aux["modality_views"]
-        rows = (u, i + n_u)  # user rows, item rows of the N x d views
+        items = i + n_u
+        rows = (counted_rows(u), counted_rows(items))  # user rows, item rows of the N x d views
 
         def weighted(weight: float, term) -> torch.Tensor:  # a zero-weight term is never computed
             return weight * term() if weight else zu.new_zeros(())
@@ -230,7 +244,7 @@ class SIGER(Recommender):
             ext = out.aux["extended"]
             terms["um"] = cfg.um_weight * user_modality_alignment(ext[:n_u], s[:n_u], u, cfg.um_tau, self.noise,
                                                                   self.encoder.fused_presence())
-            terms["reg2"] = cfg.reg2_weight * half_sq(ext[rows[1]])
+            terms["reg2"] = cfg.reg2_weight * half_sq(ext[items])
         return terms
 
     def extra_repr(self) -> str:

@@ -10,7 +10,9 @@ unit norm wherever ``x`` has no zero entry. The magnitude ``ρ`` per row depends
 | ``modulus`` | ``ε‖x‖₂ (‖x‖₂ / m)^γ``              | SIGER (proposed) |
 
 ``m`` is the mean row norm of the matrix passed in (also when only some ``rows`` are perturbed,
-e.g. a batch's: the view of ``x[rows]``, without drawing noise for the other rows). The relative
+e.g. a batch's: the view of ``x[rows]``, without drawing noise for the other rows; or, with
+``draw_all``, drawing it for every row as the full view does and returning ``perturb(x)[rows]``
+without the other rows' work: the same values for the rows a loss reads). The relative
 intensity of ``modulus`` is ``ρ/‖x‖ = ε(‖x‖/m)^γ``: personal for ``γ ≠ 0`` (``γ > 0``: rows
 with a large modulus get more noise; ``γ < 0``: less). With ``γ = 0`` every row gets the same
 relative noise, which a cosine InfoNCE cannot tell from ``fixed`` noise on L2-normalised rows.
@@ -40,6 +42,7 @@ def perturb(
     rows: torch.Tensor | None = None,
     gamma: float = 0.0,
     present: torch.Tensor | None = None,
+    draw_all: bool = False,
 ) -> torch.Tensor:
     """Return the noise view ``x + ρ ⊙ sign(x) ⊙ nrm(r)``, ``r ~ U(0,1)^d`` per row.
 
@@ -52,12 +55,16 @@ def perturb(
         gamma: ``γ`` of ``modulus`` (ignored by ``fixed``).
         present: optional bool per row of ``x``: ``m`` over the rows marked ``True`` only
             (``None``: over every row).
+        draw_all: with ``rows``, draw ``r`` for every row of ``x`` (the generator then advances
+            as for the full view) and keep the rows ``rows``: ``perturb(x)[rows]``.
     """
     _check(eps, mode)
     if x.dim() != 2:
         raise ValueError(f"perturb expects an n x d matrix, got shape {tuple(x.shape)}")
     target = x if rows is None else x.index_select(0, rows)
-    r = torch.rand(target.shape, generator=generator, device=x.device, dtype=x.dtype)
+    r = torch.rand(x.shape if draw_all else target.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if draw_all and rows is not None:
+        r = r.index_select(0, rows)
     delta = torch.sign(target.detach()) * F.normalize(r, dim=1, eps=_EPS)
     if mode == "fixed":
         return target + eps * delta
@@ -105,13 +112,14 @@ class NoiseSource(nn.Module):
         self.generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None,
-                present: torch.Tensor | None = None) -> torch.Tensor:
+                present: torch.Tensor | None = None, draw_all: bool = False) -> torch.Tensor:
         """One noise view of ``x`` (or of ``x[rows]``; ``present``: the rows of ``x`` whose mean norm
-        sets ``modulus``'s ``m``); two calls give two independent views."""
+        sets ``modulus``'s ``m``; ``draw_all``: the rows ``rows`` of the full view, :func:`perturb`);
+        two calls give two independent views."""
         if self.generator is None or self.generator.device != x.device:
             self.generator = torch.Generator(device=x.device).manual_seed(self.seed)
         return perturb(x, self.eps, self.mode, generator=self.generator, rows=rows, gamma=self.gamma,
-                       present=present)
+                       present=present, draw_all=draw_all)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, mode={self.mode}, gamma={self.gamma}"
