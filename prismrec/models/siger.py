@@ -65,8 +65,7 @@ from prismrec.losses import rows_infonce, user_modality_alignment
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
-from prismrec.nn import check_multiview_config
-from prismrec.checks import check_choices
+from prismrec.nn.multiview import check_siger_config, siger_betas
 from prismrec.recommender import Output, Recommender
 
 
@@ -145,9 +144,9 @@ class SIGER(Recommender):
 
     def __init__(self, dataset, config: SIGERConfig) -> None:
         super().__init__(dataset, config)
-        check_config(config)
+        check_siger_config(config)
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
-        self.betas = modality_betas(config, self.modalities)
+        self.betas = siger_betas(config, self.modalities)
         d = config.embedding_size
         # 2 + 3. Ŝ_m, Ĉ (built only when used) and the infused G_m = (1 − β_m) Ŝ_m + β_m Ĉ. When
         # some modality rows were zero-filled (impute="zero"), Ĉ_m links only the items having m.
@@ -250,29 +249,3 @@ class SIGER(Recommender):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, modalities={self.modalities}, betas={self.betas}"
 
-
-def check_config(config: SIGERConfig) -> None:
-    """Raise ``ValueError`` naming the first setting out of its range."""
-    check_multiview_config(config, co_k=config.co_k, tau_p=config.tau_p, tau_a=config.tau_a,
-                           tau_b=config.tau_b, um_tau=config.um_tau)
-    check_choices(config, "siger")
-    if not 0.0 <= config.beta <= 1.0:
-        raise ValueError(f"siger: beta must be in [0, 1] (G_m = (1-β)Ŝ_m + βĈ), got {config.beta}")
-    if config.beta_per_modality != (config.beta_modalities is not None):
-        raise ValueError("siger: set beta_modalities (one β per modality) exactly when beta_per_modality=true")
-    for key in ("eps", "lambda_p", "lambda_a", "lambda_b", "reg_weight", "um_weight", "reg2_weight", "n_sem_layers"):
-        if getattr(config, key) < 0:
-            raise ValueError(f"siger: {key} must be >= 0, got {getattr(config, key)}")
-    if config.perturb_at == "layers" and config.n_sem_layers < 1:
-        raise ValueError("siger: perturb_at='layers' adds noise after G_m products; needs n_sem_layers >= 1")
-
-
-def modality_betas(config: SIGERConfig, modalities: list[str]) -> list[float]:
-    """``β_m`` per modality, checked once the modalities are known (A3 needs two)."""
-    k = len(modalities)
-    if config.anchor_form == "A3" and k < 2:
-        raise ValueError(f"siger: anchor_form='A3' contrasts modalities and needs at least 2, got {modalities}")
-    betas = [float(b) for b in config.beta_modalities] if config.beta_per_modality else [config.beta] * k
-    if len(betas) != k or not all(0.0 <= b <= 1.0 for b in betas):
-        raise ValueError(f"siger: beta_modalities needs one β in [0, 1] per modality {modalities}, got {betas}")
-    return betas

@@ -46,6 +46,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from prismrec.checks import check_choices
 from prismrec.graph.bipartite import UserItemGraph, user_item_block
 from prismrec.graph.sparse import SparseOperator
 from prismrec.nn.embedding import IdEmbedding
@@ -85,6 +86,35 @@ def check_multiview_config(config: MultiViewConfig, **positive: float) -> None:
     broken += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]
     if broken:
         raise ValueError("; ".join(broken))
+
+
+def check_siger_config(config) -> None:
+    """Raise ``ValueError`` naming the first SIGER setting (:class:`prismrec.models.siger.SIGERConfig`)
+    out of its range."""
+    check_multiview_config(config, co_k=config.co_k, tau_p=config.tau_p, tau_a=config.tau_a,
+                           tau_b=config.tau_b, um_tau=config.um_tau)
+    check_choices(config, "siger")
+    if not 0.0 <= config.beta <= 1.0:
+        raise ValueError(f"siger: beta must be in [0, 1] (G_m = (1-β)Ŝ_m + βĈ), got {config.beta}")
+    if config.beta_per_modality != (config.beta_modalities is not None):
+        raise ValueError("siger: set beta_modalities (one β per modality) exactly when beta_per_modality=true")
+    for key in ("eps", "lambda_p", "lambda_a", "lambda_b", "reg_weight", "um_weight", "reg2_weight", "n_sem_layers"):
+        if getattr(config, key) < 0:
+            raise ValueError(f"siger: {key} must be >= 0, got {getattr(config, key)}")
+    if config.perturb_at == "layers" and config.n_sem_layers < 1:
+        raise ValueError("siger: perturb_at='layers' adds noise after G_m products; needs n_sem_layers >= 1")
+
+
+def siger_betas(config, modalities: list[str]) -> list[float]:
+    """SIGER's ``β_m`` per modality (``G_m = (1 − β_m) Ŝ_m + β_m Ĉ``), checked once the modalities
+    are known (A3 needs two)."""
+    k = len(modalities)
+    if config.anchor_form == "A3" and k < 2:
+        raise ValueError(f"siger: anchor_form='A3' contrasts modalities and needs at least 2, got {modalities}")
+    betas = [float(b) for b in config.beta_modalities] if config.beta_per_modality else [config.beta] * k
+    if len(betas) != k or not all(0.0 <= b <= 1.0 for b in betas):
+        raise ValueError(f"siger: beta_modalities needs one β in [0, 1] per modality {modalities}, got {betas}")
+    return betas
 
 
 def present_adjacencies(train: sp.spmatrix, present_items: np.ndarray | None, item_links: sp.spmatrix | None = None,
