@@ -7,6 +7,8 @@ from prismrec.data import load_dataset
 from prismrec.data.synthetic import write_planted_dataset
 from tests.reference.mmgcn_ref import mmgcn_forward, mmgcn_loss
 from tests.builders import build_model
+from tests.test_masked_user_views import _user_batch, lonely  # noqa: F401  (the fixture)
+from tests.test_row_paths import assert_batch_loss_is_the_full_loss, row_share  # noqa: F401  (the fixture)
 
 
 def build(dataset, seed=0, **overrides):
@@ -104,6 +106,16 @@ def test_switches_change_the_computation(planted):
     first, every = build(planted), build(planted, reg_preferences="all")
     extra = every.gcns["text"].preference.square().mean() * every.config.reg_weight
     torch.testing.assert_close(every.loss(BATCH, every())["reg"], first.loss(BATCH, first())["reg"] + extra)
+
+
+@pytest.mark.parametrize("combine", ["mean", "sum"])
+def test_row_path_under_a_modality_mask_is_the_full_loss(lonely, combine, row_share):
+    """batch_loss's last layer over the batch's rows, masked: users without an image item, items
+    lacking it (their mean over the present views) give loss(batch, forward())'s terms and gradients."""
+    dataset, missing = lonely
+    net = build(dataset, combine=combine, train_embeddings=True).train()
+    assert net.present is not None and not net.present.all()
+    assert_batch_loss_is_the_full_loss(net, _user_batch(dataset, missing))
 
 
 def test_config_errors(planted, tmp_path):

@@ -33,6 +33,11 @@ CASES = [
     ("bm3", {"modalities": []}),
     ("smore", {}),  # dropout on: the row path draws the same full-size masks
     ("smore", {"n_ii_layers": 0, "modalities": ["text"]}),
+    ("mmgcn", {}),
+    ("mmgcn", {"concat": False, "combine": "sum"}),
+    ("mmgcn", {"aggr": "add", "n_layers": 2, "has_id": False}),  # 3 summing layers: beyond float32's 1e-5
+    ("mmgcn", {"train_embeddings": True, "reg_preferences": "all", "latent_dims": [0, 8], "reg_weight": 0.1}),
+    ("mmgcn", {"train_embeddings": True, "n_layers": 1, "modalities": ["text"]}),
 ]
 
 

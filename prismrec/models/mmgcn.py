@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,6 +71,7 @@ from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn.fusion import present_mean
 from prismrec.nn.present_graphs import modality_operators, present_nodes
+from prismrec.nn.propagation import batch_node_rows, row_product
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.embedding import register_table
 from prismrec.nn.encoders import feature_matrix
@@ -149,12 +151,22 @@ class ModalityGCN(nn.Module):
             if layer == 0:
                 nn.init.xavier_normal_(gate.weight)
 
-    def forward(self, graph: SparseOperator, ids: torch.Tensor | None) -> torch.Tensor:
-        """``Z_m = X^L`` (``N x d``, users first) for the aggregation ``graph``."""
+    def forward(self, graph: SparseOperator, ids: torch.Tensor | None, rows: np.ndarray | None = None) -> torch.Tensor:
+        """``Z_m = X^L`` (``N x d``, users first) for the aggregation ``graph``; with ``rows``
+        (sorted distinct node ids) its rows ``R`` alone: a layer is per node after its graph
+        product, so the last one is computed for ``R`` only, ``Hᴸ[R] = ρ(Agg[R] (X^{L-1} Wᴸ))``
+        with the block ``Agg[R]``, and ``X̂ᴸ`` and the gate on ``R``'s rows."""
         items = self.mlp(self.features) if self.mlp is not None else self.features
         x = F.normalize(torch.cat([self.preference, items]), dim=1)        # X⁰
-        for w, lin, gate in zip(self.conv, self.linear, self.gate):
-            h = F.leaky_relu(graph @ (x @ w))                               # Hˡ  (eq. 1)
+        last = len(self.conv) - 1
+        for layer, (w, lin, gate) in enumerate(zip(self.conv, self.linear, self.gate)):
+            if rows is not None and layer == last:
+                h = F.leaky_relu(row_product(graph, rows, x @ w))          # Hᴸ[R]
+                index = torch.from_numpy(rows).to(x.device)
+                x = x.index_select(0, index)
+                ids = None if ids is None else ids.index_select(0, index)
+            else:
+                h = F.leaky_relu(graph @ (x @ w))                           # Hˡ  (eq. 1)
             x_hat = F.leaky_relu(lin(x))                                    # X̂ˡ  (eq. 5)
             if ids is not None:
                 x_hat = x_hat + ids
@@ -214,17 +226,35 @@ class MMGCN(Recommender):
             gcn.reset_parameters()
 
     def forward(self) -> Output:
-        ids = self.id_emb if self.config.has_id else None
-        views = {m: gcn(graph, ids) for (m, gcn), graph in zip(self.gcns.items(), self.graphs)}  # Z_m
-        z = present_mean(torch.stack(list(views.values())), self.present, self.config.combine)  # over present ones
+        views, z = self.views_and_mean()
         out = Output.of_nodes(z, self.n_users)
         if not self.training:
             out.aux.update({f"modality_{m}": v for m, v in views.items()})
         return out
 
+    def views_and_mean(self, rows: np.ndarray | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Each modality's ``Z_m`` and their mean ``Z`` over each node's present ones; with
+        ``rows`` (sorted distinct node ids), those rows alone."""
+        ids = self.id_emb if self.config.has_id else None
+        views = {m: gcn(graph, ids, rows) for (m, gcn), graph in zip(self.gcns.items(), self.graphs)}  # Z_m
+        present = self.present
+        if present is not None and rows is not None:
+            present = present.index_select(1, torch.from_numpy(rows).to(present.device))
+        return views, present_mean(torch.stack(list(views.values())), present, self.config.combine)
+
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        return self.terms(batch, *out.bpr_rows(batch))
+
+    def batch_loss(self, batch) -> dict[str, torch.Tensor]:
+        # The loss reads rows u, i, j of Z only: each GCN's last layer and the mean are computed
+        # for the batch's distinct nodes alone; the terms and gradients of loss(batch, forward()).
+        rows, at = batch_node_rows(batch, self.n_users, self.n_items)
+        _, z = self.views_and_mean(rows)
+        return self.terms(batch, *(z.index_select(0, a) for a in at))
+
+    def terms(self, batch, zu: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss from the batch's rows ``Z[u], Z[i], Z[j]`` (and ``E``'s, ``P_m``)."""
         u, i, j = batch
-        zu, zi, zj = out.bpr_rows(batch)
         e_u = self.id_emb.index_select(0, u)
         e_ij = self.id_emb.index_select(0, torch.cat([i, j]) + self.n_users)
         # mean over the 2B (user, item) rows of E[user]² + E[item]²: each user row counts twice
