@@ -1,5 +1,6 @@
 """SIGER's loss over a batch's distinct rows: :class:`prismrec.losses.CountedRows` and the noise
-views of the rows read give the terms and gradients of the plain row sets and full views."""
+views of the rows read give the terms and gradients of the plain row sets and full views; the
+noisy views of perturb_at="layers" start from the forward's purified rows."""
 
 import pytest
 import torch
@@ -151,3 +152,18 @@ def test_siger_loss_with_counted_rows_is_the_loss_of_the_batch(planted):
             assert (a is None) == (b is None)
             if a is not None:
                 torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_layer_noise_views_from_the_forwards_purified_rows_are_the_recomputed_ones(planted):
+    """perturb_at=layers: the noisy views start from the forward's ``H_m⁰`` (computed once)."""
+    net = _build(planted, perturb_at="layers", perturb_target="per_modality")
+    net.train()
+    out = net()
+    assert "purified" in out.aux
+    rewind = _rewinder(net.noise)
+    shared = net.perturbation_views(out)
+    rewind()
+    del out.aux["purified"]
+    recomputed = net.perturbation_views(out)
+    for a, b in zip(shared, recomputed):
+        assert torch.equal(a, b)

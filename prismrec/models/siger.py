@@ -133,7 +133,8 @@ class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
 
 @register
 class SIGER(Recommender):
-    """SIGER; ``out.aux``: ``behavior`` C, ``modality`` S, ``modality_views`` H (``K x N x d``)."""
+    """SIGER; ``out.aux``: ``behavior`` C, ``modality`` S, ``modality_views`` H (``K x N x d``); in
+    training also ``extended`` Ĥ (``extended_branch``) and ``purified`` H⁰ (``perturb_at="layers"``)."""
 
     name = "siger"
     Config = SIGERConfig
@@ -171,10 +172,15 @@ class SIGER(Recommender):
     # ----------------------------------------------------------------------------------- views
     def forward(self) -> Output:
         c = self.encoder.behavior_view()                         # 1. C on the plain Â
-        h = self.encoder.modality_views()                        # 4. H_m on G_m
+        # H_m⁰ once: the noisy views of perturb_at="layers" start from it too (noise after G_m)
+        noisy_layers = self.training and self.config.perturb_at == "layers" and self.config.lambda_p > 0
+        h0 = self.encoder.purified() if noisy_layers else None
+        h = self.encoder.modality_views(purified=h0)            # 4. H_m on G_m
         s = self.encoder.fuse(h, c)                              # 5. S
         z = c + s                                                #    Z = C + S
         aux = {"behavior": c, "modality": s, "modality_views": h}
+        if noisy_layers:
+            aux["purified"] = h0
         if self.training and self.extended is not None:  # Ĥ only feeds the loss
             aux["extended"] = self.extended(self.encoder.modality_adjacencies, h, self.encoder.present)
         return Output.of_nodes(z, self.n_users, aux)
@@ -190,7 +196,8 @@ class SIGER(Recommender):
             masks = [None] * len(clean) if present is None else present
             return tuple(torch.stack([self.noise(x, nodes, p, draw_all=True) for x, p in zip(clean, masks)])
                          for _ in range(2))
-        noisy = (self.encoder.modality_views(noise=self.noise) for _ in range(2))  # inside the propagation
+        purified = out.aux.get("purified")  # inside the propagation, from the forward's H_m⁰
+        noisy = (self.encoder.modality_views(self.noise, purified) for _ in range(2))
         behavior = out.aux["behavior"]
         if nodes is not None:  # the fuser is per node: it runs on the rows alone
             noisy, behavior = (h.index_select(1, nodes) for h in noisy), behavior.index_select(0, nodes)

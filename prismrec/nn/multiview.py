@@ -232,24 +232,32 @@ class MultiViewEncoder(nn.Module):
         """``γ_b·S_b^{L_ii} E_I`` (``n_I x d``), the item graph's addition to ``C_I``."""
         return self.behavior_item_weight * propagate(self.behavior_item_graph, self.item_emb.weight, self.n_ii_layers)
 
-    def item_views(self, noise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
-        """``H_m^I = S_m^{L_ii} H_m⁰`` (``n_I x d``), modality by modality; ``noise`` as in
-        :meth:`modality_views`."""
+    def purified(self) -> torch.Tensor:
+        """``H_m⁰`` (purifier 2.8) of every modality, stacked ``K x n_I x d``."""
+        return torch.stack([purifier(self.item_emb.weight) for purifier in self.purifiers])
+
+    def item_views(self, noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   purified: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """``H_m^I = S_m^{L_ii} H_m⁰`` (``n_I x d``), modality by modality; ``noise`` and
+        ``purified`` as in :meth:`modality_views`."""
         items = None if self.present is None else self.present[:, self.n_users :]
         for k, (purifier, graph) in enumerate(zip(self.purifiers, self.item_graphs)):
             step = noise if noise is None or items is None else partial(noise, present=items[k])
-            yield propagate(graph, purifier(self.item_emb.weight), self.n_ii_layers, step)  # S_m^{L_ii} H_m⁰
+            start = purifier(self.item_emb.weight) if purified is None else purified[k]          # H_m⁰
+            yield propagate(graph, start, self.n_ii_layers, step)                                 # S_m^{L_ii} H_m⁰
 
-    def modality_views(self, noise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    def modality_views(self, noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       purified: torch.Tensor | None = None) -> torch.Tensor:
         """``H_m = [R̂_m H_m^I; H_m^I]``, ``H_m^I = S_m^{L_ii} H_m⁰``, stacked ``K x N x d``
         (``R̂_m = R̂`` without a mask).
 
         ``noise`` (optional) is applied after every ``S_m`` product (SIGER's SimGCL-style
         ``perturb_at = "layers"``); with a presence mask it is called as ``noise(x, present=p)``,
         ``p`` the items where modality ``m`` is present (a :class:`prismrec.nn.NoiseSource` then
-        takes its mean row norm over them)."""
+        takes its mean row norm over them). ``purified`` (optional): the ``H_m⁰`` already
+        computed (:meth:`purified`), e.g. shared by a clean view and its noisy ones."""
         return torch.stack([torch.cat([user_item @ h, h])                       # [H_m^U; H_m^I]
-                            for user_item, h in zip(self.modality_user_items, self.item_views(noise))])
+                            for user_item, h in zip(self.modality_user_items, self.item_views(noise, purified))])
 
     def behavior_rows(self, rows: np.ndarray) -> torch.Tensor:
         """``C[rows]`` (:meth:`behavior_view`) for sorted distinct node ids ``rows`` (users first):
