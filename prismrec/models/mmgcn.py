@@ -71,7 +71,7 @@ from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn.fusion import present_mean
 from prismrec.nn.present_graphs import modality_operators, present_nodes
-from prismrec.nn.propagation import batch_node_rows, row_product
+from prismrec.nn.propagation import batch_node_rows, few_rows, row_product
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.embedding import register_table
 from prismrec.nn.encoders import feature_matrix
@@ -247,8 +247,11 @@ class MMGCN(Recommender):
 
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
         # The loss reads rows u, i, j of Z only: each GCN's last layer and the mean are computed
-        # for the batch's distinct nodes alone; the terms and gradients of loss(batch, forward()).
+        # for the batch's distinct nodes alone (unless they are nearly all nodes, as lightgcn_rows);
+        # the terms and gradients of loss(batch, forward()).
         rows, at = batch_node_rows(batch, self.n_users, self.n_items)
+        if not few_rows(rows, self.n_users + self.n_items):
+            return self.loss(batch, self())
         _, z = self.views_and_mean(rows)
         return self.terms(batch, *(z.index_select(0, a) for a in at))
 
