@@ -490,14 +490,15 @@ def user_modality_alignment(extended: torch.Tensor, fused: torch.Tensor, rows: t
     ``X', X''`` two views of ``X[u]`` from ``noise(X, rows)`` (e.g. a
     :class:`prismrec.nn.NoiseSource`), drawn for ``M`` first. ``present`` (optional bool per
     user): the users with a modality view (:meth:`prismrec.nn.MultiViewEncoder.fused_presence`;
-    a user with none has rows of 0 in ``Ĥ_U`` and ``M_U``) take part, the others not."""
+    a user with none has rows of 0 in ``Ĥ_U`` and ``M_U``) take part, the others not. A user
+    repeated in ``rows`` is scored once in the first InfoNCE, weighted by its count
+    (:class:`CountedRows`); the noise terms keep every row (each draws its own noise)."""
     at = _at(present, rows)
 
     def noisy(x: torch.Tensor) -> torch.Tensor:
         return infonce(noise(x, rows), noise(x, rows), tau, present=at)
 
-    return (infonce(extended.index_select(0, rows), fused.index_select(0, rows), tau, present=at)
-            + noisy(fused) + noisy(extended))
+    return rows_infonce(extended, fused, (counted_rows(rows),), tau, present) + noisy(fused) + noisy(extended)
 
 
 ND_EPS = 1e-9
@@ -634,42 +635,54 @@ def anchored_infonce(views: torch.Tensor, anchor: torch.Tensor, rows: tuple[torc
     return total / len(pairs)
 
 
-def entity_weights(a: torch.Tensor, mode: str, sign: int, tau_w: float) -> torch.Tensor:
+def entity_weights(a: torch.Tensor, mode: str, sign: int, tau_w: float,
+                   counts: torch.Tensor | None = None) -> torch.Tensor:
     """EGRA's entity level (ALGORITHMS.md 6.3): weights with mean 1 from alignment degrees
     ``a ∈ [−1, 1]`` (no gradient). ``softmax`` ``|B|·softmax(s·a/τ_w)``; ``linear``
     ``(1 + s·a)/mean(1 + s·a)`` (the spec's ``(1 − a)/mean(1 − a)`` at ``s = −1``; ones if every
-    base is 0); ``none`` 1."""
+    base is 0); ``none`` 1. ``counts`` (optional, one per row): the rows are a batch's distinct
+    rows, row ``b`` standing for ``n_b`` equal ones (:class:`CountedRows`): the weights of the batch
+    with its repeats."""
     a = a.detach()
     if _SHARES.split and mode in ("softmax", "linear"):  # normalised over the global batch
         every, at = _SHARES.gather(a)
-        return _entity_weights(every, mode, sign, tau_w)[at : at + len(a)]
-    return _entity_weights(a, mode, sign, tau_w)
+        every_counts = None if counts is None else _batch_keys(counts)
+        return _entity_weights(every, mode, sign, tau_w, every_counts)[at : at + len(a)]
+    return _entity_weights(a, mode, sign, tau_w, counts)
 
 
-def _entity_weights(a: torch.Tensor, mode: str, sign: int, tau_w: float) -> torch.Tensor:
-    """:func:`entity_weights` of the whole batch's ``a`` (detached)."""
+def _entity_weights(a: torch.Tensor, mode: str, sign: int, tau_w: float,
+                    counts: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`entity_weights` of the whole batch's ``a`` (detached), ``counts`` ``n`` (``None``: 1)."""
     if mode == "softmax":
-        return a.numel() * torch.softmax(sign * a / tau_w, dim=0)
+        x = sign * a / tau_w
+        if counts is None:
+            return a.numel() * torch.softmax(x, dim=0)
+        n = counts.to(a.dtype)  # |B| exp(x_b) / Σ_b' n_b' exp(x_b'), |B| = Σ_b' n_b'
+        return n.sum() * torch.softmax(x + n.log(), dim=0) / n
     if mode == "linear":
         base = (1.0 + sign * a).clamp_min(0.0)
-        mean = base.mean()
+        mean = base.mean() if counts is None else (counts * base).sum() / counts.sum()
         return torch.where(mean > 1e-12, base / mean.clamp_min(1e-12), torch.ones_like(base))
     return torch.ones_like(a)
 
 
 def entity_weighted_infonce(p: torch.Tensor, q: torch.Tensor, tau: float, mode: str = "softmax",
-                            sign: int = -1, tau_w: float = 0.5, present: torch.Tensor | None = None) -> torch.Tensor:
+                            sign: int = -1, tau_w: float = 0.5, present: torch.Tensor | None = None,
+                            counts: torch.Tensor | None = None) -> torch.Tensor:
     """``mean_e w_e ℓ_e`` of row-aligned ``p``, ``q`` (EGRA's one-side alignment, 6.3): ``ℓ_e`` the
     per-row InfoNCE, ``w_e`` :func:`entity_weights` of ``a_e = sg(cos(p_e, q_e))``. ``present``
     (optional bool per row): the term of the present rows alone, their weights normalised over
-    them (module docstring)."""
+    them (module docstring). ``counts``: as in :func:`infonce`."""
+    rows = len(p) if counts is None else int(counts.sum())
     if present is not None:
         at = _present_rows(present, len(p), p.device)
-        p, q, rows = p.index_select(0, at), q.index_select(0, at), len(p)
+        p, q = p.index_select(0, at), q.index_select(0, at)
+        counts = None if counts is None else counts.index_select(0, at)
     a = (F.normalize(p, dim=1, eps=1e-12) * F.normalize(q, dim=1, eps=1e-12)).sum(1)
-    if present is None:
+    if present is None and counts is None:
         return infonce(p, q, tau, weights=entity_weights(a, mode, sign, tau_w))
-    return _present_mean(entity_weights(a, mode, sign, tau_w) * infonce_rows(p, q, tau), rows)
+    return _present_mean(entity_weights(a, mode, sign, tau_w, counts) * infonce_rows(p, q, tau, counts), rows, counts)
 
 
 COSINE_EPS = 1e-8

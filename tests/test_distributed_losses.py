@@ -49,10 +49,22 @@ TERMS = {
         torch.stack([p, k]), q, (losses.counted_rows(torch.arange(len(p)).repeat_interleave(2)),), TAU, "A2"),
     "entity_softmax": lambda p, q, k: losses.entity_weighted_infonce(p, q, TAU, "softmax", -1, 0.5),
     "entity_linear": lambda p, q, k: losses.entity_weighted_infonce(p, q, TAU, "linear", 1, 0.5),
+    # distinct rows standing for 1, 2 or 3 entities each (EGRA's batches)
+    "entity_softmax_counted": lambda p, q, k: losses.entity_weighted_infonce(p, q, TAU, "softmax", -1, 0.5,
+                                                                             counts=_counts(p)),
+    "entity_linear_counted": lambda p, q, k: losses.entity_weighted_infonce(p, q, TAU, "linear", 1, 0.5,
+                                                                            counts=_counts(p)),
     "emb_norm": lambda p, q, k: losses.emb_norm(p, q, k),
     "half_sq_and_bpr": lambda p, q, k: losses.half_sq(p, q, k) + losses.bpr_loss(p, q, k),
     "batch_sum": lambda p, q, k: losses.batch_sum(losses.infonce_rows(p, q, TAU), len(p)),
 }
+
+
+def _counts(rows: torch.Tensor) -> torch.Tensor:
+    """How many entities each of the batch's rows (found among ``inputs()[0]``) stands for: 1 to 3,
+    each share's total twice its rows (the trainer weighs a share by its rows)."""
+    at = (rows.detach().unsqueeze(1) == inputs()[0]).all(dim=2).int().argmax(dim=1)
+    return torch.tensor([1, 3, 2, 2, 3, 1, 2]).index_select(0, at)
 
 
 def _single() -> dict:

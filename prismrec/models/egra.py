@@ -14,7 +14,8 @@ pretrained model, plus bi-level alignment.
    ``H_m^U = R̂⁺ H_m^I``, ``M = fuse(H | C)``; ``Z = C + M``, score ``z_u·z_i``.
 3. Alignment (6.3), batch users ``u`` and positive items ``i`` apart; ``ℓ_e`` per-row InfoNCE(M, C;
    τ) (2.11), ``a_e = sg(cos(m_e, c_e))``: ``w_e = |B|·softmax_e(s·a_e/τ_w)`` (mean 1), ``λ_t =
-   λ_min + (λ_max − λ_min)·min(1, t/T)``, ``L_align = λ_t·[mean_u w_u ℓ_u + mean_i w_i ℓ_i]``.
+   λ_min + (λ_max − λ_min)·min(1, t/T)``, ``L_align = λ_t·[mean_u w_u ℓ_u + mean_i w_i ℓ_i]``; a row
+   repeated in ``u`` or ``i`` is scored once, weighted by its count (:class:`prismrec.losses.CountedRows`).
 4. ``L = L_BPR(Z) + λ_reg·half_sq(z_u, z_i, z_j) + L_align``; ``λ_t`` is logged every epoch.
    ``backbone="gume"``: with GUME's extended branch (:class:`prismrec.nn.ExtendedBranch`) on
    ``Â⁺``, and its ``vt``, ``um`` and ``reg2`` terms added (``L_align`` in place of its ``bm``).
@@ -36,7 +37,7 @@ import torch
 from prismrec.data.features import fusion_presence
 from prismrec.checks import check_choices, require_fraction
 from prismrec.graph import UserItemGraph, knn_graph, pretrained_links, shared_neighbor_links, sym_normalize
-from prismrec.losses import bpr_loss, entity_weighted_infonce, half_sq, moment_gap
+from prismrec.losses import bpr_loss, counted_rows, entity_weighted_infonce, half_sq, moment_gap
 from prismrec.losses import entity_weights  # noqa: F401  (EGRA's entity level, importable from here)
 from prismrec.losses import user_modality_alignment
 from prismrec.models import register
@@ -185,20 +186,22 @@ class EGRA(Recommender):
     def epoch_log(self) -> dict:
         return {"lambda_t": self.lambda_t, "pretrained_run": self.pretrained_run}
 
-    def weighted_alignment(self, m_rows: torch.Tensor, c_rows: torch.Tensor,
-                           present: torch.Tensor | None = None) -> torch.Tensor:
+    def weighted_alignment(self, m_rows: torch.Tensor, c_rows: torch.Tensor, present: torch.Tensor | None = None,
+                           counts: torch.Tensor | None = None) -> torch.Tensor:
         """One side's ``mean_e w_e ℓ_e``, ``w_e`` from ``a_e = sg(cos(m_e, c_e))``; ``present``
         (optional bool per row): only the rows with a fused view take part (a node with no
-        modality has ``M`` row 0), their weights normalised over them."""
+        modality has ``M`` row 0), their weights normalised over them; ``counts`` (optional):
+        the rows are the side's distinct rows, each standing for ``n_e`` equal entities."""
         cfg = self.config
         return entity_weighted_infonce(m_rows, c_rows, cfg.tau, cfg.entity_weighting, cfg.entity_sign, cfg.tau_w,
-                                       present)
+                                       present, counts)
 
     def terms(self, z_rows: tuple[torch.Tensor, ...], users: tuple[torch.Tensor, ...],
               items: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """``L_BPR(Z)``, ``λ_reg·half_sq(z_u, z_i, z_j)`` and ``L_align`` from the batch's rows
-        ``(z_u, z_i, z_j)`` and the ``(M, C, fused presence or None)`` rows of its users and of
-        its positive items (:meth:`~prismrec.nn.MultiViewEncoder.fused_presence`)."""
+        ``(z_u, z_i, z_j)`` and the ``(M, C, fused presence or None, counts)`` rows of its distinct
+        users and of its distinct positive items (:meth:`~prismrec.nn.MultiViewEncoder.fused_presence`,
+        :func:`~prismrec.losses.counted_rows`)."""
         cfg, (zu, zi, zj) = self.config, z_rows
         align = self.weighted_alignment(*users) + self.weighted_alignment(*items)
         return {"bpr": bpr_loss(zu, zi, zj), "reg": cfg.reg_weight * half_sq(zu, zi, zj),
@@ -210,7 +213,9 @@ class EGRA(Recommender):
         c, m = out.aux["behavior"], out.aux["modality"]
         i_rows = i + n_u  # item rows of the N x d views
         fused = self.encoder.fused_presence  # of the node ids given
-        terms = self.terms(out.bpr_rows(batch), (m[u], c[u], fused(u)), (m[i_rows], c[i_rows], fused(i_rows)))
+        users, items = ((m.index_select(0, r), c.index_select(0, r), fused(r), n)
+                        for r, n in map(counted_rows, (u, i_rows)))
+        terms = self.terms(out.bpr_rows(batch), users, items)
         if self.extended is not None:  # GUME's vt, um, reg2
             ext = out.aux["extended"]
             terms["vt"] = cfg.vt_weight * moment_gap(out.aux["modality_views"], self.encoder.presence())
@@ -226,14 +231,15 @@ class EGRA(Recommender):
         ``loss(batch, forward())``). GUME's terms read whole matrices: the full forward then."""
         if self.extended is not None:
             return super().batch_loss(batch)
-        u, i, _ = batch
         rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
         c, m = self.encoder.fused_rows(rows)                     # C[rows], M[rows]
         z = c + m
         zu, zi, zj = (z.index_select(0, at) for at in (at_u, at_i, at_j))
         fused = self.encoder.fused_presence  # of the node ids given
-        return self.terms((zu, zi, zj), (m.index_select(0, at_u), c.index_select(0, at_u), fused(u)),
-                          (m.index_select(0, at_i), c.index_select(0, at_i), fused(i + self.n_users)))
+        nodes = torch.from_numpy(rows).to(at_u.device)  # the node id of each row of C and M
+        users, items = ((m.index_select(0, at), c.index_select(0, at), fused(nodes.index_select(0, at)), n)
+                        for at, n in map(counted_rows, (at_u, at_i)))
+        return self.terms((zu, zi, zj), users, items)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, links={self.n_item_links}, P from {self.pretrained_run}"

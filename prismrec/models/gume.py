@@ -24,6 +24,8 @@ own user tables and extra alignment / uniformity losses.
 
    ``Noise(X)[u] = InfoNCE(X'[u], X''[u]; τ_um)`` with ``X', X''`` two views of the whole user
    matrix ``X`` from :func:`prismrec.nn.perturb` (``ε = 0.1``, ``fixed``).
+   A row repeated in ``u`` or ``i`` is scored once in ``bm`` and in ``um``'s first InfoNCE, weighted
+   by its count (:class:`prismrec.losses.CountedRows`); the noise terms draw noise for every row.
 
    Missing modalities (``impute="zero"``): a user takes modality ``m`` from its items that have it
    (``H_m^U = R̂⁺_m H_m^I`` and ``Ĥ_m`` on ``Â⁺_m``, both over those items; a user with none has no
@@ -54,7 +56,8 @@ import torch
 
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph, shared_neighbor_links
-from prismrec.losses import bpr_loss, half_sq, l2_reg, moment_gap, rows_infonce, user_modality_alignment
+from prismrec.losses import bpr_loss, counted_rows, half_sq, l2_reg, moment_gap, rows_infonce
+from prismrec.losses import user_modality_alignment
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
@@ -140,10 +143,11 @@ class GUME(Recommender):
         zu, zi, zj = out.bpr_rows(batch)
         c, m, ext = out.aux["behavior"], out.aux["modality"], out.aux["extended"]
         i_rows = i + n_u  # item rows of the N x d views
+        counted = (counted_rows(u), counted_rows(i_rows))  # each distinct row once, with its count
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
-            "bm": cfg.bm_weight * rows_infonce(m, c, (u, i_rows), cfg.bm_tau, self.encoder.fused_presence()),
+            "bm": cfg.bm_weight * rows_infonce(m, c, counted, cfg.bm_tau, self.encoder.fused_presence()),
             "vt": cfg.vt_weight * moment_gap(out.aux["modality_views"], self.encoder.presence()),
             "um": cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise,
                                                           self.encoder.fused_presence()),
@@ -166,7 +170,8 @@ class GUME(Recommender):
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
-            "bm": cfg.bm_weight * rows_infonce(m, c, (at_u, at_i), cfg.bm_tau, self.encoder.fused_presence(rows)),
+            "bm": cfg.bm_weight * rows_infonce(m, c, (counted_rows(at_u), counted_rows(at_i)), cfg.bm_tau,
+                                               self.encoder.fused_presence(rows)),
             "vt": cfg.vt_weight * moment_gap(h, self.encoder.presence()),
             "um": cfg.um_weight * user_modality_alignment(ext, m, at_u, cfg.um_tau, self.noise,
                                                           self.encoder.fused_presence(rows)),

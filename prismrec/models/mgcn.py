@@ -11,7 +11,8 @@ under preference gates driven by behaviour.
 4. Item-item view: ``H_m^I = Ŝ_m^{L_ii} H_m⁰``, ``H_m^U = R̂ H_m^I``, ``H_m = [H_m^U; H_m^I]``.
 5. Fuser (2.8): ``M = fuse(H_1..H_K | C)``; output ``Z = C + M``, score ``z_u·z_i``.
 6. Loss: ``L_BPR(Z) + λ_reg·half_sq(z_u, z_i, z_j)
-   + λ_cl·[InfoNCE(M_U[u], C_U[u]; τ) + InfoNCE(M_I[i], C_I[i]; τ)]``.
+   + λ_cl·[InfoNCE(M_U[u], C_U[u]; τ) + InfoNCE(M_I[i], C_I[i]; τ)]``; a row repeated in ``u`` or
+   ``i`` is scored once, weighted by its count (:class:`prismrec.losses.CountedRows`).
 
 Any number ``K >= 1`` of modalities is supported (the paper uses image and text); the fuser
 divides by ``K + 1``. Steps 2-5 are :class:`prismrec.nn.MultiViewEncoder`, shared with GUME,
@@ -31,7 +32,7 @@ import torch
 
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
-from prismrec.losses import bpr_loss, l2_reg, rows_infonce
+from prismrec.losses import bpr_loss, counted_rows, l2_reg, rows_infonce
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import MultiViewConfig, MultiViewEncoder, check_multiview_config
@@ -88,7 +89,7 @@ class MGCN(Recommender):
         cfg = self.config
         u, i, _ = batch
         zu, zi, zj = out.bpr_rows(batch)
-        rows = (i + self.n_users, u)  # item rows, then user rows, of the N x d views
+        rows = (counted_rows(i + self.n_users), counted_rows(u))  # item rows, then user rows, of the N x d views
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
@@ -108,7 +109,8 @@ class MGCN(Recommender):
         return {
             "bpr": bpr_loss(zu, zi, zj),
             "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
-            "cl": cfg.cl_weight * rows_infonce(m, c, (at_i, at_u), cfg.cl_tau, self.encoder.fused_presence(rows)),
+            "cl": cfg.cl_weight * rows_infonce(m, c, (counted_rows(at_i), counted_rows(at_u)), cfg.cl_tau,
+                                               self.encoder.fused_presence(rows)),
         }
 
     def extra_repr(self) -> str:
