@@ -396,12 +396,17 @@ class CountedRows(NamedTuple):
 
     index: torch.Tensor
     """The distinct row ids."""
-    counts: torch.Tensor
-    """How often each occurs in the set."""
+    counts: torch.Tensor | None
+    """How often each occurs in the set (``None``: the rows as given, each counted once)."""
 
 
 def counted_rows(rows: torch.Tensor) -> CountedRows:
-    """``rows`` (ids, repeats allowed) as :class:`CountedRows`."""
+    """``rows`` (ids, repeats allowed) as :class:`CountedRows`. On an accelerator the rows stay as
+    they are (``counts=None``: each row counted once, the same terms): the number of distinct rows
+    would have to be read back to the host every step, which stalls the device for longer than the
+    GEMMs it saves there take."""
+    if rows.device.type != "cpu":
+        return CountedRows(rows, None)
     return CountedRows(*torch.unique(rows, return_counts=True))
 
 
