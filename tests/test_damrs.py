@@ -198,7 +198,9 @@ def test_consistent_graphs_memory_stays_blocked():
         """
         import json, resource
         import numpy as np
+        import torch
         from prismrec.graph.consistent import consistent_knn_graphs
+        torch.set_num_threads(1)  # the algorithm's memory, not per-thread allocator arenas
         rng = np.random.default_rng(0)
         x = [rng.standard_normal((25_000, d), dtype=np.float32) for d in (32, 24)]
         consistent_knn_graphs([f[:100] for f in x], 10)  # warm up torch / BLAS buffers
