@@ -546,12 +546,15 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
           f"Every model tuned on validation with the same budget ({p['trials']} points: the defaults, then "
           f"its declared grid; trials ≤ {p['trial_epochs']} epochs, patience {p['trial_patience']} after "
           f"{p.get('trial_min_epochs', 0)} epochs, test "
-          f"never read), then {len(SEEDS)} seeds ({', '.join(map(str, SEEDS))}) at the selected point, "
+          f"never read), then {len(SEEDS)} seeds ({', '.join(map(str, SEEDS))}) at the selected point "
+          f"(at most 1000 epochs, patience 20, the same {p.get('trial_min_epochs', 0)}-epoch warm-up), "
           "test evaluated once per seed. Cells: test metrics mean ± sample std over seeds; **bold** = "
           f"best complete row of the column; † = the seed model is better than every baseline of the "
           f"table on that metric (per-user Wilcoxon signed-rank, seeds averaged per user, Holm over "
           f"{len(data['comparisons'])} tests, α = {p['alpha']}). A row with fewer than {len(SEEDS)} seeds "
-          "is still running and takes no part in marks or tests.",
+          "is still running and takes no part in marks or tests. s/epoch (median over seeds of each run's median "
+          "training epoch, one thread) and peak RSS are as each cell ran, on a shared 2-core machine with the "
+          "code of its day: speed-ups that landed during the study shorten later cells' epochs.",
           "", "`python -m benchmarks.headline --report-only` rebuilds this page from the committed cells.", ""]
     for ds in datasets:
         rows = data["summaries"][ds]
