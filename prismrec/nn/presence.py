@@ -76,8 +76,8 @@ def for_missing_modalities(present_items: np.ndarray | torch.Tensor | None, n_it
 
 
 def node_columns(present: torch.Tensor | None, nodes: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
-    """The columns ``nodes`` (node ids) of a ``K x N`` presence, for a forward over those nodes'
-    rows alone; ``present`` itself for ``nodes=None`` (all), ``None`` for ``None``."""
+    """The columns ``nodes`` (node ids) of a ``K x N`` (or ``N``) presence, for a forward or a
+    loss over those nodes' rows alone; ``present`` itself for ``nodes=None`` (all), ``None`` for ``None``."""
     if present is None or nodes is None:
         return present
-    return present.index_select(1, torch.as_tensor(nodes).to(present.device))
+    return present.index_select(-1, torch.as_tensor(nodes).to(present.device))
