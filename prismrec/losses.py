@@ -193,46 +193,53 @@ from float32's overflow (3.4e38)."""
 
 def bpr_terms(zu: torch.Tensor, zij: torch.Tensor, reg_weight: float, reg_form: str) -> dict[str, torch.Tensor]:
     """``{"bpr": bpr_loss(zu, zi, zj), "reg": reg_weight * l2_reg(reg_form, zu, zi, zj)}`` for
-    ``zij = [zi; zj]`` (the batch's positive rows, then its negative rows), as BPR-MF's and VBPR's
-    ``loss`` compute them.
+    ``zij = [zi; zj]`` (the batch's positive rows, then its negative rows), as BPR-MF's, VBPR's and
+    MGCN's ``loss`` compute them.
 
-    With ``emb_norm`` on a CPU in one process (the default) both terms are one autograd node
-    (:class:`_BPRTerms`), equal to the two loss functions up to float rounding (values and
-    gradients, tests/test_bpr_terms.py); otherwise the two loss functions are called (on a GPU
-    their norm gradients avoid a host sync, and a data-parallel batch's norms span the ranks)."""
-    if reg_form != "emb_norm" or zu.device.type != "cpu" or batch_shares().split:
+    On a CPU in one process (the default) both terms are one autograd node (:class:`_BPRTerms`),
+    equal to the two loss functions up to float rounding (values and gradients,
+    tests/test_bpr_terms.py); otherwise the two loss functions are called (on a GPU their norm
+    gradients avoid a host sync, and a data-parallel batch's norms span the ranks)."""
+    if reg_form not in REG_FORMS or zu.device.type != "cpu" or batch_shares().split:
         zi, zj = zij.chunk(2)
         return {"bpr": bpr_loss(zu, zi, zj), "reg": reg_weight * l2_reg(reg_form, zu, zi, zj)}
-    bpr, reg = _BPRTerms.apply(zu, zij, reg_weight)
+    bpr, reg = _BPRTerms.apply(zu, zij, reg_weight, reg_form)
     return {"bpr": bpr, "reg": reg}
 
 
 class _BPRTerms(torch.autograd.Function):
-    """:func:`bpr_loss` and ``reg_weight *`` :func:`emb_norm` of the same rows as one node, in as
-    few passes over the ``B x d`` rows as the chain rule allows.
+    """:func:`bpr_loss` and ``reg_weight *`` :func:`emb_norm` or :func:`half_sq` of the same rows as
+    one node, in as few passes over the ``B x d`` rows as the chain rule allows.
 
     With ``x_b = z_u·(z_j − z_i)`` (softplus's input, ``−Δ``), ``w_b = ∂L/∂x_b`` (the mean's
-    gradient through softplus) and ``c_X = λ g / (B ‖X‖_F)`` (a norm's gradient factor, 0 for an
-    all-zero ``X``): ``∂z_u = c_u z_u − w ⊙ (z_i − z_j)``, ``∂z_i = c_i z_i − w ⊙ z_u`` and
+    gradient through softplus) and ``c_X`` a regulariser's gradient factor (``emb_norm``:
+    ``λ g / (B ‖X‖_F)``, 0 for an all-zero ``X``; ``half_sq``: ``λ g / B``):
+    ``∂z_u = c_u z_u − w ⊙ (z_i − z_j)``, ``∂z_i = c_i z_i − w ⊙ z_u`` and
     ``∂z_j = c_j z_j + w ⊙ z_u``. Forward: the difference ``z_i − z_j`` once, one row product and
     its sum, three norms (six passes); backward: six, each scaled row added through ``alpha``
     into the gradient buffers (``[∂z_i; ∂z_j]`` one buffer). Autograd through the two loss
     functions takes seven passes forward and fourteen back (each norm's division and scaling,
     four products, four additions), one node per operation. The two differ by float rounding
     only (the difference is taken before the row sum, the scalar factors are folded, the norms
-    summed in double): BPR-MF's and VBPR's goldens (tests/test_equivalence.py) are unchanged.
+    summed in double; ``half_sq``'s value is the loss function's own): BPR-MF's, VBPR's and
+    MGCN's goldens (tests/test_equivalence.py) are unchanged.
     """
 
     @staticmethod
-    def forward(ctx, zu, zij, reg_weight):  # noqa: D401
+    def forward(ctx, zu, zij, reg_weight, reg_form):  # noqa: D401
         zi, zj = zij.chunk(2)
         diff = zi - zj
         x = (zu * diff).sum(dim=1).neg_()  # −Δ
         bpr = F.softplus(x).mean()
-        norms = [float(torch.linalg.vector_norm(r)) for r in (zu, zi, zj)]  # on the host: a CPU path
+        if reg_form == "emb_norm":
+            norms = [float(torch.linalg.vector_norm(r)) for r in (zu, zi, zj)]  # on the host: a CPU path
+            reg = zu.new_tensor(reg_weight * sum(norms) / zu.shape[0])
+        else:  # half_sq: ½‖X‖²'s gradient is X itself
+            norms = None
+            reg = reg_weight * half_sq(zu, zi, zj)
         ctx.save_for_backward(zu, zij, diff, x)
         ctx.norms, ctx.reg_weight = norms, reg_weight
-        return bpr, zu.new_tensor(reg_weight * sum(norms) / zu.shape[0])
+        return bpr, reg
 
     @staticmethod
     @once_differentiable
@@ -240,7 +247,7 @@ class _BPRTerms(torch.autograd.Function):
         zu, zij, diff, x = ctx.saved_tensors
         batch = zu.shape[0]
         g = float(grad_reg) * ctx.reg_weight / batch
-        c_u, c_i, c_j = (g / norm if norm else 0.0 for norm in ctx.norms)
+        c_u, c_i, c_j = (g,) * 3 if ctx.norms is None else (g / norm if norm else 0.0 for norm in ctx.norms)
         w = torch.ops.aten.softplus_backward((grad_bpr / batch).expand(x.shape), x, 1, 20).unsqueeze(1)
         zi, zj = zij.chunk(2)
         grad_zij = torch.empty_like(zij)
@@ -249,7 +256,7 @@ class _BPRTerms(torch.autograd.Function):
         torch.add(w_zu, zj, alpha=c_j, out=grad_zj)
         torch.sub(w_zu, zi, alpha=c_i, out=grad_zi).neg_()
         grad_zu = torch.mul(diff, w.neg_()).add_(zu, alpha=c_u)
-        return grad_zu, grad_zij, None
+        return grad_zu, grad_zij, None, None
 
 
 class _GemmLogSumExp(torch.autograd.Function):
