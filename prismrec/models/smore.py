@@ -224,8 +224,8 @@ class SMORE(Recommender):
 
     def terms(self, z_rows, side, c, items, users, nodes=None) -> dict[str, torch.Tensor]:
         """Step 5 from the batch's rows ``z_rows = (z_u, z_i, z_j)`` and the rows ``items`` (positive
-        items) and ``users`` of ``side`` and ``C``; ``nodes``: the node id of each of those rows
-        (``None``: the row index), for whether it has a view (a node with none has ``side = 0``)."""
+        items) and ``users`` of ``side`` and ``C``; ``nodes``: the node id of each row of ``side`` and
+        ``C`` (``None``: its index), for whether it has a view (a node with none has ``side = 0``)."""
         cfg, (zu, zi, zj) = self.config, z_rows
         # InfoNCE(side[r], C[r]; τ) of the positive items and of the users, over the rows having a view
         cl = [infonce(side.index_select(0, r), c.index_select(0, r), cfg.temperature,

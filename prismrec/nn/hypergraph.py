@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismrec.graph import SparseOperator
 from prismrec.nn.encoders import feature_matrix
 from prismrec.nn.presence import split_nodes, zero_missing
 
@@ -46,7 +47,7 @@ class HyperedgeInputs(nn.Module):
         nn.init.xavier_uniform_(self.projection)
         nn.init.xavier_uniform_(self.hyper)
 
-    def memberships(self, interactions, tau: float, noise: bool,
+    def memberships(self, interactions: SparseOperator, tau: float, noise: bool,
                     present: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(H_I, H_U) = (GS(F V), GS(R F V))``: the items' memberships from their logits, the
         users' from the plain sum of their items' logits (``interactions``: ``R``, ``n_U x n_I``),
