@@ -207,6 +207,14 @@ def bpr_terms(zu: torch.Tensor, zij: torch.Tensor, reg_weight: float, reg_form: 
     return {"bpr": bpr, "reg": reg}
 
 
+def output_bpr_terms(out, batch, reg_weight: float, reg_form: str) -> dict[str, torch.Tensor]:
+    """:func:`bpr_terms` of a batch ``(u, i, j)`` on a forward's output (``out.user``,
+    ``out.item``): ``z_u`` and ``[z_i; z_j]`` gathered at once (one scatter back into the item rows,
+    not two zero-filled gradients added)."""
+    u, i, j = batch
+    return bpr_terms(out.user.index_select(0, u), out.item.index_select(0, torch.cat([i, j])), reg_weight, reg_form)
+
+
 class _BPRTerms(torch.autograd.Function):
     """:func:`bpr_loss` and ``reg_weight *`` :func:`emb_norm` or :func:`half_sq` of the same rows as
     one node, in as few passes over the ``B x d`` rows as the chain rule allows.

@@ -32,7 +32,7 @@ import torch
 
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
-from prismrec.losses import bpr_terms, counted_rows, rows_infonce
+from prismrec.losses import bpr_terms, counted_rows, output_bpr_terms, rows_infonce
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import MultiViewConfig, MultiViewEncoder, check_multiview_config
@@ -87,11 +87,10 @@ class MGCN(Recommender):
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg = self.config
-        u, i, j = batch
-        zij = out.item.index_select(0, torch.cat([i, j]))  # [z_i; z_j]: one gather, one scatter back
+        u, i, _ = batch
         rows = (counted_rows(i + self.n_users), counted_rows(u))  # item rows, then user rows, of the N x d views
         return {
-            **bpr_terms(out.user.index_select(0, u), zij, cfg.reg_weight, cfg.reg_form),
+            **output_bpr_terms(out, batch, cfg.reg_weight, cfg.reg_form),
             "cl": cfg.cl_weight * rows_infonce(out.aux["modality"], out.aux["behavior"], rows, cfg.cl_tau,
                                                self.encoder.fused_presence()),
         }

@@ -60,7 +60,7 @@ import torch
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.graph.cooccurrence import infused_graphs
-from prismrec.losses import CountedRows, anchored_infonce, bpr_loss, counted_rows, half_sq, paired_views_infonce
+from prismrec.losses import CountedRows, anchored_infonce, counted_rows, half_sq, output_bpr_terms, paired_views_infonce
 from prismrec.losses import rows_infonce, user_modality_alignment
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
@@ -231,17 +231,15 @@ class SIGER(Recommender):
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg, (u, i, _), n_u = self.config, batch, self.n_users
-        zu, zi, zj = out.bpr_rows(batch)
         c, s, h = out.aux["behavior"], out.aux["modality"], out.aux["modality_views"]
         items = i + n_u
         rows = (counted_rows(u), counted_rows(items))  # user rows, item rows of the N x d views
 
         def weighted(weight: float, term) -> torch.Tensor:  # a zero-weight term is never computed
-            return weight * term() if weight else zu.new_zeros(())
+            return weight * term() if weight else c.new_zeros(())
 
         terms = {
-            "bpr": bpr_loss(zu, zi, zj),
-            "reg": cfg.reg_weight * half_sq(zu, zi, zj),
+            **output_bpr_terms(out, batch, cfg.reg_weight, "half_sq"),
             "perturb": weighted(cfg.lambda_p, lambda: self.perturbation_loss(out, rows)),
             "anchor": weighted(cfg.lambda_a, lambda: self.anchor_loss(h, c, rows)),
             "align": weighted(cfg.lambda_b, lambda: rows_infonce(s, c, rows, cfg.tau_b, self.encoder.fused_presence())),
