@@ -15,6 +15,7 @@ from prismrec.losses import (
     infonce_rows,
     joint_infonce_rows,
     l2_reg,
+    normalized,
     use_batch_shares,
 )
 
@@ -178,6 +179,26 @@ def test_norm_gradient_without_a_host_sync_equals_autograds():
         (torch.linalg.norm(leaf) * g).backward()
         got = _norm_grad(x, torch.linalg.vector_norm(x), g, on_host=False)
         assert torch.isfinite(got).all() and torch.equal(got, leaf.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [None, 0.2, 0.07])
+def test_normalized_is_bit_identical_to_autograds_normalize(dtype, tau):
+    """``normalized`` (InfoNCE's unit rows, one node) against ``F.normalize(x, dim=1) / τ``: values
+    and gradients bit for bit, with an all-zero row and a row below ``F.normalize``'s ``eps``."""
+    g = torch.Generator().manual_seed(7)
+    for scale in (1e-3, 1.0, 50.0):
+        x = torch.randn(301, 64, generator=g, dtype=dtype) * scale
+        x[3], x[7] = 0.0, 1e-14
+        for rows in (x, x[8:]):  # with the clamped rows, and without
+            upstream = torch.randn(rows.shape, generator=g, dtype=dtype)
+            a, b = rows.clone().requires_grad_(), rows.clone().requires_grad_()
+            want = F.normalize(a, dim=1) if tau is None else F.normalize(a, dim=1) / tau
+            got = normalized(b, tau)
+            (want * upstream).sum().backward()
+            (got * upstream).sum().backward()
+            assert torch.equal(_bits(got.detach()), _bits(want.detach()))
+            assert torch.equal(_bits(b.grad), _bits(a.grad))
 
 
 def test_one_node_losses_sum_shared_gradients_in_autograds_order():
