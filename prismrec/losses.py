@@ -333,13 +333,14 @@ NORMALIZE_EPS = 1e-12
 
 
 def normalized(x: torch.Tensor, tau: float | None = None) -> torch.Tensor:
-    """``F.normalize(x, dim=1) / τ`` (``τ = None``: no division), as one autograd node with
-    autograd's values and gradients bit for bit (:class:`_Normalized`)."""
+    """``F.normalize(x, dim=-1) / τ`` (``τ = None``: no division): the rows along the last axis at
+    unit length, as one autograd node with autograd's values and gradients bit for bit
+    (:class:`_Normalized`)."""
     return _Normalized.apply(x, tau)
 
 
 class _Normalized(torch.autograd.Function):
-    """``y = x / max(‖x‖, ε)`` per row, then ``y / τ``. The backward evaluates autograd's chain for
+    """``y = x / max(‖x‖, ε)`` per row (the last axis), then ``y / τ``. The backward evaluates autograd's chain for
     that expression with the same operations: ``∂y = g / τ``; the division's ``∂y / max(‖x‖, ε)``
     and ``-Σ_d ∂y ⊙ (y / max(‖x‖, ε))`` (the negation taken on the row sum, not on the rows: the
     same bits, rounding being symmetric in sign; ``y`` kept from the forward, not divided again);
@@ -349,7 +350,7 @@ class _Normalized(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, tau):  # noqa: D401
-        norm = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True)
+        norm = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True)
         clamped = norm.clamp_min(NORMALIZE_EPS)
         y = x / clamped
         ctx.save_for_backward(x, norm, clamped, y)
@@ -361,7 +362,7 @@ class _Normalized(torch.autograd.Function):
     def backward(ctx, grad):
         x, norm, clamped, y = ctx.saved_tensors
         grad_y = grad if ctx.tau is None else grad / ctx.tau
-        grad_clamped = (grad_y * (y / clamped)).sum(dim=1, keepdim=True).neg_()
+        grad_clamped = (grad_y * (y / clamped)).sum(dim=-1, keepdim=True).neg_()
         grad_norm = torch.where(norm >= NORMALIZE_EPS, grad_clamped, torch.zeros_like(grad_clamped))
         small = x.device.type != "cpu" or bool((norm < NORMALIZE_EPS).any())  # no host read on a GPU
         unit = (x / norm).masked_fill_(norm == 0, 0) if small else y  # x / ‖x‖, which is y where unclamped
@@ -481,11 +482,11 @@ def joint_infonce_rows(queries: torch.Tensor, keys: torch.Tensor, tau: float,
     with ``K = 1`` it equals :func:`infonce_rows`. ``present`` (optional ``K x B`` bool): the sum
     over ``m`` runs over each row's present views only. ``counts``: as in :func:`infonce_rows`.
     """
-    unit = F.normalize(queries, dim=-1)
+    unit = normalized(queries)
     if present is not None:
         unit = unit * present.to(unit.device, unit.dtype).unsqueeze(-1)
     pn = unit.sum(dim=0) / tau
-    kn = F.normalize(keys, dim=1)
+    kn = normalized(keys)
     return gemm_logsumexp(pn, _batch_keys(kn), None if counts is None else _batch_keys(counts)) - (pn * kn).sum(dim=1)
 
 
@@ -640,7 +641,7 @@ def _top_outside(scores: torch.Tensor, taken: torch.Tensor, k: int) -> torch.Ten
 def neighbour_discrimination(views: torch.Tensor, items: torch.Tensor, k: int, tau: float) -> torch.Tensor:
     """DA-MRS's neighbour discrimination ``L_ND`` (``K x n x d`` views), averaged over the views,
     anchors ``items`` against all items, ``k`` pseudo-positives, temperature ``tau``."""
-    unit = F.normalize(views, dim=-1)
+    unit = normalized(views)
     losses = []
     for x, (multi, single) in enumerate(pseudo_positives(unit.detach(), items, k)):
         anchor = unit[x].index_select(0, items)  # nrm(h_x[i])
@@ -857,7 +858,7 @@ def all_keys_infonce(queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tens
         rows = (torch.cumsum(has_key, 0) - 1)[rows[(has_query & has_key)[rows]]]
         queries, keys = queries.index_select(0, candidates), keys.index_select(0, candidates)
     distinct, counts = torch.unique(rows, return_counts=True)
-    q = F.normalize(queries.index_select(0, distinct), dim=1) / tau
-    k = F.normalize(keys, dim=1)
+    q = normalized(queries.index_select(0, distinct), tau)
+    k = normalized(keys)
     per_row = gemm_logsumexp(q, k) - (q * k.index_select(0, distinct)).sum(dim=1)
     return batch_sum(per_row * counts, n_rows)

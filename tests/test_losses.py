@@ -184,16 +184,16 @@ def test_norm_gradient_without_a_host_sync_equals_autograds():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("tau", [None, 0.2, 0.07])
 def test_normalized_is_bit_identical_to_autograds_normalize(dtype, tau):
-    """``normalized`` (InfoNCE's unit rows, one node) against ``F.normalize(x, dim=1) / τ``: values
+    """``normalized`` (unit rows, one node) against ``F.normalize(x, dim=-1) / τ``: values
     and gradients bit for bit, with an all-zero row and a row below ``F.normalize``'s ``eps``."""
     g = torch.Generator().manual_seed(7)
     for scale in (1e-3, 1.0, 50.0):
         x = torch.randn(301, 64, generator=g, dtype=dtype) * scale
         x[3], x[7] = 0.0, 1e-14
-        for rows in (x, x[8:]):  # with the clamped rows, and without
+        for rows in (x, x[8:], x[1:].view(3, 100, 64)):  # with the clamped rows, without, K x B x d views
             upstream = torch.randn(rows.shape, generator=g, dtype=dtype)
             a, b = rows.clone().requires_grad_(), rows.clone().requires_grad_()
-            want = F.normalize(a, dim=1) if tau is None else F.normalize(a, dim=1) / tau
+            want = F.normalize(a, dim=-1) if tau is None else F.normalize(a, dim=-1) / tau
             got = normalized(b, tau)
             (want * upstream).sum().backward()
             (got * upstream).sum().backward()
