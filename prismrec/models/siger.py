@@ -66,6 +66,7 @@ from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn.multiview import check_siger_config, siger_betas
+from prismrec.nn.presence import node_columns
 from prismrec.recommender import Output, Recommender
 
 
@@ -210,9 +211,8 @@ class SIGER(Recommender):
         nodes = torch.cat([r.index for r in rows])
         sizes = [len(r.index) for r in rows]
         local = tuple(CountedRows(at, r.counts) for at, r in zip(torch.arange(len(nodes), device=nodes.device).split(sizes), rows))
-        present = self.view_presence()
         return paired_views_infonce(*self.perturbation_views(out, nodes), local, self.config.tau_p,
-                                    None if present is None else present.index_select(1, nodes))
+                                    node_columns(self.view_presence(), nodes))
 
     def view_presence(self) -> torch.Tensor | None:
         """Presence of the perturbed views' rows: ``1 x N`` for ``S`` (a node with no modality has

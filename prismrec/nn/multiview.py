@@ -52,8 +52,8 @@ from prismrec.graph.sparse import SparseOperator
 from prismrec.nn.embedding import IdEmbedding
 from prismrec.nn.encoders import Purifier
 from prismrec.nn.fusion import BehaviorAwareFuser, present_mean
-from prismrec.nn.presence import for_missing_modalities, node_presence
-from prismrec.nn.propagation import lightgcn, lightgcn_distinct, propagate, row_product
+from prismrec.nn.presence import for_missing_modalities, node_columns, node_presence
+from prismrec.nn.propagation import lightgcn, lightgcn_distinct, propagate, user_item_rows
 
 
 @dataclass
@@ -275,9 +275,7 @@ class MultiViewEncoder(nn.Module):
         """``H[:, rows]`` (``K x len(rows) x d``) for sorted distinct node ids ``rows``: every
         ``H_m^I`` is computed in full (``S_m`` mixes all items), the user rows ``R̂_m[u] H_m^I``
         only for the users among ``rows``, and nothing else is built for the other nodes."""
-        split = int(np.searchsorted(rows, self.n_users))
-        users, items = rows[:split], torch.from_numpy(rows[split:] - self.n_users)
-        return torch.stack([torch.cat([row_product(user_item, users, h), h.index_select(0, items.to(h.device))])
+        return torch.stack([user_item_rows(user_item, h, rows, self.n_users)
                             for user_item, h in zip(self.modality_user_items, self.item_views())])
 
     def fused_rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,18 +288,14 @@ class MultiViewEncoder(nn.Module):
     def presence(self, rows: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
         """``present`` (``K x N``), its columns ``rows`` (node ids, users first) when given, or
         ``None`` without a mask."""
-        if self.present is None or rows is None:
-            return self.present
-        return self.present.index_select(1, torch.as_tensor(rows).to(self.present.device))
+        return node_columns(self.present, rows)
 
     def fused_presence(self, rows: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
         """``N`` bool: the nodes with at least one present modality (a node with none fuses to a
         row of 0, which holds no view), its entries ``rows`` (node ids, users first) when given;
         ``None`` without a mask or when every node has a modality (the common case: one modality
         of several missing leaves the fused row a real view)."""
-        if self.fused_present is None or rows is None:
-            return self.fused_present
-        return self.fused_present.index_select(0, torch.as_tensor(rows).to(self.fused_present.device))
+        return node_columns(self.fused_present, rows)
 
     def fuse(self, views: torch.Tensor, behavior: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
         """``M = fuse(H_1..H_K | C)`` (2.8), or ``mean_m H_m`` with ``fusion="mean"``, over each
