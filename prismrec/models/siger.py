@@ -34,9 +34,8 @@ Missing modalities (``impute="zero"``): an item lacking ``m`` has no ``m`` view 
 ``False``; its zero feature row has no ``Ŝ_m`` neighbour but itself), and ``G_m`` keeps it so:
 the collaborative part is ``Ĉ_m``, the co-occurrence graph among the items having ``m`` (2.4 on
 ``R`` without the others' interactions), so its ``H_m^I`` row is not filled from its behaviour
-neighbours and its row reaches no item having ``m``. (Treating ``Ĉ`` as a neighbour imputation
-and marking the row present was the alternative; it would call a row a view of ``m`` whose self
-part is still the ID row under a bias-only gate, and users and the terms would read it.) A user
+neighbours and its row reaches no item having ``m`` (not a neighbour imputation: the row's self
+part would still be the ID row under a bias-only gate). A user
 takes modality ``m`` from its items that have it (``H_m^U = R̂_m H_m^I``, ``Ĥ_m`` on ``Â_m``;
 none: no ``m`` view), and a term reads only real views. ``anchor`` aligns ``H_m``
 on the rows where modality ``m`` is present (A1; A2 scores a row with its present views; A3 a
@@ -45,9 +44,8 @@ pair on the rows where both are present); ``perturb`` on ``H_m`` likewise; ``per
 is 0, e.g. with one modality).
 
 ``extended_branch``: GUME's ``Ĥ = mean_m LGN(Â, [E_U^(m); H_m^I], L_ui)`` (3.6,
-:class:`prismrec.nn.ExtendedBranch`), ``um =
-um_weight·[InfoNCE(Ĥ_U[u], S_U[u]; τ_um) + Noise(S_U)[u] + Noise(Ĥ_U)[u]]`` (SIGER's noise rule)
-and ``reg2 = reg2_weight·½‖Ĥ_I[i]‖²/B``.
+:class:`prismrec.nn.ExtendedBranch`), ``um = um_weight·[InfoNCE(Ĥ_U[u], S_U[u]; τ_um) + Noise(S_U)[u]
++ Noise(Ĥ_U)[u]]`` (SIGER's noise rule) and ``reg2 = reg2_weight·½‖Ĥ_I[i]‖²/B``.
 """
 
 from __future__ import annotations
@@ -73,31 +71,30 @@ from prismrec.recommender import Output, Recommender
 @dataclass
 class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     """SIGER's settings (``modalities``: >= 1; A3 needs >= 2); ``um_*``, ``reg2`` act only with
-    ``extended_branch``."""
+    ``extended_branch``. Grids (``metadata``): ALGORITHMS.md §5.3 (the three λ one at a time)."""
 
     n_ui_layers: int = field(default=2, metadata={"grid": [2, 3]})
-    """``L_ui``, LightGCN depth of the behaviour view; grid {2, 3}."""
+    """``L_ui``, LightGCN depth of the behaviour view."""
     n_sem_layers: int = field(default=1, metadata={"grid": [1, 2]})
-    """``L_s``, propagation steps on each infused graph ``G_m``; grid {1, 2}."""
+    """``L_s``, propagation steps on each infused graph ``G_m``."""
     co_k: int = field(default=10, metadata={"grid": [5, 10, 20]})
-    """``k_c``, neighbours per item in the co-occurrence graph ``Ĉ``; grid {5, 10, 20}."""
+    """``k_c``, neighbours per item in the co-occurrence graph ``Ĉ``."""
     co_score: Literal["count", "cosine"] = "count"
     """Co-occurrence score ``q_ij``: common users, or ``O_ij / sqrt(n_i n_j)`` (2.4)."""
     co_weight: Literal["binary", "score"] = "binary"
     """Weight of a kept ``Ĉ`` entry before normalisation: 1, or the score ``q_ij``."""
     beta: float = field(default=0.5, metadata={"grid": [0.1, 0.3, 0.5, 0.7, 0.9]})
-    """``β`` in ``[0, 1]``: ``G_m = (1 − β) Ŝ_m + β Ĉ`` (0 = raw semantic graphs, 1 = ``Ĉ`` only);
-    grid {0.1, 0.3, 0.5, 0.7, 0.9}."""
+    """``β`` in ``[0, 1]``: ``G_m = (1 − β) Ŝ_m + β Ĉ`` (0 = raw semantic graphs, 1 = ``Ĉ`` only)."""
     beta_per_modality: bool = False
-    """Use one ``β_m`` per modality from ``beta_modalities`` instead of the shared ``beta``."""
+    """Use one ``β_m`` per modality (``beta_modalities``, in ``modalities`` order) instead of ``beta``."""
     beta_modalities: list[float] | None = None
-    """``β_m`` per modality, in ``modalities`` order; only with ``beta_per_modality``."""
+    """``β_m`` per modality; only with ``beta_per_modality``."""
     renormalize_after_mix: bool = False
     """Re-apply the 2.2 row-degree normalisation to ``G_m`` after mixing."""
     fusion: Literal["mgcn", "mean"] = "mgcn"
     """``S`` = MGCN's behaviour-aware fuser (2.8), or the plain mean of the ``H_m``."""
     eps: float = field(default=0.1, metadata={"grid": [0.01, 0.05, 0.1, 0.2]})
-    """``ε``, noise scale of the perturbation views; grid {0.01, 0.05, 0.1, 0.2}."""
+    """``ε``, noise scale of the perturbation views."""
     perturb_mode: Literal["modulus", "fixed"] = "modulus"
     """Noise magnitude per row (2.12): ``ρ = ε‖x‖(‖x‖/m)^γ``, or ``ε`` (GUME)."""
     gamma: float = field(default=1.0, metadata={"grid": [-1.0, -0.5, 0.0, 0.5, 1.0, 2.0]})
@@ -108,20 +105,19 @@ class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     perturb_target: Literal["fused", "per_modality"] = "fused"
     """Views of the fused ``S``, or of each ``H_m`` (``L_P`` then averaged over modalities)."""
     lambda_p: float = field(default=0.01, metadata={"grid": [1e-3, 1e-2, 1e-1]})
-    """``λ_P``, weight of the perturbation InfoNCE ``L_P`` (0 = views never computed); grid
-    {1e-3, 1e-2, 1e-1} (§5.3: the three λ searched one at a time)."""
+    """``λ_P``, weight of the perturbation InfoNCE ``L_P`` (0 = views never computed)."""
     lambda_a: float = field(default=0.01, metadata={"grid": [1e-3, 1e-2, 1e-1]})
-    """``λ_A``, weight of the anchor InfoNCE ``L_A``; grid {1e-3, 1e-2, 1e-1}."""
+    """``λ_A``, weight of the anchor InfoNCE ``L_A``."""
     lambda_b: float = field(default=0.01, metadata={"grid": [1e-3, 1e-2, 1e-1]})
-    """``λ_B``, weight of the standard behaviour-semantics InfoNCE ``L_B``; grid {1e-3, 1e-2, 1e-1}."""
+    """``λ_B``, weight of the standard behaviour-semantics InfoNCE ``L_B``."""
     tau_p: float = field(default=0.2, metadata={"grid": [0.1, 0.2, 0.4]})
-    """``τ_P``; grid {0.1, 0.2, 0.4}."""
+    """``τ_P``."""
     tau_a: float = field(default=0.2, metadata={"grid": [0.1, 0.2, 0.4]})
-    """``τ_A``; grid {0.1, 0.2, 0.4}."""
+    """``τ_A``."""
     tau_b: float = field(default=0.2, metadata={"grid": [0.1, 0.2, 0.4]})
-    """``τ_B``; grid {0.1, 0.2, 0.4}."""
+    """``τ_B``."""
     reg_weight: float = field(default=1e-5, metadata={"grid": [1e-5, 1e-4]})
-    """``λ_reg``, weight of ``half_sq(z_u, z_i, z_j)``; grid {1e-5, 1e-4}."""
+    """``λ_reg``, weight of ``half_sq(z_u, z_i, z_j)``."""
     anchor_form: Literal["A1", "A2", "A3"] = "A1"
     """``L_A``: per-modality anchored InfoNCE, joint multi-positive, or anchor-gated cross-modal."""
     anchor_gate: bool = True
@@ -150,15 +146,12 @@ class SIGER(Recommender):
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         self.betas = siger_betas(config, self.modalities)
         d = config.embedding_size
-        # 2 + 3. Ŝ_m, Ĉ (built only when used) and the infused G_m = (1 − β_m) Ŝ_m + β_m Ĉ. When
-        # some modality rows were zero-filled (impute="zero"), Ĉ_m links only the items having m.
+        # 2 + 3. Ŝ_m, Ĉ (built only when used; Ĉ_m under a mask) and G_m = (1 − β_m) Ŝ_m + β_m Ĉ.
         present = fusion_presence(dataset, self.modalities)
         graphs = infused_graphs([knn_graph(dataset.features[m], config.knn_k) for m in self.modalities],
                                 dataset.train, self.betas, config.co_k, config.co_score, config.co_weight,
                                 config.renormalize_after_mix, present)
-        # 1, 4, 5. C on the plain Â, H_m on the G_m, S; GUME's extended branch if asked. Under a mask
-        # S and Ĥ weigh only a node's present modalities, and users take modality m from their
-        # items that have it (Â_m).
+        # 1, 4, 5. C on the plain Â, H_m on the G_m, S (under a mask: present modalities only); Ĥ.
         self.encoder = MultiViewEncoder(
             UserItemGraph(dataset.train), graphs, [dataset.features[m] for m in self.modalities],
             self.n_users, d, config.n_ui_layers, config.n_sem_layers, config.train_features,
