@@ -6,7 +6,8 @@ import scipy.sparse as sp
 import torch
 
 from prismrec.graph import SparseOperator
-from prismrec.nn.presence import node_columns, present_max
+from prismrec.nn.fusion import present_max
+from prismrec.nn.presence import node_columns
 from prismrec.nn.present_graphs import inverse_user_degrees
 from prismrec.nn.propagation import user_item_rows
 

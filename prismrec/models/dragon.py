@@ -80,9 +80,9 @@ from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.encoders import Projector
-from prismrec.nn.fusion import present_mean, present_mix
+from prismrec.nn.fusion import present_max, present_mean, present_mix
 from prismrec.nn.present_graphs import modality_operators, present_knn_graphs, present_nodes
-from prismrec.nn.presence import present_max, split_nodes, zero_missing
+from prismrec.nn.presence import split_nodes, zero_missing
 from prismrec.nn.propagation import propagate
 from prismrec.nn.roles import role_weights
 from prismrec.recommender import Output, Recommender

@@ -54,6 +54,16 @@ def present_mean(views: torch.Tensor, present: torch.Tensor | None, reduce: str 
     return total * scale
 
 
+def present_max(views: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+    """The element-wise max over ``K`` views (``K x N x d`` -> ``N x d``), per node over the views
+    it has (``present``: ``K x N`` bool; 0 for a node with none); the plain max for ``None``. The
+    max counterpart of :func:`present_mean`."""
+    if present is None:
+        return views.amax(dim=0)
+    missing = ~present.unsqueeze(-1)
+    return views.masked_fill(missing, float("-inf")).amax(dim=0).masked_fill(missing.all(dim=0), 0.0)
+
+
 def present_mix(graphs: Sequence[sp.spmatrix], weights: Sequence[float],
                 present_items: np.ndarray | None) -> sp.csr_matrix:
     """``S = Σ_m α_m G_m`` over item-item graphs (:func:`prismrec.graph.ops.mix`), mask-aware:

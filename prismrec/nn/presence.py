@@ -6,8 +6,7 @@ mark as a ``K x N`` bool buffer: one row per view, one column per node (users fi
 model has user rows). :func:`node_presence` turns an item mask into that buffer,
 :func:`view_presence` reads it from a dataset, :func:`split_nodes` parts it into users and items,
 :func:`node_columns` keeps some nodes' columns, :func:`zero_missing` clears the rows of the nodes
-lacking a view, :func:`present_max` takes a max over the views a node has, and
-:func:`for_missing_modalities` builds a per-modality object (a graph over the items that have the
+lacking a view, and :func:`for_missing_modalities` builds a per-modality object (a graph over the items that have the
 modality) where some item lacks it.
 """
 
@@ -82,13 +81,3 @@ def node_columns(present: torch.Tensor | None, nodes: torch.Tensor | np.ndarray 
     if present is None or nodes is None:
         return present
     return present.index_select(-1, torch.as_tensor(nodes).to(present.device))
-
-
-def present_max(views: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
-    """The element-wise max over ``K`` views (``K x N x d`` -> ``N x d``), per node over the views
-    it has (``present``: ``K x N`` bool; 0 for a node with none); the plain max for ``None``. The
-    max counterpart of :func:`prismrec.nn.fusion.present_mean`."""
-    if present is None:
-        return views.amax(dim=0)
-    missing = ~present.unsqueeze(-1)
-    return views.masked_fill(missing, float("-inf")).amax(dim=0).masked_fill(missing.all(dim=0), 0.0)
