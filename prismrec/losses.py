@@ -14,6 +14,8 @@ over the global batch's present rows. ``present=None`` runs the unmasked formula
 from __future__ import annotations
 
 import itertools
+import operator
+from functools import reduce
 from typing import NamedTuple
 
 import torch
@@ -171,7 +173,13 @@ def emb_norm(*rows: torch.Tensor) -> torch.Tensor:
 
 def half_sq(*rows: torch.Tensor) -> torch.Tensor:
     """``Σ ½‖X‖²_F / B`` (MGCN, GUME, LATTICE)."""
-    return sum(0.5 * x.pow(2).sum() for x in rows) / rows[0].shape[0]
+    return added(0.5 * x.pow(2).sum() for x in rows) / rows[0].shape[0]
+
+
+def added(terms) -> torch.Tensor:
+    """``t_1 + t_2 + ...`` of one or more tensors, left to right: ``sum``'s value without its leading
+    ``0 +`` (one operation and one autograd node less per call)."""
+    return reduce(operator.add, terms)
 
 
 REG_FORMS = {"emb_norm": emb_norm, "half_sq": half_sq}
@@ -281,15 +289,16 @@ class _GemmLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, c: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, c: torch.Tensor, counts: torch.Tensor | None, bound: float | None) -> torch.Tensor:
         # |s_bb'| <= ‖a_b‖·max‖c‖ (Cauchy-Schwarz). While that bound is <= _UNSHIFTED_BOUND (e.g.
         # InfoNCE on unit rows: 1/τ), exp(s) can neither overflow nor underflow in float32 and
         # needs no shift: no pass for the row maxima, none for the subtraction. Otherwise the
         # usual shift by the exact row maxima. On a GPU the bound is not read (a host sync per
-        # call): the shift is always taken there.
+        # call): the shift is always taken there. ``bound``: a caller's bound of the computed
+        # norms' product, which then need not be computed.
         s = a @ c.T
-        if c.shape[0] and a.device.type == "cpu" and float(
-                torch.linalg.vector_norm(a, dim=1).amax() * torch.linalg.vector_norm(c, dim=1).amax()) <= _UNSHIFTED_BOUND:
+        if c.shape[0] and a.device.type == "cpu" and (bound if bound is not None else float(
+                torch.linalg.vector_norm(a, dim=1).amax() * torch.linalg.vector_norm(c, dim=1).amax())) <= _UNSHIFTED_BOUND:
             shift = s.new_zeros((s.shape[0], 1))
         else:
             shift = s.amax(dim=1, keepdim=True)
@@ -313,19 +322,28 @@ class _GemmLogSumExp(torch.autograd.Function):
             grad_c = p.T @ (a * w)
             if n is not None:
                 grad_c.mul_(n)
-        return grad_a, grad_c, None
+        return grad_a, grad_c, None, None
 
 
-def gemm_logsumexp(a: torch.Tensor, c: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+def gemm_logsumexp(a: torch.Tensor, c: torch.Tensor, counts: torch.Tensor | None = None,
+                   bound: float | None = None) -> torch.Tensor:
     """``logsumexp(a @ c.T, dim=1)``, or with key ``counts`` ``log Σ_b' n_b' exp(a_b · c_b')``: the
     log-sum-exp over keys in which key ``b'`` occurs ``n_b'`` times (first-order gradients only;
-    see :class:`_GemmLogSumExp`).
+    see :class:`_GemmLogSumExp`). ``bound`` (optional): an upper bound of ``max_b ‖a_b‖ · max_b'
+    ‖c_b'‖`` as the float32 norms compute it (e.g. :func:`unit_bound` for rows scaled to a known
+    length), so that they need not be computed.
 
     No query rows (a masked batch share holding none): an empty result, still joined to ``c``
     in the graph (a gathered ``c``'s backward is a collective every share must reach)."""
     if not a.shape[0]:
         return (a @ c.T).sum(dim=1)
-    return _GemmLogSumExp.apply(a, c, None if counts is None else counts.to(a.dtype))
+    return _GemmLogSumExp.apply(a, c, None if counts is None else counts.to(a.dtype), bound)
+
+
+def unit_bound(length: float) -> float:
+    """A bound of the float32 norm of a row :func:`normalized` to ``length`` (``1/τ``): the row's
+    rounding and the norm's own stay far below this relative margin at any width."""
+    return length * (1.0 + 1e-4)
 
 
 NORMALIZE_EPS = 1e-12
@@ -363,9 +381,12 @@ class _Normalized(torch.autograd.Function):
         x, norm, clamped, y = ctx.saved_tensors
         grad_y = grad if ctx.tau is None else grad / ctx.tau
         grad_clamped = (grad_y * (y / clamped)).sum(dim=-1, keepdim=True).neg_()
+        # no row clamped (norm = max(norm, ε) everywhere; one comparison read on the host, not on a GPU):
+        # the clamp's mask passes every row, and x / ‖x‖ is y
+        if x.device.type == "cpu" and torch.equal(norm, clamped):
+            return torch.div(grad_y, clamped).add_(y * grad_clamped), None
         grad_norm = torch.where(norm >= NORMALIZE_EPS, grad_clamped, torch.zeros_like(grad_clamped))
-        small = x.device.type != "cpu" or bool((norm < NORMALIZE_EPS).any())  # no host read on a GPU
-        unit = (x / norm).masked_fill_(norm == 0, 0) if small else y  # x / ‖x‖, which is y where unclamped
+        unit = (x / norm).masked_fill_(norm == 0, 0)  # x / ‖x‖
         return torch.div(grad_y, clamped).add_(unit * grad_norm), None
 
 
@@ -380,7 +401,8 @@ def infonce_rows(p: torch.Tensor, q: torch.Tensor, tau: float, counts: torch.Ten
     """
     pn = normalized(p, tau)
     qn = normalized(q)
-    return gemm_logsumexp(pn, _batch_keys(qn), None if counts is None else _batch_keys(counts)) - (pn * qn).sum(dim=1)
+    return gemm_logsumexp(pn, _batch_keys(qn), None if counts is None else _batch_keys(counts),
+                          unit_bound(1.0 / tau)) - (pn * qn).sum(dim=1)
 
 
 def _batch_keys(keys: torch.Tensor) -> torch.Tensor:
@@ -406,7 +428,9 @@ def infonce(
         if weights is None:
             return rows.mean()
         return (weights.detach() * rows).mean()
-    batch = len(p) if counts is None else int(counts.sum())
+    batch = (len(p) if counts is None else int(counts.sum())) if _SHARES.split else None  # read only when split
+    if counts is not None:
+        counts = counts.to(p.dtype)  # once, for the softmax's keys and the mean
     if present is not None:
         at = _present_rows(present, len(p), p.device)
         p, q = p.index_select(0, at), q.index_select(0, at)
@@ -424,12 +448,13 @@ def _present_rows(present: torch.Tensor, n: int, device: torch.device | None = N
     return present.to(device=device, dtype=torch.bool).nonzero().squeeze(1)
 
 
-def _present_mean(values: torch.Tensor, rows: int, counts: torch.Tensor | None = None) -> torch.Tensor:
+def _present_mean(values: torch.Tensor, rows: int | None, counts: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of the per-row ``values`` of a batch's present rows, the batch holding ``rows`` rows
     in all: their mean in one process (0, with a zero gradient, if none is present); with the
     batch split across processes, this share's part of the mean over every share's present rows
-    (weighted by the trainer's ``rows / B``, the shares sum to it). ``counts`` (optional): the
-    rows are distinct, value ``b`` standing for ``n_b`` rows (a mean weighted by them)."""
+    (weighted by the trainer's ``rows / B``, the shares sum to it; ``rows`` is read only then and
+    may be ``None`` in one process). ``counts`` (optional): the rows are distinct, value ``b``
+    standing for ``n_b`` rows (a mean weighted by them)."""
     if counts is None:
         if not _SHARES.split:
             return values.mean() if len(values) else values.sum()
@@ -463,7 +488,9 @@ def counted_rows(rows: torch.Tensor) -> CountedRows:
     GEMMs it saves there take."""
     if rows.device.type != "cpu":
         return CountedRows(rows, None)
-    return CountedRows(*torch.unique(rows, return_counts=True))
+    counts = torch.bincount(rows)  # ids are small (node ids): a count per id, not a sort
+    index = counts.nonzero().squeeze(1)
+    return CountedRows(index, counts.index_select(0, index))
 
 
 def _ids(rows: torch.Tensor | CountedRows) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -487,7 +514,8 @@ def joint_infonce_rows(queries: torch.Tensor, keys: torch.Tensor, tau: float,
         unit = unit * present.to(unit.device, unit.dtype).unsqueeze(-1)
     pn = unit.sum(dim=0) / tau
     kn = normalized(keys)
-    return gemm_logsumexp(pn, _batch_keys(kn), None if counts is None else _batch_keys(counts)) - (pn * kn).sum(dim=1)
+    return gemm_logsumexp(pn, _batch_keys(kn), None if counts is None else _batch_keys(counts),
+                          unit_bound(queries.shape[0] / tau)) - (pn * kn).sum(dim=1)
 
 
 def joint_infonce(queries: torch.Tensor, keys: torch.Tensor, tau: float,
@@ -498,7 +526,9 @@ def joint_infonce(queries: torch.Tensor, keys: torch.Tensor, tau: float,
     ``counts``: as in :func:`infonce`."""
     if present is None and counts is None:
         return joint_infonce_rows(queries, keys, tau).mean()
-    batch = len(keys) if counts is None else int(counts.sum())
+    batch = (len(keys) if counts is None else int(counts.sum())) if _SHARES.split else None  # read only when split
+    if counts is not None:
+        counts = counts.to(keys.dtype)  # once, for the softmax's keys and the mean
     if present is not None:
         at = _present_rows(present.any(dim=0), len(keys), keys.device)
         queries, keys = queries.index_select(1, at), keys.index_select(0, at)
@@ -514,8 +544,8 @@ def rows_infonce(p: torch.Tensor, q: torch.Tensor, rows: tuple[torch.Tensor | Co
     bool): the rows of ``p`` and ``q`` that take part (:func:`infonce`). Rows are gathered with
     ``index_select`` here and below: on CPU its backward is a scatter-add, several times faster
     than indexing's accumulating put."""
-    return sum(infonce(p.index_select(0, r), q.index_select(0, r), tau, present=_at(present, r), counts=n)
-               for r, n in map(_ids, rows))
+    return added(infonce(p.index_select(0, r), q.index_select(0, r), tau, present=_at(present, r), counts=n)
+                 for r, n in map(_ids, rows))
 
 
 def _at(present: torch.Tensor | None, r: torch.Tensor) -> torch.Tensor | None:

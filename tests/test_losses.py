@@ -8,6 +8,7 @@ from prismrec.losses import (
     BatchShares,
     all_keys_infonce,
     bpr_loss,
+    counted_rows,
     emb_norm,
     gemm_logsumexp,
     half_sq,
@@ -16,6 +17,7 @@ from prismrec.losses import (
     joint_infonce_rows,
     l2_reg,
     normalized,
+    unit_bound,
     use_batch_shares,
 )
 
@@ -64,6 +66,32 @@ def test_gemm_logsumexp_unshifted_near_its_limit_is_exact_in_float32():
     for scale in (30.0, 30.5):
         a = torch.cat([c[:3], -c[:3]]) * scale  # rows at the top and at the bottom of their range
         torch.testing.assert_close(gemm_logsumexp(a, c), torch.logsumexp(a @ c.T, dim=1), rtol=1e-6, atol=1e-5)
+
+
+def test_gemm_logsumexp_with_a_known_bound_is_bit_identical():
+    """InfoNCE's unit rows given their bound (no norms computed): the same branch, values and
+    gradients bit for bit; a bound above the limit falls back to computing the norms."""
+    g = torch.Generator().manual_seed(4)
+    for tau in (0.2, 0.05, 1 / 30):
+        a0 = torch.randn(40, 64, generator=g) * 3
+        c0 = torch.randn(55, 64, generator=g)
+        counts = torch.randint(1, 4, (55,), generator=g).float()
+        outs = []
+        for bound in (None, unit_bound(1.0 / tau)):
+            a, c = a0.clone().requires_grad_(), c0.clone().requires_grad_()
+            value = gemm_logsumexp(normalized(a, tau), normalized(c), counts, bound)
+            (value * torch.arange(40.0)).sum().backward()
+            outs.append((value.detach(), a.grad, c.grad))
+        for x, y in zip(*outs):
+            assert torch.equal(x, y)
+
+
+def test_counted_rows_are_the_sorted_distinct_ids_and_their_counts():
+    g = torch.Generator().manual_seed(5)
+    for rows in (torch.randint(0, 3000, (2048,), generator=g), torch.tensor([4, 4, 0]), torch.zeros(0, dtype=torch.long)):
+        got = counted_rows(rows)
+        want = torch.unique(rows, return_counts=True)
+        assert torch.equal(got.index, want[0]) and torch.equal(got.counts, want[1])
 
 
 def test_gemm_logsumexp_gradient_only_where_needed():
