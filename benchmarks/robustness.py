@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, atomic_write, git_commit
+from benchmarks.headline import TRIAL_MIN_EPOCHS as WARM_UP
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 OUT = RESULTS / "robustness"
@@ -105,13 +106,18 @@ def plan(datasets: list[str], seeds: list[int]) -> list[dict]:
 
 def settings(model: str, dataset: str, epochs: int) -> dict:
     """The run's settings: the epoch cap, one thread, the benchmark's modality pair and the
-    per-dataset settings of ``benchmarks.multimodal`` (FREEDOM's equal graph weights)."""
+    per-dataset settings of ``benchmarks.multimodal`` (FREEDOM's equal graph weights). A cap above
+    the headline study's warm-up (``--epochs 1000``: trained to early stopping) brings that
+    warm-up: no stop before ``WARM_UP`` epochs, since with contrastive terms BPR can sit at ln 2
+    for 10-20 epochs while validation dips and patience would end the run there."""
     s = {"epochs": epochs, "threads": 1}
+    warm_up = {"min_epochs": WARM_UP} if epochs > WARM_UP else {}
+    s.update(warm_up)
     if model not in ID_ONLY:
         s["modalities"] = MODALITIES[dataset].strip("[]").split(",")
     s.update(MODEL_SETTINGS.get(model, {}).get(dataset, {}))
-    if model == "egra":  # its stage-1 (MGCN) pretraining gets the same cap and thread count
-        s.update({"pretrain_epochs": epochs, "pretrain_settings": {"threads": 1}})
+    if model == "egra":  # its stage-1 (MGCN) pretraining gets the same cap, warm-up and thread count
+        s.update({"pretrain_epochs": epochs, "pretrain_settings": {"threads": 1, **warm_up}})
     return s
 
 

@@ -252,3 +252,12 @@ def test_robustness_rerun_forgets_the_cells_cached_stage_one(tmp_path, monkeypat
     assert all(p.exists() for p in keep + gone)
     assert rb.forget_stage_one(cell["egra"], tmp_path, 20, "zero") == sorted(gone)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
+
+
+def test_robustness_runs_to_early_stopping_get_the_headline_warm_up():
+    from benchmarks import robustness as rb
+
+    capped, full = rb.settings("egra", "lfm2k", 20), rb.settings("egra", "lfm2k", 1000)
+    assert "min_epochs" not in capped and "min_epochs" not in capped["pretrain_settings"]
+    assert full["min_epochs"] == full["pretrain_settings"]["min_epochs"] == rb.WARM_UP == 50
+    assert rb.settings("lightgcn", "lfm2k", 1000)["min_epochs"] == 50
