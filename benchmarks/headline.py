@@ -566,8 +566,9 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
           f"{len(data['comparisons'])} tests, α = {p['alpha']}). A row with fewer than {len(SEEDS)} seeds "
           "is still running and takes no part in marks or tests. s/epoch (median over seeds of each run's median "
           "training epoch, one thread) and peak RSS are as each cell ran, on a shared 2-core machine with the "
-          "code of its day (speed-ups that landed during the study shorten later cells' epochs; the SIGER seeds "
-          "of 2026-12-02 ran 8-33 s per lfm2k epoch on a machine loaded by other jobs, its ablations 1.5-2 s); "
+          "code of its day (speed-ups that landed during the study shorten later cells' epochs; SIGER's seeds, "
+          "2026-12-02 13:00-19:00 UTC, ran 8-33 s per lfm2k epoch with that day's code on a machine loaded by "
+          "other jobs, its ablations from 2026-12-03 1.5-2 s); "
           "a cell with seeds trained on a GPU (`--device cuda`) says so after its s/epoch.",
           "", "`python -m benchmarks.headline --report-only` rebuilds this page from the committed cells.", ""]
     for ds in datasets:
