@@ -53,7 +53,7 @@ from prismrec.nn.embedding import IdEmbedding
 from prismrec.nn.encoders import Purifier
 from prismrec.nn.fusion import BehaviorAwareFuser, present_mean
 from prismrec.nn.presence import for_missing_modalities, node_columns, node_presence
-from prismrec.nn.propagation import lightgcn, lightgcn_distinct, propagate, user_item_rows
+from prismrec.nn.propagation import lightgcn, lightgcn_distinct, propagate, user_item_parts
 
 
 @dataclass
@@ -256,8 +256,8 @@ class MultiViewEncoder(nn.Module):
         ``p`` the items where modality ``m`` is present (a :class:`prismrec.nn.NoiseSource` then
         takes its mean row norm over them). ``purified`` (optional): the ``H_m⁰`` already
         computed (:meth:`purified`), e.g. shared by a clean view and its noisy ones."""
-        return torch.stack([torch.cat([user_item @ h, h])                       # [H_m^U; H_m^I]
-                            for user_item, h in zip(self.modality_user_items, self.item_views(noise, purified))])
+        return _stacked([(user_item @ h, h)                                     # [H_m^U; H_m^I]
+                         for user_item, h in zip(self.modality_user_items, self.item_views(noise, purified))])
 
     def behavior_rows(self, rows: np.ndarray) -> torch.Tensor:
         """``C[rows]`` (:meth:`behavior_view`) for sorted distinct node ids ``rows`` (users first):
@@ -275,8 +275,8 @@ class MultiViewEncoder(nn.Module):
         """``H[:, rows]`` (``K x len(rows) x d``) for sorted distinct node ids ``rows``: every
         ``H_m^I`` is computed in full (``S_m`` mixes all items), the user rows ``R̂_m[u] H_m^I``
         only for the users among ``rows``, and nothing else is built for the other nodes."""
-        return torch.stack([user_item_rows(user_item, h, rows, self.n_users)
-                            for user_item, h in zip(self.modality_user_items, self.item_views())])
+        return _stacked([user_item_parts(user_item, h, rows, self.n_users)
+                         for user_item, h in zip(self.modality_user_items, self.item_views())])
 
     def fused_rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``C[rows]`` and ``M[rows]`` for sorted distinct node ids ``rows`` (the row paths of a
@@ -305,6 +305,12 @@ class MultiViewEncoder(nn.Module):
         if self.fusion == "behavior_aware":
             return self.fuser(views, behavior, present)
         return views.mean(dim=0) if present is None else present_mean(views, present)
+
+
+def _stacked(views: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """``K x N x d`` from each view's row blocks (``[H_m^U; H_m^I]``): every block joined in one
+    copy, not each view joined and then the views stacked."""
+    return torch.cat([block for parts in views for block in parts]).unflatten(0, (len(views), -1))
 
 
 class ExtendedBranch(nn.Module):
