@@ -21,8 +21,9 @@ interrupted study resumes where it stopped:
   LightGCN) are the ``native`` reference: what a model without content can do.
 
 Training is capped (``--epochs``, recorded in every cell) so the grid fits a small machine; the
-cap and the seeds are in the table header. A rerun with another cap retrains the cells (each cap
-has its own run directory) and replaces their files. Each cell records the commit it was trained
+cap and the seeds are in the table header. A run with another cap trains its own cells (each cap
+has its own cell files, ``<cell>__e<cap>.json``, and run directories; the tables show one cap, the
+``--epochs`` given, never a mix). Each cell records the commit it was trained
 at (``code``). Cells whose model code changed are retrained with ``--rerun PATTERN[,PATTERN]
 --rerun-after REV`` (shell-style patterns over cell names, e.g. ``'lfm2k__gume__drop-zero-*'``;
 ``REV`` the commit of the change): a matching cell trained before ``REV`` (its ``code`` does not
@@ -76,8 +77,14 @@ def with_imputation(cells: list[dict], impute: str) -> list[dict]:
 
 
 def cell_name(cell: dict) -> str:
-    """File stem of a cell: ``<dataset>__<model>__<condition>__seed-<s>``."""
+    """Name of a cell: ``<dataset>__<model>__<condition>__seed-<s>``."""
     return f"{cell['dataset']}__{cell['model']}__{cell['condition']}__seed-{cell['seed']}"
+
+
+def cell_file(cell: dict, epochs: int) -> Path:
+    """A finished cell's record under the epoch cap it ran with: cells of different caps are
+    different measurements, kept side by side and never mixed in one table."""
+    return OUT / "cells" / f"{cell_name(cell)}__e{epochs}.json"
 
 
 def plan(datasets: list[str], seeds: list[int]) -> list[dict]:
@@ -253,8 +260,9 @@ def order_reference(dataset: str, work: Path) -> Path:
 # --------------------------------------------------------------------------- report
 
 
-def load_cells() -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((OUT / "cells").glob("*.json"))]
+def load_cells(epochs: int) -> list[dict]:
+    """The finished cells of one epoch cap."""
+    return [json.loads(p.read_text()) for p in sorted((OUT / "cells").glob(f"*__e{epochs}.json"))]
 
 
 def _pct(new: float, base: float) -> str:
@@ -357,7 +365,7 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
 
 
 def write_report(planned: list[dict], epochs: int) -> list[Path]:
-    summary, md = report(load_cells(), planned, epochs)
+    summary, md = report(load_cells(epochs), planned, epochs)
     paths = [OUT / "robustness.json", OUT / "robustness.md"]
     atomic_write(paths[0], json.dumps(summary, indent=2))
     atomic_write(paths[1], md)
@@ -392,7 +400,7 @@ def main() -> None:
     code = code_version()  # the commit this process's code was loaded at (the cells' provenance)
     trained = 0
     for cell in ([] if args.report_only else planned):
-        path = OUT / "cells" / f"{cell_name(cell)}.json"
+        path = cell_file(cell, args.epochs)
         if only and cell["model"] not in only:
             continue
         if args.impute != "mean" and cell.get("impute") != args.impute:
@@ -401,8 +409,8 @@ def main() -> None:
             continue  # --rerun trains the matching cells only
         # a finished cell trained before the change: retrained, its old run replaced
         fresh = bool(rerun) and path.is_file() and trained_before(json.loads(path.read_text()), args.rerun_after)
-        if not fresh and path.is_file() and json.loads(path.read_text())["settings"]["epochs"] == args.epochs:
-            continue  # finished with this cap; a run with another cap replaces it
+        if not fresh and path.is_file():
+            continue  # finished with this cap
         if args.max_cells and trained >= args.max_cells:
             break
         if cell["family"] == "cold" and not (OUT / "references" / f"{cell['dataset']}.json").is_file():

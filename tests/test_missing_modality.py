@@ -261,3 +261,16 @@ def test_robustness_runs_to_early_stopping_get_the_headline_warm_up():
     assert "min_epochs" not in capped and "min_epochs" not in capped["pretrain_settings"]
     assert full["min_epochs"] == full["pretrain_settings"]["min_epochs"] == rb.WARM_UP == 50
     assert rb.settings("lightgcn", "lfm2k", 1000)["min_epochs"] == 50
+
+
+def test_robustness_cells_of_different_caps_are_kept_apart(tmp_path, monkeypatch):
+    from benchmarks import robustness as rb
+
+    monkeypatch.setattr(rb, "OUT", tmp_path)
+    cell = rb.plan(["lfm2k"], [999])[0]
+    assert rb.cell_file(cell, 20) != rb.cell_file(cell, 1000)
+    rb.cell_file(cell, 20).parent.mkdir(parents=True)
+    for cap in (20, 1000):
+        rb.cell_file(cell, cap).write_text(json.dumps({**cell, "settings": {"epochs": cap}}))
+    assert [c["settings"]["epochs"] for c in rb.load_cells(1000)] == [1000]
+    assert [c["settings"]["epochs"] for c in rb.load_cells(20)] == [20]
