@@ -271,6 +271,9 @@ def test_robustness_cells_of_different_caps_are_kept_apart(tmp_path, monkeypatch
     assert rb.cell_file(cell, 20) != rb.cell_file(cell, 1000)
     rb.cell_file(cell, 20).parent.mkdir(parents=True)
     for cap in (20, 1000):
-        rb.cell_file(cell, cap).write_text(json.dumps({**cell, "settings": {"epochs": cap}}))
+        rb.cell_file(cell, cap).write_text(json.dumps({**cell, "settings": {"epochs": cap},
+                                                       "test": {"recall@20": 0.3, "ndcg@20": 0.2}}))
     assert [c["settings"]["epochs"] for c in rb.load_cells(1000)] == [1000]
     assert [c["settings"]["epochs"] for c in rb.load_cells(20)] == [20]
+    assert [p.name for p in rb.write_report([cell], 1000)] == ["robustness_e1000.json", "robustness_e1000.md"]
+    assert [p.name for p in rb.write_report([cell], 20)] == ["robustness.json", "robustness.md"]
