@@ -172,8 +172,10 @@ def emb_norm(*rows: torch.Tensor) -> torch.Tensor:
 
 
 def half_sq(*rows: torch.Tensor) -> torch.Tensor:
-    """``Σ ½‖X‖²_F / B`` (MGCN, GUME, LATTICE)."""
-    return added(0.5 * x.pow(2).sum() for x in rows) / rows[0].shape[0]
+    """``Σ ½‖X‖²_F / B`` (MGCN, GUME, LATTICE), as ``½ Σ ‖X‖²_F / B``: halving is exact in binary
+    floating point, so the value and every gradient are those of the sum of halves, bit for bit,
+    with one scaling (and its gradient's) instead of one per ``X``."""
+    return 0.5 * added(x.pow(2).sum() for x in rows) / rows[0].shape[0]
 
 
 def added(terms) -> torch.Tensor:
@@ -689,8 +691,8 @@ def paired_views_infonce(first: torch.Tensor, second: torch.Tensor, rows: tuple[
     """``(1/K) Σ_k Σ_r InfoNCE(V'_k[r], V''_k[r]; τ)`` over ``K`` pairs of noisy views (``K x N x d``
     each): SIGER's perturbation term ``L_P`` (ALGORITHMS.md 5.2). ``present`` (optional ``K x N``
     bool): pair ``k`` is contrasted on the rows where view ``k`` is present."""
-    return sum(infonce(a.index_select(0, r), b.index_select(0, r), tau, present=_at(_view(present, k), r), counts=n)
-               for k, (a, b) in enumerate(zip(first, second)) for r, n in map(_ids, rows)) / len(first)
+    return added(infonce(a.index_select(0, r), b.index_select(0, r), tau, present=_at(_view(present, k), r), counts=n)
+                 for k, (a, b) in enumerate(zip(first, second)) for r, n in map(_ids, rows)) / len(first)
 
 
 def _view(present: torch.Tensor | None, k: int) -> torch.Tensor | None:
@@ -711,11 +713,11 @@ def anchored_infonce(views: torch.Tensor, anchor: torch.Tensor, rows: tuple[torc
     takes no part); ``A3`` contrasts the pair ``a, b`` on the rows where both are present."""
     rows = [_ids(r) for r in rows]
     if form == "A1":
-        return sum(infonce(h.index_select(0, r), anchor.index_select(0, r), tau, present=_at(_view(present, m), r),
-                           counts=n) for m, h in enumerate(views) for r, n in rows) / len(views)
+        return added(infonce(h.index_select(0, r), anchor.index_select(0, r), tau, present=_at(_view(present, m), r),
+                             counts=n) for m, h in enumerate(views) for r, n in rows) / len(views)
     if form == "A2":
-        return sum(joint_infonce(views.index_select(1, r), anchor.index_select(0, r), tau, _at(present, r), n)
-                   for r, n in rows)
+        return added(joint_infonce(views.index_select(1, r), anchor.index_select(0, r), tau, _at(present, r), n)
+                     for r, n in rows)
     pairs = list(itertools.combinations(range(len(views)), 2))
     total = 0.0
     for (a, b), (r, n) in itertools.product(pairs, rows):

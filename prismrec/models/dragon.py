@@ -76,7 +76,7 @@ from prismrec.checks import check_choices, require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph
 from prismrec.graph.neighbour_sampling import softmax_neighbour_graph
-from prismrec.losses import bpr_loss
+from prismrec.losses import added, bpr_loss
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.encoders import Projector
@@ -230,7 +230,7 @@ class DRAGON(Recommender):
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         u, _, _ = batch
         bpr = bpr_loss(*out.bpr_rows(batch)) / (math.log(2.0) if self.config.bpr_log2 else 1.0)  # log₂ or ln
-        reg = sum(enc.preference(u).square().mean() for enc in self.encoders.values())
+        reg = added(enc.preference(u).square().mean() for enc in self.encoders.values())
         if self.config.construction in ("cat", "weighted_sum"):
             reg = reg + self.user_modality_weights.square().mean()
         return {"bpr": bpr, "reg": self.config.reg_weight * reg}
