@@ -172,10 +172,30 @@ def emb_norm(*rows: torch.Tensor) -> torch.Tensor:
 
 
 def half_sq(*rows: torch.Tensor) -> torch.Tensor:
-    """``Σ ½‖X‖²_F / B`` (MGCN, GUME, LATTICE), as ``½ Σ ‖X‖²_F / B``: halving is exact in binary
-    floating point, so the value and every gradient are those of the sum of halves, bit for bit,
-    with one scaling (and its gradient's) instead of one per ``X``."""
-    return 0.5 * added(x.pow(2).sum() for x in rows) / rows[0].shape[0]
+    """``Σ ½‖X‖²_F / B`` (MGCN, GUME, LATTICE), as one autograd node (:class:`_HalfSq`) with
+    autograd's values and gradients bit for bit."""
+    return _HalfSq.apply(*rows)
+
+
+class _HalfSq(torch.autograd.Function):
+    """``½ Σ_X ‖X‖²_F / B``. Forward as autograd's ``Σ 0.5 * X.pow(2).sum() / B`` computes it, with
+    the halving taken once after the sum (halving is exact in binary floating point, so it commutes
+    with every rounding). Backward: autograd's chain gives ``X``'s gradient as ``c · (2X)`` with
+    ``c = (g / B) · ½``; doubling and halving being exact, that is ``X · (g / B)`` bit for bit: one
+    pass per ``X`` instead of autograd's three (``X¹``, ``2X¹``, the product) and one node instead
+    of ``3 |X| + 2``."""
+
+    @staticmethod
+    def forward(ctx, *rows):  # noqa: D401
+        ctx.save_for_backward(*rows)
+        return 0.5 * added(x.pow(2).sum() for x in rows) / rows[0].shape[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        rows = ctx.saved_tensors
+        scale = grad / rows[0].shape[0]
+        return tuple(x * scale if need else None for x, need in zip(rows, ctx.needs_input_grad))
 
 
 def added(terms) -> torch.Tensor:

@@ -242,6 +242,24 @@ def test_one_node_losses_sum_shared_gradients_in_autograds_order():
         assert i.grad is None  # no gradient where none is asked for
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_half_sq_is_bit_identical_to_autograds_sum_of_halves(dtype):
+    """``half_sq``'s one node against autograd through ``Σ 0.5 * X.pow(2).sum() / B``: value and
+    gradients bit for bit, with a row set passed twice and rows also read by the BPR term."""
+    g = torch.Generator().manual_seed(8)
+    for scale in (1e-3, 1.0, 30.0):
+        u, i, j = (torch.randn(257, 64, generator=g, dtype=dtype) * scale for _ in range(3))
+        leaves = [[x.clone().requires_grad_() for x in (u, i, j)] for _ in range(2)]
+        (a_u, a_i, a_j), (b_u, b_i, b_j) = leaves
+        want = sum(0.5 * x.pow(2).sum() for x in (a_u, a_i, a_j, a_u)) / 257
+        got = half_sq(b_u, b_i, b_j, b_u)
+        (_autograd_bpr(a_u, a_i, a_j) + 1e-4 * want).backward()
+        (_autograd_bpr(b_u, b_i, b_j) + 1e-4 * got).backward()
+        assert torch.equal(_bits(got.detach()), _bits(want.detach()))
+        for a, b in zip(leaves[0], leaves[1]):
+            assert torch.equal(_bits(b.grad), _bits(a.grad))
+
+
 def test_one_node_losses_reject_double_backward():
     u, i, j = (torch.randn(5, 4, requires_grad=True) for _ in range(3))
     for term in (lambda: bpr_loss(u, i, j), lambda: emb_norm(u, i, j)):
