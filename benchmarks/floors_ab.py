@@ -152,6 +152,8 @@ def batches_markdown(res: dict) -> str:
               "median of the per-batch differences (after - before; quartiles in brackets). "
               "`python -m benchmarks.floors_ab --before <commit> --after <commit> --dataset <d> --models <m,...> "
               "--epochs <n> --per-batch`."]
+    if res.get("notes"):  # kept in the JSON, so that a rerun keeps them
+        lines += ["", res["notes"].rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
