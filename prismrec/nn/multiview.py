@@ -285,6 +285,18 @@ class MultiViewEncoder(nn.Module):
         c = self.behavior_rows(rows)
         return c, self.fuse(self.modality_view_rows(rows), c, rows)
 
+    def fuse_for_rows(self, views: torch.Tensor, behavior: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """:meth:`fuse` of every node (``views``, ``behavior`` hold all of them), for a loss that reads
+        the rows ``rows`` (sorted distinct node ids) and a statistic of all rows without gradient
+        (SIGER's modulus noise, its mean row norm): the same values, fused for every node without
+        gradient and again, with the gradient, for ``rows`` alone (the per-node fuser's backward
+        runs for those rows only)."""
+        index = torch.from_numpy(rows).to(behavior.device)
+        with torch.no_grad():
+            fused = self.fuse(views, behavior)
+        rows_fused = self.fuse(views.index_select(1, index), behavior.index_select(0, index), rows)
+        return fused.index_copy(0, index, rows_fused)
+
     def presence(self, rows: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
         """``present`` (``K x N``), its columns ``rows`` (node ids, users first) when given, or
         ``None`` without a mask."""
