@@ -13,13 +13,21 @@ medians over the rounds of the wall and CPU-time ratios (and the train / validat
 behind them), every round kept, the 1-minute load at each run. Writes
 ``results/floors_ab.{json,md}`` (rows keyed ``dataset/model``; a rerun replaces its rows).
 
-    python -m benchmarks.floors_ab --before <commit> [--after HEAD] [--paths prismrec/losses.py,...] [--dataset lfm2k] [--models bpr,vbpr] [--epochs 3] [--rounds 2]
+``--per-batch``: a change of a few per cent per batch is below what separate processes resolve on
+a busy machine, so both packages are imported into one process instead (each with its own copy of
+:mod:`benchmarks.floors`), a model built by each with the same seeds, and their training batches
+(the same batches: equal samplers) alternate one by one, each timed in thread CPU time (forward,
+backward, the trainer's step); the median paired difference per batch is reported, after a
+warm-up epoch each. Writes ``results/floors_ab_batches.{json,md}``.
+
+    python -m benchmarks.floors_ab --before <commit> [--after HEAD] [--paths prismrec/losses.py,...] [--dataset lfm2k] [--models bpr,vbpr] [--epochs 3] [--rounds 2] [--per-batch]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -47,6 +55,16 @@ keep_freed_memory()
 torch.set_num_threads(1)
 print("RESULT " + json.dumps(measure({model!r}, load_dataset({dataset!r}), {epochs})))
 """
+PAIRED = """
+import json, sys
+sys.path[:0] = [{root!r}]
+import torch
+from benchmarks.floors_ab import paired_batches
+from prismrec.train.allocator import keep_freed_memory
+keep_freed_memory()  # process-wide, as each side's process above
+torch.set_num_threads(1)
+print("RESULT " + json.dumps(paired_batches({trees!r}, {model!r}, {dataset!r}, {epochs})))
+"""
 KEPT = ("ratio", "ratio_cpu", "ratio_train", "ratio_valid", "train_s", "floor_train_s", "valid_s", "floor_valid_s",
         "train_cpu_s", "floor_train_cpu_s", "valid_cpu_s", "floor_valid_cpu_s", "load1")
 
@@ -69,6 +87,74 @@ def run_side(tree: Path, model: str, dataset: str, epochs: int) -> dict:
         raise RuntimeError(f"{model} with {tree} failed: {done.stderr.strip()[-2000:]}")
     row = json.loads(lines[-1][len("RESULT "):])
     return {k: row[k] for k in KEPT}
+
+
+def load_version(tree: str) -> dict:
+    """The ``prismrec`` package under ``tree`` with this checkout's :mod:`benchmarks.floors` bound
+    to it, imported and then taken out of ``sys.modules`` (returned by name), so that another
+    version can be imported next to it in the same process."""
+    ours = [k for k in sys.modules if k.split(".")[0] in ("prismrec", "benchmarks")]
+    for k in ours:  # whatever this process imported before (kept alive by whoever refers to it)
+        del sys.modules[k]
+    sys.path.insert(0, tree)
+    try:
+        import benchmarks.floors  # noqa: F401  (imports the package it binds to)
+        import prismrec.train.trainer  # noqa: F401
+        assert sys.modules["prismrec"].__file__.startswith(tree), sys.modules["prismrec"].__file__
+        return {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in ("prismrec", "benchmarks")}
+    finally:
+        sys.path.remove(tree)
+
+
+def paired_batches(trees: dict[str, str], model: str, dataset: str, epochs: int) -> dict:
+    """``--per-batch``: thread CPU ms of each training batch of ``model`` under both versions
+    (``trees``: side -> folder), alternated batch by batch (before first on even batches) after a
+    warm-up epoch each; medians and the median paired difference."""
+    versions = {side: load_version(tree) for side, tree in trees.items()}
+    data = versions["before"]["prismrec.data"].load_dataset(dataset)
+    runs = {}
+    for side, v in versions.items():
+        net, _, sampler, optimizer = v["benchmarks.floors"].training_setup(model, data)
+        net.on_epoch_start(0)
+        v["prismrec.train.trainer"].train_epoch(net, sampler, optimizer, 0, net.device)
+        runs[side] = (net, sampler, optimizer, v["prismrec.train.trainer"].adam_step)
+    ms = {side: [] for side in runs}
+    for epoch in range(1, epochs + 1):
+        for net, *_ in runs.values():
+            net.on_epoch_start(epoch)
+        for n, batches in enumerate(zip(*(sampler.epoch() for _, sampler, _, _ in runs.values()))):
+            for side, batch in (zip(runs, batches) if n % 2 == 0 else list(zip(runs, batches))[::-1]):
+                net, _, optimizer, step = runs[side]
+                c0 = time.thread_time()
+                optimizer.zero_grad(set_to_none=True)
+                torch.stack(list(net.batch_loss(batch).values())).sum().backward()
+                step(optimizer)
+                ms[side].append(1000 * (time.thread_time() - c0))
+    diff = [a - b for a, b in zip(ms["after"], ms["before"])]
+    return {"before_ms": statistics.median(ms["before"]), "after_ms": statistics.median(ms["after"]),
+            "diff_ms": statistics.median(diff), "diff_iqr_ms": statistics.quantiles(diff, n=4)[::2],
+            "batches": len(diff), "load1": os.getloadavg()[0]}
+
+
+def batches_markdown(res: dict) -> str:
+    lines = table_head("Per-batch CPU time before and after, batch by batch in one process",
+                       f"{res['machine']}; 1 thread; {res['date']}.",
+                       ["dataset/model", "before (commit)", "after", "before ms", "after ms",
+                        "paired difference ms (quartiles)", "change", "batches", "1-min load"])
+    for key, r in res["rows"].items():
+        lines.append(f"| {key} | {r['before_commit']} | {r['after_commit']} | {r['before_ms']:.2f} | {r['after_ms']:.2f} | "
+                     f"**{r['diff_ms']:+.2f}** ({r['diff_iqr_ms'][0]:+.2f} / {r['diff_iqr_ms'][1]:+.2f}) | "
+                     f"{100 * r['diff_ms'] / r['before_ms']:+.1f} % | {r['batches']} | {r['load1']:.1f} |")
+    lines += ["", "Both packages imported into one process (each with this checkout's `benchmarks.floors` bound to "
+              "it), a model built by each with the same seeds and settings (`benchmarks.floors.training_setup`), "
+              "a warm-up epoch each, then their training batches (the same batches) alternated one by one, each "
+              "timed in thread CPU time: forward, backward and the trainer's fused-Adam step. Median per side and "
+              "median of the per-batch differences (after - before; quartiles in brackets). "
+              "`python -m benchmarks.floors_ab --before <commit> --after <commit> --dataset <d> --models <m,...> "
+              "--epochs <n> --per-batch`."]
+    if res.get("notes"):  # kept in the JSON, so that a rerun keeps them
+        lines += ["", res["notes"].rstrip("\n")]
+    return "\n".join(lines) + "\n"
 
 
 def summary(rounds: list[dict]) -> dict:
@@ -112,10 +198,12 @@ def main() -> None:
     parser.add_argument("--models", default="bpr,vbpr")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--per-batch", action="store_true", help="batch by batch in one process (module docstring)")
     args = parser.parse_args()
     commits = {side: subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True,
                                     text=True).stdout.strip() for side, rev in (("before", args.before), ("after", args.after))}
-    path = RESULTS / f"{NAME}.json"
+    name = f"{NAME}_batches" if args.per_batch else NAME
+    path = RESULTS / f"{name}.json"
     res = json.loads(path.read_text()) if path.exists() else {"rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"before": extract(commits["before"], Path(tmp) / "before")}
@@ -125,6 +213,18 @@ def main() -> None:
         else:
             trees["after"] = extract(commits["after"], Path(tmp) / "after")
         for model in args.models.split(","):
+            if args.per_batch:
+                code = PAIRED.format(root=str(ROOT), trees={k: str(v) for k, v in trees.items()}, model=model,
+                                     dataset=args.dataset, epochs=args.epochs)
+                done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+                lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+                if done.returncode or not lines:
+                    raise RuntimeError(f"{model}: {done.stderr.strip()[-2000:]}")
+                res["rows"][f"{args.dataset}/{model}"] = {"before_commit": commits["before"], "after_commit": commits["after"],
+                                                          "epochs": args.epochs, **json.loads(lines[-1][len("RESULT "):])}
+                res.update(machine=machine(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+                write(name, res, batches_markdown(res))
+                continue
             sides = {side: partial(run_side, tree, model, args.dataset, args.epochs) for side, tree in trees.items()}
             runs = interleaved_rounds(sides, args.rounds, progress=lambda r, side, row: print(
                 f"{args.dataset}/{model} round {r} {side}: ratio {row['ratio']:.2f}, CPU {row['ratio_cpu']:.2f}, "

@@ -6,6 +6,7 @@ is compared with each baseline by paired per-user tests, Holm-corrected.
 
     python -m benchmarks.headline [--datasets lfm2k,tiktok] [--models a,b] [--parts tune,final,ablation]
                                   [--jobs 2] [--commit]   # cells in 2 processes; commit each result
+                                  [--device cuda]         # train on a GPU (recorded per seed, not a setting)
     python -m benchmarks.headline --report-only     # rebuild every table from the committed cells
 
 Protocol:
@@ -111,6 +112,7 @@ RUNS = Path("runs/headline")
 # RLMultimodalRec's feature scaling as validation chose it).
 FIXED = MODEL_SETTINGS
 COMMIT = False  # --commit: git-commit each recorded trial and seed (set in the worker processes too)
+DEVICE = None  # --device: where runs train; how, not what: outside the settings a cell is recorded and matched by
 LABEL = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
 
 
@@ -214,6 +216,13 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _on_device() -> dict:
+    """The ``device`` setting of ``--device`` (none: each model's default, the CPU). A seed's
+    resolved config records where it ran; the settings it is matched by do not, so a cell's runs can
+    come from different machines."""
+    return {"device": DEVICE} if DEVICE else {}
+
+
 def _commit(paths: list[Path], message: str) -> None:
     if COMMIT:
         git_commit(paths, message)
@@ -235,7 +244,7 @@ def blind_trial(model: str, dataset: str, settings: dict, folder: Path, blind) -
     from prismrec.experiment.config import resolve_config
     from prismrec.experiment.runs import run_experiment
 
-    cfg = resolve_config(model, dataset, settings)
+    cfg = resolve_config(model, dataset, {**settings, **_on_device()})
     try:
         metrics = run_experiment(cfg, [SEEDS[0]], folder, dataset=blind, progress=False, evaluate_test=False,
                                  overwrite=_other_run(folder, cfg), log=lambda m: None)
@@ -288,7 +297,7 @@ def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: i
     if done is not None and same_run(done, want) and (folder / f"seed-{seed}.npz").is_file():
         return done
     print(f"[{dataset}/{cell}] seed {seed}: {settings}", flush=True)
-    cfg = resolve_config(model, dataset, {**settings, "seed": seed})
+    cfg = resolve_config(model, dataset, {**settings, "seed": seed, **_on_device()})
     run_dir = RUNS / dataset / cell / f"seed-{seed}"
     metrics = run_experiment(cfg, [seed], run_dir, dataset=data, progress=False,
                              overwrite=_other_run(run_dir, cfg), log=lambda m: None)
@@ -337,12 +346,13 @@ def variant_settings(changed: list[str], dataset: str) -> dict:
     return parse_assignments([s.replace("{dataset}", dataset) for s in changed])
 
 
-def run_cell(model: str, dataset: str, parts: set[str], data=None, commit: bool = False) -> None:
+def run_cell(model: str, dataset: str, parts: set[str], data=None, commit: bool = False,
+             device: str | None = None) -> None:
     """Tune, train the seeds and the ablations of one (model, dataset) cell, skipping what is recorded."""
     from prismrec.data import load_dataset
 
-    global COMMIT
-    COMMIT = commit
+    global COMMIT, DEVICE
+    COMMIT, DEVICE = commit, device
     data = data if data is not None else load_dataset(dataset)
     tuning = tune_cell(model, dataset, data) if "tune" in parts else _read_json(CELLS / dataset / model / "tuning.json")
     if tuning is None or "selected" not in tuning or not same_protocol(tuning["spec"], _jsonable(spec(model, dataset))):
@@ -360,7 +370,8 @@ def run_cell(model: str, dataset: str, parts: set[str], data=None, commit: bool 
                           {**selected, **variant_settings(changed, dataset)}, data, seed)
 
 
-def run(models: list[str], datasets: list[str], parts: set[str], jobs: int = 1, commit: bool = False) -> None:
+def run(models: list[str], datasets: list[str], parts: set[str], jobs: int = 1, commit: bool = False,
+        device: str | None = None) -> None:
     """Every (dataset, model) cell in this order; with ``jobs`` > 1 the cells are shared out to that
     many worker processes (one thread each), each taking the next cell when it finishes one."""
     from prismrec.data import load_dataset
@@ -370,11 +381,11 @@ def run(models: list[str], datasets: list[str], parts: set[str], jobs: int = 1, 
         for dataset in datasets:
             data = load_dataset(dataset)
             for model in models:
-                run_cell(model, dataset, parts, data, commit)
+                run_cell(model, dataset, parts, data, commit, device)
         return
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        futures = {pool.submit(run_cell, model, dataset, parts, None, commit): (model, dataset) for model, dataset in cells}
+        futures = {pool.submit(run_cell, model, dataset, parts, None, commit, device): (model, dataset) for model, dataset in cells}
         for future in concurrent.futures.as_completed(futures):
             model, dataset = futures[future]
             if future.exception() is not None:
@@ -402,7 +413,8 @@ def summary(cell: dict) -> dict:
            "std": {m: statistics.stdev(t[m] for t in tests) if len(tests) > 1 else 0.0 for m in METRICS},
            "epochs": statistics.mean(s["metrics"]["epochs"] for s in cell["seeds"].values()),
            "s_epoch": statistics.median(s["timing"]["median_train_s"] for s in cell["seeds"].values()),
-           "peak_rss_mb": max(s["timing"]["peak_rss_mb"] for s in cell["seeds"].values())}
+           "peak_rss_mb": max(s["timing"]["peak_rss_mb"] for s in cell["seeds"].values()),
+           "devices": sorted({s["config"]["train"]["device"] for s in cell["seeds"].values()})}
     return out
 
 
@@ -554,7 +566,10 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
           f"{len(data['comparisons'])} tests, α = {p['alpha']}). A row with fewer than {len(SEEDS)} seeds "
           "is still running and takes no part in marks or tests. s/epoch (median over seeds of each run's median "
           "training epoch, one thread) and peak RSS are as each cell ran, on a shared 2-core machine with the "
-          "code of its day: speed-ups that landed during the study shorten later cells' epochs.",
+          "code of its day (speed-ups that landed during the study shorten later cells' epochs; SIGER's seeds, "
+          "2026-12-02 13:00-19:00 UTC, ran 8-33 s per lfm2k epoch with that day's code on a machine loaded by "
+          "other jobs, its ablations from 2026-12-03 1.5-2 s); "
+          "a cell with seeds trained on a GPU (`--device cuda`) says so after its s/epoch.",
           "", "`python -m benchmarks.headline --report-only` rebuilds this page from the committed cells.", ""]
     for ds in datasets:
         rows = data["summaries"][ds]
@@ -576,7 +591,7 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
                     text += " †"
                 cells.append(text)
             md.append(f"| {model} | {s['n']} | " + " | ".join(cells)
-                      + f" | {s['epochs']:.0f} | {s['s_epoch']:.2f} | {s['peak_rss_mb']:.0f} |")
+                      + f" | {s['epochs']:.0f} | {s['s_epoch']:.2f}{_off_cpu(s)} | {s['peak_rss_mb']:.0f} |")
         md.append("")
     md += ["## Seed models against each baseline", "",
            "Mean per-user difference (seed model − baseline), Wilcoxon p, Holm-adjusted p, verdict at α.", "",
@@ -659,6 +674,12 @@ def render_latex(data: dict, models: list[str], datasets: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _off_cpu(summary: dict) -> str:
+    """`` (cuda)`` after a cell's s/epoch when any of its seeds trained off the CPU."""
+    other = [d for d in summary["devices"] if d != "cpu"]
+    return f" ({', '.join(other)})" if other else ""
+
+
 def render_csv(data: dict) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -678,11 +699,12 @@ def main() -> None:
     parser.add_argument("--parts", default="tune,final,ablation")
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, in worker processes")
     parser.add_argument("--commit", action="store_true", help="git-commit each recorded trial and seed")
+    parser.add_argument("--device", default=None, help="train on this device, e.g. cuda (default: the CPU)")
     parser.add_argument("--report-only", action="store_true", help="train nothing; rebuild the tables")
     args = parser.parse_args()
     models, datasets = args.models.split(","), args.datasets.split(",")
     if not args.report_only:
-        run(models, datasets, set(args.parts.split(",")), args.jobs, args.commit)
+        run(models, datasets, set(args.parts.split(",")), args.jobs, args.commit, args.device)
     report([*BASELINES, *SEED_MODELS], DATASETS)
     print((RESULTS / "headline.md").read_text())
 

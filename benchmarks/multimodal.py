@@ -233,6 +233,35 @@ def summarise(model: str, dataset: str, cells: Path, seeds: list[int] = SEEDS) -
     return cell
 
 
+def per_user_cell(dataset: str, model: str, cells: Path | None = None) -> dict | None:
+    """The per-user test metrics of the model's current cells (those that have them), in
+    :func:`benchmarks.headline.collect`'s form, or None."""
+    cells = CELLS if cells is None else cells
+    seeds = {}
+    for seed in SEEDS:
+        record = read_cell(cells, dataset, model, seed)
+        npz = cell_file(cells, dataset, model, seed, "npz")
+        if record is not None and is_current(record, model, dataset) and npz.is_file():
+            with np.load(npz) as z:
+                seeds[seed] = {"per_user": {k: z[k] for k in z.files}}
+    return {"seeds": seeds} if seeds else None
+
+
+def versus_reference(models: list[str], dataset: str, cells: Path | None = None) -> list[dict]:
+    """Each model whose every seed has current per-user metrics against LightGCN's: Wilcoxon
+    signed-rank of the seed-averaged per-user test metrics (the headline study's test), Holm over
+    the dataset's tests; [] while LightGCN's cells are incomplete."""
+    from benchmarks.headline import REFERENCE, TESTED, holm, paired
+
+    complete = {m: c for m in models if (c := per_user_cell(dataset, m, cells)) and len(c["seeds"]) == len(SEEDS)}
+    if REFERENCE not in complete:
+        return []
+    tests = [{"model": m, "metric": metric, **paired(cell, complete[REFERENCE], metric)}
+             for m, cell in complete.items() if m != REFERENCE for metric in TESTED]
+    holm(tests)
+    return tests
+
+
 def report(models: list[str], datasets: list[str], cells: Path = CELLS) -> tuple[dict, str]:
     """``multimodal.{json,md}`` from the recorded cells alone (every model listed; one not run yet
     gets an empty row)."""
@@ -262,6 +291,13 @@ def report(models: list[str], datasets: list[str], cells: Path = CELLS) -> tuple
                          "cells": {dataset: {m.split(" ")[0]: c for m, c in rows.items()}}}
         table = render_markdown({"seeds": SEEDS, "cells": {dataset: rows}}).split("\n", 4)[-1]
         md += [table.rstrip(), "", f"Settings: `{json.dumps(overrides)}`", ""]
+        tests = data[dataset]["versus_lightgcn"] = versus_reference(models, dataset, cells)
+        if tests:
+            md += [f"Per user against lightgcn (test metrics averaged over the {len(SEEDS)} seeds; Wilcoxon "
+                   f"signed-rank, Holm over these {len(tests)} tests; rows whose every seed has per-user metrics):",
+                   "", "| model | metric | diff | p | p (Holm) |", "|---|---|---|---|---|",
+                   *(f"| {t['model']} | {t['metric']} | {t['diff']:+.4f} | {t['p']:.2g} | {t['p_holm']:.2g} |"
+                     for t in tests), ""]
         if any(c["legacy"] for c in rows.values()):
             md += [f"{LEGACY} recorded by the first version of this benchmark with the code of 2026-11-23 (run folders "
                    "not kept, no per-user metrics); a rerun of the model replaces the row.", ""]

@@ -42,19 +42,6 @@ def run_variants(model: str, dataset: str, variants: list[str], data, commit: bo
                                     data, write, commit)
 
 
-def cell(dataset: str, model: str) -> dict | None:
-    """The per-user test metrics of the model's current cells (those that have them), in
-    :func:`benchmarks.headline.collect`'s form, or None."""
-    seeds = {}
-    for seed in multimodal.SEEDS:
-        record = multimodal.read_cell(multimodal.CELLS, dataset, model, seed)
-        npz = multimodal.cell_file(multimodal.CELLS, dataset, model, seed, "npz")
-        if record is not None and multimodal.is_current(record, model, dataset) and npz.is_file():
-            with np.load(npz) as z:
-                seeds[seed] = {"per_user": {k: z[k] for k in z.files}}
-    return {"seeds": seeds} if seeds else None
-
-
 def seed_valid(dataset: str, model: str) -> dict | None:
     """The seed-999 validation metrics and epochs of the model's recorded cell, if current."""
     record = multimodal.read_cell(multimodal.CELLS, dataset, model, SEED)
@@ -66,7 +53,7 @@ def seed_valid(dataset: str, model: str) -> dict | None:
 def write(record: dict, data, commit: bool = False) -> None:
     """Rebuild the record's markdown (and JSON) from the record and the benchmark's cells."""
     model, dataset = record["model"], record["dataset"]
-    record["degree_groups"] = diagnose.degree_groups({m: cell(dataset, m) for m in (model, REFERENCE)}, data)
+    record["degree_groups"] = diagnose.degree_groups({m: multimodal.per_user_cell(dataset, m) for m in (model, REFERENCE)}, data)
     own = seed_valid(dataset, model)
     md = [f"# Why {model} trails or beats {REFERENCE} on {dataset} (multimodal benchmark, defaults)", "",
           f"Benchmark settings: `{json.dumps(record['settings'])}`. Each variant changes the settings named and "

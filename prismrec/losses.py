@@ -14,6 +14,8 @@ over the global batch's present rows. ``present=None`` runs the unmasked formula
 from __future__ import annotations
 
 import itertools
+import operator
+from functools import reduce
 from typing import NamedTuple
 
 import torch
@@ -170,8 +172,36 @@ def emb_norm(*rows: torch.Tensor) -> torch.Tensor:
 
 
 def half_sq(*rows: torch.Tensor) -> torch.Tensor:
-    """``Σ ½‖X‖²_F / B`` (MGCN, GUME, LATTICE)."""
-    return sum(0.5 * x.pow(2).sum() for x in rows) / rows[0].shape[0]
+    """``Σ ½‖X‖²_F / B`` (MGCN, GUME, LATTICE), as one autograd node (:class:`_HalfSq`) with
+    autograd's values and gradients bit for bit."""
+    return _HalfSq.apply(*rows)
+
+
+class _HalfSq(torch.autograd.Function):
+    """``½ Σ_X ‖X‖²_F / B``. Forward as autograd's ``Σ 0.5 * X.pow(2).sum() / B`` computes it, with
+    the halving taken once after the sum (halving is exact in binary floating point, so it commutes
+    with every rounding). Backward: autograd's chain gives ``X``'s gradient as ``c · (2X)`` with
+    ``c = (g / B) · ½``; doubling and halving being exact, that is ``X · (g / B)`` bit for bit: one
+    pass per ``X`` instead of autograd's three (``X¹``, ``2X¹``, the product) and one node instead
+    of ``3 |X| + 2``."""
+
+    @staticmethod
+    def forward(ctx, *rows):  # noqa: D401
+        ctx.save_for_backward(*rows)
+        return 0.5 * added(x.pow(2).sum() for x in rows) / rows[0].shape[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        rows = ctx.saved_tensors
+        scale = grad / rows[0].shape[0]
+        return tuple(x * scale if need else None for x, need in zip(rows, ctx.needs_input_grad))
+
+
+def added(terms) -> torch.Tensor:
+    """``t_1 + t_2 + ...`` of one or more tensors, left to right: ``sum``'s value without its leading
+    ``0 +`` (one operation and one autograd node less per call)."""
+    return reduce(operator.add, terms)
 
 
 REG_FORMS = {"emb_norm": emb_norm, "half_sq": half_sq}
@@ -193,46 +223,61 @@ from float32's overflow (3.4e38)."""
 
 def bpr_terms(zu: torch.Tensor, zij: torch.Tensor, reg_weight: float, reg_form: str) -> dict[str, torch.Tensor]:
     """``{"bpr": bpr_loss(zu, zi, zj), "reg": reg_weight * l2_reg(reg_form, zu, zi, zj)}`` for
-    ``zij = [zi; zj]`` (the batch's positive rows, then its negative rows), as BPR-MF's and VBPR's
-    ``loss`` compute them.
+    ``zij = [zi; zj]`` (the batch's positive rows, then its negative rows), as BPR-MF's, VBPR's and
+    MGCN's ``loss`` compute them.
 
-    With ``emb_norm`` on a CPU in one process (the default) both terms are one autograd node
-    (:class:`_BPRTerms`), equal to the two loss functions up to float rounding (values and
-    gradients, tests/test_bpr_terms.py); otherwise the two loss functions are called (on a GPU
-    their norm gradients avoid a host sync, and a data-parallel batch's norms span the ranks)."""
-    if reg_form != "emb_norm" or zu.device.type != "cpu" or batch_shares().split:
+    On a CPU in one process (the default) both terms are one autograd node (:class:`_BPRTerms`),
+    equal to the two loss functions up to float rounding (values and gradients,
+    tests/test_bpr_terms.py); otherwise the two loss functions are called (on a GPU their norm
+    gradients avoid a host sync, and a data-parallel batch's norms span the ranks)."""
+    if reg_form not in REG_FORMS or zu.device.type != "cpu" or batch_shares().split:
         zi, zj = zij.chunk(2)
         return {"bpr": bpr_loss(zu, zi, zj), "reg": reg_weight * l2_reg(reg_form, zu, zi, zj)}
-    bpr, reg = _BPRTerms.apply(zu, zij, reg_weight)
+    bpr, reg = _BPRTerms.apply(zu, zij, reg_weight, reg_form)
     return {"bpr": bpr, "reg": reg}
 
 
+def output_bpr_terms(out, batch, reg_weight: float, reg_form: str) -> dict[str, torch.Tensor]:
+    """:func:`bpr_terms` of a batch ``(u, i, j)`` on a forward's output (``out.user``,
+    ``out.item``): ``z_u`` and ``[z_i; z_j]`` gathered at once (one scatter back into the item rows,
+    not two zero-filled gradients added)."""
+    u, i, j = batch
+    return bpr_terms(out.user.index_select(0, u), out.item.index_select(0, torch.cat([i, j])), reg_weight, reg_form)
+
+
 class _BPRTerms(torch.autograd.Function):
-    """:func:`bpr_loss` and ``reg_weight *`` :func:`emb_norm` of the same rows as one node, in as
-    few passes over the ``B x d`` rows as the chain rule allows.
+    """:func:`bpr_loss` and ``reg_weight *`` :func:`emb_norm` or :func:`half_sq` of the same rows as
+    one node, in as few passes over the ``B x d`` rows as the chain rule allows.
 
     With ``x_b = z_u·(z_j − z_i)`` (softplus's input, ``−Δ``), ``w_b = ∂L/∂x_b`` (the mean's
-    gradient through softplus) and ``c_X = λ g / (B ‖X‖_F)`` (a norm's gradient factor, 0 for an
-    all-zero ``X``): ``∂z_u = c_u z_u − w ⊙ (z_i − z_j)``, ``∂z_i = c_i z_i − w ⊙ z_u`` and
+    gradient through softplus) and ``c_X`` a regulariser's gradient factor (``emb_norm``:
+    ``λ g / (B ‖X‖_F)``, 0 for an all-zero ``X``; ``half_sq``: ``λ g / B``):
+    ``∂z_u = c_u z_u − w ⊙ (z_i − z_j)``, ``∂z_i = c_i z_i − w ⊙ z_u`` and
     ``∂z_j = c_j z_j + w ⊙ z_u``. Forward: the difference ``z_i − z_j`` once, one row product and
     its sum, three norms (six passes); backward: six, each scaled row added through ``alpha``
     into the gradient buffers (``[∂z_i; ∂z_j]`` one buffer). Autograd through the two loss
     functions takes seven passes forward and fourteen back (each norm's division and scaling,
     four products, four additions), one node per operation. The two differ by float rounding
     only (the difference is taken before the row sum, the scalar factors are folded, the norms
-    summed in double): BPR-MF's and VBPR's goldens (tests/test_equivalence.py) are unchanged.
+    summed in double; ``half_sq``'s value is the loss function's own): BPR-MF's, VBPR's and
+    MGCN's goldens (tests/test_equivalence.py) are unchanged.
     """
 
     @staticmethod
-    def forward(ctx, zu, zij, reg_weight):  # noqa: D401
+    def forward(ctx, zu, zij, reg_weight, reg_form):  # noqa: D401
         zi, zj = zij.chunk(2)
         diff = zi - zj
         x = (zu * diff).sum(dim=1).neg_()  # −Δ
         bpr = F.softplus(x).mean()
-        norms = [float(torch.linalg.vector_norm(r)) for r in (zu, zi, zj)]  # on the host: a CPU path
+        if reg_form == "emb_norm":
+            norms = [float(torch.linalg.vector_norm(r)) for r in (zu, zi, zj)]  # on the host: a CPU path
+            reg = zu.new_tensor(reg_weight * sum(norms) / zu.shape[0])
+        else:  # half_sq: ½‖X‖²'s gradient is X itself
+            norms = None
+            reg = reg_weight * half_sq(zu, zi, zj)
         ctx.save_for_backward(zu, zij, diff, x)
         ctx.norms, ctx.reg_weight = norms, reg_weight
-        return bpr, zu.new_tensor(reg_weight * sum(norms) / zu.shape[0])
+        return bpr, reg
 
     @staticmethod
     @once_differentiable
@@ -240,7 +285,7 @@ class _BPRTerms(torch.autograd.Function):
         zu, zij, diff, x = ctx.saved_tensors
         batch = zu.shape[0]
         g = float(grad_reg) * ctx.reg_weight / batch
-        c_u, c_i, c_j = (g / norm if norm else 0.0 for norm in ctx.norms)
+        c_u, c_i, c_j = (g,) * 3 if ctx.norms is None else (g / norm if norm else 0.0 for norm in ctx.norms)
         w = torch.ops.aten.softplus_backward((grad_bpr / batch).expand(x.shape), x, 1, 20).unsqueeze(1)
         zi, zj = zij.chunk(2)
         grad_zij = torch.empty_like(zij)
@@ -249,7 +294,7 @@ class _BPRTerms(torch.autograd.Function):
         torch.add(w_zu, zj, alpha=c_j, out=grad_zj)
         torch.sub(w_zu, zi, alpha=c_i, out=grad_zi).neg_()
         grad_zu = torch.mul(diff, w.neg_()).add_(zu, alpha=c_u)
-        return grad_zu, grad_zij, None
+        return grad_zu, grad_zij, None, None
 
 
 class _GemmLogSumExp(torch.autograd.Function):
@@ -266,15 +311,16 @@ class _GemmLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, c: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, c: torch.Tensor, counts: torch.Tensor | None, bound: float | None) -> torch.Tensor:
         # |s_bb'| <= ‖a_b‖·max‖c‖ (Cauchy-Schwarz). While that bound is <= _UNSHIFTED_BOUND (e.g.
         # InfoNCE on unit rows: 1/τ), exp(s) can neither overflow nor underflow in float32 and
         # needs no shift: no pass for the row maxima, none for the subtraction. Otherwise the
         # usual shift by the exact row maxima. On a GPU the bound is not read (a host sync per
-        # call): the shift is always taken there.
+        # call): the shift is always taken there. ``bound``: a caller's bound of the computed
+        # norms' product, which then need not be computed.
         s = a @ c.T
-        if c.shape[0] and a.device.type == "cpu" and float(
-                torch.linalg.vector_norm(a, dim=1).amax() * torch.linalg.vector_norm(c, dim=1).amax()) <= _UNSHIFTED_BOUND:
+        if c.shape[0] and a.device.type == "cpu" and (bound if bound is not None else float(
+                torch.linalg.vector_norm(a, dim=1).amax() * torch.linalg.vector_norm(c, dim=1).amax())) <= _UNSHIFTED_BOUND:
             shift = s.new_zeros((s.shape[0], 1))
         else:
             shift = s.amax(dim=1, keepdim=True)
@@ -298,19 +344,72 @@ class _GemmLogSumExp(torch.autograd.Function):
             grad_c = p.T @ (a * w)
             if n is not None:
                 grad_c.mul_(n)
-        return grad_a, grad_c, None
+        return grad_a, grad_c, None, None
 
 
-def gemm_logsumexp(a: torch.Tensor, c: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+def gemm_logsumexp(a: torch.Tensor, c: torch.Tensor, counts: torch.Tensor | None = None,
+                   bound: float | None = None) -> torch.Tensor:
     """``logsumexp(a @ c.T, dim=1)``, or with key ``counts`` ``log Σ_b' n_b' exp(a_b · c_b')``: the
     log-sum-exp over keys in which key ``b'`` occurs ``n_b'`` times (first-order gradients only;
-    see :class:`_GemmLogSumExp`).
+    see :class:`_GemmLogSumExp`). ``bound`` (optional): an upper bound of ``max_b ‖a_b‖ · max_b'
+    ‖c_b'‖`` as the float32 norms compute it (e.g. :func:`unit_bound` for rows scaled to a known
+    length), so that they need not be computed.
 
     No query rows (a masked batch share holding none): an empty result, still joined to ``c``
     in the graph (a gathered ``c``'s backward is a collective every share must reach)."""
     if not a.shape[0]:
         return (a @ c.T).sum(dim=1)
-    return _GemmLogSumExp.apply(a, c, None if counts is None else counts.to(a.dtype))
+    return _GemmLogSumExp.apply(a, c, None if counts is None else counts.to(a.dtype), bound)
+
+
+def unit_bound(length: float) -> float:
+    """A bound of the float32 norm of a row :func:`normalized` to ``length`` (``1/τ``): the row's
+    rounding and the norm's own stay far below this relative margin at any width."""
+    return length * (1.0 + 1e-4)
+
+
+NORMALIZE_EPS = 1e-12
+"""``eps`` of ``F.normalize`` (its default), clamping each row's norm from below."""
+
+
+def normalized(x: torch.Tensor, tau: float | None = None) -> torch.Tensor:
+    """``F.normalize(x, dim=-1) / τ`` (``τ = None``: no division): the rows along the last axis at
+    unit length, as one autograd node with autograd's values and gradients bit for bit
+    (:class:`_Normalized`)."""
+    return _Normalized.apply(x, tau)
+
+
+class _Normalized(torch.autograd.Function):
+    """``y = x / max(‖x‖, ε)`` per row (the last axis), then ``y / τ``. The backward evaluates autograd's chain for
+    that expression with the same operations: ``∂y = g / τ``; the division's ``∂y / max(‖x‖, ε)``
+    and ``-Σ_d ∂y ⊙ (y / max(‖x‖, ε))`` (the negation taken on the row sum, not on the rows: the
+    same bits, rounding being symmetric in sign; ``y`` kept from the forward, not divided again);
+    the clamp's mask; the norm's ``(x / ‖x‖) ∂‖x‖``, 0 where ``‖x‖ = 0``, with ``x / ‖x‖ = y``
+    when no row was clamped. Three passes over the rows fewer than autograd's nodes make, and one
+    node instead of six."""
+
+    @staticmethod
+    def forward(ctx, x, tau):  # noqa: D401
+        norm = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True)
+        clamped = norm.clamp_min(NORMALIZE_EPS)
+        y = x / clamped
+        ctx.save_for_backward(x, norm, clamped, y)
+        ctx.tau = tau
+        return y if tau is None else y / tau
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, norm, clamped, y = ctx.saved_tensors
+        grad_y = grad if ctx.tau is None else grad / ctx.tau
+        grad_clamped = (grad_y * (y / clamped)).sum(dim=-1, keepdim=True).neg_()
+        # no row clamped (norm = max(norm, ε) everywhere; one comparison read on the host, not on a GPU):
+        # the clamp's mask passes every row, and x / ‖x‖ is y
+        if x.device.type == "cpu" and torch.equal(norm, clamped):
+            return torch.div(grad_y, clamped).add_(y * grad_clamped), None
+        grad_norm = torch.where(norm >= NORMALIZE_EPS, grad_clamped, torch.zeros_like(grad_clamped))
+        unit = (x / norm).masked_fill_(norm == 0, 0)  # x / ‖x‖
+        return torch.div(grad_y, clamped).add_(unit * grad_norm), None
 
 
 def infonce_rows(p: torch.Tensor, q: torch.Tensor, tau: float, counts: torch.Tensor | None = None) -> torch.Tensor:
@@ -322,9 +421,10 @@ def infonce_rows(p: torch.Tensor, q: torch.Tensor, tau: float, counts: torch.Ten
     the rows are a batch's distinct rows (:class:`CountedRows`), row ``b`` standing for ``n_b``
     equal rows: each of its keys enters the softmax ``n_b`` times, as in the batch with repeats.
     """
-    pn = F.normalize(p, dim=1) / tau
-    qn = F.normalize(q, dim=1)
-    return gemm_logsumexp(pn, _batch_keys(qn), None if counts is None else _batch_keys(counts)) - (pn * qn).sum(dim=1)
+    pn = normalized(p, tau)
+    qn = normalized(q)
+    return gemm_logsumexp(pn, _batch_keys(qn), None if counts is None else _batch_keys(counts),
+                          unit_bound(1.0 / tau)) - (pn * qn).sum(dim=1)
 
 
 def _batch_keys(keys: torch.Tensor) -> torch.Tensor:
@@ -350,7 +450,9 @@ def infonce(
         if weights is None:
             return rows.mean()
         return (weights.detach() * rows).mean()
-    batch = len(p) if counts is None else int(counts.sum())
+    batch = (len(p) if counts is None else int(counts.sum())) if _SHARES.split else None  # read only when split
+    if counts is not None:
+        counts = counts.to(p.dtype)  # once, for the softmax's keys and the mean
     if present is not None:
         at = _present_rows(present, len(p), p.device)
         p, q = p.index_select(0, at), q.index_select(0, at)
@@ -368,12 +470,13 @@ def _present_rows(present: torch.Tensor, n: int, device: torch.device | None = N
     return present.to(device=device, dtype=torch.bool).nonzero().squeeze(1)
 
 
-def _present_mean(values: torch.Tensor, rows: int, counts: torch.Tensor | None = None) -> torch.Tensor:
+def _present_mean(values: torch.Tensor, rows: int | None, counts: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of the per-row ``values`` of a batch's present rows, the batch holding ``rows`` rows
     in all: their mean in one process (0, with a zero gradient, if none is present); with the
     batch split across processes, this share's part of the mean over every share's present rows
-    (weighted by the trainer's ``rows / B``, the shares sum to it). ``counts`` (optional): the
-    rows are distinct, value ``b`` standing for ``n_b`` rows (a mean weighted by them)."""
+    (weighted by the trainer's ``rows / B``, the shares sum to it; ``rows`` is read only then and
+    may be ``None`` in one process). ``counts`` (optional): the rows are distinct, value ``b``
+    standing for ``n_b`` rows (a mean weighted by them)."""
     if counts is None:
         if not _SHARES.split:
             return values.mean() if len(values) else values.sum()
@@ -407,7 +510,9 @@ def counted_rows(rows: torch.Tensor) -> CountedRows:
     GEMMs it saves there take."""
     if rows.device.type != "cpu":
         return CountedRows(rows, None)
-    return CountedRows(*torch.unique(rows, return_counts=True))
+    counts = torch.bincount(rows)  # ids are small (node ids): a count per id, not a sort
+    index = counts.nonzero().squeeze(1)
+    return CountedRows(index, counts.index_select(0, index))
 
 
 def _ids(rows: torch.Tensor | CountedRows) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -426,12 +531,13 @@ def joint_infonce_rows(queries: torch.Tensor, keys: torch.Tensor, tau: float,
     with ``K = 1`` it equals :func:`infonce_rows`. ``present`` (optional ``K x B`` bool): the sum
     over ``m`` runs over each row's present views only. ``counts``: as in :func:`infonce_rows`.
     """
-    unit = F.normalize(queries, dim=-1)
+    unit = normalized(queries)
     if present is not None:
         unit = unit * present.to(unit.device, unit.dtype).unsqueeze(-1)
     pn = unit.sum(dim=0) / tau
-    kn = F.normalize(keys, dim=1)
-    return gemm_logsumexp(pn, _batch_keys(kn), None if counts is None else _batch_keys(counts)) - (pn * kn).sum(dim=1)
+    kn = normalized(keys)
+    return gemm_logsumexp(pn, _batch_keys(kn), None if counts is None else _batch_keys(counts),
+                          unit_bound(queries.shape[0] / tau)) - (pn * kn).sum(dim=1)
 
 
 def joint_infonce(queries: torch.Tensor, keys: torch.Tensor, tau: float,
@@ -442,7 +548,9 @@ def joint_infonce(queries: torch.Tensor, keys: torch.Tensor, tau: float,
     ``counts``: as in :func:`infonce`."""
     if present is None and counts is None:
         return joint_infonce_rows(queries, keys, tau).mean()
-    batch = len(keys) if counts is None else int(counts.sum())
+    batch = (len(keys) if counts is None else int(counts.sum())) if _SHARES.split else None  # read only when split
+    if counts is not None:
+        counts = counts.to(keys.dtype)  # once, for the softmax's keys and the mean
     if present is not None:
         at = _present_rows(present.any(dim=0), len(keys), keys.device)
         queries, keys = queries.index_select(1, at), keys.index_select(0, at)
@@ -458,8 +566,8 @@ def rows_infonce(p: torch.Tensor, q: torch.Tensor, rows: tuple[torch.Tensor | Co
     bool): the rows of ``p`` and ``q`` that take part (:func:`infonce`). Rows are gathered with
     ``index_select`` here and below: on CPU its backward is a scatter-add, several times faster
     than indexing's accumulating put."""
-    return sum(infonce(p.index_select(0, r), q.index_select(0, r), tau, present=_at(present, r), counts=n)
-               for r, n in map(_ids, rows))
+    return added(infonce(p.index_select(0, r), q.index_select(0, r), tau, present=_at(present, r), counts=n)
+                 for r, n in map(_ids, rows))
 
 
 def _at(present: torch.Tensor | None, r: torch.Tensor) -> torch.Tensor | None:
@@ -585,7 +693,7 @@ def _top_outside(scores: torch.Tensor, taken: torch.Tensor, k: int) -> torch.Ten
 def neighbour_discrimination(views: torch.Tensor, items: torch.Tensor, k: int, tau: float) -> torch.Tensor:
     """DA-MRS's neighbour discrimination ``L_ND`` (``K x n x d`` views), averaged over the views,
     anchors ``items`` against all items, ``k`` pseudo-positives, temperature ``tau``."""
-    unit = F.normalize(views, dim=-1)
+    unit = normalized(views)
     losses = []
     for x, (multi, single) in enumerate(pseudo_positives(unit.detach(), items, k)):
         anchor = unit[x].index_select(0, items)  # nrm(h_x[i])
@@ -603,8 +711,8 @@ def paired_views_infonce(first: torch.Tensor, second: torch.Tensor, rows: tuple[
     """``(1/K) Σ_k Σ_r InfoNCE(V'_k[r], V''_k[r]; τ)`` over ``K`` pairs of noisy views (``K x N x d``
     each): SIGER's perturbation term ``L_P`` (ALGORITHMS.md 5.2). ``present`` (optional ``K x N``
     bool): pair ``k`` is contrasted on the rows where view ``k`` is present."""
-    return sum(infonce(a.index_select(0, r), b.index_select(0, r), tau, present=_at(_view(present, k), r), counts=n)
-               for k, (a, b) in enumerate(zip(first, second)) for r, n in map(_ids, rows)) / len(first)
+    return added(infonce(a.index_select(0, r), b.index_select(0, r), tau, present=_at(_view(present, k), r), counts=n)
+                 for k, (a, b) in enumerate(zip(first, second)) for r, n in map(_ids, rows)) / len(first)
 
 
 def _view(present: torch.Tensor | None, k: int) -> torch.Tensor | None:
@@ -625,11 +733,11 @@ def anchored_infonce(views: torch.Tensor, anchor: torch.Tensor, rows: tuple[torc
     takes no part); ``A3`` contrasts the pair ``a, b`` on the rows where both are present."""
     rows = [_ids(r) for r in rows]
     if form == "A1":
-        return sum(infonce(h.index_select(0, r), anchor.index_select(0, r), tau, present=_at(_view(present, m), r),
-                           counts=n) for m, h in enumerate(views) for r, n in rows) / len(views)
+        return added(infonce(h.index_select(0, r), anchor.index_select(0, r), tau, present=_at(_view(present, m), r),
+                             counts=n) for m, h in enumerate(views) for r, n in rows) / len(views)
     if form == "A2":
-        return sum(joint_infonce(views.index_select(1, r), anchor.index_select(0, r), tau, _at(present, r), n)
-                   for r, n in rows)
+        return added(joint_infonce(views.index_select(1, r), anchor.index_select(0, r), tau, _at(present, r), n)
+                     for r, n in rows)
     pairs = list(itertools.combinations(range(len(views)), 2))
     total = 0.0
     for (a, b), (r, n) in itertools.product(pairs, rows):
@@ -802,7 +910,7 @@ def all_keys_infonce(queries: torch.Tensor, keys: torch.Tensor, rows: torch.Tens
         rows = (torch.cumsum(has_key, 0) - 1)[rows[(has_query & has_key)[rows]]]
         queries, keys = queries.index_select(0, candidates), keys.index_select(0, candidates)
     distinct, counts = torch.unique(rows, return_counts=True)
-    q = F.normalize(queries.index_select(0, distinct), dim=1) / tau
-    k = F.normalize(keys, dim=1)
+    q = normalized(queries.index_select(0, distinct), tau)
+    k = normalized(keys)
     per_row = gemm_logsumexp(q, k) - (q * k.index_select(0, distinct)).sum(dim=1)
     return batch_sum(per_row * counts, n_rows)

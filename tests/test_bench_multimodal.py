@@ -132,7 +132,38 @@ def test_degree_groups_pair_the_users_and_merge_coinciding_quartiles(tmp_path, m
             json_path.write_text(json.dumps({"settings": {}}))
             np.savez(multimodal.cell_file(tmp_path, "tiktok", model, seed, "npz"), user=users,
                      **{m: recall for m in multimodal.PER_USER})
-    cells = {m: multimodal_diagnose.cell("tiktok", m) for m in ("bpr", "lightgcn")}
+    cells = {m: multimodal.per_user_cell("tiktok", m) for m in ("bpr", "lightgcn")}
     groups = diagnose.degree_groups(cells, SimpleNamespace(train=train))
     assert [(g["group"], g["users"], g["degree"]) for g in groups] == [(1, 4, [1, 1]), (2, 2, [2, 2]), (3, 2, [3, 5])]
     assert groups[0]["difference"] == pytest.approx(0.25 - np.linspace(0, 0.7, 8)[:4].mean())
+
+
+def test_the_report_tests_each_complete_model_against_lightgcn_per_user(tmp_path):
+    """Seed-averaged per-user differences, Wilcoxon, Holm: checked against scipy on the averages."""
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(0)
+    users = np.arange(50)
+    values = {m: {s: rng.random(50) for s in multimodal.SEEDS} for m in ("lightgcn", "bpr", "vbpr")}
+    for model, per_seed in values.items():
+        seeds = multimodal.SEEDS if model != "vbpr" else multimodal.SEEDS[:1]  # vbpr incomplete: no test
+        for seed in seeds:
+            path = multimodal.cell_file(tmp_path, "tiktok", model, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({
+                "settings": multimodal.settings(model, "tiktok"), "digest": "0", "source": "test",
+                "metrics": {"valid": {"recall@20": 0.2}, "test": {m: 0.1 for m in multimodal.PER_USER},
+                            "best_epoch": 3, "epochs": 23},
+                "timing": {"median_train_s": 1.0, "median_eval_s": 0.1, "peak_rss_mb": 500.0}}))
+            np.savez(multimodal.cell_file(tmp_path, "tiktok", model, seed, "npz"), user=users,
+                     **{m: per_seed[seed] + (0.1 if m == "ndcg@20" else 0.0) for m in multimodal.PER_USER})
+    tests = multimodal.versus_reference(["lightgcn", "bpr", "vbpr"], "tiktok", tmp_path)
+    assert [(t["model"], t["metric"]) for t in tests] == [("bpr", "recall@20"), ("bpr", "ndcg@20")]
+    diff = np.mean([values["bpr"][s] for s in multimodal.SEEDS], 0) - np.mean([values["lightgcn"][s] for s in multimodal.SEEDS], 0)
+    want = wilcoxon(diff).pvalue
+    for t in tests:
+        assert t["diff"] == pytest.approx(diff.mean()) and t["p"] == pytest.approx(want)
+        assert t["p_holm"] == pytest.approx(min(1.0, 2 * want))
+    _, md = multimodal.report(["lightgcn", "bpr", "vbpr"], ["tiktok"], tmp_path)
+    assert f"| bpr | recall@20 | {diff.mean():+.4f} | {want:.2g} |" in md
+    assert multimodal.versus_reference(["bpr"], "tiktok", tmp_path) == []  # no reference, no tests

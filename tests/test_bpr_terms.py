@@ -1,11 +1,10 @@
-"""BPR-MF's and VBPR's loss terms as one autograd node (``losses.bpr_terms``) equal the two
+"""BPR-MF's, VBPR's and MGCN's loss terms as one autograd node (``losses.bpr_terms``) equal the two
 loss functions' nodes up to float rounding: terms and every parameter's gradient, on both of
 VBPR's batch paths, with repeated rows, an item both positive and negative, and all-zero rows;
 and they are as close to the float64 values as the loss functions are."""
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import torch
 from prismrec.data import load_dataset
 from prismrec.data.synthetic import write_planted_dataset
 from prismrec.experiment.config import resolve_config
-from prismrec.losses import bpr_loss, emb_norm
+from prismrec.losses import bpr_loss, l2_reg
 from prismrec import losses
 from prismrec.models import get_model
 from prismrec.nn import propagation
@@ -27,10 +26,10 @@ def data(tmp_path_factory):
     return load_dataset(write_planted_dataset(folder, n_users=60, n_items=40, per_user=6, modalities={"image": 5}))
 
 
-def _unfused(zu, zij, reg_weight):
+def _unfused(zu, zij, reg_weight, reg_form):
     """What the models computed before: the loss functions' own nodes on the split rows."""
     zi, zj = zij.chunk(2)
-    return bpr_loss(zu, zi, zj), reg_weight * emb_norm(zu, zi, zj)
+    return bpr_loss(zu, zi, zj), reg_weight * l2_reg(reg_form, zu, zi, zj)
 
 
 def _terms_and_grads(net, batch, full: bool):
@@ -48,7 +47,9 @@ def _batches(data, n=6, size=200):
         yield u, i, j
 
 
-@pytest.mark.parametrize("name,settings", [("bpr", {}), ("bpr", {"reg_weight": 0.5}), ("vbpr", {}), ("vbpr", {"reg_weight": 1.0})])
+@pytest.mark.parametrize("name,settings", [("bpr", {}), ("bpr", {"reg_weight": 0.5}), ("bpr", {"reg_form": "half_sq"}),
+                                           ("vbpr", {}), ("vbpr", {"reg_weight": 1.0}), ("mgcn", {}),
+                                           ("mgcn", {"reg_form": "emb_norm", "reg_weight": 0.5})])
 @pytest.mark.parametrize("row_share", [1.0, 0.0], ids=["batch-rows", "full-forward"])
 @pytest.mark.parametrize("full", [False, True], ids=["batch_loss", "loss"])
 def test_one_node_terms_equal_the_loss_functions_to_rounding(data, monkeypatch, name, settings, row_share, full):
@@ -59,13 +60,16 @@ def test_one_node_terms_equal_the_loss_functions_to_rounding(data, monkeypatch, 
     with torch.no_grad():  # rows of trained magnitude and spread, not only the init's
         for p in net.parameters():
             p.mul_(1 + 20 * torch.rand(p.shape))
-    exact_net = copy.deepcopy(net).double()
+    exact_net = get_model(name)(data, resolve_config(name, data.name, settings).params)  # a copy (MGCN's CSR
+    exact_net.load_state_dict(net.state_dict())                                        # graphs cannot deepcopy)
+    exact_net.double()
     for batch in _batches(data):
         got, got_grads = _terms_and_grads(net, batch, full)
         assert type(got["bpr"].grad_fn).__name__ == "_BPRTermsBackward"  # the fused node is what ran
         with monkeypatch.context() as m:
             m.setattr(losses._BPRTerms, "apply", _unfused)
             want, want_grads = _terms_and_grads(net, batch, full)
+            m.setattr(propagation, "ROW_SHARE", 0.0)  # float64 by full products: row blocks are built float32
             exact, exact_grads = _terms_and_grads(exact_net, batch, full)
         assert type(want["bpr"].grad_fn).__name__ != "_BPRTermsBackward"
         assert got.keys() == want.keys() and all(no_worse(got[k], want[k], exact[k]) for k in ("bpr", "reg"))
@@ -89,8 +93,9 @@ def test_all_zero_rows_get_a_zero_norm_gradient(data, monkeypatch):
         assert torch.allclose(got_grads[n], g, rtol=1e-5, atol=1e-9), n
 
 
+@pytest.mark.parametrize("form", ["emb_norm", "half_sq"])
 @pytest.mark.parametrize("scale", [0.1, 1.0, 20.0])
-def test_one_node_terms_are_as_close_to_float64_as_the_loss_functions(scale):
+def test_one_node_terms_are_as_close_to_float64_as_the_loss_functions(scale, form):
     gen = torch.Generator().manual_seed(1)
     zu, zij = scale * torch.randn(512, 16, generator=gen), scale * torch.randn(1024, 16, generator=gen)
 
@@ -100,18 +105,17 @@ def test_one_node_terms_are_as_close_to_float64_as_the_loss_functions(scale):
         sum(values).backward()
         return [v.detach().double() for v in values] + [a.grad.double(), b.grad.double()]
 
-    fused = run(lambda a, b: losses._BPRTerms.apply(a, b, 0.3), torch.float32)
-    unfused = run(lambda a, b: _unfused(a, b, 0.3), torch.float32)
-    exact = run(lambda a, b: _unfused(a, b, 0.3), torch.float64)
+    fused = run(lambda a, b: losses._BPRTerms.apply(a, b, 0.3, form), torch.float32)
+    unfused = run(lambda a, b: _unfused(a, b, 0.3, form), torch.float32)
+    exact = run(lambda a, b: _unfused(a, b, 0.3, form), torch.float64)
     assert all(no_worse(got, before, want) for got, before, want in zip(fused, unfused, exact))
 
 
-def test_other_forms_and_split_batches_take_the_loss_functions(data):
+def test_half_sq_value_is_the_loss_function_s_and_unknown_forms_raise():
     zu, zij = torch.randn(6, 4, requires_grad=True), torch.randn(12, 4, requires_grad=True)
     half = losses.bpr_terms(zu, zij, 0.1, "half_sq")
-    assert type(half["bpr"].grad_fn).__name__ != "_BPRTermsBackward"
+    assert type(half["bpr"].grad_fn).__name__ == "_BPRTermsBackward"
     zi, zj = zij.chunk(2)
-    want = 0.1 * (zu.pow(2).sum() + zi.pow(2).sum() + zj.pow(2).sum()) / 12
-    torch.testing.assert_close(half["reg"], want)
-    fused = losses.bpr_terms(zu, zij, 0.1, "emb_norm")
-    assert type(fused["bpr"].grad_fn).__name__ == "_BPRTermsBackward"
+    assert torch.equal(half["reg"], 0.1 * l2_reg("half_sq", zu, zi, zj))  # the same operations forward
+    with pytest.raises(ValueError, match="reg_form"):
+        losses.bpr_terms(zu, zij, 0.1, "l1")

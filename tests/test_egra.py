@@ -22,10 +22,10 @@ from prismrec.experiment.export import export_representations
 from prismrec.experiment.runs import run_experiment
 from prismrec.experiment.stages import build_model
 from prismrec.graph import intersection_links, knn_graph
-from prismrec.losses import moment_gap
+from prismrec.losses import entity_weighted_infonce, entity_weights, moment_gap
 from prismrec.models import get_model
 from prismrec.experiment.pretrained import PretrainedError
-from prismrec.models.egra import alignment_strength, entity_weights
+from prismrec.models.egra import alignment_strength
 from prismrec.nn import lightgcn
 from prismrec.train import fit, seed_everything
 from tests.test_train import random_recall_at_20
@@ -223,8 +223,13 @@ def test_gume_backbone_is_gume_on_the_enhanced_graph_with_align_for_bm(planted, 
     assert set(terms) == {"bpr", "reg", "align", "vt", "um", "reg2"} and "extended" in out.aux
     u, i_rows = batch[0], batch[1] + planted.n_users
     torch.testing.assert_close(terms["vt"], 0.1 * moment_gap(out.aux["modality_views"]))
-    torch.testing.assert_close(terms["align"], net.lambda_t * (net.weighted_alignment(out.aux["modality"][u], out.aux["behavior"][u])
-                               + net.weighted_alignment(out.aux["modality"][i_rows], out.aux["behavior"][i_rows])))
+    cfg = net.config
+
+    def side(rows):  # one side's mean_e w_e ℓ_e over the batch's rows (repeats counted as they come)
+        return entity_weighted_infonce(out.aux["modality"][rows], out.aux["behavior"][rows], cfg.tau,
+                                       cfg.entity_weighting, cfg.entity_sign, cfg.tau_w)
+
+    torch.testing.assert_close(terms["align"], net.lambda_t * (side(u) + side(i_rows)))
     sum(terms.values()).backward()
     assert not [n for n, p in net.named_parameters() if p.grad is None]
 

@@ -72,3 +72,29 @@ def test_floors_ab_after_side_takes_only_the_named_files(tmp_path):
     assert show(before, "prismrec/models/lattice.py") != show(after, "prismrec/models/lattice.py")
     assert (tree / "prismrec" / "losses.py").read_bytes() == show(after, "prismrec/losses.py")
     assert (tree / "prismrec" / "models" / "lattice.py").read_bytes() == show(before, "prismrec/models/lattice.py")
+
+
+def test_floors_ab_per_batch_imports_two_versions_side_by_side(tmp_path):
+    """``floors_ab --per-batch``: two packages in one process, each with its own copy of the floors
+    script bound to it (run in a fresh interpreter: it takes the imported modules out of sys.modules)."""
+    import subprocess
+    import sys
+
+    from benchmarks.floors_ab import ROOT, extract
+
+    if subprocess.run(["git", "cat-file", "-e", "HEAD^{commit}"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("needs a git checkout")
+    trees = [str(extract("HEAD", tmp_path / side)) for side in ("before", "after")]
+    code = f"""
+import sys
+sys.path[:0] = [{str(ROOT)!r}]
+from benchmarks.floors_ab import load_version
+a, b = (load_version(t) for t in {trees!r})
+assert a["prismrec"] is not b["prismrec"] and a["prismrec"].__file__.startswith({trees[0]!r})
+assert b["prismrec"].__file__.startswith({trees[1]!r})
+for v in (a, b):
+    assert v["benchmarks.floors"].BPRSampler is v["prismrec.data"].BPRSampler
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -43,6 +43,7 @@ def test_cells_are_tuned_blind_recorded_and_skipped_on_rerun(study, monkeypatch)
 
     monkeypatch.setattr("prismrec.experiment.runs.run_experiment", refuse)
     headline.run_cell("lightgcn", study.name, {"tune", "final"}, study)
+    headline.run_cell("lightgcn", study.name, {"tune", "final"}, study, device="cuda")  # where, not what
 
     data = headline.report(["lightgcn", "rlmmrec"], [study.name])
     assert data["summaries"][study.name]["lightgcn"]["n"] == 2
@@ -158,3 +159,26 @@ def test_claims_are_judged_from_the_tests_and_say_what_is_pending():
     assert chosen.startswith("**does not hold**") and "selected the setting of gamma = 0" in chosen
     assert "(pending: fixed)" in chosen
     assert "see x" in headline.judge(data, "d", "siger", {"claim": "c", "elsewhere": "x"})
+
+
+def test_device_reaches_every_run_and_the_report(study, monkeypatch):
+    from prismrec.errors import TrainingDiverged
+
+    devices = []
+
+    def capture(cfg, *args, **kwargs):
+        devices.append(cfg.train.device)
+        raise TrainingDiverged("captured")
+
+    monkeypatch.setattr("prismrec.experiment.runs.run_experiment", capture)
+    monkeypatch.setattr(headline, "DEVICE", "cuda")
+    folder = headline.RUNS / "t"
+    assert headline.blind_trial("lightgcn", study.name, {"epochs": 1}, folder, study)["state"] == "diverged"
+    with pytest.raises(TrainingDiverged):
+        headline.seed_cell("lightgcn", "lightgcn", study.name, {"epochs": 1}, study, 1)
+    assert devices == ["cuda", "cuda"]
+    seeds = [{"metrics": {"test": {m: 0.1 for m in headline.METRICS}, "epochs": 3},
+              "timing": {"median_train_s": 1.0, "peak_rss_mb": 1.0}, "config": {"train": {"device": d}}}
+             for d in ("cpu", "cuda")]
+    assert headline._off_cpu(headline.summary({"seeds": dict(enumerate(seeds))})) == " (cuda)"
+    assert headline._off_cpu(headline.summary({"seeds": {0: seeds[0]}})) == ""

@@ -8,6 +8,7 @@ from prismrec.losses import (
     BatchShares,
     all_keys_infonce,
     bpr_loss,
+    counted_rows,
     emb_norm,
     gemm_logsumexp,
     half_sq,
@@ -15,6 +16,8 @@ from prismrec.losses import (
     infonce_rows,
     joint_infonce_rows,
     l2_reg,
+    normalized,
+    unit_bound,
     use_batch_shares,
 )
 
@@ -63,6 +66,32 @@ def test_gemm_logsumexp_unshifted_near_its_limit_is_exact_in_float32():
     for scale in (30.0, 30.5):
         a = torch.cat([c[:3], -c[:3]]) * scale  # rows at the top and at the bottom of their range
         torch.testing.assert_close(gemm_logsumexp(a, c), torch.logsumexp(a @ c.T, dim=1), rtol=1e-6, atol=1e-5)
+
+
+def test_gemm_logsumexp_with_a_known_bound_is_bit_identical():
+    """InfoNCE's unit rows given their bound (no norms computed): the same branch, values and
+    gradients bit for bit; a bound above the limit falls back to computing the norms."""
+    g = torch.Generator().manual_seed(4)
+    for tau in (0.2, 0.05, 1 / 30):
+        a0 = torch.randn(40, 64, generator=g) * 3
+        c0 = torch.randn(55, 64, generator=g)
+        counts = torch.randint(1, 4, (55,), generator=g).float()
+        outs = []
+        for bound in (None, unit_bound(1.0 / tau)):
+            a, c = a0.clone().requires_grad_(), c0.clone().requires_grad_()
+            value = gemm_logsumexp(normalized(a, tau), normalized(c), counts, bound)
+            (value * torch.arange(40.0)).sum().backward()
+            outs.append((value.detach(), a.grad, c.grad))
+        for x, y in zip(*outs):
+            assert torch.equal(x, y)
+
+
+def test_counted_rows_are_the_sorted_distinct_ids_and_their_counts():
+    g = torch.Generator().manual_seed(5)
+    for rows in (torch.randint(0, 3000, (2048,), generator=g), torch.tensor([4, 4, 0]), torch.zeros(0, dtype=torch.long)):
+        got = counted_rows(rows)
+        want = torch.unique(rows, return_counts=True)
+        assert torch.equal(got.index, want[0]) and torch.equal(got.counts, want[1])
 
 
 def test_gemm_logsumexp_gradient_only_where_needed():
@@ -180,6 +209,26 @@ def test_norm_gradient_without_a_host_sync_equals_autograds():
         assert torch.isfinite(got).all() and torch.equal(got, leaf.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [None, 0.2, 0.07])
+def test_normalized_is_bit_identical_to_autograds_normalize(dtype, tau):
+    """``normalized`` (unit rows, one node) against ``F.normalize(x, dim=-1) / τ``: values
+    and gradients bit for bit, with an all-zero row and a row below ``F.normalize``'s ``eps``."""
+    g = torch.Generator().manual_seed(7)
+    for scale in (1e-3, 1.0, 50.0):
+        x = torch.randn(301, 64, generator=g, dtype=dtype) * scale
+        x[3], x[7] = 0.0, 1e-14
+        for rows in (x, x[8:], x[1:].view(3, 100, 64)):  # with the clamped rows, without, K x B x d views
+            upstream = torch.randn(rows.shape, generator=g, dtype=dtype)
+            a, b = rows.clone().requires_grad_(), rows.clone().requires_grad_()
+            want = F.normalize(a, dim=-1) if tau is None else F.normalize(a, dim=-1) / tau
+            got = normalized(b, tau)
+            (want * upstream).sum().backward()
+            (got * upstream).sum().backward()
+            assert torch.equal(_bits(got.detach()), _bits(want.detach()))
+            assert torch.equal(_bits(b.grad), _bits(a.grad))
+
+
 def test_one_node_losses_sum_shared_gradients_in_autograds_order():
     """A row set read by both terms (a user's rows: two BPR products and the regulariser) gets
     its three gradients summed in plain autograd's order (not associative in floating point)."""
@@ -191,6 +240,24 @@ def test_one_node_losses_sum_shared_gradients_in_autograds_order():
         want = torch.autograd.grad(_autograd_bpr(u, i, j) + 1e-2 * _autograd_emb_norm(u, i, j, u), (u, j))
         assert torch.equal(_bits(u.grad), _bits(want[0])) and torch.equal(_bits(j.grad), _bits(want[1]))
         assert i.grad is None  # no gradient where none is asked for
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_half_sq_is_bit_identical_to_autograds_sum_of_halves(dtype):
+    """``half_sq``'s one node against autograd through ``Σ 0.5 * X.pow(2).sum() / B``: value and
+    gradients bit for bit, with a row set passed twice and rows also read by the BPR term."""
+    g = torch.Generator().manual_seed(8)
+    for scale in (1e-3, 1.0, 30.0):
+        u, i, j = (torch.randn(257, 64, generator=g, dtype=dtype) * scale for _ in range(3))
+        leaves = [[x.clone().requires_grad_() for x in (u, i, j)] for _ in range(2)]
+        (a_u, a_i, a_j), (b_u, b_i, b_j) = leaves
+        want = sum(0.5 * x.pow(2).sum() for x in (a_u, a_i, a_j, a_u)) / 257
+        got = half_sq(b_u, b_i, b_j, b_u)
+        (_autograd_bpr(a_u, a_i, a_j) + 1e-4 * want).backward()
+        (_autograd_bpr(b_u, b_i, b_j) + 1e-4 * got).backward()
+        assert torch.equal(_bits(got.detach()), _bits(want.detach()))
+        for a, b in zip(leaves[0], leaves[1]):
+            assert torch.equal(_bits(b.grad), _bits(a.grad))
 
 
 def test_one_node_losses_reject_double_backward():

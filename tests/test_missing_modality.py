@@ -252,3 +252,28 @@ def test_robustness_rerun_forgets_the_cells_cached_stage_one(tmp_path, monkeypat
     assert all(p.exists() for p in keep + gone)
     assert rb.forget_stage_one(cell["egra"], tmp_path, 20, "zero") == sorted(gone)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
+
+
+def test_robustness_runs_to_early_stopping_get_the_headline_warm_up():
+    from benchmarks import robustness as rb
+
+    capped, full = rb.settings("egra", "lfm2k", 20), rb.settings("egra", "lfm2k", 1000)
+    assert "min_epochs" not in capped and "min_epochs" not in capped["pretrain_settings"]
+    assert full["min_epochs"] == full["pretrain_settings"]["min_epochs"] == rb.WARM_UP == 50
+    assert rb.settings("lightgcn", "lfm2k", 1000)["min_epochs"] == 50
+
+
+def test_robustness_cells_of_different_caps_are_kept_apart(tmp_path, monkeypatch):
+    from benchmarks import robustness as rb
+
+    monkeypatch.setattr(rb, "OUT", tmp_path)
+    cell = rb.plan(["lfm2k"], [999])[0]
+    assert rb.cell_file(cell, 20) != rb.cell_file(cell, 1000)
+    rb.cell_file(cell, 20).parent.mkdir(parents=True)
+    for cap in (20, 1000):
+        rb.cell_file(cell, cap).write_text(json.dumps({**cell, "settings": {"epochs": cap},
+                                                       "test": {"recall@20": 0.3, "ndcg@20": 0.2}}))
+    assert [c["settings"]["epochs"] for c in rb.load_cells(1000)] == [1000]
+    assert [c["settings"]["epochs"] for c in rb.load_cells(20)] == [20]
+    assert [p.name for p in rb.write_report([cell], 1000)] == ["robustness_e1000.json", "robustness_e1000.md"]
+    assert [p.name for p in rb.write_report([cell], 20)] == ["robustness.json", "robustness.md"]

@@ -3,7 +3,7 @@
 Definitions are MMRec's (``src/utils/metrics.py``): per-user values averaged over the users with
 at least one held-out positive; NDCG's ideal DCG and MAP's normaliser use ``min(|T_u|, K)``.
 Masked items score ``-inf``; ties are broken by the lower item id. The hot path is batched: one
-score block per user batch, masking by one scatter, ``torch.topk``, hits by one key lookup.
+score block per user batch, masking by one fill, ``torch.topk``, hits by one gather.
 """
 
 from __future__ import annotations
@@ -47,11 +47,18 @@ def _rows_coo(matrix: sp.csr_matrix, rows: np.ndarray, device) -> tuple[torch.Te
     )
 
 
+def _flat_index(matrix: sp.csr_matrix, rows: np.ndarray, device) -> torch.Tensor:
+    """Positions ``b * n_items + i`` of the entries ``(rows[b], i)`` of ``matrix`` in a flattened
+    ``len(rows) x n_items`` block."""
+    r, c = _rows_coo(matrix, rows, device)
+    return r * matrix.shape[1] + c
+
+
 def mask_items(scores: torch.Tensor, exclude: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
-    """Set ``scores[b, i] = -inf`` for every item ``i`` of row ``rows[b]`` of ``exclude`` (in place)."""
+    """Set ``scores[b, i] = -inf`` for every item ``i`` of row ``rows[b]`` of ``exclude`` (in place;
+    ``scores`` contiguous)."""
     if exclude.nnz:
-        r, c = _rows_coo(exclude, rows, scores.device)
-        scores[r, c] = -torch.inf
+        scores.view(-1).index_fill_(0, _flat_index(exclude, rows, scores.device), -torch.inf)
     return scores
 
 
@@ -62,7 +69,8 @@ def batch_hits(
     rows: np.ndarray,
     k: int,
 ) -> torch.Tensor:
-    """Boolean ``B x k`` hit matrix of the top-``k`` ranking of ``scores`` (modified in place).
+    """Boolean ``B x k`` hit matrix of the top-``k`` ranking of ``scores`` (contiguous, modified in
+    place).
 
     ``scores[b]`` belongs to user ``rows[b]`` of ``truth`` / ``exclude``.
     """
@@ -74,16 +82,11 @@ def batch_hits(
         raise FloatingPointError(
             "NaN in model scores: the model diverged (lower the learning rate or check inputs)"
         )
-    # Hits: is (row, item) of each top-k entry a truth pair? Keys row * n_items + item, binary-
-    # searched among the batch's sorted truth keys: no B x n_items indicator matrix is built.
-    n_items = scores.shape[1]
-    r, c = _rows_coo(truth, rows, scores.device)
-    keys = torch.sort(r * n_items + c).values
-    if not len(keys):
-        return torch.zeros(top.shape, dtype=torch.bool, device=scores.device)
-    queries = torch.arange(len(rows), device=scores.device).unsqueeze(1) * n_items + top
-    found = keys[torch.searchsorted(keys, queries).clamp_max(len(keys) - 1)]
-    return found == queries
+    # Hits: the batch's truth as a B x n_items indicator (a quarter of the score block's bytes),
+    # read at each top-k entry.
+    is_truth = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    is_truth[_flat_index(truth, rows, scores.device)] = True
+    return is_truth.view(scores.shape).gather(1, top)
 
 
 def metrics_from_hits(
@@ -95,17 +98,17 @@ def metrics_from_hits(
     ranks = torch.arange(1, h.shape[1] + 1, dtype=torch.float64, device=h.device)
     discount = 1.0 / torch.log2(ranks + 1.0)
     ideal = torch.cumsum(discount, 0)
-    precision_at_rank = torch.cumsum(h, 1) / ranks
+    found_at_rank = torch.cumsum(h, 1)  # hits within the top r: whole numbers, exact in any order
+    gain, precision_gain = h * discount, h * (found_at_rank / ranks)
     out = {}
     for k in ks:
-        hk = h[:, :k]
-        found = hk.sum(1)
+        found = found_at_rank[:, min(k, h.shape[1]) - 1]  # k may exceed the item count
         cap = torch.clamp(n, max=k)  # min(|T_u|, K)
         out[f"recall@{k}"] = found / n
         out[f"precision@{k}"] = found / k
         out[f"hit@{k}"] = (found > 0).to(torch.float64)
-        out[f"ndcg@{k}"] = (hk * discount[:k]).sum(1) / ideal[cap.long() - 1]
-        out[f"map@{k}"] = (hk * precision_at_rank[:, :k]).sum(1) / cap
+        out[f"ndcg@{k}"] = gain[:, :k].sum(1) / ideal[cap.long() - 1]
+        out[f"map@{k}"] = precision_gain[:, :k].sum(1) / cap
     return out
 
 
@@ -138,7 +141,7 @@ def evaluate_ranking(
     blocks: list[torch.Tensor] = []  # per user batch: metrics x users, kept on the scores' device
     for start in range(0, len(users), batch_size):
         rows = users[start : start + batch_size]
-        scores = score_fn(torch.from_numpy(rows).to(device))
+        scores = score_fn(torch.from_numpy(rows).to(device)).contiguous()
         if scores.shape != (len(rows), truth.shape[1]):
             raise ValueError(
                 f"score_fn returned shape {tuple(scores.shape)}, expected {(len(rows), truth.shape[1])}"

@@ -197,10 +197,16 @@ class EdgeGraph:
         self.values = values.new_zeros(unique.numel()).index_add(0, inverse, values)  # coalesced
         counts = torch.bincount(self.rows, minlength=n)
         self.matrix = _csr(counts, self.cols, self.values.detach(), n)
-        order = torch.argsort(self.cols * n + self.rows)  # the transpose's row-major order
-        self.transpose = _csr(
-            torch.bincount(self.cols, minlength=n), self.rows[order], self.values.detach()[order], n
-        )
+        self._transposed: dict = {}  # Gᵀ once built; shared with the detached copies
+
+    @property
+    def transpose(self) -> torch.Tensor:
+        """``Gᵀ`` as CSR, built when a backward first needs it (an evaluation forward never does)."""
+        if not self._transposed:
+            order = torch.argsort(self.cols * self.n + self.rows)  # the transpose's row-major order
+            self._transposed["csr"] = _csr(torch.bincount(self.cols, minlength=self.n), self.rows[order],
+                                           self.values.detach()[order], self.n)
+        return self._transposed["csr"]
 
     @property
     def nnz(self) -> int:

@@ -21,13 +21,11 @@ two **homogeneous** graphs — a user–user co-occurrence graph and a modality 
        weighted_max:  U = max_m w_um G_m^U,                  I = Σ_m G_m^I               (d)
 
 3. Homogeneous graphs. Items: ``S = Σ_m α_m Ŝ_m^bin`` (2.3: binary kNN of the raw features, self
-   included), frozen. ``α`` goes to modalities **by name** (:mod:`prismrec.nn.roles`): 0.1 for
-   the image-like and 0.9 for the text-like one of an image + text pair (reference
-   ``mm_image_weight``), in any order; any other pair (lfm2k's text + audio, tiktok's image +
-   audio, ml100k's text + genre) or more modalities need ``mm_weights`` (a ConfigError says so).
-   Users: ``W_UU``, each user's top-``k_u`` co-occurring users (common training items, 2.4 on the
-   users) aggregated with ``softmax`` of the counts; a user with fewer than ``k_u`` neighbours
-   has its list padded by random repeats, drawn afresh each epoch (reference)::
+   included), frozen; ``α`` by name for an image + text pair (image 0.1, text 0.9: reference
+   ``mm_image_weight``; :mod:`prismrec.nn.roles`), else ``mm_weights``. Users: ``W_UU``, each
+   user's top-``k_u`` co-occurring users (common training items, 2.4 on the users) aggregated
+   with ``softmax`` of the counts; a user with fewer than ``k_u`` neighbours has its list padded
+   by random repeats, drawn afresh each epoch (reference)::
 
        Z_U = U + W_UU U,          Z_I = I + S^{L_ii} I
 
@@ -38,10 +36,9 @@ two **homogeneous** graphs — a user–user co-occurrence graph and a modality 
    ``λ·(Σ_m mean(P_m[u]²) + mean(w²))`` (``mean(w²)`` for ``cat`` and ``weighted_sum`` only).
 
 5. Content path (cold items, :meth:`DRAGON.content_item_embeddings`): DRAGON has no item ID
-   table; its item side is built from the features (``X_m``) and the frozen feature graph ``S``.
-   A cold item has no edge in ``Â``, so ``G_m^I[c] = nrm(X_m[c])`` (only the ``l = 0`` term) and
-   ``z_c = I_c + (S^{L_ii} I)_c``: the forward's own rows are already content-only, and the
-   hook returns them (``--id-rows`` has nothing to replace).
+   table (its item side comes from the features ``X_m`` and the frozen feature graph ``S``). A cold
+   item has no edge in ``Â``, so ``G_m^I[c] = nrm(X_m[c])`` (the ``l = 0`` term) and ``z_c = I_c +
+   (S^{L_ii} I)_c``: the forward's rows are content-only, returned as they are (no ``--id-rows``).
 
 Missing modalities (a dataset loaded with ``impute="zero"``): modality ``m`` is carried only
 through the items that have it. Step 1 propagates over ``Â_m``, the user–item graph without the
@@ -79,11 +76,11 @@ from prismrec.checks import check_choices, require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph
 from prismrec.graph.neighbour_sampling import softmax_neighbour_graph
-from prismrec.losses import bpr_loss
+from prismrec.losses import added, bpr_loss
 from prismrec.models import register
 from prismrec.nn import IdEmbedding, lightgcn
 from prismrec.nn.encoders import Projector
-from prismrec.nn.fusion import present_mean, present_mix
+from prismrec.nn.fusion import present_max, present_mean, present_mix
 from prismrec.nn.present_graphs import modality_operators, present_knn_graphs, present_nodes
 from prismrec.nn.presence import split_nodes, zero_missing
 from prismrec.nn.propagation import propagate
@@ -132,10 +129,8 @@ class DRAGONConfig:
 
 
 class ModalityGraphEncoder(nn.Module):
-    """Step 1 for one modality: ``G_m = Σ_{l≤L} Â^l nrm([P_m; X_m])``.
-
-    ``X_m`` is the two-layer encoding of the frozen raw features; ``P_m`` the user preferences.
-    """
+    """Step 1 for one modality: ``G_m = Σ_{l≤L} Â^l nrm([P_m; X_m])``, ``X_m`` the two-layer
+    encoding of the frozen raw features, ``P_m`` the user preferences."""
 
     def __init__(self, features: torch.Tensor, n_users: int, dim: int, hidden: int) -> None:
         super().__init__()
@@ -159,9 +154,8 @@ class DRAGON(Recommender):
 
     def __init__(self, dataset, config: DRAGONConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(
-            config, embedding_size=1, hidden_size=1, n_ui_layers=0, n_ii_layers=0, knn_k=1, user_knn_k=1
-        )
+        self.require_at_least(config, embedding_size=1, hidden_size=1, n_ui_layers=0, n_ii_layers=0, knn_k=1,
+                              user_knn_k=1)
         check_choices(config, self.name)
         require_items(self.n_items, knn_k=config.knn_k)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
@@ -179,15 +173,13 @@ class DRAGON(Recommender):
         self.item_graph = SparseOperator(present_mix(graphs, self.mm_weights, present_items))
         # User co-occurrence counts, top-k_u per user (2.4 on Rᵀ); W_UU is drawn from them.
         self.user_k = min(config.user_knn_k, self.n_users)
-        self.user_scores = cooccurrence_graph(
-            dataset.train.T.tocsr(), self.user_k, score="count", weight="score", normalize=False
-        )
+        self.user_scores = cooccurrence_graph(dataset.train.T.tocsr(), self.user_k, score="count", weight="score",
+                                              normalize=False)
         self.user_graph: SparseOperator | None = None  # W_UU of the current epoch
         self.padding_seed = int(torch.initial_seed())  # padding draws: one stream per epoch
 
-        self.encoders = nn.ModuleDict(
-            {m: ModalityGraphEncoder(dataset.features[m], self.n_users, d, config.hidden_size) for m in self.modalities}
-        )
+        self.encoders = nn.ModuleDict({m: ModalityGraphEncoder(dataset.features[m], self.n_users, d, config.hidden_size)
+                                       for m in self.modalities})
         self.user_modality_weights = nn.Parameter(torch.zeros(self.n_users, len(self.modalities)))  # w
         self.register_buffer("present", present_nodes(dataset.train, present_items), persistent=False)  # M x N
         self.reset_parameters()
@@ -222,11 +214,7 @@ class DRAGON(Recommender):
         items = present_mean(items, present_items, "sum")                         # Σ_m G_m^I
         if self.config.construction == "weighted_sum":
             return present_mean(users, present_users, "sum"), items               # Σ_m w_um G_m^U
-        if present_users is None:
-            return users.amax(dim=0), items                                       # max_m w_um G_m^U
-        missing = ~present_users.unsqueeze(-1)  # the max over the present ones, 0 with none
-        best = users.masked_fill(missing, float("-inf")).amax(dim=0)
-        return best.masked_fill(missing.all(dim=0), 0.0), items
+        return present_max(users, present_users), items                           # max_m w_um G_m^U
 
     def forward(self) -> Output:
         if self.user_graph is None:  # a forward before any on_epoch_start
@@ -236,18 +224,13 @@ class DRAGON(Recommender):
         u, i = self.fuse(reps)                                            # U, I
         z_u = u + self.user_graph @ u                                     # Z_U = U + W_UU U
         z_i = i + propagate(self.item_graph, i, self.config.n_ii_layers)  # Z_I = I + S^{L_ii} I
-        out = Output(z_u, z_i)
-        if not self.training:
-            for m, g in zip(self.encoders, reps):
-                out.aux[f"modality_{m}"] = g
-        return out
+        aux = {} if self.training else {f"modality_{m}": g for m, g in zip(self.encoders, reps)}  # G_m
+        return Output(z_u, z_i, aux)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         u, _, _ = batch
-        bpr = bpr_loss(*out.bpr_rows(batch))
-        if self.config.bpr_log2:
-            bpr = bpr / math.log(2.0)  # −mean log₂ σ(·)
-        reg = sum(enc.preference(u).square().mean() for enc in self.encoders.values())
+        bpr = bpr_loss(*out.bpr_rows(batch)) / (math.log(2.0) if self.config.bpr_log2 else 1.0)  # log₂ or ln
+        reg = added(enc.preference(u).square().mean() for enc in self.encoders.values())
         if self.config.construction in ("cat", "weighted_sum"):
             reg = reg + self.user_modality_weights.square().mean()
         return {"bpr": bpr, "reg": self.config.reg_weight * reg}

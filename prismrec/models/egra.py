@@ -4,9 +4,8 @@ not at hand); each open choice is a config switch (§6.5). EGRA = MGCN's multi-v
 pretrained model, plus bi-level alignment.
 
 0. ``P ∈ R^{n_I×d}`` (6.1): item rows (``pre_rep``) of a finished ``pre_model`` run, or of one
-   trained on the train split (``pretrained="auto"``): the valid-best point of ``pre_model``'s
-   grid (``pretrain_search``; MGCN's ``λ_cl``), test never read, selection cached.
-   EGRA only **declares** it (:meth:`EGRA.required_inputs`); the experiment layer computes it
+   trained on the train split (``pretrained="auto"``; its grid: ``pretrain_search``). EGRA only
+   **declares** it (:meth:`EGRA.required_inputs`); the experiment layer computes it
    (``stages.build_model``) and passes it to the constructor.
 1. ``B_pre = topk(P; k_pre, self excluded)`` (2.5); ``A⁺ = [[0, R], [Rᵀ, γ·B_pre]]`` → ``Â⁺``
    (``item_links="raw"``: GUME's raw-feature intersection links in place of ``B_pre``).
@@ -37,13 +36,12 @@ import torch
 from prismrec.data.features import fusion_presence
 from prismrec.checks import check_choices, require_fraction
 from prismrec.graph import UserItemGraph, knn_graph, pretrained_links, shared_neighbor_links, sym_normalize
-from prismrec.losses import bpr_loss, counted_rows, entity_weighted_infonce, half_sq, moment_gap
-from prismrec.losses import entity_weights  # noqa: F401  (EGRA's entity level, importable from here)
-from prismrec.losses import user_modality_alignment
+from prismrec.losses import (bpr_loss, counted_rows, entity_weighted_infonce, half_sq, moment_gap,
+                             user_modality_alignment)
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
-from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
-from prismrec.nn import check_multiview_config
+from prismrec.nn import (ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource,
+                         check_multiview_config)
 from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, PretrainedItems, PretrainedStageConfig, Recommender
 
@@ -155,11 +153,9 @@ class EGRA(Recommender):
         # modality rows were zero-filled (impute="zero") both weigh only a node's present
         # modalities, and users take modality m from their items that have it (Â⁺_m).
         self.encoder = MultiViewEncoder(
-            graph, knn, [dataset.features[m] for m in self.modalities],
-            self.n_users, d, self.n_ui_layers, config.n_ii_layers, config.train_features,
-            present_items=fusion_presence(dataset, self.modalities),
-            behavior_item_graph=None if joint else sym_normalize(links), behavior_item_weight=config.gamma,
-        )
+            graph, knn, [dataset.features[m] for m in self.modalities], self.n_users, d, self.n_ui_layers,
+            config.n_ii_layers, config.train_features, present_items=fusion_presence(dataset, self.modalities),
+            behavior_item_graph=None if joint else sym_normalize(links), behavior_item_weight=config.gamma)
         self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, self.n_ui_layers) if gume else None
         self.reset_parameters()
         if self.extended is not None:
@@ -186,30 +182,20 @@ class EGRA(Recommender):
     def epoch_log(self) -> dict:
         return {"lambda_t": self.lambda_t, "pretrained_run": self.pretrained_run}
 
-    def weighted_alignment(self, m_rows: torch.Tensor, c_rows: torch.Tensor, present: torch.Tensor | None = None,
-                           counts: torch.Tensor | None = None) -> torch.Tensor:
-        """One side's ``mean_e w_e ℓ_e``, ``w_e`` from ``a_e = sg(cos(m_e, c_e))``; ``present``
-        (optional bool per row): only the rows with a fused view take part (a node with no
-        modality has ``M`` row 0), their weights normalised over them; ``counts`` (optional):
-        the rows are the side's distinct rows, each standing for ``n_e`` equal entities."""
-        cfg = self.config
-        return entity_weighted_infonce(m_rows, c_rows, cfg.tau, cfg.entity_weighting, cfg.entity_sign, cfg.tau_w,
-                                       present, counts)
-
     def terms(self, z_rows: tuple[torch.Tensor, ...], users: tuple[torch.Tensor, ...],
               items: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        """``L_BPR(Z)``, ``λ_reg·half_sq(z_u, z_i, z_j)`` and ``L_align`` from the batch's rows
-        ``(z_u, z_i, z_j)`` and the ``(M, C, fused presence or None, counts)`` rows of its distinct
-        users and of its distinct positive items (:meth:`~prismrec.nn.MultiViewEncoder.fused_presence`,
-        :func:`~prismrec.losses.counted_rows`)."""
+        """``L_BPR(Z)``, ``λ_reg·half_sq(z_u, z_i, z_j)`` and ``L_align`` (each side's ``mean_e w_e ℓ_e``,
+        :func:`~prismrec.losses.entity_weighted_infonce`) from the batch's rows ``(z_u, z_i, z_j)`` and
+        the ``(M, C, fused presence or None, counts)`` rows of its distinct users and of its distinct
+        positive items (:meth:`~prismrec.nn.MultiViewEncoder.fused_presence`, :func:`~prismrec.losses.counted_rows`)."""
         cfg, (zu, zi, zj) = self.config, z_rows
-        align = self.weighted_alignment(*users) + self.weighted_alignment(*items)
+        u_align, i_align = (entity_weighted_infonce(m, c, cfg.tau, cfg.entity_weighting, cfg.entity_sign, cfg.tau_w,
+                                                    present, counts) for m, c, present, counts in (users, items))
         return {"bpr": bpr_loss(zu, zi, zj), "reg": cfg.reg_weight * half_sq(zu, zi, zj),
-                "align": self.lambda_t * align}
+                "align": self.lambda_t * (u_align + i_align)}
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
-        cfg, n_u = self.config, self.n_users
-        u, i, _ = batch
+        cfg, n_u, (u, i, _) = self.config, self.n_users, batch
         c, m = out.aux["behavior"], out.aux["modality"]
         i_rows = i + n_u  # item rows of the N x d views
         fused = self.encoder.fused_presence  # of the node ids given
@@ -225,10 +211,9 @@ class EGRA(Recommender):
         return terms
 
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
-        """With the MGCN backbone the loss reads rows ``u, i, j`` of ``Z`` and ``u, i`` of ``M``
-        and ``C`` only: ``C`` (its last layer), the user rows of ``H_m`` and the per-node fuser are
-        computed for the batch's distinct rows alone (same terms and gradients as
-        ``loss(batch, forward())``). GUME's terms read whole matrices: the full forward then."""
+        """With the MGCN backbone the loss reads rows ``u, i, j`` of ``Z`` and ``u, i`` of ``M`` and ``C``
+        only: ``C``'s last layer, the users' ``H_m`` rows and the per-node fuser run for the batch's
+        distinct rows alone (same terms and gradients). GUME's terms read whole matrices: full forward."""
         if self.extended is not None:
             return super().batch_loss(batch)
         rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)

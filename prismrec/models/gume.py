@@ -56,7 +56,7 @@ import torch
 
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph, shared_neighbor_links
-from prismrec.losses import bpr_loss, counted_rows, half_sq, l2_reg, moment_gap, rows_infonce
+from prismrec.losses import bpr_terms, counted_rows, half_sq, moment_gap, output_bpr_terms, rows_infonce
 from prismrec.losses import user_modality_alignment
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
@@ -140,13 +140,11 @@ class GUME(Recommender):
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg, n_u = self.config, self.n_users
         u, i, _ = batch
-        zu, zi, zj = out.bpr_rows(batch)
         c, m, ext = out.aux["behavior"], out.aux["modality"], out.aux["extended"]
         i_rows = i + n_u  # item rows of the N x d views
         counted = (counted_rows(u), counted_rows(i_rows))  # each distinct row once, with its count
         return {
-            "bpr": bpr_loss(zu, zi, zj),
-            "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
+            **output_bpr_terms(out, batch, cfg.reg_weight, cfg.reg_form),
             "bm": cfg.bm_weight * rows_infonce(m, c, counted, cfg.bm_tau, self.encoder.fused_presence()),
             "vt": cfg.vt_weight * moment_gap(out.aux["modality_views"], self.encoder.presence()),
             "um": cfg.um_weight * user_modality_alignment(ext[:n_u], m[:n_u], u, cfg.um_tau, self.noise,
@@ -166,10 +164,9 @@ class GUME(Recommender):
         m = self.encoder.fuse(h.index_select(1, torch.from_numpy(rows).to(h.device)), c, rows)  # M[rows]
         ext = self.extended.rows(self.encoder.modality_adjacencies, h, rows, self.encoder.presence(rows))  # Ĥ[rows]
         z = c + m
-        zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
+        zij = z.index_select(0, torch.cat([at_i, at_j]))  # [z_i; z_j]
         return {
-            "bpr": bpr_loss(zu, zi, zj),
-            "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
+            **bpr_terms(z.index_select(0, at_u), zij, cfg.reg_weight, cfg.reg_form),
             "bm": cfg.bm_weight * rows_infonce(m, c, (counted_rows(at_u), counted_rows(at_i)), cfg.bm_tau,
                                                self.encoder.fused_presence(rows)),
             "vt": cfg.vt_weight * moment_gap(h, self.encoder.presence()),

@@ -46,14 +46,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prismrec.checks import check_choices, require_fraction, require_items
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
 from prismrec.graph.learned import EdgeGraph, EdgeList, EpochGraph, KnnPatterns, normalize_edges, sampled_dot
 from prismrec.graph.walk import random_walk_adjacency
-from prismrec.losses import bpr_loss, l2_reg
+from prismrec.losses import bpr_loss, l2_reg, normalized
 from prismrec.models import register
 from prismrec.nn import lightgcn
 from prismrec.nn.content import content_forward_rows
@@ -178,7 +177,7 @@ class LATTICE(Recommender):
 
         rows, cols, values = [], [], []
         for index, projector in enumerate(self.projectors.values()):
-            p = F.normalize(projector(), dim=1)                                  # nrm(P_m)
+            p = normalized(projector())                                          # nrm(P_m)
             keep = None if self.present is None else self.present[index]         # its zero-filled rows share one vector
             r, c = self.patterns(index, p, keep)                                 # top-k pattern of S̃_m
             rows.append(r)
@@ -195,7 +194,7 @@ class LATTICE(Recommender):
     # ----------------------------------------------------------------------------- forward
     def forward(self) -> Output:
         graph = self.schedule.graph(self.latent_graph, self.training)                     # S
-        h = F.normalize(propagate(graph, self.item_emb, self.config.n_ii_layers), dim=1)  # nrm(S^{L_ii} E_I)
+        h = normalized(propagate(graph, self.item_emb, self.config.n_ii_layers))          # nrm(S^{L_ii} E_I)
         layers = self.config.n_ui_layers if self.config.cf_model == "lightgcn" else 0     # mf: the ID tables
         y = lightgcn(self.adjacency, torch.cat([self.user_emb, self.item_emb]), layers)
         # split, not two slices: its backward is one concatenation, where each slice's would zero-fill

@@ -33,40 +33,36 @@ from a hypergraph whose ``A`` hyperedges per modality are learned from the item 
 
    Auxiliaries of the eval-mode forward (``N x d``): ``behavior = C`` and ``modality = Z − C``.
 
-6. Loss, with the hypergraph contrastive term over each pair of modalities ``(a, b)`` (the
-   reference's two-modality case: ``a`` = image, ``b`` = text; ``a`` queries, ``b`` gives the
-   keys and negatives, so the order matters), summed over the batch::
+6. Loss (logged as ``bpr``, ``hcl`` and ``reg``, each weighted), with the hypergraph contrastive
+   term over each pair of modalities ``(a, b)`` (the reference's two-modality case: ``a`` = image,
+   ``b`` = text; ``a`` queries, ``b`` gives the keys and negatives, so the order matters), summed
+   over the batch::
 
        ssl(Q, K)[b] = −log [ exp(cos(Q_b, K_b)/τ) / Σ_r exp(cos(Q_b, K_r)/τ) ]     r over **all** rows
        L_hcl = Σ_{(a,b)} Σ_b ( ssl(G^a_U[u], G^b_U)[b] + ssl(G^a_I[i], G^b_I)[b] )
        L = L_BPR(z_u, z_i, z_j) + λ_cl·L_hcl + λ_reg·emb_norm(z_u, z_i, z_j)
 
-   Logged as ``bpr``, ``hcl`` and ``reg`` (each already weighted).
-
-Missing modalities (a dataset loaded with ``impute="zero"``): modality ``m`` is carried only
-through the items that have it, and a node lacking it has no modality-``m`` view (an item whose
-``m`` was zero-filled; a user with no training item having ``m``):
+Missing modalities (a dataset loaded with ``impute="zero"``; under ``mean``/``neighbour``
+imputation the filled rows take part): modality ``m`` is carried only through the items that have
+it, and a node lacking it has no modality-``m`` view (an item whose ``m`` was zero-filled; a user
+with no training item having ``m``):
 
 - MGE: ``U_m = D_{U,m}^-1 R_m P_m`` (a user's mean over its items having ``m``) and
   ``M_m = Â_m^{L_mm} [U_m; P_m]``, with ``R_m``, ``Â_m`` the graphs without the items lacking
   ``m``, normalised by the same rule.
 - Hyperedges: a node without ``m`` belongs to no modality-``m`` hyperedge (its rows of ``H_I^m``
-  and ``H_U^m`` are 0; a zero feature row would otherwise join every hyperedge evenly), so it
-  adds nothing to ``Λ`` and its ``G^m`` row is 0.
+  and ``H_U^m`` are 0), so it adds nothing to ``Λ`` and its ``G^m`` row is 0.
 - The sums over modalities of ``nrm(M_m)`` and of ``G^m`` run over each node's present ones,
   rescaled to the full count (:func:`prismrec.nn.fusion.present_mean`).
 - ``L_hcl``: the pair ``(a, b)`` queries the batch rows that have both, against the keys of the
   rows that have ``b``.
 
-Under ``mean``/``neighbour`` imputation the filled rows take part.
-
-7. Content path (cold items, :meth:`LGMRec.content_item_embeddings`): the hyperedge memberships
-   ``H_I^m = GS(F_m V_m)`` come from the item's features alone, so the global embedding ``G``
-   places a new item among the hyperedges learned from trained ones. The forward runs with the
-   item's ID row removed (``E_I[c] = 0``): a cold item has no edge, so ``C_c = 0`` and
-   ``M_m[c] = 0``, and ``z_c = α·nrm(G)_c`` (our reading; the paper does not evaluate cold
-   items). ``--id-rows impute`` fills ``E_I[c]`` from its warm neighbours on the features'
-   cosine kNN graph.
+7. Content path (cold items, :meth:`LGMRec.content_item_embeddings`): the memberships
+   ``H_I^m = GS(F_m V_m)`` come from the item's features alone, so ``G`` places a new item among
+   the hyperedges learned from trained ones. The forward runs with its ID row removed
+   (``E_I[c] = 0``): with no edge, ``C_c = M_m[c] = 0`` and ``z_c = α·nrm(G)_c`` (our reading; the
+   paper does not evaluate cold items). ``--id-rows impute`` fills ``E_I[c]`` from its warm
+   neighbours on the features' cosine kNN graph.
 
 Deliberate differences from the reference, each a documented choice:
 
@@ -75,11 +71,8 @@ Deliberate differences from the reference, each a documented choice:
   unless ``eval_gumbel_noise`` is set.
 - The reference defines the model for exactly two modalities (image, text; with fewer it falls
   back to ``C`` alone). Here any number ``≥ 1`` works: the sums run over the used modalities and
-  ``L_hcl`` over the ordered pairs ``(a, b)``, ``a`` before ``b`` in ``hcl_order``; one modality
-  has no ``L_hcl``. ``hcl_order`` goes **by name** (:mod:`prismrec.nn.roles`) for an image-like +
-  text-like pair (image first, in either ``modalities`` order); any other modalities (lfm2k's
-  text + audio, tiktok's image + audio, ml100k's text + genre, or more than two) must give it
-  (a ConfigError says so).
+  ``L_hcl`` over the ordered pairs ``(a, b)``, ``a`` before ``b`` in ``hcl_order`` (by name for
+  an image + text pair, :mod:`prismrec.nn.roles`; given for any others); one modality has none.
 - Its first public commit builds the text users' memberships into the image slot (``uv_hyper``
   overwritten); we follow the corrected form in MMRec.
 """
@@ -101,25 +94,20 @@ from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import all_keys_infonce, bpr_loss, emb_norm
 from prismrec.models import register
-from prismrec.nn import lightgcn
 from prismrec.nn.fusion import present_mean
-from prismrec.nn.present_graphs import modality_operators, present_nodes, user_degrees
-from prismrec.nn.presence import split_nodes, zero_missing
+from prismrec.nn.present_graphs import inverse_user_degrees, modality_operators, present_nodes
 from prismrec.nn.content import content_forward_rows, feature_knn
-from prismrec.nn.encoders import feature_matrix
-from prismrec.nn.hypergraph import hypergraph_propagate, soft_hyperedges
-from prismrec.nn.propagation import propagate
+from prismrec.nn.hypergraph import HyperedgeInputs, hypergraph_propagate
+from prismrec.nn.propagation import lightgcn, propagate
 from prismrec.nn.roles import role_order
 from prismrec.recommender import Output, Recommender
 
 
 @dataclass
 class LGMRecConfig:
-    """LGMRec settings; defaults are the official code's values for Baby.
-
-    Grids: the paper's text was not at hand; ``grid`` lists the values the official
-    configuration gives for Baby, Sports and Clothing (``cl_weight``'s is ours, see there).
-    """
+    """LGMRec settings; defaults are the official code's values for Baby, ``grid`` the values its
+    configuration gives for Baby, Sports and Clothing (the paper's text was not at hand;
+    ``cl_weight``'s grid is ours, see there)."""
 
     modalities: list[str] | None = None
     """Modalities used (MGE, hyperedges, ``L_hcl`` pairs); ``None`` = all present, canonical order."""
@@ -154,29 +142,11 @@ class LGMRecConfig:
     """Also draw Gumbel noise in evaluation (reference behaviour; makes evaluation random)."""
     hcl_order: list[str] | None = None
     """Order of the modalities in ``L_hcl``: a pair ``(a, b)`` for each ``a`` before ``b`` (``a``'s
-    hypergraph embeddings query ``b``'s). ``None`` = by name for an image + text pair (image
-    first, as the reference); required for other modalities (e.g. ``[text,audio]``), ignored
-    for one."""
+    hypergraph embeddings query ``b``'s). ``None`` = by name for an image + text pair (image first,
+    as the reference); required for other modalities (e.g. ``[text,audio]``), ignored for one."""
     feature_norm: Literal["none", "l2", "standardize"] = "none"
     """Rescale each modality's raw features first (``none`` = the reference's raw values). Raw
     scale sets the sharpness of the memberships ``GS(F_m V_m)``: large rows saturate them."""
-
-
-class _ModalityInputs(nn.Module):
-    """One modality's frozen features ``F_m`` with its maps ``W_m`` (``d_m x d``) and ``V_m``
-    (``d_m x A``), both Xavier-uniform as in the reference."""
-
-    def __init__(self, features: torch.Tensor, dim: int, hyper_num: int, normalize: str = "none") -> None:
-        super().__init__()
-        feats = feature_matrix(features, normalize)
-        self.register_buffer("features", feats, persistent=False)  # frozen, rebuilt from data
-        self.projection = nn.Parameter(torch.empty(feats.shape[1], dim))  # W_m
-        self.hyper = nn.Parameter(torch.empty(feats.shape[1], hyper_num))  # V_m
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.projection)
-        nn.init.xavier_uniform_(self.hyper)
 
 
 @register
@@ -187,36 +157,25 @@ class LGMRec(Recommender):
 
     def __init__(self, dataset, config: LGMRecConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(
-            config, embedding_size=1, n_ui_layers=0, n_mm_layers=0, n_hyper_layer=1, hyper_num=1
-        )
+        self.require_at_least(config, embedding_size=1, n_ui_layers=0, n_mm_layers=0, n_hyper_layer=1, hyper_num=1)
         require_fraction("keep_rate", config.keep_rate, "the fraction of hyperedge memberships kept", low_open=True)
         check_choices(config, self.name)
         if config.gumbel_tau <= 0 or config.cl_tau <= 0:
-            raise ValueError(
-                f"temperatures must be > 0, got gumbel_tau={config.gumbel_tau}, cl_tau={config.cl_tau}"
-            )
+            raise ValueError(f"temperatures must be > 0, got gumbel_tau={config.gumbel_tau}, cl_tau={config.cl_tau}")
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         d = config.embedding_size
         r = sp.csr_matrix(dataset.train, dtype=np.float32)
         self.adjacency = SparseOperator(bipartite_adjacency(r), symmetric=True)  # Â
         self.interactions = SparseOperator(r, symmetric=False)  # R (binary, n_U x n_I)
-        # R_m, Â_m and D_{U,m}^-1 per modality: over the items having m where some item lacks it
-        # (impute="zero"), else R, Â and D_U^-1
+        # R_m, Â_m, D_{U,m}^-1 per modality: over the items having m where some item lacks it, else R, Â, D_U^-1
         present_items, k = fusion_presence(dataset, self.modalities), len(self.modalities)  # n_I x K or None
         self.modality_interactions = modality_operators(sp.csr_matrix, r, present_items, self.interactions, k)
         self.modality_adjacencies = modality_operators(bipartite_adjacency, r, present_items, self.adjacency, k)
-        degrees = user_degrees(r, present_items, k)
-        inverse = np.divide(1.0, degrees, out=np.zeros_like(degrees), where=degrees > 0)  # 0 without items
-        self.register_buffer("user_inv_degree", torch.from_numpy(inverse), persistent=False)  # n_U x K
+        self.register_buffer("user_inv_degree", inverse_user_degrees(r, present_items, k), persistent=False)  # n_U x K
         self.user_emb = nn.Parameter(torch.empty(self.n_users, d))  # E_U
         self.item_emb = nn.Parameter(torch.empty(self.n_items, d))  # E_I
-        self.inputs = nn.ModuleDict(
-            {
-                m: _ModalityInputs(dataset.features[m], d, config.hyper_num, config.feature_norm)
-                for m in self.modalities
-            }
-        )
+        self.inputs = nn.ModuleDict({m: HyperedgeInputs(dataset.features[m], d, config.hyper_num, config.feature_norm)
+                                     for m in self.modalities})  # F_m, W_m and V_m (d_m x A)
         order = role_order(self.name, self.modalities, config.hcl_order, "hcl_order")
         self.pairs = list(itertools.combinations(order, 2))  # (a, b) of L_hcl
         self.register_buffer("present", present_nodes(r, present_items), persistent=False)  # K x N or None
@@ -225,8 +184,7 @@ class LGMRec(Recommender):
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_emb)
         nn.init.xavier_uniform_(self.item_emb)
-        for inputs in self.inputs.values():
-            inputs.reset_parameters()
+        super().reset_parameters()  # each modality's W_m, then V_m
 
     def modality_graph(self, m: str) -> torch.Tensor:
         """MGE: ``M_m = Â^{L_mm} [D_U^-1 R P_m; P_m]`` with ``P_m = F_m W_m`` (under a mask
@@ -239,16 +197,12 @@ class LGMRec(Recommender):
     def hyperedges(self, m: str, noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``(H_I^m, H_U^m)``: soft memberships ``GS(F_m V_m)`` and ``GS(R F_m V_m)``; under a mask
         the rows of the nodes without ``m`` are 0 (no membership)."""
-        logits = self.inputs[m].features @ self.inputs[m].hyper
-        tau = self.config.gumbel_tau
-        items, users = soft_hyperedges(logits, tau, noise), soft_hyperedges(self.interactions @ logits, tau, noise)
         present = None if self.present is None else self.present[self.modalities.index(m)]
-        present_users, present_items = split_nodes(present, self.n_users)
-        return zero_missing(items, present_items), zero_missing(users, present_users)
+        return self.inputs[m].memberships(self.interactions, self.config.gumbel_tau, noise, present)
 
     def forward(self) -> Output:
         cfg = self.config
-        noise = self.training or cfg.eval_gumbel_noise
+        noise = self.training or cfg.eval_gumbel_noise  # evaluation: noise-free unless asked
         edges = {m: self.hyperedges(m, noise) for m in self.modalities}  # 3. (H_I^m, H_U^m)
         x0 = torch.cat([self.user_emb, self.item_emb])  # 1. CGE, C (mf: no layer, the tables)
         c = lightgcn(self.adjacency, x0, 0 if cfg.cf_model == "mf" else cfg.n_ui_layers)
@@ -259,34 +213,26 @@ class LGMRec(Recommender):
         global_sum = present_mean(torch.stack(list(hyper.values())), self.present, "sum")  # G
         modality = present_mean(local, self.present, "sum") + cfg.alpha * F.normalize(global_sum, dim=1)
         z = c + modality  # 5. Z = C + Σ_m nrm(M_m) + α·nrm(G)
-        out = Output.of_nodes(z, self.n_users)
-        if self.training:  # the loss's views
-            out.aux.update({f"hyper_{m}": g for m, g in hyper.items()})
-        else:  # exported views: Z = behavior + modality
-            out.aux.update(behavior=c, modality=modality)
-        return out
+        # training: the loss's views G^m; evaluation: the exported views, Z = behavior + modality
+        aux = {f"hyper_{m}": g for m, g in hyper.items()} if self.training else {"behavior": c, "modality": modality}
+        return Output.of_nodes(z, self.n_users, aux)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
-        u, i, _ = batch
+        cfg, (u, i, _) = self.config, batch
         zu, zi, zj = out.bpr_rows(batch)
         terms = {"bpr": bpr_loss(zu, zi, zj)}
-        if self.pairs:
+        if self.pairs:  # L_hcl: each pair (a, b) on the users (rows u), then on the positive items (rows i)
+            sides = (slice(None, self.n_users), u), (slice(self.n_users, None), i)
+            g = {m: out.aux[f"hyper_{m}"] for m in self.modalities}  # G^m
+            has = None if self.present is None else dict(zip(self.modalities, self.present))
             hcl = zu.new_zeros(())
-            for a, b in self.pairs:
-                ga, gb = out.aux[f"hyper_{a}"], out.aux[f"hyper_{b}"]
-                for nodes, rows in ((slice(None, self.n_users), u), (slice(self.n_users, None), i)):
-                    hcl = hcl + self.hypergraph_contrast(ga[nodes], gb[nodes], rows, a, b, nodes)
-            terms["hcl"] = self.config.cl_weight * hcl
-        terms["reg"] = self.config.reg_weight * emb_norm(zu, zi, zj)
+            for (a, b), (nodes, rows) in itertools.product(self.pairs, sides):
+                # under a mask the rows having a and b query the keys of the rows having b
+                present = None if has is None else (has[a][nodes], has[b][nodes])
+                hcl = hcl + all_keys_infonce(g[a][nodes], g[b][nodes], rows, cfg.cl_tau, present)
+            terms["hcl"] = cfg.cl_weight * hcl
+        terms["reg"] = cfg.reg_weight * emb_norm(zu, zi, zj)
         return terms
-
-    def hypergraph_contrast(self, ga: torch.Tensor, gb: torch.Tensor, rows: torch.Tensor, a: str, b: str,
-                            nodes: slice) -> torch.Tensor:
-        """One ``ssl`` sum of ``L_hcl`` (user or item side, ``nodes`` of the ``N`` rows); under a mask
-        the batch rows having ``a`` and ``b`` query the keys of the rows having ``b``."""
-        present = None if self.present is None else \
-            tuple(self.present[self.modalities.index(m), nodes] for m in (a, b))
-        return all_keys_infonce(ga, gb, rows, self.config.cl_tau, present)
 
     def content_item_embeddings(self, items, out, id_rows=None):
         """Step 7: ``Z_I`` rows of ``items`` without their ID rows (the global hypergraph part)."""

@@ -32,7 +32,7 @@ import torch
 
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
-from prismrec.losses import bpr_loss, counted_rows, l2_reg, rows_infonce
+from prismrec.losses import bpr_terms, counted_rows, output_bpr_terms, rows_infonce
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import MultiViewConfig, MultiViewEncoder, check_multiview_config
@@ -88,11 +88,9 @@ class MGCN(Recommender):
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg = self.config
         u, i, _ = batch
-        zu, zi, zj = out.bpr_rows(batch)
         rows = (counted_rows(i + self.n_users), counted_rows(u))  # item rows, then user rows, of the N x d views
         return {
-            "bpr": bpr_loss(zu, zi, zj),
-            "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
+            **output_bpr_terms(out, batch, cfg.reg_weight, cfg.reg_form),
             "cl": cfg.cl_weight * rows_infonce(out.aux["modality"], out.aux["behavior"], rows, cfg.cl_tau,
                                                self.encoder.fused_presence()),
         }
@@ -105,10 +103,9 @@ class MGCN(Recommender):
         rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
         c, m = self.encoder.fused_rows(rows)                                 # C[rows], M[rows]
         z = c + m
-        zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
+        zij = z.index_select(0, torch.cat([at_i, at_j]))  # [z_i; z_j]
         return {
-            "bpr": bpr_loss(zu, zi, zj),
-            "reg": cfg.reg_weight * l2_reg(cfg.reg_form, zu, zi, zj),
+            **bpr_terms(z.index_select(0, at_u), zij, cfg.reg_weight, cfg.reg_form),
             "cl": cfg.cl_weight * rows_infonce(m, c, (counted_rows(at_i), counted_rows(at_u)), cfg.cl_tau,
                                                self.encoder.fused_presence(rows)),
         }

@@ -5,7 +5,7 @@ own user preference table, so every modality learns its own view of the users; t
 outputs are averaged.
 
 Per modality ``m`` (``P_m ∈ R^{n_U × d'_m}`` user preferences, ``E ∈ R^{N × d}`` ID embeddings
-shared by the modalities, ``ρ`` = leaky ReLU with slope 0.01)::
+shared by the modalities, ``ρ`` = leaky ReLU with slope 0.01; :class:`prismrec.nn.modality_gcn.ModalityGCN`)::
 
     X⁰     = nrm([P_m; F̃_m])              F̃_m = F_m W⁰ + b⁰ (``d_m -> d'_m``, the reference's
                                             256-d MLP for its image modality) or F_m itself
@@ -60,7 +60,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prismrec.checks import check_choices
@@ -71,10 +70,11 @@ from prismrec.losses import bpr_loss
 from prismrec.models import register
 from prismrec.nn.fusion import present_mean
 from prismrec.nn.present_graphs import modality_operators, present_nodes
-from prismrec.nn.propagation import batch_node_rows, few_rows, row_product
+from prismrec.nn.modality_gcn import ModalityGCN
+from prismrec.nn.presence import node_columns
+from prismrec.nn.propagation import batch_node_rows, few_rows
 from prismrec.nn.content import content_forward_rows, feature_knn
 from prismrec.nn.embedding import register_table
-from prismrec.nn.encoders import feature_matrix
 from prismrec.nn.roles import modality_parts
 from prismrec.recommender import Output, Recommender
 
@@ -119,65 +119,6 @@ class MMGCNConfig:
     tables the L2 term has no gradient, so ``reg_weight``'s grid alone searches nothing."""
 
 
-class ModalityGCN(nn.Module):
-    """One modality's GCN: ``P_m``, the optional feature MLP and the ``L`` layers (eqs. 1, 5)."""
-
-    def __init__(self, features: torch.Tensor, n_users: int, d: int, latent: int, config: MMGCNConfig) -> None:
-        super().__init__()
-        self.register_buffer("features", feature_matrix(features), persistent=False)  # F_m, frozen
-        width = latent or features.shape[1]                                 # d'_m
-        self.mlp = nn.Linear(features.shape[1], latent) if latent else None  # F̃_m = F_m W⁰ + b⁰
-        register_table(self, "preference", torch.empty(n_users, width), config.train_embeddings)  # P_m
-        self.concat = config.concat
-        dims = [width] + [d] * config.n_layers
-        self.conv = nn.ParameterList(nn.Parameter(torch.empty(a, a if i == 0 else d))
-                                     for i, a in enumerate(dims[:-1]))  # Wˡ (no bias)
-        self.linear = nn.ModuleList(nn.Linear(a, d) for a in dims[:-1])    # Uˡ, uˡ
-        conv_out = [width] + [d] * (config.n_layers - 1)
-        self.gate = nn.ModuleList(                                          # Gˡ, gˡ
-            nn.Linear(c + d if self.concat else c, d) for c in conv_out
-        )
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        # Reference init: Xavier-normal P_m, Wˡ, Uˡ and G¹; PyTorch's default for the rest.
-        nn.init.xavier_normal_(self.preference)
-        if self.mlp is not None:
-            self.mlp.reset_parameters()
-        for layer, (w, lin, gate) in enumerate(zip(self.conv, self.linear, self.gate)):
-            nn.init.xavier_normal_(w)
-            lin.reset_parameters()
-            nn.init.xavier_normal_(lin.weight)
-            gate.reset_parameters()
-            if layer == 0:
-                nn.init.xavier_normal_(gate.weight)
-
-    def forward(self, graph: SparseOperator, ids: torch.Tensor | None, rows: np.ndarray | None = None) -> torch.Tensor:
-        """``Z_m = X^L`` (``N x d``, users first) for the aggregation ``graph``; with ``rows``
-        (sorted distinct node ids) its rows ``R`` alone: a layer is per node after its graph
-        product, so the last one is computed for ``R`` only, ``Hᴸ[R] = ρ(Agg[R] (X^{L-1} Wᴸ))``
-        with the block ``Agg[R]``, and ``X̂ᴸ`` and the gate on ``R``'s rows."""
-        items = self.mlp(self.features) if self.mlp is not None else self.features
-        x = F.normalize(torch.cat([self.preference, items]), dim=1)        # X⁰
-        last = len(self.conv) - 1
-        for layer, (w, lin, gate) in enumerate(zip(self.conv, self.linear, self.gate)):
-            if rows is not None and layer == last:
-                h = F.leaky_relu(row_product(graph, rows, x @ w))          # Hᴸ[R]
-                index = torch.from_numpy(rows).to(x.device)
-                x = x.index_select(0, index)
-                ids = None if ids is None else ids.index_select(0, index)
-            else:
-                h = F.leaky_relu(graph @ (x @ w))                           # Hˡ  (eq. 1)
-            x_hat = F.leaky_relu(lin(x))                                    # X̂ˡ  (eq. 5)
-            if ids is not None:
-                x_hat = x_hat + ids
-            if self.concat:
-                x = F.leaky_relu(gate(torch.cat([h, x_hat], dim=1)))        # Xˡ
-            else:
-                x = F.leaky_relu(gate(h) + x_hat)
-        return x
-
-
 @register
 class MMGCN(Recommender):
     """MMGCN; ``out.aux["modality_<m>"]`` holds each modality's ``Z_m`` in evaluation."""
@@ -212,7 +153,8 @@ class MMGCN(Recommender):
         self.graphs = modality_operators(walk, dataset.train, present_items, self.adjacency, n)
         register_table(self, "id_emb", torch.empty(self.n_users + self.n_items, d), config.train_embeddings)  # E
         self.gcns = nn.ModuleDict({
-            m: ModalityGCN(dataset.features[m], self.n_users, d, int(width), config)
+            m: ModalityGCN(dataset.features[m], self.n_users, d, int(width), config.n_layers, config.concat,
+                           config.train_embeddings)
             for m, width in zip(self.modalities, latent)
         })
         self.register_buffer("present", present_nodes(dataset.train, present_items), persistent=False)  # M x N
@@ -238,9 +180,7 @@ class MMGCN(Recommender):
         ``rows`` (sorted distinct node ids), those rows alone."""
         ids = self.id_emb if self.config.has_id else None
         views = {m: gcn(graph, ids, rows) for (m, gcn), graph in zip(self.gcns.items(), self.graphs)}  # Z_m
-        present = self.present
-        if present is not None and rows is not None:
-            present = present.index_select(1, torch.from_numpy(rows).to(present.device))
+        present = node_columns(self.present, rows)
         return views, present_mean(torch.stack(list(views.values())), present, self.config.combine)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:

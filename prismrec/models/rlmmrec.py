@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from prismrec.graph import SparseOperator, bipartite_adjacency
-from prismrec.losses import bpr_loss, half_sq
+from prismrec.losses import added, bpr_loss, half_sq
 from prismrec.errors import ConfigError
 from prismrec.models import register
 from prismrec.nn.roles import describe_roles, modality_role
@@ -151,7 +151,7 @@ class RLMultimodalRec(Recommender):
             weights.append(self.fuser.linear.weight)
         # ½‖e_u‖² + ½‖x_i‖² + ½‖x_j‖² per row as two gathers (index_select: scatter-add backward)
         rows = self.user_emb.weight.index_select(0, u), items0.index_select(0, torch.cat([i, j]))
-        reg = half_sq(*rows) + sum(0.5 * w.pow(2).sum() for w in weights)
+        reg = half_sq(*rows) + 0.5 * added(w.pow(2).sum() for w in weights)  # halving is exact (losses.half_sq)
         return {
             "bpr": bpr_loss(*out.bpr_rows(batch)),
             "reg": self.config.reg_weight * reg,

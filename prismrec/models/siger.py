@@ -30,24 +30,21 @@ Anchor forms, ``c = sg(C)`` when ``detach_anchor``, each summed over ``r``:
 ``A3`` mean over modality pairs ``a < b`` of ``InfoNCE(H_a[r], H_b[r]; τ_A)`` with row weights
 ``σ(cos(h_e^a, c_e) + cos(h_e^b, c_e))`` (no gradient through them; 1 if ``anchor_gate=False``).
 
-Missing modalities (``impute="zero"``): an item lacking ``m`` has no ``m`` view (presence
-``False``; its zero feature row has no ``Ŝ_m`` neighbour but itself), and ``G_m`` keeps it so:
-the collaborative part is ``Ĉ_m``, the co-occurrence graph among the items having ``m`` (2.4 on
-``R`` without the others' interactions), so its ``H_m^I`` row is not filled from its behaviour
-neighbours and its row reaches no item having ``m``. (Treating ``Ĉ`` as a neighbour imputation
-and marking the row present was the alternative; it would call a row a view of ``m`` whose self
-part is still the ID row under a bias-only gate, and users and the terms would read it.) A user
-takes modality ``m`` from its items that have it (``H_m^U = R̂_m H_m^I``, ``Ĥ_m`` on ``Â_m``;
-none: no ``m`` view), and a term reads only real views. ``anchor`` aligns ``H_m``
-on the rows where modality ``m`` is present (A1; A2 scores a row with its present views; A3 a
-pair on the rows where both are present); ``perturb`` on ``H_m`` likewise; ``perturb`` and
-``align`` (and ``um``) on the fused ``S`` leave out a node with no modality at all (its ``S`` row
-is 0, e.g. with one modality).
+Missing modalities (``impute="zero"``): an item lacking ``m`` has no ``m`` view (presence ``False``;
+its zero feature row has no ``Ŝ_m`` neighbour but itself), and ``G_m`` keeps it so: the
+collaborative part is ``Ĉ_m``, the co-occurrence graph among the items having ``m`` (2.4 on ``R``
+without the others' interactions), so its ``H_m^I`` row is not filled from its behaviour neighbours
+and its row reaches no item having ``m`` (not a neighbour imputation: the row's self part would
+still be the ID row under a bias-only gate). A user takes modality ``m`` from its items that have it
+(``H_m^U = R̂_m H_m^I``, ``Ĥ_m`` on ``Â_m``; none: no ``m`` view), and a term reads only real views.
+``anchor`` aligns ``H_m`` on the rows where modality ``m`` is present (A1; A2 scores a row with its
+present views; A3 a pair on the rows where both are present); ``perturb`` on ``H_m`` likewise;
+``perturb`` and ``align`` (and ``um``) on the fused ``S`` leave out a node with no modality at all
+(its ``S`` row is 0, e.g. with one modality).
 
 ``extended_branch``: GUME's ``Ĥ = mean_m LGN(Â, [E_U^(m); H_m^I], L_ui)`` (3.6,
-:class:`prismrec.nn.ExtendedBranch`), ``um =
-um_weight·[InfoNCE(Ĥ_U[u], S_U[u]; τ_um) + Noise(S_U)[u] + Noise(Ĥ_U)[u]]`` (SIGER's noise rule)
-and ``reg2 = reg2_weight·½‖Ĥ_I[i]‖²/B``.
+:class:`prismrec.nn.ExtendedBranch`), ``um = um_weight·[InfoNCE(Ĥ_U[u], S_U[u]; τ_um) + Noise(S_U)[u]
++ Noise(Ĥ_U)[u]]`` (SIGER's noise rule) and ``reg2 = reg2_weight·½‖Ĥ_I[i]‖²/B``.
 """
 
 from __future__ import annotations
@@ -60,43 +57,44 @@ import torch
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.graph.cooccurrence import infused_graphs
-from prismrec.losses import CountedRows, anchored_infonce, bpr_loss, counted_rows, half_sq, paired_views_infonce
+from prismrec.losses import CountedRows, anchored_infonce, counted_rows, half_sq, output_bpr_terms, paired_views_infonce
 from prismrec.losses import rows_infonce, user_modality_alignment
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn.multiview import check_siger_config, siger_betas
+from prismrec.nn.presence import node_columns
+from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, Recommender
 
 
 @dataclass
 class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     """SIGER's settings (``modalities``: >= 1; A3 needs >= 2); ``um_*``, ``reg2`` act only with
-    ``extended_branch``."""
+    ``extended_branch``. Grids (``metadata``): ALGORITHMS.md §5.3 (the three λ one at a time)."""
 
     n_ui_layers: int = field(default=2, metadata={"grid": [2, 3]})
-    """``L_ui``, LightGCN depth of the behaviour view; grid {2, 3}."""
+    """``L_ui``, LightGCN depth of the behaviour view."""
     n_sem_layers: int = field(default=1, metadata={"grid": [1, 2]})
-    """``L_s``, propagation steps on each infused graph ``G_m``; grid {1, 2}."""
+    """``L_s``, propagation steps on each infused graph ``G_m``."""
     co_k: int = field(default=10, metadata={"grid": [5, 10, 20]})
-    """``k_c``, neighbours per item in the co-occurrence graph ``Ĉ``; grid {5, 10, 20}."""
+    """``k_c``, neighbours per item in the co-occurrence graph ``Ĉ``."""
     co_score: Literal["count", "cosine"] = "count"
     """Co-occurrence score ``q_ij``: common users, or ``O_ij / sqrt(n_i n_j)`` (2.4)."""
     co_weight: Literal["binary", "score"] = "binary"
     """Weight of a kept ``Ĉ`` entry before normalisation: 1, or the score ``q_ij``."""
     beta: float = field(default=0.5, metadata={"grid": [0.1, 0.3, 0.5, 0.7, 0.9]})
-    """``β`` in ``[0, 1]``: ``G_m = (1 − β) Ŝ_m + β Ĉ`` (0 = raw semantic graphs, 1 = ``Ĉ`` only);
-    grid {0.1, 0.3, 0.5, 0.7, 0.9}."""
+    """``β`` in ``[0, 1]``: ``G_m = (1 − β) Ŝ_m + β Ĉ`` (0 = raw semantic graphs, 1 = ``Ĉ`` only)."""
     beta_per_modality: bool = False
-    """Use one ``β_m`` per modality from ``beta_modalities`` instead of the shared ``beta``."""
+    """Use one ``β_m`` per modality (``beta_modalities``, in ``modalities`` order) instead of ``beta``."""
     beta_modalities: list[float] | None = None
-    """``β_m`` per modality, in ``modalities`` order; only with ``beta_per_modality``."""
+    """``β_m`` per modality; only with ``beta_per_modality``."""
     renormalize_after_mix: bool = False
     """Re-apply the 2.2 row-degree normalisation to ``G_m`` after mixing."""
     fusion: Literal["mgcn", "mean"] = "mgcn"
     """``S`` = MGCN's behaviour-aware fuser (2.8), or the plain mean of the ``H_m``."""
     eps: float = field(default=0.1, metadata={"grid": [0.01, 0.05, 0.1, 0.2]})
-    """``ε``, noise scale of the perturbation views; grid {0.01, 0.05, 0.1, 0.2}."""
+    """``ε``, noise scale of the perturbation views."""
     perturb_mode: Literal["modulus", "fixed"] = "modulus"
     """Noise magnitude per row (2.12): ``ρ = ε‖x‖(‖x‖/m)^γ``, or ``ε`` (GUME)."""
     gamma: float = field(default=1.0, metadata={"grid": [-1.0, -0.5, 0.0, 0.5, 1.0, 2.0]})
@@ -107,20 +105,19 @@ class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     perturb_target: Literal["fused", "per_modality"] = "fused"
     """Views of the fused ``S``, or of each ``H_m`` (``L_P`` then averaged over modalities)."""
     lambda_p: float = field(default=0.01, metadata={"grid": [1e-3, 1e-2, 1e-1]})
-    """``λ_P``, weight of the perturbation InfoNCE ``L_P`` (0 = views never computed); grid
-    {1e-3, 1e-2, 1e-1} (§5.3: the three λ searched one at a time)."""
+    """``λ_P``, weight of the perturbation InfoNCE ``L_P`` (0 = views never computed)."""
     lambda_a: float = field(default=0.01, metadata={"grid": [1e-3, 1e-2, 1e-1]})
-    """``λ_A``, weight of the anchor InfoNCE ``L_A``; grid {1e-3, 1e-2, 1e-1}."""
+    """``λ_A``, weight of the anchor InfoNCE ``L_A``."""
     lambda_b: float = field(default=0.01, metadata={"grid": [1e-3, 1e-2, 1e-1]})
-    """``λ_B``, weight of the standard behaviour-semantics InfoNCE ``L_B``; grid {1e-3, 1e-2, 1e-1}."""
+    """``λ_B``, weight of the standard behaviour-semantics InfoNCE ``L_B``."""
     tau_p: float = field(default=0.2, metadata={"grid": [0.1, 0.2, 0.4]})
-    """``τ_P``; grid {0.1, 0.2, 0.4}."""
+    """``τ_P``."""
     tau_a: float = field(default=0.2, metadata={"grid": [0.1, 0.2, 0.4]})
-    """``τ_A``; grid {0.1, 0.2, 0.4}."""
+    """``τ_A``."""
     tau_b: float = field(default=0.2, metadata={"grid": [0.1, 0.2, 0.4]})
-    """``τ_B``; grid {0.1, 0.2, 0.4}."""
+    """``τ_B``."""
     reg_weight: float = field(default=1e-5, metadata={"grid": [1e-5, 1e-4]})
-    """``λ_reg``, weight of ``half_sq(z_u, z_i, z_j)``; grid {1e-5, 1e-4}."""
+    """``λ_reg``, weight of ``half_sq(z_u, z_i, z_j)``."""
     anchor_form: Literal["A1", "A2", "A3"] = "A1"
     """``L_A``: per-modality anchored InfoNCE, joint multi-positive, or anchor-gated cross-modal."""
     anchor_gate: bool = True
@@ -148,35 +145,29 @@ class SIGER(Recommender):
         check_siger_config(config)
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         self.betas = siger_betas(config, self.modalities)
-        d = config.embedding_size
-        # 2 + 3. Ŝ_m, Ĉ (built only when used) and the infused G_m = (1 − β_m) Ŝ_m + β_m Ĉ. When
-        # some modality rows were zero-filled (impute="zero"), Ĉ_m links only the items having m.
+        # 2 + 3. Ŝ_m, Ĉ (built only when used; Ĉ_m under a mask) and G_m = (1 − β_m) Ŝ_m + β_m Ĉ.
         present = fusion_presence(dataset, self.modalities)
         graphs = infused_graphs([knn_graph(dataset.features[m], config.knn_k) for m in self.modalities],
                                 dataset.train, self.betas, config.co_k, config.co_score, config.co_weight,
                                 config.renormalize_after_mix, present)
-        # 1, 4, 5. C on the plain Â, H_m on the G_m, S; GUME's extended branch if asked. Under a mask
-        # S and Ĥ weigh only a node's present modalities, and users take modality m from their
-        # items that have it (Â_m).
+        # 1, 4, 5. C on the plain Â, H_m on the G_m, S (under a mask: present modalities only); Ĥ.
         self.encoder = MultiViewEncoder(
             UserItemGraph(dataset.train), graphs, [dataset.features[m] for m in self.modalities],
-            self.n_users, d, config.n_ui_layers, config.n_sem_layers, config.train_features,
-            fusion="behavior_aware" if config.fusion == "mgcn" else "mean",
-            present_items=present,
-        )
-        self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers) \
+            self.n_users, config.embedding_size, config.n_ui_layers, config.n_sem_layers, config.train_features,
+            fusion="behavior_aware" if config.fusion == "mgcn" else "mean", present_items=present)
+        self.extended = ExtendedBranch(self.n_users, len(self.modalities), config.embedding_size, config.n_ui_layers) \
             if config.extended_branch else None
         self.reset_parameters()
         self.noise = NoiseSource(config.eps, config.perturb_mode, config.gamma)  # seeded after the init
 
     # ----------------------------------------------------------------------------------- views
-    def forward(self) -> Output:
+    def forward(self, rows=None) -> Output:  # rows (batch_loss): S's gradient for these node ids alone
         c = self.encoder.behavior_view()                         # 1. C on the plain Â
         # H_m⁰ once: the noisy views of perturb_at="layers" start from it too (noise after G_m)
         noisy_layers = self.training and self.config.perturb_at == "layers" and self.config.lambda_p > 0
         h0 = self.encoder.purified() if noisy_layers else None
         h = self.encoder.modality_views(purified=h0)            # 4. H_m on G_m
-        s = self.encoder.fuse(h, c)                              # 5. S
+        s = self.encoder.fuse(h, c) if rows is None else self.encoder.fuse_for_rows(h, c, rows)  # 5. S
         z = c + s                                                #    Z = C + S
         aux = {"behavior": c, "modality": s, "modality_views": h}
         if noisy_layers:
@@ -210,9 +201,8 @@ class SIGER(Recommender):
         nodes = torch.cat([r.index for r in rows])
         sizes = [len(r.index) for r in rows]
         local = tuple(CountedRows(at, r.counts) for at, r in zip(torch.arange(len(nodes), device=nodes.device).split(sizes), rows))
-        present = self.view_presence()
         return paired_views_infonce(*self.perturbation_views(out, nodes), local, self.config.tau_p,
-                                    None if present is None else present.index_select(1, nodes))
+                                    node_columns(self.view_presence(), nodes))
 
     def view_presence(self) -> torch.Tensor | None:
         """Presence of the perturbed views' rows: ``1 x N`` for ``S`` (a node with no modality has
@@ -231,17 +221,15 @@ class SIGER(Recommender):
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         cfg, (u, i, _), n_u = self.config, batch, self.n_users
-        zu, zi, zj = out.bpr_rows(batch)
         c, s, h = out.aux["behavior"], out.aux["modality"], out.aux["modality_views"]
         items = i + n_u
         rows = (counted_rows(u), counted_rows(items))  # user rows, item rows of the N x d views
 
         def weighted(weight: float, term) -> torch.Tensor:  # a zero-weight term is never computed
-            return weight * term() if weight else zu.new_zeros(())
+            return weight * term() if weight else c.new_zeros(())
 
         terms = {
-            "bpr": bpr_loss(zu, zi, zj),
-            "reg": cfg.reg_weight * half_sq(zu, zi, zj),
+            **output_bpr_terms(out, batch, cfg.reg_weight, "half_sq"),
             "perturb": weighted(cfg.lambda_p, lambda: self.perturbation_loss(out, rows)),
             "anchor": weighted(cfg.lambda_a, lambda: self.anchor_loss(h, c, rows)),
             "align": weighted(cfg.lambda_b, lambda: rows_infonce(s, c, rows, cfg.tau_b, self.encoder.fused_presence())),
@@ -252,6 +240,9 @@ class SIGER(Recommender):
                                                                   self.encoder.fused_presence())
             terms["reg2"] = cfg.reg2_weight * half_sq(ext[items])
         return terms
+
+    def batch_loss(self, batch) -> dict[str, torch.Tensor]:  # loss(batch, forward()): S's rows u, i, j are read
+        return self.loss(batch, self(batch_node_rows(batch, self.n_users, self.n_items)[0]))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, modalities={self.modalities}, betas={self.betas}"

@@ -32,36 +32,30 @@ dimension), and the product of the modality spectra, filtered once more, is the 
 5. Loss: ``L_BPR(Z) + λ·half_sq(z_u, z_i, z_j) + λ_cl·(InfoNCE(side_I[i], C_I[i]; τ) +
    InfoNCE(side_U[u], C_U[u]; τ))`` (2.9-2.11, ``τ = 0.2``).
 
-Missing modalities (a dataset loaded with ``impute="zero"``): modality ``m`` is carried only
-through the items that have it, and a node lacking it has no ``m`` view (an item whose ``m`` was
-zero-filled; a user with no training item having ``m``):
+Missing modalities (a dataset loaded with ``impute="zero"``; under ``mean``/``neighbour``
+imputation the filled rows take part): modality ``m`` is carried only through the items that have
+it, and a node lacking it has no ``m`` view (an item whose ``m`` was zero-filled; a user with no
+training item having ``m``):
 
 - ``S_m`` is the kNN graph among the items having ``m`` (an item lacking ``m`` has no row or
   column), so ``S_f``'s row of an item is the union over its present modalities.
 - ``X̃_f``: the product of the spectra runs over the item's present modalities (a missing one
   contributes the product's identity, 1); an item with none has no fusion view.
-- ``H_v^U = R̂_v H_v^I`` with ``R̂_v`` the user–item block of ``Â`` without the items lacking
-  view ``v`` (for the fusion view: the items having no modality at all), normalised by the
-  same rule.
+- ``H_v^U = R̂_v H_v^I``, ``R̂_v`` the user–item block of ``Â`` without the items lacking view
+  ``v`` (fusion view: the items having no modality at all), normalised by the same rule.
 - ``side``'s mean over the preference-gated views runs over each node's present views,
   renormalised (:mod:`prismrec.nn.fusion`); a node with none (``side = 0``) takes no part in the
   InfoNCE terms.
 
-Under ``mean``/``neighbour`` imputation the filled rows take part.
+Content path (cold items, :meth:`SMORE.content_item_embeddings`): ``S_f``, built from the raw
+features alone, links a new item to trained ones: its ID row ``E_I[c]`` is imputed as the
+``S_f``-weighted mean of its warm neighbours' rows, gated by its own filtered spectra (step 2) and
+propagated as above (our choice: the paper does not treat cold items; ``--id-rows zero`` drops it).
 
-Content path (cold items, :meth:`SMORE.content_item_embeddings`): the fusion graph ``S_f`` is
-built from the raw features alone, so it links a new item to trained ones. The item's ID row
-``E_I[c]`` is imputed as the ``S_f``-weighted mean of its warm neighbours' rows; the forward then
-gates it with the item's own filtered spectra (step 2) and propagates as above (our choice where
-the paper does not treat cold items; ``--id-rows zero`` drops the ID row instead).
-
-The kNN sizes go to modalities **by name** (:mod:`prismrec.nn.roles`): the image-like modality
-of an image + text pair (either order) takes the reference's ``image_knn_k`` (Baby 40), the
-text-like one ``text_knn_k`` (Baby 15); a single modality takes ``image_knn_k``. Any other
-modalities (lfm2k's text + audio, tiktok's image + audio, ml100k's text + genre, or more than
-two) have no part by name: ``modality_roles`` says which part each plays (a ConfigError says
-so). More modalities join the same equations (the fused spectrum is the product of all). The
-dropout on ``p_v`` draws from torch's global generator in training forwards only.
+The kNN sizes go to modalities by the reference part each plays (``image_knn_k``, Baby 40, or
+``text_knn_k``, Baby 15): by name for an image + text pair (:mod:`prismrec.nn.roles`), else as
+``modality_roles`` says. More modalities join the same equations (the fused spectrum is the
+product of all). The dropout on ``p_v`` draws from torch's global generator in training only.
 """
 
 from __future__ import annotations
@@ -79,13 +73,13 @@ from prismrec.graph import SparseOperator, bipartite_adjacency, user_item_block
 from prismrec.graph.union import max_union
 from prismrec.losses import bpr_loss, infonce, l2_reg
 from prismrec.models import register
-from prismrec.nn.spectral import SpectralFilter, gate
+from prismrec.nn.spectral import SpectralFilter, gate, spectrum_fusion
 from prismrec.nn.fusion import present_mean, present_mix
 from prismrec.nn.present_graphs import modality_operators, present_knn_graphs, present_nodes
-from prismrec.nn import IdEmbedding, lightgcn
+from prismrec.nn import IdEmbedding, Projector, lightgcn
 from prismrec.nn.content import content_forward_rows
-from prismrec.nn.propagation import batch_node_rows, lightgcn_distinct, node_dropout, propagate, row_product
-from prismrec.nn.encoders import Projector
+from prismrec.nn.presence import node_columns, split_nodes
+from prismrec.nn.propagation import batch_node_rows, lightgcn_distinct, node_dropout, propagate, user_item_rows
 from prismrec.nn.roles import modality_parts
 from prismrec.recommender import Output, Recommender
 
@@ -132,9 +126,8 @@ class SMORE(Recommender):
 
     def __init__(self, dataset, config: SMOREConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(
-            config, embedding_size=2, n_ui_layers=0, n_ii_layers=0, image_knn_k=1, text_knn_k=1, temperature=1e-8
-        )
+        self.require_at_least(config, embedding_size=2, n_ui_layers=0, n_ii_layers=0, image_knn_k=1, text_knn_k=1,
+                              temperature=1e-8)
         require_fraction("dropout", config.dropout, high_open=True)
         check_choices(config, self.name)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
@@ -163,15 +156,13 @@ class SMORE(Recommender):
 
         self.user_emb = IdEmbedding(self.n_users, d)  # E_U
         self.item_emb = IdEmbedding(self.n_items, d)  # E_I
-        self.projectors = nn.ModuleDict(
-            {m: Projector(dataset.features[m], d, config.train_features) for m in self.modalities}
-        )  # X_m = F_m W_m + b_m
+        self.projectors = nn.ModuleDict({m: Projector(dataset.features[m], d, config.train_features)
+                                         for m in self.modalities})  # X_m = F_m W_m + b_m
         self.filters = nn.ModuleDict({m: SpectralFilter(d) for m in self.modalities})  # K_m
         self.fusion_filter = SpectralFilter(d)  # K_f
         self.item_gates = nn.ModuleDict({v: gate(d) for v in views})  # σ(X̃_v G_v + g_v)
-        self.queries = nn.ModuleDict(
-            {m: nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d, bias=False)) for m in self.modalities}
-        )  # q_m
+        self.queries = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d, bias=False))
+                                      for m in self.modalities})  # q_m
         self.preference_gates = nn.ModuleDict({v: gate(d) for v in views})  # p_v
         present = present_nodes(dataset.train, present_items)  # (M + 1) x N or None
         self.register_buffer("present", present, persistent=False)
@@ -180,20 +171,6 @@ class SMORE(Recommender):
         self.register_buffer("fused_present", fused, persistent=False)
         self.reset_parameters()
 
-    def spectrum_fusion(self) -> dict[str, torch.Tensor]:
-        """Step 1: ``X̃_m`` per modality and ``X̃_f`` under the key ``"fusion"``."""
-        spectra = {m: self.filters[m].spectrum(p()) for m, p in self.projectors.items()}  # 𝓕(X_m)
-        out = {m: self.filters[m](s) for m, s in spectra.items()}
-        if self.present is not None:  # an item's missing modality: the product's identity, 1
-            items = self.present[:, self.n_users :]
-            spectra = {m: torch.where(items[k].unsqueeze(1), s, torch.ones_like(s))
-                       for k, (m, s) in enumerate(spectra.items())}
-        product = spectra[self.modalities[0]]
-        for m in self.modalities[1:]:
-            product = product * spectra[m]
-        out["fusion"] = self.fusion_filter(product)
-        return out
-
     def forward(self) -> Output:
         x0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
         c = lightgcn(self.adjacency, x0, self.config.n_ui_layers)                             # 3. C
@@ -201,6 +178,11 @@ class SMORE(Recommender):
         side = self.preference(c, views, self.present)                                        # 4. side
         z = c + side                                                                          # Z = C + side
         return Output.of_nodes(z, self.n_users, {"behavior": c, "modality": side})
+
+    def spectrum_fusion(self) -> dict[str, torch.Tensor]:
+        """Step 1: ``X̃_m`` per modality and ``X̃_f`` under the key ``"fusion"``."""
+        _, present = split_nodes(self.present, self.n_users)  # the items' columns
+        return spectrum_fusion({m: p() for m, p in self.projectors.items()}, self.filters, self.fusion_filter, present)
 
     def item_views(self) -> dict[str, torch.Tensor]:
         """Steps 1-3 on the item side: ``H_v^I = S_v^{L_ii} (E_I ⊙ σ(X̃_v G_v + g_v))`` per view."""
@@ -215,66 +197,42 @@ class SMORE(Recommender):
                    rows: torch.Tensor | None = None) -> torch.Tensor:
         """Step 4, row by row: ``side`` from the rows of ``C`` and of the views (all nodes, or the
         node ids ``rows`` when the inputs hold only those rows; the dropout draws stay full-size)."""
+        drop = self.config.dropout if self.training else 0.0  # p_v's dropout, in training only
+        n = self.n_users + self.n_items
+        p = {v: node_dropout(p_v(c), drop, n, rows) for v, p_v in self.preference_gates.items()}  # p_v(C)
         h_f = views["fusion"]
-        parts = []
-        for m in self.modalities:
-            attention = torch.softmax(self.queries[m](h_f), dim=-1)  # over the d dimensions
-            parts.append(self.dropout(self.preference_gates[m](c), rows) * attention * views[m])
-        parts.append(self.dropout(self.preference_gates["fusion"](c), rows) * h_f)
-        return present_mean(torch.stack(parts), present)
-
-    def dropout(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """The gates' dropout, in training forwards only (on the node ids ``rows`` when ``x``
-        holds only those: the same draws as a full forward)."""
-        if not self.training:
-            return x
-        return node_dropout(x, self.config.dropout, self.n_users + self.n_items, rows)
+        parts = [p[m] * torch.softmax(self.queries[m](h_f), dim=-1) * views[m]  # softmax over the d dimensions
+                 for m in self.modalities]
+        return present_mean(torch.stack([*parts, p["fusion"] * h_f]), present)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
         u, i, _ = batch
-        zu, zi, zj = out.bpr_rows(batch)
-        c, side = out.aux["behavior"], out.aux["modality"]
-        items = i + self.n_users
-        return self.terms(zu, zi, zj, (side.index_select(0, items), c.index_select(0, items)),
-                          (side.index_select(0, u), c.index_select(0, u)), self.row_presence(items, u))
+        return self.terms(out.bpr_rows(batch), out.aux["modality"], out.aux["behavior"], i + self.n_users, u)
 
     def batch_loss(self, batch) -> dict[str, torch.Tensor]:
-        # The loss reads rows u, i, j of Z and rows u, i of side and C; the preference module is
-        # per node. So C's last layer, the views' user rows (R̂[users] H_v^I) and step 4 are
-        # computed for the batch's distinct nodes alone: the terms and gradients of
-        # loss(batch, forward()).
+        # The loss reads rows u, i, j of Z and u, i of side and C, and step 4 is per node: C's last
+        # layer, the views' user rows R̂_v[users] H_v^I and step 4 run for the batch's distinct nodes
+        # alone (the terms and gradients of loss(batch, forward())).
         rows, (at_u, at_i, at_j) = batch_node_rows(batch, self.n_users, self.n_items)
         x0 = torch.cat([self.user_emb.weight, self.item_emb.weight])
         c = lightgcn_distinct(self.adjacency, x0, self.config.n_ui_layers, rows)  # C[rows]
-        users = rows[rows < self.n_users]
-        items = torch.from_numpy(rows[len(users):] - self.n_users).to(c.device)
-        views = {v: torch.cat([row_product(self.user_items[v], users, h), h.index_select(0, items)])
-                 for v, h in self.item_views().items()}
+        views = {v: user_item_rows(self.user_items[v], h, rows, self.n_users) for v, h in self.item_views().items()}
         index = torch.from_numpy(rows).to(c.device)
-        present = None if self.present is None else self.present.index_select(1, index)
-        side = self.preference(c, views, present, index)
+        side = self.preference(c, views, node_columns(self.present, index), index)
         z = c + side
-        zu, zi, zj = z.index_select(0, at_u), z.index_select(0, at_i), z.index_select(0, at_j)
-        at = index.index_select(0, at_i), index.index_select(0, at_u)
-        return self.terms(zu, zi, zj, (side.index_select(0, at_i), c.index_select(0, at_i)),
-                          (side.index_select(0, at_u), c.index_select(0, at_u)), self.row_presence(*at))
+        return self.terms(tuple(z.index_select(0, at) for at in (at_u, at_i, at_j)), side, c, at_i, at_u, index)
 
-    def row_presence(self, items: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Whether the node ids ``items``, ``users`` have a view (``side`` not 0); ``None`` when every node has."""
-        if self.fused_present is None:
-            return None, None
-        return self.fused_present.index_select(0, items), self.fused_present.index_select(0, users)
-
-    def terms(self, zu, zi, zj, item_pair, user_pair, present=(None, None)) -> dict[str, torch.Tensor]:
-        """Step 5 from the batch's rows: ``(side, C)`` rows of the positive items and of the users,
-        ``present``: whether those rows have a view (``None``: all)."""
-        tau = self.config.temperature
-        cl = infonce(*item_pair, tau, present=present[0]) + infonce(*user_pair, tau, present=present[1])
-        return {
-            "bpr": bpr_loss(zu, zi, zj),
-            "reg": self.config.reg_weight * l2_reg("half_sq", zu, zi, zj),
-            "cl": self.config.cl_weight * cl,
-        }
+    def terms(self, z_rows, side, c, items, users, nodes=None) -> dict[str, torch.Tensor]:
+        """Step 5 from the batch's rows ``z_rows = (z_u, z_i, z_j)`` and the rows ``items`` (positive
+        items) and ``users`` of ``side`` and ``C``; ``nodes``: the node id of each row of ``side`` and
+        ``C`` (``None``: its index), for whether it has a view (a node with none has ``side = 0``)."""
+        cfg, (zu, zi, zj) = self.config, z_rows
+        # InfoNCE(side[r], C[r]; τ) of the positive items and of the users, over the rows having a view
+        cl = [infonce(side.index_select(0, r), c.index_select(0, r), cfg.temperature,
+                      present=node_columns(self.fused_present, r if nodes is None else nodes.index_select(0, r)))
+              for r in (items, users)]
+        return {"bpr": bpr_loss(zu, zi, zj), "reg": cfg.reg_weight * l2_reg("half_sq", zu, zi, zj),
+                "cl": cfg.cl_weight * (cl[0] + cl[1])}
 
     def content_item_embeddings(self, items, out, id_rows=None):
         """``Z_I`` rows of ``items`` with their ID rows imputed over the fusion graph ``S_f``."""

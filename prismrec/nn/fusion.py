@@ -54,6 +54,16 @@ def present_mean(views: torch.Tensor, present: torch.Tensor | None, reduce: str 
     return total * scale
 
 
+def present_max(views: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+    """The element-wise max over ``K`` views (``K x N x d`` -> ``N x d``), per node over the views
+    it has (``present``: ``K x N`` bool; 0 for a node with none); the plain max for ``None``. The
+    max counterpart of :func:`present_mean`."""
+    if present is None:
+        return views.amax(dim=0)
+    missing = ~present.unsqueeze(-1)
+    return views.masked_fill(missing, float("-inf")).amax(dim=0).masked_fill(missing.all(dim=0), 0.0)
+
+
 def present_mix(graphs: Sequence[sp.spmatrix], weights: Sequence[float],
                 present_items: np.ndarray | None) -> sp.csr_matrix:
     """``S = Σ_m α_m G_m`` over item-item graphs (:func:`prismrec.graph.ops.mix`), mask-aware:
@@ -134,14 +144,15 @@ class BehaviorAwareFuser(nn.Module):
             raise ValueError(f"behavior must be {tuple(h.shape[1:])}, got {tuple(behavior.shape)}")
         alpha = self.attention(h, present)                     # K x N
         common = (alpha.unsqueeze(-1) * h).sum(dim=0)          # H_c = Σ_m α_m H_m
-        specific = h - common                                  # H̃_m = H_m − H_c
+        specific = (h - common).transpose(0, 1)                # H̃_m = H_m − H_c, N x K x d (a view)
         n = behavior.shape[0]
-        gates = torch.sigmoid(self.preference(behavior))       # N x K·d: [p_1(C) | ... | p_K(C)]
-        gates = gates.view(n, k, self.dim).transpose(0, 1)     # K x N x d
+        # N x K x d: [p_1(C) | ... | p_K(C)] as the Linear lays them out (the product runs in the
+        # gates' layout, so that their gradient needs no copy back into it)
+        gates = torch.sigmoid(self.preference(behavior)).view(n, k, self.dim)
         if present is None:
-            return ((gates * specific).sum(dim=0) + common) / (k + 1)
-        keep = present.to(h.device, h.dtype).unsqueeze(-1)     # K x N x 1
-        return ((keep * gates * specific).sum(dim=0) + common) / (keep.sum(dim=0) + 1)
+            return ((gates * specific).sum(dim=1) + common) / (k + 1)
+        keep = present.to(h.device, h.dtype)                   # K x N
+        return ((keep.t().unsqueeze(-1) * gates * specific).sum(dim=1) + common) / (keep.sum(dim=0).unsqueeze(-1) + 1)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_modalities={self.n_modalities}"

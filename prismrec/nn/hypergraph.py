@@ -2,13 +2,19 @@
 
 A modality's ``A`` hyperedges are latent: each node holds a soft membership row over them
 (``n x A``, rows on the simplex), so the incidence matrix is dense but thin and memory stays
-``O(n·A)`` — never node x node.
+``O(n·A)`` — never node x node. :class:`HyperedgeInputs` learns the memberships from a modality's
+features, :func:`hypergraph_propagate` passes messages through them.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from prismrec.graph import SparseOperator
+from prismrec.nn.encoders import feature_matrix
+from prismrec.nn.presence import split_nodes, zero_missing
 
 
 def soft_hyperedges(logits: torch.Tensor, tau: float, noise: bool = True) -> torch.Tensor:
@@ -21,6 +27,37 @@ def soft_hyperedges(logits: torch.Tensor, tau: float, noise: bool = True) -> tor
     if noise:
         return F.gumbel_softmax(logits, tau=tau, hard=False, dim=1)
     return torch.softmax(logits / tau, dim=1)
+
+
+class HyperedgeInputs(nn.Module):
+    """One modality's frozen features ``F`` (``n_I x d_m``, rescaled by ``normalize``:
+    :func:`prismrec.nn.encoders.normalize_features`) with two bias-free maps, both Xavier-uniform
+    as in LGMRec's reference: ``W`` (``d_m x dim``, the projection ``F W``) and ``V``
+    (``d_m x hyper_num``, the hyperedge logits ``F V``)."""
+
+    def __init__(self, features: torch.Tensor, dim: int, hyper_num: int, normalize: str = "none") -> None:
+        super().__init__()
+        feats = feature_matrix(features, normalize)
+        self.register_buffer("features", feats, persistent=False)  # frozen, rebuilt from data
+        self.projection = nn.Parameter(torch.empty(feats.shape[1], dim))  # W
+        self.hyper = nn.Parameter(torch.empty(feats.shape[1], hyper_num))  # V
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.projection)
+        nn.init.xavier_uniform_(self.hyper)
+
+    def memberships(self, interactions: SparseOperator, tau: float, noise: bool,
+                    present: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(H_I, H_U) = (GS(F V), GS(R F V))``: the items' memberships from their logits, the
+        users' from the plain sum of their items' logits (``interactions``: ``R``, ``n_U x n_I``),
+        each relaxed by :func:`soft_hyperedges` (items first). ``present`` (optional, ``n_U + n_I``
+        bools, users first): a node lacking the modality belongs to no hyperedge (its row is 0; a
+        zero feature row would otherwise join every hyperedge evenly)."""
+        logits = self.features @ self.hyper
+        items, users = soft_hyperedges(logits, tau, noise), soft_hyperedges(interactions @ logits, tau, noise)
+        present_users, present_items = split_nodes(present, interactions.shape[0])
+        return zero_missing(items, present_items), zero_missing(users, present_users)
 
 
 def hypergraph_propagate(

@@ -52,8 +52,8 @@ from prismrec.graph.sparse import SparseOperator
 from prismrec.nn.embedding import IdEmbedding
 from prismrec.nn.encoders import Purifier
 from prismrec.nn.fusion import BehaviorAwareFuser, present_mean
-from prismrec.nn.presence import for_missing_modalities, node_presence
-from prismrec.nn.propagation import lightgcn, lightgcn_distinct, propagate, row_product
+from prismrec.nn.presence import for_missing_modalities, node_columns, node_presence
+from prismrec.nn.propagation import lightgcn, lightgcn_distinct, propagate, user_item_parts
 
 
 @dataclass
@@ -256,8 +256,8 @@ class MultiViewEncoder(nn.Module):
         ``p`` the items where modality ``m`` is present (a :class:`prismrec.nn.NoiseSource` then
         takes its mean row norm over them). ``purified`` (optional): the ``H_m⁰`` already
         computed (:meth:`purified`), e.g. shared by a clean view and its noisy ones."""
-        return torch.stack([torch.cat([user_item @ h, h])                       # [H_m^U; H_m^I]
-                            for user_item, h in zip(self.modality_user_items, self.item_views(noise, purified))])
+        return _stacked([(user_item @ h, h)                                     # [H_m^U; H_m^I]
+                         for user_item, h in zip(self.modality_user_items, self.item_views(noise, purified))])
 
     def behavior_rows(self, rows: np.ndarray) -> torch.Tensor:
         """``C[rows]`` (:meth:`behavior_view`) for sorted distinct node ids ``rows`` (users first):
@@ -275,10 +275,8 @@ class MultiViewEncoder(nn.Module):
         """``H[:, rows]`` (``K x len(rows) x d``) for sorted distinct node ids ``rows``: every
         ``H_m^I`` is computed in full (``S_m`` mixes all items), the user rows ``R̂_m[u] H_m^I``
         only for the users among ``rows``, and nothing else is built for the other nodes."""
-        split = int(np.searchsorted(rows, self.n_users))
-        users, items = rows[:split], torch.from_numpy(rows[split:] - self.n_users)
-        return torch.stack([torch.cat([row_product(user_item, users, h), h.index_select(0, items.to(h.device))])
-                            for user_item, h in zip(self.modality_user_items, self.item_views())])
+        return _stacked([user_item_parts(user_item, h, rows, self.n_users)
+                         for user_item, h in zip(self.modality_user_items, self.item_views())])
 
     def fused_rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``C[rows]`` and ``M[rows]`` for sorted distinct node ids ``rows`` (the row paths of a
@@ -287,21 +285,34 @@ class MultiViewEncoder(nn.Module):
         c = self.behavior_rows(rows)
         return c, self.fuse(self.modality_view_rows(rows), c, rows)
 
+    def fuse_for_rows(self, views: torch.Tensor, behavior: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """:meth:`fuse` of every node (``views``, ``behavior`` hold all of them), for a loss that reads
+        the rows ``rows`` (sorted distinct node ids) and a statistic of all rows without gradient
+        (SIGER's modulus noise, its mean row norm): the same values, the per-node fuser run with
+        its gradient (and its backward) for ``rows`` alone and without gradient for the others."""
+        others = np.ones(behavior.shape[0], dtype=bool)
+        others[rows] = False
+        others = np.flatnonzero(others)
+
+        def fused(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:  # ids, the fuser on their rows
+            at = torch.from_numpy(ids).to(behavior.device)
+            return at, self.fuse(views.index_select(1, at), behavior.index_select(0, at), ids)
+
+        with torch.no_grad():
+            whole = behavior.new_empty(behavior.shape).index_copy_(0, *fused(others))
+        return whole.index_copy(0, *fused(rows))
+
     def presence(self, rows: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
         """``present`` (``K x N``), its columns ``rows`` (node ids, users first) when given, or
         ``None`` without a mask."""
-        if self.present is None or rows is None:
-            return self.present
-        return self.present.index_select(1, torch.as_tensor(rows).to(self.present.device))
+        return node_columns(self.present, rows)
 
     def fused_presence(self, rows: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
         """``N`` bool: the nodes with at least one present modality (a node with none fuses to a
         row of 0, which holds no view), its entries ``rows`` (node ids, users first) when given;
         ``None`` without a mask or when every node has a modality (the common case: one modality
         of several missing leaves the fused row a real view)."""
-        if self.fused_present is None or rows is None:
-            return self.fused_present
-        return self.fused_present.index_select(0, torch.as_tensor(rows).to(self.fused_present.device))
+        return node_columns(self.fused_present, rows)
 
     def fuse(self, views: torch.Tensor, behavior: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
         """``M = fuse(H_1..H_K | C)`` (2.8), or ``mean_m H_m`` with ``fusion="mean"``, over each
@@ -311,6 +322,12 @@ class MultiViewEncoder(nn.Module):
         if self.fusion == "behavior_aware":
             return self.fuser(views, behavior, present)
         return views.mean(dim=0) if present is None else present_mean(views, present)
+
+
+def _stacked(views: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """``K x N x d`` from each view's row blocks (``[H_m^U; H_m^I]``): every block joined in one
+    copy, not each view joined and then the views stacked."""
+    return torch.cat([block for parts in views for block in parts]).unflatten(0, (len(views), -1))
 
 
 class ExtendedBranch(nn.Module):

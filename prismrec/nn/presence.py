@@ -5,8 +5,8 @@ A dataset loaded with ``impute="zero"`` marks the items whose modality was missi
 mark as a ``K x N`` bool buffer: one row per view, one column per node (users first, when the
 model has user rows). :func:`node_presence` turns an item mask into that buffer,
 :func:`view_presence` reads it from a dataset, :func:`split_nodes` parts it into users and items,
-:func:`zero_missing` clears the rows of the nodes lacking a view, and
-:func:`for_missing_modalities` builds a per-modality object (a graph over the items that have the
+:func:`node_columns` keeps some nodes' columns, :func:`zero_missing` clears the rows of the nodes
+lacking a view, and :func:`for_missing_modalities` builds a per-modality object (a graph over the items that have the
 modality) where some item lacks it.
 """
 
@@ -73,3 +73,11 @@ def for_missing_modalities(present_items: np.ndarray | torch.Tensor | None, n_it
     if present.ndim != 2 or present.shape[0] != n_items:
         raise ValueError(f"present_items must hold one row per item ({n_items}), got shape {present.shape}")
     return [None if keep.all() else build(keep) for keep in present.T]
+
+
+def node_columns(present: torch.Tensor | None, nodes: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
+    """The columns ``nodes`` (node ids) of a ``K x N`` (or ``N``) presence, for a forward or a
+    loss over those nodes' rows alone; ``present`` itself for ``nodes=None`` (all), ``None`` for ``None``."""
+    if present is None or nodes is None:
+        return present
+    return present.index_select(-1, torch.as_tensor(nodes).to(present.device))

@@ -52,6 +52,13 @@ def user_degrees(train: sp.spmatrix, present_items: np.ndarray | None, n_views: 
     return np.asarray(r @ np.asarray(present, dtype=np.float32), dtype=np.float32)
 
 
+def inverse_user_degrees(train: sp.spmatrix, present_items: np.ndarray | None, n_views: int) -> torch.Tensor:
+    """``n_U x K`` float32 ``D_{U,m}^-1`` (:func:`user_degrees`), 0 for a user with no training item
+    having ``m``: the factor of a user's mean over those items."""
+    degrees = user_degrees(train, present_items, n_views)
+    return torch.from_numpy(np.divide(1.0, degrees, out=np.zeros_like(degrees), where=degrees > 0))
+
+
 def user_presence(train: sp.spmatrix, present_items: np.ndarray | None) -> np.ndarray | None:
     """``n_U x K`` bool: ``True`` where a user has at least one training item with modality ``m``;
     ``None`` without a mask."""

@@ -119,6 +119,22 @@ def row_product(operator: SparseOperator, rows: np.ndarray, dense: torch.Tensor)
     return spmm(block, dense)
 
 
+def user_item_rows(user_item: SparseOperator, items: torch.Tensor, rows: np.ndarray, n_users: int) -> torch.Tensor:
+    """Rows ``rows`` (sorted distinct node ids, users first) of the node matrix ``[R̂ H; H]``, from
+    the item rows ``H`` (``items``, ``n_I x d``) and the user–item operator ``R̂``: the users' rows
+    as one product with the block ``R̂[users]`` (:func:`row_product`), the items' taken from ``H``."""
+    return torch.cat(user_item_parts(user_item, items, rows, n_users))
+
+
+def user_item_parts(user_item: SparseOperator, items: torch.Tensor, rows: np.ndarray,
+                    n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`user_item_rows`' user rows and item rows, not yet joined (a caller stacking several
+    such matrices joins all their parts in one copy)."""
+    split = int(np.searchsorted(rows, n_users))
+    users, item_rows = rows[:split], torch.from_numpy(rows[split:] - n_users).to(items.device)
+    return row_product(user_item, users, items), items.index_select(0, item_rows)
+
+
 class _BlockProduct(torch.autograd.Function):
     """``B @ X`` for a CSR block ``B`` whose transpose is given (one CSR product each way)."""
 

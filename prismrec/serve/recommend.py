@@ -76,7 +76,7 @@ class RunRecommender:
         with torch.no_grad():
             for start in range(0, len(users), self.batch_size):
                 rows = users[start : start + self.batch_size]
-                block = model.score(torch.from_numpy(rows.astype(np.int64)), self.out).float()
+                block = model.score(torch.from_numpy(rows.astype(np.int64)), self.out).float().contiguous()
                 if self.exclude is not None:
                     mask_items(block, self.exclude, rows)
                 top = ranked_topk(block, k)
