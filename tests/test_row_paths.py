@@ -28,6 +28,9 @@ CASES = [
     ("egra", {}),
     ("egra", {"item_links": "raw", "graph_fusion": "separate"}),
     ("egra", {"backbone": "gume"}),  # GUME's terms read whole matrices: the full forward
+    ("siger", {}),  # modulus noise: S fused for every node (its mean norm), its gradient for the rows
+    ("siger", {"perturb_at": "layers", "extended_branch": True}),
+    ("siger", {"perturb_target": "per_modality", "anchor_form": "A3", "perturb_mode": "fixed"}),
     ("vbpr", {}),
     ("bm3", {}),
     ("bm3", {"modalities": []}),

@@ -113,9 +113,10 @@ class MMGCNConfig:
     reg_preferences: Literal["first", "all"] = "first"
     """Preference tables in the L2 term: the first (in ``modalities`` order) of the modalities in
     the image part (the reference's visual table; ``modality_roles``) or all."""
-    train_embeddings: bool = False
+    train_embeddings: bool = field(default=False, metadata={"grid": [False, True]})
     """Train ``E`` and ``P_m`` (``True``) or keep them at their random initialisation, as the
-    reference code does (they are never given to its optimiser)."""
+    reference code does (they are never given to its optimiser). The grid is ours: with untrained
+    tables the L2 term has no gradient, so ``reg_weight``'s grid alone searches nothing."""
 
 
 @register

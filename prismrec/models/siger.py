@@ -30,18 +30,17 @@ Anchor forms, ``c = sg(C)`` when ``detach_anchor``, each summed over ``r``:
 ``A3`` mean over modality pairs ``a < b`` of ``InfoNCE(H_a[r], H_b[r]; τ_A)`` with row weights
 ``σ(cos(h_e^a, c_e) + cos(h_e^b, c_e))`` (no gradient through them; 1 if ``anchor_gate=False``).
 
-Missing modalities (``impute="zero"``): an item lacking ``m`` has no ``m`` view (presence
-``False``; its zero feature row has no ``Ŝ_m`` neighbour but itself), and ``G_m`` keeps it so:
-the collaborative part is ``Ĉ_m``, the co-occurrence graph among the items having ``m`` (2.4 on
-``R`` without the others' interactions), so its ``H_m^I`` row is not filled from its behaviour
-neighbours and its row reaches no item having ``m`` (not a neighbour imputation: the row's self
-part would still be the ID row under a bias-only gate). A user
-takes modality ``m`` from its items that have it (``H_m^U = R̂_m H_m^I``, ``Ĥ_m`` on ``Â_m``;
-none: no ``m`` view), and a term reads only real views. ``anchor`` aligns ``H_m``
-on the rows where modality ``m`` is present (A1; A2 scores a row with its present views; A3 a
-pair on the rows where both are present); ``perturb`` on ``H_m`` likewise; ``perturb`` and
-``align`` (and ``um``) on the fused ``S`` leave out a node with no modality at all (its ``S`` row
-is 0, e.g. with one modality).
+Missing modalities (``impute="zero"``): an item lacking ``m`` has no ``m`` view (presence ``False``;
+its zero feature row has no ``Ŝ_m`` neighbour but itself), and ``G_m`` keeps it so: the
+collaborative part is ``Ĉ_m``, the co-occurrence graph among the items having ``m`` (2.4 on ``R``
+without the others' interactions), so its ``H_m^I`` row is not filled from its behaviour neighbours
+and its row reaches no item having ``m`` (not a neighbour imputation: the row's self part would
+still be the ID row under a bias-only gate). A user takes modality ``m`` from its items that have it
+(``H_m^U = R̂_m H_m^I``, ``Ĥ_m`` on ``Â_m``; none: no ``m`` view), and a term reads only real views.
+``anchor`` aligns ``H_m`` on the rows where modality ``m`` is present (A1; A2 scores a row with its
+present views; A3 a pair on the rows where both are present); ``perturb`` on ``H_m`` likewise;
+``perturb`` and ``align`` (and ``um``) on the fused ``S`` leave out a node with no modality at all
+(its ``S`` row is 0, e.g. with one modality).
 
 ``extended_branch``: GUME's ``Ĥ = mean_m LGN(Â, [E_U^(m); H_m^I], L_ui)`` (3.6,
 :class:`prismrec.nn.ExtendedBranch`), ``um = um_weight·[InfoNCE(Ĥ_U[u], S_U[u]; τ_um) + Noise(S_U)[u]
@@ -65,6 +64,7 @@ from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
 from prismrec.nn.multiview import check_siger_config, siger_betas
 from prismrec.nn.presence import node_columns
+from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, Recommender
 
 
@@ -145,7 +145,6 @@ class SIGER(Recommender):
         check_siger_config(config)
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         self.betas = siger_betas(config, self.modalities)
-        d = config.embedding_size
         # 2 + 3. Ŝ_m, Ĉ (built only when used; Ĉ_m under a mask) and G_m = (1 − β_m) Ŝ_m + β_m Ĉ.
         present = fusion_presence(dataset, self.modalities)
         graphs = infused_graphs([knn_graph(dataset.features[m], config.knn_k) for m in self.modalities],
@@ -154,23 +153,21 @@ class SIGER(Recommender):
         # 1, 4, 5. C on the plain Â, H_m on the G_m, S (under a mask: present modalities only); Ĥ.
         self.encoder = MultiViewEncoder(
             UserItemGraph(dataset.train), graphs, [dataset.features[m] for m in self.modalities],
-            self.n_users, d, config.n_ui_layers, config.n_sem_layers, config.train_features,
-            fusion="behavior_aware" if config.fusion == "mgcn" else "mean",
-            present_items=present,
-        )
-        self.extended = ExtendedBranch(self.n_users, len(self.modalities), d, config.n_ui_layers) \
+            self.n_users, config.embedding_size, config.n_ui_layers, config.n_sem_layers, config.train_features,
+            fusion="behavior_aware" if config.fusion == "mgcn" else "mean", present_items=present)
+        self.extended = ExtendedBranch(self.n_users, len(self.modalities), config.embedding_size, config.n_ui_layers) \
             if config.extended_branch else None
         self.reset_parameters()
         self.noise = NoiseSource(config.eps, config.perturb_mode, config.gamma)  # seeded after the init
 
     # ----------------------------------------------------------------------------------- views
-    def forward(self) -> Output:
+    def forward(self, rows=None) -> Output:  # rows (batch_loss): S's gradient for these node ids alone
         c = self.encoder.behavior_view()                         # 1. C on the plain Â
         # H_m⁰ once: the noisy views of perturb_at="layers" start from it too (noise after G_m)
         noisy_layers = self.training and self.config.perturb_at == "layers" and self.config.lambda_p > 0
         h0 = self.encoder.purified() if noisy_layers else None
         h = self.encoder.modality_views(purified=h0)            # 4. H_m on G_m
-        s = self.encoder.fuse(h, c)                              # 5. S
+        s = self.encoder.fuse(h, c) if rows is None else self.encoder.fuse_for_rows(h, c, rows)  # 5. S
         z = c + s                                                #    Z = C + S
         aux = {"behavior": c, "modality": s, "modality_views": h}
         if noisy_layers:
@@ -243,6 +240,9 @@ class SIGER(Recommender):
                                                                   self.encoder.fused_presence())
             terms["reg2"] = cfg.reg2_weight * half_sq(ext[items])
         return terms
+
+    def batch_loss(self, batch) -> dict[str, torch.Tensor]:  # loss(batch, forward()): S's rows u, i, j are read
+        return self.loss(batch, self(batch_node_rows(batch, self.n_users, self.n_items)[0]))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, modalities={self.modalities}, betas={self.betas}"

@@ -285,6 +285,23 @@ class MultiViewEncoder(nn.Module):
         c = self.behavior_rows(rows)
         return c, self.fuse(self.modality_view_rows(rows), c, rows)
 
+    def fuse_for_rows(self, views: torch.Tensor, behavior: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """:meth:`fuse` of every node (``views``, ``behavior`` hold all of them), for a loss that reads
+        the rows ``rows`` (sorted distinct node ids) and a statistic of all rows without gradient
+        (SIGER's modulus noise, its mean row norm): the same values, the per-node fuser run with
+        its gradient (and its backward) for ``rows`` alone and without gradient for the others."""
+        others = np.ones(behavior.shape[0], dtype=bool)
+        others[rows] = False
+        others = np.flatnonzero(others)
+
+        def fused(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:  # ids, the fuser on their rows
+            at = torch.from_numpy(ids).to(behavior.device)
+            return at, self.fuse(views.index_select(1, at), behavior.index_select(0, at), ids)
+
+        with torch.no_grad():
+            whole = behavior.new_empty(behavior.shape).index_copy_(0, *fused(others))
+        return whole.index_copy(0, *fused(rows))
+
     def presence(self, rows: np.ndarray | torch.Tensor | None = None) -> torch.Tensor | None:
         """``present`` (``K x N``), its columns ``rows`` (node ids, users first) when given, or
         ``None`` without a mask."""
