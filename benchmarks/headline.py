@@ -140,15 +140,30 @@ def base_settings(model: str, dataset: str) -> dict:
 
 
 def trial_points(model: str) -> list[dict]:
-    """The ``TRIALS`` settings searched: the defaults, then distinct grid points (seeded)."""
+    """The ``TRIALS`` settings searched: the defaults, then distinct grid points (seeded).
+
+    A setting whose field declares ``only_with`` (``{other: value}``: it changes nothing unless
+    those settings hold, e.g. MMGCN's ``reg_weight`` without trained tables) is set back to its
+    default in a point where they do not hold, and a point that then repeats another is skipped,
+    so that every trial trains a different model."""
     space = grid(model)
     if not space:
         return [{}]
-    defaults = {f.name: f.default for f in dataclasses.fields(model_config_class(model))}
+    fields = dataclasses.fields(model_config_class(model))
+    defaults = {f.name: f.default for f in fields}
+    needs = {f.name: f.metadata["only_with"] for f in fields if f.name in space and "only_with" in f.metadata}
     points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
     points = [p for p in points if any(p[k] != defaults[k] for k in p)]
     random.Random(f"{model}").shuffle(points)
-    return [{}, *points[: TRIALS - 1]]
+    distinct = [{}]
+    for point in points:
+        if len(distinct) == TRIALS:
+            break
+        point = {k: v if all(point.get(o, defaults[o]) == w for o, w in needs.get(k, {}).items()) else defaults[k]
+                 for k, v in point.items()}
+        if any(point[k] != defaults[k] for k in point) and point not in distinct:
+            distinct.append(point)
+    return distinct
 
 
 def spec(model: str, dataset: str) -> dict:

@@ -182,3 +182,19 @@ def test_device_reaches_every_run_and_the_report(study, monkeypatch):
              for d in ("cpu", "cuda")]
     assert headline._off_cpu(headline.summary({"seeds": dict(enumerate(seeds))})) == " (cuda)"
     assert headline._off_cpu(headline.summary({"seeds": {0: seeds[0]}})) == ""
+
+
+def test_trial_points_never_repeat_a_model():
+    """A setting that matters only with another (MMGCN's reg_weight without trained tables) is not
+    varied where it changes nothing: every trial trains a different model, the defaults first."""
+    from prismrec.models.mmgcn import MMGCNConfig
+
+    points = headline.trial_points("mmgcn")
+    assert points[0] == {} and len(points) == headline.TRIALS
+    effective = [{**MMGCNConfig().__dict__, **p} for p in points]
+    for e in effective:
+        if not e["train_embeddings"]:
+            e["reg_weight"] = None  # inert: the L2 term has no gradient
+    assert len({tuple(sorted(e.items())) for e in effective}) == len(points)
+    # The order of the grid's shuffle is kept: the trials recorded before the rule are its first three.
+    assert points[1:3] == [{"reg_weight": 0.01, "train_embeddings": True}, {"reg_weight": 0.0, "train_embeddings": True}]

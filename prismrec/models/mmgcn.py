@@ -108,7 +108,8 @@ class MMGCNConfig:
     """Add the ID embedding ``E`` in every layer (eq. 5)."""
     combine: Literal["mean", "sum"] = "mean"
     """Combine the modality outputs by their mean (reference code) or sum (the paper's text)."""
-    reg_weight: float = field(default=1e-5, metadata={"grid": [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1]})
+    reg_weight: float = field(default=1e-5, metadata={"grid": [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1],
+                                                      "only_with": {"train_embeddings": True}})
     """``λ``; reference default 1e-5 (``weight_decay``), MMRec grid {0, 1e-5, ..., 0.1}."""
     reg_preferences: Literal["first", "all"] = "first"
     """Preference tables in the L2 term: the first (in ``modalities`` order) of the modalities in
@@ -116,7 +117,8 @@ class MMGCNConfig:
     train_embeddings: bool = field(default=False, metadata={"grid": [False, True]})
     """Train ``E`` and ``P_m`` (``True``) or keep them at their random initialisation, as the
     reference code does (they are never given to its optimiser). The grid is ours: with untrained
-    tables the L2 term has no gradient, so ``reg_weight``'s grid alone searches nothing."""
+    tables the L2 term has no gradient, so ``reg_weight``'s grid alone searches nothing (its
+    ``only_with``: a search varies it with trained tables only)."""
 
 
 @register
