@@ -281,7 +281,8 @@ def tune_cell(model: str, dataset: str, data) -> dict:
     want = record["spec"]  # the recorded protocol, when it still holds
     blind = dataclasses.replace(data, test=None)
     for n, point in enumerate(want["points"]):
-        if n < len(record["trials"]) and not stale_trial(record["trials"][n], want["trial_train"]):
+        if (n < len(record["trials"]) and record["trials"][n]["point"] == point
+                and not stale_trial(record["trials"][n], want["trial_train"])):
             continue
         print(f"[{dataset}/{model}] trial {n}: {point or 'defaults'}", flush=True)
         trial = {"point": point, "min_epochs": want["trial_train"]["min_epochs"],

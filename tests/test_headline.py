@@ -107,6 +107,22 @@ def test_trials_that_stopped_before_the_warm_up_are_rerun_and_only_they(study, m
     assert len(trained) == 1
 
 
+def test_a_recorded_trial_at_another_point_is_rerun(study, monkeypatch):
+    """A grid's points changed in place (a repeated model taken out): the trial recorded at that
+    index for another point is trained again at the spec's point, the others kept."""
+    headline.run_cell("lightgcn", study.name, {"tune"}, study)
+    path = headline.CELLS / study.name / "lightgcn" / "tuning.json"
+    record = json.loads(path.read_text())
+    record["trials"][1]["point"] = {"stale": True}
+    path.write_text(json.dumps(record))
+    trained = []
+    real = headline.blind_trial
+    monkeypatch.setattr(headline, "blind_trial", lambda *a: trained.append(a[2]) or real(*a))
+    headline.run_cell("lightgcn", study.name, {"tune"}, study)
+    assert len(trained) == 1
+    assert json.loads(path.read_text())["trials"][1]["point"] == record["spec"]["points"][1]
+
+
 def test_final_seeds_run_under_the_warm_up_and_only_those_that_stopped_before_it_rerun(study, monkeypatch):
     monkeypatch.setattr(headline, "TRIAL_MIN_EPOCHS", 2)
     headline.run_cell("lightgcn", study.name, {"tune", "final"}, study)
