@@ -49,7 +49,6 @@ import dataclasses
 import importlib
 import io
 import itertools
-import multiprocessing
 import json
 import os
 import random
@@ -61,7 +60,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from benchmarks.common import RESULTS, atomic_write, git_commit
+from benchmarks.common import RESULTS, atomic_write, git_commit, worker_pool
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 SEED_MODELS = ["rlmmrec", "siger", "egra"]
@@ -399,8 +398,7 @@ def run(models: list[str], datasets: list[str], parts: set[str], jobs: int = 1, 
             for model in models:
                 run_cell(model, dataset, parts, data, commit, device)
         return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    with worker_pool(jobs) as pool:
         futures = {pool.submit(run_cell, model, dataset, parts, None, commit, device): (model, dataset) for model, dataset in cells}
         for future in concurrent.futures.as_completed(futures):
             model, dataset = futures[future]
