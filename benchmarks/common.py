@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import platform
 import statistics
 import time
@@ -69,6 +71,23 @@ def table_head(title: str, note: str, columns: list[str]) -> list[str]:
     """The top of a results page, as lines: ``# title``, ``note`` (machine, date, settings), then
     the header of a markdown table of ``columns``."""
     return [f"# {title}", "", note, "", f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
+
+
+def _die_with_parent() -> None:
+    """In a worker: ask Linux to end this process when its parent ends (``PR_SET_PDEATHSIG``), so a
+    killed study leaves no worker training on, unsupervised, into run folders its rerun resumes."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+def worker_pool(jobs: int) -> concurrent.futures.ProcessPoolExecutor:
+    """``jobs`` fresh worker processes (spawned: no state shared with this one) that end with it."""
+    return concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_die_with_parent)
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -49,7 +49,6 @@ import dataclasses
 import importlib
 import io
 import itertools
-import multiprocessing
 import json
 import os
 import random
@@ -59,9 +58,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 from scipy import stats
 
-from benchmarks.common import RESULTS, atomic_write, git_commit
+from benchmarks.common import RESULTS, atomic_write, git_commit, worker_pool
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 SEED_MODELS = ["rlmmrec", "siger", "egra"]
@@ -344,12 +344,13 @@ def tuned(tuning: dict | None) -> bool:
         and not any(stale_trial(t, tuning["spec"]["trial_train"]) for t in tuning["trials"])
 
 
-def identical_variant(changed: list[str], dataset: str, tuning: dict) -> bool:
-    """Whether an ablation's changed settings are what the selected point already has (validation
-    chose the variant's setting): the variant is the full model, so it is neither trained nor tested."""
+def identical_variant(changed: dict, tuning: dict) -> bool:
+    """Whether an ablation's changed settings (:func:`variant_settings`) are what the selected point
+    already has (validation chose the variant's setting): the variant is the full model, so it is
+    neither trained nor tested."""
     defaults = tuning["spec"]["defaults"]
     chosen = {**defaults["train"], **defaults["params"], **tuning["spec"]["base"], **tuning["selected"]["point"]}
-    return all(k in chosen and chosen[k] == v for k, v in _jsonable(variant_settings(changed, dataset)).items())
+    return all(k in chosen and chosen[k] == v for k, v in _jsonable(changed).items())
 
 
 def slug(changed: list[str]) -> str:
@@ -357,9 +358,25 @@ def slug(changed: list[str]) -> str:
 
 
 def variant_settings(changed: list[str], dataset: str) -> dict:
+    """An ablation's changed settings on ``dataset``: ``{dataset}`` is its name and ``{tuned:M}``
+    the settings this study selected for model ``M`` there (:func:`tuned_settings`; EGRA's
+    pretrained-model swaps train their stage 1 at them). ``LookupError`` while ``M`` is not tuned."""
     from prismrec.experiment.config import parse_assignments
 
-    return parse_assignments([s.replace("{dataset}", dataset) for s in changed])
+    def tuned_of(match: re.Match) -> str:  # YAML that reads back as written (1e-06 is a string to YAML 1.1)
+        return yaml.safe_dump(tuned_settings(match[1], dataset), default_flow_style=True, width=10**6).strip()
+
+    return parse_assignments([re.sub(r"\{tuned:(\w+)\}", tuned_of, s.replace("{dataset}", dataset)) for s in changed])
+
+
+def tuned_settings(model: str, dataset: str) -> dict:
+    """What the final runs of ``model`` on ``dataset`` train with, less this study's run settings
+    (modalities, thread count, checkpoints): its fixed settings, the point validation selected
+    and the warm-up. ``LookupError`` while its tuning is not finished."""
+    tuning = _read_json(CELLS / dataset / model / "tuning.json")
+    if not tuned(tuning) or not same_protocol(tuning["spec"], _jsonable(spec(model, dataset))):
+        raise LookupError(f"{model} is not tuned on {dataset} yet")
+    return {**FIXED.get(model, {}).get(dataset, {}), **tuning["selected"]["point"], "min_epochs": TRIAL_MIN_EPOCHS}
 
 
 def run_cell(model: str, dataset: str, parts: set[str], data=None, commit: bool = False,
@@ -379,11 +396,15 @@ def run_cell(model: str, dataset: str, parts: set[str], data=None, commit: bool 
             seed_cell(model, model, dataset, selected, data, seed)
     if "ablation" in parts and model in SEED_MODELS:
         for changed in ablations(model).values():
-            if identical_variant(changed, dataset, tuning):
+            try:
+                variant = variant_settings(changed, dataset)
+            except LookupError as exc:  # reads another model's tuning, not finished yet
+                print(f"[{dataset}/{model}~{slug(changed)}] waits: {exc}", flush=True)
+                continue
+            if identical_variant(variant, tuning):
                 continue
             for seed in SEEDS:
-                seed_cell(f"{model}~{slug(changed)}", model, dataset,
-                          {**selected, **variant_settings(changed, dataset)}, data, seed)
+                seed_cell(f"{model}~{slug(changed)}", model, dataset, {**selected, **variant}, data, seed)
 
 
 def run(models: list[str], datasets: list[str], parts: set[str], jobs: int = 1, commit: bool = False,
@@ -399,8 +420,7 @@ def run(models: list[str], datasets: list[str], parts: set[str], jobs: int = 1, 
             for model in models:
                 run_cell(model, dataset, parts, data, commit, device)
         return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    with worker_pool(jobs) as pool:
         futures = {pool.submit(run_cell, model, dataset, parts, None, commit, device): (model, dataset) for model, dataset in cells}
         for future in concurrent.futures.as_completed(futures):
             model, dataset = futures[future]
@@ -496,7 +516,11 @@ def report(models: list[str], datasets: list[str]) -> dict:
         for s in SEED_MODELS:
             tuning = _read_json(CELLS / ds / s / "tuning.json")
             for label, changed in ablations(s).items():
-                if tuned(tuning) and identical_variant(changed, ds, tuning):
+                try:
+                    same = tuned(tuning) and identical_variant(variant_settings(changed, ds), tuning)
+                except LookupError:  # its settings are not known yet: pending
+                    same = False
+                if same:
                     identical.setdefault(ds, {}).setdefault(s, []).append(label)
                     continue
                 cell = collect(ds, f"{s}~{slug(changed)}")

@@ -30,16 +30,18 @@ at (``code``). Cells whose model code changed are retrained with ``--rerun PATTE
 contain it) loses its file, its run directory is replaced and its cached stage-1 runs (EGRA's
 pretraining on that input) are retrained; an interrupted rerun resumes like
 any unfinished cell, a repeated one skips the cells already retrained, and no other cell is
-touched. Cells run in priority order (``--order``), one
-process at a time, ``threads=1``.
+touched. Cells run in priority order, ``threads=1``, one at a time or in ``--jobs`` worker
+processes (the derived data is made first, by the main process, which alone writes cells, tables
+and commits).
 
     python -m benchmarks.robustness [--datasets lfm2k,tiktok] [--seeds 999] [--epochs 20]
-        [--max-cells N] [--commit] [--report-only]
+        [--max-cells N] [--jobs 2] [--commit] [--report-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import fnmatch
 import json
 import subprocess
@@ -49,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, atomic_write, git_commit
+from benchmarks.common import RESULTS, atomic_write, git_commit, worker_pool
 from benchmarks.headline import TRIAL_MIN_EPOCHS as WARM_UP
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
@@ -258,6 +260,27 @@ def order_reference(dataset: str, work: Path) -> Path:
     return path
 
 
+def trained_cells(tasks: list[tuple[dict, bool]], work: Path, epochs: int, impute: str, code: str | None,
+                  jobs: int = 1):
+    """``(cell, record or the exception it raised)`` for each ``(cell, fresh)`` task as it
+    finishes: one after another here, or shared out to ``jobs`` worker processes (one thread each;
+    each takes the next cell in priority order when it finishes one). The caller writes the
+    records, so that only one process writes cells, tables and commits."""
+    if jobs <= 1:
+        for cell, fresh in tasks:
+            print(f"[robustness] {cell_name(cell)} (epochs<={epochs}{', rerun' if fresh else ''})", flush=True)
+            try:
+                yield cell, run_cell(cell, work, epochs, impute, overwrite=fresh, code=code)
+            except Exception as exc:
+                yield cell, exc
+        return
+    with worker_pool(jobs) as pool:
+        futures = {pool.submit(run_cell, cell, work, epochs, impute, fresh, code): cell for cell, fresh in tasks}
+        print(f"[robustness] {len(futures)} cells (epochs<={epochs}) in {jobs} worker processes", flush=True)
+        for future in concurrent.futures.as_completed(futures):
+            yield futures[future], future.exception() or future.result()
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -394,6 +417,7 @@ def main() -> None:
                         "retrain from scratch (their code changed), e.g. 'lfm2k__gume__drop-zero-*'")
     parser.add_argument("--rerun-after", default="", help="with --rerun: the commit of the change; cells "
                         "trained at or after it are kept")
+    parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, in worker processes")
     parser.add_argument("--commit", action="store_true", help="git-commit each finished cell and the tables")
     parser.add_argument("--report-only", action="store_true", help="train nothing, rewrite the tables")
     args = parser.parse_args()
@@ -405,7 +429,7 @@ def main() -> None:
     if rerun and not args.rerun_after:
         parser.error("--rerun needs --rerun-after REV (the commit whose change the cells must be retrained with)")
     code = code_version()  # the commit this process's code was loaded at (the cells' provenance)
-    trained = 0
+    tasks = []  # (cell, fresh) to train, in priority order
     for cell in ([] if args.report_only else planned):
         path = cell_file(cell, args.epochs)
         if only and cell["model"] not in only:
@@ -416,25 +440,25 @@ def main() -> None:
             continue  # --rerun trains the matching cells only
         # a finished cell trained before the change: retrained, its old run replaced
         fresh = bool(rerun) and path.is_file() and trained_before(json.loads(path.read_text()), args.rerun_after)
-        if not fresh and path.is_file():
-            continue  # finished with this cap
-        if args.max_cells and trained >= args.max_cells:
-            break
+        if fresh or not path.is_file():  # else finished with this cap
+            tasks.append((cell, fresh))
+    if args.max_cells:
+        tasks = tasks[:args.max_cells]
+    for cell, fresh in tasks:  # here, before any worker starts: no two processes derive one folder
         if cell["family"] == "cold" and not (OUT / "references" / f"{cell['dataset']}.json").is_file():
             reference = order_reference(cell["dataset"], args.work)  # once per dataset, before its first cold cell
             if args.commit:
                 git_commit([reference], f"robustness benchmark: fixed-item-order reference on {cell['dataset']}'s cold copy")
-        print(f"[robustness] {cell_name(cell)} (epochs<={args.epochs}{', rerun' if fresh else ''})", flush=True)
+        derived_dataset(cell, args.work, args.impute)
         if fresh:  # gone until retrained: an interrupted rerun then resumes as an unfinished cell
-            path.unlink()
+            cell_file(cell, args.epochs).unlink()
             forget_stage_one(cell, args.work, args.epochs, args.impute)
-        try:
-            record = run_cell(cell, args.work, args.epochs, args.impute, overwrite=bool(fresh), code=code)
-        except Exception as exc:  # one failing model must not stop the grid: recorded, retried next run
-            print(f"[robustness] {cell_name(cell)} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    for cell, record in trained_cells(tasks, args.work, args.epochs, args.impute, code, args.jobs):
+        if isinstance(record, Exception):  # one failing model must not stop the grid: retried next run
+            print(f"[robustness] {cell_name(cell)} failed: {type(record).__name__}: {record}", file=sys.stderr, flush=True)
             continue
+        path = cell_file(cell, args.epochs)
         atomic_write(path, json.dumps(record, indent=2, default=float))
-        trained += 1
         tables = write_report(planned, args.epochs)
         print(f"[robustness] done {cell_name(cell)}: test R@20 {record['test'].get('recall@20')} "
               f"in {record['seconds']} s", flush=True)

@@ -71,6 +71,8 @@ def study(model: str, baselines: list[str], ablations: dict, args, *, title: str
         for label, changed in ablations.items():
             if args.variants and slug(changed) not in args.variants.split(","):
                 continue
+            if any("{tuned:" in s for s in changed):  # the headline study's tuned settings: run there
+                continue
             if changed:
                 out, seeds = Path(f"runs/bench-{model}-ablation") / dataset / slug(changed), args.ablation_seeds
             else:

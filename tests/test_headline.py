@@ -149,12 +149,36 @@ def test_an_ablation_that_validation_selected_is_not_trained(study, monkeypatch)
     same, other = f"reg_weight={chosen['reg_weight']}", "reg_weight=0.5"
     monkeypatch.setattr(headline, "ablations", lambda model: {"same": [same], "other": [other]})
     assert headline.tuned(tuning)
-    assert headline.identical_variant([same], study.name, tuning)
-    assert not headline.identical_variant([other], study.name, tuning)
+    assert headline.identical_variant(headline.variant_settings([same], study.name), tuning)
+    assert not headline.identical_variant(headline.variant_settings([other], study.name), tuning)
     trained = []
     monkeypatch.setattr(headline, "seed_cell", lambda cell, *a: trained.append(cell))
     headline.run_cell("rlmmrec", study.name, {"ablation"}, study)
     assert trained == [f"rlmmrec~{headline.slug([other])}"] * len(headline.SEEDS)
+
+
+def test_an_ablation_may_train_another_model_at_its_tuned_settings(study, monkeypatch):
+    """``{tuned:M}`` (EGRA's pretrained-model swaps) is the point this study selected for M, with
+    the warm-up; while M is not tuned the variant waits (not trained, pending in the report)."""
+    changed = ["pretrain_settings={tuned:lightgcn}"]
+    with pytest.raises(LookupError, match="lightgcn is not tuned"):
+        headline.variant_settings(changed, study.name)
+    headline.run_cell("rlmmrec", study.name, {"tune"}, study)
+    monkeypatch.setattr(headline, "ablations", lambda model: {"swap": changed})
+    trained = []
+    monkeypatch.setattr(headline, "seed_cell", lambda cell, *a: trained.append((cell, a[2])))
+    headline.run_cell("rlmmrec", study.name, {"ablation"}, study)
+    assert trained == []
+    headline.run_cell("lightgcn", study.name, {"tune"}, study)
+    tuning = json.loads((headline.CELLS / study.name / "lightgcn" / "tuning.json").read_text())
+    want = {**headline.FIXED["lightgcn"][study.name], **tuning["selected"]["point"],
+            "min_epochs": headline.TRIAL_MIN_EPOCHS}
+    assert headline.variant_settings(changed, study.name) == {"pretrain_settings": want}
+    headline.run_cell("rlmmrec", study.name, {"ablation"}, study)
+    assert [c for c, _ in trained] == [f"rlmmrec~{headline.slug(changed)}"] * len(headline.SEEDS)
+    assert all(settings["pretrain_settings"] == want for _, settings in trained)
+    monkeypatch.setattr(headline, "tuned_settings", lambda model, dataset: {"cl_weight": 1e-06, "order": ["a", "b"]})
+    assert headline.variant_settings(changed, study.name) == {"pretrain_settings": {"cl_weight": 1e-06, "order": ["a", "b"]}}
 
 
 def test_claims_are_judged_from_the_tests_and_say_what_is_pending():

@@ -277,3 +277,50 @@ def test_robustness_cells_of_different_caps_are_kept_apart(tmp_path, monkeypatch
     assert [c["settings"]["epochs"] for c in rb.load_cells(20)] == [20]
     assert [p.name for p in rb.write_report([cell], 1000)] == ["robustness_e1000.json", "robustness_e1000.md"]
     assert [p.name for p in rb.write_report([cell], 20)] == ["robustness.json", "robustness.md"]
+
+
+def test_robustness_cells_train_in_worker_processes_and_come_back_to_the_caller(tmp_path, real_data_dir):
+    """--jobs 2: the main process derives the data, two workers train a cell each (one epoch here),
+    and the records come back to the caller, which alone writes them."""
+    from benchmarks import robustness as rb
+
+    cells = [c for c in rb.plan(["lfm2k"], [999]) if c["family"] == "cold" and c["model"] in rb.ID_ONLY]
+    assert len(cells) == 2
+    for cell in cells:
+        rb.derived_dataset(cell, tmp_path, "mean")
+    done = dict((rb.cell_name(c), r) for c, r in rb.trained_cells([(c, False) for c in cells], tmp_path, 1, "mean",
+                                                                   "abc1234", jobs=2))
+    assert sorted(done) == sorted(rb.cell_name(c) for c in cells)
+    for record in done.values():
+        assert not isinstance(record, Exception), record
+        assert record["code"] == "abc1234" and record["epochs_run"] == 1 and record["input"] == "lfm2k-cold10"
+        assert 0 <= record["test"]["recall@20"] <= 1 and "native" in record["cold"]["cold"]
+
+
+def test_a_worker_pool_ends_with_its_parent(tmp_path):
+    """A study killed hard (kill -9 of the main process) leaves no worker training on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import os, time\nfrom benchmarks.common import worker_pool\n"
+              "if __name__ == '__main__':\n"
+              "    with worker_pool(1) as pool:\n"
+              "        print(pool.submit(os.getpid).result(), flush=True)\n"
+              "        pool.submit(time.sleep, 600)\n"
+              "        time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(__file__)))
+    worker = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the worker outlived its killed parent")
