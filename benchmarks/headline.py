@@ -4,7 +4,7 @@ Every model is tuned on **validation** with the same budget, trained with 5 seed
 point and tested once per seed; the seed models' ablations run on the same seeds; each seed model
 is compared with each baseline by paired per-user tests, Holm-corrected.
 
-    python -m benchmarks.headline [--datasets lfm2k,tiktok] [--models a,b] [--parts tune,final,ablation]
+    python -m benchmarks.headline [--datasets lfm2k,tiktok] [--models a,b] [--parts tune,final,ablation,longtail]
                                   [--jobs 2] [--commit]   # cells in 2 processes; commit each result
                                   [--device cuda]         # train on a GPU (recorded per seed, not a setting)
     python -m benchmarks.headline --report-only     # rebuild every table from the committed cells
@@ -31,10 +31,15 @@ Protocol:
 - **Tests**: per-user test metrics averaged over the 5 seeds; Wilcoxon signed-rank test of each
   seed model against each baseline (and each ablation against its full model) per dataset and
   metric; Holm's correction over each family.
+- **Long tail** (EGRA's claim, ALGORITHMS.md 6.6): each seed also keeps its per-user test
+  metrics over the tail (the least popular ``TAIL_SHARE`` of items by training degree) and the
+  head; ``--parts longtail`` adds them to seeds recorded before, from their run folders where
+  this machine has them.
 
 Everything a later run needs is committed under ``results/headline/cells/<dataset>/<cell>/``
 (``tuning.json``: the space and every trial's settings and validation metrics; ``seed-<s>.json``:
-resolved config, metrics, timing; ``seed-<s>.npz``: per-user test metrics); weights stay in
+resolved config, metrics, timing; ``seed-<s>.npz``: per-user test metrics, overall, tail and
+head); weights stay in
 ``runs/headline/`` (not committed). A rerun skips what is recorded, so the study continues on any
 machine. Cells whose protocol or selection changed (a new grid, a new default) are redone.
 Tables: ``results/headline.{md,tex,csv,json}``.
@@ -101,10 +106,12 @@ CLAIMS = {
         {"claim": "beats GUME, MGCN and the pretrained model it consumes (MGCN)", "beats": ["gume", "mgcn"]},
         {"claim": "links from pretrained representations, and both alignment levels, each help",
          "lower": ["w/o EBG (gamma = 0)", "EBG-raw (GUME's raw-feature links)", "w/o entity level", "w/o epoch level"]},
-        {"claim": "robust to modality noise, with larger gains on long-tail items",
-         "elsewhere": "results/robustness/robustness.md and results/egra.md (long tail; defaults, 3 seeds)"},
+        {"claim": "larger relative gains over GUME on long-tail items than on head items", "tail_over": "gume"},
+        {"claim": "robust to modality noise", "elsewhere": "results/robustness/robustness.md"},
     ],
 }
+TAIL_SHARE = 0.8  # ALGORITHMS.md 6.6: the tail is the least popular 80 % of items by training degree
+GROUPS = ("tail", "head")
 CELLS = RESULTS / "headline" / "cells"
 RUNS = Path("runs/headline")
 # Settings fixed per model and dataset, not searched: the benchmarks' per-dataset settings
@@ -320,16 +327,65 @@ def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: i
     run = load_run(run_dir, datasets={(data.name, str(None)): data})
     per_user = Evaluator(data, ks=(10, 20)).evaluate(run.model, "test", per_user=True)["per_user"]
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"seed-{seed}.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, user=per_user["user"], **{m: np.asarray(per_user[m], dtype=np.float32) for m in METRICS})
-    os.replace(tmp, folder / f"seed-{seed}.npz")
+    _write_npz(folder / f"seed-{seed}.npz", {**_arrays(per_user), **group_arrays(run.model, data)})
     result = {"settings": want, "config": _jsonable(dataclasses.asdict(cfg)),
               "metrics": {k: metrics.get(k) for k in ("status", "valid", "test", "best_epoch", "epochs", "stop_reason")},
               "timing": {k: metrics["timing"].get(k) for k in ("seconds", "median_train_s", "median_eval_s", "peak_rss_mb")}}
     _write_json(folder / f"seed-{seed}.json", result)
     _commit([folder / f"seed-{seed}.json", folder / f"seed-{seed}.npz"], f"Headline study: {dataset}/{cell} seed {seed}")
     return result
+
+
+def _arrays(per_user: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """Per-user test metrics as the arrays a cell's ``seed-N.npz`` keeps (``prefix``: a group's)."""
+    return {f"{prefix}user": per_user["user"], **{f"{prefix}{m}": np.asarray(per_user[m], dtype=np.float32)
+                                                  for m in METRICS}}
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+def group_arrays(model, data) -> dict[str, np.ndarray]:
+    """Per-user test metrics over each popularity group's positives (``tail_*``, ``head_*``: the
+    users with at least one positive in the group; every item is still ranked)."""
+    from prismrec.eval import Evaluator
+    from prismrec.eval.groups import popularity_groups
+
+    evaluator, out = Evaluator(data, ks=(10, 20)), None
+    arrays = {}
+    for group, items in popularity_groups(data.train, TAIL_SHARE).items():
+        model.eval()
+        out = out if out is not None else model()
+        per_user = evaluator.evaluate(model, "test", out, per_user=True, items=items)["per_user"]
+        arrays.update(_arrays(per_user, f"{group}_"))
+    return arrays
+
+
+def add_groups(model: str, dataset: str, data) -> None:
+    """The long-tail and head arrays of ``model``'s recorded seeds (its ablations' too) that were
+    recorded without them, from their run folders where this machine still has them; a run whose
+    per-user test metrics are not the recorded ones is not used."""
+    from prismrec.eval import Evaluator
+    from prismrec.experiment.export import load_run
+    from prismrec.experiment.rundir import RunDir
+
+    for path in sorted([*(CELLS / dataset).glob(f"{model}/seed-*.npz"), *(CELLS / dataset).glob(f"{model}~*/seed-*.npz")]):
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        run_dir = RUNS / dataset / path.parent.name / path.stem
+        if "tail_user" in arrays or not RunDir(run_dir).is_finished():
+            continue
+        run = load_run(run_dir, datasets={(data.name, str(None)): data})
+        again = _arrays(Evaluator(data, ks=(10, 20)).evaluate(run.model, "test", per_user=True)["per_user"])
+        if not all(np.array_equal(again[k], arrays[k]) for k in again):
+            print(f"[{dataset}/{path.parent.name}] {path.stem}: its run folder is not the recorded run", flush=True)
+            continue
+        _write_npz(path, {**arrays, **group_arrays(run.model, data)})
+        _commit([path], f"Headline study: {dataset}/{path.parent.name} {path.stem}: long-tail and head metrics")
 
 
 def ablations(model: str) -> dict[str, list[str]]:
@@ -394,6 +450,8 @@ def run_cell(model: str, dataset: str, parts: set[str], data=None, commit: bool 
     if "final" in parts:
         for seed in SEEDS:
             seed_cell(model, model, dataset, selected, data, seed)
+    if "longtail" in parts:
+        add_groups(model, dataset, data)
     if "ablation" in parts and model in SEED_MODELS:
         for changed in ablations(model).values():
             try:
@@ -454,17 +512,19 @@ def summary(cell: dict) -> dict:
     return out
 
 
-def per_user_mean(cell: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    users = [s["per_user"]["user"] for s in cell["seeds"].values()]
+def per_user_mean(cell: dict, metric: str, group: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The users and their seed-averaged ``metric`` (over a popularity ``group``'s positives if given)."""
+    prefix = f"{group}_" if group else ""
+    users = [s["per_user"][f"{prefix}user"] for s in cell["seeds"].values()]
     if any(not np.array_equal(users[0], u) for u in users):
         raise ValueError("seeds of one cell evaluate different users")
-    return users[0], np.mean([s["per_user"][metric] for s in cell["seeds"].values()], axis=0)
+    return users[0], np.mean([s["per_user"][prefix + metric] for s in cell["seeds"].values()], axis=0)
 
 
-def paired(a: dict, b: dict, metric: str) -> dict:
+def paired(a: dict, b: dict, metric: str, group: str = "") -> dict:
     """Wilcoxon signed-rank test of per-user ``metric`` (seed-averaged) of cells ``a`` and ``b``."""
-    users_a, x = per_user_mean(a, metric)
-    users_b, y = per_user_mean(b, metric)
+    users_a, x = per_user_mean(a, metric, group)
+    users_b, y = per_user_mean(b, metric, group)
     if not np.array_equal(users_a, users_b):
         raise ValueError("cells evaluate different users")
     diff = x - y
@@ -533,12 +593,27 @@ def report(models: list[str], datasets: list[str]) -> dict:
                                                **paired(cell, complete[ds][s], metric)})
     holm(ablation_tests)
 
+    long_tail, tail_tests = {}, []  # every model with groups on all its seeds; the seed models' tail claims
+    for ds in datasets:
+        for m, cell in complete[ds].items():
+            if all("tail_user" in seed["per_user"] for seed in cell["seeds"].values()):
+                long_tail.setdefault(ds, {})[m] = {f"{g}_{metric}": float(per_user_mean(cell, metric, g)[1].mean())
+                                                   for g in GROUPS for metric in TESTED}
+        for s in SEED_MODELS:
+            rival = next((c["tail_over"] for c in CLAIMS[s] if "tail_over" in c), None)
+            if rival and {s, rival} <= set(long_tail.get(ds, {})):
+                for metric in TESTED:
+                    tail_tests.append({"dataset": ds, "model": s, "baseline": rival, "metric": metric,
+                                       **paired(complete[ds][s], complete[ds][rival], metric, "tail")})
+    holm(tail_tests)
+
     tunings = {ds: {m: _read_json(CELLS / ds / m / "tuning.json") for m in models} for ds in datasets}
     data = {"protocol": {"trials": TRIALS, "trial_epochs": TRIAL_EPOCHS, "trial_patience": TRIAL_PATIENCE,
                          "trial_min_epochs": TRIAL_MIN_EPOCHS, "seeds": SEEDS, "alpha": ALPHA, "test": "Wilcoxon signed-rank, Holm"},
             "summaries": summaries, "comparisons": comparisons, "versus_lightgcn": versus_id,
             "ablations": ablation_rows,
             "ablation_tests": ablation_tests, "identical_ablations": identical,
+            "long_tail": long_tail, "tail_tests": tail_tests,
             "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()}}
     _write_json(RESULTS / "headline.json", data)
     atomic_write(RESULTS / "headline.md", render_markdown(data, models, datasets, tunings))
@@ -565,6 +640,8 @@ def judge(data: dict, ds: str, model: str, claim: dict) -> str:
     """One claim's verdict on ``ds``: holds / does not hold / pending, with the evidence."""
     if "elsewhere" in claim:
         return f"not tested by this study; see {claim['elsewhere']}."
+    if "tail_over" in claim:
+        return judge_tail(data, ds, model, claim["tail_over"])
     chosen = []  # ablations whose setting validation selected: the tuned model is that variant
     if "beats" in claim:
         rivals, rival = claim["beats"], "baseline"
@@ -590,6 +667,23 @@ def judge(data: dict, ds: str, model: str, claim: dict) -> str:
     if missing:
         return f"pending (not measured: {', '.join(missing)})."
     return f"**holds** (better on R@20 and N@20 than {', '.join(rivals)})."
+
+
+def judge_tail(data: dict, ds: str, model: str, rival: str) -> str:
+    """ALGORITHMS.md 6.6: the relative gain over ``rival`` is larger on the tail than on the head
+    (R@20 and N@20); the tail difference's Holm-corrected test is given with it."""
+    rows = data.get("long_tail", {}).get(ds, {})
+    missing = [m for m in (model, rival) if m not in rows]
+    if missing:
+        return f"pending (no long-tail metrics yet: {', '.join(missing)})."
+    parts, larger = [], True
+    for metric in TESTED:
+        gain = {g: rows[model][f"{g}_{metric}"] / rows[rival][f"{g}_{metric}"] - 1 for g in GROUPS}
+        larger &= gain["tail"] > gain["head"]
+        test = next(t for t in data["tail_tests"] if t["dataset"] == ds and t["model"] == model and t["metric"] == metric)
+        parts.append(f"{LABEL[metric]} tail {gain['tail']:+.1%}, head {gain['head']:+.1%} "
+                     f"(tail difference {test['diff']:+.4f}, p_Holm {test['p_holm']:.2g}, {verdict(test)})")
+    return ("**holds**" if larger else "**does not hold**") + f" (relative gain over {rival}: " + "; ".join(parts) + ")."
 
 
 def render_markdown(data: dict, models: list[str], datasets: list[str], tunings: dict) -> str:
@@ -646,6 +740,14 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
     for t in data["versus_lightgcn"]:
         md.append(f"| {t['dataset']} | {t['model']} | {LABEL[t['metric']]} | {t['diff']:+.4f} | {t['p']:.2g} | "
                   f"{t['p_holm']:.2g} | {verdict(t)} |")
+    md += ["", f"## Long tail and head (tail: the least popular {TAIL_SHARE:.0%} of items by training degree)", "",
+           "Test metrics over each group's positives (users with at least one; every item ranked), "
+           "seed-averaged per user, then averaged over users; models whose every seed has them.", "",
+           "| dataset | model | tail R@20 | tail N@20 | head R@20 | head N@20 |", "|---|---|---|---|---|---|"]
+    for ds, rows in data.get("long_tail", {}).items():
+        for model in [m for m in models if m in rows]:
+            md.append(f"| {ds} | {model} | " + " | ".join(f"{rows[model][f'{g}_{m}']:.4f}" for g in GROUPS for m in TESTED)
+                      + " |")
     md += ["", "## What holds, claim by claim", "",
            "Each seed paper's claims as ALGORITHMS.md states when they are confirmed, judged on the finished "
            "cells (Holm-corrected tests above). *Pending* names what is not measured yet.", ""]

@@ -238,3 +238,51 @@ def test_trial_points_never_repeat_a_model():
     assert len({tuple(sorted(e.items())) for e in effective}) == len(points)
     # The order of the grid's shuffle is kept: the trials recorded before the rule are its first three.
     assert points[1:3] == [{"reg_weight": 0.01, "train_embeddings": True}, {"reg_weight": 0.0, "train_embeddings": True}]
+
+
+def test_seeds_keep_long_tail_and_head_metrics_and_older_seeds_get_them(study, capsys):
+    import numpy as np
+
+    from prismrec.eval.groups import popularity_groups
+
+    headline.run_cell("lightgcn", study.name, {"tune", "final"}, study)
+    path = headline.CELLS / study.name / "lightgcn" / "seed-1.npz"
+    with np.load(path) as z:
+        recorded = {k: z[k] for k in z.files}
+    groups = popularity_groups(study.train, headline.TAIL_SHARE)
+    test = study.test.tocsr()
+    for group, items in groups.items():  # the users with a test positive in the group, no others
+        has = np.flatnonzero(np.asarray(test[:, items].sum(axis=1)).ravel() > 0)
+        assert np.array_equal(recorded[f"{group}_user"], has)
+    only_tail = [u for u in recorded["user"] if u in set(recorded["tail_user"]) and u not in set(recorded["head_user"])]
+    assert only_tail  # all of their positives are tail items: the tail metrics are the overall ones
+    at = {u: k for k, u in enumerate(recorded["user"])}
+    at_tail = {u: k for k, u in enumerate(recorded["tail_user"])}
+    for u in only_tail:
+        assert recorded["tail_recall@20"][at_tail[u]] == recorded["recall@20"][at[u]]
+
+    # A seed recorded before groups were kept gets them from its run folder, the same arrays.
+    headline._write_npz(path, {k: v for k, v in recorded.items() if not k.startswith(("tail_", "head_"))})
+    headline.run_cell("lightgcn", study.name, {"longtail"}, study)
+    with np.load(path) as z:
+        assert sorted(z.files) == sorted(recorded) and all(np.array_equal(z[k], recorded[k]) for k in z.files)
+    # ... unless its run folder is not the recorded run.
+    headline._write_npz(path, {**{k: v for k, v in recorded.items() if not k.startswith(("tail_", "head_"))},
+                               "recall@20": recorded["recall@20"] + 1})
+    headline.run_cell("lightgcn", study.name, {"longtail"}, study)
+    with np.load(path) as z:
+        assert "tail_user" not in z.files
+    assert "is not the recorded run" in capsys.readouterr().out
+
+
+def test_the_long_tail_claim_compares_relative_gains_on_tail_and_head():
+    def rows(tail, head):
+        return {f"{g}_{m}": v for g, v in (("tail", tail), ("head", head)) for m in headline.TESTED}
+
+    tests = [{"dataset": "d", "model": "egra", "metric": m, "diff": 0.01, "p_holm": 0.01} for m in headline.TESTED]
+    data = {"long_tail": {"d": {"egra": rows(0.11, 0.42), "gume": rows(0.10, 0.40)}}, "tail_tests": tests}
+    assert headline.judge_tail(data, "d", "egra", "gume").startswith("**holds**")  # +10 % tail, +5 % head
+    data["long_tail"]["d"]["egra"] = rows(0.104, 0.42)
+    assert headline.judge_tail(data, "d", "egra", "gume").startswith("**does not hold**")  # +4 % tail
+    del data["long_tail"]["d"]["gume"]
+    assert headline.judge_tail(data, "d", "egra", "gume").startswith("pending")
