@@ -31,10 +31,12 @@ Protocol:
 - **Tests**: per-user test metrics averaged over the 5 seeds; Wilcoxon signed-rank test of each
   seed model against each baseline (and each ablation against its full model) per dataset and
   metric; Holm's correction over each family.
-- **Long tail** (EGRA's claim, ALGORITHMS.md 6.6): each seed also keeps its per-user test
-  metrics over the tail (the least popular ``TAIL_SHARE`` of items by training degree) and the
-  head; ``--parts longtail`` adds them to seeds recorded before, from their run folders where
-  this machine has them.
+- **Groups**: each seed also keeps its per-user test metrics over the long tail (the least
+  popular ``TAIL_SHARE`` of items by training degree) and the head, and its users' training
+  interactions (sparse users: the sparsest ``SPARSE_SHARE``); EGRA's long-tail claim (ALGORITHMS.md
+  6.6) and RLMultimodalRec's sparsity claim compare relative gains on the two groups.
+  ``--parts longtail`` adds them to seeds recorded before (the tail from their run folders where
+  this machine has them).
 
 Everything a later run needs is committed under ``results/headline/cells/<dataset>/<cell>/``
 (``tuning.json``: the space and every trial's settings and validation metrics; ``seed-<s>.json``:
@@ -89,8 +91,11 @@ CLAIMS = {
         {"claim": "beats CF (BPR, LightGCN), visual-aware (VBPR) and multimodal-GNN (MMGCN) baselines "
                   "(GRCN, also named, is not implemented here)", "beats": ["bpr", "lightgcn", "vbpr", "mmgcn"]},
         {"claim": "gated fusion beats mean and concatenation fusion", "lower": ["concat fusion", "mean fusion"]},
-        {"claim": "alleviates cold-start and sparsity", "elsewhere": "results/coldstart/coldstart.md (cold items, "
-                  "1 seed) and results/diagnose/ (per-degree gaps)"},
+        {"claim": "alleviates sparsity (ours: larger relative gains over LightGCN for the sparsest quarter of "
+                  "users by training interactions than for the others)", "gains_over": "lightgcn",
+         "on": ("sparse", "rest")},
+        {"claim": "alleviates cold start", "elsewhere": "results/coldstart/coldstart.md (cold items, 1 seed) "
+                  "and results/robustness/ (cold cells)"},
     ],
     "siger": [
         {"claim": "beats GUME and MGCN", "beats": ["gume", "mgcn"]},
@@ -106,12 +111,15 @@ CLAIMS = {
         {"claim": "beats GUME, MGCN and the pretrained model it consumes (MGCN)", "beats": ["gume", "mgcn"]},
         {"claim": "links from pretrained representations, and both alignment levels, each help",
          "lower": ["w/o EBG (gamma = 0)", "EBG-raw (GUME's raw-feature links)", "w/o entity level", "w/o epoch level"]},
-        {"claim": "larger relative gains over GUME on long-tail items than on head items", "tail_over": "gume"},
+        {"claim": "larger relative gains over GUME on long-tail items than on head items", "gains_over": "gume",
+         "on": ("tail", "head")},
         {"claim": "robust to modality noise", "elsewhere": "results/robustness/robustness.md"},
     ],
 }
 TAIL_SHARE = 0.8  # ALGORITHMS.md 6.6: the tail is the least popular 80 % of items by training degree
-GROUPS = ("tail", "head")
+SPARSE_SHARE = 0.25  # ours: the sparsest quarter of the tested users by training interactions
+GROUPS = ("tail", "head", "sparse", "rest")
+NEEDS = {"tail": "tail_user", "head": "head_user", "sparse": "user_degree", "rest": "user_degree"}  # arrays a group reads
 CELLS = RESULTS / "headline" / "cells"
 RUNS = Path("runs/headline")
 # Settings fixed per model and dataset, not searched: the benchmarks' per-dataset settings
@@ -327,7 +335,8 @@ def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: i
     run = load_run(run_dir, datasets={(data.name, str(None)): data})
     per_user = Evaluator(data, ks=(10, 20)).evaluate(run.model, "test", per_user=True)["per_user"]
     folder.mkdir(parents=True, exist_ok=True)
-    _write_npz(folder / f"seed-{seed}.npz", {**_arrays(per_user), **group_arrays(run.model, data)})
+    _write_npz(folder / f"seed-{seed}.npz", {**_arrays(per_user), "user_degree": user_degrees(data, per_user["user"]),
+                                             **group_arrays(run.model, data)})
     result = {"settings": want, "config": _jsonable(dataclasses.asdict(cfg)),
               "metrics": {k: metrics.get(k) for k in ("status", "valid", "test", "best_epoch", "epochs", "stop_reason")},
               "timing": {k: metrics["timing"].get(k) for k in ("seconds", "median_train_s", "median_eval_s", "peak_rss_mb")}}
@@ -349,6 +358,18 @@ def _write_npz(path: Path, arrays: dict) -> None:
     os.replace(tmp, path)
 
 
+def user_degrees(data, users: np.ndarray) -> np.ndarray:
+    """Training interactions of ``users`` (the sparse/rest split of :func:`sparse_users`)."""
+    return np.asarray(data.train.getnnz(axis=1), dtype=np.int32)[users]
+
+
+def sparse_users(degree: np.ndarray) -> np.ndarray:
+    """Mask of the sparsest ``SPARSE_SHARE`` of the users of ``degree`` (ties in user order)."""
+    sparse = np.zeros(len(degree), dtype=bool)
+    sparse[np.argsort(degree, kind="stable")[: int(len(degree) * SPARSE_SHARE)]] = True
+    return sparse
+
+
 def group_arrays(model, data) -> dict[str, np.ndarray]:
     """Per-user test metrics over each popularity group's positives (``tail_*``, ``head_*``: the
     users with at least one positive in the group; every item is still ranked)."""
@@ -366,9 +387,10 @@ def group_arrays(model, data) -> dict[str, np.ndarray]:
 
 
 def add_groups(model: str, dataset: str, data) -> None:
-    """The long-tail and head arrays of ``model``'s recorded seeds (its ablations' too) that were
-    recorded without them, from their run folders where this machine still has them; a run whose
-    per-user test metrics are not the recorded ones is not used."""
+    """The group arrays of ``model``'s recorded seeds (its ablations' too) recorded without them:
+    the users' training interactions from the data, the long-tail and head metrics from their run
+    folders where this machine still has them (a run whose per-user test metrics are not the
+    recorded ones is not used)."""
     from prismrec.eval import Evaluator
     from prismrec.experiment.export import load_run
     from prismrec.experiment.rundir import RunDir
@@ -377,15 +399,17 @@ def add_groups(model: str, dataset: str, data) -> None:
         with np.load(path) as z:
             arrays = {k: z[k] for k in z.files}
         run_dir = RUNS / dataset / path.parent.name / path.stem
-        if "tail_user" in arrays or not RunDir(run_dir).is_finished():
-            continue
-        run = load_run(run_dir, datasets={(data.name, str(None)): data})
-        again = _arrays(Evaluator(data, ks=(10, 20)).evaluate(run.model, "test", per_user=True)["per_user"])
-        if not all(np.array_equal(again[k], arrays[k]) for k in again):
-            print(f"[{dataset}/{path.parent.name}] {path.stem}: its run folder is not the recorded run", flush=True)
-            continue
-        _write_npz(path, {**arrays, **group_arrays(run.model, data)})
-        _commit([path], f"Headline study: {dataset}/{path.parent.name} {path.stem}: long-tail and head metrics")
+        added = {} if "user_degree" in arrays else {"user_degree": user_degrees(data, arrays["user"])}
+        if "tail_user" not in arrays and RunDir(run_dir).is_finished():
+            run = load_run(run_dir, datasets={(data.name, str(None)): data})
+            again = _arrays(Evaluator(data, ks=(10, 20)).evaluate(run.model, "test", per_user=True)["per_user"])
+            if all(np.array_equal(again[k], arrays[k]) for k in again):
+                added.update(group_arrays(run.model, data))
+            else:
+                print(f"[{dataset}/{path.parent.name}] {path.stem}: its run folder is not the recorded run", flush=True)
+        if added:
+            _write_npz(path, {**arrays, **added})
+            _commit([path], f"Headline study: {dataset}/{path.parent.name} {path.stem}: {', '.join(sorted(added))[:60]}")
 
 
 def ablations(model: str) -> dict[str, list[str]]:
@@ -513,7 +537,13 @@ def summary(cell: dict) -> dict:
 
 
 def per_user_mean(cell: dict, metric: str, group: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """The users and their seed-averaged ``metric`` (over a popularity ``group``'s positives if given)."""
+    """The users and their seed-averaged ``metric``; with a ``group``, over an item group's
+    positives (``tail``, ``head``) or for a user group (``sparse``, ``rest``)."""
+    if group in ("sparse", "rest"):
+        users, mean = per_user_mean(cell, metric)
+        sparse = sparse_users(next(iter(cell["seeds"].values()))["per_user"]["user_degree"])
+        keep = sparse if group == "sparse" else ~sparse
+        return users[keep], mean[keep]
     prefix = f"{group}_" if group else ""
     users = [s["per_user"][f"{prefix}user"] for s in cell["seeds"].values()]
     if any(not np.array_equal(users[0], u) for u in users):
@@ -593,19 +623,21 @@ def report(models: list[str], datasets: list[str]) -> dict:
                                                **paired(cell, complete[ds][s], metric)})
     holm(ablation_tests)
 
-    long_tail, tail_tests = {}, []  # every model with groups on all its seeds; the seed models' tail claims
+    groups, group_tests = {}, []  # per group, every model whose seeds all have it; the seed models' group claims
     for ds in datasets:
         for m, cell in complete[ds].items():
-            if all("tail_user" in seed["per_user"] for seed in cell["seeds"].values()):
-                long_tail.setdefault(ds, {})[m] = {f"{g}_{metric}": float(per_user_mean(cell, metric, g)[1].mean())
-                                                   for g in GROUPS for metric in TESTED}
+            have = [g for g in GROUPS if all(NEEDS[g] in seed["per_user"] for seed in cell["seeds"].values())]
+            if have:
+                groups.setdefault(ds, {})[m] = {f"{g}_{metric}": float(per_user_mean(cell, metric, g)[1].mean())
+                                                for g in have for metric in TESTED}
         for s in SEED_MODELS:
-            rival = next((c["tail_over"] for c in CLAIMS[s] if "tail_over" in c), None)
-            if rival and {s, rival} <= set(long_tail.get(ds, {})):
-                for metric in TESTED:
-                    tail_tests.append({"dataset": ds, "model": s, "baseline": rival, "metric": metric,
-                                       **paired(complete[ds][s], complete[ds][rival], metric, "tail")})
-    holm(tail_tests)
+            for claim in (c for c in CLAIMS[s] if "gains_over" in c):
+                rival, group = claim["gains_over"], claim["on"][0]
+                if all(f"{group}_recall@20" in groups.get(ds, {}).get(m, {}) for m in (s, rival)):
+                    for metric in TESTED:
+                        group_tests.append({"dataset": ds, "model": s, "baseline": rival, "group": group, "metric": metric,
+                                            **paired(complete[ds][s], complete[ds][rival], metric, group)})
+    holm(group_tests)
 
     tunings = {ds: {m: _read_json(CELLS / ds / m / "tuning.json") for m in models} for ds in datasets}
     data = {"protocol": {"trials": TRIALS, "trial_epochs": TRIAL_EPOCHS, "trial_patience": TRIAL_PATIENCE,
@@ -613,7 +645,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
             "summaries": summaries, "comparisons": comparisons, "versus_lightgcn": versus_id,
             "ablations": ablation_rows,
             "ablation_tests": ablation_tests, "identical_ablations": identical,
-            "long_tail": long_tail, "tail_tests": tail_tests,
+            "groups": groups, "group_tests": group_tests,
             "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()}}
     _write_json(RESULTS / "headline.json", data)
     atomic_write(RESULTS / "headline.md", render_markdown(data, models, datasets, tunings))
@@ -640,8 +672,8 @@ def judge(data: dict, ds: str, model: str, claim: dict) -> str:
     """One claim's verdict on ``ds``: holds / does not hold / pending, with the evidence."""
     if "elsewhere" in claim:
         return f"not tested by this study; see {claim['elsewhere']}."
-    if "tail_over" in claim:
-        return judge_tail(data, ds, model, claim["tail_over"])
+    if "gains_over" in claim:
+        return judge_gains(data, ds, model, claim["gains_over"], claim["on"])
     chosen = []  # ablations whose setting validation selected: the tuned model is that variant
     if "beats" in claim:
         rivals, rival = claim["beats"], "baseline"
@@ -669,20 +701,23 @@ def judge(data: dict, ds: str, model: str, claim: dict) -> str:
     return f"**holds** (better on R@20 and N@20 than {', '.join(rivals)})."
 
 
-def judge_tail(data: dict, ds: str, model: str, rival: str) -> str:
-    """ALGORITHMS.md 6.6: the relative gain over ``rival`` is larger on the tail than on the head
-    (R@20 and N@20); the tail difference's Holm-corrected test is given with it."""
-    rows = data.get("long_tail", {}).get(ds, {})
-    missing = [m for m in (model, rival) if m not in rows]
+def judge_gains(data: dict, ds: str, model: str, rival: str, on: tuple[str, str]) -> str:
+    """Whether the relative gain over ``rival`` is larger on the group ``on[0]`` than on ``on[1]``
+    (R@20 and N@20; EGRA's long tail, ALGORITHMS.md 6.6); the first group's difference's
+    Holm-corrected test is given with it."""
+    group, other = on
+    rows = data.get("groups", {}).get(ds, {})
+    missing = [m for m in (model, rival) if f"{group}_recall@20" not in rows.get(m, {})]
     if missing:
-        return f"pending (no long-tail metrics yet: {', '.join(missing)})."
+        return f"pending (no {group}/{other} metrics yet: {', '.join(missing)})."
     parts, larger = [], True
     for metric in TESTED:
-        gain = {g: rows[model][f"{g}_{metric}"] / rows[rival][f"{g}_{metric}"] - 1 for g in GROUPS}
-        larger &= gain["tail"] > gain["head"]
-        test = next(t for t in data["tail_tests"] if t["dataset"] == ds and t["model"] == model and t["metric"] == metric)
-        parts.append(f"{LABEL[metric]} tail {gain['tail']:+.1%}, head {gain['head']:+.1%} "
-                     f"(tail difference {test['diff']:+.4f}, p_Holm {test['p_holm']:.2g}, {verdict(test)})")
+        gain = {g: rows[model][f"{g}_{metric}"] / rows[rival][f"{g}_{metric}"] - 1 for g in on}
+        larger &= gain[group] > gain[other]
+        test = next(t for t in data["group_tests"] if t["dataset"] == ds and t["model"] == model
+                    and t["group"] == group and t["metric"] == metric)
+        parts.append(f"{LABEL[metric]} {group} {gain[group]:+.1%}, {other} {gain[other]:+.1%} "
+                     f"({group} difference {test['diff']:+.4f}, p_Holm {test['p_holm']:.2g}, {verdict(test)})")
     return ("**holds**" if larger else "**does not hold**") + f" (relative gain over {rival}: " + "; ".join(parts) + ")."
 
 
@@ -740,14 +775,18 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
     for t in data["versus_lightgcn"]:
         md.append(f"| {t['dataset']} | {t['model']} | {LABEL[t['metric']]} | {t['diff']:+.4f} | {t['p']:.2g} | "
                   f"{t['p_holm']:.2g} | {verdict(t)} |")
-    md += ["", f"## Long tail and head (tail: the least popular {TAIL_SHARE:.0%} of items by training degree)", "",
-           "Test metrics over each group's positives (users with at least one; every item ranked), "
-           "seed-averaged per user, then averaged over users; models whose every seed has them.", "",
-           "| dataset | model | tail R@20 | tail N@20 | head R@20 | head N@20 |", "|---|---|---|---|---|---|"]
-    for ds, rows in data.get("long_tail", {}).items():
+    md += ["", "## Groups: long tail and head, sparse users and the rest", "",
+           f"tail / head: test metrics over each item group's positives (tail: the least popular {TAIL_SHARE:.0%} "
+           "of items by training degree; users with at least one such positive; every item ranked). sparse / "
+           f"rest: the sparsest {SPARSE_SHARE:.0%} of the tested users by training interactions and the others. "
+           "Seed-averaged per user, then averaged over users; — where a seed lacks the group (recorded before "
+           "groups were kept, its run folder not on the machine that added them).", "",
+           "| dataset | model | " + " | ".join(f"{g} {LABEL[m]}" for g in GROUPS for m in TESTED) + " |",
+           "|---|---|" + "---|" * (len(GROUPS) * len(TESTED))]
+    for ds, rows in data.get("groups", {}).items():
         for model in [m for m in models if m in rows]:
-            md.append(f"| {ds} | {model} | " + " | ".join(f"{rows[model][f'{g}_{m}']:.4f}" for g in GROUPS for m in TESTED)
-                      + " |")
+            md.append(f"| {ds} | {model} | " + " | ".join(f"{rows[model][f'{g}_{m}']:.4f}" if f"{g}_{m}" in rows[model]
+                                                           else "—" for g in GROUPS for m in TESTED) + " |")
     md += ["", "## What holds, claim by claim", "",
            "Each seed paper's claims as ALGORITHMS.md states when they are confirmed, judged on the finished "
            "cells (Holm-corrected tests above). *Pending* names what is not measured yet.", ""]

@@ -260,29 +260,42 @@ def test_seeds_keep_long_tail_and_head_metrics_and_older_seeds_get_them(study, c
     at_tail = {u: k for k, u in enumerate(recorded["tail_user"])}
     for u in only_tail:
         assert recorded["tail_recall@20"][at_tail[u]] == recorded["recall@20"][at[u]]
+    assert np.array_equal(recorded["user_degree"], np.diff(study.train.tocsr().indptr)[recorded["user"]])
+    grouped = ("tail_", "head_", "user_degree")
 
     # A seed recorded before groups were kept gets them from its run folder, the same arrays.
-    headline._write_npz(path, {k: v for k, v in recorded.items() if not k.startswith(("tail_", "head_"))})
+    headline._write_npz(path, {k: v for k, v in recorded.items() if not k.startswith(grouped)})
     headline.run_cell("lightgcn", study.name, {"longtail"}, study)
     with np.load(path) as z:
         assert sorted(z.files) == sorted(recorded) and all(np.array_equal(z[k], recorded[k]) for k in z.files)
     # ... unless its run folder is not the recorded run.
-    headline._write_npz(path, {**{k: v for k, v in recorded.items() if not k.startswith(("tail_", "head_"))},
+    headline._write_npz(path, {**{k: v for k, v in recorded.items() if not k.startswith(grouped)},
                                "recall@20": recorded["recall@20"] + 1})
     headline.run_cell("lightgcn", study.name, {"longtail"}, study)
-    with np.load(path) as z:
-        assert "tail_user" not in z.files
+    with np.load(path) as z:  # the users' degrees come from the data, not from the run
+        assert "tail_user" not in z.files and np.array_equal(z["user_degree"], recorded["user_degree"])
     assert "is not the recorded run" in capsys.readouterr().out
 
 
-def test_the_long_tail_claim_compares_relative_gains_on_tail_and_head():
+def test_group_claims_compare_relative_gains_on_the_two_groups():
+    import numpy as np
+
     def rows(tail, head):
         return {f"{g}_{m}": v for g, v in (("tail", tail), ("head", head)) for m in headline.TESTED}
 
-    tests = [{"dataset": "d", "model": "egra", "metric": m, "diff": 0.01, "p_holm": 0.01} for m in headline.TESTED]
-    data = {"long_tail": {"d": {"egra": rows(0.11, 0.42), "gume": rows(0.10, 0.40)}}, "tail_tests": tests}
-    assert headline.judge_tail(data, "d", "egra", "gume").startswith("**holds**")  # +10 % tail, +5 % head
-    data["long_tail"]["d"]["egra"] = rows(0.104, 0.42)
-    assert headline.judge_tail(data, "d", "egra", "gume").startswith("**does not hold**")  # +4 % tail
-    del data["long_tail"]["d"]["gume"]
-    assert headline.judge_tail(data, "d", "egra", "gume").startswith("pending")
+    tests = [{"dataset": "d", "model": "egra", "group": "tail", "metric": m, "diff": 0.01, "p_holm": 0.01}
+             for m in headline.TESTED]
+    data = {"groups": {"d": {"egra": rows(0.11, 0.42), "gume": rows(0.10, 0.40)}}, "group_tests": tests}
+    on = ("tail", "head")
+    assert headline.judge_gains(data, "d", "egra", "gume", on).startswith("**holds**")  # +10 % tail, +5 % head
+    data["groups"]["d"]["egra"] = rows(0.104, 0.42)
+    assert headline.judge_gains(data, "d", "egra", "gume", on).startswith("**does not hold**")  # +4 % tail
+    del data["groups"]["d"]["gume"]
+    assert headline.judge_gains(data, "d", "egra", "gume", on).startswith("pending")
+    # sparse users: the quarter with the fewest training interactions, ties in user order
+    assert np.flatnonzero(headline.sparse_users(np.array([5, 1, 3, 1, 9, 2, 7, 4]))).tolist() == [1, 3]
+    cell = {"seeds": {s: {"per_user": {"user": np.arange(8), "user_degree": np.array([5, 1, 3, 1, 9, 2, 7, 4]),
+                                       "recall@20": np.arange(8) / 10 + s}} for s in (0, 1)}}
+    users, mean = headline.per_user_mean(cell, "recall@20", "sparse")
+    assert users.tolist() == [1, 3] and np.allclose(mean, [0.6, 0.8])
+    assert headline.per_user_mean(cell, "recall@20", "rest")[0].tolist() == [0, 2, 4, 5, 6, 7]
