@@ -12,7 +12,8 @@ is compared with each baseline by paired per-user tests, Holm-corrected.
 Protocol:
 
 - **Search space**: every setting of the model's ``Config`` that declares a ``grid`` (the paper's
-  or official code's). **Budget**: ``TRIALS`` points per model and dataset: the defaults (the
+  or official code's), and the training settings its ``train_grid`` names (the learning rate of
+  RLMultimodalRec, EGRA and LATTICE). **Budget**: ``TRIALS`` points per model and dataset: the defaults (the
   official settings) first, then points drawn without replacement from the grid's Cartesian
   product (seeded); a grid with fewer points is searched exhaustively. Each trial trains seed 999
   on a copy of the dataset **without its test split** (test cannot be read), at most
@@ -140,9 +141,24 @@ def model_config_class(model: str):
 
 
 def grid(model: str) -> dict[str, list]:
-    """The model's declared search grid: ``{setting: values}`` from its Config's field metadata."""
-    return {f.name: list(f.metadata["grid"]) for f in dataclasses.fields(model_config_class(model))
-            if len(f.metadata.get("grid", ())) > 1}
+    """The model's declared search grid: ``{setting: values}`` from its Config's field metadata,
+    then its training settings' (``train_grid``, e.g. the learning rate)."""
+    from prismrec.experiment.config import model_class
+
+    space = {f.name: list(f.metadata["grid"]) for f in dataclasses.fields(model_config_class(model))
+             if len(f.metadata.get("grid", ())) > 1}
+    return {**space, **{k: list(v) for k, v in model_class(model).train_grid.items() if len(v) > 1}}
+
+
+def default_settings(model: str) -> dict:
+    """Every setting's default for ``model``: the training settings' (with its ``train_defaults``),
+    then its Config's."""
+    from prismrec.experiment.config import model_class
+    from prismrec.train.config import TrainConfig
+
+    train = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    fields = {f.name: f.default for f in dataclasses.fields(model_config_class(model))}
+    return {**train, **model_class(model).train_defaults, **fields}
 
 
 def base_settings(model: str, dataset: str) -> dict:
@@ -165,7 +181,7 @@ def trial_points(model: str) -> list[dict]:
     if not space:
         return [{}]
     fields = dataclasses.fields(model_config_class(model))
-    defaults = {f.name: f.default for f in fields}
+    defaults = default_settings(model)
     needs = {f.name: f.metadata["only_with"] for f in fields if f.name in space and "only_with" in f.metadata}
     points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
     points = [p for p in points if any(p[k] != defaults[k] for k in p)]

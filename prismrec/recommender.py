@@ -95,6 +95,9 @@ class Recommender(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type]
     train_defaults: ClassVar[dict] = {}
+    train_grid: ClassVar[dict[str, list]] = {}
+    """Training settings the paper's or reference's search varies for this model (e.g. ``lr``),
+    searched with its Config's ``grid`` fields by a study (``benchmarks.headline``)."""
     uses_negatives: ClassVar[bool] = True
     """False when ``loss`` never reads a batch's negatives ``j`` (BM3); the sampler still draws them."""
 

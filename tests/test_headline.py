@@ -299,3 +299,14 @@ def test_group_claims_compare_relative_gains_on_the_two_groups():
     users, mean = headline.per_user_mean(cell, "recall@20", "sparse")
     assert users.tolist() == [1, 3] and np.allclose(mean, [0.6, 0.8])
     assert headline.per_user_mean(cell, "recall@20", "rest")[0].tolist() == [0, 2, 4, 5, 6, 7]
+
+
+def test_a_models_training_grid_is_searched_with_its_config_grid():
+    """RLMultimodalRec's learning rate (ALGORITHMS.md §4) joins reg_weight in its search; a model
+    without a train_grid searches its Config grid alone."""
+    space = headline.grid("rlmmrec")
+    assert space == {"reg_weight": [1e-5, 1e-4, 1e-3], "lr": [1e-4, 5e-4, 1e-3]}
+    points = headline.trial_points("rlmmrec")
+    assert len(points) == headline.TRIALS and any(p.get("lr", 1e-3) != 1e-3 for p in points)
+    assert all(set(p) <= set(space) for p in points)
+    assert "lr" not in headline.grid("mgcn") and headline.default_settings("rlmmrec")["lr"] == 1e-3

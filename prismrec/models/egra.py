@@ -50,7 +50,7 @@ from prismrec.recommender import Output, PretrainedItems, PretrainedStageConfig,
 class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     """EGRA's settings (stage 0's: :class:`PretrainedStageConfig`); the inherited GUME terms (``vt``,
     ``um``, ``reg2``, noise) act only with ``backbone="gume"``. Grids: ALGORITHMS.md 6.4 (the
-    learning rate's {5e-4, 1e-3} is a training setting, ``--set lr=...``)."""
+    learning rate's {5e-4, 1e-3} is the model's ``train_grid``)."""
 
     reg_weight: float = field(default=1e-4, metadata={"grid": [1e-5, 1e-4]})
     """``λ_reg`` of ``half_sq(z_u, z_i, z_j)`` (2.10); grid {1e-5, 1e-4}."""
@@ -122,6 +122,7 @@ class EGRA(Recommender):
     content_id_rows = "impute"
     content_item_embeddings = multiview_content_hook
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
+    train_grid = {"lr": [5e-4, 1e-3]}  # ALGORITHMS.md 6.4
 
     @classmethod
     def required_inputs(cls, config: EGRAConfig) -> tuple[str, ...]:

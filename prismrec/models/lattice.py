@@ -80,8 +80,8 @@ class LATTICEConfig:
     """``λ``: weight of the frozen raw-feature graphs in ``S`` (the rest is the learned graph)."""
     reg_weight: float = field(default=1e-5, metadata={"grid": [0.0, 1e-5, 1e-4, 1e-3]})
     """``λ_reg`` of the batch L2 term on the final rows; reference default ``1e-5``
-    (``regs[0]``), grid {0, 1e-5, 1e-4, 1e-3} (the learning rate is searched in
-    {1e-4, 5e-4, 1e-3, 5e-3} — a training setting, ``--set lr=...``)."""
+    (``regs[0]``), grid {0, 1e-5, 1e-4, 1e-3} (the learning rate's {1e-4, 5e-4, 1e-3, 5e-3} is the
+    model's ``train_grid``)."""
     reg_form: Literal["half_sq", "emb_norm"] = "half_sq"
     """L2 form (2.10); the reference uses ``half_sq``."""
     cf_model: Literal["lightgcn", "mf"] = "lightgcn"
@@ -106,6 +106,7 @@ class LATTICE(Recommender):
     Config = LATTICEConfig
     content_id_rows = "impute"
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
+    train_grid = {"lr": [1e-4, 5e-4, 1e-3, 5e-3]}  # the reference's search
 
     def __init__(self, dataset, config: LATTICEConfig) -> None:
         super().__init__(dataset, config)

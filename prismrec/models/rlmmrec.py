@@ -53,8 +53,8 @@ class RLMultimodalRecConfig:
     n_layers: int = 2
     """LightGCN depth ``L`` (paper: two layers); ablation {1, 2, 3}."""
     reg_weight: float = field(default=1e-4, metadata={"grid": [1e-5, 1e-4, 1e-3]})
-    """``λ``; grid {1e-5, 1e-4, 1e-3} (ALGORITHMS.md §4; the learning rate's {1e-4, 5e-4, 1e-3} is a
-    training setting, ``--set lr=...``; ``n_layers`` {1, 2, 3} is an ablation, not searched)."""
+    """``λ``; grid {1e-5, 1e-4, 1e-3} (ALGORITHMS.md §4; the learning rate's {1e-4, 5e-4, 1e-3} is
+    the model's ``train_grid``; ``n_layers`` {1, 2, 3} is an ablation, not searched)."""
     gate: Literal["vector", "scalar"] = "vector"
     """Element-wise gate (``W_g ∈ R^{d×2d}``) or one weight per item (``R^{1×2d}``)."""
     fusion: Literal["gate", "concat", "mean", "visual_only", "text_only", "first_only", "second_only"] = "gate"
@@ -80,6 +80,7 @@ class RLMultimodalRec(Recommender):
     name = "rlmmrec"
     Config = RLMultimodalRecConfig
     content_id_rows = "zero"
+    train_grid = {"lr": [1e-4, 5e-4, 1e-3]}  # ALGORITHMS.md §4
 
     def __init__(self, dataset, config: RLMultimodalRecConfig) -> None:
         super().__init__(dataset, config)
