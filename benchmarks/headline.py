@@ -662,7 +662,9 @@ def report(models: list[str], datasets: list[str]) -> dict:
             "ablations": ablation_rows,
             "ablation_tests": ablation_tests, "identical_ablations": identical,
             "groups": groups, "group_tests": group_tests,
-            "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()}}
+            "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()},
+            "retuning": {ds: [m for m, t in row.items() if t and not same_protocol(t["spec"], _jsonable(spec(m, ds)))]
+                         for ds, row in tunings.items()}}
     _write_json(RESULTS / "headline.json", data)
     atomic_write(RESULTS / "headline.md", render_markdown(data, models, datasets, tunings))
     atomic_write(RESULTS / "headline.tex", render_latex(data, models, datasets))
@@ -749,7 +751,8 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
           f"best complete row of the column; † = the seed model is better than every baseline of the "
           f"table on that metric (per-user Wilcoxon signed-rank, seeds averaged per user, Holm over "
           f"{len(data['comparisons'])} tests, α = {p['alpha']}). A row with fewer than {len(SEEDS)} seeds "
-          "is still running and takes no part in marks or tests. s/epoch (median over seeds of each run's median "
+          "is still running and takes no part in marks or tests; ‡ = its search space changed since these "
+          "seeds ran (it is being tuned again; its seeds are kept if the same point is selected). s/epoch (median over seeds of each run's median "
           "training epoch, one thread) and peak RSS are as each cell ran, on a shared 2-core machine with the "
           "code of its day (speed-ups that landed during the study shorten later cells' epochs; SIGER's seeds, "
           "2026-12-02 13:00-19:00 UTC, ran 8-33 s per lfm2k epoch with that day's code on a machine loaded by "
@@ -775,7 +778,8 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
                 if model in SEED_MODELS and metric in TESTED and _beats_all(data, ds, model, metric, baselines):
                     text += " †"
                 cells.append(text)
-            md.append(f"| {model} | {s['n']} | " + " | ".join(cells)
+            stale = " ‡" if model in data.get("retuning", {}).get(ds, []) else ""
+            md.append(f"| {model}{stale} | {s['n']} | " + " | ".join(cells)
                       + f" | {s['epochs']:.0f} | {s['s_epoch']:.2f}{_off_cpu(s)} | {s['peak_rss_mb']:.0f} |")
         md.append("")
     md += ["## Seed models against each baseline", "",

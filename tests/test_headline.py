@@ -310,3 +310,13 @@ def test_a_models_training_grid_is_searched_with_its_config_grid():
     assert len(points) == headline.TRIALS and any(p.get("lr", 1e-3) != 1e-3 for p in points)
     assert all(set(p) <= set(space) for p in points)
     assert "lr" not in headline.grid("mgcn") and headline.default_settings("rlmmrec")["lr"] == 1e-3
+
+
+def test_the_report_marks_a_model_whose_search_space_changed(study, monkeypatch):
+    headline.run_cell("lightgcn", study.name, {"tune", "final"}, study)
+    assert headline.report(["lightgcn"], [study.name])["retuning"] == {study.name: []}
+    real = headline.grid
+    monkeypatch.setattr(headline, "grid", lambda model: {**real(model), "lr": [1e-3, 5e-4]})
+    data = headline.report(["lightgcn"], [study.name])
+    assert data["retuning"] == {study.name: ["lightgcn"]}
+    assert "| lightgcn ‡ | 2 |" in (headline.RESULTS / "headline.md").read_text()
