@@ -813,7 +813,9 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
     for s in SEED_MODELS:
         for ds in datasets:
             for claim in CLAIMS[s]:
-                md.append(f"- {s} on {ds}: \"{claim['claim']}\": {judge(data, ds, s, claim)}")
+                again = " (‡ read on seeds of its previous search: it is being tuned again)" \
+                    if s in data.get("retuning", {}).get(ds, []) else ""
+                md.append(f"- {s} on {ds}: \"{claim['claim']}\": {judge(data, ds, s, claim)}{again}")
     md += ["", "## Ablations", "",
            "Variant settings on top of the tuned point, same seeds; tests against the full model (Holm over "
            f"{len(data['ablation_tests'])} tests).", ""]
