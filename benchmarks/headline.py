@@ -666,11 +666,30 @@ def report(models: list[str], datasets: list[str]) -> dict:
             "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()},
             "retuning": {ds: [m for m, t in row.items() if t and not same_protocol(t["spec"], _jsonable(spec(m, ds)))]
                          for ds, row in tunings.items()}}
+    data["progress"] = progress(data, cells, tunings, models, datasets)
     _write_json(RESULTS / "headline.json", data)
     atomic_write(RESULTS / "headline.md", render_markdown(data, models, datasets, tunings))
     atomic_write(RESULTS / "headline.tex", render_latex(data, models, datasets))
     atomic_write(RESULTS / "headline.csv", render_csv(data))
     return data
+
+
+def progress(data: dict, cells: dict, tunings: dict, models: list[str], datasets: list[str]) -> dict:
+    """Runs recorded and planned per dataset and model: trials, final seeds, ablation seeds."""
+    out = {}
+    for ds in datasets:
+        for m in models:
+            t = tunings[ds].get(m)
+            current = t is not None and m not in data["retuning"].get(ds, [])
+            row = {"trials": [len(t["trials"]) if current else 0, len(trial_points(m))],
+                   "seeds": [len((cells[ds][m] or {"seeds": {}})["seeds"]), len(SEEDS)]}
+            if m in SEED_MODELS:
+                variants = [c for label, c in ablations(m).items()
+                            if label not in data["identical_ablations"].get(ds, {}).get(m, [])]
+                done = sum(len((collect(ds, f"{m}~{slug(c)}") or {"seeds": {}})["seeds"]) for c in variants)
+                row["ablation seeds"] = [done, len(variants) * len(SEEDS)]
+            out.setdefault(ds, {})[m] = row
+    return out
 
 
 def _fmt(s: dict, metric: str) -> str:
@@ -833,7 +852,14 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
                 mark = f"{test['diff']:+.4f}, {test['p_holm']:.2g} ({verdict(test)})" if test else ""
                 md.append(f"| {label} | {s_['n']} | " + " | ".join(_fmt(s_, m) for m in METRICS) + f" | {mark} |")
             md.append("")
-    md += ["## Tuned settings", "", "| dataset | model | trials | selected (changed from defaults) | valid R@20 |",
+    md += ["## Progress", "", "Runs recorded / planned (trials of the current search space; final seeds; the "
+           "seed models' ablation seeds). `python -m benchmarks.headline` continues from here.", "",
+           "| dataset | model | trials | seeds | ablation seeds |", "|---|---|---|---|---|"]
+    for ds, rows in data["progress"].items():
+        for model, row in rows.items():
+            md.append(f"| {ds} | {model} | " + " | ".join("/".join(map(str, row[k])) if k in row else ""
+                                                         for k in ("trials", "seeds", "ablation seeds")) + " |")
+    md += ["", "## Tuned settings", "", "| dataset | model | trials | selected (changed from defaults) | valid R@20 |",
            "|---|---|---|---|---|"]
     for ds in datasets:
         for model in models:

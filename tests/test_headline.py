@@ -314,9 +314,12 @@ def test_a_models_training_grid_is_searched_with_its_config_grid():
 
 def test_the_report_marks_a_model_whose_search_space_changed(study, monkeypatch):
     headline.run_cell("lightgcn", study.name, {"tune", "final"}, study)
-    assert headline.report(["lightgcn"], [study.name])["retuning"] == {study.name: []}
+    data = headline.report(["lightgcn"], [study.name])
+    assert data["retuning"] == {study.name: []}
+    assert data["progress"] == {study.name: {"lightgcn": {"trials": [2, 2], "seeds": [2, 2]}}}
     real = headline.grid
     monkeypatch.setattr(headline, "grid", lambda model: {**real(model), "lr": [1e-3, 5e-4]})
     data = headline.report(["lightgcn"], [study.name])
     assert data["retuning"] == {study.name: ["lightgcn"]}
+    assert data["progress"][study.name]["lightgcn"]["trials"][0] == 0  # its recorded trials are another search's
     assert "| lightgcn ‡ | 2 |" in (headline.RESULTS / "headline.md").read_text()
