@@ -142,13 +142,10 @@ def model_config_class(model: str):
 
 
 def grid(model: str) -> dict[str, list]:
-    """The model's declared search grid: ``{setting: values}`` from its Config's field metadata,
-    then its training settings' (``train_grid``, e.g. the learning rate)."""
-    from prismrec.experiment.config import model_class
+    """The model's declared search grid (its Config's ``grid`` fields, then its ``train_grid``)."""
+    from prismrec.experiment.config import declared_grid
 
-    space = {f.name: list(f.metadata["grid"]) for f in dataclasses.fields(model_config_class(model))
-             if len(f.metadata.get("grid", ())) > 1}
-    return {**space, **{k: list(v) for k, v in model_class(model).train_grid.items() if len(v) > 1}}
+    return declared_grid(model)
 
 
 def default_settings(model: str) -> dict:
