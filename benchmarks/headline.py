@@ -225,6 +225,22 @@ def same_protocol(recorded: dict, want: dict) -> bool:
             and warm_up == want["trial_train"] and _contained(old, new))
 
 
+RUN_ONLY = ("device", "threads", "checkpoint_every_s")  # where and how a run trains, not what
+
+
+def same_config(recorded: dict, want: dict) -> bool:
+    """Whether a recorded seed trained the model of the resolved config ``want``, whatever settings
+    spelled it (a selected point that now names the learning rate it had by default): its config
+    equal, where and how it ran aside, settings added since it ran at their (previous) defaults,
+    and the warm-up as :func:`same_run` takes it."""
+    def what(config: dict) -> dict:
+        return {**config, "train": {k: v for k, v in config["train"].items() if k not in (*RUN_ONLY, "min_epochs")}}
+
+    ran, floor = recorded["config"]["train"].get("min_epochs", 0), want["train"].get("min_epochs", 0)
+    return _contained(what(recorded["config"]), what(want)) and (
+        ran == floor or (ran < floor and recorded["metrics"]["epochs"] > floor))
+
+
 def stale_trial(trial: dict, trial_train: dict) -> bool:
     """A recorded trial the warm-up rule (``min_epochs``, added after the study began) would have
     run on: it stopped before ``min_epochs`` without having run under it. Any trial that went past
@@ -339,10 +355,11 @@ def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: i
     folder = CELLS / dataset / cell
     want = _jsonable(settings)
     done = _read_json(folder / f"seed-{seed}.json")
-    if done is not None and same_run(done, want) and (folder / f"seed-{seed}.npz").is_file():
+    cfg = resolve_config(model, dataset, {**settings, "seed": seed, **_on_device()})
+    if done is not None and (same_run(done, want) or same_config(done, _jsonable(dataclasses.asdict(cfg)))) \
+            and (folder / f"seed-{seed}.npz").is_file():
         return done
     print(f"[{dataset}/{cell}] seed {seed}: {settings}", flush=True)
-    cfg = resolve_config(model, dataset, {**settings, "seed": seed, **_on_device()})
     run_dir = RUNS / dataset / cell / f"seed-{seed}"
     metrics = run_experiment(cfg, [seed], run_dir, dataset=data, progress=False,
                              overwrite=_other_run(run_dir, cfg), log=lambda m: None)
