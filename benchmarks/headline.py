@@ -105,8 +105,8 @@ CLAIMS = {
                    "w/o standard InfoNCE (lambda_b = 0)"]},
         {"claim": "the personalised (modulus) perturbation beats fixed noise and uniform relative noise",
          "lower": ["fixed-eps perturbation (GUME)", "uniform relative noise (gamma = 0)"]},
-        {"claim": "robust to noise in the raw modality features", "elsewhere": "results/robustness/robustness.md "
-                  "(1 seed, 20-epoch cap: indications, not tests)"},
+        {"claim": "robust to noise in the raw modality features", "elsewhere": "the claims judged at the end of "
+                  "results/robustness/robustness_e1000.md (to early stopping) and robustness.md (20-epoch cap)"},
     ],
     "egra": [
         {"claim": "beats GUME, MGCN and the pretrained model it consumes (MGCN)", "beats": ["gume", "mgcn"]},
@@ -114,7 +114,8 @@ CLAIMS = {
          "lower": ["w/o EBG (gamma = 0)", "EBG-raw (GUME's raw-feature links)", "w/o entity level", "w/o epoch level"]},
         {"claim": "larger relative gains over GUME on long-tail items than on head items", "gains_over": "gume",
          "on": ("tail", "head")},
-        {"claim": "robust to modality noise", "elsewhere": "results/robustness/robustness.md"},
+        {"claim": "robust to modality noise", "elsewhere": "the claims judged at the end of "
+                  "results/robustness/robustness_e1000.md (to early stopping) and robustness.md (20-epoch cap)"},
     ],
 }
 TAIL_SHARE = 0.8  # ALGORITHMS.md 6.6: the tail is the least popular 80 % of items by training degree
@@ -141,13 +142,10 @@ def model_config_class(model: str):
 
 
 def grid(model: str) -> dict[str, list]:
-    """The model's declared search grid: ``{setting: values}`` from its Config's field metadata,
-    then its training settings' (``train_grid``, e.g. the learning rate)."""
-    from prismrec.experiment.config import model_class
+    """The model's declared search grid (its Config's ``grid`` fields, then its ``train_grid``)."""
+    from prismrec.experiment.config import declared_grid
 
-    space = {f.name: list(f.metadata["grid"]) for f in dataclasses.fields(model_config_class(model))
-             if len(f.metadata.get("grid", ())) > 1}
-    return {**space, **{k: list(v) for k, v in model_class(model).train_grid.items() if len(v) > 1}}
+    return declared_grid(model)
 
 
 def default_settings(model: str) -> dict:
@@ -225,6 +223,22 @@ def same_protocol(recorded: dict, want: dict) -> bool:
     warm_up = {**recorded["trial_train"], "min_epochs": want["trial_train"].get("min_epochs")}
     return (all(recorded[k] == want[k] for k in want if k not in ("defaults", "trial_train"))
             and warm_up == want["trial_train"] and _contained(old, new))
+
+
+RUN_ONLY = ("device", "threads", "checkpoint_every_s")  # where and how a run trains, not what
+
+
+def same_config(recorded: dict, want: dict) -> bool:
+    """Whether a recorded seed trained the model of the resolved config ``want``, whatever settings
+    spelled it (a selected point that now names the learning rate it had by default): its config
+    equal, where and how it ran aside, settings added since it ran at their (previous) defaults,
+    and the warm-up as :func:`same_run` takes it."""
+    def what(config: dict) -> dict:
+        return {**config, "train": {k: v for k, v in config["train"].items() if k not in (*RUN_ONLY, "min_epochs")}}
+
+    ran, floor = recorded["config"]["train"].get("min_epochs", 0), want["train"].get("min_epochs", 0)
+    return _contained(what(recorded["config"]), what(want)) and (
+        ran == floor or (ran < floor and recorded["metrics"]["epochs"] > floor))
 
 
 def stale_trial(trial: dict, trial_train: dict) -> bool:
@@ -341,10 +355,11 @@ def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: i
     folder = CELLS / dataset / cell
     want = _jsonable(settings)
     done = _read_json(folder / f"seed-{seed}.json")
-    if done is not None and same_run(done, want) and (folder / f"seed-{seed}.npz").is_file():
+    cfg = resolve_config(model, dataset, {**settings, "seed": seed, **_on_device()})
+    if done is not None and (same_run(done, want) or same_config(done, _jsonable(dataclasses.asdict(cfg)))) \
+            and (folder / f"seed-{seed}.npz").is_file():
         return done
     print(f"[{dataset}/{cell}] seed {seed}: {settings}", flush=True)
-    cfg = resolve_config(model, dataset, {**settings, "seed": seed, **_on_device()})
     run_dir = RUNS / dataset / cell / f"seed-{seed}"
     metrics = run_experiment(cfg, [seed], run_dir, dataset=data, progress=False,
                              overwrite=_other_run(run_dir, cfg), log=lambda m: None)
@@ -662,12 +677,33 @@ def report(models: list[str], datasets: list[str]) -> dict:
             "ablations": ablation_rows,
             "ablation_tests": ablation_tests, "identical_ablations": identical,
             "groups": groups, "group_tests": group_tests,
-            "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()}}
+            "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()},
+            "retuning": {ds: [m for m, t in row.items() if t and not same_protocol(t["spec"], _jsonable(spec(m, ds)))]
+                         for ds, row in tunings.items()}}
+    data["progress"] = progress(data, cells, tunings, models, datasets)
     _write_json(RESULTS / "headline.json", data)
     atomic_write(RESULTS / "headline.md", render_markdown(data, models, datasets, tunings))
     atomic_write(RESULTS / "headline.tex", render_latex(data, models, datasets))
     atomic_write(RESULTS / "headline.csv", render_csv(data))
     return data
+
+
+def progress(data: dict, cells: dict, tunings: dict, models: list[str], datasets: list[str]) -> dict:
+    """Runs recorded and planned per dataset and model: trials, final seeds, ablation seeds."""
+    out = {}
+    for ds in datasets:
+        for m in models:
+            t = tunings[ds].get(m)
+            current = t is not None and m not in data["retuning"].get(ds, [])
+            row = {"trials": [len(t["trials"]) if current else 0, len(trial_points(m))],
+                   "seeds": [len((cells[ds][m] or {"seeds": {}})["seeds"]), len(SEEDS)]}
+            if m in SEED_MODELS:
+                variants = [c for label, c in ablations(m).items()
+                            if label not in data["identical_ablations"].get(ds, {}).get(m, [])]
+                done = sum(len((collect(ds, f"{m}~{slug(c)}") or {"seeds": {}})["seeds"]) for c in variants)
+                row["ablation seeds"] = [done, len(variants) * len(SEEDS)]
+            out.setdefault(ds, {})[m] = row
+    return out
 
 
 def _fmt(s: dict, metric: str) -> str:
@@ -749,7 +785,8 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
           f"best complete row of the column; † = the seed model is better than every baseline of the "
           f"table on that metric (per-user Wilcoxon signed-rank, seeds averaged per user, Holm over "
           f"{len(data['comparisons'])} tests, α = {p['alpha']}). A row with fewer than {len(SEEDS)} seeds "
-          "is still running and takes no part in marks or tests. s/epoch (median over seeds of each run's median "
+          "is still running and takes no part in marks or tests; ‡ = its search space changed since these "
+          "seeds ran (it is being tuned again; its seeds are kept if the same point is selected). s/epoch (median over seeds of each run's median "
           "training epoch, one thread) and peak RSS are as each cell ran, on a shared 2-core machine with the "
           "code of its day (speed-ups that landed during the study shorten later cells' epochs; SIGER's seeds, "
           "2026-12-02 13:00-19:00 UTC, ran 8-33 s per lfm2k epoch with that day's code on a machine loaded by "
@@ -775,7 +812,8 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
                 if model in SEED_MODELS and metric in TESTED and _beats_all(data, ds, model, metric, baselines):
                     text += " †"
                 cells.append(text)
-            md.append(f"| {model} | {s['n']} | " + " | ".join(cells)
+            stale = " ‡" if model in data.get("retuning", {}).get(ds, []) else ""
+            md.append(f"| {model}{stale} | {s['n']} | " + " | ".join(cells)
                       + f" | {s['epochs']:.0f} | {s['s_epoch']:.2f}{_off_cpu(s)} | {s['peak_rss_mb']:.0f} |")
         md.append("")
     md += ["## Seed models against each baseline", "",
@@ -809,7 +847,9 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
     for s in SEED_MODELS:
         for ds in datasets:
             for claim in CLAIMS[s]:
-                md.append(f"- {s} on {ds}: \"{claim['claim']}\": {judge(data, ds, s, claim)}")
+                again = " (‡ read on seeds of its previous search: it is being tuned again)" \
+                    if s in data.get("retuning", {}).get(ds, []) else ""
+                md.append(f"- {s} on {ds}: \"{claim['claim']}\": {judge(data, ds, s, claim)}{again}")
     md += ["", "## Ablations", "",
            "Variant settings on top of the tuned point, same seeds; tests against the full model (Holm over "
            f"{len(data['ablation_tests'])} tests).", ""]
@@ -826,7 +866,14 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
                 mark = f"{test['diff']:+.4f}, {test['p_holm']:.2g} ({verdict(test)})" if test else ""
                 md.append(f"| {label} | {s_['n']} | " + " | ".join(_fmt(s_, m) for m in METRICS) + f" | {mark} |")
             md.append("")
-    md += ["## Tuned settings", "", "| dataset | model | trials | selected (changed from defaults) | valid R@20 |",
+    md += ["## Progress", "", "Runs recorded / planned (trials of the current search space; final seeds; the "
+           "seed models' ablation seeds). `python -m benchmarks.headline` continues from here.", "",
+           "| dataset | model | trials | seeds | ablation seeds |", "|---|---|---|---|---|"]
+    for ds, rows in data["progress"].items():
+        for model, row in rows.items():
+            md.append(f"| {ds} | {model} | " + " | ".join("/".join(map(str, row[k])) if k in row else ""
+                                                         for k in ("trials", "seeds", "ablation seeds")) + " |")
+    md += ["", "## Tuned settings", "", "| dataset | model | trials | selected (changed from defaults) | valid R@20 |",
            "|---|---|---|---|---|"]
     for ds in datasets:
         for model in models:

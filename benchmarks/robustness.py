@@ -66,6 +66,14 @@ CORRUPTED = {"lfm2k": "text", "tiktok": "image"}  # the modality whose rows are 
 COLD_FRACTION, COLD_SEED = 0.1, 999
 KS = (10, 20)
 CAP = 20  # the default epoch cap (--epochs)
+# The seed papers' robustness claims, judged on the tables: the model's relative change under the
+# corruption is above (a smaller drop than) each rival's, at every measured q, on R@20 and N@20.
+CLAIMS = {
+    "siger": {"claim": "under feature corruption its relative drop is smaller than GUME's and MGCN's "
+                       "(ALGORITHMS.md §5)", "kinds": KINDS, "rivals": ("gume", "mgcn")},
+    "egra": {"claim": "robust to modality noise (ours: its relative drop under noise is smaller than GUME's "
+                      "and MGCN's)", "kinds": ("noise",), "rivals": ("gume", "mgcn")},
+}
 
 
 def with_imputation(cells: list[dict], impute: str) -> list[dict]:
@@ -385,6 +393,13 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
                 summary["cold"][dataset]["fixed_order"] = order
             lines += ["", f"Users with a test cold positive: {refs['cold']['native']['users']}; "
                       f"test cold items: {refs['cold']['native']['items']}.", ""]
+    verdicts = [f"- {model} on {dataset}: \"{claim['claim']}\": {judge(by, dataset, model, claim)}"
+                for dataset in datasets for model, claim in CLAIMS.items()]
+    if verdicts:
+        lines += ["## The seed papers' robustness claims", "",
+                  "Relative change of the seed-mean test metric from the clean cells (the tables above), on the "
+                  "conditions where the model and its rivals ran the same seeds.", "", *verdicts, ""]
+        summary["claims"] = verdicts
     note = OUT / f"closing_note{_cap_suffix(epochs)}.md"  # by hand from the tables: what they say of each claim
     if note.is_file():
         lines += [note.read_text().strip(), ""]
@@ -392,6 +407,39 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
         lines += ["## Not run yet", "", f"{len(left)} planned cells (rerun the script to continue): "
                   + ", ".join(left[:12]) + (", ..." if len(left) > 12 else ""), ""]
     return summary, "\n".join(lines) + "\n"
+
+
+def judge(by: dict, dataset: str, model: str, claim: dict) -> str:
+    """Whether ``model``'s relative change is above each rival's on every condition of the claim's
+    kinds that all of them ran with the same seeds (R@20 and N@20); what is missing is pending."""
+    def seeds(m, condition):
+        return sorted(c["seed"] for c in by.get(("robustness", dataset, m, condition), []))
+
+    def change(m, condition, key):
+        base = np.mean([c["test"][key] for c in by[("robustness", dataset, m, "clean")]])
+        return float(np.mean([c["test"][key] for c in by[("robustness", dataset, m, condition)]]) / base - 1)
+
+    measured, pending, worse = [], [], []
+    for condition in (f"{kind}-{q}" for kind in claim["kinds"] for q in QS):
+        group = (model, *claim["rivals"])
+        runs = {m: seeds(m, condition) for m in group}
+        if any(not runs[m] or seeds(m, "clean") != runs[m] for m in group) or len({tuple(r) for r in runs.values()}) > 1:
+            pending.append(condition)
+            continue
+        for key in ("recall@20", "ndcg@20"):
+            mine = change(model, condition, key)
+            rivals = {r: change(r, condition, key) for r in claim["rivals"]}
+            text = (f"{condition} {key[0].upper()}@20 {mine:+.1%} vs " + ", ".join(f"{r} {v:+.1%}" for r, v in rivals.items())
+                    + f" ({len(runs[model])} seeds)")
+            measured.append(text)
+            if any(v >= mine for v in rivals.values()):
+                worse.append(text)
+    rest = f" (pending: {', '.join(pending)})" if pending else ""
+    if worse:
+        return "**does not hold**: not the smallest drop at " + "; ".join(worse) + rest + "."
+    if not measured:
+        return f"pending (no condition with {model} and its rivals on the same seeds)."
+    return ("**holds**" if not pending else "holds so far") + ": " + "; ".join(measured) + rest + "."
 
 
 def write_report(planned: list[dict], epochs: int) -> list[Path]:

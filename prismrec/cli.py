@@ -481,7 +481,8 @@ def synth(
 def tune(
     model: str = typer.Option(..., help="Registered model name."),
     dataset: str = typer.Option(..., help="Dataset name or folder."),
-    space: list[str] = typer.Option(..., help="key=LOW..HIGH[:log] or key=A|B|C; repeat per setting."),
+    space: list[str] = typer.Option(..., help="key=LOW..HIGH[:log] or key=A|B|C; repeat per setting; "
+                                    "grid: the model's declared grid (paper/reference values)."),
     trials: int = typer.Option(20, min=1, help="Finished trials wanted (a rerun with the same --out resumes)."),
     out: Path = typer.Option(..., help="Output directory (study.db, trial-<n>/, best/, tuning.md)."),
     seeds: Optional[str] = typer.Option(None, help="Final seeds for the selected point, e.g. 999,1000,1001."),

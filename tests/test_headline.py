@@ -131,6 +131,7 @@ def test_final_seeds_run_under_the_warm_up_and_only_those_that_stopped_before_it
         record = json.loads((folder / f"seed-{seed}.json").read_text())
         assert record["settings"]["min_epochs"] == 2 and record["config"]["train"]["min_epochs"] == 2
         del record["settings"]["min_epochs"]
+        record["config"]["train"]["min_epochs"] = 0
         record["metrics"]["epochs"] = {1: 1, 2: 3}[seed]  # seed 1 stopped before the warm-up's end
         (folder / f"seed-{seed}.json").write_text(json.dumps(record))
     trained = []
@@ -310,3 +311,33 @@ def test_a_models_training_grid_is_searched_with_its_config_grid():
     assert len(points) == headline.TRIALS and any(p.get("lr", 1e-3) != 1e-3 for p in points)
     assert all(set(p) <= set(space) for p in points)
     assert "lr" not in headline.grid("mgcn") and headline.default_settings("rlmmrec")["lr"] == 1e-3
+
+
+def test_the_report_marks_a_model_whose_search_space_changed(study, monkeypatch):
+    headline.run_cell("lightgcn", study.name, {"tune", "final"}, study)
+    data = headline.report(["lightgcn"], [study.name])
+    assert data["retuning"] == {study.name: []}
+    assert data["progress"] == {study.name: {"lightgcn": {"trials": [2, 2], "seeds": [2, 2]}}}
+    real = headline.grid
+    monkeypatch.setattr(headline, "grid", lambda model: {**real(model), "lr": [1e-3, 5e-4]})
+    data = headline.report(["lightgcn"], [study.name])
+    assert data["retuning"] == {study.name: ["lightgcn"]}
+    assert data["progress"][study.name]["lightgcn"]["trials"][0] == 0  # its recorded trials are another search's
+    assert "| lightgcn ‡ | 2 |" in (headline.RESULTS / "headline.md").read_text()
+
+
+def test_a_seed_is_kept_when_other_settings_spell_the_same_model(study, monkeypatch):
+    """A selected point that now names a default it had implicitly (the learning rate, once searched)
+    trains the same model: the recorded seed is kept; another value retrains."""
+    headline.run_cell("lightgcn", study.name, {"tune", "final"}, study)
+    tuning = json.loads((headline.CELLS / study.name / "lightgcn" / "tuning.json").read_text())
+    selected = {**tuning["spec"]["base"], **tuning["selected"]["point"], "min_epochs": headline.TRIAL_MIN_EPOCHS}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr("prismrec.experiment.runs.run_experiment", refuse)
+    kept = headline.seed_cell("lightgcn", "lightgcn", study.name, {**selected, "lr": 1e-3}, study, 1)
+    assert kept["settings"] == headline._jsonable(selected)
+    with pytest.raises(AssertionError, match="trained again"):
+        headline.seed_cell("lightgcn", "lightgcn", study.name, {**selected, "lr": 5e-4}, study, 1)

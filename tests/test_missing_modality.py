@@ -324,3 +324,23 @@ def test_a_worker_pool_ends_with_its_parent(tmp_path):
         time.sleep(0.1)
     os.kill(worker, signal.SIGKILL)
     raise AssertionError("the worker outlived its killed parent")
+
+
+def test_robustness_claims_compare_relative_drops_on_conditions_with_the_same_seeds():
+    from benchmarks import robustness as rb
+
+    def cells(model, condition, r20, seeds=(999,)):
+        return {("robustness", "lfm2k", model, condition): [
+            {"seed": s, "test": {"recall@20": r20, "ndcg@20": r20 / 2}} for s in seeds]}
+
+    claim = {"claim": "x", "kinds": ("noise",), "rivals": ("gume", "mgcn")}
+    by = {}
+    for model, noisy in (("egra", 0.39), ("gume", 0.30), ("mgcn", 0.36)):  # -2.5 %, -25 %, -10 %
+        by |= cells(model, "clean", 0.40) | cells(model, "noise-0.4", noisy)
+    verdict = rb.judge(by, "lfm2k", "egra", claim)
+    assert verdict.startswith("holds so far") and "noise-0.4 R@20 -2.5% vs gume -25.0%, mgcn -10.0% (1 seeds)" in verdict
+    assert "pending: noise-0.1, noise-0.2" in verdict
+    by |= cells("mgcn", "noise-0.4", 0.395)  # MGCN now drops less than EGRA
+    assert rb.judge(by, "lfm2k", "egra", claim).startswith("**does not hold**")
+    by |= cells("mgcn", "noise-0.4", 0.36, seeds=(999, 1000))  # not the same seeds: not compared
+    assert rb.judge(by, "lfm2k", "egra", claim).startswith("pending")

@@ -27,6 +27,17 @@ def test_parse_space():
     ]
 
 
+def test_the_declared_grid_is_a_space():
+    """``grid``: the model's declared grid (RLMultimodalRec: reg_weight and its learning rate, §4),
+    each value read back as written; an entry of one's own replaces the grid's for that key."""
+    dims = parse_space(["grid"], "rlmmrec")
+    assert [(d.key, [d.setting(c) for c in d.choices]) for d in dims] == [
+        ("reg_weight", [1e-5, 1e-4, 1e-3]), ("lr", [1e-4, 5e-4, 1e-3])]
+    dims = parse_space(["grid", "lr=1e-3..1e-2:log"], "rlmmrec")
+    assert [d.key for d in dims] == ["reg_weight", "lr"] and dims[1] == Dimension("lr", 1e-3, 1e-2, log=True)
+    assert [d.key for d in parse_space(["grid"], "mgcn")] == ["cl_weight"]
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [

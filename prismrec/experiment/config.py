@@ -203,6 +203,14 @@ def model_class(model: str):
         raise ConfigError(f"{exc.args[0]}: give one of these names") from None
 
 
+def declared_grid(model: str) -> dict[str, list]:
+    """``model``'s declared search grid, ``{setting: values}``: its Config fields' ``grid`` metadata
+    (the paper's or reference's values), then the training settings of its ``train_grid``."""
+    cls = model_class(model)
+    space = {f.name: list(f.metadata["grid"]) for f in dataclasses.fields(cls.Config) if len(f.metadata.get("grid", ())) > 1}
+    return {**space, **{k: list(v) for k, v in cls.train_grid.items() if len(v) > 1}}
+
+
 def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Resolve defaults, the model's training defaults and ``overrides`` into one config.
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from prismrec.errors import ConfigError, PretrainedError
-from prismrec.experiment.config import resolve_config
+from prismrec.experiment.config import declared_grid, resolve_config
 from prismrec.experiment.export import export_representations
 from prismrec.experiment.rundir import RunDir
 from prismrec.experiment.runs import run_experiment
@@ -84,9 +84,9 @@ def pretrain(cfg, dataset, seed: int) -> Path:
 
 
 def search_space(model: str, fixed: dict) -> dict[str, list]:
-    """``{setting: values}``: the declared grid of ``model``'s Config, less the ``fixed`` settings."""
-    return {f.name: list(f.metadata["grid"]) for f in dataclasses.fields(get_model(model).Config)
-            if len(f.metadata.get("grid", ())) > 1 and f.name not in fixed}
+    """``{setting: values}``: ``model``'s declared grid (:func:`~prismrec.experiment.config.declared_grid`),
+    less the ``fixed`` settings."""
+    return {k: v for k, v in declared_grid(model).items() if k not in fixed}
 
 
 def select_on_validation(base, settings: dict, space: dict[str, list], dataset, seed: int, root: Path) -> Path:

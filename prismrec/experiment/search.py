@@ -8,7 +8,10 @@ A search space is a list of ``key=SPEC`` strings (CLI ``--space``, one per setti
 
 - ``key=LOW..HIGH``: uniform; integers when both bounds are integers (``n_layers=1..4``);
 - ``key=LOW..HIGH:log``: log-uniform (``lr=1e-4..1e-2:log``);
-- ``key=A|B|C``: one of the values, as ``--set`` would take them (``mm_weights=[0.5,0.5]|[0.1,0.9]``).
+- ``key=A|B|C``: one of the values, as ``--set`` would take them (``mm_weights=[0.5,0.5]|[0.1,0.9]``);
+- ``grid``: the model's declared grid (:func:`~prismrec.experiment.config.declared_grid`: the
+  paper's or reference's values, the learning rate where they search it), one ``key=A|B|C`` per
+  setting; an entry of its own for a key replaces the grid's.
 
 The study lives in ``<out>/study.db`` (SQLite) or any Optuna storage (``--storage``: a database
 URL, or ``journal:PATH``): rerunning with the same ``--out`` resumes it up to ``trials`` finished
@@ -34,9 +37,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+import yaml
 
 from prismrec.data import Dataset, load_dataset
-from prismrec.experiment.config import parse_assignments, resolve_config, valid_keys
+from prismrec.experiment.config import declared_grid, parse_assignments, resolve_config, valid_keys
 from prismrec.errors import ConfigError, RunError
 from prismrec.experiment.rundir import RunDir, run_digest
 from prismrec.experiment.runs import run_experiment
@@ -78,8 +82,22 @@ def _settings(dims: list[Dimension], params: dict[str, Any]) -> dict[str, Any]:
     return {d.key: d.setting(params[d.key]) for d in dims}
 
 
+def grid_space(model: str) -> list[str]:
+    """``model``'s declared grid as ``key=A|B|C`` entries, each value written as ``--set`` reads it back."""
+    def text(value) -> str:  # YAML flow style (1e-05 as 1.0e-05: YAML 1.1 reads 1e-05 as a string)
+        return yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1]
+
+    return [f"{key}=" + "|".join(text(v) for v in values) for key, values in declared_grid(model).items()]
+
+
 def parse_space(specs: list[str], model: str) -> list[Dimension]:
     """Parse ``key=SPEC`` strings (module docstring); unknown keys and bad ranges are ConfigErrors."""
+    if "grid" in (s.strip() for s in specs):
+        own = [s for s in specs if s.strip() != "grid"]
+        mine = {s.partition("=")[0].strip() for s in own}
+        specs = [s for s in grid_space(model) if s.partition("=")[0] not in mine] + own
+        if not specs:
+            raise ConfigError(f"{model} declares no search grid: give --space key=SPEC entries")
     if not specs:
         raise ConfigError("the search space is empty: give at least one --space key=SPEC")
     known = set(valid_keys(model))
