@@ -497,7 +497,7 @@ def tune(
 ) -> None:
     """Search settings on validation (Optuna TPE, test never read), then train the best with seeds."""
     from prismrec.experiment.config import parse_assignments, resolve_config
-    from prismrec.experiment.search import tune as run_tune
+    from prismrec.experiment.search import parse_space, selected_settings, tune as run_tune
     from prismrec.experiment.seeds import resolve_seeds
 
     final_seeds = resolve_seeds(seeds, n_seeds, default_n=3)
@@ -513,7 +513,8 @@ def tune(
         storage=storage, study_name=study_name,
     )
     console.print((out / "tuning.md").read_text())
-    console.print(f"selected: {summary['selected']['params']}", highlight=False)
+    chosen = summary["selected"]["params"]  # as the study stores them (a choice as its text)
+    console.print(f"selected: {selected_settings(parse_space(space, model), chosen)}", highlight=False)
 
 
 @app.command()

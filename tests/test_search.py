@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from prismrec.cli import app
 from prismrec.eval import Evaluator
-from prismrec.experiment.search import Dimension, parse_space, tune
+from prismrec.experiment.search import Dimension, parse_space, selected_settings, tune
 
 runner = CliRunner()
 FAST = {"epochs": 2}
@@ -36,6 +36,12 @@ def test_the_declared_grid_is_a_space():
     dims = parse_space(["grid", "lr=1e-3..1e-2:log"], "rlmmrec")
     assert [d.key for d in dims] == ["reg_weight", "lr"] and dims[1] == Dimension("lr", 1e-3, 1e-2, log=True)
     assert [d.key for d in parse_space(["grid"], "mgcn")] == ["cl_weight"]
+
+
+def test_the_selected_point_is_shown_as_the_settings_it_trained_with():
+    dims = parse_space(["lr=1e-3|5e-4", "reg_form=emb_norm|half_sq", "n_layers=1|2"], "lightgcn")
+    assert selected_settings(dims, {"lr": "1e-3", "reg_form": "half_sq", "n_layers": "2"}) == {
+        "lr": 1e-3, "reg_form": "half_sq", "n_layers": 2}
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,21 @@ def _settings(dims: list[Dimension], params: dict[str, Any]) -> dict[str, Any]:
     return {d.key: d.setting(params[d.key]) for d in dims}
 
 
+def selected_settings(dims: list[Dimension], params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's Optuna ``params`` as the settings it trained with (a choice read as ``--set``
+    reads it, a number as a number: ``lr=1e-3|5e-4`` stores the text ``'1e-3'``)."""
+    settings = _settings(dims, params)
+    return {k: float(v) if isinstance(v, str) and _is_number(v) else v for k, v in settings.items()}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def grid_space(model: str) -> list[str]:
     """``model``'s declared grid as ``key=A|B|C`` entries, each value written as ``--set`` reads it back."""
     def text(value) -> str:  # YAML flow style (1e-05 as 1.0e-05: YAML 1.1 reads 1e-05 as a string)
