@@ -56,8 +56,8 @@ import csv
 import dataclasses
 import importlib
 import io
-import itertools
 import json
+import math
 import os
 import random
 import re
@@ -181,13 +181,24 @@ def trial_points(model: str) -> list[dict]:
     fields = dataclasses.fields(model_config_class(model))
     defaults = default_settings(model)
     needs = {f.name: f.metadata["only_with"] for f in fields if f.name in space and "only_with" in f.metadata}
-    points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
-    points = [p for p in points if any(p[k] != defaults[k] for k in p)]
-    random.Random(f"{model}").shuffle(points)
+    # The grid's points in a seeded order, the defaults' own point left out. Shuffling their indices
+    # is shuffling the points (the order depends on the length alone), without building them all
+    # (SIGER's grid has 2.1 million).
+    keys, values = list(space), list(space.values())
+    sizes = [len(v) for v in values]
+    default = [v.index(defaults[k]) if defaults[k] in v else None for k, v in space.items()]
+    skip = None if None in default else sum(d * math.prod(sizes[n + 1:]) for n, d in enumerate(default))
+    order = [i for i in range(math.prod(sizes)) if i != skip]
+    random.Random(f"{model}").shuffle(order)
     distinct = [{}]
-    for point in points:
+    for index in order:
         if len(distinct) == TRIALS:
             break
+        point = {}
+        for key, options, size in zip(reversed(keys), reversed(values), reversed(sizes)):
+            index, at = divmod(index, size)
+            point[key] = options[at]
+        point = {k: point[k] for k in keys}  # itertools.product's order: the last key varies fastest
         point = {k: v if all(point.get(o, defaults[o]) == w for o, w in needs.get(k, {}).items()) else defaults[k]
                  for k, v in point.items()}
         if any(point[k] != defaults[k] for k in point) and point not in distinct:
