@@ -401,15 +401,8 @@ def _write_npz(path: Path, arrays: dict) -> None:
 
 
 def user_degrees(data, users: np.ndarray) -> np.ndarray:
-    """Training interactions of ``users`` (the sparse/rest split of :func:`sparse_users`)."""
+    """Training interactions of ``users`` (the sparse/rest split)."""
     return np.asarray(data.train.getnnz(axis=1), dtype=np.int32)[users]
-
-
-def sparse_users(degree: np.ndarray) -> np.ndarray:
-    """Mask of the sparsest ``SPARSE_SHARE`` of the users of ``degree`` (ties in user order)."""
-    sparse = np.zeros(len(degree), dtype=bool)
-    sparse[np.argsort(degree, kind="stable")[: int(len(degree) * SPARSE_SHARE)]] = True
-    return sparse
 
 
 def group_arrays(model, data) -> dict[str, np.ndarray]:
@@ -583,7 +576,9 @@ def per_user_mean(cell: dict, metric: str, group: str = "") -> tuple[np.ndarray,
     positives (``tail``, ``head``) or for a user group (``sparse``, ``rest``)."""
     if group in ("sparse", "rest"):
         users, mean = per_user_mean(cell, metric)
-        sparse = sparse_users(next(iter(cell["seeds"].values()))["per_user"]["user_degree"])
+        from prismrec.eval.groups import sparsest_users
+
+        sparse = sparsest_users(next(iter(cell["seeds"].values()))["per_user"]["user_degree"], SPARSE_SHARE)
         keep = sparse if group == "sparse" else ~sparse
         return users[keep], mean[keep]
     prefix = f"{group}_" if group else ""

@@ -268,6 +268,17 @@ def order_reference(dataset: str, work: Path) -> Path:
     return path
 
 
+def train_cell(cell: dict, work: Path, epochs: int, impute: str, fresh: bool, code: str | None, path: Path) -> dict:
+    """:func:`run_cell`; a ``fresh`` cell (``--rerun``) first loses its record ``path`` and its cached
+    stage-1 runs, as it starts and not before: a rerun killed midway leaves the cells it had not
+    reached as they were (finished, old), and the one it was training unfinished, so that the next
+    run resumes it instead of reading its old run folder as the new result."""
+    if fresh:
+        path.unlink(missing_ok=True)
+        forget_stage_one(cell, work, epochs, impute)
+    return run_cell(cell, work, epochs, impute, overwrite=fresh, code=code)
+
+
 def trained_cells(tasks: list[tuple[dict, bool]], work: Path, epochs: int, impute: str, code: str | None,
                   jobs: int = 1):
     """``(cell, record or the exception it raised)`` for each ``(cell, fresh)`` task as it
@@ -278,12 +289,13 @@ def trained_cells(tasks: list[tuple[dict, bool]], work: Path, epochs: int, imput
         for cell, fresh in tasks:
             print(f"[robustness] {cell_name(cell)} (epochs<={epochs}{', rerun' if fresh else ''})", flush=True)
             try:
-                yield cell, run_cell(cell, work, epochs, impute, overwrite=fresh, code=code)
+                yield cell, train_cell(cell, work, epochs, impute, fresh, code, cell_file(cell, epochs))
             except Exception as exc:
                 yield cell, exc
         return
     with worker_pool(jobs) as pool:
-        futures = {pool.submit(run_cell, cell, work, epochs, impute, fresh, code): cell for cell, fresh in tasks}
+        futures = {pool.submit(train_cell, cell, work, epochs, impute, fresh, code, cell_file(cell, epochs)): cell
+                   for cell, fresh in tasks}
         print(f"[robustness] {len(futures)} cells (epochs<={epochs}) in {jobs} worker processes", flush=True)
         for future in concurrent.futures.as_completed(futures):
             yield futures[future], future.exception() or future.result()
@@ -498,9 +510,6 @@ def main() -> None:
             if args.commit:
                 git_commit([reference], f"robustness benchmark: fixed-item-order reference on {cell['dataset']}'s cold copy")
         derived_dataset(cell, args.work, args.impute)
-        if fresh:  # gone until retrained: an interrupted rerun then resumes as an unfinished cell
-            cell_file(cell, args.epochs).unlink()
-            forget_stage_one(cell, args.work, args.epochs, args.impute)
     for cell, record in trained_cells(tasks, args.work, args.epochs, args.impute, code, args.jobs):
         if isinstance(record, Exception):  # one failing model must not stop the grid: retried next run
             print(f"[robustness] {cell_name(cell)} failed: {type(record).__name__}: {record}", file=sys.stderr, flush=True)

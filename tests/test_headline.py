@@ -294,7 +294,9 @@ def test_group_claims_compare_relative_gains_on_the_two_groups():
     del data["groups"]["d"]["gume"]
     assert headline.judge_gains(data, "d", "egra", "gume", on).startswith("pending")
     # sparse users: the quarter with the fewest training interactions, ties in user order
-    assert np.flatnonzero(headline.sparse_users(np.array([5, 1, 3, 1, 9, 2, 7, 4]))).tolist() == [1, 3]
+    from prismrec.eval.groups import sparsest_users
+
+    assert np.flatnonzero(sparsest_users(np.array([5, 1, 3, 1, 9, 2, 7, 4]), 0.25)).tolist() == [1, 3]
     cell = {"seeds": {s: {"per_user": {"user": np.arange(8), "user_degree": np.array([5, 1, 3, 1, 9, 2, 7, 4]),
                                        "recall@20": np.arange(8) / 10 + s}} for s in (0, 1)}}
     users, mean = headline.per_user_mean(cell, "recall@20", "sparse")

@@ -344,3 +344,24 @@ def test_robustness_claims_compare_relative_drops_on_conditions_with_the_same_se
     assert rb.judge(by, "lfm2k", "egra", claim).startswith("**does not hold**")
     by |= cells("mgcn", "noise-0.4", 0.36, seeds=(999, 1000))  # not the same seeds: not compared
     assert rb.judge(by, "lfm2k", "egra", claim).startswith("pending")
+
+
+def test_a_rerun_cell_loses_its_record_when_it_starts_and_not_before(tmp_path, monkeypatch):
+    """kill -9 during a --rerun: the cells not reached keep their (old, finished) records, so no
+    later run reads their old run folders as new results; the cell in training is unfinished."""
+    from benchmarks import robustness as rb
+
+    monkeypatch.setattr(rb, "OUT", tmp_path)
+    cells = [c for c in rb.plan(["lfm2k"], [999]) if c["family"] == "cold"][:2]
+    for c in cells:
+        rb.cell_file(c, 20).parent.mkdir(parents=True, exist_ok=True)
+        rb.cell_file(c, 20).write_text("{}")
+    monkeypatch.setattr(rb, "forget_stage_one", lambda *a: [])
+
+    def killed(cell, *args, **kwargs):
+        raise KeyboardInterrupt  # the first cell's training is interrupted
+
+    monkeypatch.setattr(rb, "run_cell", killed)
+    with pytest.raises(KeyboardInterrupt):
+        list(rb.trained_cells([(c, True) for c in cells], tmp_path, 20, "mean", None))
+    assert not rb.cell_file(cells[0], 20).exists() and rb.cell_file(cells[1], 20).exists()

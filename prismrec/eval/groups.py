@@ -27,6 +27,16 @@ def popularity_groups(train: sp.csr_matrix, tail_share: float = 0.8) -> dict[str
     return {"tail": np.sort(order[:n_tail]), "head": np.sort(order[n_tail:])}
 
 
+def sparsest_users(degree: np.ndarray, share: float) -> np.ndarray:
+    """Mask of the sparsest ``share`` of the users whose training interactions are ``degree``
+    (rounded down; ties in user order): a user group for sparsity claims."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    sparse = np.zeros(len(degree), dtype=bool)
+    sparse[np.argsort(degree, kind="stable")[: int(len(degree) * share)]] = True
+    return sparse
+
+
 def popularity_buckets(degree: np.ndarray, n_buckets: int) -> tuple[np.ndarray, list[str]]:
     """Items split into ``n_buckets`` equal-size groups along :func:`popularity_order`: the
     bucket of each item (0 = least popular) and a label per bucket (its degree range)."""
