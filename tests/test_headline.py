@@ -50,6 +50,7 @@ def test_cells_are_tuned_blind_recorded_and_skipped_on_rerun(study, monkeypatch)
     tests = [t for t in data["comparisons"] if t["baseline"] == "lightgcn" and t["model"] == "rlmmrec"]
     assert {t["metric"] for t in tests} == set(headline.TESTED)
     assert all(0 <= t["p"] <= 1 and t["p_holm"] >= t["p"] for t in tests)
+    assert data["planned"]["comparisons"] == len(headline.TESTED)  # one seed model, one baseline, one dataset
     versus = data["versus_lightgcn"]
     assert [(t["model"], t["metric"]) for t in versus] == [("rlmmrec", m) for m in headline.TESTED]
     assert [t["p"] for t in versus] == [t["p"] for t in tests]  # the same pair, another family
@@ -343,3 +344,25 @@ def test_a_seed_is_kept_when_other_settings_spell_the_same_model(study, monkeypa
     assert kept["settings"] == headline._jsonable(selected)
     with pytest.raises(AssertionError, match="trained again"):
         headline.seed_cell("lightgcn", "lightgcn", study.name, {**selected, "lr": 5e-4}, study, 1)
+
+
+def test_holm_runs_over_the_planned_family_and_only_falls_as_it_fills_in():
+    rng = __import__("random").Random(0)
+    ps = [rng.random() ** 4 for _ in range(12)]
+
+    def reference(pvalues: list[float]) -> list[float]:  # Holm's definition, every test of the family present
+        ranked = sorted(pvalues)
+        adjusted = [max(min(1.0, (len(ranked) - j) * ranked[j]) for j in range(ranked.index(p) + 1)) for p in pvalues]
+        return adjusted
+
+    for measured in range(1, 13):
+        tests = [{"p": p} for p in ps[:measured]]
+        headline.holm(tests, planned=12)
+        full = reference(ps[:measured] + [1.0] * (12 - measured))  # the unmeasured ones at p = 1
+        assert [t["p_holm"] for t in tests] == pytest.approx(full[:measured])
+        if measured > 1:  # each landed test lowers or keeps the others' adjusted p
+            assert all(t["p_holm"] <= before + 1e-15 for t, before in zip(tests, previous))
+        previous = [t["p_holm"] for t in tests]
+    tests = [{"p": p} for p in ps]
+    headline.holm(tests)  # no plan: the measured family
+    assert [t["p_holm"] for t in tests] == pytest.approx(reference(ps))
