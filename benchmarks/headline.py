@@ -704,6 +704,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
     atomic_write(RESULTS / "headline.md", render_markdown(data, models, datasets, tunings))
     atomic_write(RESULTS / "headline.tex", render_latex(data, models, datasets))
     atomic_write(RESULTS / "headline.csv", render_csv(data))
+    atomic_write(RESULTS / "headline_ablations.csv", render_ablations_csv(data))
     return data
 
 
@@ -916,32 +917,74 @@ def _tex(text: str) -> str:
     return text.replace("_", r"\_").replace("%", r"\%")
 
 
-def render_latex(data: dict, models: list[str], datasets: list[str]) -> str:
-    cols = "l" + "c" * (len(METRICS) * len(datasets))
-    head = " & ".join(rf"\multicolumn{{{len(METRICS)}}}{{c}}{{{_tex(ds)}}}" for ds in datasets)
-    sub = " & ".join(LABEL[m] for m in METRICS)
-    lines = [r"\begin{tabular}{" + cols + "}", r"\toprule", f"Model & {head} \\\\",
-             "& " + " & ".join([sub] * len(datasets)) + r" \\", r"\midrule"]
-    for model in models:
-        if model == SEED_MODELS[0]:
+def _tex_cell(summary: dict | None, metric: str, best: bool = False, mark: str = "") -> str:
+    if summary is None:
+        return "--"
+    mean = f"{summary['mean'][metric]:.4f}"
+    return (rf"\textbf{{{mean}}}" if best else mean) + rf"$\pm${summary['std'][metric]:.4f}" + mark
+
+
+def _tabular(datasets: list[str], rows: list[tuple[str, list[str]]], notes: list[str], first_seed_row: int = -1) -> list[str]:
+    """A booktabs tabular: datasets as column groups of ``METRICS``, one line per ``(label, cells)``."""
+    n = len(METRICS)
+    lines = [f"% {note}" for note in notes] + [
+        r"\begin{tabular}{l" + "c" * (n * len(datasets)) + "}", r"\toprule",
+        " & " + " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_tex(ds)}}}" for ds in datasets) + r" \\",
+        "".join(rf"\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(datasets))),
+        "Model & " + " & ".join(LABEL[m] for _ in datasets for m in METRICS) + r" \\", r"\midrule"]
+    for k, (label, cells) in enumerate(rows):
+        if k == first_seed_row:
             lines.append(r"\midrule")
-        cells = []
+        lines.append(_tex(label) + " & " + " & ".join(cells) + r" \\")
+    return lines + [r"\bottomrule", r"\end{tabular}"]
+
+
+def render_latex(data: dict, models: list[str], datasets: list[str]) -> str:
+    """The headline table (mean ± std over seeds, best mean bold, † as in the markdown), then one
+    table per seed model's ablations (↓ / ↑: the variant is significantly below / above the full
+    model on that metric, Holm-corrected)."""
+    rows = []
+    for model in models:
+        label, cells = model, []
         for ds in datasets:
-            rows = data["summaries"][ds]
-            baselines = [m for m in models if m not in SEED_MODELS and m in rows and rows[m]["n"] == len(SEEDS)]
+            summaries = data["summaries"][ds]
+            baselines = [m for m in models if m not in SEED_MODELS and m in summaries and summaries[m]["n"] == len(SEEDS)]
+            s = summaries.get(model)
+            if s is not None and s["n"] < len(SEEDS):
+                label = f"{model} ({s['n']}/{len(SEEDS)} seeds on {ds})"
             for metric in METRICS:
-                s = rows.get(model)
-                if s is None:
-                    cells.append("--")
+                beats = model in SEED_MODELS and metric in TESTED and _beats_all(data, ds, model, metric, baselines)
+                cells.append(_tex_cell(s, metric, _best(summaries, metric) == model, r"$^\dagger$" if beats else ""))
+        rows.append((label, cells))
+    seeds = f"{len(SEEDS)} seeds"
+    lines = _tabular(datasets, rows, [f"Test metrics, mean $\\pm$ std over {seeds}; bold: best complete row; "
+                                      "dagger: better than every baseline (Wilcoxon, Holm)."],
+                     next((k for k, m in enumerate(models) if m in SEED_MODELS), -1))
+    marks = {"worse": r"$^\downarrow$", "better": r"$^\uparrow$"}
+    for s in [m for m in SEED_MODELS if m in models]:
+        variants = [label for label in ablations(s)
+                    if any(label in data["ablations"].get(ds, {}).get(s, {}) or
+                           label in data["identical_ablations"].get(ds, {}).get(s, []) for ds in datasets)]
+        if not variants:
+            continue
+        rows = [("full model", [_tex_cell(data["summaries"][ds].get(s), m) for ds in datasets for m in METRICS])]
+        for label in variants:
+            cells, row = [], label
+            for ds in datasets:
+                summary = data["ablations"].get(ds, {}).get(s, {}).get(label)
+                if summary is not None and summary["n"] < len(SEEDS):
+                    row = f"{label} ({summary['n']}/{len(SEEDS)} seeds on {ds})"
+                if label in data["identical_ablations"].get(ds, {}).get(s, []):
+                    cells += [rf"\multicolumn{{{len(METRICS)}}}{{c}}{{= full model (selected on validation)}}"]
                     continue
-                text = f"{s['mean'][metric]:.4f}"
-                if _best(rows, metric) == model:
-                    text = rf"\textbf{{{text}}}"
-                if model in SEED_MODELS and metric in TESTED and _beats_all(data, ds, model, metric, baselines):
-                    text += r"$^\dagger$"
-                cells.append(text)
-        lines.append(_tex(model) + " & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+                for metric in METRICS:
+                    test = next((t for t in data["ablation_tests"] if t["dataset"] == ds and t["model"] == s
+                                 and t["variant"] == label and t["metric"] == metric), None)
+                    cells.append(_tex_cell(summary, metric, mark=marks.get(verdict(test), "") if test else ""))
+            rows.append((row, cells))
+        lines += ["", *_tabular(datasets, rows, [f"Ablations of {s}: the tuned point with the variant's settings, the "
+                                                 f"same {seeds}; down/up arrow: significantly below/above the full "
+                                                 "model (Wilcoxon, Holm)."])]
     return "\n".join(lines) + "\n"
 
 
@@ -951,16 +994,46 @@ def _off_cpu(summary: dict) -> str:
     return f" ({', '.join(other)})" if other else ""
 
 
-def render_csv(data: dict) -> str:
+def _csv(header: list[str], rows: list[list]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["dataset", "model", "seeds", *(f"{m}_{k}" for m in METRICS for k in ("mean", "std")),
-                     "epochs", "s_per_epoch", "peak_rss_mb"])
-    for ds, rows in data["summaries"].items():
-        for model, s in rows.items():
-            writer.writerow([ds, model, s["n"], *(f"{s[k][m]:.6f}" for m in METRICS for k in ("mean", "std")),
-                             f"{s['epochs']:.1f}", f"{s['s_epoch']:.4f}", f"{s['peak_rss_mb']:.0f}"])
+    writer.writerow(header)
+    writer.writerows(rows)
     return buf.getvalue()
+
+
+def _means(s: dict) -> list[str]:
+    return [f"{s[k][m]:.6f}" for m in METRICS for k in ("mean", "std")]
+
+
+def render_csv(data: dict) -> str:
+    return _csv(["dataset", "model", "seeds", *(f"{m}_{k}" for m in METRICS for k in ("mean", "std")),
+                 "epochs", "s_per_epoch", "peak_rss_mb"],
+                [[ds, model, s["n"], *_means(s), f"{s['epochs']:.1f}", f"{s['s_epoch']:.4f}", f"{s['peak_rss_mb']:.0f}"]
+                 for ds, rows in data["summaries"].items() for model, s in rows.items()])
+
+
+def render_ablations_csv(data: dict) -> str:
+    """One row per (dataset, seed model, variant): metrics, and per tested metric the mean per-user
+    difference to the full model, its Wilcoxon p, Holm p and verdict; a variant validation selected
+    is the full model (``note``)."""
+    tested = [f"{m}_{k}" for m in TESTED for k in ("diff", "p", "p_holm", "verdict")]
+    rows = []
+    for ds, by_model in data["ablations"].items():
+        for s, variants in by_model.items():
+            for label, summary in variants.items():
+                tests = {t["metric"]: t for t in data["ablation_tests"]
+                         if t["dataset"] == ds and t["model"] == s and t["variant"] == label}
+                rows.append([ds, s, label, summary["n"], *_means(summary), ""]
+                            + [x for m in TESTED for x in ((f"{tests[m]['diff']:+.6f}", f"{tests[m]['p']:.4g}",
+                                                            f"{tests[m]['p_holm']:.4g}", verdict(tests[m]))
+                                                           if m in tests else ("",) * 4)])
+    for ds, by_model in data["identical_ablations"].items():
+        for s, labels in by_model.items():
+            rows += [[ds, s, label, "", *[""] * (2 * len(METRICS)), "selected on validation: the full model",
+                      *[""] * len(tested)] for label in labels]
+    return _csv(["dataset", "model", "variant", "seeds", *(f"{m}_{k}" for m in METRICS for k in ("mean", "std")),
+                 "note", *tested], rows)
 
 
 def main() -> None:

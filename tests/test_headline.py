@@ -366,3 +366,32 @@ def test_holm_runs_over_the_planned_family_and_only_falls_as_it_fills_in():
     tests = [{"p": p} for p in ps]
     headline.holm(tests)  # no plan: the measured family
     assert [t["p_holm"] for t in tests] == pytest.approx(reference(ps))
+
+
+def test_latex_and_csv_carry_the_headline_and_ablation_tables():
+    def summary(r20: float, n: int = 2) -> dict:
+        return {"n": n, "mean": {m: r20 for m in headline.METRICS}, "std": {m: 0.001 for m in headline.METRICS},
+                "epochs": 10, "s_epoch": 0.1, "peak_rss_mb": 100, "devices": ["cpu"]}
+
+    tests = [{"dataset": "d", "model": "siger", "variant": "w/o CI", "metric": m, "diff": -0.02, "p": 1e-5,
+              "p_holm": 1e-4} for m in headline.TESTED]
+    data = {"summaries": {"d": {"lightgcn": summary(0.30), "siger": summary(0.35), "egra": summary(0.33, n=1)}},
+            "comparisons": [{"dataset": "d", "model": "siger", "baseline": "lightgcn", "metric": m, "diff": 0.05,
+                             "p": 1e-6, "p_holm": 1e-5} for m in headline.TESTED],
+            "ablations": {"d": {"siger": {"w/o CI": summary(0.33), "fixed": summary(0.34, n=1)}}},
+            "ablation_tests": tests, "identical_ablations": {"d": {"siger": ["gamma = 0"]}}}
+    ablation_labels = {"w/o CI": ["beta=0"], "fixed": ["perturbation=fixed"], "gamma = 0": ["gamma=0"]}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(headline, "SEEDS", [1, 2])
+        mp.setattr(headline, "ablations", lambda model: ablation_labels if model == "siger" else {})
+        tex = headline.render_latex(data, ["lightgcn", "siger", "egra"], ["d"])
+        rows = list(__import__("csv").DictReader(headline.render_ablations_csv(data).splitlines()))
+    line = next(row for row in tex.splitlines() if row.startswith("siger &"))
+    assert r"\textbf{0.3500}$\pm$0.0010$^\dagger$" in line  # best, ± std, better than every baseline
+    assert r"egra (1/2 seeds on d) & 0.3300$\pm$0.0010" in tex
+    assert r"w/o CI & 0.3300$\pm$0.0010 & 0.3300$\pm$0.0010$^\downarrow$" in tex  # R@20 tested, R@10 not
+    assert r"fixed (1/2 seeds on d) &" in tex and r"gamma = 0 & \multicolumn{4}{c}{= full model" in tex
+    by_variant = {row["variant"]: row for row in rows}
+    assert by_variant["w/o CI"]["recall@20_verdict"] == "worse" and float(by_variant["w/o CI"]["ndcg@20_diff"]) == -0.02
+    assert by_variant["fixed"]["recall@20_verdict"] == "" and by_variant["fixed"]["seeds"] == "1"
+    assert by_variant["gamma = 0"]["note"].startswith("selected on validation")
