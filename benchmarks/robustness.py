@@ -99,26 +99,25 @@ def cell_file(cell: dict, epochs: int) -> Path:
 
 
 def plan(datasets: list[str], seeds: list[int]) -> list[dict]:
-    """Every cell, in the order they are run: per dataset and seed, the clean and q = 0.4 cells of
-    MGCN and FREEDOM and their cold cells with the ID-only references first (a first complete
-    comparison), then the other seed models, then q = 0.2 and 0.1, then the other cold models."""
+    """Every cell, in the order they are run, stage by stage, each stage over every seed (so the
+    claims, judged on the seeds every compared model has, firm up before the gentler conditions
+    run): the clean and q = 0.4 cells of MGCN and FREEDOM, then of the other models; the cold cells
+    of those models and the ID-only references; q = 0.2 and 0.1; the other models' cold cells."""
+    first, rest = ["mgcn", "freedom"], [m for m in ROBUST_MODELS if m not in ("mgcn", "freedom")]
+    stages = [("robust", first + rest, (0, 0.4)), ("cold", first + list(ID_ONLY) + rest, None),
+              ("robust", ROBUST_MODELS, (0.2, 0.1)),
+              ("cold", [m for m in COLD_MODELS if m not in ROBUST_MODELS and m not in ID_ONLY], None)]
     cells = []
-    for seed in seeds:
-        for dataset in datasets:
-            def robust(models, qs):
-                return [{"family": "robustness", "dataset": dataset, "model": m, "seed": seed,
-                         "condition": "clean" if q == 0 else f"{kind}-{q}", "kind": kind if q else None, "q": q}
-                        for m in models for q in qs for kind in (KINDS if q else (None,))]
-
-            def cold(models):
-                return [{"family": "cold", "dataset": dataset, "model": m, "seed": seed, "condition": "cold"}
-                        for m in models]
-
-            first, rest = ["mgcn", "freedom"], [m for m in ROBUST_MODELS if m not in ("mgcn", "freedom")]
-            cells += robust(first, (0, 0.4)) + cold(first + list(ID_ONLY))
-            cells += robust(rest, (0, 0.4)) + cold(rest)
-            cells += robust(ROBUST_MODELS, (0.2, 0.1))
-            cells += cold([m for m in COLD_MODELS if m not in ROBUST_MODELS and m not in ID_ONLY])
+    for family, models, qs in stages:
+        for seed in seeds:
+            for dataset in datasets:
+                if family == "cold":
+                    cells += [{"family": "cold", "dataset": dataset, "model": m, "seed": seed, "condition": "cold"}
+                              for m in models]
+                    continue
+                cells += [{"family": "robustness", "dataset": dataset, "model": m, "seed": seed,
+                           "condition": "clean" if q == 0 else f"{kind}-{q}", "kind": kind if q else None, "q": q}
+                          for m in models for q in qs for kind in (KINDS if q else (None,))]
     return cells
 
 

@@ -365,3 +365,15 @@ def test_a_rerun_cell_loses_its_record_when_it_starts_and_not_before(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         list(rb.trained_cells([(c, True) for c in cells], tmp_path, 20, "mean", None))
     assert not rb.cell_file(cells[0], 20).exists() and rb.cell_file(cells[1], 20).exists()
+
+
+def test_robustness_cells_run_the_claims_conditions_on_every_seed_first():
+    from benchmarks import robustness as rb
+
+    cells = rb.plan(["lfm2k"], [999, 1000])
+    stage = [(c["family"], c.get("q") in (0, 0.4) if c["family"] == "robustness" else None) for c in cells]
+    head = len([s for s in stage if s == ("robustness", True)])
+    assert stage[:head] == [("robustness", True)] * head  # clean and q = 0.4, every seed, before anything else
+    assert {c["seed"] for c in cells[:head]} == {999, 1000} and cells[0]["model"] == "mgcn"
+    assert {(c["model"], c["seed"]) for c in cells[:head] if c["q"] == 0} == {(m, s) for m in rb.ROBUST_MODELS for s in (999, 1000)}
+    assert len({rb.cell_name(c) for c in cells}) == len(cells) == len(rb.plan(["lfm2k"], [999])) * 2
