@@ -60,7 +60,6 @@ import importlib
 import io
 import json
 import math
-import os
 import random
 import re
 import statistics
@@ -71,7 +70,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
-from benchmarks.common import RESULTS, atomic_write, git_commit, worker_pool
+from benchmarks.common import RESULTS, atomic_npz, atomic_write, git_commit, worker_pool
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 SEED_MODELS = ["rlmmrec", "siger", "egra"]
@@ -379,7 +378,7 @@ def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: i
     run = load_run(run_dir, datasets={(data.name, str(None)): data})
     per_user = Evaluator(data, ks=(10, 20)).evaluate(run.model, "test", per_user=True)["per_user"]
     folder.mkdir(parents=True, exist_ok=True)
-    _write_npz(folder / f"seed-{seed}.npz", {**_arrays(per_user), "user_degree": user_degrees(data, per_user["user"]),
+    atomic_npz(folder / f"seed-{seed}.npz", {**_arrays(per_user), "user_degree": user_degrees(data, per_user["user"]),
                                              **group_arrays(run.model, data)})
     result = {"settings": want, "config": _jsonable(dataclasses.asdict(cfg)),
               "metrics": {k: metrics.get(k) for k in ("status", "valid", "test", "best_epoch", "epochs", "stop_reason")},
@@ -393,13 +392,6 @@ def _arrays(per_user: dict, prefix: str = "") -> dict[str, np.ndarray]:
     """Per-user test metrics as the arrays a cell's ``seed-N.npz`` keeps (``prefix``: a group's)."""
     return {f"{prefix}user": per_user["user"], **{f"{prefix}{m}": np.asarray(per_user[m], dtype=np.float32)
                                                   for m in METRICS}}
-
-
-def _write_npz(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
 
 
 def user_degrees(data, users: np.ndarray) -> np.ndarray:
@@ -445,7 +437,7 @@ def add_groups(model: str, dataset: str, data) -> None:
             else:
                 print(f"[{dataset}/{path.parent.name}] {path.stem}: its run folder is not the recorded run", flush=True)
         if added:
-            _write_npz(path, {**arrays, **added})
+            atomic_npz(path, {**arrays, **added})
             _commit([path], f"Headline study: {dataset}/{path.parent.name} {path.stem}: {', '.join(sorted(added))[:60]}")
 
 
