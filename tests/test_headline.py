@@ -266,12 +266,12 @@ def test_seeds_keep_long_tail_and_head_metrics_and_older_seeds_get_them(study, c
     grouped = ("tail_", "head_", "user_degree")
 
     # A seed recorded before groups were kept gets them from its run folder, the same arrays.
-    headline._write_npz(path, {k: v for k, v in recorded.items() if not k.startswith(grouped)})
+    headline.atomic_npz(path, {k: v for k, v in recorded.items() if not k.startswith(grouped)})
     headline.run_cell("lightgcn", study.name, {"longtail"}, study)
     with np.load(path) as z:
         assert sorted(z.files) == sorted(recorded) and all(np.array_equal(z[k], recorded[k]) for k in z.files)
     # ... unless its run folder is not the recorded run.
-    headline._write_npz(path, {**{k: v for k, v in recorded.items() if not k.startswith(grouped)},
+    headline.atomic_npz(path, {**{k: v for k, v in recorded.items() if not k.startswith(grouped)},
                                "recall@20": recorded["recall@20"] + 1})
     headline.run_cell("lightgcn", study.name, {"longtail"}, study)
     with np.load(path) as z:  # the users' degrees come from the data, not from the run
