@@ -473,14 +473,12 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
                 summary["cold"][dataset]["fixed_order"] = order
             lines += ["", f"Users with a test cold positive: {refs['cold']['native']['users']}; "
                       f"test cold items: {refs['cold']['native']['items']}.", ""]
-    planned_datasets = list(CORRUPTED)  # the benchmark's whole plan, whichever --datasets run now
     tests, pending = [], {}
     for dataset in datasets:
         for model, claim in CLAIMS.items():
             tests_here, pending[dataset, model] = claim_tests(by, dataset, model, claim)
             tests += tests_here
-    holm(tests, len(planned_datasets) * sum(len(c["kinds"]) * len(QS) * len(c["rivals"]) * len(PER_USER)
-                                            for c in CLAIMS.values()))
+    holm(tests, planned_claim_tests())
     verdicts = [f"- {model} on {dataset}: \"{claim['claim']}\": "
                 + judge([t for t in tests if (t["dataset"], t["model"]) == (dataset, model)], pending[dataset, model], model)
                 for dataset in datasets for model, claim in CLAIMS.items()]
@@ -490,7 +488,8 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
                   "conditions where the model and its rivals ran the same seeds; each with a paired test: per test "
                   "user, the model's change from its clean cell divided by its clean mean, minus the rival's "
                   "likewise (seeds averaged per user; its mean is the difference of the two relative changes), "
-                  f"Wilcoxon signed-rank, Holm over the claims' {_planned_text(tests, planned_datasets)}. A claim "
+                  f"Wilcoxon signed-rank, Holm over the claims' {planned_claim_tests()} planned tests ({len(tests)} "
+                  "measured; one not measured yet counts as p = 1). A claim "
                   "holds where every difference is significantly positive (a smaller drop than each rival's).", "",
                   *verdicts, ""]
         summary["claims"] = verdicts
@@ -504,9 +503,10 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
     return summary, "\n".join(lines) + "\n"
 
 
-def _planned_text(tests: list[dict], datasets: list[str]) -> str:
-    planned = len(datasets) * sum(len(c["kinds"]) * len(QS) * len(c["rivals"]) * len(PER_USER) for c in CLAIMS.values())
-    return f"{planned} planned tests ({len(tests)} measured; one not measured yet counts as p = 1)"
+def planned_claim_tests() -> int:
+    """The claims' tests on the benchmark's whole plan (every dataset, kind, q, rival and metric),
+    whichever ``--datasets`` run now: Holm's family."""
+    return len(CORRUPTED) * sum(len(c["kinds"]) * len(QS) * len(c["rivals"]) * len(PER_USER) for c in CLAIMS.values())
 
 
 def claim_tests(by: dict, dataset: str, model: str, claim: dict) -> tuple[list[dict], list[str]]:
