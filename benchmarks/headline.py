@@ -793,6 +793,14 @@ def judge_gains(data: dict, ds: str, model: str, rival: str, on: tuple[str, str]
     return ("**holds**" if larger else "**does not hold**") + f" (relative gain over {rival}: " + "; ".join(parts) + ")."
 
 
+def _glance(text: str) -> str:
+    """A verdict's first words: holds, does not hold, pending or elsewhere."""
+    for short in ("**holds**", "**does not hold**", "pending"):
+        if text.startswith(short):
+            return short
+    return "elsewhere" if text.startswith("not tested by this study") else text.split(":")[0]
+
+
 def render_markdown(data: dict, models: list[str], datasets: list[str], tunings: dict) -> str:
     p = data["protocol"]
     md = ["# Headline study: seed models against tuned baselines", "",
@@ -813,6 +821,12 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
           "other jobs, its ablations from 2026-12-03 1.5-2 s); "
           "a cell with seeds trained on a GPU (`--device cuda`) says so after its s/epoch.",
           "", "`python -m benchmarks.headline --report-only` rebuilds this page from the committed cells.", ""]
+    md += ["## The claims at a glance", "", "Each seed paper's claims, as judged at the end of this page (with the "
+           "evidence there).", "", "| model | claim | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
+    for s in SEED_MODELS:
+        for claim in CLAIMS[s]:
+            md.append(f"| {s} | {claim['claim']} | " + " | ".join(_glance(judge(data, ds, s, claim)) for ds in datasets) + " |")
+    md.append("")
     for ds in datasets:
         rows = data["summaries"][ds]
         baselines = [m for m in models if m not in SEED_MODELS and m in rows and rows[m]["n"] == len(SEEDS)]

@@ -54,7 +54,13 @@ def test_cells_are_tuned_blind_recorded_and_skipped_on_rerun(study, monkeypatch)
     versus = data["versus_lightgcn"]
     assert [(t["model"], t["metric"]) for t in versus] == [("rlmmrec", m) for m in headline.TESTED]
     assert [t["p"] for t in versus] == [t["p"] for t in tests]  # the same pair, another family
-    assert "| lightgcn | 2 |" in (headline.RESULTS / "headline.md").read_text()
+    md = (headline.RESULTS / "headline.md").read_text()
+    assert "| lightgcn | 2 |" in md
+    glance = md.split("## The claims at a glance")[1].split("\n## ")[0]
+    assert f"| rlmmrec | {headline.CLAIMS['rlmmrec'][0]['claim']} | " in glance  # one row per claim
+    assert glance.count("\n| egra |") == len(headline.CLAIMS["egra"])
+    assert [headline._glance(t) for t in ("**holds** (x)", "**does not hold**: y", "pending (z)", "not tested by this study; see w")] \
+        == ["**holds**", "**does not hold**", "pending", "elsewhere"]
 
 
 def test_a_changed_protocol_is_tuned_again(study, monkeypatch):
