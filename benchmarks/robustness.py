@@ -400,11 +400,25 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
         values = [r[where][key] for r in runs if r.get(where) and key in r[where]]
         return float(np.mean(values)) if values else None
 
+    def change(dataset, model, condition, key) -> str:
+        """The relative change from the clean cell on the seeds both ran; ± over seeds (2 or more)."""
+        clean = {c["seed"]: c["test"][key] for c in by.get(("robustness", dataset, model, "clean"), [])}
+        corrupted = {c["seed"]: c["test"][key] for c in by.get(("robustness", dataset, model, condition), [])}
+        seeds = sorted(set(clean) & set(corrupted))
+        if not seeds:
+            return "-"
+        text = _pct(np.mean([corrupted[s] for s in seeds]), np.mean([clean[s] for s in seeds]))
+        if len(seeds) > 1:
+            text += f" ± {100 * np.std([corrupted[s] / clean[s] - 1 for s in seeds], ddof=1):.1f}"
+        return text
+
     lines = ["# Robustness to missing / noisy modalities, and cold items", "",
              f"Every cell: one training run, epochs capped at the value recorded in the cell (this table: "
              f"{sorted({c['settings']['epochs'] for c in cells}) or [epochs]}), threads=1, default settings, "
              f"modalities of benchmarks/multimodal.py; seeds that ran: {sorted({c['seed'] for c in cells})}. "
-             f"Test metrics at the best validation epoch. Cells finished: {len(cells)}; left: {len(left)}.", ""]
+             f"Test metrics at the best validation epoch. Cells finished: {len(cells)}; left: {len(left)}. "
+             "Δ: the relative change of the mean from the clean cells, over the seeds both ran; ± the sample "
+             "standard deviation of the per-seed changes (with 2 or more seeds).", ""]
     summary = {"finished": len(cells), "left": left, "robustness": {}, "cold": {}}
     datasets = sorted({c["dataset"] for c in cells}, key=lambda d: list(CORRUPTED).index(d) if d in CORRUPTED else 9)
     imputations = sorted({c["impute"] for c in cells if c.get("impute", "mean") != "mean"})
@@ -427,7 +441,7 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
                     row.append(f"{base:.4f}")
                     for q in QS:
                         v = mean("robustness", dataset, m, f"{kind}-{q}", key)
-                        row.append("-" if v is None else _pct(v, base))
+                        row.append(change(dataset, m, f"{kind}-{q}", key))
                         summary["robustness"].setdefault(dataset, {}).setdefault(kind, {}).setdefault(m, {})[
                             f"{key}@q={q}"] = v
                     summary["robustness"][dataset][kind][m][f"{key}@q=0"] = base

@@ -208,6 +208,12 @@ def test_robustness_benchmark_keeps_zero_imputation_cells_apart(tmp_path, monkey
     assert zero_table.startswith(" (rows masked, zero-filled, mask-aware fusion)")
     assert "| mgcn | 0.4000 | - | - | -25.0% |" in mean_table.split("##")[0]
     assert "| mgcn | 0.4000 | - | - | -50.0% |" in zero_table.split("##")[0]
+    # a second seed: the change over the seeds both cells ran, ± over seeds; a condition's seed
+    # without its clean cell takes no part
+    clean, noisy = (next(c for c in mgcn if c["condition"] == cond and not c.get("impute")) for cond in ("clean", "drop-0.4"))
+    fake += [record({**clean, "seed": 1000}, 0.5), record({**noisy, "seed": 1000}, 0.45), record({**noisy, "seed": 1001}, 0.1)]
+    _, md = rb.report(fake, cells, 20)
+    assert "| mgcn | 0.4500 | - | - | -16.7% ± 10.6 |" in md.split("## lfm2k: drop on text")[1].split("##")[0]
 
 
 def test_robustness_rerun_selects_matching_cells_trained_before_the_change():
