@@ -1,8 +1,8 @@
 """Robustness to missing and noisy modalities, and cold-item metrics (issue: beyond the anchors).
 
 Two families of cells, each trained once per (dataset, model, seed) and written as a small JSON
-file under ``results/robustness/cells/`` (a robustness cell with its per-user test R@20 / N@20 in
-an ``.npz`` beside it, for the claims' paired tests) as soon as it finishes (weights and run directories
+file under ``results/robustness/cells/`` (with its per-user test R@20 / N@20 in an ``.npz`` beside
+it, per mode for a cold cell, for the claims' paired tests) as soon as it finishes (weights and run directories
 stay in ``--work``, never in the repository), so a rerun skips finished cells and an
 interrupted study resumes where it stopped:
 
@@ -20,6 +20,10 @@ interrupted study resumes where it stopped:
   (``all``), with cold rows scored ``native`` (as trained), ``knn`` and ``map``
   (:mod:`prismrec.coldstart`), next to popularity and random references. ID-only models (BPR,
   LightGCN) are the ``native`` reference: what a model without content can do.
+
+The tables end with the seed papers' claims, each judged by per-user paired tests (Wilcoxon, Holm
+over the claim family's planned tests): SIGER's and EGRA's robustness (``CLAIMS``: a smaller
+relative drop than GUME's and MGCN's) and RLMultimodalRec's cold start (``COLD_CLAIMS``).
 
 Training is capped (``--epochs``, recorded in every cell) so the grid fits a small machine; the
 cap and the seeds are in the table header. A run with another cap trains its own cells (each cap
