@@ -524,8 +524,8 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
     tests, verdicts = judged(by, datasets, CLAIMS, claim_tests, planned_claim_tests())
     if verdicts:
         lines += ["## The seed papers' robustness claims", "",
-                  "Relative change of the seed-mean test metric from the clean cells (the tables above), on the "
-                  "conditions where the model and its rivals ran the same seeds; each with a paired test: per test "
+                  "Relative change of the seed-mean test metric from the clean cells, on the seeds where the model "
+                  "and its rivals all ran the condition and the clean cell; each with a paired test: per test "
                   "user, the model's change from its clean cell divided by its clean mean, minus the rival's "
                   "likewise (seeds averaged per user; its mean is the difference of the two relative changes), "
                   f"Wilcoxon signed-rank, Holm over the claims' {planned_claim_tests()} planned tests ({len(tests)} "
