@@ -100,6 +100,19 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_npz(path: Path, arrays: dict) -> None:
+    """Write ``arrays`` to ``path`` as a compressed ``.npz``, whole or not at all."""
+    import os
+
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
 def git_commit(paths: list[Path], message: str) -> None:
     """Commit exactly ``paths`` (retrying while another commit holds the index lock); a long study
     that commits its finished cells survives the end of a session or machine."""

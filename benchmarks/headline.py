@@ -31,7 +31,9 @@ Protocol:
   with the variant's switches changed, the same seeds, not re-tuned.
 - **Tests**: per-user test metrics averaged over the 5 seeds; Wilcoxon signed-rank test of each
   seed model against each baseline (and each ablation against its full model) per dataset and
-  metric; Holm's correction over each family.
+  metric; Holm's correction over each family, the family being every test the study plans (on
+  every dataset), a test not measured yet counting as p = 1: adjusted p-values only fall as cells
+  land, so a significant verdict read mid-study stands when the study completes.
 - **Groups**: each seed also keeps its per-user test metrics over the long tail (the least
   popular ``TAIL_SHARE`` of items by training degree) and the head, and its users' training
   interactions (sparse users: the sparsest ``SPARSE_SHARE``); EGRA's long-tail claim (ALGORITHMS.md
@@ -58,7 +60,6 @@ import importlib
 import io
 import json
 import math
-import os
 import random
 import re
 import statistics
@@ -69,7 +70,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
-from benchmarks.common import RESULTS, atomic_write, git_commit, worker_pool
+from benchmarks.common import RESULTS, atomic_npz, atomic_write, git_commit, worker_pool
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 SEED_MODELS = ["rlmmrec", "siger", "egra"]
@@ -377,7 +378,7 @@ def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: i
     run = load_run(run_dir, datasets={(data.name, str(None)): data})
     per_user = Evaluator(data, ks=(10, 20)).evaluate(run.model, "test", per_user=True)["per_user"]
     folder.mkdir(parents=True, exist_ok=True)
-    _write_npz(folder / f"seed-{seed}.npz", {**_arrays(per_user), "user_degree": user_degrees(data, per_user["user"]),
+    atomic_npz(folder / f"seed-{seed}.npz", {**_arrays(per_user), "user_degree": user_degrees(data, per_user["user"]),
                                              **group_arrays(run.model, data)})
     result = {"settings": want, "config": _jsonable(dataclasses.asdict(cfg)),
               "metrics": {k: metrics.get(k) for k in ("status", "valid", "test", "best_epoch", "epochs", "stop_reason")},
@@ -391,13 +392,6 @@ def _arrays(per_user: dict, prefix: str = "") -> dict[str, np.ndarray]:
     """Per-user test metrics as the arrays a cell's ``seed-N.npz`` keeps (``prefix``: a group's)."""
     return {f"{prefix}user": per_user["user"], **{f"{prefix}{m}": np.asarray(per_user[m], dtype=np.float32)
                                                   for m in METRICS}}
-
-
-def _write_npz(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
 
 
 def user_degrees(data, users: np.ndarray) -> np.ndarray:
@@ -443,7 +437,7 @@ def add_groups(model: str, dataset: str, data) -> None:
             else:
                 print(f"[{dataset}/{path.parent.name}] {path.stem}: its run folder is not the recorded run", flush=True)
         if added:
-            _write_npz(path, {**arrays, **added})
+            atomic_npz(path, {**arrays, **added})
             _commit([path], f"Headline study: {dataset}/{path.parent.name} {path.stem}: {', '.join(sorted(added))[:60]}")
 
 
@@ -599,12 +593,16 @@ def paired(a: dict, b: dict, metric: str, group: str = "") -> dict:
     return {"diff": float(diff.mean()), "p": p, "users": int(len(diff))}
 
 
-def holm(tests: list[dict]) -> None:
-    """Holm's step-down adjustment, in place: ``p_holm`` for each test of the family."""
+def holm(tests: list[dict], planned: int = 0) -> None:
+    """Holm's step-down adjustment, in place: ``p_holm`` for each test of the family. The family is
+    the ``planned`` tests (the whole study's), of which ``tests`` are measured so far; a test not
+    measured yet counts as p = 1, so an adjusted p can only fall as the study fills in: a verdict
+    "better" or "worse" read now stands when the study completes."""
+    size = max(len(tests), planned)
     order = sorted(range(len(tests)), key=lambda i: tests[i]["p"])
     running = 0.0
     for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(tests) - rank) * tests[i]["p"]))
+        running = max(running, min(1.0, (size - rank) * tests[i]["p"]))
         tests[i]["p_holm"] = running
 
 
@@ -619,6 +617,12 @@ def report(models: list[str], datasets: list[str]) -> dict:
     complete = {ds: {m: c for m, c in row.items() if c and len(c["seeds"]) == len(SEEDS)} for ds, row in cells.items()}
     summaries = {ds: {m: summary(c) for m, c in row.items() if c} for ds, row in cells.items()}
 
+    seed_models = [s for s in SEED_MODELS if s in models]
+    planned = {"comparisons": len(datasets) * len(seed_models) * len([m for m in models if m not in SEED_MODELS]),
+               "versus_lightgcn": len(datasets) * (len(models) - 1) if REFERENCE in models else 0,
+               "ablation_tests": 0,
+               "group_tests": len(datasets) * sum("gains_over" in c for s in seed_models for c in CLAIMS[s])}
+    planned = {family: n * len(TESTED) for family, n in planned.items()}
     comparisons = []  # seed model vs baseline
     for ds in datasets:
         for s in SEED_MODELS:
@@ -627,7 +631,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
                     for metric in TESTED:
                         comparisons.append({"dataset": ds, "model": s, "baseline": b, "metric": metric,
                                             **paired(complete[ds][s], complete[ds][b], metric)})
-    holm(comparisons)
+    holm(comparisons, planned["comparisons"])
 
     versus_id = []  # does content help: each other model against the ID-only LightGCN
     for ds in datasets:
@@ -636,11 +640,11 @@ def report(models: list[str], datasets: list[str]) -> dict:
                 for metric in TESTED:
                     versus_id.append({"dataset": ds, "model": m, "baseline": REFERENCE, "metric": metric,
                                       **paired(complete[ds][m], complete[ds][REFERENCE], metric)})
-    holm(versus_id)
+    holm(versus_id, planned["versus_lightgcn"])
 
     ablation_rows, ablation_tests, identical = {}, [], {}
     for ds in datasets:
-        for s in SEED_MODELS:
+        for s in seed_models:
             tuning = _read_json(CELLS / ds / s / "tuning.json")
             for label, changed in ablations(s).items():
                 try:
@@ -650,6 +654,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
                 if same:
                     identical.setdefault(ds, {}).setdefault(s, []).append(label)
                     continue
+                planned["ablation_tests"] += len(TESTED)
                 cell = collect(ds, f"{s}~{slug(changed)}")
                 if cell is None:
                     continue
@@ -658,7 +663,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
                     for metric in TESTED:
                         ablation_tests.append({"dataset": ds, "model": s, "variant": label, "metric": metric,
                                                **paired(cell, complete[ds][s], metric)})
-    holm(ablation_tests)
+    holm(ablation_tests, planned["ablation_tests"])
 
     groups, group_tests = {}, []  # per group, every model whose seeds all have it; the seed models' group claims
     for ds in datasets:
@@ -674,7 +679,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
                     for metric in TESTED:
                         group_tests.append({"dataset": ds, "model": s, "baseline": rival, "group": group, "metric": metric,
                                             **paired(complete[ds][s], complete[ds][rival], metric, group)})
-    holm(group_tests)
+    holm(group_tests, planned["group_tests"])
 
     tunings = {ds: {m: _read_json(CELLS / ds / m / "tuning.json") for m in models} for ds in datasets}
     data = {"protocol": {"trials": TRIALS, "trial_epochs": TRIAL_EPOCHS, "trial_patience": TRIAL_PATIENCE,
@@ -682,7 +687,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
             "summaries": summaries, "comparisons": comparisons, "versus_lightgcn": versus_id,
             "ablations": ablation_rows,
             "ablation_tests": ablation_tests, "identical_ablations": identical,
-            "groups": groups, "group_tests": group_tests,
+            "groups": groups, "group_tests": group_tests, "planned": planned,
             "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()},
             "retuning": {ds: [m for m, t in row.items() if t and not same_protocol(t["spec"], _jsonable(spec(m, ds)))]
                          for ds, row in tunings.items()}}
@@ -691,6 +696,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
     atomic_write(RESULTS / "headline.md", render_markdown(data, models, datasets, tunings))
     atomic_write(RESULTS / "headline.tex", render_latex(data, models, datasets))
     atomic_write(RESULTS / "headline.csv", render_csv(data))
+    atomic_write(RESULTS / "headline_ablations.csv", render_ablations_csv(data))
     return data
 
 
@@ -710,6 +716,14 @@ def progress(data: dict, cells: dict, tunings: dict, models: list[str], datasets
                 row["ablation seeds"] = [done, len(variants) * len(SEEDS)]
             out.setdefault(ds, {})[m] = row
     return out
+
+
+def _family(data: dict, family: str) -> str:
+    planned, measured = data["planned"][family], len(data[family])
+    if measured >= planned:
+        return f"its {measured} tests"
+    return (f"the study's {planned} planned tests, {measured} measured so far (each test not measured yet "
+            "counts as p = 1, so a significant verdict stands as the study fills in)")
 
 
 def _fmt(s: dict, metric: str) -> str:
@@ -790,7 +804,7 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
           "test evaluated once per seed. Cells: test metrics mean ± sample std over seeds; **bold** = "
           f"best complete row of the column; † = the seed model is better than every baseline of the "
           f"table on that metric (per-user Wilcoxon signed-rank, seeds averaged per user, Holm over "
-          f"{len(data['comparisons'])} tests, α = {p['alpha']}). A row with fewer than {len(SEEDS)} seeds "
+          f"{_family(data, 'comparisons')}, α = {p['alpha']}). A row with fewer than {len(SEEDS)} seeds "
           "is still running and takes no part in marks or tests; ‡ = its search space changed since these "
           "seeds ran (it is being tuned again; its seeds are kept if the same point is selected). s/epoch (median over seeds of each run's median "
           "training epoch, one thread) and peak RSS are as each cell ran, on a shared 2-core machine with the "
@@ -830,7 +844,7 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
                   f"{t['p']:.2g} | {t['p_holm']:.2g} | {verdict(t)} |")
     md += ["", f"## Every model against {REFERENCE}", "",
            f"Does content help? Each model against the ID-only {REFERENCE} (mean per-user difference, Wilcoxon, "
-           f"Holm over {len(data['versus_lightgcn'])} tests).", "",
+           f"Holm over {_family(data, 'versus_lightgcn')}).", "",
            "| dataset | model | metric | diff | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|"]
     for t in data["versus_lightgcn"]:
         md.append(f"| {t['dataset']} | {t['model']} | {LABEL[t['metric']]} | {t['diff']:+.4f} | {t['p']:.2g} | "
@@ -858,7 +872,7 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
                 md.append(f"- {s} on {ds}: \"{claim['claim']}\": {judge(data, ds, s, claim)}{again}")
     md += ["", "## Ablations", "",
            "Variant settings on top of the tuned point, same seeds; tests against the full model (Holm over "
-           f"{len(data['ablation_tests'])} tests).", ""]
+           f"{_family(data, 'ablation_tests')}).", ""]
     for ds, by_model in data["ablations"].items():
         for s, variants in by_model.items():
             full = data["summaries"][ds].get(s)
@@ -895,32 +909,74 @@ def _tex(text: str) -> str:
     return text.replace("_", r"\_").replace("%", r"\%")
 
 
-def render_latex(data: dict, models: list[str], datasets: list[str]) -> str:
-    cols = "l" + "c" * (len(METRICS) * len(datasets))
-    head = " & ".join(rf"\multicolumn{{{len(METRICS)}}}{{c}}{{{_tex(ds)}}}" for ds in datasets)
-    sub = " & ".join(LABEL[m] for m in METRICS)
-    lines = [r"\begin{tabular}{" + cols + "}", r"\toprule", f"Model & {head} \\\\",
-             "& " + " & ".join([sub] * len(datasets)) + r" \\", r"\midrule"]
-    for model in models:
-        if model == SEED_MODELS[0]:
+def _tex_cell(summary: dict | None, metric: str, best: bool = False, mark: str = "") -> str:
+    if summary is None:
+        return "--"
+    mean = f"{summary['mean'][metric]:.4f}"
+    return (rf"\textbf{{{mean}}}" if best else mean) + rf"$\pm${summary['std'][metric]:.4f}" + mark
+
+
+def _tabular(datasets: list[str], rows: list[tuple[str, list[str]]], notes: list[str], first_seed_row: int = -1) -> list[str]:
+    """A booktabs tabular: datasets as column groups of ``METRICS``, one line per ``(label, cells)``."""
+    n = len(METRICS)
+    lines = [f"% {note}" for note in notes] + [
+        r"\begin{tabular}{l" + "c" * (n * len(datasets)) + "}", r"\toprule",
+        " & " + " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_tex(ds)}}}" for ds in datasets) + r" \\",
+        "".join(rf"\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(datasets))),
+        "Model & " + " & ".join(LABEL[m] for _ in datasets for m in METRICS) + r" \\", r"\midrule"]
+    for k, (label, cells) in enumerate(rows):
+        if k == first_seed_row:
             lines.append(r"\midrule")
-        cells = []
+        lines.append(_tex(label) + " & " + " & ".join(cells) + r" \\")
+    return lines + [r"\bottomrule", r"\end{tabular}"]
+
+
+def render_latex(data: dict, models: list[str], datasets: list[str]) -> str:
+    """The headline table (mean ± std over seeds, best mean bold, † as in the markdown), then one
+    table per seed model's ablations (↓ / ↑: the variant is significantly below / above the full
+    model on that metric, Holm-corrected)."""
+    rows = []
+    for model in models:
+        label, cells = model, []
         for ds in datasets:
-            rows = data["summaries"][ds]
-            baselines = [m for m in models if m not in SEED_MODELS and m in rows and rows[m]["n"] == len(SEEDS)]
+            summaries = data["summaries"][ds]
+            baselines = [m for m in models if m not in SEED_MODELS and m in summaries and summaries[m]["n"] == len(SEEDS)]
+            s = summaries.get(model)
+            if s is not None and s["n"] < len(SEEDS):
+                label = f"{model} ({s['n']}/{len(SEEDS)} seeds on {ds})"
             for metric in METRICS:
-                s = rows.get(model)
-                if s is None:
-                    cells.append("--")
+                beats = model in SEED_MODELS and metric in TESTED and _beats_all(data, ds, model, metric, baselines)
+                cells.append(_tex_cell(s, metric, _best(summaries, metric) == model, r"$^\dagger$" if beats else ""))
+        rows.append((label, cells))
+    seeds = f"{len(SEEDS)} seeds"
+    lines = _tabular(datasets, rows, [f"Test metrics, mean $\\pm$ std over {seeds}; bold: best complete row; "
+                                      "dagger: better than every baseline (Wilcoxon, Holm)."],
+                     next((k for k, m in enumerate(models) if m in SEED_MODELS), -1))
+    marks = {"worse": r"$^\downarrow$", "better": r"$^\uparrow$"}
+    for s in [m for m in SEED_MODELS if m in models]:
+        variants = [label for label in ablations(s)
+                    if any(label in data["ablations"].get(ds, {}).get(s, {}) or
+                           label in data["identical_ablations"].get(ds, {}).get(s, []) for ds in datasets)]
+        if not variants:
+            continue
+        rows = [("full model", [_tex_cell(data["summaries"][ds].get(s), m) for ds in datasets for m in METRICS])]
+        for label in variants:
+            cells, row = [], label
+            for ds in datasets:
+                summary = data["ablations"].get(ds, {}).get(s, {}).get(label)
+                if summary is not None and summary["n"] < len(SEEDS):
+                    row = f"{label} ({summary['n']}/{len(SEEDS)} seeds on {ds})"
+                if label in data["identical_ablations"].get(ds, {}).get(s, []):
+                    cells += [rf"\multicolumn{{{len(METRICS)}}}{{c}}{{= full model (selected on validation)}}"]
                     continue
-                text = f"{s['mean'][metric]:.4f}"
-                if _best(rows, metric) == model:
-                    text = rf"\textbf{{{text}}}"
-                if model in SEED_MODELS and metric in TESTED and _beats_all(data, ds, model, metric, baselines):
-                    text += r"$^\dagger$"
-                cells.append(text)
-        lines.append(_tex(model) + " & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+                for metric in METRICS:
+                    test = next((t for t in data["ablation_tests"] if t["dataset"] == ds and t["model"] == s
+                                 and t["variant"] == label and t["metric"] == metric), None)
+                    cells.append(_tex_cell(summary, metric, mark=marks.get(verdict(test), "") if test else ""))
+            rows.append((row, cells))
+        lines += ["", *_tabular(datasets, rows, [f"Ablations of {s}: the tuned point with the variant's settings, the "
+                                                 f"same {seeds}; down/up arrow: significantly below/above the full "
+                                                 "model (Wilcoxon, Holm)."])]
     return "\n".join(lines) + "\n"
 
 
@@ -930,16 +986,46 @@ def _off_cpu(summary: dict) -> str:
     return f" ({', '.join(other)})" if other else ""
 
 
-def render_csv(data: dict) -> str:
+def _csv(header: list[str], rows: list[list]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["dataset", "model", "seeds", *(f"{m}_{k}" for m in METRICS for k in ("mean", "std")),
-                     "epochs", "s_per_epoch", "peak_rss_mb"])
-    for ds, rows in data["summaries"].items():
-        for model, s in rows.items():
-            writer.writerow([ds, model, s["n"], *(f"{s[k][m]:.6f}" for m in METRICS for k in ("mean", "std")),
-                             f"{s['epochs']:.1f}", f"{s['s_epoch']:.4f}", f"{s['peak_rss_mb']:.0f}"])
+    writer.writerow(header)
+    writer.writerows(rows)
     return buf.getvalue()
+
+
+def _means(s: dict) -> list[str]:
+    return [f"{s[k][m]:.6f}" for m in METRICS for k in ("mean", "std")]
+
+
+def render_csv(data: dict) -> str:
+    return _csv(["dataset", "model", "seeds", *(f"{m}_{k}" for m in METRICS for k in ("mean", "std")),
+                 "epochs", "s_per_epoch", "peak_rss_mb"],
+                [[ds, model, s["n"], *_means(s), f"{s['epochs']:.1f}", f"{s['s_epoch']:.4f}", f"{s['peak_rss_mb']:.0f}"]
+                 for ds, rows in data["summaries"].items() for model, s in rows.items()])
+
+
+def render_ablations_csv(data: dict) -> str:
+    """One row per (dataset, seed model, variant): metrics, and per tested metric the mean per-user
+    difference to the full model, its Wilcoxon p, Holm p and verdict; a variant validation selected
+    is the full model (``note``)."""
+    tested = [f"{m}_{k}" for m in TESTED for k in ("diff", "p", "p_holm", "verdict")]
+    rows = []
+    for ds, by_model in data["ablations"].items():
+        for s, variants in by_model.items():
+            for label, summary in variants.items():
+                tests = {t["metric"]: t for t in data["ablation_tests"]
+                         if t["dataset"] == ds and t["model"] == s and t["variant"] == label}
+                rows.append([ds, s, label, summary["n"], *_means(summary), ""]
+                            + [x for m in TESTED for x in ((f"{tests[m]['diff']:+.6f}", f"{tests[m]['p']:.4g}",
+                                                            f"{tests[m]['p_holm']:.4g}", verdict(tests[m]))
+                                                           if m in tests else ("",) * 4)])
+    for ds, by_model in data["identical_ablations"].items():
+        for s, labels in by_model.items():
+            rows += [[ds, s, label, "", *[""] * (2 * len(METRICS)), "selected on validation: the full model",
+                      *[""] * len(tested)] for label in labels]
+    return _csv(["dataset", "model", "variant", "seeds", *(f"{m}_{k}" for m in METRICS for k in ("mean", "std")),
+                 "note", *tested], rows)
 
 
 def main() -> None:

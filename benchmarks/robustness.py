@@ -1,7 +1,8 @@
 """Robustness to missing and noisy modalities, and cold-item metrics (issue: beyond the anchors).
 
 Two families of cells, each trained once per (dataset, model, seed) and written as a small JSON
-file under ``results/robustness/cells/`` as soon as it finishes (weights and run directories
+file under ``results/robustness/cells/`` (a robustness cell with its per-user test R@20 / N@20 in
+an ``.npz`` beside it, for the claims' paired tests) as soon as it finishes (weights and run directories
 stay in ``--work``, never in the repository), so a rerun skips finished cells and an
 interrupted study resumes where it stopped:
 
@@ -35,7 +36,10 @@ processes (the derived data is made first, by the main process, which alone writ
 and commits).
 
     python -m benchmarks.robustness [--datasets lfm2k,tiktok] [--seeds 999] [--epochs 20]
-        [--max-cells N] [--jobs 2] [--commit] [--report-only]
+        [--max-cells N] [--jobs 2] [--commit] [--report-only] [--backfill]
+
+``--backfill`` adds per-user metrics to cells recorded before they were kept, from their run
+folders where this machine has them (checked against the recorded test metrics).
 """
 
 from __future__ import annotations
@@ -50,9 +54,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
-from benchmarks.common import RESULTS, atomic_write, git_commit, worker_pool
+from benchmarks.common import RESULTS, atomic_npz, atomic_write, git_commit, worker_pool
 from benchmarks.headline import TRIAL_MIN_EPOCHS as WARM_UP
+from benchmarks.headline import holm, verdict
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 OUT = RESULTS / "robustness"
@@ -66,8 +72,10 @@ CORRUPTED = {"lfm2k": "text", "tiktok": "image"}  # the modality whose rows are 
 COLD_FRACTION, COLD_SEED = 0.1, 999
 KS = (10, 20)
 CAP = 20  # the default epoch cap (--epochs)
-# The seed papers' robustness claims, judged on the tables: the model's relative change under the
-# corruption is above (a smaller drop than) each rival's, at every measured q, on R@20 and N@20.
+# The seed papers' robustness claims: the model's relative change under the corruption is above
+# (a smaller drop than) each rival's, at every measured q, on R@20 and N@20, significantly (a
+# per-user paired test on the seeds both ran, Holm over every planned test of the claims).
+PER_USER = ("recall@20", "ndcg@20")  # kept per test user in each robustness cell's .npz
 CLAIMS = {
     "siger": {"claim": "under feature corruption its relative drop is smaller than GUME's and MGCN's "
                        "(ALGORITHMS.md §5)", "kinds": KINDS, "rivals": ("gume", "mgcn")},
@@ -98,27 +106,48 @@ def cell_file(cell: dict, epochs: int) -> Path:
     return OUT / "cells" / f"{cell_name(cell)}__e{epochs}.json"
 
 
+def per_user_file(cell: dict, epochs: int) -> Path:
+    """A robustness cell's per-user test metrics (``PER_USER`` and ``user``), beside its record."""
+    return cell_file(cell, epochs).with_suffix(".npz")
+
+
+def per_user_arrays(run_dir: Path, data_dir: Path | None, test: dict) -> dict[str, np.ndarray]:
+    """Each test user's ``PER_USER`` metrics in the finished run ``run_dir``, checked against the
+    run's recorded ``test`` metrics (their mean over users)."""
+    from prismrec.eval import Evaluator
+    from prismrec.experiment.export import load_run
+
+    run = load_run(run_dir, data_dir)
+    per_user = Evaluator(run.dataset, ks=(20,), mask_valid_at_test=run.config.train.mask_valid_at_test).evaluate(
+        run.model, "test", per_user=True)["per_user"]
+    arrays = {"user": np.asarray(per_user["user"]), **{m: np.asarray(per_user[m], dtype=np.float32) for m in PER_USER}}
+    for m in PER_USER:
+        if abs(float(np.mean(per_user[m])) - test[m]) > 1e-5:
+            raise ValueError(f"{run_dir}: per-user {m} averages {np.mean(per_user[m]):.6f}, but the run recorded "
+                             f"{test[m]:.6f}: not the run this cell recorded")
+    return arrays
+
+
 def plan(datasets: list[str], seeds: list[int]) -> list[dict]:
-    """Every cell, in the order they are run: per dataset and seed, the clean and q = 0.4 cells of
-    MGCN and FREEDOM and their cold cells with the ID-only references first (a first complete
-    comparison), then the other seed models, then q = 0.2 and 0.1, then the other cold models."""
+    """Every cell, in the order they are run, stage by stage, each stage over every seed (so the
+    claims, judged on the seeds every compared model has, firm up before the gentler conditions
+    run): the clean and q = 0.4 cells of MGCN and FREEDOM, then of the other models; the cold cells
+    of those models and the ID-only references; q = 0.2 and 0.1; the other models' cold cells."""
+    first, rest = ["mgcn", "freedom"], [m for m in ROBUST_MODELS if m not in ("mgcn", "freedom")]
+    stages = [("robust", first + rest, (0, 0.4)), ("cold", first + list(ID_ONLY) + rest, None),
+              ("robust", ROBUST_MODELS, (0.2, 0.1)),
+              ("cold", [m for m in COLD_MODELS if m not in ROBUST_MODELS and m not in ID_ONLY], None)]
     cells = []
-    for seed in seeds:
-        for dataset in datasets:
-            def robust(models, qs):
-                return [{"family": "robustness", "dataset": dataset, "model": m, "seed": seed,
-                         "condition": "clean" if q == 0 else f"{kind}-{q}", "kind": kind if q else None, "q": q}
-                        for m in models for q in qs for kind in (KINDS if q else (None,))]
-
-            def cold(models):
-                return [{"family": "cold", "dataset": dataset, "model": m, "seed": seed, "condition": "cold"}
-                        for m in models]
-
-            first, rest = ["mgcn", "freedom"], [m for m in ROBUST_MODELS if m not in ("mgcn", "freedom")]
-            cells += robust(first, (0, 0.4)) + cold(first + list(ID_ONLY))
-            cells += robust(rest, (0, 0.4)) + cold(rest)
-            cells += robust(ROBUST_MODELS, (0.2, 0.1))
-            cells += cold([m for m in COLD_MODELS if m not in ROBUST_MODELS and m not in ID_ONLY])
+    for family, models, qs in stages:
+        for seed in seeds:
+            for dataset in datasets:
+                if family == "cold":
+                    cells += [{"family": "cold", "dataset": dataset, "model": m, "seed": seed, "condition": "cold"}
+                              for m in models]
+                    continue
+                cells += [{"family": "robustness", "dataset": dataset, "model": m, "seed": seed,
+                           "condition": "clean" if q == 0 else f"{kind}-{q}", "kind": kind if q else None, "q": q}
+                          for m in models for q in qs for kind in (KINDS if q else (None,))]
     return cells
 
 
@@ -182,6 +211,8 @@ def run_cell(cell: dict, work: Path, epochs: int, impute: str, overwrite: bool =
               "valid": {k: v for k, v in (metrics.get("valid") or {}).items() if "@" in k}}
     if cell["family"] == "cold":
         record["cold"] = cold_rows(run_dir, data_dir, cell)
+    else:  # written beside the record by the caller
+        record["per_user"] = per_user_arrays(run_dir, data_dir, record["test"])
     return record
 
 
@@ -311,8 +342,45 @@ def _cap_suffix(epochs: int) -> str:
 
 
 def load_cells(epochs: int) -> list[dict]:
-    """The finished cells of one epoch cap."""
-    return [json.loads(p.read_text()) for p in sorted((OUT / "cells").glob(f"*__e{epochs}.json"))]
+    """The finished cells of one epoch cap, with their per-user test metrics where kept."""
+    cells = []
+    for path in sorted((OUT / "cells").glob(f"*__e{epochs}.json")):
+        cell = json.loads(path.read_text())
+        if path.with_suffix(".npz").is_file():
+            with np.load(path.with_suffix(".npz")) as z:
+                cell["per_user"] = {k: z[k] for k in z.files}
+        cells.append(cell)
+    return cells
+
+
+def write_cell(cell: dict, record: dict, epochs: int) -> list[Path]:
+    """Write a finished cell: its per-user metrics (robustness cells), then its record."""
+    paths = []
+    per_user = record.pop("per_user", None)
+    if per_user is not None:
+        atomic_npz(per_user_file(cell, epochs), per_user)
+        paths.append(per_user_file(cell, epochs))
+    atomic_write(cell_file(cell, epochs), json.dumps(record, indent=2, default=float))
+    return [cell_file(cell, epochs), *paths]
+
+
+def backfill_per_user(planned: list[dict], work: Path, epochs: int, impute: str) -> list[Path]:
+    """Per-user metrics for finished robustness cells recorded without them, from their run
+    folders where this machine has them (each checked against the cell's recorded test metrics)."""
+    written = []
+    for cell in planned:
+        path = cell_file(cell, epochs)
+        run_dir = work / "runs" / f"{cell_name(cell)}__e{epochs}"
+        if cell["family"] != "robustness" or not path.is_file() or per_user_file(cell, epochs).is_file():
+            continue
+        if not (run_dir / "metrics.json").is_file():
+            print(f"[robustness] {cell_name(cell)}: no run folder here, per-user metrics left out", flush=True)
+            continue
+        record = json.loads(path.read_text())
+        data_dir = derived_dataset(cell, work, impute)[1]
+        atomic_npz(per_user_file(cell, epochs), per_user_arrays(run_dir, data_dir, record["test"]))
+        written.append(per_user_file(cell, epochs))
+    return written
 
 
 def _pct(new: float, base: float) -> str:
@@ -405,13 +473,28 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
                 summary["cold"][dataset]["fixed_order"] = order
             lines += ["", f"Users with a test cold positive: {refs['cold']['native']['users']}; "
                       f"test cold items: {refs['cold']['native']['items']}.", ""]
-    verdicts = [f"- {model} on {dataset}: \"{claim['claim']}\": {judge(by, dataset, model, claim)}"
+    planned_datasets = list(CORRUPTED)  # the benchmark's whole plan, whichever --datasets run now
+    tests, pending = [], {}
+    for dataset in datasets:
+        for model, claim in CLAIMS.items():
+            tests_here, pending[dataset, model] = claim_tests(by, dataset, model, claim)
+            tests += tests_here
+    holm(tests, len(planned_datasets) * sum(len(c["kinds"]) * len(QS) * len(c["rivals"]) * len(PER_USER)
+                                            for c in CLAIMS.values()))
+    verdicts = [f"- {model} on {dataset}: \"{claim['claim']}\": "
+                + judge([t for t in tests if (t["dataset"], t["model"]) == (dataset, model)], pending[dataset, model], model)
                 for dataset in datasets for model, claim in CLAIMS.items()]
     if verdicts:
         lines += ["## The seed papers' robustness claims", "",
                   "Relative change of the seed-mean test metric from the clean cells (the tables above), on the "
-                  "conditions where the model and its rivals ran the same seeds.", "", *verdicts, ""]
+                  "conditions where the model and its rivals ran the same seeds; each with a paired test: per test "
+                  "user, the model's change from its clean cell divided by its clean mean, minus the rival's "
+                  "likewise (seeds averaged per user; its mean is the difference of the two relative changes), "
+                  f"Wilcoxon signed-rank, Holm over the claims' {_planned_text(tests, planned_datasets)}. A claim "
+                  "holds where every difference is significantly positive (a smaller drop than each rival's).", "",
+                  *verdicts, ""]
         summary["claims"] = verdicts
+        summary["claim_tests"] = tests
     note = OUT / f"closing_note{_cap_suffix(epochs)}.md"  # by hand from the tables: what they say of each claim
     if note.is_file():
         lines += [note.read_text().strip(), ""]
@@ -421,37 +504,68 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
     return summary, "\n".join(lines) + "\n"
 
 
-def judge(by: dict, dataset: str, model: str, claim: dict) -> str:
-    """Whether ``model``'s relative change is above each rival's on every condition of the claim's
-    kinds that all of them ran with the same seeds (R@20 and N@20); what is missing is pending."""
-    def seeds(m, condition):
-        return sorted(c["seed"] for c in by.get(("robustness", dataset, m, condition), []))
+def _planned_text(tests: list[dict], datasets: list[str]) -> str:
+    planned = len(datasets) * sum(len(c["kinds"]) * len(QS) * len(c["rivals"]) * len(PER_USER) for c in CLAIMS.values())
+    return f"{planned} planned tests ({len(tests)} measured; one not measured yet counts as p = 1)"
 
-    def change(m, condition, key):
-        base = np.mean([c["test"][key] for c in by[("robustness", dataset, m, "clean")]])
-        return float(np.mean([c["test"][key] for c in by[("robustness", dataset, m, condition)]]) / base - 1)
 
-    measured, pending, worse = [], [], []
+def claim_tests(by: dict, dataset: str, model: str, claim: dict) -> tuple[list[dict], list[str]]:
+    """The claim's paired tests on ``dataset``, one per condition of its kinds, rival and metric,
+    where ``model`` and every rival ran the condition and the clean cell on the same seeds with
+    per-user metrics; and the conditions still pending."""
+    def runs(m, condition):
+        return sorted(by.get(("robustness", dataset, m, condition), []), key=lambda c: c["seed"])
+
+    def per_user(m, condition, key):  # (users, seed-averaged metric)
+        cells = runs(m, condition)
+        users = cells[0]["per_user"]["user"]
+        if any(not np.array_equal(users, c["per_user"]["user"]) for c in cells):
+            raise ValueError(f"{dataset}/{m}/{condition}: seeds evaluate different test users")
+        return users, np.mean([c["per_user"][key] for c in cells], axis=0)
+
+    def change(m, condition, key):  # per user: the change from the clean cell, over the clean mean
+        users, clean = per_user(m, "clean", key)
+        users_c, corrupted = per_user(m, condition, key)
+        if not np.array_equal(users, users_c):
+            raise ValueError(f"{dataset}/{m}: {condition} and clean evaluate different test users")
+        return users, (corrupted - clean) / clean.mean()
+
+    tests, pending = [], []
     for condition in (f"{kind}-{q}" for kind in claim["kinds"] for q in QS):
         group = (model, *claim["rivals"])
-        runs = {m: seeds(m, condition) for m in group}
-        if any(not runs[m] or seeds(m, "clean") != runs[m] for m in group) or len({tuple(r) for r in runs.values()}) > 1:
+        seeds = {m: [c["seed"] for c in runs(m, condition)] for m in group}
+        same = all(seeds[m] and seeds[m] == [c["seed"] for c in runs(m, "clean")] == seeds[model] for m in group)
+        if not same or not all("per_user" in c for m in group for cond in ("clean", condition) for c in runs(m, cond)):
             pending.append(condition)
             continue
-        for key in ("recall@20", "ndcg@20"):
-            mine = change(model, condition, key)
-            rivals = {r: change(r, condition, key) for r in claim["rivals"]}
-            text = (f"{condition} {key[0].upper()}@20 {mine:+.1%} vs " + ", ".join(f"{r} {v:+.1%}" for r, v in rivals.items())
-                    + f" ({len(runs[model])} seeds)")
-            measured.append(text)
-            if any(v >= mine for v in rivals.values()):
-                worse.append(text)
+        for rival in claim["rivals"]:
+            for key in PER_USER:
+                users, mine = change(model, condition, key)
+                users_r, theirs = change(rival, condition, key)
+                if not np.array_equal(users, users_r):
+                    raise ValueError(f"{dataset}: {model} and {rival} evaluate different test users")
+                z = mine - theirs  # its mean: the difference of the two relative changes of the mean
+                p = float(stats.wilcoxon(z, zero_method="wilcox").pvalue) if np.count_nonzero(z) else 1.0
+                tests.append({"dataset": dataset, "model": model, "rival": rival, "condition": condition,
+                              "metric": key, "mine": float(mine.mean()), "theirs": float(theirs.mean()),
+                              "diff": float(z.mean()), "p": p, "seeds": len(seeds[model]), "users": int(len(z))})
+    return tests, pending
+
+
+def judge(tests: list[dict], pending: list[str], model: str) -> str:
+    """A claim's verdict from its Holm-adjusted tests: holds where every one is significantly
+    positive, does not hold where one is not; what is not measured yet is pending."""
+    def text(t):
+        return (f"{t['condition']} {t['metric'][0].upper()}@20 {t['mine']:+.1%} vs {t['rival']} {t['theirs']:+.1%} "
+                f"(difference {t['diff']:+.2%}, p_Holm {t['p_holm']:.2g}, {t['seeds']} seeds)")
+
     rest = f" (pending: {', '.join(pending)})" if pending else ""
-    if worse:
-        return "**does not hold**: not the smallest drop at " + "; ".join(worse) + rest + "."
-    if not measured:
-        return f"pending (no condition with {model} and its rivals on the same seeds)."
-    return ("**holds**" if not pending else "holds so far") + ": " + "; ".join(measured) + rest + "."
+    failed = [t for t in tests if verdict(t) != "better"]
+    if failed:
+        return "**does not hold**: not a significantly smaller drop at " + "; ".join(map(text, failed)) + rest + "."
+    if not tests:
+        return f"pending (no condition with {model} and its rivals on the same seeds, with per-user metrics)."
+    return ("**holds**" if not pending else "holds so far") + ": " + "; ".join(map(text, tests)) + rest + "."
 
 
 def write_report(planned: list[dict], epochs: int) -> list[Path]:
@@ -480,6 +594,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, in worker processes")
     parser.add_argument("--commit", action="store_true", help="git-commit each finished cell and the tables")
     parser.add_argument("--report-only", action="store_true", help="train nothing, rewrite the tables")
+    parser.add_argument("--backfill", action="store_true", help="train nothing; add per-user test metrics to "
+                        "robustness cells recorded without them, from their run folders in --work")
     args = parser.parse_args()
     OUT = args.results
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -488,6 +604,13 @@ def main() -> None:
     rerun = list(filter(None, args.rerun.split(",")))
     if rerun and not args.rerun_after:
         parser.error("--rerun needs --rerun-after REV (the commit whose change the cells must be retrained with)")
+    if args.backfill:
+        written = backfill_per_user(planned, args.work, args.epochs, args.impute)
+        tables = write_report(planned, args.epochs)
+        if args.commit and written:
+            git_commit([*written, *tables], f"robustness benchmark: per-user test metrics of {len(written)} "
+                       f"cells recorded before they were kept (epochs<={args.epochs})")
+        return
     code = code_version()  # the commit this process's code was loaded at (the cells' provenance)
     tasks = []  # (cell, fresh) to train, in priority order
     for cell in ([] if args.report_only else planned):
@@ -514,13 +637,12 @@ def main() -> None:
         if isinstance(record, Exception):  # one failing model must not stop the grid: retried next run
             print(f"[robustness] {cell_name(cell)} failed: {type(record).__name__}: {record}", file=sys.stderr, flush=True)
             continue
-        path = cell_file(cell, args.epochs)
-        atomic_write(path, json.dumps(record, indent=2, default=float))
+        paths = write_cell(cell, record, args.epochs)
         tables = write_report(planned, args.epochs)
         print(f"[robustness] done {cell_name(cell)}: test R@20 {record['test'].get('recall@20')} "
               f"in {record['seconds']} s", flush=True)
         if args.commit:
-            git_commit([path, *tables], f"robustness benchmark: cell {cell_name(cell)} (epochs<={args.epochs}, "
+            git_commit([*paths, *tables], f"robustness benchmark: cell {cell_name(cell)} (epochs<={args.epochs}, "
                        f"seed {cell['seed']}); tables regenerated")
     write_report(planned, args.epochs)
     print((OUT / f"robustness{_cap_suffix(args.epochs)}.md").read_text())

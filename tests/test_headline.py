@@ -50,6 +50,7 @@ def test_cells_are_tuned_blind_recorded_and_skipped_on_rerun(study, monkeypatch)
     tests = [t for t in data["comparisons"] if t["baseline"] == "lightgcn" and t["model"] == "rlmmrec"]
     assert {t["metric"] for t in tests} == set(headline.TESTED)
     assert all(0 <= t["p"] <= 1 and t["p_holm"] >= t["p"] for t in tests)
+    assert data["planned"]["comparisons"] == len(headline.TESTED)  # one seed model, one baseline, one dataset
     versus = data["versus_lightgcn"]
     assert [(t["model"], t["metric"]) for t in versus] == [("rlmmrec", m) for m in headline.TESTED]
     assert [t["p"] for t in versus] == [t["p"] for t in tests]  # the same pair, another family
@@ -265,12 +266,12 @@ def test_seeds_keep_long_tail_and_head_metrics_and_older_seeds_get_them(study, c
     grouped = ("tail_", "head_", "user_degree")
 
     # A seed recorded before groups were kept gets them from its run folder, the same arrays.
-    headline._write_npz(path, {k: v for k, v in recorded.items() if not k.startswith(grouped)})
+    headline.atomic_npz(path, {k: v for k, v in recorded.items() if not k.startswith(grouped)})
     headline.run_cell("lightgcn", study.name, {"longtail"}, study)
     with np.load(path) as z:
         assert sorted(z.files) == sorted(recorded) and all(np.array_equal(z[k], recorded[k]) for k in z.files)
     # ... unless its run folder is not the recorded run.
-    headline._write_npz(path, {**{k: v for k, v in recorded.items() if not k.startswith(grouped)},
+    headline.atomic_npz(path, {**{k: v for k, v in recorded.items() if not k.startswith(grouped)},
                                "recall@20": recorded["recall@20"] + 1})
     headline.run_cell("lightgcn", study.name, {"longtail"}, study)
     with np.load(path) as z:  # the users' degrees come from the data, not from the run
@@ -343,3 +344,54 @@ def test_a_seed_is_kept_when_other_settings_spell_the_same_model(study, monkeypa
     assert kept["settings"] == headline._jsonable(selected)
     with pytest.raises(AssertionError, match="trained again"):
         headline.seed_cell("lightgcn", "lightgcn", study.name, {**selected, "lr": 5e-4}, study, 1)
+
+
+def test_holm_runs_over_the_planned_family_and_only_falls_as_it_fills_in():
+    rng = __import__("random").Random(0)
+    ps = [rng.random() ** 4 for _ in range(12)]
+
+    def reference(pvalues: list[float]) -> list[float]:  # Holm's definition, every test of the family present
+        ranked = sorted(pvalues)
+        adjusted = [max(min(1.0, (len(ranked) - j) * ranked[j]) for j in range(ranked.index(p) + 1)) for p in pvalues]
+        return adjusted
+
+    for measured in range(1, 13):
+        tests = [{"p": p} for p in ps[:measured]]
+        headline.holm(tests, planned=12)
+        full = reference(ps[:measured] + [1.0] * (12 - measured))  # the unmeasured ones at p = 1
+        assert [t["p_holm"] for t in tests] == pytest.approx(full[:measured])
+        if measured > 1:  # each landed test lowers or keeps the others' adjusted p
+            assert all(t["p_holm"] <= before + 1e-15 for t, before in zip(tests, previous))
+        previous = [t["p_holm"] for t in tests]
+    tests = [{"p": p} for p in ps]
+    headline.holm(tests)  # no plan: the measured family
+    assert [t["p_holm"] for t in tests] == pytest.approx(reference(ps))
+
+
+def test_latex_and_csv_carry_the_headline_and_ablation_tables():
+    def summary(r20: float, n: int = 2) -> dict:
+        return {"n": n, "mean": {m: r20 for m in headline.METRICS}, "std": {m: 0.001 for m in headline.METRICS},
+                "epochs": 10, "s_epoch": 0.1, "peak_rss_mb": 100, "devices": ["cpu"]}
+
+    tests = [{"dataset": "d", "model": "siger", "variant": "w/o CI", "metric": m, "diff": -0.02, "p": 1e-5,
+              "p_holm": 1e-4} for m in headline.TESTED]
+    data = {"summaries": {"d": {"lightgcn": summary(0.30), "siger": summary(0.35), "egra": summary(0.33, n=1)}},
+            "comparisons": [{"dataset": "d", "model": "siger", "baseline": "lightgcn", "metric": m, "diff": 0.05,
+                             "p": 1e-6, "p_holm": 1e-5} for m in headline.TESTED],
+            "ablations": {"d": {"siger": {"w/o CI": summary(0.33), "fixed": summary(0.34, n=1)}}},
+            "ablation_tests": tests, "identical_ablations": {"d": {"siger": ["gamma = 0"]}}}
+    ablation_labels = {"w/o CI": ["beta=0"], "fixed": ["perturbation=fixed"], "gamma = 0": ["gamma=0"]}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(headline, "SEEDS", [1, 2])
+        mp.setattr(headline, "ablations", lambda model: ablation_labels if model == "siger" else {})
+        tex = headline.render_latex(data, ["lightgcn", "siger", "egra"], ["d"])
+        rows = list(__import__("csv").DictReader(headline.render_ablations_csv(data).splitlines()))
+    line = next(row for row in tex.splitlines() if row.startswith("siger &"))
+    assert r"\textbf{0.3500}$\pm$0.0010$^\dagger$" in line  # best, ± std, better than every baseline
+    assert r"egra (1/2 seeds on d) & 0.3300$\pm$0.0010" in tex
+    assert r"w/o CI & 0.3300$\pm$0.0010 & 0.3300$\pm$0.0010$^\downarrow$" in tex  # R@20 tested, R@10 not
+    assert r"fixed (1/2 seeds on d) &" in tex and r"gamma = 0 & \multicolumn{4}{c}{= full model" in tex
+    by_variant = {row["variant"]: row for row in rows}
+    assert by_variant["w/o CI"]["recall@20_verdict"] == "worse" and float(by_variant["w/o CI"]["ndcg@20_diff"]) == -0.02
+    assert by_variant["fixed"]["recall@20_verdict"] == "" and by_variant["fixed"]["seeds"] == "1"
+    assert by_variant["gamma = 0"]["note"].startswith("selected on validation")

@@ -326,24 +326,74 @@ def test_a_worker_pool_ends_with_its_parent(tmp_path):
     raise AssertionError("the worker outlived its killed parent")
 
 
-def test_robustness_claims_compare_relative_drops_on_conditions_with_the_same_seeds():
+def test_robustness_claims_test_relative_drops_per_user_on_conditions_with_the_same_seeds():
+    from scipy import stats
+
     from benchmarks import robustness as rb
 
-    def cells(model, condition, r20, seeds=(999,)):
+    rng = np.random.default_rng(0)
+    users = np.arange(400)
+    clean = rng.uniform(0.0, 0.8, users.size)
+
+    def cells(model, condition, values, seeds=(999,)):
         return {("robustness", "lfm2k", model, condition): [
-            {"seed": s, "test": {"recall@20": r20, "ndcg@20": r20 / 2}} for s in seeds]}
+            {"seed": s, "test": {"recall@20": float(values.mean()), "ndcg@20": float(values.mean()) / 2},
+             "per_user": {"user": users, "recall@20": values, "ndcg@20": values / 2}} for s in seeds]}
+
+    def drop(rel, spread=0.02):  # each user's metric falls by rel, give or take
+        return clean * (1 + rel) + rng.normal(0, spread, users.size)
 
     claim = {"claim": "x", "kinds": ("noise",), "rivals": ("gume", "mgcn")}
+    noisy = {"egra": drop(-0.025), "gume": drop(-0.25), "mgcn": drop(-0.10)}
     by = {}
-    for model, noisy in (("egra", 0.39), ("gume", 0.30), ("mgcn", 0.36)):  # -2.5 %, -25 %, -10 %
-        by |= cells(model, "clean", 0.40) | cells(model, "noise-0.4", noisy)
-    verdict = rb.judge(by, "lfm2k", "egra", claim)
-    assert verdict.startswith("holds so far") and "noise-0.4 R@20 -2.5% vs gume -25.0%, mgcn -10.0% (1 seeds)" in verdict
+    for model, values in noisy.items():
+        by |= cells(model, "clean", clean) | cells(model, "noise-0.4", values)
+    tests, pending = rb.claim_tests(by, "lfm2k", "egra", claim)
+    assert pending == ["noise-0.1", "noise-0.2"] and len(tests) == 2 * len(rb.PER_USER)
+    t = next(t for t in tests if t["rival"] == "gume" and t["metric"] == "recall@20")
+    mine, theirs = noisy["egra"].mean() / clean.mean() - 1, noisy["gume"].mean() / clean.mean() - 1
+    assert t["mine"] == pytest.approx(mine) and t["theirs"] == pytest.approx(theirs)
+    assert t["diff"] == pytest.approx(mine - theirs)  # the mean per-user difference: the gap of relative changes
+    z = (noisy["egra"] - clean) / clean.mean() - (noisy["gume"] - clean) / clean.mean()
+    assert t["p"] == pytest.approx(stats.wilcoxon(z).pvalue)
+    rb.holm(tests, 12)
+    verdict = rb.judge(tests, pending, "egra")
+    assert verdict.startswith("holds so far") and f"noise-0.4 R@20 {mine:+.1%} vs gume {theirs:+.1%}" in verdict
     assert "pending: noise-0.1, noise-0.2" in verdict
-    by |= cells("mgcn", "noise-0.4", 0.395)  # MGCN now drops less than EGRA
-    assert rb.judge(by, "lfm2k", "egra", claim).startswith("**does not hold**")
-    by |= cells("mgcn", "noise-0.4", 0.36, seeds=(999, 1000))  # not the same seeds: not compared
-    assert rb.judge(by, "lfm2k", "egra", claim).startswith("pending")
+
+    by |= cells("mgcn", "noise-0.4", drop(-0.02))  # MGCN now drops about as little as EGRA: not significant
+    tests, pending = rb.claim_tests(by, "lfm2k", "egra", claim)
+    rb.holm(tests, 12)
+    assert rb.judge(tests, pending, "egra").startswith("**does not hold**: not a significantly smaller drop at noise-0.4")
+    by |= cells("mgcn", "noise-0.4", noisy["mgcn"], seeds=(999, 1000))  # not the same seeds: not compared
+    tests, pending = rb.claim_tests(by, "lfm2k", "egra", claim)
+    assert not tests and rb.judge(tests, pending, "egra").startswith("pending")
+    by |= cells("mgcn", "noise-0.4", noisy["mgcn"])
+    del by[("robustness", "lfm2k", "gume", "clean")][0]["per_user"]  # recorded before per-user metrics were kept
+    assert rb.claim_tests(by, "lfm2k", "egra", claim) == ([], ["noise-0.1", "noise-0.2", "noise-0.4"])
+
+
+def test_robustness_cells_keep_per_user_metrics_checked_against_their_run(tmp_path, monkeypatch, planted, planted_dir):
+    from benchmarks import robustness as rb
+    from prismrec.experiment.config import resolve_config
+    from prismrec.experiment.runs import run_experiment
+
+    run_dir = tmp_path / "run"
+    config = resolve_config("lightgcn", planted.name, {"epochs": 2, "threads": 1})
+    metrics = run_experiment(config, [999], run_dir, planted_dir.parent, progress=False)
+    arrays = rb.per_user_arrays(run_dir, planted_dir.parent, metrics["test"])
+    assert set(arrays) == {"user", *rb.PER_USER} and arrays["recall@20"].mean() == pytest.approx(metrics["test"]["recall@20"])
+    with pytest.raises(ValueError, match="not the run this cell recorded"):
+        rb.per_user_arrays(run_dir, planted_dir.parent, {**metrics["test"], "ndcg@20": metrics["test"]["ndcg@20"] + 0.01})
+
+    monkeypatch.setattr(rb, "OUT", tmp_path / "results")
+    cell = next(c for c in rb.plan(["lfm2k"], [999]) if c["family"] == "robustness")
+    record = {**cell, "settings": {"epochs": 2}, "test": metrics["test"], "per_user": arrays}
+    paths = rb.write_cell(cell, record, 2)
+    assert paths == [rb.cell_file(cell, 2), rb.per_user_file(cell, 2)] and "per_user" not in json.loads(paths[0].read_text())
+    loaded = rb.load_cells(2)[0]
+    assert np.array_equal(loaded["per_user"]["user"], arrays["user"])
+    np.testing.assert_array_equal(loaded["per_user"]["ndcg@20"], arrays["ndcg@20"])
 
 
 def test_a_rerun_cell_loses_its_record_when_it_starts_and_not_before(tmp_path, monkeypatch):
@@ -365,3 +415,15 @@ def test_a_rerun_cell_loses_its_record_when_it_starts_and_not_before(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         list(rb.trained_cells([(c, True) for c in cells], tmp_path, 20, "mean", None))
     assert not rb.cell_file(cells[0], 20).exists() and rb.cell_file(cells[1], 20).exists()
+
+
+def test_robustness_cells_run_the_claims_conditions_on_every_seed_first():
+    from benchmarks import robustness as rb
+
+    cells = rb.plan(["lfm2k"], [999, 1000])
+    stage = [(c["family"], c.get("q") in (0, 0.4) if c["family"] == "robustness" else None) for c in cells]
+    head = len([s for s in stage if s == ("robustness", True)])
+    assert stage[:head] == [("robustness", True)] * head  # clean and q = 0.4, every seed, before anything else
+    assert {c["seed"] for c in cells[:head]} == {999, 1000} and cells[0]["model"] == "mgcn"
+    assert {(c["model"], c["seed"]) for c in cells[:head] if c["q"] == 0} == {(m, s) for m in rb.ROBUST_MODELS for s in (999, 1000)}
+    assert len({rb.cell_name(c) for c in cells}) == len(cells) == len(rb.plan(["lfm2k"], [999])) * 2

@@ -3,6 +3,7 @@ model.pt byte-identical to an uninterrupted run (LightGCN; SIGER, which draws no
 generator), for `train`, `tune` and `compare` alike."""
 
 import copy
+import os
 import json
 import signal
 import subprocess
@@ -186,3 +187,51 @@ def test_compare_resumes_a_killed_cell(planted, planted_dir, tmp_path):
                                dataset=planted, progress=False, log=lambda m: None)
     assert results["cells"]["planted"]["lightgcn"]["per_seed"]["5"]["test"] == reference["test"]
     assert (cell / "model.pt").read_bytes() == (tmp_path / "ref" / "model.pt").read_bytes()
+
+
+STAGE_ONE = textwrap.dedent("""
+    import json, os, signal, sys
+    from pathlib import Path
+    import prismrec.experiment.pretrained as pretrained
+    from prismrec.data import load_dataset
+    from prismrec.experiment.config import resolve_config
+
+    data, cache, kill_at, settings = sys.argv[1:5]
+    train = pretrained.run_experiment
+    def hook(row):
+        if row["epoch"] == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+    pretrained.run_experiment = lambda *a, **k: train(*a, on_epoch_end=hook, **k)
+    cfg = resolve_config("mgcn", "planted", json.loads(settings))
+    print(pretrained._train_cached(cfg, load_dataset(data), 3, Path(cache)))
+""")
+
+
+def test_a_killed_stage_one_run_resumes_and_its_cache_entry_appears_only_when_finished(planted, planted_dir, tmp_path):
+    """EGRA's stage 1 (``pretrained=auto``) under ``kill -9``: the rerun resumes the partial run from
+    its checkpoint and ends with the uninterrupted run's model; temporaries of dead processes
+    left by earlier versions are removed, a live process's are not."""
+    from prismrec.experiment.pretrained import _train_cached
+
+    cfg = resolve_config("mgcn", "planted", SETTINGS)
+    reference = _train_cached(cfg, planted, 3, tmp_path / "reference")
+    script = tmp_path / "stage_one.py"
+    script.write_text(STAGE_ONE)
+    cache = tmp_path / "cache"
+
+    def stage_one(kill_at):
+        return subprocess.run([sys.executable, str(script), str(planted_dir), str(cache), str(kill_at),
+                               json.dumps(SETTINGS)], capture_output=True, text=True)
+
+    assert stage_one(KILL_AT).returncode == -signal.SIGKILL
+    entry = cache / reference.name
+    partial = cache / f".{entry.name}.partial"
+    assert not entry.exists() and RunDir(partial).load_checkpoint()["epoch"] == KILL_AT
+    dead, live = cache / f".{entry.name}.999999999.tmp", cache / f".{entry.name}.{os.getpid()}.tmp"
+    dead.mkdir(), live.mkdir()
+    proc = stage_one(-1)
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming from the checkpoint after epoch {KILL_AT - 1}" in proc.stderr
+    assert proc.stdout.strip() == str(entry) and not partial.exists()
+    assert (entry / "model.pt").read_bytes() == (reference / "model.pt").read_bytes()
+    assert not dead.exists() and live.exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import itertools
 import json
@@ -132,27 +133,58 @@ def _cache_root(cfg) -> Path:
 
 def _train_cached(pre, dataset, seed: int, root: Path) -> Path:
     """The finished run of ``pre`` with ``seed`` on a copy of ``dataset`` without its test split:
-    cached by train fingerprint + config digest + seed, trained here if absent."""
+    cached by train fingerprint + config digest + seed, trained here if absent.
+
+    It trains in ``.<name>.partial`` next to its cache entry and is renamed to it when finished, so
+    the cache never holds a half-trained run; a killed process leaves the partial run with its
+    checkpoints, and the next one resumes it (:func:`~prismrec.experiment.runs.run_experiment`).
+    One process at a time trains a given entry (a lock file beside it); another waits for it and
+    takes the finished run."""
     key = f"{dataset.name}-train{dataset.fingerprint('train')}-cfg{pre.digest()}-seed{seed}"
     run_dir = root / f"{pre.model}-{key}"
     if _finished(run_dir):
         return run_dir
-    blind = dataclasses.replace(dataset, test=None)  # stage 1 cannot read test
-    tmp = run_dir.with_name(f".{run_dir.name}.{os.getpid()}.tmp")  # never a half-written cache
-    # Forked RNG streams: this run's own initialisation is the same with or without a cache.
-    py_rng, np_rng, threads = random.getstate(), np.random.get_state(), torch.get_num_threads()
-    try:
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-            run_experiment(pre, [seed], tmp, dataset=blind, progress=False, evaluate_test=False)
-        with contextlib.suppress(OSError):  # another process may have finished it first
-            os.replace(tmp, run_dir)
-    except ConfigError as exc:  # the pretraining model's own settings go through pretrain_settings
-        raise PretrainedError(f"stage 1 (pre_model={pre.model}): {exc} — for the pretrained model, give it "
-                              "in pretrain_settings, e.g. --set 'pretrain_settings={setting: value}'") from None
-    finally:
-        random.setstate(py_rng), np.random.set_state(np_rng), torch.set_num_threads(threads)
-        shutil.rmtree(tmp, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    partial = run_dir.with_name(f".{run_dir.name}.partial")
+    with open(run_dir.with_name(f".{run_dir.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS if this process dies
+        if _finished(run_dir):  # trained by the process this one waited for
+            return run_dir
+        _remove_dead_temporaries(run_dir)
+        blind = dataclasses.replace(dataset, test=None)  # stage 1 cannot read test
+        # Forked RNG streams: this run's own initialisation is the same with or without a cache.
+        py_rng, np_rng, threads = random.getstate(), np.random.get_state(), torch.get_num_threads()
+        try:
+            with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+                run_experiment(pre, [seed], partial, dataset=blind, progress=False, evaluate_test=False)
+        except ConfigError as exc:  # the pretraining model's own settings go through pretrain_settings
+            shutil.rmtree(partial, ignore_errors=True)
+            raise PretrainedError(f"stage 1 (pre_model={pre.model}): {exc} — for the pretrained model, give it "
+                                  "in pretrain_settings, e.g. --set 'pretrain_settings={setting: value}'") from None
+        finally:
+            random.setstate(py_rng), np.random.set_state(np_rng), torch.set_num_threads(threads)
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished entry left by an older version
+        os.replace(partial, run_dir)
     return run_dir
+
+
+def _remove_dead_temporaries(run_dir: Path) -> None:
+    """Remove ``.<name>.<pid>.tmp`` runs that earlier versions trained in and whose process died
+    (killed before it could delete them); a live process's is left alone."""
+    for tmp in run_dir.parent.glob(f".{run_dir.name}.*.tmp"):
+        pid = tmp.name[len(run_dir.name) + 2:-len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _takes_modalities(model: str) -> bool:
