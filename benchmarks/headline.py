@@ -775,8 +775,8 @@ def judge(data: dict, ds: str, model: str, claim: dict) -> str:
 
 def judge_gains(data: dict, ds: str, model: str, rival: str, on: tuple[str, str]) -> str:
     """Whether the relative gain over ``rival`` is larger on the group ``on[0]`` than on ``on[1]``
-    (R@20 and N@20; EGRA's long tail, ALGORITHMS.md 6.6); the first group's difference's
-    Holm-corrected test is given with it."""
+    (R@20 and N@20; EGRA's long tail, ALGORITHMS.md 6.6), with the model significantly better than
+    the rival on the first group (its difference's Holm-corrected test, given with it)."""
     group, other = on
     rows = data.get("groups", {}).get(ds, {})
     missing = [m for m in (model, rival) if f"{group}_recall@20" not in rows.get(m, {})]
@@ -785,9 +785,9 @@ def judge_gains(data: dict, ds: str, model: str, rival: str, on: tuple[str, str]
     parts, larger = [], True
     for metric in TESTED:
         gain = {g: rows[model][f"{g}_{metric}"] / rows[rival][f"{g}_{metric}"] - 1 for g in on}
-        larger &= gain[group] > gain[other]
         test = next(t for t in data["group_tests"] if t["dataset"] == ds and t["model"] == model
                     and t["group"] == group and t["metric"] == metric)
+        larger &= gain[group] > gain[other] and verdict(test) == "better"
         parts.append(f"{LABEL[metric]} {group} {gain[group]:+.1%}, {other} {gain[other]:+.1%} "
                      f"({group} difference {test['diff']:+.4f}, p_Holm {test['p_holm']:.2g}, {verdict(test)})")
     return ("**holds**" if larger else "**does not hold**") + f" (relative gain over {rival}: " + "; ".join(parts) + ")."
