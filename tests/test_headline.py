@@ -54,7 +54,13 @@ def test_cells_are_tuned_blind_recorded_and_skipped_on_rerun(study, monkeypatch)
     versus = data["versus_lightgcn"]
     assert [(t["model"], t["metric"]) for t in versus] == [("rlmmrec", m) for m in headline.TESTED]
     assert [t["p"] for t in versus] == [t["p"] for t in tests]  # the same pair, another family
-    assert "| lightgcn | 2 |" in (headline.RESULTS / "headline.md").read_text()
+    md = (headline.RESULTS / "headline.md").read_text()
+    assert "| lightgcn | 2 |" in md
+    glance = md.split("## The claims at a glance")[1].split("\n## ")[0]
+    assert f"| rlmmrec | {headline.CLAIMS['rlmmrec'][0]['claim']} | " in glance  # one row per claim
+    assert glance.count("\n| egra |") == len(headline.CLAIMS["egra"])
+    assert [headline._glance(t) for t in ("**holds** (x)", "**does not hold**: y", "pending (z)", "not tested by this study; see w")] \
+        == ["**holds**", "**does not hold**", "pending", "elsewhere"]
 
 
 def test_a_changed_protocol_is_tuned_again(study, monkeypatch):
@@ -290,6 +296,9 @@ def test_group_claims_compare_relative_gains_on_the_two_groups():
     data = {"groups": {"d": {"egra": rows(0.11, 0.42), "gume": rows(0.10, 0.40)}}, "group_tests": tests}
     on = ("tail", "head")
     assert headline.judge_gains(data, "d", "egra", "gume", on).startswith("**holds**")  # +10 % tail, +5 % head
+    tests[0]["p_holm"] = 0.2  # the tail's difference is not significant on R@20
+    assert headline.judge_gains(data, "d", "egra", "gume", on).startswith("**does not hold**")
+    tests[0]["p_holm"] = 0.01
     data["groups"]["d"]["egra"] = rows(0.104, 0.42)
     assert headline.judge_gains(data, "d", "egra", "gume", on).startswith("**does not hold**")  # +4 % tail
     del data["groups"]["d"]["gume"]

@@ -208,6 +208,12 @@ def test_robustness_benchmark_keeps_zero_imputation_cells_apart(tmp_path, monkey
     assert zero_table.startswith(" (rows masked, zero-filled, mask-aware fusion)")
     assert "| mgcn | 0.4000 | - | - | -25.0% |" in mean_table.split("##")[0]
     assert "| mgcn | 0.4000 | - | - | -50.0% |" in zero_table.split("##")[0]
+    # a second seed: the change over the seeds both cells ran, ± over seeds; a condition's seed
+    # without its clean cell takes no part
+    clean, noisy = (next(c for c in mgcn if c["condition"] == cond and not c.get("impute")) for cond in ("clean", "drop-0.4"))
+    fake += [record({**clean, "seed": 1000}, 0.5), record({**noisy, "seed": 1000}, 0.45), record({**noisy, "seed": 1001}, 0.1)]
+    _, md = rb.report(fake, cells, 20)
+    assert "| mgcn | 0.4500 | - | - | -16.7% ± 10.6 |" in md.split("## lfm2k: drop on text")[1].split("##")[0]
 
 
 def test_robustness_rerun_selects_matching_cells_trained_before_the_change():
@@ -427,3 +433,53 @@ def test_robustness_cells_run_the_claims_conditions_on_every_seed_first():
     assert {c["seed"] for c in cells[:head]} == {999, 1000} and cells[0]["model"] == "mgcn"
     assert {(c["model"], c["seed"]) for c in cells[:head] if c["q"] == 0} == {(m, s) for m in rb.ROBUST_MODELS for s in (999, 1000)}
     assert len({rb.cell_name(c) for c in cells}) == len(cells) == len(rb.plan(["lfm2k"], [999])) * 2
+    gentler = next(k for k, c in enumerate(cells) if c.get("q") == 0.2)  # the cold claim's rivals run before
+    assert {"vbpr", "mmgcn", "rlmmrec", *rb.ID_ONLY} <= {c["model"] for c in cells[head:gentler] if c["family"] == "cold"}
+
+
+def test_cold_cells_keep_their_own_rows_per_user_metrics(tmp_path, monkeypatch):
+    from benchmarks import robustness as rb
+    from prismrec.data.derive import split_cold
+    from prismrec.experiment.config import resolve_config
+    from prismrec.experiment.runs import run_experiment
+
+    src = write_planted_dataset(tmp_path / "planted", n_users=120, n_items=150, per_user=15, seed=3)
+    cold = split_cold(src, tmp_path / "planted-cold", fraction=0.2, seed=7)
+    config = resolve_config("lightgcn", cold.name, {"epochs": 2, "threads": 1})
+    run_experiment(config, [999], tmp_path / "run", tmp_path, progress=False)
+    monkeypatch.setitem(rb.MODALITIES, "planted", "[image,text]")
+    rows, per_user = rb.cold_rows(tmp_path / "run", tmp_path, {"dataset": "planted"})
+    for mode in rb.COLD_MODES:
+        for m in rb.PER_USER:
+            assert per_user[f"{mode}_{m}"].mean() == pytest.approx(rows[mode]["native"][m], abs=1e-6)
+        assert len(per_user[f"{mode}_user"]) == rows[mode]["native"]["users"]
+
+
+def test_the_cold_start_claim_is_tested_per_user_against_each_rival_on_the_same_seeds():
+    from benchmarks import robustness as rb
+
+    rng = np.random.default_rng(1)
+    users = np.arange(300)
+
+    def cell(model, level, seeds=(999,)):
+        per_user = {}
+        for mode in rb.COLD_MODES:
+            values = np.clip(level + rng.normal(0, 0.05, users.size), 0, 1)
+            per_user |= {f"{mode}_user": users, f"{mode}_recall@20": values, f"{mode}_ndcg@20": values / 2}
+        return {("cold", "lfm2k", model, "cold"): [{"seed": s, "per_user": per_user} for s in seeds]}
+
+    claim = {"claim": "x", "rivals": ("bpr", "vbpr", "mmgcn")}
+    by = cell("rlmmrec", 0.6) | cell("bpr", 0.2) | cell("vbpr", 0.5)
+    tests, pending = rb.cold_claim_tests(by, "lfm2k", "rlmmrec", claim)
+    assert pending == ["mmgcn"] and len(tests) == 2 * len(rb.COLD_MODES) * len(rb.PER_USER)
+    rb.holm(tests, 12)
+    t = next(t for t in tests if t["rival"] == "vbpr" and t["mode"] == "all" and t["metric"] == "recall@20")
+    assert t["diff"] == pytest.approx(t["mine"] - t["theirs"]) and t["diff"] > 0.05
+    verdict = rb.judge(tests, pending, "rlmmrec", cold=True)
+    assert verdict.startswith("holds so far") and verdict.endswith("(pending: mmgcn).")
+    by |= cell("mmgcn", 0.6)  # level with it: not significantly above
+    tests, pending = rb.cold_claim_tests(by, "lfm2k", "rlmmrec", claim)
+    rb.holm(tests, 12)
+    assert not pending and rb.judge(tests, pending, "rlmmrec", cold=True).startswith("**does not hold**: not significantly above")
+    by |= cell("mmgcn", 0.3, seeds=(999, 1000))  # other seeds: pending again
+    assert rb.cold_claim_tests(by, "lfm2k", "rlmmrec", claim)[1] == ["mmgcn"]
