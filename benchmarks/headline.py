@@ -959,6 +959,8 @@ def render_latex(data: dict, models: list[str], datasets: list[str]) -> str:
             s = summaries.get(model)
             if s is not None and s["n"] < len(SEEDS):
                 label = f"{model} ({s['n']}/{len(SEEDS)} seeds on {ds})"
+            if model in data.get("retuning", {}).get(ds, []):
+                label += f" (being tuned again on {ds})"
             for metric in METRICS:
                 beats = model in SEED_MODELS and metric in TESTED and _beats_all(data, ds, model, metric, baselines)
                 cells.append(_tex_cell(s, metric, _best(summaries, metric) == model, r"$^\dagger$" if beats else ""))

@@ -650,12 +650,12 @@ def cold_claim_tests(by: dict, dataset: str, model: str, claim: dict) -> tuple[l
     def runs(m):
         return sorted(by.get(("cold", dataset, m, "cold"), []), key=lambda c: c["seed"])
 
-    def per_user(m, key):
+    def per_user(m, mode, metric):  # (users, seed-averaged metric) of one mode
         cells = runs(m)
-        users = cells[0]["per_user"][key.split("_")[0] + "_user"]
-        if any(not np.array_equal(users, c["per_user"][key.split("_")[0] + "_user"]) for c in cells):
+        users = cells[0]["per_user"][f"{mode}_user"]
+        if any(not np.array_equal(users, c["per_user"][f"{mode}_user"]) for c in cells):
             raise ValueError(f"{dataset}/{m}: cold cells of different seeds evaluate different users")
-        return users, np.mean([c["per_user"][key] for c in cells], axis=0)
+        return users, np.mean([c["per_user"][f"{mode}_{metric}"] for c in cells], axis=0)
 
     seeds = [c["seed"] for c in runs(model)]
     tests, pending = [], []
@@ -667,8 +667,8 @@ def cold_claim_tests(by: dict, dataset: str, model: str, claim: dict) -> tuple[l
             continue
         for mode in COLD_MODES:
             for metric in PER_USER:
-                users, mine = per_user(model, f"{mode}_{metric}")
-                users_r, theirs = per_user(rival, f"{mode}_{metric}")
+                users, mine = per_user(model, mode, metric)
+                users_r, theirs = per_user(rival, mode, metric)
                 if not np.array_equal(users, users_r):
                     raise ValueError(f"{dataset}: {model} and {rival} evaluate different cold users")
                 z = mine - theirs

@@ -336,6 +336,7 @@ def test_the_report_marks_a_model_whose_search_space_changed(study, monkeypatch)
     assert data["retuning"] == {study.name: ["lightgcn"]}
     assert data["progress"][study.name]["lightgcn"]["trials"][0] == 0  # its recorded trials are another search's
     assert "| lightgcn ‡ | 2 |" in (headline.RESULTS / "headline.md").read_text()
+    assert f"lightgcn (being tuned again on {study.name}) & " in (headline.RESULTS / "headline.tex").read_text()
 
 
 def test_a_seed_is_kept_when_other_settings_spell_the_same_model(study, monkeypatch):
