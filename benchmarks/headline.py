@@ -698,6 +698,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
     atomic_write(RESULTS / "headline.tex", render_latex(data, models, datasets))
     atomic_write(RESULTS / "headline.csv", render_csv(data))
     atomic_write(RESULTS / "headline_ablations.csv", render_ablations_csv(data))
+    atomic_write(RESULTS / "headline_tuned.csv", render_tuned_csv(data, tunings))
     return data
 
 
@@ -1020,6 +1021,16 @@ def render_csv(data: dict) -> str:
                  "epochs", "s_per_epoch", "peak_rss_mb"],
                 [[ds, model, s["n"], *_means(s), f"{s['epochs']:.1f}", f"{s['s_epoch']:.4f}", f"{s['peak_rss_mb']:.0f}"]
                  for ds, rows in data["summaries"].items() for model, s in rows.items()])
+
+
+def render_tuned_csv(data: dict, tunings: dict) -> str:
+    """One row per tuned (dataset, model): its trials, the selected point (JSON, changed from its
+    defaults), its valid R@20 / N@20, and whether its search space changed since (being tuned again)."""
+    rows = [[ds, model, len(t["trials"]), len(t["spec"]["points"]), json.dumps(t["selected"]["point"], sort_keys=True),
+             f"{t['selected']['valid']['recall@20']:.6f}", f"{t['selected']['valid'].get('ndcg@20', float('nan')):.6f}",
+             int(model in data["retuning"].get(ds, []))]
+            for ds, row in tunings.items() for model, t in row.items() if t and "selected" in t]
+    return _csv(["dataset", "model", "trials", "points", "selected", "valid_recall@20", "valid_ndcg@20", "retuning"], rows)
 
 
 def render_ablations_csv(data: dict) -> str:

@@ -517,15 +517,7 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
                 summary["cold"][dataset]["fixed_order"] = order
             lines += ["", f"Users with a test cold positive: {refs['cold']['native']['users']}; "
                       f"test cold items: {refs['cold']['native']['items']}.", ""]
-    tests, pending = [], {}
-    for dataset in datasets:
-        for model, claim in CLAIMS.items():
-            tests_here, pending[dataset, model] = claim_tests(by, dataset, model, claim)
-            tests += tests_here
-    holm(tests, planned_claim_tests())
-    verdicts = [f"- {model} on {dataset}: \"{claim['claim']}\": "
-                + judge([t for t in tests if (t["dataset"], t["model"]) == (dataset, model)], pending[dataset, model], model)
-                for dataset in datasets for model, claim in CLAIMS.items()]
+    tests, verdicts = judged(by, datasets, CLAIMS, claim_tests, planned_claim_tests())
     if verdicts:
         lines += ["## The seed papers' robustness claims", "",
                   "Relative change of the seed-mean test metric from the clean cells (the tables above), on the "
@@ -538,17 +530,8 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
                   *verdicts, ""]
         summary["claims"] = verdicts
         summary["claim_tests"] = tests
-    cold_tests, cold_pending = [], {}
-    for dataset in datasets:
-        for model, claim in COLD_CLAIMS.items():
-            tests_here, cold_pending[dataset, model] = cold_claim_tests(by, dataset, model, claim)
-            cold_tests += tests_here
-    holm(cold_tests, planned_cold_tests())
-    cold_verdicts = [f"- {model} on {dataset}: \"{claim['claim']}\": "
-                     + judge([t for t in cold_tests if (t["dataset"], t["model"]) == (dataset, model)],
-                             cold_pending[dataset, model], model, cold=True)
-                     for dataset in datasets for model, claim in COLD_CLAIMS.items()
-                     if any(k[0] == "cold" and k[1] == dataset for k in by)]
+    cold_datasets = [d for d in datasets if any(k[:2] == ("cold", d) for k in by)]
+    cold_tests, cold_verdicts = judged(by, cold_datasets, COLD_CLAIMS, cold_claim_tests, planned_cold_tests(), cold=True)
     if cold_verdicts:
         lines += ["## The seed papers' cold-start claim", "",
                   "Cold items, each model's own rows as trained (`native`), ranked among the cold items and among "
@@ -620,6 +603,21 @@ def claim_tests(by: dict, dataset: str, model: str, claim: dict) -> tuple[list[d
                               "metric": key, "mine": float(mine.mean()), "theirs": float(theirs.mean()),
                               "diff": float(z.mean()), "p": p, "seeds": len(seeds[model]), "users": int(len(z))})
     return tests, pending
+
+
+def judged(by: dict, datasets: list[str], claims: dict, tester, planned: int, cold: bool = False) -> tuple[list[dict], list[str]]:
+    """The ``claims``' tests on ``datasets`` (``tester``: :func:`claim_tests` or :func:`cold_claim_tests`),
+    Holm-adjusted as one family of ``planned`` tests, and a verdict line per claim and dataset."""
+    tests, pending = [], {}
+    for dataset in datasets:
+        for model, claim in claims.items():
+            found, pending[dataset, model] = tester(by, dataset, model, claim)
+            tests += found
+    holm(tests, planned)
+    return tests, [f"- {model} on {dataset}: \"{claim['claim']}\": "
+                   + judge([t for t in tests if (t["dataset"], t["model"]) == (dataset, model)], pending[dataset, model],
+                           model, cold)
+                   for dataset in datasets for model, claim in claims.items()]
 
 
 def judge(tests: list[dict], pending: list[str], model: str, cold: bool = False) -> str:

@@ -47,6 +47,9 @@ def test_cells_are_tuned_blind_recorded_and_skipped_on_rerun(study, monkeypatch)
 
     data = headline.report(["lightgcn", "rlmmrec"], [study.name])
     assert data["summaries"][study.name]["lightgcn"]["n"] == 2
+    tuned = {row["model"]: row for row in __import__("csv").DictReader((headline.RESULTS / "headline_tuned.csv").open())}
+    assert json.loads(tuned["lightgcn"]["selected"]) == tuning["selected"]["point"] and tuned["lightgcn"]["trials"] == "2"
+    assert float(tuned["lightgcn"]["valid_recall@20"]) == pytest.approx(tuning["selected"]["valid"]["recall@20"])
     tests = [t for t in data["comparisons"] if t["baseline"] == "lightgcn" and t["model"] == "rlmmrec"]
     assert {t["metric"] for t in tests} == set(headline.TESTED)
     assert all(0 <= t["p"] <= 1 and t["p_holm"] >= t["p"] for t in tests)
