@@ -1,8 +1,8 @@
 """Robustness to missing and noisy modalities, and cold-item metrics (issue: beyond the anchors).
 
 Two families of cells, each trained once per (dataset, model, seed) and written as a small JSON
-file under ``results/robustness/cells/`` (a robustness cell with its per-user test R@20 / N@20 in
-an ``.npz`` beside it, for the claims' paired tests) as soon as it finishes (weights and run directories
+file under ``results/robustness/cells/`` (with its per-user test R@20 / N@20 in an ``.npz`` beside
+it, per mode for a cold cell, for the claims' paired tests) as soon as it finishes (weights and run directories
 stay in ``--work``, never in the repository), so a rerun skips finished cells and an
 interrupted study resumes where it stopped:
 
@@ -20,6 +20,10 @@ interrupted study resumes where it stopped:
   (``all``), with cold rows scored ``native`` (as trained), ``knn`` and ``map``
   (:mod:`prismrec.coldstart`), next to popularity and random references. ID-only models (BPR,
   LightGCN) are the ``native`` reference: what a model without content can do.
+
+The tables end with the seed papers' claims, each judged by per-user paired tests (Wilcoxon, Holm
+over the claim family's planned tests): SIGER's and EGRA's robustness (``CLAIMS``: a smaller
+relative drop than GUME's and MGCN's) and RLMultimodalRec's cold start (``COLD_CLAIMS``).
 
 Training is capped (``--epochs``, recorded in every cell) so the grid fits a small machine; the
 cap and the seeds are in the table header. A run with another cap trains its own cells (each cap
@@ -564,45 +568,46 @@ def planned_claim_tests() -> int:
 
 def claim_tests(by: dict, dataset: str, model: str, claim: dict) -> tuple[list[dict], list[str]]:
     """The claim's paired tests on ``dataset``, one per condition of its kinds, rival and metric,
-    where ``model`` and every rival ran the condition and the clean cell on the same seeds with
-    per-user metrics; and the conditions still pending."""
-    def runs(m, condition):
-        return sorted(by.get(("robustness", dataset, m, condition), []), key=lambda c: c["seed"])
-
-    def per_user(m, condition, key):  # (users, seed-averaged metric)
-        cells = runs(m, condition)
+    on the seeds where ``model`` and every rival ran the condition and the clean cell with
+    per-user metrics; and the conditions still pending (no such seed)."""
+    def per_user(m, condition, key, seeds):  # (users, metric averaged over the seeds)
+        cells = [c for c in by.get(("robustness", dataset, m, condition), []) if c["seed"] in seeds]
         users = cells[0]["per_user"]["user"]
         if any(not np.array_equal(users, c["per_user"]["user"]) for c in cells):
             raise ValueError(f"{dataset}/{m}/{condition}: seeds evaluate different test users")
         return users, np.mean([c["per_user"][key] for c in cells], axis=0)
 
-    def change(m, condition, key):  # per user: the change from the clean cell, over the clean mean
-        users, clean = per_user(m, "clean", key)
-        users_c, corrupted = per_user(m, condition, key)
+    def change(m, condition, key, seeds):  # per user: the change from the clean cell, over the clean mean
+        users, clean = per_user(m, "clean", key, seeds)
+        users_c, corrupted = per_user(m, condition, key, seeds)
         if not np.array_equal(users, users_c):
             raise ValueError(f"{dataset}/{m}: {condition} and clean evaluate different test users")
         return users, (corrupted - clean) / clean.mean()
 
     tests, pending = [], []
     for condition in (f"{kind}-{q}" for kind in claim["kinds"] for q in QS):
-        group = (model, *claim["rivals"])
-        seeds = {m: [c["seed"] for c in runs(m, condition)] for m in group}
-        same = all(seeds[m] and seeds[m] == [c["seed"] for c in runs(m, "clean")] == seeds[model] for m in group)
-        if not same or not all("per_user" in c for m in group for cond in ("clean", condition) for c in runs(m, cond)):
+        seeds = _shared_seeds(by, [("robustness", dataset, m, c) for m in (model, *claim["rivals"])
+                                   for c in ("clean", condition)])
+        if not seeds:
             pending.append(condition)
             continue
         for rival in claim["rivals"]:
             for key in PER_USER:
-                users, mine = change(model, condition, key)
-                users_r, theirs = change(rival, condition, key)
+                users, mine = change(model, condition, key, seeds)
+                users_r, theirs = change(rival, condition, key, seeds)
                 if not np.array_equal(users, users_r):
                     raise ValueError(f"{dataset}: {model} and {rival} evaluate different test users")
                 z = mine - theirs  # its mean: the difference of the two relative changes of the mean
                 p = float(stats.wilcoxon(z, zero_method="wilcox").pvalue) if np.count_nonzero(z) else 1.0
                 tests.append({"dataset": dataset, "model": model, "rival": rival, "condition": condition,
                               "metric": key, "mine": float(mine.mean()), "theirs": float(theirs.mean()),
-                              "diff": float(z.mean()), "p": p, "seeds": len(seeds[model]), "users": int(len(z))})
+                              "diff": float(z.mean()), "p": p, "seeds": len(seeds), "users": int(len(z))})
     return tests, pending
+
+
+def _shared_seeds(by: dict, keys: list[tuple]) -> set[int]:
+    """The seeds every one of the cells ``keys`` ran, with per-user metrics."""
+    return set.intersection(*({c["seed"] for c in by.get(key, []) if "per_user" in c} for key in keys))
 
 
 def judged(by: dict, datasets: list[str], claims: dict, tester, planned: int, cold: bool = False) -> tuple[list[dict], list[str]]:
@@ -642,31 +647,26 @@ def judge(tests: list[dict], pending: list[str], model: str, cold: bool = False)
 
 
 def cold_claim_tests(by: dict, dataset: str, model: str, claim: dict) -> tuple[list[dict], list[str]]:
-    """The cold-start claim's paired tests on ``dataset``: per rival that ran the cold cell on the
-    seeds ``model`` ran, mode and metric, the per-user (seed-averaged) metric of the model's own
-    rows against the rival's; and the rivals still pending."""
-    def runs(m):
-        return sorted(by.get(("cold", dataset, m, "cold"), []), key=lambda c: c["seed"])
-
-    def per_user(m, mode, metric):  # (users, seed-averaged metric) of one mode
-        cells = runs(m)
+    """The cold-start claim's paired tests on ``dataset``: per rival, on the seeds it and ``model``
+    ran the cold cell with per-user metrics, per mode and metric, the per-user (seed-averaged)
+    metric of the model's own rows against the rival's; and the rivals still pending."""
+    def per_user(m, mode, metric, seeds):  # (users, seed-averaged metric) of one mode
+        cells = [c for c in by.get(("cold", dataset, m, "cold"), []) if c["seed"] in seeds]
         users = cells[0]["per_user"][f"{mode}_user"]
         if any(not np.array_equal(users, c["per_user"][f"{mode}_user"]) for c in cells):
             raise ValueError(f"{dataset}/{m}: cold cells of different seeds evaluate different users")
         return users, np.mean([c["per_user"][f"{mode}_{metric}"] for c in cells], axis=0)
 
-    seeds = [c["seed"] for c in runs(model)]
     tests, pending = [], []
     for rival in claim["rivals"]:
-        ready = seeds and [c["seed"] for c in runs(rival)] == seeds and all(
-            "per_user" in c for m in (model, rival) for c in runs(m))
-        if not ready:
+        seeds = _shared_seeds(by, [("cold", dataset, m, "cold") for m in (model, rival)])
+        if not seeds:
             pending.append(rival)
             continue
         for mode in COLD_MODES:
             for metric in PER_USER:
-                users, mine = per_user(model, mode, metric)
-                users_r, theirs = per_user(rival, mode, metric)
+                users, mine = per_user(model, mode, metric, seeds)
+                users_r, theirs = per_user(rival, mode, metric, seeds)
                 if not np.array_equal(users, users_r):
                     raise ValueError(f"{dataset}: {model} and {rival} evaluate different cold users")
                 z = mine - theirs

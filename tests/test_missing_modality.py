@@ -371,7 +371,11 @@ def test_robustness_claims_test_relative_drops_per_user_on_conditions_with_the_s
     tests, pending = rb.claim_tests(by, "lfm2k", "egra", claim)
     rb.holm(tests, 12)
     assert rb.judge(tests, pending, "egra").startswith("**does not hold**: not a significantly smaller drop at noise-0.4")
-    by |= cells("mgcn", "noise-0.4", noisy["mgcn"], seeds=(999, 1000))  # not the same seeds: not compared
+    by |= cells("mgcn", "clean", clean, seeds=(999, 1000)) | cells("mgcn", "noise-0.4", noisy["mgcn"], seeds=(999, 1000))
+    tests, pending = rb.claim_tests(by, "lfm2k", "egra", claim)  # MGCN's second seed: compared on the shared one
+    rb.holm(tests, 12)
+    assert {t["seeds"] for t in tests} == {1} and rb.judge(tests, pending, "egra").startswith("holds so far")
+    by |= cells("mgcn", "noise-0.4", noisy["mgcn"], seeds=(1000,))  # no seed shared with EGRA's: not compared
     tests, pending = rb.claim_tests(by, "lfm2k", "egra", claim)
     assert not tests and rb.judge(tests, pending, "egra").startswith("pending")
     by |= cells("mgcn", "noise-0.4", noisy["mgcn"])
@@ -481,5 +485,8 @@ def test_the_cold_start_claim_is_tested_per_user_against_each_rival_on_the_same_
     tests, pending = rb.cold_claim_tests(by, "lfm2k", "rlmmrec", claim)
     rb.holm(tests, 12)
     assert not pending and rb.judge(tests, pending, "rlmmrec", cold=True).startswith("**does not hold**: not significantly above")
-    by |= cell("mmgcn", 0.3, seeds=(999, 1000))  # other seeds: pending again
+    by |= cell("mmgcn", 0.3, seeds=(999, 1000))  # judged on the seed both ran
+    tests, pending = rb.cold_claim_tests(by, "lfm2k", "rlmmrec", claim)
+    assert not pending and {t["seeds"] for t in tests} == {1}
+    by |= cell("mmgcn", 0.3, seeds=(1000,))  # no seed in common: pending again
     assert rb.cold_claim_tests(by, "lfm2k", "rlmmrec", claim)[1] == ["mmgcn"]
