@@ -33,7 +33,11 @@ Protocol:
   seed model against each baseline (and each ablation against its full model) per dataset and
   metric; Holm's correction over each family, the family being every test the study plans (on
   every dataset), a test not measured yet counting as p = 1: adjusted p-values only fall as cells
-  land, so a significant verdict read mid-study stands when the study completes.
+  land, so a significant verdict read mid-study stands when the study completes. A claim's
+  **holds** / **does not hold** stands too: it does not hold only where a test it needs can no
+  longer pass (significantly worse, a difference of the wrong sign, a raw p at or above α, or
+  its whole family measured, :func:`settled`); a test with a raw p below α that is not
+  significant yet after Holm leaves the claim pending ("n.s. so far" in the tables).
 - **Groups**: each seed also keeps its per-user test metrics over the long tail (the least
   popular ``TAIL_SHARE`` of items by training degree) and the head, and its users' training
   interactions (sparse users: the sparsest ``SPARSE_SHARE``); EGRA's long-tail claim (ALGORITHMS.md
@@ -87,7 +91,7 @@ ALPHA = 0.05
 # Each seed paper's claims (ALGORITHMS.md: "Confirms the claim if"), as this study can test them:
 # "beats": better than each listed baseline on R@20 and N@20 (Holm-corrected paired tests);
 # "lower": each listed ablation worse than the full model on both metrics; "elsewhere": measured by
-# another benchmark, named here.
+# another benchmark, named here ("judged_in": the list of verdicts in ROBUSTNESS that holds its own).
 CLAIMS = {
     "rlmmrec": [
         {"claim": "beats CF (BPR, LightGCN), visual-aware (VBPR) and multimodal-GNN (MMGCN) baselines "
@@ -96,7 +100,7 @@ CLAIMS = {
         {"claim": "alleviates sparsity (ours: larger relative gains over LightGCN for the sparsest quarter of "
                   "users by training interactions than for the others)", "gains_over": "lightgcn",
          "on": ("sparse", "rest")},
-        {"claim": "alleviates cold start", "elsewhere": "the claim judged at the end of "
+        {"claim": "alleviates cold start", "judged_in": "cold_claims", "elsewhere": "the claim judged at the end of "
                   "results/robustness/robustness_e1000.md (cold items, against BPR, LightGCN, VBPR and MMGCN), "
                   "and results/coldstart/coldstart.md (every model's content paths, 20-epoch cap)"},
     ],
@@ -107,7 +111,8 @@ CLAIMS = {
                    "w/o standard InfoNCE (lambda_b = 0)"]},
         {"claim": "the personalised (modulus) perturbation beats fixed noise and uniform relative noise",
          "lower": ["fixed-eps perturbation (GUME)", "uniform relative noise (gamma = 0)"]},
-        {"claim": "robust to noise in the raw modality features", "elsewhere": "the claims judged at the end of "
+        {"claim": "robust to noise in the raw modality features", "judged_in": "claims",
+         "elsewhere": "the claims judged at the end of "
                   "results/robustness/robustness_e1000.md (to early stopping) and robustness.md (20-epoch cap)"},
     ],
     "egra": [
@@ -116,7 +121,7 @@ CLAIMS = {
          "lower": ["w/o EBG (gamma = 0)", "EBG-raw (GUME's raw-feature links)", "w/o entity level", "w/o epoch level"]},
         {"claim": "larger relative gains over GUME on long-tail items than on head items", "gains_over": "gume",
          "on": ("tail", "head")},
-        {"claim": "robust to modality noise", "elsewhere": "the claims judged at the end of "
+        {"claim": "robust to modality noise", "judged_in": "claims", "elsewhere": "the claims judged at the end of "
                   "results/robustness/robustness_e1000.md (to early stopping) and robustness.md (20-epoch cap)"},
     ],
 }
@@ -125,6 +130,7 @@ SPARSE_SHARE = 0.25  # ours: the sparsest quarter of the tested users by trainin
 GROUPS = ("tail", "head", "sparse", "rest")
 NEEDS = {"tail": "tail_user", "head": "head_user", "sparse": "user_degree", "rest": "user_degree"}  # arrays a group reads
 CELLS = RESULTS / "headline" / "cells"
+ROBUSTNESS = RESULTS / "robustness" / "robustness_e1000.json"  # the robustness study to early stopping
 RUNS = Path("runs/headline")
 # Settings fixed per model and dataset, not searched: the benchmarks' per-dataset settings
 # (benchmarks.multimodal.MODEL_SETTINGS: modality parts and weights where the names give none,
@@ -613,6 +619,27 @@ def verdict(test: dict) -> str:
     return "better" if test["diff"] > 0 else "worse"
 
 
+def settled(test: dict, family_complete: bool) -> str:
+    """Whether a measured test can still change its claim: ``better``; ``not better``, which it
+    stays whatever else lands (significantly worse, a difference of the wrong sign, a raw p at or
+    above α, which Holm can only raise, or a family with every planned test measured); or
+    ``open``: not significant yet, but its Holm-adjusted p falls as the rest of the family lands
+    (each test not measured yet counts as p = 1) and may still pass α."""
+    v = verdict(test)
+    if v == "better":
+        return "better"
+    if v == "worse" or family_complete or test["diff"] <= 0 or test["p"] >= ALPHA:
+        return "not better"
+    return "open"
+
+
+def shown_verdict(test: dict, family_complete: bool) -> str:
+    """A table's verdict: better, worse, n.s., or "n.s. so far" where the family's remaining tests
+    can still make it significant (either way; raw p below α)."""
+    v = verdict(test)
+    return "n.s. so far" if v == "n.s." and test["p"] < ALPHA and not family_complete else v
+
+
 def report(models: list[str], datasets: list[str]) -> dict:
     cells = {ds: {m: collect(ds, m) for m in models} for ds in datasets}
     complete = {ds: {m: c for m, c in row.items() if c and len(c["seeds"]) == len(SEEDS)} for ds, row in cells.items()}
@@ -692,6 +719,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
             "tuned": {ds: {m: t.get("selected") for m, t in row.items() if t} for ds, row in tunings.items()},
             "retuning": {ds: [m for m, t in row.items() if t and not same_protocol(t["spec"], _jsonable(spec(m, ds)))]
                          for ds, row in tunings.items()}}
+    data["elsewhere"] = elsewhere()
     data["progress"] = progress(data, cells, tunings, models, datasets)
     _write_json(RESULTS / "headline.json", data)
     atomic_write(RESULTS / "headline.md", render_markdown(data, models, datasets, tunings))
@@ -700,6 +728,18 @@ def report(models: list[str], datasets: list[str]) -> dict:
     atomic_write(RESULTS / "headline_ablations.csv", render_ablations_csv(data))
     atomic_write(RESULTS / "headline_tuned.csv", render_tuned_csv(data, tunings))
     return data
+
+
+def elsewhere() -> dict:
+    """The robustness study's verdicts on the claims judged there (``judged_in`` of :data:`CLAIMS`),
+    by list, dataset and model: ``{"verdict", "text"}``; empty before it has judged any."""
+    recorded = _read_json(ROBUSTNESS) or {}
+    out = {}
+    for key in ("claims", "cold_claims"):
+        for v in recorded.get(key, []):
+            if isinstance(v, dict):  # verdicts recorded before they had fields are read as not judged
+                out.setdefault(key, {}).setdefault(v["dataset"], {})[v["model"]] = v
+    return out
 
 
 def progress(data: dict, cells: dict, tunings: dict, models: list[str], datasets: list[str]) -> dict:
@@ -742,65 +782,112 @@ def _beats_all(data: dict, ds: str, model: str, metric: str, baselines: list[str
     return bool(tests) and len(tests) == len(baselines) and all(verdict(t) == "better" for t in tests)
 
 
+def _complete(data: dict, family: str) -> bool:
+    """Whether every planned test of ``family`` is measured."""
+    return len(data[family]) >= data["planned"][family]
+
+
+def _evidence(tests: list[dict]) -> str:
+    return "; ".join(f"{t['rival']} {LABEL[t['metric']]} {t['diff']:+.4f} (p {t['p']:.2g}, p_Holm {t['p_holm']:.2g})"
+                     for t in tests)
+
+
 def judge(data: dict, ds: str, model: str, claim: dict) -> str:
-    """One claim's verdict on ``ds``: holds / does not hold / pending, with the evidence."""
+    """One claim's verdict on ``ds`` with the evidence: **holds**, **does not hold** (neither can
+    change as the study fills in) or pending (not measured, or not significant yet where the
+    family's remaining tests can still make it so: :func:`settled`; or a model of the claim being
+    tuned again, whose seeds may be replaced)."""
     if "elsewhere" in claim:
-        return f"not tested by this study; see {claim['elsewhere']}."
+        there = _there(data, ds, model, claim)
+        return f"not tested by this study; see {claim['elsewhere']}. There: {there['evidence'] if there else 'not judged yet.'}"
+    involved = [model, *claim.get("beats", []), *filter(None, [claim.get("gains_over")])]
+    again = [m for m in involved if m in data.get("retuning", {}).get(ds, [])]
+    if again:
+        return (f"pending ({', '.join(again)} being tuned again; on the seeds of the previous search: "
+                f"{_judge(data, ds, model, claim)})")
+    return _judge(data, ds, model, claim)
+
+
+def _judge(data: dict, ds: str, model: str, claim: dict) -> str:
     if "gains_over" in claim:
         return judge_gains(data, ds, model, claim["gains_over"], claim["on"])
     chosen = []  # ablations whose setting validation selected: the tuned model is that variant
     if "beats" in claim:
-        rivals, rival = claim["beats"], "baseline"
+        rivals, rival, family = claim["beats"], "baseline", "comparisons"
         tests = [{**t, "rival": t["baseline"]} for t in data["comparisons"]
                  if t["dataset"] == ds and t["model"] == model and t["baseline"] in rivals]
     else:
-        rivals, rival = claim["lower"], "variant"
+        rivals, rival, family = claim["lower"], "variant", "ablation_tests"
         chosen = [v for v in data.get("identical_ablations", {}).get(ds, {}).get(model, []) if v in rivals]
         tests = [{**t, "rival": t["variant"], "diff": -t["diff"]} for t in data["ablation_tests"]
                  if t["dataset"] == ds and t["model"] == model and t["variant"] in rivals]
+    complete = _complete(data, family)
     missing = [r for r in rivals if r not in chosen and not any(t["rival"] == r for t in tests)]
-    failed = [t for t in tests if verdict(t) != "better"]
+    failed = [t for t in tests if settled(t, complete) == "not better"]
+    still = [t for t in tests if settled(t, complete) == "open"]
     why = []
     if failed:
         why.append(f"not significantly better than the {rival}(s) {', '.join(sorted({t['rival'] for t in failed}))}: "
-                   + "; ".join(f"{t['rival']} {LABEL[t['metric']]} {t['diff']:+.4f} (p_Holm {t['p_holm']:.2g})"
-                               for t in failed))
+                   + _evidence(failed))
     if chosen:
         why.append(f"validation selected the setting of {', '.join(chosen)}, so the tuned model is that variant")
-    pending = f" (pending: {', '.join(missing)})" if missing else ""
+    open_ = ([f"not measured: {', '.join(missing)}"] if missing else []) + \
+        ([f"not significant yet, {len(data[family])} of the {data['planned'][family]} planned tests measured: "
+          f"{_evidence(still)}"] if still else [])
     if why:
-        return "**does not hold**: " + "; ".join(why) + pending + "."
-    if missing:
-        return f"pending (not measured: {', '.join(missing)})."
+        return "**does not hold**: " + "; ".join(why) + (f" (also {'; '.join(open_)})" if open_ else "") + "."
+    if open_:
+        return "pending (" + "; ".join(open_) + ")."
     return f"**holds** (better on R@20 and N@20 than {', '.join(rivals)})."
 
 
 def judge_gains(data: dict, ds: str, model: str, rival: str, on: tuple[str, str]) -> str:
     """Whether the relative gain over ``rival`` is larger on the group ``on[0]`` than on ``on[1]``
     (R@20 and N@20; EGRA's long tail, ALGORITHMS.md 6.6), with the model significantly better than
-    the rival on the first group (its difference's Holm-corrected test, given with it)."""
+    the rival on the first group (its difference's Holm-corrected test, given with it; pending
+    while that test is :func:`settled` open)."""
     group, other = on
     rows = data.get("groups", {}).get(ds, {})
     missing = [m for m in (model, rival) if f"{group}_recall@20" not in rows.get(m, {})]
     if missing:
         return f"pending (no {group}/{other} metrics yet: {', '.join(missing)})."
-    parts, larger = [], True
+    complete = _complete(data, "group_tests")
+    parts, outcomes = [], set()
     for metric in TESTED:
         gain = {g: rows[model][f"{g}_{metric}"] / rows[rival][f"{g}_{metric}"] - 1 for g in on}
         test = next(t for t in data["group_tests"] if t["dataset"] == ds and t["model"] == model
                     and t["group"] == group and t["metric"] == metric)
-        larger &= gain[group] > gain[other] and verdict(test) == "better"
+        outcomes.add("not better" if gain[group] <= gain[other] else settled(test, complete))
         parts.append(f"{LABEL[metric]} {group} {gain[group]:+.1%}, {other} {gain[other]:+.1%} "
-                     f"({group} difference {test['diff']:+.4f}, p_Holm {test['p_holm']:.2g}, {verdict(test)})")
-    return ("**holds**" if larger else "**does not hold**") + f" (relative gain over {rival}: " + "; ".join(parts) + ")."
+                     f"({group} difference {test['diff']:+.4f}, p_Holm {test['p_holm']:.2g}, "
+                     f"{shown_verdict(test, complete)})")
+    head = ("**does not hold**" if "not better" in outcomes else "pending" if "open" in outcomes else "**holds**")
+    return head + f" (relative gain over {rival}: " + "; ".join(parts) + ")."
+
+
+def _there(data: dict, ds: str, model: str, claim: dict) -> dict | None:
+    """The robustness study's verdict on a claim judged there, if it has judged it."""
+    return data.get("elsewhere", {}).get(claim.get("judged_in"), {}).get(ds, {}).get(model)
+
+
+def glance(data: dict, ds: str, model: str, claim: dict) -> str:
+    """A claim's verdict in a word or three: **holds**, **does not hold** or pending; for a claim
+    judged by the robustness study, its verdict there."""
+    if "elsewhere" in claim:
+        there = _there(data, ds, model, claim)
+        verdict = there["verdict"] if there else "pending"
+        return (verdict if verdict == "pending" else f"**{verdict}**") + " (robustness study)"
+    return _glance(judge(data, ds, model, claim))
 
 
 def _glance(text: str) -> str:
     """A verdict's first words: holds, does not hold, pending or elsewhere."""
+    if text.startswith("not tested by this study"):
+        return "elsewhere"
     for short in ("**holds**", "**does not hold**", "pending"):
         if text.startswith(short):
             return short
-    return "elsewhere" if text.startswith("not tested by this study") else text.split(":")[0]
+    return text.split(":")[0]
 
 
 def render_markdown(data: dict, models: list[str], datasets: list[str], tunings: dict) -> str:
@@ -827,7 +914,7 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
            "evidence there).", "", "| model | claim | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
     for s in SEED_MODELS:
         for claim in CLAIMS[s]:
-            md.append(f"| {s} | {claim['claim']} | " + " | ".join(_glance(judge(data, ds, s, claim)) for ds in datasets) + " |")
+            md.append(f"| {s} | {claim['claim']} | " + " | ".join(glance(data, ds, s, claim) for ds in datasets) + " |")
     md.append("")
     for ds in datasets:
         rows = data["summaries"][ds]
@@ -857,14 +944,14 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
            "| dataset | model | baseline | metric | diff | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|"]
     for t in data["comparisons"]:
         md.append(f"| {t['dataset']} | {t['model']} | {t['baseline']} | {LABEL[t['metric']]} | {t['diff']:+.4f} | "
-                  f"{t['p']:.2g} | {t['p_holm']:.2g} | {verdict(t)} |")
+                  f"{t['p']:.2g} | {t['p_holm']:.2g} | {shown_verdict(t, _complete(data, 'comparisons'))} |")
     md += ["", f"## Every model against {REFERENCE}", "",
            f"Does content help? Each model against the ID-only {REFERENCE} (mean per-user difference, Wilcoxon, "
            f"Holm over {_family(data, 'versus_lightgcn')}).", "",
            "| dataset | model | metric | diff | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|"]
     for t in data["versus_lightgcn"]:
         md.append(f"| {t['dataset']} | {t['model']} | {LABEL[t['metric']]} | {t['diff']:+.4f} | {t['p']:.2g} | "
-                  f"{t['p_holm']:.2g} | {verdict(t)} |")
+                  f"{t['p_holm']:.2g} | {shown_verdict(t, _complete(data, 'versus_lightgcn'))} |")
     md += ["", "## Groups: long tail and head, sparse users and the rest", "",
            f"tail / head: test metrics over each item group's positives (tail: the least popular {TAIL_SHARE:.0%} "
            "of items by training degree; users with at least one such positive; every item ranked). sparse / "
@@ -879,13 +966,16 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
                                                            else "—" for g in GROUPS for m in TESTED) + " |")
     md += ["", "## What holds, claim by claim", "",
            "Each seed paper's claims as ALGORITHMS.md states when they are confirmed, judged on the finished "
-           "cells (Holm-corrected tests above). *Pending* names what is not measured yet.", ""]
+           "cells (Holm-corrected tests above). A verdict **holds** or **does not hold** stands as the study "
+           "fills in: a claim does not hold where a test it needs is significantly worse, has a difference of "
+           f"the wrong sign or a raw p at or above α = {ALPHA} (which Holm's correction can only raise), or where "
+           "its whole family is measured. *Pending* names what is not measured yet, and the tests not "
+           "significant yet whose Holm-adjusted p still falls as the family's other tests land (\"n.s. so far\" in "
+           "the tables).", ""]
     for s in SEED_MODELS:
         for ds in datasets:
             for claim in CLAIMS[s]:
-                again = " (‡ read on seeds of its previous search: it is being tuned again)" \
-                    if s in data.get("retuning", {}).get(ds, []) else ""
-                md.append(f"- {s} on {ds}: \"{claim['claim']}\": {judge(data, ds, s, claim)}{again}")
+                md.append(f"- {s} on {ds}: \"{claim['claim']}\": {judge(data, ds, s, claim)}")
     md += ["", "## Ablations", "",
            "Variant settings on top of the tuned point, same seeds; tests against the full model (Holm over "
            f"{_family(data, 'ablation_tests')}).", ""]
@@ -899,7 +989,7 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
             for label, s_ in variants.items():
                 test = next((t for t in data["ablation_tests"] if t["dataset"] == ds and t["model"] == s
                              and t["variant"] == label and t["metric"] == "recall@20"), None)
-                mark = f"{test['diff']:+.4f}, {test['p_holm']:.2g} ({verdict(test)})" if test else ""
+                mark = f"{test['diff']:+.4f}, {test['p_holm']:.2g} ({shown_verdict(test, _complete(data, 'ablation_tests'))})" if test else ""
                 md.append(f"| {label} | {s_['n']} | " + " | ".join(_fmt(s_, m) for m in METRICS) + f" | {mark} |")
             md.append("")
     md += ["## Progress", "", "Runs recorded / planned (trials of the current search space; final seeds; the "
@@ -1038,7 +1128,7 @@ def render_ablations_csv(data: dict) -> str:
     difference to the full model, its Wilcoxon p, Holm p and verdict; a variant validation selected
     is the full model (``note``)."""
     tested = [f"{m}_{k}" for m in TESTED for k in ("diff", "p", "p_holm", "verdict")]
-    rows = []
+    rows, complete = [], _complete(data, "ablation_tests")
     for ds, by_model in data["ablations"].items():
         for s, variants in by_model.items():
             for label, summary in variants.items():
@@ -1046,7 +1136,7 @@ def render_ablations_csv(data: dict) -> str:
                          if t["dataset"] == ds and t["model"] == s and t["variant"] == label}
                 rows.append([ds, s, label, summary["n"], *_means(summary), ""]
                             + [x for m in TESTED for x in ((f"{tests[m]['diff']:+.6f}", f"{tests[m]['p']:.4g}",
-                                                            f"{tests[m]['p_holm']:.4g}", verdict(tests[m]))
+                                                            f"{tests[m]['p_holm']:.4g}", shown_verdict(tests[m], complete))
                                                            if m in tests else ("",) * 4)])
     for ds, by_model in data["identical_ablations"].items():
         for s, labels in by_model.items():

@@ -62,7 +62,7 @@ from scipy import stats
 
 from benchmarks.common import RESULTS, atomic_npz, atomic_write, git_commit, worker_pool
 from benchmarks.headline import TRIAL_MIN_EPOCHS as WARM_UP
-from benchmarks.headline import holm, verdict
+from benchmarks.headline import holm, settled
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 OUT = RESULTS / "robustness"
@@ -94,6 +94,12 @@ COLD_CLAIMS = {
                          "above BPR, LightGCN, VBPR and MMGCN)", "rivals": ("bpr", "lightgcn", "vbpr", "mmgcn")},
 }
 COLD_MODES = ("cold", "all")
+VERDICTS = ("A claim **holds** where every planned condition (rival) is measured on every planned seed and every "
+            "difference is significantly positive; it **does not hold** where a test on every seed is significantly "
+            "negative, has a difference of the wrong sign or a raw p at or above α (which Holm's correction can only "
+            "raise); both stand as the study fills in. Otherwise it is pending: a test on fewer seeds (its p still "
+            "moves as seeds land), or one not significant yet whose Holm-adjusted p still falls as the other planned "
+            "tests land.")
 
 
 def with_imputation(cells: list[dict], impute: str) -> list[dict]:
@@ -521,28 +527,29 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
                 summary["cold"][dataset]["fixed_order"] = order
             lines += ["", f"Users with a test cold positive: {refs['cold']['native']['users']}; "
                       f"test cold items: {refs['cold']['native']['items']}.", ""]
-    tests, verdicts = judged(by, datasets, CLAIMS, claim_tests, planned_claim_tests())
+    seeds = {d: len({c["seed"] for c in planned if c["dataset"] == d}) for d in datasets}
+    tests, verdicts = judged(by, datasets, CLAIMS, claim_tests, planned_claim_tests(), seeds)
     if verdicts:
         lines += ["## The seed papers' robustness claims", "",
                   "Relative change of the seed-mean test metric from the clean cells, on the seeds where the model "
                   "and its rivals all ran the condition and the clean cell; each with a paired test: per test "
                   "user, the model's change from its clean cell divided by its clean mean, minus the rival's "
                   "likewise (seeds averaged per user; its mean is the difference of the two relative changes), "
-                  f"Wilcoxon signed-rank, Holm over the claims' {planned_claim_tests()} planned tests ({len(tests)} "
-                  "measured; one not measured yet counts as p = 1). A claim "
-                  "holds where every difference is significantly positive (a smaller drop than each rival's).", "",
-                  *verdicts, ""]
+                  f"Wilcoxon signed-rank, Holm over the claims' {planned_claim_tests()} planned tests "
+                  f"({sum(t['final'] for t in tests)} measured on every planned seed; one not measured yet counts as "
+                  f"p = 1). {VERDICTS}", "", *(v["text"] for v in verdicts), ""]
         summary["claims"] = verdicts
         summary["claim_tests"] = tests
     cold_datasets = [d for d in datasets if any(k[:2] == ("cold", d) for k in by)]
-    cold_tests, cold_verdicts = judged(by, cold_datasets, COLD_CLAIMS, cold_claim_tests, planned_cold_tests(), cold=True)
+    cold_tests, cold_verdicts = judged(by, cold_datasets, COLD_CLAIMS, cold_claim_tests, planned_cold_tests(), seeds,
+                                       cold=True)
     if cold_verdicts:
         lines += ["## The seed papers' cold-start claim", "",
                   "Cold items, each model's own rows as trained (`native`), ranked among the cold items and among "
                   "all items; per test user with a cold positive, the model's metric against each rival's on the "
                   f"same seeds (seed-averaged), Wilcoxon signed-rank, Holm over the claim's {planned_cold_tests()} "
-                  f"planned tests ({len(cold_tests)} measured; one not measured yet counts as p = 1). It holds "
-                  "where the model is significantly above every rival.", "", *cold_verdicts, ""]
+                  f"planned tests ({sum(t['final'] for t in cold_tests)} measured on every planned seed; one not "
+                  f"measured yet counts as p = 1). {VERDICTS}", "", *(v["text"] for v in cold_verdicts), ""]
         summary["cold_claims"] = cold_verdicts
         summary["cold_claim_tests"] = cold_tests
     note = OUT / f"closing_note{_cap_suffix(epochs)}.md"  # by hand from the tables: what they say of each claim
@@ -610,40 +617,74 @@ def _shared_seeds(by: dict, keys: list[tuple]) -> set[int]:
     return set.intersection(*({c["seed"] for c in by.get(key, []) if "per_user" in c} for key in keys))
 
 
-def judged(by: dict, datasets: list[str], claims: dict, tester, planned: int, cold: bool = False) -> tuple[list[dict], list[str]]:
-    """The ``claims``' tests on ``datasets`` (``tester``: :func:`claim_tests` or :func:`cold_claim_tests`),
-    Holm-adjusted as one family of ``planned`` tests, and a verdict line per claim and dataset."""
+def judged(by: dict, datasets: list[str], claims: dict, tester, planned: int, seeds: dict[str, int],
+           cold: bool = False) -> tuple[list[dict], list[dict]]:
+    """The ``claims``' tests on ``datasets`` (``tester``: :func:`claim_tests` or :func:`cold_claim_tests`)
+    and a verdict per claim and dataset (``dataset``, ``model``, ``verdict``: holds, does not hold
+    or pending; ``evidence``: the verdict with its tests; ``text``: the claim's line).
+
+    A test is final once it runs on every planned seed of its dataset (``seeds``: how many); one on
+    fewer is provisional: its per-user means, and so its p, still move as seeds land. Holm's family
+    is the ``planned`` tests, of which the final ones are measured (the others count as p = 1), so
+    adjusted p-values only fall as the study fills in and a verdict **holds** or **does not hold**
+    stands (:func:`benchmarks.headline.settled`)."""
     tests, pending = [], {}
     for dataset in datasets:
         for model, claim in claims.items():
             found, pending[dataset, model] = tester(by, dataset, model, claim)
-            tests += found
-    holm(tests, planned)
-    return tests, [f"- {model} on {dataset}: \"{claim['claim']}\": "
-                   + judge([t for t in tests if (t["dataset"], t["model"]) == (dataset, model)], pending[dataset, model],
-                           model, cold)
-                   for dataset in datasets for model, claim in claims.items()]
+            tests += [{**t, "planned_seeds": seeds[dataset], "final": t["seeds"] >= seeds[dataset]} for t in found]
+    final = [t for t in tests if t["final"]]
+    holm(final, planned)
+    for t in tests:
+        t.setdefault("p_holm", None)
+    complete = len(final) >= planned
+    verdicts = []
+    for dataset in datasets:
+        for model, claim in claims.items():
+            mine = [t for t in tests if (t["dataset"], t["model"]) == (dataset, model)]
+            verdict, text = judge(mine, pending[dataset, model], model, cold, complete)
+            verdicts.append({"dataset": dataset, "model": model, "verdict": verdict, "evidence": text,
+                             "text": f"- {model} on {dataset}: \"{claim['claim']}\": {text}"})
+    return tests, verdicts
 
 
-def judge(tests: list[dict], pending: list[str], model: str, cold: bool = False) -> str:
-    """A claim's verdict from its Holm-adjusted tests: holds where every one is significantly
-    positive, does not hold where one is not; what is not measured yet is pending."""
+def judge(tests: list[dict], pending: list[str], model: str, cold: bool = False,
+          family_complete: bool = False) -> tuple[str, str]:
+    """A claim's verdict and its line from its tests (:func:`judged`): **holds** where every
+    condition (rival) is measured on every seed and every difference is significantly positive,
+    **does not hold** where a final test can no longer be (:func:`benchmarks.headline.settled`),
+    pending otherwise: what is not measured, what is measured on fewer seeds, what is not
+    significant yet."""
     def text(t):
         metric = f"{t['metric'][0].upper()}@20"
+        stat = (f"p_Holm {t['p_holm']:.2g}, {t['seeds']} seeds" if t["final"] else
+                f"p {t['p']:.2g} on {t['seeds']} of {t['planned_seeds']} seeds")
         if cold:
-            return (f"{t['mode']} {metric} {t['mine']:.4f} vs {t['rival']} {t['theirs']:.4f} "
-                    f"(p_Holm {t['p_holm']:.2g}, {t['seeds']} seeds)")
+            return f"{t['mode']} {metric} {t['mine']:.4f} vs {t['rival']} {t['theirs']:.4f} ({stat})"
         return (f"{t['condition']} {metric} {t['mine']:+.1%} vs {t['rival']} {t['theirs']:+.1%} "
-                f"(difference {t['diff']:+.2%}, p_Holm {t['p_holm']:.2g}, {t['seeds']} seeds)")
+                f"(difference {t['diff']:+.2%}, {stat})")
 
-    rest = f" (pending: {', '.join(pending)})" if pending else ""
-    failed = [t for t in tests if verdict(t) != "better"]
+    outcome = {id(t): settled(t, family_complete) if t["final"] else "open" for t in tests}
+    failed = [t for t in tests if outcome[id(t)] == "not better"]
+    unsettled = [t for t in tests if outcome[id(t)] == "open"]
+    rest = []
+    if pending:
+        rest.append(f"not measured: {', '.join(pending)}")
+    provisional = [t for t in unsettled if not t["final"]]
+    if provisional:
+        rest.append("so far, on fewer seeds than planned: " + "; ".join(map(text, provisional)))
+    if len(provisional) < len(unsettled):
+        rest.append("not significant yet: " + "; ".join(text(t) for t in unsettled if t["final"]))
     if failed:
         what = "not significantly above" if cold else "not a significantly smaller drop at"
-        return f"**does not hold**: {what} " + "; ".join(map(text, failed)) + rest + "."
+        return "does not hold", (f"**does not hold**: {what} " + "; ".join(map(text, failed))
+                                 + (f" (also {'; '.join(rest)})" if rest else "") + ".")
     if not tests:
-        return f"pending (no {'rival' if cold else 'condition'} with {model} on the same seeds, with per-user metrics)."
-    return ("**holds**" if not pending else "holds so far") + ": " + "; ".join(map(text, tests)) + rest + "."
+        return "pending", f"pending (no {'rival' if cold else 'condition'} with {model} on the same seeds, with per-user metrics)."
+    if rest:
+        better = [t for t in tests if outcome[id(t)] == "better"]
+        return "pending", "pending (" + "; ".join(rest + ([f"significant: {'; '.join(map(text, better))}"] if better else [])) + ")."
+    return "holds", "**holds**: " + "; ".join(map(text, tests)) + "."
 
 
 def cold_claim_tests(by: dict, dataset: str, model: str, claim: dict) -> tuple[list[dict], list[str]]:

@@ -193,23 +193,58 @@ def test_an_ablation_may_train_another_model_at_its_tuned_settings(study, monkey
 
 
 def test_claims_are_judged_from_the_tests_and_say_what_is_pending():
-    def test(rival, metric, diff, p, key="baseline"):
-        return {"dataset": "d", "model": "siger", key: rival, "metric": metric, "diff": diff, "p": p, "p_holm": p}
+    def test(rival, metric, diff, p, key="baseline", p_holm=None):
+        return {"dataset": "d", "model": "siger", key: rival, "metric": metric, "diff": diff, "p": p,
+                "p_holm": p if p_holm is None else p_holm}
 
     data = {"comparisons": [test("gume", m, 0.01, 0.001) for m in headline.TESTED]
             + [test("mgcn", "recall@20", 0.01, 0.001), test("mgcn", "ndcg@20", 0.002, 0.3)],
             "ablation_tests": [test("w/o CI", m, -0.02, 1e-4, "variant") for m in headline.TESTED],
-            "identical_ablations": {"d": {"siger": ["gamma = 0"]}}}
+            "identical_ablations": {"d": {"siger": ["gamma = 0"]}},
+            "planned": {"comparisons": 100, "ablation_tests": 100}, "retuning": {"d": []}}
     beats = headline.judge(data, "d", "siger", {"claim": "c", "beats": ["gume", "mgcn"]})
-    assert beats.startswith("**does not hold**") and "mgcn N@20" in beats and "gume" not in beats
+    assert beats.startswith("**does not hold**") and "mgcn N@20" in beats and "gume" not in beats  # raw p .3
     assert headline.judge(data, "d", "siger", {"claim": "c", "beats": ["gume"]}).startswith("**holds**")
     assert headline.judge(data, "d", "siger", {"claim": "c", "beats": ["gume", "vbpr"]}) == "pending (not measured: vbpr)."
     helps = headline.judge(data, "d", "siger", {"claim": "c", "lower": ["w/o CI"]})
     assert helps.startswith("**holds**")  # the variant is worse than the full model
     chosen = headline.judge(data, "d", "siger", {"claim": "c", "lower": ["w/o CI", "gamma = 0", "fixed"]})
     assert chosen.startswith("**does not hold**") and "selected the setting of gamma = 0" in chosen
-    assert "(pending: fixed)" in chosen
+    assert "not measured: fixed" in chosen
     assert "see x" in headline.judge(data, "d", "siger", {"claim": "c", "elsewhere": "x"})
+
+    # Not significant after Holm, raw p below α: the family's other tests can still make it
+    # significant (pending) until the family is complete; a wrong sign never can.
+    data["comparisons"][-1] = test("mgcn", "ndcg@20", 0.002, 0.01, p_holm=0.3)
+    beats = headline.judge(data, "d", "siger", {"claim": "c", "beats": ["gume", "mgcn"]})
+    assert beats.startswith("pending (not significant yet, 4 of the 100 planned tests measured: mgcn N@20")
+    assert headline.shown_verdict(data["comparisons"][-1], False) == "n.s. so far"
+    data["planned"]["comparisons"] = 4
+    assert headline.judge(data, "d", "siger", {"claim": "c", "beats": ["gume", "mgcn"]}).startswith("**does not hold**")
+    assert headline.shown_verdict(data["comparisons"][-1], True) == "n.s."
+    data["planned"]["comparisons"] = 100
+    data["comparisons"][-1] = test("mgcn", "ndcg@20", -0.002, 0.01, p_holm=0.3)
+    assert headline.judge(data, "d", "siger", {"claim": "c", "beats": ["gume", "mgcn"]}).startswith("**does not hold**")
+    # A model of the claim being tuned again: its seeds may be replaced, so nothing is final.
+    data["retuning"]["d"] = ["mgcn"]
+    again = headline.judge(data, "d", "siger", {"claim": "c", "beats": ["gume", "mgcn"]})
+    assert again.startswith("pending (mgcn being tuned again; on the seeds of the previous search: **does not hold**")
+    assert headline.judge(data, "d", "siger", {"claim": "c", "beats": ["gume"]}).startswith("**holds**")
+    assert headline._glance(again) == "pending"
+
+
+def test_claims_judged_by_the_robustness_study_show_its_verdict(tmp_path, monkeypatch):
+    recorded = {"claims": [{"dataset": "d", "model": "siger", "verdict": "does not hold", "evidence": "**does not hold**: x",
+                            "text": "- siger on d: ..."}, "- an old line without fields"]}
+    monkeypatch.setattr(headline, "ROBUSTNESS", tmp_path / "robustness.json")
+    assert headline.elsewhere() == {}  # not run yet
+    (tmp_path / "robustness.json").write_text(json.dumps(recorded))
+    data = {"elsewhere": headline.elsewhere()}
+    claim = {"claim": "robust", "judged_in": "claims", "elsewhere": "its table"}
+    assert headline.glance(data, "d", "siger", claim) == "**does not hold** (robustness study)"
+    assert headline.judge(data, "d", "siger", claim) == "not tested by this study; see its table. There: **does not hold**: x"
+    assert headline.glance(data, "e", "siger", claim) == "pending (robustness study)"
+    assert headline.judge(data, "e", "siger", claim).endswith("There: not judged yet.")
 
 
 def test_device_reaches_every_run_and_the_report(study, monkeypatch):
@@ -294,14 +329,17 @@ def test_group_claims_compare_relative_gains_on_the_two_groups():
     def rows(tail, head):
         return {f"{g}_{m}": v for g, v in (("tail", tail), ("head", head)) for m in headline.TESTED}
 
-    tests = [{"dataset": "d", "model": "egra", "group": "tail", "metric": m, "diff": 0.01, "p_holm": 0.01}
+    tests = [{"dataset": "d", "model": "egra", "group": "tail", "metric": m, "diff": 0.01, "p": 0.01, "p_holm": 0.01}
              for m in headline.TESTED]
-    data = {"groups": {"d": {"egra": rows(0.11, 0.42), "gume": rows(0.10, 0.40)}}, "group_tests": tests}
+    data = {"groups": {"d": {"egra": rows(0.11, 0.42), "gume": rows(0.10, 0.40)}}, "group_tests": tests,
+            "planned": {"group_tests": 8}}
     on = ("tail", "head")
     assert headline.judge_gains(data, "d", "egra", "gume", on).startswith("**holds**")  # +10 % tail, +5 % head
-    tests[0]["p_holm"] = 0.2  # the tail's difference is not significant on R@20
+    tests[0]["p_holm"] = 0.2  # the tail's difference is not significant on R@20 after Holm: it still may be
+    assert headline.judge_gains(data, "d", "egra", "gume", on).startswith("pending")
+    tests[0]["p"] = 0.2  # ... unless its raw p is above α
     assert headline.judge_gains(data, "d", "egra", "gume", on).startswith("**does not hold**")
-    tests[0]["p_holm"] = 0.01
+    tests[0]["p"] = tests[0]["p_holm"] = 0.01
     data["groups"]["d"]["egra"] = rows(0.104, 0.42)
     assert headline.judge_gains(data, "d", "egra", "gume", on).startswith("**does not hold**")  # +4 % tail
     del data["groups"]["d"]["gume"]
@@ -392,7 +430,8 @@ def test_latex_and_csv_carry_the_headline_and_ablation_tables():
             "comparisons": [{"dataset": "d", "model": "siger", "baseline": "lightgcn", "metric": m, "diff": 0.05,
                              "p": 1e-6, "p_holm": 1e-5} for m in headline.TESTED],
             "ablations": {"d": {"siger": {"w/o CI": summary(0.33), "fixed": summary(0.34, n=1)}}},
-            "ablation_tests": tests, "identical_ablations": {"d": {"siger": ["gamma = 0"]}}}
+            "ablation_tests": tests, "identical_ablations": {"d": {"siger": ["gamma = 0"]}},
+            "planned": {"comparisons": 2, "ablation_tests": 2}}
     ablation_labels = {"w/o CI": ["beta=0"], "fixed": ["perturbation=fixed"], "gamma = 0": ["gamma=0"]}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(headline, "SEEDS", [1, 2])

@@ -362,22 +362,34 @@ def test_robustness_claims_test_relative_drops_per_user_on_conditions_with_the_s
     assert t["diff"] == pytest.approx(mine - theirs)  # the mean per-user difference: the gap of relative changes
     z = (noisy["egra"] - clean) / clean.mean() - (noisy["gume"] - clean) / clean.mean()
     assert t["p"] == pytest.approx(stats.wilcoxon(z).pvalue)
-    rb.holm(tests, 12)
-    verdict = rb.judge(tests, pending, "egra")
-    assert verdict.startswith("holds so far") and f"noise-0.4 R@20 {mine:+.1%} vs gume {theirs:+.1%}" in verdict
-    assert "pending: noise-0.1, noise-0.2" in verdict
+
+    def judged(seeds=1):  # (verdict, line) of the claim on lfm2k, with `seeds` planned
+        tests, [v] = rb.judged(by, ["lfm2k"], {"egra": claim}, rb.claim_tests, 12, {"lfm2k": seeds})
+        return v["verdict"], v["text"]
+
+    verdict, line = judged()  # significant at q = 0.4, the gentler conditions not run yet
+    assert verdict == "pending" and f"noise-0.4 R@20 {mine:+.1%} vs gume {theirs:+.1%}" in line
+    assert "not measured: noise-0.1, noise-0.2" in line and "significant: noise-0.4" in line
+    verdict, line = judged(seeds=3)  # on 1 of 3 planned seeds: its p still moves
+    assert verdict == "pending" and "so far, on fewer seeds than planned: noise-0.4" in line and "on 1 of 3 seeds" in line
+    for q in ("0.1", "0.2"):
+        for model, values in noisy.items():
+            by |= cells(model, f"noise-{q}", values)
+    assert judged()[0] == "holds"
 
     by |= cells("mgcn", "noise-0.4", drop(-0.02))  # MGCN now drops about as little as EGRA: not significant
-    tests, pending = rb.claim_tests(by, "lfm2k", "egra", claim)
-    rb.holm(tests, 12)
-    assert rb.judge(tests, pending, "egra").startswith("**does not hold**: not a significantly smaller drop at noise-0.4")
+    verdict, line = judged()
+    assert verdict == "does not hold" and line.split(": ", 2)[2].startswith("**does not hold**: not a significantly "
+                                                                            "smaller drop at noise-0.4")
+    assert judged(seeds=3)[0] == "pending"  # ... on 1 of 3 seeds: not final
+    by |= cells("mgcn", "noise-0.4", noisy["mgcn"])
     by |= cells("mgcn", "clean", clean, seeds=(999, 1000)) | cells("mgcn", "noise-0.4", noisy["mgcn"], seeds=(999, 1000))
     tests, pending = rb.claim_tests(by, "lfm2k", "egra", claim)  # MGCN's second seed: compared on the shared one
-    rb.holm(tests, 12)
-    assert {t["seeds"] for t in tests} == {1} and rb.judge(tests, pending, "egra").startswith("holds so far")
+    assert {t["seeds"] for t in tests} == {1} and judged()[0] == "holds"
     by |= cells("mgcn", "noise-0.4", noisy["mgcn"], seeds=(1000,))  # no seed shared with EGRA's: not compared
     tests, pending = rb.claim_tests(by, "lfm2k", "egra", claim)
-    assert not tests and rb.judge(tests, pending, "egra").startswith("pending")
+    assert [t for t in tests if t["rival"] == "mgcn" and t["condition"] == "noise-0.4"] == []
+    assert pending == ["noise-0.4"] and judged()[0] == "pending"
     by |= cells("mgcn", "noise-0.4", noisy["mgcn"])
     del by[("robustness", "lfm2k", "gume", "clean")][0]["per_user"]  # recorded before per-user metrics were kept
     assert rb.claim_tests(by, "lfm2k", "egra", claim) == ([], ["noise-0.1", "noise-0.2", "noise-0.4"])
@@ -476,15 +488,24 @@ def test_the_cold_start_claim_is_tested_per_user_against_each_rival_on_the_same_
     by = cell("rlmmrec", 0.6) | cell("bpr", 0.2) | cell("vbpr", 0.5)
     tests, pending = rb.cold_claim_tests(by, "lfm2k", "rlmmrec", claim)
     assert pending == ["mmgcn"] and len(tests) == 2 * len(rb.COLD_MODES) * len(rb.PER_USER)
-    rb.holm(tests, 12)
     t = next(t for t in tests if t["rival"] == "vbpr" and t["mode"] == "all" and t["metric"] == "recall@20")
     assert t["diff"] == pytest.approx(t["mine"] - t["theirs"]) and t["diff"] > 0.05
-    verdict = rb.judge(tests, pending, "rlmmrec", cold=True)
-    assert verdict.startswith("holds so far") and verdict.endswith("(pending: mmgcn).")
+
+    def judged(seeds=1):
+        tests, [v] = rb.judged(by, ["lfm2k"], {"rlmmrec": claim}, rb.cold_claim_tests, 24, {"lfm2k": seeds}, cold=True)
+        return v["verdict"], v["text"]
+
+    verdict, line = judged()
+    assert verdict == "pending" and line.startswith('- rlmmrec on lfm2k: "x": pending (not measured: mmgcn; significant: ')
+    by |= cell("mmgcn", 0.9)  # far above it on every seed planned: the claim cannot hold any more
+    verdict, line = judged()
+    assert verdict == "does not hold" and "**does not hold**: not significantly above" in line
+    by |= cell("mmgcn", 0.3)
+    assert judged()[0] == "holds"
+    assert judged(seeds=2)[0] == "pending"  # one seed of two: provisional
     by |= cell("mmgcn", 0.6)  # level with it: not significantly above
     tests, pending = rb.cold_claim_tests(by, "lfm2k", "rlmmrec", claim)
-    rb.holm(tests, 12)
-    assert not pending and rb.judge(tests, pending, "rlmmrec", cold=True).startswith("**does not hold**: not significantly above")
+    assert not pending and judged()[0] != "holds"
     by |= cell("mmgcn", 0.3, seeds=(999, 1000))  # judged on the seed both ran
     tests, pending = rb.cold_claim_tests(by, "lfm2k", "rlmmrec", claim)
     assert not pending and {t["seeds"] for t in tests} == {1}
