@@ -732,7 +732,7 @@ def report(models: list[str], datasets: list[str]) -> dict:
 
 def elsewhere() -> dict:
     """The robustness study's verdicts on the claims judged there (``judged_in`` of :data:`CLAIMS`),
-    by list, dataset and model: ``{"verdict", "text"}``; empty before it has judged any."""
+    by list, dataset and model (``verdict``, ``evidence``, ``text``); empty before it has judged any."""
     recorded = _read_json(ROBUSTNESS) or {}
     out = {}
     for key in ("claims", "cold_claims"):
