@@ -619,6 +619,12 @@ def verdict(test: dict) -> str:
     return "better" if test["diff"] > 0 else "worse"
 
 
+def fmt_p(p: float) -> str:
+    """A p-value for the tables: two significant digits; one that underflowed to 0 (the normal
+    approximation of a very large effect) as below the smallest double."""
+    return f"{p:.2g}" if p > 0 else "< 1e-300"
+
+
 def settled(test: dict, family_complete: bool) -> str:
     """Whether a measured test can still change its claim: ``better``; ``not better``, which it
     stays whatever else lands (significantly worse, a difference of the wrong sign, a raw p at or
@@ -788,7 +794,7 @@ def _complete(data: dict, family: str) -> bool:
 
 
 def _evidence(tests: list[dict]) -> str:
-    return "; ".join(f"{t['rival']} {LABEL[t['metric']]} {t['diff']:+.4f} (p {t['p']:.2g}, p_Holm {t['p_holm']:.2g})"
+    return "; ".join(f"{t['rival']} {LABEL[t['metric']]} {t['diff']:+.4f} (p {fmt_p(t['p'])}, p_Holm {fmt_p(t['p_holm'])})"
                      for t in tests)
 
 
@@ -859,7 +865,7 @@ def judge_gains(data: dict, ds: str, model: str, rival: str, on: tuple[str, str]
                     and t["group"] == group and t["metric"] == metric)
         outcomes.add("not better" if gain[group] <= gain[other] else settled(test, complete))
         parts.append(f"{LABEL[metric]} {group} {gain[group]:+.1%}, {other} {gain[other]:+.1%} "
-                     f"({group} difference {test['diff']:+.4f}, p_Holm {test['p_holm']:.2g}, "
+                     f"({group} difference {test['diff']:+.4f}, p_Holm {fmt_p(test['p_holm'])}, "
                      f"{shown_verdict(test, complete)})")
     head = ("**does not hold**" if "not better" in outcomes else "pending" if "open" in outcomes else "**holds**")
     return head + f" (relative gain over {rival}: " + "; ".join(parts) + ")."
@@ -944,14 +950,14 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
            "| dataset | model | baseline | metric | diff | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|"]
     for t in data["comparisons"]:
         md.append(f"| {t['dataset']} | {t['model']} | {t['baseline']} | {LABEL[t['metric']]} | {t['diff']:+.4f} | "
-                  f"{t['p']:.2g} | {t['p_holm']:.2g} | {shown_verdict(t, _complete(data, 'comparisons'))} |")
+                  f"{fmt_p(t['p'])} | {fmt_p(t['p_holm'])} | {shown_verdict(t, _complete(data, 'comparisons'))} |")
     md += ["", f"## Every model against {REFERENCE}", "",
            f"Does content help? Each model against the ID-only {REFERENCE} (mean per-user difference, Wilcoxon, "
            f"Holm over {_family(data, 'versus_lightgcn')}).", "",
            "| dataset | model | metric | diff | p | p (Holm) | verdict |", "|---|---|---|---|---|---|---|"]
     for t in data["versus_lightgcn"]:
-        md.append(f"| {t['dataset']} | {t['model']} | {LABEL[t['metric']]} | {t['diff']:+.4f} | {t['p']:.2g} | "
-                  f"{t['p_holm']:.2g} | {shown_verdict(t, _complete(data, 'versus_lightgcn'))} |")
+        md.append(f"| {t['dataset']} | {t['model']} | {LABEL[t['metric']]} | {t['diff']:+.4f} | {fmt_p(t['p'])} | "
+                  f"{fmt_p(t['p_holm'])} | {shown_verdict(t, _complete(data, 'versus_lightgcn'))} |")
     md += ["", "## Groups: long tail and head, sparse users and the rest", "",
            f"tail / head: test metrics over each item group's positives (tail: the least popular {TAIL_SHARE:.0%} "
            "of items by training degree; users with at least one such positive; every item ranked). sparse / "
@@ -989,7 +995,7 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
             for label, s_ in variants.items():
                 test = next((t for t in data["ablation_tests"] if t["dataset"] == ds and t["model"] == s
                              and t["variant"] == label and t["metric"] == "recall@20"), None)
-                mark = f"{test['diff']:+.4f}, {test['p_holm']:.2g} ({shown_verdict(test, _complete(data, 'ablation_tests'))})" if test else ""
+                mark = f"{test['diff']:+.4f}, {fmt_p(test['p_holm'])} ({shown_verdict(test, _complete(data, 'ablation_tests'))})" if test else ""
                 md.append(f"| {label} | {s_['n']} | " + " | ".join(_fmt(s_, m) for m in METRICS) + f" | {mark} |")
             md.append("")
     md += ["## Progress", "", "Runs recorded / planned (trials of the current search space; final seeds; the "

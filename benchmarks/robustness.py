@@ -62,7 +62,7 @@ from scipy import stats
 
 from benchmarks.common import RESULTS, atomic_npz, atomic_write, git_commit, worker_pool
 from benchmarks.headline import TRIAL_MIN_EPOCHS as WARM_UP
-from benchmarks.headline import holm, settled
+from benchmarks.headline import fmt_p, holm, settled
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
 
 OUT = RESULTS / "robustness"
@@ -657,8 +657,8 @@ def judge(tests: list[dict], pending: list[str], model: str, cold: bool = False,
     significant yet."""
     def text(t):
         metric = f"{t['metric'][0].upper()}@20"
-        stat = (f"p_Holm {t['p_holm']:.2g}, {t['seeds']} seeds" if t["final"] else
-                f"p {t['p']:.2g} on {t['seeds']} of {t['planned_seeds']} seeds")
+        stat = (f"p_Holm {fmt_p(t['p_holm'])}, {t['seeds']} seeds" if t["final"] else
+                f"p {fmt_p(t['p'])} on {t['seeds']} of {t['planned_seeds']} seeds")
         if cold:
             return f"{t['mode']} {metric} {t['mine']:.4f} vs {t['rival']} {t['theirs']:.4f} ({stat})"
         return (f"{t['condition']} {metric} {t['mine']:+.1%} vs {t['rival']} {t['theirs']:+.1%} "

@@ -64,6 +64,7 @@ def test_cells_are_tuned_blind_recorded_and_skipped_on_rerun(study, monkeypatch)
     assert glance.count("\n| egra |") == len(headline.CLAIMS["egra"])
     assert [headline._glance(t) for t in ("**holds** (x)", "**does not hold**: y", "pending (z)", "not tested by this study; see w")] \
         == ["**holds**", "**does not hold**", "pending", "elsewhere"]
+    assert [headline.fmt_p(p) for p in (0.0123, 3e-9, 0.0)] == ["0.012", "3e-09", "< 1e-300"]  # 0: an underflow
 
 
 def test_a_changed_protocol_is_tuned_again(study, monkeypatch):
