@@ -749,7 +749,8 @@ def elsewhere() -> dict:
 
 
 def progress(data: dict, cells: dict, tunings: dict, models: list[str], datasets: list[str]) -> dict:
-    """Runs recorded and planned per dataset and model: trials, final seeds, ablation seeds."""
+    """Runs recorded and planned per dataset and model (trials, final seeds, ablation seeds) and
+    the core-hours the rest will take (:func:`hours_left`)."""
     out = {}
     for ds in datasets:
         for m in models:
@@ -757,13 +758,53 @@ def progress(data: dict, cells: dict, tunings: dict, models: list[str], datasets
             current = t is not None and m not in data["retuning"].get(ds, [])
             row = {"trials": [len(t["trials"]) if current else 0, len(trial_points(m))],
                    "seeds": [len((cells[ds][m] or {"seeds": {}})["seeds"]), len(SEEDS)]}
+            swaps = 0  # EGRA's ablation seeds that pretrain another model (its stage 1)
             if m in SEED_MODELS:
                 variants = [c for label, c in ablations(m).items()
                             if label not in data["identical_ablations"].get(ds, {}).get(m, [])]
-                done = sum(len((collect(ds, f"{m}~{slug(c)}") or {"seeds": {}})["seeds"]) for c in variants)
-                row["ablation seeds"] = [done, len(variants) * len(SEEDS)]
+                done = {slug(c): len((collect(ds, f"{m}~{slug(c)}") or {"seeds": {}})["seeds"]) for c in variants}
+                row["ablation seeds"] = [sum(done.values()), len(variants) * len(SEEDS)]
+                swaps = sum(len(SEEDS) - done[slug(c)] for c in variants if any(x.startswith("pre_model=") for x in c))
+            row["core-hours left"] = hours_left(m, ds, row, tunings, swaps)
             out.setdefault(ds, {})[m] = row
     return out
+
+
+FLOORS = {"tiktok": RESULTS / "floors.json", "lfm2k": RESULTS / "floors_lfm2k.json"}
+"""Per dataset, the floors benchmark's per-model epochs (one thread, default settings)."""
+
+
+def hours_left(model: str, dataset: str, row: dict, tunings: dict, swaps: int = 0) -> float | None:
+    """An estimate of the core-hours (one thread each) that ``model``'s runs still to come on
+    ``dataset`` take: the runs left times the epochs its recorded runs took (its trials', its
+    seeds'; on the other dataset where none ran here; else half the trial cap and 200) times its
+    epoch's thread CPU seconds in the floors benchmark (default settings: a tuned point with more
+    layers or neighbours costs more); EGRA adds its stage 1 (each seed pretrains MGCN at every
+    point of its λ_cl grid; a swap variant pretrains its model once per seed). ``None`` where the
+    floors benchmark has no epoch of the model on the dataset."""
+    def epoch_s(m: str) -> float | None:
+        rows = (_read_json(FLOORS[dataset]) or {}).get("models", {}) if dataset in FLOORS else {}
+        r = rows.get(m)
+        return None if r is None else r.get("train_cpu_s", r["train_s"]) + r.get("valid_cpu_s", r["valid_s"])
+
+    def epochs(m: str) -> tuple[float, float]:  # (a trial's, a seed's)
+        order = [dataset, *(d for d in tunings if d != dataset)]
+        trials = next(([t["epochs"] for t in tunings[d][m]["trials"]] for d in order
+                       if (tunings[d].get(m) or {}).get("trials")), [TRIAL_EPOCHS / 2])
+        seeds = next(([s["metrics"]["epochs"] for s in c["seeds"].values()] for d in order
+                      if (c := collect(d, m))), [200])
+        return statistics.median(trials), statistics.median(seeds)
+
+    e = epoch_s(model)
+    if e is None:
+        return None
+    trial, seed = epochs(model)
+    left = lambda part: row[part][1] - row[part][0] if part in row else 0  # noqa: E731
+    seconds = (left("trials") * trial + (left("seeds") + left("ablation seeds")) * seed) * e
+    if model == "egra" and epoch_s("mgcn") is not None:
+        mgcn = epochs("mgcn")[1] * epoch_s("mgcn")
+        seconds += (left("seeds") * len(grid("mgcn").get("cl_weight", [None])) + swaps) * mgcn
+    return seconds / 3600
 
 
 def _family(data: dict, family: str) -> str:
@@ -1000,11 +1041,19 @@ def render_markdown(data: dict, models: list[str], datasets: list[str], tunings:
             md.append("")
     md += ["## Progress", "", "Runs recorded / planned (trials of the current search space; final seeds; the "
            "seed models' ablation seeds). `python -m benchmarks.headline` continues from here.", "",
-           "| dataset | model | trials | seeds | ablation seeds |", "|---|---|---|---|---|"]
+           "| dataset | model | trials | seeds | ablation seeds | core-hours left (est.) |", "|---|---|---|---|---|---|"]
     for ds, rows in data["progress"].items():
         for model, row in rows.items():
+            hours = row.get("core-hours left")
             md.append(f"| {ds} | {model} | " + " | ".join("/".join(map(str, row[k])) if k in row else ""
-                                                         for k in ("trials", "seeds", "ablation seeds")) + " |")
+                                                         for k in ("trials", "seeds", "ablation seeds"))
+                      + f" | {'?' if hours is None else f'{hours:.1f}' if hours else ''} |")
+        total = sum(r.get("core-hours left") or 0 for r in rows.values())
+        md.append(f"| {ds} | all | | | | {total:.1f} |")
+    md += ["", "Core-hours left: the runs still to come times the epochs the model's recorded runs took "
+           "(trials', seeds'; the other dataset's where none ran here) times its 1-thread epoch in "
+           "`results/floors*.md` (CPU time, default settings), EGRA's stage-1 pretraining included; "
+           "a rough guide: `--jobs 2` on two otherwise idle cores does about two core-hours per hour."]
     md += ["", "## Tuned settings", "", "| dataset | model | trials | selected (changed from defaults) | valid R@20 |",
            "|---|---|---|---|---|"]
     for ds in datasets:

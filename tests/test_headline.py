@@ -371,7 +371,7 @@ def test_the_report_marks_a_model_whose_search_space_changed(study, monkeypatch)
     headline.run_cell("lightgcn", study.name, {"tune", "final"}, study)
     data = headline.report(["lightgcn"], [study.name])
     assert data["retuning"] == {study.name: []}
-    assert data["progress"] == {study.name: {"lightgcn": {"trials": [2, 2], "seeds": [2, 2]}}}
+    assert data["progress"] == {study.name: {"lightgcn": {"trials": [2, 2], "seeds": [2, 2], "core-hours left": None}}}
     real = headline.grid
     monkeypatch.setattr(headline, "grid", lambda model: {**real(model), "lr": [1e-3, 5e-4]})
     data = headline.report(["lightgcn"], [study.name])
@@ -448,3 +448,19 @@ def test_latex_and_csv_carry_the_headline_and_ablation_tables():
     assert by_variant["w/o CI"]["recall@20_verdict"] == "worse" and float(by_variant["w/o CI"]["ndcg@20_diff"]) == -0.02
     assert by_variant["fixed"]["recall@20_verdict"] == "" and by_variant["fixed"]["seeds"] == "1"
     assert by_variant["gamma = 0"]["note"].startswith("selected on validation")
+
+
+def test_core_hours_left_count_the_runs_to_come_at_the_floors_epoch(tmp_path, monkeypatch):
+    floors = tmp_path / "floors.json"
+    floors.write_text(json.dumps({"models": {"mgcn": {"train_cpu_s": 2.0, "valid_cpu_s": 1.0, "train_s": 9, "valid_s": 9},
+                                             "egra": {"train_cpu_s": 3.0, "valid_cpu_s": 1.0, "train_s": 9, "valid_s": 9}}}))
+    monkeypatch.setitem(headline.FLOORS, "d", floors)
+    monkeypatch.setattr(headline, "collect", lambda d, m: {"seeds": {1: {"metrics": {"epochs": 100}}}} if m == "mgcn" else None)
+    tunings = {"d": {"egra": {"trials": [{"epochs": 40}, {"epochs": 60}]}, "mgcn": None}}
+    row = {"trials": [4, 6], "seeds": [3, 5], "ablation seeds": [0, 10]}
+    # EGRA: 2 trials of 50 epochs, 2 + 10 seeds of 200 (none recorded anywhere), 4 s an epoch; its stage 1:
+    # MGCN at each of its 3 grid points for the 2 seeds left, and 5 swap seeds, 100 epochs of 3 s
+    want = (2 * 50 + 12 * 200) * 4 + (2 * 3 + 5) * 100 * 3
+    assert headline.hours_left("egra", "d", row, tunings, swaps=5) == pytest.approx(want / 3600)
+    assert headline.hours_left("mgcn", "d", {"trials": [3, 3], "seeds": [5, 5]}, tunings) == 0
+    assert headline.hours_left("lightgcn", "d", row, tunings) is None  # no floors epoch: unknown
