@@ -556,9 +556,47 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
     if note.is_file():
         lines += [note.read_text().strip(), ""]
     if left:
-        lines += ["## Not run yet", "", f"{len(left)} planned cells (rerun the script to continue): "
-                  + ", ".join(left[:12]) + (", ..." if len(left) > 12 else ""), ""]
+        hours = hours_left([c for c in planned if cell_name(c) not in done], cells, epochs)
+        lines += ["## Not run yet", "", f"{len(left)} planned cells (rerun the script to continue), about "
+                  + ", ".join(f"{h:.0f} core-hours on {d}" for d, h in hours.items()) + " (est.: "
+                  + HOURS_LEFT + "): " + ", ".join(left[:12]) + (", ..." if len(left) > 12 else ""), ""]
+        summary["core_hours_left"] = hours
     return summary, "\n".join(lines) + "\n"
+
+
+HOURS_LEFT = ("each cell as long as the median of the model's finished cells of its family on its dataset, "
+              "in wall seconds, EGRA's stage 1 included; where none finished, its epochs elsewhere (else "
+              "200, within the cap) times its 1-thread epoch in results/floors*.md, EGRA plus one MGCN run "
+              "per point of its λ_cl grid")
+
+
+def hours_left(left: list[dict], cells: list[dict], cap: int) -> dict[str, float]:
+    """Per dataset, the core-hours the ``left`` cells take (est.: :data:`HOURS_LEFT`)."""
+    from benchmarks.headline import FLOORS, grid
+
+    def median(values, default):
+        return float(np.median(values)) if values else default
+
+    def floor_epoch(dataset, model):
+        rows = (json.loads(FLOORS[dataset].read_text()) if FLOORS.get(dataset, Path()).is_file() else {}).get("models", {})
+        r = rows.get(model)
+        return 0.0 if r is None else r.get("train_cpu_s", r["train_s"]) + r.get("valid_cpu_s", r["valid_s"])
+
+    def run_s(dataset, model):
+        epochs = min(cap, median([c["epochs_run"] for c in cells if c["model"] == model and "epochs_run" in c], 200))
+        return epochs * floor_epoch(dataset, model)
+
+    out = {}
+    for cell in left:
+        dataset, model = cell["dataset"], cell["model"]
+        seconds = median([c["seconds"] for c in cells if "seconds" in c and (c["dataset"], c["model"], c["family"])
+                          == (dataset, model, cell["family"])], None)
+        if seconds is None:
+            seconds = run_s(dataset, model)
+            if model == "egra":
+                seconds += len(grid("mgcn").get("cl_weight", [None])) * run_s(dataset, "mgcn")
+        out[dataset] = out.get(dataset, 0.0) + seconds / 3600
+    return out
 
 
 def planned_cold_tests() -> int:

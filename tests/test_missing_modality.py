@@ -515,3 +515,19 @@ def test_the_cold_start_claim_is_tested_per_user_against_each_rival_on_the_same_
     assert not pending and {t["seeds"] for t in tests} == {1}
     by |= cell("mmgcn", 0.3, seeds=(1000,))  # no seed in common: pending again
     assert rb.cold_claim_tests(by, "lfm2k", "rlmmrec", claim)[1] == ["mmgcn"]
+
+
+def test_robustness_hours_left_take_finished_cells_or_the_floors_epoch(tmp_path, monkeypatch):
+    from benchmarks import headline
+    from benchmarks import robustness as rb
+
+    floors = tmp_path / "floors.json"
+    floors.write_text(json.dumps({"models": {m: {"train_cpu_s": s, "valid_cpu_s": 0.0, "train_s": 9, "valid_s": 9}
+                                             for m, s in (("mgcn", 2.0), ("egra", 1.0), ("gume", 4.0))}}))
+    monkeypatch.setitem(headline.FLOORS, "d", floors)
+    done = [{"dataset": "d", "model": "gume", "family": "robustness", "seconds": s, "epochs_run": 100} for s in (3600, 7200, 5400)]
+    done.append({"dataset": "e", "model": "mgcn", "family": "robustness", "seconds": 1, "epochs_run": 300})
+    left = [{"dataset": "d", "model": "gume", "family": "robustness"},  # its median cell: 1.5 h
+            {"dataset": "d", "model": "egra", "family": "robustness"}]  # 200 epochs of 1 s + 3 MGCN runs of 300 x 2 s
+    assert rb.hours_left(left, done, 1000) == {"d": pytest.approx(1.5 + (200 * 1 + 3 * 300 * 2) / 3600)}
+    assert rb.hours_left(left[1:], done, 20) == {"d": pytest.approx((20 * 1 + 3 * 20 * 2) / 3600)}  # within the cap
