@@ -76,6 +76,7 @@ from scipy import stats
 
 from benchmarks.common import RESULTS, atomic_npz, atomic_write, git_commit, worker_pool
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
+from prismrec.experiment import significance
 
 SEED_MODELS = ["rlmmrec", "siger", "egra"]
 BASELINES = ["bpr", "lightgcn", "vbpr", "mmgcn", "lattice", "bm3", "freedom", "mgcn", "lgmrec",
@@ -604,13 +605,11 @@ def holm(tests: list[dict], planned: int = 0) -> None:
     """Holm's step-down adjustment, in place: ``p_holm`` for each test of the family. The family is
     the ``planned`` tests (the whole study's), of which ``tests`` are measured so far; a test not
     measured yet counts as p = 1, so an adjusted p can only fall as the study fills in: a verdict
-    "better" or "worse" read now stands when the study completes."""
-    size = max(len(tests), planned)
-    order = sorted(range(len(tests)), key=lambda i: tests[i]["p"])
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (size - rank) * tests[i]["p"]))
-        tests[i]["p_holm"] = running
+    "better" or "worse" read now stands when the study completes
+    (:func:`prismrec.experiment.significance.holm`)."""
+    adjusted = significance.holm([t["p"] for t in tests], max(len(tests), planned))
+    for test, p in zip(tests, adjusted):
+        test["p_holm"] = float(p)
 
 
 def verdict(test: dict) -> str:

@@ -100,3 +100,14 @@ def test_report_of_runs(planted, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunError):
         build_report(tmp_path / "empty")
+
+
+def test_compare_refuses_an_unknown_correction(comparison, planted_dir):
+    from prismrec.errors import ConfigError
+
+    out, _ = comparison
+    with pytest.raises(ConfigError, match="--correction 'bh': use one of holm, none"):
+        run_compare(MODELS, ["planted"], SEEDS, out, dict(SETTINGS), str(planted_dir.parent), log=lambda m: None,
+                    train=False, reference="lightgcn", correction="bh")
+    legend = (out / "paper.md").read_text().splitlines()[-1]
+    assert "Holm-adjusted over the table's 2 comparisons" in legend  # bpr against lightgcn, R@20 and N@20

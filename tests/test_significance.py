@@ -86,3 +86,49 @@ def test_cli(runs, planted_dir):
     bad = runner.invoke(app, ["significance", "--a", str(runs / "lgn"), "--b", str(runs / "bpr"), "--metric", "auc",
                               "--data-dir", str(planted_dir.parent)])
     assert bad.exit_code == 2 and "--metric 'auc'" in bad.output
+
+
+def holm_by_definition(p, family):
+    """Holm's adjusted p of each test, straight from the definition: the i-th smallest p (1-based)
+    times (m - i + 1), capped at 1, made monotone by the running maximum; unmeasured tests p = 1."""
+    order = sorted(range(len(p)), key=lambda i: (p[i], i))
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order, start=1):
+        running = max(running, min(1.0, (family - rank + 1) * p[i]))
+        out[i] = running
+    return out
+
+
+def test_holm_adjusts_a_family_and_only_falls_as_it_fills_in():
+    from prismrec.experiment.significance import holm
+
+    rng = np.random.default_rng(3)
+    p = list(rng.uniform(0, 0.02, 8)) + list(rng.uniform(0, 1, 8))
+    for family in (16, 40):
+        np.testing.assert_allclose(holm(p, family), holm_by_definition(p, family), rtol=1e-12)
+    before = holm(p[:10], 16)
+    assert np.all(holm(p, 16)[:10] <= before + 1e-15)  # the other six measured: nothing rises
+    assert holm([]).size == 0 and holm([0.2, 0.2]).tolist() == [0.4, 0.4]
+    with pytest.raises(ValueError, match="cannot hold"):
+        holm([0.1, 0.2], 1)
+
+
+def test_paper_marks_are_holm_adjusted_over_the_table():
+    from prismrec.experiment.paper_table import corrected, render_csv, render_markdown
+
+    raw = {"d": {"bpr": {"recall@20": 0.001, "ndcg@20": 0.03}, "vbpr": {"recall@20": 0.02, "ndcg@20": 0.04}}}
+    holm = corrected(raw)
+    assert holm == {"d": {"bpr": {"recall@20": 0.004, "ndcg@20": pytest.approx(0.06)},
+                          "vbpr": {"recall@20": pytest.approx(0.06), "ndcg@20": pytest.approx(0.06)}}}
+    assert corrected(raw, "none") == raw
+    with pytest.raises(ValueError, match="unknown correction"):
+        corrected(raw, "bh")
+    cell = {"mean": {"test": {"recall@20": 0.3, "ndcg@20": 0.2}}, "std": {"test": {"recall@20": 0.01, "ndcg@20": 0.01}}}
+    results = {"seeds": [1, 2], "cells": {"d": {m: cell for m in ("lightgcn", "bpr", "vbpr")}}}
+    md = render_markdown(results, "lightgcn", pvalues=holm)
+    assert "| bpr | **0.3000**** | **0.2000** |" in md and "Holm-adjusted over the table's 4 comparisons" in md
+    assert "| vbpr | **0.3000** | **0.2000** |" in md  # raw .02 and .04 would have been marked
+    assert "not corrected" in render_markdown(results, "lightgcn", pvalues=raw, correction="none")
+    rows = list(__import__("csv").DictReader(render_csv(results, "lightgcn", pvalues=holm, raw=raw).splitlines()))
+    bpr = next(r for r in rows if r["model"] == "bpr" and r["metric"] == "ndcg@20")
+    assert (bpr["p_paired_t"], bpr["correction"], bpr["p_adjusted"]) == ("0.03", "holm", "0.06")

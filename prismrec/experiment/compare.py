@@ -123,13 +123,15 @@ def run_compare(
     train: bool = True,
     reference: str | None = None,
     workers: int = 1,
+    correction: str = "holm",
 ) -> dict:
     """Train every cell that is not already done, then write ``results.json`` / ``results.md``
     and the paper tables.
 
     Every model, dataset and setting is validated first (:func:`check_inputs`). ``train=False``
     only summarises the finished cells (missing ones are listed as not run). ``reference``: the
-    model the paper table's significance marks compare against (None: no marks).
+    model the paper table's significance marks compare against (None: no marks), their p-values
+    adjusted over the table by ``correction`` (``holm`` or ``none``).
 
     ``workers``: cells trained at the same time, each in its own process (:func:`train_cells`);
     with more than one, the CPU threads are split between them (``threads`` = cores // workers
@@ -146,6 +148,10 @@ def run_compare(
     configs = check_inputs(models, datasets, seeds, overrides, data_dir)
     if reference is not None and reference not in models:
         raise ConfigError(f"--reference {reference!r} is not one of the compared models {models}")
+    from prismrec.experiment.paper_table import CORRECTIONS
+
+    if correction not in CORRECTIONS:
+        raise ConfigError(f"--correction {correction!r}: use one of {', '.join(CORRECTIONS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"models": models, "datasets": datasets, "seeds": seeds, "overrides": overrides, "cells": {}}
     done: dict[tuple[str, str, int], dict] = {}
@@ -184,7 +190,7 @@ def run_compare(
             results["cells"].setdefault(dataset, {})[model] = _summarise(
                 per_seed, why, configs[(dataset, model)].digest())
     _write(results, out_dir)
-    _write_paper(results, out_dir, reference, data_dir, log)
+    _write_paper(results, out_dir, reference, data_dir, log, correction)
     results["failures"] = failures
     return results
 
@@ -299,12 +305,12 @@ def _die_with_parent() -> None:
             pass
 
 
-def _write_paper(results: dict, out_dir: Path, reference: str | None, data_dir, log) -> None:
+def _write_paper(results: dict, out_dir: Path, reference: str | None, data_dir, log, correction: str = "holm") -> None:
     """The paper tables; a significance test that cannot run leaves the tables without marks."""
     from prismrec.experiment.paper_table import write_paper_tables
 
     try:
-        write_paper_tables(results, out_dir, reference, data_dir=data_dir)
+        write_paper_tables(results, out_dir, reference, data_dir=data_dir, correction=correction)
     except (RunError, ValueError) as exc:
         log(f"[compare] significance against {reference} not computed ({exc}); paper tables unmarked")
         write_paper_tables(results, out_dir, None, data_dir=data_dir)

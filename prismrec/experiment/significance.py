@@ -10,6 +10,7 @@ interval of the mean difference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,21 @@ def paired_test(run_a, run_b, metric: str = "recall@20", split: str = "test", da
         "p_paired_t": float(stats.ttest_rel(a, b).pvalue) if nonzero else 1.0,
         "p_wilcoxon": float(stats.wilcoxon(a, b, zero_method="wilcox").pvalue) if nonzero else 1.0,
     }
+
+
+def holm(pvalues: Sequence[float], family: int | None = None) -> np.ndarray:
+    """Holm's step-down adjusted p-values of ``pvalues``, in their order: with ``m`` tests sorted
+    by p, the ``r``-th smallest (0-based) is adjusted to ``max_{j <= r} min(1, (m - j) p_(j))``;
+    it controls the family-wise error rate at any α (reject where the adjusted p is below α).
+
+    ``family`` (at least ``len(pvalues)``): the number of tests the family will hold, those not
+    measured yet counting as p = 1; an adjusted p then only falls as they are measured, so a
+    significant result read from part of the family stays significant."""
+    p = np.asarray(pvalues, dtype=float)
+    m = len(p) if family is None else family
+    if m < len(p):
+        raise ValueError(f"a family of {m} tests cannot hold {len(p)}")
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(len(p))) * p[order]))
+    return adjusted
