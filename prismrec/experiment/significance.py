@@ -94,5 +94,5 @@ def holm(pvalues: Sequence[float], family: int | None = None) -> np.ndarray:
         raise ValueError(f"a family of {m} tests cannot hold {len(p)}")
     order = np.argsort(p, kind="stable")
     adjusted = np.empty_like(p)
-    adjusted[order] = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(len(p))) * p[order]))
+    adjusted[order] = np.maximum.accumulate(np.minimum(1.0, (float(m) - np.arange(len(p))) * p[order]))
     return adjusted
