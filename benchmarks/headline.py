@@ -773,6 +773,15 @@ FLOORS = {"tiktok": RESULTS / "floors.json", "lfm2k": RESULTS / "floors_lfm2k.js
 """Per dataset, the floors benchmark's per-model epochs (one thread, default settings)."""
 
 
+def floor_epoch_s(model: str, dataset: str) -> float | None:
+    """A training epoch plus a validation of ``model`` on ``dataset`` in the floors benchmark, in
+    the thread's CPU seconds (wall seconds for rows measured before it was recorded); ``None``
+    where it has no such row."""
+    rows = (_read_json(FLOORS[dataset]) or {}).get("models", {}) if dataset in FLOORS else {}
+    r = rows.get(model)
+    return None if r is None else r.get("train_cpu_s", r["train_s"]) + r.get("valid_cpu_s", r["valid_s"])
+
+
 def hours_left(model: str, dataset: str, row: dict, tunings: dict, swaps: int = 0) -> float | None:
     """An estimate of the core-hours (one thread each) that ``model``'s runs still to come on
     ``dataset`` take: the runs left times the epochs its recorded runs took (its trials', its
@@ -781,11 +790,6 @@ def hours_left(model: str, dataset: str, row: dict, tunings: dict, swaps: int = 
     layers or neighbours costs more); EGRA adds its stage 1 (each seed pretrains MGCN at every
     point of its λ_cl grid; a swap variant pretrains its model once per seed). ``None`` where the
     floors benchmark has no epoch of the model on the dataset."""
-    def epoch_s(m: str) -> float | None:
-        rows = (_read_json(FLOORS[dataset]) or {}).get("models", {}) if dataset in FLOORS else {}
-        r = rows.get(m)
-        return None if r is None else r.get("train_cpu_s", r["train_s"]) + r.get("valid_cpu_s", r["valid_s"])
-
     def epochs(m: str) -> tuple[float, float]:  # (a trial's, a seed's)
         order = [dataset, *(d for d in tunings if d != dataset)]
         trials = next(([t["epochs"] for t in tunings[d][m]["trials"]] for d in order
@@ -794,14 +798,14 @@ def hours_left(model: str, dataset: str, row: dict, tunings: dict, swaps: int = 
                       if (c := collect(d, m))), [200])
         return statistics.median(trials), statistics.median(seeds)
 
-    e = epoch_s(model)
+    e = floor_epoch_s(model, dataset)
     if e is None:
         return None
     trial, seed = epochs(model)
     left = lambda part: row[part][1] - row[part][0] if part in row else 0  # noqa: E731
     seconds = (left("trials") * trial + (left("seeds") + left("ablation seeds")) * seed) * e
-    if model == "egra" and epoch_s("mgcn") is not None:
-        mgcn = epochs("mgcn")[1] * epoch_s("mgcn")
+    if model == "egra" and floor_epoch_s("mgcn", dataset) is not None:
+        mgcn = epochs("mgcn")[1] * floor_epoch_s("mgcn", dataset)
         seconds += (left("seeds") * len(grid("mgcn").get("cl_weight", [None])) + swaps) * mgcn
     return seconds / 3600
 

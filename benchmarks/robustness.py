@@ -572,19 +572,14 @@ HOURS_LEFT = ("each cell as long as the median of the model's finished cells of 
 
 def hours_left(left: list[dict], cells: list[dict], cap: int) -> dict[str, float]:
     """Per dataset, the core-hours the ``left`` cells take (est.: :data:`HOURS_LEFT`)."""
-    from benchmarks.headline import FLOORS, grid
+    from benchmarks.headline import floor_epoch_s, grid
 
     def median(values, default):
         return float(np.median(values)) if values else default
 
-    def floor_epoch(dataset, model):
-        rows = (json.loads(FLOORS[dataset].read_text()) if FLOORS.get(dataset, Path()).is_file() else {}).get("models", {})
-        r = rows.get(model)
-        return 0.0 if r is None else r.get("train_cpu_s", r["train_s"]) + r.get("valid_cpu_s", r["valid_s"])
-
     def run_s(dataset, model):
         epochs = min(cap, median([c["epochs_run"] for c in cells if c["model"] == model and "epochs_run" in c], 200))
-        return epochs * floor_epoch(dataset, model)
+        return epochs * (floor_epoch_s(model, dataset) or 0.0)
 
     out = {}
     for cell in left:
