@@ -32,7 +32,7 @@ from typing import Any
 from prismrec.data.dataset import find_dataset
 from prismrec.errors import ConfigError, RunError
 from prismrec.experiment.config import resolve_config
-from prismrec.experiment.rundir import RunDir, run_digest
+from prismrec.experiment.rundir import RunDir, run_digest, write_atomic
 from prismrec.experiment.runs import aggregate
 
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
@@ -335,8 +335,8 @@ def _summarise(per_seed: dict[int, dict], failed: dict, digest: str) -> dict:
 
 
 def _write(results: dict, out_dir: Path) -> None:
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "results.md").write_text(render_markdown(results))
+    write_atomic(out_dir / "results.json", json.dumps(results, indent=2))  # a kill leaves the old file or the new
+    write_atomic(out_dir / "results.md", render_markdown(results))
 
 
 def render_markdown(results: dict) -> str:

@@ -210,16 +210,19 @@ def render_csv(results: dict, reference: str | None, metrics=PAPER_METRICS,
 
 def write_paper_tables(results: dict, out_dir: Path, reference: str | None, metrics=PAPER_METRICS,
                        data_dir=None, correction: str = "holm") -> dict:
-    """Write ``paper.md``, ``paper.tex`` and ``paper.csv`` into ``out_dir``; return the p-values
+    """Write ``paper.md``, ``paper.tex`` and ``paper.csv`` into ``out_dir`` (each atomically: a
+    killed process leaves the old file or the new one); return the p-values
     the marks read (adjusted by ``correction``).
 
     ``reference`` None (or a model not compared): no significance marks."""
+    from prismrec.experiment.rundir import write_atomic
+
     out_dir = Path(out_dir)
     raw = significance(results, out_dir, reference, metrics, data_dir) if reference else {}
     pvalues = corrected(raw, correction)
-    (out_dir / "paper.md").write_text(render_markdown(results, reference, metrics, pvalues, correction))
-    (out_dir / "paper.tex").write_text(render_latex(results, reference, metrics, pvalues, correction))
-    (out_dir / "paper.csv").write_text(render_csv(results, reference, metrics, pvalues, raw, correction))
+    write_atomic(out_dir / "paper.md", render_markdown(results, reference, metrics, pvalues, correction))
+    write_atomic(out_dir / "paper.tex", render_latex(results, reference, metrics, pvalues, correction))
+    write_atomic(out_dir / "paper.csv", render_csv(results, reference, metrics, pvalues, raw, correction))
     return pvalues
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ import yaml
 from prismrec.data import Dataset, load_dataset
 from prismrec.experiment.config import declared_grid, parse_assignments, resolve_config, valid_keys
 from prismrec.errors import ConfigError, RunError
-from prismrec.experiment.rundir import RunDir, run_digest
+from prismrec.experiment.rundir import RunDir, run_digest, write_atomic
 from prismrec.experiment.runs import run_experiment
 from prismrec.experiment.workers import (
     GRACE_S, HEARTBEAT_S, Claim, Heartbeat, fail_stale_trials, open_storage, retried_number, wait_for,
@@ -347,15 +346,9 @@ def _write_summary(out: Path, spec: dict, study: optuna.Study, best, final: dict
                             "mean": final.get("mean") or {"valid": final["valid"], "test": final["test"]},
                             "std": final.get("std")},
     }
-    _atomic_write(out / "tuning.json", json.dumps(summary, indent=2, default=str))
-    _atomic_write(out / "tuning.md", render_markdown(summary))
+    write_atomic(out / "tuning.json", json.dumps(summary, indent=2, default=str))
+    write_atomic(out / "tuning.md", render_markdown(summary))
     return summary
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 def _record(trial: optuna.trial.FrozenTrial) -> dict:
@@ -417,7 +410,7 @@ def _check_resume(path: Path, spec: dict) -> None:
                 "model, dataset, space and settings, or choose a new --out"
             )
     else:  # atomic: another worker may be reading it
-        _atomic_write(path, json.dumps(spec, indent=2, default=str))
+        write_atomic(path, json.dumps(spec, indent=2, default=str))
 
 
 def render_markdown(summary: dict) -> str:
