@@ -72,7 +72,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy import stats
 
 from benchmarks.common import RESULTS, atomic_npz, atomic_write, git_commit, worker_pool
 from benchmarks.multimodal import MODALITIES, MODEL_SETTINGS
@@ -596,9 +595,7 @@ def paired(a: dict, b: dict, metric: str, group: str = "") -> dict:
     users_b, y = per_user_mean(b, metric, group)
     if not np.array_equal(users_a, users_b):
         raise ValueError("cells evaluate different users")
-    diff = x - y
-    p = float(stats.wilcoxon(x, y, zero_method="wilcox").pvalue) if np.count_nonzero(diff) else 1.0
-    return {"diff": float(diff.mean()), "p": p, "users": int(len(diff))}
+    return {"diff": float((x - y).mean()), "p": significance.paired_p(x, y, "wilcoxon"), "users": int(len(x))}
 
 
 def holm(tests: list[dict], planned: int = 0) -> None:

@@ -339,14 +339,16 @@ def compare(
         None, help="Model the paper table's significance marks test against (default lightgcn when compared)."),
     correction: str = typer.Option(
         "holm", help="Multiple-comparison correction of the marks' p-values over the table: holm or none."),
+    test: str = typer.Option(
+        "t", help="The marks' paired per-user test: t (paired t-test) or wilcoxon (signed-rank)."),
     workers: int = typer.Option(
         1, min=1, help="Cells trained at the same time, each in its own process (CPU threads split between them)."),
 ) -> None:
     """Train every model x dataset x seed; write results.json, results.md and the paper table.
 
     The paper table (paper.md, paper.tex, paper.csv) puts the datasets side by side, the best in
-    bold, with marks from paired per-user tests against --reference, Holm-adjusted over the
-    table's comparisons (--correction none: raw p).
+    bold, with marks from paired per-user tests against --reference (--test t or wilcoxon),
+    Holm-adjusted over the table's comparisons (--correction none: raw p).
     """
     from prismrec.experiment.compare import run_compare
     from prismrec.experiment.config import model_class, parse_assignments
@@ -364,7 +366,7 @@ def compare(
     results = run_compare(
         model_list, dataset_list, seed_list, out, overrides, str(data_dir) if data_dir else None,
         log=lambda msg: typer.echo(msg), train=not report_only, reference=reference, workers=workers,
-        correction=correction,
+        correction=correction, test=test,
     )
     console.print((out / "results.md").read_text())
     typer.echo(f"paper table (markdown, LaTeX, CSV): {out / 'paper.md'}, paper.tex, paper.csv")

@@ -59,7 +59,7 @@ def test_paper_tables_mark_best_and_significance(comparison):
     table = list(csv.DictReader(io.StringIO((out / "paper.csv").read_text())))
     assert {(r["model"], r["metric"]) for r in table} == {(m, k) for m in MODELS for k in ("recall@20", "ndcg@20")}
     bpr = next(r for r in table if r["model"] == "bpr" and r["metric"] == "recall@20")
-    assert bpr["reference"] == "lightgcn" and 0 <= float(bpr["p_paired_t"]) <= 1
+    assert bpr["reference"] == "lightgcn" and bpr["test"] == "t" and 0 <= float(bpr["p"]) <= 1
     assert [r["model"] for r in table if r["best"] == "1" and r["metric"] == "recall@20"] == [
         m for m in MODELS if results["cells"]["planted"][m]["mean"]["test"]["recall@20"] == best]
     tex = (out / "paper.tex").read_text()
@@ -109,5 +109,33 @@ def test_compare_refuses_an_unknown_correction(comparison, planted_dir):
     with pytest.raises(ConfigError, match="--correction 'bh': use one of holm, none"):
         run_compare(MODELS, ["planted"], SEEDS, out, dict(SETTINGS), str(planted_dir.parent), log=lambda m: None,
                     train=False, reference="lightgcn", correction="bh")
+    with pytest.raises(ConfigError, match="--test 'sign': use one of t, wilcoxon"):
+        run_compare(MODELS, ["planted"], SEEDS, out, dict(SETTINGS), str(planted_dir.parent), log=lambda m: None,
+                    train=False, reference="lightgcn", test="sign")
     legend = (out / "paper.md").read_text().splitlines()[-1]
     assert "Holm-adjusted over the table's 2 comparisons" in legend  # bpr against lightgcn, R@20 and N@20
+
+
+def test_paper_marks_by_the_wilcoxon_test(comparison, planted_dir, tmp_path):
+    """``--test wilcoxon``: the paper table's p are the signed-rank test's on the seed-averaged
+    per-user metrics (recomputed here from the runs), the legend names the test."""
+    import shutil
+
+    from scipy import stats
+
+    from prismrec.experiment.paper_table import per_user_means
+
+    out, _ = comparison
+    copy = tmp_path / "cmp"
+    shutil.copytree(out, copy)
+    run_compare(MODELS, ["planted"], SEEDS, copy, dict(SETTINGS), str(planted_dir.parent), log=lambda m: None,
+                train=False, reference="lightgcn", correction="none", test="wilcoxon")
+    rows = {(r["model"], r["metric"]): r for r in csv.DictReader(io.StringIO((copy / "paper.csv").read_text()))}
+    seeds = lambda model: [copy / "planted" / model / f"seed-{s}" for s in SEEDS]  # noqa: E731
+    mine, ref = (per_user_means(seeds(m), ("recall@20",), str(planted_dir.parent)) for m in ("bpr", "lightgcn"))
+    a, b = mine["recall@20"][1], ref["recall@20"][1]
+    expected = stats.wilcoxon(a, b, zero_method="wilcox").pvalue
+    assert (a != b).any() and stats.ttest_rel(a, b).pvalue != pytest.approx(expected, rel=1e-3, abs=0)
+    row = rows[("bpr", "recall@20")]
+    assert row["test"] == "wilcoxon" and float(row["p"]) == pytest.approx(expected, rel=1e-3, abs=0)
+    assert "Wilcoxon signed-rank test of per-user test metrics" in (copy / "paper.md").read_text()

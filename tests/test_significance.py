@@ -131,4 +131,4 @@ def test_paper_marks_are_holm_adjusted_over_the_table():
     assert "not corrected" in render_markdown(results, "lightgcn", pvalues=raw, correction="none")
     rows = list(__import__("csv").DictReader(render_csv(results, "lightgcn", pvalues=holm, raw=raw).splitlines()))
     bpr = next(r for r in rows if r["model"] == "bpr" and r["metric"] == "ndcg@20")
-    assert (bpr["p_paired_t"], bpr["correction"], bpr["p_adjusted"]) == ("0.03", "holm", "0.06")
+    assert (bpr["test"], bpr["p"], bpr["correction"], bpr["p_adjusted"]) == ("t", "0.03", "holm", "0.06")

@@ -124,6 +124,7 @@ def run_compare(
     reference: str | None = None,
     workers: int = 1,
     correction: str = "holm",
+    test: str = "t",
 ) -> dict:
     """Train every cell that is not already done, then write ``results.json`` / ``results.md``
     and the paper tables.
@@ -131,7 +132,8 @@ def run_compare(
     Every model, dataset and setting is validated first (:func:`check_inputs`). ``train=False``
     only summarises the finished cells (missing ones are listed as not run). ``reference``: the
     model the paper table's significance marks compare against (None: no marks), their p-values
-    adjusted over the table by ``correction`` (``holm`` or ``none``).
+    of the paired ``test`` (``t`` or ``wilcoxon``), adjusted over the table by ``correction``
+    (``holm`` or ``none``).
 
     ``workers``: cells trained at the same time, each in its own process (:func:`train_cells`);
     with more than one, the CPU threads are split between them (``threads`` = cores // workers
@@ -149,9 +151,12 @@ def run_compare(
     if reference is not None and reference not in models:
         raise ConfigError(f"--reference {reference!r} is not one of the compared models {models}")
     from prismrec.experiment.paper_table import CORRECTIONS
+    from prismrec.experiment.significance import PAIRED_TESTS
 
     if correction not in CORRECTIONS:
         raise ConfigError(f"--correction {correction!r}: use one of {', '.join(CORRECTIONS)}")
+    if test not in PAIRED_TESTS:
+        raise ConfigError(f"--test {test!r}: use one of {', '.join(PAIRED_TESTS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"models": models, "datasets": datasets, "seeds": seeds, "overrides": overrides, "cells": {}}
     done: dict[tuple[str, str, int], dict] = {}
@@ -190,7 +195,7 @@ def run_compare(
             results["cells"].setdefault(dataset, {})[model] = _summarise(
                 per_seed, why, configs[(dataset, model)].digest())
     _write(results, out_dir)
-    _write_paper(results, out_dir, reference, data_dir, log, correction)
+    _write_paper(results, out_dir, reference, data_dir, log, correction, test)
     results["failures"] = failures
     return results
 
@@ -305,12 +310,13 @@ def _die_with_parent() -> None:
             pass
 
 
-def _write_paper(results: dict, out_dir: Path, reference: str | None, data_dir, log, correction: str = "holm") -> None:
+def _write_paper(results: dict, out_dir: Path, reference: str | None, data_dir, log, correction: str = "holm",
+                 test: str = "t") -> None:
     """The paper tables; a significance test that cannot run leaves the tables without marks."""
     from prismrec.experiment.paper_table import write_paper_tables
 
     try:
-        write_paper_tables(results, out_dir, reference, data_dir=data_dir, correction=correction)
+        write_paper_tables(results, out_dir, reference, data_dir=data_dir, correction=correction, test=test)
     except (RunError, ValueError) as exc:
         log(f"[compare] significance against {reference} not computed ({exc}); paper tables unmarked")
         write_paper_tables(results, out_dir, None, data_dir=data_dir)

@@ -3,7 +3,8 @@ significance marks from paired per-user tests against a reference model; markdow
 
 Cells are test metrics at each run's best-validation epoch, mean over seeds. A mark says that
 the model's per-user metric differs from the reference model's on the same users (each user's
-value averaged over the seeds; paired t-test, :func:`prismrec.experiment.significance`):
+value averaged over the seeds; paired t-test, or the Wilcoxon signed-rank test with
+``test="wilcoxon"``, :func:`prismrec.experiment.significance.paired_p`):
 ``*`` p < 0.05, ``**`` p < 0.01, p adjusted by Holm's method over the table's comparisons
 (every model but the reference, every dataset and metric: a table of 12 models on 2 datasets
 and 2 metrics makes 44 tests, of which about 2 would reach p < 0.05 by chance uncorrected);
@@ -18,7 +19,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 PAPER_METRICS = ("recall@20", "ndcg@20")
 CORRECTIONS = ("holm", "none")
@@ -52,10 +52,12 @@ def per_user_means(cells: list[Path], metrics: tuple[str, ...], data_dir=None, d
 
 
 def significance(results: dict, out_dir: Path, reference: str, metrics=PAPER_METRICS,
-                 data_dir=None) -> dict:
-    """``{dataset: {model: {metric: p}}}``: paired t-test p-values of each model against
-    ``reference`` on the per-user test metric (seeds averaged per user), for the cells of
-    ``results`` (``compare``'s results.json content) that finished."""
+                 data_dir=None, test: str = "t") -> dict:
+    """``{dataset: {model: {metric: p}}}``: p-values of the paired ``test`` (``t`` or
+    ``wilcoxon``) of each model against ``reference`` on the per-user test metric (seeds averaged
+    per user), for the cells of ``results`` (``compare``'s results.json content) that finished."""
+    from prismrec.experiment.significance import paired_p
+
     out: dict = {}
     datasets: dict = {}
     for dataset, cells in results["cells"].items():
@@ -71,9 +73,7 @@ def significance(results: dict, out_dir: Path, reference: str, metrics=PAPER_MET
                 (users_a, a), (users_b, b) = mine[metric], ref[metric]
                 if not np.array_equal(users_a, users_b):
                     continue  # evaluated on other users: no paired test
-                diff = a - b
-                p = float(stats.ttest_rel(a, b).pvalue) if np.count_nonzero(diff) else 1.0
-                out.setdefault(dataset, {}).setdefault(model, {})[metric] = p
+                out.setdefault(dataset, {}).setdefault(model, {})[metric] = paired_p(a, b, test)
     return out
 
 
@@ -115,9 +115,9 @@ def table_rows(results: dict, metrics=PAPER_METRICS, pvalues: dict | None = None
 
 
 def render_markdown(results: dict, reference: str | None, metrics=PAPER_METRICS,
-                    pvalues: dict | None = None, correction: str = "holm") -> str:
+                    pvalues: dict | None = None, correction: str = "holm", test: str = "t") -> str:
     """The paper table in markdown: a header row naming each dataset's columns; marks from
-    ``pvalues`` (already adjusted by ``correction``, which the legend names)."""
+    ``pvalues`` (the ``test``'s, already adjusted by ``correction``; the legend names both)."""
     datasets, models, cells = table_rows(results, metrics, pvalues)
     head = ["model"] + [f"{d} {_label(m)}" for d in datasets for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -133,17 +133,19 @@ def render_markdown(results: dict, reference: str | None, metrics=PAPER_METRICS,
                 text = f"{mean:.4f}"
                 row.append((f"**{text}**" if best else text) + _marks(p))
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n" + _legend(results, reference, correction, _tests(pvalues)) + "\n"
+    return "\n".join(lines) + "\n" + _legend(results, reference, correction, _tests(pvalues), test) + "\n"
 
 
-def _legend(results: dict, reference: str | None, correction: str = "holm", tests: int = 0) -> str:
+def _legend(results: dict, reference: str | None, correction: str = "holm", tests: int = 0, test: str = "t") -> str:
+    from prismrec.experiment.significance import PAIRED_TESTS
+
     seeds = len(results.get("seeds", []))
     text = (f"Test metrics at the best-validation epoch, mean over {seeds} seed(s); best per column "
             "in bold.")
     if reference:
         adjusted = (f"p Holm-adjusted over the table's {tests} comparisons" if correction == "holm"
                     else "p not corrected for the table's multiple comparisons")
-        text += (f" Marks: paired t-test of per-user test metrics (seeds averaged per user) "
+        text += (f" Marks: {PAIRED_TESTS[test]} of per-user test metrics (seeds averaged per user) "
                  f"against {reference}, {adjusted}: * p < 0.05, ** p < 0.01.")
     return text
 
@@ -153,12 +155,12 @@ def _tests(pvalues: dict | None) -> int:
 
 
 def render_latex(results: dict, reference: str | None, metrics=PAPER_METRICS,
-                 pvalues: dict | None = None, correction: str = "holm") -> str:
+                 pvalues: dict | None = None, correction: str = "holm", test: str = "t") -> str:
     """The paper table as a LaTeX ``tabular`` (booktabs), datasets as ``\\multicolumn`` groups."""
     datasets, models, cells = table_rows(results, metrics, pvalues)
     n = len(metrics)
     lines = [
-        "% " + _legend(results, reference, correction, _tests(pvalues)),
+        "% " + _legend(results, reference, correction, _tests(pvalues), test),
         "\\begin{tabular}{l" + ("c" * n) * len(datasets) + "}",
         "\\toprule",
         " & " + " & ".join(f"\\multicolumn{{{n}}}{{c}}{{{_tex(d)}}}" for d in datasets) + " \\\\",
@@ -185,14 +187,15 @@ def render_latex(results: dict, reference: str | None, metrics=PAPER_METRICS,
 
 
 def render_csv(results: dict, reference: str | None, metrics=PAPER_METRICS,
-               pvalues: dict | None = None, raw: dict | None = None, correction: str = "holm") -> str:
-    """One row per (dataset, model, metric): mean, std, the paired t-test's p against the
+               pvalues: dict | None = None, raw: dict | None = None, correction: str = "holm",
+               test: str = "t") -> str:
+    """One row per (dataset, model, metric): mean, std, the paired ``test``'s p against the
     reference (``raw``) and as the marks read it (``pvalues``, adjusted by ``correction``), best flag."""
     datasets, models, cells = table_rows(results, metrics, pvalues)
     raw = raw or {}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["dataset", "model", "metric", "mean", "std", "reference", "p_paired_t", "correction",
+    writer.writerow(["dataset", "model", "metric", "mean", "std", "reference", "test", "p", "correction",
                      "p_adjusted", "best"])
     for d in datasets:
         for model in models:
@@ -203,26 +206,27 @@ def render_csv(results: dict, reference: str | None, metrics=PAPER_METRICS,
                 mean, std, p, best = cell
                 p_raw = raw.get(d, {}).get(model, {}).get(m)
                 writer.writerow([d, model, m, f"{mean:.6f}", f"{std:.6f}", reference or "",
-                                 "" if p_raw is None else f"{p_raw:.4g}", correction if p is not None else "",
+                                 test if p_raw is not None else "", "" if p_raw is None else f"{p_raw:.4g}",
+                                 correction if p is not None else "",
                                  "" if p is None else f"{p:.4g}", int(best)])
     return buffer.getvalue()
 
 
 def write_paper_tables(results: dict, out_dir: Path, reference: str | None, metrics=PAPER_METRICS,
-                       data_dir=None, correction: str = "holm") -> dict:
+                       data_dir=None, correction: str = "holm", test: str = "t") -> dict:
     """Write ``paper.md``, ``paper.tex`` and ``paper.csv`` into ``out_dir`` (each atomically: a
     killed process leaves the old file or the new one); return the p-values
-    the marks read (adjusted by ``correction``).
+    the marks read (the paired ``test``'s, adjusted by ``correction``).
 
     ``reference`` None (or a model not compared): no significance marks."""
     from prismrec.experiment.rundir import write_atomic
 
     out_dir = Path(out_dir)
-    raw = significance(results, out_dir, reference, metrics, data_dir) if reference else {}
+    raw = significance(results, out_dir, reference, metrics, data_dir, test) if reference else {}
     pvalues = corrected(raw, correction)
-    write_atomic(out_dir / "paper.md", render_markdown(results, reference, metrics, pvalues, correction))
-    write_atomic(out_dir / "paper.tex", render_latex(results, reference, metrics, pvalues, correction))
-    write_atomic(out_dir / "paper.csv", render_csv(results, reference, metrics, pvalues, raw, correction))
+    write_atomic(out_dir / "paper.md", render_markdown(results, reference, metrics, pvalues, correction, test))
+    write_atomic(out_dir / "paper.tex", render_latex(results, reference, metrics, pvalues, correction, test))
+    write_atomic(out_dir / "paper.csv", render_csv(results, reference, metrics, pvalues, raw, correction, test))
     return pvalues
 
 

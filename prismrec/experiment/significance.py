@@ -48,6 +48,23 @@ def per_user_metric(run_dir: str | Path, metric: str, split: str, data_dir=None,
                                               "train_fingerprint": description[2], "seeds": len(seeds)}
 
 
+PAIRED_TESTS = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
+"""The per-user paired tests by name (``--test``) and as a legend names them."""
+
+
+def paired_p(a: np.ndarray, b: np.ndarray, test: str = "t") -> float:
+    """Two-sided p of the paired ``test`` (:data:`PAIRED_TESTS`) of per-user values ``a`` and
+    ``b``; 1.0 where no user differs (both tests are undefined there: nothing to tell apart).
+    Wilcoxon drops the users whose difference is zero (``zero_method="wilcox"``)."""
+    if test not in PAIRED_TESTS:
+        raise ConfigError(f"unknown test {test!r}: use one of {', '.join(PAIRED_TESTS)}")
+    if not np.count_nonzero(np.asarray(a) - np.asarray(b)):
+        return 1.0
+    if test == "t":
+        return float(stats.ttest_rel(a, b).pvalue)
+    return float(stats.wilcoxon(a, b, zero_method="wilcox").pvalue)
+
+
 def paired_test(run_a, run_b, metric: str = "recall@20", split: str = "test", data_dir=None,
                 n_bootstrap: int = 10_000, seed: int = 0) -> dict:
     """Compare two finished runs on the same dataset and split; see the module docstring."""
@@ -75,8 +92,8 @@ def paired_test(run_a, run_b, metric: str = "recall@20", split: str = "test", da
         "mean_difference": float(diff.mean()),
         "bootstrap_95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
         "users_differing": int(nonzero),
-        "p_paired_t": float(stats.ttest_rel(a, b).pvalue) if nonzero else 1.0,
-        "p_wilcoxon": float(stats.wilcoxon(a, b, zero_method="wilcox").pvalue) if nonzero else 1.0,
+        "p_paired_t": paired_p(a, b, "t"),
+        "p_wilcoxon": paired_p(a, b, "wilcoxon"),
     }
 
 
