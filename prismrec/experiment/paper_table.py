@@ -123,17 +123,19 @@ def render_markdown(results: dict, reference: str | None, metrics=PAPER_METRICS,
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for model in models:
         row = [model + (" (ref.)" if model == reference else "")]
-        for d in datasets:
-            for m in metrics:
-                cell = cells[(d, model, m)]
-                if cell is None:
-                    row.append("-")
-                    continue
-                mean, _, p, best = cell
-                text = f"{mean:.4f}"
-                row.append((f"**{text}**" if best else text) + _marks(p))
+        row += [_cell(cells[(d, model, m)], "-", "**{}**", "{}") for d in datasets for m in metrics]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n" + _legend(results, reference, correction, _tests(pvalues), test) + "\n"
+
+
+def _cell(cell, empty: str, bold: str, marks: str) -> str:
+    """One table cell of :func:`table_rows`: the mean to 4 places, ``bold`` (a format) where best,
+    the significance marks through ``marks`` (a format) where any; ``empty`` where not run."""
+    if cell is None:
+        return empty
+    mean, _, p, best = cell
+    text = bold.format(f"{mean:.4f}") if best else f"{mean:.4f}"
+    return text + (marks.format(_marks(p)) if _marks(p) else "")
 
 
 def _legend(results: dict, reference: str | None, correction: str = "holm", tests: int = 0, test: str = "t") -> str:
@@ -169,18 +171,8 @@ def render_latex(results: dict, reference: str | None, metrics=PAPER_METRICS,
         "\\midrule",
     ]
     for model in models:
-        row = [_tex(model)]
-        for d in datasets:
-            for m in metrics:
-                cell = cells[(d, model, m)]
-                if cell is None:
-                    row.append("--")
-                    continue
-                mean, _, p, best = cell
-                text = f"{mean:.4f}"
-                text = f"\\textbf{{{text}}}" if best else text
-                marks = _marks(p)
-                row.append(text + (f"$^{{{marks}}}$" if marks else ""))
+        row = [_tex(model)] + [_cell(cells[(d, model, m)], "--", "\\textbf{{{}}}", "$^{{{}}}$")
+                               for d in datasets for m in metrics]
         lines.append(" & ".join(row) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
