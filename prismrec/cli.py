@@ -338,7 +338,8 @@ def compare(
     reference: Optional[str] = typer.Option(
         None, help="Model the paper table's significance marks test against (default lightgcn when compared)."),
     correction: str = typer.Option(
-        "holm", help="Multiple-comparison correction of the marks' p-values over the table: holm or none."),
+        "holm", help="Multiple-comparison correction of the marks' p-values over the table: holm, bh "
+        "(Benjamini-Hochberg) or none."),
     test: str = typer.Option(
         "t", help="The marks' paired per-user test: t (paired t-test) or wilcoxon (signed-rank)."),
     workers: int = typer.Option(
@@ -348,7 +349,7 @@ def compare(
 
     The paper table (paper.md, paper.tex, paper.csv) puts the datasets side by side, the best in
     bold, with marks from paired per-user tests against --reference (--test t or wilcoxon),
-    Holm-adjusted over the table's comparisons (--correction none: raw p).
+    Holm-adjusted over the table's comparisons (--correction bh: Benjamini-Hochberg; none: raw p).
     """
     from prismrec.experiment.compare import run_compare
     from prismrec.experiment.config import model_class, parse_assignments

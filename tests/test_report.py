@@ -106,9 +106,9 @@ def test_compare_refuses_an_unknown_correction(comparison, planted_dir):
     from prismrec.errors import ConfigError
 
     out, _ = comparison
-    with pytest.raises(ConfigError, match="--correction 'bh': use one of holm, none"):
+    with pytest.raises(ConfigError, match="--correction 'fdr': use one of holm, bh, none"):
         run_compare(MODELS, ["planted"], SEEDS, out, dict(SETTINGS), str(planted_dir.parent), log=lambda m: None,
-                    train=False, reference="lightgcn", correction="bh")
+                    train=False, reference="lightgcn", correction="fdr")
     with pytest.raises(ConfigError, match="--test 'sign': use one of t, wilcoxon"):
         run_compare(MODELS, ["planted"], SEEDS, out, dict(SETTINGS), str(planted_dir.parent), log=lambda m: None,
                     train=False, reference="lightgcn", test="sign")

@@ -121,14 +121,21 @@ def test_paper_marks_are_holm_adjusted_over_the_table():
     assert holm == {"d": {"bpr": {"recall@20": 0.004, "ndcg@20": pytest.approx(0.06)},
                           "vbpr": {"recall@20": pytest.approx(0.06), "ndcg@20": pytest.approx(0.06)}}}
     assert corrected(raw, "none") == raw
+    # Benjamini-Hochberg by its definition: sorted p_(r) · m / r, the running minimum from the largest
+    bh = corrected(raw, "bh")["d"]
+    assert bh == {"bpr": {"recall@20": pytest.approx(0.004), "ndcg@20": pytest.approx(0.04)},
+                  "vbpr": {"recall@20": pytest.approx(0.04), "ndcg@20": pytest.approx(0.04)}}
+    assert corrected({}, "bh") == {}
     with pytest.raises(ValueError, match="unknown correction"):
-        corrected(raw, "bh")
+        corrected(raw, "fdr")
     cell = {"mean": {"test": {"recall@20": 0.3, "ndcg@20": 0.2}}, "std": {"test": {"recall@20": 0.01, "ndcg@20": 0.01}}}
     results = {"seeds": [1, 2], "cells": {"d": {m: cell for m in ("lightgcn", "bpr", "vbpr")}}}
     md = render_markdown(results, "lightgcn", pvalues=holm)
     assert "| bpr | **0.3000**** | **0.2000** |" in md and "Holm-adjusted over the table's 4 comparisons" in md
     assert "| vbpr | **0.3000** | **0.2000** |" in md  # raw .02 and .04 would have been marked
     assert "not corrected" in render_markdown(results, "lightgcn", pvalues=raw, correction="none")
+    assert "Benjamini-Hochberg-adjusted (false discovery rate) over the table's 4" in render_markdown(
+        results, "lightgcn", pvalues=corrected(raw, "bh"), correction="bh")
     rows = list(__import__("csv").DictReader(render_csv(results, "lightgcn", pvalues=holm, raw=raw).splitlines()))
     bpr = next(r for r in rows if r["model"] == "bpr" and r["metric"] == "ndcg@20")
     assert (bpr["test"], bpr["p"], bpr["correction"], bpr["p_adjusted"]) == ("t", "0.03", "holm", "0.06")

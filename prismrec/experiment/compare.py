@@ -133,7 +133,7 @@ def run_compare(
     only summarises the finished cells (missing ones are listed as not run). ``reference``: the
     model the paper table's significance marks compare against (None: no marks), their p-values
     of the paired ``test`` (``t`` or ``wilcoxon``), adjusted over the table by ``correction``
-    (``holm`` or ``none``).
+    (``holm``, ``bh`` or ``none``).
 
     ``workers``: cells trained at the same time, each in its own process (:func:`train_cells`);
     with more than one, the CPU threads are split between them (``threads`` = cores // workers

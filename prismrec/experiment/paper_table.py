@@ -8,7 +8,8 @@ value averaged over the seeds; paired t-test, or the Wilcoxon signed-rank test w
 ``*`` p < 0.05, ``**`` p < 0.01, p adjusted by Holm's method over the table's comparisons
 (every model but the reference, every dataset and metric: a table of 12 models on 2 datasets
 and 2 metrics makes 44 tests, of which about 2 would reach p < 0.05 by chance uncorrected);
-``correction="none"`` marks the raw p. The reference row carries no mark; the sign of a
+``correction="bh"`` adjusts by Benjamini-Hochberg instead (controls the false discovery rate, not
+the chance of any false mark) and ``correction="none"`` marks the raw p. The reference row carries no mark; the sign of a
 difference is read from the numbers. The best mean of each column is bold.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 PAPER_METRICS = ("recall@20", "ndcg@20")
-CORRECTIONS = ("holm", "none")
+CORRECTIONS = ("holm", "bh", "none")
 LABELS = {"recall": "R", "ndcg": "N", "precision": "P", "map": "MAP", "hit": "HR"}
 
 
@@ -79,7 +80,10 @@ def significance(results: dict, out_dir: Path, reference: str, metrics=PAPER_MET
 
 def corrected(pvalues: dict, correction: str = "holm") -> dict:
     """``pvalues`` (``{dataset: {model: {metric: p}}}``) adjusted over all of them as one family:
-    Holm's method (:func:`prismrec.experiment.significance.holm`) or ``none``."""
+    Holm's method (:func:`prismrec.experiment.significance.holm`), Benjamini-Hochberg (``bh``,
+    scipy's ``false_discovery_control``) or ``none``."""
+    from scipy.stats import false_discovery_control
+
     from prismrec.experiment.significance import holm
 
     if correction not in CORRECTIONS:
@@ -87,7 +91,13 @@ def corrected(pvalues: dict, correction: str = "holm") -> dict:
     keys = [(d, m, k) for d, models in pvalues.items() for m, metrics in models.items() for k in metrics]
     raw = [pvalues[d][m][k] for d, m, k in keys]
     out: dict = {}
-    for (d, m, k), p in zip(keys, holm(raw) if correction == "holm" else raw):
+    if correction == "holm":
+        adjusted = holm(raw)
+    elif correction == "bh" and raw:
+        adjusted = false_discovery_control(raw, method="bh")
+    else:
+        adjusted = raw
+    for (d, m, k), p in zip(keys, adjusted):
         out.setdefault(d, {}).setdefault(m, {})[k] = float(p)
     return out
 
@@ -145,8 +155,9 @@ def _legend(results: dict, reference: str | None, correction: str = "holm", test
     text = (f"Test metrics at the best-validation epoch, mean over {seeds} seed(s); best per column "
             "in bold.")
     if reference:
-        adjusted = (f"p Holm-adjusted over the table's {tests} comparisons" if correction == "holm"
-                    else "p not corrected for the table's multiple comparisons")
+        adjusted = {"holm": f"p Holm-adjusted over the table's {tests} comparisons",
+                    "bh": f"p Benjamini-Hochberg-adjusted (false discovery rate) over the table's {tests} comparisons",
+                    "none": "p not corrected for the table's multiple comparisons"}[correction]
         text += (f" Marks: {PAIRED_TESTS[test]} of per-user test metrics (seeds averaged per user) "
                  f"against {reference}, {adjusted}: * p < 0.05, ** p < 0.01.")
     return text
