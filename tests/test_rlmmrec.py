@@ -84,6 +84,12 @@ def test_missing_modalities_are_clear_errors(planted):
         build(single, fusion="text_only")
 
 
+@pytest.mark.parametrize("key, value", [("n_layers", -1), ("embedding_size", 0)])
+def test_out_of_range_sizes_are_clear_errors(planted, key, value):
+    with pytest.raises(ValueError, match=f"{key} must be >= "):  # n_layers=-1 was a ZeroDivisionError
+        build(planted, **{key: value})
+
+
 def test_single_modality_variants_go_by_name_or_by_listed_position(planted):
     listed = ["text", "image"]
     assert build(planted, modalities=listed, fusion="visual_only")[0].modalities == ["image"]

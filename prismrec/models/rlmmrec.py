@@ -84,6 +84,7 @@ class RLMultimodalRec(Recommender):
 
     def __init__(self, dataset, config: RLMultimodalRecConfig) -> None:
         super().__init__(dataset, config)
+        self.require_at_least(config, embedding_size=1, n_layers=0)
         # One selected modality (or a *_only fusion) is the single-modality variant: m = x̃.
         self.modalities = names = single_modality(
             self.select_modalities(dataset, config.modalities, 2 if config.fusion == "second_only" else 1, self.name),
