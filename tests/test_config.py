@@ -109,6 +109,23 @@ def test_out_of_range_training_settings_are_config_errors(key, value, message):
         resolve_config("lightgcn", "baby", {key: value})
 
 
+@pytest.mark.parametrize(
+    "model, key, value, message",
+    [  # each was a "loss term became non-finite ... lower the learning rate" after training began,
+       # or a run that finished on it (damrs kl_weight=nan, siger um_weight=nan, any weight < 0)
+        ("lightgcn", "reg_weight", "nan", r"setting reg_weight=nan is invalid: model settings must be finite"),
+        ("mgcn", "cl_tau", ".inf", r"setting cl_tau=inf is invalid"),
+        ("damrs", "kl_weight", "nan", r"setting kl_weight=nan is invalid"),
+        ("freedom", "mm_weights", "[0.5, .nan]", r"setting mm_weights=\[0.5, nan\] is invalid"),
+        ("lightgcn", "reg_weight", "-1", r"setting reg_weight=-1.0 is invalid: a loss weight must be >= 0"),
+        ("gume", "um_weight", "-0.1", r"setting um_weight=-0.1 is invalid: a loss weight must be >= 0"),
+    ],
+)
+def test_non_finite_model_settings_and_negative_loss_weights_are_config_errors(model, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(model, "baby", parse_assignments([f"{key}={value}"]))
+
+
 def test_topk_zero_blames_topk_not_valid_metric():
     with pytest.raises(ConfigError) as info:
         resolve_config("lightgcn", "baby", {"topk": 0})

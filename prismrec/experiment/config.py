@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import yaml
 
 from prismrec.errors import ConfigError
 from prismrec.models import get_model
-from prismrec.train.config import TrainConfig
+from prismrec.train.config import TrainConfig, _require
 
 
 RESERVED = {"model", "dataset"}
@@ -211,6 +212,18 @@ def declared_grid(model: str) -> dict[str, list]:
     return {**space, **{k: list(v) for k, v in cls.train_grid.items() if len(v) > 1}}
 
 
+def check_model_numbers(params) -> None:
+    """Raise :class:`ConfigError` naming the first model setting that is NaN or infinite (alone or
+    in a list), or a loss weight (``*_weight``) below 0: caught here, not as a loss that "diverged"
+    or a run that trains on nonsense."""
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        numbers = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, float)]
+        _require(all(math.isfinite(v) for v in numbers), f.name, value, "model settings must be finite numbers")
+        _require(not (f.name.endswith("_weight") and numbers and min(numbers) < 0), f.name, value,
+                 "a loss weight must be >= 0 (0 switches its term off)")
+
+
 def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Resolve defaults, the model's training defaults and ``overrides`` into one config.
 
@@ -243,4 +256,5 @@ def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = 
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"model {cls.name!r} rejects its settings: {exc}") from None
+    check_model_numbers(params)
     return ExperimentConfig(model=cls.name, dataset=dataset, train=train, params=params)
