@@ -65,6 +65,13 @@ def test_missing_inter(tmp_path):
         load_dataset(folder)
 
 
+def test_inter_that_is_a_folder(tmp_path):
+    folder = make(tmp_path, inter=None)
+    (folder / "toy.inter").mkdir()  # was "toy.inter is missing (found toy.inter; rename it to toy.inter)"
+    with pytest.raises(DatasetError, match=r"toy\.inter is a folder, not a file"):
+        load_dataset(folder)
+
+
 def test_missing_column(tmp_path):
     with pytest.raises(DatasetError, match="missing column.*x_label"):
         load_dataset(make(tmp_path, "userID\titemID\n0\t0\n"))

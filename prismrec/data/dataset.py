@@ -196,6 +196,8 @@ def load_dataset(
     folder = find_dataset(name_or_path, data_dir)
     name = folder.name
     inter_path = folder / f"{name}.inter"
+    if inter_path.exists() and not inter_path.is_file():
+        raise DatasetError(f"{inter_path} is a folder, not a file; put the interactions table there. {LAYOUT_HELP}")
     if not inter_path.is_file():
         found = sorted(p.name for p in folder.glob("*.inter"))
         hint = f" (found {', '.join(found)}; rename it to {name}.inter)" if found else ""
