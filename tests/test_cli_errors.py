@@ -39,6 +39,9 @@ def data_dir(planted_dir, tmp_path_factory):
     n_items = np.load(planted_dir / "image_feat.npy").shape[0]
     np.save(copy("zerowidth") / "image_feat.npy", np.zeros((n_items, 0), dtype=np.float32))
     np.save(copy("allzero") / "image_feat.npy", np.zeros((n_items, 16), dtype=np.float32))
+    header, *rows = (copy("novalid") / "novalid.inter").read_text().splitlines()
+    relabelled = [row[:-1] + "0" if row.endswith("\t1") else row for row in rows]  # valid rows -> train
+    (root / "novalid" / "novalid.inter").write_text("\n".join([header, *relabelled]) + "\n")
     return root
 
 
@@ -105,6 +108,9 @@ CASES = {
                        r"csvnpy/image_feat\.npy is not a NumPy \.npy file: it is a text file"),
     "zero-width features": (["train", "--model", "lightgcn", "--dataset", "zerowidth", "--data-dir", "{data}"],
                             r"zerowidth/image_feat\.npy: the feature matrix has \d+ rows but zero columns"),
+    "empty valid split": (["train", "--model", "bpr", "--dataset", "novalid", "--data-dir", "{data}", "--out", "{tmp}/run",
+                           "--quiet"],
+                          r"novalid\.inter: the valid split is empty \(no row has x_label 1\); training selects"),
     # other commands
     "compare: empty model list": (["compare", "--models", ",", "--datasets", "planted", "--out", "{tmp}/c"],
                                   r"--models ',' names nothing"),

@@ -79,6 +79,16 @@ class Dataset:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
         return getattr(self, name)
 
+    def require_split(self, name: str, why: str) -> None:
+        """Raise :class:`DatasetError` when split ``name`` has no rows (``why`` it is needed)."""
+        if self.split(name).nnz:
+            return
+        where = self.path / self.manifest.get("inter_file", f"{self.name}.inter") if self.path else repr(self.name)
+        dropped = self.manifest.get("dropped_cold_start_rows", {}).get(name)
+        also = f"; its {dropped} row(s) belong to users without training rows, which are dropped" if dropped else ""
+        raise DatasetError(f"{where}: the {name} split is empty (no row has x_label {SPLITS.index(name)}{also}); "
+                           f"{why}. Label some interactions {SPLITS.index(name)}, or let prismrec build split the raw interactions")
+
     def fingerprint(self, split: str = "train") -> str:
         """A content hash of one split (its CSR ``indptr`` and ``indices``)."""
         return csr_fingerprint(self.split(split))

@@ -291,6 +291,9 @@ def run_experiment(
     if out_dir is not None:
         RunDir(out_dir).state()  # an --out that is a file fails before the data is loaded
     dataset = dataset or load_dataset(config.dataset, data_dir)
+    dataset.require_split("valid", "training selects its epoch on validation")
+    if evaluate_test:
+        dataset.require_split("test", "a run is evaluated on test")
     kw = dict(progress=progress, evaluate_test=evaluate_test, on_epoch_end=on_epoch_end,
               keep_checkpoints=keep_checkpoints, log=log)
     if len(seeds) == 1:
