@@ -195,6 +195,13 @@ def test_multi_seed_parent_lists_unfinished_seeds_and_readers_refuse(planted, tm
     assert set(metrics["per_seed"]) == {"1", "2"} and RunDir(out).unfinished_seeds() == []
     exported = export_representations(out, tmp_path / "exp", data_dir=planted_dir_of(planted))
     assert {p.name for p in exported.glob("seed-*")} == {"seed-1", "seed-2"}
+    # a finished parent whose seed folders changed afterwards is refused, never read as a subset
+    (out / "seed-2").rename(tmp_path / "seed-2")
+    with pytest.raises(RunError, match=r"finished with seed-1, seed-2, but seed-2 is missing: restore"):
+        RunDir(out).finished_runs()
+    (tmp_path / "seed-2").rename(out / "seed-7")
+    with pytest.raises(RunError, match=r"seed-2 is missing; seed-7 is not one of them"):
+        paired_test(out, out / "seed-1", data_dir=planted_dir_of(planted))
 
 
 def test_a_diverging_loss_stops_the_run_and_marks_it_failed(planted, tmp_path):

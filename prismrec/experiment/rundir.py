@@ -476,6 +476,13 @@ class RunDir:
                 "finish it, or pass one finished seed directory"
             )
         self.verify()
+        recorded = [f"{SEED_PREFIX}{s}" for s in (state.identity or {}).get("seeds") or []]
+        found = [d.path.name for d in seeds]
+        problems = [f"{n} is missing" for n in recorded if n not in found] + \
+            [f"{n} is not one of them (a folder of another run?)" for n in found if recorded and n not in recorded]
+        if recorded and problems:
+            raise RunError(f"multi-seed run {self.path} finished with {', '.join(recorded)}, but "
+                           f"{'; '.join(problems)}: restore its seed folders, or retrain it with --overwrite")
         for seed in seeds:
             seed.verify()
         return seeds
