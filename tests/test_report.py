@@ -100,6 +100,13 @@ def test_report_of_runs(planted, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunError):
         build_report(tmp_path / "empty")
+    assert list((tmp_path / "empty").iterdir()) == []  # no report/ folder left behind
+    (single / "history.csv").write_text("a,b\n1,2\n")  # was a KeyError traceback
+    with pytest.raises(RunError, match=r"single/history\.csv is damaged \(no column 'epoch'\): restore it, or delete"):
+        build_report(single, tmp_path / "page")
+    assert not (tmp_path / "page").exists()
+    (single / "history.csv").unlink()  # informative only: the report goes without curves
+    assert "(curves.png)" not in build_report(single, tmp_path / "page").read_text()
 
 
 def test_compare_refuses_an_unknown_correction(comparison, planted_dir):

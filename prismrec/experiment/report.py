@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 from prismrec.errors import RunError
@@ -34,12 +35,18 @@ def build_report(path: str | Path, out: str | Path | None = None) -> Path:
     if not path.is_dir():
         raise RunError(f"{path} is not a folder: give a run directory or a `prismrec compare` --out folder")
     out = Path(out) if out is not None else path / REPORT
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    if (path / "results.json").is_file():
-        lines = _compare_page(path, out)
-    else:
-        runs = RunDir(path).finished_runs()  # a clear RunError for anything unfinished
-        lines = _run_page(path, runs, out)
+    try:
+        if (path / "results.json").is_file():
+            lines = _compare_page(path, out)
+        else:
+            runs = RunDir(path).finished_runs()  # a clear RunError for anything unfinished
+            lines = _run_page(path, runs, out)
+    except BaseException:
+        if created:  # nothing half-written is left behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     page = out / "report.md"
     page.write_text("\n".join(lines) + "\n")
     return page

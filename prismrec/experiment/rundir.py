@@ -329,13 +329,23 @@ class RunDir:
             f.write(f"{stamp} {line}\n")
 
     def read_history(self) -> list[dict]:
-        """The rows of ``history.csv`` (empty when absent or unreadable: informative only)."""
+        """The rows of ``history.csv`` (empty when absent: informative only); a damaged file
+        (unparsable, or without a whole-number ``epoch`` per row) is a :class:`RunError`."""
         import pandas as pd
 
-        try:
-            return pd.read_csv(self.path / HISTORY).to_dict("records")
-        except (OSError, ValueError):
+        path = self.path / HISTORY
+        if not path.is_file():
             return []
+        try:
+            frame = pd.read_csv(path)
+            epochs = pd.to_numeric(frame["epoch"], errors="coerce")
+            if not len(frame) or epochs.isna().any() or (epochs % 1 != 0).any():
+                raise ValueError("column 'epoch' needs one whole number per row")
+        except (OSError, ValueError, KeyError) as exc:
+            reason = f"no column {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())
+            raise RunError(f"{path} is damaged ({reason}): restore it, or delete it to go without "
+                           "training curves") from None
+        return frame.to_dict("records")
 
     def save_checkpoint(self, state: dict) -> None:
         """Write ``checkpoint.pt`` atomically (not fsynced: see :func:`save_torch`)."""
