@@ -566,10 +566,15 @@ def evaluate(
         raise ConfigError(f"--tail-share {tail_share}: give the tail's share of items, strictly between 0 and 1")
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
-    if mode != "warm":
-        from prismrec.coldstart import ColdStartConfig
+    if mask_valid and split != "test":
+        raise ConfigError("--mask-valid masks the validation items when ranking for test: use it with --split test")
+    from prismrec.coldstart import ColdStartConfig
 
-        ColdStartConfig(strategy=strategy, id_rows=id_rows)  # bad choices before the run is loaded
+    ColdStartConfig(strategy=strategy, id_rows=id_rows)  # bad choices before the run is loaded
+    if mode == "warm" and (strategy, id_rows) != ("auto", "model"):
+        raise ConfigError("--strategy and --id-rows choose how cold items are scored: use them with --mode cold "
+                          "or --mode all (--mode warm ranks with the model's own item rows)")
+    if mode != "warm":
         result = evaluate_run(run, split, "none", tail_share, cutoffs, mask_valid, data_dir, mode=mode,
                               strategy=strategy, id_rows=id_rows)
         meta = result["meta"]
