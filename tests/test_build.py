@@ -183,6 +183,11 @@ def test_bad_settings_and_missing_file(tmp_path):
         build_dataset(tmp_path / "nope.csv", tmp_path / "d", split="yearly")
     with pytest.raises(ConfigError, match="--split temporal needs --time-col"):
         build_dataset(tmp_path / "nope.csv", tmp_path / "d", split="temporal")
+    with pytest.raises(ConfigError, match=r"--user-col 'item', --item-col 'item' name the same column twice"):
+        build_dataset(tmp_path / "nope.csv", tmp_path / "d", user_col="item")  # was a garbled duplicate-pair error
+    for images in ({"image_weights": tmp_path / "w.pt"}, {"image_encoder": "torchvision:resnet18"}):  # were ignored
+        with pytest.raises(ConfigError, match=r"--image-encoder and --image-weights encode the images of --item-images"):
+            build_dataset(tmp_path / "nope.csv", tmp_path / "d", **images)
 
 
 def test_dedupe_keeps_first_rows_and_duplicate_text_rows_fail(tmp_path):
@@ -256,12 +261,15 @@ def test_items_without_vectors_fail_or_get_the_mean(tmp_path):
         ("v.csv", "item\np\nq\nr\n", r"expected one vector per id"),
         ("v.npz", None, r"no array vectors"),
         ("none.npz", "missing", "does not exist"),
+        ("v.npy", "npy", r"v\.npy is a bare \.npy array: it has no item ids"),  # was "byte 0x93 is not UTF-8"
     ],
 )
 def test_bad_item_vectors_are_clear_errors(tmp_path, name, content, message):
     raw = _three_items(tmp_path)
     path = tmp_path / name
-    if content is None:
+    if content == "npy":
+        np.save(path, np.zeros((3, 2), dtype=np.float32))
+    elif content is None:
         np.savez(path, ids=np.array(["p", "q", "r"]))
     elif content != "missing":
         path.write_text(content)

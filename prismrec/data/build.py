@@ -132,6 +132,14 @@ def build_dataset(
                               "(it becomes <name>_feat.npy), other than text when --item-text is given")
     if split == "temporal" and not time_col:
         raise ConfigError("--split temporal needs --time-col, the column with each interaction's time")
+    named = [c for c in (user_col, item_col, time_col) if c]
+    if len(set(named)) < len(named):
+        raise ConfigError(f"--user-col {user_col!r}, --item-col {item_col!r}"
+                          f"{f', --time-col {time_col!r}' if time_col else ''} name the same column twice; "
+                          "give each its own column")
+    if (image_encoder or image_weights is not None) and item_images is None:
+        raise ConfigError("--image-encoder and --image-weights encode the images of --item-images: give "
+                          "--item-images (a folder of <item id>.jpg files, or a table of paths) too")
     if item_images is not None and (not image_encoder or "image" in item_features):
         raise ConfigError("--item-images needs --image-encoder (a TorchScript file or torchvision:NAME) "
                           "and no --item-features image=...")
@@ -444,6 +452,11 @@ def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Ca
             raise DatasetError(f"{path}: ids and vectors must be plain numeric or text arrays, readable without "
                                f"Python objects ({' '.join(str(exc).split())[:120]}); save them with "
                                "np.savez(path, ids=..., vectors=...)") from None
+    with path.open("rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            raise DatasetError(f"{path} is a bare .npy array: it has no item ids to match its rows to the raw "
+                               "items; save it with np.savez(path.npz, ids=..., vectors=...) or as a CSV/TSV "
+                               f"with the {item_col!r} column")
     sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     try:
         frame = pd.read_csv(path, sep=sep, dtype={item_col: str}, keep_default_na=False, na_values=[""],
