@@ -401,6 +401,9 @@ def test_bad_pretrained_inputs_are_clear_errors(planted, mgcn_run, mgcn_export, 
     (tmp_path / "empty").mkdir()
     with pytest.raises(PretrainedError, match="not a finished run directory"):
         _build(planted, pretrained=str(tmp_path / "empty"))
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(PretrainedError, match=r"pretrain_cache='.*a-file/c': .*a-file is a file"):
+        _build(planted, pretrain_cache=str(tmp_path / "a-file" / "c"))  # was "File exists"
 
     def copy(name):
         return shutil.copytree(mgcn_export, tmp_path / name)

@@ -128,7 +128,13 @@ def _stage_one_config(model: str, dataset, settings: dict):
 
 def _cache_root(cfg) -> Path:
     cache = os.environ.get("PRISMREC_CACHE", "~/.cache/prismrec") + "/pretrained"
-    return Path(cfg.pretrain_cache or cache).expanduser()
+    root = Path(cfg.pretrain_cache or cache).expanduser()
+    blocked = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # a cache folder cannot be made there (was "File exists")
+        where = f"pretrain_cache={cfg.pretrain_cache!r}" if cfg.pretrain_cache else "$PRISMREC_CACHE"
+        raise PretrainedError(f"{where}: {blocked} is a file, so the stage-1 cache folder {root} cannot be made "
+                              "there; give a folder path")
+    return root
 
 
 def _train_cached(pre, dataset, seed: int, root: Path) -> Path:
