@@ -1,6 +1,7 @@
 """`prismrec demo`: a short multimodal-vs-LightGCN comparison whose table fits 80 columns, in
 compare's folder layout (so `prismrec report` reads it)."""
 
+import pytest
 from typer.testing import CliRunner
 
 from prismrec.cli import app
@@ -27,3 +28,10 @@ def test_demo_table_fits_80_columns_and_the_folder_reports(planted_dir, tmp_path
 def test_demo_bad_model_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--models", "nosuchmodel,lightgcn", "--out", str(tmp_path / "d")])
     assert result.exit_code == 2 and result.output.count("error:") == 1
+
+
+@pytest.mark.parametrize("lr", ["0", "nan", "-1"])
+def test_demo_bad_lr_names_the_lr_option(tmp_path, lr):
+    result = CliRunner().invoke(app, ["demo", "--lr", lr, "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [  # said "Fix it with --set lr=..."
+        f"error: --lr {float(lr)}: give a learning rate > 0, e.g. 0.005"]

@@ -10,11 +10,13 @@ pipeline and the direction of the comparison, not converged results: for those, 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prismrec.data import load_dataset
+from prismrec.errors import ConfigError
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 
@@ -40,6 +42,10 @@ class DemoConfig:
     also use, torch's extra threads wait on each other (an MGCN epoch on lfm2k took 75 s with
     two threads on a loaded 2-core machine, 15 s with one)."""
     seed: int = 999
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr {self.lr}: give a learning rate > 0, e.g. 0.005")  # not "--set lr=..."
 
 
 def settings(cfg: DemoConfig) -> dict:
