@@ -216,6 +216,18 @@ def test_http_strict_types(recommenders, body):
     assert response.status_code == 422, response.text
 
 
+@pytest.mark.parametrize("raw", [b'{"users": [1], "k": NaN}', b'{"users": [Infinity]}', b'{"users": [1], "k": -Infinity}'])
+def test_http_nan_and_infinity_are_422_not_500(recommenders, raw):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from prismrec.serve.app import create_app
+
+    client = TestClient(create_app(recommenders["seen"]), raise_server_exceptions=False)
+    response = client.post("/recommend", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "valid integer" in response.text, response.text  # was a 500
+
+
 @pytest.mark.parametrize("path", ["/recommend/true", "/recommend/1.0", "/recommend/1?k=10.0", "/recommend/1?k=true",
                                   "/recommend/-1", "/recommend/1?k=0"])
 def test_http_get_strict_whole_numbers(recommenders, path):

@@ -20,6 +20,7 @@ server's memory nor hold its workers for long.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 
@@ -28,6 +29,9 @@ from prismrec.serve.recommend import RunRecommender
 
 try:
     from fastapi import FastAPI, HTTPException
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("serving needs FastAPI: pip install 'prismrec[serve]'") from exc
@@ -68,6 +72,23 @@ class RawRequest(BaseModel):
 
     users: list[StrictStr]
     k: StrictInt = 10
+
+
+def _json_safe(value):
+    """``value`` with every NaN or infinite float written as text (``"nan"``): JSON cannot hold them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def _invalid_request(request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 answer, with the offending inputs made JSON-safe: a body with ``NaN`` or
+    ``Infinity`` (which Python's JSON parser accepts) made the default handler fail with a 500."""
+    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
 
 
 _WHOLE = re.compile(r"[0-9]{1,18}")
@@ -141,6 +162,7 @@ def create_app(recommender: RunRecommender, limits: ServeLimits | None = None, r
         raise ServeError(f"--raw-ids: dataset {run.config.dataset} has no u_id_mapping.csv / "
                          "i_id_mapping.csv (written by prismrec build); serve internal ids instead")
     app = FastAPI(title="prismrec", description=f"{run.config.model} on {run.config.dataset}")
+    app.add_exception_handler(RequestValidationError, _invalid_request)
 
     def answer(users: list[int], k: int) -> list[dict]:
         if len(users) > limits.max_users:
