@@ -86,6 +86,8 @@ CASES = {
     "empty dataset": (["train", "--model", "bpr", "--dataset", "", "--data-dir", "{data}"], "dataset name is empty"),
     "missing data dir": (["train", "--model", "bpr", "--dataset", "x", "--data-dir", "{tmp}/none"],
                          r"data directory .*none does not exist"),
+    "model too large": (TRAIN + ["--set", "embedding_size=99999999999", "--quiet"],  # was torch's RuntimeError
+                        r"model 'lightgcn' does not fit in memory on 'planted' with its settings \([\d,.]+ GiB were asked"),
     "model's own check": (TRAIN + ["--set", "n_layers=-1", "--quiet"], r"model 'lightgcn' rejects its settings: n_layers"),
     "--seeds abc": (TRAIN + ["--seeds", "abc"], r"--seeds 'abc': 'abc' is not a whole number.*--n-seeds"),
     "--seeds empty": (TRAIN + ["--seeds", ""], r"--seeds '' holds no seed"),
