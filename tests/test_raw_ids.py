@@ -51,6 +51,18 @@ def test_raw_recommendations_round_trip_through_the_maps(built_run):
         rec.recommend_raw(["no-such-user"], 3)
 
 
+def test_an_id_map_with_a_repeated_raw_id_is_refused(built_run, tmp_path):
+    import shutil
+
+    run, folder = built_run
+    copy = shutil.copytree(folder, tmp_path / "data" / folder.name)
+    lines = (copy / "u_id_mapping.csv").read_text().splitlines()
+    lines[2] = lines[1].split("\t")[0] + "\t" + lines[2].split("\t")[1]  # two userIDs, one raw id
+    (copy / "u_id_mapping.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ServeError, match=r"u_id_mapping\.csv: raw id '.*' is listed twice \(lines 2 and 3\)"):
+        RunRecommender(run, copy.parent).recommend_raw(["no-such-user"], 3)  # was silently one of the two
+
+
 def test_cli_recommend_raw_ids_csv(built_run, tmp_path):
     run, folder = built_run
     users = pd.read_csv(folder / "u_id_mapping.csv", sep="\t", dtype=str)

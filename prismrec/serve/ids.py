@@ -70,6 +70,11 @@ def _read(path: Path, id_column: str, n: int) -> np.ndarray:
     if ids.isna().any() or sorted(ids.astype(int)) != list(range(n)):
         raise ServeError(f"{path} does not map {id_column} 0..{n - 1} exactly once: it belongs to another "
                          "build of the dataset; rebuild it")
+    repeated = frame[raw_column].duplicated(keep=False)
+    if repeated.any():  # one raw id for two internal ids: an answer in raw ids would be ambiguous
+        lines = [i + 2 for i in np.flatnonzero(repeated.to_numpy())[:2]]
+        raise ServeError(f"{path}: raw id {frame[raw_column][repeated].iloc[0]!r} is listed twice (lines "
+                         f"{lines[0]} and {lines[1]}): it belongs to another build of the dataset; rebuild it")
     out = np.empty(n, dtype=object)
     out[ids.astype(int).to_numpy()] = frame[raw_column].to_numpy()
     return out
