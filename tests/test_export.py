@@ -114,10 +114,15 @@ def test_tampered_fingerprint_and_failed_run(freedom_run, planted_dir, tmp_path)
         export_representations(tmp_path, data_dir=planted_dir.parent)
 
 
-def test_multi_seed_run_exports_every_seed(planted, planted_dir, tmp_path):
+def test_multi_seed_run_exports_every_seed(freedom_run, planted, planted_dir, tmp_path):
     cfg = resolve_config("vbpr", "planted", {"epochs": 1})
     run_experiment(cfg, [3, 4], tmp_path / "run", dataset=planted, progress=False)
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "notes.txt").write_text("the user's own file")
+    export_representations(freedom_run[0], tmp_path / "exported", data_dir=planted_dir.parent)  # an earlier export
     out = export_representations(tmp_path / "run", tmp_path / "exported", data_dir=planted_dir.parent)
+    # the earlier run's arrays are gone (they sat beside the new index); other files are kept
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "representations.json", "seed-3", "seed-4"]
     index = json.loads((out / "representations.json").read_text())
     assert index["source_model"] == "vbpr" and set(index["seeds"]) == {"3", "4"}
     items = []

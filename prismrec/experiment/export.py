@@ -88,6 +88,7 @@ def export_representations(
         _export_run(run_dir, out, data_dir, {})
         return out
     datasets: dict = {}
+    _remove_previous_export(out)
     index = {"format": FORMAT, "kind": "multi-seed index", "run_dir": str(run_dir.resolve()), "seeds": {}}
     for sub in seed_dirs:
         meta = _export_run(sub, out / sub.name, data_dir, datasets)
@@ -176,6 +177,7 @@ def _export_run(run_dir: Path, out: Path, data_dir, datasets: dict) -> dict:
     recorded_digest, actual, digest = run.recorded_digest, run.train_fingerprint, config.digest()
     with torch.no_grad():
         output = model()
+    _remove_previous_export(out)
     arrays, skipped = _write_arrays(output, model, out)
     valid = metrics.get("valid") or {}
     meta = {
@@ -245,6 +247,28 @@ def _load_model(config: ExperimentConfig, dataset: Dataset, weights: Path) -> Re
             "another model or another prismrec version?"
         ) from None
     return model
+
+
+def _remove_previous_export(out: Path) -> None:
+    """Remove what an earlier export wrote into ``out``: its ``representations.json`` first, then the
+    arrays it lists (and a multi-seed index's seed exports), so a new export never sits beside
+    another run's arrays (``item.behavior.npy`` of an MGCN run under a BPR run's description).
+    Other files in ``out`` are left alone."""
+    index = out / "representations.json"
+    try:
+        old = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(old, dict):
+        return
+    index.unlink()
+    for name in old.get("arrays") or {}:
+        if isinstance(name, str) and _SAFE_NAME.match(name) and name.endswith(".npy"):
+            (out / name).unlink(missing_ok=True)
+    for rel in (old.get("seeds") or {}).values() if isinstance(old.get("seeds"), dict) else ():
+        sub = Path(str(rel)).parent
+        if len(sub.parts) == 1 and _SAFE_NAME.match(sub.name):
+            _remove_previous_export(out / sub)
 
 
 def _write_arrays(output: Output, model: Recommender, out: Path) -> tuple[dict, dict]:
