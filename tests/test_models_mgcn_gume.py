@@ -139,3 +139,10 @@ def test_frozen_features_are_not_trained(planted):
     names = {n for n, _ in net.named_parameters()}
     assert not any(n.endswith("features") for n in names)
     assert not any(k.endswith("features") for k in net.state_dict())
+
+
+@pytest.mark.parametrize("model", ["mgcn", "gume", "siger", "egra"])
+def test_knn_k_above_the_item_count_names_knn_k(planted, model):
+    # was the graph builder's "k must be between 1 and 200 ..., got k=201", naming no setting
+    with pytest.raises(ValueError, match=rf"knn_k=201 exceeds the number of items \({planted.n_items}\)"):
+        build_model(model, planted, knn_k=planted.n_items + 1)

@@ -131,7 +131,7 @@ class EGRA(Recommender):
 
     def __init__(self, dataset, config: EGRAConfig, pretrained_items: PretrainedItems | None = None) -> None:
         super().__init__(dataset, config)
-        check_config(config)
+        check_config(config, self.n_items)
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         d, gume = config.embedding_size, config.backbone == "gume"
         self.n_ui_layers = config.n_ui_layers if config.n_ui_layers is not None else (3 if gume else 2)
@@ -231,9 +231,9 @@ class EGRA(Recommender):
         return f"{super().extra_repr()}, links={self.n_item_links}, P from {self.pretrained_run}"
 
 
-def check_config(config: EGRAConfig) -> None:
-    """Raise ``ValueError`` naming the settings out of their ranges."""
-    check_multiview_config(config, tau=config.tau, tau_w=config.tau_w, um_tau=config.um_tau)
+def check_config(config: EGRAConfig, n_items: int | None = None) -> None:
+    """Raise ``ValueError`` naming the settings out of their ranges (``knn_k`` against ``n_items``, when given)."""
+    check_multiview_config(config, n_items, tau=config.tau, tau_w=config.tau_w, um_tau=config.um_tau)
     check_choices(config, "egra")
     Recommender.require_at_least(config, k_pre=1, ramp_epochs=1, gamma=0, lambda_max=0)
     require_fraction("lambda_min_ratio", config.lambda_min_ratio, "λ_min = ratio·λ_max")

@@ -108,7 +108,7 @@ class GUME(Recommender):
 
     def __init__(self, dataset, config: GUMEConfig) -> None:
         super().__init__(dataset, config)
-        check_multiview_config(config, bm_tau=config.bm_tau, um_tau=config.um_tau)
+        check_multiview_config(config, self.n_items, bm_tau=config.bm_tau, um_tau=config.um_tau)
         self.modalities = self.select_modalities(dataset, config.modalities, 2, self.name)
         d = config.embedding_size
         # 1. Ŝ_m; B_II = links shared by every modality's kNN graph; Â⁺ (R̂⁺ its user-item block).

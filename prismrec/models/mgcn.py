@@ -65,7 +65,7 @@ class MGCN(Recommender):
 
     def __init__(self, dataset, config: MGCNConfig) -> None:
         super().__init__(dataset, config)
-        check_multiview_config(config, cl_tau=config.cl_tau)
+        check_multiview_config(config, self.n_items, cl_tau=config.cl_tau)
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         # 1. Graphs: Ŝ_m per modality, Â (R̂ is its user-item block).
         knn = [knn_graph(dataset.features[m], config.knn_k) for m in self.modalities]

@@ -46,7 +46,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from prismrec.checks import check_choices
+from prismrec.checks import check_choices, require_items
 from prismrec.graph.bipartite import UserItemGraph, user_item_block
 from prismrec.graph.sparse import SparseOperator
 from prismrec.nn.embedding import IdEmbedding
@@ -76,22 +76,24 @@ class MultiViewConfig:
     its gradient and Adam's two moments: ~3.2 GiB at Electronics size, 4096-d + 384-d)."""
 
 
-def check_multiview_config(config: MultiViewConfig, **positive: float) -> None:
+def check_multiview_config(config: MultiViewConfig, n_items: int | None = None, **positive: float) -> None:
     """Raise ``ValueError`` naming each shared setting out of range (``n_ii_layers`` too, where the
-    model's config has it), and each of ``positive`` (``name=value`` pairs, e.g. temperatures)
-    that is not > 0."""
+    model's config has it; ``knn_k`` above ``n_items``, when given), and each of ``positive``
+    (``name=value`` pairs, e.g. temperatures) that is not > 0."""
     broken = [f"{k} must be >= {low}, got {getattr(config, k)}"
               for k, low in (("embedding_size", 1), ("knn_k", 1), ("n_ui_layers", 0), ("n_ii_layers", 0))
               if getattr(config, k, None) is not None and getattr(config, k) < low]
     broken += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]
     if broken:
         raise ValueError("; ".join(broken))
+    if n_items is not None:
+        require_items(n_items, knn_k=config.knn_k)
 
 
-def check_siger_config(config) -> None:
+def check_siger_config(config, n_items: int | None = None) -> None:
     """Raise ``ValueError`` naming the first SIGER setting (:class:`prismrec.models.siger.SIGERConfig`)
     out of its range."""
-    check_multiview_config(config, co_k=config.co_k, tau_p=config.tau_p, tau_a=config.tau_a,
+    check_multiview_config(config, n_items, co_k=config.co_k, tau_p=config.tau_p, tau_a=config.tau_a,
                            tau_b=config.tau_b, um_tau=config.um_tau)
     check_choices(config, "siger")
     if not 0.0 <= config.beta <= 1.0:
