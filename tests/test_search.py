@@ -55,6 +55,7 @@ def test_the_selected_point_is_shown_as_the_settings_it_trained_with():
         (["lr=0..1e-2:log"], "log range needs LOW > 0"),
         (["lr=a..b"], "numeric bounds"),
         (["n_layers=1||2"], "empty choice"),
+        (["lr=0.1|0.1"], "listed twice"),
         (["lr=1e-3..1e-2", "lr=1|2"], "appears twice"),
     ],
 )

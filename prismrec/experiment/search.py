@@ -140,6 +140,8 @@ def parse_space(specs: list[str], model: str) -> list[Dimension]:
             choices = tuple(c.strip() for c in value.split("|"))
             if any(not c for c in choices):
                 raise ConfigError(f"{spec!r}: empty choice in A|B|C")
+            if len(set(choices)) < len(choices):  # a repeated choice would be sampled twice as often
+                raise ConfigError(f"{spec!r}: a choice is listed twice in A|B|C; list each once")
             dims.append(Dimension(key, choices=choices))
     return dims
 
