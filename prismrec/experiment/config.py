@@ -24,7 +24,7 @@ import yaml
 
 from prismrec.errors import ConfigError
 from prismrec.models import get_model
-from prismrec.train.config import TrainConfig, _require
+from prismrec.train.config import TrainConfig, require_setting
 
 
 RESERVED = {"model", "dataset"}
@@ -219,8 +219,8 @@ def check_model_numbers(params) -> None:
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
         numbers = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, float)]
-        _require(all(math.isfinite(v) for v in numbers), f.name, value, "model settings must be finite numbers")
-        _require(not (f.name.endswith("_weight") and numbers and min(numbers) < 0), f.name, value,
+        require_setting(all(math.isfinite(v) for v in numbers), f.name, value, "model settings must be finite numbers")
+        require_setting(not (f.name.endswith("_weight") and numbers and min(numbers) < 0), f.name, value,
                  "a loss weight must be >= 0 (0 switches its term off)")
 
 

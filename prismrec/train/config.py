@@ -76,7 +76,8 @@ class TrainConfig:
     much work a killed run repeats, never the result (not part of the run's identity)."""
 
 
-def _require(ok: bool, key: str, value, rule: str) -> None:
+def require_setting(ok: bool, key: str, value, rule: str) -> None:
+    """Raise :class:`ConfigError` naming ``key=value`` and its ``rule`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"setting {key}={value!r} is invalid: {rule}. Fix it with --set {key}=... "
                           "or in the --config file")
@@ -92,42 +93,42 @@ def _is_number(value) -> bool:
 
 def check_train_config(cfg: TrainConfig) -> None:
     """Check every training setting's range; raise :class:`ConfigError` naming the first bad one."""
-    _require(_is_number(cfg.lr) and cfg.lr > 0, "lr", cfg.lr, "the learning rate must be a number > 0, e.g. 0.001")
-    _require(_is_number(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", cfg.weight_decay,
+    require_setting(_is_number(cfg.lr) and cfg.lr > 0, "lr", cfg.lr, "the learning rate must be a number > 0, e.g. 0.001")
+    require_setting(_is_number(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", cfg.weight_decay,
              "weight decay must be a number >= 0")
-    _require(_is_number(cfg.lr_decay) and cfg.lr_decay > 0, "lr_decay", cfg.lr_decay,
+    require_setting(_is_number(cfg.lr_decay) and cfg.lr_decay > 0, "lr_decay", cfg.lr_decay,
              "the LR decay factor must be a number > 0 (1.0 = constant)")
-    _require(_is_int(cfg.lr_decay_epochs) and cfg.lr_decay_epochs >= 1, "lr_decay_epochs", cfg.lr_decay_epochs,
+    require_setting(_is_int(cfg.lr_decay_epochs) and cfg.lr_decay_epochs >= 1, "lr_decay_epochs", cfg.lr_decay_epochs,
              "must be a whole number >= 1")
-    _require(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size", cfg.batch_size,
+    require_setting(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size", cfg.batch_size,
              "training pairs per batch must be a whole number >= 1, e.g. 2048")
-    _require(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", cfg.epochs,
+    require_setting(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", cfg.epochs,
              "the number of epochs must be a whole number >= 1")
-    _require(_is_int(cfg.min_epochs) and cfg.min_epochs >= 0, "min_epochs", cfg.min_epochs,
+    require_setting(_is_int(cfg.min_epochs) and cfg.min_epochs >= 0, "min_epochs", cfg.min_epochs,
              "min_epochs must be a whole number >= 0 (0 = early stopping from the first epoch)")
-    _require(_is_int(cfg.patience) and cfg.patience >= 0, "patience", cfg.patience,
+    require_setting(_is_int(cfg.patience) and cfg.patience >= 0, "patience", cfg.patience,
              "patience must be a whole number >= 0 (0 = stop at the first epoch that does not improve)")
-    _require(_is_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size,
+    require_setting(_is_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size,
              "users per evaluation batch must be a whole number >= 1")
-    _require(cfg.threads == "auto" or (_is_int(cfg.threads) and cfg.threads >= 0), "threads", cfg.threads,
+    require_setting(cfg.threads == "auto" or (_is_int(cfg.threads) and cfg.threads >= 0), "threads", cfg.threads,
              "CPU threads must be auto or a whole number >= 0 (auto = the usable cores, 0 = torch's default)")
     every = getattr(cfg, "checkpoint_every_s", 0.0)
-    _require(_is_number(every) and every >= 0, "checkpoint_every_s", every, "must be a number of seconds >= 0")
-    _require(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "seeds are whole numbers 0..2**32-1")
-    _require(cfg.negative_pool in ("train_items", "all_items"), "negative_pool", cfg.negative_pool,
+    require_setting(_is_number(every) and every >= 0, "checkpoint_every_s", every, "must be a number of seconds >= 0")
+    require_setting(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "seeds are whole numbers 0..2**32-1")
+    require_setting(cfg.negative_pool in ("train_items", "all_items"), "negative_pool", cfg.negative_pool,
              "must be train_items or all_items")
-    _require(isinstance(cfg.mask_valid_at_test, bool), "mask_valid_at_test", cfg.mask_valid_at_test,
+    require_setting(isinstance(cfg.mask_valid_at_test, bool), "mask_valid_at_test", cfg.mask_valid_at_test,
              "must be true or false")
     topk = tuple(cfg.topk) if isinstance(cfg.topk, (list, tuple)) else ()
-    _require(bool(topk) and all(_is_int(k) and 1 <= k <= MAX_CUT_OFF for k in topk), "topk", cfg.topk,
+    require_setting(bool(topk) and all(_is_int(k) and 1 <= k <= MAX_CUT_OFF for k in topk), "topk", cfg.topk,
              f"cut-offs must be a non-empty list of whole numbers from 1 to {MAX_CUT_OFF:,}, e.g. [10, 20]")
     metric, at, k = str(cfg.valid_metric).partition("@")
-    _require(metric in METRIC_NAMES and at == "@" and k.isdigit() and int(k) in topk, "valid_metric",
+    require_setting(metric in METRIC_NAMES and at == "@" and k.isdigit() and int(k) in topk, "valid_metric",
              cfg.valid_metric, f"must be METRIC@K with METRIC one of {', '.join(METRIC_NAMES)} and K one of "
              f"topk {list(topk)}")
     device = str(cfg.device)
     kind, colon, index = device.partition(":")
-    _require(kind in DEVICE_TYPES and (not colon or index.isdigit()), "device", cfg.device,
+    require_setting(kind in DEVICE_TYPES and (not colon or index.isdigit()), "device", cfg.device,
              f"the device must be one of {', '.join(DEVICE_TYPES)}, optionally with an index (cuda:1)")
 
 
