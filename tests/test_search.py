@@ -242,3 +242,33 @@ def test_select_only_then_continue_elsewhere_from_recorded_trials(planted, tmp_p
     assert [r["number"] for r in ran] == [2]  # only the missing trial ran
     assert second["trials"][:2] == first["trials"]
     assert not (tmp_path / "b" / "trial-0").exists()
+
+
+def test_points_the_model_refuses_on_the_data_are_recorded_and_the_search_goes_on(planted, tmp_path):
+    """``knn_k`` above the item count passes every check that does not read the data; such a
+    trial ends ``refused`` with the model's reason (no run folder), the others are searched, and a
+    later search continues from the records without retrying it."""
+    space = ["knn_k=5|250"]  # planted has 200 items
+    records, logged = [], []
+    summary = tune("mgcn", "planted", space, 3, tmp_path / "a", FAST, dataset=planted, final_seeds=(),
+                   on_trial=records.append, log=logged.append)
+    states = {t["number"]: t["state"] for t in summary["trials"]}
+    assert sorted(states.values()) == ["complete", "refused", "refused"], states
+    for t in summary["trials"]:
+        assert (t["state"] == "refused") == (t["params"]["knn_k"] == "250")
+        assert (tmp_path / "a" / f"trial-{t['number']}").exists() == (t["state"] == "complete")
+    refused = next(t for t in summary["trials"] if t["state"] == "refused")
+    assert "knn_k=250 exceeds the number of items (200)" in refused["reason"]
+    assert any(m.startswith(f"trial {refused['number']}: ") and "refused: " in m for m in logged)
+    assert "| refused: model 'mgcn' rejects its settings: knn_k=250" in (tmp_path / "a" / "tuning.md").read_text()
+    ran = []
+    again = tune("mgcn", "planted", space, 4, tmp_path / "b", FAST, dataset=planted, final_seeds=(),
+                 prior_trials=records, on_trial=ran.append, log=lambda m: None)
+    assert [r["number"] for r in ran] == [3] and again["trials"][:3] == summary["trials"]
+
+
+def test_a_search_the_model_refuses_entirely_is_one_error(planted, tmp_path):
+    from prismrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"no trial .* finished: the model refused 2 \(trial 0: .*knn_k=2\d\d exceeds"):
+        tune("mgcn", "planted", ["knn_k=201..300"], 2, tmp_path, FAST, dataset=planted, log=lambda m: None)

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prismrec.data.dataset import find_dataset
+from prismrec.data.dataset import find_dataset, load_dataset
 from prismrec.errors import ConfigError, RunError
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.rundir import RunDir, run_digest, write_atomic
-from prismrec.experiment.runs import aggregate
+from prismrec.experiment.runs import aggregate, require_splits
 
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -129,7 +129,8 @@ def run_compare(
     """Train every cell that is not already done, then write ``results.json`` / ``results.md``
     and the paper tables.
 
-    Every model, dataset and setting is validated first (:func:`check_inputs`). ``train=False``
+    Every model, dataset and setting is validated first (:func:`check_inputs`; when training,
+    every dataset's valid and test splits too: not empty). ``train=False``
     only summarises the finished cells (missing ones are listed as not run). ``reference``: the
     model the paper table's significance marks compare against (None: no marks), their p-values
     of the paired ``test`` (``t`` or ``wilcoxon``), adjusted over the table by ``correction``
@@ -157,6 +158,9 @@ def run_compare(
         raise ConfigError(f"--correction {correction!r}: use one of {', '.join(CORRECTIONS)}")
     if test not in PAIRED_TESTS:
         raise ConfigError(f"--test {test!r}: use one of {', '.join(PAIRED_TESTS)}")
+    if train:  # a dataset whose cells could only fail, before anything is written
+        for dataset in datasets:
+            require_splits(load_dataset(dataset, data_dir, modalities=[]))
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"models": models, "datasets": datasets, "seeds": seeds, "overrides": overrides, "cells": {}}
     done: dict[tuple[str, str, int], dict] = {}

@@ -250,6 +250,14 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
     return out
 
 
+def require_splits(dataset: Dataset, evaluate_test: bool = True) -> None:
+    """Raise :class:`~prismrec.errors.DatasetError` when ``dataset`` cannot be trained (and, with
+    ``evaluate_test``, tested): its valid (or test) split is empty."""
+    dataset.require_split("valid", "training selects its epoch on validation")
+    if evaluate_test:
+        dataset.require_split("test", "a run is evaluated on test")
+
+
 def run_experiment(
     config: ExperimentConfig,
     seeds: list[int],
@@ -291,9 +299,7 @@ def run_experiment(
     if out_dir is not None:
         RunDir(out_dir).state()  # an --out that is a file fails before the data is loaded
     dataset = dataset or load_dataset(config.dataset, data_dir)
-    dataset.require_split("valid", "training selects its epoch on validation")
-    if evaluate_test:
-        dataset.require_split("test", "a run is evaluated on test")
+    require_splits(dataset, evaluate_test)
     kw = dict(progress=progress, evaluate_test=evaluate_test, on_epoch_end=on_epoch_end,
               keep_checkpoints=keep_checkpoints, log=log)
     if len(seeds) == 1:

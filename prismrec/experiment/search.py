@@ -15,11 +15,13 @@ A search space is a list of ``key=SPEC`` strings (CLI ``--space``, one per setti
 
 The study lives in ``<out>/study.db`` (SQLite) or any Optuna storage (``--storage``: a database
 URL, or ``journal:PATH``): rerunning with the same ``--out`` resumes it up to ``trials`` finished
-(or diverged, or pruned) trials, and several processes running the same search share it
+(or diverged, or pruned, or refused) trials, and several processes running the same search share it
 (:mod:`prismrec.experiment.workers`). A trial left running by a killed process is marked
 interrupted and run again once, with its parameters, from its run directory's last training
 checkpoint; the final runs resume the same way and are trained by one worker. A different model,
-dataset, space or settings there is an error.
+dataset, space or settings there is an error. A point the model refuses on this dataset (a
+``knn_k`` above its item count: only the data tells) ends as a ``refused`` trial with the model's
+reason, and the search goes on; when no trial finishes, the refusals are the error.
 Trial runs are in ``<out>/trial-<n>/``, the final runs in ``<out>/best/``; ``tuning.json`` and
 ``tuning.md`` summarise.
 """
@@ -49,6 +51,12 @@ from prismrec.experiment.workers import (
 from prismrec.train.trainer import TrainingDiverged
 
 TrialState = optuna.trial.TrialState
+_ENDED_BADLY = {"diverged", "refused"}
+"""A failed trial's user attributes that end it for good (its reason): counted, never retried."""
+
+
+class _Refused(Exception):
+    """A trial whose point the model refused on this dataset (its settings' one-line reason)."""
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RANGE = re.compile(rf"^({_NUMBER})\.\.({_NUMBER})(:log)?$")
@@ -235,6 +243,9 @@ def tune(
         except TrainingDiverged as exc:
             trial.set_user_attr("diverged", str(exc))
             raise
+        except ConfigError as exc:  # the model refuses this point on this data (knn_k above the items)
+            trial.set_user_attr("refused", str(exc))
+            raise _Refused(str(exc)) from None
         except optuna.TrialPruned as exc:
             if (folder / "RUNNING").is_file():  # a pruned trial is over: no checkpoint to keep
                 RunDir(folder).fail(f"pruned: {exc}", status="pruned")
@@ -252,7 +263,11 @@ def tune(
                                 direction="maximize", pruner=pruner)
 
     def done(trial: optuna.trial.FrozenTrial) -> None:
-        value = f"valid {metric} {trial.value:.4f}" if _state(trial) == "complete" else _state(trial)
+        value = _state(trial)
+        if value == "complete":
+            value = f"valid {metric} {trial.value:.4f}"
+        elif value == "refused":
+            value += f": {trial.user_attrs['refused']}"
         log(f"trial {trial.number}: {trial.params} -> {value}")
         if on_trial is not None:
             on_trial({**_record(trial), "valid_all": trial.user_attrs.get("valid")})
@@ -260,7 +275,7 @@ def tune(
     def counted_and_running() -> tuple[int, int]:
         ended = running = 0
         for t in study.get_trials(deepcopy=False):
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or "diverged" in t.user_attrs:
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or _ENDED_BADLY & set(t.user_attrs):
                 ended += 1
             elif t.state == TrialState.RUNNING:
                 running += 1
@@ -292,7 +307,7 @@ def tune(
                 value = objective(trial)
         except optuna.TrialPruned:
             frozen = study.tell(trial, state=TrialState.PRUNED)
-        except TrainingDiverged:
+        except (TrainingDiverged, _Refused):
             frozen = study.tell(trial, state=TrialState.FAIL)
         except Exception:
             study.tell(trial, state=TrialState.FAIL)
@@ -302,6 +317,10 @@ def tune(
         done(frozen)
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not finished:
+        refusals = [t.user_attrs["refused"] for t in study.trials if "refused" in t.user_attrs]
+        if refusals:
+            raise ConfigError(f"no trial of {out} finished: the model refused {len(refusals)} (trial 0: "
+                              f"{refusals[0]}); fix the settings or the search space, with a new --out")
         raise RunError(f"no trial of {out} finished (all diverged?): see its trial-<n>/metrics.json; "
                        "narrow the search space (e.g. lower learning rates) and rerun")
     # Ties on the metric go to valid NDCG@20, then to the earlier trial (ALGORITHMS.md 1.5).
@@ -354,15 +373,18 @@ def _write_summary(out: Path, spec: dict, study: optuna.Study, best, final: dict
 
 
 def _record(trial: optuna.trial.FrozenTrial) -> dict:
-    return {"number": trial.number, "state": _state(trial), "params": trial.params,
-            "valid": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None}
+    record = {"number": trial.number, "state": _state(trial), "params": trial.params,
+              "valid": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None}
+    if record["state"] == "refused":
+        record["reason"] = trial.user_attrs["refused"]
+    return record
 
 
 def _restore(storage, study_name: str, dims: list[Dimension], records: list[dict]) -> None:
     """A new study holding the ended trials ``records`` (``_record`` entries with ``valid_all``)."""
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
     states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
-              "diverged": optuna.trial.TrialState.FAIL}
+              "diverged": optuna.trial.TrialState.FAIL, "refused": optuna.trial.TrialState.FAIL}
     for record in sorted(records, key=lambda r: r["number"]):
         if record["state"] not in states:  # interrupted: run again
             continue
@@ -375,8 +397,8 @@ def _restore(storage, study_name: str, dims: list[Dimension], records: list[dict
             else:
                 distributions[d.key] = optuna.distributions.FloatDistribution(d.low, d.high, log=d.log)
         attrs = {"valid": record["valid_all"]} if record.get("valid_all") else {}
-        if record["state"] == "diverged":
-            attrs["diverged"] = "recorded as diverged"
+        if record["state"] in _ENDED_BADLY:
+            attrs[record["state"]] = record.get("reason") or f"recorded as {record['state']}"
         study.add_trial(optuna.trial.create_trial(
             params=record["params"], distributions=distributions, state=states[record["state"]],
             value=record["valid"] if record["state"] == "complete" else None, user_attrs=attrs))
@@ -384,7 +406,7 @@ def _restore(storage, study_name: str, dims: list[Dimension], records: list[dict
 
 def _state(trial: optuna.trial.FrozenTrial) -> str:
     if trial.state == optuna.trial.TrialState.FAIL:
-        return "diverged" if "diverged" in trial.user_attrs else "interrupted"
+        return next((s for s in ("diverged", "refused") if s in trial.user_attrs), "interrupted")
     return trial.state.name.lower()
 
 
@@ -424,6 +446,8 @@ def render_markdown(summary: dict) -> str:
     ranked = sorted(summary["trials"], key=lambda t: (t["valid"] is None, -(t["valid"] or 0), t["number"]))
     for t in ranked:
         value = f"{t['valid']:.4f}" if t["valid"] is not None else t["state"]
+        if t.get("reason"):
+            value += f": {t['reason']}"
         mark = " **(selected)**" if t["number"] == summary["selected"]["number"] else ""
         lines.append(f"| {t['number']}{mark} | {value} | {t['params']} |")
     final = summary["final"]
