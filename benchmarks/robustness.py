@@ -40,7 +40,7 @@ processes (the derived data is made first, by the main process, which alone writ
 and commits).
 
     python -m benchmarks.robustness [--datasets lfm2k,tiktok] [--seeds 999] [--epochs 20]
-        [--max-cells N] [--jobs 2] [--commit] [--report-only] [--backfill]
+        [--max-cells N] [--jobs 2] [--device cuda] [--commit] [--report-only] [--backfill]
 
 ``--backfill`` adds per-user metrics to cells recorded before they were kept, from their run
 folders where this machine has them (checked against the recorded test metrics).
@@ -217,22 +217,23 @@ def derived_dataset(cell: dict, work: Path, impute: str) -> tuple[str, Path | No
 
 
 def run_cell(cell: dict, work: Path, epochs: int, impute: str, overwrite: bool = False,
-             code: str | None = None) -> dict:
+             code: str | None = None, device: str | None = None) -> dict:
     """Train one cell (resumable run dir under ``work/runs``; ``overwrite``: replace the run it
-    holds) and return its record (``code``: the commit the script's code was loaded at)."""
+    holds) and return its record (``code``: the commit the script's code was loaded at;
+    ``device``: where it trains, e.g. ``cuda``, recorded; None: the CPU)."""
     from prismrec.experiment.config import resolve_config
     from prismrec.experiment.runs import run_experiment
 
     name, data_dir = derived_dataset(cell, work, impute)
     overrides = settings(cell["model"], cell["dataset"], epochs)
-    config = resolve_config(cell["model"], name, overrides)
+    config = resolve_config(cell["model"], name, {**overrides, **({"device": device} if device else {})})
     run_dir = work / "runs" / f"{cell_name(cell)}__e{epochs}"
     t0 = time.time()
     metrics = run_experiment(config, [cell["seed"]], run_dir, data_dir, progress=False, overwrite=overwrite)
     record = {**cell, "input": name, "settings": overrides, "code": code,
               "seconds": round(time.time() - t0, 1),
               "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs"),
-              "stop_reason": metrics.get("stop_reason"),
+              "stop_reason": metrics.get("stop_reason"), **({"device": device} if device else {}),
               "test": {k: v for k, v in (metrics.get("test") or {}).items() if "@" in k},
               "valid": {k: v for k, v in (metrics.get("valid") or {}).items() if "@" in k}}
     if cell["family"] == "cold":  # per-user metrics written beside the record by the caller
@@ -333,7 +334,8 @@ def order_reference(dataset: str, work: Path) -> Path:
     return path
 
 
-def train_cell(cell: dict, work: Path, epochs: int, impute: str, fresh: bool, code: str | None, path: Path) -> dict:
+def train_cell(cell: dict, work: Path, epochs: int, impute: str, fresh: bool, code: str | None, path: Path,
+               device: str | None = None) -> dict:
     """:func:`run_cell`; a ``fresh`` cell (``--rerun``) first loses its record ``path`` and its cached
     stage-1 runs, as it starts and not before: a rerun killed midway leaves the cells it had not
     reached as they were (finished, old), and the one it was training unfinished, so that the next
@@ -341,11 +343,11 @@ def train_cell(cell: dict, work: Path, epochs: int, impute: str, fresh: bool, co
     if fresh:
         path.unlink(missing_ok=True)
         forget_stage_one(cell, work, epochs, impute)
-    return run_cell(cell, work, epochs, impute, overwrite=fresh, code=code)
+    return run_cell(cell, work, epochs, impute, overwrite=fresh, code=code, device=device)
 
 
 def trained_cells(tasks: list[tuple[dict, bool]], work: Path, epochs: int, impute: str, code: str | None,
-                  jobs: int = 1):
+                  jobs: int = 1, device: str | None = None):
     """``(cell, record or the exception it raised)`` for each ``(cell, fresh)`` task as it
     finishes: one after another here, or shared out to ``jobs`` worker processes (one thread each;
     each takes the next cell in priority order when it finishes one). The caller writes the
@@ -354,12 +356,12 @@ def trained_cells(tasks: list[tuple[dict, bool]], work: Path, epochs: int, imput
         for cell, fresh in tasks:
             print(f"[robustness] {cell_name(cell)} (epochs<={epochs}{', rerun' if fresh else ''})", flush=True)
             try:
-                yield cell, train_cell(cell, work, epochs, impute, fresh, code, cell_file(cell, epochs))
+                yield cell, train_cell(cell, work, epochs, impute, fresh, code, cell_file(cell, epochs), device)
             except Exception as exc:
                 yield cell, exc
         return
     with worker_pool(jobs) as pool:
-        futures = {pool.submit(train_cell, cell, work, epochs, impute, fresh, code, cell_file(cell, epochs)): cell
+        futures = {pool.submit(train_cell, cell, work, epochs, impute, fresh, code, cell_file(cell, epochs), device): cell
                    for cell, fresh in tasks}
         print(f"[robustness] {len(futures)} cells (epochs<={epochs}) in {jobs} worker processes", flush=True)
         for future in concurrent.futures.as_completed(futures):
@@ -584,8 +586,8 @@ def hours_left(left: list[dict], cells: list[dict], cap: int) -> dict[str, float
     out = {}
     for cell in left:
         dataset, model = cell["dataset"], cell["model"]
-        seconds = median([c["seconds"] for c in cells if "seconds" in c and (c["dataset"], c["model"], c["family"])
-                          == (dataset, model, cell["family"])], None)
+        seconds = median([c["seconds"] for c in cells if "seconds" in c and "device" not in c  # CPU runs
+                          and (c["dataset"], c["model"], c["family"]) == (dataset, model, cell["family"])], None)
         if seconds is None:
             seconds = run_s(dataset, model)
             if model == "egra":
@@ -776,6 +778,8 @@ def main() -> None:
                         "trained at or after it are kept")
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, in worker processes")
     parser.add_argument("--commit", action="store_true", help="git-commit each finished cell and the tables")
+    parser.add_argument("--device", default=None, help="train on this device, e.g. cuda (default: the CPU; "
+                        "recorded in each cell)")
     parser.add_argument("--report-only", action="store_true", help="train nothing, rewrite the tables")
     parser.add_argument("--backfill", action="store_true", help="train nothing; add per-user test metrics to "
                         "robustness cells recorded without them, from their run folders in --work")
@@ -816,7 +820,7 @@ def main() -> None:
             if args.commit:
                 git_commit([reference], f"robustness benchmark: fixed-item-order reference on {cell['dataset']}'s cold copy")
         derived_dataset(cell, args.work, args.impute)
-    for cell, record in trained_cells(tasks, args.work, args.epochs, args.impute, code, args.jobs):
+    for cell, record in trained_cells(tasks, args.work, args.epochs, args.impute, code, args.jobs, args.device):
         if isinstance(record, Exception):  # one failing model must not stop the grid: retried next run
             print(f"[robustness] {cell_name(cell)} failed: {type(record).__name__}: {record}", file=sys.stderr, flush=True)
             continue

@@ -531,3 +531,26 @@ def test_robustness_hours_left_take_finished_cells_or_the_floors_epoch(tmp_path,
             {"dataset": "d", "model": "egra", "family": "robustness"}]  # 200 epochs of 1 s + 3 MGCN runs of 300 x 2 s
     assert rb.hours_left(left, done, 1000) == {"d": pytest.approx(1.5 + (200 * 1 + 3 * 300 * 2) / 3600)}
     assert rb.hours_left(left[1:], done, 20) == {"d": pytest.approx((20 * 1 + 3 * 20 * 2) / 3600)}  # within the cap
+
+
+def test_robustness_cells_train_on_the_device_given_and_record_it(tmp_path, monkeypatch):
+    """``--device cuda`` reaches each cell's run (not its recorded settings) and is recorded in the
+    cell; the hours left are estimated from CPU cells only."""
+    from benchmarks import robustness as rb
+    import prismrec.experiment.runs as runs
+
+    seen = []
+
+    def fake_run(config, seeds, run_dir, data_dir, **kw):
+        seen.append(config.train.device)
+        return {"test": {"recall@20": 0.5}, "valid": {"recall@20": 0.5}, "epochs": 60, "best_epoch": 40}
+
+    monkeypatch.setattr(runs, "run_experiment", fake_run)
+    monkeypatch.setattr(rb, "per_user_arrays", lambda *a: {})
+    cell = next(c for c in rb.plan(["lfm2k"], [999]) if c["family"] == "robustness" and c["q"] == 0)
+    on_gpu = rb.run_cell(cell, tmp_path, 1000, "mean", device="cuda")
+    on_cpu = rb.run_cell(cell, tmp_path, 1000, "mean")
+    assert seen == ["cuda", "cpu"] and on_gpu["device"] == "cuda" and "device" not in on_cpu
+    assert "device" not in on_gpu["settings"]
+    done = [{**on_gpu, "seconds": 60.0}, {**on_cpu, "seconds": 3600.0}]
+    assert rb.hours_left([cell], done, 1000) == {"lfm2k": pytest.approx(1.0)}
