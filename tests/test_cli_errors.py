@@ -98,6 +98,8 @@ CASES = {
     "--set model": (TRAIN + ["--set", "model=mgcn"], r"--set model=mgcn: choose the model with the --model option"),
     "--set seed": (TRAIN + ["--set", "seed=5"], r"--set seed=5: choose seeds with --seeds"),
     "--out ''": (TRAIN[:-4] + ["--out", ""], r"--out '\.': give a folder path for the run directory"),
+    "seed in a --config file": (TRAIN + ["--config", "{tmp}/seed.yaml"],  # was ignored: trained with seed 999
+                                r"config file .*seed\.yaml sets seed: 42, but seeds are chosen on the command line"),
     "another model's config": (TRAIN + ["--config", "{tmp}/mgcn.yaml"], r"the settings name model 'mgcn' but model 'lightgcn'"),
     "egra: missing pretrained run": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
                                       "{tmp}/run", "--set", "pretrained={tmp}/nope", "--quiet"],
@@ -162,6 +164,7 @@ CASES = {
 def test_bad_input_is_one_clean_line(case, data_dir, finished_run, tmp_path):
     args, pattern = CASES[case]
     (tmp_path / "broken.yaml").write_text("lr: [0.1,\n")
+    (tmp_path / "seed.yaml").write_text("train:\n  seed: 42\n  lr: 0.01\n")
     (tmp_path / "mgcn.yaml").write_text("model: mgcn\ntrain:\n  lr: 0.01\n")
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "raw.csv").write_text("user,item\n" + "".join(f"u{u},i{i}\n" for u in range(4) for i in range(3)))
