@@ -153,6 +153,9 @@ CASES = {
                            "--item-text", "{tmp}/text.csv"], r"text\.csv: no column 'text' .* with --text-cols$"),
     "build --user-col": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--user-col", "uid"],
                          r"no column 'uid' .* with --user-col$"),
+    # was "no column 'item' (columns: user, item)"
+    "build: spaces after the commas": (["build", "--interactions", "{tmp}/spaced.csv", "--out", "{tmp}/built"],
+                                       r"spaced\.csv: the header names ' item', with spaces, not 'item'"),
     "build --min-count": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--min-count", "1"],
                           r"--min-count must be at least 3"),
     "unknown command": (["trian"], r"No such command 'trian'"),
@@ -168,6 +171,7 @@ def test_bad_input_is_one_clean_line(case, data_dir, finished_run, tmp_path):
     (tmp_path / "mgcn.yaml").write_text("model: mgcn\ntrain:\n  lr: 0.01\n")
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "raw.csv").write_text("user,item\n" + "".join(f"u{u},i{i}\n" for u in range(4) for i in range(3)))
+    (tmp_path / "spaced.csv").write_text("user, item\n" + "".join(f"u{u}, i{i}\n" for u in range(4) for i in range(3)))
     (tmp_path / "text.csv").write_text("item,title\ni0,a\ni1,b\ni2,c\n")
     before = sorted(p.name for p in tmp_path.iterdir())
     result = invoke(args, data_dir, finished_run, tmp_path)

@@ -313,6 +313,11 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
     missing = [c for c in columns if c not in frame.columns]
     if not missing and frame.empty:
         raise DatasetError(f"{path} has a header but no rows")
+    padded = [(c, col) for c in missing for col in frame.columns if isinstance(col, str) and col.strip() == c]
+    if padded:  # "user, item": the column is ' item', which the list of columns below would hide
+        wanted, found = padded[0]
+        raise DatasetError(f"{path}: the header names {found!r}, with spaces, not {wanted!r}: write the table without "
+                           f"spaces around the {'tabs' if sep == chr(9) else 'commas'} (user,item, not user, item)")
     if missing:
         shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
         flags = sorted({options.get(c, "--text-cols") for c in missing})
