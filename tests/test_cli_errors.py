@@ -156,6 +156,9 @@ CASES = {
     # was "no column 'item' (columns: user, item)"
     "build: spaces after the commas": (["build", "--interactions", "{tmp}/spaced.csv", "--out", "{tmp}/built"],
                                        r"spaced\.csv: the header names ' item', with spaces, not 'item'"),
+    "build --item-features twice": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--min-count",
+                                     "3", "--item-features", "image=a.npz", "--item-features", "image=b.csv"],
+                                    r"--item-features names 'image' twice \(a\.npz and b\.csv\)"),  # b.csv won
     "build --min-count": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--min-count", "1"],
                           r"--min-count must be at least 3"),
     "unknown command": (["trian"], r"No such command 'trian'"),
