@@ -105,6 +105,11 @@ CASES = {
                                       "{tmp}/run", "--set", "pretrained={tmp}/nope", "--quiet"],
                                      r"pretrained='.*nope' is not a directory"),
     "--out is a file": (TRAIN[:-4] + ["--out", "{tmp}/file"], r"--out .*file is an existing file, not a folder"),
+    # was "dataset 'planted' not found in .../planted (available: none)"; datasets: an empty table, exit 0
+    "--data-dir is a dataset": (["train", "--model", "bpr", "--dataset", "planted", "--data-dir", "{data}/planted"],
+                                r"the data directory .*planted is itself the dataset folder of 'planted': give the "
+                                r"folder above it, --data-dir .*bad-data\d*$"),
+    "datasets --data-dir is a dataset": (["datasets", "--data-dir", "{data}/planted"], r"is itself the dataset folder"),
     # dataset files
     "latin-1 .inter": (["train", "--model", "bpr", "--dataset", "latin", "--data-dir", "{data}"],
                        r"latin\.inter, line 5, byte \d+: byte 0xe9 is not UTF-8"),
