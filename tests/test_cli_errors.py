@@ -128,6 +128,12 @@ CASES = {
     "compare: empty valid split": (["compare", "--models", "bpr,lightgcn", "--datasets", "planted,novalid", "--data-dir",
                                     "{data}", "--out", "{tmp}/c", "--seeds", "1"],
                                    r"novalid\.inter: the valid split is empty \(no row has x_label 1\)"),
+    "compare: --set MODEL.seed": (["compare", "--models", "bpr", "--datasets", "planted", "--data-dir", "{data}", "--out",
+                                   "{tmp}/c", "--seeds", "1", "--set", "bpr.seed=3"],  # was: trained, cell failed, exit 1
+                                  r"--set bpr\.seed=3: choose seeds with --seeds"),
+    "compare --report-only, no such --out": (["compare", "--models", "bpr", "--datasets", "planted", "--data-dir",
+                                              "{data}", "--out", "{tmp}/typo", "--report-only"],  # was: an empty summary
+                                             r"--out .*typo does not exist: --report-only summarises the finished cells"),
     "compare: --seeds abc": (["compare", "--models", "bpr", "--datasets", "planted", "--out", "{tmp}/c", "--seeds", "x"],
                              r"--seeds 'x'"),
     "recommend --users ''": (["recommend", "--run", "{run}", "--users", "", "--data-dir", "{data}"],
