@@ -417,6 +417,9 @@ def build(
         name, sep, path = spec.partition("=")
         if not sep or not name.strip() or not path.strip():
             raise ConfigError(f"--item-features {spec!r}: expected NAME=PATH, e.g. image=clip_vectors.npz")
+        if name.strip() in features:  # the later one silently replaced the earlier
+            raise ConfigError(f"--item-features names {name.strip()!r} twice ({features[name.strip()]} and "
+                              f"{path.strip()}); give each modality once, under its own name")
         features[name.strip()] = Path(path.strip())
     columns = [c.strip() for c in text_cols.split(",") if c.strip()]
     if not columns:

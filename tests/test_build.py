@@ -255,7 +255,7 @@ def test_items_without_vectors_fail_or_get_the_mean(tmp_path):
     "name, content, message",
     [
         ("v.csv", "item,d0\np,1\nq,\nr,2\n", r"vector of item 'q' at line 3 is not finite"),
-        ("v.csv", "item,d0\np,1\nq,x\nr,2\n", r"column 'd0' is not numeric"),
+        ("v.csv", "item,d0\np,1\nq,x\nr,2\n", r"column 'd0' at line 3 holds 'x', which is not numeric"),  # was: no line
         ("v.csv", "item,d0\np,1\nq,2\np,3\nr,4\n", r"item 'p' has a second vector at line 4"),
         ("v.csv", "asin,d0\np,1\n", r"no column 'item'"),
         ("v.csv", "item\np\nq\nr\n", r"expected one vector per id"),

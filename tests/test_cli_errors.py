@@ -98,11 +98,18 @@ CASES = {
     "--set model": (TRAIN + ["--set", "model=mgcn"], r"--set model=mgcn: choose the model with the --model option"),
     "--set seed": (TRAIN + ["--set", "seed=5"], r"--set seed=5: choose seeds with --seeds"),
     "--out ''": (TRAIN[:-4] + ["--out", ""], r"--out '\.': give a folder path for the run directory"),
+    "seed in a --config file": (TRAIN + ["--config", "{tmp}/seed.yaml"],  # was ignored: trained with seed 999
+                                r"config file .*seed\.yaml sets seed: 42, but seeds are chosen on the command line"),
     "another model's config": (TRAIN + ["--config", "{tmp}/mgcn.yaml"], r"the settings name model 'mgcn' but model 'lightgcn'"),
     "egra: missing pretrained run": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
                                       "{tmp}/run", "--set", "pretrained={tmp}/nope", "--quiet"],
                                      r"pretrained='.*nope' is not a directory"),
     "--out is a file": (TRAIN[:-4] + ["--out", "{tmp}/file"], r"--out .*file is an existing file, not a folder"),
+    # was "dataset 'planted' not found in .../planted (available: none)"; datasets: an empty table, exit 0
+    "--data-dir is a dataset": (["train", "--model", "bpr", "--dataset", "planted", "--data-dir", "{data}/planted"],
+                                r"the data directory .*planted is itself the dataset folder of 'planted': give the "
+                                r"folder above it, --data-dir .*bad-data\d*$"),
+    "datasets --data-dir is a dataset": (["datasets", "--data-dir", "{data}/planted"], r"is itself the dataset folder"),
     # dataset files
     "latin-1 .inter": (["train", "--model", "bpr", "--dataset", "latin", "--data-dir", "{data}"],
                        r"latin\.inter, line 5, byte \d+: byte 0xe9 is not UTF-8"),
@@ -121,6 +128,12 @@ CASES = {
     "compare: empty valid split": (["compare", "--models", "bpr,lightgcn", "--datasets", "planted,novalid", "--data-dir",
                                     "{data}", "--out", "{tmp}/c", "--seeds", "1"],
                                    r"novalid\.inter: the valid split is empty \(no row has x_label 1\)"),
+    "compare: --set MODEL.seed": (["compare", "--models", "bpr", "--datasets", "planted", "--data-dir", "{data}", "--out",
+                                   "{tmp}/c", "--seeds", "1", "--set", "bpr.seed=3"],  # was: trained, cell failed, exit 1
+                                  r"--set bpr\.seed=3: choose seeds with --seeds"),
+    "compare --report-only, no such --out": (["compare", "--models", "bpr", "--datasets", "planted", "--data-dir",
+                                              "{data}", "--out", "{tmp}/typo", "--report-only"],  # was: an empty summary
+                                             r"--out .*typo does not exist: --report-only summarises the finished cells"),
     "compare: --seeds abc": (["compare", "--models", "bpr", "--datasets", "planted", "--out", "{tmp}/c", "--seeds", "x"],
                              r"--seeds 'x'"),
     "recommend --users ''": (["recommend", "--run", "{run}", "--users", "", "--data-dir", "{data}"],
@@ -151,6 +164,12 @@ CASES = {
                            "--item-text", "{tmp}/text.csv"], r"text\.csv: no column 'text' .* with --text-cols$"),
     "build --user-col": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--user-col", "uid"],
                          r"no column 'uid' .* with --user-col$"),
+    # was "no column 'item' (columns: user, item)"
+    "build: spaces after the commas": (["build", "--interactions", "{tmp}/spaced.csv", "--out", "{tmp}/built"],
+                                       r"spaced\.csv: the header names ' item', with spaces, not 'item'"),
+    "build --item-features twice": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--min-count",
+                                     "3", "--item-features", "image=a.npz", "--item-features", "image=b.csv"],
+                                    r"--item-features names 'image' twice \(a\.npz and b\.csv\)"),  # b.csv won
     "build --min-count": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--min-count", "1"],
                           r"--min-count must be at least 3"),
     "unknown command": (["trian"], r"No such command 'trian'"),
@@ -162,9 +181,11 @@ CASES = {
 def test_bad_input_is_one_clean_line(case, data_dir, finished_run, tmp_path):
     args, pattern = CASES[case]
     (tmp_path / "broken.yaml").write_text("lr: [0.1,\n")
+    (tmp_path / "seed.yaml").write_text("train:\n  seed: 42\n  lr: 0.01\n")
     (tmp_path / "mgcn.yaml").write_text("model: mgcn\ntrain:\n  lr: 0.01\n")
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "raw.csv").write_text("user,item\n" + "".join(f"u{u},i{i}\n" for u in range(4) for i in range(3)))
+    (tmp_path / "spaced.csv").write_text("user, item\n" + "".join(f"u{u}, i{i}\n" for u in range(4) for i in range(3)))
     (tmp_path / "text.csv").write_text("item,title\ni0,a\ni1,b\ni2,c\n")
     before = sorted(p.name for p in tmp_path.iterdir())
     result = invoke(args, data_dir, finished_run, tmp_path)

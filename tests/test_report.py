@@ -105,6 +105,10 @@ def test_report_of_runs(planted, tmp_path):
     with pytest.raises(RunError, match=r"single/history\.csv is damaged \(no column 'epoch'\): restore it, or delete"):
         build_report(single, tmp_path / "page")
     assert not (tmp_path / "page").exists()
+    (single / "history.csv").write_text("epoch,loss_bpr\n0,0.69\n")  # was an empty panel, 'best: epoch 1, nan'
+    with pytest.raises(RunError, match=r"single/history\.csv is damaged \(no column 'valid_recall@20', the validation"):
+        build_report(single, tmp_path / "page")
+    assert not (tmp_path / "page").exists()
     (single / "history.csv").unlink()  # informative only: the report goes without curves
     assert "(curves.png)" not in build_report(single, tmp_path / "page").read_text()
 

@@ -57,6 +57,10 @@ def test_the_selected_point_is_shown_as_the_settings_it_trained_with():
         (["n_layers=1||2"], "empty choice"),
         (["lr=0.1|0.1"], "listed twice"),
         (["lr=1e-3..1e-2", "lr=1|2"], "appears twice"),
+        # were searched, shown as 'selected', without effect: the final seeds came from --seeds, every trial
+        # was scored on the study's own valid_metric
+        (["seed=1..5"], "the seed is not a setting to search .* --seeds"),
+        (["valid_metric=recall@20|ndcg@20"], "valid_metric is what the study maximises"),
     ],
 )
 def test_bad_space_is_a_clear_error(spec, message):

@@ -78,6 +78,14 @@ def test_bad_inputs(runs, planted_dir, tmp_path):
         paired_test(runs / "lgn", tmp_path / "o", data_dir=tmp_path / "data")
 
 
+def test_a_dataset_named_or_given_by_folder_is_the_same_data(runs, planted, planted_dir, tmp_path):
+    # was "trained on different data (planted vs .../planted, train fingerprints differ)": the fingerprints were equal
+    run_experiment(resolve_config("bpr", str(planted_dir), {"epochs": 1}), [1], tmp_path / "by-path", dataset=planted,
+                   progress=False)
+    r = paired_test(runs / "lgn", tmp_path / "by-path", data_dir=planted_dir.parent, n_bootstrap=100)
+    assert r["users"] == planted.n_users and r["b"]["model"] == "bpr"
+
+
 def test_cli(runs, planted_dir):
     result = runner.invoke(app, ["significance", "--a", str(runs / "lgn"), "--b", str(runs / "bpr"),
                                  "--data-dir", str(planted_dir.parent)])

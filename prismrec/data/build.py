@@ -313,6 +313,11 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
     missing = [c for c in columns if c not in frame.columns]
     if not missing and frame.empty:
         raise DatasetError(f"{path} has a header but no rows")
+    padded = [(c, col) for c in missing for col in frame.columns if isinstance(col, str) and col.strip() == c]
+    if padded:  # "user, item": the column is ' item', which the list of columns below would hide
+        wanted, found = padded[0]
+        raise DatasetError(f"{path}: the header names {found!r}, with spaces, not {wanted!r}: write the table without "
+                           f"spaces around the {'tabs' if sep == chr(9) else 'commas'} (user,item, not user, item)")
     if missing:
         shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
         flags = sorted({options.get(c, "--text-cols") for c in missing})
@@ -472,8 +477,11 @@ def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Ca
                            "the item id column must be named as in the interactions")
     values = frame.drop(columns=item_col)
     text = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
-    if text:
-        raise DatasetError(f"{path}: column {text[0]!r} is not numeric; every column but {item_col!r} "
+    if text:  # name the first cell that is not a number (one 'N/A' among 10,000 rows x 512 columns)
+        column = values[text[0]]
+        bad = np.flatnonzero((pd.to_numeric(column, errors="coerce").isna() & column.notna()).to_numpy())
+        where = f" at line {bad[0] + 2} holds {column.iloc[bad[0]]!r}, which" if bad.size else ""
+        raise DatasetError(f"{path}: column {text[0]!r}{where} is not numeric; every column but {item_col!r} "
                            "is one dimension of the vector")
     return frame[item_col].to_numpy(), values.to_numpy(dtype=np.float64), lambda r: f"line {r + 2}"
 

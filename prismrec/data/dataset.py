@@ -168,6 +168,7 @@ def find_dataset(name_or_path: str | Path, data_dir: str | Path | None = None) -
     root = resolve_data_dir(data_dir)
     folder = root / str(name_or_path)
     if not folder.is_dir():
+        check_not_a_dataset(root)
         available = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise DatasetError(
             f"dataset {name_or_path!r} not found in {root} (available: "
@@ -176,9 +177,17 @@ def find_dataset(name_or_path: str | Path, data_dir: str | Path | None = None) -
     return folder
 
 
+def check_not_a_dataset(root: Path) -> None:
+    """Refuse a data directory that is itself a dataset folder (``--data-dir data/ml100k``)."""
+    if (root / f"{root.name}.inter").is_file():
+        raise DatasetError(f"the data directory {root} is itself the dataset folder of {root.name!r}: give the "
+                           f"folder above it, --data-dir {root.parent}")
+
+
 def list_datasets(data_dir: str | Path | None = None) -> list[Path]:
     """Folders of the data directory that contain a ``<name>.inter`` file."""
     root = resolve_data_dir(data_dir)
+    check_not_a_dataset(root)
     return sorted(p for p in root.iterdir() if p.is_dir() and (p / f"{p.name}.inter").is_file())
 
 

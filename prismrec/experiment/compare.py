@@ -47,6 +47,10 @@ def model_overrides(overrides: dict[str, Any], model: str, models: list[str]) ->
             out[key] = value
         elif scope not in models:
             raise ConfigError(f"--set {key}: {scope!r} is not one of the compared models {models}")
+        elif name in ("seed", "seeds", "model", "dataset"):  # was a cell that trained, then failed
+            what = "seeds with --seeds (a comma list) or --n-seeds N" if name.startswith("seed") else \
+                f"the {name}s with the --{name}s option"
+            raise ConfigError(f"--set {key}={value}: choose {what}, not --set")
         elif scope == model:
             out[name] = value
     return out
@@ -158,6 +162,9 @@ def run_compare(
         raise ConfigError(f"--correction {correction!r}: use one of {', '.join(CORRECTIONS)}")
     if test not in PAIRED_TESTS:
         raise ConfigError(f"--test {test!r}: use one of {', '.join(PAIRED_TESTS)}")
+    if not train and not out_dir.is_dir():  # was an --out folder made to hold an empty summary
+        raise RunError(f"--out {out_dir} does not exist: --report-only summarises the finished cells of an "
+                       "earlier comparison in that folder; check the path, or drop --report-only to train")
     if train:  # a dataset whose cells could only fail, before anything is written
         for dataset in datasets:
             require_splits(load_dataset(dataset, data_dir, modalities=[]))

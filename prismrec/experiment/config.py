@@ -154,6 +154,15 @@ def load_yaml_overrides(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: section {section!r} must be a mapping of settings, "
                               f"got a {type(block).__name__}")
         flat.update(block)
+    # A run's config.yaml (or any dump of a resolved config: every training setting) records the seed
+    # it ran with; in a file the user wrote, a seed would be ignored.
+    record = "protocol" in data or set(field_types(TrainConfig)) <= set(data.get("train") or {})
+    if not record:
+        for key in ("seed", "seeds"):
+            value = flat.get(key, data.get(key))
+            if value is not None:
+                raise ConfigError(f"config file {path} sets {key}: {value}, but seeds are chosen on the command "
+                                  "line: remove it from the file and give --seeds (a comma list) or --n-seeds N")
     bad_keys = [k for k in flat if not isinstance(k, str)]
     if bad_keys:
         raise ConfigError(f"config file {path}: setting names must be text, got {bad_keys[0]!r}")

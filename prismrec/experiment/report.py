@@ -89,6 +89,11 @@ def _curves_grid(entries: list[tuple[str, RunDir]], metric: str, path: Path) -> 
     drawn = [d for d in drawn if d[2]]
     if not drawn:
         return None
+    column = f"valid_{metric}"
+    for _, run, history in drawn:
+        if column not in history[0]:  # was an empty validation panel, 'best: nan'
+            raise RunError(f"{run.path / 'history.csv'} is damaged (no column {column!r}, the validation metric "
+                           "the run selected on): restore it, or delete it to go without training curves")
     plt = _pyplot()
     fig, axes = plt.subplots(len(drawn), 2, figsize=(10, 3.4 * len(drawn)), squeeze=False)
     try:

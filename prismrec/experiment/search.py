@@ -112,6 +112,15 @@ def grid_space(model: str) -> list[str]:
     return [f"{key}=" + "|".join(text(v) for v in values) for key, values in declared_grid(model).items()]
 
 
+NOT_SEARCHED = {
+    "seed": "the seed is not a setting to search (the study would pick a lucky seed, and the selected point is "
+            "trained with the --seeds anyway); give the final seeds with --seeds",
+    "valid_metric": "valid_metric is what the study maximises, the same for every trial; choose it with "
+                    "--set valid_metric=... and search other settings",
+}
+"""Settings that are not points of a search: why, and what to do instead."""
+
+
 def parse_space(specs: list[str], model: str) -> list[Dimension]:
     """Parse ``key=SPEC`` strings (module docstring); unknown keys and bad ranges are ConfigErrors."""
     if "grid" in (s.strip() for s in specs):
@@ -132,6 +141,8 @@ def parse_space(specs: list[str], model: str) -> list[Dimension]:
             raise ConfigError(f"unknown setting {key!r} for {model}; valid keys: {', '.join(sorted(known))}")
         if key in (d.key for d in dims):
             raise ConfigError(f"setting {key!r} appears twice in the search space")
+        if key in NOT_SEARCHED:  # was searched, reported as 'selected', and without effect on the result
+            raise ConfigError(f"--space {spec}: {NOT_SEARCHED[key]}")
         match = _RANGE.match(value)
         if match:
             low_text, high_text, log = match.groups()

@@ -71,10 +71,14 @@ def paired_test(run_a, run_b, metric: str = "recall@20", split: str = "test", da
     datasets: dict = {}
     users_a, a, info_a = per_user_metric(run_a, metric, split, data_dir, datasets)
     users_b, b, info_b = per_user_metric(run_b, metric, split, data_dir, datasets)
-    if (info_a["dataset"], info_a["train_fingerprint"]) != (info_b["dataset"], info_b["train_fingerprint"]):
+    # A dataset given by name (planted) or by folder (data/planted) is the same dataset.
+    names = [Path(str(info["dataset"])).name for info in (info_a, info_b)]
+    if names[0] != names[1] or info_a["train_fingerprint"] != info_b["train_fingerprint"]:
+        differs = "train fingerprints differ" if info_a["train_fingerprint"] != info_b["train_fingerprint"] else \
+            "datasets of different names"
         raise RunError(
-            f"the runs were trained on different data ({info_a['dataset']} vs {info_b['dataset']}, train "
-            "fingerprints differ): a paired test needs the same users and split"
+            f"the runs were trained on different data ({info_a['dataset']} vs {info_b['dataset']}, {differs}): "
+            "a paired test needs the same users and split"
         )
     if not np.array_equal(users_a, users_b):
         raise RunError("the runs evaluate different users (a different mask_valid_at_test?)")
