@@ -663,10 +663,16 @@ def recommend(
             raise ConfigError(f"--users {users!r} names no user; give comma-separated raw user ids or 'all'")
     else:
         ids = _user_ids(users)
+    listed = raw if raw_ids else ids
+    twice = sorted({u for u in listed or () if listed.count(u) > 1}, key=str)
+    if twice:  # was the user's rows written twice to --out, once in the table
+        raise ConfigError(f"--users names {', '.join(map(str, twice))} twice; list each user once")
     if exclude not in EXCLUDE:
         raise ConfigError(f"--exclude {exclude!r}: choose one of {', '.join(EXCLUDE)}")
     if out is not None:
         _output_file(out, "--out")
+        if out.suffix.lower() != ".csv":  # was CSV text under a .json (or any) name
+            raise ConfigError(f"--out {out}: recommend writes a CSV (user,rank,item,score); give a .csv file name")
     recommender = RunRecommender(run, data_dir, exclude)
     if raw_ids:
         if recommender.ids is None:

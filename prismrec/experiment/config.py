@@ -110,7 +110,9 @@ def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
         if key.strip() in RESERVED:
-            raise ConfigError(f"--set {item}: choose the {key.strip()} with the --{key.strip()} option, not --set")
+            name = key.strip()
+            raise ConfigError(f"--set {item}: choose the {name} with the --{name} option (compare: --{name}s), "
+                              "not --set")
         if key.strip() in ("seed", "seeds"):  # run_experiment sets the seed from the command's seeds
             raise ConfigError(f"--set {item}: choose seeds with --seeds (a comma list) or --n-seeds N, not --set")
         try:
