@@ -94,6 +94,8 @@ CASES = {
     "--seeds and --n-seeds": (TRAIN + ["--seeds", "1", "--n-seeds", "2"], "not both"),
     "--n-seeds 0": (TRAIN + ["--n-seeds", "0"], r"--n-seeds must be a whole number from 1 to 100"),
     "broken yaml": (TRAIN + ["--config", "{tmp}/broken.yaml"], r"config file .*broken\.yaml, line 2, column 1: not valid YAML"),
+    "a key twice in yaml": (TRAIN + ["--config", "{tmp}/twice.yaml"],  # was the last one, silently
+                            r"twice\.yaml, line 3, column 3: .*the key 'lr' is given twice in one section"),
     "missing yaml": (TRAIN + ["--config", "{tmp}/nope.yaml"], r"config file .*nope\.yaml does not exist"),
     "--set model": (TRAIN + ["--set", "model=mgcn"], r"--set model=mgcn: choose the model with the --model option"),
     "--set seed": (TRAIN + ["--set", "seed=5"], r"--set seed=5: choose seeds with --seeds"),
@@ -187,6 +189,7 @@ CASES = {
 def test_bad_input_is_one_clean_line(case, data_dir, finished_run, tmp_path):
     args, pattern = CASES[case]
     (tmp_path / "broken.yaml").write_text("lr: [0.1,\n")
+    (tmp_path / "twice.yaml").write_text("train:\n  lr: 0.01\n  lr: 0.1\n")
     (tmp_path / "seed.yaml").write_text("train:\n  seed: 42\n  lr: 0.01\n")
     (tmp_path / "mgcn.yaml").write_text("model: mgcn\ntrain:\n  lr: 0.01\n")
     (tmp_path / "file").write_text("not a folder")
