@@ -91,7 +91,7 @@ async def _invalid_request(request, exc: RequestValidationError) -> JSONResponse
     return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
 
 
-_WHOLE = re.compile(r"[0-9]{1,18}")
+_WHOLE = re.compile(r"-?[0-9]{1,18}")  # a sign: -1 is a whole number, refused as an id by its range
 
 
 def _whole_number(text: str, what: str) -> int:
