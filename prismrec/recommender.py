@@ -131,6 +131,12 @@ class Recommender(nn.Module):
         if wanted is None:
             rank = {m: i for i, m in enumerate(CANONICAL_MODALITIES)}
             wanted = sorted(present, key=lambda m: (rank.get(m, len(rank)), m))
+        repeated = sorted({m for m in wanted if list(wanted).count(m) > 1})
+        if repeated:  # was used twice, as if it were two modalities (gume's "at least 2" passed)
+            raise ValueError(
+                f"modalities={list(wanted)} names {', '.join(repeated)} more than once: list each modality "
+                f"once, e.g. --set modalities=[{','.join(dict.fromkeys(wanted))}]"
+            )
         missing = [m for m in wanted if m not in present]
         if missing:
             raise ValueError(

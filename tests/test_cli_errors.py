@@ -89,6 +89,11 @@ CASES = {
     "model too large": (TRAIN + ["--set", "embedding_size=99999999999", "--quiet"],  # was torch's RuntimeError
                         r"model 'lightgcn' does not fit in memory on 'planted' with its settings \([\d,.]+ GiB were asked"),
     "model's own check": (TRAIN + ["--set", "n_layers=-1", "--quiet"], r"model 'lightgcn' rejects its settings: n_layers"),
+    "modalities twice": (["train", "--model", "gume", "--dataset", "planted", "--data-dir", "{data}", "--out",
+                          "{tmp}/run", "--set", "epochs=1", "--set", "modalities=[image,image]", "--quiet"],
+                         # was trained, image used as two modalities (gume's "at least 2" passed)
+                         r"model 'gume' rejects its settings: modalities=\['image', 'image'\] names image more than "
+                         r"once: list each modality once, e.g. --set modalities=\[image\]"),
     "--seeds abc": (TRAIN + ["--seeds", "abc"], r"--seeds 'abc': 'abc' is not a whole number.*--n-seeds"),
     "--seeds empty": (TRAIN + ["--seeds", ""], r"--seeds '' holds no seed"),
     "--seeds and --n-seeds": (TRAIN + ["--seeds", "1", "--n-seeds", "2"], "not both"),
