@@ -111,6 +111,14 @@ CASES = {
     "egra: missing pretrained run": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
                                       "{tmp}/run", "--set", "pretrained={tmp}/nope", "--quiet"],
                                      r"pretrained='.*nope' is not a directory"),
+    "egra: pre_model with a pretrained run": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}",
+                                               "--out", "{tmp}/run", "--set", "pretrained={run}", "--set",
+                                               "pre_model=freedom", "--quiet"],  # was ignored: P from {run}
+                                              r"pre_model='freedom' only acts in the stage-1 training of "
+                                              r"pretrained=auto, but pretrained='.*lightgcn' takes P from that run"),
+    "egra: pre_model=egra": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
+                              "{tmp}/run", "--set", "pre_model=egra", "--quiet"],  # was a nested grid of EGRA runs
+                             r"pre_model='egra' needs pretrained representations itself"),
     "--out is a file": (TRAIN[:-4] + ["--out", "{tmp}/file"], r"--out .*file is an existing file, not a folder"),
     # was "dataset 'planted' not found in .../planted (available: none)"; datasets: an empty table, exit 0
     "--data-dir is a dataset": (["train", "--model", "bpr", "--dataset", "planted", "--data-dir", "{data}/planted"],
