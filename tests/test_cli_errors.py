@@ -119,6 +119,14 @@ CASES = {
     "egra: pre_model=egra": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
                               "{tmp}/run", "--set", "pre_model=egra", "--quiet"],  # was a nested grid of EGRA runs
                              r"pre_model='egra' needs pretrained representations itself"),
+    "--track ''": (TRAIN + ["--track", "", "--quiet"], r"--track '' names no target"),  # was: no tracking, silently
+    "--track mlflow:": (TRAIN + ["--track", "mlflow:", "--quiet"],  # was a local store in a folder named 'mlflow:'
+                        r"--track 'mlflow:': 'mlflow:' is not a tracking target prismrec knows"),
+    "--track a file": (TRAIN + ["--track", "{tmp}/file", "--quiet"],  # was "FILE: File exists"
+                       r"--track .*file: .*file is an existing file, not a folder"),
+    # was "FILE/run: Not a directory"
+    "--track tensorboard:a file": (TRAIN + ["--track", "tensorboard:{tmp}/file", "--quiet"],
+                                   r"--track tensorboard:.*file: .*file is an existing file, not a folder"),
     "--out is a file": (TRAIN[:-4] + ["--out", "{tmp}/file"], r"--out .*file is an existing file, not a folder"),
     # was "dataset 'planted' not found in .../planted (available: none)"; datasets: an empty table, exit 0
     "--data-dir is a dataset": (["train", "--model", "bpr", "--dataset", "planted", "--data-dir", "{data}/planted"],
