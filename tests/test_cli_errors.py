@@ -39,6 +39,7 @@ def data_dir(planted_dir, tmp_path_factory):
     n_items = np.load(planted_dir / "image_feat.npy").shape[0]
     np.save(copy("zerowidth") / "image_feat.npy", np.zeros((n_items, 0), dtype=np.float32))
     np.save(copy("allzero") / "image_feat.npy", np.zeros((n_items, 16), dtype=np.float32))
+    (copy("imageonly") / "text_feat.npy").unlink()
     header, *rows = (copy("novalid") / "novalid.inter").read_text().splitlines()
     relabelled = [row[:-1] + "0" if row.endswith("\t1") else row for row in rows]  # valid rows -> train
     (root / "novalid" / "novalid.inter").write_text("\n".join([header, *relabelled]) + "\n")
@@ -159,6 +160,10 @@ CASES = {
                                              r"--out .*typo does not exist: --report-only summarises the finished cells"),
     "compare: --seeds abc": (["compare", "--models", "bpr", "--datasets", "planted", "--out", "{tmp}/c", "--seeds", "x"],
                              r"--seeds 'x'"),
+    "demo: a model refused on the data": (["demo", "--dataset", "imageonly", "--data-dir", "{data}", "--models",
+                                           "gume,lightgcn", "--epochs", "1", "--out", "{tmp}/demo", "--quiet"],
+                                          # was the error, and {tmp}/demo/imageonly/gume/ left behind, empty
+                                          r"model 'gume' rejects its settings: gume needs at least 2 modalities"),
     "recommend --users ''": (["recommend", "--run", "{run}", "--users", "", "--data-dir", "{data}"],
                              r"--users '' names no user"),
     "recommend --users 1,1": (["recommend", "--run", "{run}", "--users", "1,2,1", "--data-dir", "{data}"],
