@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -80,16 +80,18 @@ class PretrainedStageConfig:
     """``"auto"`` cache root; None: ``$PRISMREC_CACHE/pretrained`` (``PRISMREC_CACHE`` defaults to
     ``~/.cache/prismrec``)."""
 
-    AUTO_ONLY: ClassVar[dict[str, Any]] = {"pre_model": "mgcn", "pretrain_epochs": None, "pretrain_settings": {},
-                                           "pretrain_search": "grid", "pretrain_cache": None}
-    """Settings of ``pretrained="auto"``'s stage 1 and their defaults (unused with a run dir)."""
+    AUTO_ONLY: ClassVar[tuple[str, ...]] = ("pre_model", "pretrain_epochs", "pretrain_settings", "pretrain_search",
+                                            "pretrain_cache")
+    """Settings of ``pretrained="auto"``'s stage 1 (unused with a run dir; a subclass may lack some)."""
 
     def __post_init__(self) -> None:
         """Refuse stage-1 settings that ``pretrained=PATH`` would ignore, and a ``pre_model`` that
         needs a stage 0 itself."""
         if self.pretrained != "auto":
-            ignored = [f"{k}={getattr(self, k)!r}" for k, default in self.AUTO_ONLY.items()
-                       if getattr(self, k, default) != default]
+            defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                        for f in fields(self)}
+            ignored = [f"{k}={getattr(self, k)!r}" for k in self.AUTO_ONLY
+                       if k in defaults and getattr(self, k) != defaults[k]]
             if ignored:
                 raise ValueError(
                     f"{', '.join(ignored)} only {'acts' if len(ignored) == 1 else 'act'} in the stage-1 training of "
