@@ -240,7 +240,7 @@ def train(
         console.print(f"[bold]{cfg.model}[/] on {data!r} -> {out}", highlight=False)
     created = not out.exists()
     tracker = None
-    if track and not follower:
+    if track is not None and not follower:
         from prismrec.experiment.tracking import make_tracker
 
         tracker = make_tracker(track)

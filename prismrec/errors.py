@@ -17,6 +17,11 @@ class ConfigError(PrismrecError, ValueError):
     """A setting is unknown, ill-typed or out of range; the message names the key and the fix."""
 
 
+class ModelRefused(ConfigError):
+    """A model refuses its settings on the dataset it is built on (its own checks against the data,
+    such as ``knn_k`` above the item count, or sizes that do not fit in memory)."""
+
+
 class DatasetError(PrismrecError, ValueError):
     """Malformed or missing dataset input. The message names the file, the place and the fix."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -80,6 +80,36 @@ class PretrainedStageConfig:
     """``"auto"`` cache root; None: ``$PRISMREC_CACHE/pretrained`` (``PRISMREC_CACHE`` defaults to
     ``~/.cache/prismrec``)."""
 
+    AUTO_ONLY: ClassVar[tuple[str, ...]] = ("pre_model", "pretrain_epochs", "pretrain_settings", "pretrain_search",
+                                            "pretrain_cache")
+    """Settings of ``pretrained="auto"``'s stage 1 (unused with a run dir; a subclass may lack some)."""
+
+    def __post_init__(self) -> None:
+        """Refuse stage-1 settings that ``pretrained=PATH`` would ignore, and a ``pre_model`` that
+        needs a stage 0 itself."""
+        if self.pretrained != "auto":
+            defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                        for f in fields(self)}
+            ignored = [f"{k}={getattr(self, k)!r}" for k in self.AUTO_ONLY
+                       if k in defaults and getattr(self, k) != defaults[k]]
+            if ignored:
+                raise ValueError(
+                    f"{', '.join(ignored)} only {'acts' if len(ignored) == 1 else 'act'} in the stage-1 training of "
+                    f"pretrained=auto, but pretrained="
+                    f"{self.pretrained!r} takes P from that run as it is: drop {' and '.join(ignored)}, or set "
+                    "pretrained=auto")
+        from prismrec.models import get_model
+
+        try:
+            pre = get_model(self.pre_model)
+        except (KeyError, ValueError):  # an unknown or empty name: the stage names the registered ones
+            return
+        if issubclass(pre.Config, PretrainedStageConfig):
+            raise ValueError(
+                f"pre_model={self.pre_model!r} needs pretrained representations itself, so stage 1 would run "
+                f"a nested pretraining (its whole grid, each point with its own stage 1): choose a model that "
+                f"learns from the data alone, e.g. pre_model=mgcn (the default), freedom, gume or lgmrec")
+
 
 class Recommender(nn.Module):
     """Base class of every model.
@@ -131,6 +161,12 @@ class Recommender(nn.Module):
         if wanted is None:
             rank = {m: i for i, m in enumerate(CANONICAL_MODALITIES)}
             wanted = sorted(present, key=lambda m: (rank.get(m, len(rank)), m))
+        repeated = sorted({m for m in wanted if list(wanted).count(m) > 1})
+        if repeated:  # was used twice, as if it were two modalities (gume's "at least 2" passed)
+            raise ValueError(
+                f"modalities={list(wanted)} names {', '.join(repeated)} more than once: list each modality "
+                f"once, e.g. --set modalities=[{','.join(dict.fromkeys(wanted))}]"
+            )
         missing = [m for m in wanted if m not in present]
         if missing:
             raise ValueError(

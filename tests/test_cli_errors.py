@@ -39,6 +39,7 @@ def data_dir(planted_dir, tmp_path_factory):
     n_items = np.load(planted_dir / "image_feat.npy").shape[0]
     np.save(copy("zerowidth") / "image_feat.npy", np.zeros((n_items, 0), dtype=np.float32))
     np.save(copy("allzero") / "image_feat.npy", np.zeros((n_items, 16), dtype=np.float32))
+    (copy("imageonly") / "text_feat.npy").unlink()
     header, *rows = (copy("novalid") / "novalid.inter").read_text().splitlines()
     relabelled = [row[:-1] + "0" if row.endswith("\t1") else row for row in rows]  # valid rows -> train
     (root / "novalid" / "novalid.inter").write_text("\n".join([header, *relabelled]) + "\n")
@@ -89,6 +90,11 @@ CASES = {
     "model too large": (TRAIN + ["--set", "embedding_size=99999999999", "--quiet"],  # was torch's RuntimeError
                         r"model 'lightgcn' does not fit in memory on 'planted' with its settings \([\d,.]+ GiB were asked"),
     "model's own check": (TRAIN + ["--set", "n_layers=-1", "--quiet"], r"model 'lightgcn' rejects its settings: n_layers"),
+    "modalities twice": (["train", "--model", "gume", "--dataset", "planted", "--data-dir", "{data}", "--out",
+                          "{tmp}/run", "--set", "epochs=1", "--set", "modalities=[image,image]", "--quiet"],
+                         # was trained, image used as two modalities (gume's "at least 2" passed)
+                         r"model 'gume' rejects its settings: modalities=\['image', 'image'\] names image more than "
+                         r"once: list each modality once, e.g. --set modalities=\[image\]"),
     "--seeds abc": (TRAIN + ["--seeds", "abc"], r"--seeds 'abc': 'abc' is not a whole number.*--n-seeds"),
     "--seeds empty": (TRAIN + ["--seeds", ""], r"--seeds '' holds no seed"),
     "--seeds and --n-seeds": (TRAIN + ["--seeds", "1", "--n-seeds", "2"], "not both"),
@@ -106,6 +112,22 @@ CASES = {
     "egra: missing pretrained run": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
                                       "{tmp}/run", "--set", "pretrained={tmp}/nope", "--quiet"],
                                      r"pretrained='.*nope' is not a directory"),
+    "egra: pre_model with a pretrained run": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}",
+                                               "--out", "{tmp}/run", "--set", "pretrained={run}", "--set",
+                                               "pre_model=freedom", "--quiet"],  # was ignored: P from {run}
+                                              r"pre_model='freedom' only acts in the stage-1 training of "
+                                              r"pretrained=auto, but pretrained='.*lightgcn' takes P from that run"),
+    "egra: pre_model=egra": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
+                              "{tmp}/run", "--set", "pre_model=egra", "--quiet"],  # was a nested grid of EGRA runs
+                             r"pre_model='egra' needs pretrained representations itself"),
+    "--track ''": (TRAIN + ["--track", "", "--quiet"], r"--track '' names no target"),  # was: no tracking, silently
+    "--track mlflow:": (TRAIN + ["--track", "mlflow:", "--quiet"],  # was a local store in a folder named 'mlflow:'
+                        r"--track 'mlflow:': 'mlflow:' is not a tracking target prismrec knows"),
+    "--track a file": (TRAIN + ["--track", "{tmp}/file", "--quiet"],  # was "FILE: File exists"
+                       r"--track .*file: .*file is an existing file, not a folder"),
+    # was "FILE/run: Not a directory"
+    "--track tensorboard:a file": (TRAIN + ["--track", "tensorboard:{tmp}/file", "--quiet"],
+                                   r"--track tensorboard:.*file: .*file is an existing file, not a folder"),
     "--out is a file": (TRAIN[:-4] + ["--out", "{tmp}/file"], r"--out .*file is an existing file, not a folder"),
     # was "dataset 'planted' not found in .../planted (available: none)"; datasets: an empty table, exit 0
     "--data-dir is a dataset": (["train", "--model", "bpr", "--dataset", "planted", "--data-dir", "{data}/planted"],
@@ -138,6 +160,10 @@ CASES = {
                                              r"--out .*typo does not exist: --report-only summarises the finished cells"),
     "compare: --seeds abc": (["compare", "--models", "bpr", "--datasets", "planted", "--out", "{tmp}/c", "--seeds", "x"],
                              r"--seeds 'x'"),
+    "demo: a model refused on the data": (["demo", "--dataset", "imageonly", "--data-dir", "{data}", "--models",
+                                           "gume,lightgcn", "--epochs", "1", "--out", "{tmp}/demo", "--quiet"],
+                                          # was the error, and {tmp}/demo/imageonly/gume/ left behind, empty
+                                          r"model 'gume' rejects its settings: gume needs at least 2 modalities"),
     "recommend --users ''": (["recommend", "--run", "{run}", "--users", "", "--data-dir", "{data}"],
                              r"--users '' names no user"),
     "recommend --users 1,1": (["recommend", "--run", "{run}", "--users", "1,2,1", "--data-dir", "{data}"],

@@ -77,3 +77,20 @@ def test_track_tensorboard_needs_a_folder():
 
     with pytest.raises(ConfigError, match="needs a folder"):
         make_tracker("tensorboard:")
+
+
+def test_an_unreachable_mlflow_server_is_one_line(planted_dir, tmp_path, monkeypatch):
+    """Was MLflow's traceback, after minutes of retries."""
+    pytest.importorskip("mlflow")
+    from typer.testing import CliRunner
+
+    from prismrec.cli import app
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once, not after MLflow's retries
+    result = CliRunner().invoke(app, ["train", "--model", "bpr", "--dataset", str(planted_dir), "--out",
+                                      str(tmp_path / "run"), "--set", "epochs=1", "--set", "threads=1", "--quiet",
+                                      "--track", "http://127.0.0.1:1"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: --track http://127.0.0.1:1: MLflow at http://127.0.0.1:1 cannot be used")
+    assert not (tmp_path / "run").exists()

@@ -10,6 +10,7 @@ pipeline and the direction of the comparison, not converged results: for those, 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -69,8 +70,14 @@ def run_demo(cfg: DemoConfig, out: Path, data_dir=None, progress: bool = True, l
         log(f"[demo] {model} on {dataset.name}: at most {cfg.epochs} epochs, patience {cfg.patience}, "
             f"lr {cfg.lr}")
         t0 = time.perf_counter()
-        metrics = run_experiment(config, [cfg.seed], out / dataset.name / model / f"seed-{cfg.seed}",
-                                 dataset=dataset, progress=progress, log=log)
+        run_dir = out / dataset.name / model / f"seed-{cfg.seed}"
+        try:
+            metrics = run_experiment(config, [cfg.seed], run_dir, dataset=dataset, progress=progress, log=log)
+        except BaseException:  # a model refused on the data left out/<dataset>/<model>/ behind, empty
+            for folder in (run_dir.parent, run_dir.parent.parent, out):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only an empty one
+            raise
         metrics["wall_s"] = time.perf_counter() - t0
         results[model] = metrics
     out.mkdir(parents=True, exist_ok=True)

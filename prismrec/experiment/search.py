@@ -42,7 +42,7 @@ import yaml
 
 from prismrec.data import Dataset, load_dataset
 from prismrec.experiment.config import declared_grid, parse_assignments, resolve_config, valid_keys
-from prismrec.errors import ConfigError, RunError
+from prismrec.errors import ConfigError, ModelRefused, RunError
 from prismrec.experiment.rundir import RunDir, run_digest, write_atomic
 from prismrec.experiment.runs import run_experiment
 from prismrec.experiment.workers import (
@@ -254,7 +254,7 @@ def tune(
         except TrainingDiverged as exc:
             trial.set_user_attr("diverged", str(exc))
             raise
-        except ConfigError as exc:  # the model refuses this point on this data (knn_k above the items)
+        except ModelRefused as exc:  # this point on this data (knn_k above the items)
             trial.set_user_attr("refused", str(exc))
             raise _Refused(str(exc)) from None
         except optuna.TrialPruned as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from prismrec.errors import ConfigError, PrismrecError
+from prismrec.errors import ModelRefused, PrismrecError
 from prismrec.models import get_model
 from prismrec.recommender import PretrainedItems, Recommender
 
@@ -48,12 +48,12 @@ def build_model(config, dataset) -> Recommender:
         if isinstance(exc, PrismrecError):
             raise
         # A model's own checks of its settings against the data (modalities, k <= n_items, ...).
-        raise ConfigError(f"model {cls.name!r} rejects its settings: {exc}") from exc
+        raise ModelRefused(f"model {cls.name!r} rejects its settings: {exc}") from exc
     except (RuntimeError, MemoryError) as exc:
         if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
             raise
         # Sizes that cannot fit (embedding_size=10**11): torch's allocator error, said as a setting.
         asked = re.search(r"allocate (\d+) bytes", str(exc))
         what = f"{int(asked[1]) / 2**30:,.1f} GiB were asked for" if asked else " ".join(str(exc).split())[:120]
-        raise ConfigError(f"model {cls.name!r} does not fit in memory on {dataset.name!r} with its settings "
+        raise ModelRefused(f"model {cls.name!r} does not fit in memory on {dataset.name!r} with its settings "
                           f"({what}); lower the sizes you set (embedding_size, hidden sizes, knn_k)") from exc

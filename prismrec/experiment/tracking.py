@@ -20,6 +20,7 @@ lighter ``mlflow-skinny``) installed.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from prismrec.errors import ConfigError
@@ -32,13 +33,28 @@ def resolve_uri(target: str) -> tuple[str, str | None]:
     """``(tracking URI, artifact location or None)`` for ``--track``'s value."""
     if "://" in target or target.startswith(("sqlite:", "file:", "databricks")):
         return target, None
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", target)
+    if scheme:  # was taken as a folder named like that ('mlflow:'), in the working directory
+        raise ConfigError(f"--track {target!r}: {scheme[0]!r} is not a tracking target prismrec knows; give a "
+                          f"folder (a local MLflow store), an MLflow tracking URI (http://HOST:5000, "
+                          f"sqlite:///PATH.db, file:PATH, databricks) or tensorboard:FOLDER")
     folder = Path(target).expanduser().resolve()
+    _check_folder(folder, target)
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri()
 
 
+def _check_folder(folder: Path, target: str) -> None:
+    if folder.exists() and not folder.is_dir():  # was "File exists" (MLflow) or "FILE/run: Not a directory"
+        raise ConfigError(f"--track {target}: {folder} is an existing file, not a folder; give a folder for the "
+                          "tracking files")
+
+
 def make_tracker(target: str):
     """The tracker for ``--track``'s value: TensorBoard for ``tensorboard:FOLDER``, else MLflow."""
+    if not target.strip():  # was no tracking at all, silently
+        raise ConfigError("--track '' names no target: give a folder (a local MLflow store), an MLflow tracking "
+                          "URI (http://HOST:5000) or tensorboard:FOLDER")
     if target.startswith("tensorboard:"):
         return TensorBoardTracker(target.partition(":")[2])
     return MlflowTracker(target)
@@ -50,6 +66,7 @@ class TensorBoardTracker:
     def __init__(self, folder: str) -> None:
         if not folder:
             raise ConfigError("--track tensorboard:FOLDER needs a folder, e.g. --track tensorboard:runs/tb")
+        _check_folder(Path(folder).expanduser(), f"tensorboard:{folder}")
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -96,9 +113,14 @@ class MlflowTracker:
         self.mlflow = mlflow
         self.uri, artifacts = resolve_uri(target)
         mlflow.set_tracking_uri(self.uri)
-        if mlflow.get_experiment_by_name(experiment) is None:
-            mlflow.create_experiment(experiment, artifact_location=artifacts)
-        mlflow.set_experiment(experiment)
+        try:
+            if mlflow.get_experiment_by_name(experiment) is None:
+                mlflow.create_experiment(experiment, artifact_location=artifacts)
+            mlflow.set_experiment(experiment)
+        except mlflow.exceptions.MlflowException as exc:  # an unreachable server: was a traceback
+            raise ConfigError(f"--track {target}: MLflow at {self.uri} cannot be used ({' '.join(str(exc).split())}); "
+                              "start the server or give a reachable tracking URI, or a folder for a local "
+                              "store") from None
         self.run_id: str | None = None
 
     def start(self, settings: dict, name: str) -> str:

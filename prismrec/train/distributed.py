@@ -33,6 +33,7 @@ done here explicitly (one flat all-reduce per step).
 
 from __future__ import annotations
 
+import atexit
 import os
 import warnings
 from dataclasses import dataclass
@@ -109,8 +110,16 @@ def init(env: DistEnv, device: str) -> str:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if kind == "cuda" else "gloo")
+        # Left to the interpreter's exit, gloo's threads can outlive the group: an occasional
+        # "terminate called without an active exception" abort of a rank that had finished.
+        atexit.register(_leave_group)
     losses.use_batch_shares(RankShares(env))  # in-batch terms see the global batch
     return device
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class RankShares(losses.BatchShares):
