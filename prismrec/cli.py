@@ -235,6 +235,7 @@ def train(
     check_run_devices(cfg)  # the training device and an earlier stage's
     _output_folder(out, "--out", "run directory")
     data = load_dataset(dataset, data_dir)
+    cfg.train.check_cut_offs(data.n_items, data.name)  # a --set topk above the items, before the banner
     out = out or Path("runs") / f"{cfg.model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not quiet and not follower:
         console.print(f"[bold]{cfg.model}[/] on {data!r} -> {out}", highlight=False)

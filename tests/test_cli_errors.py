@@ -56,8 +56,19 @@ def finished_run(data_dir, tmp_path_factory):
     return run
 
 
-def invoke(args, data_dir, run, tmp):
-    args = [a.format(data=data_dir, run=run, tmp=tmp) for a in args]
+@pytest.fixture(scope="module")
+def other_run(data_dir, tmp_path_factory):
+    """A second finished run on ``planted`` (BPR), for commands that take two runs."""
+    from prismrec.data import load_dataset
+
+    run = tmp_path_factory.mktemp("runs") / "bpr"
+    run_experiment(resolve_config("bpr", "planted", {"epochs": 1, "threads": 1}), [5], run,
+                   dataset=load_dataset(data_dir / "planted"), progress=False)
+    return run
+
+
+def invoke(args, data_dir, run, tmp, run2=None):
+    args = [a.format(data=data_dir, run=run, tmp=tmp, run2=run2) for a in args]
     return runner.invoke(app, args)
 
 
@@ -183,6 +194,22 @@ CASES = {
     "evaluate --ks abc": (["evaluate", "--run", "{run}", "--ks", "abc"], r"--ks 'abc': 'abc' is not a cut-off"),
     "evaluate --ks huge": (["evaluate", "--run", "{run}", "--ks", "9" * 25], r"is not a cut-off; give whole numbers from 1"),
     "evaluate --ks 0": (["evaluate", "--run", "{run}", "--ks", "0,10"], r"--ks '0,10': '0' is not a cut-off"),
+    # a cut-off above the item count (planted: 200 items) was accepted: precision@500 counted empty slots
+    "evaluate --ks above the items": (["evaluate", "--run", "{run}", "--ks", "10,500", "--data-dir", "{data}"],
+                                      r"^error: --ks 10,500: cut-off 500 is above the 200 items of planted; give "
+                                      r"cut-offs from 1 to 200$"),
+    "significance --metric K above the items": (["significance", "--a", "{run}", "--b", "{run2}", "--metric",
+                                                 "recall@201", "--data-dir", "{data}"],
+                                                r"--metric recall@201: cut-off 201 is above the 200 items of planted"),
+    "train --set topk above the items": (TRAIN + ["--set", "topk=[10,500]", "--set", "valid_metric=recall@10"],
+                                         r"setting topk=\[10, 500\]: cut-off 500 is above the 200 items of planted; "
+                                         r"give cut-offs from 1 to 200 with --set topk="),
+    "compare --set topk above the items": (["compare", "--models", "bpr", "--datasets", "planted", "--data-dir",
+                                            "{data}", "--out", "{tmp}/c", "--seeds", "1", "--set", "topk=[20,300]"],
+                                           r"setting topk=\[20, 300\]: cut-off 300 is above the 200 items"),
+    "tune --set topk above the items": (["tune", "--model", "bpr", "--dataset", "planted", "--data-dir", "{data}",
+                                         "--out", "{tmp}/t", "--space", "lr=0.001|0.01", "--set", "topk=[20,300]"],
+                                        r"setting topk=\[20, 300\]: cut-off 300 is above the 200 items"),
     "evaluate --split": (["evaluate", "--run", "{run}", "--split", "train"], r"--split 'train': choose valid or test"),
     "evaluate --tail-share": (["evaluate", "--run", "{run}", "--tail-share", "1.5"], r"--tail-share 1.5"),
     "evaluate --strategy typo": (["evaluate", "--run", "{run}", "--strategy", "knnn"], r"--strategy 'knnn': choose one of"),
@@ -212,7 +239,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_clean_line(case, data_dir, finished_run, tmp_path):
+def test_bad_input_is_one_clean_line(case, data_dir, finished_run, other_run, tmp_path):
     args, pattern = CASES[case]
     (tmp_path / "broken.yaml").write_text("lr: [0.1,\n")
     (tmp_path / "twice.yaml").write_text("train:\n  lr: 0.01\n  lr: 0.1\n")
@@ -223,7 +250,7 @@ def test_bad_input_is_one_clean_line(case, data_dir, finished_run, tmp_path):
     (tmp_path / "spaced.csv").write_text("user, item\n" + "".join(f"u{u}, i{i}\n" for u in range(4) for i in range(3)))
     (tmp_path / "text.csv").write_text("item,title\ni0,a\ni1,b\ni2,c\n")
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = invoke(args, data_dir, finished_run, tmp_path)
+    result = invoke(args, data_dir, finished_run, tmp_path, other_run)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and len(lines) == 1, result.output

@@ -132,6 +132,14 @@ def test_topk_zero_blames_topk_not_valid_metric():
     assert str(info.value).startswith("setting topk=")
 
 
+def test_a_topk_above_the_item_count_is_refused_and_the_default_is_not():
+    cfg = resolve_config("lightgcn", "baby", {"topk": [10, 500], "valid_metric": "recall@10"})
+    with pytest.raises(ConfigError, match=r"setting topk=\[10, 500\]: cut-off 500 is above the 200 items of toy"):
+        cfg.train.check_cut_offs(200, "toy")
+    cfg.train.check_cut_offs(500, "toy")  # K = the item count ranks every item: allowed
+    resolve_config("lightgcn", "baby", {}).train.check_cut_offs(30, "toy")  # the default (5, 10, 20, 50)
+
+
 def test_a_missing_gpu_is_a_config_error_before_training():
     cfg = resolve_config("lightgcn", "baby", {"device": "cuda"})  # well-formed: resolves anywhere
     if torch.cuda.is_available():

@@ -14,8 +14,25 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from prismrec.errors import ConfigError
+
 METRIC_NAMES = ("recall", "ndcg", "precision", "map", "hit")
 """Every metric the evaluator computes at each cut-off ``K`` (keys ``<name>@K``)."""
+
+
+def check_cut_offs(ks: Sequence[int], n_items: int, dataset: str, option: str, fix: str = "") -> None:
+    """Refuse a cut-off ``K`` the user gave that is above the dataset's item count.
+
+    Such a top-K list cannot be filled: every item is ranked and ``precision@K`` counts slots
+    that hold no item, so the numbers read as if measured at K while they are not. ``option``
+    names where the cut-off came from (``--ks``, ``--metric``, ``topk``); ``fix``, when given,
+    replaces the default advice.
+    """
+    over = sorted({int(k) for k in ks if int(k) > n_items})
+    if over:
+        raise ConfigError(
+            f"{option}: cut-off {', '.join(map(str, over))} is above the {n_items:,} items of {dataset}; "
+            + (fix or f"give cut-offs from 1 to {n_items:,}"))
 
 
 def ranked_topk(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -167,7 +167,10 @@ def run_compare(
                        "earlier comparison in that folder; check the path, or drop --report-only to train")
     if train:  # a dataset whose cells could only fail, before anything is written
         for dataset in datasets:
-            require_splits(load_dataset(dataset, data_dir, modalities=[]))
+            data = load_dataset(dataset, data_dir, modalities=[])
+            require_splits(data)
+            for model in models:
+                configs[(dataset, model)].train.check_cut_offs(data.n_items, data.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"models": models, "datasets": datasets, "seeds": seeds, "overrides": overrides, "cells": {}}
     done: dict[tuple[str, str, int], dict] = {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prismrec.errors import ConfigError
-from prismrec.eval import Evaluator, evaluate_cold, popularity_groups
+from prismrec.eval import Evaluator, check_cut_offs, evaluate_cold, popularity_groups
 from prismrec.experiment.rundir import write_json
 
 GROUPINGS = ("none", "popularity")
@@ -52,6 +52,7 @@ def evaluate_run(
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
     run = load_run(run_dir, data_dir, datasets)
+    check_cut_offs(ks, run.dataset.n_items, run.dataset.name, f"--ks {','.join(map(str, ks))}")
     evaluator = Evaluator(run.dataset, ks=ks, mask_valid_at_test=mask_valid_at_test)
     out = run.model()
     if mode != "warm":

@@ -300,6 +300,7 @@ def run_experiment(
         RunDir(out_dir).state()  # an --out that is a file fails before the data is loaded
     dataset = dataset or load_dataset(config.dataset, data_dir)
     require_splits(dataset, evaluate_test)
+    config.train.check_cut_offs(dataset.n_items, dataset.name)
     kw = dict(progress=progress, evaluate_test=evaluate_test, on_epoch_end=on_epoch_end,
               keep_checkpoints=keep_checkpoints, log=log)
     if len(seeds) == 1:

@@ -213,17 +213,19 @@ def tune(
     if clash:
         raise ConfigError(f"{', '.join(clash)} both searched and fixed with --set: choose one")
     # Bad fixed settings, and values of the space that do not fit their setting, fail before any work.
-    metric = resolve_config(model, dataset_name, overrides).train.valid_metric
+    fixed = resolve_config(model, dataset_name, overrides).train
+    metric = fixed.valid_metric
     for d in dims:
         for value in d.choices or (d.low, d.high):
             resolve_config(model, dataset_name, {**overrides, d.key: d.setting(value)})
+    dataset = dataset or load_dataset(dataset_name, data_dir)
+    fixed.check_cut_offs(dataset.n_items, dataset.name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = {"model": model, "dataset": dataset_name, "space": list(space), "overrides": overrides,
             "metric": metric, "search_seed": search_seed}
     _check_resume(out / "search.json", spec)
 
-    dataset = dataset or load_dataset(dataset_name, data_dir)
     blind = dataclasses.replace(dataset, test=None)  # what every trial sees
 
     def objective(trial: optuna.Trial) -> float:

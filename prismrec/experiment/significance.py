@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 from prismrec.errors import ConfigError, RunError
-from prismrec.eval import Evaluator
+from prismrec.eval import Evaluator, check_cut_offs
 
 
 def per_user_metric(run_dir: str | Path, metric: str, split: str, data_dir=None, datasets=None):
@@ -34,6 +34,7 @@ def per_user_metric(run_dir: str | Path, metric: str, split: str, data_dir=None,
     columns, users, description = [], None, None
     for folder in seeds:
         run = load_run(folder, data_dir, datasets)
+        check_cut_offs((k,), run.dataset.n_items, run.dataset.name, f"--metric {metric}")
         result = Evaluator(run.dataset, ks=(k,) if k else (20,),
                            mask_valid_at_test=run.config.train.mask_valid_at_test).evaluate(
             run.model, split, per_user=True)

@@ -9,11 +9,15 @@ from typing import Literal
 import torch
 
 from prismrec.errors import ConfigError
-from prismrec.eval.metrics import METRIC_NAMES
+from prismrec.eval.metrics import METRIC_NAMES, check_cut_offs
+
 MAX_CUT_OFF = 10**9
-"""Largest cut-off K (a K above the item count ranks every item; far above it is a typo)."""
+"""Largest cut-off K anywhere; where the dataset is known, a K above its item count is refused
+(:meth:`TrainConfig.check_cut_offs`, :func:`~prismrec.eval.metrics.check_cut_offs`)."""
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 """Device types a run may use (``cuda:1`` selects a GPU by index)."""
+DEFAULT_TOPK = (5, 10, 20, 50)
+"""The default cut-offs (MMRec's), kept on datasets of fewer than 50 items (they rank every item)."""
 
 
 @dataclass
@@ -31,6 +35,14 @@ class TrainConfig:
     def check_device(self) -> None:
         """Raise :class:`ConfigError` unless ``device`` exists on this machine."""
         check_device_available(self.device)
+
+    def check_cut_offs(self, n_items: int, dataset: str) -> None:
+        """Raise :class:`ConfigError` when a ``topk`` the user set holds a cut-off above the
+        dataset's item count (:func:`~prismrec.eval.metrics.check_cut_offs`). The default
+        :data:`DEFAULT_TOPK` is not refused on a smaller dataset."""
+        if tuple(self.topk) != DEFAULT_TOPK:
+            check_cut_offs(self.topk, n_items, dataset, f"setting topk={list(self.topk)}",
+                           f"give cut-offs from 1 to {n_items:,} with --set topk=... or in the --config file")
 
     lr: float = 1e-3
     """Adam learning rate."""
@@ -52,7 +64,7 @@ class TrainConfig:
     10-20 epochs while validation dips, and a patience of 10 then ends a run that would recover."""
     valid_metric: str = "recall@20"
     """Validation metric monitored for early stopping and model selection."""
-    topk: tuple[int, ...] = (5, 10, 20, 50)
+    topk: tuple[int, ...] = DEFAULT_TOPK
     """Cut-offs ``K`` at which every metric is computed."""
     eval_batch_size: int = 4096
     """Users scored per evaluation batch."""
