@@ -6,6 +6,7 @@ the single error line must match.
 """
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,6 +219,13 @@ CASES = {
     "evaluate --id-rows warm": (["evaluate", "--run", "{run}", "--id-rows", "zero"], r"use them with --mode cold"),
     "evaluate --mask-valid at valid": (["evaluate", "--run", "{run}", "--split", "valid", "--mask-valid"],
                                        r"--mask-valid masks the validation items .*: use it with --split test"),
+    # the same run as A and B was tested against itself: "p = 1, 0 users differ", exit 0
+    "significance: the same run twice": (["significance", "--a", "{run}", "--b", "{run}", "--data-dir", "{data}"],
+                                         r"--a .*lightgcn and --b .*lightgcn are the same run"),
+    "significance: the same run, trailing slash": (["significance", "--a", "{run}", "--b", "{run}/", "--data-dir",
+                                                    "{data}"], r"are the same run: a run tested against itself"),
+    "significance: the same run, via ..": (["significance", "--a", "{run}/../lightgcn", "--b", "{run}", "--data-dir",
+                                            "{data}"], r"are the same run"),
     "significance --metric": (["significance", "--a", "{run}", "--b", "{run}", "--metric", "auc"], r"--metric 'auc'"),
     "serve --port 99999": (["serve", "--run", "{run}", "--port", "99999"], r"Invalid value for '--port'"),
     "serve --exclude": (["serve", "--run", "{run}", "--exclude", "all"], r"--exclude 'all'"),
@@ -256,6 +264,16 @@ def test_bad_input_is_one_clean_line(case, data_dir, finished_run, other_run, tm
     assert "Traceback" not in result.output and len(lines) == 1, result.output
     assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+
+
+def test_significance_of_a_run_against_itself_by_relative_path_or_link(finished_run, data_dir, monkeypatch):
+    monkeypatch.chdir(finished_run.parent)
+    (finished_run.parent / "link").symlink_to(finished_run, target_is_directory=True)
+    for a, b in ((str(finished_run), "lightgcn"), ("./lightgcn", "link")):
+        result = runner.invoke(app, ["significance", "--a", a, "--b", b, "--data-dir", str(data_dir)])
+        assert result.exit_code == 2 and result.output.strip().splitlines() == [
+            f"error: --a {Path(a)} and --b {b} are the same run: a run tested against itself differs for no user; give "
+            "the run directories of the two models to compare"], result.output
 
 
 def test_debug_shows_the_traceback(data_dir, tmp_path):

@@ -61,9 +61,12 @@ def test_matches_scipy_on_brute_force_per_user_metrics(runs, planted, planted_di
     assert swapped["p_paired_t"] == pytest.approx(r["p_paired_t"]) and swapped["p_wilcoxon"] == pytest.approx(r["p_wilcoxon"])
 
 
-def test_a_run_against_itself_differs_nowhere(runs, planted_dir):
-    r = paired_test(runs / "lgn", runs / "lgn", data_dir=planted_dir.parent, n_bootstrap=100)
+def test_a_run_against_its_copy_differs_nowhere_and_against_itself_is_refused(runs, planted_dir, tmp_path):
+    shutil.copytree(runs / "lgn", tmp_path / "copy")
+    r = paired_test(runs / "lgn", tmp_path / "copy", data_dir=planted_dir.parent, n_bootstrap=100)
     assert r["mean_difference"] == 0 and r["users_differing"] == 0 and r["p_paired_t"] == r["p_wilcoxon"] == 1.0
+    with pytest.raises(RunError, match="are the same run"):  # was the test above, of the run against itself
+        paired_test(runs / "lgn", f"{runs / 'lgn'}/", data_dir=planted_dir.parent, n_bootstrap=100)
 
 
 def test_bad_inputs(runs, planted_dir, tmp_path):

@@ -69,6 +69,9 @@ def paired_p(a: np.ndarray, b: np.ndarray, test: str = "t") -> float:
 def paired_test(run_a, run_b, metric: str = "recall@20", split: str = "test", data_dir=None,
                 n_bootstrap: int = 10_000, seed: int = 0) -> dict:
     """Compare two finished runs on the same dataset and split; see the module docstring."""
+    if Path(run_a).resolve() == Path(run_b).resolve():  # a trailing slash, ./, a link: the same folder
+        raise RunError(f"--a {run_a} and --b {run_b} are the same run: a run tested against itself differs "
+                       "for no user; give the run directories of the two models to compare")
     datasets: dict = {}
     users_a, a, info_a = per_user_metric(run_a, metric, split, data_dir, datasets)
     users_b, b, info_b = per_user_metric(run_b, metric, split, data_dir, datasets)
