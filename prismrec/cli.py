@@ -310,6 +310,14 @@ def datasets(data_dir: DataDir = None) -> None:
     """List the datasets of the data directory with their counts and modalities."""
     root = resolve_data_dir(data_dir)
     folders = list_datasets(root)
+    if not folders:  # was an empty table: nothing said what a dataset folder is or how to add one
+        others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        without = f" ({'; '.join(f'{n}/ holds no {n}.inter' for n in others[:5])}{'; ...' * (len(others) > 5)})" \
+            if others else ""
+        typer.echo(f"no datasets found in {root}{without}. A dataset is a folder <name>/ holding <name>.inter "
+                   "(MMRec layout, see README); add one there, build one from raw interactions with "
+                   f"`prismrec build --interactions FILE --out {root / 'NAME'}`, or give another --data-dir.")
+        return
     table = Table(title=f"datasets in {root}")
     for col in ("name", "users", "items", "train", "valid", "test", "modalities"):
         table.add_column(col, justify="left" if col in ("name", "modalities") else "right")

@@ -322,3 +322,17 @@ def test_data_dir_that_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     result = runner.invoke(app, ["datasets", "--data-dir", str(tmp_path / "f")])
     assert result.exit_code == 2 and "is a file, not a folder" in result.output
+
+
+def test_datasets_in_an_empty_data_dir_says_so(tmp_path):
+    # was an empty table: nothing said that no dataset was found, nor what a dataset folder is
+    result = runner.invoke(app, ["datasets", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0 and result.output.strip().splitlines() == [
+        f"no datasets found in {tmp_path}. A dataset is a folder <name>/ holding <name>.inter (MMRec layout, see "
+        "README); add one there, build one from raw interactions with `prismrec build --interactions FILE --out "
+        f"{tmp_path / 'NAME'}`, or give another --data-dir."], result.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "data.inter").write_text("userID\titemID\tx_label\n")  # misnamed: not mine.inter
+    result = runner.invoke(app, ["datasets", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0 and result.output.startswith(f"no datasets found in {tmp_path} (mine/ holds no "
+                                                              "mine.inter). A dataset is"), result.output
