@@ -176,8 +176,9 @@ class Recommender(nn.Module):
             )
         if len(wanted) < minimum:
             raise ValueError(
-                f"{model or 'model'} needs at least {minimum} modalities; dataset {dataset.name!r} "
-                f"offers {', '.join(present) or 'none'} and {wanted} were selected"
+                f"{model or 'model'} needs at least {minimum} {'modality' if minimum == 1 else 'modalities'}; "
+                f"dataset {dataset.name!r} offers {', '.join(present) or 'none'}"
+                + (f" and {', '.join(wanted) or 'none'} {'was' if len(wanted) < 2 else 'were'} selected" if present else "")
             )
         return list(wanted)
 

@@ -176,6 +176,15 @@ CASES = {
                                            "gume,lightgcn", "--epochs", "1", "--out", "{tmp}/demo", "--quiet"],
                                           # was the error, and {tmp}/demo/imageonly/gume/ left behind, empty
                                           r"model 'gume' rejects its settings: gume needs at least 2 modalities"),
+    # was "needs at least 1 modalities; ... and [] were selected", "1 modalities are used"
+    "train vbpr --set modalities=[]": (["train", "--model", "vbpr", "--dataset", "planted", "--data-dir", "{data}",
+                                        "--out", "{tmp}/run", "--set", "modalities=[]", "--quiet"],
+                                       r"vbpr needs at least 1 modality; dataset 'planted' offers image, text and none "
+                                       r"was selected$"),
+    "train freedom, one modality, two weights": (["train", "--model", "freedom", "--dataset", "planted", "--data-dir",
+                                                  "{data}", "--out", "{tmp}/run", "--set", "modalities=[text]", "--set",
+                                                  "mm_weights=[0.5,0.5]", "--quiet"],
+                                                 r"mm_weights has 2 weights \[0\.5, 0\.5\] but 1 modality is used \(text\)"),
     "recommend --users ''": (["recommend", "--run", "{run}", "--users", "", "--data-dir", "{data}"],
                              r"--users '' names no user"),
     "recommend --users 1,1": (["recommend", "--run", "{run}", "--users", "1,2,1", "--data-dir", "{data}"],

@@ -151,7 +151,7 @@ def test_config_errors(planted, tmp_path):
     with pytest.raises(ValueError, match="knn_k=500 exceeds"):
         build(planted, knn_k=500)
     bare = load_dataset(write_planted_dataset(tmp_path / "bare", modalities={}))
-    with pytest.raises(ValueError, match="lattice needs at least 1 modalities"):
+    with pytest.raises(ValueError, match="lattice needs at least 1 modality;"):
         build(bare)
 
 

@@ -135,7 +135,7 @@ def test_features_frozen_and_config_validation(tiny):
         (dict(keep_rate=0.0), "keep_rate .* must be in \\(0, 1\\]"),
         (dict(n_hyper_layer=0), "n_hyper_layer must be >= 1"),
         (dict(cl_tau=0.0), "temperatures must be > 0"),
-        (dict(modalities=[]), "needs at least 1 modalities"),
+        (dict(modalities=[]), "needs at least 1 modality;"),
     ]:
         with pytest.raises(ValueError, match=message):
             build(tiny, hcl_order=order, **bad)

@@ -124,5 +124,5 @@ def test_config_errors(planted, tmp_path):
     with pytest.raises(ValueError, match="n_layers must be >= 1"):
         build(planted, n_layers=0)
     bare = load_dataset(write_planted_dataset(tmp_path / "bare", modalities={}))
-    with pytest.raises(ValueError, match="mmgcn needs at least 1 modalities"):
+    with pytest.raises(ValueError, match="mmgcn needs at least 1 modality;"):
         build(bare)

@@ -30,7 +30,7 @@ def build(name, dataset, seed=0, **overrides):
 @pytest.mark.parametrize("model", ["vbpr", "freedom"])
 def test_needs_modalities(planted, tmp_path, model):
     bare = load_dataset(write_planted_dataset(tmp_path / "bare", modalities={}))
-    with pytest.raises(ValueError, match=f"{model} needs at least 1 modalities"):
+    with pytest.raises(ValueError, match=f"{model} needs at least 1 modality;"):
         build(model, bare)
     with pytest.raises(ValueError, match="needs modality feature\\(s\\) audio.*has image, text"):
         build(model, planted, modalities=["audio"])

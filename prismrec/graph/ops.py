@@ -162,7 +162,8 @@ def modality_weights(weights: list[float] | None, modalities: list[str]) -> tupl
     alphas = tuple(float(w) for w in weights)
     if len(alphas) != n:
         raise ValueError(
-            f"mm_weights has {len(alphas)} weight(s) {list(alphas)} but {n} modalities are used "
+            f"mm_weights has {len(alphas)} weight{'' if len(alphas) == 1 else 's'} {list(alphas)} but {n} "
+            f"{'modality is' if n == 1 else 'modalities are'} used "
             f"({', '.join(modalities)}); give one weight per modality, in that order"
         )
     if any(not np.isfinite(a) or a < 0 for a in alphas) or abs(sum(alphas) - 1.0) > 1e-6:
