@@ -193,6 +193,11 @@ def _epoch_text(value) -> str:
     return str(value + 1)
 
 
+def _counted(n: int, noun: str) -> str:
+    """``1 seed``, ``3 seeds``: a count and its noun, singular for one."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _count_text(value) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
@@ -624,11 +629,12 @@ def significance(
     r = paired_test(a, b, metric, split, data_dir)
     low, high = r["bootstrap_95"]
     console.print(
-        f"{split} {metric} over {r['users']} users: A {r['a']['model']} ({r['a']['seeds']} seeds) "
-        f"{r['a']['mean']:.4f}, B {r['b']['model']} ({r['b']['seeds']} seeds) {r['b']['mean']:.4f}\n"
+        f"{split} {metric} over {_counted(r['users'], 'user')}: A {r['a']['model']} "
+        f"({_counted(r['a']['seeds'], 'seed')}) {r['a']['mean']:.4f}, B {r['b']['model']} "
+        f"({_counted(r['b']['seeds'], 'seed')}) {r['b']['mean']:.4f}\n"
         f"A - B = {r['mean_difference']:+.4f}, 95 % bootstrap CI [{low:+.4f}, {high:+.4f}]; "
         f"p = {r['p_paired_t']:.3g} (paired t), {r['p_wilcoxon']:.3g} (Wilcoxon); "
-        f"{r['users_differing']} users differ",
+        f"{_counted(r['users_differing'], 'user')} {'differs' if r['users_differing'] == 1 else 'differ'}",
         highlight=False,
     )
 
@@ -704,7 +710,7 @@ def recommend(
         partial = out.with_name(f".{out.name}.partial")
         frame.to_csv(partial, index=False)
         partial.replace(out)  # a killed write never leaves a truncated CSV under the asked name
-        console.print(f"{len(frame)} recommendations for {len(shown)} users written to {out}",
+        console.print(f"{_counted(len(frame), 'recommendation')} for {_counted(len(shown), 'user')} written to {out}",
                       highlight=False, soft_wrap=True)
         return
     table = Table(title=f"{recommender.run.config.model}: top {k}, {exclude} items excluded"

@@ -134,6 +134,8 @@ def test_cli_writes_csv_and_prints(lightgcn_run, recommenders, planted_dir, tmp_
 
     everyone = runner.invoke(app, [*args[:4], "all", *args[5:], "--out", str(csv)])
     assert everyone.exit_code == 0 and len(pd.read_csv(csv)) == 300 * 5
+    one = runner.invoke(app, [*args[:4], "4", *args[5:-4], "--k", "1", *args[-2:], "--out", str(csv)])
+    assert " ".join(one.output.split()) == f"1 recommendation for 1 user written to {csv}"  # was "1 recommendations for 1 users"
 
     bad = runner.invoke(app, [*args[:4], "4,x", *args[5:]])
     assert bad.exit_code == 2 and "--users must be comma-separated integer ids or 'all'" in bad.output

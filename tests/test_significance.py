@@ -93,7 +93,8 @@ def test_cli(runs, planted_dir):
     result = runner.invoke(app, ["significance", "--a", str(runs / "lgn"), "--b", str(runs / "bpr"),
                                  "--data-dir", str(planted_dir.parent)])
     assert result.exit_code == 0, result.output
-    assert "A lightgcn (1 seeds)" in result.output and "Wilcoxon" in result.output
+    text = " ".join(result.output.split())
+    assert "A lightgcn (1 seed) " in text and "B bpr (2 seeds) " in text and "Wilcoxon" in text  # was "(1 seeds)"
     bad = runner.invoke(app, ["significance", "--a", str(runs / "lgn"), "--b", str(runs / "bpr"), "--metric", "auc",
                               "--data-dir", str(planted_dir.parent)])
     assert bad.exit_code == 2 and "--metric 'auc'" in bad.output
