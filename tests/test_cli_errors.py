@@ -250,6 +250,10 @@ CASES = {
                                     r"--item-features names 'image' twice \(a\.npz and b\.csv\)"),  # b.csv won
     "build --min-count": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--min-count", "1"],
                           r"--min-count must be at least 3"),
+    # were tracebacks (OverflowError, numpy's "expected non-negative integer")
+    "synth --scale inf": (["synth", "tiktok", "--out", "{tmp}/s", "--scale", "inf"], r"--scale inf: give a factor > 0"),
+    "synth --seed -1": (["synth", "tiktok", "--out", "{tmp}/s", "--scale", "0.01", "--seed", "-1"],
+                        r"--seed must be a whole number from 0 to 2\*\*32-1, got -1"),
     "unknown command": (["trian"], r"No such command 'trian'"),
     "missing option": (["train", "--dataset", "planted"], r"Missing option '--model'"),
 }

@@ -190,8 +190,10 @@ def write_sized_dataset(folder: str | Path, size: str = "electronics", scale: fl
     """
     if size not in SIZES:
         raise ConfigError(f"unknown dataset size {size!r}: choose one of {', '.join(SIZES)}")
-    if not scale > 0:
+    if not 0 < scale < float("inf"):  # inf was an OverflowError traceback
         raise ConfigError(f"--scale {scale}: give a factor > 0 (1 = the real dataset's counts)")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be a whole number from 0 to 2**32-1, got {seed!r}")  # was numpy's ValueError
     spec = SIZES[size]
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
