@@ -248,6 +248,11 @@ CASES = {
     "build --item-features twice": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--min-count",
                                      "3", "--item-features", "image=a.npz", "--item-features", "image=b.csv"],
                                     r"--item-features names 'image' twice \(a\.npz and b\.csv\)"),  # b.csv won
+    # was a random split, the time column read and ignored
+    "build --time-col without --split temporal": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built",
+                                                   "--time-col", "ts"],
+                                                  r"--time-col 'ts' orders the rows of --split temporal, and --split is "
+                                                  r"'random': add --split temporal .* or drop --time-col$"),
     "build --min-count": (["build", "--interactions", "{tmp}/raw.csv", "--out", "{tmp}/built", "--min-count", "1"],
                           r"--min-count must be at least 3"),
     # were tracebacks (OverflowError, numpy's "expected non-negative integer")

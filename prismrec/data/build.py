@@ -84,7 +84,8 @@ def build_dataset(
 
     Args:
         interactions: CSV/TSV (by extension; ``.tsv``/``.inter`` = TAB) with a header row.
-        user_col, item_col, time_col: column names; ``time_col`` is needed by ``split="temporal"``.
+        user_col, item_col, time_col: column names; ``time_col`` is needed by ``split="temporal"``
+            and refused with any other split (it would not be used).
         min_count: the ``k`` of the k-core filter (>= 3: every user needs a train, a valid and a
             test interaction).
         dedupe: keep the first row of a repeated (user, item) pair instead of failing.
@@ -132,6 +133,9 @@ def build_dataset(
                               "(it becomes <name>_feat.npy), other than text when --item-text is given")
     if split == "temporal" and not time_col:
         raise ConfigError("--split temporal needs --time-col, the column with each interaction's time")
+    if time_col and split != "temporal":  # was read, then unused: a random split the user did not mean
+        raise ConfigError(f"--time-col {time_col!r} orders the rows of --split temporal, and --split is {split!r}: "
+                          "add --split temporal to hold out each user's latest interactions, or drop --time-col")
     named = [c for c in (user_col, item_col, time_col) if c]
     if len(set(named)) < len(named):
         raise ConfigError(f"--user-col {user_col!r}, --item-col {item_col!r}"
