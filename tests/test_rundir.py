@@ -202,6 +202,13 @@ def test_multi_seed_parent_lists_unfinished_seeds_and_readers_refuse(planted, tm
     (tmp_path / "seed-2").rename(out / "seed-7")
     with pytest.raises(RunError, match=r"seed-2 is missing; seed-7 is not one of them"):
         paired_test(out, out / "seed-1", data_dir=planted_dir_of(planted))
+    # ... and so is a rerun of the same command: was "nothing to do" with seed-2 gone
+    with pytest.raises(RunError, match=r"seed-2 is missing; seed-7 is not one of them.*retrain it with --overwrite"):
+        run_experiment(lightgcn(), [1, 2], out, dataset=planted, **QUIET)
+    (out / "seed-7").rename(out / "seed-2")
+    (out / "seed-2" / "model.pt").write_bytes(b"damaged")
+    with pytest.raises(RunError, match=r"seed-2/model\.pt changed after the run finished"):
+        run_experiment(lightgcn(), [1, 2], out, dataset=planted, **QUIET)
 
 
 def test_a_diverging_loss_stops_the_run_and_marks_it_failed(planted, tmp_path):

@@ -249,7 +249,8 @@ class RunDir:
     def prepare(self, identity: dict, overwrite: bool = False) -> str:
         """Get the directory ready for the run ``identity``; return what to do:
 
-        - ``"finished"``: it already holds this run, finished (nothing to do);
+        - ``"finished"``: it already holds this run, finished and intact (nothing to do; a finished
+          run whose files changed or went missing since is a :class:`RunError`, as for its readers);
         - ``"resume"``: it holds this run unfinished (continue from the checkpoint, if any);
         - ``"new"``: it is new or empty (or ``overwrite`` cleared it), ``RUNNING`` is written.
 
@@ -262,6 +263,8 @@ class RunDir:
             self.clear()
             state = RunState("empty")
         if state.kind in ("running", "finished") and state.identity == identity:
+            if state.kind == "finished":  # a file changed or missing, a seed folder gone: not "nothing to do"
+                self.finished_runs()
             return "resume" if state.kind == "running" else "finished"
         if state.kind == "failed" and state.identity == identity:
             self.clear()  # same settings: a fresh attempt (the code or data may have changed)
