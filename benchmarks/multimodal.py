@@ -85,18 +85,29 @@ def settings(model: str, dataset: str) -> dict:
     return {**pair, **MODEL_SETTINGS.get(model, {}).get(dataset, {})}
 
 
+def merged(*groups: list[str]) -> list[str]:
+    """``key=value`` settings of ``groups``, each key once: a key of a later group replaces the
+    earlier value in its place (on purpose: a grid point or an ablation changes a fixed setting),
+    since ``--set`` refuses a key given twice."""
+    out: dict[str, str] = {}
+    for group in groups:
+        for item in group:
+            out[item.partition("=")[0].strip()] = item
+    return list(out.values())
+
+
 def compare(models: list[str], dataset: str, out: Path, extra: list[str] = (), seeds: int | list[int] = 3) -> dict:
-    """Run ``prismrec compare`` of ``models`` on one dataset with each model's :func:`settings`
-    (``seeds``: a count of protocol seeds or the seeds themselves); returns its results.json."""
+    """Run ``prismrec compare`` of ``models`` on one dataset with each model's :func:`settings`,
+    ``extra`` (``key=value`` or ``MODEL.key=value``) replacing any of them it names (``seeds``: a
+    count of protocol seeds or the seeds themselves); returns its results.json."""
     cmd = [sys.executable, "-m", "prismrec", "compare", "--models", ",".join(models), "--datasets", dataset,
            "--out", str(out)]
     cmd += ["--n-seeds", str(seeds)] if isinstance(seeds, int) else ["--seeds", ",".join(map(str, seeds))]
     if REPORT_ONLY:
         cmd.append("--report-only")
-    for model in models:
-        for key, value in settings(model, dataset).items():
-            cmd += ["--set", f"{model}.{key}={json.dumps(value).replace(' ', '')}"]
-    for item in extra:
+    fixed = [f"{model}.{key}={json.dumps(value).replace(' ', '')}"
+             for model in models for key, value in settings(model, dataset).items()]
+    for item in merged(fixed, extra):
         cmd += ["--set", item]
     subprocess.run(cmd, check=True)
     return json.loads((out / "results.json").read_text())

@@ -133,6 +133,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.set is None:
         args.set = ["freedom.mm_weights=[0.5,0.5]"]
+    for item in args.set:  # this script sets them (was: --set epochs replaced --epochs, --set threads was ignored)
+        option = {"epochs": "--epochs", "threads": "--cores"}.get(item.partition("=")[0].strip())
+        if option:
+            parser.error(f"--set {item}: choose it with {option}, not --set")
     ways = modes(args.cores)
     runs: dict[str, list[dict]] = {name: [] for name in ways}
     root = Path(tempfile.mkdtemp(prefix="prismrec-throughput-"))

@@ -38,6 +38,25 @@ def test_every_registered_model_is_benchmarked_and_only_content_models_get_modal
     assert multimodal.settings("lgmrec", "lfm2k") == {"modalities": ["text", "audio"], "hcl_order": ["text", "audio"]}
 
 
+def test_compare_gives_each_setting_once_a_grid_point_replacing_the_fixed_value(monkeypatch, tmp_path):
+    """A grid point or ablation (``extra``) naming a fixed setting (FREEDOM's mm_weights on lfm2k)
+    replaces it in its place: ``--set`` refuses a key given twice (the benchmarks relied on it
+    keeping the later one)."""
+    from prismrec.experiment.config import parse_assignments
+
+    commands = []
+
+    def run(cmd, check):
+        commands.append(cmd)
+        (tmp_path / "results.json").write_text("{}")
+
+    monkeypatch.setattr(multimodal.subprocess, "run", run)
+    multimodal.compare(["freedom"], "lfm2k", tmp_path, ["threads=1", "freedom.mm_weights=[0.1,0.9]"], 1)
+    sets = [commands[0][i + 1] for i, arg in enumerate(commands[0]) if arg == "--set"]
+    assert sets == ['freedom.modalities=["text","audio"]', "freedom.mm_weights=[0.1,0.9]", "threads=1"]
+    assert parse_assignments(sets)["freedom.mm_weights"] == [0.1, 0.9]
+
+
 def test_a_cell_is_recorded_a_rerun_skips_it_and_report_only_rebuilds_the_table(recorded, monkeypatch):
     cells = recorded / "cells"
     record = json.loads((cells / "tiktok" / "vbpr" / "seed-999.json").read_text())

@@ -73,23 +73,30 @@ def invoke(args, data_dir, run, tmp, run2=None):
     return runner.invoke(app, args)
 
 
-TRAIN = ["train", "--model", "lightgcn", "--dataset", "planted", "--data-dir", "{data}", "--out", "{tmp}/run",
-         "--set", "epochs=1", "--set", "threads=1"]
+BARE = ["train", "--model", "lightgcn", "--dataset", "planted", "--data-dir", "{data}", "--out", "{tmp}/run"]
+TRAIN = BARE + ["--set", "epochs=1", "--set", "threads=1"]
 
 CASES = {
     # settings, checked before any data is read or anything trained
-    "epochs=0": (TRAIN + ["--set", "epochs=0"], r"setting epochs=0 is invalid: .*whole number >= 1"),
-    "epochs=-1": (TRAIN + ["--set", "epochs=-1"], r"setting epochs=-1 is invalid"),
+    "epochs=0": (BARE + ["--set", "threads=1", "--set", "epochs=0"], r"setting epochs=0 is invalid: .*whole number >= 1"),
+    "epochs=-1": (BARE + ["--set", "threads=1", "--set", "epochs=-1"], r"setting epochs=-1 is invalid"),
     "batch_size=0": (TRAIN + ["--set", "batch_size=0"], r"setting batch_size=0 is invalid"),
     "topk=0": (TRAIN + ["--set", "topk=0"], r"^error: setting topk=\(0,\) is invalid"),
     "patience<0": (TRAIN + ["--set", "patience=-2"], r"setting patience=-2 is invalid"),
-    "threads<0": (TRAIN + ["--set", "threads=-1"], r"setting threads=-1 is invalid"),
+    "threads<0": (BARE + ["--set", "epochs=1", "--set", "threads=-1"], r"setting threads=-1 is invalid"),
     "lr=0": (TRAIN + ["--set", "lr=0"], r"setting lr=0.0 is invalid"),
     "eval_batch_size=0": (TRAIN + ["--set", "eval_batch_size=0"], r"setting eval_batch_size=0 is invalid"),
     "device=tpu": (TRAIN + ["--set", "device=tpu"], r"device='tpu' is invalid: the device must be one of cpu"),
     "valid_metric": (TRAIN + ["--set", "valid_metric=recall@7"], r"valid_metric='recall@7' is invalid"),
     "unknown key": (TRAIN + ["--set", "layers=2"], r"unknown setting\(s\) layers .*n_layers"),
     "bad --set": (TRAIN + ["--set", "lr"], r"--set expects key=value, got 'lr'"),
+    # a key given twice: the later value was used, silently
+    "--set a key twice": (TRAIN + ["--set", "lr=0.01", "--set", "lr=0.001"],
+                          r"^error: --set lr given twice \(lr=0\.01, lr=0\.001\): give it once$"),
+    "--set epochs twice": (TRAIN + ["--set", "epochs=0"], r"^error: --set epochs given twice \(epochs=1, epochs=0\)"),
+    # a --config file and a --set of the same key: the --set overrides the file (the README's order), no error
+    "--config and --set of one key": (BARE + ["--config", "{tmp}/epochs.yaml", "--set", "epochs=0"],
+                                      r"^error: setting epochs=0 is invalid"),
     "ill-typed": (TRAIN + ["--set", "lr=fast"], r"lr must be a number, got 'fast'"),
     "unknown model": (["train", "--model", "lightgcm", "--dataset", "planted", "--data-dir", "{data}"],
                       r"unknown model 'lightgcm'; registered: .*lightgcn"),
@@ -170,6 +177,13 @@ CASES = {
     "compare --report-only, no such --out": (["compare", "--models", "bpr", "--datasets", "planted", "--data-dir",
                                               "{data}", "--out", "{tmp}/typo", "--report-only"],  # was: an empty summary
                                              r"--out .*typo does not exist: --report-only summarises the finished cells"),
+    "compare: --set a key twice": (["compare", "--models", "bpr,lightgcn", "--datasets", "planted", "--data-dir",
+                                    "{data}", "--out", "{tmp}/c", "--seeds", "1", "--set", "lr=0.01", "--set",
+                                    "lr=0.001"], r"^error: --set lr given twice \(lr=0\.01, lr=0\.001\): give it once$"),
+    "compare: --set MODEL.key twice": (["compare", "--models", "bpr,lightgcn", "--datasets", "planted", "--data-dir",
+                                        "{data}", "--out", "{tmp}/c", "--seeds", "1", "--set", "bpr.lr=0.01", "--set",
+                                        "lightgcn.lr=0.01", "--set", "bpr.lr=0.001"],
+                                       r"^error: --set bpr\.lr given twice \(bpr\.lr=0\.01, bpr\.lr=0\.001\): give it once$"),
     "compare: --seeds abc": (["compare", "--models", "bpr", "--datasets", "planted", "--out", "{tmp}/c", "--seeds", "x"],
                              r"--seeds 'x'"),
     "demo: a model refused on the data": (["demo", "--dataset", "imageonly", "--data-dir", "{data}", "--models",
@@ -217,6 +231,9 @@ CASES = {
     "compare --set topk above the items": (["compare", "--models", "bpr", "--datasets", "planted", "--data-dir",
                                             "{data}", "--out", "{tmp}/c", "--seeds", "1", "--set", "topk=[20,300]"],
                                            r"setting topk=\[20, 300\]: cut-off 300 is above the 200 items"),
+    "tune --set a key twice": (["tune", "--model", "bpr", "--dataset", "planted", "--data-dir", "{data}", "--out",
+                                "{tmp}/t", "--space", "lr=0.001|0.01", "--set", "epochs=1", "--set", "epochs=2"],
+                               r"^error: --set epochs given twice \(epochs=1, epochs=2\): give it once$"),
     "tune --set topk above the items": (["tune", "--model", "bpr", "--dataset", "planted", "--data-dir", "{data}",
                                          "--out", "{tmp}/t", "--space", "lr=0.001|0.01", "--set", "topk=[20,300]"],
                                         r"setting topk=\[20, 300\]: cut-off 300 is above the 200 items"),
@@ -270,6 +287,7 @@ def test_bad_input_is_one_clean_line(case, data_dir, finished_run, other_run, tm
     (tmp_path / "broken.yaml").write_text("lr: [0.1,\n")
     (tmp_path / "twice.yaml").write_text("train:\n  lr: 0.01\n  lr: 0.1\n")
     (tmp_path / "seed.yaml").write_text("train:\n  seed: 42\n  lr: 0.01\n")
+    (tmp_path / "epochs.yaml").write_text("train:\n  epochs: 1\n  threads: 1\n")
     (tmp_path / "mgcn.yaml").write_text("model: mgcn\ntrain:\n  lr: 0.01\n")
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "raw.csv").write_text("user,item\n" + "".join(f"u{u},i{i}\n" for u in range(4) for i in range(3)))
@@ -295,9 +313,10 @@ def test_significance_of_a_run_against_itself_by_relative_path_or_link(finished_
 
 
 def test_debug_shows_the_traceback(data_dir, tmp_path):
-    args = ["--debug", *TRAIN, "--set", "epochs=0"]
+    args = ["--debug", *BARE, "--set", "threads=1", "--set", "epochs=0"]
     result = invoke(args, data_dir, None, tmp_path)
     assert result.exit_code != 0 and type(result.exception).__name__ == "ConfigError"
+    assert "epochs=0 is invalid" in str(result.exception), result.exception
 
 
 def test_all_zero_features_are_a_one_line_warning(data_dir, tmp_path):

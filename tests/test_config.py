@@ -58,6 +58,28 @@ def test_set_syntax_errors():
     assert parse_assignments(["mm_weights=[0.5, 0.5]", "lr=0.001", "name=x"]) == {"mm_weights": [0.5, 0.5], "lr": 0.001, "name": "x"}
 
 
+def test_a_set_key_given_twice_is_an_error():  # the later value was used, silently
+    with pytest.raises(ConfigError, match=r"^--set lr given twice \(lr=0\.01, lr=0\.001\): give it once$"):
+        parse_assignments(["lr=0.01", "n_layers=2", "lr=0.001"])
+    with pytest.raises(ConfigError, match=r"--set lr given twice \(lr=0\.01, lr =0\.01\)"):  # even with one value
+        parse_assignments(["lr=0.01", "lr =0.01"])
+    with pytest.raises(ConfigError, match=r"--set mgcn\.lr given twice \(mgcn\.lr=0\.01, mgcn\.lr=0\.1\)"):
+        parse_assignments(["mgcn.lr=0.01", "mgcn.lr=0.1"])
+    # one key per model, and a key for all models beside one model's own: each given once
+    assert parse_assignments(["mgcn.lr=0.01", "lightgcn.lr=0.1", "lr=0.5"]) == {
+        "mgcn.lr": 0.01, "lightgcn.lr": 0.1, "lr": 0.5}
+
+
+def test_a_model_key_overrides_the_key_for_all_models_in_either_order():
+    from prismrec.experiment.compare import model_overrides
+
+    models = ["mgcn", "lightgcn"]
+    for given in (["lr=0.5", "mgcn.lr=0.01"], ["mgcn.lr=0.01", "lr=0.5"]):  # the second gave mgcn 0.5
+        overrides = parse_assignments(given)
+        assert model_overrides(overrides, "mgcn", models) == {"lr": 0.01}, given
+        assert model_overrides(overrides, "lightgcn", models) == {"lr": 0.5}, given
+
+
 def test_model_configs_never_reuse_training_keys():
     train_keys = set(field_types(TrainConfig))
     for name, cls in MODELS.items():

@@ -39,12 +39,15 @@ TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 
 def model_overrides(overrides: dict[str, Any], model: str, models: list[str]) -> dict[str, Any]:
-    """Overrides for ``model``: plain keys apply to all models, ``MODEL.key`` to that one."""
+    """Overrides for ``model``: plain keys apply to all models, ``MODEL.key`` to that one, and
+    for that model it overrides a plain ``key`` whichever of the two came first (a plain key given
+    after ``MODEL.key`` replaced the model's own value)."""
     out = {}
     for key, value in overrides.items():
         scope, dot, name = key.partition(".")
         if not dot:
-            out[key] = value
+            if f"{model}.{key}" not in overrides:
+                out[key] = value
         elif scope not in models:
             raise ConfigError(f"--set {key}: {scope!r} is not one of the compared models {models}")
         elif name in ("seed", "seeds", "model", "dataset"):  # was a cell that trained, then failed

@@ -103,12 +103,20 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
-    """Parse ``["key=value", ...]`` (values read as YAML scalars/lists) into a dict."""
+    """Parse ``["key=value", ...]`` (values read as YAML scalars/lists) into a dict.
+
+    A key given twice (``lr=0.01`` and ``lr=0.001``; compare's ``MODEL.key`` likewise) is an
+    error quoting both: which one was meant is not for the parser to guess (it kept the later one).
+    """
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for item in assignments or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
+        if key.strip() in given:
+            raise ConfigError(f"--set {key.strip()} given twice ({given[key.strip()]}, {item}): give it once")
+        given[key.strip()] = item
         if key.strip() in RESERVED:
             name = key.strip()
             raise ConfigError(f"--set {item}: choose the {name} with the --{name} option (compare: --{name}s), "
