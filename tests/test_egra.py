@@ -17,6 +17,7 @@ from prismrec.cli import app
 from prismrec.data import Dataset, load_dataset
 from prismrec.data.synthetic import write_planted_dataset
 from prismrec.eval import Evaluator
+from prismrec.errors import ConfigError
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.export import export_representations
 from prismrec.experiment.runs import run_experiment
@@ -135,8 +136,14 @@ def test_filter_raw_keeps_only_raw_intersection_links(planted, mgcn_export):
     assert full.n_item_links == planted.n_items * 10 and net.n_item_links < full.n_item_links
 
 
+def test_raw_item_links_with_a_pretrained_run_are_refused(planted):
+    """A run dir that the raw links would never read is an error, not silently ignored."""
+    with pytest.raises(ConfigError, match="item_links=raw .* would never be read"):
+        resolve_config("egra", planted.name, {"item_links": "raw", "pretrained": "/some/run"})
+
+
 def test_raw_item_links_are_gumes_and_need_no_pretrained_run(planted):
-    net = _build(planted, item_links="raw", pretrained="/nonexistent")  # never read
+    net = _build(planted, item_links="raw")  # pretrained=auto: nothing is trained or read
     raw = intersection_links(*(knn_graph(planted.features[m], 10) for m in ("image", "text")))
     assert (net.item_links != raw).nnz == 0 and net.pretrained_run is None
     gume = get_model("gume")(planted, resolve_config("gume", planted.name, {}).params)

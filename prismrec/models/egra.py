@@ -98,6 +98,14 @@ class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     tau_w: float = field(default=0.5, metadata={"grid": [0.2, 0.5, 1.0]})
     """``τ_w``, temperature of the softmax entity weights; grid {0.2, 0.5, 1.0}."""
 
+    def __post_init__(self) -> None:
+        """Also refuse a ``pretrained`` run that ``item_links="raw"`` would never read."""
+        if self.item_links == "raw" and self.pretrained != "auto":
+            raise ValueError(
+                f"item_links=raw puts GUME's raw-feature links in place of P, so pretrained={self.pretrained!r} "
+                "would never be read: drop pretrained, or set item_links=pretrained to take P from that run")
+        super().__post_init__()
+
 
 def alignment_strength(t: int, cfg: EGRAConfig) -> float:
     """Epoch level ``λ_t`` at 0-based epoch ``t``, ``λ_min = ratio·λ_max``, ``T = ramp_epochs``:
