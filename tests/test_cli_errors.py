@@ -47,25 +47,24 @@ def data_dir(planted_dir, tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def finished_run(data_dir, tmp_path_factory):
+def _one_epoch_run(model: str, data_dir, tmp_path_factory):
     from prismrec.data import load_dataset
 
-    run = tmp_path_factory.mktemp("runs") / "lightgcn"
-    run_experiment(resolve_config("lightgcn", "planted", {"epochs": 1, "threads": 1}), [5], run,
+    run = tmp_path_factory.mktemp("runs") / model
+    run_experiment(resolve_config(model, "planted", {"epochs": 1, "threads": 1}), [5], run,
                    dataset=load_dataset(data_dir / "planted"), progress=False)
     return run
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    return _one_epoch_run("lightgcn", data_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def other_run(data_dir, tmp_path_factory):
     """A second finished run on ``planted`` (BPR), for commands that take two runs."""
-    from prismrec.data import load_dataset
-
-    run = tmp_path_factory.mktemp("runs") / "bpr"
-    run_experiment(resolve_config("bpr", "planted", {"epochs": 1, "threads": 1}), [5], run,
-                   dataset=load_dataset(data_dir / "planted"), progress=False)
-    return run
+    return _one_epoch_run("bpr", data_dir, tmp_path_factory)
 
 
 def invoke(args, data_dir, run, tmp, run2=None):
