@@ -310,7 +310,7 @@ def test_auto_stage_one_selects_lambda_cl_on_validation_only_and_caches_it(plant
 def test_egra_declares_p_and_never_computes_it(planted, mgcn_export):
     params = resolve_config("egra", planted.name, {"pretrained": str(mgcn_export)}).params
     assert get_model("egra").required_inputs(params) == ("pretrained_items",)
-    assert get_model("egra").required_inputs(dataclasses.replace(params, item_links="raw")) == ()
+    assert get_model("egra").required_inputs(dataclasses.replace(params, item_links="raw", pretrained="auto")) == ()
     with pytest.raises(ValueError, match="stage-0 input P"):
         get_model("egra")(planted, params)  # the model alone: no stage is run behind the caller's back
 
