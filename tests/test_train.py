@@ -96,6 +96,8 @@ def test_min_epochs_holds_early_stopping_back(planted):
         seed_everything(0)
         stop[min_epochs] = fit(get_model("bpr")(planted, cfg.params), planted, cfg.train, progress=False)
     assert stop[0].epochs == 2 and stop[6].epochs == 6 and stop[6].best_epoch == 0
+    assert stop[0].stop_reason == "early stopping: no improvement for 1 epoch"
+    assert stop[6].stop_reason == "early stopping: no improvement for 5 epochs"
     with pytest.raises(ConfigError, match="min_epochs"):
         resolve_config("bpr", "planted", {"min_epochs": -1})
 

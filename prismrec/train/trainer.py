@@ -197,7 +197,7 @@ def fit(
             if on_epoch_end is not None:
                 on_epoch_end(row)
             if bad_epochs > cfg.patience and epoch + 1 >= cfg.min_epochs:
-                result.stop_reason = f"early stopping: no improvement for {bad_epochs} epochs"
+                result.stop_reason = f"early stopping: no improvement for {bad_epochs} epoch{'' if bad_epochs == 1 else 's'}"
                 break
             now = time.perf_counter()
             if checkpoint is not None and epoch + 1 < cfg.epochs and now - last_saved >= every_s:
