@@ -277,6 +277,24 @@ def test_bad_item_vectors_are_clear_errors(tmp_path, name, content, message):
         build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": path})
 
 
+@pytest.mark.parametrize("ids, vectors, message", [
+    (["p", "q", "r"], [[1.0, 1e39], [1.0, 2.0], [3.0, 4.0]], r"item 'p' at index 0 has a value beyond float32's range"),
+    ([0.0, 1.0, 2.0], [[1.0, 2.0]] * 3, r"no vector belongs to a kept item \(its ids: '0\.0', '1\.0', '2\.0'; kept"),
+    (np.array([], dtype=str), np.zeros((0, 2)), r"no vector belongs to a kept item \(it has no rows"),
+])
+@pytest.mark.parametrize("missing", ["error", "mean"])
+def test_vectors_that_would_make_an_unloadable_folder_are_refused(tmp_path, ids, vectors, message, missing):
+    """Were written: a float64 value beyond float32 became inf, and a file none of whose ids is a kept
+    item gave (with --missing-features mean) an all-False mask or NaN rows; load_dataset then refused
+    the folder the build had just put in place."""
+    raw = _three_items(tmp_path)
+    np.savez(tmp_path / "v.npz", ids=np.asarray(ids), vectors=np.asarray(vectors))
+    with pytest.raises(DatasetError, match=message):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": tmp_path / "v.npz"},
+                      missing_features=missing)
+    assert not (tmp_path / "d").exists()
+
+
 def test_bad_feature_settings(tmp_path):
     raw = _three_items(tmp_path)
     with pytest.raises(ConfigError, match="--missing-features must be one of"):

@@ -421,8 +421,19 @@ def _vector_features(modality: str, path: Path, raw_items: np.ndarray, item_col:
     if bad.size:
         raise DatasetError(f"{path}: the vector of item {ids[bad[0]]!r} at {where(bad[0])} is not finite (NaN or "
                            f"inf; {bad.size} such rows): fix or remove them")
+    # written as float32: a value beyond its range would become inf, and the folder unloadable
+    bad = np.flatnonzero((np.abs(vectors) > np.finfo(np.float32).max).any(axis=1))
+    if bad.size:
+        raise DatasetError(f"{path}: the vector of item {ids[bad[0]]!r} at {where(bad[0])} has a value beyond "
+                           f"float32's range (|x| < 3.4e38; {bad.size} such rows): rescale or fix them")
     position = pd.Index(ids).get_indexer([str(i) for i in raw_items])
     absent = np.flatnonzero(position < 0)
+    if absent.size == len(raw_items):  # with --missing-features mean: every item the same (or a NaN) row
+        theirs = f"its ids: {', '.join(map(repr, ids[:3]))}{', ...' if len(ids) > 3 else ''}" if ids else "it has no rows"
+        raise DatasetError(
+            f"{path}: no vector belongs to a kept item ({theirs}; kept items: "
+            f"{', '.join(repr(str(i)) for i in raw_items[:3])}{', ...' if len(raw_items) > 3 else ''}): write the ids as the {item_col!r} "
+            "column of the interactions writes them")
     if absent.size and missing == "error":
         raise DatasetError(
             f"{path}: {absent.size} of {len(raw_items)} kept items have no vector "
