@@ -295,6 +295,15 @@ def test_vectors_that_would_make_an_unloadable_folder_are_refused(tmp_path, ids,
     assert not (tmp_path / "d").exists()
 
 
+def test_complex_vectors_are_refused_not_cast(tmp_path):
+    """A complex array was cast to float64, silently dropping the imaginary parts."""
+    raw = _three_items(tmp_path)
+    np.savez(tmp_path / "v.npz", ids=np.array(["p", "q", "r"]), vectors=np.ones((3, 2)) * (1 + 2j))
+    with pytest.raises(DatasetError, match=r"v\.npz: vectors are complex numbers \(complex128\)"):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": tmp_path / "v.npz"})
+    assert not (tmp_path / "d").exists()
+
+
 def test_bad_feature_settings(tmp_path):
     raw = _three_items(tmp_path)
     with pytest.raises(ConfigError, match="--missing-features must be one of"):

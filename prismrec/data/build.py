@@ -465,6 +465,9 @@ def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Ca
                 if missing:
                     raise DatasetError(f"{path}: no array {', '.join(missing)} (arrays: {list(archive)}); "
                                        "save it with np.savez(path, ids=..., vectors=...)")
+                if archive["vectors"].dtype.kind == "c":  # the cast below would drop the imaginary parts
+                    raise DatasetError(f"{path}: vectors are complex numbers ({archive['vectors'].dtype}); give "
+                                       "real-valued vectors (e.g. np.abs or the real and imaginary parts as columns)")
                 return archive["ids"], np.asarray(archive["vectors"], dtype=np.float64), lambda r: f"index {r}"
         except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
             if isinstance(exc, DatasetError):
