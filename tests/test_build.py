@@ -174,6 +174,20 @@ def test_bad_input_is_a_clear_error(tmp_path, content, kwargs, message):
         build_dataset(tmp_path / "raw.csv", tmp_path / "d", **kwargs)
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("raw.csv", "user\titem\na\tx\n", r"raw\.csv is TAB-separated \(header 'user\\titem'\), but a \.csv is read as "
+                                       r"comma-separated: rename it to \.tsv$"),
+    ("raw.tsv", "user,item\na,x\n", r"raw\.tsv is comma-separated .* read as TAB-separated: rename it to \.csv$"),
+    ("raw.csv", "user;item\na;x\n", r"raw\.csv is semicolon-separated .*: save it with commas \(\.csv\) or TABs"),
+])
+def test_a_table_with_another_separator_names_the_separator(tmp_path, name, content, message):
+    """Was "no column 'user', 'item' (columns: user;item); name the right one(s) with --item-col /
+    --user-col": the right columns were there, and renaming them was not the fix."""
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        build_dataset(tmp_path / name, tmp_path / "d")
+
+
 def test_bad_settings_and_missing_file(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         build_dataset(tmp_path / "nope.csv", tmp_path / "d")

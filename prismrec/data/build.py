@@ -322,6 +322,15 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
         wanted, found = padded[0]
         raise DatasetError(f"{path}: the header names {found!r}, with spaces, not {wanted!r}: write the table without "
                            f"spaces around the {'tabs' if sep == chr(9) else 'commas'} (user,item, not user, item)")
+    if missing and len(frame.columns) == 1:  # one column: the file is separated by something else
+        header = str(frame.columns[0])
+        for other, name in (("\t", "TAB"), (",", "comma"), (";", "semicolon"), ("|", "'|'")):
+            if other != sep and set(missing) <= {c.strip() for c in header.split(other)}:
+                fix = ("rename it to .tsv" if other == "\t" else "rename it to .csv" if other == "," else
+                       "save it with commas (.csv) or TABs (.tsv)")
+                raise DatasetError(f"{path} is {name}-separated (header {header!r}), but a "
+                                   f"{path.suffix or 'file without an extension'} is read as "
+                                   f"{'TAB' if sep == chr(9) else 'comma'}-separated: {fix}")
     if missing:
         shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
         flags = sorted({options.get(c, "--text-cols") for c in missing})
