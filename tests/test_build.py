@@ -188,6 +188,20 @@ def test_a_table_with_another_separator_names_the_separator(tmp_path, name, cont
         build_dataset(tmp_path / name, tmp_path / "d")
 
 
+@pytest.mark.parametrize("value, message", [
+    ("inf", r"'t' at line 5 \('inf'\) is not a finite number \(1 such rows among the kept ones\); fix them"),
+    ("1e400", r"'t' at line 5 \('1e400'\) is not a finite number"),
+    ("2020-01-01", r"'t' at line 5 \('2020-01-01'\) is a date while most rows are numbers .*write every time the"),
+])
+def test_temporal_split_refuses_infinite_and_mixed_times(tmp_path, value, message):
+    """An 'inf' (or 1e400) time was read as infinity and silently made that row its user's latest
+    (held out as test); a date among numbers was called 'neither a number nor a date'."""
+    rows = [f"{u},i{j},{value if (u, j) == ('v', 0) else j}" for u in "uvw" for j in range(3)]
+    (tmp_path / "raw.csv").write_text("user,item,t\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=message):
+        build_dataset(tmp_path / "raw.csv", tmp_path / "d", min_count=3, split="temporal", time_col="t")
+
+
 def test_bad_settings_and_missing_file(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         build_dataset(tmp_path / "nope.csv", tmp_path / "d")

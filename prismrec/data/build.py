@@ -377,15 +377,25 @@ def _duplicates(frame: pd.DataFrame, path: Path, user_col: str, item_col: str, d
 
 
 def _time_order(times: pd.Series, path: Path, col: str) -> np.ndarray:
-    values = pd.to_numeric(times, errors="coerce")
-    if values.isna().any():  # dates? keep the reading that fails on fewer rows, and name those
+    read = pd.to_numeric(times, errors="coerce")
+    numbers = read.where(np.isfinite(read))  # inf or 1e400 would sort as the latest time
+    values = numbers
+    if numbers.isna().any():  # dates? keep the reading that fails on fewer rows, and name those
         dates = pd.to_datetime(times, errors="coerce", utc=True, format="mixed")
-        values = dates if dates.isna().sum() < values.isna().sum() else values
+        values = dates if dates.isna().sum() < numbers.isna().sum() else numbers
     bad = np.flatnonzero(values.isna().to_numpy())
     if bad.size:
+        other = dates if values is numbers else numbers
+        if pd.notna(other.iloc[bad[0]]):
+            what = "is a date while most rows are numbers" if values is numbers else \
+                "is a number while most rows are dates"
+            fix = "write every time the same way"
+        else:
+            what = "is not a finite number" if pd.notna(read.iloc[bad[0]]) else "is neither a number nor a date"
+            fix = "fix them"
         raise DatasetError(
-            f"{path}: {col!r} at line {times.index[bad[0]] + 2} ({times.iloc[bad[0]]!r}) is neither a number "
-            f"nor a date ({bad.size} such rows among the kept ones); fix them or use --split random"
+            f"{path}: {col!r} at line {times.index[bad[0]] + 2} ({times.iloc[bad[0]]!r}) {what} ({bad.size} such "
+            f"rows among the kept ones); {fix} or use --split random"
         )
     return np.lexsort((np.arange(len(values)), values.to_numpy()))
 
