@@ -202,6 +202,17 @@ def test_temporal_split_refuses_infinite_and_mixed_times(tmp_path, value, messag
         build_dataset(tmp_path / "raw.csv", tmp_path / "d", min_count=3, split="temporal", time_col="t")
 
 
+def test_compressed_tsv_is_read_as_tsv(tmp_path):
+    """raw.tsv.gz was read as comma-separated (only the last suffix, .gz, was looked at)."""
+    import gzip
+
+    rows = "".join(f"{u}\t{i}\n" for u in "abcd" for i in "pqr")
+    with gzip.open(tmp_path / "raw.tsv.gz", "wt") as f:
+        f.write("user\titem\n" + rows)
+    folder = build_dataset(tmp_path / "raw.tsv.gz", tmp_path / "d", min_count=3)
+    assert load_dataset(folder).n_items == 3
+
+
 def test_bad_settings_and_missing_file(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         build_dataset(tmp_path / "nope.csv", tmp_path / "d")

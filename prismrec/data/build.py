@@ -304,7 +304,7 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise DatasetError(f"{path} {what}: give a CSV or TSV table with a header row")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".inter", ".tab") else ","
+    sep = table_separator(path)
     try:
         frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
     except UnicodeDecodeError:
@@ -326,10 +326,11 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
         header = str(frame.columns[0])
         for other, name in (("\t", "TAB"), (",", "comma"), (";", "semicolon"), ("|", "'|'")):
             if other != sep and set(missing) <= {c.strip() for c in header.split(other)}:
-                fix = ("rename it to .tsv" if other == "\t" else "rename it to .csv" if other == "," else
-                       "save it with commas (.csv) or TABs (.tsv)")
-                raise DatasetError(f"{path} is {name}-separated (header {header!r}), but a "
-                                   f"{path.suffix or 'file without an extension'} is read as "
+                packed = path.suffix if path.suffix.lower() in COMPRESSED else ""
+                fix = (f"rename it to .tsv{packed}" if other == "\t" else f"rename it to .csv{packed}" if other == ","
+                       else "save it with commas (.csv) or TABs (.tsv)")
+                kind = "".join(path.suffixes[-2:]) if packed else path.suffix or "file without an extension"
+                raise DatasetError(f"{path} is {name}-separated (header {header!r}), but a {kind} is read as "
                                    f"{'TAB' if sep == chr(9) else 'comma'}-separated: {fix}")
     if missing:
         shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
@@ -339,6 +340,18 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
             f"name the right one(s) with {' / '.join(flags)}"
         )
     return frame[columns]
+
+
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
+"""Compression suffixes pandas reads through: the table's kind is the suffix before them."""
+
+
+def table_separator(path: Path) -> str:
+    """TAB for a ``.tsv``/``.tab``/``.inter`` table (also compressed: ``.tsv.gz``), else a comma."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes = suffixes[:-1]
+    return "\t" if suffixes and suffixes[-1] in (".tsv", ".inter", ".tab") else ","
 
 
 def _as_ids(column: pd.Series) -> np.ndarray:
@@ -499,7 +512,7 @@ def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Ca
             raise DatasetError(f"{path} is a bare .npy array: it has no item ids to match its rows to the raw "
                                "items; save it with np.savez(path.npz, ids=..., vectors=...) or as a CSV/TSV "
                                f"with the {item_col!r} column")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    sep = table_separator(path)
     try:
         frame = pd.read_csv(path, sep=sep, dtype={item_col: str}, keep_default_na=False, na_values=[""],
                             encoding="utf-8")
