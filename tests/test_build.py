@@ -202,6 +202,15 @@ def test_temporal_split_refuses_infinite_and_mixed_times(tmp_path, value, messag
         build_dataset(tmp_path / "raw.csv", tmp_path / "d", min_count=3, split="temporal", time_col="t")
 
 
+def test_a_vectors_table_with_another_separator_names_the_separator(tmp_path):
+    """Was "no column 'item' (columns: item;d0;d1); the item id column must be named as in the
+    interactions": it was named so."""
+    raw = _three_items(tmp_path)
+    (tmp_path / "v.csv").write_text("item;d0;d1\np;1;2\nq;3;4\nr;5;6\n")
+    with pytest.raises(DatasetError, match=r"v\.csv is semicolon-separated \(header 'item;d0;d1'\).*save it with commas"):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": tmp_path / "v.csv"})
+
+
 def test_compressed_tsv_is_read_as_tsv(tmp_path):
     """raw.tsv.gz was read as comma-separated (only the last suffix, .gz, was looked at)."""
     import gzip

@@ -322,16 +322,7 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
         wanted, found = padded[0]
         raise DatasetError(f"{path}: the header names {found!r}, with spaces, not {wanted!r}: write the table without "
                            f"spaces around the {'tabs' if sep == chr(9) else 'commas'} (user,item, not user, item)")
-    if missing and len(frame.columns) == 1:  # one column: the file is separated by something else
-        header = str(frame.columns[0])
-        for other, name in (("\t", "TAB"), (",", "comma"), (";", "semicolon"), ("|", "'|'")):
-            if other != sep and set(missing) <= {c.strip() for c in header.split(other)}:
-                packed = path.suffix if path.suffix.lower() in COMPRESSED else ""
-                fix = (f"rename it to .tsv{packed}" if other == "\t" else f"rename it to .csv{packed}" if other == ","
-                       else "save it with commas (.csv) or TABs (.tsv)")
-                kind = "".join(path.suffixes[-2:]) if packed else path.suffix or "file without an extension"
-                raise DatasetError(f"{path} is {name}-separated (header {header!r}), but a {kind} is read as "
-                                   f"{'TAB' if sep == chr(9) else 'comma'}-separated: {fix}")
+    _check_separator(path, frame, sep, missing)
     if missing:
         shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
         flags = sorted({options.get(c, "--text-cols") for c in missing})
@@ -352,6 +343,22 @@ def table_separator(path: Path) -> str:
     if suffixes and suffixes[-1] in COMPRESSED:
         suffixes = suffixes[:-1]
     return "\t" if suffixes and suffixes[-1] in (".tsv", ".inter", ".tab") else ","
+
+
+def _check_separator(path: Path, frame: pd.DataFrame, sep: str, missing: list[str]) -> None:
+    """A table read as one column whose header splits into the ``missing`` columns by another
+    separator is a :class:`DatasetError` naming that separator and the fix."""
+    if not missing or len(frame.columns) != 1:
+        return
+    header = str(frame.columns[0])
+    for other, name in (("\t", "TAB"), (",", "comma"), (";", "semicolon"), ("|", "'|'")):
+        if other != sep and set(missing) <= {c.strip() for c in header.split(other)}:
+            packed = path.suffix if path.suffix.lower() in COMPRESSED else ""
+            fix = (f"rename it to .tsv{packed}" if other == "\t" else f"rename it to .csv{packed}" if other == ","
+                   else "save it with commas (.csv) or TABs (.tsv)")
+            kind = "".join(path.suffixes[-2:]) if packed else path.suffix or "file without an extension"
+            raise DatasetError(f"{path} is {name}-separated (header {header!r}), but a {kind} is read as "
+                               f"{'TAB' if sep == chr(9) else 'comma'}-separated: {fix}")
 
 
 def _as_ids(column: pd.Series) -> np.ndarray:
@@ -521,6 +528,7 @@ def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Ca
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         raise DatasetError(f"{path} is not a readable {'TSV' if sep == chr(9) else 'CSV'} table of vectors "
                            f"({' '.join(str(exc).split())})") from None
+    _check_separator(path, frame, sep, [item_col] if item_col not in frame.columns else [])
     if item_col not in frame.columns:
         shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
         raise DatasetError(f"{path}: no column {item_col!r} (columns: {shown}); "
