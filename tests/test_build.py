@@ -307,6 +307,7 @@ def test_items_without_vectors_fail_or_get_the_mean(tmp_path):
         ("v.csv", "item,d0\np,1\nq,2\np,3\nr,4\n", r"item 'p' has a second vector at line 4"),
         ("v.csv", "asin,d0\np,1\n", r"no column 'item'"),
         ("v.csv", "item\np\nq\nr\n", r"expected one vector per id"),
+        ("v.csv", "item,d0,d1\n", r"v\.csv has a header but no rows"),  # was "column 'd0' is not numeric"
         ("v.npz", None, r"no array vectors"),
         ("none.npz", "missing", "does not exist"),
         ("v.npy", "npy", r"v\.npy is a bare \.npy array: it has no item ids"),  # was "byte 0x93 is not UTF-8"

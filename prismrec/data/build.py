@@ -533,6 +533,9 @@ def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Ca
         shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
         raise DatasetError(f"{path}: no column {item_col!r} (columns: {shown}); "
                            "the item id column must be named as in the interactions")
+    if frame.empty:  # every column reads as text then: it was "column 'd0' is not numeric"
+        raise DatasetError(f"{path} has a header but no rows: give one row per item (the {item_col!r} column "
+                           "and one column per dimension)")
     values = frame.drop(columns=item_col)
     text = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
     if text:  # name the first cell that is not a number (one 'N/A' among 10,000 rows x 512 columns)
