@@ -211,6 +211,17 @@ def test_a_vectors_table_with_another_separator_names_the_separator(tmp_path):
         build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": tmp_path / "v.csv"})
 
 
+def test_an_out_below_a_file_names_the_file(tmp_path):
+    """--out ratings.csv/mine was the bare OSError line "ratings.csv: File exists"."""
+    from prismrec.data.synthetic import write_sized_dataset
+
+    raw = _three_items(tmp_path)
+    with pytest.raises(ConfigError, match=r"--out .*raw\.csv/mine: .*raw\.csv is a file, not a folder"):
+        build_dataset(raw, raw / "mine", min_count=3)
+    with pytest.raises(ConfigError, match=r"raw\.csv is a file, not a folder"):
+        write_sized_dataset(raw / "a" / "b", "baby", scale=0.01)
+
+
 def test_compressed_tsv_is_read_as_tsv(tmp_path):
     """raw.tsv.gz was read as comma-separated (only the last suffix, .gz, was looked at)."""
     import gzip

@@ -233,9 +233,19 @@ def _check_destination(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"--out {out}: give a folder path whose last part is the dataset's name, e.g. data/mydata")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is an existing file; give a folder path (its name is the dataset's name)")
+    check_parent_folders(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"--out {out} already exists and is not empty; pass --overwrite to replace it, "
                           "or give another --out")
+
+
+def check_parent_folders(out: Path) -> None:
+    """Refuse an ``--out`` below a file (``ratings.csv/mine``): it was "ratings.csv: File exists"."""
+    for parent in Path(out).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out}: {parent} is a file, not a folder; give a path under a folder")
+            return
 
 
 def _remove_abandoned(out: Path) -> None:

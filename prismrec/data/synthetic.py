@@ -196,6 +196,9 @@ def write_sized_dataset(folder: str | Path, size: str = "electronics", scale: fl
         raise ConfigError(f"--seed must be a whole number from 0 to 2**32-1, got {seed!r}")  # was numpy's ValueError
     spec = SIZES[size]
     folder = Path(folder)
+    from prismrec.data.build import check_parent_folders
+
+    check_parent_folders(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         if not overwrite:
             raise FileExistsError(errno.EEXIST, "exists and is not empty: choose another folder, or pass --overwrite to replace it", str(folder))
