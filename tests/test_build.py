@@ -174,6 +174,65 @@ def test_bad_input_is_a_clear_error(tmp_path, content, kwargs, message):
         build_dataset(tmp_path / "raw.csv", tmp_path / "d", **kwargs)
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("raw.csv", "user\titem\na\tx\n", r"raw\.csv is TAB-separated \(header 'user\\titem'\), but a \.csv is read as "
+                                       r"comma-separated: rename it to \.tsv$"),
+    ("raw.tsv", "user,item\na,x\n", r"raw\.tsv is comma-separated .* read as TAB-separated: rename it to \.csv$"),
+    ("raw.csv", "user;item\na;x\n", r"raw\.csv is semicolon-separated .*: save it with commas \(\.csv\) or TABs"),
+])
+def test_a_table_with_another_separator_names_the_separator(tmp_path, name, content, message):
+    """Was "no column 'user', 'item' (columns: user;item); name the right one(s) with --item-col /
+    --user-col": the right columns were there, and renaming them was not the fix."""
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        build_dataset(tmp_path / name, tmp_path / "d")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("inf", r"'t' at line 5 \('inf'\) is not a finite number \(1 such rows among the kept ones\); fix them"),
+    ("1e400", r"'t' at line 5 \('1e400'\) is not a finite number"),
+    ("2020-01-01", r"'t' at line 5 \('2020-01-01'\) is a date while most rows are numbers .*write every time the"),
+])
+def test_temporal_split_refuses_infinite_and_mixed_times(tmp_path, value, message):
+    """An 'inf' (or 1e400) time was read as infinity and silently made that row its user's latest
+    (held out as test); a date among numbers was called 'neither a number nor a date'."""
+    rows = [f"{u},i{j},{value if (u, j) == ('v', 0) else j}" for u in "uvw" for j in range(3)]
+    (tmp_path / "raw.csv").write_text("user,item,t\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=message):
+        build_dataset(tmp_path / "raw.csv", tmp_path / "d", min_count=3, split="temporal", time_col="t")
+
+
+def test_a_vectors_table_with_another_separator_names_the_separator(tmp_path):
+    """Was "no column 'item' (columns: item;d0;d1); the item id column must be named as in the
+    interactions": it was named so."""
+    raw = _three_items(tmp_path)
+    (tmp_path / "v.csv").write_text("item;d0;d1\np;1;2\nq;3;4\nr;5;6\n")
+    with pytest.raises(DatasetError, match=r"v\.csv is semicolon-separated \(header 'item;d0;d1'\).*save it with commas"):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": tmp_path / "v.csv"})
+
+
+def test_an_out_below_a_file_names_the_file(tmp_path):
+    """--out ratings.csv/mine was the bare OSError line "ratings.csv: File exists"."""
+    from prismrec.data.synthetic import write_sized_dataset
+
+    raw = _three_items(tmp_path)
+    with pytest.raises(ConfigError, match=r"--out .*raw\.csv/mine: .*raw\.csv is a file, not a folder"):
+        build_dataset(raw, raw / "mine", min_count=3)
+    with pytest.raises(ConfigError, match=r"raw\.csv is a file, not a folder"):
+        write_sized_dataset(raw / "a" / "b", "baby", scale=0.01)
+
+
+def test_compressed_tsv_is_read_as_tsv(tmp_path):
+    """raw.tsv.gz was read as comma-separated (only the last suffix, .gz, was looked at)."""
+    import gzip
+
+    rows = "".join(f"{u}\t{i}\n" for u in "abcd" for i in "pqr")
+    with gzip.open(tmp_path / "raw.tsv.gz", "wt") as f:
+        f.write("user\titem\n" + rows)
+    folder = build_dataset(tmp_path / "raw.tsv.gz", tmp_path / "d", min_count=3)
+    assert load_dataset(folder).n_items == 3
+
+
 def test_bad_settings_and_missing_file(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         build_dataset(tmp_path / "nope.csv", tmp_path / "d")
@@ -259,6 +318,7 @@ def test_items_without_vectors_fail_or_get_the_mean(tmp_path):
         ("v.csv", "item,d0\np,1\nq,2\np,3\nr,4\n", r"item 'p' has a second vector at line 4"),
         ("v.csv", "asin,d0\np,1\n", r"no column 'item'"),
         ("v.csv", "item\np\nq\nr\n", r"expected one vector per id"),
+        ("v.csv", "item,d0,d1\n", r"v\.csv has a header but no rows"),  # was "column 'd0' is not numeric"
         ("v.npz", None, r"no array vectors"),
         ("none.npz", "missing", "does not exist"),
         ("v.npy", "npy", r"v\.npy is a bare \.npy array: it has no item ids"),  # was "byte 0x93 is not UTF-8"
@@ -275,6 +335,33 @@ def test_bad_item_vectors_are_clear_errors(tmp_path, name, content, message):
         path.write_text(content)
     with pytest.raises(DatasetError, match=message):
         build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": path})
+
+
+@pytest.mark.parametrize("ids, vectors, message", [
+    (["p", "q", "r"], [[1.0, 1e39], [1.0, 2.0], [3.0, 4.0]], r"item 'p' at index 0 has a value beyond float32's range"),
+    ([0.0, 1.0, 2.0], [[1.0, 2.0]] * 3, r"no vector belongs to a kept item \(its ids: '0\.0', '1\.0', '2\.0'; kept"),
+    (np.array([], dtype=str), np.zeros((0, 2)), r"no vector belongs to a kept item \(it has no rows"),
+])
+@pytest.mark.parametrize("missing", ["error", "mean"])
+def test_vectors_that_would_make_an_unloadable_folder_are_refused(tmp_path, ids, vectors, message, missing):
+    """Were written: a float64 value beyond float32 became inf, and a file none of whose ids is a kept
+    item gave (with --missing-features mean) an all-False mask or NaN rows; load_dataset then refused
+    the folder the build had just put in place."""
+    raw = _three_items(tmp_path)
+    np.savez(tmp_path / "v.npz", ids=np.asarray(ids), vectors=np.asarray(vectors))
+    with pytest.raises(DatasetError, match=message):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": tmp_path / "v.npz"},
+                      missing_features=missing)
+    assert not (tmp_path / "d").exists()
+
+
+def test_complex_vectors_are_refused_not_cast(tmp_path):
+    """A complex array was cast to float64, silently dropping the imaginary parts."""
+    raw = _three_items(tmp_path)
+    np.savez(tmp_path / "v.npz", ids=np.array(["p", "q", "r"]), vectors=np.ones((3, 2)) * (1 + 2j))
+    with pytest.raises(DatasetError, match=r"v\.npz: vectors are complex numbers \(complex128\)"):
+        build_dataset(raw, tmp_path / "d", min_count=3, item_features={"image": tmp_path / "v.npz"})
+    assert not (tmp_path / "d").exists()
 
 
 def test_bad_feature_settings(tmp_path):

@@ -66,3 +66,23 @@ def test_compare_is_resumable(planted_dir, tmp_path):
     assert fourth.exit_code == 0 and fourth.output.count(": not run") == 2
     assert fourth.output.count("training") == 0
     assert "not run or failed" in (tmp_path / "results.md").read_text()
+
+
+def test_compare_of_a_dataset_path_keeps_its_cells_under_out(planted_dir, tmp_path):
+    """``--datasets /abs/planted`` made the cell ``out / "/abs/planted" / ...``, i.e. the run folders
+    went into the dataset's own folder (and a later compare with another --out reused them)."""
+    out = tmp_path / "cmp"
+    before = sorted(p.name for p in planted_dir.iterdir())
+    result = runner.invoke(app, ["compare", "--models", "bpr", "--datasets", str(planted_dir), "--n-seeds", "1",
+                                 "--out", str(out), "--set", "epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in planted_dir.iterdir()) == before
+    assert (out / "planted" / "bpr" / "seed-999" / "FINISHED").is_file()
+    assert "done before" in runner.invoke(app, ["compare", "--models", "bpr", "--datasets", str(planted_dir),
+                                                "--n-seeds", "1", "--out", str(out), "--set", "epochs=1"]).output
+    other = tmp_path / "elsewhere" / "planted"
+    other.parent.mkdir()
+    other.symlink_to(planted_dir)
+    clash = runner.invoke(app, ["compare", "--models", "bpr", "--datasets", f"{planted_dir},{other}",
+                                "--n-seeds", "1", "--out", str(out), "--set", "epochs=1"])
+    assert clash.exit_code == 2 and "share the cell folder" in clash.output

@@ -446,6 +446,16 @@ def test_bad_pretrained_inputs_are_clear_errors(planted, mgcn_run, mgcn_export, 
         _build(planted, pretrain_settings={"nope": 1}, pretrain_cache=str(tmp_path / "c"))
 
 
+def test_a_torn_export_description_is_a_clear_error(planted, mgcn_export, tmp_path):
+    """An export killed while writing representations.json (it was not written atomically) left a
+    truncated file, on which EGRA's pretrained input stopped with a JSONDecodeError traceback."""
+    torn = shutil.copytree(mgcn_export, tmp_path / "torn")
+    (torn / "representations.json").write_text((torn / "representations.json").read_text()[:100])
+    with pytest.raises(PretrainedError, match=r"torn/representations.json is not a readable export description"
+                                              r".*prismrec export --run RUN"):
+        _build(planted, pretrained=str(torn))
+
+
 def test_multi_seed_pretrained_run_is_matched_by_seed(planted, tmp_path):
     run_experiment(resolve_config("mgcn", "planted", {"epochs": 1}), [3, 4], tmp_path / "multi",
                    dataset=planted, progress=False)

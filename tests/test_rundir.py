@@ -3,6 +3,7 @@ overwrite, checkpoints, damaged files, multi-seed parents, divergence."""
 
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -281,3 +282,28 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(planted, tm
     assert not out.exists()
     run_experiment(lightgcn(n_layers=1), [1], out, dataset=planted, **QUIET)
     RunDir(out).verify()
+
+
+def test_a_run_that_another_live_process_is_training_is_not_resumed_twice(tmp_path):
+    """Two `prismrec train` with the same --out at once both 'resumed' the run: they trained into
+    one folder, the slower one ended with "RUNNING is unreadable ... damaged; rerun with --overwrite"
+    and left a stray checkpoint; --overwrite would have cleared the live run's files."""
+    import subprocess
+    import sys
+
+    run = RunDir(tmp_path / "run")
+    ident = {"config_digest": "abc", "seed": 1}
+    assert run.prepare(ident) == "new"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prismrec"])
+    try:
+        marker = json.loads((run.path / "RUNNING").read_text())
+        (run.path / "RUNNING").write_text(json.dumps({**marker, "pid": other.pid}))
+        for overwrite in (False, True):
+            with pytest.raises(RunError, match=rf"being trained by process {other.pid} on this machine: wait"):
+                run.prepare(ident, overwrite=overwrite)
+        assert (run.path / "RUNNING").is_file()
+    finally:
+        other.kill()
+        other.wait()
+    assert run.prepare(ident) == "resume"  # its writer is gone: this process takes the run over
+    assert json.loads((run.path / "RUNNING").read_text())["pid"] == os.getpid()

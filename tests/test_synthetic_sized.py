@@ -51,6 +51,23 @@ def test_sized_folder_loads_with_the_real_shape(tmp_path):
         write_sized_dataset(folder, "electronics", scale=0.005)
 
 
+def test_a_killed_synths_leftover_is_removed_by_the_next_one(tmp_path):
+    """A killed synth left its hidden .<name>.partial-<pid> folder (up to ~1.2 GB at Electronics
+    size) for ever; like build's, a dead process's temporary folder now goes with the next run."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f".tiny.building-{dead.pid}"
+    leftover.mkdir()
+    (leftover / "tiny.inter").write_text("partial")
+    write_sized_dataset(tmp_path / "tiny", "baby", scale=0.01, seed=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+    write_sized_dataset(tmp_path / "tiny", "baby", scale=0.01, seed=2, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"] and load_dataset(tmp_path / "tiny").n_users
+
+
 def test_cli_synth(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["synth", "baby", "--out", str(tmp_path / "b"), "--scale", "0.01"])

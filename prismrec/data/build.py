@@ -233,9 +233,19 @@ def _check_destination(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"--out {out}: give a folder path whose last part is the dataset's name, e.g. data/mydata")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is an existing file; give a folder path (its name is the dataset's name)")
+    check_parent_folders(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"--out {out} already exists and is not empty; pass --overwrite to replace it, "
                           "or give another --out")
+
+
+def check_parent_folders(out: Path) -> None:
+    """Refuse an ``--out`` below a file (``ratings.csv/mine``): it was "ratings.csv: File exists"."""
+    for parent in Path(out).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out}: {parent} is a file, not a folder; give a path under a folder")
+            return
 
 
 def _remove_abandoned(out: Path) -> None:
@@ -304,7 +314,7 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise DatasetError(f"{path} {what}: give a CSV or TSV table with a header row")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".inter", ".tab") else ","
+    sep = table_separator(path)
     try:
         frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
     except UnicodeDecodeError:
@@ -322,6 +332,7 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
         wanted, found = padded[0]
         raise DatasetError(f"{path}: the header names {found!r}, with spaces, not {wanted!r}: write the table without "
                            f"spaces around the {'tabs' if sep == chr(9) else 'commas'} (user,item, not user, item)")
+    _check_separator(path, frame, sep, missing)
     if missing:
         shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
         flags = sorted({options.get(c, "--text-cols") for c in missing})
@@ -330,6 +341,34 @@ def _read_table(path: Path, columns: list[str], options: Mapping[str, str]) -> p
             f"name the right one(s) with {' / '.join(flags)}"
         )
     return frame[columns]
+
+
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
+"""Compression suffixes pandas reads through: the table's kind is the suffix before them."""
+
+
+def table_separator(path: Path) -> str:
+    """TAB for a ``.tsv``/``.tab``/``.inter`` table (also compressed: ``.tsv.gz``), else a comma."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes = suffixes[:-1]
+    return "\t" if suffixes and suffixes[-1] in (".tsv", ".inter", ".tab") else ","
+
+
+def _check_separator(path: Path, frame: pd.DataFrame, sep: str, missing: list[str]) -> None:
+    """A table read as one column whose header splits into the ``missing`` columns by another
+    separator is a :class:`DatasetError` naming that separator and the fix."""
+    if not missing or len(frame.columns) != 1:
+        return
+    header = str(frame.columns[0])
+    for other, name in (("\t", "TAB"), (",", "comma"), (";", "semicolon"), ("|", "'|'")):
+        if other != sep and set(missing) <= {c.strip() for c in header.split(other)}:
+            packed = path.suffix if path.suffix.lower() in COMPRESSED else ""
+            fix = (f"rename it to .tsv{packed}" if other == "\t" else f"rename it to .csv{packed}" if other == ","
+                   else "save it with commas (.csv) or TABs (.tsv)")
+            kind = "".join(path.suffixes[-2:]) if packed else path.suffix or "file without an extension"
+            raise DatasetError(f"{path} is {name}-separated (header {header!r}), but a {kind} is read as "
+                               f"{'TAB' if sep == chr(9) else 'comma'}-separated: {fix}")
 
 
 def _as_ids(column: pd.Series) -> np.ndarray:
@@ -368,15 +407,25 @@ def _duplicates(frame: pd.DataFrame, path: Path, user_col: str, item_col: str, d
 
 
 def _time_order(times: pd.Series, path: Path, col: str) -> np.ndarray:
-    values = pd.to_numeric(times, errors="coerce")
-    if values.isna().any():  # dates? keep the reading that fails on fewer rows, and name those
+    read = pd.to_numeric(times, errors="coerce")
+    numbers = read.where(np.isfinite(read))  # inf or 1e400 would sort as the latest time
+    values = numbers
+    if numbers.isna().any():  # dates? keep the reading that fails on fewer rows, and name those
         dates = pd.to_datetime(times, errors="coerce", utc=True, format="mixed")
-        values = dates if dates.isna().sum() < values.isna().sum() else values
+        values = dates if dates.isna().sum() < numbers.isna().sum() else numbers
     bad = np.flatnonzero(values.isna().to_numpy())
     if bad.size:
+        other = dates if values is numbers else numbers
+        if pd.notna(other.iloc[bad[0]]):
+            what = "is a date while most rows are numbers" if values is numbers else \
+                "is a number while most rows are dates"
+            fix = "write every time the same way"
+        else:
+            what = "is not a finite number" if pd.notna(read.iloc[bad[0]]) else "is neither a number nor a date"
+            fix = "fix them"
         raise DatasetError(
-            f"{path}: {col!r} at line {times.index[bad[0]] + 2} ({times.iloc[bad[0]]!r}) is neither a number "
-            f"nor a date ({bad.size} such rows among the kept ones); fix them or use --split random"
+            f"{path}: {col!r} at line {times.index[bad[0]] + 2} ({times.iloc[bad[0]]!r}) {what} ({bad.size} such "
+            f"rows among the kept ones); {fix} or use --split random"
         )
     return np.lexsort((np.arange(len(values)), values.to_numpy()))
 
@@ -421,8 +470,19 @@ def _vector_features(modality: str, path: Path, raw_items: np.ndarray, item_col:
     if bad.size:
         raise DatasetError(f"{path}: the vector of item {ids[bad[0]]!r} at {where(bad[0])} is not finite (NaN or "
                            f"inf; {bad.size} such rows): fix or remove them")
+    # written as float32: a value beyond its range would become inf, and the folder unloadable
+    bad = np.flatnonzero((np.abs(vectors) > np.finfo(np.float32).max).any(axis=1))
+    if bad.size:
+        raise DatasetError(f"{path}: the vector of item {ids[bad[0]]!r} at {where(bad[0])} has a value beyond "
+                           f"float32's range (|x| < 3.4e38; {bad.size} such rows): rescale or fix them")
     position = pd.Index(ids).get_indexer([str(i) for i in raw_items])
     absent = np.flatnonzero(position < 0)
+    if absent.size == len(raw_items):  # with --missing-features mean: every item the same (or a NaN) row
+        theirs = f"its ids: {', '.join(map(repr, ids[:3]))}{', ...' if len(ids) > 3 else ''}" if ids else "it has no rows"
+        raise DatasetError(
+            f"{path}: no vector belongs to a kept item ({theirs}; kept items: "
+            f"{', '.join(repr(str(i)) for i in raw_items[:3])}{', ...' if len(raw_items) > 3 else ''}): write the ids as the {item_col!r} "
+            "column of the interactions writes them")
     if absent.size and missing == "error":
         raise DatasetError(
             f"{path}: {absent.size} of {len(raw_items)} kept items have no vector "
@@ -454,6 +514,9 @@ def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Ca
                 if missing:
                     raise DatasetError(f"{path}: no array {', '.join(missing)} (arrays: {list(archive)}); "
                                        "save it with np.savez(path, ids=..., vectors=...)")
+                if archive["vectors"].dtype.kind == "c":  # the cast below would drop the imaginary parts
+                    raise DatasetError(f"{path}: vectors are complex numbers ({archive['vectors'].dtype}); give "
+                                       "real-valued vectors (e.g. np.abs or the real and imaginary parts as columns)")
                 return archive["ids"], np.asarray(archive["vectors"], dtype=np.float64), lambda r: f"index {r}"
         except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
             if isinstance(exc, DatasetError):
@@ -466,7 +529,7 @@ def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Ca
             raise DatasetError(f"{path} is a bare .npy array: it has no item ids to match its rows to the raw "
                                "items; save it with np.savez(path.npz, ids=..., vectors=...) or as a CSV/TSV "
                                f"with the {item_col!r} column")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    sep = table_separator(path)
     try:
         frame = pd.read_csv(path, sep=sep, dtype={item_col: str}, keep_default_na=False, na_values=[""],
                             encoding="utf-8")
@@ -475,10 +538,14 @@ def _read_vectors(path: Path, item_col: str) -> tuple[np.ndarray, np.ndarray, Ca
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         raise DatasetError(f"{path} is not a readable {'TSV' if sep == chr(9) else 'CSV'} table of vectors "
                            f"({' '.join(str(exc).split())})") from None
+    _check_separator(path, frame, sep, [item_col] if item_col not in frame.columns else [])
     if item_col not in frame.columns:
         shown = ", ".join(map(str, frame.columns[:8])) + (", ..." if len(frame.columns) > 8 else "")
         raise DatasetError(f"{path}: no column {item_col!r} (columns: {shown}); "
                            "the item id column must be named as in the interactions")
+    if frame.empty:  # every column reads as text then: it was "column 'd0' is not numeric"
+        raise DatasetError(f"{path} has a header but no rows: give one row per item (the {item_col!r} column "
+                           "and one column per dimension)")
     values = frame.drop(columns=item_col)
     text = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
     if text:  # name the first cell that is not a number (one 'N/A' among 10,000 rows x 512 columns)

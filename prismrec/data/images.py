@@ -54,7 +54,9 @@ def image_paths(source: Path, item_col: str) -> dict[str, Path]:
     if not source.is_file():
         raise DatasetError(f"--item-images {source} does not exist: give a folder of <item id>.jpg files "
                            "or a CSV/TSV with the item column and an image column")
-    sep = "\t" if source.suffix.lower() in (".tsv", ".tab") else ","
+    from prismrec.data.build import table_separator
+
+    sep = table_separator(source)
     table = pd.read_csv(source, sep=sep, dtype=str, keep_default_na=False)
     missing = [c for c in (item_col, "image") if c not in table.columns]
     if missing:

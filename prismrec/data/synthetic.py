@@ -196,6 +196,9 @@ def write_sized_dataset(folder: str | Path, size: str = "electronics", scale: fl
         raise ConfigError(f"--seed must be a whole number from 0 to 2**32-1, got {seed!r}")  # was numpy's ValueError
     spec = SIZES[size]
     folder = Path(folder)
+    from prismrec.data.build import check_parent_folders
+
+    check_parent_folders(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         if not overwrite:
             raise FileExistsError(errno.EEXIST, "exists and is not empty: choose another folder, or pass --overwrite to replace it", str(folder))
@@ -204,9 +207,12 @@ def write_sized_dataset(folder: str | Path, size: str = "electronics", scale: fl
     n_inter = max(int(round(spec["n_interactions"] * scale)), MIN_DEGREE * max(n_users, n_items))
     modalities = dict(spec["modalities"]) if modalities is None else modalities
     users, items, labels, item_cluster = powerlaw_interactions(n_users, n_items, n_inter, seed=seed)
-    tmp = folder.parent / f".{folder.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    from prismrec.data.build import _move_into_place, _remove_abandoned
+
+    tmp = folder.parent / f".{folder.name}.building-{os.getpid()}"  # as build's: a killed run's is removed
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(folder)  # this process's own earlier attempt too
+    tmp.mkdir()
     try:
         pd.DataFrame({"userID": users, "itemID": items, "x_label": labels}).to_csv(
             tmp / f"{folder.name}.inter", sep="\t", index=False)
@@ -226,10 +232,7 @@ def write_sized_dataset(folder: str | Path, size: str = "electronics", scale: fl
                                   "items": n_items, "interactions": int(len(users)),
                                   "modalities": modalities, "generator": "prismrec.data.synthetic.write_sized_dataset"}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(folder)
+        _move_into_place(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -80,6 +80,15 @@ def _cell_done(cell: Path, digest: str) -> dict | None:
     return {**metrics, "timing": run.read_timing()}
 
 
+def cell_dir(out_dir: Path, dataset: str, model: str, seed: int) -> Path:
+    """The run directory of one cell: ``<out>/<dataset>/<model>/seed-<seed>``. A dataset given as
+    a folder path that leads out of ``out_dir`` (absolute, or with ``..``) is filed under its
+    folder's name, so no cell is written into (or read from) the data folder or beside it."""
+    path = Path(dataset)
+    folder = path.expanduser().resolve().name if path.is_absolute() or ".." in path.parts else dataset
+    return Path(out_dir) / folder / model / f"seed-{seed}"
+
+
 def _clear_other_run(cell: Path, identity_digest: str, seed: int, log) -> None:
     """Remove a cell's run files unless they are this cell's run (finished or resumable)."""
     run = RunDir(cell)
@@ -105,8 +114,14 @@ def check_inputs(models: list[str], datasets: list[str], seeds: list[int],
         twice = sorted({v for v in values if values.count(v) > 1}, key=str)
         if twice:
             raise ConfigError(f"{name} {', '.join(map(str, twice))} given twice: list each once")
+    folders: dict[Path, str] = {}
     for dataset in datasets:
         find_dataset(dataset, data_dir)
+        folder = cell_dir(Path("OUT"), dataset, "m", 0).parent.parent
+        if folder in folders:
+            raise ConfigError(f"--datasets {folders[folder]} and {dataset} would share the cell folder "
+                              f"{folder}: give dataset folders with different names")
+        folders[folder] = dataset
     try:
         configs = {(dataset, model): resolve_config(model, dataset, model_overrides(overrides, model, models))
                    for dataset in datasets for model in models}
@@ -184,7 +199,7 @@ def run_compare(
             config = configs[(dataset, model)]
             digest, identity_digest = config.digest(), run_digest(config)
             for seed in seeds:
-                key, cell = (dataset, model, seed), out_dir / dataset / model / f"seed-{seed}"
+                key, cell = (dataset, model, seed), cell_dir(out_dir, dataset, model, seed)
                 previous = _cell_done(cell, digest)
                 if previous is not None:
                     log(f"[compare] {dataset} / {model} / seed {seed}: done before, skipped")

@@ -36,7 +36,7 @@ import torch
 from prismrec.data import Dataset, load_dataset
 from prismrec.errors import RunError
 from prismrec.experiment.config import ExperimentConfig, resolve_config
-from prismrec.experiment.rundir import CONFIG, MODEL, RunDir, load_weights
+from prismrec.experiment.rundir import CONFIG, MODEL, RunDir, load_weights, write_json
 from prismrec.experiment.stages import build_model
 from prismrec.recommender import Output, Recommender
 
@@ -95,7 +95,7 @@ def export_representations(
         index["source_model"] = meta["source_model"]
         index["dataset"] = meta["dataset"]
         index["seeds"][str(meta["seed"])] = f"{sub.name}/representations.json"
-    (out / "representations.json").write_text(json.dumps(index, indent=2))
+    write_json(out / "representations.json", index)  # atomic: a killed export leaves no torn description
     return out
 
 
@@ -202,7 +202,7 @@ def _export_run(run_dir: Path, out: Path, data_dir, datasets: dict) -> dict:
         "skipped_aux": skipped,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (out / "representations.json").write_text(json.dumps(meta, indent=2))
+    write_json(out / "representations.json", meta)
     return meta
 
 

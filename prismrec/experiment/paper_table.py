@@ -57,12 +57,13 @@ def significance(results: dict, out_dir: Path, reference: str, metrics=PAPER_MET
     """``{dataset: {model: {metric: p}}}``: p-values of the paired ``test`` (``t`` or
     ``wilcoxon``) of each model against ``reference`` on the per-user test metric (seeds averaged
     per user), for the cells of ``results`` (``compare``'s results.json content) that finished."""
+    from prismrec.experiment.compare import cell_dir
     from prismrec.experiment.significance import paired_p
 
     out: dict = {}
     datasets: dict = {}
     for dataset, cells in results["cells"].items():
-        seeds = lambda model: [out_dir / dataset / model / f"seed-{s}" for s in cells[model].get("per_seed", {})]  # noqa: E731
+        seeds = lambda model: [cell_dir(out_dir, dataset, model, s) for s in cells[model].get("per_seed", {})]  # noqa: E731
         if reference not in cells or not seeds(reference):
             continue
         ref = per_user_means(seeds(reference), metrics, data_dir, datasets)

@@ -48,7 +48,7 @@ def load_pretrained_items(cfg, dataset, seed: int) -> tuple[np.ndarray, str, str
     auto = cfg.pretrained == "auto"
     source = pretrain(cfg, dataset, seed) if auto else Path(cfg.pretrained).expanduser()
     export = _export_dir(source, dataset, seed, cfg.pretrain_per_seed)
-    meta = json.loads((export / "representations.json").read_text())
+    meta = _read_description(export)
     path = export / PRE_REP_FILES[cfg.pre_rep]
     if not path.is_file():
         raise PretrainedError(f"{export} has no {path.name} (pre_rep={cfg.pre_rep!r}), only "
@@ -209,6 +209,21 @@ def _finished(run_dir: Path) -> bool:
     return run.path.is_dir() and run.state().kind == "legacy" and (run_dir / "metrics.json").is_file()
 
 
+def _read_description(export: Path) -> dict:
+    """``export/representations.json``; a damaged one (an export killed mid-write by an older
+    version, or edited) is a :class:`PretrainedError` saying how to rewrite it."""
+    path = export / "representations.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        meta = exc
+    if not isinstance(meta, dict):
+        detail = f" ({' '.join(str(meta).split())[:80]})" if isinstance(meta, Exception) else ""
+        raise PretrainedError(f"{path} is not a readable export description{detail}: export the run again "
+                              "(prismrec export --run RUN), then retry")
+    return meta
+
+
 def _export_dir(source: Path, dataset, seed: int, per_seed: bool) -> Path:
     """The single-seed export folder of a run or export dir (exporting the run if needed)."""
     if not source.is_dir():
@@ -221,7 +236,7 @@ def _export_dir(source: Path, dataset, seed: int, per_seed: bool) -> Path:
             except (ValueError, OSError) as exc:
                 raise PretrainedError(f"pretrained={str(source)!r}: {exc}") from None
         source = source / "export"
-    index = json.loads((source / "representations.json").read_text())
+    index = _read_description(source)
     if index.get("kind") == "multi-seed index":
         seeds = sorted(index["seeds"], key=int)
         chosen = str(seed) if per_seed else seeds[0]

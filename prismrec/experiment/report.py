@@ -110,6 +110,8 @@ def _curves_grid(entries: list[tuple[str, RunDir]], metric: str, path: Path) -> 
 # ---- comparison folders -------------------------------------------------------------------------
 
 def _compare_page(path: Path, out: Path) -> list[str]:
+    from prismrec.experiment.compare import cell_dir
+
     try:
         results = json.loads((path / "results.json").read_text())
         cells = results["cells"]
@@ -131,7 +133,7 @@ def _compare_page(path: Path, out: Path) -> list[str]:
             seeds = list(cell.get("per_seed", {}))
             if seeds:
                 entries.append((f"{model} on {dataset}, seed {seeds[0]}",
-                                RunDir(path / dataset / model / f"seed-{seeds[0]}")))
+                                RunDir(cell_dir(path, dataset, model, seeds[0]))))
     curves = _curves_grid([e for e in entries if e[1].is_finished()], "recall@20", out / "curves.png")
     if curves:
         lines += ["## Training curves (first seed of each cell)", "", f"![training curves]({curves.name})", ""]

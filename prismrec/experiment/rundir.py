@@ -39,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,27 @@ def _seed_key(path: Path) -> tuple:
     return (not tail.isdigit(), int(tail) if tail.isdigit() else 0, path.name)
 
 
+def _writer() -> dict:
+    """Who writes a ``RUNNING`` marker: this process and machine."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _live_writer(marker: dict | None) -> int | None:
+    """The process id of the prismrec process on this machine that wrote ``marker`` (a ``RUNNING``
+    file) if it is still running and is not this process, else None. Only a process whose command
+    line names prismrec counts, so a process id reused since by another program is not taken for
+    the run's writer."""
+    pid = (marker or {}).get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid() \
+            or marker.get("host") != socket.gethostname():
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None  # gone (or no /proc to tell)
+    return pid if b"prismrec" in command else None
+
+
 @dataclass
 class RunState:
     """What :meth:`RunDir.state` found: ``kind`` is ``absent``, ``empty``, ``running``,
@@ -259,13 +281,19 @@ class RunDir:
         ``--out`` pointing at a file is always refused.
         """
         state = self.state()
+        writer = _live_writer(state.detail) if state.kind == "running" else None
+        if writer is not None:  # resuming (or clearing) it now would train twice into one folder
+            raise RunError(f"{self.path} is being trained by process {writer} on this machine: wait for it "
+                           "to finish (rerun then says nothing to do), or stop it and rerun to resume")
         if overwrite and state.kind not in ("absent", "empty"):
             self.clear()
             state = RunState("empty")
         if state.kind in ("running", "finished") and state.identity == identity:
             if state.kind == "finished":  # a file changed or missing, a seed folder gone: not "nothing to do"
                 self.finished_runs()
-            return "resume" if state.kind == "running" else "finished"
+                return "finished"
+            write_json(self.path / RUNNING, {**(state.detail or {}), **_writer()})  # the resumer is the writer now
+            return "resume"
         if state.kind == "failed" and state.identity == identity:
             self.clear()  # same settings: a fresh attempt (the code or data may have changed)
         elif state.kind not in ("absent", "empty"):
@@ -281,7 +309,7 @@ class RunDir:
                 "choose a new --out"
             )
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json(self.path / RUNNING, {"identity": identity, "pid": os.getpid()})
+        write_json(self.path / RUNNING, {"identity": identity, **_writer()})
         return "new"
 
     def update_running(self, **info: Any) -> None:
