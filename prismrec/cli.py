@@ -10,6 +10,7 @@ An input error is one line (what, where, how to fix) with exit code 2; `--debug`
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import sys
 import time
@@ -83,8 +84,20 @@ class PrismrecGroup(TyperGroup):
                 if debug or exc.errno not in USER_OS_ERRNOS:
                     raise
                 where = f"{exc.filename}: " if exc.filename else ""
-                _print_error(f"{where}{exc.strerror or exc}")
+                _print_error(f"{where}{exc.strerror or exc}{_file_in_the_way(exc)}")
         raise typer.Exit(2)
+
+
+def _file_in_the_way(exc: OSError) -> str:
+    """For a folder that could not be made or entered (``--out results.csv/run``): the file in
+    the way and the fix (it was the bare line 'results.csv/run: Not a directory')."""
+    if exc.errno not in (errno.ENOTDIR, errno.EEXIST) or not exc.filename:
+        return ""
+    path = Path(os.fsdecode(exc.filename)).absolute()
+    found = next((p for p in (path, *path.parents) if p.exists()), None)
+    if found is None or found.is_dir():
+        return ""
+    return f" ({found} is a file, not a folder: give a path that is a folder or under one)"
 
 
 app = typer.Typer(cls=PrismrecGroup, add_completion=False, no_args_is_help=True, help=__doc__,
@@ -155,6 +168,9 @@ def _output_folder(path: Path | None, option: str, what: str) -> None:
         raise ConfigError(f"{option} {str(path)!r}: give a folder path for the {what}, e.g. runs/my-run")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is an existing file, not a folder; give a folder path for the {what}")
+    above = next((p for p in path.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ConfigError(f"{option} {path}: {above} is a file, not a folder; give a folder path for the {what}")
 
 
 def _check_device_override(overrides: dict) -> None:
@@ -689,6 +705,9 @@ def recommend(
         if out.suffix.lower() != ".csv":  # was CSV text under a .json (or any) name
             raise ConfigError(f"--out {out}: recommend writes a CSV (user,rank,item,score); give a .csv file name")
     recommender = RunRecommender(run, data_dir, exclude)
+    if k > recommender.n_items:  # was the library's "k must be an integer in 1..N", not naming --k
+        raise ConfigError(f"--k {k} is above the {recommender.n_items:,} items of {recommender.run.config.dataset}; "
+                          f"give --k from 1 to {recommender.n_items:,}")
     if raw_ids:
         if recommender.ids is None:
             raise ConfigError(f"--raw-ids: the dataset of {run} has no u_id_mapping.csv / i_id_mapping.csv "

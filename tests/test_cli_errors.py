@@ -147,6 +147,10 @@ CASES = {
     "--track tensorboard:a file": (TRAIN + ["--track", "tensorboard:{tmp}/file", "--quiet"],
                                    r"--track tensorboard:.*file: .*file is an existing file, not a folder"),
     "--out is a file": (TRAIN[:-4] + ["--out", "{tmp}/file"], r"--out .*file is an existing file, not a folder"),
+    "--out under a file": (TRAIN[:-4] + ["--out", "{tmp}/file/run"],  # was the bare "FILE/run: Not a directory"
+                           r"--out .*file/run: .*file is a file, not a folder; give a folder path for the run"),
+    "compare: --out under a file": (["compare", "--models", "bpr", "--datasets", "planted", "--data-dir", "{data}",
+                                     "--out", "{tmp}/file/c", "--seeds", "1"], r"--out .*file/c: .*file is a file, not"),
     # was "dataset 'planted' not found in .../planted (available: none)"; datasets: an empty table, exit 0
     "--data-dir is a dataset": (["train", "--model", "bpr", "--dataset", "planted", "--data-dir", "{data}/planted"],
                                 r"the data directory .*planted is itself the dataset folder of 'planted': give the "
@@ -372,3 +376,17 @@ def test_datasets_in_an_empty_data_dir_says_so(tmp_path):
     result = runner.invoke(app, ["datasets", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0 and result.output.startswith(f"no datasets found in {tmp_path} (mine/ holds no "
                                                               "mine.inter). A dataset is"), result.output
+
+
+def test_an_os_error_below_a_file_names_the_file(tmp_path):
+    """Paths not checked up front (export's files, cache folders): the OS error's line names the file in the way."""
+    import errno
+
+    from prismrec.cli import _file_in_the_way
+
+    (tmp_path / "file").write_text("x")
+    below = OSError(errno.ENOTDIR, "Not a directory", str(tmp_path / "file" / "x" / "y"))
+    assert _file_in_the_way(below) == f" ({tmp_path / 'file'} is a file, not a folder: give a path that is a folder or under one)"
+    assert _file_in_the_way(OSError(errno.EEXIST, "File exists", str(tmp_path / "file"))).startswith(f" ({tmp_path / 'file'} is a file")
+    assert _file_in_the_way(OSError(errno.ENOENT, "No such file", str(tmp_path / "nope"))) == ""
+    assert _file_in_the_way(OSError(errno.EEXIST, "File exists", str(tmp_path))) == ""  # a folder: nothing to add

@@ -1,5 +1,6 @@
 """Recommendations from a finished run (prismrec.serve, `prismrec recommend`)."""
 
+import asyncio
 import math
 
 import numpy as np
@@ -149,6 +150,7 @@ def test_cli_writes_csv_and_prints(lightgcn_run, recommenders, planted_dir, tmp_
         ("4", ["--out", "{tmp}/missing/recs.csv"], r"the folder .*missing does not exist"),
         ("4", ["--out", "{tmp}"], "is a directory; give a file path"),
         ("4", ["--k", "0"], r"Invalid value for '--k'"),
+        ("4", ["--k", "201"], r"--k 201 is above the 200 items of planted; give --k from 1 to 200$"),  # was "k must be"
         ("4", ["--exclude", "test"], "--exclude 'test': choose one of seen, train, none"),
         ("4,1000", [], r"unknown user id\(s\) \[1000\]"),
     ],
@@ -270,6 +272,17 @@ def test_http_limits(recommenders):
             yield b"1, " * 10
     chunked = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
     assert chunked.status_code == 413
+    sent = []  # a Content-Length that is not a number is a bad request (400), not a body too large (413)
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+    asyncio.run(client.app(  # the middleware itself: HTTP clients refuse to send such a header
+        {"type": "http", "method": "POST", "path": "/recommend", "headers": [(b"content-length", b"12x")]},
+        receive, send))
+    assert sent[0]["status"] == 400 and b"Content-Length '12x' is not a number of bytes" in sent[1]["body"]
     with pytest.raises(ServeError, match="max_users must be a whole number >= 1"):
         ServeLimits(max_users=0)
 

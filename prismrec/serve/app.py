@@ -115,7 +115,10 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+        if declared is not None and not declared.isdigit():
+            return await self._refuse(send, 400, f"Content-Length {declared.decode(errors='replace')!r} is not a "
+                                                 "number of bytes; send the body's length in bytes")
+        if declared is not None and int(declared) > self.max_bytes:
             return await self._refuse(send)
         chunks, size, more = [], 0, True
         while more:
@@ -139,10 +142,10 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _refuse(self, send) -> None:
-        body = json.dumps({"detail": f"request body over {self.max_bytes} bytes; send fewer users per "
-                                     "request"}).encode()
-        await send({"type": "http.response.start", "status": 413,
+    async def _refuse(self, send, status: int = 413, detail: str = "") -> None:
+        detail = detail or f"request body over {self.max_bytes} bytes; send fewer users per request"
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
