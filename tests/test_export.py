@@ -13,7 +13,7 @@ from prismrec.cli import app
 from prismrec.data.synthetic import write_planted_dataset
 from prismrec.eval.metrics import evaluate_ranking
 from prismrec.experiment.config import resolve_config
-from prismrec.errors import RunError
+from prismrec.errors import DatasetError, RunError
 from prismrec.experiment.export import export_representations
 from prismrec.experiment.runs import run_experiment
 from prismrec.models import get_model
@@ -81,6 +81,10 @@ def test_mismatched_train_split_is_an_error(freedom_run, tmp_path):
     with pytest.raises(RunError, match="train split mismatch.*--data-dir"):
         export_representations(run, tmp_path / "out", data_dir=other.parent)
     assert not (tmp_path / "out").exists()
+    (tmp_path / "empty").mkdir()  # no dataset there: the error says the run needs it (was only "not found in")
+    with pytest.raises(DatasetError, match=r"run .* was trained on dataset 'planted', which is needed to use it "
+                                           r"\(give --data-dir the folder holding it\): dataset 'planted' not found"):
+        export_representations(run, tmp_path / "out", data_dir=tmp_path / "empty")
 
 
 def _rehash(run):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from prismrec.data import Dataset, load_dataset
-from prismrec.errors import RunError
+from prismrec.errors import DatasetError, RunError
 from prismrec.experiment.config import ExperimentConfig, resolve_config
 from prismrec.experiment.rundir import CONFIG, MODEL, RunDir, load_weights, write_json
 from prismrec.experiment.stages import build_model
@@ -140,7 +140,11 @@ def load_run(run_dir: str | Path, data_dir=None, datasets: dict | None = None) -
 
     key = (config.dataset, str(data_dir))
     if key not in datasets:
-        datasets[key] = load_dataset(config.dataset, data_dir)
+        try:
+            datasets[key] = load_dataset(config.dataset, data_dir)
+        except DatasetError as exc:  # it said only "dataset 'x' not found in ...", not why it was looked for
+            raise DatasetError(f"run {run_dir} was trained on dataset {config.dataset!r}, which is needed to use it "
+                               f"(give --data-dir the folder holding it): {exc}") from None
     dataset: Dataset = datasets[key]
     expected = (protocol.get("split_fingerprints") or {}).get("train")
     actual = dataset.fingerprint("train")
