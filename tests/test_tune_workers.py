@@ -96,6 +96,13 @@ def test_a_killed_workers_trial_is_retried_once_from_its_checkpoint(planted_dir,
     assert "trial 0 was interrupted" in output and "trial 1 retries interrupted trial 0" in output
     assert "resuming from the checkpoint after epoch 0" in output  # not from scratch
     assert not (out / "trial-0").exists() and (out / "trial-1" / "FINISHED").is_file()
+    # after the retry, the search draws the points an uninterrupted one draws (was: other points)
+    from prismrec.data import load_dataset
+    from prismrec.experiment.search import tune
+
+    calm = tune("lightgcn", "planted", ["lr=1e-3..1e-1:log", "n_layers=1|2"], 2, tmp_path / "calm",
+                {"epochs": 3, "threads": 1}, dataset=load_dataset(planted_dir), final_seeds=[1], log=lambda m: None)
+    assert [r["params"] for r in records[1:]] == [r["params"] for r in calm["trials"]]
 
 
 def test_stale_rules(tmp_path):

@@ -312,9 +312,13 @@ def tune(
             time.sleep(min(2.0, heartbeat_s))
             continue
         trial = study.ask()  # a queued retry first; the storage never hands a trial out twice
-        # Each trial's draws are seeded by its number: reproducible, and two workers asking at
-        # the same time do not draw the same point.
-        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + trial.number)
+        # Each trial's draws are seeded by its number less the interrupted trials before it (each
+        # was retried under a later number): reproducible, the points a killed search draws after
+        # its retry are those an uninterrupted one draws, and two workers asking at the same time
+        # do not draw the same point.
+        interrupted = sum(t.number < trial.number and _state(t) == "interrupted"
+                          for t in study.get_trials(deepcopy=False))
+        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + trial.number - interrupted)
         try:
             with Heartbeat(study, trial, heartbeat_s):
                 value = objective(trial)
