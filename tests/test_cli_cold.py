@@ -71,3 +71,7 @@ def test_build_cold_items_and_impute_options(tmp_path):
     bad = runner.invoke(app, ["build", "--interactions", str(tmp_path / "raw.csv"), "--out", str(tmp_path / "c"),
                               "--cold-items", "0.9"])
     assert bad.exit_code == 2 and "(0, 0.5]" in bad.output
+    tiny = runner.invoke(app, ["build", "--interactions", str(tmp_path / "raw.csv"), "--out", str(tmp_path / "c"),
+                               "--cold-items", "1e-9"])  # was 2 cold items, silently
+    assert tiny.exit_code == 2 and "--cold-items / --fraction 1e-09 makes 0 of the 38 items cold" in tiny.output, tiny.output
+    assert "give at least 0.053" in tiny.output and not (tmp_path / "c").exists()

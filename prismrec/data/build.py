@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from prismrec.data.dataset import MASK_SUFFIX, utf8_problem
-from prismrec.data.derive import choose_cold_items, cold_item_labels, cold_record
+from prismrec.data.derive import check_cold_fraction, choose_cold_items, cold_item_labels, cold_record
 from prismrec.data.features import IMPUTE_METHODS, TEXT_ENCODER, encode_texts
 from prismrec.errors import ConfigError, DatasetError
 
@@ -125,7 +125,7 @@ def build_dataset(
     if impute not in IMPUTE_METHODS:
         raise ConfigError(f"--impute must be one of {', '.join(IMPUTE_METHODS)}, got {impute!r}")
     if cold_items:
-        choose_cold_items(np.arange(4), cold_items, seed)  # checks the fraction before any work
+        check_cold_fraction(cold_items, seed)
     item_features = dict(item_features or {})
     for modality in item_features:
         if not modality.isidentifier() or (modality == "text" and item_text is not None):

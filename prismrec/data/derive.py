@@ -32,16 +32,25 @@ from prismrec.errors import ConfigError, DatasetError
 CORRUPTIONS = ("drop", "noise")
 
 
-def choose_cold_items(items: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(valid_ids, test_ids)``: ``round(fraction * n)`` of the distinct ``items`` (at least 2),
-    drawn with ``seed``; the first half of the draw (rounded down) is held out in valid, the rest
-    in test. Both sorted."""
+def check_cold_fraction(fraction: float, seed: int) -> None:
+    """Refuse a cold-item share outside (0, 0.5] or a bad seed, before any work."""
     if isinstance(fraction, bool) or not 0.0 < float(fraction) <= 0.5:
         raise ConfigError(f"--cold-items / --fraction must be in (0, 0.5] (the share of items made cold), got {fraction}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ConfigError(f"--seed must be a whole number from 0 to 2**32-1, got {seed!r}")
+
+
+def choose_cold_items(items: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(valid_ids, test_ids)``: ``round(fraction * n)`` of the distinct ``items`` (at least 2, else a ConfigError),
+    drawn with ``seed``; the first half of the draw (rounded down) is held out in valid, the rest
+    in test. Both sorted."""
+    check_cold_fraction(fraction, seed)
     distinct = np.unique(items)
-    n_cold = max(2, int(round(float(fraction) * len(distinct))))
+    n_cold = int(round(float(fraction) * len(distinct)))
+    if n_cold < 2:  # was raised to 2 silently (--cold-items 1e-9 made 2 cold items)
+        raise ConfigError(f"--cold-items / --fraction {fraction} makes {n_cold} of the {len(distinct):,} items cold, but "
+                          f"a cold split needs at least 2 (one in valid, one in test): give at least "
+                          f"{2 / len(distinct):.2g}")
     if n_cold >= len(distinct):
         raise ConfigError(f"--cold-items {fraction} leaves no warm item among {len(distinct)}; lower it")
     drawn = np.random.default_rng(int(seed)).choice(distinct, n_cold, replace=False)
