@@ -80,13 +80,17 @@ def _cell_done(cell: Path, digest: str) -> dict | None:
     return {**metrics, "timing": run.read_timing()}
 
 
-def cell_dir(out_dir: Path, dataset: str, model: str, seed: int) -> Path:
-    """The run directory of one cell: ``<out>/<dataset>/<model>/seed-<seed>``. A dataset given as
-    a folder path that leads out of ``out_dir`` (absolute, or with ``..``) is filed under its
-    folder's name, so no cell is written into (or read from) the data folder or beside it."""
+def dataset_folder(dataset: str) -> str:
+    """The folder of a dataset's cells under ``--out``: the dataset's name, or for a dataset given
+    as a folder path that leads out of ``--out`` (absolute, or with ``..``) its folder's name, so no
+    cell is written into (or read from) the data folder or beside it."""
     path = Path(dataset)
-    folder = path.expanduser().resolve().name if path.is_absolute() or ".." in path.parts else dataset
-    return Path(out_dir) / folder / model / f"seed-{seed}"
+    return path.expanduser().resolve().name if path.is_absolute() or ".." in path.parts else dataset
+
+
+def cell_dir(out_dir: Path, dataset: str, model: str, seed: int) -> Path:
+    """The run directory of one cell: ``<out>/<dataset folder>/<model>/seed-<seed>``."""
+    return Path(out_dir) / dataset_folder(dataset) / model / f"seed-{seed}"
 
 
 def _clear_other_run(cell: Path, identity_digest: str, seed: int, log) -> None:
@@ -114,10 +118,10 @@ def check_inputs(models: list[str], datasets: list[str], seeds: list[int],
         twice = sorted({v for v in values if values.count(v) > 1}, key=str)
         if twice:
             raise ConfigError(f"{name} {', '.join(map(str, twice))} given twice: list each once")
-    folders: dict[Path, str] = {}
+    folders: dict[str, str] = {}
     for dataset in datasets:
         find_dataset(dataset, data_dir)
-        folder = cell_dir(Path("OUT"), dataset, "m", 0).parent.parent
+        folder = dataset_folder(dataset)
         if folder in folders:
             raise ConfigError(f"--datasets {folders[folder]} and {dataset} would share the cell folder "
                               f"{folder}: give dataset folders with different names")
