@@ -114,6 +114,7 @@ def test_run_config_round_trips(tmp_path):
         ("topk", "[]", "topk=\\(\\) is invalid"),
         ("patience", -1, "patience=-1 is invalid"),
         ("threads", -2, "threads=-2 is invalid"),
+        ("threads", 10**12, r"threads=1000000000000 is invalid: .* from 0 to 1,024"),  # was torch's OverflowError
         ("lr", 0, "lr=0.0 is invalid"),
         ("lr", -1e-3, "lr=-0.001 is invalid"),
         ("lr", float("nan"), "lr=nan is invalid"),
