@@ -183,6 +183,10 @@ def test_unknown_model_is_a_config_error():
         ("lr: [0.1,\n", r"c\.yaml, line 2, column 1: not valid YAML"),
         ("- 1\n- 2\n", "expected a mapping of settings"),
         ("train: 3\n", "section 'train' must be a mapping"),
+        # were one value silently: the section's over the top level's, params' over train's
+        ("lr: 0.5\ntrain:\n  lr: 0.001\n",
+         r"c\.yaml sets lr twice \(at the top level: 0\.5, in section 'train': 0\.001\); keep one"),
+        ("train:\n  epochs: 1\nparams:\n  epochs: 2\n", r"sets epochs twice \(in section 'train': 1, in section 'params'"),
     ],
 )
 def test_broken_yaml_is_a_config_error_naming_the_file(tmp_path, content, message):

@@ -173,12 +173,17 @@ def load_yaml_overrides(path: str | Path) -> dict[str, Any]:
                           f"got a {type(data).__name__}")
     # "seeds" and "protocol" are a run's record (config.yaml), not settings; seeds come from --seeds.
     flat = {k: v for k, v in data.items() if k not in ("train", "params", "protocol", "seeds")}
+    where = {k: "at the top level" for k in flat}
     for section in ("train", "params"):
         block = data.get(section) or {}
         if not isinstance(block, dict):
             raise ConfigError(f"config file {path}: section {section!r} must be a mapping of settings, "
                               f"got a {type(block).__name__}")
-        flat.update(block)
+        for key, value in block.items():  # one key in two places: which one was meant is not ours to guess
+            if key in where:
+                raise ConfigError(f"config file {path} sets {key} twice ({where[key]}: {flat[key]!r}, in section "
+                                  f"{section!r}: {value!r}); keep one")
+            flat[key], where[key] = value, f"in section {section!r}"
     # A run's config.yaml (or any dump of a resolved config: every training setting) records the seed
     # it ran with; in a file the user wrote, a seed would be ignored.
     record = "protocol" in data or set(field_types(TrainConfig)) <= set(data.get("train") or {})
