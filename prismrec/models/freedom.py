@@ -47,7 +47,7 @@ a **denoised** user–item graph whose edges are pruned afresh every epoch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -99,6 +99,16 @@ class FREEDOMConfig:
     gradient, not in the optimiser, not saved: saves the features' gradient and Adam moments,
     ~3.2 GiB at Electronics size). The item–item graph is built from the raw features either way
     and never changes."""
+
+    def __post_init__(self) -> None:
+        """Refuse an ``image_weight`` outside [0, 1], even where unused, and one that ``mm_weights``
+        replaces (it was ignored: ``mm_weights`` gives every modality's weight)."""
+        require_fraction("image_weight", self.image_weight)
+        default = next(f.default for f in fields(self) if f.name == "image_weight")
+        if self.mm_weights is not None and self.image_weight != default:
+            raise ValueError(
+                f"image_weight={self.image_weight} only acts when mm_weights is not set, but mm_weights="
+                f"{list(self.mm_weights)} gives every modality's weight: drop image_weight or mm_weights")
 
 
 @register
