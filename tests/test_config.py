@@ -149,6 +149,26 @@ def test_non_finite_model_settings_and_negative_loss_weights_are_config_errors(m
         resolve_config(model, "baby", parse_assignments([f"{key}={value}"]))
 
 
+@pytest.mark.parametrize(
+    "model, settings, switch, message",
+    [  # each trained, the setting never read
+        ("siger", "um_weight=0.1", "extended_branch=true",
+         r"um_weight=0.1 only acts with extended_branch=true, which is not set, so it would be ignored: drop "
+         r"um_weight=0.1, or set extended_branch=true"),
+        ("egra", "vt_weight=0.5 noise_mode=modulus", "backbone=gume",
+         r"vt_weight=0.5, noise_mode='modulus' only act with backbone=gume"),
+        ("lattice", "cf_model=mf n_ui_layers=3", None, r"n_ui_layers=3 only acts with cf_model=lightgcn"),
+        ("lattice", "cf_model=mf ui_graph=sym", None, r"ui_graph='sym' only acts with cf_model=lightgcn"),
+        ("lgmrec", "cf_model=mf n_ui_layers=0", None, r"n_ui_layers=0 only acts with cf_model=lightgcn"),
+    ],
+)
+def test_a_setting_the_other_settings_leave_unread_is_refused(model, settings, switch, message):
+    with pytest.raises(ConfigError, match=f"model '{model}' rejects its settings: {message}"):
+        resolve_config(model, "baby", parse_assignments(settings.split()))
+    if switch:  # with the setting that reads it, the same value is fine
+        resolve_config(model, "baby", parse_assignments([*settings.split(), switch]))
+
+
 def test_topk_zero_blames_topk_not_valid_metric():
     with pytest.raises(ConfigError) as info:
         resolve_config("lightgcn", "baby", {"topk": 0})

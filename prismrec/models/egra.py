@@ -28,13 +28,13 @@ no modality at all (its ``M`` row is 0; the entity weights are normalised over t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import torch
 
 from prismrec.data.features import fusion_presence
-from prismrec.checks import check_choices, require_fraction
+from prismrec.checks import check_choices, refuse_unused, require_fraction
 from prismrec.graph import UserItemGraph, knn_graph, pretrained_links, shared_neighbor_links, sym_normalize
 from prismrec.losses import (bpr_loss, counted_rows, entity_weighted_infonce, half_sq, moment_gap,
                              user_modality_alignment)
@@ -99,11 +99,13 @@ class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     """``τ_w``, temperature of the softmax entity weights; grid {0.2, 0.5, 1.0}."""
 
     def __post_init__(self) -> None:
-        """Also refuse a ``pretrained`` run that ``item_links="raw"`` would never read."""
+        """Also refuse a ``pretrained`` run that ``item_links="raw"`` would never read, and GUME terms
+        changed without ``backbone="gume"``."""
         if self.item_links == "raw" and self.pretrained != "auto":
             raise ValueError(
                 f"item_links=raw puts GUME's raw-feature links in place of P, so pretrained={self.pretrained!r} "
                 "would never be read: drop pretrained, or set item_links=pretrained to take P from that run")
+        refuse_unused(self, tuple(f.name for f in fields(GUMETermsConfig)), self.backbone == "gume", "backbone=gume")
         super().__post_init__()
 
 

@@ -48,7 +48,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from prismrec.checks import check_choices, require_fraction, require_items
+from prismrec.checks import check_choices, refuse_unused, require_fraction, require_items
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
 from prismrec.graph.learned import EdgeGraph, EdgeList, EpochGraph, KnnPatterns, normalize_edges, sampled_dot
 from prismrec.graph.walk import random_walk_adjacency
@@ -96,6 +96,10 @@ class LATTICEConfig:
     """Back-propagate through the learned graph's edge values on the first training batch of
     each epoch (reference code); ``False`` builds it without gradient (``P_m`` and ``a`` are
     then never trained)."""
+
+    def __post_init__(self) -> None:
+        """Refuse ``n_ui_layers`` or ``ui_graph`` changed with ``cf_model="mf"`` (no propagation: they were ignored)."""
+        refuse_unused(self, ("n_ui_layers", "ui_graph"), self.cf_model == "lightgcn", "cf_model=lightgcn")
 
 
 @register

@@ -89,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.checks import check_choices, require_fraction
+from prismrec.checks import check_choices, refuse_unused, require_fraction
 from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import all_keys_infonce, bpr_loss, emb_norm
@@ -147,6 +147,10 @@ class LGMRecConfig:
     feature_norm: Literal["none", "l2", "standardize"] = "none"
     """Rescale each modality's raw features first (``none`` = the reference's raw values). Raw
     scale sets the sharpness of the memberships ``GS(F_m V_m)``: large rows saturate them."""
+
+    def __post_init__(self) -> None:
+        """Refuse ``n_ui_layers`` changed with ``cf_model="mf"`` (no propagation: they were ignored)."""
+        refuse_unused(self, ("n_ui_layers",), self.cf_model == "lightgcn", "cf_model=lightgcn")
 
 
 @register

@@ -54,6 +54,7 @@ from typing import Literal
 
 import torch
 
+from prismrec.checks import refuse_unused
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.graph.cooccurrence import infused_graphs
@@ -126,6 +127,10 @@ class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     """Stop the gradient through the behaviour anchors ``C`` in ``L_A``."""
     extended_branch: bool = False
     """Add GUME's extended modality branch ``Ĥ`` with its ``um`` and ``reg2`` terms."""
+
+    def __post_init__(self) -> None:
+        """Refuse ``um_*``/``reg2`` settings changed without ``extended_branch`` (they were ignored)."""
+        refuse_unused(self, ("um_weight", "um_tau", "reg2_weight"), self.extended_branch, "extended_branch=true")
 
 
 @register
