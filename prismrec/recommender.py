@@ -144,6 +144,13 @@ class Recommender(nn.Module):
         self.n_users = dataset.n_users
         self.n_items = dataset.n_items
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        """Raise ``ValueError`` naming each setting of ``config`` out of a range that needs no data
+        (``n_layers=-1``, a temperature of 0); none by default. :func:`~prismrec.experiment.config.resolve_config`
+        runs it, so a search or a comparison refuses such a setting before any work; a model's
+        constructor runs it first, then its checks against the dataset (``knn_k`` above the items)."""
+
     @staticmethod
     def require_at_least(config, **minimums: float) -> None:
         """Raise ``ValueError`` naming every config field below its minimum (``n_layers=0``)."""

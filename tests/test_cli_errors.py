@@ -187,6 +187,15 @@ CASES = {
                                         "{data}", "--out", "{tmp}/c", "--seeds", "1", "--set", "bpr.lr=0.01", "--set",
                                         "lightgcn.lr=0.01", "--set", "bpr.lr=0.001"],
                                        r"^error: --set bpr\.lr given twice \(bpr\.lr=0\.01, bpr\.lr=0\.001\): give it once$"),
+    # were found when the model was built: compare trained bpr, then failed the lightgcn cell (exit 1, a
+    # results table written); tune wrote a study whose trials were all refused
+    "compare: a model's own check": (["compare", "--models", "bpr,lightgcn", "--datasets", "planted", "--data-dir",
+                                      "{data}", "--out", "{tmp}/c", "--seeds", "1", "--set", "lightgcn.n_layers=-1"],
+                                     r"^error: model 'lightgcn' rejects its settings: n_layers must be >= 0, got -1$"),
+    "tune: a space the model's own check refuses": (["tune", "--model", "lightgcn", "--dataset", "planted", "--data-dir",
+                                                     "{data}", "--out", "{tmp}/t", "--space", "n_layers=-3..1"],
+                                                    r"^error: model 'lightgcn' rejects its settings: n_layers must be "
+                                                    r">= 0, got -3$"),
     "compare: --seeds abc": (["compare", "--models", "bpr", "--datasets", "planted", "--out", "{tmp}/c", "--seeds", "x"],
                              r"--seeds 'x'"),
     "demo: a model refused on the data": (["demo", "--dataset", "imageonly", "--data-dir", "{data}", "--models",

@@ -346,7 +346,8 @@ def test_config_layer_rejects_bad_switches():
         resolve_config("siger", "planted", {"anchor_form": "A4"})
     with pytest.raises(ValueError, match="unknown setting"):
         resolve_config("siger", "planted", {"lambda_q": 0.1})
-    cfg = resolve_config("siger", "planted", {"modalities": "text,image", "beta_modalities": "0.1,0.9"})
+    cfg = resolve_config("siger", "planted", {"modalities": "text,image", "beta_modalities": "0.1,0.9",
+                                              "beta_per_modality": True})
     assert cfg.params.modalities == ["text", "image"] and cfg.params.beta_modalities == [0.1, 0.9]
 
 

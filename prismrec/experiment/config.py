@@ -291,9 +291,12 @@ def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = 
     train = TrainConfig(**train_kw)  # checks every training setting's range
     try:
         params = cls.Config(**model_kw)
-    except (TypeError, ValueError) as exc:  # a model config's own checks (__post_init__)
+        check_model_numbers(params)
+        # The model's own checks that need no data (n_layers=-1): here, so that a search or a
+        # comparison refuses them before any work, not as a refused trial or a failed cell.
+        cls.check_settings(params)
+    except (TypeError, ValueError) as exc:  # a model config's own checks (__post_init__, check_settings)
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"model {cls.name!r} rejects its settings: {exc}") from None
-    check_model_numbers(params)
     return ExperimentConfig(model=cls.name, dataset=dataset, train=train, params=params)

@@ -152,11 +152,15 @@ class DRAGON(Recommender):
     content_id_rows = None  # no item ID table
     train_defaults = {"lr": 1e-4}  # official README, Baby (and Sports)
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, hidden_size=1, n_ui_layers=0, n_ii_layers=0, knn_k=1,
+                             user_knn_k=1)
+        check_choices(config, cls.name)
+
     def __init__(self, dataset, config: DRAGONConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, hidden_size=1, n_ui_layers=0, n_ii_layers=0, knn_k=1,
-                              user_knn_k=1)
-        check_choices(config, self.name)
+        self.check_settings(config)
         require_items(self.n_items, knn_k=config.knn_k)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         self.mm_weights = role_weights(self.name, self.modalities, config.mm_weights, REFERENCE_IMAGE_WEIGHT)

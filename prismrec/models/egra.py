@@ -139,6 +139,10 @@ class EGRA(Recommender):
         """Stage 0: the pretrained item representations ``P``, unless the links are raw."""
         return () if config.item_links == "raw" else ("pretrained_items",)
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        check_config(config)
+
     def __init__(self, dataset, config: EGRAConfig, pretrained_items: PretrainedItems | None = None) -> None:
         super().__init__(dataset, config)
         check_config(config, self.n_items)

@@ -117,10 +117,14 @@ class FREEDOM(Recommender):
     Config = FREEDOMConfig
     content_id_rows = "impute"
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, knn_k=1, n_ui_layers=0, n_ii_layers=0)
+        require_fraction("drop_ratio", config.drop_ratio, "the fraction of training edges dropped", high_open=True)
+
     def __init__(self, dataset, config: FREEDOMConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, knn_k=1, n_ui_layers=0, n_ii_layers=0)
-        require_fraction("drop_ratio", config.drop_ratio, "the fraction of training edges dropped", high_open=True)
+        self.check_settings(config)
         require_items(self.n_items, knn_k=config.knn_k)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         # α_m in modalities order: mm_weights (checked), or by name (module docstring)

@@ -159,13 +159,17 @@ class LGMRec(Recommender):
     Config = LGMRecConfig
     content_id_rows = "zero"
 
-    def __init__(self, dataset, config: LGMRecConfig) -> None:
-        super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, n_ui_layers=0, n_mm_layers=0, n_hyper_layer=1, hyper_num=1)
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, n_ui_layers=0, n_mm_layers=0, n_hyper_layer=1, hyper_num=1)
         require_fraction("keep_rate", config.keep_rate, "the fraction of hyperedge memberships kept", low_open=True)
-        check_choices(config, self.name)
+        check_choices(config, cls.name)
         if config.gumbel_tau <= 0 or config.cl_tau <= 0:
             raise ValueError(f"temperatures must be > 0, got gumbel_tau={config.gumbel_tau}, cl_tau={config.cl_tau}")
+
+    def __init__(self, dataset, config: LGMRecConfig) -> None:
+        super().__init__(dataset, config)
+        self.check_settings(config)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         d = config.embedding_size
         r = sp.csr_matrix(dataset.train, dtype=np.float32)

@@ -82,9 +82,13 @@ class RLMultimodalRec(Recommender):
     content_id_rows = "zero"
     train_grid = {"lr": [1e-4, 5e-4, 1e-3]}  # ALGORITHMS.md §4
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, n_layers=0)
+
     def __init__(self, dataset, config: RLMultimodalRecConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, n_layers=0)
+        self.check_settings(config)
         # One selected modality (or a *_only fusion) is the single-modality variant: m = x̃.
         self.modalities = names = single_modality(
             self.select_modalities(dataset, config.modalities, 2 if config.fusion == "second_only" else 1, self.name),
