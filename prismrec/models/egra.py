@@ -249,7 +249,7 @@ def check_config(config: EGRAConfig, n_items: int | None = None) -> None:
     """Raise ``ValueError`` naming the settings out of their ranges (``knn_k`` against ``n_items``, when given)."""
     check_multiview_config(config, n_items, tau=config.tau, tau_w=config.tau_w, um_tau=config.um_tau)
     check_choices(config, "egra")
-    Recommender.require_at_least(config, k_pre=1, ramp_epochs=1, gamma=0, lambda_max=0)
+    Recommender.require_at_least(config, k_pre=1, ramp_epochs=1, gamma=0, lambda_max=0, noise_eps=0)
     require_fraction("lambda_min_ratio", config.lambda_min_ratio, "λ_min = ratio·λ_max")
     if config.pretrain_epochs is not None:
         Recommender.require_at_least(config, pretrain_epochs=1)

@@ -110,6 +110,8 @@ class GUME(Recommender):
     @classmethod
     def check_settings(cls, config) -> None:
         check_multiview_config(config, bm_tau=config.bm_tau, um_tau=config.um_tau)
+        # γ < 0 gave items negative degrees in Â⁺, taken as 0 (cut off); ε < 0 was named 'eps'
+        cls.require_at_least(config, gamma=0, noise_eps=0)
 
     def __init__(self, dataset, config: GUMEConfig) -> None:
         super().__init__(dataset, config)
