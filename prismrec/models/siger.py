@@ -152,7 +152,7 @@ class SIGER(Recommender):
     def __init__(self, dataset, config: SIGERConfig) -> None:
         super().__init__(dataset, config)
         self.check_settings(config)
-        require_items(self.n_items, knn_k=config.knn_k)
+        require_items(self.n_items, knn_k=config.knn_k, co_k=config.co_k)
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         self.betas = siger_betas(config, self.modalities)
         # 2 + 3. Ŝ_m, Ĉ (built only when used; Ĉ_m under a mask) and G_m = (1 − β_m) Ŝ_m + β_m Ĉ.
