@@ -160,6 +160,7 @@ def test_non_finite_model_settings_and_negative_loss_weights_are_config_errors(m
         ("lattice", "cf_model=mf n_ui_layers=3", None, r"n_ui_layers=3 only acts with cf_model=lightgcn"),
         ("lattice", "cf_model=mf ui_graph=sym", None, r"ui_graph='sym' only acts with cf_model=lightgcn"),
         ("lgmrec", "cf_model=mf n_ui_layers=0", None, r"n_ui_layers=0 only acts with cf_model=lightgcn"),
+        ("rlmmrec", "fusion=concat gate=scalar", None, r"gate='scalar' only acts with fusion=gate"),
     ],
 )
 def test_a_setting_the_other_settings_leave_unread_is_refused(model, settings, switch, message):

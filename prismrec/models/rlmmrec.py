@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from prismrec.checks import refuse_unused
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import added, bpr_loss, half_sq
 from prismrec.errors import ConfigError
@@ -73,6 +74,10 @@ class RLMultimodalRecConfig:
     vs .161 raw: raw VGGish audio, row norms ~1500, collapses the model) and ``none`` on tiktok
     (.088 vs .073); no scaling wins both, and ``standardize`` has the smallest worst-case loss
     (−17 % on tiktok, against −62 % for ``none`` and −24 % for ``l2``). Tune it per dataset."""
+
+    def __post_init__(self) -> None:
+        """Refuse a ``gate`` form changed with another ``fusion`` (it was ignored)."""
+        refuse_unused(self, ("gate",), self.fusion == "gate", "fusion=gate")
 
 
 @register
