@@ -42,6 +42,14 @@ def test_ill_typed_values_are_errors(key, value, message):
         resolve_config("lightgcn", "baby", {key: value})
 
 
+def test_a_whole_number_in_exponent_form_is_an_integer():  # YAML reads 1e3 as a string: was "must be an integer"
+    cfg = resolve_config("lightgcn", "baby", parse_assignments(["epochs=1e3", "embedding_size=1E2"]))
+    assert cfg.train.epochs == 1000 and cfg.params.embedding_size == 100
+    for text in ("1.5e0", "nan", "inf", "1e"):
+        with pytest.raises(ConfigError, match=f"epochs must be an integer, got '{text}'"):
+            resolve_config("lightgcn", "baby", parse_assignments([f"epochs={text}"]))
+
+
 def test_list_values_from_strings():
     for text in ("0.9,0.1", "[0.9, 0.1]", "[0.9,0.1]"):
         assert resolve_config("freedom", "baby", {"mm_weights": text}).params.mm_weights == [0.9, 0.1]
