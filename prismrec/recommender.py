@@ -85,8 +85,8 @@ class PretrainedStageConfig:
     """Settings of ``pretrained="auto"``'s stage 1 (unused with a run dir; a subclass may lack some)."""
 
     def __post_init__(self) -> None:
-        """Refuse stage-1 settings that ``pretrained=PATH`` would ignore, and a ``pre_model`` that
-        needs a stage 0 itself."""
+        """Refuse stage-1 settings that ``pretrained=PATH`` would ignore, a seed or a second epoch
+        count in ``pretrain_settings`` (both were ignored), and a ``pre_model`` that needs a stage 0 itself."""
         if self.pretrained != "auto":
             defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
                         for f in fields(self)}
@@ -98,6 +98,16 @@ class PretrainedStageConfig:
                     f"pretrained=auto, but pretrained="
                     f"{self.pretrained!r} takes P from that run as it is: drop {' and '.join(ignored)}, or set "
                     "pretrained=auto")
+        stage = self.pretrain_settings if isinstance(self.pretrain_settings, dict) else {}
+        seed = next((k for k in ("seed", "seeds") if k in stage), None)
+        if seed is not None:  # was replaced by the stage's seed, silently
+            raise ValueError(
+                f"pretrain_settings sets {seed}: {stage[seed]!r}, but stage 1 trains with the run's seed "
+                "(pretrain_per_seed=true) or 999 (false): remove it from pretrain_settings")
+        if "epochs" in stage and self.pretrain_epochs is not None:  # pretrain_epochs won, silently
+            raise ValueError(
+                f"pretrain_epochs={self.pretrain_epochs} and pretrain_settings epochs: {stage['epochs']!r} both set "
+                "stage 1's maximum epochs: give one of them")
         from prismrec.models import get_model
 
         try:

@@ -178,6 +178,17 @@ def test_a_setting_the_other_settings_leave_unread_is_refused(model, settings, s
         resolve_config(model, "baby", parse_assignments([*settings.split(), switch]))
 
 
+@pytest.mark.parametrize("settings, message", [
+    # each trained: the seed was replaced by the stage's, the epochs by pretrain_epochs
+    (["pretrain_settings={seed: 3}"], r"pretrain_settings sets seed: 3, but stage 1 trains with the run's seed"),
+    (["pretrain_settings={epochs: 0}", "pretrain_epochs=5"],
+     r"pretrain_epochs=5 and pretrain_settings epochs: 0 both set stage 1's maximum epochs: give one of them"),
+])
+def test_stage_one_settings_that_would_be_replaced_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=f"model 'egra' rejects its settings: {message}"):
+        resolve_config("egra", "baby", parse_assignments(settings))
+
+
 def test_topk_zero_blames_topk_not_valid_metric():
     with pytest.raises(ConfigError) as info:
         resolve_config("lightgcn", "baby", {"topk": 0})
