@@ -42,6 +42,12 @@ def test_ill_typed_values_are_errors(key, value, message):
         resolve_config("lightgcn", "baby", {key: value})
 
 
+def test_true_is_not_the_choice_one():  # egra entity_sign=true trained as entity_sign=1
+    with pytest.raises(ConfigError, match=r"entity_sign must be one of \[-1, 1\], got True"):
+        resolve_config("egra", "baby", parse_assignments(["entity_sign=true"]))
+    assert resolve_config("egra", "baby", parse_assignments(["entity_sign=1.0"])).params.entity_sign == 1
+
+
 def test_a_whole_number_in_exponent_form_is_an_integer():  # YAML reads 1e3 as a string: was "must be an integer"
     cfg = resolve_config("lightgcn", "baby", parse_assignments(["epochs=1e3", "embedding_size=1E2"]))
     assert cfg.train.epochs == 1000 and cfg.params.embedding_size == 100

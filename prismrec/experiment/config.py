@@ -55,9 +55,11 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError("; ".join(errors))
     if origin is Literal:
-        if value not in args:
+        # a choice equal to the value and of its kind: true is not the choice 1 (entity_sign=true was +1)
+        match = [a for a in args if a == value and isinstance(a, bool) == isinstance(value, bool)]
+        if not match:
             raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
-        return value
+        return match[0]
     if origin in (tuple, list):
         if isinstance(value, str):  # "a,b" or a YAML list "[a, b]"
             try:
