@@ -161,6 +161,12 @@ class Recommender(nn.Module):
         runs it, so a search or a comparison refuses such a setting before any work; a model's
         constructor runs it first, then its checks against the dataset (``knn_k`` above the items)."""
 
+    @classmethod
+    def check_dataset(cls, config, dataset) -> None:
+        """Raise ``ValueError`` where ``config`` does not fit ``dataset`` (``knn_k`` above its items),
+        for a model with :meth:`required_inputs`: the experiment layer runs it before the earlier
+        stages, which can train for hours; none by default (the constructor checks)."""
+
     @staticmethod
     def require_at_least(config, **minimums: float) -> None:
         """Raise ``ValueError`` naming every config field below its minimum (``n_layers=0``)."""

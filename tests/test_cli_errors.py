@@ -138,6 +138,16 @@ CASES = {
     "egra: pre_model=egra": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
                               "{tmp}/run", "--set", "pre_model=egra", "--quiet"],  # was a nested grid of EGRA runs
                              r"pre_model='egra' needs pretrained representations itself"),
+    # were found once stage 1 had trained (a pretraining grid, hours on a real dataset) and filled the cache
+    "egra: knn_k above the items, before stage 1": (["train", "--model", "egra", "--dataset", "planted", "--data-dir",
+                                                     "{data}", "--out", "{tmp}/run", "--set", "knn_k=500", "--set",
+                                                     "pretrain_cache={tmp}/cache", "--quiet"],
+                                                    r"model 'egra' rejects its settings: knn_k=500 exceeds the number "
+                                                    r"of items \(200\)$"),
+    "egra: k_pre above the items": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
+                                     "{tmp}/run", "--set", "k_pre=200", "--set", "pretrain_cache={tmp}/cache",
+                                     "--quiet"],  # was "k must be between 1 and 199 ..."
+                                    r"k_pre=200 exceeds the other items \(199\): B_pre links each item to k_pre others$"),
     "--track ''": (TRAIN + ["--track", "", "--quiet"], r"--track '' names no target"),  # was: no tracking, silently
     "--track mlflow:": (TRAIN + ["--track", "mlflow:", "--quiet"],  # was a local store in a folder named 'mlflow:'
                         r"--track 'mlflow:': 'mlflow:' is not a tracking target prismrec knows"),

@@ -41,6 +41,12 @@ def build_model(config, dataset) -> Recommender:
     from the global RNG (earlier stages do not touch it).
     """
     cls = get_model(config.model)
+    try:  # the settings against the data first, not after an earlier stage has trained (EGRA's stage 1)
+        cls.check_dataset(config.params, dataset)
+    except ValueError as exc:
+        if isinstance(exc, PrismrecError):
+            raise
+        raise ModelRefused(f"model {cls.name!r} rejects its settings: {exc}") from exc
     inputs = {name: STAGES[name](config, dataset) for name in cls.required_inputs(config.params)}
     try:
         return cls(dataset, config.params, **inputs)

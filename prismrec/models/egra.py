@@ -143,9 +143,17 @@ class EGRA(Recommender):
     def check_settings(cls, config) -> None:
         check_config(config)
 
+    @classmethod
+    def check_dataset(cls, config, dataset) -> None:
+        check_config(config, dataset.n_items)
+        cls.select_modalities(dataset, config.modalities, 1, cls.name)
+        if config.item_links == "pretrained" and config.k_pre > dataset.n_items - 1:  # was named 'k'
+            raise ValueError(f"k_pre={config.k_pre} exceeds the other items ({dataset.n_items - 1}): B_pre links "
+                             f"each item to k_pre others")
+
     def __init__(self, dataset, config: EGRAConfig, pretrained_items: PretrainedItems | None = None) -> None:
         super().__init__(dataset, config)
-        check_config(config, self.n_items)
+        self.check_dataset(config, dataset)
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         d, gume = config.embedding_size, config.backbone == "gume"
         self.n_ui_layers = config.n_ui_layers if config.n_ui_layers is not None else (3 if gume else 2)
