@@ -98,6 +98,9 @@ class PretrainedStageConfig:
                     f"pretrained=auto, but pretrained="
                     f"{self.pretrained!r} takes P from that run as it is: drop {' and '.join(ignored)}, or set "
                     "pretrained=auto")
+        if isinstance(self.pretrain_cache, str) and not self.pretrain_cache.strip():  # was the default cache
+            raise ValueError(f"pretrain_cache={self.pretrain_cache!r} names no folder: give a folder path, or leave "
+                             "pretrain_cache out for $PRISMREC_CACHE/pretrained")
         stage = self.pretrain_settings if isinstance(self.pretrain_settings, dict) else {}
         seed = next((k for k in ("seed", "seeds") if k in stage), None)
         if seed is not None:  # was replaced by the stage's seed, silently
