@@ -169,6 +169,8 @@ def test_non_finite_model_settings_and_negative_loss_weights_are_config_errors(m
         ("siger", "um_weight=0.1", "extended_branch=true",
          r"um_weight=0.1 only acts with extended_branch=true, which is not set, so it would be ignored: drop "
          r"um_weight=0.1, or set extended_branch=true"),
+        ("siger", "beta=0.3 beta_per_modality=true beta_modalities=[0.1,0.2]", None,
+         r"beta=0.3 only acts with beta_per_modality=false"),  # beta_modalities replaced it
         ("egra", "vt_weight=0.5 noise_mode=modulus", "backbone=gume",
          r"vt_weight=0.5, noise_mode='modulus' only act with backbone=gume"),
         ("lattice", "cf_model=mf n_ui_layers=3", None, r"n_ui_layers=3 only acts with cf_model=lightgcn"),

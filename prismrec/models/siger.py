@@ -129,8 +129,10 @@ class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     """Add GUME's extended modality branch ``Ĥ`` with its ``um`` and ``reg2`` terms."""
 
     def __post_init__(self) -> None:
-        """Refuse ``um_*``/``reg2`` settings changed without ``extended_branch`` (they were ignored)."""
+        """Refuse ``um_*``/``reg2`` settings changed without ``extended_branch``, and a ``beta`` changed
+        beside ``beta_per_modality`` (they were ignored)."""
         refuse_unused(self, ("um_weight", "um_tau", "reg2_weight"), self.extended_branch, "extended_branch=true")
+        refuse_unused(self, ("beta",), not self.beta_per_modality, "beta_per_modality=false")
 
 
 @register
