@@ -138,6 +138,7 @@ def test_run_config_round_trips(tmp_path):
         ("seed", -1, "seed=-1 is invalid"),
         ("device", "tpu", r"device='tpu' is invalid: the device must be one of cpu, cuda, mps"),
         ("device", "cuda:x", "device='cuda:x' is invalid"),
+        ("device", "cpu:5", r"device='cpu:5' is invalid: the CPU is one device: give cpu"),  # ran on the CPU
         ("valid_metric", "recall@abc", r"valid_metric='recall@abc' is invalid: must be METRIC@K"),
     ],
 )

@@ -146,6 +146,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     kind, colon, index = device.partition(":")
     require_setting(kind in DEVICE_TYPES and (not colon or index.isdigit()), "device", cfg.device,
              f"the device must be one of {', '.join(DEVICE_TYPES)}, optionally with an index (cuda:1)")
+    require_setting(kind != "cpu" or not colon or int(index) == 0, "device", cfg.device,  # cpu:5 ran on the CPU
+             "the CPU is one device: give cpu (an index selects a GPU, e.g. cuda:1)")
 
 
 def check_device_available(device: str, setting: str = "device", fix: str = "run with --set device=cpu") -> None:
