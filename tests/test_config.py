@@ -35,6 +35,8 @@ def test_unknown_key_lists_valid_keys():
         ("mask_valid_at_test", "maybe", "mask_valid_at_test must be true or false"),
         ("valid_metric", "auc@20", "valid_metric"),
         ("valid_metric", "recall@7", "valid_metric"),
+        # was "threads must be an integer, got 'many'; threads must be one of ['auto'], got 'many'"
+        ("threads", "many", r"^threads must be an integer or one of \['auto'\], got 'many'$"),
     ],
 )
 def test_ill_typed_values_are_errors(key, value, message):

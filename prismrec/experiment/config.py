@@ -53,6 +53,9 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                 return coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
+        prefix, suffix = f"{key} must be ", f", got {value!r}"  # one sentence: "... an integer or one of [...]"
+        if all(e.startswith(prefix) and e.endswith(suffix) for e in errors):
+            raise ConfigError(prefix + " or ".join(e[len(prefix):len(e) - len(suffix)] for e in errors) + suffix)
         raise ConfigError("; ".join(errors))
     if origin is Literal:
         # a choice equal to the value and of its kind: true is not the choice 1 (entity_sign=true was +1)
