@@ -87,6 +87,9 @@ class PretrainedStageConfig:
     def __post_init__(self) -> None:
         """Refuse stage-1 settings that ``pretrained=PATH`` would ignore, a seed or a second epoch
         count in ``pretrain_settings`` (both were ignored), and a ``pre_model`` that needs a stage 0 itself."""
+        if isinstance(self.pretrained, str) and not self.pretrained.strip():  # was read as the folder '.'
+            raise ValueError(f"pretrained={self.pretrained!r} names no run: give a run directory of prismrec train "
+                             "(or its export), or pretrained=auto")
         if self.pretrained != "auto":
             defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
                         for f in fields(self)}

@@ -193,6 +193,7 @@ def test_a_setting_the_other_settings_leave_unread_is_refused(model, settings, s
     # each trained: the seed was replaced by the stage's, the epochs by pretrain_epochs
     (["pretrain_settings={seed: 3}"], r"pretrain_settings sets seed: 3, but stage 1 trains with the run's seed"),
     (["pretrain_cache="], r"pretrain_cache='' names no folder"),  # was the default cache, silently
+    (["pretrained="], r"pretrained='' names no run: give a run directory"),  # was read as the folder '.'
     (["pretrain_settings={epochs: 0}", "pretrain_epochs=5"],
      r"pretrain_epochs=5 and pretrain_settings epochs: 0 both set stage 1's maximum epochs: give one of them"),
 ])
