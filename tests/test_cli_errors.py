@@ -107,6 +107,11 @@ CASES = {
                          r"data directory .*none does not exist"),
     "model too large": (TRAIN + ["--set", "embedding_size=99999999999", "--quiet"],  # was torch's RuntimeError
                         r"model 'lightgcn' does not fit in memory on 'planted' with its settings \([\d,.]+ GiB were asked"),
+    # was "... with its settings (); lower the sizes you set (embedding_size, hidden sizes, knn_k)"
+    "model too deep": (["train", "--model", "mmgcn", "--dataset", "planted", "--data-dir", "{data}", "--out", "{tmp}/run",
+                        "--set", "n_layers=1000000000000", "--quiet"],
+                       r"model 'mmgcn' does not fit in memory on 'planted' with its settings; lower the sizes you set "
+                       r"\(embedding_size, hidden sizes, layer counts, knn_k\)$"),
     "model's own check": (TRAIN + ["--set", "n_layers=-1", "--quiet"], r"model 'lightgcn' rejects its settings: n_layers"),
     "modalities twice": (["train", "--model", "gume", "--dataset", "planted", "--data-dir", "{data}", "--out",
                           "{tmp}/run", "--set", "epochs=1", "--set", "modalities=[image,image]", "--quiet"],

@@ -61,5 +61,6 @@ def build_model(config, dataset) -> Recommender:
         # Sizes that cannot fit (embedding_size=10**11): torch's allocator error, said as a setting.
         asked = re.search(r"allocate (\d+) bytes", str(exc))
         what = f"{int(asked[1]) / 2**30:,.1f} GiB were asked for" if asked else " ".join(str(exc).split())[:120]
-        raise ModelRefused(f"model {cls.name!r} does not fit in memory on {dataset.name!r} with its settings "
-                          f"({what}); lower the sizes you set (embedding_size, hidden sizes, knn_k)") from exc
+        raise ModelRefused(f"model {cls.name!r} does not fit in memory on {dataset.name!r} with its settings"
+                          + (f" ({what})" if what else "")  # a bare MemoryError (n_layers=10**12) said "()"
+                          + "; lower the sizes you set (embedding_size, hidden sizes, layer counts, knn_k)") from exc
