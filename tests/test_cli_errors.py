@@ -107,11 +107,15 @@ CASES = {
                          r"data directory .*none does not exist"),
     "model too large": (TRAIN + ["--set", "embedding_size=99999999999", "--quiet"],  # was torch's RuntimeError
                         r"model 'lightgcn' does not fit in memory on 'planted' with its settings \([\d,.]+ GiB were asked"),
-    # was "... with its settings (); lower the sizes you set (embedding_size, hidden sizes, knn_k)"
+    # mmgcn said "... does not fit in memory ... with its settings (); lower the sizes you set (embedding_size, ...)"
     "model too deep": (["train", "--model", "mmgcn", "--dataset", "planted", "--data-dir", "{data}", "--out", "{tmp}/run",
                         "--set", "n_layers=1000000000000", "--quiet"],
-                       r"model 'mmgcn' does not fit in memory on 'planted' with its settings; lower the sizes you set "
-                       r"\(embedding_size, hidden sizes, layer counts, knn_k\)$"),
+                       r"^error: setting n_layers=1000000000000 is invalid: a layer count must be at most 1,000"),
+    # trained forever (no error, no end); a search range drew such a count
+    "lightgcn too deep": (TRAIN + ["--set", "n_layers=1e12", "--quiet"], r"setting n_layers=1000000000000 is invalid"),
+    "tune: a range of layer counts": (["tune", "--model", "lightgcn", "--dataset", "planted", "--data-dir", "{data}",
+                                       "--out", "{tmp}/t", "--space", "n_layers=1..1e20"],
+                                      r"setting n_layers=100000000000000000000 is invalid: a layer count must be at"),
     "model's own check": (TRAIN + ["--set", "n_layers=-1", "--quiet"], r"model 'lightgcn' rejects its settings: n_layers"),
     "modalities twice": (["train", "--model", "gume", "--dataset", "planted", "--data-dir", "{data}", "--out",
                           "{tmp}/run", "--set", "epochs=1", "--set", "modalities=[image,image]", "--quiet"],

@@ -263,16 +263,26 @@ def declared_grid(model: str) -> dict[str, list]:
     return {**space, **{k: list(v) for k, v in cls.train_grid.items() if len(v) > 1}}
 
 
+MAX_LAYERS = 1000
+"""Most propagation steps a layer count (``n_layers``, ``n_ui_layers``, ...) may ask for: far past
+any model's use (the papers search 1 to 4), short of a run that never ends (``n_layers=10**12``
+propagated forever, or drew one from a search range)."""
+
+
 def check_model_numbers(params) -> None:
     """Raise :class:`ConfigError` naming the first model setting that is NaN or infinite (alone or
-    in a list), or a loss weight (``*_weight``) below 0: caught here, not as a loss that "diverged"
-    or a run that trains on nonsense."""
+    in a list), a loss weight (``*_weight``) below 0, or a layer count (``n_*layer(s)``) above
+    :data:`MAX_LAYERS`: caught here, not as a loss that "diverged", a run that trains on nonsense
+    or one that never ends."""
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
         numbers = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, float)]
         require_setting(all(math.isfinite(v) for v in numbers), f.name, value, "model settings must be finite numbers")
         require_setting(not (f.name.endswith("_weight") and numbers and min(numbers) < 0), f.name, value,
                  "a loss weight must be >= 0 (0 switches its term off)")
+        layers = f.name.startswith("n_") and f.name.endswith(("_layer", "_layers")) and isinstance(value, int)
+        require_setting(not (layers and value > MAX_LAYERS), f.name, value,
+                        f"a layer count must be at most {MAX_LAYERS:,} (each layer is one more propagation step)")
 
 
 def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
