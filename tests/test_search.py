@@ -67,6 +67,8 @@ def test_the_selected_point_is_shown_as_the_settings_it_trained_with():
         # was scored on the study's own valid_metric
         (["seed=1..5"], "the seed is not a setting to search .* --seeds"),
         (["valid_metric=recall@20|ndcg@20"], "valid_metric is what the study maximises"),
+        (["threads=1|auto"], r"--space threads=1\|auto: threads changes where or how fast a trial runs, not what it "
+                             r"trains .* fix it with --set threads=..."),  # was searched, 'selected: threads=auto'
         (["n_layers=1..3.5"], r"--space n_layers=1..3.5: n_layers takes whole numbers, and 3.5 is not one"),
         # was searched over the whole numbers 0 and 1 alone
         (["reg_weight=0..1"], r"--space reg_weight=0..1: whole-number bounds draw whole numbers only, and reg_weight "

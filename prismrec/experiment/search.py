@@ -122,6 +122,9 @@ NOT_SEARCHED = {
             "trained with the --seeds anyway); give the final seeds with --seeds",
     "valid_metric": "valid_metric is what the study maximises, the same for every trial; choose it with "
                     "--set valid_metric=... and search other settings",
+    **{key: f"{key} changes where or how fast a trial runs, not what it trains (it is no part of a run's identity), "
+            f"so the study would select among equal points; fix it with --set {key}=..."
+       for key in ("threads", "device", "checkpoint_every_s")},
 }
 """Settings that are not points of a search: why, and what to do instead."""
 
