@@ -7,6 +7,7 @@ lower bounds; these cover the rest.
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
 from typing import Literal, get_args, get_origin, get_type_hints
 
 
@@ -36,3 +37,16 @@ def require_fraction(name: str, value: float, what: str = "", *, low_open: bool 
     if not (low_ok and high_ok):
         interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
         raise ValueError(f"{name}{f' ({what})' if what else ''} must be in {interval}, got {value}")
+
+
+def refuse_unused(config, names: tuple[str, ...], used: bool, switch: str) -> None:
+    """Raise naming each setting of ``names`` changed from its default while ``used`` is False: the
+    model would never read it (``switch``, e.g. ``extended_branch=true``, is what makes it act)."""
+    if used:
+        return
+    defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(config)}
+    changed = [f"{key}={getattr(config, key)!r}" for key in names if getattr(config, key) != defaults[key]]
+    if changed:
+        raise ValueError(f"{', '.join(changed)} only {'acts' if len(changed) == 1 else 'act'} with {switch}, which is "
+                         f"not set, so {'it' if len(changed) == 1 else 'they'} would be ignored: drop "
+                         f"{' and '.join(changed)}, or set {switch}")

@@ -85,8 +85,11 @@ class PretrainedStageConfig:
     """Settings of ``pretrained="auto"``'s stage 1 (unused with a run dir; a subclass may lack some)."""
 
     def __post_init__(self) -> None:
-        """Refuse stage-1 settings that ``pretrained=PATH`` would ignore, and a ``pre_model`` that
-        needs a stage 0 itself."""
+        """Refuse stage-1 settings that ``pretrained=PATH`` would ignore, a seed or a second epoch
+        count in ``pretrain_settings`` (both were ignored), and a ``pre_model`` that needs a stage 0 itself."""
+        if isinstance(self.pretrained, str) and not self.pretrained.strip():  # was read as the folder '.'
+            raise ValueError(f"pretrained={self.pretrained!r} names no run: give a run directory of prismrec train "
+                             "(or its export), or pretrained=auto")
         if self.pretrained != "auto":
             defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
                         for f in fields(self)}
@@ -98,6 +101,19 @@ class PretrainedStageConfig:
                     f"pretrained=auto, but pretrained="
                     f"{self.pretrained!r} takes P from that run as it is: drop {' and '.join(ignored)}, or set "
                     "pretrained=auto")
+        if isinstance(self.pretrain_cache, str) and not self.pretrain_cache.strip():  # was the default cache
+            raise ValueError(f"pretrain_cache={self.pretrain_cache!r} names no folder: give a folder path, or leave "
+                             "pretrain_cache out for $PRISMREC_CACHE/pretrained")
+        stage = self.pretrain_settings if isinstance(self.pretrain_settings, dict) else {}
+        seed = next((k for k in ("seed", "seeds") if k in stage), None)
+        if seed is not None:  # was replaced by the stage's seed, silently
+            raise ValueError(
+                f"pretrain_settings sets {seed}: {stage[seed]!r}, but stage 1 trains with the run's seed "
+                "(pretrain_per_seed=true) or 999 (false): remove it from pretrain_settings")
+        if "epochs" in stage and self.pretrain_epochs is not None:  # pretrain_epochs won, silently
+            raise ValueError(
+                f"pretrain_epochs={self.pretrain_epochs} and pretrain_settings epochs: {stage['epochs']!r} both set "
+                "stage 1's maximum epochs: give one of them")
         from prismrec.models import get_model
 
         try:
@@ -143,6 +159,19 @@ class Recommender(nn.Module):
         self.config = config
         self.n_users = dataset.n_users
         self.n_items = dataset.n_items
+
+    @classmethod
+    def check_settings(cls, config) -> None:
+        """Raise ``ValueError`` naming each setting of ``config`` out of a range that needs no data
+        (``n_layers=-1``, a temperature of 0); none by default. :func:`~prismrec.experiment.config.resolve_config`
+        runs it, so a search or a comparison refuses such a setting before any work; a model's
+        constructor runs it first, then its checks against the dataset (``knn_k`` above the items)."""
+
+    @classmethod
+    def check_dataset(cls, config, dataset) -> None:
+        """Raise ``ValueError`` where ``config`` does not fit ``dataset`` (``knn_k`` above its items),
+        for a model with :meth:`required_inputs`: the experiment layer runs it before the earlier
+        stages, which can train for hours; none by default (the constructor checks)."""
 
     @staticmethod
     def require_at_least(config, **minimums: float) -> None:

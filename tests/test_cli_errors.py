@@ -107,6 +107,15 @@ CASES = {
                          r"data directory .*none does not exist"),
     "model too large": (TRAIN + ["--set", "embedding_size=99999999999", "--quiet"],  # was torch's RuntimeError
                         r"model 'lightgcn' does not fit in memory on 'planted' with its settings \([\d,.]+ GiB were asked"),
+    # mmgcn said "... does not fit in memory ... with its settings (); lower the sizes you set (embedding_size, ...)"
+    "model too deep": (["train", "--model", "mmgcn", "--dataset", "planted", "--data-dir", "{data}", "--out", "{tmp}/run",
+                        "--set", "n_layers=1000000000000", "--quiet"],
+                       r"^error: setting n_layers=1000000000000 is invalid: a layer count must be at most 1,000"),
+    # trained forever (no error, no end); a search range drew such a count
+    "lightgcn too deep": (TRAIN + ["--set", "n_layers=1e12", "--quiet"], r"setting n_layers=1000000000000 is invalid"),
+    "tune: a range of layer counts": (["tune", "--model", "lightgcn", "--dataset", "planted", "--data-dir", "{data}",
+                                       "--out", "{tmp}/t", "--space", "n_layers=1..1e20"],
+                                      r"setting n_layers=100000000000000000000 is invalid: a layer count must be at"),
     "model's own check": (TRAIN + ["--set", "n_layers=-1", "--quiet"], r"model 'lightgcn' rejects its settings: n_layers"),
     "modalities twice": (["train", "--model", "gume", "--dataset", "planted", "--data-dir", "{data}", "--out",
                           "{tmp}/run", "--set", "epochs=1", "--set", "modalities=[image,image]", "--quiet"],
@@ -138,6 +147,16 @@ CASES = {
     "egra: pre_model=egra": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
                               "{tmp}/run", "--set", "pre_model=egra", "--quiet"],  # was a nested grid of EGRA runs
                              r"pre_model='egra' needs pretrained representations itself"),
+    # were found once stage 1 had trained (a pretraining grid, hours on a real dataset) and filled the cache
+    "egra: knn_k above the items, before stage 1": (["train", "--model", "egra", "--dataset", "planted", "--data-dir",
+                                                     "{data}", "--out", "{tmp}/run", "--set", "knn_k=500", "--set",
+                                                     "pretrain_cache={tmp}/cache", "--quiet"],
+                                                    r"model 'egra' rejects its settings: knn_k=500 exceeds the number "
+                                                    r"of items \(200\)$"),
+    "egra: k_pre above the items": (["train", "--model", "egra", "--dataset", "planted", "--data-dir", "{data}", "--out",
+                                     "{tmp}/run", "--set", "k_pre=200", "--set", "pretrain_cache={tmp}/cache",
+                                     "--quiet"],  # was "k must be between 1 and 199 ..."
+                                    r"k_pre=200 exceeds the other items \(199\): B_pre links each item to k_pre others$"),
     "--track ''": (TRAIN + ["--track", "", "--quiet"], r"--track '' names no target"),  # was: no tracking, silently
     "--track mlflow:": (TRAIN + ["--track", "mlflow:", "--quiet"],  # was a local store in a folder named 'mlflow:'
                         r"--track 'mlflow:': 'mlflow:' is not a tracking target prismrec knows"),
@@ -187,6 +206,15 @@ CASES = {
                                         "{data}", "--out", "{tmp}/c", "--seeds", "1", "--set", "bpr.lr=0.01", "--set",
                                         "lightgcn.lr=0.01", "--set", "bpr.lr=0.001"],
                                        r"^error: --set bpr\.lr given twice \(bpr\.lr=0\.01, bpr\.lr=0\.001\): give it once$"),
+    # were found when the model was built: compare trained bpr, then failed the lightgcn cell (exit 1, a
+    # results table written); tune wrote a study whose trials were all refused
+    "compare: a model's own check": (["compare", "--models", "bpr,lightgcn", "--datasets", "planted", "--data-dir",
+                                      "{data}", "--out", "{tmp}/c", "--seeds", "1", "--set", "lightgcn.n_layers=-1"],
+                                     r"^error: model 'lightgcn' rejects its settings: n_layers must be >= 0, got -1$"),
+    "tune: a space the model's own check refuses": (["tune", "--model", "lightgcn", "--dataset", "planted", "--data-dir",
+                                                     "{data}", "--out", "{tmp}/t", "--space", "n_layers=-3..1"],
+                                                    r"^error: model 'lightgcn' rejects its settings: n_layers must be "
+                                                    r">= 0, got -3$"),
     "compare: --seeds abc": (["compare", "--models", "bpr", "--datasets", "planted", "--out", "{tmp}/c", "--seeds", "x"],
                              r"--seeds 'x'"),
     "demo: a model refused on the data": (["demo", "--dataset", "imageonly", "--data-dir", "{data}", "--models",

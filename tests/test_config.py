@@ -35,11 +35,27 @@ def test_unknown_key_lists_valid_keys():
         ("mask_valid_at_test", "maybe", "mask_valid_at_test must be true or false"),
         ("valid_metric", "auc@20", "valid_metric"),
         ("valid_metric", "recall@7", "valid_metric"),
+        # was "threads must be an integer, got 'many'; threads must be one of ['auto'], got 'many'"
+        ("threads", "many", r"^threads must be an integer or one of \['auto'\], got 'many'$"),
     ],
 )
 def test_ill_typed_values_are_errors(key, value, message):
     with pytest.raises(ConfigError, match=message):
         resolve_config("lightgcn", "baby", {key: value})
+
+
+def test_true_is_not_the_choice_one():  # egra entity_sign=true trained as entity_sign=1
+    with pytest.raises(ConfigError, match=r"entity_sign must be one of \[-1, 1\], got True"):
+        resolve_config("egra", "baby", parse_assignments(["entity_sign=true"]))
+    assert resolve_config("egra", "baby", parse_assignments(["entity_sign=1.0"])).params.entity_sign == 1
+
+
+def test_a_whole_number_in_exponent_form_is_an_integer():  # YAML reads 1e3 as a string: was "must be an integer"
+    cfg = resolve_config("lightgcn", "baby", parse_assignments(["epochs=1e3", "embedding_size=1E2"]))
+    assert cfg.train.epochs == 1000 and cfg.params.embedding_size == 100
+    for text in ("1.5e0", "nan", "inf", "1e"):
+        with pytest.raises(ConfigError, match=f"epochs must be an integer, got '{text}'"):
+            resolve_config("lightgcn", "baby", parse_assignments([f"epochs={text}"]))
 
 
 def test_list_values_from_strings():
@@ -114,6 +130,7 @@ def test_run_config_round_trips(tmp_path):
         ("topk", "[]", "topk=\\(\\) is invalid"),
         ("patience", -1, "patience=-1 is invalid"),
         ("threads", -2, "threads=-2 is invalid"),
+        ("threads", 10**12, r"threads=1000000000000 is invalid: .* from 0 to 1,024"),  # was torch's OverflowError
         ("lr", 0, "lr=0.0 is invalid"),
         ("lr", -1e-3, "lr=-0.001 is invalid"),
         ("lr", float("nan"), "lr=nan is invalid"),
@@ -123,6 +140,7 @@ def test_run_config_round_trips(tmp_path):
         ("seed", -1, "seed=-1 is invalid"),
         ("device", "tpu", r"device='tpu' is invalid: the device must be one of cpu, cuda, mps"),
         ("device", "cuda:x", "device='cuda:x' is invalid"),
+        ("device", "cpu:5", r"device='cpu:5' is invalid: the CPU is one device: give cpu"),  # ran on the CPU
         ("valid_metric", "recall@abc", r"valid_metric='recall@abc' is invalid: must be METRIC@K"),
     ],
 )
@@ -146,6 +164,42 @@ def test_out_of_range_training_settings_are_config_errors(key, value, message):
 def test_non_finite_model_settings_and_negative_loss_weights_are_config_errors(model, key, value, message):
     with pytest.raises(ConfigError, match=message):
         resolve_config(model, "baby", parse_assignments([f"{key}={value}"]))
+
+
+@pytest.mark.parametrize(
+    "model, settings, switch, message",
+    [  # each trained, the setting never read
+        ("siger", "um_weight=0.1", "extended_branch=true",
+         r"um_weight=0.1 only acts with extended_branch=true, which is not set, so it would be ignored: drop "
+         r"um_weight=0.1, or set extended_branch=true"),
+        ("siger", "beta=0.3 beta_per_modality=true beta_modalities=[0.1,0.2]", None,
+         r"beta=0.3 only acts with beta_per_modality=false"),  # beta_modalities replaced it
+        ("egra", "vt_weight=0.5 noise_mode=modulus", "backbone=gume",
+         r"vt_weight=0.5, noise_mode='modulus' only act with backbone=gume"),
+        ("lattice", "cf_model=mf n_ui_layers=3", None, r"n_ui_layers=3 only acts with cf_model=lightgcn"),
+        ("lattice", "cf_model=mf ui_graph=sym", None, r"ui_graph='sym' only acts with cf_model=lightgcn"),
+        ("lgmrec", "cf_model=mf n_ui_layers=0", None, r"n_ui_layers=0 only acts with cf_model=lightgcn"),
+        ("rlmmrec", "fusion=concat gate=scalar", None, r"gate='scalar' only acts with fusion=gate"),
+    ],
+)
+def test_a_setting_the_other_settings_leave_unread_is_refused(model, settings, switch, message):
+    with pytest.raises(ConfigError, match=f"model '{model}' rejects its settings: {message}"):
+        resolve_config(model, "baby", parse_assignments(settings.split()))
+    if switch:  # with the setting that reads it, the same value is fine
+        resolve_config(model, "baby", parse_assignments([*settings.split(), switch]))
+
+
+@pytest.mark.parametrize("settings, message", [
+    # each trained: the seed was replaced by the stage's, the epochs by pretrain_epochs
+    (["pretrain_settings={seed: 3}"], r"pretrain_settings sets seed: 3, but stage 1 trains with the run's seed"),
+    (["pretrain_cache="], r"pretrain_cache='' names no folder"),  # was the default cache, silently
+    (["pretrained="], r"pretrained='' names no run: give a run directory"),  # was read as the folder '.'
+    (["pretrain_settings={epochs: 0}", "pretrain_epochs=5"],
+     r"pretrain_epochs=5 and pretrain_settings epochs: 0 both set stage 1's maximum epochs: give one of them"),
+])
+def test_stage_one_settings_that_would_be_replaced_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=f"model 'egra' rejects its settings: {message}"):
+        resolve_config("egra", "baby", parse_assignments(settings))
 
 
 def test_topk_zero_blames_topk_not_valid_metric():
@@ -182,6 +236,10 @@ def test_unknown_model_is_a_config_error():
         ("lr: [0.1,\n", r"c\.yaml, line 2, column 1: not valid YAML"),
         ("- 1\n- 2\n", "expected a mapping of settings"),
         ("train: 3\n", "section 'train' must be a mapping"),
+        # were one value silently: the section's over the top level's, params' over train's
+        ("lr: 0.5\ntrain:\n  lr: 0.001\n",
+         r"c\.yaml sets lr twice \(at the top level: 0\.5, in section 'train': 0\.001\); keep one"),
+        ("train:\n  epochs: 1\nparams:\n  epochs: 2\n", r"sets epochs twice \(in section 'train': 1, in section 'params'"),
     ],
 )
 def test_broken_yaml_is_a_config_error_naming_the_file(tmp_path, content, message):

@@ -30,6 +30,12 @@ def test_demo_bad_model_is_one_line(tmp_path):
     assert result.exit_code == 2 and result.output.count("error:") == 1
 
 
+def test_demo_too_many_threads_names_the_threads_option(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--threads", "5000", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: --threads 5000: give a whole number from 0 to 1,024 (0: torch's default)"]
+
+
 @pytest.mark.parametrize("lr", ["0", "nan", "-1"])
 def test_demo_bad_lr_names_the_lr_option(tmp_path, lr):
     result = CliRunner().invoke(app, ["demo", "--lr", lr, "--out", str(tmp_path / "d")])

@@ -153,6 +153,8 @@ def test_config_errors(planted):
         build(planted, user_aggr="max")
     with pytest.raises(ValueError, match="user_knn_k must be >= 1"):
         build(planted, user_knn_k=0)
+    with pytest.raises(ValueError, match=r"user_knn_k=301 exceeds the number of users \(300\)"):  # was cut to 300
+        build(planted, user_knn_k=301)
 
 
 def test_graph_weights_go_by_name_and_other_modalities_need_mm_weights(planted, tmp_path):

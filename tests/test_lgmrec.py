@@ -43,8 +43,8 @@ BATCH = (torch.tensor([0, 3, 3, 7, 12, 39]), torch.tensor([1, 1, 4, 9, 29, 0]), 
 SETTINGS = [
     dict(modalities=["image", "text"], n_ui_layers=2, n_mm_layers=2, n_hyper_layer=1, hyper_num=4,
          keep_rate=0.5, alpha=0.3),
-    dict(modalities=["image", "text", "audio"], n_ui_layers=1, n_mm_layers=1, n_hyper_layer=2, hyper_num=3,
-         keep_rate=0.4, alpha=0.6, cf_model="mf", hcl_order=["image", "text", "audio"]),
+    dict(modalities=["image", "text", "audio"], n_ui_layers=2, n_mm_layers=1, n_hyper_layer=2, hyper_num=3,
+         keep_rate=0.4, alpha=0.6, cf_model="mf", hcl_order=["image", "text", "audio"]),  # mf: n_ui_layers unread
     dict(modalities=["text"], n_ui_layers=3, n_mm_layers=0, n_hyper_layer=1, hyper_num=2, keep_rate=1.0, alpha=1.0),
 ]
 

@@ -4,6 +4,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from prismrec.errors import ConfigError
 from prismrec.experiment.config import resolve_config
 from prismrec.graph import bipartite_adjacency, intersection_links, knn_graph
 from prismrec.losses import moment_gap
@@ -63,6 +64,17 @@ def test_missing_modalities_are_a_clear_error(planted, model):
 def test_the_family_names_every_layer_count_out_of_range(planted, model):
     with pytest.raises(ValueError, match=r"n_ui_layers must be >= 0, got -1; n_ii_layers must be >= 0, got -2"):
         build_model(model, planted, n_ui_layers=-1, n_ii_layers=-2)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"gamma": -1.0}, r"gamma must be >= 0, got -1.0"),  # trained: negative degrees in Â⁺ were cut to 0
+    ({"noise_eps": -0.1}, r"noise_eps must be >= 0, got -0.1"),  # was 'eps must be >= 0' (SIGER's setting)
+])
+def test_gume_refuses_a_negative_link_weight_or_noise_scale(settings, message):
+    with pytest.raises(ConfigError, match=f"model 'gume' rejects its settings: {message}"):
+        resolve_config("gume", "planted", settings)
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("egra", "planted", {**settings, "backbone": "gume"})
 
 
 def test_gume_needs_two_modalities_and_mgcn_one(planted):

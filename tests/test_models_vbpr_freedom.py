@@ -151,6 +151,18 @@ def test_freedom_weights_need_an_explicit_setting_without_image_and_text_roles(t
         build("freedom", data, knn_k=3, modalities=["image", "text"], image_weight=1.5)
 
 
+@pytest.mark.parametrize("settings, message", [
+    # were trained, image_weight ignored: mm_weights gives the weights (and 5.0 was never checked)
+    ({"mm_weights": [0.5, 0.5], "image_weight": 5.0}, r"image_weight must be in \[0, 1\], got 5.0"),
+    ({"mm_weights": [0.5, 0.5], "image_weight": 0.3},
+     r"image_weight=0.3 only acts when mm_weights is not set, but mm_weights=\[0.5, 0.5\] gives every"),
+    ({"modalities": ["audio"], "image_weight": -0.5}, r"image_weight must be in \[0, 1\], got -0.5"),
+])
+def test_freedom_refuses_an_image_weight_it_would_ignore(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("freedom", "planted", settings)
+
+
 def test_modality_roles_by_name():
     assert [modality_role(m) for m in ("image", "Visual", "v", "image_clip", "text", "title", "text_bert", "t")] \
         == ["image"] * 4 + ["text"] * 4

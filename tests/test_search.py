@@ -27,6 +27,12 @@ def test_parse_space():
     ]
 
 
+def test_a_range_of_a_whole_number_setting_draws_whole_numbers():
+    """Its bounds in any notation (a study drew n_layers=2.0976... from 1.0..3.0 and failed on it)."""
+    assert parse_space(["n_layers=1.0..3.0", "epochs=10..1e3"], "lightgcn") == [
+        Dimension("n_layers", 1, 3, integer=True), Dimension("epochs", 10, 1000, integer=True)]
+
+
 def test_the_declared_grid_is_a_space():
     """``grid``: the model's declared grid (RLMultimodalRec: reg_weight and its learning rate, §4),
     each value read back as written; an entry of one's own replaces the grid's for that key."""
@@ -61,6 +67,13 @@ def test_the_selected_point_is_shown_as_the_settings_it_trained_with():
         # was scored on the study's own valid_metric
         (["seed=1..5"], "the seed is not a setting to search .* --seeds"),
         (["valid_metric=recall@20|ndcg@20"], "valid_metric is what the study maximises"),
+        (["threads=1|auto"], r"--space threads=1\|auto: threads changes where or how fast a trial runs, not what it "
+                             r"trains .* fix it with --set threads=..."),  # was searched, 'selected: threads=auto'
+        (["n_layers=1..3.5"], r"--space n_layers=1..3.5: n_layers takes whole numbers, and 3.5 is not one"),
+        # was searched over the whole numbers 0 and 1 alone
+        (["reg_weight=0..1"], r"--space reg_weight=0..1: whole-number bounds draw whole numbers only, and reg_weight "
+                              r"takes any number: write a bound with a decimal point \(reg_weight=0.0..1\)"),
+        (["lr=1..10:log"], r"\(lr=1.0..10:log\)"),
     ],
 )
 def test_bad_space_is_a_clear_error(spec, message):

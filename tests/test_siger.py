@@ -333,6 +333,7 @@ def test_eval_forward_is_deterministic_and_has_the_aux_views(planted):
         ({"beta_per_modality": True, "beta_modalities": [0.5]}, r"one β in \[0, 1\] per modality"),
         ({"beta_per_modality": True, "beta_modalities": [0.5, 2.0]}, r"one β in \[0, 1\] per modality"),
         ({"perturb_at": "layers", "n_sem_layers": 0}, "n_sem_layers >= 1"),
+        ({"co_k": 201}, r"co_k=201 exceeds the number of items \(200\)"),  # was "k must be between 1 and ..."
     ],
 )
 def test_bad_config_is_a_clear_error(planted, overrides, message):
@@ -346,7 +347,8 @@ def test_config_layer_rejects_bad_switches():
         resolve_config("siger", "planted", {"anchor_form": "A4"})
     with pytest.raises(ValueError, match="unknown setting"):
         resolve_config("siger", "planted", {"lambda_q": 0.1})
-    cfg = resolve_config("siger", "planted", {"modalities": "text,image", "beta_modalities": "0.1,0.9"})
+    cfg = resolve_config("siger", "planted", {"modalities": "text,image", "beta_modalities": "0.1,0.9",
+                                              "beta_per_modality": True})
     assert cfg.params.modalities == ["text", "image"] and cfg.params.beta_modalities == [0.1, 0.9]
 
 

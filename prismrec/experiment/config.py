@@ -53,11 +53,16 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                 return coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
+        prefix, suffix = f"{key} must be ", f", got {value!r}"  # one sentence: "... an integer or one of [...]"
+        if all(e.startswith(prefix) and e.endswith(suffix) for e in errors):
+            raise ConfigError(prefix + " or ".join(e[len(prefix):len(e) - len(suffix)] for e in errors) + suffix)
         raise ConfigError("; ".join(errors))
     if origin is Literal:
-        if value not in args:
+        # a choice equal to the value and of its kind: true is not the choice 1 (entity_sign=true was +1)
+        match = [a for a in args if a == value and isinstance(a, bool) == isinstance(value, bool)]
+        if not match:
             raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
-        return value
+        return match[0]
     if origin in (tuple, list):
         if isinstance(value, str):  # "a,b" or a YAML list "[a, b]"
             try:
@@ -85,6 +90,13 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        if isinstance(value, str):  # YAML reads "1e3" (no dot) as a string; it is the whole number 1000
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if number.is_integer():
+                return int(number)
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -173,12 +185,17 @@ def load_yaml_overrides(path: str | Path) -> dict[str, Any]:
                           f"got a {type(data).__name__}")
     # "seeds" and "protocol" are a run's record (config.yaml), not settings; seeds come from --seeds.
     flat = {k: v for k, v in data.items() if k not in ("train", "params", "protocol", "seeds")}
+    where = {k: "at the top level" for k in flat}
     for section in ("train", "params"):
         block = data.get(section) or {}
         if not isinstance(block, dict):
             raise ConfigError(f"config file {path}: section {section!r} must be a mapping of settings, "
                               f"got a {type(block).__name__}")
-        flat.update(block)
+        for key, value in block.items():  # one key in two places: which one was meant is not ours to guess
+            if key in where:
+                raise ConfigError(f"config file {path} sets {key} twice ({where[key]}: {flat[key]!r}, in section "
+                                  f"{section!r}: {value!r}); keep one")
+            flat[key], where[key] = value, f"in section {section!r}"
     # A run's config.yaml (or any dump of a resolved config: every training setting) records the seed
     # it ran with; in a file the user wrote, a seed would be ignored.
     record = "protocol" in data or set(field_types(TrainConfig)) <= set(data.get("train") or {})
@@ -246,16 +263,26 @@ def declared_grid(model: str) -> dict[str, list]:
     return {**space, **{k: list(v) for k, v in cls.train_grid.items() if len(v) > 1}}
 
 
+MAX_LAYERS = 1000
+"""Most propagation steps a layer count (``n_layers``, ``n_ui_layers``, ...) may ask for: far past
+any model's use (the papers search 1 to 4), short of a run that never ends (``n_layers=10**12``
+propagated forever, or drew one from a search range)."""
+
+
 def check_model_numbers(params) -> None:
     """Raise :class:`ConfigError` naming the first model setting that is NaN or infinite (alone or
-    in a list), or a loss weight (``*_weight``) below 0: caught here, not as a loss that "diverged"
-    or a run that trains on nonsense."""
+    in a list), a loss weight (``*_weight``) below 0, or a layer count (``n_*layer(s)``) above
+    :data:`MAX_LAYERS`: caught here, not as a loss that "diverged", a run that trains on nonsense
+    or one that never ends."""
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
         numbers = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, float)]
         require_setting(all(math.isfinite(v) for v in numbers), f.name, value, "model settings must be finite numbers")
         require_setting(not (f.name.endswith("_weight") and numbers and min(numbers) < 0), f.name, value,
                  "a loss weight must be >= 0 (0 switches its term off)")
+        layers = f.name.startswith("n_") and f.name.endswith(("_layer", "_layers")) and isinstance(value, int)
+        require_setting(not (layers and value > MAX_LAYERS), f.name, value,
+                        f"a layer count must be at most {MAX_LAYERS:,} (each layer is one more propagation step)")
 
 
 def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -286,9 +313,12 @@ def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = 
     train = TrainConfig(**train_kw)  # checks every training setting's range
     try:
         params = cls.Config(**model_kw)
-    except (TypeError, ValueError) as exc:  # a model config's own checks (__post_init__)
+        check_model_numbers(params)
+        # The model's own checks that need no data (n_layers=-1): here, so that a search or a
+        # comparison refuses them before any work, not as a refused trial or a failed cell.
+        cls.check_settings(params)
+    except (TypeError, ValueError) as exc:  # a model config's own checks (__post_init__, check_settings)
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"model {cls.name!r} rejects its settings: {exc}") from None
-    check_model_numbers(params)
     return ExperimentConfig(model=cls.name, dataset=dataset, train=train, params=params)

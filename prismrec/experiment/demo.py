@@ -20,6 +20,7 @@ from prismrec.data import load_dataset
 from prismrec.errors import ConfigError
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
+from prismrec.train.config import MAX_THREADS
 
 DEMO_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -47,6 +48,9 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"--lr {self.lr}: give a learning rate > 0, e.g. 0.005")  # not "--set lr=..."
+        if not 0 <= self.threads <= MAX_THREADS:  # said "Fix it with --set threads=..."
+            raise ConfigError(f"--threads {self.threads}: give a whole number from 0 to {MAX_THREADS:,} "
+                              "(0: torch's default)")
 
 
 def settings(cfg: DemoConfig) -> dict:

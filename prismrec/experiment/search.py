@@ -6,7 +6,8 @@ trained with the final seeds on the full dataset, and test is evaluated once per
 
 A search space is a list of ``key=SPEC`` strings (CLI ``--space``, one per setting):
 
-- ``key=LOW..HIGH``: uniform; integers when both bounds are integers (``n_layers=1..4``);
+- ``key=LOW..HIGH``: uniform; whole numbers for a setting that takes them (``n_layers=1..4``),
+  whose bounds are then whole numbers, any number for the others (``reg_weight=0.0..0.5``);
 - ``key=LOW..HIGH:log``: log-uniform (``lr=1e-4..1e-2:log``);
 - ``key=A|B|C``: one of the values, as ``--set`` would take them (``mm_weights=[0.5,0.5]|[0.1,0.9]``);
 - ``grid``: the model's declared grid (:func:`~prismrec.experiment.config.declared_grid`: the
@@ -33,6 +34,8 @@ import json
 import math
 import re
 import time
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -41,13 +44,15 @@ import optuna
 import yaml
 
 from prismrec.data import Dataset, load_dataset
-from prismrec.experiment.config import declared_grid, parse_assignments, resolve_config, valid_keys
+from prismrec.experiment.config import (declared_grid, field_types, model_class, parse_assignments,
+                                        resolve_config, valid_keys)
 from prismrec.errors import ConfigError, ModelRefused, RunError
 from prismrec.experiment.rundir import RunDir, run_digest, write_atomic
 from prismrec.experiment.runs import run_experiment
 from prismrec.experiment.workers import (
     GRACE_S, HEARTBEAT_S, Claim, Heartbeat, fail_stale_trials, open_storage, retried_number, wait_for,
 )
+from prismrec.train.config import TrainConfig
 from prismrec.train.trainer import TrainingDiverged
 
 TrialState = optuna.trial.TrialState
@@ -117,8 +122,18 @@ NOT_SEARCHED = {
             "trained with the --seeds anyway); give the final seeds with --seeds",
     "valid_metric": "valid_metric is what the study maximises, the same for every trial; choose it with "
                     "--set valid_metric=... and search other settings",
+    **{key: f"{key} changes where or how fast a trial runs, not what it trains (it is no part of a run's identity), "
+            f"so the study would select among equal points; fix it with --set {key}=..."
+       for key in ("threads", "device", "checkpoint_every_s")},
 }
 """Settings that are not points of a search: why, and what to do instead."""
+
+
+def _number_type(annotation) -> type | None:
+    """``int`` or ``float`` for a setting that takes that kind of number (``threads``: ``int``), else None."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = typing.get_args(annotation) if union else (annotation,)
+    return int if int in args else float if float in args else None
 
 
 def parse_space(specs: list[str], model: str) -> list[Dimension]:
@@ -132,6 +147,8 @@ def parse_space(specs: list[str], model: str) -> list[Dimension]:
     if not specs:
         raise ConfigError("the search space is empty: give at least one --space key=SPEC")
     known = set(valid_keys(model))
+    kinds = {key: _number_type(annotation) for key, annotation in
+             {**field_types(TrainConfig), **field_types(model_class(model).Config)}.items()}
     dims: list[Dimension] = []
     for spec in specs:
         key, sep, value = (part.strip() for part in spec.partition("="))
@@ -152,6 +169,16 @@ def parse_space(specs: list[str], model: str) -> list[Dimension]:
             if log and low <= 0:
                 raise ConfigError(f"{spec!r}: a log range needs LOW > 0")
             integer = all(re.fullmatch(r"[-+]?\d+", t) for t in (low_text, high_text))
+            kind = kinds.get(key)
+            if kind is int:  # 1.0..3.0 and 10..1e3 are whole numbers too (a study drew n_layers=2.097...)
+                fraction = next((t for t, b in ((low_text, low), (high_text, high)) if not b.is_integer()), None)
+                if fraction is not None:
+                    raise ConfigError(f"--space {spec}: {key} takes whole numbers, and {fraction} is not one")
+                integer = True
+            if kind is float and integer:  # was drawn from the whole numbers between them only
+                raise ConfigError(f"--space {spec}: whole-number bounds draw whole numbers only, and {key} takes "
+                                  f"any number: write a bound with a decimal point ({key}={low_text}.0..{high_text}"
+                                  f"{log or ''}), or list the values to try as {key}=A|B|C")
             dims.append(Dimension(key, low, high, integer, bool(log)))
         elif ".." in value:
             raise ConfigError(f"{spec!r}: a range is LOW..HIGH or LOW..HIGH:log with numeric bounds")

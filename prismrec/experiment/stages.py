@@ -41,6 +41,12 @@ def build_model(config, dataset) -> Recommender:
     from the global RNG (earlier stages do not touch it).
     """
     cls = get_model(config.model)
+    try:  # the settings against the data first, not after an earlier stage has trained (EGRA's stage 1)
+        cls.check_dataset(config.params, dataset)
+    except ValueError as exc:
+        if isinstance(exc, PrismrecError):
+            raise
+        raise ModelRefused(f"model {cls.name!r} rejects its settings: {exc}") from exc
     inputs = {name: STAGES[name](config, dataset) for name in cls.required_inputs(config.params)}
     try:
         return cls(dataset, config.params, **inputs)
@@ -55,5 +61,6 @@ def build_model(config, dataset) -> Recommender:
         # Sizes that cannot fit (embedding_size=10**11): torch's allocator error, said as a setting.
         asked = re.search(r"allocate (\d+) bytes", str(exc))
         what = f"{int(asked[1]) / 2**30:,.1f} GiB were asked for" if asked else " ".join(str(exc).split())[:120]
-        raise ModelRefused(f"model {cls.name!r} does not fit in memory on {dataset.name!r} with its settings "
-                          f"({what}); lower the sizes you set (embedding_size, hidden sizes, knn_k)") from exc
+        raise ModelRefused(f"model {cls.name!r} does not fit in memory on {dataset.name!r} with its settings"
+                          + (f" ({what})" if what else "")  # a bare MemoryError (n_layers=10**12) said "()"
+                          + "; lower the sizes you set (embedding_size, hidden sizes, layer counts, knn_k)") from exc

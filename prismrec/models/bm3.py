@@ -93,10 +93,14 @@ class BM3(Recommender):
     uses_negatives: ClassVar[bool] = False
     """The loss reads only observed pairs ``(u, i)``; a trainer may skip negative sampling."""
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, n_layers=0)
+        require_fraction("dropout", config.dropout, "the fraction of target entries zeroed", high_open=True)
+
     def __init__(self, dataset, config: BM3Config) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, n_layers=0)
-        require_fraction("dropout", config.dropout, "the fraction of target entries zeroed", high_open=True)
+        self.check_settings(config)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=0, model=self.name)
         d = config.embedding_size
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)  # Â

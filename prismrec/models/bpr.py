@@ -31,8 +31,13 @@ class BPRMF(Recommender):
     name = "bpr"
     Config = BPRConfig
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1)
+
     def __init__(self, dataset, config: BPRConfig) -> None:
         super().__init__(dataset, config)
+        self.check_settings(config)
         self.user_emb = IdEmbedding(self.n_users, config.embedding_size, init="xavier_normal")  # e_u
         self.item_emb = IdEmbedding(self.n_items, config.embedding_size, init="xavier_normal")  # e_i
         self.reset_parameters()

@@ -130,14 +130,18 @@ class DAMRS(Recommender):
     # The official run settings (overall.yaml): batch 4096, at most 500 epochs, patience 25.
     train_defaults = {"batch_size": 4096, "epochs": 500, "patience": 25}
 
-    def __init__(self, dataset, config: DAMRSConfig) -> None:
-        super().__init__(dataset, config)
-        self.require_at_least(
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(
             config, embedding_size=1, n_ui_layers=0, n_mm_layers=0, knn_k=1, behavior_k=1,
             min_cooccurrence=1, n_pseudo_positives=1, neighbor_weight=0.0, kl_weight=0.0,
         )
         if not config.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {config.temperature}")
+
+    def __init__(self, dataset, config: DAMRSConfig) -> None:
+        super().__init__(dataset, config)
+        self.check_settings(config)
         require_items(self.n_items, knn_k=config.knn_k, behavior_k=config.behavior_k)
         if config.neighbor_weight > 0 and 2 * config.n_pseudo_positives > self.n_items:
             raise ValueError(

@@ -113,7 +113,8 @@ class DRAGONConfig:
     (reference ``mm_image_weight = 0.1``), 1 for a single modality; required for any other
     modalities (e.g. ``[0.5, 0.5]`` for text + audio)."""
     user_knn_k: int = 40
-    """``k_u``: co-occurring users aggregated per user (reference ``self.k = 40``)."""
+    """``k_u``: co-occurring users aggregated per user (reference ``self.k = 40``); at most the number
+    of users (the default is cut to it on a smaller dataset)."""
     user_pad: Literal["resample", "none"] = "resample"
     """Users with fewer than ``k_u`` neighbours: ``resample`` pads the list with random repeats
     drawn each epoch (reference), ``none`` uses the neighbours as they are (deterministic)."""
@@ -152,12 +153,20 @@ class DRAGON(Recommender):
     content_id_rows = None  # no item ID table
     train_defaults = {"lr": 1e-4}  # official README, Baby (and Sports)
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, hidden_size=1, n_ui_layers=0, n_ii_layers=0, knn_k=1,
+                             user_knn_k=1)
+        check_choices(config, cls.name)
+
     def __init__(self, dataset, config: DRAGONConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, hidden_size=1, n_ui_layers=0, n_ii_layers=0, knn_k=1,
-                              user_knn_k=1)
-        check_choices(config, self.name)
+        self.check_settings(config)
         require_items(self.n_items, knn_k=config.knn_k)
+        # A k_u one sets above the users was cut to their number, silently; the reference's 40 on a
+        # smaller dataset still is (every user is then a neighbour).
+        if config.user_knn_k > self.n_users and config.user_knn_k != DRAGONConfig.user_knn_k:
+            raise ValueError(f"user_knn_k={config.user_knn_k} exceeds the number of users ({self.n_users})")
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         self.mm_weights = role_weights(self.name, self.modalities, config.mm_weights, REFERENCE_IMAGE_WEIGHT)
         d = config.embedding_size

@@ -28,13 +28,13 @@ no modality at all (its ``M`` row is 0; the entity weights are normalised over t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import torch
 
 from prismrec.data.features import fusion_presence
-from prismrec.checks import check_choices, require_fraction
+from prismrec.checks import check_choices, refuse_unused, require_fraction
 from prismrec.graph import UserItemGraph, knn_graph, pretrained_links, shared_neighbor_links, sym_normalize
 from prismrec.losses import (bpr_loss, counted_rows, entity_weighted_infonce, half_sq, moment_gap,
                              user_modality_alignment)
@@ -99,11 +99,13 @@ class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     """``τ_w``, temperature of the softmax entity weights; grid {0.2, 0.5, 1.0}."""
 
     def __post_init__(self) -> None:
-        """Also refuse a ``pretrained`` run that ``item_links="raw"`` would never read."""
+        """Also refuse a ``pretrained`` run that ``item_links="raw"`` would never read, and GUME terms
+        changed without ``backbone="gume"``."""
         if self.item_links == "raw" and self.pretrained != "auto":
             raise ValueError(
                 f"item_links=raw puts GUME's raw-feature links in place of P, so pretrained={self.pretrained!r} "
                 "would never be read: drop pretrained, or set item_links=pretrained to take P from that run")
+        refuse_unused(self, tuple(f.name for f in fields(GUMETermsConfig)), self.backbone == "gume", "backbone=gume")
         super().__post_init__()
 
 
@@ -137,9 +139,21 @@ class EGRA(Recommender):
         """Stage 0: the pretrained item representations ``P``, unless the links are raw."""
         return () if config.item_links == "raw" else ("pretrained_items",)
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        check_config(config)
+
+    @classmethod
+    def check_dataset(cls, config, dataset) -> None:
+        check_config(config, dataset.n_items)
+        cls.select_modalities(dataset, config.modalities, 1, cls.name)
+        if config.item_links == "pretrained" and config.k_pre > dataset.n_items - 1:  # was named 'k'
+            raise ValueError(f"k_pre={config.k_pre} exceeds the other items ({dataset.n_items - 1}): B_pre links "
+                             f"each item to k_pre others")
+
     def __init__(self, dataset, config: EGRAConfig, pretrained_items: PretrainedItems | None = None) -> None:
         super().__init__(dataset, config)
-        check_config(config, self.n_items)
+        self.check_dataset(config, dataset)
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         d, gume = config.embedding_size, config.backbone == "gume"
         self.n_ui_layers = config.n_ui_layers if config.n_ui_layers is not None else (3 if gume else 2)
@@ -243,7 +257,7 @@ def check_config(config: EGRAConfig, n_items: int | None = None) -> None:
     """Raise ``ValueError`` naming the settings out of their ranges (``knn_k`` against ``n_items``, when given)."""
     check_multiview_config(config, n_items, tau=config.tau, tau_w=config.tau_w, um_tau=config.um_tau)
     check_choices(config, "egra")
-    Recommender.require_at_least(config, k_pre=1, ramp_epochs=1, gamma=0, lambda_max=0)
+    Recommender.require_at_least(config, k_pre=1, ramp_epochs=1, gamma=0, lambda_max=0, noise_eps=0)
     require_fraction("lambda_min_ratio", config.lambda_min_ratio, "λ_min = ratio·λ_max")
     if config.pretrain_epochs is not None:
         Recommender.require_at_least(config, pretrain_epochs=1)

@@ -47,7 +47,7 @@ a **denoised** user–item graph whose edges are pruned afresh every epoch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -100,6 +100,16 @@ class FREEDOMConfig:
     ~3.2 GiB at Electronics size). The item–item graph is built from the raw features either way
     and never changes."""
 
+    def __post_init__(self) -> None:
+        """Refuse an ``image_weight`` outside [0, 1], even where unused, and one that ``mm_weights``
+        replaces (it was ignored: ``mm_weights`` gives every modality's weight)."""
+        require_fraction("image_weight", self.image_weight)
+        default = next(f.default for f in fields(self) if f.name == "image_weight")
+        if self.mm_weights is not None and self.image_weight != default:
+            raise ValueError(
+                f"image_weight={self.image_weight} only acts when mm_weights is not set, but mm_weights="
+                f"{list(self.mm_weights)} gives every modality's weight: drop image_weight or mm_weights")
+
 
 @register
 class FREEDOM(Recommender):
@@ -107,10 +117,14 @@ class FREEDOM(Recommender):
     Config = FREEDOMConfig
     content_id_rows = "impute"
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, knn_k=1, n_ui_layers=0, n_ii_layers=0)
+        require_fraction("drop_ratio", config.drop_ratio, "the fraction of training edges dropped", high_open=True)
+
     def __init__(self, dataset, config: FREEDOMConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, knn_k=1, n_ui_layers=0, n_ii_layers=0)
-        require_fraction("drop_ratio", config.drop_ratio, "the fraction of training edges dropped", high_open=True)
+        self.check_settings(config)
         require_items(self.n_items, knn_k=config.knn_k)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         # α_m in modalities order: mm_weights (checked), or by name (module docstring)

@@ -54,6 +54,7 @@ from typing import Literal
 
 import torch
 
+from prismrec.checks import require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph, shared_neighbor_links
 from prismrec.losses import bpr_terms, counted_rows, half_sq, moment_gap, output_bpr_terms, rows_infonce
@@ -106,9 +107,16 @@ class GUME(Recommender):
     content_item_embeddings = multiview_content_hook
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        check_multiview_config(config, bm_tau=config.bm_tau, um_tau=config.um_tau)
+        # γ < 0 gave items negative degrees in Â⁺, taken as 0 (cut off); ε < 0 was named 'eps'
+        cls.require_at_least(config, gamma=0, noise_eps=0)
+
     def __init__(self, dataset, config: GUMEConfig) -> None:
         super().__init__(dataset, config)
-        check_multiview_config(config, self.n_items, bm_tau=config.bm_tau, um_tau=config.um_tau)
+        self.check_settings(config)
+        require_items(self.n_items, knn_k=config.knn_k)
         self.modalities = self.select_modalities(dataset, config.modalities, 2, self.name)
         d = config.embedding_size
         # 1. Ŝ_m; B_II = links shared by every modality's kNN graph; Â⁺ (R̂⁺ its user-item block).

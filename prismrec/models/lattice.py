@@ -48,7 +48,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from prismrec.checks import check_choices, require_fraction, require_items
+from prismrec.checks import check_choices, refuse_unused, require_fraction, require_items
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
 from prismrec.graph.learned import EdgeGraph, EdgeList, EpochGraph, KnnPatterns, normalize_edges, sampled_dot
 from prismrec.graph.walk import random_walk_adjacency
@@ -97,6 +97,10 @@ class LATTICEConfig:
     each epoch (reference code); ``False`` builds it without gradient (``P_m`` and ``a`` are
     then never trained)."""
 
+    def __post_init__(self) -> None:
+        """Refuse ``n_ui_layers`` or ``ui_graph`` changed with ``cf_model="mf"`` (no propagation: they were ignored)."""
+        refuse_unused(self, ("n_ui_layers", "ui_graph"), self.cf_model == "lightgcn", "cf_model=lightgcn")
+
 
 @register
 class LATTICE(Recommender):
@@ -108,11 +112,15 @@ class LATTICE(Recommender):
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
     train_grid = {"lr": [1e-4, 5e-4, 1e-3, 5e-3]}  # the reference's search
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, feat_embed_dim=1, knn_k=1, n_ui_layers=0, n_ii_layers=0)
+        require_fraction("lambda_coeff", config.lambda_coeff, "the weight of the frozen graphs in S")
+        check_choices(config, cls.name)
+
     def __init__(self, dataset, config: LATTICEConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, feat_embed_dim=1, knn_k=1, n_ui_layers=0, n_ii_layers=0)
-        require_fraction("lambda_coeff", config.lambda_coeff, "the weight of the frozen graphs in S")
-        check_choices(config, self.name)
+        self.check_settings(config)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         require_items(self.n_items, knn_k=config.knn_k)
         d = config.embedding_size

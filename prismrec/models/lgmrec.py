@@ -89,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.checks import check_choices, require_fraction
+from prismrec.checks import check_choices, refuse_unused, require_fraction
 from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import all_keys_infonce, bpr_loss, emb_norm
@@ -148,6 +148,10 @@ class LGMRecConfig:
     """Rescale each modality's raw features first (``none`` = the reference's raw values). Raw
     scale sets the sharpness of the memberships ``GS(F_m V_m)``: large rows saturate them."""
 
+    def __post_init__(self) -> None:
+        """Refuse ``n_ui_layers`` changed with ``cf_model="mf"`` (no propagation: they were ignored)."""
+        refuse_unused(self, ("n_ui_layers",), self.cf_model == "lightgcn", "cf_model=lightgcn")
+
 
 @register
 class LGMRec(Recommender):
@@ -155,13 +159,17 @@ class LGMRec(Recommender):
     Config = LGMRecConfig
     content_id_rows = "zero"
 
-    def __init__(self, dataset, config: LGMRecConfig) -> None:
-        super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, n_ui_layers=0, n_mm_layers=0, n_hyper_layer=1, hyper_num=1)
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, n_ui_layers=0, n_mm_layers=0, n_hyper_layer=1, hyper_num=1)
         require_fraction("keep_rate", config.keep_rate, "the fraction of hyperedge memberships kept", low_open=True)
-        check_choices(config, self.name)
+        check_choices(config, cls.name)
         if config.gumbel_tau <= 0 or config.cl_tau <= 0:
             raise ValueError(f"temperatures must be > 0, got gumbel_tau={config.gumbel_tau}, cl_tau={config.cl_tau}")
+
+    def __init__(self, dataset, config: LGMRecConfig) -> None:
+        super().__init__(dataset, config)
+        self.check_settings(config)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         d = config.embedding_size
         r = sp.csr_matrix(dataset.train, dtype=np.float32)

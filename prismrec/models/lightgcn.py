@@ -36,9 +36,13 @@ class LightGCN(Recommender):
     name = "lightgcn"
     Config = LightGCNConfig
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, n_layers=0)
+
     def __init__(self, dataset, config: LightGCNConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, n_layers=0)
+        self.check_settings(config)
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
         self.user_emb = IdEmbedding(self.n_users, config.embedding_size)  # E_U
         self.item_emb = IdEmbedding(self.n_items, config.embedding_size)  # E_I

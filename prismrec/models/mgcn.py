@@ -30,6 +30,7 @@ from typing import Literal
 
 import torch
 
+from prismrec.checks import require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.losses import bpr_terms, counted_rows, output_bpr_terms, rows_infonce
@@ -63,9 +64,14 @@ class MGCN(Recommender):
     content_item_embeddings = multiview_content_hook
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        check_multiview_config(config, cl_tau=config.cl_tau)
+
     def __init__(self, dataset, config: MGCNConfig) -> None:
         super().__init__(dataset, config)
-        check_multiview_config(config, self.n_items, cl_tau=config.cl_tau)
+        self.check_settings(config)
+        require_items(self.n_items, knn_k=config.knn_k)
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         # 1. Graphs: Ŝ_m per modality, Â (R̂ is its user-item block).
         knn = [knn_graph(dataset.features[m], config.knn_k) for m in self.modalities]

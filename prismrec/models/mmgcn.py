@@ -129,10 +129,14 @@ class MMGCN(Recommender):
     Config = MMGCNConfig
     content_id_rows = "zero"
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, n_layers=1)
+        check_choices(config, cls.name)
+
     def __init__(self, dataset, config: MMGCNConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, n_layers=1)
-        check_choices(config, self.name)
+        self.check_settings(config)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         n = len(self.modalities)
         parts = None  # the reference part of each modality, when a setting depends on it

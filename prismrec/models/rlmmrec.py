@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from prismrec.checks import refuse_unused
 from prismrec.graph import SparseOperator, bipartite_adjacency
 from prismrec.losses import added, bpr_loss, half_sq
 from prismrec.errors import ConfigError
@@ -74,6 +75,10 @@ class RLMultimodalRecConfig:
     (.088 vs .073); no scaling wins both, and ``standardize`` has the smallest worst-case loss
     (−17 % on tiktok, against −62 % for ``none`` and −24 % for ``l2``). Tune it per dataset."""
 
+    def __post_init__(self) -> None:
+        """Refuse a ``gate`` form changed with another ``fusion`` (it was ignored)."""
+        refuse_unused(self, ("gate",), self.fusion == "gate", "fusion=gate")
+
 
 @register
 class RLMultimodalRec(Recommender):
@@ -82,9 +87,13 @@ class RLMultimodalRec(Recommender):
     content_id_rows = "zero"
     train_grid = {"lr": [1e-4, 5e-4, 1e-3]}  # ALGORITHMS.md §4
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1, n_layers=0)
+
     def __init__(self, dataset, config: RLMultimodalRecConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1, n_layers=0)
+        self.check_settings(config)
         # One selected modality (or a *_only fusion) is the single-modality variant: m = x̃.
         self.modalities = names = single_modality(
             self.select_modalities(dataset, config.modalities, 2 if config.fusion == "second_only" else 1, self.name),

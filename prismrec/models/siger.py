@@ -54,6 +54,7 @@ from typing import Literal
 
 import torch
 
+from prismrec.checks import refuse_unused, require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.graph.cooccurrence import infused_graphs
@@ -127,6 +128,12 @@ class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     extended_branch: bool = False
     """Add GUME's extended modality branch ``Ĥ`` with its ``um`` and ``reg2`` terms."""
 
+    def __post_init__(self) -> None:
+        """Refuse ``um_*``/``reg2`` settings changed without ``extended_branch``, and a ``beta`` changed
+        beside ``beta_per_modality`` (they were ignored)."""
+        refuse_unused(self, ("um_weight", "um_tau", "reg2_weight"), self.extended_branch, "extended_branch=true")
+        refuse_unused(self, ("beta",), not self.beta_per_modality, "beta_per_modality=false")
+
 
 @register
 class SIGER(Recommender):
@@ -140,9 +147,14 @@ class SIGER(Recommender):
     content_item_embeddings = multiview_content_hook
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        check_siger_config(config)
+
     def __init__(self, dataset, config: SIGERConfig) -> None:
         super().__init__(dataset, config)
-        check_siger_config(config, self.n_items)
+        self.check_settings(config)
+        require_items(self.n_items, knn_k=config.knn_k, co_k=config.co_k)
         self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
         self.betas = siger_betas(config, self.modalities)
         # 2 + 3. Ŝ_m, Ĉ (built only when used; Ĉ_m under a mask) and G_m = (1 − β_m) Ŝ_m + β_m Ĉ.

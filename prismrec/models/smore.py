@@ -124,12 +124,16 @@ class SMORE(Recommender):
     content_id_rows = "impute"
     train_defaults = {"lr_decay": 0.96, "lr_decay_epochs": 50}  # learning_rate_scheduler [0.96, 50]
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=2, n_ui_layers=0, n_ii_layers=0, image_knn_k=1, text_knn_k=1,
+                             temperature=1e-8)
+        require_fraction("dropout", config.dropout, high_open=True)
+        check_choices(config, cls.name)
+
     def __init__(self, dataset, config: SMOREConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=2, n_ui_layers=0, n_ii_layers=0, image_knn_k=1, text_knn_k=1,
-                              temperature=1e-8)
-        require_fraction("dropout", config.dropout, high_open=True)
-        check_choices(config, self.name)
+        self.check_settings(config)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         parts = modality_parts(self.name, self.modalities, config.modality_roles, settings="image_knn_k/text_knn_k")
         ks = [config.image_knn_k if part == "image" else config.text_knn_k for part in parts]

@@ -56,9 +56,13 @@ class VBPR(Recommender):
     Config = VBPRConfig
     content_id_rows = "zero"  # cold items: θ_i·E f_i only (the ID part removed)
 
+    @classmethod
+    def check_settings(cls, config) -> None:
+        cls.require_at_least(config, embedding_size=1)
+
     def __init__(self, dataset, config: VBPRConfig) -> None:
         super().__init__(dataset, config)
-        self.require_at_least(config, embedding_size=1)
+        self.check_settings(config)
         self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
         d = config.embedding_size
         # f_i: the selected raw features side by side, a frozen buffer (not saved in model.pt).

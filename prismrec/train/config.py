@@ -16,6 +16,9 @@ MAX_CUT_OFF = 10**9
 (:meth:`TrainConfig.check_cut_offs`, :func:`~prismrec.eval.metrics.check_cut_offs`)."""
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 """Device types a run may use (``cuda:1`` selects a GPU by index)."""
+MAX_THREADS = 1024
+"""Largest explicit ``threads``: torch cannot take more than 2**31-1 (a traceback), and OpenMP
+crashes the process when it cannot create the threads asked for."""
 DEFAULT_TOPK = (5, 10, 20, 50)
 """The default cut-offs (MMRec's), kept on datasets of fewer than 50 items (they rank every item)."""
 
@@ -122,8 +125,9 @@ def check_train_config(cfg: TrainConfig) -> None:
              "patience must be a whole number >= 0 (0 = stop at the first epoch that does not improve)")
     require_setting(_is_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size,
              "users per evaluation batch must be a whole number >= 1")
-    require_setting(cfg.threads == "auto" or (_is_int(cfg.threads) and cfg.threads >= 0), "threads", cfg.threads,
-             "CPU threads must be auto or a whole number >= 0 (auto = the usable cores, 0 = torch's default)")
+    require_setting(cfg.threads == "auto" or (_is_int(cfg.threads) and 0 <= cfg.threads <= MAX_THREADS), "threads",
+             cfg.threads, f"CPU threads must be auto or a whole number from 0 to {MAX_THREADS:,} (auto = the usable "
+             "cores, 0 = torch's default)")
     every = getattr(cfg, "checkpoint_every_s", 0.0)
     require_setting(_is_number(every) and every >= 0, "checkpoint_every_s", every, "must be a number of seconds >= 0")
     require_setting(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "seeds are whole numbers 0..2**32-1")
@@ -142,6 +146,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     kind, colon, index = device.partition(":")
     require_setting(kind in DEVICE_TYPES and (not colon or index.isdigit()), "device", cfg.device,
              f"the device must be one of {', '.join(DEVICE_TYPES)}, optionally with an index (cuda:1)")
+    require_setting(kind != "cpu" or not colon or int(index) == 0, "device", cfg.device,  # cpu:5 ran on the CPU
+             "the CPU is one device: give cpu (an index selects a GPU, e.g. cuda:1)")
 
 
 def check_device_available(device: str, setting: str = "device", fix: str = "run with --set device=cpu") -> None:
