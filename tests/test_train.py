@@ -111,6 +111,12 @@ def test_nan_loss_stops_with_a_clear_message(planted):
         fit(net, planted, cfg.train, progress=False)
 
 
+def test_a_temperature_near_zero_ends_as_a_divergence_that_names_it(planted):
+    cfg = resolve_config("mgcn", "planted", {"epochs": 2, "cl_tau": 1e-300})
+    with pytest.raises(TrainingDiverged, match="non-finite at epoch 0.*raise a temperature set close to 0"):
+        fit(get_model("mgcn")(planted, cfg.params), planted, cfg.train, progress=False)
+
+
 def test_run_directory_contents(planted, tmp_path):
     cfg = resolve_config("lightgcn", "planted", {"epochs": 2})
     metrics = run_experiment(cfg, [1, 2], tmp_path, dataset=planted, progress=False)

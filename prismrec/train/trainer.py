@@ -235,8 +235,8 @@ class _DivergenceGuard:
         """Raise :class:`TrainingDiverged` if the batch's loss ``total`` (the sum of ``terms``,
         floats or 0-d tensors) is non-finite or :data:`DIVERGENCE_FACTOR` times the first's."""
         where = f"at epoch {epoch}, batch {batch}: the run is stopped"
-        advice = ("Lower the learning rate or the loss weights, and check the input features for "
-                  "extreme values.")
+        advice = ("Lower the learning rate or the loss weights, raise a temperature set close to 0 (a tau "
+                  "of 1e-30 divides similarities into overflow), and check the input features for extreme values.")
         if not math.isfinite(total):
             bad = [k for k, v in terms.items() if not math.isfinite(_value(v))]
             raise TrainingDiverged(f"loss term(s) {', '.join(bad)} became non-finite {where}. {advice}")
