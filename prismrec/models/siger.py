@@ -63,7 +63,7 @@ from prismrec.losses import rows_infonce, user_modality_alignment
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
-from prismrec.nn.multiview import check_siger_config, siger_betas
+from prismrec.nn.multiview_checks import check_siger_config, siger_betas
 from prismrec.nn.presence import node_columns
 from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, Recommender
