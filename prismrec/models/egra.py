@@ -135,13 +135,14 @@ class EGRA(Recommender):
 
     @classmethod
     def check_dataset(cls, config, dataset) -> None:
+        """Also ``k_pre`` against the other items (:func:`check_egra_config`)."""
+        super().check_dataset(config, dataset)
         check_egra_config(config, dataset.n_items)
-        cls.select_modalities(dataset, config.modalities, 1, cls.name)
 
     def __init__(self, dataset, config: EGRAConfig, pretrained_items: PretrainedItems | None = None) -> None:
         super().__init__(dataset, config)
         self.check_dataset(config, dataset)
-        self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
+        self.modalities = self.used_modalities(config, dataset)
         d, gume = config.embedding_size, config.backbone == "gume"
         self.n_ui_layers = config.n_ui_layers if config.n_ui_layers is not None else (3 if gume else 2)
         # 1. B_pre = topk(P; k_pre) (or GUME's raw links), Â⁺ with item block γ·B_pre.
