@@ -54,7 +54,7 @@ from typing import Literal
 
 import torch
 
-from prismrec.checks import refuse_unused, require_items
+from prismrec.checks import require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.graph.cooccurrence import infused_graphs
@@ -127,12 +127,6 @@ class SIGERConfig(ExtendedBranchConfig, MultiViewConfig):
     """Stop the gradient through the behaviour anchors ``C`` in ``L_A``."""
     extended_branch: bool = False
     """Add GUME's extended modality branch ``Ĥ`` with its ``um`` and ``reg2`` terms."""
-
-    def __post_init__(self) -> None:
-        """Refuse ``um_*``/``reg2`` settings changed without ``extended_branch``, and a ``beta`` changed
-        beside ``beta_per_modality`` (they were ignored)."""
-        refuse_unused(self, ("um_weight", "um_tau", "reg2_weight"), self.extended_branch, "extended_branch=true")
-        refuse_unused(self, ("beta",), not self.beta_per_modality, "beta_per_modality=false")
 
 
 @register

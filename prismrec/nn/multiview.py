@@ -46,7 +46,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from prismrec.checks import check_choices, require_items
+from prismrec.checks import check_choices, refuse_unused, require_items
 from prismrec.graph.bipartite import UserItemGraph, user_item_block
 from prismrec.graph.sparse import SparseOperator
 from prismrec.nn.embedding import IdEmbedding
@@ -105,6 +105,9 @@ def check_siger_config(config, n_items: int | None = None) -> None:
             raise ValueError(f"siger: {key} must be >= 0, got {getattr(config, key)}")
     if config.perturb_at == "layers" and config.n_sem_layers < 1:
         raise ValueError("siger: perturb_at='layers' adds noise after G_m products; needs n_sem_layers >= 1")
+    # settings the model would never read (they were ignored)
+    refuse_unused(config, ("um_weight", "um_tau", "reg2_weight"), config.extended_branch, "extended_branch=true")
+    refuse_unused(config, ("beta",), not config.beta_per_modality, "beta_per_modality=false")
 
 
 def siger_betas(config, modalities: list[str]) -> list[float]:
