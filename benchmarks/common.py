@@ -1,4 +1,7 @@
-"""Helpers shared by the benchmark scripts: timing medians and result files."""
+"""Helpers shared by the benchmark scripts: timing medians and result files.
+
+torch is imported only by the helpers that use it, so a worker pool (:func:`worker_pool`) whose
+workers unpickle a function from here starts without it."""
 
 from __future__ import annotations
 
@@ -11,10 +14,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
-
-import torch
-
-from prismrec.train.allocator import keep_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T = TypeVar("T")
@@ -50,6 +49,10 @@ def interleaved_rounds(runs: dict[str, Callable[[], T]], rounds: int, warmup: in
 
 
 def machine() -> dict:
+    import torch
+
+    from prismrec.train.allocator import keep_freed_memory
+
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -146,7 +149,10 @@ def per_model_main(name: str, measure, markdown, models: str, describe) -> None:
     models adds or replaces their rows only."""
     import argparse
 
+    import torch
+
     from prismrec.data import load_dataset
+    from prismrec.train.allocator import keep_freed_memory
 
     keep_freed_memory()  # as `prismrec train` does
     parser = argparse.ArgumentParser()

@@ -52,6 +52,7 @@ from prismrec.experiment.config import resolve_config
 from prismrec.models import MODELS, get_model
 from prismrec.recommender import PretrainedItems
 from prismrec.train.allocator import keep_freed_memory
+from prismrec.train import trainer
 from prismrec.train.trainer import adam_step, seed_everything, train_epoch
 
 PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "_sparse_mm", "_sparse_addmm",
@@ -211,7 +212,9 @@ class StepTimer:
         self.optimizer, self.cpu = optimizer, 0.0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+        """As the trainer releases the optimiser's gradients (its ``release_grads``, where the
+        measured version has one; older ones call ``zero_grad(set_to_none=True)``)."""
+        getattr(trainer, "release_grads", lambda o: o.zero_grad(set_to_none=True))(self.optimizer)
 
     def step(self) -> None:
         c0 = time.thread_time()

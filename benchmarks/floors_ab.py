@@ -16,9 +16,11 @@ behind them), every round kept, the 1-minute load at each run. Writes
 ``--per-batch``: a change of a few per cent per batch is below what separate processes resolve on
 a busy machine, so both packages are imported into one process instead (each with its own copy of
 :mod:`benchmarks.floors`), a model built by each with the same seeds, and their training batches
-(the same batches: equal samplers) alternate one by one, each timed in thread CPU time (forward,
-backward, the trainer's step); the median paired difference per batch is reported, after a
-warm-up epoch each. Writes ``results/floors_ab_batches.{json,md}``.
+(the same batches: equal samplers) alternate one by one, each as that version's ``train_epoch``
+runs it (its loop body: zero_grad, forward, backward, the divergence guard and logging, the
+optimiser step; :class:`Turns`), timed in thread CPU time; the median paired difference per batch
+is reported, after a warm-up epoch each. Writes ``results/floors_ab_batches.{json,md}``. (Before
+2026-12-04 a batch was timed as forward, backward and step only, called by this script.)
 
     python -m benchmarks.floors_ab --before <commit> [--after HEAD] [--paths prismrec/losses.py,...] [--dataset lfm2k] [--models bpr,vbpr] [--epochs 3] [--rounds 2] [--per-batch]
 """
@@ -32,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -106,30 +109,91 @@ def load_version(tree: str) -> dict:
         sys.path.remove(tree)
 
 
+class Turns:
+    """Two trainers' epochs (``before`` and ``after``), each in its own thread, taking turns batch
+    by batch: batch ``n`` runs on ``before`` then ``after`` for even ``n``, the other way round for
+    odd ``n``. Each side's sampler (:meth:`sampler`) serves the epoch's batches, waits for its
+    side's turn before handing one over and times, in its thread's CPU time, what the trainer does
+    with it until it asks for the next: the whole loop body of ``train_epoch`` (zero_grad, forward,
+    backward, the divergence guard and logging, the optimiser step), the sampler's draws excluded
+    (made before, once per epoch). One thread runs at a time, the other waits for its turn."""
+
+    SIDES = ("before", "after")
+
+    def __init__(self, n_batches: int) -> None:
+        self.order = [s for n in range(n_batches) for s in (self.SIDES if n % 2 == 0 else self.SIDES[::-1])]
+        self.pos, self.failed = 0, False
+        self.cond = threading.Condition()
+        self.ms: dict[str, list[float]] = {s: [] for s in self.SIDES}
+
+    def sampler(self, side: str, batches: list):
+        """A stand-in for ``side``'s sampler whose one epoch is ``batches``, in turns."""
+        turns = self
+
+        class Sampler:
+            def epoch(self, device=None):
+                for batch in batches:
+                    with turns.cond:
+                        turns.cond.wait_for(lambda: turns.failed or turns.order[turns.pos] == side)
+                        if turns.failed:
+                            raise RuntimeError("the other side failed")
+                    c0 = time.thread_time()
+                    yield batch
+                    turns.ms[side].append(1000 * (time.thread_time() - c0))
+                    turns.advance()
+        return Sampler()
+
+    def advance(self, failed: bool = False) -> None:
+        with self.cond:
+            self.pos += 1
+            self.failed |= failed
+            self.cond.notify_all()
+
+    def run(self, epochs: dict) -> None:
+        """``epochs[side]()`` (a ``train_epoch`` call on :meth:`sampler`) in one thread per side."""
+        errors = []
+
+        def target(side):
+            torch.set_num_threads(1)
+            try:
+                epochs[side]()
+            except BaseException as exc:  # noqa: BLE001  (re-raised below)
+                errors.append(exc)
+                self.advance(failed=True)
+
+        threads = [threading.Thread(target=target, args=(side,)) for side in self.SIDES]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+
 def paired_batches(trees: dict[str, str], model: str, dataset: str, epochs: int) -> dict:
-    """``--per-batch``: thread CPU ms of each training batch of ``model`` under both versions
-    (``trees``: side -> folder), alternated batch by batch (before first on even batches) after a
-    warm-up epoch each; medians and the median paired difference."""
+    """``--per-batch``: thread CPU ms of each training batch of ``model`` as each version's
+    ``train_epoch`` runs it (``trees``: side -> folder), the two alternated batch by batch
+    (:class:`Turns`) after a warm-up epoch each; medians and the median paired difference."""
     versions = {side: load_version(tree) for side, tree in trees.items()}
     data = versions["before"]["prismrec.data"].load_dataset(dataset)
     runs = {}
     for side, v in versions.items():
         net, _, sampler, optimizer = v["benchmarks.floors"].training_setup(model, data)
+        train_epoch = v["prismrec.train.trainer"].train_epoch
         net.on_epoch_start(0)
-        v["prismrec.train.trainer"].train_epoch(net, sampler, optimizer, 0, net.device)
-        runs[side] = (net, sampler, optimizer, v["prismrec.train.trainer"].adam_step)
+        train_epoch(net, sampler, optimizer, 0, net.device)
+        runs[side] = (net, sampler, optimizer, train_epoch)
     ms = {side: [] for side in runs}
     for epoch in range(1, epochs + 1):
-        for net, *_ in runs.values():
+        batches = {}
+        for side, (net, sampler, _, _) in runs.items():
             net.on_epoch_start(epoch)
-        for n, batches in enumerate(zip(*(sampler.epoch() for _, sampler, _, _ in runs.values()))):
-            for side, batch in (zip(runs, batches) if n % 2 == 0 else list(zip(runs, batches))[::-1]):
-                net, _, optimizer, step = runs[side]
-                c0 = time.thread_time()
-                optimizer.zero_grad(set_to_none=True)
-                torch.stack(list(net.batch_loss(batch).values())).sum().backward()
-                step(optimizer)
-                ms[side].append(1000 * (time.thread_time() - c0))
+            batches[side] = list(sampler.epoch())  # the same batches: equal samplers
+        turns = Turns(len(batches["before"]))
+        turns.run({side: partial(train_epoch, net, turns.sampler(side, batches[side]), optimizer, epoch, net.device)
+                   for side, (net, _, optimizer, train_epoch) in runs.items()})
+        for side in ms:
+            ms[side] += turns.ms[side]
     diff = [a - b for a, b in zip(ms["after"], ms["before"])]
     return {"before_ms": statistics.median(ms["before"]), "after_ms": statistics.median(ms["after"]),
             "diff_ms": statistics.median(diff), "diff_iqr_ms": statistics.quantiles(diff, n=4)[::2],
@@ -148,7 +212,9 @@ def batches_markdown(res: dict) -> str:
     lines += ["", "Both packages imported into one process (each with this checkout's `benchmarks.floors` bound to "
               "it), a model built by each with the same seeds and settings (`benchmarks.floors.training_setup`), "
               "a warm-up epoch each, then their training batches (the same batches) alternated one by one, each "
-              "timed in thread CPU time: forward, backward and the trainer's fused-Adam step. Median per side and "
+              "timed in thread CPU time as that version's `train_epoch` runs it (its loop body: zero_grad, forward, "
+              "backward, guard and logging, fused-Adam step; rows before 2026-12-04: forward, backward and step "
+              "only). Median per side and "
               "median of the per-batch differences (after - before; quartiles in brackets). "
               "`python -m benchmarks.floors_ab --before <commit> --after <commit> --dataset <d> --models <m,...> "
               "--epochs <n> --per-batch`."]

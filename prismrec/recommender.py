@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from prismrec.checks import require_items
+
 CANONICAL_MODALITIES = ("image", "text", "audio")
 """Default modality order: models that give modalities roles (MGCN's v/t, FREEDOM's weights)
 take the first present modality as the "visual" one and the second as the "textual" one."""
@@ -146,6 +148,12 @@ class Recommender(nn.Module):
     searched with its Config's ``grid`` fields by a study (``benchmarks.headline``)."""
     uses_negatives: ClassVar[bool] = True
     """False when ``loss`` never reads a batch's negatives ``j`` (BM3); the sampler still draws them."""
+    min_modalities: ClassVar[int] = 1
+    """The fewest modalities the model runs on (:meth:`used_modalities`): GUME's 2, BM3's 0 (its
+    ID-only bootstrap); read where the model's config has ``modalities``."""
+    item_sizes: ClassVar[tuple[str, ...]] = ("knn_k",)
+    """Settings that count items (neighbours per item of a top-``k`` graph), each refused above the
+    dataset's items by :meth:`check_dataset` where the config has it (SIGER adds ``co_k``)."""
 
     @classmethod
     def required_inputs(cls, config) -> tuple[str, ...]:
@@ -165,13 +173,28 @@ class Recommender(nn.Module):
         """Raise ``ValueError`` naming each setting of ``config`` out of a range that needs no data
         (``n_layers=-1``, a temperature of 0); none by default. :func:`~prismrec.experiment.config.resolve_config`
         runs it, so a search or a comparison refuses such a setting before any work; a model's
-        constructor runs it first, then its checks against the dataset (``knn_k`` above the items)."""
+        constructor runs it first, within :meth:`check_dataset`."""
 
     @classmethod
     def check_dataset(cls, config, dataset) -> None:
-        """Raise ``ValueError`` where ``config`` does not fit ``dataset`` (``knn_k`` above its items),
-        for a model with :meth:`required_inputs`: the experiment layer runs it before the earlier
-        stages, which can train for hours; none by default (the constructor checks)."""
+        """Raise ``ValueError`` where ``config`` does not fit ``dataset``: :meth:`check_settings`, then
+        each of :attr:`item_sizes` above its items (``knn_k``), a modality it lacks or fewer than
+        :attr:`min_modalities` (:meth:`used_modalities`); a model extends it with its own checks against
+        the data. A model's constructor runs it first; the experiment layer before the earlier stages
+        (``stages.build_model``: EGRA's stage 1 trains for hours), and ``compare`` for every cell before
+        the first one trains. It reads the dataset's counts and the names of its modalities (the keys
+        of ``features``), never their values: ``compare`` passes the interactions alone."""
+        cls.check_settings(config)
+        require_items(dataset.n_items, **{k: getattr(config, k) for k in cls.item_sizes if hasattr(config, k)})
+        if hasattr(config, "modalities"):
+            cls.used_modalities(config, dataset)
+
+    @classmethod
+    def used_modalities(cls, config, dataset) -> list[str]:
+        """The modalities the model runs on: ``config.modalities`` (``None``: all the dataset has), at
+        least :attr:`min_modalities` (:meth:`select_modalities`); a model whose settings keep fewer
+        overrides it (RLMultimodalRec's ``*_only`` fusions)."""
+        return cls.select_modalities(dataset, config.modalities, cls.min_modalities, cls.name)
 
     @staticmethod
     def require_at_least(config, **minimums: float) -> None:

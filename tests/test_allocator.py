@@ -7,9 +7,13 @@ import sys
 
 import pytest
 
+from prismrec.train import allocator
+
 SCRIPT = """
-import ctypes, resource, sys
-from prismrec.train.allocator import keep_freed_memory
+import ctypes, resource, runpy, sys
+# The module alone (its path is argv[2]): importing the prismrec.train package would import torch,
+# seconds per process, and torch plays no part here.
+keep_freed_memory = runpy.run_path(sys.argv[2])["keep_freed_memory"]
 applied = keep_freed_memory() if sys.argv[1] == "tune" else False
 # glibc's malloc itself (what keep_freed_memory tunes), not torch's allocator on top of it: whether
 # torch's CPU allocations go through the tuned path depends on the torch build and the kernel.
@@ -31,7 +35,8 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 def _faults(mode: str, env=None) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode, allocator.__file__], capture_output=True, text=True,
+                         check=True, env=env)
     applied, faults = out.stdout.split()
     return applied, int(faults)
 

@@ -13,6 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from prismrec.cli import app
+from prismrec.errors import ModelRefused
+from prismrec.experiment.compare import run_compare
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
 
@@ -211,6 +213,24 @@ CASES = {
     "compare: a model's own check": (["compare", "--models", "bpr,lightgcn", "--datasets", "planted", "--data-dir",
                                       "{data}", "--out", "{tmp}/c", "--seeds", "1", "--set", "lightgcn.n_layers=-1"],
                                      r"^error: model 'lightgcn' rejects its settings: n_layers must be >= 0, got -1$"),
+    # were found as the cell started, after the cells before it had trained (hours, on a real dataset)
+    "compare: knn_k above one cell's items": (["compare", "--models", "lightgcn,mgcn", "--datasets", "planted",
+                                               "--data-dir", "{data}", "--out", "{tmp}/c", "--seeds", "1", "--set",
+                                               "epochs=1", "--set", "mgcn.knn_k=500"],
+                                              r"^error: compare cell planted / mgcn: model 'mgcn' rejects its settings: "
+                                              r"knn_k=500 exceeds the number of items \(200\); no cell was trained: "
+                                              r"--set mgcn\.<setting>=\.\.\. changes a setting for mgcn alone"),
+    "compare: a modality one dataset lacks": (["compare", "--models", "bpr,vbpr", "--datasets", "planted,imageonly",
+                                               "--data-dir", "{data}", "--out", "{tmp}/c", "--seeds", "1", "--set",
+                                               "vbpr.modalities=[text]"],
+                                              r"^error: compare cell imageonly / vbpr: model 'vbpr' rejects its "
+                                              r"settings: vbpr needs modality feature\(s\) text but dataset "
+                                              r"'imageonly' has image"),
+    "compare: fewer modalities than a model needs": (["compare", "--models", "lightgcn,gume", "--datasets",
+                                                      "imageonly", "--data-dir", "{data}", "--out", "{tmp}/c",
+                                                      "--seeds", "1"],
+                                                     r"^error: compare cell imageonly / gume: model 'gume' rejects its "
+                                                     r"settings: gume needs at least 2 modalities"),
     "tune: a space the model's own check refuses": (["tune", "--model", "lightgcn", "--dataset", "planted", "--data-dir",
                                                      "{data}", "--out", "{tmp}/t", "--space", "n_layers=-3..1"],
                                                     r"^error: model 'lightgcn' rejects its settings: n_layers must be "
@@ -221,6 +241,10 @@ CASES = {
                                            "gume,lightgcn", "--epochs", "1", "--out", "{tmp}/demo", "--quiet"],
                                           # was the error, and {tmp}/demo/imageonly/gume/ left behind, empty
                                           r"model 'gume' rejects its settings: gume needs at least 2 modalities"),
+    "demo: a later model refused on the data": (["demo", "--dataset", "imageonly", "--data-dir", "{data}", "--models",
+                                                 "lightgcn,gume", "--epochs", "1", "--out", "{tmp}/demo", "--quiet"],
+                                                # was found after lightgcn had trained and written its run
+                                                r"model 'gume' rejects its settings: gume needs at least 2 modalities"),
     # was "needs at least 1 modalities; ... and [] were selected", "1 modalities are used"
     "train vbpr --set modalities=[]": (["train", "--model", "vbpr", "--dataset", "planted", "--data-dir", "{data}",
                                         "--out", "{tmp}/run", "--set", "modalities=[]", "--quiet"],
@@ -331,6 +355,17 @@ def test_bad_input_is_one_clean_line(case, data_dir, finished_run, other_run, tm
     assert "Traceback" not in result.output and len(lines) == 1, result.output
     assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+
+
+def test_compare_refuses_a_cell_on_its_dataset_before_the_first_cell_trains(data_dir, tmp_path):
+    """knn_k above the items (planted: 200) was found as the mgcn cell started, after the lightgcn
+    cell before it had trained and written its run; now every cell is checked on its dataset first."""
+    out, started = tmp_path / "cmp", []
+    with pytest.raises(ModelRefused, match=r"compare cell planted / mgcn: .*knn_k=500 exceeds the number of items"):
+        run_compare(["lightgcn", "mgcn"], ["planted"], [1], out, {"epochs": 1, "mgcn.knn_k": 500}, str(data_dir),
+                    log=started.append)
+    assert not started and not out.exists()  # no cell started: no run directory, no metrics.json
+    assert not list(tmp_path.rglob("metrics.json"))
 
 
 def test_significance_of_a_run_against_itself_by_relative_path_or_link(finished_run, data_dir, monkeypatch):

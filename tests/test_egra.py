@@ -142,6 +142,26 @@ def test_raw_item_links_with_a_pretrained_run_are_refused(planted):
         resolve_config("egra", planted.name, {"item_links": "raw", "pretrained": "/some/run"})
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"item_links": "raw", "pretrained": "/some/run"}, r"item_links=raw puts GUME's raw-feature links in place of P, "
+                                                       r"so pretrained='/some/run' would never be read"),
+    ({"vt_weight": 0.5}, r"vt_weight=0.5 only acts with backbone=gume, which is not set"),
+    ({"k_pre": 200}, r"k_pre=200 exceeds the other items \(199\): B_pre links each item to k_pre others$"),
+])
+def test_settings_checks_refuse_before_any_work_on_every_path(planted, settings, message):
+    """EGRA's settings checks (check_egra_config, nn/multiview_checks.py; the first two were
+    EGRAConfig.__post_init__'s) refuse in resolve_config where they need no data, and in
+    check_dataset (run before stage 0) and the constructor for a config built directly."""
+    egra = get_model("egra")
+    if "k_pre" not in settings:
+        with pytest.raises(ConfigError, match=f"model 'egra' rejects its settings: {message}"):
+            resolve_config("egra", planted.name, settings)
+    config = egra.Config(**settings)  # built directly: its own checks are check_settings's, as SIGER's
+    for refuse in (lambda: egra.check_dataset(config, planted), lambda: egra(planted, config)):
+        with pytest.raises(ValueError, match=message):
+            refuse()
+
+
 def test_raw_item_links_are_gumes_and_need_no_pretrained_run(planted):
     net = _build(planted, item_links="raw")  # pretrained=auto: nothing is trained or read
     raw = intersection_links(*(knn_graph(planted.features[m], 10) for m in ("image", "text")))

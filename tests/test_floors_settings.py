@@ -98,3 +98,26 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_floors_ab_turns_alternate_the_batches_and_stop_on_a_failure():
+    """``floors_ab --per-batch``: the two trainers' epochs take turns batch by batch (before first on
+    even batches), each batch timed once; a side that fails stops both, its error raised."""
+    from functools import partial
+
+    from benchmarks.floors_ab import Turns
+
+    turns, seen = Turns(3), []
+
+    def epoch(side, fail_at=None):
+        for batch in turns.sampler(side, [0, 1, 2]).epoch():
+            if batch == fail_at:
+                raise ValueError(side)
+            seen.append((side, batch))
+
+    turns.run({side: partial(epoch, side) for side in Turns.SIDES})
+    assert seen == [("before", 0), ("after", 0), ("after", 1), ("before", 1), ("before", 2), ("after", 2)]
+    assert [len(turns.ms[side]) for side in Turns.SIDES] == [3, 3]
+    turns = Turns(3)
+    with pytest.raises(ValueError, match="after"):
+        turns.run({"before": partial(epoch, "before"), "after": partial(epoch, "after", fail_at=1)})

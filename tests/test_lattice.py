@@ -165,11 +165,11 @@ def test_grid_is_machine_readable():
 MEMORY_BOUND_MB = 700
 
 
-def test_latent_graph_memory_is_blocked_for_60k_items():
-    """n = 60,000 items, one 64-d modality, k = 10, in a fresh process: building the frozen
+def test_latent_graph_memory_is_blocked_for_20k_items():
+    """n = 20,000 items, one 64-d modality, k = 10, in a fresh process: building the frozen
     graph, then the learned graph (blocked top-k + edge values) and back-propagating through
-    it grows peak RSS by < 700 MB. The dense reference needs 60k x 60k floats (14.4 GB) for each
-    similarity matrix. Takes ~30-60 s on 2 CPU cores (two 60k x 60k x 64 products)."""
+    it grows peak RSS by < 700 MB (measured ~190 MB). The dense reference needs 20k x 20k floats
+    (1.6 GB) for each similarity matrix. Takes ~15 s of CPU (two 20k x 20k x 64 products)."""
     script = textwrap.dedent(
         """
         import json, resource, time
@@ -178,7 +178,7 @@ def test_latent_graph_memory_is_blocked_for_60k_items():
         from prismrec.experiment.config import resolve_config
         from prismrec.models import get_model
         torch.set_num_threads(2)
-        n_items, n_users = 60_000, 100
+        n_items, n_users = 20_000, 100
         x = np.random.default_rng(0).standard_normal((n_items, 64), dtype=np.float32)
         rng = np.random.default_rng(1)
         train = sp.csr_matrix((np.ones(2000, np.float32), (rng.integers(0, n_users, 2000),
@@ -205,7 +205,7 @@ def test_latent_graph_memory_is_blocked_for_60k_items():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert 600_000 <= result["nnz"] <= 1_200_000  # frozen ∪ learned edges, n·k each
+    assert 200_000 <= result["nnz"] <= 400_000  # frozen ∪ learned edges, n·k each
     assert result["grad"] > 0
     assert result["delta_mb"] < MEMORY_BOUND_MB, result
 

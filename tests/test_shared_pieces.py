@@ -2,7 +2,7 @@
 masks, the users-first split of a node table, tables that are a parameter or a frozen buffer, the
 hypergraph's membership dropout."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from prismrec.checks import check_choices, require_fraction, require_items
+from prismrec.experiment.config import resolve_config
 from prismrec.graph import SparseOperator
+from prismrec.models import MODELS
 from prismrec.nn.embedding import register_table
 from prismrec.nn.hypergraph import hypergraph_propagate
 from prismrec.nn.presence import for_missing_modalities, node_presence, view_presence
@@ -42,6 +44,30 @@ def test_require_items_and_require_fraction():
         require_fraction("p", 0.0, "a rate", low_open=True)
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\), got 1.0"):
         require_fraction("p", 1.0, high_open=True)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_check_dataset_refuses_the_shared_bounds_on_the_modality_names_alone(model, planted):
+    """``Recommender.check_dataset``'s default, which ``compare`` runs for every cell before the first
+    trains: a setting counting items above them (``knn_k``; SIGER's ``co_k``, DAMRS' ``behavior_k``), a
+    modality the dataset lacks, fewer modalities than the model runs on (GUME's 2), all without the
+    feature values (compare passes their names alone)."""
+    cls, config = MODELS[model], resolve_config(model, planted.name, {}).params
+    names = replace(planted, features=dict.fromkeys(planted.features))  # image, text: names only
+    cls.check_dataset(config, names)  # the defaults fit
+    for key in [k for k in cls.item_sizes if hasattr(config, k)]:
+        with pytest.raises(ValueError, match=rf"^{key}=201 exceeds the number of items \(200\)$"):
+            cls.check_dataset(replace(config, **{key: 201}), names)
+    if not hasattr(config, "modalities"):  # an ID model (BPR, LightGCN) reads no modality
+        return
+    with pytest.raises(ValueError, match=rf"{model} needs modality feature\(s\) audio but dataset 'planted' has image"):
+        cls.check_dataset(replace(config, modalities=["audio"]), names)
+    image_only = replace(names, features={"image": None})
+    if cls.min_modalities < 2:
+        cls.check_dataset(config, image_only)
+    else:
+        with pytest.raises(ValueError, match=rf"{model} needs at least {cls.min_modalities} modalities"):
+            cls.check_dataset(config, image_only)
 
 
 def test_propagate_is_the_matrix_power():

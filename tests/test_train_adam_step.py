@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prismrec.train.trainer import _fused_adam_groups, adam_step
+from prismrec.train.trainer import _fused_adam_groups, adam_step, release_grads
 
 
 def _run(step, **adam):
@@ -49,3 +49,24 @@ def test_direct_path_is_taken_only_where_it_is_exact():
     amsgrad = torch.optim.Adam([p], fused=True, amsgrad=True)
     amsgrad.step()
     assert _fused_adam_groups(amsgrad) is None
+
+
+def test_release_grads_is_zero_grad_set_to_none():
+    """``release_grads`` leaves every gradient ``None`` as ``zero_grad(set_to_none=True)`` does, and
+    an optimiser class with its own ``zero_grad`` gets that call."""
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    optimizer = torch.optim.Adam([{"params": params[:1]}, {"params": params[1:]}], fused=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    release_grads(optimizer)
+    assert all(p.grad is None for p in params)
+
+    class Counting(torch.optim.SGD):
+        calls = 0
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            Counting.calls += 1
+            super().zero_grad(set_to_none)
+
+    release_grads(Counting(params, lr=0.1))
+    assert Counting.calls == 1

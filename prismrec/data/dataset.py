@@ -412,10 +412,15 @@ def _check_duplicates(path: Path, users: np.ndarray, items: np.ndarray) -> None:
         )
 
 
+def feature_files(folder: Path) -> dict[str, Path]:
+    """The ``<modality>_feat.npy`` files of a dataset folder, by modality name (sorted), unread."""
+    return {p.name[: -len(FEATURE_SUFFIX)]: p for p in sorted(Path(folder).glob(f"*{FEATURE_SUFFIX}"))}
+
+
 def _load_features(
     folder: Path, n_items: int, modalities: list[str] | None
 ) -> dict[str, torch.Tensor]:
-    available = {p.name[: -len(FEATURE_SUFFIX)]: p for p in sorted(folder.glob(f"*{FEATURE_SUFFIX}"))}
+    available = feature_files(folder)
     if modalities is None:
         wanted = list(available)
     else:

@@ -1,9 +1,10 @@
 """The comparison runner: every model x dataset x seed, resumable, summarised honestly.
 
-Every model name, dataset and setting is checked before anything is trained. Each cell (dataset,
-model, seed) is then trained in its own subprocess (``prismrec train``), so a crash cannot take
-the sweep down and each cell's peak memory is its own; ``workers`` cells train at the same time,
-in as many processes, the CPU threads split between them. Each cell is a run directory
+Every model name, dataset and setting is checked before anything is trained, each cell's settings
+against its dataset too (:func:`check_cell`: ``knn_k`` above its items, a modality it lacks). Each
+cell (dataset, model, seed) is then trained in its own subprocess (``prismrec train``), so a crash
+cannot take the sweep down and each cell's peak memory is its own; ``workers`` cells train at the
+same time, in as many processes, the CPU threads split between them. Each cell is a run directory
 (:mod:`prismrec.experiment.rundir`): a finished cell with the same resolved configuration is
 skipped, and a killed cell resumes from its last training checkpoint, so an interrupted sweep
 resumes where it stopped, mid-training. A cell holding another configuration is retrained.
@@ -25,15 +26,16 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from prismrec.data.dataset import find_dataset, load_dataset
-from prismrec.errors import ConfigError, RunError
+from prismrec.data.dataset import feature_files, find_dataset, load_dataset
+from prismrec.errors import ConfigError, ModelRefused, RunError
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.rundir import RunDir, run_digest, write_atomic
 from prismrec.experiment.runs import aggregate, require_splits
+from prismrec.experiment.stages import check_model_dataset
 
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -138,6 +140,23 @@ def check_inputs(models: list[str], datasets: list[str], seeds: list[int],
     return configs
 
 
+def check_cell(config, data) -> None:
+    """Raise a :class:`~prismrec.errors.ConfigError` where the cells of ``config`` (an
+    :class:`~prismrec.experiment.config.ExperimentConfig`) could only fail on ``data``: a cut-off
+    above its items, or (:class:`~prismrec.errors.ModelRefused`, naming the cell) a setting its model
+    refuses on it: ``knn_k`` above its items, a modality it lacks, too few modalities
+    (:func:`~prismrec.experiment.stages.check_model_dataset`). ``data`` needs no feature values:
+    ``features`` may map each modality's name to None."""
+    config.train.check_cut_offs(data.n_items, data.name)
+    try:
+        check_model_dataset(config, data)
+    except ConfigError as exc:  # was found as the cell started, after the cells before it had trained
+        model = config.model
+        raise ModelRefused(f"compare cell {config.dataset} / {model}: {exc}; no cell was trained: --set "
+                           f"{model}.<setting>=... changes a setting for {model} alone, or leave {model} out of "
+                           "--models") from None
+
+
 def run_compare(
     models: list[str],
     datasets: list[str],
@@ -156,7 +175,8 @@ def run_compare(
     and the paper tables.
 
     Every model, dataset and setting is validated first (:func:`check_inputs`; when training,
-    every dataset's valid and test splits too: not empty). ``train=False``
+    every dataset's valid and test splits too: not empty, and every cell's settings against its
+    dataset: :func:`check_cell`). ``train=False``
     only summarises the finished cells (missing ones are listed as not run). ``reference``: the
     model the paper table's significance marks compare against (None: no marks), their p-values
     of the paired ``test`` (``t`` or ``wilcoxon``), adjusted over the table by ``correction``
@@ -187,12 +207,13 @@ def run_compare(
     if not train and not out_dir.is_dir():  # was an --out folder made to hold an empty summary
         raise RunError(f"--out {out_dir} does not exist: --report-only summarises the finished cells of an "
                        "earlier comparison in that folder; check the path, or drop --report-only to train")
-    if train:  # a dataset whose cells could only fail, before anything is written
+    if train:  # a cell that could only fail, before anything is written or trained
         for dataset in datasets:
-            data = load_dataset(dataset, data_dir, modalities=[])
+            data = load_dataset(dataset, data_dir, modalities=[])  # the interactions alone
             require_splits(data)
+            names = replace(data, features=dict.fromkeys(feature_files(data.path)))  # and its modalities' names
             for model in models:
-                configs[(dataset, model)].train.check_cut_offs(data.n_items, data.name)
+                check_cell(configs[(dataset, model)], names)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"models": models, "datasets": datasets, "seeds": seeds, "overrides": overrides, "cells": {}}
     done: dict[tuple[str, str, int], dict] = {}

@@ -20,6 +20,7 @@ from prismrec.data import load_dataset
 from prismrec.errors import ConfigError
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.runs import run_experiment
+from prismrec.experiment.stages import check_model_dataset
 from prismrec.train.config import MAX_THREADS
 
 DEMO_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
@@ -69,6 +70,8 @@ def run_demo(cfg: DemoConfig, out: Path, data_dir=None, progress: bool = True, l
     for config in configs.values():
         config.train.check_device()
     dataset = load_dataset(cfg.dataset, data_dir)
+    for config in configs.values():  # each model on the data, before the first one trains
+        check_model_dataset(config, dataset)
     results = {}
     for model, config in configs.items():
         log(f"[demo] {model} on {dataset.name}: at most {cfg.epochs} epochs, patience {cfg.patience}, "

@@ -33,6 +33,19 @@ STAGES: dict[str, Callable] = {"pretrained_items": pretrained_items}
 """Earlier-stage outputs by the name a model requires them under."""
 
 
+def check_model_dataset(config, dataset) -> None:
+    """Raise :class:`ModelRefused` where the model of ``config`` (an :class:`ExperimentConfig`) refuses
+    its settings on ``dataset`` (:meth:`Recommender.check_dataset`: ``knn_k`` above its items, a
+    modality it lacks); :func:`build_model` runs it first, ``compare`` for every cell up front."""
+    cls = get_model(config.model)
+    try:
+        cls.check_dataset(config.params, dataset)
+    except ValueError as exc:
+        if isinstance(exc, PrismrecError):
+            raise
+        raise ModelRefused(f"model {cls.name!r} rejects its settings: {exc}") from exc
+
+
 def build_model(config, dataset) -> Recommender:
     """The model of ``config`` (an :class:`ExperimentConfig`) built on ``dataset``, with every
     input it declares computed first.
@@ -41,12 +54,7 @@ def build_model(config, dataset) -> Recommender:
     from the global RNG (earlier stages do not touch it).
     """
     cls = get_model(config.model)
-    try:  # the settings against the data first, not after an earlier stage has trained (EGRA's stage 1)
-        cls.check_dataset(config.params, dataset)
-    except ValueError as exc:
-        if isinstance(exc, PrismrecError):
-            raise
-        raise ModelRefused(f"model {cls.name!r} rejects its settings: {exc}") from exc
+    check_model_dataset(config, dataset)  # first, not after an earlier stage has trained (EGRA's stage 1)
     inputs = {name: STAGES[name](config, dataset) for name in cls.required_inputs(config.params)}
     try:
         return cls(dataset, config.params, **inputs)

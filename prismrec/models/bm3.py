@@ -89,6 +89,7 @@ class BM3(Recommender):
     """BM3; needs no negatives (``uses_negatives = False``): the ``j`` of a batch is ignored."""
 
     name = "bm3"
+    min_modalities = 0  # modalities=[]: the ID-only bootstrap
     Config = BM3Config
     uses_negatives: ClassVar[bool] = False
     """The loss reads only observed pairs ``(u, i)``; a trainer may skip negative sampling."""
@@ -100,8 +101,8 @@ class BM3(Recommender):
 
     def __init__(self, dataset, config: BM3Config) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        self.modalities = self.select_modalities(dataset, config.modalities, minimum=0, model=self.name)
+        self.check_dataset(config, dataset)
+        self.modalities = self.used_modalities(config, dataset)
         d = config.embedding_size
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)  # Â
         self.user_emb = nn.Parameter(torch.empty(self.n_users, d))  # E_U

@@ -37,7 +37,7 @@ class BPRMF(Recommender):
 
     def __init__(self, dataset, config: BPRConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
+        self.check_dataset(config, dataset)
         self.user_emb = IdEmbedding(self.n_users, config.embedding_size, init="xavier_normal")  # e_u
         self.item_emb = IdEmbedding(self.n_items, config.embedding_size, init="xavier_normal")  # e_i
         self.reset_parameters()

@@ -71,7 +71,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from prismrec.checks import require_items
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
 from prismrec.graph.cooccurrence import behavior_item_graph
 from prismrec.graph.consistent import consistent_knn_graphs
@@ -127,6 +126,7 @@ class DAMRSConfig:
 class DAMRS(Recommender):
     name = "damrs"
     Config = DAMRSConfig
+    item_sizes = ("knn_k", "behavior_k")
     # The official run settings (overall.yaml): batch 4096, at most 500 epochs, patience 25.
     train_defaults = {"batch_size": 4096, "epochs": 500, "patience": 25}
 
@@ -141,14 +141,13 @@ class DAMRS(Recommender):
 
     def __init__(self, dataset, config: DAMRSConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        require_items(self.n_items, knn_k=config.knn_k, behavior_k=config.behavior_k)
+        self.check_dataset(config, dataset)
         if config.neighbor_weight > 0 and 2 * config.n_pseudo_positives > self.n_items:
             raise ValueError(
                 f"n_pseudo_positives={config.n_pseudo_positives} needs at least twice as many items "
                 f"({self.n_items} here): lower it or set neighbor_weight=0"
             )
-        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
+        self.modalities = self.used_modalities(config, dataset)
         n_views = len(self.modalities) + int(config.behavior_graph)
         if config.denoise_feedback and n_views < 2:
             raise ValueError(

@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.checks import check_choices, require_items
+from prismrec.checks import check_choices
 from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_graph
 from prismrec.graph.neighbour_sampling import softmax_neighbour_graph
@@ -161,13 +161,12 @@ class DRAGON(Recommender):
 
     def __init__(self, dataset, config: DRAGONConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        require_items(self.n_items, knn_k=config.knn_k)
+        self.check_dataset(config, dataset)
         # A k_u one sets above the users was cut to their number, silently; the reference's 40 on a
         # smaller dataset still is (every user is then a neighbour).
         if config.user_knn_k > self.n_users and config.user_knn_k != DRAGONConfig.user_knn_k:
             raise ValueError(f"user_knn_k={config.user_knn_k} exceeds the number of users ({self.n_users})")
-        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
+        self.modalities = self.used_modalities(config, dataset)
         self.mm_weights = role_weights(self.name, self.modalities, config.mm_weights, REFERENCE_IMAGE_WEIGHT)
         d = config.embedding_size
 

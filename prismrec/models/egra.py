@@ -28,20 +28,19 @@ no modality at all (its ``M`` row is 0; the entity weights are normalised over t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from prismrec.data.features import fusion_presence
-from prismrec.checks import check_choices, refuse_unused, require_fraction
 from prismrec.graph import UserItemGraph, knn_graph, pretrained_links, shared_neighbor_links, sym_normalize
 from prismrec.losses import (bpr_loss, counted_rows, entity_weighted_infonce, half_sq, moment_gap,
                              user_modality_alignment)
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
-from prismrec.nn import (ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource,
-                         check_multiview_config)
+from prismrec.nn import ExtendedBranch, GUMETermsConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
+from prismrec.nn.multiview_checks import check_egra_config
 from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, PretrainedItems, PretrainedStageConfig, Recommender
 
@@ -50,7 +49,8 @@ from prismrec.recommender import Output, PretrainedItems, PretrainedStageConfig,
 class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     """EGRA's settings (stage 0's: :class:`PretrainedStageConfig`); the inherited GUME terms (``vt``,
     ``um``, ``reg2``, noise) act only with ``backbone="gume"``. Grids: ALGORITHMS.md 6.4 (the
-    learning rate's {5e-4, 1e-3} is the model's ``train_grid``)."""
+    learning rate's {5e-4, 1e-3} is the model's ``train_grid``); checked by
+    :func:`~prismrec.nn.multiview_checks.check_egra_config`."""
 
     reg_weight: float = field(default=1e-4, metadata={"grid": [1e-5, 1e-4]})
     """``λ_reg`` of ``half_sq(z_u, z_i, z_j)`` (2.10); grid {1e-5, 1e-4}."""
@@ -98,16 +98,6 @@ class EGRAConfig(PretrainedStageConfig, GUMETermsConfig, MultiViewConfig):
     tau_w: float = field(default=0.5, metadata={"grid": [0.2, 0.5, 1.0]})
     """``τ_w``, temperature of the softmax entity weights; grid {0.2, 0.5, 1.0}."""
 
-    def __post_init__(self) -> None:
-        """Also refuse a ``pretrained`` run that ``item_links="raw"`` would never read, and GUME terms
-        changed without ``backbone="gume"``."""
-        if self.item_links == "raw" and self.pretrained != "auto":
-            raise ValueError(
-                f"item_links=raw puts GUME's raw-feature links in place of P, so pretrained={self.pretrained!r} "
-                "would never be read: drop pretrained, or set item_links=pretrained to take P from that run")
-        refuse_unused(self, tuple(f.name for f in fields(GUMETermsConfig)), self.backbone == "gume", "backbone=gume")
-        super().__post_init__()
-
 
 def alignment_strength(t: int, cfg: EGRAConfig) -> float:
     """Epoch level ``λ_t`` at 0-based epoch ``t``, ``λ_min = ratio·λ_max``, ``T = ramp_epochs``:
@@ -141,20 +131,18 @@ class EGRA(Recommender):
 
     @classmethod
     def check_settings(cls, config) -> None:
-        check_config(config)
+        check_egra_config(config)
 
     @classmethod
     def check_dataset(cls, config, dataset) -> None:
-        check_config(config, dataset.n_items)
-        cls.select_modalities(dataset, config.modalities, 1, cls.name)
-        if config.item_links == "pretrained" and config.k_pre > dataset.n_items - 1:  # was named 'k'
-            raise ValueError(f"k_pre={config.k_pre} exceeds the other items ({dataset.n_items - 1}): B_pre links "
-                             f"each item to k_pre others")
+        """Also ``k_pre`` against the other items (:func:`check_egra_config`)."""
+        super().check_dataset(config, dataset)
+        check_egra_config(config, dataset.n_items)
 
     def __init__(self, dataset, config: EGRAConfig, pretrained_items: PretrainedItems | None = None) -> None:
         super().__init__(dataset, config)
         self.check_dataset(config, dataset)
-        self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
+        self.modalities = self.used_modalities(config, dataset)
         d, gume = config.embedding_size, config.backbone == "gume"
         self.n_ui_layers = config.n_ui_layers if config.n_ui_layers is not None else (3 if gume else 2)
         # 1. B_pre = topk(P; k_pre) (or GUME's raw links), Â⁺ with item block γ·B_pre.
@@ -251,13 +239,3 @@ class EGRA(Recommender):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, links={self.n_item_links}, P from {self.pretrained_run}"
-
-
-def check_config(config: EGRAConfig, n_items: int | None = None) -> None:
-    """Raise ``ValueError`` naming the settings out of their ranges (``knn_k`` against ``n_items``, when given)."""
-    check_multiview_config(config, n_items, tau=config.tau, tau_w=config.tau_w, um_tau=config.um_tau)
-    check_choices(config, "egra")
-    Recommender.require_at_least(config, k_pre=1, ramp_epochs=1, gamma=0, lambda_max=0, noise_eps=0)
-    require_fraction("lambda_min_ratio", config.lambda_min_ratio, "λ_min = ratio·λ_max")
-    if config.pretrain_epochs is not None:
-        Recommender.require_at_least(config, pretrain_epochs=1)

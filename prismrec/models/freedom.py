@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prismrec.checks import require_fraction, require_items
+from prismrec.checks import require_fraction
 from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency, degree_sensitive_edge_sample, knn_graph
 from prismrec.losses import bpr_loss
@@ -124,9 +124,8 @@ class FREEDOM(Recommender):
 
     def __init__(self, dataset, config: FREEDOMConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        require_items(self.n_items, knn_k=config.knn_k)
-        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
+        self.check_dataset(config, dataset)
+        self.modalities = self.used_modalities(config, dataset)
         # α_m in modalities order: mm_weights (checked), or by name (module docstring)
         self.mm_weights = role_weights(self.name, self.modalities, config.mm_weights, config.image_weight)
         d = config.embedding_size

@@ -54,7 +54,6 @@ from typing import Literal
 
 import torch
 
-from prismrec.checks import require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph, shared_neighbor_links
 from prismrec.losses import bpr_terms, counted_rows, half_sq, moment_gap, output_bpr_terms, rows_infonce
@@ -102,6 +101,7 @@ class GUME(Recommender):
 
     name = "gume"
     Config = GUMEConfig
+    min_modalities = 2  # B_II: the links every modality's kNN graph shares
     # Cold items: the forward with the item's ID row imputed from its warm neighbours on S_m
     content_id_rows = "impute"
     content_item_embeddings = multiview_content_hook
@@ -115,9 +115,8 @@ class GUME(Recommender):
 
     def __init__(self, dataset, config: GUMEConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        require_items(self.n_items, knn_k=config.knn_k)
-        self.modalities = self.select_modalities(dataset, config.modalities, 2, self.name)
+        self.check_dataset(config, dataset)
+        self.modalities = self.used_modalities(config, dataset)
         d = config.embedding_size
         # 1. Ŝ_m; B_II = links shared by every modality's kNN graph; Â⁺ (R̂⁺ its user-item block).
         knn = [knn_graph(dataset.features[m], config.knn_k) for m in self.modalities]

@@ -48,7 +48,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from prismrec.checks import check_choices, refuse_unused, require_fraction, require_items
+from prismrec.checks import check_choices, refuse_unused, require_fraction
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
 from prismrec.graph.learned import EdgeGraph, EdgeList, EpochGraph, KnnPatterns, normalize_edges, sampled_dot
 from prismrec.graph.walk import random_walk_adjacency
@@ -120,9 +120,8 @@ class LATTICE(Recommender):
 
     def __init__(self, dataset, config: LATTICEConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
-        require_items(self.n_items, knn_k=config.knn_k)
+        self.check_dataset(config, dataset)
+        self.modalities = self.used_modalities(config, dataset)
         d = config.embedding_size
 
         # Which items have each modality (M x n_I), or None when no used modality was zero-filled.

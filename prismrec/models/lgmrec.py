@@ -169,8 +169,8 @@ class LGMRec(Recommender):
 
     def __init__(self, dataset, config: LGMRecConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
+        self.check_dataset(config, dataset)
+        self.modalities = self.used_modalities(config, dataset)
         d = config.embedding_size
         r = sp.csr_matrix(dataset.train, dtype=np.float32)
         self.adjacency = SparseOperator(bipartite_adjacency(r), symmetric=True)  # Â

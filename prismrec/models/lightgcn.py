@@ -42,7 +42,7 @@ class LightGCN(Recommender):
 
     def __init__(self, dataset, config: LightGCNConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
+        self.check_dataset(config, dataset)
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
         self.user_emb = IdEmbedding(self.n_users, config.embedding_size)  # E_U
         self.item_emb = IdEmbedding(self.n_items, config.embedding_size)  # E_I

@@ -30,7 +30,6 @@ from typing import Literal
 
 import torch
 
-from prismrec.checks import require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.losses import bpr_terms, counted_rows, output_bpr_terms, rows_infonce
@@ -70,9 +69,8 @@ class MGCN(Recommender):
 
     def __init__(self, dataset, config: MGCNConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        require_items(self.n_items, knn_k=config.knn_k)
-        self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
+        self.check_dataset(config, dataset)
+        self.modalities = self.used_modalities(config, dataset)
         # 1. Graphs: Ŝ_m per modality, Â (R̂ is its user-item block).
         knn = [knn_graph(dataset.features[m], config.knn_k) for m in self.modalities]
         # 2-5. ID tables, purifiers and fuser over these graphs; when some modality rows were

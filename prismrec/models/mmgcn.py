@@ -136,8 +136,8 @@ class MMGCN(Recommender):
 
     def __init__(self, dataset, config: MMGCNConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
+        self.check_dataset(config, dataset)
+        self.modalities = self.used_modalities(config, dataset)
         n = len(self.modalities)
         parts = None  # the reference part of each modality, when a setting depends on it
         if config.latent_dims is None or config.reg_preferences == "first":

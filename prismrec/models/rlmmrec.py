@@ -91,14 +91,17 @@ class RLMultimodalRec(Recommender):
     def check_settings(cls, config) -> None:
         cls.require_at_least(config, embedding_size=1, n_layers=0)
 
+    @classmethod
+    def used_modalities(cls, config, dataset) -> list[str]:
+        """The selected modalities (``second_only`` needs two), or the one a ``*_only`` fusion keeps."""
+        minimum = 2 if config.fusion == "second_only" else cls.min_modalities
+        return single_modality(cls.select_modalities(dataset, config.modalities, minimum, cls.name), config.fusion)
+
     def __init__(self, dataset, config: RLMultimodalRecConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
+        self.check_dataset(config, dataset)
         # One selected modality (or a *_only fusion) is the single-modality variant: m = x̃.
-        self.modalities = names = single_modality(
-            self.select_modalities(dataset, config.modalities, 2 if config.fusion == "second_only" else 1, self.name),
-            config.fusion,
-        )
+        self.modalities = names = self.used_modalities(config, dataset)
         d = config.embedding_size
         self.adjacency = SparseOperator(bipartite_adjacency(dataset.train), symmetric=True)
         self.user_emb = IdEmbedding(self.n_users, d)

@@ -54,7 +54,6 @@ from typing import Literal
 
 import torch
 
-from prismrec.checks import require_items
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.graph.cooccurrence import infused_graphs
@@ -63,7 +62,7 @@ from prismrec.losses import rows_infonce, user_modality_alignment
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
-from prismrec.nn.multiview import check_siger_config, siger_betas
+from prismrec.nn.multiview_checks import check_siger_config, siger_betas
 from prismrec.nn.presence import node_columns
 from prismrec.nn.propagation import batch_node_rows
 from prismrec.recommender import Output, Recommender
@@ -136,6 +135,7 @@ class SIGER(Recommender):
 
     name = "siger"
     Config = SIGERConfig
+    item_sizes = ("knn_k", "co_k")
     # Cold items: the forward with the item's ID row imputed from its warm neighbours on S_m
     content_id_rows = "impute"
     content_item_embeddings = multiview_content_hook
@@ -147,9 +147,8 @@ class SIGER(Recommender):
 
     def __init__(self, dataset, config: SIGERConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        require_items(self.n_items, knn_k=config.knn_k, co_k=config.co_k)
-        self.modalities = self.select_modalities(dataset, config.modalities, 1, self.name)
+        self.check_dataset(config, dataset)
+        self.modalities = self.used_modalities(config, dataset)
         self.betas = siger_betas(config, self.modalities)
         # 2 + 3. Ŝ_m, Ĉ (built only when used; Ĉ_m under a mask) and G_m = (1 − β_m) Ŝ_m + β_m Ĉ.
         present = fusion_presence(dataset, self.modalities)

@@ -133,8 +133,8 @@ class SMORE(Recommender):
 
     def __init__(self, dataset, config: SMOREConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
+        self.check_dataset(config, dataset)
+        self.modalities = self.used_modalities(config, dataset)
         parts = modality_parts(self.name, self.modalities, config.modality_roles, settings="image_knn_k/text_knn_k")
         ks = [config.image_knn_k if part == "image" else config.text_knn_k for part in parts]
         require_items(self.n_items, **{f"{part}_knn_k": k for part, k in zip(parts, ks)})

@@ -62,8 +62,8 @@ class VBPR(Recommender):
 
     def __init__(self, dataset, config: VBPRConfig) -> None:
         super().__init__(dataset, config)
-        self.check_settings(config)
-        self.modalities = self.select_modalities(dataset, config.modalities, minimum=1, model=self.name)
+        self.check_dataset(config, dataset)
+        self.modalities = self.used_modalities(config, dataset)
         d = config.embedding_size
         # f_i: the selected raw features side by side, a frozen buffer (not saved in model.pt).
         features = torch.cat(

@@ -9,8 +9,8 @@ from prismrec.nn.multiview import (
     GUMETermsConfig,
     MultiViewConfig,
     MultiViewEncoder,
-    check_multiview_config,
 )
+from prismrec.nn.multiview_checks import check_multiview_config
 from prismrec.nn.perturb import PERTURB_MODES, NoiseSource, perturb
 from prismrec.nn.propagation import lightgcn, lightgcn_rows
 

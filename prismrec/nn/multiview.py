@@ -31,7 +31,8 @@ masks of their contrastive and alignment terms (:mod:`prismrec.losses`), so a mi
 neither pulled toward nor contrasted against a real one.
 
 :class:`MultiViewConfig` holds the settings every model of the family exposes (flat ``--set``
-keys: a model's config inherits the fields and may redeclare a default).
+keys: a model's config inherits the fields and may redeclare a default); their checks are in
+:mod:`prismrec.nn.multiview_checks`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from prismrec.checks import check_choices, refuse_unused, require_items
 from prismrec.graph.bipartite import UserItemGraph, user_item_block
 from prismrec.graph.sparse import SparseOperator
 from prismrec.nn.embedding import IdEmbedding
@@ -74,52 +74,6 @@ class MultiViewConfig:
     """Fine-tune the raw feature matrices (MGCN reference: True); False keeps them frozen: no
     gradient, not in the optimiser, not saved in checkpoints (saves three copies of every ``F_m``,
     its gradient and Adam's two moments: ~3.2 GiB at Electronics size, 4096-d + 384-d)."""
-
-
-def check_multiview_config(config: MultiViewConfig, n_items: int | None = None, **positive: float) -> None:
-    """Raise ``ValueError`` naming each shared setting out of range (``n_ii_layers`` too, where the
-    model's config has it; ``knn_k`` above ``n_items``, when given), and each of ``positive``
-    (``name=value`` pairs, e.g. temperatures) that is not > 0."""
-    broken = [f"{k} must be >= {low}, got {getattr(config, k)}"
-              for k, low in (("embedding_size", 1), ("knn_k", 1), ("n_ui_layers", 0), ("n_ii_layers", 0))
-              if getattr(config, k, None) is not None and getattr(config, k) < low]
-    broken += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]
-    if broken:
-        raise ValueError("; ".join(broken))
-    if n_items is not None:
-        require_items(n_items, knn_k=config.knn_k)
-
-
-def check_siger_config(config, n_items: int | None = None) -> None:
-    """Raise ``ValueError`` naming the first SIGER setting (:class:`prismrec.models.siger.SIGERConfig`)
-    out of its range."""
-    check_multiview_config(config, n_items, co_k=config.co_k, tau_p=config.tau_p, tau_a=config.tau_a,
-                           tau_b=config.tau_b, um_tau=config.um_tau)
-    check_choices(config, "siger")
-    if not 0.0 <= config.beta <= 1.0:
-        raise ValueError(f"siger: beta must be in [0, 1] (G_m = (1-β)Ŝ_m + βĈ), got {config.beta}")
-    if config.beta_per_modality != (config.beta_modalities is not None):
-        raise ValueError("siger: set beta_modalities (one β per modality) exactly when beta_per_modality=true")
-    for key in ("eps", "lambda_p", "lambda_a", "lambda_b", "reg_weight", "um_weight", "reg2_weight", "n_sem_layers"):
-        if getattr(config, key) < 0:
-            raise ValueError(f"siger: {key} must be >= 0, got {getattr(config, key)}")
-    if config.perturb_at == "layers" and config.n_sem_layers < 1:
-        raise ValueError("siger: perturb_at='layers' adds noise after G_m products; needs n_sem_layers >= 1")
-    # settings the model would never read (they were ignored)
-    refuse_unused(config, ("um_weight", "um_tau", "reg2_weight"), config.extended_branch, "extended_branch=true")
-    refuse_unused(config, ("beta",), not config.beta_per_modality, "beta_per_modality=false")
-
-
-def siger_betas(config, modalities: list[str]) -> list[float]:
-    """SIGER's ``β_m`` per modality (``G_m = (1 − β_m) Ŝ_m + β_m Ĉ``), checked once the modalities
-    are known (A3 needs two)."""
-    k = len(modalities)
-    if config.anchor_form == "A3" and k < 2:
-        raise ValueError(f"siger: anchor_form='A3' contrasts modalities and needs at least 2, got {modalities}")
-    betas = [float(b) for b in config.beta_modalities] if config.beta_per_modality else [config.beta] * k
-    if len(betas) != k or not all(0.0 <= b <= 1.0 for b in betas):
-        raise ValueError(f"siger: beta_modalities needs one β in [0, 1] per modality {modalities}, got {betas}")
-    return betas
 
 
 def present_adjacencies(train: sp.spmatrix, present_items: np.ndarray | None, item_links: sp.spmatrix | None = None,

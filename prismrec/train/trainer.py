@@ -254,6 +254,19 @@ def _value(v: float | torch.Tensor) -> float:
     return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
 
 
+def release_grads(optimizer) -> None:
+    """``optimizer.zero_grad(set_to_none=True)``: every parameter's gradient set to ``None``, without
+    the profiler mark torch.optim opens and closes around it on every call (~0.05 ms of CPU time
+    per batch, 1.6 ms a BPR-MF epoch on lfm2k; the loop itself costs a microsecond). An optimiser
+    whose class has its own ``zero_grad`` (or an object that only looks like one) gets that call."""
+    if getattr(type(optimizer), "zero_grad", None) is not torch.optim.Optimizer.zero_grad:
+        optimizer.zero_grad(set_to_none=True)
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None
+
+
 def adam_step(optimizer: torch.optim.Optimizer) -> None:
     """``optimizer.step()``, bit for bit, for the trainer's fused Adam without torch.optim's
     per-step Python (hooks, profiler marks, per-parameter state checks, grouping by device):
@@ -382,7 +395,7 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
         pending.append((tuple(terms), logged, n_batches))
         if len(pending) >= check_every:
             settle()
-        optimizer.zero_grad(set_to_none=True)
+        release_grads(optimizer)
         total.backward()
         distributed.allreduce_grads(model, dist_env)
         now = time.perf_counter()
