@@ -76,6 +76,7 @@ MODEL_DATA_CHECKS = [  # (model, settings, modalities kept, message): each was f
     ("dragon", {"user_knn_k": "n_users + 1"}, None, r"user_knn_k=\d+ exceeds the number of users"),
     ("dragon", {"mm_weights": [0.5, 0.6]}, None, r"mm_weights must be non-negative and sum to 1"),
     ("freedom", {"mm_weights": [1.0]}, None, r"mm_weights has 1 weight \[1.0\] but 2 modalities are used"),
+    ("lgmrec", {"hcl_order": ["image"]}, None, r"hcl_order must list the used modalities \['image', 'text'\] once each"),
     ("mmgcn", {"latent_dims": [256]}, None, r"latent_dims needs one non-negative width per modality \(image, text\)"),
     ("smore", {"image_knn_k": 201}, None, r"^image_knn_k=201 exceeds the number of items \(200\)$"),
     ("smore", {"text_knn_k": 201}, None, r"^text_knn_k=201 exceeds the number of items \(200\)$"),

@@ -167,6 +167,11 @@ class LGMRec(Recommender):
         if config.gumbel_tau <= 0 or config.cl_tau <= 0:
             raise ValueError(f"temperatures must be > 0, got gumbel_tau={config.gumbel_tau}, cl_tau={config.cl_tau}")
 
+    @classmethod
+    def check_dataset(cls, config, dataset) -> None:
+        super().check_dataset(config, dataset)
+        role_order(cls.name, cls.used_modalities(config, dataset), config.hcl_order, "hcl_order")
+
     def __init__(self, dataset, config: LGMRecConfig) -> None:
         super().__init__(dataset, config)
         self.check_dataset(config, dataset)
