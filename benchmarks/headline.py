@@ -5,7 +5,7 @@ point and tested once per seed; the seed models' ablations run on the same seeds
 is compared with each baseline by paired per-user tests, Holm-corrected.
 
     python -m benchmarks.headline [--datasets lfm2k,tiktok] [--models a,b] [--parts tune,final,ablation,longtail]
-                                  [--jobs 2] [--commit]   # cells in 2 processes; commit each result
+                                  [--jobs 2] [--commit]   # runs in 2 processes; commit each result
                                   [--device cuda]         # train on a GPU (recorded per seed, not a setting)
     python -m benchmarks.headline --report-only     # rebuild every table from the committed cells
 
@@ -60,6 +60,7 @@ import argparse
 import concurrent.futures
 import csv
 import dataclasses
+import functools
 import importlib
 import io
 import json
@@ -371,13 +372,11 @@ def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: i
     from prismrec.experiment.export import load_run
     from prismrec.experiment.runs import run_experiment
 
-    folder = CELLS / dataset / cell
-    want = _jsonable(settings)
-    done = _read_json(folder / f"seed-{seed}.json")
-    cfg = resolve_config(model, dataset, {**settings, "seed": seed, **_on_device()})
-    if done is not None and (same_run(done, want) or same_config(done, _jsonable(dataclasses.asdict(cfg)))) \
-            and (folder / f"seed-{seed}.npz").is_file():
+    done = recorded_seed(cell, model, dataset, settings, seed)
+    if done is not None:
         return done
+    folder, want = CELLS / dataset / cell, _jsonable(settings)
+    cfg = resolve_config(model, dataset, {**settings, "seed": seed, **_on_device()})
     print(f"[{dataset}/{cell}] seed {seed}: {settings}", flush=True)
     run_dir = RUNS / dataset / cell / f"seed-{seed}"
     metrics = run_experiment(cfg, [seed], run_dir, dataset=data, progress=False,
@@ -393,6 +392,18 @@ def seed_cell(cell: str, model: str, dataset: str, settings: dict, data, seed: i
     _write_json(folder / f"seed-{seed}.json", result)
     _commit([folder / f"seed-{seed}.json", folder / f"seed-{seed}.npz"], f"Headline study: {dataset}/{cell} seed {seed}")
     return result
+
+
+def recorded_seed(cell: str, model: str, dataset: str, settings: dict, seed: int) -> dict | None:
+    """The recorded result of one seed run at ``settings`` (None: not recorded, or at other settings)."""
+    from prismrec.experiment.config import resolve_config
+
+    folder = CELLS / dataset / cell
+    done = _read_json(folder / f"seed-{seed}.json")
+    if done is None or not (folder / f"seed-{seed}.npz").is_file():
+        return None
+    cfg = resolve_config(model, dataset, {**settings, "seed": seed, **_on_device()})
+    return done if same_run(done, _jsonable(settings)) or same_config(done, _jsonable(dataclasses.asdict(cfg))) else None
 
 
 def _arrays(per_user: dict, prefix: str = "") -> dict[str, np.ndarray]:
@@ -495,21 +506,15 @@ def tuned_settings(model: str, dataset: str) -> dict:
     return {**FIXED.get(model, {}).get(dataset, {}), **tuning["selected"]["point"], "min_epochs": TRIAL_MIN_EPOCHS}
 
 
-def run_cell(model: str, dataset: str, parts: set[str], data=None, commit: bool = False,
-             device: str | None = None) -> None:
-    """Tune, train the seeds and the ablations of one (model, dataset) cell, skipping what is recorded."""
-    from prismrec.data import load_dataset
-
-    global COMMIT, DEVICE
-    COMMIT, DEVICE = commit, device
-    data = data if data is not None else load_dataset(dataset)
+def seed_runs(model: str, dataset: str, parts: set[str], data) -> list[tuple[str, dict, int]]:
+    """Tune one (model, dataset) cell (``tune`` in ``parts``: the trials not recorded) and add the
+    groups to its older seeds (``longtail``); return the seed runs ``(cell, settings, seed)`` its
+    ``final`` and ``ablation`` parts want (recorded ones included), none before it is tuned."""
     tuning = tune_cell(model, dataset, data) if "tune" in parts else _read_json(CELLS / dataset / model / "tuning.json")
     if tuning is None or "selected" not in tuning or not same_protocol(tuning["spec"], _jsonable(spec(model, dataset))):
-        return
+        return []
     selected = {**tuning["spec"]["base"], **tuning["selected"]["point"], "min_epochs": TRIAL_MIN_EPOCHS}
-    if "final" in parts:
-        for seed in SEEDS:
-            seed_cell(model, model, dataset, selected, data, seed)
+    runs = [(model, selected, seed) for seed in SEEDS] if "final" in parts else []
     if "longtail" in parts:
         add_groups(model, dataset, data)
     if "ablation" in parts and model in SEED_MODELS:
@@ -519,31 +524,78 @@ def run_cell(model: str, dataset: str, parts: set[str], data=None, commit: bool 
             except LookupError as exc:  # reads another model's tuning, not finished yet
                 print(f"[{dataset}/{model}~{slug(changed)}] waits: {exc}", flush=True)
                 continue
-            if identical_variant(variant, tuning):
-                continue
-            for seed in SEEDS:
-                seed_cell(f"{model}~{slug(changed)}", model, dataset, {**selected, **variant}, data, seed)
+            if not identical_variant(variant, tuning):
+                runs += [(f"{model}~{slug(changed)}", {**selected, **variant}, seed) for seed in SEEDS]
+    return runs
+
+
+def _options(commit: bool, device: str | None) -> None:
+    global COMMIT, DEVICE
+    COMMIT, DEVICE = commit, device
+
+
+def run_cell(model: str, dataset: str, parts: set[str], data=None, commit: bool = False,
+             device: str | None = None) -> None:
+    """Tune, train the seeds and the ablations of one (model, dataset) cell, skipping what is recorded."""
+    from prismrec.data import load_dataset
+
+    _options(commit, device)
+    data = data if data is not None else load_dataset(dataset)
+    for cell, settings, seed in seed_runs(model, dataset, parts, data):
+        seed_cell(cell, model, dataset, settings, data, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _dataset(name: str):
+    """A worker's datasets, each loaded once per process."""
+    from prismrec.data import load_dataset
+
+    return load_dataset(name)
+
+
+def _prepare(model: str, dataset: str, parts: set[str], commit: bool, device: str | None) -> list[tuple[str, dict, int]]:
+    """In a worker: :func:`seed_runs` less the recorded ones."""
+    _options(commit, device)
+    return [(cell, settings, seed) for cell, settings, seed in seed_runs(model, dataset, parts, _dataset(dataset))
+            if recorded_seed(cell, model, dataset, settings, seed) is None]
+
+
+def _train_seed(cell: str, model: str, dataset: str, settings: dict, seed: int, commit: bool,
+                device: str | None) -> None:
+    """In a worker: one seed run (:func:`seed_cell`)."""
+    _options(commit, device)
+    seed_cell(cell, model, dataset, settings, _dataset(dataset), seed)
 
 
 def run(models: list[str], datasets: list[str], parts: set[str], jobs: int = 1, commit: bool = False,
-        device: str | None = None) -> None:
-    """Every (dataset, model) cell in this order; with ``jobs`` > 1 the cells are shared out to that
-    many worker processes (one thread each), each taking the next cell when it finishes one."""
+        device: str | None = None, pool=None) -> None:
+    """Every (dataset, model) cell in this order. With ``jobs`` > 1, ``jobs`` worker processes (one
+    thread each; ``pool``: another executor) take tasks in turn: first each cell's tuning (its
+    trials one after another: ``tuning.json`` is the cell's one record), then, as a cell is tuned,
+    each of its seed runs, final and ablation, as a task of its own, so one model's seeds and
+    ablations fill every worker (on a GPU, every process sharing it)."""
     from prismrec.data import load_dataset
 
-    cells = [(model, dataset) for dataset in datasets for model in models]
-    if jobs <= 1:
+    if jobs <= 1 and pool is None:
         for dataset in datasets:
             data = load_dataset(dataset)
             for model in models:
                 run_cell(model, dataset, parts, data, commit, device)
         return
-    with worker_pool(jobs) as pool:
-        futures = {pool.submit(run_cell, model, dataset, parts, None, commit, device): (model, dataset) for model, dataset in cells}
-        for future in concurrent.futures.as_completed(futures):
-            model, dataset = futures[future]
-            if future.exception() is not None:
-                print(f"[{dataset}/{model}] failed: {future.exception()!r}", flush=True)
+    with pool or worker_pool(jobs) as executor:
+        tasks = {executor.submit(_prepare, model, dataset, parts, commit, device): (dataset, model, None)
+                 for dataset in datasets for model in models}
+        while tasks:
+            done, _ = concurrent.futures.wait(tasks, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                dataset, model, seed_run = tasks.pop(future)
+                if future.exception() is not None:
+                    what = model if seed_run is None else f"{seed_run[0]} seed {seed_run[1]}"
+                    print(f"[{dataset}/{what}] failed: {future.exception()!r}", flush=True)
+                    continue
+                for cell, settings, seed in future.result() if seed_run is None else ():
+                    task = executor.submit(_train_seed, cell, model, dataset, settings, seed, commit, device)
+                    tasks[task] = (dataset, model, (cell, seed))
 
 
 # ----------------------------------------------------------------------------- report
@@ -1206,7 +1258,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join([*BASELINES, *SEED_MODELS]))
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--parts", default="tune,final,ablation")
-    parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, in worker processes")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in worker processes: each cell's tuning, then its seed and ablation runs one by one")
     parser.add_argument("--commit", action="store_true", help="git-commit each recorded trial and seed")
     parser.add_argument("--device", default=None, help="train on this device, e.g. cuda (default: the CPU)")
     parser.add_argument("--report-only", action="store_true", help="train nothing; rebuild the tables")

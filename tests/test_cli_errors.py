@@ -88,6 +88,8 @@ CASES = {
     "lr=0": (TRAIN + ["--set", "lr=0"], r"setting lr=0.0 is invalid"),
     "eval_batch_size=0": (TRAIN + ["--set", "eval_batch_size=0"], r"setting eval_batch_size=0 is invalid"),
     "device=tpu": (TRAIN + ["--set", "device=tpu"], r"device='tpu' is invalid: the device must be one of cpu"),
+    "device=cuda:": (TRAIN + ["--set", "device=cuda:"],
+                     r"^error: device must be a string, got \{'cuda': None\} \(YAML reads 'cuda:' as a mapping: "),
     "valid_metric": (TRAIN + ["--set", "valid_metric=recall@7"], r"valid_metric='recall@7' is invalid"),
     "unknown key": (TRAIN + ["--set", "layers=2"], r"unknown setting\(s\) layers .*n_layers"),
     "bad --set": (TRAIN + ["--set", "lr"], r"--set expects key=value, got 'lr'"),

@@ -128,6 +128,8 @@ def test_run_config_round_trips(tmp_path):
         ("topk", 0, r"topk=\(0,\) is invalid: cut-offs must be .* from 1 to 1,000,000,000"),
         ("topk", 10**12, r"topk=\(1000000000000,\) is invalid"),
         ("topk", "[]", "topk=\\(\\) is invalid"),
+        ("topk", [20, 10, 20], r"topk=\(20, 10, 20\) is invalid: each cut-off once"),  # was computed twice
+        ("lr_decay", 2, r"lr_decay=2.0 is invalid: the LR decay factor must be a number in \(0, 1\]"),  # lr grew
         ("patience", -1, "patience=-1 is invalid"),
         ("threads", -2, "threads=-2 is invalid"),
         ("threads", 10**12, r"threads=1000000000000 is invalid: .* from 0 to 1,024"),  # was torch's OverflowError

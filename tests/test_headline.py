@@ -169,6 +169,37 @@ def test_an_ablation_that_validation_selected_is_not_trained(study, monkeypatch)
     assert trained == [f"rlmmrec~{headline.slug([other])}"] * len(headline.SEEDS)
 
 
+def test_jobs_share_out_each_seed_and_ablation_run_as_a_task(study, monkeypatch, capsys):
+    """With ``--jobs`` the workers took whole (model, dataset) cells: one model's 5 seeds and its
+    ablations' 50 ran one after another in one process while the others idled. Now each cell's
+    tuning is a task, then each of its seed runs; a failed run is reported and the rest go on."""
+    import concurrent.futures
+
+    monkeypatch.setattr(headline, "_dataset", lambda name: study)
+    monkeypatch.setattr(headline, "ablations", lambda model: {"concat": ["fusion=concat"]})
+    monkeypatch.setattr(headline, "SEED_MODELS", ["rlmmrec"])
+    tasks, seed_cell = [], headline.seed_cell
+
+    def spy(cell, model, dataset, settings, data, seed):
+        tasks.append((cell, seed))
+        if (cell, seed) == ("lightgcn", 2):
+            raise RuntimeError("planted failure")
+        return seed_cell(cell, model, dataset, settings, data, seed)
+
+    monkeypatch.setattr(headline, "seed_cell", spy)
+    parts = {"tune", "final", "ablation"}
+    headline.run(["lightgcn", "rlmmrec"], [study.name], parts, pool=concurrent.futures.ThreadPoolExecutor(2))
+    runs = {("lightgcn", 1), ("lightgcn", 2), ("rlmmrec", 1), ("rlmmrec", 2), ("rlmmrec~fusion=concat", 1),
+            ("rlmmrec~fusion=concat", 2)}
+    assert sorted(tasks) == sorted(runs)  # one task each
+    assert f"[{study.name}/lightgcn seed 2] failed: RuntimeError('planted failure')" in capsys.readouterr().out
+    recorded = {(p.parent.name, int(p.stem.split("-")[1])) for p in (headline.CELLS / study.name).glob("*/seed-*.json")}
+    assert recorded == runs - {("lightgcn", 2)}
+    tasks.clear()
+    headline.run(["lightgcn", "rlmmrec"], [study.name], parts, pool=concurrent.futures.ThreadPoolExecutor(2))
+    assert tasks == [("lightgcn", 2)]  # what is recorded is not even handed out
+
+
 def test_an_ablation_may_train_another_model_at_its_tuned_settings(study, monkeypatch):
     """``{tuned:M}`` (EGRA's pretrained-model swaps) is the point this study selected for M, with
     the warm-up; while M is not tuned the variant waits (not trained, pending in the report)."""

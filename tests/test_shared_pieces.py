@@ -70,6 +70,34 @@ def test_check_dataset_refuses_the_shared_bounds_on_the_modality_names_alone(mod
             cls.check_dataset(config, image_only)
 
 
+MODEL_DATA_CHECKS = [  # (model, settings, modalities kept, message): each was found only as the model was built
+    ("damrs", {"n_pseudo_positives": 101}, None, r"n_pseudo_positives=101 needs at least twice as many items \(200"),
+    ("damrs", {"behavior_graph": False, "modalities": ["image"]}, None, r"denoise_feedback weighs feedback"),
+    ("dragon", {"user_knn_k": "n_users + 1"}, None, r"user_knn_k=\d+ exceeds the number of users"),
+    ("dragon", {"mm_weights": [0.5, 0.6]}, None, r"mm_weights must be non-negative and sum to 1"),
+    ("freedom", {"mm_weights": [1.0]}, None, r"mm_weights has 1 weight \[1.0\] but 2 modalities are used"),
+    ("mmgcn", {"latent_dims": [256]}, None, r"latent_dims needs one non-negative width per modality \(image, text\)"),
+    ("smore", {"image_knn_k": 201}, None, r"^image_knn_k=201 exceeds the number of items \(200\)$"),
+    ("smore", {"text_knn_k": 201}, None, r"^text_knn_k=201 exceeds the number of items \(200\)$"),
+    ("siger", {"beta_per_modality": True, "beta_modalities": [0.5]}, None, r"beta_modalities needs one β"),
+    ("siger", {"anchor_form": "A3"}, ["image"], r"anchor_form='A3' contrasts modalities and needs at least 2"),
+]
+
+
+@pytest.mark.parametrize("model, settings, kept, message", MODEL_DATA_CHECKS)
+def test_check_dataset_runs_each_models_own_data_checks_on_the_names_alone(model, settings, kept, message, planted):
+    """A model's refusals that depend on the data (user/item counts, which modalities, the part each
+    plays) live in its ``check_dataset``, so ``compare`` refuses such a cell before any cell trains
+    instead of when the model is built."""
+    if settings.get("user_knn_k") == "n_users + 1":
+        settings = {**settings, "user_knn_k": planted.n_users + 1}
+    cls, config = MODELS[model], resolve_config(model, planted.name, {}).params
+    names = replace(planted, features=dict.fromkeys(kept or planted.features))  # names only, as compare passes
+    cls.check_dataset(config, names)
+    with pytest.raises(ValueError, match=message):
+        cls.check_dataset(replace(config, **settings), names)
+
+
 def test_propagate_is_the_matrix_power():
     g = sp.random(6, 6, density=0.4, random_state=0, format="csr", dtype="float32")
     x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))

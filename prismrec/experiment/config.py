@@ -110,7 +110,10 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key} must be a string, got {value!r}")
+        hint = ""
+        if isinstance(value, dict) and len(value) == 1 and None in value.values():  # YAML read "cuda:" as a mapping
+            hint = f" (YAML reads '{next(iter(value))}:' as a mapping: drop the trailing ':' or quote the value)"
+        raise ConfigError(f"{key} must be a string, got {value!r}{hint}")
     raise ConfigError(f"{key}: unsupported config type {annotation!r}")
 
 

@@ -139,22 +139,26 @@ class DAMRS(Recommender):
         if not config.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {config.temperature}")
 
+    @classmethod
+    def check_dataset(cls, config, dataset) -> None:
+        super().check_dataset(config, dataset)
+        if config.neighbor_weight > 0 and 2 * config.n_pseudo_positives > dataset.n_items:
+            raise ValueError(
+                f"n_pseudo_positives={config.n_pseudo_positives} needs at least twice as many items "
+                f"({dataset.n_items} here): lower it or set neighbor_weight=0"
+            )
+        modalities = cls.used_modalities(config, dataset)
+        if config.denoise_feedback and len(modalities) + int(config.behavior_graph) < 2:
+            raise ValueError(
+                "denoise_feedback weighs feedback by the variance across views and needs at least two "
+                f"(modalities {modalities}, behavior_graph={config.behavior_graph}): add a modality, "
+                "set behavior_graph=true or denoise_feedback=false"
+            )
+
     def __init__(self, dataset, config: DAMRSConfig) -> None:
         super().__init__(dataset, config)
         self.check_dataset(config, dataset)
-        if config.neighbor_weight > 0 and 2 * config.n_pseudo_positives > self.n_items:
-            raise ValueError(
-                f"n_pseudo_positives={config.n_pseudo_positives} needs at least twice as many items "
-                f"({self.n_items} here): lower it or set neighbor_weight=0"
-            )
         self.modalities = self.used_modalities(config, dataset)
-        n_views = len(self.modalities) + int(config.behavior_graph)
-        if config.denoise_feedback and n_views < 2:
-            raise ValueError(
-                "denoise_feedback weighs feedback by the variance across views and needs at least two "
-                f"(modalities {self.modalities}, behavior_graph={config.behavior_graph}): add a modality, "
-                "set behavior_graph=true or denoise_feedback=false"
-            )
 
         # Ŝ_m (DIIG, or plain kNN for the IIG ablation) and Ŝ_b, frozen.
         features = [dataset.features[m] for m in self.modalities]

@@ -159,13 +159,18 @@ class DRAGON(Recommender):
                              user_knn_k=1)
         check_choices(config, cls.name)
 
+    @classmethod
+    def check_dataset(cls, config, dataset) -> None:
+        super().check_dataset(config, dataset)
+        # A k_u one sets above the users was cut to their number, silently; the reference's 40 on a
+        # smaller dataset still is (every user is then a neighbour).
+        if config.user_knn_k > dataset.n_users and config.user_knn_k != DRAGONConfig.user_knn_k:
+            raise ValueError(f"user_knn_k={config.user_knn_k} exceeds the number of users ({dataset.n_users})")
+        role_weights(cls.name, cls.used_modalities(config, dataset), config.mm_weights, REFERENCE_IMAGE_WEIGHT)
+
     def __init__(self, dataset, config: DRAGONConfig) -> None:
         super().__init__(dataset, config)
         self.check_dataset(config, dataset)
-        # A k_u one sets above the users was cut to their number, silently; the reference's 40 on a
-        # smaller dataset still is (every user is then a neighbour).
-        if config.user_knn_k > self.n_users and config.user_knn_k != DRAGONConfig.user_knn_k:
-            raise ValueError(f"user_knn_k={config.user_knn_k} exceeds the number of users ({self.n_users})")
         self.modalities = self.used_modalities(config, dataset)
         self.mm_weights = role_weights(self.name, self.modalities, config.mm_weights, REFERENCE_IMAGE_WEIGHT)
         d = config.embedding_size

@@ -122,6 +122,11 @@ class FREEDOM(Recommender):
         cls.require_at_least(config, embedding_size=1, knn_k=1, n_ui_layers=0, n_ii_layers=0)
         require_fraction("drop_ratio", config.drop_ratio, "the fraction of training edges dropped", high_open=True)
 
+    @classmethod
+    def check_dataset(cls, config, dataset) -> None:
+        super().check_dataset(config, dataset)
+        role_weights(cls.name, cls.used_modalities(config, dataset), config.mm_weights, config.image_weight)
+
     def __init__(self, dataset, config: FREEDOMConfig) -> None:
         super().__init__(dataset, config)
         self.check_dataset(config, dataset)

@@ -134,23 +134,35 @@ class MMGCN(Recommender):
         cls.require_at_least(config, embedding_size=1, n_layers=1)
         check_choices(config, cls.name)
 
+    @classmethod
+    def check_dataset(cls, config, dataset) -> None:
+        super().check_dataset(config, dataset)
+        cls.feature_widths(config, cls.used_modalities(config, dataset))
+
+    @classmethod
+    def feature_widths(cls, config, modalities: list[str]) -> tuple[list[int], list[str] | None]:
+        """Each modality's feature-MLP width (0: raw features) and, where a setting depends on it,
+        the reference part each plays (``image``/``text``; else None)."""
+        parts = None
+        if config.latent_dims is None or config.reg_preferences == "first":
+            parts = modality_parts(cls.name, modalities, config.modality_roles,
+                                   settings="feature MLP (latent_dims) and preference L2 (reg_preferences)")
+        latent = config.latent_dims
+        if latent is None:
+            latent = [LATENT_DIM if part == "image" else 0 for part in parts]
+        if len(latent) != len(modalities) or any(int(x) < 0 for x in latent):
+            raise ValueError(
+                f"latent_dims needs one non-negative width per modality ({', '.join(modalities)}), "
+                f"0 for raw features; got {latent}"
+            )
+        return latent, parts
+
     def __init__(self, dataset, config: MMGCNConfig) -> None:
         super().__init__(dataset, config)
         self.check_dataset(config, dataset)
         self.modalities = self.used_modalities(config, dataset)
         n = len(self.modalities)
-        parts = None  # the reference part of each modality, when a setting depends on it
-        if config.latent_dims is None or config.reg_preferences == "first":
-            parts = modality_parts(self.name, self.modalities, config.modality_roles,
-                                   settings="feature MLP (latent_dims) and preference L2 (reg_preferences)")
-        latent = config.latent_dims
-        if latent is None:
-            latent = [LATENT_DIM if part == "image" else 0 for part in parts]
-        if len(latent) != n or any(int(x) < 0 for x in latent):
-            raise ValueError(
-                f"latent_dims needs one non-negative width per modality ({', '.join(self.modalities)}), "
-                f"0 for raw features; got {latent}"
-            )
+        latent, parts = self.feature_widths(config, self.modalities)
         d = config.embedding_size
         walk = partial(random_walk_adjacency, normalize=config.aggr == "mean")
         self.adjacency = SparseOperator(walk(dataset.train), symmetric=config.aggr == "add")

@@ -145,6 +145,11 @@ class SIGER(Recommender):
     def check_settings(cls, config) -> None:
         check_siger_config(config)
 
+    @classmethod
+    def check_dataset(cls, config, dataset) -> None:
+        super().check_dataset(config, dataset)
+        siger_betas(config, cls.used_modalities(config, dataset))
+
     def __init__(self, dataset, config: SIGERConfig) -> None:
         super().__init__(dataset, config)
         self.check_dataset(config, dataset)

@@ -131,13 +131,24 @@ class SMORE(Recommender):
         require_fraction("dropout", config.dropout, high_open=True)
         check_choices(config, cls.name)
 
+    @classmethod
+    def check_dataset(cls, config, dataset) -> None:
+        super().check_dataset(config, dataset)
+        cls.knn_sizes(config, cls.used_modalities(config, dataset), dataset.n_items)
+
+    @classmethod
+    def knn_sizes(cls, config, modalities: list[str], n_items: int) -> list[int]:
+        """``k`` of each modality's kNN graph: ``image_knn_k`` or ``text_knn_k`` by the part it plays."""
+        parts = modality_parts(cls.name, modalities, config.modality_roles, settings="image_knn_k/text_knn_k")
+        ks = [config.image_knn_k if part == "image" else config.text_knn_k for part in parts]
+        require_items(n_items, **{f"{part}_knn_k": k for part, k in zip(parts, ks)})
+        return ks
+
     def __init__(self, dataset, config: SMOREConfig) -> None:
         super().__init__(dataset, config)
         self.check_dataset(config, dataset)
         self.modalities = self.used_modalities(config, dataset)
-        parts = modality_parts(self.name, self.modalities, config.modality_roles, settings="image_knn_k/text_knn_k")
-        ks = [config.image_knn_k if part == "image" else config.text_knn_k for part in parts]
-        require_items(self.n_items, **{f"{part}_knn_k": k for part, k in zip(parts, ks)})
+        ks = self.knn_sizes(config, self.modalities, self.n_items)
         d = config.embedding_size
 
         # Â and R̂ (2.1); S_m cosine kNN graphs of the raw features (2.2) and S_f, all frozen. Under

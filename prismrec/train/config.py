@@ -111,8 +111,9 @@ def check_train_config(cfg: TrainConfig) -> None:
     require_setting(_is_number(cfg.lr) and cfg.lr > 0, "lr", cfg.lr, "the learning rate must be a number > 0, e.g. 0.001")
     require_setting(_is_number(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", cfg.weight_decay,
              "weight decay must be a number >= 0")
-    require_setting(_is_number(cfg.lr_decay) and cfg.lr_decay > 0, "lr_decay", cfg.lr_decay,
-             "the LR decay factor must be a number > 0 (1.0 = constant)")
+    require_setting(_is_number(cfg.lr_decay) and 0 < cfg.lr_decay <= 1, "lr_decay", cfg.lr_decay,
+             "the LR decay factor must be a number in (0, 1] (1.0 = constant; above 1 the learning rate "
+             "would grow every lr_decay_epochs)")
     require_setting(_is_int(cfg.lr_decay_epochs) and cfg.lr_decay_epochs >= 1, "lr_decay_epochs", cfg.lr_decay_epochs,
              "must be a whole number >= 1")
     require_setting(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size", cfg.batch_size,
@@ -138,6 +139,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     topk = tuple(cfg.topk) if isinstance(cfg.topk, (list, tuple)) else ()
     require_setting(bool(topk) and all(_is_int(k) and 1 <= k <= MAX_CUT_OFF for k in topk), "topk", cfg.topk,
              f"cut-offs must be a non-empty list of whole numbers from 1 to {MAX_CUT_OFF:,}, e.g. [10, 20]")
+    require_setting(len(set(topk)) == len(topk), "topk", cfg.topk,
+             "each cut-off once (a repeated one would be computed and reported twice), e.g. [10, 20]")
     metric, at, k = str(cfg.valid_metric).partition("@")
     require_setting(metric in METRIC_NAMES and at == "@" and k.isdigit() and int(k) in topk, "valid_metric",
              cfg.valid_metric, f"must be METRIC@K with METRIC one of {', '.join(METRIC_NAMES)} and K one of "
