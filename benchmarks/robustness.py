@@ -761,6 +761,27 @@ def write_report(planned: list[dict], epochs: int) -> list[Path]:
     return paths
 
 
+def cells_to_train(planned: list[dict], epochs: int, impute: str, only: set[str], conditions: set[str],
+                   rerun: list[str], rerun_after: str) -> list[tuple[dict, bool]]:
+    """``(cell, fresh)`` of the planned cells to train, in the plan's order: those not finished
+    with this cap, of the models ``only`` and the conditions ``conditions`` (empty: all), or with
+    ``rerun`` the finished ones matching it and trained before ``rerun_after`` (``fresh``: its
+    old run is replaced)."""
+    tasks = []
+    for cell in planned:
+        if (only and cell["model"] not in only) or (conditions and cell["condition"] not in conditions):
+            continue
+        if impute != "mean" and cell.get("impute") != impute:
+            continue  # --impute X runs its drop cells only: the others do not depend on it
+        if rerun and not rerun_matches(cell, rerun):
+            continue  # --rerun trains the matching cells only
+        path = cell_file(cell, epochs)
+        fresh = bool(rerun) and path.is_file() and trained_before(json.loads(path.read_text()), rerun_after)
+        if fresh or not path.is_file():  # else finished with this cap
+            tasks.append((cell, fresh))
+    return tasks
+
+
 def main() -> None:
     global OUT
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -772,6 +793,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=OUT, help="cells and tables (default results/robustness)")
     parser.add_argument("--max-cells", type=int, default=0, help="stop after training this many cells (0: all)")
     parser.add_argument("--only", default="", help="comma-separated models to run (default: all)")
+    parser.add_argument("--conditions", default="", help="comma-separated conditions to run, e.g. "
+                        "'cold,clean,noise-0.4' (default: all)")
     parser.add_argument("--rerun", default="", help="comma-separated shell patterns of finished cells to "
                         "retrain from scratch (their code changed), e.g. 'lfm2k__gume__drop-zero-*'")
     parser.add_argument("--rerun-after", default="", help="with --rerun: the commit of the change; cells "
@@ -788,6 +811,10 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     planned = with_imputation(plan(args.datasets.split(","), seeds), args.impute)
     only = set(filter(None, args.only.split(",")))
+    conditions = set(filter(None, args.conditions.split(",")))
+    if unknown := conditions - {c["condition"] for c in planned}:
+        parser.error(f"--conditions {','.join(sorted(unknown))}: no planned cell has it (planned: "
+                     f"{', '.join(sorted({c['condition'] for c in planned}))})")
     rerun = list(filter(None, args.rerun.split(",")))
     if rerun and not args.rerun_after:
         parser.error("--rerun needs --rerun-after REV (the commit whose change the cells must be retrained with)")
@@ -799,19 +826,8 @@ def main() -> None:
                        f"cells recorded before they were kept (epochs<={args.epochs})")
         return
     code = code_version()  # the commit this process's code was loaded at (the cells' provenance)
-    tasks = []  # (cell, fresh) to train, in priority order
-    for cell in ([] if args.report_only else planned):
-        path = cell_file(cell, args.epochs)
-        if only and cell["model"] not in only:
-            continue
-        if args.impute != "mean" and cell.get("impute") != args.impute:
-            continue  # --impute X runs its drop cells only: the others do not depend on it
-        if rerun and not rerun_matches(cell, rerun):
-            continue  # --rerun trains the matching cells only
-        # a finished cell trained before the change: retrained, its old run replaced
-        fresh = bool(rerun) and path.is_file() and trained_before(json.loads(path.read_text()), args.rerun_after)
-        if fresh or not path.is_file():  # else finished with this cap
-            tasks.append((cell, fresh))
+    tasks = [] if args.report_only else cells_to_train(planned, args.epochs, args.impute, only, conditions, rerun,
+                                                       args.rerun_after)
     if args.max_cells:
         tasks = tasks[:args.max_cells]
     for cell, fresh in tasks:  # here, before any worker starts: no two processes derive one folder

@@ -235,6 +235,26 @@ def test_robustness_rerun_selects_matching_cells_trained_before_the_change():
         assert rb.trained_before({"code": parent}, head)  # trained before it: retrained
 
 
+def test_robustness_trains_the_unfinished_cells_of_the_chosen_models_and_conditions(tmp_path, monkeypatch):
+    from benchmarks import robustness as rb
+
+    monkeypatch.setattr(rb, "OUT", tmp_path)
+    planned = rb.with_imputation(rb.plan(["lfm2k"], [999, 1000]), "mean")
+    cold_refs = [c for c in planned if c["condition"] == "cold" and c["model"] in ("bpr", "rlmmrec")]
+    done = rb.cell_file(cold_refs[0], 1000)
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    tasks = rb.cells_to_train(planned, 1000, "mean", {"bpr", "rlmmrec"}, {"cold"}, [], "")
+    assert [c for c, _ in tasks] == cold_refs[1:] and len(cold_refs) == 4  # plan order, the finished one left
+    assert not any(fresh for _, fresh in tasks)
+    assert len(rb.cells_to_train(planned, 20, "mean", {"bpr", "rlmmrec"}, {"cold"}, [], "")) == 4  # another cap
+    every = rb.cells_to_train(planned, 1000, "mean", set(), set(), [], "")
+    assert len(every) == len(planned) - 1
+    clean = rb.cells_to_train(planned, 1000, "mean", set(), {"clean", "noise-0.4"}, [], "")
+    assert {(c["model"], c["condition"]) for c, _ in clean} == \
+        {(m, k) for m in rb.ROBUST_MODELS for k in ("clean", "noise-0.4")}
+
+
 def test_robustness_rerun_forgets_the_cells_cached_stage_one(tmp_path, monkeypatch):
     """EGRA's cached pretraining on a rerun cell's input goes (its key holds no code); another
     input's cache and a model without a stage 0 are left alone."""

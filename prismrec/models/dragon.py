@@ -7,7 +7,7 @@ two **homogeneous** graphs — a user–user co-occurrence graph and a modality 
 
 1. Per modality ``m`` (``F_m`` the raw, frozen features), user preference table ``P_m`` and a
    two-layer encoder; rows L2-normalised, then ``L_ui`` propagation steps over ``Â`` (2.1),
-   **summed** (not averaged)::
+   **summed** (not averaged; :class:`prismrec.nn.modality_gcn.ModalityGraphEncoder`)::
 
        X_m  = W_2 leaky_relu(F_m W_1 + b_1) + b_2          d_m -> 4d -> d
        G⁰_m = nrm([P_m; X_m])                              N x d, users first
@@ -69,7 +69,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prismrec.checks import check_choices
@@ -78,9 +77,8 @@ from prismrec.graph import SparseOperator, bipartite_adjacency, cooccurrence_gra
 from prismrec.graph.neighbour_sampling import softmax_neighbour_graph
 from prismrec.losses import added, bpr_loss
 from prismrec.models import register
-from prismrec.nn import IdEmbedding, lightgcn
-from prismrec.nn.encoders import Projector
 from prismrec.nn.fusion import present_max, present_mean, present_mix
+from prismrec.nn.modality_gcn import ModalityGraphEncoder
 from prismrec.nn.present_graphs import modality_operators, present_knn_graphs, present_nodes
 from prismrec.nn.presence import split_nodes, zero_missing
 from prismrec.nn.propagation import propagate
@@ -127,23 +125,6 @@ class DRAGONConfig:
     The learning rate (train ``lr``, default 1e-4 here) is searched over {1e-1, ..., 1e-5}."""
     bpr_log2: bool = True
     """Reference BPR uses ``log₂`` (the natural-log BPR divided by ``ln 2``); ``False``: ``ln``."""
-
-
-class ModalityGraphEncoder(nn.Module):
-    """Step 1 for one modality: ``G_m = Σ_{l≤L} Â^l nrm([P_m; X_m])``, ``X_m`` the two-layer
-    encoding of the frozen raw features, ``P_m`` the user preferences."""
-
-    def __init__(self, features: torch.Tensor, n_users: int, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.preference = IdEmbedding(n_users, dim, init="xavier_normal")  # P_m
-        self.hidden = Projector(features, hidden, trainable_features=False)  # F_m W_1 + b_1
-        self.out = nn.Linear(hidden, dim)  # W_2, b_2
-
-    def forward(self, adjacency: SparseOperator, n_layers: int) -> torch.Tensor:
-        x = self.out(F.leaky_relu(self.hidden()))  # X_m
-        g0 = F.normalize(torch.cat([self.preference.weight, x]), dim=1)  # G⁰_m
-        # Σ_{l=0..L} Â^l G⁰ = (L+1)·LGN(Â, G⁰, L)
-        return lightgcn(adjacency, g0, n_layers) * (n_layers + 1)
 
 
 @register

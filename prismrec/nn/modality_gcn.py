@@ -1,5 +1,6 @@
-"""MMGCN's per-modality graph convolution (Wei et al., MM'19; ALGORITHMS.md 3.7): one modality's
-user preferences, optional feature MLP and ``L`` gated layers over the user–item graph.
+"""Per-modality graph encoders over the user–item graph: MMGCN's graph convolution (Wei et al.,
+MM'19; ALGORITHMS.md 3.7: one modality's user preferences, optional feature MLP and ``L`` gated
+layers) and DRAGON's heterogeneous-graph encoder (:class:`ModalityGraphEncoder`).
 
 With ``ρ`` the leaky ReLU (slope 0.01), ``Agg`` the aggregation operator and ``E`` the ID
 embeddings shared by the modalities::
@@ -18,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.graph import SparseOperator
-from prismrec.nn.embedding import register_table
-from prismrec.nn.encoders import feature_matrix
-from prismrec.nn.propagation import row_product
+from prismrec.nn.embedding import IdEmbedding, register_table
+from prismrec.nn.encoders import Projector, feature_matrix
+from prismrec.nn.propagation import lightgcn, row_product
 
 
 class ModalityGCN(nn.Module):
@@ -92,3 +93,21 @@ class ModalityGCN(nn.Module):
             else:
                 x = F.leaky_relu(gate(h) + x_hat)
         return x
+
+
+class ModalityGraphEncoder(nn.Module):
+    """DRAGON's step 1 for one modality: ``G_m = Σ_{l≤L} Â^l nrm([P_m; X_m])``, ``X_m`` the
+    two-layer encoding ``W_2 leaky_relu(F_m W_1 + b_1) + b_2`` of the frozen raw features, ``P_m``
+    the user preferences."""
+
+    def __init__(self, features: torch.Tensor, n_users: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.preference = IdEmbedding(n_users, dim, init="xavier_normal")  # P_m
+        self.hidden = Projector(features, hidden, trainable_features=False)  # F_m W_1 + b_1
+        self.out = nn.Linear(hidden, dim)  # W_2, b_2
+
+    def forward(self, adjacency: SparseOperator, n_layers: int) -> torch.Tensor:
+        x = self.out(F.leaky_relu(self.hidden()))  # X_m
+        g0 = F.normalize(torch.cat([self.preference.weight, x]), dim=1)  # G⁰_m
+        # Σ_{l=0..L} Â^l G⁰ = (L+1)·LGN(Â, G⁰, L)
+        return lightgcn(adjacency, g0, n_layers) * (n_layers + 1)
