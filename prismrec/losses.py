@@ -515,6 +515,14 @@ def counted_rows(rows: torch.Tensor) -> CountedRows:
     return CountedRows(index, counts.index_select(0, index))
 
 
+def gathered_rows(rows: tuple[CountedRows, ...]) -> tuple[torch.Tensor, tuple[CountedRows, ...]]:
+    """Row sets of one tensor as the node ids they read, concatenated, and each set with its rows
+    at their positions there: for views built for those ids alone."""
+    nodes = torch.cat([r.index for r in rows])
+    at = torch.arange(len(nodes), device=nodes.device).split([len(r.index) for r in rows])
+    return nodes, tuple(CountedRows(a, r.counts) for a, r in zip(at, rows))
+
+
 def _ids(rows: torch.Tensor | CountedRows) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A row set's ids and counts (``None`` for plain ids, each row counted once)."""
     return (rows.index, rows.counts) if isinstance(rows, CountedRows) else (rows, None)

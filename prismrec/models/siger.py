@@ -57,8 +57,8 @@ import torch
 from prismrec.data.features import fusion_presence
 from prismrec.graph import UserItemGraph, knn_graph
 from prismrec.graph.cooccurrence import infused_graphs
-from prismrec.losses import CountedRows, anchored_infonce, counted_rows, half_sq, output_bpr_terms, paired_views_infonce
-from prismrec.losses import rows_infonce, user_modality_alignment
+from prismrec.losses import CountedRows, anchored_infonce, counted_rows, gathered_rows, half_sq, output_bpr_terms
+from prismrec.losses import paired_views_infonce, rows_infonce, user_modality_alignment
 from prismrec.models import register
 from prismrec.nn.content import multiview_content_hook
 from prismrec.nn import ExtendedBranch, ExtendedBranchConfig, MultiViewConfig, MultiViewEncoder, NoiseSource
@@ -193,7 +193,7 @@ class SIGER(Recommender):
         fused = self.config.perturb_target == "fused"
         if self.config.perturb_at == "output":  # noise on the finished views
             clean = out.aux["modality"].unsqueeze(0) if fused else out.aux["modality_views"]
-            present = self.view_presence()  # modulus's mean row norm over the real views' rows
+            present = self.encoder.views_presence(fused)  # modulus's mean row norm over the real views' rows
             masks = [None] * len(clean) if present is None else present
             return tuple(torch.stack([self.noise(x, nodes, p, draw_all=True) for x, p in zip(clean, masks)])
                          for _ in range(2))
@@ -208,19 +208,10 @@ class SIGER(Recommender):
     def perturbation_loss(self, out: Output, rows: tuple[CountedRows, ...]) -> torch.Tensor:
         """``L_P = Σ_r InfoNCE(V'[r], V''[r]; τ_P)``, averaged over the views ``V`` (``S`` or each
         ``H_m``), the views built for the rows ``r`` alone."""
-        nodes = torch.cat([r.index for r in rows])
-        sizes = [len(r.index) for r in rows]
-        local = tuple(CountedRows(at, r.counts) for at, r in zip(torch.arange(len(nodes), device=nodes.device).split(sizes), rows))
+        nodes, local = gathered_rows(rows)
+        present = self.encoder.views_presence(self.config.perturb_target == "fused")
         return paired_views_infonce(*self.perturbation_views(out, nodes), local, self.config.tau_p,
-                                    node_columns(self.view_presence(), nodes))
-
-    def view_presence(self) -> torch.Tensor | None:
-        """Presence of the perturbed views' rows: ``1 x N`` for ``S`` (a node with no modality has
-        no view), ``K x N`` for the ``H_m``; ``None`` when every row holds a view."""
-        if self.config.perturb_target == "fused":
-            fused = self.encoder.fused_presence()
-            return None if fused is None else fused.unsqueeze(0)
-        return self.encoder.presence()
+                                    node_columns(present, nodes))
 
     def anchor_loss(self, semantic: torch.Tensor, behavior: torch.Tensor, rows) -> torch.Tensor:
         """``L_A`` in the configured ``anchor_form`` (module docstring), summed over ``rows``."""

@@ -273,6 +273,14 @@ class MultiViewEncoder(nn.Module):
         of several missing leaves the fused row a real view)."""
         return node_columns(self.fused_present, rows)
 
+    def views_presence(self, fused: bool) -> torch.Tensor | None:
+        """Presence of the rows of the fused view (``1 x N``: a node with no modality has none) or
+        of the modality views (``K x N``); ``None`` when every row holds a view."""
+        if not fused:
+            return self.presence()
+        present = self.fused_presence()
+        return None if present is None else present.unsqueeze(0)
+
     def fuse(self, views: torch.Tensor, behavior: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
         """``M = fuse(H_1..H_K | C)`` (2.8), or ``mean_m H_m`` with ``fusion="mean"``, over each
         node's present modalities. ``views`` and ``behavior`` hold every node, or the rows
