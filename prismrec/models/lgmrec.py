@@ -92,7 +92,7 @@ from torch import nn
 from prismrec.checks import check_choices, refuse_unused, require_fraction
 from prismrec.data.features import fusion_presence
 from prismrec.graph import SparseOperator, bipartite_adjacency
-from prismrec.losses import all_keys_infonce, bpr_loss, emb_norm
+from prismrec.losses import added, all_keys_infonce, bpr_loss, emb_norm
 from prismrec.models import register
 from prismrec.nn.fusion import present_mean
 from prismrec.nn.present_graphs import inverse_user_degrees, modality_operators, present_nodes
@@ -195,8 +195,8 @@ class LGMRec(Recommender):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.user_emb)
-        nn.init.xavier_uniform_(self.item_emb)
+        for table in (self.user_emb, self.item_emb):
+            nn.init.xavier_uniform_(table)
         super().reset_parameters()  # each modality's W_m, then V_m
 
     def modality_graph(self, m: str) -> torch.Tensor:
@@ -231,19 +231,16 @@ class LGMRec(Recommender):
         return Output.of_nodes(z, self.n_users, aux)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
-        cfg, (u, i, _) = self.config, batch
-        zu, zi, zj = out.bpr_rows(batch)
+        cfg, (u, i, _), (zu, zi, zj) = self.config, batch, out.bpr_rows(batch)
         terms = {"bpr": bpr_loss(zu, zi, zj)}
         if self.pairs:  # L_hcl: each pair (a, b) on the users (rows u), then on the positive items (rows i)
             sides = (slice(None, self.n_users), u), (slice(self.n_users, None), i)
-            g = {m: out.aux[f"hyper_{m}"] for m in self.modalities}  # G^m
+            # under a mask the rows having a and b query the keys of the rows having b
             has = None if self.present is None else dict(zip(self.modalities, self.present))
-            hcl = zu.new_zeros(())
-            for (a, b), (nodes, rows) in itertools.product(self.pairs, sides):
-                # under a mask the rows having a and b query the keys of the rows having b
-                present = None if has is None else (has[a][nodes], has[b][nodes])
-                hcl = hcl + all_keys_infonce(g[a][nodes], g[b][nodes], rows, cfg.cl_tau, present)
-            terms["hcl"] = cfg.cl_weight * hcl
+            terms["hcl"] = cfg.cl_weight * added(
+                all_keys_infonce(out.aux[f"hyper_{a}"][nodes], out.aux[f"hyper_{b}"][nodes], rows, cfg.cl_tau,
+                                 None if has is None else (has[a][nodes], has[b][nodes]))
+                for (a, b), (nodes, rows) in itertools.product(self.pairs, sides))
         terms["reg"] = cfg.reg_weight * emb_norm(zu, zi, zj)
         return terms
 
