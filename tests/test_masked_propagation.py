@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from prismrec.graph import SparseOperator, bipartite_adjacency, knn_graph
 from prismrec.nn.presence import split_nodes, zero_missing
+from prismrec.nn.spectral import spectrum_fusion
 from prismrec.nn.present_graphs import (
     modality_operators,
     present_interactions,
@@ -216,7 +217,9 @@ def test_smore_users_take_each_view_from_their_items_having_it(lonely):
         assert net.user_items["text"] is net.user_item and net.user_items["fusion"] is net.user_item
         assert net.fused_present is None  # every node keeps the text
         # the fusion spectrum of an item without the image is its text spectrum alone
-        x = net.spectrum_fusion()["fusion"]
+        projected = {m: p() for m, p in net.projectors.items()}
+        _, present_items = split_nodes(net.present, net.n_users)
+        x = spectrum_fusion(projected, net.filters, net.fusion_filter, present_items)["fusion"]
         i = int(np.flatnonzero(missing)[0])
         text = torch.fft.rfft(net.projectors["text"]()[i], norm="ortho")
         want = torch.fft.irfft(text * torch.view_as_complex(net.fusion_filter.weight), n=x.shape[1], norm="ortho")

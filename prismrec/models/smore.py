@@ -194,15 +194,11 @@ class SMORE(Recommender):
         z = c + side                                                                          # Z = C + side
         return Output.of_nodes(z, self.n_users, {"behavior": c, "modality": side})
 
-    def spectrum_fusion(self) -> dict[str, torch.Tensor]:
-        """Step 1: ``X̃_m`` per modality and ``X̃_f`` under the key ``"fusion"``."""
-        _, present = split_nodes(self.present, self.n_users)  # the items' columns
-        return spectrum_fusion({m: p() for m, p in self.projectors.items()}, self.filters, self.fusion_filter, present)
-
     def item_views(self) -> dict[str, torch.Tensor]:
         """Steps 1-3 on the item side: ``H_v^I = S_v^{L_ii} (E_I ⊙ σ(X̃_v G_v + g_v))`` per view."""
-        views = {}
-        for v, x in self.spectrum_fusion().items():
+        _, present = split_nodes(self.present, self.n_users)  # the items' columns
+        views, projected = {}, {m: p() for m, p in self.projectors.items()}
+        for v, x in spectrum_fusion(projected, self.filters, self.fusion_filter, present).items():  # 1. X̃_m, X̃_f
             h = self.item_emb.weight * self.item_gates[v](x)  # H_v = E_I ⊙ σ(X̃_v G_v + g_v)
             graph = self.fusion_graph if v == "fusion" else self.item_graphs[v]
             views[v] = propagate(graph, h, self.config.n_ii_layers)  # S_v^{L_ii} H_v
@@ -238,9 +234,8 @@ class SMORE(Recommender):
         return self.terms(tuple(z.index_select(0, at) for at in (at_u, at_i, at_j)), side, c, at_i, at_u, index)
 
     def terms(self, z_rows, side, c, items, users, nodes=None) -> dict[str, torch.Tensor]:
-        """Step 5 from the batch's rows ``z_rows = (z_u, z_i, z_j)`` and the rows ``items`` (positive
-        items) and ``users`` of ``side`` and ``C``; ``nodes``: the node id of each row of ``side`` and
-        ``C`` (``None``: its index), for whether it has a view (a node with none has ``side = 0``)."""
+        """Step 5 from the batch's rows ``z_rows = (z_u, z_i, z_j)`` and the rows ``items`` (positive items) and
+        ``users`` of ``side`` and ``C``; ``nodes``: each such row's node id (``None``: its index), for its view."""
         cfg, (zu, zi, zj) = self.config, z_rows
         # InfoNCE(side[r], C[r]; τ) of the positive items and of the users, over the rows having a view
         cl = [infonce(side.index_select(0, r), c.index_select(0, r), cfg.temperature,
