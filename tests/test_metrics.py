@@ -149,3 +149,25 @@ def test_evaluator_restricted_to_an_item_group_matches_reference(planted):
         assert got["users"] == want["users"] > 0
         for key, value in want.items():
             assert abs(got[key] - value) < 1e-6, (name, key)
+
+
+def test_evaluator_keeps_each_splits_batches_across_models(planted):
+    """The masked and truth positions are built once per split and serve every later model: two
+    models' rankings (and an item-restricted evaluation in between) still match the reference."""
+    ev = Evaluator(planted, ks=(10, 20), batch_size=37, mask_valid_at_test=True)
+    dense = lambda m: m.toarray().astype(bool)  # noqa: E731
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        user = torch.from_numpy(rng.normal(size=(planted.n_users, 8)).astype(np.float32))
+        item = torch.from_numpy(rng.normal(size=(planted.n_items, 8)).astype(np.float32))
+        model = _FixedModel(user, item)
+        for split in ("valid", "test"):
+            got = ev.evaluate(model, split)
+            ev.evaluate(model, split, items=popularity_groups(planted.train)["tail"])
+            excl = dense(planted.train) | (dense(planted.valid) if split == "test" else False)
+            want = reference_metrics((user @ item.T).numpy(), dense(planted.split(split)), excl, (10, 20))
+            for name, value in want.items():
+                assert abs(got[name] - value) < 1e-6, (seed, split, name)
+    kept = ev.user_batches("valid", "cpu")
+    assert kept is ev.user_batches("valid", torch.device("cpu")) and kept is not ev.user_batches("test", "cpu")
+    assert [len(ids) for ids, *_ in kept.batches] == [37] * (len(kept.users) // 37) + ([len(kept.users) % 37] if len(kept.users) % 37 else [])

@@ -9,7 +9,7 @@ import torch
 
 from prismrec.eval.cold import evaluate_cold
 from prismrec.eval.groups import restrict_items
-from prismrec.eval.metrics import evaluate_ranking
+from prismrec.eval.metrics import UserBatches, evaluate_ranking
 from prismrec.recommender import Output, Recommender
 
 
@@ -36,6 +36,15 @@ class Evaluator:
             "valid": dataset.train,
             "test": (dataset.train + dataset.valid).tocsr() if mask_valid_at_test else dataset.train,
         }
+        self._batches: dict[tuple[str, str], UserBatches] = {}  # per split and device, built at first use
+
+    def user_batches(self, split: str, device) -> UserBatches:
+        """The split's :class:`~prismrec.eval.metrics.UserBatches` on ``device``, kept: every
+        epoch's validation reuses the same masked and truth positions."""
+        key = (split, str(device))
+        if key not in self._batches:
+            self._batches[key] = UserBatches(self.dataset.split(split), self.exclude(split), self.batch_size, device)
+        return self._batches[key]
 
     def exclude(self, split: str) -> sp.csr_matrix:
         """The items masked when ranking for ``split``."""
@@ -74,6 +83,7 @@ class Evaluator:
                 batch_size=self.batch_size,
                 per_user=per_user,
                 device=model.device,
+                batches=self.user_batches(split, model.device) if items is None else None,
             )
         finally:
             model.train(was_training)

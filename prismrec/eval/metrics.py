@@ -79,20 +79,40 @@ def mask_items(scores: torch.Tensor, exclude: sp.csr_matrix, rows: np.ndarray) -
     return scores
 
 
-def batch_hits(
-    scores: torch.Tensor,
-    truth: sp.csr_matrix,
-    exclude: sp.csr_matrix | None,
-    rows: np.ndarray,
-    k: int,
-) -> torch.Tensor:
-    """Boolean ``B x k`` hit matrix of the top-``k`` ranking of ``scores`` (contiguous, modified in
-    place).
+class UserBatches:
+    """The users of ``truth`` with at least one positive, in batches of ``batch_size``, with what
+    ranking a batch needs that does not depend on the scores: its user ids on ``device``, the
+    positions of its masked (``exclude``) and truth entries in its flattened ``B x n_items`` score
+    block, and its truth counts. Built once per split (an :class:`~prismrec.eval.Evaluator` ranks
+    the same split every epoch), in memory linear in the two matrices' entries."""
 
-    ``scores[b]`` belongs to user ``rows[b]`` of ``truth`` / ``exclude``.
-    """
-    if exclude is not None:
-        mask_items(scores, exclude, rows)
+    def __init__(self, truth: sp.csr_matrix, exclude: sp.csr_matrix | None, batch_size: int,
+                 device: torch.device | str = "cpu") -> None:
+        truth = sp.csr_matrix(truth)
+        if exclude is not None:
+            exclude = sp.csr_matrix(exclude)
+            if exclude.shape != truth.shape:
+                raise ValueError(f"exclude shape {exclude.shape} != truth shape {truth.shape}")
+        n_truth = np.diff(truth.indptr)
+        self.users = np.flatnonzero(n_truth > 0)
+        self.n_items = truth.shape[1]
+        self.batches = []
+        for start in range(0, len(self.users), batch_size):
+            rows = self.users[start : start + batch_size]
+            self.batches.append((
+                torch.from_numpy(rows).to(device),
+                _flat_index(exclude, rows, device) if exclude is not None and exclude.nnz else None,
+                _flat_index(truth, rows, device),
+                torch.from_numpy(n_truth[rows]).to(device),
+            ))
+
+
+def batch_hits(scores: torch.Tensor, masked: torch.Tensor | None, truth: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean ``B x k`` hit matrix of the top-``k`` ranking of ``scores`` (contiguous, modified in
+    place), whose flattened positions ``masked`` are excluded (set to ``-inf``) and ``truth`` are
+    the positives (a batch of :class:`UserBatches`)."""
+    if masked is not None:
+        scores.view(-1).index_fill_(0, masked, -torch.inf)
     top = ranked_topk(scores, k)
     # torch.topk ranks NaN above every number, so a NaN left after masking is in its row's top.
     if torch.isnan(scores.gather(1, top[:, :1])).any():
@@ -102,7 +122,7 @@ def batch_hits(
     # Hits: the batch's truth as a B x n_items indicator (a quarter of the score block's bytes),
     # read at each top-k entry.
     is_truth = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    is_truth[_flat_index(truth, rows, scores.device)] = True
+    is_truth[truth] = True
     return is_truth.view(scores.shape).gather(1, top)
 
 
@@ -137,35 +157,30 @@ def evaluate_ranking(
     batch_size: int = 4096,
     per_user: bool = False,
     device: torch.device | str = "cpu",
+    batches: UserBatches | None = None,
 ) -> dict:
     """Metrics of the ranking ``score_fn(users)`` over all items, for users with truth.
 
     ``score_fn`` maps a LongTensor of user ids to a fresh ``B x n_items`` score tensor (it is
     modified in place). Returns ``{"recall@K": mean, ...}`` with ``"users"`` (the count of
     evaluated users); with ``per_user=True`` also ``"per_user"``: user ids and their values.
+    ``batches``: the :class:`UserBatches` of ``truth`` and ``exclude`` when the caller keeps them
+    (then ``truth``, ``exclude``, ``batch_size`` and ``device`` are not read).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
-    truth = sp.csr_matrix(truth)
-    if exclude is not None:
-        exclude = sp.csr_matrix(exclude)
-        if exclude.shape != truth.shape:
-            raise ValueError(f"exclude shape {exclude.shape} != truth shape {truth.shape}")
-    n_truth_all = np.diff(truth.indptr)
-    users = np.flatnonzero(n_truth_all > 0)
+    plan = batches if batches is not None else UserBatches(truth, exclude, batch_size, device)
+    users = plan.users
     names: list[str] = []
     blocks: list[torch.Tensor] = []  # per user batch: metrics x users, kept on the scores' device
-    for start in range(0, len(users), batch_size):
-        rows = users[start : start + batch_size]
-        scores = score_fn(torch.from_numpy(rows).to(device)).contiguous()
-        if scores.shape != (len(rows), truth.shape[1]):
+    for ids, masked, positives, n_truth in plan.batches:
+        scores = score_fn(ids).contiguous()
+        if scores.shape != (len(ids), plan.n_items):
             raise ValueError(
-                f"score_fn returned shape {tuple(scores.shape)}, expected {(len(rows), truth.shape[1])}"
+                f"score_fn returned shape {tuple(scores.shape)}, expected {(len(ids), plan.n_items)}"
             )
-        hits = batch_hits(scores, truth, exclude, rows, ks[-1])
-        n_truth = torch.from_numpy(n_truth_all[rows]).to(hits.device)
-        values = metrics_from_hits(hits, n_truth, ks)
+        values = metrics_from_hits(batch_hits(scores, masked, positives, ks[-1]), n_truth, ks)
         names = list(values)
         blocks.append(torch.stack(list(values.values())))
     result: dict = {"users": int(len(users))}
