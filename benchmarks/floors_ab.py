@@ -173,7 +173,8 @@ class Turns:
 def paired_batches(trees: dict[str, str], model: str, dataset: str, epochs: int) -> dict:
     """``--per-batch``: thread CPU ms of each training batch of ``model`` as each version's
     ``train_epoch`` runs it (``trees``: side -> folder), the two alternated batch by batch
-    (:class:`Turns`) after a warm-up epoch each; medians and the median paired difference."""
+    (:class:`Turns`) after a warm-up epoch each; medians and the median paired difference, per batch
+    and per epoch (the sum of its batches: what a change to an epoch's first batch alone shows in)."""
     versions = {side: load_version(tree) for side, tree in trees.items()}
     data = versions["before"]["prismrec.data"].load_dataset(dataset)
     runs = {}
@@ -184,6 +185,7 @@ def paired_batches(trees: dict[str, str], model: str, dataset: str, epochs: int)
         train_epoch(net, sampler, optimizer, 0, net.device)
         runs[side] = (net, sampler, optimizer, train_epoch)
     ms = {side: [] for side in runs}
+    epoch_ms = {side: [] for side in runs}
     for epoch in range(1, epochs + 1):
         batches = {}
         for side, (net, sampler, _, _) in runs.items():
@@ -194,9 +196,12 @@ def paired_batches(trees: dict[str, str], model: str, dataset: str, epochs: int)
                    for side, (net, _, optimizer, train_epoch) in runs.items()})
         for side in ms:
             ms[side] += turns.ms[side]
+            epoch_ms[side].append(sum(turns.ms[side]))
     diff = [a - b for a, b in zip(ms["after"], ms["before"])]
     return {"before_ms": statistics.median(ms["before"]), "after_ms": statistics.median(ms["after"]),
             "diff_ms": statistics.median(diff), "diff_iqr_ms": statistics.quantiles(diff, n=4)[::2],
+            "epoch_before_ms": statistics.median(epoch_ms["before"]), "epoch_after_ms": statistics.median(epoch_ms["after"]),
+            "epoch_diff_ms": statistics.median(a - b for a, b in zip(epoch_ms["after"], epoch_ms["before"])),
             "batches": len(diff), "load1": os.getloadavg()[0]}
 
 
@@ -204,18 +209,23 @@ def batches_markdown(res: dict) -> str:
     lines = table_head("Per-batch CPU time before and after, batch by batch in one process",
                        f"{res['machine']}; 1 thread; {res['date']}.",
                        ["dataset/model", "before (commit)", "after", "before ms", "after ms",
-                        "paired difference ms (quartiles)", "change", "batches", "1-min load"])
+                        "paired difference ms (quartiles)", "change", "epoch ms: before / after, paired difference",
+                        "batches", "1-min load"])
     for key, r in res["rows"].items():
+        epoch = (f"{r['epoch_before_ms']:.1f} / {r['epoch_after_ms']:.1f}, **{r['epoch_diff_ms']:+.1f}** "
+                 f"({100 * r['epoch_diff_ms'] / r['epoch_before_ms']:+.1f} %)" if "epoch_diff_ms" in r else "-")
         lines.append(f"| {key} | {r['before_commit']} | {r['after_commit']} | {r['before_ms']:.2f} | {r['after_ms']:.2f} | "
                      f"**{r['diff_ms']:+.2f}** ({r['diff_iqr_ms'][0]:+.2f} / {r['diff_iqr_ms'][1]:+.2f}) | "
-                     f"{100 * r['diff_ms'] / r['before_ms']:+.1f} % | {r['batches']} | {r['load1']:.1f} |")
+                     f"{100 * r['diff_ms'] / r['before_ms']:+.1f} % | {epoch} | {r['batches']} | {r['load1']:.1f} |")
     lines += ["", "Both packages imported into one process (each with this checkout's `benchmarks.floors` bound to "
               "it), a model built by each with the same seeds and settings (`benchmarks.floors.training_setup`), "
               "a warm-up epoch each, then their training batches (the same batches) alternated one by one, each "
               "timed in thread CPU time as that version's `train_epoch` runs it (its loop body: zero_grad, forward, "
               "backward, guard and logging, fused-Adam step; rows before 2026-12-04: forward, backward and step "
               "only). Median per side and "
-              "median of the per-batch differences (after - before; quartiles in brackets). "
+              "median of the per-batch differences (after - before; quartiles in brackets); per epoch, the sum of "
+              "its batches, median per side and median paired difference over the epochs ('-': rows measured "
+              "before it was recorded). "
               "`python -m benchmarks.floors_ab --before <commit> --after <commit> --dataset <d> --models <m,...> "
               "--epochs <n> --per-batch`."]
     if res.get("notes"):  # kept in the JSON, so that a rerun keeps them
