@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
@@ -341,3 +342,14 @@ class Recommender(nn.Module):
 
     def extra_repr(self) -> str:
         return f"users={self.n_users}, items={self.n_items}, config={self.config}"
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in evaluation mode for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

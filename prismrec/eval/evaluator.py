@@ -10,7 +10,7 @@ import torch
 from prismrec.eval.cold import evaluate_cold
 from prismrec.eval.groups import restrict_items
 from prismrec.eval.metrics import UserBatches, evaluate_ranking
-from prismrec.recommender import Output, Recommender
+from prismrec.recommender import Output, Recommender, eval_mode
 
 
 class Evaluator:
@@ -70,11 +70,8 @@ class Evaluator:
         truth = self.dataset.split(split)
         if items is not None:
             truth = restrict_items(truth, items)
-        was_training = model.training
-        model.eval()
-        try:
-            if out is None:
-                out = model()
+        with eval_mode(model):
+            out = model() if out is None else out
             return evaluate_ranking(
                 lambda users: model.score(users, out),
                 truth,
@@ -85,8 +82,6 @@ class Evaluator:
                 device=model.device,
                 batches=self.user_batches(split, model.device) if items is None else None,
             )
-        finally:
-            model.train(was_training)
 
     @torch.no_grad()
     def evaluate_cold(
@@ -105,14 +100,9 @@ class Evaluator:
         cold item's ID embedding was never trained.
         """
         items = self.dataset.cold(split) if cold_items is None else cold_items
-        was_training = model.training
-        model.eval()
-        try:
-            if out is None:
-                out = model()
+        with eval_mode(model):
+            out = model() if out is None else out
             return evaluate_cold(
                 lambda users: model.score(users, out), self.dataset.split(split), self.exclude(split),
                 items, mode, ks=self.ks, batch_size=self.batch_size, per_user=per_user, device=model.device,
             )
-        finally:
-            model.train(was_training)

@@ -31,6 +31,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from prismrec.recommender import eval_mode
+
 IdRows = Literal["zero", "impute"]
 ID_ROWS = ("zero", "impute")
 
@@ -121,14 +123,9 @@ def content_forward_rows(
         if graphs is None:
             raise ValueError("id_rows='impute' needs the item-item graphs that define the neighbours")
         rows = neighbour_mean(graphs() if callable(graphs) else graphs, items, table)
-    was_training = model.training
-    model.eval()
-    try:
-        with replaced_rows(table, items, rows), torch.no_grad():
-            out = model()
-        return out.item.index_select(0, items.to(out.item.device)).clone()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), replaced_rows(table, items, rows), torch.no_grad():
+        out = model()
+    return out.item.index_select(0, items.to(out.item.device)).clone()
 
 
 def multiview_content_items(model: nn.Module, items: torch.Tensor, id_rows: str | None = None) -> torch.Tensor:
