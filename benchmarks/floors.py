@@ -289,12 +289,26 @@ def interleaved_validation(model, evaluator, data, k: int, bs: int, rounds: int 
             "valid_cpu_s": statistics.median(valid_cpu), "floor_valid_cpu_s": statistics.median(floor_cpu)}
 
 
+def epoch_alone_cpu(model, sampler, optimizer, evaluator, epoch: int) -> float:
+    """Thread CPU seconds of one training epoch as a run trains it, uninterrupted (no floor work
+    between its batches), then an untimed validation, as a run's next epoch starts after one."""
+    model.train()
+    model.on_epoch_start(epoch)
+    c0 = time.thread_time()
+    train_epoch(model, sampler, optimizer, epoch, model.device)
+    seconds = time.thread_time() - c0
+    evaluator.evaluate(model, "valid")
+    return seconds
+
+
 def measure(name: str, data, epochs: int) -> dict:
     """Epoch seconds (training, validation) and their floors for one model.
 
     Epoch 0 is a plain warm-up (the trainer's loop and a validation), so that the measured epochs
     start where a training run's later epochs do; then ``epochs`` interleaved epochs
-    (:func:`interleaved_epoch`), each followed by an interleaved validation. Medians.
+    (:func:`interleaved_epoch`), each followed by an interleaved validation and an epoch run alone
+    (:func:`epoch_alone_cpu`: the same trainer without the floor's work between its batches, which
+    leaves a small model's next batch colder than a run's). Medians.
     """
     t0 = time.perf_counter()
     model, cfg = build(name, data, settings(name, data.name))
@@ -308,10 +322,11 @@ def measure(name: str, data, epochs: int) -> dict:
     warm = train_epoch(model, sampler, optimizer, 0, model.device)["train_s"]
     evaluator.evaluate(model, "valid")
 
-    runs, vals = [], []
+    runs, vals, alone = [], [], []
     for epoch in range(1, epochs + 1):
         runs.append(interleaved_epoch(model, sampler, optimizer, epoch))
         vals.append(interleaved_validation(model, evaluator, data, max(tc.topk), tc.eval_batch_size))
+        alone.append(epoch_alone_cpu(model, sampler, optimizer, evaluator, epoch))
     mid = sorted(range(epochs), key=lambda e: runs[e]["train_s"])[epochs // 2]  # the median epoch
     floor, val = runs[mid], vals[mid]
     train_s = floor["train_s"]
@@ -325,6 +340,8 @@ def measure(name: str, data, epochs: int) -> dict:
         "train_cpu_s": cpu["train"], "floor_train_cpu_s": cpu["kernels"] + cpu["optimizer"],
         "valid_cpu_s": val_cpu["valid_cpu_s"], "floor_valid_cpu_s": val_cpu["floor_valid_cpu_s"],
         "ratio_cpu": (cpu["train"] + val_cpu["valid_cpu_s"]) / floor_cpu,
+        "train_alone_cpu_s": statistics.median(alone),
+        "ratio_cpu_alone": (statistics.median(alone) + val_cpu["valid_cpu_s"]) / floor_cpu,
         "train_s": train_s, "valid_s": valid_s, "epoch_s": train_s + valid_s,
         "floor_train_s": floor_train, "floor_valid_s": floor_valid, "floor_s": floor_train + floor_valid,
         "ratio": (train_s + valid_s) / (floor_train + floor_valid),
@@ -343,10 +360,12 @@ def markdown(res: dict) -> str:
     lines = [f"# Epoch vs floor per model on {res['dataset']}", "",
              f"{res['machine']}; {res['threads']} thread(s); updated {res['date']}.", "",
              "| model | train s | floor | ratio | valid s | floor | ratio | **epoch / floor** | CPU time: epoch / floor | "
+             "CPU time, training epoch run alone: epoch / floor | "
              "per batch: sparse / GEMM / softmax+top-k / FFT / random / gather / step ms | batches | 1-min load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
         cpu_ratio = f"{r['ratio_cpu']:.2f}" if "ratio_cpu" in r else "-"
+        alone = f"{r['ratio_cpu_alone']:.2f}" if "ratio_cpu_alone" in r else "-"
         bk = r["batch_kernels_s"]
         ms = " / ".join(f"{1000 * x:.1f}" for x in (bk.get("sparse", 0), bk.get("gemm", 0),
                                                      bk.get("softmax", 0) + bk.get("topk", 0), bk.get("fft", 0),
@@ -354,7 +373,7 @@ def markdown(res: dict) -> str:
                                                      r["optimizer_step_s"]))
         lines.append(f"| {name} | {r['train_s']:.2f} | {r['floor_train_s']:.2f} | {r['ratio_train']:.2f} | "
                      f"{r['valid_s']:.2f} | {r['floor_valid_s']:.2f} | {r['ratio_valid']:.2f} | "
-                     f"**{r['ratio']:.2f}** | {cpu_ratio} | {ms} | {r['batches']} | {r['load1']:.2f} |")
+                     f"**{r['ratio']:.2f}** | {cpu_ratio} | {alone} | {ms} | {r['batches']} | {r['load1']:.2f} |")
     lines += ["", "Floor = the model's own kernels replayed bare in the same process: for every training batch "
               "of an epoch (each batch also run and timed as the trainer runs it, right after), every matrix "
               "product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k, FFT, random draw (dropout "
@@ -366,7 +385,11 @@ def markdown(res: dict) -> str:
               "FREEDOM's and DRAGON's mm_weights 0.5/0.5; SMORE's and MMGCN's modality_roles and LGMRec's "
               "hcl_order with the first modality in the image part). Sorted by epoch / floor, furthest first. "
               "CPU time: the same ratio in the thread's CPU time (one thread), which preemptions by other "
-              "processes on a busy machine do not inflate; '-' for rows measured before it was recorded."]
+              "processes on a busy machine do not inflate; '-' for rows measured before it was recorded. "
+              "Run alone: the training epoch's CPU time measured again in epochs of their own, right after each "
+              "interleaved validation (nothing between the trainer's batches), over the same floor: the interleaved "
+              "epoch runs each batch right after its floor's recording and replay, which leave a small model's "
+              "batch colder than in a run."]
     odd = [n for n, r in rows if r.get("floor_method") != "interleaved per batch"]
     if odd:
         lines.append(f"Rows of {', '.join(odd)}: measured by an earlier version of this script (floor "

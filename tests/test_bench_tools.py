@@ -65,3 +65,17 @@ def test_interleaved_rounds_alternate_the_order_and_keep_rounds_after_the_warmup
     assert got == {"a": ["a6", "a7"], "b": ["b5", "b8"], "c": ["c4", "c9"]}
     assert seen[:3] == [(0, "c", "c4"), (0, "b", "b5"), (0, "a", "a6")] and len(seen) == 6
     assert table_head("T", "note", ["x", "y"]) == ["# T", "", "note", "", "| x | y |", "|---|---|"]
+
+
+def test_measure_reports_the_epoch_run_alone_over_the_same_floor(planted):
+    """A floors row holds the interleaved ratio and the one of the training epoch run alone (its
+    own uninterrupted epochs, each after a validation, as in a run), both over the same floor."""
+    from benchmarks.floors import markdown, measure
+
+    row = measure("bpr", planted, 1)
+    floor = row["floor_train_cpu_s"] + row["floor_valid_cpu_s"]
+    assert row["train_alone_cpu_s"] > 0
+    assert abs(row["ratio_cpu_alone"] - (row["train_alone_cpu_s"] + row["valid_cpu_s"]) / floor) < 1e-12
+    page = markdown({"models": {"bpr": row}, "dataset": planted.name, "machine": "m", "threads": 1, "date": "d"})
+    line = next(x for x in page.splitlines() if x.startswith("| bpr |"))
+    assert line.count("|") == page.splitlines()[4].count("|") and f"{row['ratio_cpu_alone']:.2f}" in line
