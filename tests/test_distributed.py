@@ -10,7 +10,7 @@ import pytest
 
 from prismrec.train import distributed
 from prismrec.train.distributed import DistEnv
-from tests.gloo_ranks import free_port
+from tests.gloo_ranks import torchrun
 
 STEPS = """
 import json, sys
@@ -62,9 +62,7 @@ def _trajectories(tmp_path, planted_dir, model, settings, batch=512, epochs=2):
     single = subprocess.run([sys.executable, str(script), *args, str(tmp_path / "one.json")],
                             capture_output=True, text=True, env=_env())
     assert single.returncode == 0, single.stderr[-2000:]
-    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                            "--master-port", str(free_port()), str(script), *args, str(tmp_path / "two.json")],
-                           capture_output=True, text=True, env=_env())
+    ranks = torchrun([str(script), *args, str(tmp_path / "two.json")], _env())
     assert ranks.returncode == 0, ranks.stderr[-3000:]
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     return (np.array(one["losses"]), np.array(two["losses"]),
@@ -103,9 +101,7 @@ def test_torchrun_train_writes_one_run_directory(tmp_path, planted_dir):
     single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True,
                             text=True, env=_env())
     assert single.returncode == 0, single.stderr[-2000:]
-    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                            str(free_port()), *common, "--out", str(tmp_path / "two")], capture_output=True, text=True,
-                           env=_env())
+    ranks = torchrun([*common, "--out", str(tmp_path / "two")], _env(), fresh=tmp_path / "two")
     assert ranks.returncode == 0, ranks.stderr[-3000:]
     one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
     assert (tmp_path / "two" / "FINISHED").is_file() and not (tmp_path / "two" / "RUNNING").exists()
@@ -122,10 +118,9 @@ def test_torchrun_ranks_other_than_0_print_no_warning_progress_or_summary(tmp_pa
     shutil.copytree(planted_dir, data)
     n_items = np.load(data / "image_feat.npy").shape[0]
     np.save(data / "blank_feat.npy", np.zeros((n_items, 3), dtype=np.float32))  # warns on every load
-    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                            str(free_port()), "-m", "prismrec", "train", "--model", "lightgcn", "--dataset", str(data),
-                            "--set", "epochs=2", "--set", "threads=1", "--out", str(tmp_path / "run")],
-                           capture_output=True, text=True, env={**_env(), "COLUMNS": "200"})
+    ranks = torchrun(["-m", "prismrec", "train", "--model", "lightgcn", "--dataset", str(data), "--set", "epochs=2",
+                      "--set", "threads=1", "--out", str(tmp_path / "run")], {**_env(), "COLUMNS": "200"},
+                     fresh=tmp_path / "run")
     assert ranks.returncode == 0, ranks.stderr[-3000:]
     both = ranks.stdout + ranks.stderr
     assert both.count("every feature value is zero") == 1, both[-3000:]
