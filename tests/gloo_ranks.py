@@ -70,23 +70,7 @@ def run_two_ranks(body: str, tmp_path: Path, timeout: float = 120) -> dict:
     return json.loads(out.read_text())
 
 
-TEARDOWN_ABORT = "terminate called without an active exception"
-"""What a rank prints when gloo's threads outlive its process group at interpreter exit, after the
-rank's work is done: a race of the library's teardown (prismrec.train.distributed leaves the group
-at exit and still sees it now and then on a loaded 2-core machine)."""
-
-
-def torchrun(args: list[str], env: dict, fresh: Path | None = None) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --nproc-per-node 2 <args>`` on a free port, run again if
-    a rank aborted in gloo's teardown (:data:`TEARDOWN_ABORT`; ``fresh``: a folder the run writes,
-    removed first), up to twice more; any other outcome is returned as it is."""
-    import shutil
-
-    for attempt in range(3):
-        if attempt and fresh is not None:
-            shutil.rmtree(fresh, ignore_errors=True)
-        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                                 "--master-port", str(free_port()), *args], capture_output=True, text=True, env=env)
-        if result.returncode == 0 or TEARDOWN_ABORT not in result.stderr:
-            break
-    return result
+def torchrun(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc-per-node 2 <args>`` on a free port."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(free_port()), *args], capture_output=True, text=True, env=env)

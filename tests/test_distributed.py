@@ -101,7 +101,7 @@ def test_torchrun_train_writes_one_run_directory(tmp_path, planted_dir):
     single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True,
                             text=True, env=_env())
     assert single.returncode == 0, single.stderr[-2000:]
-    ranks = torchrun([*common, "--out", str(tmp_path / "two")], _env(), fresh=tmp_path / "two")
+    ranks = torchrun([*common, "--out", str(tmp_path / "two")], _env())
     assert ranks.returncode == 0, ranks.stderr[-3000:]
     one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
     assert (tmp_path / "two" / "FINISHED").is_file() and not (tmp_path / "two" / "RUNNING").exists()
@@ -119,11 +119,40 @@ def test_torchrun_ranks_other_than_0_print_no_warning_progress_or_summary(tmp_pa
     n_items = np.load(data / "image_feat.npy").shape[0]
     np.save(data / "blank_feat.npy", np.zeros((n_items, 3), dtype=np.float32))  # warns on every load
     ranks = torchrun(["-m", "prismrec", "train", "--model", "lightgcn", "--dataset", str(data), "--set", "epochs=2",
-                      "--set", "threads=1", "--out", str(tmp_path / "run")], {**_env(), "COLUMNS": "200"},
-                     fresh=tmp_path / "run")
+                      "--set", "threads=1", "--out", str(tmp_path / "run")], {**_env(), "COLUMNS": "200"})
     assert ranks.returncode == 0, ranks.stderr[-3000:]
     both = ranks.stdout + ranks.stderr
     assert both.count("every feature value is zero") == 1, both[-3000:]
     assert both.count("ep 2/2 loss") == 1
     assert both.count("lightgcn on Dataset(") == 1
     assert both.count("recall@20") == 1 and both.count("run directory:") == 1
+
+
+LEAVE = """
+import gc, json, sys, weakref
+import torch
+import torch.distributed as dist
+from prismrec.train import distributed
+from prismrec.train.trainer import seed_everything
+
+env = distributed.from_env()
+distributed.init(env, "cpu")
+seed_everything(0)  # as a run does after joining: imports torch's compiler config and what it imports
+x = torch.ones(3)
+dist.all_reduce(x)
+world = weakref.ref(dist.group.WORLD)
+distributed._leave_group()
+gc.collect()
+if env.rank == 0:
+    json.dump({"sum": x.tolist(), "freed": world() is None}, open(sys.argv[1], "w"))
+"""
+
+
+def test_leaving_the_group_frees_it_so_gloo_threads_end_before_the_interpreter(tmp_path):
+    # A group kept alive past destroy_process_group keeps gloo's worker threads running into the
+    # interpreter's finalisation, where a rank aborts now and then after finishing its work.
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE)
+    ranks = torchrun([str(script), str(tmp_path / "out.json")], _env())
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    assert json.loads((tmp_path / "out.json").read_text()) == {"sum": [2.0, 2.0, 2.0], "freed": True}

@@ -109,9 +109,15 @@ def init(env: DistEnv, device: str) -> str:
         device = f"cuda:{env.local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # torch.distributed.nn.functional binds the world group as default arguments when first
+        # imported (torch.use_deterministic_algorithms imports it, through the compiler's config):
+        # imported after the group exists, it keeps the group alive after destroy_process_group,
+        # and gloo's worker threads then live into the interpreter's finalisation, where one
+        # releasing a finished collective's tensors aborts the rank ("terminate called without an
+        # active exception"). Imported first, it binds nothing and leaving the group joins them.
+        import torch.distributed.nn.functional  # noqa: F401
+
         dist.init_process_group("nccl" if kind == "cuda" else "gloo")
-        # Left to the interpreter's exit, gloo's threads can outlive the group: an occasional
-        # "terminate called without an active exception" abort of a rank that had finished.
         atexit.register(_leave_group)
     losses.use_batch_shares(RankShares(env))  # in-batch terms see the global batch
     return device
