@@ -5,8 +5,9 @@ processes, one per cell, so that each gets its own OpenMP environment:
 
 * threads: ``1``, ``2`` and ``auto`` (prismrec's default, :mod:`prismrec.threads`, decided when
   the run starts, i.e. after the competitor is running);
-* wait policy: ``PASSIVE`` (prismrec's default), ``ACTIVE`` (spin) and ``gomp`` (torch imported
-  before prismrec with no policy set: OpenMP's own default, what a plain torch script gets);
+* wait policy: ``PASSIVE`` (prismrec's default), ``ACTIVE`` (spin), ``gomp`` (torch imported
+  before prismrec with no policy set: OpenMP's own default, what a plain torch script gets) and,
+  given in ``--cells``, ``spinN`` (passive after N spins, ``GOMP_SPINCOUNT=N``);
 * condition: ``idle``, ``busy`` (one pure-Python busy loop at the timed process's priority) and,
   with ``--niced``, ``niced`` (the same loop at nice 19, like a background study).
 
@@ -16,7 +17,7 @@ and the 1-minute load average and the busy cores seen before it started. ``--cel
 (threads, wait policy) pairs; a cell that runs past ``--cell-timeout`` seconds is stopped and
 reported as such (a collapsed configuration would otherwise hold the machine for minutes).
 ``--note`` adds a line on the run's conditions (e.g. what else the machine ran). Writes
-``results/contention.{json,md}``.
+``results/contention.{json,md}`` (lfm2k) or ``results/contention_<dataset>.{json,md}``.
 
     python -m benchmarks.contention [--dataset lfm2k] [--epochs 3] [--rounds 3] [--niced]
         [--cells 1/PASSIVE,2/ACTIVE,auto/PASSIVE] [--cell-timeout 90] [--note TEXT]
@@ -33,9 +34,26 @@ import subprocess
 import sys
 import time
 
+WAITS = ("PASSIVE", "ACTIVE", "gomp", "spinN")
+"""How a cell's idle OpenMP threads wait: ``PASSIVE`` / ``ACTIVE`` (``OMP_WAIT_POLICY``), ``gomp``
+(none set, torch imported first: OpenMP's own default) or ``spinN`` (``PASSIVE`` with
+``GOMP_SPINCOUNT=N``: spin about N iterations, then sleep)."""
 CELLS = [("1", "PASSIVE"), ("2", "gomp"), ("2", "ACTIVE"), ("2", "PASSIVE"), ("auto", "PASSIVE")]
 """(threads, wait policy) pairs timed in every condition; the last is prismrec's default."""
 BUSY_LOOP = "while True: pass"
+
+
+def parse_cells(text: str) -> list[tuple[str, str]]:
+    """``"1/PASSIVE,auto/spin1000"`` -> ``[("1", "PASSIVE"), ("auto", "spin1000")]``; ValueError
+    naming the first cell that is not THREADS/WAIT (a positive count or ``auto``, one of :data:`WAITS`)."""
+    cells = [tuple(cell.strip().split("/")) for cell in text.split(",")]
+    for cell in cells:
+        ok = len(cell) == 2 and (cell[0] == "auto" or cell[0].isdigit() and int(cell[0]) > 0) and (
+            cell[1] in WAITS[:3] or cell[1].startswith("spin") and cell[1][4:].isdigit())
+        if not ok:
+            raise ValueError(f"{'/'.join(cell)!r} is not THREADS/WAIT (THREADS a positive count or auto, "
+                             f"WAIT one of {', '.join(WAITS)}), e.g. 1/PASSIVE,2/gomp,auto/spin1000")
+    return cells
 
 
 def worker(dataset: str, model: str, threads: str, wait: str, epochs: int) -> dict:
@@ -57,8 +75,10 @@ def worker(dataset: str, model: str, threads: str, wait: str, epochs: int) -> di
 def run_cell(args, threads: str, wait: str) -> dict:
     """One cell in a fresh process with its own OpenMP environment; its JSON result, or
     ``{"timed_out": ...}`` when it ran past ``args.cell_timeout`` seconds."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    if wait != "gomp":
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")}
+    if wait.startswith("spin"):
+        env["OMP_WAIT_POLICY"], env["GOMP_SPINCOUNT"] = "PASSIVE", wait[4:]
+    elif wait != "gomp":
         env["OMP_WAIT_POLICY"] = wait
     cmd = [sys.executable, "-m", "benchmarks.contention", "--worker", threads, wait,
            "--dataset", args.dataset, "--model", args.model, "--epochs", str(args.epochs)]
@@ -156,7 +176,10 @@ def main() -> None:
         print(json.dumps(worker(args.dataset, args.model, *args.worker, args.epochs)))
         return
     conditions = {"idle": None, "busy": 0} | ({"niced": 19} if args.niced else {})
-    cells = [tuple(cell.split("/")) for cell in args.cells.split(",")]
+    try:
+        cells = parse_cells(args.cells)
+    except ValueError as e:
+        parser.error(f"--cells: {e}")
     runs = {c: {f"{t}/{w}": [] for t, w in cells} for c in conditions}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: the competitor still ends
     from benchmarks.common import machine, write
@@ -180,7 +203,7 @@ def main() -> None:
                "dataset": args.dataset, "model": args.model, "epochs": args.epochs, "rounds": r + 1,
                "cell_timeout_s": args.cell_timeout, "note": args.note,
                "cells": {c: {k: summarise(v) for k, v in by_cell.items()} for c, by_cell in runs.items()}}
-        write("contention", res, markdown(res, args))
+        write("contention" if args.dataset == "lfm2k" else f"contention_{args.dataset}", res, markdown(res, args))
 
 
 if __name__ == "__main__":

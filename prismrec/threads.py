@@ -13,7 +13,10 @@ On a machine that other programs also use, two things go wrong with torch's defa
   command line always is); :func:`wait_policy` says what this process got.
 * **How many threads.** ``threads="auto"`` (the default of every run) takes the cores this
   process may use (:func:`usable_cpus`: affinity mask and cgroup CPU quota). With passive waiting
-  that is all: measured next to competing processes, two passive threads beat one. Only when
+  that is all: a LightGCN epoch on an idle 2-core machine took 1.44 s with two passive threads
+  and 1.81 s with one on baby, 0.38 and 0.41 s on tiktok (on lfm2k, whose kernels take
+  microseconds, one thread was faster: 0.11 vs 0.17 s), and next to a competing process the two
+  cost the same within 5 % (2026-12-05, ``benchmarks/results/contention*.md``). Only when
   OpenMP threads spin (the user chose ``ACTIVE``, or torch was loaded first) does it leave out
   the cores other processes keep busy right now (:func:`busy_cpus`, a short sample of
   ``/proc/stat``). :func:`choose_threads` is the rule; an explicit whole number is used as given,
@@ -39,6 +42,9 @@ WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 """OpenMP's environment variable for how idle threads wait (``PASSIVE`` or ``ACTIVE``)."""
 DEFAULT_WAIT_POLICY = "PASSIVE"
 """Set by ``import prismrec`` when the environment names no policy."""
+SPIN_COUNT_ENV = "GOMP_SPINCOUNT"
+"""GNU OpenMP's (torch's on Linux): how many iterations an idle thread spins before it sleeps, under
+any policy. Not set by prismrec; a user's value is logged with the policy."""
 SAMPLE_S = 0.2
 """How long :func:`busy_cpus` watches the CPU counters."""
 FREE_SHARE = 0.5
@@ -73,8 +79,7 @@ def choose_threads(cpus: int, busy: float, passive: bool = True) -> int:
     """Threads for a run given ``cpus`` usable cores of which other processes keep ``busy`` busy.
 
     Pure function. With passive waiting, every usable core: idle threads sleep, so a busy core
-    costs little, and measured next to competing processes two passive threads beat one
-    (``benchmarks/contention.py``). With spinning threads (``passive=False``), ``cpus - busy``
+    costs little (measured: ``benchmarks/contention.py``). With spinning threads (``passive=False``), ``cpus - busy``
     rounded to whole free cores (a core counts when others use less than :data:`FREE_SHARE` of
     it), at least 1: on 2 cores, idle -> 2, one competing process -> 1.
     """
@@ -221,5 +226,6 @@ def apply_threads(setting: int | str, log: Callable[[str], None] | None = None) 
     threads, reason = resolve_threads(setting)
     torch.set_num_threads(threads)
     if log is not None:
-        log(f"{reason}; OpenMP wait policy {wait_policy()}")
+        spin = os.environ.get(SPIN_COUNT_ENV)
+        log(f"{reason}; OpenMP wait policy {wait_policy()}" + (f", {SPIN_COUNT_ENV}={spin}" if spin else ""))
     return threads

@@ -79,3 +79,14 @@ def test_measure_reports_the_epoch_run_alone_over_the_same_floor(planted):
     page = markdown({"models": {"bpr": row}, "dataset": planted.name, "machine": "m", "threads": 1, "date": "d"})
     line = next(x for x in page.splitlines() if x.startswith("| bpr |"))
     assert line.count("|") == page.splitlines()[4].count("|") and f"{row['ratio_cpu_alone']:.2f}" in line
+
+
+def test_contention_cells_parse_or_name_the_bad_one():
+    import pytest
+
+    from benchmarks.contention import parse_cells
+
+    assert parse_cells("1/PASSIVE,2/gomp,auto/spin1000") == [("1", "PASSIVE"), ("2", "gomp"), ("auto", "spin1000")]
+    for bad in ("gomp", "0/PASSIVE", "2/spin", "2/SLEEP", "two/ACTIVE"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            parse_cells(f"1/PASSIVE,{bad}")

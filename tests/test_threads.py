@@ -76,15 +76,19 @@ def test_resolve_threads(monkeypatch):
     assert resolve_threads(3)[0] == 3  # an explicit setting is used as given
 
 
-def test_apply_threads_sets_torch_and_logs():
+def test_apply_threads_sets_torch_and_logs(monkeypatch):
     before = torch.get_num_threads()
     lines = []
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     try:
         assert apply_threads(1, lines.append) == 1
         assert torch.get_num_threads() == 1
+        monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # a user's spin count is part of the policy logged
+        apply_threads(1, lines.append)
     finally:
         torch.set_num_threads(before)
-    assert lines and lines[0].startswith("threads 1; OpenMP wait policy ")
+    assert lines[0].startswith("threads 1; OpenMP wait policy ") and "GOMP_SPINCOUNT" not in lines[0]
+    assert lines[1].endswith(", GOMP_SPINCOUNT=1000")
 
 
 def test_config_threads_setting():
