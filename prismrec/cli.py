@@ -9,6 +9,7 @@ An input error is one line (what, where, how to fix) with exit code 2; `--debug`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -260,7 +261,7 @@ def train(
     out = out or Path("runs") / f"{cfg.model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not quiet and not follower:
         console.print(f"[bold]{cfg.model}[/] on {data!r} -> {out}", highlight=False)
-    created = not out.exists()
+    new_dirs = [d for d in (out, *out.parents) if not d.exists()]  # the run's folder and any above it
     tracker = None
     if track is not None and not follower:
         from prismrec.experiment.tracking import make_tracker
@@ -274,9 +275,12 @@ def train(
     except BaseException as exc:
         if tracker is not None:
             tracker.finish({}, None, status="FAILED")
-        refused = isinstance(exc, PrismrecError) and created and not follower  # rank 0 owns --out
-        if refused and RunDir(out).state().kind in ("absent", "empty"):
-            shutil.rmtree(out, ignore_errors=True)  # refused before training
+        refused = isinstance(exc, PrismrecError) and new_dirs and not follower  # rank 0 owns --out
+        if refused and RunDir(out).state().kind in ("absent", "empty"):  # refused before training
+            shutil.rmtree(out, ignore_errors=True)
+            for folder in new_dirs[1:]:  # the folders made for it, innermost first, while empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
     if tracker is not None:
         tracker.finish(metrics, out if len(seed_list) == 1 else out / f"seed-{seed_list[0]}")

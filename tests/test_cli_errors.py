@@ -101,6 +101,10 @@ CASES = {
     "--config and --set of one key": (BARE + ["--config", "{tmp}/epochs.yaml", "--set", "epochs=0"],
                                       r"^error: setting epochs=0 is invalid"),
     "ill-typed": (TRAIN + ["--set", "lr=fast"], r"lr must be a number, got 'fast'"),
+    # the folders made above a new --out were left behind, empty
+    "refused on the data, --out in new folders": (["train", "--model", "mgcn", "--dataset", "planted", "--data-dir",
+                                                   "{data}", "--out", "{tmp}/new/runs/run", "--set", "knn_k=500",
+                                                   "--quiet"], r"model 'mgcn' rejects its settings: knn_k=500"),
     "unknown model": (["train", "--model", "lightgcm", "--dataset", "planted", "--data-dir", "{data}"],
                       r"unknown model 'lightgcm'; registered: .*lightgcn"),
     "empty model": (["train", "--model", "", "--dataset", "planted"], r"model name '' is empty"),
