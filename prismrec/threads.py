@@ -79,9 +79,10 @@ def choose_threads(cpus: int, busy: float, passive: bool = True) -> int:
     """Threads for a run given ``cpus`` usable cores of which other processes keep ``busy`` busy.
 
     Pure function. With passive waiting, every usable core: idle threads sleep, so a busy core
-    costs little (measured: ``benchmarks/contention.py``). With spinning threads (``passive=False``), ``cpus - busy``
-    rounded to whole free cores (a core counts when others use less than :data:`FREE_SHARE` of
-    it), at least 1: on 2 cores, idle -> 2, one competing process -> 1.
+    costs little (measured: ``benchmarks/contention.py``). With spinning threads
+    (``passive=False``), ``cpus - busy`` rounded to whole free cores (a core counts when others
+    use less than :data:`FREE_SHARE` of it), at least 1: on 2 cores, idle -> 2, one competing
+    process -> 1.
     """
     if cpus < 1:
         raise ValueError(f"cpus must be >= 1, got {cpus}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from benchmarks.contention import parse_cells
 from benchmarks.floors import KernelRecorder, build, kind, replay
 from benchmarks.peers import write_atomic_files
 from prismrec.data import BPRSampler
@@ -82,10 +84,6 @@ def test_measure_reports_the_epoch_run_alone_over_the_same_floor(planted):
 
 
 def test_contention_cells_parse_or_name_the_bad_one():
-    import pytest
-
-    from benchmarks.contention import parse_cells
-
     assert parse_cells("1/PASSIVE,2/gomp,auto/spin1000") == [("1", "PASSIVE"), ("2", "gomp"), ("auto", "spin1000")]
     for bad in ("gomp", "0/PASSIVE", "2/spin", "2/SLEEP", "two/ACTIVE"):
         with pytest.raises(ValueError, match=repr(bad)):
