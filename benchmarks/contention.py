@@ -17,7 +17,7 @@ and the 1-minute load average and the busy cores seen before it started. ``--cel
 (threads, wait policy) pairs; a cell that runs past ``--cell-timeout`` seconds is stopped and
 reported as such (a collapsed configuration would otherwise hold the machine for minutes).
 ``--note`` adds a line on the run's conditions (e.g. what else the machine ran). Writes
-``results/contention.{json,md}`` (lfm2k) or ``results/contention_<dataset>.{json,md}``.
+``results/contention.{json,md}`` (lfm2k, LightGCN) or ``results/contention_<dataset>[_<model>].{json,md}``.
 
     python -m benchmarks.contention [--dataset lfm2k] [--epochs 3] [--rounds 3] [--niced]
         [--cells 1/PASSIVE,2/ACTIVE,auto/PASSIVE] [--cell-timeout 90] [--note TEXT]
@@ -54,6 +54,12 @@ def parse_cells(text: str) -> list[tuple[str, str]]:
             raise ValueError(f"{'/'.join(cell)!r} is not THREADS/WAIT (THREADS a positive count or auto, "
                              f"WAIT one of {', '.join(WAITS)}), e.g. 1/PASSIVE,2/gomp,auto/spin1000")
     return cells
+
+
+def result_name(dataset: str, model: str) -> str:
+    """``contention`` for lfm2k LightGCN, else ``contention_<dataset>[_<model>]``: one file per run kind."""
+    parts = ([] if dataset == "lfm2k" else [dataset]) + ([] if model == "lightgcn" else [model])
+    return "_".join(["contention", *parts])
 
 
 def worker(dataset: str, model: str, threads: str, wait: str, epochs: int) -> dict:
@@ -203,7 +209,7 @@ def main() -> None:
                "dataset": args.dataset, "model": args.model, "epochs": args.epochs, "rounds": r + 1,
                "cell_timeout_s": args.cell_timeout, "note": args.note,
                "cells": {c: {k: summarise(v) for k, v in by_cell.items()} for c, by_cell in runs.items()}}
-        write("contention" if args.dataset == "lfm2k" else f"contention_{args.dataset}", res, markdown(res, args))
+        write(result_name(args.dataset, args.model), res, markdown(res, args))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.contention import parse_cells
+from benchmarks.contention import parse_cells, result_name
 from benchmarks.floors import KernelRecorder, build, kind, replay
 from benchmarks.peers import write_atomic_files
 from prismrec.data import BPRSampler
@@ -88,3 +88,8 @@ def test_contention_cells_parse_or_name_the_bad_one():
     for bad in ("gomp", "0/PASSIVE", "2/spin", "2/SLEEP", "two/ACTIVE"):
         with pytest.raises(ValueError, match=repr(bad)):
             parse_cells(f"1/PASSIVE,{bad}")
+
+
+def test_contention_runs_of_other_datasets_or_models_keep_their_own_files():
+    names = {result_name(d, m) for d in ("lfm2k", "tiktok") for m in ("lightgcn", "mgcn")}
+    assert names == {"contention", "contention_tiktok", "contention_mgcn", "contention_tiktok_mgcn"}
