@@ -23,6 +23,13 @@ import prismrec.experiment.search as search
 from prismrec.data import load_dataset
 
 data, out, storage, trials, kill_at = sys.argv[1:6]
+gate = os.environ.get("START_GATE")  # two workers: both imported before either asks for a trial
+if gate:
+    import time
+    open(os.path.join(gate, str(os.getpid())), "w").close()
+    deadline = time.time() + 120
+    while len(os.listdir(gate)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
 if int(kill_at) >= 0:  # die (SIGKILL, no clean-up) at this epoch of the first trial
     real = search.run_experiment
     def killing(cfg, seeds, folder, **kw):
@@ -42,8 +49,8 @@ print("SUMMARY " + json.dumps({"trials": summary["trials"], "selected": summary[
 """
 
 
-def _start(script, planted_dir, out, storage, trials, kill_at=-1):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _start(script, planted_dir, out, storage, trials, kill_at=-1, gate=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"START_GATE": str(gate)} if gate else {})}
     return subprocess.Popen([sys.executable, str(script), str(planted_dir), str(out), storage or "-", str(trials),
                              str(kill_at)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
@@ -52,7 +59,9 @@ def _two_workers(tmp_path, planted_dir, storage, trials=4):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     out = tmp_path / "search"
-    procs = [_start(script, planted_dir, out, storage, trials) for _ in range(2)]
+    gate = tmp_path / "gate"  # otherwise one worker can take every trial before the other has started
+    gate.mkdir()
+    procs = [_start(script, planted_dir, out, storage, trials, gate=gate) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     return out, outputs
