@@ -67,9 +67,8 @@ def worker(dataset: str, model: str, threads: str, wait: str, epochs: int) -> di
     """Time ``epochs`` epochs after a warm-up in this process (run by :func:`run_cell`)."""
     if wait == "gomp":
         import torch  # noqa: F401  (loaded before prismrec: OpenMP reads no policy)
-    from prismrec.threads import apply_threads, busy_cpus
-
     from prismrec.data import load_dataset
+    from prismrec.threads import apply_threads, busy_cpus
 
     busy = busy_cpus()
     data = load_dataset(dataset)

@@ -568,8 +568,8 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
 
 HOURS_LEFT = ("each cell as long as the median of the model's finished cells of its family on its dataset, "
               "in CPU seconds (wall seconds for cells recorded before 2026-12-05, which count the time a "
-              "paused or crowded run waited), EGRA's stage 1 included; where none finished, its epochs elsewhere (else "
-              "200, within the cap) times its 1-thread epoch in results/floors*.md, EGRA plus one MGCN run "
+              "paused or crowded run waited), EGRA's stage 1 included; where none finished, its epochs "
+              "elsewhere (else 200, within the cap) times its 1-thread epoch in results/floors*.md, EGRA plus one MGCN run "
               "per point of its λ_cl grid")
 
 
@@ -587,7 +587,8 @@ def hours_left(left: list[dict], cells: list[dict], cap: int) -> dict[str, float
     out = {}
     for cell in left:
         dataset, model = cell["dataset"], cell["model"]
-        seconds = median([c.get("cpu_seconds", c["seconds"]) for c in cells if "seconds" in c and "device" not in c  # CPU runs
+        seconds = median([c.get("cpu_seconds", c["seconds"]) for c in cells
+                          if "seconds" in c and "device" not in c  # CPU runs
                           and (c["dataset"], c["model"], c["family"]) == (dataset, model, cell["family"])], None)
         if seconds is None:
             seconds = run_s(dataset, model)

@@ -54,7 +54,7 @@ on 2 cores (2026-12-05, ``python -m benchmarks.contention --cells 1/PASSIVE,auto
 file per dataset and model in ``benchmarks/results/contention*.md``), epoch seconds with one / two
 passive threads on an idle machine: ml100k (2,625 nodes) BPR-MF 0.04 / 0.10, LightGCN 0.25 / 0.27,
 MGCN 0.91 / 1.19; lfm2k (3,283) BPR-MF 0.04 / 0.06, LightGCN 0.11 / 0.17, VBPR 0.10 / 0.13,
-FREEDOM 0.34 / 0.39, MGCN 0.78 / 0.91-1.04; but GUME, whose B x B InfoNCE GEMMs split well, 2.35
+FREEDOM 0.34 / 0.39, MGCN 0.62 / 0.76; but GUME, whose B x B InfoNCE GEMMs split well, 2.35
 / 2.17 (lfm2k) and 3.59 / 3.24 (ml100k). From tiktok (16,018) up two threads win or tie (LightGCN
 0.41 / 0.38, MGCN 1.49 / 1.55, GUME 4.12 / 3.34; baby (26,495) LightGCN 1.81 / 1.44, BPR-MF 0.91 /
 0.64; sports (53,955) LightGCN 8.6 / 5.6). Next to one competing process one thread was as fast as
@@ -224,7 +224,8 @@ def resolve_threads(setting: int | str, nodes: int | None = None) -> tuple[int, 
             if threads < cpus:
                 return threads, (f"threads auto -> {threads} of {cpus} usable CPUs ({nodes:,} users + items, "
                                  f"below {SMALL_GRAPH_NODES:,}: a small graph's kernels do not pay for waking "
-                                 "a sleeping thread; --set threads=N to choose, compare/tune --workers N to train cells side by side)")
+                                 "a sleeping thread; --set threads=N to choose, compare/tune --workers N to "
+                                 "train cells side by side)")
             return threads, f"threads auto -> {cpus} (usable CPUs; idle threads sleep)"
         busy = busy_cpus()
         threads = choose_threads(cpus, busy, passive=False)
