@@ -1,7 +1,8 @@
 """Epoch time idle and next to a competing CPU-bound process: thread counts and OpenMP wait policies.
 
-The same LightGCN epoch (training + one validation, default settings) is timed in fresh
-processes, one per cell, so that each gets its own OpenMP environment:
+The same epoch of one model (``--model``, default LightGCN; training + one validation, default
+settings plus the quality benchmarks' modality pair and weights, as ``benchmarks.floors`` takes)
+is timed in fresh processes, one per cell, so that each gets its own OpenMP environment:
 
 * threads: ``1``, ``2`` and ``auto`` (prismrec's default, :mod:`prismrec.threads`, decided when
   the run starts, i.e. after the competitor is running);
@@ -66,14 +67,16 @@ def worker(dataset: str, model: str, threads: str, wait: str, epochs: int) -> di
     """Time ``epochs`` epochs after a warm-up in this process (run by :func:`run_cell`)."""
     if wait == "gomp":
         import torch  # noqa: F401  (loaded before prismrec: OpenMP reads no policy)
+    from prismrec.data import load_dataset
     from prismrec.threads import apply_threads, busy_cpus
 
     busy = busy_cpus()
-    chosen = apply_threads("auto" if threads == "auto" else int(threads))
+    data = load_dataset(dataset)
+    chosen = apply_threads("auto" if threads == "auto" else int(threads), nodes=data.n_users + data.n_items)
     from benchmarks.epoch_speed import breakdown
-    from prismrec.data import load_dataset
+    from benchmarks.floors import settings
 
-    br = breakdown(model, load_dataset(dataset), epochs)
+    br = breakdown(model, data, epochs, settings=settings(model, dataset))
     return {"threads_used": chosen, "busy_seen": busy, "epoch_s": br["epoch_s"],
             "train_s": br["train_s"], "eval_s": br["eval_s"]}
 
@@ -89,9 +92,12 @@ def run_cell(args, threads: str, wait: str) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.contention", "--worker", threads, wait,
            "--dataset", args.dataset, "--model", args.model, "--epochs", str(args.epochs)]
     try:
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=args.cell_timeout)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.cell_timeout)
     except subprocess.TimeoutExpired:
         return {"timed_out": args.cell_timeout, "epoch_s": None, "threads_used": None, "busy_seen": None}
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"contention: the {threads}/{wait} cell of {args.model} on {args.dataset} failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -165,6 +171,61 @@ def markdown(res: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def passive_pair(cells: dict) -> dict | None:
+    """A run's passive cells by the threads they used: ``{1: cell, 2: cell}`` per condition
+    (``{"idle": {1: ..., 2: ...}, ...}``), None unless the idle condition has both."""
+    pairs = {}
+    for cond, by_cell in cells.items():
+        pairs[cond] = {}
+        for key, c in by_cell.items():
+            if key.endswith("/PASSIVE") and c["epoch_s"] and len(c["threads_used"]) == 1:
+                pairs[cond].setdefault(c["threads_used"][0], c)
+    return pairs if {1, 2} <= set(pairs.get("idle", {})) else None
+
+
+def matrix_markdown(rows: list[dict]) -> str:
+    """One line per (dataset, model) run with one and two passive threads: epoch seconds idle and
+    busy, and what ``threads=auto`` picks for 2 cores on that graph today."""
+    from prismrec.threads import SMALL_GRAPH_NODES, choose_threads
+
+    lines = ["# One or two passive threads, by dataset and model (2 cores)", "",
+             f"Epoch seconds (training + one validation; median of the rounds) with one / two passive threads, "
+             f"idle and next to one competing process, from every `results/contention*.json` that has both "
+             f"(their dates, loads and commands are in those files). 'auto picks': prismrec's `threads=auto` "
+             f"on 2 usable cores today (one thread below {SMALL_GRAPH_NODES:,} users + items, "
+             f"`prismrec.threads.SMALL_GRAPH_NODES`); a run's own 'auto' cell may predate that rule "
+             f"(the threads it used decide its column here). Rebuild: `python -m benchmarks.contention --matrix`.", "",
+             "| dataset | users + items | model | idle: 1 | 2 | 2 / 1 | busy: 1 | 2 | 2 / 1 | auto picks | run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["nodes"], r["model"])):
+        idle, busy = r["pair"]["idle"], r["pair"].get("busy", {})
+        b = [busy[n]["epoch_s"] if n in busy else None for n in (1, 2)]
+        busy_cols = [f"{x:.2f}" if x else "-" for x in b] + [f"{b[1] / b[0]:.2f}" if all(b) else "-"]
+        lines.append(f"| {r['dataset']} | {r['nodes']:,} | {r['model']} | {idle[1]['epoch_s']:.2f} | "
+                     f"{idle[2]['epoch_s']:.2f} | {idle[2]['epoch_s'] / idle[1]['epoch_s']:.2f} | "
+                     + " | ".join(busy_cols) + f" | {choose_threads(2, 0.0, nodes=r['nodes'])} | {r['date']} |")
+    return "\n".join(lines) + "\n"
+
+
+def matrix() -> None:
+    """Write ``results/contention_matrix.{json,md}`` from the committed contention results."""
+    from benchmarks.common import RESULTS, write
+    from prismrec.data import load_dataset
+
+    rows, nodes = [], {}
+    for path in sorted(RESULTS.glob("contention*.json")):
+        res = json.loads(path.read_text())
+        pair = passive_pair(res.get("cells", {})) if "model" in res else None
+        if pair is None:
+            continue
+        if res["dataset"] not in nodes:
+            data = load_dataset(res["dataset"])
+            nodes[res["dataset"]] = data.n_users + data.n_items
+        rows.append({"dataset": res["dataset"], "model": res["model"], "nodes": nodes[res["dataset"]],
+                     "date": res["date"], "file": path.name, "pair": pair})
+    write("contention_matrix", {"rows": rows}, matrix_markdown(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="lfm2k")
@@ -176,8 +237,13 @@ def main() -> None:
                         help="threads/wait pairs, e.g. 1/PASSIVE,2/ACTIVE,auto/PASSIVE")
     parser.add_argument("--cell-timeout", type=float, default=300.0, help="seconds before a cell is stopped")
     parser.add_argument("--note", default="", help="a line on the run's conditions, kept in the results")
+    parser.add_argument("--matrix", action="store_true",
+                        help="only rebuild results/contention_matrix.md (one vs two passive threads) from the runs")
     parser.add_argument("--worker", nargs=2, metavar=("THREADS", "WAIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.matrix:
+        matrix()
+        return
     if args.worker:
         print(json.dumps(worker(args.dataset, args.model, *args.worker, args.epochs)))
         return

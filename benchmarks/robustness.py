@@ -228,10 +228,10 @@ def run_cell(cell: dict, work: Path, epochs: int, impute: str, overwrite: bool =
     overrides = settings(cell["model"], cell["dataset"], epochs)
     config = resolve_config(cell["model"], name, {**overrides, **({"device": device} if device else {})})
     run_dir = work / "runs" / f"{cell_name(cell)}__e{epochs}"
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     metrics = run_experiment(config, [cell["seed"]], run_dir, data_dir, progress=False, overwrite=overwrite)
     record = {**cell, "input": name, "settings": overrides, "code": code,
-              "seconds": round(time.time() - t0, 1),
+              "seconds": round(time.time() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1),
               "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs"),
               "stop_reason": metrics.get("stop_reason"), **({"device": device} if device else {}),
               "test": {k: v for k, v in (metrics.get("test") or {}).items() if "@" in k},
@@ -567,8 +567,9 @@ def report(cells: list[dict], planned: list[dict], epochs: int) -> tuple[dict, s
 
 
 HOURS_LEFT = ("each cell as long as the median of the model's finished cells of its family on its dataset, "
-              "in wall seconds, EGRA's stage 1 included; where none finished, its epochs elsewhere (else "
-              "200, within the cap) times its 1-thread epoch in results/floors*.md, EGRA plus one MGCN run "
+              "in CPU seconds (wall seconds for cells recorded before 2026-12-05, which count the time a "
+              "paused or crowded run waited), EGRA's stage 1 included; where none finished, its epochs "
+              "elsewhere (else 200, within the cap) times its 1-thread epoch in results/floors*.md, EGRA plus one MGCN run "
               "per point of its λ_cl grid")
 
 
@@ -586,7 +587,8 @@ def hours_left(left: list[dict], cells: list[dict], cap: int) -> dict[str, float
     out = {}
     for cell in left:
         dataset, model = cell["dataset"], cell["model"]
-        seconds = median([c["seconds"] for c in cells if "seconds" in c and "device" not in c  # CPU runs
+        seconds = median([c.get("cpu_seconds", c["seconds"]) for c in cells
+                          if "seconds" in c and "device" not in c  # CPU runs
                           and (c["dataset"], c["model"], c["family"]) == (dataset, model, cell["family"])], None)
         if seconds is None:
             seconds = run_s(dataset, model)

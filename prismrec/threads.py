@@ -12,15 +12,14 @@ On a machine that other programs also use, two things go wrong with torch's defa
   imported, so it takes effect only when prismrec is imported before torch (as ``prismrec``'s
   command line always is); :func:`wait_policy` says what this process got.
 * **How many threads.** ``threads="auto"`` (the default of every run) takes the cores this
-  process may use (:func:`usable_cpus`: affinity mask and cgroup CPU quota). With passive waiting
-  that is all: a LightGCN epoch on an idle 2-core machine took 1.44 s with two passive threads
-  and 1.81 s with one on baby, 0.38 and 0.41 s on tiktok (on lfm2k, whose kernels take
-  microseconds, one thread was faster: 0.11 vs 0.17 s), and next to a competing process the two
-  cost the same within 5 % (2026-12-05, ``benchmarks/results/contention*.md``). Only when
-  OpenMP threads spin (the user chose ``ACTIVE``, or torch was loaded first) does it leave out
-  the cores other processes keep busy right now (:func:`busy_cpus`, a short sample of
-  ``/proc/stat``). :func:`choose_threads` is the rule; an explicit whole number is used as given,
-  and ``OMP_NUM_THREADS`` set by the user wins over ``auto``.
+  process may use (:func:`usable_cpus`: affinity mask and cgroup CPU quota), except on a small
+  graph (fewer than :data:`SMALL_GRAPH_NODES` users + items), where it takes one: with passive
+  waiting each parallel region pays a sleeping thread's wake-up, which a small graph's kernels
+  (microseconds) do not earn back. Only when OpenMP threads spin (the user chose ``ACTIVE``, or
+  torch was loaded first) does it leave out the cores other processes keep busy right now
+  (:func:`busy_cpus`, a short sample of ``/proc/stat``). :func:`choose_threads` is the rule; an
+  explicit whole number is used as given, and ``OMP_NUM_THREADS`` set by the user wins over
+  ``auto``.
 
 ``benchmarks/contention.py`` measures both choices, idle and next to a competing process.
 """
@@ -49,6 +48,17 @@ SAMPLE_S = 0.2
 """How long :func:`busy_cpus` watches the CPU counters."""
 FREE_SHARE = 0.5
 """A core counts as free for one more thread when other processes use less than this share of it."""
+SMALL_GRAPH_NODES = 8_000
+"""Below this many users + items, ``threads=auto`` with passive waiting takes one thread. Measured
+on 2 cores (2026-12-05, ``python -m benchmarks.contention --cells 1/PASSIVE,auto/PASSIVE``, one
+file per dataset and model in ``benchmarks/results/contention*.md``), epoch seconds with one / two
+passive threads on an idle machine: ml100k (2,625 nodes) BPR-MF 0.04 / 0.10, LightGCN 0.25 / 0.27,
+MGCN 0.91 / 1.19; lfm2k (3,283) BPR-MF 0.04 / 0.06, LightGCN 0.11 / 0.17, VBPR 0.10 / 0.13,
+FREEDOM 0.34 / 0.39, MGCN 0.62 / 0.76; but GUME, whose B x B InfoNCE GEMMs split well, 2.35
+/ 2.17 (lfm2k) and 3.59 / 3.24 (ml100k). From tiktok (16,018) up two threads win or tie (LightGCN
+0.41 / 0.38, MGCN 1.49 / 1.55, GUME 4.12 / 3.34; baby (26,495) LightGCN 1.81 / 1.44, BPR-MF 0.91 /
+0.64; sports (53,955) LightGCN 8.6 / 5.6). Next to one competing process one thread was as fast as
+two (within 2 %) or faster in every one of these cells (two / one: 0.98-1.28x)."""
 
 
 _LATE = False
@@ -75,19 +85,20 @@ def wait_policy() -> str:
     return "default" if _LATE or value not in ("PASSIVE", "ACTIVE") else value
 
 
-def choose_threads(cpus: int, busy: float, passive: bool = True) -> int:
-    """Threads for a run given ``cpus`` usable cores of which other processes keep ``busy`` busy.
+def choose_threads(cpus: int, busy: float, passive: bool = True, nodes: int | None = None) -> int:
+    """Threads for a run given ``cpus`` usable cores of which other processes keep ``busy`` busy,
+    on a graph of ``nodes`` users + items (None: unknown).
 
-    Pure function. With passive waiting, every usable core: idle threads sleep, so a busy core
-    costs little (measured: ``benchmarks/contention.py``). With spinning threads
-    (``passive=False``), ``cpus - busy`` rounded to whole free cores (a core counts when others
-    use less than :data:`FREE_SHARE` of it), at least 1: on 2 cores, idle -> 2, one competing
-    process -> 1.
+    Pure function. With passive waiting, every usable core (idle threads sleep, so a busy core
+    costs little; measured: ``benchmarks/contention.py``), but one on a graph smaller than
+    :data:`SMALL_GRAPH_NODES`. With spinning threads (``passive=False``), ``cpus - busy`` rounded
+    to whole free cores (a core counts when others use less than :data:`FREE_SHARE` of it), at
+    least 1: on 2 cores, idle -> 2, one competing process -> 1.
     """
     if cpus < 1:
         raise ValueError(f"cpus must be >= 1, got {cpus}")
     if passive:
-        return cpus
+        return 1 if nodes is not None and nodes < SMALL_GRAPH_NODES else cpus
     busy = max(0.0, float(busy))
     free = math.floor(cpus - busy + FREE_SHARE)
     return max(1, min(cpus, free))
@@ -195,12 +206,13 @@ def _env_threads() -> int | None:
     return int(value) if value.isdigit() and int(value) >= 1 else None
 
 
-def resolve_threads(setting: int | str) -> tuple[int, str]:
-    """Thread count for a ``threads`` setting, and a one-line reason.
+def resolve_threads(setting: int | str, nodes: int | None = None) -> tuple[int, str]:
+    """Thread count for a ``threads`` setting on a graph of ``nodes`` users + items (None:
+    unknown), and a one-line reason.
 
     ``"auto"``: ``OMP_NUM_THREADS`` when the user set it, else :func:`choose_threads` of the usable
-    cores (and, when OpenMP threads spin, of the cores busy now). A whole number >= 1 is used as
-    given; 0 keeps torch's current count.
+    cores and the graph's size (and, when OpenMP threads spin, of the cores busy now). A whole
+    number >= 1 is used as given; 0 keeps torch's current count.
     """
     if setting == "auto":
         env = _env_threads()
@@ -208,7 +220,13 @@ def resolve_threads(setting: int | str) -> tuple[int, str]:
             return env, f"threads auto -> {env} (OMP_NUM_THREADS)"
         cpus = usable_cpus()
         if wait_policy() == "PASSIVE":
-            return choose_threads(cpus, 0.0), f"threads auto -> {cpus} (usable CPUs; idle threads sleep)"
+            threads = choose_threads(cpus, 0.0, nodes=nodes)
+            if threads < cpus:
+                return threads, (f"threads auto -> {threads} of {cpus} usable CPUs ({nodes:,} users + items, "
+                                 f"below {SMALL_GRAPH_NODES:,}: a small graph's kernels do not pay for waking "
+                                 "a sleeping thread; --set threads=N to choose, compare/tune --workers N to "
+                                 "train cells side by side)")
+            return threads, f"threads auto -> {cpus} (usable CPUs; idle threads sleep)"
         busy = busy_cpus()
         threads = choose_threads(cpus, busy, passive=False)
         return threads, (f"threads auto -> {threads} ({cpus} usable CPUs, {busy:.1f} busy with other work; "
@@ -220,11 +238,12 @@ def resolve_threads(setting: int | str) -> tuple[int, str]:
     return int(setting), f"threads {setting}"
 
 
-def apply_threads(setting: int | str, log: Callable[[str], None] | None = None) -> int:
-    """Set torch's intra-op thread count from a ``threads`` setting; returns it and logs why."""
+def apply_threads(setting: int | str, log: Callable[[str], None] | None = None, nodes: int | None = None) -> int:
+    """Set torch's intra-op thread count from a ``threads`` setting for a graph of ``nodes`` users
+    + items (None: unknown); returns it and logs why."""
     import torch
 
-    threads, reason = resolve_threads(setting)
+    threads, reason = resolve_threads(setting, nodes)
     torch.set_num_threads(threads)
     if log is not None:
         spin = os.environ.get(SPIN_COUNT_ENV)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.contention import parse_cells, result_name
+from benchmarks.contention import matrix_markdown, parse_cells, passive_pair, result_name, run_cell
 from benchmarks.floors import KernelRecorder, build, kind, replay
 from benchmarks.peers import write_atomic_files
 from prismrec.data import BPRSampler
@@ -93,3 +93,32 @@ def test_contention_cells_parse_or_name_the_bad_one():
 def test_contention_runs_of_other_datasets_or_models_keep_their_own_files():
     names = {result_name(d, m) for d in ("lfm2k", "tiktok") for m in ("lightgcn", "mgcn")}
     assert names == {"contention", "contention_tiktok", "contention_mgcn", "contention_tiktok_mgcn"}
+
+
+def test_a_failed_contention_cell_stops_the_run_with_the_workers_last_line(monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    def failing(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "Traceback ...\nConfigError: freedom: set mm_weights\n")
+
+    monkeypatch.setattr(subprocess, "run", failing)
+    args = SimpleNamespace(dataset="lfm2k", model="freedom", epochs=1, cell_timeout=5.0)
+    with pytest.raises(SystemExit, match="1/PASSIVE cell of freedom on lfm2k failed: ConfigError: freedom: set mm_"):
+        run_cell(args, "1", "PASSIVE")
+
+
+def test_contention_matrix_pairs_cells_by_the_threads_they_used():
+    def cell(seconds, used):
+        return {"epoch_s": seconds, "threads_used": [used]}
+
+    old_auto = {"idle": {"1/PASSIVE": cell(0.1, 1), "auto/PASSIVE": cell(0.2, 2), "2/ACTIVE": cell(0.05, 2)},
+                "busy": {"1/PASSIVE": cell(0.1, 1), "auto/PASSIVE": cell(0.3, 2)}}
+    pair = passive_pair(old_auto)  # an "auto" cell from before the size rule used 2 threads
+    assert pair["idle"][2]["epoch_s"] == 0.2 and pair["busy"][2]["epoch_s"] == 0.3
+    assert passive_pair({"idle": {"1/PASSIVE": cell(0.1, 1), "2/ACTIVE": cell(0.05, 2)}}) is None
+    text = matrix_markdown([{"dataset": "lfm2k", "model": "bpr", "nodes": 3283, "date": "d", "pair": pair},
+                            {"dataset": "baby", "model": "bpr", "nodes": 26495, "date": "d", "pair": pair}])
+    rows = [line for line in text.splitlines() if line.startswith("| lfm2k") or line.startswith("| baby")]
+    assert rows[0].startswith("| lfm2k | 3,283 | bpr | 0.10 | 0.20 | 2.00 | 0.10 | 0.30 | 3.00 | 1 |")
+    assert " | 2 | d |" in rows[1]  # auto picks two threads from 8,000 users + items up

@@ -551,6 +551,10 @@ def test_robustness_hours_left_take_finished_cells_or_the_floors_epoch(tmp_path,
             {"dataset": "d", "model": "egra", "family": "robustness"}]  # 200 epochs of 1 s + 3 MGCN runs of 300 x 2 s
     assert rb.hours_left(left, done, 1000) == {"d": pytest.approx(1.5 + (200 * 1 + 3 * 300 * 2) / 3600)}
     assert rb.hours_left(left[1:], done, 20) == {"d": pytest.approx((20 * 1 + 3 * 20 * 2) / 3600)}  # within the cap
+    done[0]["cpu_seconds"] = 1800  # the CPU time a cell used, where recorded, not the wall time it waited
+    assert rb.hours_left(left[:1], done, 1000) == {"d": pytest.approx(1.5)}  # median of 1800, 7200, 5400
+    done[1]["cpu_seconds"] = 1800
+    assert rb.hours_left(left[:1], done, 1000) == {"d": pytest.approx(0.5)}
 
 
 def test_robustness_cells_train_on_the_device_given_and_record_it(tmp_path, monkeypatch):
@@ -572,5 +576,6 @@ def test_robustness_cells_train_on_the_device_given_and_record_it(tmp_path, monk
     on_cpu = rb.run_cell(cell, tmp_path, 1000, "mean")
     assert seen == ["cuda", "cpu"] and on_gpu["device"] == "cuda" and "device" not in on_cpu
     assert "device" not in on_gpu["settings"]
-    done = [{**on_gpu, "seconds": 60.0}, {**on_cpu, "seconds": 3600.0}]
+    assert on_cpu["cpu_seconds"] >= 0  # the cell's CPU time, recorded beside its wall time
+    done = [{**on_gpu, "seconds": 60.0, "cpu_seconds": 60.0}, {**on_cpu, "seconds": 3600.0, "cpu_seconds": 3600.0}]
     assert rb.hours_left([cell], done, 1000) == {"lfm2k": pytest.approx(1.0)}

@@ -11,8 +11,8 @@ import torch
 
 from prismrec.errors import ConfigError
 from prismrec.experiment.config import resolve_config
-from prismrec.threads import (CpuTimes, apply_threads, busy_from_samples, choose_threads, read_cpu_times,
-                              resolve_threads, set_default_wait_policy)
+from prismrec.threads import (SMALL_GRAPH_NODES, CpuTimes, apply_threads, busy_from_samples, choose_threads,
+                              read_cpu_times, resolve_threads, set_default_wait_policy)
 from prismrec.train.config import TrainConfig
 
 STAT = """cpu  300 40 60 1000 5 0 2 3 0 0
@@ -39,6 +39,14 @@ def test_choose_threads_when_threads_spin(cpus, busy, expected):
 @pytest.mark.parametrize("cpus, busy", [(2, 0.0), (2, 1.0), (2, 2.0), (8, 3.2)])
 def test_choose_threads_when_threads_sleep(cpus, busy):
     assert choose_threads(cpus, busy, passive=True) == cpus  # every usable core
+
+
+def test_a_small_graph_gets_one_passive_thread():
+    assert choose_threads(2, 0.0, nodes=SMALL_GRAPH_NODES - 1) == 1  # lfm2k, ml100k
+    assert choose_threads(2, 0.0, nodes=SMALL_GRAPH_NODES) == 2      # tiktok and up
+    assert choose_threads(8, 0.0, nodes=None) == 8                   # size unknown: every core
+    # spinning threads pay no wake-up: the size does not matter, the busy cores do
+    assert choose_threads(2, 0.0, passive=False, nodes=100) == 2
 
 
 def test_choose_threads_rejects_no_cpus():
@@ -69,6 +77,10 @@ def test_resolve_threads(monkeypatch):
     monkeypatch.setattr(threads, "busy_cpus", lambda: 1.0)
     monkeypatch.setattr(threads, "wait_policy", lambda: "PASSIVE")
     assert resolve_threads("auto")[0] == 4
+    threads_, reason = resolve_threads("auto", nodes=3283)
+    assert threads_ == 1 and reason.startswith("threads auto -> 1 of 4 usable CPUs (3,283 users + items, below 8,000")
+    assert resolve_threads("auto", nodes=16018)[0] == 4
+    assert resolve_threads(2, nodes=100)[0] == 2  # an explicit count is kept on a small graph
     monkeypatch.setattr(threads, "wait_policy", lambda: "ACTIVE")  # spinning: leave the busy core out
     assert resolve_threads("auto")[0] == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's explicit count wins over auto

@@ -149,9 +149,10 @@ def train_one_seed(
             f"config digest {run_digest(config)[:12]}"
             + (f", from the checkpoint after epoch {resume['epoch'] - 1}" if resume is not None else ""))
     try:
-        from prismrec.threads import apply_threads  # "auto": the cores free now; logged in run.log
+        from prismrec.threads import apply_threads  # "auto": from the cores and the graph's size; in run.log
 
-        apply_threads(cfg.threads, run.append_log if run is not None else None)
+        apply_threads(cfg.threads, run.append_log if run is not None else None,
+                      nodes=dataset.n_users + dataset.n_items)
         seed_everything(cfg.seed)
         model = build_model(config, dataset).to(cfg.device)
         evaluator = Evaluator(

@@ -83,8 +83,9 @@ class TrainConfig:
     """Torch device, e.g. ``cpu`` or ``cuda``."""
     threads: int | Literal["auto"] = "auto"
     """CPU threads for torch: ``auto`` = the cores this process may use (affinity, CPU quota;
-    ``OMP_NUM_THREADS`` when set; fewer when OpenMP threads spin and other processes keep cores
-    busy: :mod:`prismrec.threads`), a whole number >= 1 = that many, 0 = torch's default."""
+    ``OMP_NUM_THREADS`` when set; one on a graph under 8,000 users + items; fewer when OpenMP
+    threads spin and other processes keep cores busy: :mod:`prismrec.threads`), a whole number
+    >= 1 = that many, 0 = torch's default."""
     checkpoint_every_s: float = 0.0
     """Write a resumable training checkpoint into the run directory at the end of an epoch once
     this many seconds have passed since the last one; 0 = after every epoch. It changes only how
