@@ -50,7 +50,7 @@ FREE_SHARE = 0.5
 """A core counts as free for one more thread when other processes use less than this share of it."""
 SMALL_GRAPH_NODES = 8_000
 """Below this many users + items, ``threads=auto`` with passive waiting takes one thread. Measured
-on 2 cores (2026-12-05, ``python -m benchmarks.contention --cells 1/PASSIVE,auto/PASSIVE``, one
+on 2 cores (2026-12-05, ``python -m benchmarks.contention --cells 1/PASSIVE,2/PASSIVE``, one
 file per dataset and model in ``benchmarks/results/contention*.md``), epoch seconds with one / two
 passive threads on an idle machine: ml100k (2,625 nodes) BPR-MF 0.04 / 0.10, LightGCN 0.25 / 0.27,
 MGCN 0.91 / 1.19; lfm2k (3,283) BPR-MF 0.04 / 0.06, LightGCN 0.11 / 0.17, VBPR 0.10 / 0.13,
