@@ -1,18 +1,24 @@
-"""Study throughput: cells per hour of one ``prismrec compare``, sequential vs parallel workers.
+"""Study throughput: cells per hour of one ``prismrec compare``, run in different ways.
 
 The same compare (default: LightGCN, FREEDOM and MGCN on tiktok, 3 seeds, epochs capped) is run
-in two ways, each as a fresh ``prismrec compare`` into its own empty output folder:
+in each of these ways (``--ways``, default all), each as a fresh ``prismrec compare`` into its own
+empty output folder:
 
-* ``sequential``: one cell at a time with ``threads=2`` (every core for one cell);
-* ``workers``: ``--workers 2``, two cells at a time, one thread each.
+* ``sequential``: one cell at a time with every core (``--workers 1 --set threads=CORES``);
+* ``sequential-auto``: one cell at a time with the threads ``threads=auto`` gives it (one on a
+  graph below 8,000 users + items, every core above);
+* ``workers``: CORES cells at a time, one thread each (``--workers CORES --set threads=1``);
+* ``auto``: compare's default (``--workers auto``: each cell with the threads it takes alone, as
+  many side by side as the cores hold).
 
-Rounds alternate the order of the two (sequential first in even rounds), so that a load swing
-on a shared machine hits both alike; the table gives the median wall time and cells per hour
-of each, their range, and the 1-minute load average sampled every few seconds while each ran.
-Writes ``results/throughput.{json,md}``.
+Rounds alternate the order of the ways (reversed in odd rounds), so that a load swing on a
+shared machine hits them alike; the table gives the median wall time and cells per hour of each,
+their range, and the 1-minute load average sampled every few seconds while each ran.
+Writes ``results/throughput.{json,md}`` (tiktok) or ``results/throughput_<dataset>.{json,md}``.
 
     python -m benchmarks.throughput [--models lightgcn,freedom,mgcn] [--dataset tiktok]
-        [--seeds 3] [--epochs 3] [--rounds 1] [--cores 2] [--set MODEL.key=value] [--note TEXT]
+        [--seeds 3] [--epochs 3] [--rounds 1] [--cores 2] [--ways sequential,workers]
+        [--set MODEL.key=value] [--note TEXT]
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from benchmarks.common import machine, write
 def modes(cores: int) -> dict[str, list[str]]:
     """The compare options of each way of running the study on ``cores`` cores."""
     return {
-        "sequential": ["--set", f"threads={cores}"],
+        "sequential": ["--workers", "1", "--set", f"threads={cores}"],
+        "sequential-auto": ["--workers", "1"],
         "workers": ["--workers", str(cores), "--set", "threads=1"],
+        "auto": [],
     }
 
 
@@ -99,22 +107,22 @@ def markdown(res: dict) -> str:
     a = res["args"]
     lines = [f"# Study throughput: {a['models']} on {a['dataset']}, {a['seeds']} seeds "
              f"(epochs <= {a['epochs']})", "",
-             f"{res['machine']}; {a['cores']} cores; {a['rounds']} round(s), the two ways alternated; "
+             f"{res['machine']}; {a['cores']} cores; {a['rounds']} round(s), the ways' order alternated; "
              f"run {res['date']}.", ""]
     if a.get("note"):
         lines += [a["note"], ""]
-    lines += ["| way | options | wall s (range) | cells / hour (range) | 1-min load while running (mean) |",
-              "|---|---|---|---|---|"]
+    first = next(iter(res["modes"]))
+    lines += [f"| way | options | wall s (range) | cells / hour (range) | x {first} | "
+              "1-min load while running (mean) |", "|---|---|---|---|---|---|"]
     for name, s in res["modes"].items():
-        lines.append(f"| {name} | `{' '.join(modes(a['cores'])[name])}` | {s['wall_s']:.0f} "
+        options = " ".join(modes(a["cores"])[name])
+        lines.append(f"| {name} | {f'`{options}`' if options else 'none (the default)'} | {s['wall_s']:.0f} "
                      f"({s['wall_range'][0]:.0f}-{s['wall_range'][1]:.0f}) | {s['cells_per_hour']:.1f} "
                      f"({s['cells_per_hour_range'][0]:.1f}-{s['cells_per_hour_range'][1]:.1f}) | "
+                     f"{s['cells_per_hour'] / res['modes'][first]['cells_per_hour']:.2f} | "
                      f"{s['load1_range'][0]:.1f}-{s['load1_range'][1]:.1f} ({s['load1_mean']:.1f}) |")
-    seq, par = res["modes"]["sequential"], res["modes"]["workers"]
-    lines += ["", f"Two 1-thread workers: {par['cells_per_hour'] / seq['cells_per_hour']:.2f}x the cells per hour "
-              f"of one 2-thread cell at a time. Each run is a whole `prismrec compare` (process start, data "
-              "loading, graph building, training, validation, one test evaluation per cell, the report) "
-              "into an empty folder."]
+    lines += ["", "Each run is a whole `prismrec compare` (process start, data loading, graph building, training, "
+              "validation, one test evaluation per cell, the report) into an empty folder."]
     return "\n".join(lines) + "\n"
 
 
@@ -126,6 +134,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--cores", type=int, default=2, help="threads of the sequential run = workers of the other")
+    parser.add_argument("--ways", default=",".join(modes(2)), help=f"comma list of ways: {', '.join(modes(2))}")
     parser.add_argument("--set", action="append", default=None,
                         help="key=value or MODEL.key=value for every cell (repeatable; default: FREEDOM's "
                              "modality weights, which tiktok's image + audio need, as in the quality benchmarks)")
@@ -137,7 +146,10 @@ def main() -> None:
         option = {"epochs": "--epochs", "threads": "--cores"}.get(item.partition("=")[0].strip())
         if option:
             parser.error(f"--set {item}: choose it with {option}, not --set")
-    ways = modes(args.cores)
+    ways = {name: options for name, options in modes(args.cores).items() if name in args.ways.split(",")}
+    unknown = set(args.ways.split(",")) - set(ways)
+    if unknown:
+        parser.error(f"--ways {args.ways}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(modes(2))}")
     runs: dict[str, list[dict]] = {name: [] for name in ways}
     root = Path(tempfile.mkdtemp(prefix="prismrec-throughput-"))
     try:
@@ -154,7 +166,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(args),
            "modes": {name: summarise(rows) for name, rows in runs.items()}}
-    write("throughput", res, markdown(res))
+    write("throughput" if args.dataset == "tiktok" else f"throughput_{args.dataset}", res, markdown(res))
 
 
 if __name__ == "__main__":

@@ -174,6 +174,16 @@ def _output_folder(path: Path | None, option: str, what: str) -> None:
         raise ConfigError(f"{option} {path}: {above} is a file, not a folder; give a folder path for the {what}")
 
 
+def _workers(value: str) -> int | str:
+    """``--workers``: ``auto`` or a whole number >= 1, else one line saying so."""
+    value = value.strip().lower()
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"--workers {value}: give auto or a whole number >= 1 (cells trained at the same time)")
+    return int(value)
+
+
 def _check_device_override(overrides: dict) -> None:
     """A ``--set device=...`` (or ``pretrain_settings={device: ...}``) that is malformed or absent
     on this machine, refused before training."""
@@ -376,8 +386,10 @@ def compare(
         "(Benjamini-Hochberg) or none."),
     test: str = typer.Option(
         "t", help="The marks' paired per-user test: t (paired t-test) or wilcoxon (signed-rank)."),
-    workers: int = typer.Option(
-        1, min=1, help="Cells trained at the same time, each in its own process (CPU threads split between them)."),
+    workers: str = typer.Option(
+        "auto", help="Cells trained at the same time, each in its own process: auto (as many as the cores hold, "
+        "each with the threads it takes alone: two side by side on 2 cores for a graph below 8,000 users + items) "
+        "or N (N at a time, the cores split between them)."),
 ) -> None:
     """Train every model x dataset x seed; write results.json, results.md and the paper table.
 
@@ -389,6 +401,7 @@ def compare(
     from prismrec.experiment.config import model_class, parse_assignments
     from prismrec.experiment.seeds import resolve_seeds
 
+    n_workers = _workers(workers)
     seed_list = resolve_seeds(seeds, n_seeds, default_n=3)
     model_list, dataset_list = _names(models, "--models"), _names(datasets, "--datasets")
     for name in model_list:
@@ -400,7 +413,7 @@ def compare(
         reference = "lightgcn"
     results = run_compare(
         model_list, dataset_list, seed_list, out, overrides, str(data_dir) if data_dir else None,
-        log=lambda msg: typer.echo(msg), train=not report_only, reference=reference, workers=workers,
+        log=lambda msg: typer.echo(msg), train=not report_only, reference=reference, workers=n_workers,
         correction=correction, test=test,
     )
     console.print((out / "results.md").read_text())

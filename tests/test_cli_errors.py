@@ -194,6 +194,8 @@ CASES = {
                            "--quiet"],
                           r"novalid\.inter: the valid split is empty \(no row has x_label 1\); training selects"),
     # other commands
+    "compare: --workers 0": (["compare", "--models", "bpr", "--datasets", "planted", "--out", "{tmp}/c", "--workers", "0"],
+                             r"^error: --workers 0: give auto or a whole number >= 1"),
     "compare: empty model list": (["compare", "--models", ",", "--datasets", "planted", "--out", "{tmp}/c"],
                                   r"--models ',' names nothing"),
     "compare: unknown model": (["compare", "--models", "bpr,nope", "--datasets", "planted", "--out", "{tmp}/c"],

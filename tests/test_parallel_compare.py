@@ -1,4 +1,4 @@
-"""compare --workers N: cells in parallel processes give the same results as one after another."""
+"""compare --workers auto / N: cells in parallel processes give the same results as one after another."""
 
 import json
 import os
@@ -6,11 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from prismrec.cli import app
-from prismrec.experiment.compare import Cell, run_compare
+from prismrec.experiment.compare import Cell, _next_cell, plan_cells, run_compare
+from prismrec.experiment.config import resolve_config
 from prismrec.experiment.rundir import RunDir
 
 runner = CliRunner()
@@ -25,10 +27,12 @@ def _metrics(root, dataset="planted"):
 def test_two_workers_equal_one_after_another(planted_dir, tmp_path):
     common = ["compare", "--models", "lightgcn", "--datasets", "planted", "--seeds", "1,2",
               "--data-dir", str(planted_dir.parent), *SETTINGS]
-    sequential = runner.invoke(app, common + ["--out", str(tmp_path / "seq")])
+    sequential = runner.invoke(app, common + ["--out", str(tmp_path / "seq"), "--workers", "1"])
     assert sequential.exit_code == 0, sequential.output
-    parallel = runner.invoke(app, common + ["--out", str(tmp_path / "par"), "--workers", "2"])
+    parallel = runner.invoke(app, common + ["--out", str(tmp_path / "par")])  # --workers auto
     assert parallel.exit_code == 0, parallel.output
+    if len(os.sched_getaffinity(0)) > 1:  # 1-thread cells of a small graph: side by side
+        assert "(planted: 1), side by side where they fit" in parallel.output
     seq, par = _metrics(tmp_path / "seq"), _metrics(tmp_path / "par")
     assert len(seq) == 2 and seq == par  # every cell's metrics.json, equal
     for seed in (1, 2):  # and the trained weights, bit for bit
@@ -45,6 +49,45 @@ def test_threads_are_split_between_workers(tmp_path):
     assert cmd[cmd.index("--seeds") + 1] == "1"
     assert "threads=3" in cmd and "epochs=2" in cmd
     assert not any(a.startswith("threads=") for a in cell.command(None, threads=None))
+
+
+def _cells(model, dataset, seeds=(1, 2)):
+    return [Cell(dataset, model, s, Path(f"/nowhere/{s}"), {}, "d") for s in seeds]
+
+
+def test_auto_workers_give_each_cell_the_threads_it_takes_alone(monkeypatch):
+    import prismrec.threads as threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(threads, "wait_policy", lambda: "PASSIVE")
+    configs = {("small", "bpr"): resolve_config("bpr", "small"),
+               ("large", "bpr"): resolve_config("bpr", "large"),
+               ("small", "lightgcn"): resolve_config("lightgcn", "small", {"threads": 2}),
+               ("small", "mgcn"): resolve_config("mgcn", "small", {"device": "cuda"})}
+    nodes = {"small": threads.SMALL_GRAPH_NODES - 1, "large": threads.SMALL_GRAPH_NODES}
+    cells = [c for d, m in configs for c in _cells(m, d)]
+    logged = []
+    planned, capacity, told = plan_cells(cells, "auto", configs, nodes, False, logged.append)
+    assert capacity == 2 and told is None  # each cell runs with its own threads setting
+    assert {(c.dataset, c.model): c.cores for c in planned} == {
+        ("small", "bpr"): 1, ("large", "bpr"): 2, ("small", "lightgcn"): 2, ("small", "mgcn"): 2}
+    assert logged == ["[compare] 8 cells share 2 cores, each with the threads it would take alone (small: 1-2; "
+                      "large: 2), side by side where they fit (--workers N: N at a time)"]
+    # --workers N: N at a time, the cores split between them unless --set threads fixes them
+    assert plan_cells(cells, 2, configs, nodes, False, logged.append)[1:] == (2, 1)
+    assert plan_cells(cells, 2, configs, nodes, True, logged.append)[1:] == (2, None)
+    assert plan_cells(cells, 1, configs, nodes, False, logged.append)[1:] == (1, None)
+
+
+def test_the_next_cell_is_the_first_that_fits():
+    one, two = Cell("a", "bpr", 1, Path("x"), {}, "d", cores=1), Cell("b", "bpr", 1, Path("y"), {}, "d", cores=2)
+    assert _next_cell([two, one], 1, running=["r"]) is one  # a 2-core cell waits; a 1-core one fills the gap
+    assert _next_cell([two, one], 0, running=["r"]) is None
+    assert _next_cell([two, one], 2, running=[]) is two  # in order
+    big = Cell("c", "bpr", 1, Path("z"), {}, "d", cores=8)
+    assert _next_cell([big], 2, running=[]) is big  # more than the capacity: alone
+    assert _next_cell([big], 1, running=["r"]) is None
 
 
 def test_a_failing_cell_does_not_stop_the_others(planted_dir, tmp_path):

@@ -3,8 +3,10 @@
 Every model name, dataset and setting is checked before anything is trained, each cell's settings
 against its dataset too (:func:`check_cell`: ``knn_k`` above its items, a modality it lacks). Each
 cell (dataset, model, seed) is then trained in its own subprocess (``prismrec train``), so a crash
-cannot take the sweep down and each cell's peak memory is its own; ``workers`` cells train at the
-same time, in as many processes, the CPU threads split between them. Each cell is a run directory
+cannot take the sweep down and each cell's peak memory is its own. Cells share the CPU cores
+(:func:`plan_cells`): by default (``workers="auto"``) each takes the threads its own run would
+(``threads=auto``: one on a small graph, every core on a larger one) and as many cells train side by
+side as the cores hold; ``workers=N`` trains N at a time, the threads split between them. Each cell is a run directory
 (:mod:`prismrec.experiment.rundir`): a finished cell with the same resolved configuration is
 skipped, and a killed cell resumes from its last training checkpoint, so an interrupted sweep
 resumes where it stopped, mid-training. A cell holding another configuration is retrained.
@@ -167,7 +169,7 @@ def run_compare(
     log=print,
     train: bool = True,
     reference: str | None = None,
-    workers: int = 1,
+    workers: int | str = "auto",
     correction: str = "holm",
     test: str = "t",
 ) -> dict:
@@ -182,18 +184,19 @@ def run_compare(
     of the paired ``test`` (``t`` or ``wilcoxon``), adjusted over the table by ``correction``
     (``holm``, ``bh`` or ``none``).
 
-    ``workers``: cells trained at the same time, each in its own process (:func:`train_cells`);
-    with more than one, the CPU threads are split between them (``threads`` = cores // workers
-    unless ``--set threads=...`` fixes it; threads are not part of a cell's configuration, so
-    finished cells are reused either way). A cell's result depends only on its settings and seed,
-    not on the order or company it was trained in. The summary is written once, at the end.
+    ``workers``: how cells share the CPU cores, each in its own process (:func:`plan_cells`,
+    :func:`train_cells`): ``"auto"``, as many side by side as the cores hold, each taking the
+    threads its run would take alone; a whole number N, N at a time with cores // N threads each
+    unless ``--set threads=...`` fixes them. Threads are not part of a cell's configuration, so
+    finished cells are reused either way, and a cell's result depends only on its settings and
+    seed, not on the order or company it was trained in. The summary is written once, at the end.
     """
     overrides = overrides or {}
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"--out {out_dir} is a file: give a folder for the comparison")
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: give at least 1 (cells trained at the same time)")
+    if workers != "auto" and not (isinstance(workers, int) and workers >= 1):
+        raise ConfigError(f"--workers {workers}: give auto or a whole number >= 1 (cells trained at the same time)")
     configs = check_inputs(models, datasets, seeds, overrides, data_dir)
     if reference is not None and reference not in models:
         raise ConfigError(f"--reference {reference!r} is not one of the compared models {models}")
@@ -207,10 +210,12 @@ def run_compare(
     if not train and not out_dir.is_dir():  # was an --out folder made to hold an empty summary
         raise RunError(f"--out {out_dir} does not exist: --report-only summarises the finished cells of an "
                        "earlier comparison in that folder; check the path, or drop --report-only to train")
+    nodes: dict[str, int] = {}  # users + items of each dataset's graph
     if train:  # a cell that could only fail, before anything is written or trained
         for dataset in datasets:
             data = load_dataset(dataset, data_dir, modalities=[])  # the interactions alone
             require_splits(data)
+            nodes[dataset] = data.n_users + data.n_items
             names = replace(data, features=dict.fromkeys(feature_files(data.path)))  # and its modalities' names
             for model in models:
                 check_cell(configs[(dataset, model)], names)
@@ -235,10 +240,8 @@ def run_compare(
                 else:
                     _clear_other_run(cell, identity_digest, seed, log)
                     todo.append(Cell(dataset, model, seed, cell, model_overrides(overrides, model, models), digest))
-    threads = None
-    if workers > 1 and "threads" not in overrides:
-        threads = max(1, available_cores() // workers)
-    for key, outcome in train_cells(todo, workers, data_dir, threads, log).items():
+    todo, capacity, threads = plan_cells(todo, workers, configs, nodes, "threads" in overrides, log)
+    for key, outcome in train_cells(todo, capacity, data_dir, threads, log).items():
         if isinstance(outcome, dict):
             done[key] = outcome
         else:
@@ -267,6 +270,8 @@ class Cell:
     path: Path
     settings: dict
     digest: str
+    cores: int = 1
+    """The cores it occupies while it trains (:func:`plan_cells`)."""
 
     def command(self, data_dir: str | None, threads: int | None) -> list[str]:
         """The ``prismrec train`` command line of this cell."""
@@ -280,21 +285,50 @@ class Cell:
         return cmd
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+def plan_cells(cells: list[Cell], workers: int | str, configs: dict, nodes: dict[str, int],
+               threads_set: bool, log) -> tuple[list[Cell], int, int | None]:
+    """How ``cells`` share this process's usable cores: the cells, each with the ``cores`` it
+    occupies; the capacity :func:`train_cells` fills with them; the threads every cell is told
+    to take (None: each its own ``threads`` setting).
+
+    ``workers="auto"``: the capacity is the usable cores (:func:`prismrec.threads.usable_cpus`),
+    and each cell occupies the threads its run would take alone (:func:`prismrec.threads.resolve_threads`
+    of its ``threads`` setting and its graph's users + items): on a 2-core machine two cells of a
+    small graph (fewer than ``SMALL_GRAPH_NODES``, where ``threads=auto`` takes one thread) train
+    side by side, a larger graph's cells one at a time on both cores. A cell on a GPU trains
+    alone. ``workers=N``: N cells at a time, each told to take cores // N threads when N > 1
+    and ``threads_set`` is false (no ``--set threads``)."""
+    from prismrec.threads import resolve_threads, usable_cpus
+
+    cpus = usable_cpus()
+    if workers != "auto":
+        threads = max(1, cpus // workers) if workers > 1 and not threads_set else None
+        return cells, workers, threads
+    needs: dict[tuple[str, str], int] = {}
+    for cell in cells:
+        train = configs[(cell.dataset, cell.model)].train
+        if (cell.dataset, cell.model) not in needs:
+            alone = cpus if str(train.device) != "cpu" else resolve_threads(train.threads, nodes[cell.dataset])[0]
+            needs[(cell.dataset, cell.model)] = max(1, min(cpus, alone))
+    if len(cells) > 1 and min(needs.values()) < cpus:
+        per_dataset = {}
+        for (dataset, _), n in needs.items():
+            per_dataset.setdefault(dataset, set()).add(n)
+        threads = "; ".join(f"{d}: {min(n)}" + (f"-{max(n)}" if len(n) > 1 else "") for d, n in per_dataset.items())
+        log(f"[compare] {len(cells)} cells share {cpus} cores, each with the threads it would take alone "
+            f"({threads}), side by side where they fit (--workers N: N at a time)")
+    return [replace(cell, cores=needs[(cell.dataset, cell.model)]) for cell in cells], cpus, None
 
 
-def train_cells(cells: list[Cell], workers: int, data_dir: str | None, threads: int | None,
+def train_cells(cells: list[Cell], capacity: int, data_dir: str | None, threads: int | None,
                 log) -> dict[tuple[str, str, int], dict | str]:
-    """Train ``cells``, at most ``workers`` at a time, each in its own ``prismrec train`` process;
+    """Train ``cells``, each in its own ``prismrec train`` process (told to take ``threads``
+    threads unless None), as many at a time as their ``cores`` fit in ``capacity`` (the first
+    pending cell that fits starts next; one that needs more than the capacity trains alone);
     return each cell's metrics (a dict) or the reason it failed (the last lines of its output).
 
     A cell's process is independent of the others (its own run directory, seed and settings), so
-    the results do not depend on ``workers``. Ctrl-C or SIGTERM stops the running cells with
+    the results do not depend on which cells train together. Ctrl-C or SIGTERM stops the running cells with
     SIGINT, so each leaves its last checkpoint (a rerun resumes them) and the interrupt is raised
     again; the cells are also told to stop should this process die without that chance (Linux).
     """
@@ -303,8 +337,8 @@ def train_cells(cells: list[Cell], workers: int, data_dir: str | None, threads: 
     previous_handler = _stop_on_sigterm()
     try:
         while pending or running:
-            while pending and len(running) < workers:
-                cell = pending.pop(0)
+            while (cell := _next_cell(pending, capacity - sum(r[0].cores for r in running), running)) is not None:
+                pending.remove(cell)
                 resuming = RunDir(cell.path).state().kind == "running"
                 log(f"[compare] {cell.dataset} / {cell.model} / seed {cell.seed}: "
                     + ("resuming" if resuming else "training"))
@@ -312,7 +346,7 @@ def train_cells(cells: list[Cell], workers: int, data_dir: str | None, threads: 
                 proc = subprocess.Popen(cell.command(data_dir, threads), stdout=output, stderr=subprocess.STDOUT,
                                         text=True, preexec_fn=_die_with_parent)
                 running.append((cell, proc, output))
-            time.sleep(0.05 if len(running) < workers and pending else 0.2)
+            time.sleep(0.2)
             for item in [r for r in running if r[1].poll() is not None]:
                 running.remove(item)
                 cell, proc, output = item
@@ -341,6 +375,13 @@ def train_cells(cells: list[Cell], workers: int, data_dir: str | None, threads: 
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     return outcomes
+
+
+def _next_cell(pending: list[Cell], free: int, running: list) -> Cell | None:
+    """The first pending cell whose cores fit in ``free``; with nothing running, the first one."""
+    if pending and not running:
+        return pending[0]
+    return next((cell for cell in pending if cell.cores <= free), None)
 
 
 def _stop_on_sigterm():
