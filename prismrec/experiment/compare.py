@@ -20,7 +20,6 @@ side by side, best bold, significance marks against a reference model).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -314,9 +313,9 @@ def plan_cells(cells: list[Cell], workers: int | str, configs: dict, nodes: dict
         per_dataset = {}
         for (dataset, _), n in needs.items():
             per_dataset.setdefault(dataset, set()).add(n)
-        threads = "; ".join(f"{d}: {min(n)}" + (f"-{max(n)}" if len(n) > 1 else "") for d, n in per_dataset.items())
+        shown = "; ".join(f"{d}: {min(n)}" + (f"-{max(n)}" if len(n) > 1 else "") for d, n in per_dataset.items())
         log(f"[compare] {len(cells)} cells share {cpus} cores, each with the threads it would take alone "
-            f"({threads}), side by side where they fit (--workers N: N at a time)")
+            f"({shown}), side by side where they fit (--workers N: N at a time)")
     return [replace(cell, cores=needs[(cell.dataset, cell.model)]) for cell in cells], cpus, None
 
 
