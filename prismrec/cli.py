@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import sys
@@ -550,11 +551,17 @@ def tune(
         None, help="Study storage shared by workers: an Optuna database URL (postgresql://USER@HOST/DB) "
         "or journal:PATH (a file on a shared file system). Default: <out>/study.db."),
     study_name: str = typer.Option("prismrec", help="The study's name in --storage."),
+    workers: int = typer.Option(
+        1, min=1, help="Worker processes on the study: this one and N-1 more started with the same options "
+        "(their output in <out>/worker-<k>.log), each trial with cores // N threads unless --set threads is "
+        "given. Parallel trials are drawn from fewer finished ones, so the trials depend on N and on timing; "
+        "1 (the default) is reproducible."),
     data_dir: DataDir = None,
 ) -> None:
     """Search settings on validation (Optuna TPE, test never read), then train the best with seeds."""
     from prismrec.experiment.config import parse_assignments, resolve_config
     from prismrec.experiment.search import parse_space, selected_settings, tune as run_tune
+    from prismrec.experiment.workers import extra_workers
     from prismrec.experiment.seeds import resolve_seeds
 
     final_seeds = resolve_seeds(seeds, n_seeds, default_n=3)
@@ -564,11 +571,25 @@ def tune(
     check_run_devices(resolve_config(model, dataset, overrides))
     _output_folder(out, "--out", "study")
     load_dataset(dataset, data_dir)  # a missing or broken dataset, before the study starts
-    summary = run_tune(
-        model, dataset, space, trials, out, overrides, data_dir,
-        final_seeds=final_seeds, prune=prune, log=lambda msg: console.print(msg, highlight=False),
-        storage=storage, study_name=study_name,
-    )
+    command = []  # the other workers' command line
+    if workers > 1:
+        from prismrec.threads import usable_cpus
+
+        overrides.setdefault("threads", max(1, usable_cpus() // workers))
+        command = [sys.executable, "-m", "prismrec", "tune", "--model", model, "--dataset", dataset,
+                   *(x for entry in space for x in ("--space", entry)), "--trials", str(trials), "--out", str(out),
+                   "--seeds", ",".join(map(str, final_seeds)), "--study-name", study_name,
+                   *(x for key, value in overrides.items() for x in ("--set", f"{key}={json.dumps(value)}")),
+                   *(["--prune"] if prune else []), *(["--storage", storage] if storage else []),
+                   *(["--data-dir", str(data_dir)] if data_dir else [])]
+        console.print(f"{workers} workers on the study: this one and {workers - 1} more (output in "
+                      f"{out}/worker-<k>.log), {overrides['threads']} thread(s) a trial", highlight=False)
+    with extra_workers(command, out, workers - 1):
+        summary = run_tune(
+            model, dataset, space, trials, out, overrides, data_dir,
+            final_seeds=final_seeds, prune=prune, log=lambda msg: console.print(msg, highlight=False),
+            storage=storage, study_name=study_name,
+        )
     console.print((out / "tuning.md").read_text())
     chosen = summary["selected"]["params"]  # as the study stores them (a choice as its text)
     console.print(f"selected: {selected_settings(parse_space(space, model), chosen)}", highlight=False)

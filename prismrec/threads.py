@@ -225,7 +225,7 @@ def resolve_threads(setting: int | str, nodes: int | None = None) -> tuple[int, 
                 return threads, (f"threads auto -> {threads} of {cpus} usable CPUs ({nodes:,} users + items, "
                                  f"below {SMALL_GRAPH_NODES:,}: a small graph's kernels do not pay for waking "
                                  "a sleeping thread; --set threads=N to choose; compare trains such cells "
-                                 "side by side, and tune runs in parallel as several processes on one study)")
+                                 "side by side, tune --workers 2 runs two trials at a time)")
             return threads, f"threads auto -> {cpus} (usable CPUs; idle threads sleep)"
         busy = busy_cpus()
         threads = choose_threads(cpus, busy, passive=False)

@@ -205,3 +205,44 @@ def postgres_url():
 def test_two_workers_share_a_postgresql_study(planted_dir, tmp_path, postgres_url):
     out, outputs = _two_workers(tmp_path, planted_dir, postgres_url)
     _check_shared(out, outputs, 4)
+
+
+def test_tune_workers_option_starts_the_others_itself(planted_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from prismrec.cli import app
+
+    out = tmp_path / "t"
+    result = CliRunner().invoke(app, [
+        "tune", "--model", "bpr", "--dataset", "planted", "--data-dir", str(planted_dir.parent), "--out", str(out),
+        "--trials", "4", "--seeds", "5", "--set", "epochs=2", "--space", "lr=1e-3..1e-1:log", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "2 workers on the study: this one and 1 more" in result.output
+    other = (out / "worker-1.log").read_text()
+    assert "Traceback" not in other
+    # the other worker ran on the same study (trials, or the final seeds) and ends with the same selection
+    assert other.strip().splitlines()[-1] == result.output.strip().splitlines()[-1]
+    assert other.strip().splitlines()[-1].startswith("selected: {'lr': ")
+    trials = json.loads((out / "tuning.json").read_text())["trials"]
+    assert 4 <= len(trials) <= 5 and all(t["state"] == "complete" for t in trials)
+    assert (out / "best" / "FINISHED").is_file() and not (out / "best.claim").exists()
+    # every trial ran with the threads split between the two workers, and the search stays the same
+    # search when resumed with one worker (threads are not part of its identity)
+    assert json.loads((out / "search.json").read_text())["overrides"]["threads"] >= 1
+    again = CliRunner().invoke(app, [
+        "tune", "--model", "bpr", "--dataset", "planted", "--data-dir", str(planted_dir.parent), "--out", str(out),
+        "--trials", "4", "--seeds", "5", "--set", "epochs=2", "--space", "lr=1e-3..1e-1:log"])
+    assert again.exit_code == 0, again.output
+
+
+def test_a_failed_extra_worker_is_one_line_naming_its_log(tmp_path):
+    from prismrec.errors import RunError
+    from prismrec.experiment.workers import extra_workers
+
+    command = [sys.executable, "-c", "import sys; print('first'); print('the reason'); sys.exit(3)"]
+    with pytest.raises(RunError, match=r"worker-1.log stopped with exit code 3: the reason \(its output: "):
+        with extra_workers(command, tmp_path, 1):
+            pass
+    with extra_workers(command, tmp_path / "none", 0):  # no extra worker: nothing started, nothing written
+        pass
+    assert not (tmp_path / "none").exists()

@@ -20,12 +20,9 @@ side by side, best bold, significance marks against a reference model).
 from __future__ import annotations
 
 import json
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +30,7 @@ from typing import Any
 
 from prismrec.data.dataset import feature_files, find_dataset, load_dataset
 from prismrec.errors import ConfigError, ModelRefused, RunError
+from prismrec.experiment import children
 from prismrec.experiment.config import resolve_config
 from prismrec.experiment.rundir import RunDir, run_digest, write_atomic
 from prismrec.experiment.runs import aggregate, require_splits
@@ -333,8 +331,8 @@ def train_cells(cells: list[Cell], capacity: int, data_dir: str | None, threads:
     """
     outcomes: dict[tuple[str, str, int], dict | str] = {}
     pending, running = list(cells), []
-    previous_handler = _stop_on_sigterm()
-    try:
+    procs: list = []  # the running cells' processes, stopped cleanly on an interrupt
+    with children.supervised(procs):
         while pending or running:
             while (cell := _next_cell(pending, capacity - sum(r[0].cores for r in running), running)) is not None:
                 pending.remove(cell)
@@ -342,13 +340,14 @@ def train_cells(cells: list[Cell], capacity: int, data_dir: str | None, threads:
                 log(f"[compare] {cell.dataset} / {cell.model} / seed {cell.seed}: "
                     + ("resuming" if resuming else "training"))
                 output = tempfile.TemporaryFile(mode="w+")
-                proc = subprocess.Popen(cell.command(data_dir, threads), stdout=output, stderr=subprocess.STDOUT,
-                                        text=True, preexec_fn=_die_with_parent)
+                proc = children.start(cell.command(data_dir, threads), output)
+                procs.append(proc)
                 running.append((cell, proc, output))
             time.sleep(0.2)
             for item in [r for r in running if r[1].poll() is not None]:
                 running.remove(item)
                 cell, proc, output = item
+                procs.remove(proc)
                 output.seek(0)
                 text = output.read()
                 output.close()
@@ -360,19 +359,6 @@ def train_cells(cells: list[Cell], capacity: int, data_dir: str | None, threads:
                 error = "\n".join(text.strip().splitlines()[-5:])
                 outcomes[key] = error
                 log(f"[compare] {cell.dataset} / {cell.model} / seed {cell.seed}: FAILED\n" + error)
-    except BaseException:
-        for _, proc, _ in running:  # each cell stops cleanly, leaving its checkpoint
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for _, proc, _ in running:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
     return outcomes
 
 
@@ -381,30 +367,6 @@ def _next_cell(pending: list[Cell], free: int, running: list) -> Cell | None:
     if pending and not running:
         return pending[0]
     return next((cell for cell in pending if cell.cores <= free), None)
-
-
-def _stop_on_sigterm():
-    """Turn SIGTERM into KeyboardInterrupt while cells train (main thread only); return the old
-    handler (None when not installed)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, interrupt)
-
-
-def _die_with_parent() -> None:
-    """In a cell's process: receive SIGTERM when the comparison process dies (Linux), so a killed
-    comparison leaves no orphan training on (the cell keeps its last checkpoint)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:  # pragma: no cover
-            pass
 
 
 def _write_paper(results: dict, out_dir: Path, reference: str | None, data_dir, log, correction: str = "holm",

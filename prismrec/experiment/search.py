@@ -468,11 +468,22 @@ def _finished_final(out: Path, selected: int, seeds: list[int]) -> dict | None:
     return metrics if same and metrics.get("status") == "ok" else None
 
 
+RUN_ONLY = ("threads", "device")
+"""Fixed settings that say where and how fast a search runs, not what it finds (a config's digest
+leaves them out too): a search resumed with other values (e.g. ``--workers 2`` and its threads) is
+the same search."""
+
+
 def _check_resume(path: Path, spec: dict) -> None:
-    """Record the search's identity; a different one in the same folder is an error."""
+    """Record the search's identity; a different one in the same folder is an error (the fixed
+    settings of :data:`RUN_ONLY` are not part of it)."""
+    def identity(record: dict) -> dict:
+        overrides = {k: v for k, v in (record.get("overrides") or {}).items() if k not in RUN_ONLY}
+        return {**record, "overrides": overrides}
+
     if path.exists():
         recorded = json.loads(path.read_text())
-        if recorded != json.loads(json.dumps(spec, default=str)):
+        if identity(recorded) != identity(json.loads(json.dumps(spec, default=str))):
             raise RunError(
                 f"{path.parent} holds another search ({recorded}); resume it with the same "
                 "model, dataset, space and settings, or choose a new --out"

@@ -24,6 +24,7 @@ directories, the final runs). What keeps them from stepping on each other:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -255,3 +256,33 @@ def wait_for(condition, what: str, log, poll_s: float = 2.0, timeout_s: float | 
         if timeout_s is not None and time.time() - started > timeout_s:
             raise RunError(f"gave up waiting for {what} after {timeout_s:.0f}s")
         time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def extra_workers(command: list[str], out: Path, n: int):
+    """Run ``n`` more worker processes of ``command`` (a ``prismrec tune`` command line with this
+    one's options) beside the block (this process's own worker), each writing its output to
+    ``<out>/worker-<k>.log``; after the block, wait for them. A worker that failed is a
+    :class:`RunError` naming its log's last line; an interrupt stops them, leaving each trial's
+    checkpoint (:func:`prismrec.experiment.children.supervised`)."""
+    if n < 1:
+        yield
+        return
+    from prismrec.experiment import children
+
+    out.mkdir(parents=True, exist_ok=True)
+    logs = [out / f"worker-{k}.log" for k in range(1, n + 1)]
+    procs: list = []
+    with children.supervised(procs):
+        for path in logs:
+            with path.open("w") as output:  # the child keeps its own descriptor
+                procs.append(children.start([*command, "--workers", "1"], output))
+        yield
+        for proc in procs:
+            proc.wait()
+    failed = [(path, proc.returncode) for path, proc in zip(logs, procs) if proc.returncode != 0]
+    if failed:
+        path, code = failed[0]
+        lines = path.read_text(errors="replace").strip().splitlines()
+        raise RunError(f"tune worker {path.name} stopped with exit code {code}: "
+                       f"{lines[-1] if lines else '(no output)'} (its output: {path})")
