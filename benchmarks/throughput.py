@@ -11,14 +11,19 @@ empty output folder:
 * ``auto``: compare's default (``--workers auto``: each cell with the threads it takes alone, as
   many side by side as the cores hold).
 
+With ``--tune SPACE`` the study is a ``prismrec tune`` of the one model in ``--models`` over
+``SPACE`` (``--trials`` trials, then ``--seeds`` final seeds; a trained run counts as a cell) in the
+ways ``tune`` (one worker, ``--workers 1``) and ``tune-workers`` (``--workers CORES``).
+
 Rounds alternate the order of the ways (reversed in odd rounds), so that a load swing on a
 shared machine hits them alike; the table gives the median wall time and cells per hour of each,
 their range, and the 1-minute load average sampled every few seconds while each ran.
-Writes ``results/throughput.{json,md}`` (tiktok) or ``results/throughput_<dataset>.{json,md}``.
+Writes ``results/throughput.{json,md}`` (a compare on tiktok) or
+``results/throughput_<dataset>[_tune].{json,md}``.
 
     python -m benchmarks.throughput [--models lightgcn,freedom,mgcn] [--dataset tiktok]
         [--seeds 3] [--epochs 3] [--rounds 1] [--cores 2] [--ways sequential,workers]
-        [--set MODEL.key=value] [--note TEXT]
+        [--tune "lr=1e-4..1e-2:log" --trials 6] [--set MODEL.key=value] [--note TEXT]
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ def modes(cores: int) -> dict[str, list[str]]:
     }
 
 
+def tune_modes(cores: int) -> dict[str, list[str]]:
+    """The tune options of each way of running a search on ``cores`` cores."""
+    return {"tune": ["--workers", "1"], "tune-workers": ["--workers", str(cores)]}
+
+
 class LoadSampler:
     """Samples the 1-minute load average every ``every`` seconds in a background thread."""
 
@@ -70,25 +80,35 @@ class LoadSampler:
         self._thread.join()
 
 
-def run_compare(args, mode_options: list[str], out: Path) -> dict:
-    """One ``prismrec compare`` into ``out``: its wall seconds, cells and load samples."""
+def run_study(args, mode_options: list[str], out: Path) -> dict:
+    """One ``prismrec compare`` (or with ``args.tune`` one ``prismrec tune``) into ``out``: its
+    wall seconds, cells (trained runs) and load samples."""
     settings = [f"epochs={args.epochs}", *args.set]
-    cmd = [sys.executable, "-m", "prismrec", "compare", "--models", args.models, "--datasets", args.dataset,
-           "--n-seeds", str(args.seeds), "--out", str(out), *[x for kv in settings for x in ("--set", kv)],
-           *mode_options]
+    if args.tune:
+        cmd = [sys.executable, "-m", "prismrec", "tune", "--model", args.models, "--dataset", args.dataset,
+               "--space", args.tune, "--trials", str(args.trials), "--n-seeds", str(args.seeds)]
+    else:
+        cmd = [sys.executable, "-m", "prismrec", "compare", "--models", args.models, "--datasets", args.dataset,
+               "--n-seeds", str(args.seeds)]
+    cmd += ["--out", str(out), *[x for kv in settings for x in ("--set", kv)], *mode_options]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     with LoadSampler() as load:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"compare failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    results = json.loads((out / "results.json").read_text())
-    failed = {f"{model} seed {seed}": why for cells in results["cells"].values() for model, cell in cells.items()
-              for seed, why in cell.get("failed", {}).items()}
+        raise RuntimeError(f"{cmd[3]} failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    if args.tune:  # every trial and every final seed, complete
+        summary = json.loads((out / "tuning.json").read_text())
+        failed = {f"trial {t['number']}": t["state"] for t in summary["trials"] if t["state"] != "complete"}
+        cells = len(summary["trials"]) + args.seeds
+    else:
+        results = json.loads((out / "results.json").read_text())
+        failed = {f"{model} seed {seed}": why for cells in results["cells"].values() for model, cell in cells.items()
+                  for seed, why in cell.get("failed", {}).items()}
+        cells = len(args.models.split(",")) * args.seeds
     if failed:  # a failed cell is fast: counting it would inflate the throughput
-        raise RuntimeError(f"cells failed in {' '.join(cmd)}: {failed}")
-    cells = len(args.models.split(",")) * args.seeds
+        raise RuntimeError(f"runs failed in {' '.join(cmd)}: {failed}")
     return {"wall_s": wall, "cells": cells, "cells_per_hour": 3600 * cells / wall,
             "load1": [round(x, 2) for x in load.values]}
 
@@ -105,8 +125,9 @@ def summarise(runs: list[dict]) -> dict:
 
 def markdown(res: dict) -> str:
     a = res["args"]
-    lines = [f"# Study throughput: {a['models']} on {a['dataset']}, {a['seeds']} seeds "
-             f"(epochs <= {a['epochs']})", "",
+    what = (f"a search of {a['models']} over {a['tune']} on {a['dataset']}, {a['trials']} trials + {a['seeds']} "
+            "final seeds" if a.get("tune") else f"{a['models']} on {a['dataset']}, {a['seeds']} seeds")
+    lines = [f"# Study throughput: {what} (epochs <= {a['epochs']})", "",
              f"{res['machine']}; {a['cores']} cores; {a['rounds']} round(s), the ways' order alternated; "
              f"run {res['date']}.", ""]
     if a.get("note"):
@@ -115,14 +136,15 @@ def markdown(res: dict) -> str:
     lines += [f"| way | options | wall s (range) | cells / hour (range) | x {first} | "
               "1-min load while running (mean) |", "|---|---|---|---|---|---|"]
     for name, s in res["modes"].items():
-        options = " ".join(modes(a["cores"])[name])
+        options = " ".join((tune_modes if a.get("tune") else modes)(a["cores"])[name])
         lines.append(f"| {name} | {f'`{options}`' if options else 'none (the default)'} | {s['wall_s']:.0f} "
                      f"({s['wall_range'][0]:.0f}-{s['wall_range'][1]:.0f}) | {s['cells_per_hour']:.1f} "
                      f"({s['cells_per_hour_range'][0]:.1f}-{s['cells_per_hour_range'][1]:.1f}) | "
                      f"{s['cells_per_hour'] / res['modes'][first]['cells_per_hour']:.2f} | "
                      f"{s['load1_range'][0]:.1f}-{s['load1_range'][1]:.1f} ({s['load1_mean']:.1f}) |")
-    lines += ["", "Each run is a whole `prismrec compare` (process start, data loading, graph building, training, "
-              "validation, one test evaluation per cell, the report) into an empty folder."]
+    lines += ["", f"Each run is a whole `prismrec {'tune' if a.get('tune') else 'compare'}` (process start, data "
+              "loading, graph building, training, validation, one test evaluation per cell, the report) into an "
+              "empty folder; a cell is one trained run (a trial or a final seed of a search)."]
     return "\n".join(lines) + "\n"
 
 
@@ -134,22 +156,29 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--cores", type=int, default=2, help="threads of the sequential run = workers of the other")
-    parser.add_argument("--ways", default=",".join(modes(2)), help=f"comma list of ways: {', '.join(modes(2))}")
+    parser.add_argument("--ways", default=None, help=f"comma list of ways: {', '.join(modes(2))} (default all); "
+                        f"with --tune: {', '.join(tune_modes(2))}")
+    parser.add_argument("--tune", default=None, help="a search space (key=LOW..HIGH[:log]): time a tune instead")
+    parser.add_argument("--trials", type=int, default=6, help="with --tune: the search's trials")
     parser.add_argument("--set", action="append", default=None,
                         help="key=value or MODEL.key=value for every cell (repeatable; default: FREEDOM's "
                              "modality weights, which tiktok's image + audio need, as in the quality benchmarks)")
     parser.add_argument("--note", default="", help="a line on the run's conditions, kept in the results")
     args = parser.parse_args()
-    if args.set is None:
-        args.set = ["freedom.mm_weights=[0.5,0.5]"]
+    if args.set is None:  # a compare's default models on tiktok; a search's settings are its own
+        args.set = [] if args.tune else ["freedom.mm_weights=[0.5,0.5]"]
     for item in args.set:  # this script sets them (was: --set epochs replaced --epochs, --set threads was ignored)
         option = {"epochs": "--epochs", "threads": "--cores"}.get(item.partition("=")[0].strip())
         if option:
             parser.error(f"--set {item}: choose it with {option}, not --set")
-    ways = {name: options for name, options in modes(args.cores).items() if name in args.ways.split(",")}
+    known = (tune_modes if args.tune else modes)(args.cores)
+    if args.tune and "," in args.models:
+        parser.error(f"--models {args.models}: --tune searches one model")
+    args.ways = args.ways or ",".join(known)
+    ways = {name: options for name, options in known.items() if name in args.ways.split(",")}
     unknown = set(args.ways.split(",")) - set(ways)
     if unknown:
-        parser.error(f"--ways {args.ways}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(modes(2))}")
+        parser.error(f"--ways {args.ways}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(known)}")
     runs: dict[str, list[dict]] = {name: [] for name in ways}
     root = Path(tempfile.mkdtemp(prefix="prismrec-throughput-"))
     try:
@@ -157,7 +186,7 @@ def main() -> None:
             order = list(ways) if r % 2 == 0 else list(ways)[::-1]
             for name in order:
                 out = root / f"{name}-{r}"
-                row = run_compare(args, ways[name], out)
+                row = run_study(args, ways[name], out)
                 runs[name].append(row)
                 print(f"round {r} {name}: {row['wall_s']:.0f} s, {row['cells_per_hour']:.1f} cells/h, "
                       f"load {min(row['load1'], default=0):.1f}-{max(row['load1'], default=0):.1f}", flush=True)
@@ -166,7 +195,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(args),
            "modes": {name: summarise(rows) for name, rows in runs.items()}}
-    write("throughput" if args.dataset == "tiktok" else f"throughput_{args.dataset}", res, markdown(res))
+    name = "throughput" if args.dataset == "tiktok" and not args.tune else f"throughput_{args.dataset}"
+    write(name + ("_tune" if args.tune else ""), res, markdown(res))
 
 
 if __name__ == "__main__":
