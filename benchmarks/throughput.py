@@ -8,8 +8,8 @@ empty output folder:
 * ``sequential-auto``: one cell at a time with the threads ``threads=auto`` gives it (one on a
   graph below 8,000 users + items, every core above);
 * ``workers``: CORES cells at a time, one thread each (``--workers CORES --set threads=1``);
-* ``auto``: compare's default (``--workers auto``: each cell with the threads it takes alone, as
-  many side by side as the cores hold).
+* ``auto``: compare's default (``--workers auto``: one 1-thread cell per core, as many side by
+  side as the memory allows).
 
 With ``--tune SPACE`` the study is a ``prismrec tune`` of the one model in ``--models`` over
 ``SPACE`` (``--trials`` trials, then ``--seeds`` final seeds; a trained run counts as a cell) in the

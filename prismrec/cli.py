@@ -388,9 +388,8 @@ def compare(
     test: str = typer.Option(
         "t", help="The marks' paired per-user test: t (paired t-test) or wilcoxon (signed-rank)."),
     workers: str = typer.Option(
-        "auto", help="Cells trained at the same time, each in its own process: auto (as many as the cores hold, "
-        "each with the threads it takes alone: two side by side on 2 cores for a graph below 8,000 users + items) "
-        "or N (N at a time, the cores split between them)."),
+        "auto", help="Cells trained at the same time, each in its own process: auto (one 1-thread cell per core, "
+        "as many as memory allows; a single cell takes every core) or N (N at a time, the cores split between them)."),
 ) -> None:
     """Train every model x dataset x seed; write results.json, results.md and the paper table.
 

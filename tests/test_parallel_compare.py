@@ -31,8 +31,8 @@ def test_two_workers_equal_one_after_another(planted_dir, tmp_path):
     assert sequential.exit_code == 0, sequential.output
     parallel = runner.invoke(app, common + ["--out", str(tmp_path / "par")])  # --workers auto
     assert parallel.exit_code == 0, parallel.output
-    if len(os.sched_getaffinity(0)) > 1:  # 1-thread cells of a small graph: side by side
-        assert "(planted: 1), side by side where they fit" in parallel.output
+    if len(os.sched_getaffinity(0)) > 1:  # 1-thread cells side by side
+        assert "[compare] 2 cells, up to 2 at a time on" in parallel.output
     seq, par = _metrics(tmp_path / "seq"), _metrics(tmp_path / "par")
     assert len(seq) == 2 and seq == par  # every cell's metrics.json, equal
     for seed in (1, 2):  # and the trained weights, bit for bit
@@ -43,41 +43,44 @@ def test_two_workers_equal_one_after_another(planted_dir, tmp_path):
     assert summary["seq"]["mean"] == summary["par"]["mean"]  # timings differ; the metrics do not
 
 
-def test_threads_are_split_between_workers(tmp_path):
-    cell = Cell("planted", "bpr", 1, tmp_path / "c", {"epochs": 2}, "d")
-    cmd = cell.command(None, threads=3)
+def test_a_cell_is_told_its_threads(tmp_path):
+    cell = Cell("planted", "bpr", 1, tmp_path / "c", {"epochs": 2}, "d", threads=3)
+    cmd = cell.command(None)
     assert cmd[cmd.index("--seeds") + 1] == "1"
     assert "threads=3" in cmd and "epochs=2" in cmd
-    assert not any(a.startswith("threads=") for a in cell.command(None, threads=None))
+    assert not any(a.startswith("threads=") for a in Cell("planted", "bpr", 1, tmp_path / "c", {}, "d").command(None))
 
 
 def _cells(model, dataset, seeds=(1, 2)):
     return [Cell(dataset, model, s, Path(f"/nowhere/{s}"), {}, "d") for s in seeds]
 
 
-def test_auto_workers_give_each_cell_the_threads_it_takes_alone(monkeypatch):
+def test_auto_workers_put_one_thread_cell_on_each_core_as_memory_allows(monkeypatch):
+    import prismrec.experiment.compare as compare
     import prismrec.threads as threads
 
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
-    monkeypatch.setattr(threads, "wait_policy", lambda: "PASSIVE")
+    monkeypatch.setattr(compare, "available_memory", lambda: 16 * 2**30)
     configs = {("small", "bpr"): resolve_config("bpr", "small"),
-               ("large", "bpr"): resolve_config("bpr", "large"),
                ("small", "lightgcn"): resolve_config("lightgcn", "small", {"threads": 2}),
                ("small", "mgcn"): resolve_config("mgcn", "small", {"device": "cuda"})}
-    nodes = {"small": threads.SMALL_GRAPH_NODES - 1, "large": threads.SMALL_GRAPH_NODES}
+    small = {"small": 10 * 2**20}
     cells = [c for d, m in configs for c in _cells(m, d)]
     logged = []
-    planned, capacity, told = plan_cells(cells, "auto", configs, nodes, False, logged.append)
-    assert capacity == 2 and told is None  # each cell runs with its own threads setting
-    assert {(c.dataset, c.model): c.cores for c in planned} == {
-        ("small", "bpr"): 1, ("large", "bpr"): 2, ("small", "lightgcn"): 2, ("small", "mgcn"): 2}
-    assert logged == ["[compare] 8 cells share 2 cores, each with the threads it would take alone (small: 1-2; "
-                      "large: 2), side by side where they fit (--workers N: N at a time)"]
+    planned, capacity, at_most = plan_cells(cells, "auto", configs, small, False, logged.append)
+    assert (capacity, at_most) == (2, 6)
+    assert {(c.model, c.cores, c.threads) for c in planned} == {
+        ("bpr", 1, 1), ("lightgcn", 2, None), ("mgcn", 2, None)}  # side by side; its own 2 threads; a GPU alone
+    assert logged == ["[compare] 6 cells, up to 2 at a time on 2 cores (--workers N: N at a time)"]
+    # memory for one cell only (~1 GiB + 8 x 1 GiB of files, within half of 16 GiB): one at a time, its own threads
+    one = plan_cells(cells[:2], "auto", configs, {"small": 2**30}, False, logged.append)
+    assert one[2] == 1 and [(c.cores, c.threads) for c in one[0]] == [(2, None), (2, None)]
+    # a single cell: alone, with the threads its own run takes
+    assert [(c.cores, c.threads) for c in plan_cells(cells[:1], "auto", configs, small, False, print)[0]] == [(2, None)]
     # --workers N: N at a time, the cores split between them unless --set threads fixes them
-    assert plan_cells(cells, 2, configs, nodes, False, logged.append)[1:] == (2, 1)
-    assert plan_cells(cells, 2, configs, nodes, True, logged.append)[1:] == (2, None)
-    assert plan_cells(cells, 1, configs, nodes, False, logged.append)[1:] == (1, None)
+    assert {c.threads for c in plan_cells(cells, 2, configs, small, False, print)[0]} == {1}
+    assert {c.threads for c in plan_cells(cells, 2, configs, small, True, print)[0]} == {None}
+    assert plan_cells(cells, 1, configs, small, False, print)[1:] == (1, 1)
 
 
 def test_the_next_cell_is_the_first_that_fits():

@@ -4,9 +4,8 @@ Every model name, dataset and setting is checked before anything is trained, eac
 against its dataset too (:func:`check_cell`: ``knn_k`` above its items, a modality it lacks). Each
 cell (dataset, model, seed) is then trained in its own subprocess (``prismrec train``), so a crash
 cannot take the sweep down and each cell's peak memory is its own. Cells share the CPU cores
-(:func:`plan_cells`): by default (``workers="auto"``) each takes the threads its own run would
-(``threads=auto``: one on a small graph, every core on a larger one) and as many cells train side by
-side as the cores hold; ``workers=N`` trains N at a time, the threads split between them. Each cell is a run directory
+(:func:`plan_cells`): by default (``workers="auto"``) one 1-thread cell per core, as many side by
+side as the memory allows; ``workers=N`` trains N at a time, the threads split between them. Each cell is a run directory
 (:mod:`prismrec.experiment.rundir`): a finished cell with the same resolved configuration is
 skipped, and a killed cell resumes from its last training checkpoint, so an interrupted sweep
 resumes where it stopped, mid-training. A cell holding another configuration is retrained.
@@ -182,9 +181,9 @@ def run_compare(
     (``holm``, ``bh`` or ``none``).
 
     ``workers``: how cells share the CPU cores, each in its own process (:func:`plan_cells`,
-    :func:`train_cells`): ``"auto"``, as many side by side as the cores hold, each taking the
-    threads its run would take alone; a whole number N, N at a time with cores // N threads each
-    unless ``--set threads=...`` fixes them. Threads are not part of a cell's configuration, so
+    :func:`train_cells`): ``"auto"``, one 1-thread cell per core side by side, as many as the
+    memory allows; a whole number N, N at a time with cores // N threads each unless ``--set
+    threads=...`` fixes them. Threads are not part of a cell's configuration, so
     finished cells are reused either way, and a cell's result depends only on its settings and
     seed, not on the order or company it was trained in. The summary is written once, at the end.
     """
@@ -207,12 +206,12 @@ def run_compare(
     if not train and not out_dir.is_dir():  # was an --out folder made to hold an empty summary
         raise RunError(f"--out {out_dir} does not exist: --report-only summarises the finished cells of an "
                        "earlier comparison in that folder; check the path, or drop --report-only to train")
-    nodes: dict[str, int] = {}  # users + items of each dataset's graph
+    data_bytes: dict[str, int] = {}  # each dataset's files, for the cells' memory estimate
     if train:  # a cell that could only fail, before anything is written or trained
         for dataset in datasets:
             data = load_dataset(dataset, data_dir, modalities=[])  # the interactions alone
             require_splits(data)
-            nodes[dataset] = data.n_users + data.n_items
+            data_bytes[dataset] = sum(f.stat().st_size for f in Path(data.path).iterdir() if f.is_file())
             names = replace(data, features=dict.fromkeys(feature_files(data.path)))  # and its modalities' names
             for model in models:
                 check_cell(configs[(dataset, model)], names)
@@ -237,8 +236,8 @@ def run_compare(
                 else:
                     _clear_other_run(cell, identity_digest, seed, log)
                     todo.append(Cell(dataset, model, seed, cell, model_overrides(overrides, model, models), digest))
-    todo, capacity, threads = plan_cells(todo, workers, configs, nodes, "threads" in overrides, log)
-    for key, outcome in train_cells(todo, capacity, data_dir, threads, log).items():
+    todo, capacity, at_most = plan_cells(todo, workers, configs, data_bytes, "threads" in overrides, log)
+    for key, outcome in train_cells(todo, capacity, at_most, data_dir, log).items():
         if isinstance(outcome, dict):
             done[key] = outcome
         else:
@@ -269,59 +268,103 @@ class Cell:
     digest: str
     cores: int = 1
     """The cores it occupies while it trains (:func:`plan_cells`)."""
+    threads: int | None = None
+    """The threads it is told to take (``--set threads=N``; None: its own setting)."""
 
-    def command(self, data_dir: str | None, threads: int | None) -> list[str]:
+    def command(self, data_dir: str | None) -> list[str]:
         """The ``prismrec train`` command line of this cell."""
         cmd = [sys.executable, "-m", "prismrec", "train", "--model", self.model, "--dataset", self.dataset,
                "--seeds", str(self.seed), "--out", str(self.path), "--quiet"]
         if data_dir:
             cmd += ["--data-dir", str(data_dir)]
-        settings = dict(self.settings) if threads is None else {**self.settings, "threads": threads}
+        settings = dict(self.settings) if self.threads is None else {**self.settings, "threads": self.threads}
         for key, value in settings.items():
             cmd += ["--set", f"{key}={json.dumps(value)}"]
         return cmd
 
 
-def plan_cells(cells: list[Cell], workers: int | str, configs: dict, nodes: dict[str, int],
-               threads_set: bool, log) -> tuple[list[Cell], int, int | None]:
-    """How ``cells`` share this process's usable cores: the cells, each with the ``cores`` it
-    occupies; the capacity :func:`train_cells` fills with them; the threads every cell is told
-    to take (None: each its own ``threads`` setting).
+CELL_MEMORY_BASE = 1 << 30
+"""Bytes a training process takes beyond its dataset's files (Python, torch, graphs, evaluation
+blocks): tiktok's and baby's cells peak at 0.6-2.0 GiB (``results/multimodal.md``, ``results/scale.md``)."""
+CELL_MEMORY_PER_DATA_BYTE = 8
+"""A cell's peak memory per byte of its dataset's files: at Electronics size 1.13 GB of features
+peak at 3.8-9.0 GiB (``results/scale.md``: a second copy of trained features, Adam's moments)."""
+MEMORY_SHARE = 0.5
+"""Share of the memory available when a comparison starts that its side-by-side cells may take."""
 
-    ``workers="auto"``: the capacity is the usable cores (:func:`prismrec.threads.usable_cpus`),
-    and each cell occupies the threads its run would take alone (:func:`prismrec.threads.resolve_threads`
-    of its ``threads`` setting and its graph's users + items): on a 2-core machine two cells of a
-    small graph (fewer than ``SMALL_GRAPH_NODES``, where ``threads=auto`` takes one thread) train
-    side by side, a larger graph's cells one at a time on both cores. A cell on a GPU trains
-    alone. ``workers=N``: N cells at a time, each told to take cores // N threads when N > 1
-    and ``threads_set`` is false (no ``--set threads``)."""
+
+def plan_cells(cells: list[Cell], workers: int | str, configs: dict, data_bytes: dict[str, int],
+               threads_set: bool, log) -> tuple[list[Cell], int, int]:
+    """How ``cells`` share this process's usable cores: the cells, each with the ``cores`` it
+    occupies and the ``threads`` it is told to take (None: its own ``threads`` setting), the
+    capacity in cores :func:`train_cells` fills with them, and how many may run at once.
+
+    ``workers="auto"``: one process per usable core (:func:`prismrec.threads.usable_cpus`), each
+    with one thread, as many side by side as the cores, the cells and the memory allow (each
+    cell estimated at :data:`CELL_MEMORY_BASE` + :data:`CELL_MEMORY_PER_DATA_BYTE` x its dataset's
+    files, within :data:`MEMORY_SHARE` of the memory available now): on 2 cores two 1-thread cells
+    trained 1.6-2x the cells per hour of one 2-thread cell at a time (``benchmarks/throughput.py``;
+    ``results/contention_matrix.md``: next to another process one thread runs at its idle speed).
+    A cell that trains alone (a single cell, or memory for one only) takes the threads its run
+    would (``threads=auto``); a cell with ``--set threads=N`` occupies N cores, and one on a GPU
+    trains alone. ``workers=N``: N cells at a time, each told to take cores // N threads when N > 1 and
+    ``threads_set`` is false (no ``--set threads``)."""
     from prismrec.threads import resolve_threads, usable_cpus
 
     cpus = usable_cpus()
     if workers != "auto":
         threads = max(1, cpus // workers) if workers > 1 and not threads_set else None
-        return cells, workers, threads
-    needs: dict[tuple[str, str], int] = {}
+        return [replace(cell, threads=threads) for cell in cells], workers, workers
+    if not cells:
+        return cells, cpus, 1
+    per_cell = max(CELL_MEMORY_BASE + CELL_MEMORY_PER_DATA_BYTE * data_bytes[cell.dataset] for cell in cells)
+    available = available_memory()
+    fit = len(cells) if available is None else max(1, int(MEMORY_SHARE * available // per_cell))
+    side = min(cpus, len(cells), fit)
+    planned = []
     for cell in cells:
         train = configs[(cell.dataset, cell.model)].train
-        if (cell.dataset, cell.model) not in needs:
-            alone = cpus if str(train.device) != "cpu" else resolve_threads(train.threads, nodes[cell.dataset])[0]
-            needs[(cell.dataset, cell.model)] = max(1, min(cpus, alone))
-    if len(cells) > 1 and min(needs.values()) < cpus:
-        per_dataset = {}
-        for (dataset, _), n in needs.items():
-            per_dataset.setdefault(dataset, set()).add(n)
-        shown = "; ".join(f"{d}: {min(n)}" + (f"-{max(n)}" if len(n) > 1 else "") for d, n in per_dataset.items())
-        log(f"[compare] {len(cells)} cells share {cpus} cores, each with the threads it would take alone "
-            f"({shown}), side by side where they fit (--workers N: N at a time)")
-    return [replace(cell, cores=needs[(cell.dataset, cell.model)]) for cell in cells], cpus, None
+        if str(train.device) != "cpu":
+            cores, threads = cpus, None
+        elif train.threads != "auto":
+            cores, threads = max(1, min(cpus, resolve_threads(train.threads)[0])), None
+        elif side > 1:
+            cores = threads = max(1, cpus // side)
+        else:
+            cores, threads = cpus, None
+        planned.append(replace(cell, cores=cores, threads=threads))
+    if any(cell.cores < cpus for cell in planned):
+        memory = "" if fit >= min(cpus, len(cells)) else (
+            f", no more for memory: ~{per_cell / 2**30:.1f} GiB a cell of {available / 2**30:.1f} GiB available")
+        log(f"[compare] {len(cells)} cells, up to {side} at a time on {cpus} cores{memory} "
+            "(--workers N: N at a time)")
+    return planned, cpus, min(fit, len(cells))
 
 
-def train_cells(cells: list[Cell], capacity: int, data_dir: str | None, threads: int | None,
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes now: ``MemAvailable`` (Linux), within a cgroup
+    v2 limit if one is set; None where neither can be read."""
+    values = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                values.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            values.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(values) if values else None
+
+
+def train_cells(cells: list[Cell], capacity: int, at_most: int, data_dir: str | None,
                 log) -> dict[tuple[str, str, int], dict | str]:
-    """Train ``cells``, each in its own ``prismrec train`` process (told to take ``threads``
-    threads unless None), as many at a time as their ``cores`` fit in ``capacity`` (the first
-    pending cell that fits starts next; one that needs more than the capacity trains alone);
+    """Train ``cells``, each in its own ``prismrec train`` process, at most ``at_most`` at a time
+    and as many as their ``cores`` fit in ``capacity`` (the first pending cell that fits starts
+    next; one that needs more than the capacity trains alone);
     return each cell's metrics (a dict) or the reason it failed (the last lines of its output).
 
     A cell's process is independent of the others (its own run directory, seed and settings), so
@@ -334,13 +377,14 @@ def train_cells(cells: list[Cell], capacity: int, data_dir: str | None, threads:
     procs: list = []  # the running cells' processes, stopped cleanly on an interrupt
     with children.supervised(procs):
         while pending or running:
-            while (cell := _next_cell(pending, capacity - sum(r[0].cores for r in running), running)) is not None:
+            while len(running) < at_most and (
+                    cell := _next_cell(pending, capacity - sum(r[0].cores for r in running), running)) is not None:
                 pending.remove(cell)
                 resuming = RunDir(cell.path).state().kind == "running"
                 log(f"[compare] {cell.dataset} / {cell.model} / seed {cell.seed}: "
                     + ("resuming" if resuming else "training"))
                 output = tempfile.TemporaryFile(mode="w+")
-                proc = children.start(cell.command(data_dir, threads), output)
+                proc = children.start(cell.command(data_dir), output)
                 procs.append(proc)
                 running.append((cell, proc, output))
             time.sleep(0.2)
