@@ -23,7 +23,7 @@ Writes ``results/throughput.{json,md}`` (a compare on tiktok) or
 
     python -m benchmarks.throughput [--models lightgcn,freedom,mgcn] [--dataset tiktok]
         [--seeds 3] [--epochs 3] [--rounds 1] [--cores 2] [--ways sequential,workers]
-        [--tune "lr=1e-4..1e-2:log" --trials 6] [--set MODEL.key=value] [--note TEXT]
+        [--tune "lr=1e-4..1e-2:log" --trials 6] [--set MODEL.key=value] [--note TEXT] [--name FILE]
 """
 
 from __future__ import annotations
@@ -164,6 +164,8 @@ def main() -> None:
                         help="key=value or MODEL.key=value for every cell (repeatable; default: FREEDOM's "
                              "modality weights, which tiktok's image + audio need, as in the quality benchmarks)")
     parser.add_argument("--note", default="", help="a line on the run's conditions, kept in the results")
+    parser.add_argument("--name", default=None, help="results file name (default: throughput, "
+                        "throughput_<dataset> or throughput_<dataset>_tune)")
     args = parser.parse_args()
     if args.set is None:  # a compare's default models on tiktok; a search's settings are its own
         args.set = [] if args.tune else ["freedom.mm_weights=[0.5,0.5]"]
@@ -196,7 +198,7 @@ def main() -> None:
     res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(args),
            "modes": {name: summarise(rows) for name, rows in runs.items()}}
     name = "throughput" if args.dataset == "tiktok" and not args.tune else f"throughput_{args.dataset}"
-    write(name + ("_tune" if args.tune else ""), res, markdown(res))
+    write(args.name or name + ("_tune" if args.tune else ""), res, markdown(res))
 
 
 if __name__ == "__main__":
