@@ -5,8 +5,9 @@ against its dataset too (:func:`check_cell`: ``knn_k`` above its items, a modali
 cell (dataset, model, seed) is then trained in its own subprocess (``prismrec train``), so a crash
 cannot take the sweep down and each cell's peak memory is its own. Cells share the CPU cores
 (:func:`plan_cells`): by default (``workers="auto"``) one 1-thread cell per core, as many side by
-side as the memory allows; ``workers=N`` trains N at a time, the threads split between them. Each cell is a run directory
-(:mod:`prismrec.experiment.rundir`): a finished cell with the same resolved configuration is
+side as the memory allows; ``workers=N`` trains N at a time, the threads split between them.
+Each cell is a run directory (:mod:`prismrec.experiment.rundir`): a finished cell with the same
+resolved configuration is
 skipped, and a killed cell resumes from its last training checkpoint, so an interrupted sweep
 resumes where it stopped, mid-training. A cell holding another configuration is retrained.
 Results: ``results.json`` (per-seed metrics, mean, sample std, epochs, and from each cell's
@@ -307,8 +308,8 @@ def plan_cells(cells: list[Cell], workers: int | str, configs: dict, data_bytes:
     ``results/contention_matrix.md``: next to another process one thread runs at its idle speed).
     A cell that trains alone (a single cell, or memory for one only) takes the threads its run
     would (``threads=auto``); a cell with ``--set threads=N`` occupies N cores, and one on a GPU
-    trains alone. ``workers=N``: N cells at a time, each told to take cores // N threads when N > 1 and
-    ``threads_set`` is false (no ``--set threads``)."""
+    trains alone. ``workers=N``: N cells at a time, each told to take cores // N threads when
+    N > 1 and ``threads_set`` is false (no ``--set threads``)."""
     from prismrec.threads import resolve_threads, usable_cpus
 
     cpus = usable_cpus()
@@ -368,9 +369,10 @@ def train_cells(cells: list[Cell], capacity: int, at_most: int, data_dir: str | 
     return each cell's metrics (a dict) or the reason it failed (the last lines of its output).
 
     A cell's process is independent of the others (its own run directory, seed and settings), so
-    the results do not depend on which cells train together. Ctrl-C or SIGTERM stops the running cells with
-    SIGINT, so each leaves its last checkpoint (a rerun resumes them) and the interrupt is raised
-    again; the cells are also told to stop should this process die without that chance (Linux).
+    the results do not depend on which cells train together. Ctrl-C or SIGTERM stops the running
+    cells with SIGINT, so each leaves its last checkpoint (a rerun resumes them) and the interrupt
+    is raised again; the cells are also told to stop should this process die without that chance
+    (Linux; :mod:`prismrec.experiment.children`).
     """
     outcomes: dict[tuple[str, str, int], dict | str] = {}
     pending, running = list(cells), []
