@@ -7,9 +7,8 @@ cannot take the sweep down and each cell's peak memory is its own. Cells share t
 (:func:`plan_cells`): by default (``workers="auto"``) one 1-thread cell per core, as many side by
 side as the memory allows; ``workers=N`` trains N at a time, the threads split between them.
 Each cell is a run directory (:mod:`prismrec.experiment.rundir`): a finished cell with the same
-resolved configuration is
-skipped, and a killed cell resumes from its last training checkpoint, so an interrupted sweep
-resumes where it stopped, mid-training. A cell holding another configuration is retrained.
+resolved configuration is skipped, and a killed cell resumes from its last training checkpoint,
+so an interrupted sweep resumes where it stopped, mid-training. A cell holding another configuration is retrained.
 Results: ``results.json`` (per-seed metrics, mean, sample std, epochs, and from each cell's
 ``timing.json`` median seconds per training epoch and per evaluation, peak RSS) and
 ``results.md`` (test R@10/20, N@10/20 as mean ± std), and the paper table
