@@ -303,8 +303,9 @@ def plan_cells(cells: list[Cell], workers: int | str, configs: dict, data_bytes:
     with one thread, as many side by side as the cores, the cells and the memory allow (each
     cell estimated at :data:`CELL_MEMORY_BASE` + :data:`CELL_MEMORY_PER_DATA_BYTE` x its dataset's
     files, within :data:`MEMORY_SHARE` of the memory available now): on 2 cores two 1-thread cells
-    trained 1.6-2x the cells per hour of one 2-thread cell at a time (``benchmarks/throughput.py``;
-    ``results/contention_matrix.md``: next to another process one thread runs at its idle speed).
+    trained 1.78x (tiktok) and 2.06x (lfm2k) the cells per hour of one cell at a time
+    (``benchmarks/throughput.py``; ``results/contention_matrix.md``: next to another CPU-bound
+    process a 1-thread epoch took 0.95-1.20x its idle time).
     A cell that trains alone (a single cell, or memory for one only) takes the threads its run
     would (``threads=auto``); a cell with ``--set threads=N`` occupies N cores, and one on a GPU
     trains alone. ``workers=N``: N cells at a time, each told to take cores // N threads when
