@@ -35,8 +35,9 @@ RUNS = Path("runs/bench-foundation-baby")
 
 
 def run_compare() -> dict:
+    # one cell at a time, every core (its s/epoch columns as recorded before compare's side-by-side default)
     cmd = [sys.executable, "-m", "prismrec", "compare", "--models", "bpr,lightgcn",
-           "--datasets", "baby", "--n-seeds", "3", "--out", str(RUNS)]
+           "--datasets", "baby", "--n-seeds", "3", "--out", str(RUNS), "--workers", "1"]
     subprocess.run(cmd, check=True)
     for ext in ("json", "md"):
         shutil.copy(RUNS / f"results.{ext}", RESULTS / f"foundation_baby_compare.{ext}")
