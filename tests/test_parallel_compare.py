@@ -125,3 +125,11 @@ def test_a_killed_parallel_compare_leaves_resumable_cells(planted_dir, tmp_path)
         assert RunDir(cell).state().kind == "running" and not RunDir(cell).is_finished()
         assert (cell / "checkpoint.pt").is_file()
     assert not (out / "results.json").exists()  # the summary is written once, at the end
+
+
+def test_available_memory_reads_this_machine():
+    from prismrec.experiment.compare import available_memory
+
+    free = available_memory()
+    if sys.platform.startswith("linux"):
+        assert isinstance(free, int) and 0 < free < 2**50
