@@ -303,7 +303,7 @@ def plan_cells(cells: list[Cell], workers: int | str, configs: dict, data_bytes:
     with one thread, as many side by side as the cores, the cells and the memory allow (each
     cell estimated at :data:`CELL_MEMORY_BASE` + :data:`CELL_MEMORY_PER_DATA_BYTE` x its dataset's
     files, within :data:`MEMORY_SHARE` of the memory available now): on 2 cores two 1-thread cells
-    trained 1.78x (tiktok) and 2.06x (lfm2k) the cells per hour of one cell at a time
+    trained 1.78x (tiktok) and 2.14x (lfm2k) the cells per hour of one cell at a time
     (``benchmarks/throughput.py``; ``results/contention_matrix.md``: next to another CPU-bound
     process a 1-thread epoch took 0.95-1.20x its idle time).
     A cell that trains alone (a single cell, or memory for one only) takes the threads its run
