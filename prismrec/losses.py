@@ -252,8 +252,8 @@ class _BPRTerms(torch.autograd.Function):
     With ``x_b = z_u·(z_j − z_i)`` (softplus's input, ``−Δ``), ``w_b = ∂L/∂x_b`` (the mean's
     gradient through softplus) and ``c_X`` a regulariser's gradient factor (``emb_norm``:
     ``λ g / (B ‖X‖_F)``, 0 for an all-zero ``X``; ``half_sq``: ``λ g / B``):
-    ``∂z_u = c_u z_u − w ⊙ (z_i − z_j)``, ``∂z_i = c_i z_i − w ⊙ z_u`` and
-    ``∂z_j = c_j z_j + w ⊙ z_u``. Forward: the difference ``z_i − z_j`` once, one row product and
+    ``∂z_u = c_u z_u + w ⊙ (z_j − z_i)``, ``∂z_i = c_i z_i − w ⊙ z_u`` and
+    ``∂z_j = c_j z_j + w ⊙ z_u``. Forward: the difference ``z_j − z_i`` once, one row product and
     its sum, three norms (six passes); backward: six, each scaled row added through ``alpha``
     into the gradient buffers (``[∂z_i; ∂z_j]`` one buffer). Autograd through the two loss
     functions takes seven passes forward and fourteen back (each norm's division and scaling,
@@ -265,16 +265,7 @@ class _BPRTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, zu, zij, reg_weight, reg_form):  # noqa: D401
-        zi, zj = zij.chunk(2)
-        diff = zi - zj
-        x = (zu * diff).sum(dim=1).neg_()  # −Δ
-        bpr = F.softplus(x).mean()
-        if reg_form == "emb_norm":
-            norms = [float(torch.linalg.vector_norm(r)) for r in (zu, zi, zj)]  # on the host: a CPU path
-            reg = zu.new_tensor(reg_weight * sum(norms) / zu.shape[0])
-        else:  # half_sq: ½‖X‖²'s gradient is X itself
-            norms = None
-            reg = reg_weight * half_sq(zu, zi, zj)
+        bpr, reg, diff, x, norms = _bpr_terms_values(zu, zij, reg_weight, reg_form)
         ctx.save_for_backward(zu, zij, diff, x)
         ctx.norms, ctx.reg_weight = norms, reg_weight
         return bpr, reg
@@ -282,19 +273,52 @@ class _BPRTerms(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_bpr, grad_reg):
-        zu, zij, diff, x = ctx.saved_tensors
-        batch = zu.shape[0]
-        g = float(grad_reg) * ctx.reg_weight / batch
-        c_u, c_i, c_j = (g,) * 3 if ctx.norms is None else (g / norm if norm else 0.0 for norm in ctx.norms)
-        w = torch.ops.aten.softplus_backward((grad_bpr / batch).expand(x.shape), x, 1, 20).unsqueeze(1)
-        zi, zj = zij.chunk(2)
-        grad_zij = torch.empty_like(zij)
-        grad_zi, grad_zj = grad_zij.chunk(2)
-        w_zu = zu * w
-        torch.add(w_zu, zj, alpha=c_j, out=grad_zj)
-        torch.sub(w_zu, zi, alpha=c_i, out=grad_zi).neg_()
-        grad_zu = torch.mul(diff, w.neg_()).add_(zu, alpha=c_u)
-        return grad_zu, grad_zij, None, None
+        return (*_bpr_terms_grads(*ctx.saved_tensors, ctx.norms, ctx.reg_weight, grad_bpr, grad_reg), None, None)
+
+
+def _bpr_terms_values(zu, zij, reg_weight, reg_form):
+    """:class:`_BPRTerms`'s forward: ``bpr``, ``reg`` and what the gradients need (``z_j − z_i``,
+    ``x``, the emb_norm norms or ``None``)."""
+    zi, zj = zij.chunk(2)
+    diff = zj - zi
+    x = (zu * diff).sum(dim=1)  # −Δ = z_u·(z_j − z_i)
+    bpr = F.softplus(x).mean()
+    if reg_form == "emb_norm":
+        norms = [float(torch.linalg.vector_norm(r)) for r in (zu, zi, zj)]  # on the host: a CPU path
+        reg = zu.new_tensor(reg_weight * sum(norms) / zu.shape[0])
+    else:  # half_sq: ½‖X‖²'s gradient is X itself
+        norms = None
+        reg = reg_weight * half_sq(zu, zi, zj)
+    return bpr, reg, diff, x, norms
+
+
+def _bpr_terms_grads(zu, zij, diff, x, norms, reg_weight, grad_bpr, grad_reg):
+    """:class:`_BPRTerms`'s backward: ``∂z_u`` and ``[∂z_i; ∂z_j]`` for the terms' output gradients
+    ``grad_bpr`` and ``grad_reg`` (0-d tensors)."""
+    batch = zu.shape[0]
+    g = float(grad_reg) * reg_weight / batch
+    c_u, c_i, c_j = (g,) * 3 if norms is None else (g / norm if norm else 0.0 for norm in norms)
+    w = torch.ops.aten.softplus_backward((grad_bpr / batch).expand(x.shape), x, 1, 20).unsqueeze(1)
+    zi, zj = zij.chunk(2)
+    grad_zij = torch.empty_like(zij)
+    grad_zi, grad_zj = grad_zij.chunk(2)
+    w_zu = zu * w
+    torch.add(w_zu, zj, alpha=c_j, out=grad_zj)
+    torch.sub(w_zu, zi, alpha=c_i, out=grad_zi).neg_()
+    grad_zu = torch.mul(diff, w).add_(zu, alpha=c_u)
+    return grad_zu, grad_zij
+
+
+def bpr_terms_with_grads(zu: torch.Tensor, zij: torch.Tensor, reg_weight: float, reg_form: str
+                         ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """:func:`bpr_terms` of rows that need no autograd graph, and the gradients of their sum: the
+    terms, ``∂(bpr + reg)/∂z_u`` and ``∂(bpr + reg)/∂[z_i; z_j]``, bit for bit as autograd delivers
+    them through :func:`bpr_terms` on a CPU in one process (where a caller may use it: the
+    closed-form batches of :meth:`~prismrec.recommender.Recommender.batch_gradients`)."""
+    with torch.no_grad():
+        bpr, reg, diff, x, norms = _bpr_terms_values(zu, zij, reg_weight, reg_form)
+        one = bpr.new_ones(())  # each term's gradient in a sum
+        return {"bpr": bpr, "reg": reg}, *_bpr_terms_grads(zu, zij, diff, x, norms, reg_weight, one, one)
 
 
 class _GemmLogSumExp(torch.autograd.Function):

@@ -47,6 +47,15 @@ class Output:
         return self.user.index_select(0, u), self.item.index_select(0, i), self.item.index_select(0, j)
 
 
+def add_grad(param: torch.Tensor, grad: torch.Tensor) -> None:
+    """Add ``grad`` to ``param.grad`` as autograd's accumulation does: taken as it is where there is
+    none yet, added in place otherwise."""
+    if param.grad is None:
+        param.grad = grad
+    else:
+        param.grad.add_(grad)
+
+
 @dataclass
 class PretrainedItems:
     """An earlier stage's item representations (EGRA's ``P``) and where they came from.
@@ -267,6 +276,15 @@ class Recommender(nn.Module):
         is not).
         """
         return self.loss(batch, self())
+
+    def batch_gradients(self, batch: Batch) -> dict[str, torch.Tensor] | None:
+        """A closed-form alternative to :meth:`batch_loss` that the trainer tries first on a CPU in
+        one process: the batch's loss terms (no autograd graph), every parameter's gradient of their
+        sum already added to its ``.grad`` (see :func:`add_grad`). ``None`` (the default): the
+        trainer differentiates :meth:`batch_loss`. An override must give the same terms and
+        gradients (BPR-MF: bit for bit); it saves the autograd graph's bookkeeping, which on a
+        model of a few tiny kernels costs as much as the arithmetic."""
+        return None
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook called before each training epoch (0-based): schedules, edge dropout."""

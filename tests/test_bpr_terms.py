@@ -119,3 +119,28 @@ def test_half_sq_value_is_the_loss_function_s_and_unknown_forms_raise():
     assert torch.equal(half["reg"], 0.1 * l2_reg("half_sq", zu, zi, zj))  # the same operations forward
     with pytest.raises(ValueError, match="reg_form"):
         losses.bpr_terms(zu, zij, 0.1, "l1")
+
+
+@pytest.mark.parametrize("settings", [{}, {"reg_weight": 0.5}, {"reg_form": "half_sq"}])
+def test_bpr_mf_closed_form_batch_equals_autograd_bit_for_bit(data, settings):
+    """BPR-MF's ``batch_gradients`` (what the trainer takes on a CPU): the same terms and the same
+    table gradients, bit for bit, as autograd through its ``batch_loss``, added to gradients
+    already there as autograd accumulates them; and it builds no graph."""
+    seed_everything(0)
+    net = get_model("bpr")(data, resolve_config("bpr", data.name, settings).params)
+    for k, batch in enumerate(_batches(data)):
+        expected, grads = _terms_and_grads(net, batch, full=False)
+        net.zero_grad(set_to_none=True)
+        got = net.batch_gradients(batch)
+        assert list(got) == list(expected) and not any(v.requires_grad for v in got.values())
+        assert all(torch.equal(got[n], expected[n].detach()) for n in got)
+        assert {n: p.grad for n, p in net.named_parameters()}.keys() == grads.keys()
+        assert all(torch.equal(p.grad, grads[n]) for n, p in net.named_parameters())
+        if k == 0:  # on top of earlier gradients: accumulated, as backward() accumulates
+            before = {n: p.grad.clone() for n, p in net.named_parameters()}
+            sum(net.batch_loss(batch).values()).backward()
+            twice = {n: p.grad.clone() for n, p in net.named_parameters()}
+            for n, p in net.named_parameters():
+                p.grad = before[n].clone()
+            net.batch_gradients(batch)
+            assert all(torch.equal(p.grad, twice[n]) for n, p in net.named_parameters())

@@ -10,10 +10,10 @@ from typing import Literal
 
 import torch
 
-from prismrec.losses import bpr_terms
+from prismrec.losses import bpr_terms_with_grads, output_bpr_terms
 from prismrec.models import register
 from prismrec.nn import IdEmbedding
-from prismrec.recommender import Output, Recommender
+from prismrec.recommender import Output, Recommender, add_grad
 
 
 @dataclass
@@ -46,9 +46,19 @@ class BPRMF(Recommender):
         return Output(self.user_emb.weight, self.item_emb.weight)
 
     def loss(self, batch, out: Output) -> dict[str, torch.Tensor]:
+        return output_bpr_terms(out, batch, self.config.reg_weight, self.config.reg_form)
+
+    def batch_gradients(self, batch) -> dict[str, torch.Tensor]:
+        """The batch's terms and their gradients in closed form, as Rendle's LearnBPR updates: the
+        rows' gradients of :func:`~prismrec.losses.bpr_terms_with_grads`, scattered into the tables
+        as ``index_select``'s backward scatters them (bit for bit the autograd path's)."""
+        cfg = self.config
         u, i, j = batch
-        zu = out.user.index_select(0, u)
-        # i and j gathered at once: the backward is one scatter into the item table, not two
-        # full-size zero-filled gradients added together.
-        zij = out.item.index_select(0, torch.cat([i, j]))  # [z_i; z_j]
-        return bpr_terms(zu, zij, self.config.reg_weight, self.config.reg_form)
+        ij = torch.cat([i, j])
+        users, items = self.user_emb.weight, self.item_emb.weight
+        with torch.no_grad():
+            terms, grad_zu, grad_zij = bpr_terms_with_grads(users.index_select(0, u), items.index_select(0, ij),
+                                                            cfg.reg_weight, cfg.reg_form)
+            add_grad(users, torch.zeros_like(users).index_add_(0, u, grad_zu))
+            add_grad(items, torch.zeros_like(items).index_add_(0, ij, grad_zij))
+        return terms

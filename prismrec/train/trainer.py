@@ -18,6 +18,7 @@ import torch
 
 from prismrec.data.sampler import BPRSampler
 from prismrec.errors import RunError, TrainingDiverged
+from prismrec.losses import added
 from prismrec.eval.evaluator import Evaluator
 from prismrec.recommender import Recommender
 from prismrec.train import distributed
@@ -375,28 +376,29 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
             batch, weight = distributed.shard(batch, dist_env)
         now = time.perf_counter()
         timing["sample_s"] += now - tick
-        # A model's batch_loss gives loss(batch, forward())'s terms and gradients with less work on
-        # a CPU (row-restricted products, sliced on the host); on a GPU the full products are cheap
-        # and host slicing would stall every batch, so the default path is taken there.
-        terms = model.loss(batch, model()) if accelerated else model.batch_loss(batch)
-        if dist_env.active:  # this rank's share of the global batch's mean
-            terms = {k: v * weight for k, v in terms.items()}
-        # The terms stacked once: the total to differentiate and the values to log. Each term's
-        # gradient is 1, as through a chain of additions, and autograd meets the terms' nodes in
-        # the same order (all of them ready at once, latest first), so the gradients are the same
-        # bit for bit (tests/test_trainer_steps.py); one node instead of one per term.
-        stacked = torch.stack(list(terms.values()))
-        total = stacked.sum()
+        release_grads(optimizer)
+        # A model with a closed-form batch gradient (BPR-MF) writes it itself on a CPU in one process.
+        terms = None if accelerated or dist_env.active else model.batch_gradients(batch)
+        total = None
+        if terms is None:
+            # A model's batch_loss gives loss(batch, forward())'s terms and gradients with less work on
+            # a CPU (row-restricted products, sliced on the host); on a GPU the full products are cheap
+            # and host slicing would stall every batch, so the default path is taken there.
+            terms = model.loss(batch, model()) if accelerated else model.batch_loss(batch)
+            if dist_env.active:  # this rank's share of the global batch's mean
+                terms = {k: v * weight for k, v in terms.items()}
+            # Each term's gradient is 1, as through the plain loop's sum (tests/test_trainer_steps.py).
+            total = added(terms.values())
         tick = time.perf_counter()
         timing["forward_s"] += tick - now
-        logged = stacked.detach().reshape(-1)
+        logged = torch.stack([v.detach() for v in terms.values()]).reshape(-1)
         if dist_env.active:  # the global batch's terms, the same on every rank
             logged = distributed.allreduce_sum(logged, dist_env)
         pending.append((tuple(terms), logged, n_batches))
         if len(pending) >= check_every:
             settle()
-        release_grads(optimizer)
-        total.backward()
+        if total is not None:
+            total.backward()
         distributed.allreduce_grads(model, dist_env)
         now = time.perf_counter()
         timing["backward_s"] += now - tick
