@@ -18,8 +18,8 @@ import torch
 
 from prismrec.data.sampler import BPRSampler
 from prismrec.errors import RunError, TrainingDiverged
-from prismrec.losses import added
 from prismrec.eval.evaluator import Evaluator
+from prismrec.losses import added
 from prismrec.recommender import Recommender
 from prismrec.train import distributed
 from prismrec.train.distributed import SINGLE, DistEnv
@@ -343,8 +343,10 @@ def train_epoch(model, sampler: BPRSampler, optimizer, epoch: int, device,
     on a GPU in groups of :data:`GUARD_EVERY_ON_GPU` batches, so the loop never waits for the
     device per batch). Under ``dist_env`` with several ranks, each rank computes its share of
     every batch (weighted by its share of the rows) and the gradients and logged terms are summed
-    over ranks. On a GPU the phase times (``forward_s`` ...) are host time (kernels run
-    asynchronously); ``train_s`` is the epoch's wall time.
+    over ranks. On a CPU in one process a model's closed-form
+    :meth:`~prismrec.recommender.Recommender.batch_gradients` is taken where it has one (its
+    ``forward_s`` then holds the gradients too). On a GPU the phase times (``forward_s`` ...) are
+    host time (kernels run asynchronously); ``train_s`` is the epoch's wall time.
     """
     guard = guard or _DivergenceGuard()
     device = torch.device(device)
