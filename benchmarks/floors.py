@@ -22,7 +22,11 @@ same machine load, which on a shared machine swings by 2-3x within minutes.
 ``epoch / floor`` then says how much of an epoch is overhead on top of those kernels (element-wise
 work, sampling, Python); 1.0 is the floor. Every span is also timed in the thread's CPU time
 (``time.thread_time``, one thread): on a busy machine preemptions stretch wall time unevenly
-between the two sides of a batch, CPU time not, so the CPU-time ratio is the steadier of the two. Writes ``results/floors.{json,md}`` (or
+between the two sides of a batch, CPU time not, so the CPU-time ratio is the steadier of the two. The
+training epoch is also timed in epochs of its own, as a run trains (nothing between its batches):
+the interleaved epoch runs each batch right after its floor's replay, which evicts a small model's
+data from the caches (:mod:`benchmarks.interleave_control`), so the headline ratio is that run-alone
+epoch plus the validation, in CPU time, over the same floor. Writes ``results/floors.{json,md}`` (or
 ``floors_<dataset>`` for other datasets), one row per model, resumable (``--models`` to rerun some).
 Notes on the measurements (dates, loads, what changed between reruns) live in the JSON's ``notes``
 (markdown) and are printed under the table, so that a rerun keeps them.
@@ -355,12 +359,18 @@ def measure(name: str, data, epochs: int) -> dict:
     }
 
 
+def headline(row: dict) -> float:
+    """A row's headline epoch / floor: in CPU time with the training epoch run alone (the interleaved
+    ratios where a row predates that column)."""
+    return row.get("ratio_cpu_alone", row.get("ratio_cpu", row["ratio"]))
+
+
 def markdown(res: dict) -> str:
-    rows = sorted(res["models"].items(), key=lambda kv: -kv[1]["ratio"])
+    rows = sorted(res["models"].items(), key=lambda kv: -headline(kv[1]))
     lines = [f"# Epoch vs floor per model on {res['dataset']}", "",
              f"{res['machine']}; {res['threads']} thread(s); updated {res['date']}.", "",
-             "| model | train s | floor | ratio | valid s | floor | ratio | **epoch / floor** | CPU time: epoch / floor | "
-             "CPU time, training epoch run alone: epoch / floor | "
+             "| model | train s | floor | ratio | valid s | floor | ratio | interleaved: epoch / floor | "
+             "interleaved, CPU time | **run alone, CPU time: epoch / floor** | "
              "per batch: sparse / GEMM / softmax+top-k / FFT / random / gather / step ms | batches | 1-min load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
@@ -373,7 +383,7 @@ def markdown(res: dict) -> str:
                                                      r["optimizer_step_s"]))
         lines.append(f"| {name} | {r['train_s']:.2f} | {r['floor_train_s']:.2f} | {r['ratio_train']:.2f} | "
                      f"{r['valid_s']:.2f} | {r['floor_valid_s']:.2f} | {r['ratio_valid']:.2f} | "
-                     f"**{r['ratio']:.2f}** | {cpu_ratio} | {alone} | {ms} | {r['batches']} | {r['load1']:.2f} |")
+                     f"{r['ratio']:.2f} | {cpu_ratio} | **{alone}** | {ms} | {r['batches']} | {r['load1']:.2f} |")
     lines += ["", "Floor = the model's own kernels replayed bare in the same process: for every training batch "
               "of an epoch (each batch also run and timed as the trainer runs it, right after), every matrix "
               "product (sparse adjacency / kNN, dense GEMMs), (log-)softmax, top-k, FFT, random draw (dropout "
@@ -383,13 +393,16 @@ def markdown(res: dict) -> str:
               "interleaved epochs after a warm-up epoch, default settings (EGRA's pretrained vectors faked at "
               "their size) plus what the quality benchmarks give (the modality pair, lfm2k: text + audio; "
               "FREEDOM's and DRAGON's mm_weights 0.5/0.5; SMORE's and MMGCN's modality_roles and LGMRec's "
-              "hcl_order with the first modality in the image part). Sorted by epoch / floor, furthest first. "
-              "CPU time: the same ratio in the thread's CPU time (one thread), which preemptions by other "
-              "processes on a busy machine do not inflate; '-' for rows measured before it was recorded. "
-              "Run alone: the training epoch's CPU time measured again in epochs of their own, right after each "
-              "interleaved validation (nothing between the trainer's batches), over the same floor: the interleaved "
-              "epoch runs each batch right after its floor's recording and replay, which leave a small model's "
-              "batch colder than in a run."]
+              "hcl_order with the first modality in the image part). Interleaved: the epochs whose batches "
+              "alternate with their floor's, in wall time and in the thread's CPU time (one thread), which "
+              "preemptions by other processes on a busy machine do not inflate. Run alone (the headline, sorted "
+              "by it, furthest first): the training epoch's CPU time measured again in epochs of their own, right "
+              "after each interleaved validation (nothing between the trainer's batches, as in a run), plus the "
+              "validation's, over the same floor: the interleaved epoch runs each batch right after its floor's "
+              "recording and bare replay, which stream tens of MB through the caches (a run does not), and a "
+              "small model's next batch pays the refill (`python -m benchmarks.interleave_control`: the same "
+              "trainer with a pass over an unrelated 64 MB buffer between batches loses about as much). "
+              "'-': rows measured before a column was recorded."]
     odd = [n for n, r in rows if r.get("floor_method") != "interleaved per batch"]
     if odd:
         lines.append(f"Rows of {', '.join(odd)}: measured by an earlier version of this script (floor "

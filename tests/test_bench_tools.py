@@ -122,3 +122,21 @@ def test_contention_matrix_pairs_cells_by_the_threads_they_used():
     rows = [line for line in text.splitlines() if line.startswith("| lfm2k") or line.startswith("| baby")]
     assert rows[0].startswith("| lfm2k | 3,283 | bpr | 0.10 | 0.20 | 2.00 | 0.10 | 0.30 | 3.00 | 1 |")
     assert " | 2 | d |" in rows[1]  # auto picks two threads from 8,000 users + items up
+
+
+def test_interleave_control_times_the_same_trainer_three_ways(planted):
+    """The control's three ways each train one epoch a round (the work between batches kept apart:
+    each batch is handed over after it, once), and the row's ratios are those of its medians."""
+    from benchmarks.interleave_control import WAYS, Between, markdown, measure
+
+    sampler = BPRSampler(planted.train, 256, "train_items", 0)
+    work = []
+    feed = Between(sampler, lambda: work.append(len(work)))
+    assert sum(1 for _ in feed.epoch()) == len(work) == len(sampler) and feed.aside_cpu >= 0
+    row = measure("bpr", planted, 2)
+    assert set(row["train_cpu_s"]) == set(WAYS) and all(len(v) == 2 for v in row["rounds_cpu_s"].values())
+    assert all(s > 0 for s in row["train_cpu_s"].values())
+    assert row["sweep_vs_alone"] == row["train_cpu_s"]["sweep"] / row["train_cpu_s"]["alone"]
+    page = markdown({"rows": {"planted/bpr": row}, "machine": "m", "threads": 1, "date": "d"})
+    line = next(x for x in page.splitlines() if x.startswith("| planted/bpr |"))
+    assert f"({row['interleaved_vs_alone']:.2f})" in line
