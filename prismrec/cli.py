@@ -246,6 +246,9 @@ def train(
     track: Optional[str] = typer.Option(
         None, help="Also log to MLflow (a tracking URI, or a folder for a local store; needs mlflow) "
                    "or to TensorBoard (tensorboard:FOLDER; needs tensorboard)."),
+    workers: str = typer.Option(
+        "auto", help="With several seeds on a CPU, seeds trained at the same time, each in its own process: auto "
+        "(one 1-thread seed per core, as many as memory allows) or N; 1: one after another in this process."),
 ) -> None:
     """Train MODEL on DATASET, select on validation, evaluate test once, write the run dir.
 
@@ -259,6 +262,7 @@ def train(
 
     follower = quiet_follower()  # under torchrun, ranks other than 0 print errors only
     # Everything the user gave is checked before any data is read or any training starts.
+    n_workers = _workers(workers)
     seed_list = resolve_seeds(seeds, n_seeds, default_n=1)
     overrides = load_yaml_overrides(config) if config else {}
     overrides.update(parse_assignments(set_))
@@ -279,10 +283,18 @@ def train(
 
         tracker = make_tracker(track)
         tracker.start({**cfg.to_dict(), "seeds": seed_list}, out.name)
+    aside = None
+    if n_workers != 1 and len(seed_list) > 1 and str(cfg.train.device).partition(":")[0] == "cpu" and tracker is None:
+        from prismrec.experiment.compare import dataset_bytes, train_seeds
+
+        def aside(paths):  # the seeds side by side, each in its own process (each epoch in its run.log)
+            train_seeds(cfg.model, dataset, cfg, overrides, paths, dataset_bytes(data), n_workers,
+                        str(data_dir) if data_dir else None, lambda msg: typer.echo(msg, err=quiet),
+                        ("--keep-checkpoints",) if keep_checkpoints else ())
     try:
         metrics = run_experiment(cfg, seed_list, out, dataset=data, progress=not quiet, overwrite=overwrite,
                                  keep_checkpoints=keep_checkpoints,
-                                 on_epoch_end=tracker.epoch if tracker is not None else None)
+                                 on_epoch_end=tracker.epoch if tracker is not None else None, train_aside=aside)
     except BaseException as exc:
         if tracker is not None:
             tracker.finish({}, None, status="FAILED")

@@ -133,3 +133,57 @@ def test_available_memory_reads_this_machine():
     free = available_memory()
     if sys.platform.startswith("linux"):
         assert isinstance(free, int) and 0 < free < 2**50
+
+
+TRAIN = ["train", "--model", "lightgcn", "--dataset", "planted", "--seeds", "1,2", "--set", "epochs=2",
+         "--set", "n_layers=1"]
+
+
+def test_train_seeds_side_by_side_equal_one_after_another(planted_dir, tmp_path, monkeypatch):
+    """``prismrec train --seeds`` on a CPU trains its seeds as compare trains cells (one 1-thread
+    process per core): the same run directory, metrics and weights as one after another in the
+    process; a rerun finds it finished."""
+    import prismrec.experiment.compare as compare
+    import prismrec.threads as threads
+
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(compare, "available_memory", lambda: 16 * 2**30)
+    common = TRAIN + ["--data-dir", str(planted_dir.parent)]
+    sequential = runner.invoke(app, common + ["--out", str(tmp_path / "seq"), "--workers", "1"])
+    assert sequential.exit_code == 0, sequential.output
+    assert "[train]" not in sequential.output
+    parallel = runner.invoke(app, common + ["--out", str(tmp_path / "par")])  # --workers auto
+    assert parallel.exit_code == 0, parallel.output
+    assert "[train] 2 cells, up to 2 at a time on 2 cores" in parallel.output
+    assert "[train] planted / lightgcn / seed 2: training" in parallel.output
+    seq, par = (json.loads((tmp_path / k / "metrics.json").read_text()) for k in ("seq", "par"))
+    assert seq == par and seq["seeds"] == [1, 2]
+    for seed in (1, 2):
+        assert (tmp_path / "seq" / f"seed-{seed}/model.pt").read_bytes() == (tmp_path / "par" / f"seed-{seed}/model.pt").read_bytes()
+    assert RunDir(tmp_path / "par").is_finished()
+    again = runner.invoke(app, common + ["--out", str(tmp_path / "par")])
+    assert again.exit_code == 0 and "nothing to do" in again.output and "[train]" not in again.output
+
+
+def test_a_seed_failed_aside_is_one_line_naming_it(planted_dir, tmp_path, monkeypatch):
+    """A seed whose process fails stops the run with one error naming the seed and its output's
+    last lines; the other seed's finished run is kept, and a rerun reads it back."""
+    import prismrec.experiment.compare as compare
+    import prismrec.threads as threads
+
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(compare, "available_memory", lambda: 16 * 2**30)
+    command = compare.Cell.command
+    monkeypatch.setattr(compare.Cell, "command", lambda cell, data_dir: (
+        [sys.executable, "-c", "print('MemoryError: out of memory in seed 2'); raise SystemExit(3)"]
+        if cell.seed == 2 else command(cell, data_dir)))
+    out = tmp_path / "run"
+    result = runner.invoke(app, TRAIN + ["--data-dir", str(planted_dir.parent), "--out", str(out)])
+    assert result.exit_code != 0
+    assert "error: seed 2 failed (seed 2's output ends): MemoryError: out of memory in seed 2" in result.output
+    assert "Traceback" not in result.output
+    assert RunDir(out / "seed-1").is_finished()
+    monkeypatch.setattr(compare.Cell, "command", command)
+    again = runner.invoke(app, TRAIN + ["--data-dir", str(planted_dir.parent), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "[train] 1 cells" not in again.output and RunDir(out).is_finished()  # seed 2 alone: in this process

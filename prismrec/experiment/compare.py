@@ -211,7 +211,7 @@ def run_compare(
         for dataset in datasets:
             data = load_dataset(dataset, data_dir, modalities=[])  # the interactions alone
             require_splits(data)
-            data_bytes[dataset] = sum(f.stat().st_size for f in Path(data.path).iterdir() if f.is_file())
+            data_bytes[dataset] = dataset_bytes(data)
             names = replace(data, features=dict.fromkeys(feature_files(data.path)))  # and its modalities' names
             for model in models:
                 check_cell(configs[(dataset, model)], names)
@@ -270,11 +270,13 @@ class Cell:
     """The cores it occupies while it trains (:func:`plan_cells`)."""
     threads: int | None = None
     """The threads it is told to take (``--set threads=N``; None: its own setting)."""
+    flags: tuple[str, ...] = ()
+    """Further ``prismrec train`` options (``--keep-checkpoints``)."""
 
     def command(self, data_dir: str | None) -> list[str]:
         """The ``prismrec train`` command line of this cell."""
         cmd = [sys.executable, "-m", "prismrec", "train", "--model", self.model, "--dataset", self.dataset,
-               "--seeds", str(self.seed), "--out", str(self.path), "--quiet"]
+               "--seeds", str(self.seed), "--out", str(self.path), "--quiet", *self.flags]
         if data_dir:
             cmd += ["--data-dir", str(data_dir)]
         settings = dict(self.settings) if self.threads is None else {**self.settings, "threads": self.threads}
@@ -294,7 +296,7 @@ MEMORY_SHARE = 0.5
 
 
 def plan_cells(cells: list[Cell], workers: int | str, configs: dict, data_bytes: dict[str, int],
-               threads_set: bool, log) -> tuple[list[Cell], int, int]:
+               threads_set: bool, log, prefix: str = "[compare]") -> tuple[list[Cell], int, int]:
     """How ``cells`` share this process's usable cores: the cells, each with the ``cores`` it
     occupies and the ``threads`` it is told to take (None: its own ``threads`` setting), the
     capacity in cores :func:`train_cells` fills with them, and how many may run at once.
@@ -337,7 +339,7 @@ def plan_cells(cells: list[Cell], workers: int | str, configs: dict, data_bytes:
     if any(cell.cores < cpus for cell in planned):
         memory = "" if fit >= min(cpus, len(cells)) else (
             f", no more for memory: ~{per_cell / 2**30:.1f} GiB a cell of {available / 2**30:.1f} GiB available")
-        log(f"[compare] {len(cells)} cells, up to {side} at a time on {cpus} cores{memory} "
+        log(f"{prefix} {len(cells)} cells, up to {side} at a time on {cpus} cores{memory} "
             "(--workers N: N at a time)")
     return planned, cpus, min(fit, len(cells))
 
@@ -362,7 +364,7 @@ def available_memory() -> int | None:
 
 
 def train_cells(cells: list[Cell], capacity: int, at_most: int, data_dir: str | None,
-                log) -> dict[tuple[str, str, int], dict | str]:
+                log, prefix: str = "[compare]") -> dict[tuple[str, str, int], dict | str]:
     """Train ``cells``, each in its own ``prismrec train`` process, at most ``at_most`` at a time
     and as many as their ``cores`` fit in ``capacity`` (the first pending cell that fits starts
     next; one that needs more than the capacity trains alone);
@@ -383,7 +385,7 @@ def train_cells(cells: list[Cell], capacity: int, at_most: int, data_dir: str | 
                     cell := _next_cell(pending, capacity - sum(r[0].cores for r in running), running)) is not None:
                 pending.remove(cell)
                 resuming = RunDir(cell.path).state().kind == "running"
-                log(f"[compare] {cell.dataset} / {cell.model} / seed {cell.seed}: "
+                log(f"{prefix} {cell.dataset} / {cell.model} / seed {cell.seed}: "
                     + ("resuming" if resuming else "training"))
                 output = tempfile.TemporaryFile(mode="w+")
                 proc = children.start(cell.command(data_dir), output)
@@ -404,8 +406,34 @@ def train_cells(cells: list[Cell], capacity: int, at_most: int, data_dir: str | 
                     continue
                 error = "\n".join(text.strip().splitlines()[-5:])
                 outcomes[key] = error
-                log(f"[compare] {cell.dataset} / {cell.model} / seed {cell.seed}: FAILED\n" + error)
+                log(f"{prefix} {cell.dataset} / {cell.model} / seed {cell.seed}: FAILED\n" + error)
     return outcomes
+
+
+def dataset_bytes(data) -> int:
+    """Bytes of a dataset's files, from which :func:`plan_cells` estimates a training process's memory."""
+    return sum(f.stat().st_size for f in Path(data.path).iterdir() if f.is_file())
+
+
+def train_seeds(model: str, dataset: str, config, settings: dict[str, Any], paths: dict[int, Path],
+                data_bytes: int, workers: int | str, data_dir: str | None, log, flags: tuple[str, ...] = ()) -> None:
+    """Train one configuration's seeds into their run directories (``paths``: seed -> folder) as
+    compare trains its cells, each in its own ``prismrec train`` process, side by side as
+    :func:`plan_cells` allows (``workers``), ``settings`` being the command's ``--set`` settings:
+    ``prismrec train --seeds`` with several seeds on a CPU. A seed's run is the one it would have
+    been in this process (threads are not part of it). Raises :class:`RunError` naming the seeds
+    that failed, with the last lines of the first one's output."""
+    digest = config.digest()
+    cells = [Cell(dataset, model, seed, path, settings, digest, flags=flags) for seed, path in paths.items()]
+    cells, capacity, at_most = plan_cells(cells, workers, {(dataset, model): config}, {dataset: data_bytes},
+                                          "threads" in settings, log, prefix="[train]")
+    log(f"[train] each seed's epochs: {next(iter(paths.values())).parent}/seed-<seed>/run.log")
+    outcomes = train_cells(cells, capacity, at_most, data_dir, log, prefix="[train]")
+    failed = {key[2]: why for key, why in outcomes.items() if isinstance(why, str)}
+    if failed:
+        first = next(iter(failed))
+        raise RunError(f"seed{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} failed "
+                       f"(seed {first}'s output ends):\n{failed[first]}")
 
 
 def _next_cell(pending: list[Cell], free: int, running: list) -> Cell | None:

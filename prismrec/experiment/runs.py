@@ -271,6 +271,7 @@ def run_experiment(
     overwrite: bool = False,
     keep_checkpoints: bool = False,
     log: Log | None = None,
+    train_aside: Callable[[dict[int, Path]], None] | None = None,
 ) -> dict:
     """Train ``config`` once per seed; return (and write) the metrics, aggregated over seeds.
 
@@ -285,6 +286,10 @@ def run_experiment(
         evaluate_test: ``False``: the test split is never read and every ``"test"`` is ``None``.
         on_epoch_end: called with every epoch's history row (of every seed).
         log: where progress notes go (resume, nothing to do); default stderr.
+        train_aside: with several seeds and ``out_dir``, trains the unfinished ones' run directories
+            (``{seed: folder}``, two or more) before this process would, e.g. side by side in other
+            processes (:func:`prismrec.experiment.compare.train_seeds`); their finished runs are then
+            read back here. Without it every seed trains here, one after another.
 
     Returns the ``metrics.json`` content, plus ``timing`` (``timing.json``: machine-dependent
     seconds and memory) and its total ``seconds``.
@@ -318,21 +323,36 @@ def run_experiment(
         config.train.seed = seeds[0]
         parent.write_config(config_record(config, dataset, seeds))
     per_seed, timings, states = {}, {}, {str(s): "pending" for s in seeds}
+
+    def abandon_if_nothing_kept() -> None:
+        if parent is not None and action == "new" and not any(
+                d.state().kind in ("running", "finished") for d in parent.seed_dirs()):
+            parent.abandon()  # nothing of this run to resume (see train_one_seed)
+
+    aside = {}
+    if parent is not None and train_aside is not None:
+        aside = {s: parent.seed(s).path for s in seeds if not parent.seed(s).is_finished()}
+        if len(aside) > 1:
+            parent.update_running(seeds=states | dict.fromkeys(map(str, aside), "training"))
+            try:
+                train_aside(aside)
+            except BaseException:
+                abandon_if_nothing_kept()
+                raise
     for seed in seeds:
         config.train.seed = seed
         sub = parent.seed(seed).path if parent is not None else None
         if parent is not None:
             parent.update_running(seeds=states | {str(seed): "training"})
-        try:
-            per_seed[seed], timings[seed] = train_one_seed(config, dataset, sub, **kw)
+        try:  # a seed trained aside is read back (its "nothing to do" note left out)
+            per_seed[seed], timings[seed] = train_one_seed(
+                config, dataset, sub, **(kw | {"log": _silent} if len(aside) > 1 and seed in aside else kw))
         except TrainingDiverged:
             if parent is not None:
                 parent.update_running(seeds=states | {str(seed): "failed"})
             raise
         except BaseException:
-            if parent is not None and action == "new" and not any(
-                    d.state().kind in ("running", "finished") for d in parent.seed_dirs()):
-                parent.abandon()  # nothing of this run to resume (see train_one_seed)
+            abandon_if_nothing_kept()
             raise
         states[str(seed)] = "finished"
     config.train.seed = seeds[0]
