@@ -187,3 +187,29 @@ def test_a_seed_failed_aside_is_one_line_naming_it(planted_dir, tmp_path, monkey
     again = runner.invoke(app, TRAIN + ["--data-dir", str(planted_dir.parent), "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert "[train] 1 cells" not in again.output and RunDir(out).is_finished()  # seed 2 alone: in this process
+
+
+def test_tune_trains_its_final_seeds_side_by_side_when_it_loads_the_data(planted_dir, tmp_path, monkeypatch):
+    """A search that loads its dataset by name trains the final seeds as ``prismrec train --seeds``
+    does (side by side, the same results as in the process); one given a dataset (possibly changed
+    in memory) trains them in the process."""
+    import prismrec.experiment.compare as compare
+    import prismrec.threads as threads
+    from prismrec.data import load_dataset
+    from prismrec.experiment.search import tune
+
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(compare, "available_memory", lambda: 16 * 2**30)
+    logged = {"named": [], "given": []}
+    common = dict(model="lightgcn", space=["lr=1e-3..1e-1:log"], trials=1,
+                  overrides={"epochs": 2, "n_layers": 1}, final_seeds=[1, 2])
+    named = tune(dataset_name="planted", out_dir=tmp_path / "named", data_dir=planted_dir.parent,
+                 log=logged["named"].append, **common)
+    given = tune(dataset_name="planted", out_dir=tmp_path / "given", dataset=load_dataset(planted_dir),
+                 log=logged["given"].append, **common)
+    assert any(m.startswith("[train] 2 cells, up to 2 at a time") for m in logged["named"])
+    assert not any(m.startswith("[train]") for m in logged["given"])
+    assert named["final"] == given["final"] and named["final"]["seeds"] == [1, 2]
+    for seed in (1, 2):
+        model = f"best/seed-{seed}/model.pt"
+        assert (tmp_path / "named" / model).read_bytes() == (tmp_path / "given" / model).read_bytes()

@@ -231,7 +231,10 @@ def tune(
     several with a database server and a shared ``out_dir``) may run this same call at once:
     they share the trials, a trial whose worker died is failed and retried once from its
     checkpoint, and one of them trains the final seeds (:mod:`prismrec.experiment.workers`;
-    ``heartbeat_s`` / ``grace_s`` set how quickly a dead worker on another host is noticed)."""
+    ``heartbeat_s`` / ``grace_s`` set how quickly a dead worker on another host is noticed).
+    ``dataset``: the data itself (the final seeds then train in this process, one after another);
+    without it the data is loaded from ``dataset_name`` and ``data_dir``, and on a CPU the final seeds
+    train side by side, each in its own process (:func:`~prismrec.experiment.compare.train_seeds`)."""
     if trials < 1:
         raise ConfigError(f"trials must be at least 1, got {trials}")
     overrides = dict(overrides or {})
@@ -245,6 +248,9 @@ def tune(
     for d in dims:
         for value in d.choices or (d.low, d.high):
             resolve_config(model, dataset_name, {**overrides, d.key: d.setting(value)})
+    # The final seeds may train in other processes, which load the dataset by name: only one
+    # loaded here from that name, not one given (possibly changed in memory).
+    side_by_side = dataset is None
     dataset = dataset or load_dataset(dataset_name, data_dir)
     fixed.check_cut_offs(dataset.n_items, dataset.name)
     out = Path(out_dir)
@@ -375,7 +381,8 @@ def tune(
         if claim.acquire():
             try:
                 final = _finished_final(out, best.number, list(final_seeds)) or _train_final(
-                    model, dataset_name, overrides, dims, best, list(final_seeds), out, dataset, log)
+                    model, dataset_name, overrides, dims, best, list(final_seeds), out, dataset, log,
+                    data_dir, side_by_side)
                 _write_summary(out, spec, study, best, final, list(final_seeds))
             finally:
                 claim.release()
@@ -386,18 +393,29 @@ def tune(
     return _write_summary(out, spec, study, best, final, list(final_seeds))
 
 
-def _train_final(model, dataset_name, overrides, dims, best, final_seeds, out, dataset, log) -> dict:
+def _train_final(model, dataset_name, overrides, dims, best, final_seeds, out, dataset, log,
+                 data_dir: str | Path | None = None, side_by_side: bool = False) -> dict:
     """Train the selected point with the final seeds into ``<out>/best`` (an earlier, different
-    selection there is replaced; an interrupted one resumes)."""
+    selection there is replaced; an interrupted one resumes). ``side_by_side``: on a CPU the seeds
+    train side by side, each in a ``prismrec train`` process that loads ``dataset_name`` from
+    ``data_dir`` (:func:`~prismrec.experiment.compare.train_seeds`)."""
     log(f"selected trial {best.number} ({best.params}); training seeds {final_seeds}")
-    cfg = resolve_config(model, dataset_name, {**overrides, **_settings(dims, best.params)})
+    settings = {**overrides, **_settings(dims, best.params)}
+    cfg = resolve_config(model, dataset_name, settings)
     state = RunDir(out / "best").state()
     recorded = state.identity or {}
     other = state.kind == "legacy" or (bool(recorded) and (
         recorded.get("config_digest") != run_digest(cfg)
         or recorded.get("seeds", [recorded.get("seed")]) != final_seeds))
+    aside = None
+    if side_by_side and str(cfg.train.device).partition(":")[0] == "cpu":
+        from prismrec.experiment.compare import dataset_bytes, train_seeds
+
+        def aside(paths):
+            train_seeds(model, dataset_name, cfg, settings, paths, dataset_bytes(dataset), "auto",
+                        str(data_dir) if data_dir else None, log)
     return run_experiment(cfg, final_seeds, out / "best", dataset=dataset, progress=False,
-                          overwrite=other, log=log)
+                          overwrite=other, log=log, train_aside=aside)
 
 
 def _write_summary(out: Path, spec: dict, study: optuna.Study, best, final: dict | None,
