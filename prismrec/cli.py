@@ -283,10 +283,10 @@ def train(
 
         tracker = make_tracker(track)
         tracker.start({**cfg.to_dict(), "seeds": seed_list}, out.name)
-    aside = None
-    if n_workers != 1 and len(seed_list) > 1 and str(cfg.train.device).partition(":")[0] == "cpu" and tracker is None:
-        from prismrec.experiment.compare import dataset_bytes, train_seeds
+    from prismrec.experiment.compare import dataset_bytes, on_cpu, train_seeds
 
+    aside = None
+    if n_workers != 1 and len(seed_list) > 1 and on_cpu(cfg) and tracker is None:
         def aside(paths):  # the seeds side by side, each in its own process (each epoch in its run.log)
             train_seeds(cfg.model, dataset, cfg, overrides, paths, dataset_bytes(data), n_workers,
                         str(data_dir) if data_dir else None, lambda msg: typer.echo(msg, err=quiet),

@@ -327,7 +327,7 @@ def plan_cells(cells: list[Cell], workers: int | str, configs: dict, data_bytes:
     planned = []
     for cell in cells:
         train = configs[(cell.dataset, cell.model)].train
-        if str(train.device) != "cpu":
+        if not on_cpu(configs[(cell.dataset, cell.model)]):
             cores, threads = cpus, None
         elif train.threads != "auto":
             cores, threads = max(1, min(cpus, resolve_threads(train.threads)[0])), None
@@ -408,6 +408,11 @@ def train_cells(cells: list[Cell], capacity: int, at_most: int, data_dir: str | 
                 outcomes[key] = error
                 log(f"{prefix} {cell.dataset} / {cell.model} / seed {cell.seed}: FAILED\n" + error)
     return outcomes
+
+
+def on_cpu(config) -> bool:
+    """Whether a configuration trains on the CPU (``cpu`` or ``cpu:0``)."""
+    return str(config.train.device).partition(":")[0] == "cpu"
 
 
 def dataset_bytes(data) -> int:

@@ -329,16 +329,17 @@ def run_experiment(
                 d.state().kind in ("running", "finished") for d in parent.seed_dirs()):
             parent.abandon()  # nothing of this run to resume (see train_one_seed)
 
-    aside = {}
+    aside: set[int] = set()  # the seeds trained by train_aside
     if parent is not None and train_aside is not None:
-        aside = {s: parent.seed(s).path for s in seeds if not parent.seed(s).is_finished()}
-        if len(aside) > 1:
-            parent.update_running(seeds=states | dict.fromkeys(map(str, aside), "training"))
+        pending = {s: parent.seed(s).path for s in seeds if not parent.seed(s).is_finished()}
+        if len(pending) > 1:
+            parent.update_running(seeds=states | dict.fromkeys(map(str, pending), "training"))
             try:
-                train_aside(aside)
+                train_aside(pending)
             except BaseException:
                 abandon_if_nothing_kept()
                 raise
+            aside = set(pending)
     for seed in seeds:
         config.train.seed = seed
         sub = parent.seed(seed).path if parent is not None else None
@@ -346,7 +347,7 @@ def run_experiment(
             parent.update_running(seeds=states | {str(seed): "training"})
         try:  # a seed trained aside is read back (its "nothing to do" note left out)
             per_seed[seed], timings[seed] = train_one_seed(
-                config, dataset, sub, **(kw | {"log": _silent} if len(aside) > 1 and seed in aside else kw))
+                config, dataset, sub, **(kw | {"log": _silent} if seed in aside else kw))
         except TrainingDiverged:
             if parent is not None:
                 parent.update_running(seeds=states | {str(seed): "failed"})

@@ -47,6 +47,7 @@ from prismrec.data import Dataset, load_dataset
 from prismrec.experiment.config import (declared_grid, field_types, model_class, parse_assignments,
                                         resolve_config, valid_keys)
 from prismrec.errors import ConfigError, ModelRefused, RunError
+from prismrec.experiment.compare import dataset_bytes, on_cpu, train_seeds
 from prismrec.experiment.rundir import RunDir, run_digest, write_atomic
 from prismrec.experiment.runs import run_experiment
 from prismrec.experiment.workers import (
@@ -408,9 +409,7 @@ def _train_final(model, dataset_name, overrides, dims, best, final_seeds, out, d
         recorded.get("config_digest") != run_digest(cfg)
         or recorded.get("seeds", [recorded.get("seed")]) != final_seeds))
     aside = None
-    if side_by_side and str(cfg.train.device).partition(":")[0] == "cpu":
-        from prismrec.experiment.compare import dataset_bytes, train_seeds
-
+    if side_by_side and on_cpu(cfg):
         def aside(paths):
             train_seeds(model, dataset_name, cfg, settings, paths, dataset_bytes(dataset), "auto",
                         str(data_dir) if data_dir else None, log)
