@@ -110,8 +110,10 @@ def test_a_killed_parallel_compare_leaves_resumable_cells(planted_dir, tmp_path)
     cmd = [sys.executable, "-m", "prismrec", "compare", "--models", "lightgcn", "--datasets", "planted",
            "--seeds", "1,2", "--data-dir", str(planted_dir.parent), "--out", str(out), "--workers", "2",
            "--set", "epochs=100000", "--set", "patience=100000", "--set", "threads=1"]  # never finishes by itself
+    # Started as a script's background job is: ignoring SIGINT, which its cells must not inherit.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     cells = [out / "planted" / "lightgcn" / f"seed-{s}" for s in (1, 2)]
     deadline = time.time() + 120
     while time.time() < deadline and not all((c / "checkpoint.pt").is_file() for c in cells):
@@ -121,9 +123,10 @@ def test_a_killed_parallel_compare_leaves_resumable_cells(planted_dir, tmp_path)
     proc.wait(timeout=150)  # each cell gets up to 30 s to stop after SIGINT, then is killed
     assert proc.returncode != 0
     time.sleep(0.5)
-    for cell in cells:  # stopped, not finished, each with its checkpoint: a rerun resumes it
+    for cell in cells:  # stopped by the SIGINT, not finished, each with its checkpoint: a rerun resumes it
         assert RunDir(cell).state().kind == "running" and not RunDir(cell).is_finished()
         assert (cell / "checkpoint.pt").is_file()
+        assert "interrupted: rerun the same command" in (cell / "run.log").read_text()
     assert not (out / "results.json").exists()  # the summary is written once, at the end
 
 

@@ -22,7 +22,7 @@ STOP_WAIT_S = 30.0
 def start(command: list[str], output) -> subprocess.Popen:
     """Start ``command`` with stdout and stderr to the open file ``output``."""
     return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=_prepare_child)
 
 
 @contextlib.contextmanager
@@ -52,6 +52,15 @@ def supervised(procs: list[subprocess.Popen]):
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _prepare_child() -> None:
+    """In the child, before it runs the command: SIGINT back to its default, so that Python turns it
+    into KeyboardInterrupt (a parent started in the background of a script ignores SIGINT, and its
+    children would inherit that and shrug off :func:`supervised`'s stop until killed), and
+    :func:`_die_with_parent`."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent()
 
 
 def _die_with_parent() -> None:
