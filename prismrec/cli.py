@@ -181,7 +181,7 @@ def _workers(value: str) -> int | str:
     if value == "auto":
         return value
     if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"--workers {value}: give auto or a whole number >= 1 (cells trained at the same time)")
+        raise ConfigError(f"--workers {value}: give auto or a whole number >= 1 (runs trained at the same time)")
     return int(value)
 
 

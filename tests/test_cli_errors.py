@@ -194,6 +194,9 @@ CASES = {
                            "--quiet"],
                           r"novalid\.inter: the valid split is empty \(no row has x_label 1\); training selects"),
     # other commands
+    "train: --workers two": (["train", "--model", "bpr", "--dataset", "planted", "--data-dir", "{data}", "--seeds", "1,2",
+                              "--workers", "two", "--out", "{tmp}/t"],
+                             r"^error: --workers two: give auto or a whole number >= 1 \(runs trained at the same time\)"),
     "compare: --workers 0": (["compare", "--models", "bpr", "--datasets", "planted", "--out", "{tmp}/c", "--workers", "0"],
                              r"^error: --workers 0: give auto or a whole number >= 1"),
     "compare: empty model list": (["compare", "--models", ",", "--datasets", "planted", "--out", "{tmp}/c"],
