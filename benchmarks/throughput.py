@@ -62,7 +62,7 @@ def tune_modes(cores: int) -> dict[str, list[str]]:
 
 
 def train_modes(cores: int) -> dict[str, list[str]]:
-    """The train options of each way of training several seeds (``cores``: unused, as the others)."""
+    """The train options of each way of training several seeds (``cores`` unused: the signature of the others)."""
     return {"train": ["--workers", "1"], "train-auto": []}
 
 
