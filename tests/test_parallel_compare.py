@@ -120,13 +120,14 @@ def test_a_killed_parallel_compare_leaves_resumable_cells(planted_dir, tmp_path)
         time.sleep(0.2)
     assert all((c / "checkpoint.pt").is_file() for c in cells), proc.stdout.read() if proc.poll() is not None else ""
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=150)  # each cell gets up to 30 s to stop after SIGINT, then is killed
-    assert proc.returncode != 0
+    output = proc.communicate(timeout=150)[0]  # each cell gets up to 30 s to stop after SIGINT, then is killed
+    assert proc.returncode != 0, output
     time.sleep(0.5)
     for cell in cells:  # stopped by the SIGINT, not finished, each with its checkpoint: a rerun resumes it
-        assert RunDir(cell).state().kind == "running" and not RunDir(cell).is_finished()
-        assert (cell / "checkpoint.pt").is_file()
-        assert "interrupted: rerun the same command" in (cell / "run.log").read_text()
+        log = f"{output}\n{cell}/run.log ends:\n{(cell / 'run.log').read_text()[-600:]}"
+        assert RunDir(cell).state().kind == "running" and not RunDir(cell).is_finished(), log
+        assert (cell / "checkpoint.pt").is_file(), log
+        assert "interrupted: rerun the same command" in log, log
     assert not (out / "results.json").exists()  # the summary is written once, at the end
 
 

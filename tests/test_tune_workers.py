@@ -23,13 +23,17 @@ import prismrec.experiment.search as search
 from prismrec.data import load_dataset
 
 data, out, storage, trials, kill_at = sys.argv[1:6]
-gate = os.environ.get("START_GATE")  # two workers: both imported before either asks for a trial
+dataset = load_dataset(data)
+gate = os.environ.get("START_GATE")  # two workers: both ready (data loaded) before either asks for a trial
 if gate:
     import time
     open(os.path.join(gate, str(os.getpid())), "w").close()
     deadline = time.time() + 120
     while len(os.listdir(gate)) < 2 and time.time() < deadline:
         time.sleep(0.05)
+    # each trial lasts long enough for the other worker to join (its start lags on a loaded machine)
+    unpaced = search.run_experiment
+    search.run_experiment = lambda *a, **kw: (time.sleep(1.0), unpaced(*a, **kw))[1]
 if int(kill_at) >= 0:  # die (SIGKILL, no clean-up) at this epoch of the first trial
     real = search.run_experiment
     def killing(cfg, seeds, folder, **kw):
@@ -42,7 +46,7 @@ if int(kill_at) >= 0:  # die (SIGKILL, no clean-up) at this epoch of the first t
         return real(cfg, seeds, folder, **kw)
     search.run_experiment = killing
 summary = search.tune("lightgcn", "planted", ["lr=1e-3..1e-1:log", "n_layers=1|2"], int(trials), out,
-                      {"epochs": 3, "threads": 1}, dataset=load_dataset(data), final_seeds=[1],
+                      {"epochs": 3, "threads": 1}, dataset=dataset, final_seeds=[1],
                       storage=None if storage == "-" else storage, heartbeat_s=1, grace_s=5,
                       log=lambda m: print(m, flush=True))
 print("SUMMARY " + json.dumps({"trials": summary["trials"], "selected": summary["selected"]["number"]}))
