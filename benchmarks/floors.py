@@ -399,7 +399,8 @@ def markdown(res: dict) -> str:
               "by it, furthest first): the training epoch's CPU time measured again in epochs of their own, right "
               "after each interleaved validation (nothing between the trainer's batches, as in a run), plus the "
               "validation's, over the same floor: the interleaved epoch runs each batch right after its floor's "
-              "recording and bare replay, which stream tens of MB through the caches (a run does not), and a "
+              "recording and bare replay, which stream its recorded tensors through the caches (3.5-43 MiB a "
+              "batch on lfm2k and tiktok; a run does not), and a "
               "small model's next batch pays the refill (`python -m benchmarks.interleave_control`: the same "
               "trainer with a pass over an unrelated 64 MB buffer between batches loses about as much). "
               "'-': rows measured before a column was recorded."]

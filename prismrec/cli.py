@@ -283,14 +283,12 @@ def train(
 
         tracker = make_tracker(track)
         tracker.start({**cfg.to_dict(), "seeds": seed_list}, out.name)
-    from prismrec.experiment.compare import dataset_bytes, on_cpu, train_seeds
+    aside = None  # with several seeds on a CPU: side by side, each in its own process (epochs in its run.log)
+    if len(seed_list) > 1 and tracker is None:
+        from prismrec.experiment.compare import seeds_aside
 
-    aside = None
-    if n_workers != 1 and len(seed_list) > 1 and on_cpu(cfg) and tracker is None:
-        def aside(paths):  # the seeds side by side, each in its own process (each epoch in its run.log)
-            train_seeds(cfg.model, dataset, cfg, overrides, paths, dataset_bytes(data), n_workers,
-                        str(data_dir) if data_dir else None, lambda msg: typer.echo(msg, err=quiet),
-                        ("--keep-checkpoints",) if keep_checkpoints else ())
+        aside = seeds_aside(cfg.model, dataset, cfg, overrides, data, n_workers, str(data_dir) if data_dir else None,
+                            lambda msg: typer.echo(msg, err=quiet), ("--keep-checkpoints",) if keep_checkpoints else ())
     try:
         metrics = run_experiment(cfg, seed_list, out, dataset=data, progress=not quiet, overwrite=overwrite,
                                  keep_checkpoints=keep_checkpoints,

@@ -136,6 +136,10 @@ def test_interleave_control_times_the_same_trainer_three_ways(planted):
     row = measure("bpr", planted, 2)
     assert set(row["train_cpu_s"]) == set(WAYS) and all(len(v) == 2 for v in row["rounds_cpu_s"].values())
     assert all(s > 0 for s in row["train_cpu_s"].values())
+    # BPR-MF's kernels read its two tables (gathers), their zero-filled gradients and the batch's
+    # B x 3 gradient rows (scatters), and the ids: between tables + rows and twice that
+    tables, rows = (planted.n_users + planted.n_items) * 64 * 4 / 2**20, 3 * 2048 * 64 * 4 / 2**20
+    assert tables + rows <= row["replay_inputs_mb"] <= 2 * (tables + rows)
     assert row["sweep_vs_alone"] == row["train_cpu_s"]["sweep"] / row["train_cpu_s"]["alone"]
     page = markdown({"rows": {"planted/bpr": row}, "machine": "m", "threads": 1, "date": "d"})
     line = next(x for x in page.splitlines() if x.startswith("| planted/bpr |"))

@@ -420,25 +420,33 @@ def dataset_bytes(data) -> int:
     return sum(f.stat().st_size for f in Path(data.path).iterdir() if f.is_file())
 
 
-def train_seeds(model: str, dataset: str, config, settings: dict[str, Any], paths: dict[int, Path],
-                data_bytes: int, workers: int | str, data_dir: str | None, log, flags: tuple[str, ...] = ()) -> None:
-    """Train one configuration's seeds into their run directories (``paths``: seed -> folder) as
-    compare trains its cells, each in its own ``prismrec train`` process, side by side as
-    :func:`plan_cells` allows (``workers``), ``settings`` being the command's ``--set`` settings:
-    ``prismrec train --seeds`` with several seeds on a CPU. A seed's run is the one it would have
-    been in this process (threads are not part of it). Raises :class:`RunError` naming the seeds
-    that failed, with the last lines of the first one's output."""
-    digest = config.digest()
-    cells = [Cell(dataset, model, seed, path, settings, digest, flags=flags) for seed, path in paths.items()]
-    cells, capacity, at_most = plan_cells(cells, workers, {(dataset, model): config}, {dataset: data_bytes},
-                                          "threads" in settings, log, prefix="[train]")
-    log(f"[train] each seed's epochs: {next(iter(paths.values())).parent}/seed-<seed>/run.log")
-    outcomes = train_cells(cells, capacity, at_most, data_dir, log, prefix="[train]")
-    failed = {key[2]: why for key, why in outcomes.items() if isinstance(why, str)}
-    if failed:
-        first = next(iter(failed))
-        raise RunError(f"seed{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} failed "
-                       f"(seed {first}'s output ends):\n{failed[first]}")
+def seeds_aside(model: str, dataset: str, config, settings: dict[str, Any], data, workers: int | str,
+                data_dir: str | None, log, flags: tuple[str, ...] = ()):
+    """What :func:`~prismrec.experiment.runs.run_experiment` takes as ``train_aside`` to train one
+    configuration's seeds as compare trains its cells, each in its own ``prismrec train`` process,
+    side by side as :func:`plan_cells` allows (``workers``): ``prismrec train --seeds`` and tune's
+    final seeds on a CPU. ``dataset`` is the name or folder the processes load (``data``, its
+    :class:`Dataset`, must be what that loads), ``settings`` their ``--set`` settings. None (train in
+    the calling process) on a GPU or with ``workers=1``. A seed's run is the one it would have been
+    in the calling process (threads are not part of it); a failed seed raises :class:`RunError`
+    naming the seeds that failed, with the last lines of the first one's output."""
+    if workers == 1 or not on_cpu(config):
+        return None
+    digest, data_bytes = config.digest(), dataset_bytes(data)
+
+    def train(paths: dict[int, Path]) -> None:
+        cells = [Cell(dataset, model, seed, path, settings, digest, flags=flags) for seed, path in paths.items()]
+        cells, capacity, at_most = plan_cells(cells, workers, {(dataset, model): config}, {dataset: data_bytes},
+                                              "threads" in settings, log, prefix="[train]")
+        log(f"[train] each seed's epochs: {next(iter(paths.values())).parent}/seed-<seed>/run.log")
+        outcomes = train_cells(cells, capacity, at_most, data_dir, log, prefix="[train]")
+        failed = {key[2]: why for key, why in outcomes.items() if isinstance(why, str)}
+        if failed:
+            first = next(iter(failed))
+            raise RunError(f"seed{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} failed "
+                           f"(seed {first}'s output ends):\n{failed[first]}")
+
+    return train
 
 
 def _next_cell(pending: list[Cell], free: int, running: list) -> Cell | None:

@@ -288,7 +288,7 @@ def run_experiment(
         log: where progress notes go (resume, nothing to do); default stderr.
         train_aside: with several seeds and ``out_dir``, trains the unfinished ones' run directories
             (``{seed: folder}``, two or more) before this process would, e.g. side by side in other
-            processes (:func:`prismrec.experiment.compare.train_seeds`); their finished runs are then
+            processes (:func:`prismrec.experiment.compare.seeds_aside`); their finished runs are then
             read back here. Without it every seed trains here, one after another.
 
     Returns the ``metrics.json`` content, plus ``timing`` (``timing.json``: machine-dependent

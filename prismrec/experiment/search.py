@@ -47,7 +47,7 @@ from prismrec.data import Dataset, load_dataset
 from prismrec.experiment.config import (declared_grid, field_types, model_class, parse_assignments,
                                         resolve_config, valid_keys)
 from prismrec.errors import ConfigError, ModelRefused, RunError
-from prismrec.experiment.compare import dataset_bytes, on_cpu, train_seeds
+from prismrec.experiment.compare import seeds_aside
 from prismrec.experiment.rundir import RunDir, run_digest, write_atomic
 from prismrec.experiment.runs import run_experiment
 from prismrec.experiment.workers import (
@@ -235,7 +235,7 @@ def tune(
     ``heartbeat_s`` / ``grace_s`` set how quickly a dead worker on another host is noticed).
     ``dataset``: the data itself (the final seeds then train in this process, one after another);
     without it the data is loaded from ``dataset_name`` and ``data_dir``, and on a CPU the final seeds
-    train side by side, each in its own process (:func:`~prismrec.experiment.compare.train_seeds`)."""
+    train side by side, each in its own process (:func:`~prismrec.experiment.compare.seeds_aside`)."""
     if trials < 1:
         raise ConfigError(f"trials must be at least 1, got {trials}")
     overrides = dict(overrides or {})
@@ -399,7 +399,7 @@ def _train_final(model, dataset_name, overrides, dims, best, final_seeds, out, d
     """Train the selected point with the final seeds into ``<out>/best`` (an earlier, different
     selection there is replaced; an interrupted one resumes). ``side_by_side``: on a CPU the seeds
     train side by side, each in a ``prismrec train`` process that loads ``dataset_name`` from
-    ``data_dir`` (:func:`~prismrec.experiment.compare.train_seeds`)."""
+    ``data_dir`` (:func:`~prismrec.experiment.compare.seeds_aside`)."""
     log(f"selected trial {best.number} ({best.params}); training seeds {final_seeds}")
     settings = {**overrides, **_settings(dims, best.params)}
     cfg = resolve_config(model, dataset_name, settings)
@@ -408,11 +408,8 @@ def _train_final(model, dataset_name, overrides, dims, best, final_seeds, out, d
     other = state.kind == "legacy" or (bool(recorded) and (
         recorded.get("config_digest") != run_digest(cfg)
         or recorded.get("seeds", [recorded.get("seed")]) != final_seeds))
-    aside = None
-    if side_by_side and on_cpu(cfg):
-        def aside(paths):
-            train_seeds(model, dataset_name, cfg, settings, paths, dataset_bytes(dataset), "auto",
-                        str(data_dir) if data_dir else None, log)
+    aside = seeds_aside(model, dataset_name, cfg, settings, dataset, "auto", str(data_dir) if data_dir else None,
+                        log) if side_by_side else None
     return run_experiment(cfg, final_seeds, out / "best", dataset=dataset, progress=False,
                           overwrite=other, log=log, train_aside=aside)
 
